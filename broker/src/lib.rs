@@ -1,0 +1,2 @@
+//! Weir broker library (work in progress).
+pub mod storage;

@@ -1,0 +1,2 @@
+//! Everything that touches disk.
+pub mod log;

@@ -1,0 +1,161 @@
+//! [`WeirCodec`]: turns a byte stream into [`Frame`]s and back, with a hard maximum frame size.
+//!
+//! ```text
+//! INPUT (one Publish of the 3-byte payload "abc"):
+//! +---- len ----+-- hdr_len --+------ header ------+-- payload --+
+//! | 00 00 00 0F | 00 00 00 08 | 06 01 05 "orders"  |    "abc"    |  ...
+//! +-------------+-------------+--------------------+-------------+
+//! DECODED: Frame::Publish(Publish { id: 1, topic: "orders", payload: "abc" })
+//! ```
+//!
+//! Decoding follows tokio-util's contract: `Ok(Some(frame))` consumes one frame, `Ok(None)`
+//! means more bytes are needed, and `Err` means the stream is corrupt and must be closed.
+
+use bytes::{Buf, BufMut, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::error::CodecError;
+use crate::frame::Frame;
+
+/// Bytes of the outer length prefix.
+const LEN_BYTES: usize = 4;
+/// Bytes of the header-length field that opens every body.
+const HDR_LEN_BYTES: usize = 4;
+
+/// The default maximum frame size: 4 MiB, room for the default 1 MiB message bound with margin.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// The largest maximum frame size any codec may be configured with (64 MiB). Also the bincode
+/// decode limit, so a header can never make the decoder allocate more than this.
+pub const MAX_FRAME_BYTES_CEILING: usize = 64 * 1024 * 1024;
+
+/// The bincode configuration of every frame header: standard varint encoding, with a decode
+/// limit of [`MAX_FRAME_BYTES_CEILING`]. The one place encoder and decoder agree on it.
+pub fn wire_options() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_FRAME_BYTES_CEILING>()
+}
+
+/// The Weir frame codec. Applies its maximum frame size to both directions: an announced length
+/// over it fails decoding before the body is buffered; a frame that would encode larger fails
+/// encoding and leaves the output buffer as it was.
+#[derive(Debug, Clone, Copy)]
+pub struct WeirCodec {
+    max_frame_bytes: usize,
+}
+
+impl Default for WeirCodec {
+    fn default() -> Self {
+        WeirCodec::new(DEFAULT_MAX_FRAME_BYTES)
+    }
+}
+
+impl WeirCodec {
+    /// A codec refusing frames larger than `max_frame_bytes` (clamped to
+    /// [`MAX_FRAME_BYTES_CEILING`] and to at least 64 bytes).
+    pub fn new(max_frame_bytes: usize) -> Self {
+        WeirCodec { max_frame_bytes: max_frame_bytes.clamp(64, MAX_FRAME_BYTES_CEILING) }
+    }
+
+    /// The largest frame this codec accepts or produces, in bytes (body, without the prefix).
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_frame_bytes
+    }
+
+    /// Decodes one frame body (everything after the length prefix).
+    fn decode_body(mut body: BytesMut) -> Result<Frame, CodecError> {
+        if body.len() < HDR_LEN_BYTES {
+            return Err(CodecError::Malformed(format!("body of {} bytes has no header length", body.len())));
+        }
+        let hdr_len = body.get_u32() as usize;
+        if hdr_len > body.len() {
+            return Err(CodecError::Malformed(format!(
+                "header length {hdr_len} exceeds the {} bytes left in the frame",
+                body.len()
+            )));
+        }
+        let header = body.split_to(hdr_len);
+        let (mut frame, used): (Frame, usize) =
+            bincode::serde::decode_from_slice(&header, wire_options())
+                .map_err(|e| CodecError::Malformed(format!("bad header: {e}")))?;
+        if used != hdr_len {
+            return Err(CodecError::Malformed(format!(
+                "header decoded from {used} of its {hdr_len} bytes"
+            )));
+        }
+        let name = frame.name();
+        if !frame.attach_payload(body.freeze()) {
+            return Err(CodecError::Malformed(format!("{name} frame carries unexpected payload bytes")));
+        }
+        Ok(frame)
+    }
+}
+
+impl Decoder for WeirCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        if src.len() < LEN_BYTES {
+            src.reserve(LEN_BYTES);
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > self.max_frame_bytes {
+            return Err(CodecError::FrameTooLarge { len, max: self.max_frame_bytes });
+        }
+        let total = LEN_BYTES + len;
+        if src.len() < total {
+            // Room for the rest of this frame plus the next length prefix.
+            src.reserve(total - src.len() + LEN_BYTES);
+            return Ok(None);
+        }
+        src.advance(LEN_BYTES);
+        let body = src.split_to(len);
+        Self::decode_body(body).map(Some)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(CodecError::Truncated { buffered: src.len() }),
+        }
+    }
+}
+
+impl Encoder<&Frame> for WeirCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let start = dst.len();
+        dst.put_u32(0);
+        dst.put_u32(0);
+        let header_start = dst.len();
+        let encoded = bincode::serde::encode_into_std_write(frame, &mut dst.writer(), wire_options());
+        if let Err(e) = encoded {
+            dst.truncate(start);
+            return Err(CodecError::Malformed(format!("cannot encode {}: {e}", frame.name())));
+        }
+        let hdr_len = dst.len() - header_start;
+        if let Some(payload) = frame.payload() {
+            dst.extend_from_slice(payload);
+        }
+        let len = dst.len() - start - LEN_BYTES;
+        if len > self.max_frame_bytes {
+            dst.truncate(start);
+            return Err(CodecError::FrameTooLarge { len, max: self.max_frame_bytes });
+        }
+        // Both lengths fit in u32: len <= max_frame_bytes <= MAX_FRAME_BYTES_CEILING.
+        dst[start..start + LEN_BYTES].copy_from_slice(&(len as u32).to_be_bytes());
+        dst[header_start - HDR_LEN_BYTES..header_start].copy_from_slice(&(hdr_len as u32).to_be_bytes());
+        Ok(())
+    }
+}
+
+impl Encoder<Frame> for WeirCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.encode(&frame, dst)
+    }
+}

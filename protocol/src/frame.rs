@@ -1,0 +1,282 @@
+//! The [`Frame`] enum: every message of the protocol, one struct each.
+//!
+//! Requests that expect an answer carry an id chosen by the client (`req`, or `id` for
+//! publishes, or `sub` for subscriptions); the answer — success, [`Rejected`] or [`Error`] —
+//! echoes it. Ids are scoped to one connection.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{ErrorCode, Limit, RejectReason, ServerLimits, TopicConfig, TopicInfo, TopicSpec};
+
+/// One protocol message. Only [`Frame::Publish`] and [`Frame::Deliver`] carry a payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Client → broker, first frame of every connection.
+    Hello(Hello),
+    /// Broker → client: the connection is open; here are the broker's limits.
+    HelloOk(HelloOk),
+    /// Client → broker: create a topic (idempotent for an identical configuration).
+    CreateTopic(CreateTopic),
+    /// Broker → client: the topic exists with this configuration.
+    TopicCreated(TopicCreated),
+    /// Client → broker: describe every topic.
+    ListTopics(ListTopics),
+    /// Broker → client: the answer to [`ListTopics`].
+    TopicList(TopicList),
+    /// Client → broker: append a message to a topic.
+    Publish(Publish),
+    /// Broker → client: the publish is durable under the topic's fsync policy.
+    PublishOk(PublishOk),
+    /// Broker → client: the publish (or the connection) was refused at a bound.
+    Rejected(Rejected),
+    /// Client → broker: join a group of a topic with an initial credit.
+    Subscribe(Subscribe),
+    /// Broker → client: the subscription is open; deliveries may follow.
+    Subscribed(Subscribed),
+    /// Client → broker: leave a subscription; its unacked messages return to the group.
+    Unsubscribe(Unsubscribe),
+    /// Broker → client: the subscription is closed; no more deliveries for it.
+    Unsubscribed(Unsubscribed),
+    /// Client → broker: grant a subscription `n` more messages.
+    Credit(Credit),
+    /// Broker → client: one message for a subscription; consumes one credit.
+    Deliver(Deliver),
+    /// Client → broker: these delivered messages are processed.
+    Ack(Ack),
+    /// Either direction: a typed error, answering request `req` (0 for the connection itself).
+    Error(Error),
+    /// Either direction: liveness probe; answered with [`Frame::Pong`] carrying the same nonce.
+    Ping(u64),
+    /// Either direction: the answer to [`Frame::Ping`].
+    Pong(u64),
+    /// Broker → client: the broker is shutting down; the connection closes after this frame.
+    GoingAway(GoingAway),
+}
+
+/// Opens a connection. Answered by [`HelloOk`], or by [`Error`] (version, token) and a close.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the client speaks; see [`crate::PROTOCOL_VERSION`].
+    pub version: u16,
+    /// The client's API key, when the broker requires one.
+    pub token: Option<String>,
+}
+
+/// Accepts a connection and announces the broker's limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloOk {
+    /// The protocol version the broker will speak on this connection.
+    pub version: u16,
+    /// The bounds the client should respect.
+    pub limits: ServerLimits,
+}
+
+/// Creates a topic with explicit bounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTopic {
+    /// Request id echoed by the answer.
+    pub req: u64,
+    /// The topic to create; unset bounds take the broker's defaults.
+    pub spec: TopicSpec,
+}
+
+/// The answer to [`CreateTopic`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicCreated {
+    /// The request id of the [`CreateTopic`].
+    pub req: u64,
+    /// `false` when an identical topic already existed.
+    pub created: bool,
+    /// The topic's effective configuration.
+    pub config: TopicConfig,
+}
+
+/// Asks for a description of every topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListTopics {
+    /// Request id echoed by the answer.
+    pub req: u64,
+}
+
+/// The answer to [`ListTopics`]. Bounded by the broker's `max_topics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicList {
+    /// The request id of the [`ListTopics`].
+    pub req: u64,
+    /// One entry per topic, sorted by name.
+    pub topics: Vec<TopicInfo>,
+}
+
+/// Appends one message to a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    /// Publish id echoed by [`PublishOk`], [`Rejected`] or [`Error`].
+    pub id: u64,
+    /// The target topic.
+    pub topic: String,
+    /// The message body; carried after the header, not inside it.
+    #[serde(skip)]
+    pub payload: Bytes,
+}
+
+/// Confirms a publish: the message is stored as `seq` and durable under the topic's policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishOk {
+    /// The publish id.
+    pub id: u64,
+    /// The message's sequence number in its topic.
+    pub seq: u64,
+}
+
+/// Refuses a publish (or, with id 0 and [`RejectReason::TooManyConnections`], a connection).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    /// The publish id (0 when refusing the connection).
+    pub id: u64,
+    /// Why.
+    pub reason: RejectReason,
+    /// The bound that fired.
+    pub limit: Limit,
+    /// When retrying may succeed; `None` when retrying the same request cannot help.
+    pub retry_after_ms: Option<u64>,
+}
+
+/// Joins `group` of `topic` as subscription `sub` with `credit` messages of initial demand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribe {
+    /// Subscription id chosen by the client, unique on the connection.
+    pub sub: u64,
+    /// The topic.
+    pub topic: String,
+    /// The group (durable subscription) to join; created on first use.
+    pub group: String,
+    /// Initial credit: the broker sends at most this many messages before more credit or acks.
+    pub credit: u32,
+}
+
+/// The answer to [`Subscribe`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribed {
+    /// The subscription id.
+    pub sub: u64,
+}
+
+/// Leaves a subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsubscribe {
+    /// The subscription id.
+    pub sub: u64,
+}
+
+/// The answer to [`Unsubscribe`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsubscribed {
+    /// The subscription id.
+    pub sub: u64,
+}
+
+/// Grants a subscription more demand. Outstanding credit may not exceed the broker's
+/// `max_credit`; a grant past it is refused with [`ErrorCode::LimitExceeded`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credit {
+    /// The subscription id.
+    pub sub: u64,
+    /// How many more messages the subscriber will accept.
+    pub n: u32,
+}
+
+/// Delivers one message to a subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deliver {
+    /// The subscription id.
+    pub sub: u64,
+    /// The message's sequence number in its topic.
+    pub seq: u64,
+    /// 1 for the first delivery to the group, +1 for each redelivery.
+    pub attempt: u32,
+    /// The message body; carried after the header, not inside it.
+    #[serde(skip)]
+    pub payload: Bytes,
+}
+
+/// Acknowledges delivered messages of a subscription by sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The subscription id.
+    pub sub: u64,
+    /// The acknowledged sequence numbers. Bounded by the frame size.
+    pub seqs: Vec<u64>,
+}
+
+/// A typed error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Error {
+    /// The id of the request this answers (publish id, request id or subscription id), or 0 for
+    /// an error about the connection itself.
+    pub req: u64,
+    /// What kind of error.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+/// The broker is going away; reconnect later (or elsewhere).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoingAway {
+    /// Why, for logs.
+    pub reason: String,
+}
+
+impl Frame {
+    /// A short name of the frame kind, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "Hello",
+            Frame::HelloOk(_) => "HelloOk",
+            Frame::CreateTopic(_) => "CreateTopic",
+            Frame::TopicCreated(_) => "TopicCreated",
+            Frame::ListTopics(_) => "ListTopics",
+            Frame::TopicList(_) => "TopicList",
+            Frame::Publish(_) => "Publish",
+            Frame::PublishOk(_) => "PublishOk",
+            Frame::Rejected(_) => "Rejected",
+            Frame::Subscribe(_) => "Subscribe",
+            Frame::Subscribed(_) => "Subscribed",
+            Frame::Unsubscribe(_) => "Unsubscribe",
+            Frame::Unsubscribed(_) => "Unsubscribed",
+            Frame::Credit(_) => "Credit",
+            Frame::Deliver(_) => "Deliver",
+            Frame::Ack(_) => "Ack",
+            Frame::Error(_) => "Error",
+            Frame::Ping(_) => "Ping",
+            Frame::Pong(_) => "Pong",
+            Frame::GoingAway(_) => "GoingAway",
+        }
+    }
+
+    /// The payload this frame carries after its header, if its kind carries one.
+    pub fn payload(&self) -> Option<&Bytes> {
+        match self {
+            Frame::Publish(p) => Some(&p.payload),
+            Frame::Deliver(d) => Some(&d.payload),
+            _ => None,
+        }
+    }
+
+    /// Attaches the payload read after the header. Returns `false` (and drops nothing the frame
+    /// owns) when this kind carries no payload and `payload` is not empty.
+    pub(crate) fn attach_payload(&mut self, payload: Bytes) -> bool {
+        match self {
+            Frame::Publish(p) => p.payload = payload,
+            Frame::Deliver(d) => d.payload = payload,
+            _ => return payload.is_empty(),
+        }
+        true
+    }
+
+    /// A connection-level error frame (request id 0).
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Frame {
+        Frame::Error(Error { req: 0, code, message: message.into() })
+    }
+}

@@ -1,0 +1,45 @@
+//! The Weir wire protocol: every frame a client and the broker exchange, and the
+//! length-delimited codec that carries them over a byte stream.
+//!
+//! This crate is a pure codec: no I/O, no async runtime, no broker logic. Wire types live here;
+//! the broker and the client convert to their own domain types at the boundary.
+//!
+//! # Frame layout
+//!
+//! ```text
+//! +-------------+-----------------+----------------------------+---------------------+
+//! | len: u32 BE | hdr_len: u32 BE | header: bincode 2 (serde)  | payload: raw bytes  |
+//! +-------------+-----------------+----------------------------+---------------------+
+//!               |<------------------------- len bytes ---------------------------->|
+//! ```
+//!
+//! `len` counts everything after itself and is checked against the codec's maximum frame size
+//! *before* any byte of the body is buffered, so an oversized frame is refused without reading it.
+//! Only [`Frame::Publish`] and [`Frame::Deliver`] carry a payload; their payload is sliced out of
+//! the read buffer as a [`bytes::Bytes`] without a copy. Every other frame must end at its header.
+//!
+//! # Layout
+//!
+//! - [`frame`]: the [`Frame`] enum and the structs it carries, one per message.
+//! - [`types`]: value types shared by several frames (topic specs, reasons, codes, limits).
+//! - [`codec`]: [`WeirCodec`], the tokio-util `Decoder`/`Encoder`, and [`wire_options`].
+//! - [`error`]: [`CodecError`], what the codec reports for bad input.
+//!
+//! # Versioning
+//!
+//! Every connection opens with [`Hello`] carrying [`PROTOCOL_VERSION`]; the broker answers a
+//! version it does not speak with [`ErrorCode::UnsupportedVersion`] and closes the connection.
+//! Frame variants and fields are only ever appended, and a change of layout bumps the version.
+
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod types;
+
+pub use codec::{wire_options, WeirCodec, DEFAULT_MAX_FRAME_BYTES, MAX_FRAME_BYTES_CEILING};
+pub use error::CodecError;
+pub use frame::*;
+pub use types::*;
+
+/// The protocol version this crate speaks, sent in [`Hello`] and echoed in [`HelloOk`].
+pub const PROTOCOL_VERSION: u16 = 1;

@@ -1,0 +1,212 @@
+//! Value types shared by several frames: topic specifications and descriptions, refusal
+//! reasons, error codes and the limits a broker announces.
+
+use serde::{Deserialize, Serialize};
+
+/// What a topic does when a publish would take it past one of its bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OverflowPolicy {
+    /// Refuse the publish at once with [`RejectReason::TopicFull`] and a retry-after hint.
+    Reject,
+}
+
+impl OverflowPolicy {
+    /// The policy's name as written in configs and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverflowPolicy::Reject => "reject",
+        }
+    }
+}
+
+impl std::str::FromStr for OverflowPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "reject" => Ok(OverflowPolicy::Reject),
+            other => Err(format!("unknown overflow policy {other:?} (supported: reject)")),
+        }
+    }
+}
+
+/// When appended messages are forced to disk, and so when a publish is confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsyncPolicy {
+    /// `fdatasync` after every group commit, before any publish in it is confirmed: acked means
+    /// durable. The default.
+    Batch,
+    /// Confirm after the write; `fdatasync` at most once per this many milliseconds.
+    IntervalMs(u32),
+    /// Never `fdatasync`; the page cache decides. A confirmed publish may be lost on power loss.
+    Never,
+}
+
+impl std::fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsyncPolicy::Batch => f.write_str("batch"),
+            FsyncPolicy::IntervalMs(ms) => write!(f, "interval:{ms}"),
+            FsyncPolicy::Never => f.write_str("never"),
+        }
+    }
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "batch" => Ok(FsyncPolicy::Batch),
+            "never" => Ok(FsyncPolicy::Never),
+            other => other
+                .strip_prefix("interval:")
+                .and_then(|ms| ms.parse().ok())
+                .map(FsyncPolicy::IntervalMs)
+                .ok_or_else(|| {
+                    format!("unknown fsync policy {other:?} (batch, interval:<ms>, never)")
+                }),
+        }
+    }
+}
+
+/// A request to create a topic. Bounds left `None` take the broker's configured defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TopicSpec {
+    /// The topic's name: 1–255 bytes of `[A-Za-z0-9._-]`.
+    pub name: String,
+    /// Most messages stored at once (ready and in flight alike).
+    pub max_messages: Option<u64>,
+    /// Most payload bytes stored at once.
+    pub max_bytes: Option<u64>,
+    /// Largest single payload accepted.
+    pub max_message_bytes: Option<u32>,
+    /// What happens at the bound.
+    pub overflow: Option<OverflowPolicy>,
+    /// When appends are forced to disk.
+    pub fsync: Option<FsyncPolicy>,
+}
+
+/// A topic's effective configuration: every bound resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    /// The topic's name.
+    pub name: String,
+    /// Most messages stored at once (ready and in flight alike).
+    pub max_messages: u64,
+    /// Most payload bytes stored at once.
+    pub max_bytes: u64,
+    /// Largest single payload accepted.
+    pub max_message_bytes: u32,
+    /// What happens at the bound.
+    pub overflow: OverflowPolicy,
+    /// When appends are forced to disk.
+    pub fsync: FsyncPolicy,
+}
+
+/// A snapshot of one topic, as listed by [`crate::Frame::TopicList`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicInfo {
+    /// The topic's effective configuration.
+    pub config: TopicConfig,
+    /// Messages stored now (not yet acked by every group).
+    pub depth: u64,
+    /// Payload bytes stored now.
+    pub bytes: u64,
+    /// The sequence number the next publish will get.
+    pub next_seq: u64,
+    /// Durable subscriptions (groups) on the topic.
+    pub groups: Vec<GroupInfo>,
+}
+
+/// A snapshot of one group of a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// The group's name.
+    pub name: String,
+    /// Messages delivered to the group and not yet acked.
+    pub in_flight: u64,
+    /// Messages stored and not yet delivered to the group (including ones waiting redelivery).
+    pub pending: u64,
+    /// Connected members.
+    pub members: u32,
+    /// Credit the members have granted and the broker has not yet used.
+    pub credit: u64,
+}
+
+/// Why a publish (or a connection) was refused. The refusal is always accompanied by the
+/// [`Limit`] that fired and, where waiting can help, a retry-after hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    /// The topic is at `max_messages` or `max_bytes` and its policy is `reject`.
+    TopicFull,
+    /// The payload is larger than the topic's `max_message_bytes`. Retrying cannot help.
+    MessageTooLarge,
+    /// The broker is at `max_connections`; the connection is closed after this frame.
+    TooManyConnections,
+    /// Publishing would auto-create a topic, and the broker is at `max_topics`.
+    TooManyTopics,
+    /// The broker is shutting down and accepts no new publishes.
+    ShuttingDown,
+}
+
+/// The bound that made the broker refuse: its configuration name and its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limit {
+    /// The configuration name of the bound, e.g. `max_messages`.
+    pub name: String,
+    /// The bound's value.
+    pub value: u64,
+}
+
+impl Limit {
+    /// A limit with the given name and value.
+    pub fn new(name: impl Into<String>, value: u64) -> Self {
+        Limit { name: name.into(), value }
+    }
+}
+
+/// The kind of a protocol-level error, carried by [`crate::Frame::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The bytes received are not a valid frame; the connection is closed.
+    MalformedFrame,
+    /// A frame exceeded the maximum frame size; the connection is closed.
+    FrameTooLarge,
+    /// The client's protocol version is not spoken here; the connection is closed.
+    UnsupportedVersion,
+    /// The token in `Hello` was missing or wrong; the connection is closed.
+    Unauthorized,
+    /// A frame other than `Hello` arrived before `Hello`; the connection is closed.
+    HelloRequired,
+    /// The named topic does not exist (and auto-create is off or does not apply).
+    UnknownTopic,
+    /// A topic of that name exists with a different configuration.
+    TopicExists,
+    /// A name or value in the request is invalid (bad topic name, zero bound, ...).
+    InvalidArgument,
+    /// A per-connection or per-broker count would exceed its bound (subscriptions, credit,
+    /// topics).
+    LimitExceeded,
+    /// The subscription id is not open on this connection.
+    UnknownSubscription,
+    /// The subscription id is already open on this connection.
+    SubscriptionExists,
+    /// The broker failed internally (for example a storage error); details are in its log.
+    Internal,
+}
+
+/// The bounds a broker announces in [`crate::Frame::HelloOk`], so clients can size their
+/// windows and never send what would be refused anyway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerLimits {
+    /// Largest frame the broker accepts, in bytes.
+    pub max_frame_bytes: u32,
+    /// Most unconfirmed publishes the broker reads from one connection before it stops reading
+    /// that socket until confirms go out.
+    pub max_unconfirmed: u32,
+    /// Most credit one subscription may have outstanding.
+    pub max_credit: u32,
+    /// Most subscriptions open at once on one connection.
+    pub max_subscriptions: u32,
+}
