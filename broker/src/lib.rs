@@ -1,2 +1,27 @@
-//! Weir broker library (work in progress).
+//! The Weir broker: bounded, persisted topics with credit-paced delivery.
+//!
+//! Entry point: [`server::run`] takes a bound listener, a [`Config`] and a shutdown future;
+//! the `weir-broker` binary is a thin wrapper around it, and tests call it directly.
+//!
+//! # Layout
+//!
+//! - [`config`] — every bound with its default; TOML file and flags.
+//! - [`server`] — accept loop, connection limit, graceful shutdown.
+//! - [`connection`] — one task per connection: read frames, apply them, write answers.
+//! - [`broker`] — the shared handle: topic registry, creation, state persistence.
+//! - [`topic`] — bounds and admission; the group-commit writer; the dispatcher.
+//! - [`group`] — cursor, in-flight table, redelivery and credit of one group.
+//! - [`storage`] — the segmented message log and the sled state store — all disk access.
+//! - [`metrics`] — counters.
+
+pub mod broker;
+pub mod config;
+pub(crate) mod connection;
+pub mod group;
+pub mod metrics;
+pub mod server;
 pub mod storage;
+pub mod topic;
+
+pub use broker::Broker;
+pub use config::Config;

@@ -1,1 +1,62 @@
-//! Weir client (being written).
+//! The Weir client: publish with a bounded window of unconfirmed messages, subscribe with
+//! credit that flows back as you ack.
+//!
+//! Every queue in this crate is bounded, and each bound says what happens at it:
+//!
+//! | bound | default | at the bound |
+//! |---|---|---|
+//! | publish window ([`Publisher`]) | `min(1024, max_unconfirmed)` | [`Publisher::publish`] waits; [`Publisher::try_publish`] fails with [`ClientError::WindowFull`] |
+//! | command queue to the connection task ([`ClientOptions::command_queue`]) | 1 024 | senders wait (`try_publish` fails with `WindowFull`) |
+//! | connection write buffer | 256 KiB + one frame | the task stops taking commands until the socket drains |
+//! | subscription window ([`Subscription::window`]) | chosen per subscribe, ≤ `max_credit` | the broker stops delivering until the app acks |
+//!
+//! ```no_run
+//! use futures::StreamExt;
+//! use weir_client::{Client, TopicSpec};
+//!
+//! # async fn demo() -> Result<(), weir_client::ClientError> {
+//! let client = Client::connect("127.0.0.1:7070").await?;
+//! client.create_topic(TopicSpec { name: "orders".into(), ..Default::default() }).await?;
+//!
+//! let publisher = client.publisher();
+//! let confirm = publisher.publish("orders", "hello").await?; // waits for a window slot
+//! let seq = confirm.await?; // durable once this resolves
+//!
+//! let mut sub = client.subscribe("orders", "billing", 100).await?;
+//! while let Some(delivery) = sub.next().await {
+//!     let delivery = delivery?;
+//!     println!("{} {:?}", delivery.seq(), delivery.payload());
+//!     delivery.ack(); // returns credit: the broker may send one more
+//! #   break;
+//! }
+//! # let _ = seq; Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`client`]: [`Client`] (connect, limits, admin requests) and [`ClientOptions`].
+//! - [`publisher`]: [`Publisher`] (the publish window) and [`PublishConfirm`].
+//! - [`subscription`]: [`Subscription`] (a `Stream` of [`Delivery`]) and ack handling.
+//! - [`error`]: [`ClientError`] and [`PublishError`].
+//! - `connection` (private): the handshake and the one task per connection that owns the
+//!   socket, batches writes and routes answers by id.
+//! - `pacing` (private): the ack/credit batching rules of a subscription, as a pure struct.
+//!
+//! The `weir` command-line tool (`src/bin/weir.rs`, with its commands in `src/cli/`) is built on
+//! this crate.
+
+pub mod client;
+mod connection;
+pub mod error;
+mod pacing;
+pub mod publisher;
+pub mod subscription;
+
+pub use client::{Client, ClientOptions};
+pub use error::{ClientError, PublishError};
+pub use publisher::{PublishConfirm, Publisher};
+pub use subscription::{Delivery, Subscription};
+pub use weir_protocol::{
+    ErrorCode, FsyncPolicy, GroupInfo, Limit, OverflowPolicy, RejectReason, ServerLimits,
+    TopicConfig, TopicInfo, TopicSpec,
+};

@@ -3,7 +3,7 @@
 //! ```text
 //! INPUT (one Publish of the 3-byte payload "abc"):
 //! +---- len ----+-- hdr_len --+------ header ------+-- payload --+
-//! | 00 00 00 0F | 00 00 00 08 | 06 01 05 "orders"  |    "abc"    |  ...
+//! | 00 00 00 10 | 00 00 00 09 | 06 01 05 "orders"  |    "abc"    |  ...
 //! +-------------+-------------+--------------------+-------------+
 //! DECODED: Frame::Publish(Publish { id: 1, topic: "orders", payload: "abc" })
 //! ```
@@ -53,7 +53,9 @@ impl WeirCodec {
     /// A codec refusing frames larger than `max_frame_bytes` (clamped to
     /// [`MAX_FRAME_BYTES_CEILING`] and to at least 64 bytes).
     pub fn new(max_frame_bytes: usize) -> Self {
-        WeirCodec { max_frame_bytes: max_frame_bytes.clamp(64, MAX_FRAME_BYTES_CEILING) }
+        WeirCodec {
+            max_frame_bytes: max_frame_bytes.clamp(64, MAX_FRAME_BYTES_CEILING),
+        }
     }
 
     /// The largest frame this codec accepts or produces, in bytes (body, without the prefix).
@@ -64,7 +66,10 @@ impl WeirCodec {
     /// Decodes one frame body (everything after the length prefix).
     fn decode_body(mut body: BytesMut) -> Result<Frame, CodecError> {
         if body.len() < HDR_LEN_BYTES {
-            return Err(CodecError::Malformed(format!("body of {} bytes has no header length", body.len())));
+            return Err(CodecError::Malformed(format!(
+                "body of {} bytes has no header length",
+                body.len()
+            )));
         }
         let hdr_len = body.get_u32() as usize;
         if hdr_len > body.len() {
@@ -84,7 +89,9 @@ impl WeirCodec {
         }
         let name = frame.name();
         if !frame.attach_payload(body.freeze()) {
-            return Err(CodecError::Malformed(format!("{name} frame carries unexpected payload bytes")));
+            return Err(CodecError::Malformed(format!(
+                "{name} frame carries unexpected payload bytes"
+            )));
         }
         Ok(frame)
     }
@@ -101,7 +108,10 @@ impl Decoder for WeirCodec {
         }
         let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
         if len > self.max_frame_bytes {
-            return Err(CodecError::FrameTooLarge { len, max: self.max_frame_bytes });
+            return Err(CodecError::FrameTooLarge {
+                len,
+                max: self.max_frame_bytes,
+            });
         }
         let total = LEN_BYTES + len;
         if src.len() < total {
@@ -118,23 +128,29 @@ impl Decoder for WeirCodec {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
             None if src.is_empty() => Ok(None),
-            None => Err(CodecError::Truncated { buffered: src.len() }),
+            None => Err(CodecError::Truncated {
+                buffered: src.len(),
+            }),
         }
     }
 }
 
-impl Encoder<&Frame> for WeirCodec {
-    type Error = CodecError;
-
-    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+impl WeirCodec {
+    /// Encodes `frame` by reference onto `dst` (what the [`Encoder`] impl does with an owned
+    /// frame). On error `dst` is left as it was.
+    pub fn encode_frame(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
         let start = dst.len();
         dst.put_u32(0);
         dst.put_u32(0);
         let header_start = dst.len();
-        let encoded = bincode::serde::encode_into_std_write(frame, &mut dst.writer(), wire_options());
+        let encoded =
+            bincode::serde::encode_into_std_write(frame, &mut dst.writer(), wire_options());
         if let Err(e) = encoded {
             dst.truncate(start);
-            return Err(CodecError::Malformed(format!("cannot encode {}: {e}", frame.name())));
+            return Err(CodecError::Malformed(format!(
+                "cannot encode {}: {e}",
+                frame.name()
+            )));
         }
         let hdr_len = dst.len() - header_start;
         if let Some(payload) = frame.payload() {
@@ -143,11 +159,15 @@ impl Encoder<&Frame> for WeirCodec {
         let len = dst.len() - start - LEN_BYTES;
         if len > self.max_frame_bytes {
             dst.truncate(start);
-            return Err(CodecError::FrameTooLarge { len, max: self.max_frame_bytes });
+            return Err(CodecError::FrameTooLarge {
+                len,
+                max: self.max_frame_bytes,
+            });
         }
         // Both lengths fit in u32: len <= max_frame_bytes <= MAX_FRAME_BYTES_CEILING.
         dst[start..start + LEN_BYTES].copy_from_slice(&(len as u32).to_be_bytes());
-        dst[header_start - HDR_LEN_BYTES..header_start].copy_from_slice(&(hdr_len as u32).to_be_bytes());
+        dst[header_start - HDR_LEN_BYTES..header_start]
+            .copy_from_slice(&(hdr_len as u32).to_be_bytes());
         Ok(())
     }
 }
@@ -156,6 +176,6 @@ impl Encoder<Frame> for WeirCodec {
     type Error = CodecError;
 
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
-        self.encode(&frame, dst)
+        self.encode_frame(&frame, dst)
     }
 }

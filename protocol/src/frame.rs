@@ -7,7 +7,9 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{ErrorCode, Limit, RejectReason, ServerLimits, TopicConfig, TopicInfo, TopicSpec};
+use crate::types::{
+    ErrorCode, Limit, RejectReason, ServerLimits, TopicConfig, TopicInfo, TopicSpec,
+};
 
 /// One protocol message. Only [`Frame::Publish`] and [`Frame::Deliver`] carry a payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,6 +279,10 @@ impl Frame {
 
     /// A connection-level error frame (request id 0).
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Frame {
-        Frame::Error(Error { req: 0, code, message: message.into() })
+        Frame::Error(Error {
+            req: 0,
+            code,
+            message: message.into(),
+        })
     }
 }

@@ -20,10 +20,10 @@
 //!
 //! # Layout
 //!
-//! - [`frame`]: the [`Frame`] enum and the structs it carries, one per message.
-//! - [`types`]: value types shared by several frames (topic specs, reasons, codes, limits).
-//! - [`codec`]: [`WeirCodec`], the tokio-util `Decoder`/`Encoder`, and [`wire_options`].
-//! - [`error`]: [`CodecError`], what the codec reports for bad input.
+//! - [`frame`] — the [`Frame`] enum and the structs it carries, one per message.
+//! - [`types`] — value types shared by several frames (topic specs, reasons, codes, limits).
+//! - [`codec`] — [`WeirCodec`], the tokio-util `Decoder`/`Encoder`, and [`wire_options`].
+//! - [`error`] — [`CodecError`], what the codec reports for bad input.
 //!
 //! # Versioning
 //!

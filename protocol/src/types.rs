@@ -25,7 +25,9 @@ impl std::str::FromStr for OverflowPolicy {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "reject" => Ok(OverflowPolicy::Reject),
-            other => Err(format!("unknown overflow policy {other:?} (supported: reject)")),
+            other => Err(format!(
+                "unknown overflow policy {other:?} (supported: reject)"
+            )),
         }
     }
 }
@@ -162,7 +164,10 @@ pub struct Limit {
 impl Limit {
     /// A limit with the given name and value.
     pub fn new(name: impl Into<String>, value: u64) -> Self {
-        Limit { name: name.into(), value }
+        Limit {
+            name: name.into(),
+            value,
+        }
     }
 }
 

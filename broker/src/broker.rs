@@ -1,0 +1,307 @@
+//! [`Broker`]: the cloneable handle to everything a connection needs — the topic registry,
+//! the state store, the counters — and the background task that persists group state.
+//!
+//! Bounds: at most `max_topics` topics (creating one more is refused). Topic creation is
+//! serialised (it touches disk); lookups are a read lock.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weir_protocol::{TopicConfig, TopicInfo, TopicSpec};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::storage::state::{StateError, StateStore};
+use crate::topic::{Topic, TopicEnv, TopicError};
+
+/// A failure opening the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state store failed to open.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A topic failed to recover.
+    #[error("topic {name}: {source}")]
+    Topic {
+        /// The topic.
+        name: String,
+        /// Why.
+        source: TopicError,
+    },
+    /// A blocking task panicked.
+    #[error("startup task failed: {0}")]
+    Join(String),
+}
+
+/// Why a topic could not be found or created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// The name or a bound is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// A topic of that name exists with another configuration.
+    #[error("topic {} exists with a different configuration", .0.name)]
+    Exists(Box<TopicConfig>),
+    /// The broker is at `max_topics`.
+    #[error("the broker is at max_topics ({0})")]
+    TooMany(u32),
+    /// The topic does not exist and auto-create is off.
+    #[error("unknown topic {0}")]
+    Unknown(String),
+    /// Storage failed.
+    #[error("cannot create topic: {0}")]
+    Failed(String),
+}
+
+struct Shared {
+    config: Config,
+    env: TopicEnv,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    creating: tokio::sync::Mutex<()>,
+    next_connection: AtomicU64,
+}
+
+/// The broker's shared state. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+impl Broker {
+    /// Opens the data directory, recovers every topic (its log, its groups, their cursors and
+    /// unacked messages) and starts the topics' writers and dispatchers and the state flusher.
+    pub async fn open(config: Config) -> Result<Broker, OpenError> {
+        config.validate()?;
+        let (config, env, topics) = tokio::task::spawn_blocking({
+            let runtime = tokio::runtime::Handle::current();
+            move || recover(config, runtime)
+        })
+        .await
+        .map_err(|e| OpenError::Join(e.to_string()))??;
+        tracing::info!(topics = topics.len(), data_dir = %config.data_dir.display(), "broker state recovered");
+        let broker = Broker {
+            shared: Arc::new(Shared {
+                config,
+                env,
+                topics: RwLock::new(topics),
+                creating: tokio::sync::Mutex::new(()),
+                next_connection: AtomicU64::new(1),
+            }),
+        };
+        broker
+            .shared
+            .env
+            .tasks
+            .spawn(flush_state_periodically(broker.clone()));
+        Ok(broker)
+    }
+
+    /// The broker's configuration.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The broker's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.env.metrics
+    }
+
+    /// A fresh connection id.
+    pub fn next_connection_id(&self) -> u64 {
+        self.shared.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The topic named `name`, if it exists.
+    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.shared
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// The topic named `name`, created with the default bounds if it does not exist and
+    /// `auto_create_topics` is on.
+    pub async fn topic_or_create(&self, name: &str) -> Result<Arc<Topic>, CreateError> {
+        if let Some(topic) = self.topic(name) {
+            return Ok(topic);
+        }
+        if !self.shared.config.limits.auto_create_topics {
+            return Err(CreateError::Unknown(name.to_string()));
+        }
+        let spec = TopicSpec {
+            name: name.to_string(),
+            ..TopicSpec::default()
+        };
+        self.create_topic(spec).await.map(|(topic, _)| topic)
+    }
+
+    /// Creates a topic, durably, before returning. Idempotent: an existing topic with the same
+    /// effective configuration is returned with `false`; one with another configuration is
+    /// [`CreateError::Exists`].
+    pub async fn create_topic(&self, spec: TopicSpec) -> Result<(Arc<Topic>, bool), CreateError> {
+        let config = self
+            .shared
+            .config
+            .resolve_topic(spec)
+            .map_err(CreateError::Invalid)?;
+        let _creating = self.shared.creating.lock().await;
+        if let Some(existing) = self.topic(&config.name) {
+            if *existing.config() == config {
+                return Ok((existing, false));
+            }
+            return Err(CreateError::Exists(Box::new(existing.config().clone())));
+        }
+        let max = self.shared.config.limits.max_topics;
+        if self
+            .shared
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+            >= max as usize
+        {
+            return Err(CreateError::TooMany(max));
+        }
+        let shared = self.shared.clone();
+        let name = config.name.clone();
+        let topic = tokio::task::spawn_blocking(move || -> Result<Arc<Topic>, TopicError> {
+            shared.env.store.save_topic(&config)?;
+            let dir = topic_dir(&shared.config, &config.name);
+            Topic::open(config, &dir, &shared.config, &shared.env)
+        })
+        .await
+        .map_err(|e| CreateError::Failed(e.to_string()))?
+        .map_err(|e| CreateError::Failed(e.to_string()))?;
+        self.shared
+            .topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), topic.clone());
+        tracing::info!(topic = %name, "topic created");
+        Ok((topic, true))
+    }
+
+    /// A snapshot of every topic, sorted by name.
+    pub fn list_topics(&self) -> Vec<TopicInfo> {
+        let topics: Vec<Arc<Topic>> = self
+            .shared
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        topics.iter().map(|t| t.info()).collect()
+    }
+
+    /// Stops the writers (each after committing what is queued), the dispatchers and the state
+    /// flusher, then persists every group's state and syncs everything. Call once no connection
+    /// can publish any more.
+    pub async fn close(&self) {
+        self.shared.env.stop.cancel();
+        self.shared.env.tasks.close();
+        self.shared.env.tasks.wait().await;
+        let broker = self.clone();
+        match tokio::task::spawn_blocking(move || broker.save_state()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "final state flush failed"),
+            Err(e) => tracing::error!(error = %e, "final state flush task failed"),
+        }
+        self.shared.env.metrics.log_summary();
+    }
+
+    /// Writes every changed group to the state store and flushes it. Blocking.
+    fn save_state(&self) -> Result<(), TopicError> {
+        let topics: Vec<Arc<Topic>> = self
+            .shared
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut saved = 0;
+        for topic in topics {
+            saved += topic.save_dirty_groups()?;
+        }
+        if saved > 0 {
+            self.shared.env.store.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Persists changed group state every `state_flush_ms` until the broker stops.
+async fn flush_state_periodically(broker: Broker) {
+    let period = Duration::from_millis(broker.shared.config.storage.state_flush_ms);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = broker.shared.env.stop.cancelled() => return,
+        }
+        let b = broker.clone();
+        match tokio::task::spawn_blocking(move || b.save_state()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "persisting group state failed"),
+            Err(e) => tracing::error!(error = %e, "state flush task failed"),
+        }
+    }
+}
+
+fn topic_dir(config: &Config, name: &str) -> PathBuf {
+    config.data_dir.join("topics").join(name)
+}
+
+type Recovered = (Config, TopicEnv, BTreeMap<String, Arc<Topic>>);
+
+/// Opens the store and every topic it lists. Blocking.
+fn recover(config: Config, runtime: tokio::runtime::Handle) -> Result<Recovered, OpenError> {
+    let topics_dir = config.data_dir.join("topics");
+    std::fs::create_dir_all(&topics_dir).map_err(|source| OpenError::DataDir {
+        path: topics_dir,
+        source,
+    })?;
+    let store = StateStore::open(
+        &config.data_dir.join("state"),
+        config.storage.state_cache_bytes,
+    )?;
+    let env = TopicEnv {
+        store,
+        metrics: Arc::new(Metrics::default()),
+        tasks: TaskTracker::new(),
+        stop: CancellationToken::new(),
+        runtime,
+    };
+    let mut topics = BTreeMap::new();
+    for topic_config in env.store.load_topics()? {
+        let name = topic_config.name.clone();
+        let dir = topic_dir(&config, &name);
+        let topic =
+            Topic::open(topic_config, &dir, &config, &env).map_err(|source| OpenError::Topic {
+                name: name.clone(),
+                source,
+            })?;
+        topics.insert(name, topic);
+    }
+    Ok((config, env, topics))
+}

@@ -1,0 +1,350 @@
+//! Broker configuration: every bound with its default, loaded from TOML and overridden by flags.
+//!
+//! Every field has a default, so `weir-broker` runs with no config file at all. A TOML file
+//! (`--config weir.toml`) may set any subset of fields; unknown fields are an error so a typo
+//! never silently leaves a bound at its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use weir_protocol::{FsyncPolicy, OverflowPolicy, TopicConfig, TopicSpec};
+
+/// The broker's whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the protocol listener binds (default `127.0.0.1:7070`).
+    pub listen: SocketAddr,
+    /// Directory holding topic logs (`topics/`) and broker state (`state/`); default `./weir-data`.
+    pub data_dir: PathBuf,
+    /// Connection-level bounds.
+    pub limits: Limits,
+    /// Bounds a topic gets when its creator leaves them unset (and on auto-create).
+    pub topic_defaults: TopicDefaults,
+    /// Storage tuning.
+    pub storage: StorageConfig,
+}
+
+/// Connection- and broker-wide bounds, each with its behaviour at the bound.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Most open client connections. At the bound a new connection gets
+    /// `Rejected{TooManyConnections}` and is closed. Default 1 024.
+    pub max_connections: u32,
+    /// Largest frame accepted, in bytes. A larger frame gets `Error{FrameTooLarge}` and the
+    /// connection is closed. Default 4 MiB.
+    pub max_frame_bytes: u32,
+    /// Most unconfirmed publishes read from one connection. At the bound the broker stops
+    /// reading that socket (TCP backpressure) until confirms go out. Default 1 024.
+    pub max_unconfirmed: u32,
+    /// Most subscriptions open on one connection; past it `Subscribe` gets
+    /// `Error{LimitExceeded}`. Default 16.
+    pub max_subscriptions: u32,
+    /// Most credit one subscription may have outstanding; a grant past it gets
+    /// `Error{LimitExceeded}`. Default 1 024. A connection's outbound queue holds at most
+    /// `max_subscriptions × max_credit` deliveries plus the confirms of `max_unconfirmed`
+    /// publishes, so it can never overflow.
+    pub max_credit: u32,
+    /// Most topics. Creating one more gets `Error{LimitExceeded}` (or, when a publish would
+    /// auto-create it, `Rejected{TooManyTopics}`). Default 1 024.
+    pub max_topics: u32,
+    /// Most groups per topic; a subscribe that would create one more gets
+    /// `Error{LimitExceeded}`. Default 64.
+    pub max_groups_per_topic: u32,
+    /// Create a topic with the default bounds on first publish or subscribe. Default `true`.
+    pub auto_create_topics: bool,
+    /// Most delivered-but-unacked messages per group, across all its members. At the bound the
+    /// group's delivery pauses until acks arrive. Default 1 024.
+    pub max_in_flight: u32,
+    /// How long a new connection may take to send `Hello`, in milliseconds; then it is closed.
+    /// Default 10 000.
+    pub hello_timeout_ms: u64,
+    /// How long shutdown waits for in-progress commits before closing connections, in
+    /// milliseconds. Default 5 000.
+    pub shutdown_grace_ms: u64,
+}
+
+/// Default bounds of a topic (DESIGN.md §1: all required, no "unlimited").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicDefaults {
+    /// Most stored messages (ready and in flight). Default 100 000.
+    pub max_messages: u64,
+    /// Most stored payload bytes. Default 256 MiB.
+    pub max_bytes: u64,
+    /// Largest payload. Default 1 MiB.
+    pub max_message_bytes: u32,
+    /// Policy at the bound: `"reject"`.
+    pub overflow: String,
+    /// `"batch"` (default: confirm after fdatasync), `"interval:<ms>"` or `"never"`.
+    pub fsync: String,
+}
+
+/// Storage tuning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Size at which a topic's active log segment is sealed and a new one started. Default 64 MiB.
+    pub segment_bytes: u64,
+    /// Most messages in one group commit (one write + one fdatasync). Default 1 024.
+    pub commit_max_batch: u32,
+    /// Most appends queued for one topic's writer; publishers wait (bounded by their
+    /// connection's `max_unconfirmed`) when it is full. Default 4 096.
+    pub append_queue: u32,
+    /// Bytes of recently committed payloads kept in memory per topic, so deliveries to
+    /// subscribers that keep up do not touch disk. Oldest evicted first. Default 4 MiB.
+    pub tail_cache_bytes: u64,
+    /// The sled state store's cache bound (sled's own default is 1 GiB). Default 64 MiB.
+    pub state_cache_bytes: u64,
+    /// How often changed group state (cursors, unacked sets) is written to the state store, in
+    /// milliseconds. A crash loses at most this much ack progress, which means redeliveries,
+    /// never lost messages. Default 100.
+    pub state_flush_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from("./weir-data"),
+            limits: Limits::default(),
+            topic_defaults: TopicDefaults::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_frame_bytes: 4 * 1024 * 1024,
+            max_unconfirmed: 1024,
+            max_subscriptions: 16,
+            max_credit: 1024,
+            max_topics: 1024,
+            max_groups_per_topic: 64,
+            auto_create_topics: true,
+            max_in_flight: 1024,
+            hello_timeout_ms: 10_000,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        TopicDefaults {
+            max_messages: 100_000,
+            max_bytes: 256 * 1024 * 1024,
+            max_message_bytes: 1024 * 1024,
+            overflow: "reject".into(),
+            fsync: "batch".into(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            segment_bytes: 64 * 1024 * 1024,
+            commit_max_batch: 1024,
+            append_queue: 4096,
+            tail_cache_bytes: 4 * 1024 * 1024,
+            state_cache_bytes: 64 * 1024 * 1024,
+            state_flush_ms: 100,
+        }
+    }
+}
+
+/// A configuration that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; fields it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The configuration as TOML, every bound included (`--print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// Checks every bound is usable: no zero bounds, frame size within the codec ceiling, the
+    /// default message bound fitting in a frame, and parsable policies.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let nonzero = [
+            ("limits.max_connections", u64::from(l.max_connections)),
+            ("limits.max_unconfirmed", u64::from(l.max_unconfirmed)),
+            ("limits.max_subscriptions", u64::from(l.max_subscriptions)),
+            ("limits.max_credit", u64::from(l.max_credit)),
+            ("limits.max_topics", u64::from(l.max_topics)),
+            (
+                "limits.max_groups_per_topic",
+                u64::from(l.max_groups_per_topic),
+            ),
+            ("limits.max_in_flight", u64::from(l.max_in_flight)),
+            (
+                "storage.commit_max_batch",
+                u64::from(self.storage.commit_max_batch),
+            ),
+            ("storage.append_queue", u64::from(self.storage.append_queue)),
+            ("storage.segment_bytes", self.storage.segment_bytes),
+            ("storage.state_flush_ms", self.storage.state_flush_ms),
+        ];
+        if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+        }
+        if l.max_frame_bytes as usize > weir_protocol::MAX_FRAME_BYTES_CEILING
+            || l.max_frame_bytes < 1024
+        {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_frame_bytes must be between 1024 and {}",
+                weir_protocol::MAX_FRAME_BYTES_CEILING
+            )));
+        }
+        self.resolve_topic(TopicSpec {
+            name: "check".into(),
+            ..TopicSpec::default()
+        })
+        .map(|_| ())
+        .map_err(ConfigError::Invalid)
+    }
+
+    /// Resolves a topic spec against the defaults and checks it: a valid name, nonzero bounds,
+    /// and a message bound that fits in a frame (with room for the frame's header).
+    pub fn resolve_topic(&self, spec: TopicSpec) -> Result<TopicConfig, String> {
+        validate_topic_name(&spec.name)?;
+        let d = &self.topic_defaults;
+        let overflow = match spec.overflow {
+            Some(p) => p,
+            None => d.overflow.parse::<OverflowPolicy>()?,
+        };
+        let fsync = match spec.fsync {
+            Some(p) => p,
+            None => d.fsync.parse::<FsyncPolicy>()?,
+        };
+        let config = TopicConfig {
+            name: spec.name,
+            max_messages: spec.max_messages.unwrap_or(d.max_messages),
+            max_bytes: spec.max_bytes.unwrap_or(d.max_bytes),
+            max_message_bytes: spec.max_message_bytes.unwrap_or(d.max_message_bytes),
+            overflow,
+            fsync,
+        };
+        if config.max_messages == 0 || config.max_bytes == 0 || config.max_message_bytes == 0 {
+            return Err(
+                "topic bounds max_messages, max_bytes and max_message_bytes must be at least 1"
+                    .into(),
+            );
+        }
+        let frame_room = self
+            .limits
+            .max_frame_bytes
+            .saturating_sub(FRAME_HEADER_ROOM);
+        if config.max_message_bytes > frame_room {
+            return Err(format!(
+                "max_message_bytes {} does not fit in a frame (limits.max_frame_bytes {} leaves {} for the payload)",
+                config.max_message_bytes, self.limits.max_frame_bytes, frame_room
+            ));
+        }
+        Ok(config)
+    }
+}
+
+/// Bytes of a frame reserved for everything but the payload (header, topic name, ids).
+const FRAME_HEADER_ROOM: u32 = 512;
+
+/// Checks a topic or group name: 1–200 bytes of `[A-Za-z0-9._-]`, not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if name.is_empty() || name.len() > 200 || !ok_chars || name == "." || name == ".." {
+        return Err(format!(
+            "invalid name {name:?}: use 1-200 characters of [A-Za-z0-9._-]"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip_through_toml() {
+        let config = Config::default();
+        config.validate().unwrap();
+        let back: Config = toml::from_str(&config.to_toml()).unwrap();
+        assert_eq!(back, config);
+    }
+
+    #[test]
+    fn a_partial_file_keeps_the_other_defaults() {
+        let config: Config = toml::from_str("[limits]\nmax_connections = 3\n").unwrap();
+        assert_eq!(config.limits.max_connections, 3);
+        assert_eq!(config.limits.max_credit, Limits::default().max_credit);
+    }
+
+    #[test]
+    fn unknown_fields_and_zero_bounds_are_refused() {
+        assert!(toml::from_str::<Config>("[limits]\nmax_conections = 3\n").is_err());
+        let mut config = Config::default();
+        config.limits.max_in_flight = 0;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn topic_names_are_checked() {
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(201)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?} accepted");
+        }
+        validate_topic_name("orders.eu-1_v2").unwrap();
+    }
+
+    #[test]
+    fn a_message_bound_larger_than_a_frame_is_refused() {
+        let config = Config::default();
+        let spec = TopicSpec {
+            name: "t".into(),
+            max_message_bytes: Some(8 * 1024 * 1024),
+            ..Default::default()
+        };
+        assert!(config.resolve_topic(spec).is_err());
+    }
+}

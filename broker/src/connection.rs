@@ -1,0 +1,544 @@
+//! One task per client connection: read frames, apply them, write answers and deliveries.
+//!
+//! Two bounded queues feed the connection's writer task: *control* (answers, confirms,
+//! refusals, errors) which the reader waits on when full, and *deliveries* which the topic
+//! dispatchers fill with `try_send` and which holds `max_subscriptions × max_credit` frames —
+//! exactly what credit allows, so a delivery never waits and never overflows.
+//!
+//! Bounds and behaviour at them:
+//! - `max_unconfirmed` publishes awaiting their commit: at the bound the reader stops reading
+//!   the socket (TCP backpressure) until confirms go out. Refusals are answered at once and do
+//!   not count, so a fast "no" never queues behind a slow "yes".
+//! - `max_subscriptions` per connection and `max_credit` per subscription: refused with
+//!   `Error{LimitExceeded}`.
+//! - `max_frame_bytes`: `Error{FrameTooLarge}`, then this connection (only) is closed.
+//! - malformed frames: `Error{MalformedFrame}`, then this connection (only) is closed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use weir_protocol::*;
+
+use crate::broker::{Broker, CreateError};
+use crate::group::{GrantError, MemberId};
+use crate::topic::{AppendError, Confirm, JoinError, Refusal, Topic};
+
+/// Control frames queued for the writer beyond which the reader waits.
+const CONTROL_QUEUE: usize = 256;
+/// Most frames encoded per socket write.
+const FRAMES_PER_FLUSH: usize = 512;
+/// How long a closing connection keeps draining unread input so the peer receives our last
+/// frames instead of a reset.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// How a connection's main loop ended.
+enum End {
+    /// The client closed the connection, or our writer failed.
+    Closed,
+    /// The broker is shutting down.
+    Shutdown,
+    /// The client broke the protocol; the error frame has been queued.
+    ProtocolError,
+}
+
+/// An open subscription of this connection.
+struct Subscription {
+    topic: Arc<Topic>,
+    group: String,
+}
+
+/// A publish accepted by its topic, waiting for its commit.
+struct PendingConfirm {
+    id: u64,
+    confirm: Confirm,
+}
+
+impl Future for PendingConfirm {
+    type Output = Frame;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Frame> {
+        let id = self.id;
+        Pin::new(&mut self.confirm)
+            .poll(cx)
+            .map(|result| match result {
+                Ok(Ok(seq)) => Frame::PublishOk(PublishOk { id, seq }),
+                Ok(Err(AppendError::Refused(r))) => rejected(id, r),
+                Ok(Err(AppendError::Storage(message))) => Frame::Error(Error {
+                    req: id,
+                    code: ErrorCode::Internal,
+                    message,
+                }),
+                Err(_) => Frame::Error(Error {
+                    req: id,
+                    code: ErrorCode::Internal,
+                    message: "topic writer stopped".into(),
+                }),
+            })
+    }
+}
+
+fn rejected(id: u64, r: Refusal) -> Frame {
+    Frame::Rejected(Rejected {
+        id,
+        reason: r.reason,
+        limit: r.limit,
+        retry_after_ms: r.retry_after_ms,
+    })
+}
+
+fn error(req: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
+    Frame::Error(Error {
+        req,
+        code,
+        message: message.into(),
+    })
+}
+
+/// The broker's limits as announced to clients.
+pub(crate) fn server_limits(broker: &Broker) -> ServerLimits {
+    let l = &broker.config().limits;
+    ServerLimits {
+        max_frame_bytes: l.max_frame_bytes,
+        max_unconfirmed: l.max_unconfirmed,
+        max_credit: l.max_credit,
+        max_subscriptions: l.max_subscriptions,
+    }
+}
+
+/// Serves one accepted connection until the client leaves, breaks the protocol, or `shutdown`
+/// is cancelled (then it finishes confirming what is being committed, sends `GoingAway`, and
+/// closes).
+pub(crate) async fn serve(
+    broker: Broker,
+    socket: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let _ = socket.set_nodelay(true);
+    let id = broker.next_connection_id();
+    let limits = broker.config().limits.clone();
+    let codec = WeirCodec::new(limits.max_frame_bytes as usize);
+    let (read, write) = socket.into_split();
+    let mut frames = FramedRead::new(read, codec);
+    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let delivery_capacity = (limits.max_subscriptions as usize) * (limits.max_credit as usize);
+    let (deliveries, deliveries_rx) = mpsc::channel(delivery_capacity.max(1));
+    let writer = tokio::spawn(write_frames(
+        FramedWrite::new(write, codec),
+        control_rx,
+        deliveries_rx,
+    ));
+
+    broker.metrics().connections.inc();
+    info!(conn = id, %peer, "connection opened");
+    let mut conn = Connection {
+        broker: broker.clone(),
+        id,
+        control,
+        deliveries,
+        subs: HashMap::new(),
+        pending: FuturesUnordered::new(),
+    };
+    let end = match conn.handshake(&mut frames).await {
+        Ok(()) => conn.run(&mut frames, &shutdown).await,
+        Err(end) => end,
+    };
+    if matches!(end, End::Shutdown) {
+        conn.finish_confirms(Duration::from_millis(limits.shutdown_grace_ms))
+            .await;
+        let _ = conn
+            .control
+            .send(Frame::GoingAway(GoingAway {
+                reason: "broker shutting down".into(),
+            }))
+            .await;
+    }
+    if matches!(end, End::ProtocolError) {
+        broker.metrics().protocol_errors.add(1);
+    }
+    conn.leave_all();
+    drop(conn);
+    // The writer ends once both queues are closed and drained, then half-closes the socket.
+    let _ = writer.await;
+    linger(frames.into_inner()).await;
+    broker.metrics().connections.dec();
+    info!(conn = id, %peer, "connection closed");
+}
+
+/// Reads and discards what the peer still sends, until it closes or [`LINGER`] passes, so
+/// closing with unread input does not reset the connection before our last frames arrive.
+async fn linger(mut read: OwnedReadHalf) {
+    let mut scratch = [0u8; 8192];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = read.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Writes queued frames, many per syscall: everything ready is encoded, then flushed once.
+/// Control frames go first. Ends when both queues are closed or the socket fails.
+async fn write_frames(
+    mut sink: FramedWrite<OwnedWriteHalf, WeirCodec>,
+    mut control: mpsc::Receiver<Frame>,
+    mut deliveries: mpsc::Receiver<Frame>,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            Some(frame) = control.recv() => frame,
+            Some(frame) = deliveries.recv() => frame,
+            else => break,
+        };
+        if sink.feed(first).await.is_err() {
+            return;
+        }
+        for _ in 1..FRAMES_PER_FLUSH {
+            let Ok(frame) = control.try_recv().or_else(|_| deliveries.try_recv()) else {
+                break;
+            };
+            if sink.feed(frame).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = tokio::io::AsyncWriteExt::shutdown(sink.get_mut()).await;
+}
+
+struct Connection {
+    broker: Broker,
+    id: u64,
+    control: mpsc::Sender<Frame>,
+    deliveries: mpsc::Sender<Frame>,
+    subs: HashMap<u64, Subscription>,
+    pending: FuturesUnordered<PendingConfirm>,
+}
+
+type Frames = FramedRead<OwnedReadHalf, WeirCodec>;
+
+impl Connection {
+    /// Queues a control frame; `Err` when the writer is gone.
+    async fn send(&self, frame: Frame) -> Result<(), End> {
+        self.control.send(frame).await.map_err(|_| End::Closed)
+    }
+
+    async fn handshake(&mut self, frames: &mut Frames) -> Result<(), End> {
+        let timeout = Duration::from_millis(self.broker.config().limits.hello_timeout_ms);
+        let first = match tokio::time::timeout(timeout, frames.next()).await {
+            Ok(first) => first,
+            Err(_) => {
+                debug!(conn = self.id, "no Hello in time");
+                return Err(End::Closed);
+            }
+        };
+        match first {
+            Some(Ok(Frame::Hello(hello))) if hello.version == PROTOCOL_VERSION => {
+                let limits = server_limits(&self.broker);
+                self.send(Frame::HelloOk(HelloOk {
+                    version: PROTOCOL_VERSION,
+                    limits,
+                }))
+                .await
+            }
+            Some(Ok(Frame::Hello(hello))) => {
+                warn!(
+                    conn = self.id,
+                    version = hello.version,
+                    "unsupported protocol version"
+                );
+                let msg = format!(
+                    "protocol version {} is not supported (this broker speaks {PROTOCOL_VERSION})",
+                    hello.version
+                );
+                self.send(error(0, ErrorCode::UnsupportedVersion, msg))
+                    .await?;
+                Err(End::ProtocolError)
+            }
+            Some(Ok(other)) => {
+                self.send(error(
+                    0,
+                    ErrorCode::HelloRequired,
+                    format!("expected Hello, got {}", other.name()),
+                ))
+                .await?;
+                Err(End::ProtocolError)
+            }
+            Some(Err(e)) => Err(self.codec_error(e).await),
+            None => Err(End::Closed),
+        }
+    }
+
+    async fn run(&mut self, frames: &mut Frames, shutdown: &CancellationToken) -> End {
+        let max_unconfirmed = self.broker.config().limits.max_unconfirmed as usize;
+        loop {
+            let can_read = self.pending.len() < max_unconfirmed;
+            let step = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return End::Shutdown,
+                Some(answer) = self.pending.next(), if !self.pending.is_empty() => self.send(answer).await,
+                frame = frames.next(), if can_read => match frame {
+                    Some(Ok(frame)) => self.apply(frame).await,
+                    Some(Err(e)) => Err(self.codec_error(e).await),
+                    None => Err(End::Closed),
+                },
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Answers a codec failure: a typed error for bad input, nothing for a failed transport.
+    async fn codec_error(&self, e: CodecError) -> End {
+        let code = match &e {
+            CodecError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            CodecError::Malformed(_) | CodecError::Truncated { .. } => ErrorCode::MalformedFrame,
+            CodecError::Io(io) => {
+                debug!(conn = self.id, error = %io, "connection read failed");
+                return End::Closed;
+            }
+        };
+        warn!(conn = self.id, error = %e, "closing connection after a bad frame");
+        let _ = self.send(error(0, code, e.to_string())).await;
+        End::ProtocolError
+    }
+
+    async fn apply(&mut self, frame: Frame) -> Result<(), End> {
+        match frame {
+            Frame::Publish(p) => self.publish(p).await,
+            Frame::CreateTopic(c) => self.create_topic(c).await,
+            Frame::ListTopics(l) => {
+                let topics = self.broker.list_topics();
+                self.send(Frame::TopicList(TopicList { req: l.req, topics }))
+                    .await
+            }
+            Frame::Subscribe(s) => self.subscribe(s).await,
+            Frame::Unsubscribe(u) => self.unsubscribe(u.sub).await,
+            Frame::Credit(c) => self.credit(c).await,
+            Frame::Ack(a) => self.ack(a).await,
+            Frame::Ping(nonce) => self.send(Frame::Pong(nonce)).await,
+            Frame::Pong(_) => Ok(()),
+            other => {
+                let msg = format!("{} is not a frame a client sends", other.name());
+                self.send(error(0, ErrorCode::InvalidArgument, msg)).await
+            }
+        }
+    }
+
+    /// Looks up (or auto-creates) a topic, answering request `req` with the failure.
+    async fn topic(&self, req: u64, name: &str) -> Result<Option<Arc<Topic>>, End> {
+        let failure = match self.broker.topic_or_create(name).await {
+            Ok(topic) => return Ok(Some(topic)),
+            Err(CreateError::Unknown(_)) => error(
+                req,
+                ErrorCode::UnknownTopic,
+                format!("unknown topic {name}"),
+            ),
+            Err(CreateError::TooMany(max)) => {
+                self.broker.metrics().rejected.add(1);
+                Frame::Rejected(Rejected {
+                    id: req,
+                    reason: RejectReason::TooManyTopics,
+                    limit: Limit::new("max_topics", u64::from(max)),
+                    retry_after_ms: None,
+                })
+            }
+            Err(CreateError::Invalid(msg)) => error(req, ErrorCode::InvalidArgument, msg),
+            Err(e) => error(req, ErrorCode::Internal, e.to_string()),
+        };
+        self.send(failure).await.map(|()| None)
+    }
+
+    async fn publish(&mut self, p: Publish) -> Result<(), End> {
+        let Some(topic) = self.topic(p.id, &p.topic).await? else {
+            return Ok(());
+        };
+        match topic.publish(p.payload).await {
+            Ok(confirm) => {
+                self.pending.push(PendingConfirm { id: p.id, confirm });
+                Ok(())
+            }
+            Err(AppendError::Refused(r)) => {
+                self.broker.metrics().rejected.add(1);
+                debug!(conn = self.id, topic = %p.topic, reason = ?r.reason, "publish refused");
+                self.send(rejected(p.id, r)).await
+            }
+            Err(AppendError::Storage(message)) => {
+                self.send(error(p.id, ErrorCode::Internal, message)).await
+            }
+        }
+    }
+
+    async fn create_topic(&mut self, c: CreateTopic) -> Result<(), End> {
+        let answer = match self.broker.create_topic(c.spec).await {
+            Ok((topic, created)) => Frame::TopicCreated(TopicCreated {
+                req: c.req,
+                created,
+                config: topic.config().clone(),
+            }),
+            Err(CreateError::Invalid(msg)) => error(c.req, ErrorCode::InvalidArgument, msg),
+            Err(e @ CreateError::Exists(_)) => error(c.req, ErrorCode::TopicExists, e.to_string()),
+            Err(e @ CreateError::TooMany(_)) => {
+                error(c.req, ErrorCode::LimitExceeded, e.to_string())
+            }
+            Err(e) => error(c.req, ErrorCode::Internal, e.to_string()),
+        };
+        self.send(answer).await
+    }
+
+    fn member(&self, sub: u64) -> MemberId {
+        MemberId { conn: self.id, sub }
+    }
+
+    async fn subscribe(&mut self, s: Subscribe) -> Result<(), End> {
+        let limits = &self.broker.config().limits;
+        let refusal = if self.subs.contains_key(&s.sub) {
+            Some((
+                ErrorCode::SubscriptionExists,
+                format!("subscription {} is already open", s.sub),
+            ))
+        } else if self.subs.len() >= limits.max_subscriptions as usize {
+            Some((
+                ErrorCode::LimitExceeded,
+                format!(
+                    "max_subscriptions ({}) reached on this connection",
+                    limits.max_subscriptions
+                ),
+            ))
+        } else if s.credit > limits.max_credit {
+            Some((
+                ErrorCode::LimitExceeded,
+                format!(
+                    "credit {} exceeds max_credit ({})",
+                    s.credit, limits.max_credit
+                ),
+            ))
+        } else if let Err(msg) = crate::config::validate_topic_name(&s.group) {
+            Some((ErrorCode::InvalidArgument, format!("group: {msg}")))
+        } else {
+            None
+        };
+        if let Some((code, msg)) = refusal {
+            return self.send(error(s.sub, code, msg)).await;
+        }
+        let Some(topic) = self.topic(s.sub, &s.topic).await? else {
+            return Ok(());
+        };
+        let member = self.member(s.sub);
+        if let Err(JoinError::TooManyGroups(max)) =
+            topic.join(&s.group, member, self.deliveries.clone())
+        {
+            let msg = format!("topic {} is at max_groups_per_topic ({max})", s.topic);
+            return self.send(error(s.sub, ErrorCode::LimitExceeded, msg)).await;
+        }
+        self.subs.insert(
+            s.sub,
+            Subscription {
+                topic: topic.clone(),
+                group: s.group.clone(),
+            },
+        );
+        debug!(conn = self.id, sub = s.sub, topic = %s.topic, group = %s.group, credit = s.credit, "subscribed");
+        // Subscribed goes out before the credit that lets deliveries start.
+        self.send(Frame::Subscribed(Subscribed { sub: s.sub }))
+            .await?;
+        if s.credit > 0 {
+            // Cannot fail: the member just joined and the credit was checked against max_credit.
+            let _ = topic.grant(&s.group, member, s.credit);
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, sub: u64) -> Result<(), End> {
+        match self.subs.remove(&sub) {
+            Some(s) => {
+                s.topic.leave(&s.group, self.member(sub));
+                self.send(Frame::Unsubscribed(Unsubscribed { sub })).await
+            }
+            None => self.send(unknown_sub(sub)).await,
+        }
+    }
+
+    async fn credit(&mut self, c: Credit) -> Result<(), End> {
+        let Some(s) = self.subs.get(&c.sub) else {
+            return self.send(unknown_sub(c.sub)).await;
+        };
+        match s.topic.grant(&s.group, self.member(c.sub), c.n) {
+            Ok(()) => Ok(()),
+            Err(GrantError::UnknownMember) => self.send(unknown_sub(c.sub)).await,
+            Err(GrantError::TooMuch { outstanding, max }) => {
+                let msg = format!(
+                    "credit {outstanding} + {} would exceed max_credit ({max})",
+                    c.n
+                );
+                self.send(error(c.sub, ErrorCode::LimitExceeded, msg)).await
+            }
+        }
+    }
+
+    async fn ack(&mut self, a: Ack) -> Result<(), End> {
+        let Some(s) = self.subs.get(&a.sub) else {
+            return self.send(unknown_sub(a.sub)).await;
+        };
+        s.topic.ack(&s.group, self.member(a.sub), &a.seqs);
+        Ok(())
+    }
+
+    /// Waits (at most `grace`) for publishes being committed and sends their confirms.
+    async fn finish_confirms(&mut self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.pending.is_empty() {
+            match tokio::time::timeout_at(deadline, self.pending.next()).await {
+                Ok(Some(answer)) => {
+                    if self.send(answer).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(_) => {
+                    warn!(
+                        conn = self.id,
+                        unconfirmed = self.pending.len(),
+                        "shutdown grace expired with commits pending"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Detaches every subscription; their unacked messages return to their groups.
+    fn leave_all(&mut self) {
+        for (sub, s) in self.subs.drain() {
+            s.topic.leave(&s.group, MemberId { conn: self.id, sub });
+        }
+    }
+}
+
+fn unknown_sub(sub: u64) -> Frame {
+    error(
+        sub,
+        ErrorCode::UnknownSubscription,
+        format!("subscription {sub} is not open on this connection"),
+    )
+}

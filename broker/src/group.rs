@@ -1,0 +1,407 @@
+//! A group: one durable subscription of a topic. It owns the cursor, the in-flight table, the
+//! messages waiting for redelivery, and the members with the credit each has granted.
+//!
+//! Pure bookkeeping, no I/O: the topic's dispatcher asks a group for a delivery [`Plan`]
+//! under the topic lock, then sends the frames outside it.
+//!
+//! Bounds: `in_flight` never exceeds `max_in_flight` (delivery pauses at it until acks
+//! arrive), a member never gets more deliveries than its outstanding credit, and credit
+//! outstanding never exceeds `max_credit` (a larger grant is refused). Messages waiting for
+//! redelivery came out of `in_flight`, so they are bounded by `max_in_flight` too.
+
+use std::collections::BTreeMap;
+
+use tokio::sync::mpsc;
+use weir_protocol::{Frame, GroupInfo};
+
+use crate::storage::state::GroupRecord;
+
+/// The sending side of a connection's bounded outbound queue.
+pub type Outbox = mpsc::Sender<Frame>;
+
+/// Identifies one subscription: the connection it lives on and its id there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MemberId {
+    /// The broker-assigned connection id.
+    pub conn: u64,
+    /// The client-chosen subscription id.
+    pub sub: u64,
+}
+
+/// One subscription attached to a group.
+struct Member {
+    id: MemberId,
+    credit: u32,
+    outbox: Outbox,
+}
+
+/// A delivered, not yet acked message.
+struct InFlight {
+    member: MemberId,
+    attempt: u32,
+}
+
+/// One delivery decided by [`Group::plan`]: send `seq` (attempt `attempt`) to `sub` via `outbox`.
+pub struct Planned {
+    /// Where to send the delivery.
+    pub outbox: Outbox,
+    /// The member it goes to.
+    pub member: MemberId,
+    /// The message.
+    pub seq: u64,
+    /// Which delivery of this message to the group this is (1 = first).
+    pub attempt: u32,
+}
+
+/// A list of deliveries to send.
+pub type Plan = Vec<Planned>;
+
+/// A grant of credit that cannot be honoured.
+#[derive(Debug, PartialEq, Eq)]
+pub enum GrantError {
+    /// The member is not attached to this group.
+    UnknownMember,
+    /// Outstanding credit would pass `max_credit`.
+    TooMuch {
+        /// Credit the member has outstanding now.
+        outstanding: u32,
+        /// The bound.
+        max: u32,
+    },
+}
+
+/// One group's delivery state.
+pub struct Group {
+    cursor: u64,
+    in_flight: BTreeMap<u64, InFlight>,
+    redeliver: BTreeMap<u64, u32>,
+    members: Vec<Member>,
+    next_member: usize,
+    max_in_flight: usize,
+    dirty: bool,
+}
+
+impl Group {
+    /// A new group whose first delivery will be `start`.
+    pub fn new(start: u64, max_in_flight: u32) -> Group {
+        Group {
+            cursor: start,
+            in_flight: BTreeMap::new(),
+            redeliver: BTreeMap::new(),
+            members: Vec::new(),
+            next_member: 0,
+            max_in_flight: max_in_flight as usize,
+            dirty: true,
+        }
+    }
+
+    /// A group recovered from its stored record after a restart. Messages below `first_seq`
+    /// are gone from the topic (acked by everyone), so they are dropped from the record; every
+    /// unacked message becomes due for redelivery, keeping its delivery count.
+    pub fn recover(record: &GroupRecord, first_seq: u64, max_in_flight: u32) -> Group {
+        let mut group = Group::new(record.cursor.max(first_seq), max_in_flight);
+        group.redeliver = record
+            .unacked
+            .iter()
+            .filter(|(seq, _)| *seq >= first_seq && *seq < group.cursor)
+            .copied()
+            .collect();
+        group
+    }
+
+    /// The record to persist. Bounded by `max_in_flight` entries.
+    pub fn record(&self) -> GroupRecord {
+        let mut unacked: Vec<(u64, u32)> = self
+            .in_flight
+            .iter()
+            .map(|(seq, f)| (*seq, f.attempt))
+            .chain(self.redeliver.iter().map(|(s, a)| (*s, *a)))
+            .collect();
+        unacked.sort_unstable();
+        GroupRecord {
+            cursor: self.cursor,
+            unacked,
+        }
+    }
+
+    /// Returns whether the group changed since the last call, and clears the flag.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// The lowest sequence the group still needs: everything below it is acked.
+    pub fn floor(&self) -> u64 {
+        let lowest_in_flight = self.in_flight.keys().next().copied().unwrap_or(u64::MAX);
+        let lowest_redeliver = self.redeliver.keys().next().copied().unwrap_or(u64::MAX);
+        self.cursor.min(lowest_in_flight).min(lowest_redeliver)
+    }
+
+    /// Attaches a member with no credit yet (see [`Group::grant`]).
+    pub fn join(&mut self, id: MemberId, outbox: Outbox) {
+        self.members.push(Member {
+            id,
+            credit: 0,
+            outbox,
+        });
+    }
+
+    /// Detaches a member; its in-flight messages go back to the group for redelivery. Returns
+    /// how many were requeued.
+    pub fn leave(&mut self, id: MemberId) -> usize {
+        self.members.retain(|m| m.id != id);
+        let theirs: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.member == id)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in &theirs {
+            self.undeliver(id, *seq);
+        }
+        theirs.len()
+    }
+
+    /// Returns a planned delivery that could not be sent to the group (a no-op if `seq` is no
+    /// longer in flight to `id`, e.g. because the member already left).
+    pub fn undeliver(&mut self, id: MemberId, seq: u64) {
+        if self.in_flight.get(&seq).is_some_and(|f| f.member == id) {
+            if let Some(f) = self.in_flight.remove(&seq) {
+                self.redeliver.insert(seq, f.attempt);
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Takes away a member's outstanding credit (its connection is gone or cannot take more),
+    /// so it is planned no more deliveries until it grants credit again.
+    pub fn revoke_credit(&mut self, id: MemberId) {
+        if let Some(m) = self.members.iter_mut().find(|m| m.id == id) {
+            m.credit = 0;
+        }
+    }
+
+    /// Adds `n` credit to a member; refused past `max_credit` outstanding.
+    pub fn grant(&mut self, id: MemberId, n: u32, max_credit: u32) -> Result<(), GrantError> {
+        let member = self
+            .members
+            .iter_mut()
+            .find(|m| m.id == id)
+            .ok_or(GrantError::UnknownMember)?;
+        match member.credit.checked_add(n) {
+            Some(total) if total <= max_credit => {
+                member.credit = total;
+                Ok(())
+            }
+            _ => Err(GrantError::TooMuch {
+                outstanding: member.credit,
+                max: max_credit,
+            }),
+        }
+    }
+
+    /// Acks messages delivered to `id`. Sequences not in flight to `id` (duplicates, or
+    /// messages already requeued) are ignored. Returns how many were acked.
+    pub fn ack(&mut self, id: MemberId, seqs: &[u64]) -> usize {
+        let mut acked = 0;
+        for seq in seqs {
+            if self.in_flight.get(seq).is_some_and(|f| f.member == id) {
+                self.in_flight.remove(seq);
+                acked += 1;
+            }
+        }
+        if acked > 0 {
+            self.dirty = true;
+        }
+        acked
+    }
+
+    /// Decides up to `budget` deliveries: redeliveries first (lowest sequence first), then new
+    /// messages below `committed_next`, round-robin across members with credit, while the group
+    /// is under `max_in_flight`. Each planned message is in flight from here on.
+    pub fn plan(&mut self, committed_next: u64, budget: usize, out: &mut Plan) {
+        let n = self.members.len();
+        let mut planned = 0;
+        while planned < budget && self.in_flight.len() < self.max_in_flight {
+            let Some(i) = (0..n)
+                .map(|k| (self.next_member + k) % n)
+                .find(|&i| self.members[i].credit > 0)
+            else {
+                break;
+            };
+            let (seq, previous_attempts) = if let Some(entry) = self.redeliver.pop_first() {
+                entry
+            } else if self.cursor < committed_next {
+                self.cursor += 1;
+                (self.cursor - 1, 0)
+            } else {
+                break;
+            };
+            let member = &mut self.members[i];
+            member.credit -= 1;
+            let attempt = previous_attempts + 1;
+            self.in_flight.insert(
+                seq,
+                InFlight {
+                    member: member.id,
+                    attempt,
+                },
+            );
+            out.push(Planned {
+                outbox: member.outbox.clone(),
+                member: member.id,
+                seq,
+                attempt,
+            });
+            self.next_member = (i + 1) % n;
+            planned += 1;
+        }
+        if planned > 0 {
+            self.dirty = true;
+        }
+    }
+
+    /// A snapshot for `ListTopics`.
+    pub fn info(&self, name: &str, committed_next: u64) -> GroupInfo {
+        GroupInfo {
+            name: name.to_string(),
+            in_flight: self.in_flight.len() as u64,
+            pending: committed_next.saturating_sub(self.cursor) + self.redeliver.len() as u64,
+            members: self.members.len() as u32,
+            credit: self.members.iter().map(|m| u64::from(m.credit)).sum(),
+        }
+    }
+
+    /// Whether the group has any member attached.
+    pub fn has_members(&self) -> bool {
+        !self.members.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(sub: u64) -> (MemberId, Outbox, mpsc::Receiver<Frame>) {
+        let (tx, rx) = mpsc::channel(16);
+        (MemberId { conn: 1, sub }, tx, rx)
+    }
+
+    fn seqs(plan: &Plan) -> Vec<(u64, u64, u32)> {
+        plan.iter()
+            .map(|p| (p.member.sub, p.seq, p.attempt))
+            .collect()
+    }
+
+    #[test]
+    fn never_plans_more_than_the_credit_granted() {
+        let mut g = Group::new(1, 100);
+        let (a, tx, _rx) = member(1);
+        g.join(a, tx);
+        let mut plan = Plan::new();
+        g.plan(50, 1000, &mut plan);
+        assert!(plan.is_empty(), "no credit, no delivery");
+        g.grant(a, 10, 100).unwrap();
+        g.plan(50, 1000, &mut plan);
+        assert_eq!(plan.len(), 10);
+        g.plan(50, 1000, &mut plan);
+        assert_eq!(plan.len(), 10, "credit used up");
+    }
+
+    #[test]
+    fn stops_at_max_in_flight_and_resumes_on_ack() {
+        let mut g = Group::new(1, 3);
+        let (a, tx, _rx) = member(1);
+        g.join(a, tx);
+        g.grant(a, 10, 100).unwrap();
+        let mut plan = Plan::new();
+        g.plan(50, 1000, &mut plan);
+        assert_eq!(seqs(&plan), vec![(1, 1, 1), (1, 2, 1), (1, 3, 1)]);
+        assert_eq!(
+            g.ack(a, &[2, 2, 99]),
+            1,
+            "duplicates and unknown seqs are ignored"
+        );
+        plan.clear();
+        g.plan(50, 1000, &mut plan);
+        assert_eq!(seqs(&plan), vec![(1, 4, 1)]);
+        assert_eq!(g.floor(), 1);
+    }
+
+    #[test]
+    fn members_share_round_robin_and_a_leaver_s_messages_are_redelivered() {
+        let mut g = Group::new(1, 100);
+        let (a, txa, _ra) = member(1);
+        let (b, txb, _rb) = member(2);
+        g.join(a, txa);
+        g.join(b, txb);
+        g.grant(a, 2, 100).unwrap();
+        g.grant(b, 2, 100).unwrap();
+        let mut plan = Plan::new();
+        g.plan(10, 100, &mut plan);
+        assert_eq!(
+            seqs(&plan),
+            vec![(1, 1, 1), (2, 2, 1), (1, 3, 1), (2, 4, 1)]
+        );
+        assert_eq!(g.leave(a), 2);
+        g.grant(b, 3, 100).unwrap();
+        plan.clear();
+        g.ack(b, &[2, 4]);
+        g.plan(10, 100, &mut plan);
+        assert_eq!(seqs(&plan), vec![(2, 1, 2), (2, 3, 2), (2, 5, 1)]);
+    }
+
+    #[test]
+    fn credit_is_bounded() {
+        let mut g = Group::new(1, 100);
+        let (a, tx, _rx) = member(1);
+        g.join(a, tx);
+        g.grant(a, 8, 10).unwrap();
+        assert_eq!(
+            g.grant(a, 3, 10),
+            Err(GrantError::TooMuch {
+                outstanding: 8,
+                max: 10
+            })
+        );
+        assert_eq!(
+            g.grant(a, u32::MAX, u32::MAX),
+            Err(GrantError::TooMuch {
+                outstanding: 8,
+                max: u32::MAX
+            })
+        );
+        let stranger = MemberId { conn: 9, sub: 9 };
+        assert_eq!(g.grant(stranger, 1, 10), Err(GrantError::UnknownMember));
+    }
+
+    #[test]
+    fn record_and_recover_keep_unacked_messages_and_their_attempts() {
+        let mut g = Group::new(5, 100);
+        let (a, tx, _rx) = member(1);
+        g.join(a, tx);
+        g.grant(a, 4, 100).unwrap();
+        let mut plan = Plan::new();
+        g.plan(20, 100, &mut plan);
+        g.ack(a, &[6]);
+        let record = g.record();
+        assert_eq!(
+            record,
+            GroupRecord {
+                cursor: 9,
+                unacked: vec![(5, 1), (7, 1), (8, 1)]
+            }
+        );
+        let mut back = Group::recover(&record, 6, 100);
+        assert_eq!(
+            back.floor(),
+            7,
+            "seq 5 is below the topic's first stored message"
+        );
+        let (b, txb, _rb) = member(2);
+        back.join(b, txb);
+        back.grant(b, 3, 100).unwrap();
+        plan.clear();
+        back.plan(20, 100, &mut plan);
+        assert_eq!(seqs(&plan), vec![(2, 7, 2), (2, 8, 2), (2, 9, 1)]);
+    }
+}

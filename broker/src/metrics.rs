@@ -1,0 +1,113 @@
+//! The broker's counters: what was published, refused, delivered and acked, and how long
+//! commits take. Plain atomics, shared through an `Arc`; logged at shutdown and read by tests.
+//! (The operations issue exports them to Prometheus.)
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A gauge that goes up and down (e.g. open connections).
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Subtracts one.
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Count, sum and maximum of a duration in microseconds.
+#[derive(Debug, Default)]
+pub struct LatencyStat {
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+impl LatencyStat {
+    /// Records one observation.
+    pub fn record(&self, us: u64) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// `(count, mean µs, max µs)`.
+    pub fn summary(&self) -> (u64, u64, u64) {
+        let count = self.count.load(Ordering::Relaxed);
+        let mean = self
+            .sum_us
+            .load(Ordering::Relaxed)
+            .checked_div(count)
+            .unwrap_or(0);
+        (count, mean, self.max_us.load(Ordering::Relaxed))
+    }
+}
+
+/// Every counter of the broker.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Messages committed to a topic log.
+    pub published: Counter,
+    /// Publishes refused with `Rejected`, any reason.
+    pub rejected: Counter,
+    /// Deliveries sent to subscribers (including redeliveries).
+    pub delivered: Counter,
+    /// Deliveries with attempt > 1.
+    pub redelivered: Counter,
+    /// Messages acked.
+    pub acked: Counter,
+    /// Connections open now.
+    pub connections: Gauge,
+    /// Connections refused at `max_connections`.
+    pub connections_refused: Counter,
+    /// Connections closed for a protocol error (malformed or oversized frame, bad handshake).
+    pub protocol_errors: Counter,
+    /// Duration of each group commit (write + sync).
+    pub commit_latency_us: LatencyStat,
+}
+
+impl Metrics {
+    /// Logs every counter at info level.
+    pub fn log_summary(&self) {
+        let (commits, mean_us, max_us) = self.commit_latency_us.summary();
+        tracing::info!(
+            published = self.published.get(),
+            rejected = self.rejected.get(),
+            delivered = self.delivered.get(),
+            redelivered = self.redelivered.get(),
+            acked = self.acked.get(),
+            connections_refused = self.connections_refused.get(),
+            protocol_errors = self.protocol_errors.get(),
+            commits,
+            commit_mean_us = mean_us,
+            commit_max_us = max_us,
+            "broker counters"
+        );
+    }
+}

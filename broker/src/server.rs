@@ -1,0 +1,121 @@
+//! The accept loop: admits connections up to `max_connections`, refuses the rest with a typed
+//! frame, and runs the graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::codec::Encoder;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+use weir_protocol::{Frame, Limit, RejectReason, Rejected, WeirCodec};
+
+use crate::broker::{Broker, OpenError};
+use crate::config::Config;
+use crate::connection;
+
+/// Refused connections being answered at once; past it, further ones are closed unanswered.
+const MAX_REFUSALS_IN_PROGRESS: usize = 64;
+/// How long a refused connection is kept to deliver its `Rejected` frame.
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
+
+/// Opens the broker on `config.data_dir` and serves `listener` until `shutdown` completes.
+///
+/// Shutdown: stop accepting, stop reading new frames, confirm the publishes whose commit is in
+/// progress, send every client `GoingAway`, close the connections, then stop the topic writers
+/// (each after committing what is queued) and persist group state. Returns once everything is
+/// on disk.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future,
+) -> Result<(), OpenError> {
+    let broker = Broker::open(config).await?;
+    serve(listener, broker.clone(), shutdown).await;
+    broker.close().await;
+    info!("broker stopped");
+    Ok(())
+}
+
+/// The accept loop for an already opened broker; returns after every connection has closed.
+pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future) {
+    let max = broker.config().limits.max_connections as usize;
+    let slots = Arc::new(Semaphore::new(max));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS));
+    let stop = CancellationToken::new();
+    let connections = TaskTracker::new();
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, max_connections = max, "listening");
+    }
+    let mut backoff = Duration::from_millis(10);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off rather than spin.
+                error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(10);
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                let (broker, stop) = (broker.clone(), stop.clone());
+                connections.spawn(async move {
+                    connection::serve(broker, socket, peer, stop).await;
+                    drop(slot);
+                });
+            }
+            Err(_) => {
+                broker.metrics().connections_refused.add(1);
+                warn!(%peer, max_connections = max, "connection refused: at max_connections");
+                if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                    connections.spawn(async move {
+                        refuse(socket, max).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+    info!("shutting down: closing connections");
+    drop(listener);
+    stop.cancel();
+    connections.close();
+    connections.wait().await;
+}
+
+/// Answers a connection over `max_connections` with `Rejected{TooManyConnections}` and closes it.
+async fn refuse(mut socket: TcpStream, max: usize) {
+    let frame = Frame::Rejected(Rejected {
+        id: 0,
+        reason: RejectReason::TooManyConnections,
+        limit: Limit::new("max_connections", max as u64),
+        retry_after_ms: Some(1000),
+    });
+    let mut buf = BytesMut::new();
+    if WeirCodec::default().encode(frame, &mut buf).is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        socket.write_all(&buf).await?;
+        socket.shutdown().await?;
+        // Drain the client's Hello so closing does not reset the connection under our answer.
+        let mut scratch = [0u8; 1024];
+        while tokio::io::AsyncReadExt::read(&mut socket, &mut scratch).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
+}

@@ -1,0 +1,283 @@
+//! One segment file: create/open, append (one pwrite), positional reads, recovery scan, truncate.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::checkpoint::Checkpoint;
+use super::index::SparseIndex;
+use super::reader::{HeaderStep, RecordReader};
+use super::record::HEADER_LEN;
+use super::LogError;
+
+/// Path of the segment whose first record has sequence `base_seq`.
+pub(crate) fn log_path(dir: &Path, base_seq: u64) -> PathBuf {
+    dir.join(format!("{base_seq:020}.log"))
+}
+
+/// Parses a file name of exactly 20 decimal digits plus `suffix` (e.g. `".log"`) into its number.
+pub(crate) fn parse_name(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Where and why a recovery scan stopped before the end of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ScanStop {
+    /// Offset of the first record that is not valid.
+    pub offset: u64,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// One open segment file and what is known about its contents.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    /// Sequence of the first record (the file's name).
+    pub base_seq: u64,
+    /// One past the sequence of the last record (`== base_seq` when empty).
+    pub next_seq: u64,
+    /// Bytes of whole valid records; reads never go past it, appends go exactly there.
+    pub size: u64,
+    /// The file's path.
+    pub path: PathBuf,
+    file: File,
+    /// Sparse seq → offset index.
+    pub index: SparseIndex,
+    /// Written (or recovered) since the last successful `fdatasync`.
+    pub dirty: bool,
+    /// Sealed, and its checkpoint is not yet written.
+    pub needs_checkpoint: bool,
+}
+
+fn open_rw(path: &Path, create_new: bool) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true);
+    if create_new {
+        opts.create_new(true);
+    }
+    opts.open(path)
+}
+
+impl Segment {
+    /// Creates a new, empty segment file for `base_seq` in `dir`. Fails with `AlreadyExists` if
+    /// the file is already there (the log never reuses a base sequence). The caller owns the
+    /// directory fsync.
+    pub(crate) fn create(dir: &Path, base_seq: u64) -> io::Result<Segment> {
+        let path = log_path(dir, base_seq);
+        let file = open_rw(&path, true)?;
+        Ok(Segment {
+            base_seq,
+            next_seq: base_seq,
+            size: 0,
+            path,
+            file,
+            index: SparseIndex::new(),
+            dirty: false,
+            needs_checkpoint: false,
+        })
+    }
+
+    /// Opens an existing segment file for reading and writing, returning it and its length.
+    pub(crate) fn open_file(path: &Path) -> io::Result<(File, u64)> {
+        let file = open_rw(path, false)?;
+        let len = file.metadata()?.len();
+        Ok((file, len))
+    }
+
+    /// A sealed segment trusted by its checkpoint (no scan).
+    pub(crate) fn from_checkpoint(path: PathBuf, file: File, cp: Checkpoint) -> Segment {
+        Segment {
+            base_seq: cp.base_seq,
+            next_seq: cp.next_seq,
+            size: cp.valid_len,
+            path,
+            file,
+            index: cp.index,
+            dirty: false,
+            needs_checkpoint: false,
+        }
+    }
+
+    /// Scans `file` (of length `file_len`) from the start, checking every record's length, CRC and
+    /// sequence (`base_seq`, `base_seq + 1`, ...) and rebuilding the sparse index. Returns the
+    /// segment covering the valid prefix, and where the scan stopped if it did not reach the end of
+    /// the file. Does not modify the file. Only I/O failures are errors: any content is accepted.
+    pub(crate) fn scan(
+        path: PathBuf,
+        file: File,
+        base_seq: u64,
+        file_len: u64,
+        interval: u32,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<(Segment, Option<ScanStop>)> {
+        let mut index = SparseIndex::new();
+        let mut expected = base_seq;
+        let (size, stop) = {
+            let mut r = RecordReader::new(&file, buf, 0, file_len);
+            loop {
+                let at = r.offset();
+                let stop = |reason: String| (at, Some(ScanStop { offset: at, reason }));
+                let h = match r.next_header()? {
+                    HeaderStep::End => break (at, None),
+                    HeaderStep::Incomplete => break stop("incomplete record".into()),
+                    HeaderStep::Bad(reason) => break stop(reason),
+                    HeaderStep::Record(h) => h,
+                };
+                if h.seq != expected {
+                    break stop(format!("sequence {} where {expected} was expected", h.seq));
+                }
+                let Some(next) = expected.checked_add(1) else {
+                    break stop("sequence space exhausted".into());
+                };
+                if r.body()?.is_none() {
+                    break stop(format!("crc mismatch in record {expected}"));
+                }
+                index.observe(expected - base_seq, at, interval);
+                expected = next;
+            }
+        };
+        let seg = Segment {
+            base_seq,
+            next_seq: expected,
+            size,
+            path,
+            file,
+            index,
+            dirty: false,
+            needs_checkpoint: false,
+        };
+        Ok((seg, stop))
+    }
+
+    /// The checkpoint describing this segment as it is now.
+    pub(crate) fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            base_seq: self.base_seq,
+            valid_len: self.size,
+            next_seq: self.next_seq,
+            index: self.index.clone(),
+        }
+    }
+
+    /// Writes `buf` (the encoded records for `payloads`, in order, starting at sequence
+    /// `next_seq`) at the end of the valid data with one positional write, then updates size,
+    /// next sequence and index. On failure the file is cut back to its previous size (best effort)
+    /// and the in-memory state is unchanged. Does not fsync.
+    pub(crate) fn append(
+        &mut self,
+        buf: &[u8],
+        payloads: &[Bytes],
+        interval: u32,
+    ) -> io::Result<()> {
+        if let Err(e) = self.file.write_all_at(buf, self.size) {
+            let _ = self.file.set_len(self.size);
+            return Err(e);
+        }
+        self.dirty = true;
+        let mut offset = self.size;
+        for (rel, p) in (self.next_seq - self.base_seq..).zip(payloads) {
+            self.index.observe(rel, offset, interval);
+            offset += (HEADER_LEN + p.len()) as u64;
+        }
+        debug_assert_eq!(offset, self.size + buf.len() as u64);
+        self.size += buf.len() as u64;
+        self.next_seq += payloads.len() as u64;
+        Ok(())
+    }
+
+    /// Cuts the file and the in-memory state back to `size` bytes holding records up to (not
+    /// including) `next_seq`. The in-memory state is updated even if the file truncation fails.
+    pub(crate) fn truncate(&mut self, size: u64, next_seq: u64) -> io::Result<()> {
+        self.size = size;
+        self.next_seq = next_seq;
+        self.index.truncate_at(size);
+        self.dirty = true;
+        self.file.set_len(size)
+    }
+
+    /// `fdatasync`s the file and clears the dirty flag.
+    pub(crate) fn sync_data(&mut self) -> io::Result<()> {
+        self.file.sync_data()?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    fn corrupt(&self, offset: u64, reason: String) -> LogError {
+        LogError::Corrupt {
+            segment: self.path.clone(),
+            offset,
+            reason,
+        }
+    }
+
+    /// Maps a read error: a file shorter than its recorded valid length is corruption.
+    fn read_error(&self, e: io::Error, offset: u64) -> LogError {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            self.corrupt(offset, "file shorter than its recorded length".into())
+        } else {
+            LogError::Io(e)
+        }
+    }
+
+    /// Calls `f(seq, timestamp_ms, payload)` for each record with sequence `>= from` (and
+    /// `>= base_seq`), in order, until `f` returns `false` or the segment ends. Seeks with the
+    /// sparse index, reads with pread into `buf` (reused), verifies the CRC of every record passed
+    /// to `f` and the sequence of every record visited. Returns `Ok(true)` when the segment was
+    /// exhausted, `Ok(false)` when `f` stopped it. Any malformed content is `LogError::Corrupt`.
+    pub(crate) fn for_each_from<F>(
+        &self,
+        from: u64,
+        buf: &mut Vec<u8>,
+        mut f: F,
+    ) -> Result<bool, LogError>
+    where
+        F: FnMut(u64, u64, &[u8]) -> bool,
+    {
+        let from = from.max(self.base_seq);
+        if from >= self.next_seq {
+            return Ok(true);
+        }
+        let (rel, offset) = self.index.lookup(from - self.base_seq);
+        let mut expected = self.base_seq + rel;
+        let mut r = RecordReader::new(&self.file, buf, offset, self.size);
+        while expected < self.next_seq {
+            let at = r.offset();
+            let h = match r.next_header().map_err(|e| self.read_error(e, at))? {
+                HeaderStep::Record(h) => h,
+                HeaderStep::End => {
+                    return Err(self.corrupt(at, format!("segment ends before record {expected}")))
+                }
+                HeaderStep::Incomplete => {
+                    return Err(self.corrupt(at, format!("record {expected} is incomplete")))
+                }
+                HeaderStep::Bad(reason) => return Err(self.corrupt(at, reason)),
+            };
+            if h.seq != expected {
+                return Err(self.corrupt(
+                    at,
+                    format!("sequence {} where {expected} was expected", h.seq),
+                ));
+            }
+            if expected < from {
+                r.skip();
+            } else {
+                let payload = r.body().map_err(|e| self.read_error(e, at))?;
+                let Some(payload) = payload else {
+                    return Err(self.corrupt(at, format!("crc mismatch in record {expected}")));
+                };
+                if !f(h.seq, h.timestamp_ms, payload) {
+                    return Ok(false);
+                }
+            }
+            expected += 1;
+        }
+        Ok(true)
+    }
+}

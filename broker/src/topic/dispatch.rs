@@ -1,0 +1,144 @@
+//! The dispatcher of one topic: credit-paced delivery to group members.
+//!
+//! Woken by commits, credit grants, acks and members leaving, it asks each group for a plan of
+//! deliveries (under the topic lock), resolves payloads from the tail cache or, on a miss, from
+//! the log on the blocking pool, and hands each `Deliver` to the member's connection with a
+//! non-blocking `try_send`. A connection's outbound queue is sized for every credit its
+//! subscriptions can hold, so `try_send` fails only when the connection is gone; the message
+//! then returns to its group and that member gets no more until it grants credit again.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use weir_protocol::{Deliver, Frame};
+
+use super::{lock, Topic};
+use crate::group::Plan;
+use crate::storage::log::LogError;
+
+/// Most deliveries planned per group per round, so one busy group cannot starve the others.
+const ROUND: usize = 256;
+
+/// Runs the dispatcher until `stop` is cancelled.
+pub(super) async fn run(topic: Arc<Topic>, stop: CancellationToken) {
+    let mut plan = Plan::with_capacity(ROUND);
+    loop {
+        tokio::select! {
+            () = topic.wake_dispatcher.notified() => {}
+            () = stop.cancelled() => return,
+        }
+        while dispatch_round(&topic, &mut plan).await {}
+    }
+}
+
+/// Plans and sends one round for every group. Returns whether anything was sent (so another
+/// round may find more work).
+async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
+    let groups: Vec<String> = lock(&topic.state).groups.keys().cloned().collect();
+    let mut sent_any = false;
+    for group in groups {
+        plan.clear();
+        let cached: Vec<Option<Bytes>> = {
+            let mut st = lock(&topic.state);
+            let committed = st.committed_next;
+            let Some(g) = st.groups.get_mut(&group) else {
+                continue;
+            };
+            g.plan(committed, ROUND, plan);
+            plan.iter().map(|p| st.tail.get(p.seq)).collect()
+        };
+        if plan.is_empty() {
+            continue;
+        }
+        let payloads = match fill_misses(topic, plan, cached).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(topic = %topic.config.name, group, error = %e, "cannot read messages for delivery");
+                let mut st = lock(&topic.state);
+                if let Some(g) = st.groups.get_mut(&group) {
+                    for p in plan.drain(..) {
+                        g.undeliver(p.member, p.seq);
+                    }
+                }
+                return false;
+            }
+        };
+        let mut failed = Vec::new();
+        for (p, payload) in plan.drain(..).zip(payloads) {
+            let frame = Frame::Deliver(Deliver {
+                sub: p.member.sub,
+                seq: p.seq,
+                attempt: p.attempt,
+                payload,
+            });
+            if p.outbox.try_send(frame).is_ok() {
+                topic.metrics.delivered.add(1);
+                if p.attempt > 1 {
+                    topic.metrics.redelivered.add(1);
+                }
+                sent_any = true;
+            } else {
+                failed.push((p.member, p.seq));
+            }
+        }
+        if !failed.is_empty() {
+            let mut st = lock(&topic.state);
+            if let Some(g) = st.groups.get_mut(&group) {
+                for (member, seq) in failed {
+                    g.undeliver(member, seq);
+                    g.revoke_credit(member);
+                }
+            }
+        }
+    }
+    sent_any
+}
+
+/// Completes the payloads the tail cache did not have by reading the log off the reactor.
+async fn fill_misses(
+    topic: &Arc<Topic>,
+    plan: &Plan,
+    cached: Vec<Option<Bytes>>,
+) -> Result<Vec<Bytes>, LogError> {
+    if cached.iter().all(Option::is_some) {
+        return Ok(cached.into_iter().flatten().collect());
+    }
+    let wanted: Vec<u64> = plan.iter().map(|p| p.seq).collect();
+    let log = topic.log.clone();
+    tokio::task::spawn_blocking(move || {
+        let log = log.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<Option<Bytes>> = cached;
+        let mut i = 0;
+        while i < out.len() {
+            if out[i].is_some() {
+                i += 1;
+                continue;
+            }
+            // Read the whole run of consecutive missing sequences with one call.
+            let start = wanted[i];
+            let mut run = 1;
+            while i + run < out.len()
+                && out[i + run].is_none()
+                && wanted[i + run] == start + run as u64
+            {
+                run += 1;
+            }
+            let records = log.read(start, run, usize::MAX)?;
+            if records.len() != run {
+                return Err(LogError::SeqOutOfRange {
+                    seq: start,
+                    first: log.first_seq(),
+                    next: log.next_seq(),
+                });
+            }
+            for (k, record) in records.into_iter().enumerate() {
+                out[i + k] = Some(record.payload);
+            }
+            i += run;
+        }
+        Ok(out.into_iter().flatten().collect())
+    })
+    .await
+    .unwrap_or_else(|e| Err(LogError::Io(std::io::Error::other(e.to_string()))))
+}

@@ -1,0 +1,402 @@
+//! A topic: its bounds, its groups, and the two tasks that serve it — the group-commit
+//! [`writer`] (the one place a publish becomes durable and confirmable) and the
+//! [`dispatch`]er (credit-paced delivery to group members).
+//!
+//! Bounds count every stored message, ready and in flight alike, plus publishes accepted and
+//! not yet committed, so nothing can push a topic past `max_messages` or `max_bytes`.
+//! A message stops counting once every group has acked it; its disk space is reclaimed when
+//! its whole segment is below every group's floor.
+
+mod dispatch;
+mod tail;
+mod writer;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weir_protocol::{Limit, RejectReason, TopicConfig, TopicInfo};
+
+use crate::config::Config;
+use crate::group::{GrantError, Group, MemberId, Outbox};
+use crate::metrics::Metrics;
+use crate::storage::log::{LogConfig, LogError, SegmentLog};
+use crate::storage::state::{GroupRecord, StateStore};
+use tail::TailCache;
+use writer::Append;
+
+/// Retry hint sent with `TopicFull` refusals.
+// The backpressure issue replaces this constant with an estimate from the measured drain rate.
+const TOPIC_FULL_RETRY_AFTER_MS: u64 = 100;
+
+/// A publish the topic refused, with the bound that fired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Why.
+    pub reason: RejectReason,
+    /// The bound.
+    pub limit: Limit,
+    /// When to retry, if retrying can help.
+    pub retry_after_ms: Option<u64>,
+}
+
+/// Why a publish could not be stored after it was accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    /// The topic refused it at a bound.
+    #[error("refused: {0:?}")]
+    Refused(Refusal),
+    /// Storage failed; the topic accepts no more publishes until restart.
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+/// The answer to one accepted publish: the sequence once durable, or why not.
+pub type Confirm = oneshot::Receiver<Result<u64, AppendError>>;
+
+/// Why joining a group failed.
+#[derive(Debug)]
+pub enum JoinError {
+    /// The topic is at `max_groups_per_topic`.
+    TooManyGroups(u32),
+}
+
+/// What every topic of a broker shares: where state goes, the counters, and where its tasks
+/// run and are tracked until `stop`.
+#[derive(Clone)]
+pub struct TopicEnv {
+    /// The state store.
+    pub store: StateStore,
+    /// The broker's counters.
+    pub metrics: Arc<Metrics>,
+    /// Tracks the topic's writer and dispatcher tasks.
+    pub tasks: TaskTracker,
+    /// Cancelled to stop the topic's tasks.
+    pub stop: CancellationToken,
+    /// The runtime the tasks run on (topics are opened from blocking threads).
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// Limits the topic applies to its groups.
+#[derive(Debug, Clone, Copy)]
+struct GroupLimits {
+    max_in_flight: u32,
+    max_credit: u32,
+    max_groups: u32,
+}
+
+/// Mutable state of a topic, behind one mutex held only for short, non-blocking sections.
+struct TopicState {
+    /// Oldest stored sequence (not yet acked by every group).
+    first_seq: u64,
+    /// Every sequence below this is durable and may be delivered.
+    committed_next: u64,
+    /// Payload size of each stored message, `first_seq..committed_next` (bounded by
+    /// `max_messages`).
+    sizes: VecDeque<u32>,
+    stored_bytes: u64,
+    /// Accepted publishes not yet committed.
+    pending_count: u64,
+    pending_bytes: u64,
+    groups: BTreeMap<String, Group>,
+    tail: TailCache,
+}
+
+/// One topic. Shared by connections, its writer and its dispatcher through an `Arc`.
+pub struct Topic {
+    config: TopicConfig,
+    limits: GroupLimits,
+    state: Mutex<TopicState>,
+    log: Arc<RwLock<SegmentLog>>,
+    appends: mpsc::Sender<Append>,
+    wake_dispatcher: Notify,
+    wake_writer: Notify,
+    failed: AtomicBool,
+    store: StateStore,
+    metrics: Arc<Metrics>,
+}
+
+/// Locks a mutex, carrying on if a panicking thread poisoned it (the state stays consistent:
+/// no critical section here can panic halfway through an update it cares about).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Topic {
+    /// Opens a topic's log in `dir` (recovering it), restores its groups from the state store,
+    /// and starts its writer and dispatcher on `tasks`; both stop when `stop` is cancelled (the
+    /// writer only once its queue is empty). Blocking: call from a blocking thread.
+    pub fn open(
+        config: TopicConfig,
+        dir: &Path,
+        broker: &Config,
+        env: &TopicEnv,
+    ) -> Result<Arc<Topic>, TopicError> {
+        let store = env.store.clone();
+        let log_config = LogConfig {
+            segment_bytes: broker.storage.segment_bytes,
+            ..LogConfig::default()
+        };
+        let log = SegmentLog::open(dir, log_config)?;
+        let limits = GroupLimits {
+            max_in_flight: broker.limits.max_in_flight,
+            max_credit: broker.limits.max_credit,
+            max_groups: broker.limits.max_groups_per_topic,
+        };
+        let records = store.load_groups(&config.name)?;
+        let log_first = log.first_seq();
+        let groups: BTreeMap<String, Group> = records
+            .iter()
+            .map(|(name, rec)| {
+                (
+                    name.clone(),
+                    Group::recover(rec, log_first, limits.max_in_flight),
+                )
+            })
+            .collect();
+        let first_seq = groups
+            .values()
+            .map(Group::floor)
+            .min()
+            .unwrap_or(log_first)
+            .max(log_first);
+        let mut sizes = VecDeque::new();
+        let mut stored_bytes = 0;
+        log.scan_sizes(first_seq, |_, len| {
+            sizes.push_back(len);
+            stored_bytes += u64::from(len);
+        })?;
+        let state = TopicState {
+            first_seq,
+            committed_next: log.next_seq(),
+            sizes,
+            stored_bytes,
+            pending_count: 0,
+            pending_bytes: 0,
+            groups,
+            tail: TailCache::new(broker.storage.tail_cache_bytes),
+        };
+        let (appends, queue) = mpsc::channel(broker.storage.append_queue as usize);
+        let topic = Arc::new(Topic {
+            config,
+            limits,
+            state: Mutex::new(state),
+            log: Arc::new(RwLock::new(log)),
+            appends,
+            wake_dispatcher: Notify::new(),
+            wake_writer: Notify::new(),
+            failed: AtomicBool::new(false),
+            store,
+            metrics: env.metrics.clone(),
+        });
+        let max_batch = broker.storage.commit_max_batch as usize;
+        env.tasks.spawn_on(
+            writer::run(topic.clone(), queue, max_batch, env.stop.clone()),
+            &env.runtime,
+        );
+        env.tasks
+            .spawn_on(dispatch::run(topic.clone(), env.stop.clone()), &env.runtime);
+        topic.wake_dispatcher.notify_one();
+        Ok(topic)
+    }
+
+    /// The topic's configuration.
+    pub fn config(&self) -> &TopicConfig {
+        &self.config
+    }
+
+    /// Accepts a publish for storage, or refuses it at a bound. When accepted, the message
+    /// counts against the bounds at once, and the returned [`Confirm`] resolves once it is
+    /// durable. Waits only when the writer's queue (`append_queue`) is full.
+    pub async fn publish(&self, payload: Bytes) -> Result<Confirm, AppendError> {
+        self.reserve(payload.len())?;
+        let (reply, confirm) = oneshot::channel();
+        let len = payload.len();
+        if self.appends.send(Append { payload, reply }).await.is_err() {
+            self.release(1, len as u64);
+            return Err(AppendError::Storage("topic is closed".into()));
+        }
+        Ok(confirm)
+    }
+
+    /// Checks the bounds and counts the message as pending.
+    fn reserve(&self, len: usize) -> Result<(), AppendError> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(AppendError::Storage(format!(
+                "topic {} failed a write and is read-only",
+                self.config.name
+            )));
+        }
+        let c = &self.config;
+        if len > c.max_message_bytes as usize {
+            return Err(AppendError::Refused(Refusal {
+                reason: RejectReason::MessageTooLarge,
+                limit: Limit::new("max_message_bytes", u64::from(c.max_message_bytes)),
+                retry_after_ms: None,
+            }));
+        }
+        let mut st = lock(&self.state);
+        let count = st.sizes.len() as u64 + st.pending_count;
+        let bytes = st.stored_bytes + st.pending_bytes;
+        let full = if count + 1 > c.max_messages {
+            Some(Limit::new("max_messages", c.max_messages))
+        } else if bytes + len as u64 > c.max_bytes {
+            Some(Limit::new("max_bytes", c.max_bytes))
+        } else {
+            None
+        };
+        if let Some(limit) = full {
+            return Err(AppendError::Refused(Refusal {
+                reason: RejectReason::TopicFull,
+                limit,
+                retry_after_ms: Some(TOPIC_FULL_RETRY_AFTER_MS),
+            }));
+        }
+        st.pending_count += 1;
+        st.pending_bytes += len as u64;
+        Ok(())
+    }
+
+    fn release(&self, count: u64, bytes: u64) {
+        let mut st = lock(&self.state);
+        st.pending_count -= count;
+        st.pending_bytes -= bytes;
+    }
+
+    /// Attaches a subscription to `group` (created at the topic's earliest stored message on
+    /// first use) with no credit yet.
+    pub fn join(&self, group: &str, id: MemberId, outbox: Outbox) -> Result<(), JoinError> {
+        let mut st = lock(&self.state);
+        if !st.groups.contains_key(group) {
+            if st.groups.len() >= self.limits.max_groups as usize {
+                return Err(JoinError::TooManyGroups(self.limits.max_groups));
+            }
+            let start = st.first_seq;
+            st.groups.insert(
+                group.to_string(),
+                Group::new(start, self.limits.max_in_flight),
+            );
+        }
+        if let Some(g) = st.groups.get_mut(group) {
+            g.join(id, outbox);
+        }
+        Ok(())
+    }
+
+    /// Grants a member credit and wakes the dispatcher.
+    pub fn grant(&self, group: &str, id: MemberId, n: u32) -> Result<(), GrantError> {
+        let mut st = lock(&self.state);
+        let g = st.groups.get_mut(group).ok_or(GrantError::UnknownMember)?;
+        g.grant(id, n, self.limits.max_credit)?;
+        drop(st);
+        // Notify after releasing the lock so the dispatcher does not wake into a held mutex.
+        self.wake_dispatcher.notify_one();
+        Ok(())
+    }
+
+    /// Acks messages delivered to a member; frees in-flight slots and, once every group has
+    /// acked a message, its place in the topic's bounds.
+    pub fn ack(&self, group: &str, id: MemberId, seqs: &[u64]) -> usize {
+        let mut st = lock(&self.state);
+        let acked = st.groups.get_mut(group).map_or(0, |g| g.ack(id, seqs));
+        let trimmed = if acked > 0 {
+            advance_first(&mut st)
+        } else {
+            false
+        };
+        drop(st);
+        self.metrics.acked.add(acked as u64);
+        if acked > 0 {
+            self.wake_dispatcher.notify_one();
+        }
+        if trimmed {
+            self.wake_writer.notify_one();
+        }
+        acked
+    }
+
+    /// Detaches a member; its unacked messages return to the group for redelivery.
+    pub fn leave(&self, group: &str, id: MemberId) {
+        let mut st = lock(&self.state);
+        let requeued = st.groups.get_mut(group).map_or(0, |g| g.leave(id));
+        drop(st);
+        if requeued > 0 {
+            tracing::debug!(topic = %self.config.name, group, requeued, "unacked messages returned to the group");
+            self.wake_dispatcher.notify_one();
+        }
+    }
+
+    /// A snapshot of the topic's depth and groups.
+    pub fn info(&self) -> TopicInfo {
+        let st = lock(&self.state);
+        TopicInfo {
+            config: self.config.clone(),
+            depth: st.sizes.len() as u64,
+            bytes: st.stored_bytes,
+            next_seq: st.committed_next,
+            groups: st
+                .groups
+                .iter()
+                .map(|(name, g)| g.info(name, st.committed_next))
+                .collect(),
+        }
+    }
+
+    /// Writes the state of every group that changed since the last call to the state store
+    /// (without flushing it). Blocking.
+    pub fn save_dirty_groups(&self) -> Result<usize, TopicError> {
+        let records: Vec<(String, GroupRecord)> = {
+            let mut st = lock(&self.state);
+            st.groups
+                .iter_mut()
+                .filter_map(|(name, g)| g.take_dirty().then(|| (name.clone(), g.record())))
+                .collect()
+        };
+        for (name, record) in &records {
+            self.store.save_group(&self.config.name, name, record)?;
+        }
+        Ok(records.len())
+    }
+
+    /// Whether any group of the topic has a member attached.
+    pub fn has_subscribers(&self) -> bool {
+        lock(&self.state).groups.values().any(Group::has_members)
+    }
+}
+
+/// Moves `first_seq` up to the lowest floor of all groups, dropping acked messages from the
+/// bounds and the tail cache. With no groups, messages stay until the bound. Returns whether
+/// anything was dropped.
+fn advance_first(st: &mut TopicState) -> bool {
+    let Some(floor) = st.groups.values().map(Group::floor).min() else {
+        return false;
+    };
+    let floor = floor.min(st.committed_next);
+    if floor <= st.first_seq {
+        return false;
+    }
+    for _ in st.first_seq..floor {
+        if let Some(len) = st.sizes.pop_front() {
+            st.stored_bytes -= u64::from(len);
+        }
+    }
+    st.first_seq = floor;
+    st.tail.trim_below(floor);
+    true
+}
+
+/// A failure opening or persisting a topic.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    /// The message log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The state store failed.
+    #[error(transparent)]
+    State(#[from] crate::storage::state::StateError),
+}

@@ -1,0 +1,202 @@
+//! The group-commit writer of one topic: the one place a publish becomes durable and
+//! confirmable (DESIGN.md §4). It collects queued appends (up to `commit_max_batch`), writes
+//! them with one `write`, syncs once under the topic's fsync policy, and only then publishes
+//! the new sequence numbers to the topic and confirms every append of the batch.
+//!
+//! Disk work runs on tokio's blocking pool, never on a reactor worker. Natural batching: while
+//! one commit is on disk, further appends queue up and form the next batch; an idle writer
+//! commits a lone append at once.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use weir_protocol::FsyncPolicy;
+
+use super::{lock, AppendError, Topic};
+use crate::storage::log::LogError;
+
+/// One accepted publish waiting for its commit.
+pub(super) struct Append {
+    pub(super) payload: Bytes,
+    pub(super) reply: oneshot::Sender<Result<u64, AppendError>>,
+}
+
+/// When the log was last synced, for `fsync = "interval:<ms>"`.
+struct SyncClock {
+    policy: FsyncPolicy,
+    last_sync: Instant,
+    unsynced: bool,
+}
+
+impl SyncClock {
+    fn sync_now(&self) -> bool {
+        match self.policy {
+            FsyncPolicy::Batch => true,
+            FsyncPolicy::Never => false,
+            FsyncPolicy::IntervalMs(ms) => {
+                self.last_sync.elapsed() >= Duration::from_millis(u64::from(ms))
+            }
+        }
+    }
+
+    /// When an interval policy owes a sync for data written since the last one.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        match self.policy {
+            FsyncPolicy::IntervalMs(ms) if self.unsynced => {
+                Some((self.last_sync + Duration::from_millis(u64::from(ms))).into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Runs the writer until `stop` is cancelled and its queue is empty.
+pub(super) async fn run(
+    topic: Arc<Topic>,
+    mut queue: mpsc::Receiver<Append>,
+    max_batch: usize,
+    stop: CancellationToken,
+) {
+    let mut batch: Vec<Append> = Vec::with_capacity(max_batch);
+    let mut clock = SyncClock {
+        policy: topic.config.fsync,
+        last_sync: Instant::now(),
+        unsynced: false,
+    };
+    loop {
+        let interval_sync = clock.deadline();
+        tokio::select! {
+            biased;
+            received = queue.recv_many(&mut batch, max_batch) => {
+                if received == 0 {
+                    break;
+                }
+                commit(&topic, &mut batch, &mut clock).await;
+            }
+            () = topic.wake_writer.notified() => {
+                reclaim(&topic, false).await;
+            }
+            () = sleep_until(interval_sync), if interval_sync.is_some() => {
+                if reclaim(&topic, true).await {
+                    clock.last_sync = Instant::now();
+                    clock.unsynced = false;
+                }
+            }
+            () = stop.cancelled() => {
+                if queue.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+    // Whatever the policy, a clean stop leaves everything written on disk.
+    reclaim(&topic, true).await;
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(d).await;
+    }
+}
+
+/// Appends the batch, syncs per policy, then makes the messages deliverable and confirms them.
+async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClock) {
+    let payloads: Vec<Bytes> = batch.iter().map(|a| a.payload.clone()).collect();
+    let count = payloads.len() as u64;
+    let bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
+    let sync = clock.sync_now();
+    let log = topic.log.clone();
+    let first_seq = lock(&topic.state).first_seq;
+    let started = Instant::now();
+    let result = tokio::task::spawn_blocking(move || -> Result<(u64, Vec<Bytes>), LogError> {
+        let mut log = log.write().unwrap_or_else(|p| p.into_inner());
+        let first = log.append_batch(&payloads, now_ms())?;
+        if sync {
+            log.sync()?;
+        }
+        log.delete_before(first_seq)?;
+        Ok((first, payloads))
+    })
+    .await
+    .unwrap_or_else(|e| Err(LogError::Io(std::io::Error::other(e.to_string()))));
+    topic
+        .metrics
+        .commit_latency_us
+        .record(started.elapsed().as_micros() as u64);
+    match result {
+        Ok((first, payloads)) => {
+            if sync {
+                clock.last_sync = Instant::now();
+                clock.unsynced = false;
+            } else {
+                clock.unsynced = true;
+            }
+            {
+                let mut st = lock(&topic.state);
+                st.pending_count -= count;
+                st.pending_bytes -= bytes;
+                for (i, payload) in payloads.into_iter().enumerate() {
+                    st.sizes.push_back(payload.len() as u32);
+                    st.stored_bytes += payload.len() as u64;
+                    st.tail.push(first + i as u64, payload);
+                }
+                st.committed_next = first + count;
+            }
+            topic.metrics.published.add(count);
+            for (i, append) in batch.drain(..).enumerate() {
+                // The publisher may have gone; its message is stored all the same.
+                let _ = append.reply.send(Ok(first + i as u64));
+            }
+            topic.wake_dispatcher.notify_one();
+        }
+        Err(e) => {
+            tracing::error!(topic = %topic.config.name, error = %e, "append failed; topic is now read-only");
+            topic.failed.store(true, Ordering::Relaxed);
+            topic.release(count, bytes);
+            for append in batch.drain(..) {
+                let _ = append.reply.send(Err(AppendError::Storage(e.to_string())));
+            }
+        }
+    }
+}
+
+/// Deletes whole segments below the topic's first stored message and, when `sync`, forces
+/// written data to disk. Returns whether it succeeded.
+async fn reclaim(topic: &Arc<Topic>, sync: bool) -> bool {
+    let log = topic.log.clone();
+    let first_seq = lock(&topic.state).first_seq;
+    let result = tokio::task::spawn_blocking(move || -> Result<usize, LogError> {
+        let mut log = log.write().unwrap_or_else(|p| p.into_inner());
+        if sync {
+            log.sync()?;
+        }
+        log.delete_before(first_seq)
+    })
+    .await;
+    match result {
+        Ok(Ok(deleted)) => {
+            if deleted > 0 {
+                tracing::debug!(topic = %topic.config.name, deleted, "reclaimed fully acked segments");
+            }
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::error!(topic = %topic.config.name, error = %e, "segment reclaim failed");
+            false
+        }
+        Err(e) => {
+            tracing::error!(topic = %topic.config.name, error = %e, "segment reclaim task failed");
+            false
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

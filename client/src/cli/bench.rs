@@ -1,0 +1,735 @@
+//! `weir bench`: publishers and subscribers running concurrently against a broker, measuring
+//! throughput and publish→confirm / publish→deliver latency.
+//!
+//! Each publisher and each subscriber has its own connection. Every payload starts with a
+//! 16-byte stamp: the send time in nanoseconds of a monotonic clock shared by the whole process
+//! ([`now_ns`]), then the run id, so subscribers measure publish→deliver latency and skip (but
+//! ack) messages left in the topic by earlier runs. Group names are stable across runs
+//! (`<group>` in shared mode, `<group>-<i>` in fan-out mode) so leftovers drain instead of
+//! piling up in abandoned groups.
+//!
+//! The run is bounded: by `--msgs`, and by `--timeout`, after which everything stops and the
+//! partial results are reported with `timed_out: true`.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use clap::{Args, ValueEnum};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::watch;
+use weir_client::{
+    Client, ClientError, ClientOptions, FsyncPolicy, PublishError, Subscription, TopicSpec,
+};
+
+/// Bytes of the stamp at the start of every payload: send time (u64 LE ns) and run id (u64 LE).
+const STAMP_BYTES: usize = 16;
+
+/// How subscribers share the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupMode {
+    /// Every subscriber in its own group: each sees every message.
+    Fanout,
+    /// All subscribers in one group: they share the messages.
+    Shared,
+}
+
+/// Arguments of `weir bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The topic (created if missing, with the --max-* bounds given).
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+    /// Publishers, each on its own connection.
+    #[arg(long, default_value_t = 1)]
+    pub pubs: usize,
+    /// Subscribers, each on its own connection.
+    #[arg(long, default_value_t = 1)]
+    pub subs: usize,
+    /// Messages to publish in total (split between publishers).
+    #[arg(long, default_value_t = 100_000)]
+    pub msgs: u64,
+    /// Payload size in bytes (at least 16: the stamp).
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Each publisher's window of unconfirmed publishes.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// Each subscriber's window (credit).
+    #[arg(long, default_value_t = 256)]
+    pub credit: u32,
+    /// fanout: one group per subscriber; shared: one group for all.
+    #[arg(long, value_enum, default_value_t = GroupMode::Shared)]
+    pub group_mode: GroupMode,
+    /// Group name (prefix, in fan-out mode).
+    #[arg(long, default_value = "bench")]
+    pub group: String,
+    /// Total publish rate in msg/s (default: as fast as the windows allow).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Stop after this many seconds whatever is left.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// max_messages of the topic when the bench creates it.
+    #[arg(long)]
+    pub max_messages: Option<u64>,
+    /// max_bytes of the topic when the bench creates it.
+    #[arg(long)]
+    pub max_bytes: Option<u64>,
+    /// fsync policy of the topic when the bench creates it (batch, interval:<ms>, never).
+    #[arg(long)]
+    pub fsync: Option<FsyncPolicy>,
+}
+
+/// Nanoseconds since the first call, on a monotonic clock shared by the whole process.
+fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// A latency histogram in nanoseconds, 1 ns to 1 hour, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
+}
+
+fn payload(template: &[u8], run_id: u64) -> Bytes {
+    let mut b = BytesMut::with_capacity(template.len() + STAMP_BYTES);
+    b.put_u64_le(now_ns());
+    b.put_u64_le(run_id);
+    b.extend_from_slice(template);
+    b.freeze()
+}
+
+/// The stamp of a payload: (send time, run id).
+fn stamp(payload: &[u8]) -> Option<(u64, u64)> {
+    let ts = u64::from_le_bytes(payload.get(0..8)?.try_into().ok()?);
+    let run = u64::from_le_bytes(payload.get(8..16)?.try_into().ok()?);
+    Some((ts, run))
+}
+
+/// What one publisher measured.
+struct PubResult {
+    sent: u64,
+    confirmed: u64,
+    refusals: BTreeMap<String, u64>,
+    errors: u64,
+    first_error: Option<String>,
+    last_confirm_ns: u64,
+    latency: Histogram<u64>,
+}
+
+/// What one subscriber measured.
+struct SubResult {
+    delivered: u64,
+    redelivered: u64,
+    foreign: u64,
+    last_delivery_ns: u64,
+    error: Option<String>,
+    latency: Histogram<u64>,
+}
+
+/// When subscribers should stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// Publishing goes on: the number to expect is not known yet.
+    Unknown,
+    /// Stop once this many messages of this run are delivered (per subscriber in fan-out mode,
+    /// in total in shared mode).
+    Count(u64),
+    /// Stop now.
+    Stop,
+}
+
+/// Latency percentiles, in microseconds.
+#[derive(Debug, Serialize)]
+struct Latency {
+    count: u64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
+    mean_us: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        let us = |ns: u64| ns as f64 / 1e3;
+        Latency {
+            count: h.len(),
+            p50_us: us(h.value_at_quantile(0.5)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+            mean_us: h.mean() / 1e3,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct PublishReport {
+    sent: u64,
+    confirmed: u64,
+    refused: u64,
+    refusals: BTreeMap<String, u64>,
+    errors: u64,
+    first_error: Option<String>,
+    elapsed_s: f64,
+    msgs_per_s: f64,
+    mb_per_s: f64,
+    confirm_latency: Latency,
+}
+
+#[derive(Debug, Serialize)]
+struct DeliverReport {
+    expected: u64,
+    delivered: u64,
+    redelivered: u64,
+    skipped_from_earlier_runs: u64,
+    errors: Vec<String>,
+    elapsed_s: f64,
+    msgs_per_s: f64,
+    mb_per_s: f64,
+    deliver_latency: Latency,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    server: String,
+    topic: String,
+    pubs: usize,
+    subs: usize,
+    group_mode: GroupMode,
+    msgs: u64,
+    size: usize,
+    window: usize,
+    credit: u32,
+    rate: Option<u64>,
+    timed_out: bool,
+    publish: PublishReport,
+    deliver: Option<DeliverReport>,
+}
+
+pub async fn run(
+    server: &str,
+    options: &ClientOptions,
+    args: BenchArgs,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.size >= STAMP_BYTES,
+        "--size must be at least {STAMP_BYTES} bytes (the latency stamp)"
+    );
+    anyhow::ensure!(args.pubs >= 1, "--pubs must be at least 1");
+    anyhow::ensure!(
+        args.window >= 1 && args.credit >= 1,
+        "--window and --credit must be at least 1"
+    );
+    let connect = || async {
+        Client::connect_with(server, options.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to {server}: {e}"))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+
+    let admin = connect().await?;
+    let exists = admin
+        .list_topics()
+        .await?
+        .iter()
+        .any(|t| t.config.name == args.topic);
+    if !exists {
+        admin
+            .create_topic(TopicSpec {
+                name: args.topic.clone(),
+                max_messages: args.max_messages,
+                max_bytes: args.max_bytes,
+                max_message_bytes: None,
+                overflow: None,
+                fsync: args.fsync,
+            })
+            .await?;
+    }
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ u64::from(std::process::id()).rotate_left(32);
+    now_ns();
+
+    // Subscribers first, so they are in place when the first message is published.
+    let (target_tx, target_rx) = watch::channel(Target::Unknown);
+    let target_tx = Arc::new(target_tx);
+    let delivered_total = Arc::new(AtomicU64::new(0));
+    let mut sub_tasks = Vec::new();
+    for i in 0..args.subs {
+        let group = match args.group_mode {
+            GroupMode::Shared => args.group.clone(),
+            GroupMode::Fanout => format!("{}-{i}", args.group),
+        };
+        let client = connect().await?;
+        let sub = client.subscribe(&args.topic, &group, args.credit).await?;
+        sub_tasks.push(tokio::spawn(subscriber(
+            sub,
+            run_id,
+            target_rx.clone(),
+            target_tx.clone(),
+            args.group_mode,
+            delivered_total.clone(),
+        )));
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let start_ns = now_ns();
+    let mut pub_tasks = Vec::new();
+    let template = vec![0x5a; args.size - STAMP_BYTES];
+    for i in 0..args.pubs {
+        let n = args.msgs / args.pubs as u64 + u64::from((i as u64) < args.msgs % args.pubs as u64);
+        let client = connect().await?;
+        let rate = args.rate.map(|r| r as f64 / args.pubs as f64);
+        pub_tasks.push(tokio::spawn(publisher(
+            client,
+            args.topic.clone(),
+            n,
+            template.clone(),
+            args.window,
+            run_id,
+            rate,
+            stop_rx.clone(),
+        )));
+    }
+
+    let mut timed_out = false;
+    let mut pub_results = Vec::new();
+    for task in pub_tasks {
+        let mut task = task;
+        let result = match tokio::time::timeout_at(deadline, &mut task).await {
+            Ok(r) => r?,
+            Err(_) => {
+                timed_out = true;
+                let _ = stop_tx.send(true);
+                task.await?
+            }
+        };
+        pub_results.push(result);
+    }
+    let confirmed: u64 = pub_results.iter().map(|r| r.confirmed).sum();
+    target_tx.send_replace(if timed_out {
+        Target::Stop
+    } else {
+        Target::Count(confirmed)
+    });
+
+    let mut sub_results = Vec::new();
+    for task in sub_tasks {
+        let mut task = task;
+        let result = match tokio::time::timeout_at(deadline, &mut task).await {
+            Ok(r) => r?,
+            Err(_) => {
+                timed_out = true;
+                target_tx.send_replace(Target::Stop);
+                task.await?
+            }
+        };
+        sub_results.push(result);
+    }
+
+    let report = report(
+        &args,
+        server,
+        timed_out,
+        start_ns,
+        &pub_results,
+        &sub_results,
+        confirmed,
+    );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", summary(&report));
+    }
+    let incomplete = report.timed_out
+        || report.publish.refused + report.publish.errors > 0
+        || report
+            .deliver
+            .as_ref()
+            .is_some_and(|d| d.delivered < d.expected || !d.errors.is_empty());
+    Ok(if incomplete {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Publishes `n` messages through a window, recording publish→confirm latency.
+#[allow(clippy::too_many_arguments)]
+async fn publisher(
+    client: Client,
+    topic: String,
+    n: u64,
+    template: Vec<u8>,
+    window: usize,
+    run_id: u64,
+    rate: Option<f64>,
+    mut stop: watch::Receiver<bool>,
+) -> PubResult {
+    let publisher = client.publisher_with_window(window);
+    let mut r = PubResult {
+        sent: 0,
+        confirmed: 0,
+        refusals: BTreeMap::new(),
+        errors: 0,
+        first_error: None,
+        last_confirm_ns: 0,
+        latency: histogram(),
+    };
+    let mut inflight = FuturesUnordered::new();
+    let started = tokio::time::Instant::now();
+    let record = |r: &mut PubResult, (sent_ns, outcome): (u64, Result<u64, PublishError>)| {
+        let now = now_ns();
+        match outcome {
+            Ok(_) => {
+                r.confirmed += 1;
+                r.last_confirm_ns = now;
+                let _ = r.latency.record(now.saturating_sub(sent_ns).max(1));
+            }
+            Err(PublishError::Rejected { reason, .. }) => {
+                *r.refusals.entry(format!("{reason:?}")).or_default() += 1
+            }
+            Err(e) => {
+                r.errors += 1;
+                r.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    };
+    loop {
+        while let Some(Some(outcome)) = inflight.next().now_or_never() {
+            record(&mut r, outcome);
+        }
+        if *stop.borrow() {
+            break;
+        }
+        if r.sent == n {
+            if inflight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some(outcome) = inflight.next() => record(&mut r, outcome),
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(r.sent as f64 / rate);
+            if tokio::time::Instant::now() < due {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => {}
+                    Some(outcome) = inflight.next(), if !inflight.is_empty() => record(&mut r, outcome),
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+        }
+        let body = payload(&template, run_id);
+        let sent_ns = now_ns();
+        let confirm = match publisher.try_publish(&topic, body.clone()) {
+            Ok(confirm) => confirm,
+            Err(ClientError::WindowFull) if !inflight.is_empty() => {
+                // Wait for a slot by waiting for a confirm; the stamp is taken again after.
+                tokio::select! {
+                    Some(outcome) = inflight.next() => record(&mut r, outcome),
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            Err(ClientError::WindowFull) => match publisher.publish(&topic, body).await {
+                Ok(confirm) => confirm,
+                Err(e) => {
+                    r.first_error.get_or_insert_with(|| e.to_string());
+                    r.errors += 1;
+                    break;
+                }
+            },
+            Err(e) => {
+                r.first_error.get_or_insert_with(|| e.to_string());
+                r.errors += 1;
+                break;
+            }
+        };
+        r.sent += 1;
+        inflight.push(confirm.map(move |outcome| (sent_ns, outcome)));
+    }
+    r
+}
+
+/// Consumes deliveries and acks them, recording publish→deliver latency of this run's messages.
+async fn subscriber(
+    mut sub: Subscription,
+    run_id: u64,
+    mut target: watch::Receiver<Target>,
+    target_tx: Arc<watch::Sender<Target>>,
+    mode: GroupMode,
+    total: Arc<AtomicU64>,
+) -> SubResult {
+    let mut r = SubResult {
+        delivered: 0,
+        redelivered: 0,
+        foreign: 0,
+        last_delivery_ns: 0,
+        error: None,
+        latency: histogram(),
+    };
+    loop {
+        let reached = match *target.borrow() {
+            Target::Stop => true,
+            Target::Unknown => false,
+            Target::Count(t) => match mode {
+                GroupMode::Fanout => r.delivered >= t,
+                GroupMode::Shared => total.load(Ordering::Relaxed) >= t,
+            },
+        };
+        if reached {
+            break;
+        }
+        tokio::select! {
+            item = sub.next() => match item {
+                Some(Ok(d)) => {
+                    let now = now_ns();
+                    match stamp(d.payload()) {
+                        Some((ts, run)) if run == run_id => {
+                            let _ = r.latency.record(now.saturating_sub(ts).max(1));
+                            r.delivered += 1;
+                            r.last_delivery_ns = now;
+                            if d.attempt() > 1 {
+                                r.redelivered += 1;
+                            }
+                            let sum = total.fetch_add(1, Ordering::Relaxed) + 1;
+                            if mode == GroupMode::Shared {
+                                if let Target::Count(t) = *target.borrow() {
+                                    if sum >= t {
+                                        target_tx.send_replace(Target::Stop);
+                                    }
+                                }
+                            }
+                        }
+                        _ => r.foreign += 1,
+                    }
+                    d.ack();
+                }
+                Some(Err(e)) => {
+                    r.error.get_or_insert_with(|| e.to_string());
+                }
+                None => break,
+            },
+            changed = target.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    if let Err(e) = sub.close().await {
+        r.error.get_or_insert_with(|| format!("closing: {e}"));
+    }
+    r
+}
+
+fn report(
+    args: &BenchArgs,
+    server: &str,
+    timed_out: bool,
+    start_ns: u64,
+    pubs: &[PubResult],
+    subs: &[SubResult],
+    confirmed: u64,
+) -> Report {
+    let mb = |msgs: u64, secs: f64| {
+        if secs > 0.0 {
+            msgs as f64 * args.size as f64 / secs / 1e6
+        } else {
+            0.0
+        }
+    };
+    let rate = |msgs: u64, secs: f64| if secs > 0.0 { msgs as f64 / secs } else { 0.0 };
+
+    let mut confirm_latency = histogram();
+    let mut refusals = BTreeMap::new();
+    for p in pubs {
+        let _ = confirm_latency.add(&p.latency);
+        for (reason, n) in &p.refusals {
+            *refusals.entry(reason.clone()).or_default() += n;
+        }
+    }
+    let last_confirm = pubs
+        .iter()
+        .map(|p| p.last_confirm_ns)
+        .max()
+        .unwrap_or(start_ns);
+    let pub_secs = last_confirm.saturating_sub(start_ns) as f64 / 1e9;
+    let publish = PublishReport {
+        sent: pubs.iter().map(|p| p.sent).sum(),
+        confirmed,
+        refused: refusals.values().sum(),
+        refusals,
+        errors: pubs.iter().map(|p| p.errors).sum(),
+        first_error: pubs.iter().find_map(|p| p.first_error.clone()),
+        elapsed_s: pub_secs,
+        msgs_per_s: rate(confirmed, pub_secs),
+        mb_per_s: mb(confirmed, pub_secs),
+        confirm_latency: Latency::of(&confirm_latency),
+    };
+
+    let deliver = (!subs.is_empty()).then(|| {
+        let mut latency = histogram();
+        for s in subs {
+            let _ = latency.add(&s.latency);
+        }
+        let delivered: u64 = subs.iter().map(|s| s.delivered).sum();
+        let last = subs
+            .iter()
+            .map(|s| s.last_delivery_ns)
+            .max()
+            .unwrap_or(start_ns);
+        let secs = last.saturating_sub(start_ns) as f64 / 1e9;
+        DeliverReport {
+            expected: match args.group_mode {
+                GroupMode::Fanout => confirmed * subs.len() as u64,
+                GroupMode::Shared => confirmed,
+            },
+            delivered,
+            redelivered: subs.iter().map(|s| s.redelivered).sum(),
+            skipped_from_earlier_runs: subs.iter().map(|s| s.foreign).sum(),
+            errors: subs.iter().filter_map(|s| s.error.clone()).collect(),
+            elapsed_s: secs,
+            msgs_per_s: rate(delivered, secs),
+            mb_per_s: mb(delivered, secs),
+            deliver_latency: Latency::of(&latency),
+        }
+    });
+
+    Report {
+        server: server.to_owned(),
+        topic: args.topic.clone(),
+        pubs: args.pubs,
+        subs: args.subs,
+        group_mode: args.group_mode,
+        msgs: args.msgs,
+        size: args.size,
+        window: args.window,
+        credit: args.credit,
+        rate: args.rate,
+        timed_out,
+        publish,
+        deliver,
+    }
+}
+
+/// A duration given in microseconds, in a readable unit.
+fn human_us(us: f64) -> String {
+    if us >= 1e6 {
+        format!("{:.2} s", us / 1e6)
+    } else if us >= 1e3 {
+        format!("{:.2} ms", us / 1e3)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+fn latency_line(name: &str, l: &Latency) -> String {
+    if l.count == 0 {
+        return format!("          {name}  (no samples)\n");
+    }
+    format!(
+        "          {name}  p50 {}  p99 {}  p99.9 {}  max {}\n",
+        human_us(l.p50_us),
+        human_us(l.p99_us),
+        human_us(l.p999_us),
+        human_us(l.max_us)
+    )
+}
+
+/// The human-readable form of a report.
+fn summary(r: &Report) -> String {
+    let mut s = format!(
+        "weir bench {} topic={}: {} pub(s) × window {}, {} sub(s) ({}) × credit {}, {} msgs × {} B{}\n",
+        r.server,
+        r.topic,
+        r.pubs,
+        r.window,
+        r.subs,
+        match r.group_mode {
+            GroupMode::Fanout => "fanout",
+            GroupMode::Shared => "shared",
+        },
+        r.credit,
+        r.msgs,
+        r.size,
+        r.rate.map(|x| format!(" at {x} msg/s")).unwrap_or_default(),
+    );
+    let p = &r.publish;
+    s.push_str(&format!(
+        "publish   {} confirmed, {} refused, {} errors in {:.3} s  →  {:.0} msg/s  {:.1} MB/s\n",
+        p.confirmed, p.refused, p.errors, p.elapsed_s, p.msgs_per_s, p.mb_per_s
+    ));
+    for (reason, n) in &p.refusals {
+        s.push_str(&format!("          refused {reason}: {n}\n"));
+    }
+    if let Some(e) = &p.first_error {
+        s.push_str(&format!("          first error: {e}\n"));
+    }
+    s.push_str(&latency_line("publish→confirm", &p.confirm_latency));
+    if let Some(d) = &r.deliver {
+        s.push_str(&format!(
+            "deliver   {} of {} delivered ({} redelivered, {} from earlier runs skipped) in {:.3} s  →  {:.0} msg/s  {:.1} MB/s\n",
+            d.delivered, d.expected, d.redelivered, d.skipped_from_earlier_runs, d.elapsed_s, d.msgs_per_s, d.mb_per_s
+        ));
+        for e in &d.errors {
+            s.push_str(&format!("          error: {e}\n"));
+        }
+        s.push_str(&latency_line("publish→deliver", &d.deliver_latency));
+    }
+    if r.timed_out {
+        s.push_str("TIMED OUT: results are partial\n");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_carries_stamp_and_size() {
+        let template = vec![0u8; 1024 - STAMP_BYTES];
+        let before = now_ns();
+        let p = payload(&template, 42);
+        assert_eq!(p.len(), 1024);
+        let (ts, run) = stamp(&p).unwrap();
+        assert_eq!(run, 42);
+        assert!(ts >= before && ts <= now_ns());
+        assert_eq!(stamp(b"short"), None);
+    }
+
+    #[test]
+    fn latency_percentiles_in_microseconds() {
+        let mut h = histogram();
+        for i in 1..=1000u64 {
+            h.record(i * 1000).unwrap();
+        }
+        let l = Latency::of(&h);
+        assert_eq!(l.count, 1000);
+        assert!((l.p50_us - 500.0).abs() < 1.0, "{}", l.p50_us);
+        assert!((l.p99_us - 990.0).abs() < 1.0, "{}", l.p99_us);
+        assert!((l.max_us - 1000.0).abs() < 1.0, "{}", l.max_us);
+        assert_eq!(human_us(l.p50_us), "500 µs");
+        assert_eq!(human_us(1500.0), "1.50 ms");
+    }
+}

@@ -1,0 +1,159 @@
+//! The `weir` command line: argument parsing and dispatch. One file per command.
+
+mod bench;
+mod publish;
+mod subscribe;
+mod topic;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use weir_client::{Client, ClientOptions};
+
+/// Weir command-line client: publish, subscribe, manage topics, benchmark.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about)]
+struct Cli {
+    /// Broker address (HOST:PORT).
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_SERVER",
+        default_value = "127.0.0.1:7070"
+    )]
+    server: String,
+    /// API key presented in Hello (anonymous when absent).
+    #[arg(long, global = true, env = "WEIR_TOKEN")]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Publish messages: one per argument, or one per stdin line when none are given. Waits for
+    /// every confirm; exits 2 if any publish was refused (reasons on stderr), 1 on other errors.
+    Pub(publish::PubArgs),
+    /// Subscribe and print one payload per line (lossy UTF-8), acking each.
+    Sub(subscribe::SubArgs),
+    /// Create or list topics.
+    Topic {
+        #[command(subcommand)]
+        command: topic::TopicCommand,
+    },
+    /// Measure publish and delivery throughput and latency against a running broker.
+    Bench(bench::BenchArgs),
+    /// Measure the round trip of a Ping.
+    Ping,
+}
+
+/// Parses the command line, runs the command, and turns its outcome into an exit code: 0 on
+/// success, 1 on error (message on stderr), or the code the command chose.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weir: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("weir: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let options = ClientOptions {
+        token: cli.token.clone(),
+        ..Default::default()
+    };
+    let server = cli.server.clone();
+    match cli.command {
+        Command::Pub(args) => publish::run(connect(&server, &options).await?, args).await,
+        Command::Sub(args) => subscribe::run(connect(&server, &options).await?, args).await,
+        Command::Topic { command } => topic::run(connect(&server, &options).await?, command).await,
+        Command::Bench(args) => bench::run(&server, &options, args).await,
+        Command::Ping => {
+            let client = connect(&server, &options).await?;
+            let rtt = client.ping().await?;
+            println!("pong from {server} in {:.3} ms", rtt.as_secs_f64() * 1e3);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Connects, naming the server in the error.
+async fn connect(server: &str, options: &ClientOptions) -> anyhow::Result<Client> {
+    Client::connect_with(server, options.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {server}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_the_documented_shapes() {
+        let cli = Cli::parse_from([
+            "weir",
+            "--server",
+            "127.0.0.1:9000",
+            "pub",
+            "orders",
+            "a",
+            "b",
+        ]);
+        assert_eq!(cli.server, "127.0.0.1:9000");
+        assert!(
+            matches!(cli.command, Command::Pub(ref a) if a.topic == "orders" && a.messages.len() == 2)
+        );
+        let cli = Cli::parse_from(["weir", "sub", "orders", "--group", "g", "--count", "3"]);
+        assert!(
+            matches!(cli.command, Command::Sub(ref a) if a.credit == 100 && a.count == Some(3))
+        );
+        let cli = Cli::parse_from([
+            "weir",
+            "topic",
+            "create",
+            "t",
+            "--max-messages",
+            "10",
+            "--overflow",
+            "reject",
+            "--fsync",
+            "interval:5",
+        ]);
+        assert!(matches!(cli.command, Command::Topic { .. }));
+        let cli = Cli::parse_from([
+            "weir",
+            "bench",
+            "--pubs",
+            "2",
+            "--subs",
+            "2",
+            "--group-mode",
+            "fanout",
+            "--json",
+        ]);
+        assert!(matches!(cli.command, Command::Bench(ref b) if b.pubs == 2 && b.json));
+    }
+}

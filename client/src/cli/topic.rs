@@ -1,0 +1,205 @@
+//! `weir topic create|list`.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use weir_client::{Client, FsyncPolicy, OverflowPolicy, TopicConfig, TopicInfo, TopicSpec};
+
+/// `weir topic` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic (idempotent for an identical configuration) and print its effective
+    /// configuration. Bounds not given take the broker's defaults.
+    Create {
+        /// The topic's name: 1–255 bytes of [A-Za-z0-9._-].
+        name: String,
+        /// Most messages stored at once (ready and in flight alike).
+        #[arg(long)]
+        max_messages: Option<u64>,
+        /// Most payload bytes stored at once.
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        /// Largest single payload accepted.
+        #[arg(long)]
+        max_message_bytes: Option<u32>,
+        /// What happens at the bound: reject.
+        #[arg(long)]
+        overflow: Option<OverflowPolicy>,
+        /// When appends reach the disk: batch, interval:<ms> or never.
+        #[arg(long)]
+        fsync: Option<FsyncPolicy>,
+    },
+    /// List every topic: depth, bytes, bounds, policy and groups.
+    List {
+        /// Print the broker's answer as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(client: Client, command: TopicCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TopicCommand::Create {
+            name,
+            max_messages,
+            max_bytes,
+            max_message_bytes,
+            overflow,
+            fsync,
+        } => {
+            let spec = TopicSpec {
+                name,
+                max_messages,
+                max_bytes,
+                max_message_bytes,
+                overflow,
+                fsync,
+            };
+            let config = client.create_topic(spec).await?;
+            print!("{}", describe(&config));
+        }
+        TopicCommand::List { json } => {
+            let topics = client.list_topics().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&topics)?);
+            } else {
+                print!("{}", table(&topics));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A topic's effective configuration, one `key value` line per setting.
+fn describe(c: &TopicConfig) -> String {
+    format!(
+        "topic              {}\nmax_messages       {}\nmax_bytes          {}\nmax_message_bytes  {}\noverflow           {}\nfsync              {}\n",
+        c.name,
+        c.max_messages,
+        c.max_bytes,
+        c.max_message_bytes,
+        c.overflow.as_str(),
+        c.fsync
+    )
+}
+
+/// Bytes in a short human unit: `512 B`, `1.5 KiB`, `256 MiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else if value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The topic list as an aligned table.
+fn table(topics: &[TopicInfo]) -> String {
+    let header = ["NAME", "DEPTH", "BYTES", "BOUNDS", "POLICY", "GROUPS"].map(String::from);
+    let mut rows = vec![header];
+    for t in topics {
+        let c = &t.config;
+        let groups = if t.groups.is_empty() {
+            "-".to_owned()
+        } else {
+            t.groups
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{}(members={} in_flight={} pending={} credit={})",
+                        g.name, g.members, g.in_flight, g.pending, g.credit
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        rows.push([
+            c.name.clone(),
+            t.depth.to_string(),
+            human_bytes(t.bytes),
+            format!(
+                "{} msgs / {} / {} each",
+                c.max_messages,
+                human_bytes(c.max_bytes),
+                human_bytes(c.max_message_bytes.into())
+            ),
+            format!("{} fsync={}", c.overflow.as_str(), c.fsync),
+            groups,
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_client::GroupInfo;
+
+    #[test]
+    fn human_bytes_picks_a_unit() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1 KiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(256 * 1024 * 1024), "256 MiB");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let topics = vec![TopicInfo {
+            config: TopicConfig {
+                name: "orders".into(),
+                max_messages: 100_000,
+                max_bytes: 256 * 1024 * 1024,
+                max_message_bytes: 1024 * 1024,
+                overflow: OverflowPolicy::Reject,
+                fsync: FsyncPolicy::Batch,
+            },
+            depth: 3,
+            bytes: 30,
+            next_seq: 4,
+            groups: vec![GroupInfo {
+                name: "billing".into(),
+                in_flight: 1,
+                pending: 2,
+                members: 1,
+                credit: 99,
+            }],
+        }];
+        let t = table(&topics);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("NAME    DEPTH  BYTES"));
+        assert!(lines[1].starts_with("orders  3      30 B"));
+        assert!(lines[1].contains("100000 msgs / 256 MiB / 1 MiB each"));
+        assert!(lines[1].contains("reject fsync=batch"));
+        assert!(lines[1].ends_with("billing(members=1 in_flight=1 pending=2 credit=99)"));
+    }
+}

@@ -1,0 +1,830 @@
+//! The connection: the handshake, and the one background task that owns the socket.
+//!
+//! The task reads frames and routes each answer by its id to whoever waits for it, and writes
+//! the frames the handles ask for. Handles ([`crate::Client`], [`crate::Publisher`],
+//! [`crate::Subscription`]) talk to it through one bounded command queue
+//! ([`crate::ClientOptions::command_queue`] commands); when the queue is full, senders wait.
+//!
+//! Writes are batched: every frame is encoded straight into one write buffer, and the buffer is
+//! written with one `write` per wake-up of the task, however many frames it holds. While the
+//! buffer holds more than [`WRITE_HIGH_WATER`] bytes, the task takes no new commands, so the
+//! queue fills and pressure reaches the callers. Reading never waits on writing: a broker that
+//! has stopped reading (its unconfirmed-publish cap) still gets its confirms read.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::{FutureExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use weir_protocol::{
+    Ack, CodecError, CreateTopic, Credit, ErrorCode, Frame, Hello, ListTopics, Publish,
+    ServerLimits, Subscribe, TopicSpec, Unsubscribe, WeirCodec, PROTOCOL_VERSION,
+};
+
+use crate::client::ClientOptions;
+use crate::error::{ClientError, PublishError};
+use crate::pacing::{AckPacer, Wake};
+
+/// While the write buffer holds more than this many bytes (256 KiB), the connection task takes
+/// no new commands. One frame may overshoot it, so the buffer is bounded by this plus one frame.
+pub const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// Most commands the task takes per wake-up before it writes (and reads) again.
+const COMMANDS_PER_WAKE: usize = 256;
+
+/// Most frames the task decodes from already-buffered input per wake-up.
+const FRAMES_PER_WAKE: usize = 256;
+
+/// How long an ack may wait to be batched with others before the task sends it anyway.
+pub const ACK_DELAY: Duration = Duration::from_millis(5);
+
+/// Most sequence numbers sent in one `Ack` frame (a larger batch is split), keeping the frame
+/// far below any frame-size limit.
+const MAX_ACKS_PER_FRAME: usize = 16 * 1024;
+
+/// Subscription ids start here, so they never collide with publish and request ids (which
+/// count up from 1 on the same connection).
+const FIRST_SUB_ID: u64 = 1 << 62;
+
+/// State shared by the connection task and every handle of one connection.
+#[derive(Debug)]
+pub(crate) struct ConnShared {
+    /// The limits the broker announced in `HelloOk`.
+    pub limits: ServerLimits,
+    /// Why the connection ended; set once, by the task, before it stops taking commands.
+    terminal: OnceLock<ClientError>,
+    /// Asks the task to send pending acks and credit now.
+    pub flush_now: Notify,
+    /// Asks the task to send pending acks and credit within [`ACK_DELAY`].
+    pub flush_soon: Notify,
+    next_sub: AtomicU64,
+}
+
+impl ConnShared {
+    /// The error that ended the connection, or [`ClientError::ConnectionLost`] while unknown.
+    pub fn error(&self) -> ClientError {
+        self.terminal
+            .get()
+            .cloned()
+            .unwrap_or(ClientError::ConnectionLost)
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.terminal.get().is_some()
+    }
+
+    /// Passes a pacer's wake-up request on to the task.
+    pub fn wake(&self, wake: Wake) {
+        match wake {
+            Wake::Now => self.flush_now.notify_one(),
+            Wake::Soon => self.flush_soon.notify_one(),
+            Wake::Nothing => {}
+        }
+    }
+
+    /// A fresh subscription id.
+    pub fn next_sub_id(&self) -> u64 {
+        self.next_sub.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A handle to the connection task: its command queue and the shared state.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnHandle {
+    pub tx: mpsc::Sender<Command>,
+    pub shared: Arc<ConnShared>,
+}
+
+impl ConnHandle {
+    /// Queues a command, waiting while the queue is full. Fails with the connection's terminal
+    /// error once it has ended.
+    pub async fn send(&self, cmd: Command) -> Result<(), ClientError> {
+        self.tx.send(cmd).await.map_err(|_| self.shared.error())
+    }
+}
+
+/// An admin request answered by one frame.
+#[derive(Debug)]
+pub(crate) enum AdminRequest {
+    CreateTopic(TopicSpec),
+    ListTopics,
+}
+
+/// One delivery as routed by the task, before the subscription wraps it.
+#[derive(Debug)]
+pub(crate) struct RawDelivery {
+    pub seq: u64,
+    pub attempt: u32,
+    pub payload: Bytes,
+}
+
+/// What a subscription's channel carries: deliveries, and non-fatal errors about it.
+pub(crate) type SubItem = Result<RawDelivery, ClientError>;
+
+/// Room in a subscription's channel beyond its window, for non-fatal errors about it.
+pub(crate) const SUB_ERROR_SLOTS: usize = 4;
+
+/// State of one subscription shared by its handle, its deliveries and the task.
+#[derive(Debug)]
+pub(crate) struct SubShared {
+    pub id: u64,
+    pub pacer: Mutex<AckPacer>,
+    /// The error that ended the subscription, set before its channel is closed.
+    pub end: Mutex<Option<ClientError>>,
+    pub conn: Arc<ConnShared>,
+}
+
+/// A request to the connection task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Publish {
+        topic: String,
+        payload: Bytes,
+        reply: oneshot::Sender<Result<u64, PublishError>>,
+        /// The publish window slot, held until the broker answers.
+        permit: OwnedSemaphorePermit,
+    },
+    Request {
+        request: AdminRequest,
+        reply: oneshot::Sender<Result<Frame, ClientError>>,
+    },
+    Subscribe {
+        shared: Arc<SubShared>,
+        topic: String,
+        group: String,
+        credit: u32,
+        tx: mpsc::Sender<SubItem>,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    Unsubscribe {
+        sub: u64,
+        reply: Option<oneshot::Sender<Result<(), ClientError>>>,
+    },
+    Ping {
+        reply: oneshot::Sender<Result<Duration, ClientError>>,
+    },
+}
+
+/// Connects, performs the handshake and spawns the connection task.
+pub(crate) async fn open(
+    addr: impl ToSocketAddrs,
+    opts: &ClientOptions,
+) -> Result<ConnHandle, ClientError> {
+    let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    let (read, mut write) = stream.into_split();
+    let mut reader = FramedRead::new(read, WeirCodec::new(opts.max_frame_bytes));
+    let mut codec = WeirCodec::default();
+    let mut wbuf = BytesMut::new();
+    codec.encode_frame(
+        &Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            token: opts.token.clone(),
+        }),
+        &mut wbuf,
+    )?;
+    write.write_all(&wbuf).await?;
+    wbuf.clear();
+
+    let answer = tokio::time::timeout(opts.handshake_timeout, reader.next())
+        .await
+        .map_err(|_| {
+            ClientError::Handshake(format!(
+                "no answer to Hello within {:?}",
+                opts.handshake_timeout
+            ))
+        })?;
+    let limits = match answer {
+        None => {
+            return Err(ClientError::Handshake(
+                "broker closed the connection during the handshake".into(),
+            ))
+        }
+        Some(Err(e)) => return Err(e.into()),
+        Some(Ok(Frame::HelloOk(ok))) => {
+            if ok.version != PROTOCOL_VERSION {
+                return Err(ClientError::UnsupportedVersion(format!(
+                    "broker answered with protocol version {}, this client speaks {PROTOCOL_VERSION}",
+                    ok.version
+                )));
+            }
+            ok.limits
+        }
+        Some(Ok(Frame::Error(e))) => {
+            return Err(match e.code {
+                ErrorCode::Unauthorized => ClientError::Unauthorized(e.message),
+                ErrorCode::UnsupportedVersion => ClientError::UnsupportedVersion(e.message),
+                code => ClientError::Broker {
+                    code,
+                    message: e.message,
+                },
+            })
+        }
+        Some(Ok(Frame::Rejected(r))) => {
+            return Err(ClientError::ConnectionRejected {
+                reason: r.reason,
+                limit: r.limit,
+                retry_after_ms: r.retry_after_ms,
+            })
+        }
+        Some(Ok(Frame::GoingAway(g))) => return Err(ClientError::GoingAway { reason: g.reason }),
+        Some(Ok(other)) => {
+            return Err(ClientError::Handshake(format!(
+                "expected HelloOk, got {}",
+                other.name()
+            )))
+        }
+    };
+
+    let read_max = opts.max_frame_bytes.max(limits.max_frame_bytes as usize);
+    *reader.decoder_mut() = WeirCodec::new(read_max);
+    let shared = Arc::new(ConnShared {
+        limits: limits.clone(),
+        terminal: OnceLock::new(),
+        flush_now: Notify::new(),
+        flush_soon: Notify::new(),
+        next_sub: AtomicU64::new(FIRST_SUB_ID),
+    });
+    let (tx, rx) = mpsc::channel(opts.command_queue.max(1));
+    let task = ConnTask {
+        reader,
+        writer: write,
+        wbuf,
+        codec: WeirCodec::new(limits.max_frame_bytes as usize),
+        cmd_rx: rx,
+        shared: shared.clone(),
+        next_id: 1,
+        publishes: HashMap::new(),
+        requests: HashMap::new(),
+        subs: HashMap::new(),
+        pings: HashMap::new(),
+        flush_deadline: None,
+        going_away: None,
+    };
+    tokio::spawn(task.run());
+    Ok(ConnHandle { tx, shared })
+}
+
+struct PendingPublish {
+    reply: oneshot::Sender<Result<u64, PublishError>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubState {
+    /// `Subscribe` sent, `Subscribed` not yet received.
+    Opening,
+    /// Open: deliveries flow.
+    Open,
+    /// `Unsubscribe` sent; deliveries still arriving are dropped (the broker redelivers them).
+    Closing,
+}
+
+struct SubEntry {
+    shared: Arc<SubShared>,
+    /// `None` once the subscription is closing or has failed.
+    tx: Option<mpsc::Sender<SubItem>>,
+    state: SubState,
+    /// Credit the broker has and has not used yet, as this client counts it.
+    broker_credit: u32,
+    open_reply: Option<oneshot::Sender<Result<(), ClientError>>>,
+    close_reply: Option<oneshot::Sender<Result<(), ClientError>>>,
+}
+
+impl SubEntry {
+    /// Ends the subscription for its handle with `err` (after what is buffered).
+    fn end_with(&mut self, err: ClientError) {
+        if let Ok(mut end) = self.shared.end.lock() {
+            end.get_or_insert(err.clone());
+        }
+        if let Ok(mut pacer) = self.shared.pacer.lock() {
+            pacer.close();
+        }
+        self.tx = None;
+        if let Some(reply) = self.open_reply.take() {
+            let _ = reply.send(Err(err.clone()));
+        }
+        if let Some(reply) = self.close_reply.take() {
+            let _ = reply.send(Err(err));
+        }
+    }
+}
+
+struct ConnTask {
+    reader: FramedRead<OwnedReadHalf, WeirCodec>,
+    writer: OwnedWriteHalf,
+    wbuf: BytesMut,
+    codec: WeirCodec,
+    cmd_rx: mpsc::Receiver<Command>,
+    shared: Arc<ConnShared>,
+    /// The next publish / request / ping id (one counter for all three).
+    next_id: u64,
+    publishes: HashMap<u64, PendingPublish>,
+    requests: HashMap<u64, oneshot::Sender<Result<Frame, ClientError>>>,
+    subs: HashMap<u64, SubEntry>,
+    pings: HashMap<u64, (Instant, oneshot::Sender<Result<Duration, ClientError>>)>,
+    flush_deadline: Option<Instant>,
+    going_away: Option<String>,
+}
+
+fn protocol(msg: impl Into<String>) -> ClientError {
+    ClientError::Protocol(msg.into())
+}
+
+impl ConnTask {
+    async fn run(mut self) {
+        let result = self.run_loop().await;
+        let err = match result {
+            Ok(()) => ClientError::ConnectionLost,
+            Err(e) => e,
+        };
+        match &err {
+            ClientError::ConnectionLost => tracing::debug!("weir connection closed"),
+            e => tracing::debug!(error = %e, "weir connection ended"),
+        }
+        let _ = self.shared.terminal.set(err.clone());
+        self.cmd_rx.close();
+        self.fail_all(&err);
+        // Commands still queued are dropped; their reply senders close, and the waiting handles
+        // read the terminal error set above.
+        while self.cmd_rx.try_recv().is_ok() {}
+    }
+
+    fn fail_all(&mut self, err: &ClientError) {
+        for (_, p) in self.publishes.drain() {
+            let _ = p.reply.send(Err(PublishError::ConnectionLost));
+        }
+        for (_, r) in self.requests.drain() {
+            let _ = r.send(Err(err.clone()));
+        }
+        for (_, mut s) in self.subs.drain() {
+            s.end_with(err.clone());
+        }
+        for (_, (_, r)) in self.pings.drain() {
+            let _ = r.send(Err(err.clone()));
+        }
+    }
+
+    /// Nothing is waiting on the broker.
+    fn idle(&self) -> bool {
+        self.publishes.is_empty() && self.requests.is_empty() && self.pings.is_empty()
+    }
+
+    async fn run_loop(&mut self) -> Result<(), ClientError> {
+        let mut commands_open = true;
+        loop {
+            if !commands_open && self.idle() {
+                // Every handle is gone and nothing waits for an answer: say goodbye in order.
+                self.writer.write_all(&self.wbuf).await?;
+                self.wbuf.clear();
+                let _ = self.writer.shutdown().await;
+                return Ok(());
+            }
+            let accept = commands_open && self.wbuf.len() < WRITE_HIGH_WATER;
+            let deadline = self.flush_deadline;
+            tokio::select! {
+                biased;
+                written = self.writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
+                    if written? == 0 {
+                        return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+                    }
+                }
+                frame = self.reader.next() => {
+                    self.on_read(frame)?;
+                    for _ in 0..FRAMES_PER_WAKE {
+                        match self.reader.next().now_or_never() {
+                            Some(frame) => self.on_read(frame)?,
+                            None => break,
+                        }
+                    }
+                }
+                cmd = self.cmd_rx.recv(), if accept => match cmd {
+                    Some(cmd) => {
+                        self.on_command(cmd)?;
+                        for _ in 0..COMMANDS_PER_WAKE {
+                            if self.wbuf.len() >= WRITE_HIGH_WATER {
+                                break;
+                            }
+                            match self.cmd_rx.try_recv() {
+                                Ok(cmd) => self.on_command(cmd)?,
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => commands_open = false,
+                },
+                _ = self.shared.flush_now.notified() => self.flush_acks()?,
+                _ = self.shared.flush_soon.notified(), if deadline.is_none() => {
+                    self.flush_deadline = Some(Instant::now() + ACK_DELAY);
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    self.flush_acks()?;
+                }
+            }
+        }
+    }
+
+    fn on_read(&mut self, frame: Option<Result<Frame, CodecError>>) -> Result<(), ClientError> {
+        match frame {
+            Some(Ok(frame)) => self.on_frame(frame),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(match self.going_away.take() {
+                Some(reason) => ClientError::GoingAway { reason },
+                None => ClientError::ConnectionLost,
+            }),
+        }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Encodes one frame into the write buffer.
+    fn send_frame(&mut self, frame: &Frame) -> Result<(), ClientError> {
+        self.codec.encode_frame(frame, &mut self.wbuf)?;
+        Ok(())
+    }
+
+    fn on_command(&mut self, cmd: Command) -> Result<(), ClientError> {
+        if let Some(reason) = &self.going_away {
+            let err = ClientError::GoingAway {
+                reason: reason.clone(),
+            };
+            match cmd {
+                Command::Publish { reply, .. } => {
+                    let _ = reply.send(Err(PublishError::ConnectionLost));
+                }
+                Command::Request { reply, .. } => {
+                    let _ = reply.send(Err(err));
+                }
+                Command::Subscribe { reply, .. } => {
+                    let _ = reply.send(Err(err));
+                }
+                Command::Unsubscribe { reply, .. } => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                Command::Ping { reply } => {
+                    let _ = reply.send(Err(err));
+                }
+            }
+            return Ok(());
+        }
+        match cmd {
+            Command::Publish {
+                topic,
+                payload,
+                reply,
+                permit,
+            } => {
+                let id = self.next_id();
+                let frame = Frame::Publish(Publish { id, topic, payload });
+                match self.codec.encode_frame(&frame, &mut self.wbuf) {
+                    Ok(()) => {
+                        self.publishes.insert(
+                            id,
+                            PendingPublish {
+                                reply,
+                                _permit: permit,
+                            },
+                        );
+                    }
+                    Err(CodecError::FrameTooLarge { len, max }) => {
+                        let _ = reply.send(Err(PublishError::TooLarge { len, max }));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Command::Request { request, reply } => {
+                let req = self.next_id();
+                let frame = match request {
+                    AdminRequest::CreateTopic(spec) => {
+                        Frame::CreateTopic(CreateTopic { req, spec })
+                    }
+                    AdminRequest::ListTopics => Frame::ListTopics(ListTopics { req }),
+                };
+                self.send_frame(&frame)?;
+                self.requests.insert(req, reply);
+            }
+            Command::Subscribe {
+                shared,
+                topic,
+                group,
+                credit,
+                tx,
+                reply,
+            } => {
+                let sub = shared.id;
+                self.send_frame(&Frame::Subscribe(Subscribe {
+                    sub,
+                    topic,
+                    group,
+                    credit,
+                }))?;
+                self.subs.insert(
+                    sub,
+                    SubEntry {
+                        shared,
+                        tx: Some(tx),
+                        state: SubState::Opening,
+                        broker_credit: credit,
+                        open_reply: Some(reply),
+                        close_reply: None,
+                    },
+                );
+            }
+            Command::Unsubscribe { sub, reply } => {
+                let Some(state) = self.subs.get(&sub).map(|s| s.state) else {
+                    // Already gone (it failed, or the broker dropped it).
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(()));
+                    }
+                    return Ok(());
+                };
+                if state == SubState::Closing {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(()));
+                    }
+                    return Ok(());
+                }
+                // Acks the app made before closing go out first, so those messages are not
+                // redelivered.
+                self.flush_sub(sub)?;
+                self.send_frame(&Frame::Unsubscribe(Unsubscribe { sub }))?;
+                if let Some(entry) = self.subs.get_mut(&sub) {
+                    if let Ok(mut pacer) = entry.shared.pacer.lock() {
+                        pacer.close();
+                    }
+                    entry.tx = None;
+                    entry.state = SubState::Closing;
+                    entry.close_reply = reply;
+                    if let Some(open) = entry.open_reply.take() {
+                        let _ = open.send(Err(ClientError::InvalidArgument(
+                            "subscription closed while opening".into(),
+                        )));
+                    }
+                }
+            }
+            Command::Ping { reply } => {
+                let nonce = self.next_id();
+                self.send_frame(&Frame::Ping(nonce))?;
+                self.pings.insert(nonce, (Instant::now(), reply));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the pending acks and credit of every subscription.
+    fn flush_acks(&mut self) -> Result<(), ClientError> {
+        self.flush_deadline = None;
+        let ids: Vec<u64> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.state != SubState::Closing && s.tx.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.flush_sub(id)?;
+        }
+        Ok(())
+    }
+
+    /// Sends one subscription's pending acks, then the credit they free.
+    fn flush_sub(&mut self, sub: u64) -> Result<(), ClientError> {
+        let Some(entry) = self.subs.get_mut(&sub) else {
+            return Ok(());
+        };
+        let batch = match entry.shared.pacer.lock() {
+            Ok(mut pacer) => pacer.take(),
+            Err(_) => None,
+        };
+        let Some(batch) = batch else { return Ok(()) };
+        entry.broker_credit += batch.credit;
+        for seqs in batch.acks.chunks(MAX_ACKS_PER_FRAME) {
+            self.send_frame(&Frame::Ack(Ack {
+                sub,
+                seqs: seqs.to_vec(),
+            }))?;
+        }
+        self.send_frame(&Frame::Credit(Credit {
+            sub,
+            n: batch.credit,
+        }))
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> Result<(), ClientError> {
+        match frame {
+            Frame::PublishOk(ok) => {
+                let p = self.publishes.remove(&ok.id).ok_or_else(|| {
+                    protocol(format!("PublishOk for unknown publish id {}", ok.id))
+                })?;
+                let _ = p.reply.send(Ok(ok.seq));
+            }
+            Frame::Rejected(r) => {
+                if let Some(p) = self.publishes.remove(&r.id) {
+                    let _ = p.reply.send(Err(PublishError::Rejected {
+                        reason: r.reason,
+                        limit: r.limit,
+                        retry_after_ms: r.retry_after_ms,
+                    }));
+                } else if let Some(reply) = self.requests.remove(&r.id) {
+                    let _ = reply.send(Err(ClientError::Rejected {
+                        reason: r.reason,
+                        limit: r.limit,
+                        retry_after_ms: r.retry_after_ms,
+                    }));
+                } else if let Some(entry) = self.subs.get_mut(&r.id) {
+                    let err = ClientError::Rejected {
+                        reason: r.reason,
+                        limit: r.limit,
+                        retry_after_ms: r.retry_after_ms,
+                    };
+                    if entry.state == SubState::Open {
+                        deliver_error(entry, err);
+                    } else {
+                        let mut entry = self.subs.remove(&r.id).expect("present");
+                        entry.end_with(err);
+                    }
+                } else if r.id == 0 {
+                    return Err(ClientError::ConnectionRejected {
+                        reason: r.reason,
+                        limit: r.limit,
+                        retry_after_ms: r.retry_after_ms,
+                    });
+                } else {
+                    return Err(protocol(format!("Rejected for unknown id {}", r.id)));
+                }
+            }
+            Frame::Error(e) => self.on_error(e)?,
+            Frame::TopicCreated(ref t) => self.answer(t.req, frame)?,
+            Frame::TopicList(ref t) => self.answer(t.req, frame)?,
+            Frame::Subscribed(s) => {
+                let entry = self.subs.get_mut(&s.sub).ok_or_else(|| {
+                    protocol(format!("Subscribed for unknown subscription {}", s.sub))
+                })?;
+                match entry.state {
+                    SubState::Opening => {
+                        entry.state = SubState::Open;
+                        if let Some(reply) = entry.open_reply.take() {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                    SubState::Closing => {}
+                    SubState::Open => {
+                        return Err(protocol(format!(
+                            "second Subscribed for subscription {}",
+                            s.sub
+                        )))
+                    }
+                }
+            }
+            Frame::Unsubscribed(u) => {
+                let mut entry = self.subs.remove(&u.sub).ok_or_else(|| {
+                    protocol(format!("Unsubscribed for unknown subscription {}", u.sub))
+                })?;
+                if let Some(reply) = entry.close_reply.take() {
+                    let _ = reply.send(Ok(()));
+                }
+                if entry.state != SubState::Closing {
+                    // The broker closed it on its own: end the stream cleanly.
+                    entry.tx = None;
+                }
+            }
+            Frame::Deliver(d) => {
+                let entry = self.subs.get_mut(&d.sub).ok_or_else(|| {
+                    protocol(format!("Deliver for unknown subscription {}", d.sub))
+                })?;
+                if entry.state == SubState::Closing || entry.tx.is_none() {
+                    // Unacked: the broker returns it to the group once the unsubscribe lands.
+                    return Ok(());
+                }
+                if entry.broker_credit == 0 {
+                    entry.end_with(protocol(format!(
+                        "broker delivered seq {} to subscription {} without credit",
+                        d.seq, d.sub
+                    )));
+                    self.send_frame(&Frame::Unsubscribe(Unsubscribe { sub: d.sub }))?;
+                    if let Some(entry) = self.subs.get_mut(&d.sub) {
+                        entry.state = SubState::Closing;
+                    }
+                    return Ok(());
+                }
+                entry.broker_credit -= 1;
+                let item = RawDelivery {
+                    seq: d.seq,
+                    attempt: d.attempt,
+                    payload: d.payload,
+                };
+                if let Some(tx) = &entry.tx {
+                    match tx.try_send(Ok(item)) {
+                        Ok(()) => {}
+                        // The handle is gone; its Unsubscribe is on its way.
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            // Cannot happen while the credit count above holds; treat as a
+                            // violation rather than block the connection.
+                            entry.end_with(protocol(format!(
+                                "subscription {} buffer overflow: more deliveries than its window",
+                                d.sub
+                            )));
+                        }
+                    }
+                }
+            }
+            Frame::Ping(n) => self.send_frame(&Frame::Pong(n))?,
+            Frame::Pong(n) => {
+                if let Some((sent, reply)) = self.pings.remove(&n) {
+                    let _ = reply.send(Ok(sent.elapsed()));
+                }
+            }
+            Frame::GoingAway(g) => {
+                tracing::info!(reason = %g.reason, "weir broker going away");
+                self.going_away = Some(g.reason);
+            }
+            other => {
+                return Err(protocol(format!(
+                    "unexpected {} frame from the broker",
+                    other.name()
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes an admin answer to its request.
+    fn answer(&mut self, req: u64, frame: Frame) -> Result<(), ClientError> {
+        let reply = self
+            .requests
+            .remove(&req)
+            .ok_or_else(|| protocol(format!("{} for unknown request id {req}", frame.name())))?;
+        let _ = reply.send(Ok(frame));
+        Ok(())
+    }
+
+    fn on_error(&mut self, e: weir_protocol::Error) -> Result<(), ClientError> {
+        let err = ClientError::Broker {
+            code: e.code,
+            message: e.message.clone(),
+        };
+        if e.req == 0 {
+            return Err(err);
+        }
+        if let Some(p) = self.publishes.remove(&e.req) {
+            let _ = p.reply.send(Err(PublishError::Broker {
+                code: e.code,
+                message: e.message,
+            }));
+        } else if let Some(reply) = self.requests.remove(&e.req) {
+            let _ = reply.send(Err(err));
+        } else if let Some(entry) = self.subs.get_mut(&e.req) {
+            match entry.state {
+                // A refused subscribe, or a closing subscription the broker no longer knows:
+                // either way it is gone.
+                SubState::Opening | SubState::Closing => {
+                    let mut entry = self.subs.remove(&e.req).expect("present");
+                    if entry.state == SubState::Closing {
+                        if let Some(reply) = entry.close_reply.take() {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                    entry.end_with(err);
+                }
+                SubState::Open if e.code == ErrorCode::UnknownSubscription => {
+                    let mut entry = self.subs.remove(&e.req).expect("present");
+                    entry.end_with(err);
+                }
+                // An ack or credit problem: the subscription stays open; the app hears of it.
+                SubState::Open => deliver_error(entry, err),
+            }
+        } else {
+            return Err(protocol(format!(
+                "Error {:?} for unknown id {}: {}",
+                e.code, e.req, e.message
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Hands a non-fatal error to a subscription's stream, if there is room for it.
+fn deliver_error(entry: &mut SubEntry, err: ClientError) {
+    if let Some(tx) = &entry.tx {
+        if tx.try_send(Err(err.clone())).is_err() {
+            tracing::warn!(sub = entry.shared.id, error = %err, "weir subscription error dropped: its buffer is full");
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The client's error types: [`ClientError`] for anything the client or its connection can
+//! fail at, and [`PublishError`] for the outcome of one publish that was sent.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_protocol::{CodecError, ErrorCode, Limit, RejectReason};
+
+/// Why a client operation failed.
+///
+/// Cheap to clone: when a connection ends, every request waiting on it receives a clone of the
+/// error that ended it (the i/o and codec errors are shared behind an [`Arc`]).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting, reading or writing the socket failed (including a connect timeout, as
+    /// [`io::ErrorKind::TimedOut`]).
+    #[error("i/o error: {0}")]
+    Io(Arc<io::Error>),
+    /// The bytes exchanged with the broker are not valid frames (or a frame to send exceeds the
+    /// frame size); the connection is closed.
+    #[error("codec error: {0}")]
+    Codec(Arc<CodecError>),
+    /// The opening `Hello`/`HelloOk` exchange failed for a reason other than the typed ones
+    /// below (the broker closed the connection, answered with an unexpected frame, or timed out).
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    /// The broker refused the token presented in `Hello` (`Error{code: Unauthorized}`).
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The broker does not speak this client's protocol version (`Error{code:
+    /// UnsupportedVersion}`), or answered with a version this client does not speak.
+    #[error("unsupported protocol version: {0}")]
+    UnsupportedVersion(String),
+    /// The broker refused the connection itself, e.g. at its `max_connections` bound
+    /// ([`RejectReason::TooManyConnections`]); it closes the connection after saying so.
+    #[error("connection refused by the broker: {reason:?} ({}={}){}", limit.name, limit.value, fmt_retry(*retry_after_ms))]
+    ConnectionRejected {
+        /// Why the broker refused.
+        reason: RejectReason,
+        /// The bound that fired.
+        limit: Limit,
+        /// When connecting again may succeed, if the broker said.
+        retry_after_ms: Option<u64>,
+    },
+    /// The broker refused a request (other than a publish) at one of its bounds, e.g. creating a
+    /// topic past `max_topics`.
+    #[error("request rejected: {reason:?} ({}={}){}", limit.name, limit.value, fmt_retry(*retry_after_ms))]
+    Rejected {
+        /// Why the broker refused.
+        reason: RejectReason,
+        /// The bound that fired.
+        limit: Limit,
+        /// When retrying may succeed, if the broker said.
+        retry_after_ms: Option<u64>,
+    },
+    /// [`crate::Publisher::try_publish`] found the publish window (or the connection's bounded
+    /// command queue) full; nothing was sent. Await a confirm, or use
+    /// [`crate::Publisher::publish`], which waits for a slot instead.
+    #[error("publish window full")]
+    WindowFull,
+    /// The connection closed without the broker saying why (end of stream), or its task is gone.
+    #[error("connection lost")]
+    ConnectionLost,
+    /// The broker announced it is shutting down (`GoingAway`); the connection is closed.
+    #[error("broker going away: {reason}")]
+    GoingAway {
+        /// The broker's reason, for logs.
+        reason: String,
+    },
+    /// The broker answered the request with a typed error frame.
+    #[error("broker error {code:?}: {message}")]
+    Broker {
+        /// What kind of error.
+        code: ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
+    /// A sent publish failed; see [`PublishError`]. Only returned by the convenience methods
+    /// that send and await in one call, such as [`crate::Publisher::publish_and_wait`].
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// An argument was refused before anything was sent (e.g. a subscription window of 0).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The broker broke the protocol (an answer to an unknown id, a delivery beyond the granted
+    /// credit, a frame only clients send, ...). The connection (or, for a subscription's credit,
+    /// that subscription) is closed.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Io(Arc::new(e))
+    }
+}
+
+impl From<CodecError> for ClientError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Io(e) => ClientError::Io(Arc::new(e)),
+            other => ClientError::Codec(Arc::new(other)),
+        }
+    }
+}
+
+/// The outcome of a publish that was handed to the connection and did not become durable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The broker refused the publish at one of its bounds (`Rejected`): a full topic, an
+    /// oversized message, a broker shutting down, ... The message was not stored.
+    #[error("publish rejected: {reason:?} ({}={}){}", limit.name, limit.value, fmt_retry(*retry_after_ms))]
+    Rejected {
+        /// Why.
+        reason: RejectReason,
+        /// The bound that fired: its configuration name and value.
+        limit: Limit,
+        /// When retrying may succeed; `None` when retrying the same publish cannot help.
+        retry_after_ms: Option<u64>,
+    },
+    /// The broker answered with a typed error (e.g. [`ErrorCode::UnknownTopic`]). The message was
+    /// not stored.
+    #[error("broker error {code:?}: {message}")]
+    Broker {
+        /// What kind of error.
+        code: ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
+    /// The encoded publish would exceed the broker's `max_frame_bytes`; it was refused locally
+    /// and never sent.
+    #[error("publish of {len} bytes exceeds the broker's frame limit of {max} bytes")]
+    TooLarge {
+        /// The encoded frame size (or the size at which encoding gave up).
+        len: usize,
+        /// The broker's `max_frame_bytes`.
+        max: usize,
+    },
+    /// The connection closed before the broker answered. The publish may or may not have been
+    /// stored (at-least-once: publishing again may store a duplicate).
+    #[error("connection lost before the publish was confirmed")]
+    ConnectionLost,
+}
+
+impl PublishError {
+    /// The broker's retry-after hint, for a [`PublishError::Rejected`] that has one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            PublishError::Rejected {
+                retry_after_ms: Some(ms),
+                ..
+            } => Some(Duration::from_millis(*ms)),
+            _ => None,
+        }
+    }
+}
+
+fn fmt_retry(ms: Option<u64>) -> String {
+    match ms {
+        Some(ms) => format!(", retry after {ms} ms"),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejected_display_names_limit_and_retry() {
+        let e = PublishError::Rejected {
+            reason: RejectReason::TopicFull,
+            limit: Limit::new("max_messages", 10),
+            retry_after_ms: Some(250),
+        };
+        assert_eq!(
+            e.to_string(),
+            "publish rejected: TopicFull (max_messages=10), retry after 250 ms"
+        );
+        assert_eq!(e.retry_after(), Some(Duration::from_millis(250)));
+        let e = PublishError::Rejected {
+            reason: RejectReason::MessageTooLarge,
+            limit: Limit::new("max_message_bytes", 5),
+            retry_after_ms: None,
+        };
+        assert_eq!(
+            e.to_string(),
+            "publish rejected: MessageTooLarge (max_message_bytes=5)"
+        );
+        assert_eq!(e.retry_after(), None);
+    }
+
+    #[test]
+    fn codec_io_errors_become_io() {
+        let e: ClientError = CodecError::Io(io::Error::other("boom")).into();
+        assert!(matches!(e, ClientError::Io(_)));
+        let e: ClientError = CodecError::Malformed("x".into()).into();
+        assert!(matches!(e, ClientError::Codec(_)));
+    }
+}

@@ -1,0 +1,319 @@
+//! Codec properties: every frame round-trips, and no byte string panics the decoder.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use proptest::prelude::*;
+use tokio_util::codec::{Decoder, Encoder};
+use weir_protocol::*;
+
+fn bytes_strategy() -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..256).prop_map(Bytes::from)
+}
+
+fn name() -> impl Strategy<Value = String> {
+    "[a-z0-9._-]{0,24}"
+}
+
+fn limits() -> impl Strategy<Value = ServerLimits> {
+    (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(a, b, c, d)| ServerLimits {
+        max_frame_bytes: a,
+        max_unconfirmed: b,
+        max_credit: c,
+        max_subscriptions: d,
+    })
+}
+
+fn fsync() -> impl Strategy<Value = FsyncPolicy> {
+    prop_oneof![
+        Just(FsyncPolicy::Batch),
+        Just(FsyncPolicy::Never),
+        any::<u32>().prop_map(FsyncPolicy::IntervalMs)
+    ]
+}
+
+fn config() -> impl Strategy<Value = TopicConfig> {
+    (name(), any::<u64>(), any::<u64>(), any::<u32>(), fsync()).prop_map(
+        |(name, m, b, mb, fsync)| TopicConfig {
+            name,
+            max_messages: m,
+            max_bytes: b,
+            max_message_bytes: mb,
+            overflow: OverflowPolicy::Reject,
+            fsync,
+        },
+    )
+}
+
+fn topic_info() -> impl Strategy<Value = TopicInfo> {
+    let group = (
+        name(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u32>(),
+        any::<u64>(),
+    )
+        .prop_map(|(name, in_flight, pending, members, credit)| GroupInfo {
+            name,
+            in_flight,
+            pending,
+            members,
+            credit,
+        });
+    (
+        config(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        proptest::collection::vec(group, 0..3),
+    )
+        .prop_map(|(config, depth, bytes, next_seq, groups)| TopicInfo {
+            config,
+            depth,
+            bytes,
+            next_seq,
+            groups,
+        })
+}
+
+fn reason() -> impl Strategy<Value = RejectReason> {
+    prop_oneof![
+        Just(RejectReason::TopicFull),
+        Just(RejectReason::MessageTooLarge),
+        Just(RejectReason::TooManyConnections),
+        Just(RejectReason::TooManyTopics),
+        Just(RejectReason::ShuttingDown),
+    ]
+}
+
+fn code() -> impl Strategy<Value = ErrorCode> {
+    prop_oneof![
+        Just(ErrorCode::MalformedFrame),
+        Just(ErrorCode::FrameTooLarge),
+        Just(ErrorCode::UnsupportedVersion),
+        Just(ErrorCode::Unauthorized),
+        Just(ErrorCode::HelloRequired),
+        Just(ErrorCode::UnknownTopic),
+        Just(ErrorCode::TopicExists),
+        Just(ErrorCode::InvalidArgument),
+        Just(ErrorCode::LimitExceeded),
+        Just(ErrorCode::UnknownSubscription),
+        Just(ErrorCode::SubscriptionExists),
+        Just(ErrorCode::Internal),
+    ]
+}
+
+fn frame() -> impl Strategy<Value = Frame> {
+    let spec = (
+        name(),
+        any::<Option<u64>>(),
+        any::<Option<u64>>(),
+        any::<Option<u32>>(),
+        proptest::option::of(fsync()),
+    )
+        .prop_map(
+            |(name, max_messages, max_bytes, max_message_bytes, fsync)| TopicSpec {
+                name,
+                max_messages,
+                max_bytes,
+                max_message_bytes,
+                overflow: Some(OverflowPolicy::Reject),
+                fsync,
+            },
+        );
+    prop_oneof![
+        (any::<u16>(), proptest::option::of(name()))
+            .prop_map(|(version, token)| Frame::Hello(Hello { version, token })),
+        (any::<u16>(), limits())
+            .prop_map(|(version, limits)| Frame::HelloOk(HelloOk { version, limits })),
+        (any::<u64>(), spec).prop_map(|(req, spec)| Frame::CreateTopic(CreateTopic { req, spec })),
+        (any::<u64>(), any::<bool>(), config()).prop_map(|(req, created, config)| {
+            Frame::TopicCreated(TopicCreated {
+                req,
+                created,
+                config,
+            })
+        }),
+        any::<u64>().prop_map(|req| Frame::ListTopics(ListTopics { req })),
+        (any::<u64>(), proptest::collection::vec(topic_info(), 0..3))
+            .prop_map(|(req, topics)| Frame::TopicList(TopicList { req, topics })),
+        (any::<u64>(), name(), bytes_strategy())
+            .prop_map(|(id, topic, payload)| Frame::Publish(Publish { id, topic, payload })),
+        (any::<u64>(), any::<u64>()).prop_map(|(id, seq)| Frame::PublishOk(PublishOk { id, seq })),
+        (
+            any::<u64>(),
+            reason(),
+            name(),
+            any::<u64>(),
+            any::<Option<u64>>()
+        )
+            .prop_map(
+                |(id, reason, n, v, retry_after_ms)| Frame::Rejected(Rejected {
+                    id,
+                    reason,
+                    limit: Limit::new(n, v),
+                    retry_after_ms
+                })
+            ),
+        (any::<u64>(), name(), name(), any::<u32>()).prop_map(|(sub, topic, group, credit)| {
+            Frame::Subscribe(Subscribe {
+                sub,
+                topic,
+                group,
+                credit,
+            })
+        }),
+        any::<u64>().prop_map(|sub| Frame::Subscribed(Subscribed { sub })),
+        any::<u64>().prop_map(|sub| Frame::Unsubscribe(Unsubscribe { sub })),
+        any::<u64>().prop_map(|sub| Frame::Unsubscribed(Unsubscribed { sub })),
+        (any::<u64>(), any::<u32>()).prop_map(|(sub, n)| Frame::Credit(Credit { sub, n })),
+        (any::<u64>(), any::<u64>(), any::<u32>(), bytes_strategy()).prop_map(
+            |(sub, seq, attempt, payload)| Frame::Deliver(Deliver {
+                sub,
+                seq,
+                attempt,
+                payload
+            })
+        ),
+        (any::<u64>(), proptest::collection::vec(any::<u64>(), 0..50))
+            .prop_map(|(sub, seqs)| Frame::Ack(Ack { sub, seqs })),
+        (any::<u64>(), code(), name()).prop_map(|(req, code, message)| Frame::Error(Error {
+            req,
+            code,
+            message
+        })),
+        any::<u64>().prop_map(Frame::Ping),
+        any::<u64>().prop_map(Frame::Pong),
+        name().prop_map(|reason| Frame::GoingAway(GoingAway { reason })),
+    ]
+}
+
+fn encode(frame: &Frame) -> BytesMut {
+    let mut buf = BytesMut::new();
+    WeirCodec::default()
+        .encode_frame(frame, &mut buf)
+        .expect("encodes");
+    buf
+}
+
+proptest! {
+    #[test]
+    fn every_frame_round_trips(frames in proptest::collection::vec(frame(), 1..8)) {
+        let mut buf = BytesMut::new();
+        let mut codec = WeirCodec::default();
+        for f in &frames {
+            codec.encode_frame(f, &mut buf).unwrap();
+        }
+        for f in &frames {
+            let got = codec.decode(&mut buf).unwrap();
+            prop_assert_eq!(got.as_ref(), Some(f));
+        }
+        prop_assert!(buf.is_empty());
+        prop_assert!(codec.decode_eof(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn frames_split_at_any_point_decode_the_same(f in frame(), cut in any::<prop::sample::Index>()) {
+        let whole = encode(&f);
+        let at = cut.index(whole.len());
+        let mut codec = WeirCodec::default();
+        let mut buf = BytesMut::from(&whole[..at]);
+        prop_assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(&whole[at..]);
+        prop_assert_eq!(codec.decode(&mut buf).unwrap(), Some(f));
+    }
+
+    #[test]
+    fn every_truncation_is_incomplete_then_a_typed_error_at_eof(f in frame()) {
+        let whole = encode(&f);
+        for at in 1..whole.len() {
+            let mut buf = BytesMut::from(&whole[..at]);
+            let got = WeirCodec::default().decode_eof(&mut buf);
+            let is_truncated = matches!(got, Err(CodecError::Truncated { .. }));
+            prop_assert!(is_truncated, "prefix of {} bytes gave {:?}", at, got);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_fail_typed(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut buf = BytesMut::from(&data[..]);
+        let mut codec = WeirCodec::new(1024);
+        loop {
+            match codec.decode_eof(&mut buf) {
+                Ok(Some(_)) => continue,
+                Ok(None) => break,
+                Err(CodecError::FrameTooLarge { .. } | CodecError::Malformed(_) | CodecError::Truncated { .. }) => break,
+                Err(CodecError::Io(e)) => prop_assert!(false, "decoder invented an i/o error: {}", e),
+            }
+        }
+    }
+
+    #[test]
+    fn corrupted_bodies_never_panic(f in frame(), flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4)) {
+        let mut bytes = encode(&f);
+        for (i, v) in flips {
+            let at = 4 + i.index(bytes.len() - 4); // keep the length prefix, garble the body
+            bytes[at] ^= v | 1;
+        }
+        let _ = WeirCodec::default().decode_eof(&mut bytes);
+    }
+}
+
+#[test]
+fn oversized_length_is_refused_before_the_body_arrives() {
+    let mut codec = WeirCodec::new(1024);
+    let mut buf = BytesMut::new();
+    buf.put_u32(1025);
+    match codec.decode(&mut buf) {
+        Err(CodecError::FrameTooLarge {
+            len: 1025,
+            max: 1024,
+        }) => {}
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+}
+
+#[test]
+fn encoding_an_oversized_frame_fails_and_leaves_the_buffer_untouched() {
+    let mut codec = WeirCodec::new(1024);
+    let mut buf = BytesMut::from(&b"keep"[..]);
+    let frame = Frame::Publish(Publish {
+        id: 1,
+        topic: "t".into(),
+        payload: Bytes::from(vec![0u8; 2000]),
+    });
+    assert!(matches!(
+        codec.encode(frame, &mut buf),
+        Err(CodecError::FrameTooLarge { .. })
+    ));
+    assert_eq!(&buf[..], b"keep");
+}
+
+#[test]
+fn payload_on_a_frame_kind_without_one_is_malformed() {
+    let mut buf = encode(&Frame::Ping(7));
+    buf.put_u8(0xAA);
+    let len = (buf.len() - 4) as u32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    assert!(matches!(
+        WeirCodec::default().decode(&mut buf),
+        Err(CodecError::Malformed(_))
+    ));
+}
+
+/// Pins the wire layout: a change here breaks every deployed client.
+#[test]
+fn wire_compat_byte_layout_of_publish() {
+    let frame = Frame::Publish(Publish {
+        id: 1,
+        topic: "orders".into(),
+        payload: Bytes::from_static(b"abc"),
+    });
+    let expected: &[u8] = &[
+        0, 0, 0, 16, // len: everything after this field
+        0, 0, 0, 9, // hdr_len
+        6, // Frame::Publish variant index (varint)
+        1, // id = 1 (varint)
+        6, b'o', b'r', b'd', b'e', b'r', b's', // topic
+        b'a', b'b', b'c', // payload, raw
+    ];
+    assert_eq!(&encode(&frame)[..], expected);
+}

@@ -1,0 +1,140 @@
+//! The real `weir-broker` binary as a child process, for tests where the process itself is the
+//! point: `SIGKILL` (durability) and `SIGTERM` (graceful shutdown).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a broker process may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Path of a binary built by this workspace, next to the test executable's `deps/` folder.
+/// `cargo test --workspace` builds `weir-broker` (its package has integration tests) and
+/// `weir` before running any test.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built; run `cargo test --workspace` (or `cargo build --bins`)",
+        path.display()
+    );
+    path
+}
+
+/// A running `weir-broker` process. Killed (SIGKILL) on drop if still running.
+pub struct BrokerProcess {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: Child,
+    log: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl BrokerProcess {
+    /// Starts `weir-broker --listen 127.0.0.1:0 --data-dir <dir>` plus `args`, and waits for its
+    /// "listening" log line to learn the port.
+    pub fn start(data_dir: &Path, args: &[&str]) -> BrokerProcess {
+        let mut child = Command::new(workspace_bin("weir-broker"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn weir-broker");
+        let stdout = child.stdout.take().expect("stdout");
+        let (addr_tx, addr_rx) = std::sync::mpsc::sync_channel(1);
+        // Keeps reading so the child never blocks on a full pipe; returns every line at exit.
+        let log = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("listening") {
+                    if let Some(addr) = line
+                        .split("addr=")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next())
+                    {
+                        let _ = addr_tx.try_send(addr.parse::<SocketAddr>().ok());
+                    }
+                }
+                lines.push(line);
+            }
+            lines
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        let addr = loop {
+            match addr_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Some(addr)) => break addr,
+                Ok(None) => panic!("weir-broker printed an unparsable listen address"),
+                Err(_) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        panic!("weir-broker exited during start: {status}");
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "weir-broker did not start listening in time"
+                    );
+                }
+            }
+        };
+        BrokerProcess {
+            addr,
+            child,
+            log: Some(log),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// `SIGKILL`s the process and reaps it.
+    pub fn kill9(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// Waits (at most `timeout`) for the process to exit; returns its status and its log.
+    pub fn wait(mut self, timeout: Duration) -> (ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("weir-broker did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let lines = self
+            .log
+            .take()
+            .and_then(|log| log.join().ok())
+            .unwrap_or_default();
+        (status, lines)
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

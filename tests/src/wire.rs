@@ -1,0 +1,228 @@
+//! A raw protocol client: frames in, frames out, nothing hidden. Tests that assert exact wire
+//! behaviour (credit counts, error codes, closes) use it instead of the client library.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+use weir_protocol::*;
+
+/// How long any single expected frame may take to arrive before the test fails.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A framed connection to a broker.
+pub struct RawClient {
+    framed: Framed<TcpStream, WeirCodec>,
+    next_req: u64,
+}
+
+impl RawClient {
+    /// Connects without sending `Hello`.
+    pub async fn connect_raw(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        RawClient {
+            framed: Framed::new(stream, WeirCodec::new(MAX_FRAME_BYTES_CEILING)),
+            next_req: 1,
+        }
+    }
+
+    /// Connects and completes the handshake; returns the client and the broker's limits.
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        let mut client = Self::connect_raw(addr).await;
+        client
+            .send(Frame::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                token: None,
+            }))
+            .await;
+        match client.recv().await {
+            Frame::HelloOk(_) => client,
+            other => panic!("expected HelloOk, got {other:?}"),
+        }
+    }
+
+    /// The underlying stream, for writing raw bytes.
+    pub fn stream(&mut self) -> &mut TcpStream {
+        self.framed.get_mut()
+    }
+
+    /// The framed connection, for tests that drive it directly.
+    pub fn framed_mut(&mut self) -> &mut Framed<TcpStream, WeirCodec> {
+        &mut self.framed
+    }
+
+    /// Sends one frame.
+    pub async fn send(&mut self, frame: Frame) {
+        self.framed.send(frame).await.expect("send frame");
+    }
+
+    /// The next frame; panics after [`FRAME_TIMEOUT`] or if the connection closes.
+    pub async fn recv(&mut self) -> Frame {
+        match tokio::time::timeout(FRAME_TIMEOUT, self.framed.next()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(e))) => panic!("bad frame from broker: {e}"),
+            Ok(None) => panic!("broker closed the connection"),
+            Err(_) => panic!("no frame within {FRAME_TIMEOUT:?}"),
+        }
+    }
+
+    /// The next frame, or `None` if the broker closed the connection; panics on timeout.
+    pub async fn recv_or_closed(&mut self) -> Option<Frame> {
+        match tokio::time::timeout(FRAME_TIMEOUT, self.framed.next()).await {
+            Ok(Some(Ok(frame))) => Some(frame),
+            Ok(Some(Err(_)) | None) => None,
+            Err(_) => panic!("no frame within {FRAME_TIMEOUT:?}"),
+        }
+    }
+
+    /// The next frame if one arrives within `wait` (for asserting that nothing more comes).
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<Frame> {
+        match tokio::time::timeout(wait, self.framed.next()).await {
+            Ok(Some(Ok(frame))) => Some(frame),
+            _ => None,
+        }
+    }
+
+    fn req(&mut self) -> u64 {
+        self.next_req += 1;
+        self.next_req
+    }
+
+    /// Creates a topic and returns the answer frame.
+    pub async fn create_topic(&mut self, spec: TopicSpec) -> Frame {
+        let req = self.req();
+        self.send(Frame::CreateTopic(CreateTopic { req, spec }))
+            .await;
+        self.recv().await
+    }
+
+    /// Publishes one message and waits for its answer (`PublishOk`, `Rejected` or `Error`).
+    pub async fn publish(&mut self, topic: &str, payload: impl Into<Bytes>) -> Frame {
+        let id = self.req();
+        self.send(Frame::Publish(Publish {
+            id,
+            topic: topic.into(),
+            payload: payload.into(),
+        }))
+        .await;
+        self.recv().await
+    }
+
+    /// Publishes `payloads` pipelined and returns the sequence of each, asserting every one
+    /// was confirmed.
+    pub async fn publish_all(
+        &mut self,
+        topic: &str,
+        payloads: impl IntoIterator<Item = Bytes>,
+    ) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for payload in payloads {
+            let id = self.req();
+            ids.push(id);
+            self.framed
+                .feed(Frame::Publish(Publish {
+                    id,
+                    topic: topic.into(),
+                    payload,
+                }))
+                .await
+                .expect("feed");
+        }
+        self.framed.flush().await.expect("flush");
+        let mut seqs = std::collections::HashMap::new();
+        while seqs.len() < ids.len() {
+            match self.recv().await {
+                Frame::PublishOk(ok) => {
+                    seqs.insert(ok.id, ok.seq);
+                }
+                other => panic!("expected PublishOk, got {other:?}"),
+            }
+        }
+        ids.iter().map(|id| seqs[id]).collect()
+    }
+
+    /// Describes every topic.
+    pub async fn list(&mut self) -> Vec<TopicInfo> {
+        let req = self.req();
+        self.send(Frame::ListTopics(ListTopics { req })).await;
+        match self.recv().await {
+            Frame::TopicList(list) => list.topics,
+            other => panic!("expected TopicList, got {other:?}"),
+        }
+    }
+
+    /// Subscribes and waits for `Subscribed`.
+    pub async fn subscribe(&mut self, sub: u64, topic: &str, group: &str, credit: u32) {
+        self.send(Frame::Subscribe(Subscribe {
+            sub,
+            topic: topic.into(),
+            group: group.into(),
+            credit,
+        }))
+        .await;
+        match self.recv().await {
+            Frame::Subscribed(s) if s.sub == sub => {}
+            other => panic!("expected Subscribed, got {other:?}"),
+        }
+    }
+
+    /// Receives the next `n` deliveries.
+    pub async fn deliveries(&mut self, n: usize) -> Vec<Deliver> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match self.recv().await {
+                Frame::Deliver(d) => out.push(d),
+                other => panic!("expected Deliver, got {other:?}"),
+            }
+        }
+        out
+    }
+}
+
+/// Polls `ListTopics` until `check` holds for topic `name` (at most [`FRAME_TIMEOUT`]): for
+/// waiting on broker-side state such as in-flight counts, which no frame announces.
+pub async fn wait_for_topic(
+    client: &mut RawClient,
+    name: &str,
+    check: impl Fn(&TopicInfo) -> bool,
+) -> TopicInfo {
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    loop {
+        let topics = client.list().await;
+        if let Some(info) = topics.into_iter().find(|t| t.config.name == name) {
+            if check(&info) {
+                return info;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "topic {name} never reached the expected state: {info:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+impl RawClient {
+    /// Subscribes and consumes `n` messages, acking them and returning credit in batches —
+    /// what a well-behaved consumer does. Returns them in delivery order.
+    pub async fn consume(&mut self, sub: u64, topic: &str, group: &str, n: usize) -> Vec<Deliver> {
+        const WINDOW: u32 = 500;
+        self.subscribe(sub, topic, group, WINDOW).await;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let batch = self.deliveries((n - out.len()).min(100)).await;
+            let seqs: Vec<u64> = batch.iter().map(|d| d.seq).collect();
+            self.send(Frame::Ack(Ack { sub, seqs })).await;
+            self.send(Frame::Credit(Credit {
+                sub,
+                n: batch.len() as u32,
+            }))
+            .await;
+            out.extend(batch);
+        }
+        out
+    }
+}
