@@ -290,8 +290,15 @@ impl Connection {
 
     async fn run(&mut self, frames: &mut Frames, shutdown: &CancellationToken) -> End {
         let max_unconfirmed = self.broker.config().limits.max_unconfirmed as usize;
+        let metrics = self.broker.metrics().clone();
+        let mut was_reading = true;
         loop {
+            metrics.unconfirmed_high_water.observe(self.pending.len() as u64);
             let can_read = self.pending.len() < max_unconfirmed;
+            if was_reading && !can_read {
+                metrics.read_pauses.add(1);
+            }
+            was_reading = can_read;
             let step = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return End::Shutdown,

@@ -41,6 +41,22 @@ impl Gauge {
     }
 }
 
+/// The highest value ever observed.
+#[derive(Debug, Default)]
+pub struct HighWater(AtomicU64);
+
+impl HighWater {
+    /// Observes a value.
+    pub fn observe(&self, v: u64) {
+        self.0.fetch_max(v, Ordering::Relaxed);
+    }
+
+    /// The highest value observed.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Count, sum and maximum of a duration in microseconds.
 #[derive(Debug, Default)]
 pub struct LatencyStat {
@@ -88,6 +104,12 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Connections closed for a protocol error (malformed or oversized frame, bad handshake).
     pub protocol_errors: Counter,
+    /// Times a connection stopped reading its socket because it had `max_unconfirmed`
+    /// publishes awaiting their commit (TCP backpressure).
+    pub read_pauses: Counter,
+    /// The most unconfirmed publishes any connection has had at once (never above
+    /// `max_unconfirmed`).
+    pub unconfirmed_high_water: HighWater,
     /// Duration of each group commit (write + sync).
     pub commit_latency_us: LatencyStat,
 }
@@ -103,6 +125,7 @@ impl Metrics {
             redelivered = self.redelivered.get(),
             acked = self.acked.get(),
             connections_refused = self.connections_refused.get(),
+            read_pauses = self.read_pauses.get(),
             protocol_errors = self.protocol_errors.get(),
             commits,
             commit_mean_us = mean_us,

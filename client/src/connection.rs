@@ -810,6 +810,10 @@ impl ConnTask {
                 // An ack or credit problem: the subscription stays open; the app hears of it.
                 SubState::Open => deliver_error(entry, err),
             }
+        } else if e.req >= FIRST_SUB_ID {
+            // About a subscription already forgotten here, e.g. the answer to the Unsubscribe
+            // of a subscription whose Subscribe was refused: nothing waits for it.
+            tracing::debug!(sub = e.req, code = ?e.code, message = %e.message, "weir error for a closed subscription");
         } else {
             return Err(protocol(format!(
                 "Error {:?} for unknown id {}: {}",

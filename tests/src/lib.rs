@@ -15,16 +15,18 @@ use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use weir_broker::Config;
+use weir_broker::{Broker, Config};
 
 pub use process::BrokerProcess;
 pub use wire::RawClient;
 
 /// A configuration for tests: data in `dir`, port 0, state flushed often.
 pub fn test_config(dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.data_dir = dir.to_path_buf();
+    let mut config = Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
     config.storage.state_flush_ms = 20;
     config
 }
@@ -35,6 +37,8 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     /// Its data directory (kept across [`TestBroker::restart`]).
     pub dir: Arc<TempDir>,
+    /// The broker itself, for its counters and topic state.
+    pub broker: Broker,
     config: Config,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -58,21 +62,17 @@ impl TestBroker {
         let listener = TcpListener::bind(config.listen).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (shutdown, stop) = oneshot::channel::<()>();
-        let run_config = config.clone();
+        let broker = Broker::open(config.clone()).await.expect("broker opens");
+        let handle = broker.clone();
+        // What `server::run` does, keeping a handle to the broker for assertions.
         let task = tokio::spawn(async move {
-            weir_broker::server::run(listener, run_config, async {
+            weir_broker::server::serve(listener, broker.clone(), async {
                 let _ = stop.await;
             })
-            .await
-            .expect("broker runs");
+            .await;
+            broker.close().await;
         });
-        TestBroker {
-            addr,
-            dir,
-            config,
-            shutdown: Some(shutdown),
-            task: Some(task),
-        }
+        TestBroker { addr, dir, broker: handle, config, shutdown: Some(shutdown), task: Some(task) }
     }
 
     /// Shuts the broker down gracefully and waits until it has stopped.
@@ -88,8 +88,10 @@ impl TestBroker {
     /// Stops the broker and starts a new one on the same data directory (on a new port).
     pub async fn restart(mut self) -> TestBroker {
         self.stop().await;
-        let dir = self.dir.clone();
-        Self::launch(dir, self.config.clone()).await
+        let (dir, config) = (self.dir.clone(), self.config.clone());
+        // Our handle keeps the state store (and its file lock) open: let go of it first.
+        drop(self);
+        Self::launch(dir, config).await
     }
 }
 

@@ -28,8 +28,9 @@ use bytes::Bytes;
 
 use segment::Segment;
 
-/// Write buffers above this capacity are released after a batch instead of being kept for reuse.
-const MAX_KEPT_WRITE_BUF: usize = 8 * 1024 * 1024;
+/// Write buffers above this capacity are released after a batch instead of being kept for reuse
+/// (a 256 × 1 KiB batch needs about 263 KiB), so an idle log holds at most this much.
+const MAX_KEPT_WRITE_BUF: usize = 1024 * 1024;
 
 /// Tuning of one log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,9 +155,17 @@ impl SegmentLog {
     /// a later one holds a valid checkpoint means data that was synced is damaged, and gives
     /// `LogError::Corrupt` instead of deleting anything. Recovered data is fsynced before this
     /// returns, so everything readable from the log afterwards is durable. A new log starts at
-    /// sequence 1. Files in `dir` not named like segments or checkpoints are ignored.
+    /// sequence 1 (a missing `dir` is created and its parent fsynced). Files in `dir` not named
+    /// like segments or checkpoints are ignored; checkpoints without a segment are removed.
     pub fn open(dir: &Path, config: LogConfig) -> Result<SegmentLog, LogError> {
-        fs::create_dir_all(dir)?;
+        if !dir.is_dir() {
+            fs::create_dir_all(dir)?;
+            // Make the new directory's own entry durable.
+            match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => fsync_dir(p)?,
+                _ => fsync_dir(Path::new("."))?,
+            }
+        }
         let mut bases = BTreeSet::new();
         let mut seals = BTreeSet::new();
         for entry in fs::read_dir(dir)? {

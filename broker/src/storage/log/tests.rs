@@ -104,6 +104,10 @@ fn new_log_starts_at_one_and_is_empty() {
     assert_eq!(log.segment_count(), 1);
     assert_eq!(log.disk_bytes(), 0);
     assert!(log.read(1, 10, 1000).unwrap().is_empty());
+    let nested = dir.path().join("topics/orders");
+    let log = SegmentLog::open(&nested, LogConfig::default()).unwrap();
+    assert_eq!(log.next_seq(), 1);
+    assert_eq!(segment_files(&nested).len(), 1);
 }
 
 #[test]
