@@ -9,7 +9,11 @@ use weir_protocol::{Frame, Publish, WeirCodec};
 const BATCH: usize = 256;
 
 fn publish(id: u64) -> Frame {
-    Frame::Publish(Publish { id, topic: "bench".into(), payload: Bytes::from(vec![0xAB; 1024]) })
+    Frame::Publish(Publish {
+        id,
+        topic: "bench".into(),
+        payload: Bytes::from(vec![0xAB; 1024]),
+    })
 }
 
 fn encoded_batch() -> BytesMut {

@@ -201,15 +201,13 @@ impl Broker {
 
     /// A snapshot of every topic, sorted by name.
     pub fn list_topics(&self) -> Vec<TopicInfo> {
-        let topics: Vec<Arc<Topic>> = self
-            .shared
-            .topics
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        topics.iter().map(|t| t.info()).collect()
+        self.topics().iter().map(|t| t.info()).collect()
+    }
+
+    /// Every topic, sorted by name (the registry lock is released before returning).
+    fn topics(&self) -> Vec<Arc<Topic>> {
+        let registry = self.shared.topics.read().unwrap_or_else(|p| p.into_inner());
+        registry.values().cloned().collect()
     }
 
     /// Stops the writers (each after committing what is queued), the dispatchers and the state
@@ -230,16 +228,8 @@ impl Broker {
 
     /// Writes every changed group to the state store and flushes it. Blocking.
     fn save_state(&self) -> Result<(), TopicError> {
-        let topics: Vec<Arc<Topic>> = self
-            .shared
-            .topics
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
         let mut saved = 0;
-        for topic in topics {
+        for topic in self.topics() {
             saved += topic.save_dirty_groups()?;
         }
         if saved > 0 {

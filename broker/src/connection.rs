@@ -119,15 +119,19 @@ pub(crate) fn server_limits(broker: &Broker) -> ServerLimits {
     }
 }
 
-/// Serves one accepted connection until the client leaves, breaks the protocol, or `shutdown`
-/// is cancelled (then it finishes confirming what is being committed, sends `GoingAway`, and
-/// closes).
-pub(crate) async fn serve(
-    broker: Broker,
-    socket: TcpStream,
-    peer: SocketAddr,
-    shutdown: CancellationToken,
-) {
+/// The two ways the server stops a connection.
+#[derive(Clone, Default)]
+pub(crate) struct Stop {
+    /// Graceful: stop reading, confirm what is being committed, send `GoingAway`, close.
+    pub(crate) graceful: CancellationToken,
+    /// Hard: abandon whatever the connection is waiting on (a peer that never reads, a stuck
+    /// commit) and close now. Cancelled by the server once the shutdown grace has passed.
+    pub(crate) hard: CancellationToken,
+}
+
+/// Serves one accepted connection until the client leaves, breaks the protocol, or the server
+/// stops it (see [`Stop`]).
+pub(crate) async fn serve(broker: Broker, socket: TcpStream, peer: SocketAddr, stop: Stop) {
     let _ = socket.set_nodelay(true);
     let id = broker.next_connection_id();
     let limits = broker.config().limits.clone();
@@ -137,7 +141,7 @@ pub(crate) async fn serve(
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let delivery_capacity = (limits.max_subscriptions as usize) * (limits.max_credit as usize);
     let (deliveries, deliveries_rx) = mpsc::channel(delivery_capacity.max(1));
-    let writer = tokio::spawn(write_frames(
+    let mut writer = tokio::spawn(write_frames(
         FramedWrite::new(write, codec),
         control_rx,
         deliveries_rx,
@@ -153,27 +157,35 @@ pub(crate) async fn serve(
         subs: HashMap::new(),
         pending: FuturesUnordered::new(),
     };
-    let end = match conn.handshake(&mut frames).await {
-        Ok(()) => conn.run(&mut frames, &shutdown).await,
-        Err(end) => end,
-    };
-    if matches!(end, End::Shutdown) {
-        conn.finish_confirms(Duration::from_millis(limits.shutdown_grace_ms))
-            .await;
-        let _ = conn
-            .control
-            .send(Frame::GoingAway(GoingAway {
+    let session = async {
+        let end = match conn.handshake(&mut frames, &stop.graceful).await {
+            Ok(()) => conn.run(&mut frames, &stop.graceful).await,
+            Err(end) => end,
+        };
+        if matches!(end, End::Shutdown) {
+            conn.finish_confirms(Duration::from_millis(limits.shutdown_grace_ms))
+                .await;
+            let going_away = GoingAway {
                 reason: "broker shutting down".into(),
-            }))
-            .await;
-    }
+            };
+            let _ = conn.control.send(Frame::GoingAway(going_away)).await;
+        }
+        end
+    };
+    let end = tokio::select! {
+        end = session => end,
+        () = stop.hard.cancelled() => End::Shutdown,
+    };
     if matches!(end, End::ProtocolError) {
         broker.metrics().protocol_errors.add(1);
     }
     conn.leave_all();
     drop(conn);
     // The writer ends once both queues are closed and drained, then half-closes the socket.
-    let _ = writer.await;
+    tokio::select! {
+        _ = &mut writer => {}
+        () = stop.hard.cancelled() => writer.abort(),
+    }
     linger(frames.into_inner()).await;
     broker.metrics().connections.dec();
     info!(conn = id, %peer, "connection closed");
@@ -242,14 +254,21 @@ impl Connection {
         self.control.send(frame).await.map_err(|_| End::Closed)
     }
 
-    async fn handshake(&mut self, frames: &mut Frames) -> Result<(), End> {
+    async fn handshake(
+        &mut self,
+        frames: &mut Frames,
+        shutdown: &CancellationToken,
+    ) -> Result<(), End> {
         let timeout = Duration::from_millis(self.broker.config().limits.hello_timeout_ms);
-        let first = match tokio::time::timeout(timeout, frames.next()).await {
-            Ok(first) => first,
-            Err(_) => {
-                debug!(conn = self.id, "no Hello in time");
-                return Err(End::Closed);
-            }
+        let first = tokio::select! {
+            first = tokio::time::timeout(timeout, frames.next()) => match first {
+                Ok(first) => first,
+                Err(_) => {
+                    debug!(conn = self.id, "no Hello in time");
+                    return Err(End::Closed);
+                }
+            },
+            () = shutdown.cancelled() => return Err(End::Closed),
         };
         match first {
             Some(Ok(Frame::Hello(hello))) if hello.version == PROTOCOL_VERSION => {
@@ -293,7 +312,9 @@ impl Connection {
         let metrics = self.broker.metrics().clone();
         let mut was_reading = true;
         loop {
-            metrics.unconfirmed_high_water.observe(self.pending.len() as u64);
+            metrics
+                .unconfirmed_high_water
+                .observe(self.pending.len() as u64);
             let can_read = self.pending.len() < max_unconfirmed;
             if was_reading && !can_read {
                 metrics.read_pauses.add(1);

@@ -10,14 +10,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::codec::Encoder;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 use weir_protocol::{Frame, Limit, RejectReason, Rejected, WeirCodec};
 
 use crate::broker::{Broker, OpenError};
 use crate::config::Config;
-use crate::connection;
+use crate::connection::{self, Stop};
 
 /// Refused connections being answered at once; past it, further ones are closed unanswered.
 const MAX_REFUSALS_IN_PROGRESS: usize = 64;
@@ -47,7 +46,7 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
     let max = broker.config().limits.max_connections as usize;
     let slots = Arc::new(Semaphore::new(max));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS));
-    let stop = CancellationToken::new();
+    let stop = Stop::default();
     let connections = TaskTracker::new();
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, max_connections = max, "listening");
@@ -92,9 +91,23 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
     }
     info!("shutting down: closing connections");
     drop(listener);
-    stop.cancel();
+    stop.graceful.cancel();
     connections.close();
-    connections.wait().await;
+    // Connections confirm what is being committed (within shutdown_grace_ms) and linger briefly
+    // so their GoingAway arrives; one that is still open after that is stuck on its peer.
+    let grace =
+        Duration::from_millis(broker.config().limits.shutdown_grace_ms) + Duration::from_secs(2);
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open = connections.len(),
+            "connections still open after the shutdown grace; closing them"
+        );
+        stop.hard.cancel();
+        connections.wait().await;
+    }
 }
 
 /// Answers a connection over `max_connections` with `Rejected{TooManyConnections}` and closes it.

@@ -40,6 +40,9 @@ pub const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// Most commands the task takes per wake-up before it writes (and reads) again.
 const COMMANDS_PER_WAKE: usize = 256;
 
+/// How long a connection whose handles are all gone may take to write its last frames.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Most frames the task decodes from already-buffered input per wake-up.
 const FRAMES_PER_WAKE: usize = 256;
 
@@ -385,10 +388,14 @@ impl ConnTask {
         let mut commands_open = true;
         loop {
             if !commands_open && self.idle() {
-                // Every handle is gone and nothing waits for an answer: say goodbye in order.
-                self.writer.write_all(&self.wbuf).await?;
-                self.wbuf.clear();
-                let _ = self.writer.shutdown().await;
+                // Every handle is gone and nothing waits for an answer: send what is left
+                // (unsubscribes, final acks) and close, without waiting forever on a broker that
+                // does not read.
+                let goodbye = async {
+                    self.writer.write_all(&self.wbuf).await?;
+                    self.writer.shutdown().await
+                };
+                let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
                 return Ok(());
             }
             let accept = commands_open && self.wbuf.len() < WRITE_HIGH_WATER;
@@ -396,8 +403,10 @@ impl ConnTask {
             tokio::select! {
                 biased;
                 written = self.writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
-                    if written? == 0 {
-                        return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+                    match written {
+                        Ok(0) => return Err(self.explain(std::io::ErrorKind::WriteZero.into())),
+                        Ok(_) => {}
+                        Err(e) => return Err(self.explain(e)),
                     }
                 }
                 frame = self.reader.next() => {
@@ -435,6 +444,25 @@ impl ConnTask {
         }
     }
 
+    /// The error to report for a failed write: the broker usually said why it closed the
+    /// connection (`Error`, `GoingAway`) just before, so frames already received are read first.
+    fn explain(&mut self, e: std::io::Error) -> ClientError {
+        for _ in 0..FRAMES_PER_WAKE {
+            match self.reader.next().now_or_never() {
+                Some(Some(Ok(frame))) => {
+                    if let Err(why) = self.on_frame(frame) {
+                        return why;
+                    }
+                }
+                _ => break,
+            }
+        }
+        match self.going_away.take() {
+            Some(reason) => ClientError::GoingAway { reason },
+            None => e.into(),
+        }
+    }
+
     fn on_read(&mut self, frame: Option<Result<Frame, CodecError>>) -> Result<(), ClientError> {
         match frame {
             Some(Ok(frame)) => self.on_frame(frame),
@@ -454,6 +482,9 @@ impl ConnTask {
 
     /// Encodes one frame into the write buffer.
     fn send_frame(&mut self, frame: &Frame) -> Result<(), ClientError> {
+        if tracing::enabled!(tracing::Level::TRACE) {
+            tracing::trace!(frame = ?TraceFrame(frame), "weir frame sent");
+        }
         self.codec.encode_frame(frame, &mut self.wbuf)?;
         Ok(())
     }
@@ -627,6 +658,9 @@ impl ConnTask {
     }
 
     fn on_frame(&mut self, frame: Frame) -> Result<(), ClientError> {
+        if tracing::enabled!(tracing::Level::TRACE) {
+            tracing::trace!(frame = ?TraceFrame(&frame), "weir frame received");
+        }
         match frame {
             Frame::PublishOk(ok) => {
                 let p = self.publishes.remove(&ok.id).ok_or_else(|| {
@@ -824,11 +858,65 @@ impl ConnTask {
     }
 }
 
+/// A frame for trace logs: payloads shown by length only.
+struct TraceFrame<'a>(&'a Frame);
+
+impl std::fmt::Debug for TraceFrame<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Frame::Publish(p) => write!(
+                f,
+                "Publish{{id: {}, topic: {:?}, {} bytes}}",
+                p.id,
+                p.topic,
+                p.payload.len()
+            ),
+            Frame::Deliver(d) => write!(
+                f,
+                "Deliver{{sub: {}, seq: {}, attempt: {}, {} bytes}}",
+                d.sub,
+                d.seq,
+                d.attempt,
+                d.payload.len()
+            ),
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
+
 /// Hands a non-fatal error to a subscription's stream, if there is room for it.
 fn deliver_error(entry: &mut SubEntry, err: ClientError) {
     if let Some(tx) = &entry.tx {
         if tx.try_send(Err(err.clone())).is_err() {
             tracing::warn!(sub = entry.shared.id, error = %err, "weir subscription error dropped: its buffer is full");
         }
+    }
+}
+
+/// A connection handle without a socket, whose commands the test reads itself.
+#[cfg(test)]
+pub(crate) fn test_handle(
+    limits: ServerLimits,
+    queue: usize,
+) -> (ConnHandle, mpsc::Receiver<Command>) {
+    let shared = Arc::new(ConnShared {
+        limits,
+        terminal: OnceLock::new(),
+        flush_now: Notify::new(),
+        flush_soon: Notify::new(),
+        next_sub: AtomicU64::new(FIRST_SUB_ID),
+    });
+    let (tx, rx) = mpsc::channel(queue);
+    (ConnHandle { tx, shared }, rx)
+}
+
+/// Limits for tests.
+#[cfg(test)]
+pub(crate) fn test_limits() -> ServerLimits {
+    ServerLimits {
+        max_frame_bytes: 4 << 20,
+        max_unconfirmed: 8,
+        max_credit: 64,
+        max_subscriptions: 4,
     }
 }

@@ -138,3 +138,102 @@ impl Future for PublishConfirm {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::connection::{test_handle, test_limits};
+
+    fn reply_to(cmd: Command, outcome: Result<u64, PublishError>) {
+        match cmd {
+            // The permit is dropped with the command, as the connection task drops it once
+            // the broker has answered.
+            Command::Publish { reply, .. } => {
+                let _ = reply.send(outcome);
+            }
+            other => panic!("expected a publish, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn try_publish_fails_fast_at_the_window_and_recovers_on_confirm() {
+        let (conn, mut rx) = test_handle(test_limits(), 16);
+        let publisher = Publisher::new(conn, 2);
+        let first = publisher.try_publish("t", "a").unwrap();
+        let _second = publisher.try_publish("t", "b").unwrap();
+        assert_eq!(publisher.in_flight(), 2);
+        assert!(matches!(
+            publisher.try_publish("t", "c"),
+            Err(ClientError::WindowFull)
+        ));
+
+        reply_to(rx.recv().await.unwrap(), Ok(7));
+        assert_eq!(first.await, Ok(7));
+        assert_eq!(publisher.in_flight(), 1);
+        assert!(publisher.try_publish("t", "c").is_ok());
+        assert!(matches!(
+            publisher.try_publish("t", "d"),
+            Err(ClientError::WindowFull)
+        ));
+    }
+
+    #[tokio::test]
+    async fn publish_waits_for_a_slot() {
+        let (conn, mut rx) = test_handle(test_limits(), 16);
+        let publisher = Publisher::new(conn, 1);
+        let _first = publisher.publish("t", "a").await.unwrap();
+        let waiting = publisher.publish("t", "b");
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), &mut waiting)
+                .await
+                .is_err()
+        );
+        // A refusal frees the slot just as a confirm does.
+        let refusal = PublishError::Rejected {
+            reason: weir_protocol::RejectReason::TopicFull,
+            limit: weir_protocol::Limit::new("max_messages", 1),
+            retry_after_ms: Some(10),
+        };
+        reply_to(rx.recv().await.unwrap(), Err(refusal));
+        let second = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        reply_to(rx.recv().await.unwrap(), Ok(2));
+        assert_eq!(second.await, Ok(2));
+    }
+
+    #[tokio::test]
+    async fn a_full_command_queue_is_window_full_for_try_publish() {
+        let (conn, _rx) = test_handle(test_limits(), 1);
+        let publisher = Publisher::new(conn, 4);
+        let _a = publisher.try_publish("t", "a").unwrap();
+        assert!(matches!(
+            publisher.try_publish("t", "b"),
+            Err(ClientError::WindowFull)
+        ));
+        assert_eq!(
+            publisher.in_flight(),
+            1,
+            "the refused publish gave its slot back"
+        );
+    }
+
+    #[tokio::test]
+    async fn confirm_of_a_dropped_publish_is_connection_lost() {
+        let (conn, mut rx) = test_handle(test_limits(), 4);
+        let publisher = Publisher::new(conn, 4);
+        let confirm = publisher.publish("t", "a").await.unwrap();
+        drop(rx.recv().await.unwrap());
+        assert_eq!(confirm.await, Err(PublishError::ConnectionLost));
+        assert_eq!(publisher.in_flight(), 0);
+        drop(rx);
+        assert!(matches!(
+            publisher.publish("t", "b").await,
+            Err(ClientError::ConnectionLost)
+        ));
+    }
+}

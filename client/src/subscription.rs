@@ -263,3 +263,137 @@ impl Drop for Delivery {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::connection::{test_handle, test_limits, RawDelivery};
+
+    /// Opens a subscription against a handle whose commands the test answers; returns it with
+    /// the sender the connection task would route deliveries into.
+    async fn open(
+        window: u32,
+    ) -> (
+        Subscription,
+        mpsc::Sender<SubItem>,
+        mpsc::Receiver<Command>,
+        u32,
+    ) {
+        let (conn, mut rx) = test_handle(test_limits(), 8);
+        let opening = tokio::spawn(Subscription::open(conn, "t", "g", window));
+        let (tx, credit) = match rx.recv().await.unwrap() {
+            Command::Subscribe {
+                tx, reply, credit, ..
+            } => {
+                reply.send(Ok(())).unwrap();
+                (tx, credit)
+            }
+            other => panic!("expected a subscribe, got {other:?}"),
+        };
+        (opening.await.unwrap().unwrap(), tx, rx, credit)
+    }
+
+    fn raw(seq: u64) -> SubItem {
+        Ok(RawDelivery {
+            seq,
+            attempt: 1,
+            payload: Bytes::from(format!("m{seq}")),
+        })
+    }
+
+    #[tokio::test]
+    async fn window_is_clamped_to_max_credit_and_zero_is_refused() {
+        let (sub, _tx, _rx, credit) = open(1000).await;
+        assert_eq!(sub.window(), 64);
+        assert_eq!(credit, 64);
+        let (conn, _rx) = test_handle(test_limits(), 8);
+        assert!(matches!(
+            Subscription::open(conn, "t", "g", 0).await,
+            Err(ClientError::InvalidArgument(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn acks_and_drops_reach_the_pacer() {
+        let (mut sub, tx, _rx, _) = open(8).await;
+        tx.try_send(raw(1)).unwrap();
+        tx.try_send(raw(2)).unwrap();
+        let d1 = sub.next().await.unwrap().unwrap();
+        assert_eq!(
+            (d1.seq(), d1.attempt(), d1.payload().as_ref()),
+            (1, 1, &b"m1"[..])
+        );
+        d1.ack();
+        let d2 = sub.next().await.unwrap().unwrap();
+        assert_eq!(d2.into_payload(), Bytes::from_static(b"m2"));
+        let batch = sub.shared.pacer.lock().unwrap().take().unwrap();
+        assert_eq!(batch.acks, vec![1]);
+        assert_eq!(
+            batch.credit, 2,
+            "the dropped delivery returns its credit unacked"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_poll_asks_for_a_flush_of_pending_acks() {
+        let (mut sub, tx, _rx, _) = open(8).await;
+        tx.try_send(raw(1)).unwrap();
+        sub.next().await.unwrap().unwrap().ack();
+        // Below the threshold (2): only the timer was asked for so far.
+        let conn = sub.shared.conn.clone();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), conn.flush_now.notified())
+                .await
+                .is_err()
+        );
+        assert!(futures::poll!(sub.next()).is_pending());
+        tokio::time::timeout(Duration::from_secs(5), conn.flush_now.notified())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn end_error_follows_buffered_deliveries_then_none() {
+        let (mut sub, tx, _rx, _) = open(8).await;
+        tx.try_send(raw(1)).unwrap();
+        *sub.shared.end.lock().unwrap() = Some(ClientError::GoingAway {
+            reason: "bye".into(),
+        });
+        drop(tx);
+        assert_eq!(sub.next().await.unwrap().unwrap().seq(), 1);
+        assert!(matches!(
+            sub.next().await,
+            Some(Err(ClientError::GoingAway { .. }))
+        ));
+        assert!(sub.next().await.is_none());
+        assert!(sub.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn dropping_unsubscribes_and_close_waits_for_the_answer() {
+        let (sub, _tx, mut rx, _) = open(8).await;
+        let id = sub.id();
+        drop(sub);
+        assert!(
+            matches!(rx.recv().await, Some(Command::Unsubscribe { sub, reply: None }) if sub == id)
+        );
+
+        let (sub, _tx, mut rx, _) = open(8).await;
+        let closing = tokio::spawn(sub.close());
+        match rx.recv().await {
+            Some(Command::Unsubscribe {
+                reply: Some(reply), ..
+            }) => reply.send(Ok(())).unwrap(),
+            other => panic!("expected an unsubscribe, got {other:?}"),
+        }
+        closing.await.unwrap().unwrap();
+        assert!(
+            rx.recv().await.is_none(),
+            "no second unsubscribe after close"
+        );
+    }
+}

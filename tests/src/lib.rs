@@ -72,7 +72,14 @@ impl TestBroker {
             .await;
             broker.close().await;
         });
-        TestBroker { addr, dir, broker: handle, config, shutdown: Some(shutdown), task: Some(task) }
+        TestBroker {
+            addr,
+            dir,
+            broker: handle,
+            config,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
     }
 
     /// Shuts the broker down gracefully and waits until it has stopped.

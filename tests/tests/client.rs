@@ -4,8 +4,18 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use weir_client::{Client, ClientError, PublishError, RejectReason, TopicSpec};
+use weir_client::{
+    Client, ClientError, Delivery, PublishError, RejectReason, Subscription, TopicSpec,
+};
 use weir_tests::TestBroker;
+
+/// The next delivery; fails the test if none arrives in 20 s or the stream ends or errs.
+async fn next(sub: &mut Subscription) -> Delivery {
+    let next = tokio::time::timeout(Duration::from_secs(20), sub.next()).await;
+    next.expect("a delivery within 20 s")
+        .expect("stream open")
+        .expect("delivery")
+}
 
 #[tokio::test]
 async fn publish_subscribe_ack_round_trip_paced_by_acks() {
@@ -14,7 +24,12 @@ async fn publish_subscribe_ack_round_trip_paced_by_acks() {
     let publisher = client.publisher();
     let mut confirms = Vec::new();
     for i in 0..100 {
-        confirms.push(publisher.publish("orders", format!("order-{i}")).await.unwrap());
+        confirms.push(
+            publisher
+                .publish("orders", format!("order-{i}"))
+                .await
+                .unwrap(),
+        );
     }
     let mut seqs = Vec::new();
     for confirm in confirms {
@@ -25,7 +40,7 @@ async fn publish_subscribe_ack_round_trip_paced_by_acks() {
     // A window of 10 drains 100 messages only because acks return credit.
     let mut sub = client.subscribe("orders", "billing", 10).await.unwrap();
     for i in 0..100u64 {
-        let delivery = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.unwrap().unwrap().unwrap();
+        let delivery = next(&mut sub).await;
         assert_eq!((delivery.seq(), delivery.attempt()), (i + 1, 1));
         assert_eq!(delivery.payload(), format!("order-{i}").as_bytes());
         delivery.ack();
@@ -37,7 +52,10 @@ async fn publish_subscribe_ack_round_trip_paced_by_acks() {
         if topics[0].depth == 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "acks never applied: {topics:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acks never applied: {topics:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -53,13 +71,15 @@ async fn two_groups_each_get_every_message() {
     }
     let publisher = client.publisher();
     for i in 0..20 {
-        publisher.publish_and_wait("events", format!("e{i}")).await.unwrap();
+        publisher
+            .publish_and_wait("events", format!("e{i}"))
+            .await
+            .unwrap();
     }
     for (group, mut sub) in subs {
         let mut got = Vec::new();
         while got.len() < 20 {
-            let next = tokio::time::timeout(Duration::from_secs(20), sub.next()).await;
-            let d = next.unwrap_or_else(|_| panic!("{group} stuck after {got:?}")).unwrap().unwrap();
+            let d = next(&mut sub).await;
             got.push(d.seq());
             d.ack();
         }
@@ -75,25 +95,47 @@ async fn try_publish_fails_fast_with_window_full_and_publish_waits_for_a_slot() 
     let publisher = client.publisher_with_window(2);
     let a = publisher.try_publish("w", "a").unwrap();
     let b = publisher.try_publish("w", "b").unwrap();
-    assert!(matches!(publisher.try_publish("w", "c"), Err(ClientError::WindowFull)));
+    assert!(matches!(
+        publisher.try_publish("w", "c"),
+        Err(ClientError::WindowFull)
+    ));
     // publish() waits for a slot instead of failing, and gets one once a confirm arrives.
-    let c = tokio::time::timeout(Duration::from_secs(20), publisher.publish("w", "c")).await.unwrap().unwrap();
-    assert_eq!((a.await.unwrap(), b.await.unwrap(), c.await.unwrap()), (1, 2, 3));
+    let c = tokio::time::timeout(Duration::from_secs(20), publisher.publish("w", "c"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a.await.unwrap(), b.await.unwrap(), c.await.unwrap()),
+        (1, 2, 3)
+    );
 }
 
 #[tokio::test]
 async fn a_full_topic_is_a_typed_refusal_with_a_retry_hint() {
     let broker = TestBroker::start().await;
     let client = Client::connect(broker.addr).await.unwrap();
-    let spec = TopicSpec { name: "tiny".into(), max_messages: Some(3), ..Default::default() };
+    let spec = TopicSpec {
+        name: "tiny".into(),
+        max_messages: Some(3),
+        ..Default::default()
+    };
     assert_eq!(client.create_topic(spec).await.unwrap().max_messages, 3);
     let publisher = client.publisher();
     for i in 0..3 {
         publisher.publish_and_wait("tiny", vec![i]).await.unwrap();
     }
-    let refused = publisher.publish("tiny", "no room").await.unwrap().await.unwrap_err();
+    let refused = publisher
+        .publish("tiny", "no room")
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
     match &refused {
-        PublishError::Rejected { reason, limit, retry_after_ms } => {
+        PublishError::Rejected {
+            reason,
+            limit,
+            retry_after_ms,
+        } => {
             assert_eq!(*reason, RejectReason::TopicFull);
             assert_eq!((limit.name.as_str(), limit.value), ("max_messages", 3));
             assert!(retry_after_ms.is_some());
@@ -115,7 +157,7 @@ async fn a_dropped_subscription_s_messages_are_redelivered_with_attempt_2() {
         let other = Client::connect(broker.addr).await.unwrap();
         let mut sub = other.subscribe("jobs", "workers", 5).await.unwrap();
         for _ in 0..5 {
-            let d = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.unwrap().unwrap().unwrap();
+            let d = next(&mut sub).await;
             assert_eq!(d.attempt(), 1);
             drop(d); // never acked
         }
@@ -123,7 +165,7 @@ async fn a_dropped_subscription_s_messages_are_redelivered_with_attempt_2() {
     let mut sub = client.subscribe("jobs", "workers", 5).await.unwrap();
     let mut seen = Vec::new();
     for _ in 0..5 {
-        let d = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.unwrap().unwrap().unwrap();
+        let d = next(&mut sub).await;
         seen.push((d.seq(), d.attempt()));
         d.ack();
     }
@@ -136,11 +178,20 @@ async fn the_readme_quickstart_example_runs_against_a_broker() {
     let broker = TestBroker::start().await;
     let example = weir_tests::process::workspace_bin("examples/quickstart");
     let addr = broker.addr.to_string();
-    let out = tokio::task::spawn_blocking(move || std::process::Command::new(example).arg(addr).output().unwrap())
-        .await
-        .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(example)
+            .arg(addr)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "quickstart failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "quickstart failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for line in ["stored as seq 3", "got seq 1: one", "got seq 3: three"] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }

@@ -178,9 +178,18 @@ async fn with_auto_create_off_an_unknown_topic_is_a_typed_error() {
 async fn at_max_unconfirmed_the_broker_stops_reading_and_still_confirms_everything() {
     let broker = TestBroker::start_with(|c| c.limits.max_unconfirmed = 4).await;
     let mut client = RawClient::connect(broker.addr).await;
-    let seqs = client.publish_all("paced", (0..500).map(|i| Bytes::from(vec![i as u8; 100]))).await;
+    let seqs = client
+        .publish_all("paced", (0..500).map(|i| Bytes::from(vec![i as u8; 100])))
+        .await;
     assert_eq!(seqs, (1..=500).collect::<Vec<_>>());
     let metrics = broker.broker.metrics();
-    assert!(metrics.read_pauses.get() > 0, "500 pipelined publishes never hit the cap of 4");
-    assert_eq!(metrics.unconfirmed_high_water.get(), 4, "a connection held more than max_unconfirmed");
+    assert!(
+        metrics.read_pauses.get() > 0,
+        "500 pipelined publishes never hit the cap of 4"
+    );
+    assert_eq!(
+        metrics.unconfirmed_high_water.get(),
+        4,
+        "a connection held more than max_unconfirmed"
+    );
 }

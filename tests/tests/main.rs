@@ -1,10 +1,12 @@
 //! Weir's end-to-end tests: one test binary, one module per concern.
 
 mod bad_input;
+mod cli;
 mod client;
 mod credit;
 mod durability;
 mod limits;
 mod recovery;
 mod redelivery;
+mod shutdown;
 mod topic_full;

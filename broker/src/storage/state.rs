@@ -5,6 +5,7 @@
 //! Records are bincode-encoded with a leading format version byte.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use weir_protocol::TopicConfig;
@@ -48,11 +49,22 @@ pub struct StateStore {
 
 impl StateStore {
     /// Opens (creating if needed) the store in `dir`, its page cache bounded by `cache_bytes`.
+    ///
+    /// sled 0.34 releases its directory lock from a background thread after the previous `Db`
+    /// in this process is dropped (spacejam/sled#1289), so a lock held when we open is waited
+    /// for, at most [`LOCK_WAIT`]; a lock still held after that (another broker on the same
+    /// directory) is an error.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<StateStore, StateError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .open()?;
+        let config = sled::Config::new().path(dir).cache_capacity(cache_bytes);
+        let deadline = Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e)) if is_lock_held(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other?,
+            }
+        };
         let topics = db.open_tree("topics")?;
         let groups = db.open_tree("groups")?;
         Ok(StateStore { db, topics, groups })
@@ -100,6 +112,15 @@ impl StateStore {
         self.db.flush()?;
         Ok(())
     }
+}
+
+/// How long [`StateStore::open`] waits for another holder of the directory lock.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether sled failed to open because another `Db` holds the directory's lock (sled reports
+/// it as `ErrorKind::Other` with this message).
+fn is_lock_held(e: &std::io::Error) -> bool {
+    e.to_string().contains("could not acquire lock")
 }
 
 /// `topic \0 group`: topic names cannot contain NUL, so prefixes never collide.
@@ -193,6 +214,24 @@ mod tests {
                 }
             )]
         );
+    }
+
+    #[test]
+    fn open_waits_for_a_lock_released_shortly_after_and_fails_on_one_that_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = StateStore::open(dir.path(), 1 << 20).unwrap();
+        let path = dir.path().to_path_buf();
+        let waiter = std::thread::spawn(move || StateStore::open(&path, 1 << 20).map(|_| ()));
+        std::thread::sleep(Duration::from_millis(100));
+        drop(held);
+        waiter
+            .join()
+            .unwrap()
+            .expect("opened once the lock was released");
+        let _still_held = StateStore::open(dir.path(), 1 << 20).unwrap();
+        let started = Instant::now();
+        assert!(StateStore::open(dir.path(), 1 << 20).is_err());
+        assert!(started.elapsed() >= LOCK_WAIT);
     }
 
     #[test]

@@ -28,6 +28,9 @@ use weir_client::{
     Client, ClientError, ClientOptions, FsyncPolicy, PublishError, Subscription, TopicSpec,
 };
 
+/// How long a subscriber waits for the broker to confirm its unsubscribe at the end.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Bytes of the stamp at the start of every payload: send time (u64 LE ns) and run id (u64 LE).
 const STAMP_BYTES: usize = 16;
 
@@ -86,7 +89,7 @@ pub struct BenchArgs {
     /// max_bytes of the topic when the bench creates it.
     #[arg(long)]
     pub max_bytes: Option<u64>,
-    /// fsync policy of the topic when the bench creates it (batch, interval:<ms>, never).
+    /// fsync policy of the topic when the bench creates it (batch, interval:MS, never).
     #[arg(long)]
     pub fsync: Option<FsyncPolicy>,
 }
@@ -512,12 +515,11 @@ async fn subscriber(
                                 r.redelivered += 1;
                             }
                             let sum = total.fetch_add(1, Ordering::Relaxed) + 1;
-                            if mode == GroupMode::Shared {
-                                if let Target::Count(t) = *target.borrow() {
-                                    if sum >= t {
-                                        target_tx.send_replace(Target::Stop);
-                                    }
-                                }
+                            // Copy the target out first: sending while a `borrow()` is alive
+                            // would deadlock on the watch's lock.
+                            let current = *target.borrow();
+                            if mode == GroupMode::Shared && matches!(current, Target::Count(t) if sum >= t) {
+                                target_tx.send_replace(Target::Stop);
                             }
                         }
                         _ => r.foreign += 1,
@@ -536,8 +538,16 @@ async fn subscriber(
             }
         }
     }
-    if let Err(e) = sub.close().await {
-        r.error.get_or_insert_with(|| format!("closing: {e}"));
+    match tokio::time::timeout(CLOSE_TIMEOUT, sub.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            r.error.get_or_insert_with(|| format!("closing: {e}"));
+        }
+        Err(_) => {
+            r.error.get_or_insert_with(|| {
+                format!("closing: no Unsubscribed within {CLOSE_TIMEOUT:?}")
+            });
+        }
     }
     r
 }

@@ -10,25 +10,7 @@ use weir_client::{Client, FsyncPolicy, OverflowPolicy, TopicConfig, TopicInfo, T
 pub enum TopicCommand {
     /// Create a topic (idempotent for an identical configuration) and print its effective
     /// configuration. Bounds not given take the broker's defaults.
-    Create {
-        /// The topic's name: 1–255 bytes of [A-Za-z0-9._-].
-        name: String,
-        /// Most messages stored at once (ready and in flight alike).
-        #[arg(long)]
-        max_messages: Option<u64>,
-        /// Most payload bytes stored at once.
-        #[arg(long)]
-        max_bytes: Option<u64>,
-        /// Largest single payload accepted.
-        #[arg(long)]
-        max_message_bytes: Option<u32>,
-        /// What happens at the bound: reject.
-        #[arg(long)]
-        overflow: Option<OverflowPolicy>,
-        /// When appends reach the disk: batch, interval:<ms> or never.
-        #[arg(long)]
-        fsync: Option<FsyncPolicy>,
-    },
+    Create(CreateArgs),
     /// List every topic: depth, bytes, bounds, policy and groups.
     List {
         /// Print the broker's answer as JSON instead of a table.
@@ -37,25 +19,45 @@ pub enum TopicCommand {
     },
 }
 
+/// The arguments of `weir topic create`.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// The topic's name: 1–200 characters of [A-Za-z0-9._-].
+    name: String,
+    /// Most messages stored at once (ready and in flight alike).
+    #[arg(long)]
+    max_messages: Option<u64>,
+    /// Most payload bytes stored at once.
+    #[arg(long)]
+    max_bytes: Option<u64>,
+    /// Largest single payload accepted.
+    #[arg(long)]
+    max_message_bytes: Option<u32>,
+    /// What happens at the bound: reject.
+    #[arg(long)]
+    overflow: Option<OverflowPolicy>,
+    /// When appends reach the disk: batch, interval:MS or never.
+    #[arg(long)]
+    fsync: Option<FsyncPolicy>,
+}
+
+impl From<CreateArgs> for TopicSpec {
+    fn from(a: CreateArgs) -> TopicSpec {
+        TopicSpec {
+            name: a.name,
+            max_messages: a.max_messages,
+            max_bytes: a.max_bytes,
+            max_message_bytes: a.max_message_bytes,
+            overflow: a.overflow,
+            fsync: a.fsync,
+        }
+    }
+}
+
 pub async fn run(client: Client, command: TopicCommand) -> anyhow::Result<ExitCode> {
     match command {
-        TopicCommand::Create {
-            name,
-            max_messages,
-            max_bytes,
-            max_message_bytes,
-            overflow,
-            fsync,
-        } => {
-            let spec = TopicSpec {
-                name,
-                max_messages,
-                max_bytes,
-                max_message_bytes,
-                overflow,
-                fsync,
-            };
-            let config = client.create_topic(spec).await?;
+        TopicCommand::Create(args) => {
+            let config = client.create_topic(args.into()).await?;
             print!("{}", describe(&config));
         }
         TopicCommand::List { json } => {

@@ -1,0 +1,90 @@
+//! The README's CLI quickstart, run as a new user would, against a real broker.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use weir_tests::process::workspace_bin;
+use weir_tests::TestBroker;
+
+/// Runs `weir --server <addr> args...` with `stdin`, off the async runtime.
+async fn weir(addr: std::net::SocketAddr, args: &[&str], stdin: &str) -> Output {
+    let (args, stdin): (Vec<String>, String) =
+        (args.iter().map(|s| s.to_string()).collect(), stdin.into());
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(workspace_bin("weir"))
+            .arg("--server")
+            .arg(addr.to_string())
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_cli_quickstart_works() {
+    let broker = TestBroker::start().await;
+    let addr = broker.addr;
+    let created = weir(
+        addr,
+        &["topic", "create", "orders", "--max-messages", "1000"],
+        "",
+    )
+    .await;
+    assert!(created.status.success(), "{created:?}");
+    let published = weir(addr, &["pub", "orders", "first order", "second order"], "").await;
+    assert!(published.status.success(), "{published:?}");
+    let piped = weir(addr, &["pub", "orders"], "third\nfourth\n").await;
+    assert!(piped.status.success(), "{piped:?}");
+    let sub = weir(
+        addr,
+        &["sub", "orders", "--group", "billing", "--count", "4"],
+        "",
+    )
+    .await;
+    assert!(sub.status.success(), "{sub:?}");
+    assert_eq!(
+        stdout(&sub).lines().collect::<Vec<_>>(),
+        ["first order", "second order", "third", "fourth"]
+    );
+    let list = weir(addr, &["topic", "list"], "").await;
+    assert!(list.status.success());
+    let text = stdout(&list);
+    assert!(text.contains("orders") && text.contains("1000"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_publish_exits_non_zero_with_reason_limit_and_retry_after() {
+    let broker = TestBroker::start().await;
+    let addr = broker.addr;
+    assert!(weir(
+        addr,
+        &["topic", "create", "small", "--max-messages", "2"],
+        ""
+    )
+    .await
+    .status
+    .success());
+    let out = weir(addr, &["pub", "small", "a", "b", "c"], "").await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("TopicFull") && err.contains("max_messages=2") && err.contains("retry after"),
+        "{err}"
+    );
+}
