@@ -80,6 +80,12 @@ pub struct TopicDefaults {
     pub overflow: String,
     /// `"batch"` (default: confirm after fdatasync), `"interval:<ms>"` or `"never"`.
     pub fsync: String,
+    /// `block` policy: most publishes parked at once per topic; further ones are refused.
+    /// Default 1 024.
+    pub max_blocked_publishes: u32,
+    /// `block` policy: longest a publish stays parked before it is refused, in milliseconds.
+    /// Default 5 000.
+    pub max_block_ms: u64,
 }
 
 /// Storage tuning.
@@ -142,6 +148,8 @@ impl Default for TopicDefaults {
             max_message_bytes: 1024 * 1024,
             overflow: "reject".into(),
             fsync: "batch".into(),
+            max_blocked_publishes: 1024,
+            max_block_ms: 5_000,
         }
     }
 }
@@ -265,12 +273,22 @@ impl Config {
             max_message_bytes: spec.max_message_bytes.unwrap_or(d.max_message_bytes),
             overflow,
             fsync,
+            max_blocked_publishes: spec
+                .max_blocked_publishes
+                .unwrap_or(d.max_blocked_publishes),
+            max_block_ms: spec.max_block_ms.unwrap_or(d.max_block_ms),
         };
-        if config.max_messages == 0 || config.max_bytes == 0 || config.max_message_bytes == 0 {
-            return Err(
-                "topic bounds max_messages, max_bytes and max_message_bytes must be at least 1"
-                    .into(),
-            );
+        let bounds = [
+            config.max_messages,
+            config.max_bytes,
+            u64::from(config.max_message_bytes),
+            u64::from(config.max_blocked_publishes),
+            config.max_block_ms,
+        ];
+        if bounds.contains(&0) {
+            return Err("topic bounds max_messages, max_bytes, max_message_bytes, \
+                 max_blocked_publishes and max_block_ms must be at least 1"
+                .into());
         }
         let frame_room = self
             .limits

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    ErrorCode, Limit, RejectReason, ServerLimits, TopicConfig, TopicInfo, TopicSpec,
+    DroppedMessage, ErrorCode, Limit, RejectReason, ServerLimits, TopicConfig, TopicInfo, TopicSpec,
 };
 
 /// One protocol message. Only [`Frame::Publish`] and [`Frame::Deliver`] carry a payload.
@@ -54,6 +54,13 @@ pub enum Frame {
     Pong(u64),
     /// Broker → client: the broker is shutting down; the connection closes after this frame.
     GoingAway(GoingAway),
+    /// Broker → client: messages `from..=to` were evicted (`drop_oldest`) before this
+    /// subscription's group received them; they will never be delivered.
+    Gap(Gap),
+    /// Client → broker: describe one topic, with its sample of recent drops.
+    DescribeTopic(DescribeTopic),
+    /// Broker → client: the answer to [`DescribeTopic`].
+    TopicDescription(TopicDescription),
 }
 
 /// Opens a connection. Answered by [`HelloOk`], or by [`Error`] (version, token) and a close.
@@ -230,6 +237,37 @@ pub struct GoingAway {
     pub reason: String,
 }
 
+/// Messages a subscription's group will never receive because `drop_oldest` evicted them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// The subscription id.
+    pub sub: u64,
+    /// First evicted sequence.
+    pub from: u64,
+    /// Last evicted sequence (inclusive).
+    pub to: u64,
+}
+
+/// Asks for one topic's description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescribeTopic {
+    /// Request id echoed by the answer.
+    pub req: u64,
+    /// The topic.
+    pub name: String,
+}
+
+/// The answer to [`DescribeTopic`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicDescription {
+    /// The request id of the [`DescribeTopic`].
+    pub req: u64,
+    /// The topic's snapshot.
+    pub info: TopicInfo,
+    /// The most recent messages `drop_oldest` evicted, oldest first (at most 100).
+    pub recent_drops: Vec<DroppedMessage>,
+}
+
 impl Frame {
     /// A short name of the frame kind, for logs and errors.
     pub fn name(&self) -> &'static str {
@@ -254,6 +292,9 @@ impl Frame {
             Frame::Ping(_) => "Ping",
             Frame::Pong(_) => "Pong",
             Frame::GoingAway(_) => "GoingAway",
+            Frame::Gap(_) => "Gap",
+            Frame::DescribeTopic(_) => "DescribeTopic",
+            Frame::TopicDescription(_) => "TopicDescription",
         }
     }
 

@@ -3,11 +3,20 @@
 
 use serde::{Deserialize, Serialize};
 
-/// What a topic does when a publish would take it past one of its bounds.
+/// What a topic does when a publish would take it past one of its bounds. Whatever the
+/// policy, a payload over `max_message_bytes` is refused with [`RejectReason::MessageTooLarge`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OverflowPolicy {
-    /// Refuse the publish at once with [`RejectReason::TopicFull`] and a retry-after hint.
+    /// Refuse the publish at once with [`RejectReason::TopicFull`] and a retry-after hint
+    /// estimated from the topic's measured drain (ack) rate.
     Reject,
+    /// Park the publish until acks free room, so its confirm is paced by the consumers. At most
+    /// `max_blocked_publishes` are parked per topic and each for at most `max_block_ms`; past
+    /// either bound the publish is refused as `Reject` would.
+    Block,
+    /// Accept the publish and evict the oldest stored messages (ready or in flight), counting
+    /// them as dropped and telling lagging subscribers with [`crate::Frame::Gap`].
+    DropOldest,
 }
 
 impl OverflowPolicy {
@@ -15,6 +24,8 @@ impl OverflowPolicy {
     pub fn as_str(self) -> &'static str {
         match self {
             OverflowPolicy::Reject => "reject",
+            OverflowPolicy::Block => "block",
+            OverflowPolicy::DropOldest => "drop_oldest",
         }
     }
 }
@@ -25,8 +36,10 @@ impl std::str::FromStr for OverflowPolicy {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "reject" => Ok(OverflowPolicy::Reject),
+            "block" => Ok(OverflowPolicy::Block),
+            "drop_oldest" => Ok(OverflowPolicy::DropOldest),
             other => Err(format!(
-                "unknown overflow policy {other:?} (supported: reject)"
+                "unknown overflow policy {other:?} (supported: reject, block, drop_oldest)"
             )),
         }
     }
@@ -87,6 +100,10 @@ pub struct TopicSpec {
     pub overflow: Option<OverflowPolicy>,
     /// When appends are forced to disk.
     pub fsync: Option<FsyncPolicy>,
+    /// `block` policy: most publishes parked at once.
+    pub max_blocked_publishes: Option<u32>,
+    /// `block` policy: longest a publish stays parked, in milliseconds.
+    pub max_block_ms: Option<u64>,
 }
 
 /// A topic's effective configuration: every bound resolved.
@@ -104,6 +121,10 @@ pub struct TopicConfig {
     pub overflow: OverflowPolicy,
     /// When appends are forced to disk.
     pub fsync: FsyncPolicy,
+    /// `block` policy: most publishes parked at once (further ones are refused).
+    pub max_blocked_publishes: u32,
+    /// `block` policy: longest a publish stays parked before it is refused, in milliseconds.
+    pub max_block_ms: u64,
 }
 
 /// A snapshot of one topic, as listed by [`crate::Frame::TopicList`].
@@ -119,6 +140,27 @@ pub struct TopicInfo {
     pub next_seq: u64,
     /// Durable subscriptions (groups) on the topic.
     pub groups: Vec<GroupInfo>,
+    /// Messages evicted by `drop_oldest` since the broker started.
+    pub dropped: u64,
+    /// Publishes parked by the `block` policy right now.
+    pub parked: u64,
+    /// Publishes refused since the broker started, any reason.
+    pub rejected: u64,
+}
+
+/// One message evicted by `drop_oldest`, as kept in a topic's bounded sample of recent drops.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedMessage {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its payload size in bytes.
+    pub bytes: u32,
+    /// The first bytes of its payload (at most 64), when they were still in memory.
+    pub head: Option<bytes::Bytes>,
+    /// Why it was dropped (`overflow`).
+    pub reason: String,
+    /// When it was dropped, in milliseconds since the Unix epoch.
+    pub dropped_at_ms: u64,
 }
 
 /// A snapshot of one group of a topic.
@@ -150,6 +192,12 @@ pub enum RejectReason {
     TooManyTopics,
     /// The broker is shutting down and accepts no new publishes.
     ShuttingDown,
+    /// The API key's token bucket (messages/s or bytes/s), or an operation's rate limit, is
+    /// exhausted; `retry_after_ms` is the bucket's refill time.
+    RateLimited,
+    /// The broker as a whole is overloaded: its memory budget is spent, or storage commits are
+    /// slower than the configured threshold. Other clients get the same answer.
+    Overloaded,
 }
 
 /// The bound that made the broker refuse: its configuration name and its value.

@@ -30,17 +30,34 @@ fn fsync() -> impl Strategy<Value = FsyncPolicy> {
     ]
 }
 
+fn policy() -> impl Strategy<Value = OverflowPolicy> {
+    prop_oneof![
+        Just(OverflowPolicy::Reject),
+        Just(OverflowPolicy::Block),
+        Just(OverflowPolicy::DropOldest)
+    ]
+}
+
 fn config() -> impl Strategy<Value = TopicConfig> {
-    (name(), any::<u64>(), any::<u64>(), any::<u32>(), fsync()).prop_map(
-        |(name, m, b, mb, fsync)| TopicConfig {
-            name,
-            max_messages: m,
-            max_bytes: b,
-            max_message_bytes: mb,
-            overflow: OverflowPolicy::Reject,
-            fsync,
-        },
+    (
+        name(),
+        (any::<u64>(), any::<u64>(), any::<u32>()),
+        policy(),
+        fsync(),
+        (any::<u32>(), any::<u64>()),
     )
+        .prop_map(
+            |(name, (m, b, mb), overflow, fsync, (parked, block_ms))| TopicConfig {
+                name,
+                max_messages: m,
+                max_bytes: b,
+                max_message_bytes: mb,
+                overflow,
+                fsync,
+                max_blocked_publishes: parked,
+                max_block_ms: block_ms,
+            },
+        )
 }
 
 fn topic_info() -> impl Strategy<Value = TopicInfo> {
@@ -71,6 +88,26 @@ fn topic_info() -> impl Strategy<Value = TopicInfo> {
             bytes,
             next_seq,
             groups,
+            dropped: depth / 2,
+            parked: bytes % 7,
+            rejected: next_seq / 3,
+        })
+}
+
+fn dropped() -> impl Strategy<Value = DroppedMessage> {
+    (
+        any::<u64>(),
+        any::<u32>(),
+        proptest::option::of(bytes_strategy()),
+        name(),
+        any::<u64>(),
+    )
+        .prop_map(|(seq, bytes, head, reason, dropped_at_ms)| DroppedMessage {
+            seq,
+            bytes,
+            head,
+            reason,
+            dropped_at_ms,
         })
 }
 
@@ -81,6 +118,8 @@ fn reason() -> impl Strategy<Value = RejectReason> {
         Just(RejectReason::TooManyConnections),
         Just(RejectReason::TooManyTopics),
         Just(RejectReason::ShuttingDown),
+        Just(RejectReason::RateLimited),
+        Just(RejectReason::Overloaded),
     ]
 }
 
@@ -108,15 +147,31 @@ fn frame() -> impl Strategy<Value = Frame> {
         any::<Option<u64>>(),
         any::<Option<u32>>(),
         proptest::option::of(fsync()),
+        (
+            proptest::option::of(policy()),
+            any::<Option<u32>>(),
+            any::<Option<u64>>(),
+        ),
     )
         .prop_map(
-            |(name, max_messages, max_bytes, max_message_bytes, fsync)| TopicSpec {
+            |(
                 name,
                 max_messages,
                 max_bytes,
                 max_message_bytes,
-                overflow: Some(OverflowPolicy::Reject),
                 fsync,
+                (overflow, parked, block),
+            )| {
+                TopicSpec {
+                    name,
+                    max_messages,
+                    max_bytes,
+                    max_message_bytes,
+                    overflow,
+                    fsync,
+                    max_blocked_publishes: parked,
+                    max_block_ms: block,
+                }
             },
         );
     prop_oneof![
@@ -183,6 +238,25 @@ fn frame() -> impl Strategy<Value = Frame> {
         any::<u64>().prop_map(Frame::Ping),
         any::<u64>().prop_map(Frame::Pong),
         name().prop_map(|reason| Frame::GoingAway(GoingAway { reason })),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(sub, from, to)| Frame::Gap(Gap {
+            sub,
+            from,
+            to
+        })),
+        (any::<u64>(), name())
+            .prop_map(|(req, name)| Frame::DescribeTopic(DescribeTopic { req, name })),
+        (
+            any::<u64>(),
+            topic_info(),
+            proptest::collection::vec(dropped(), 0..3)
+        )
+            .prop_map(|(req, info, recent_drops)| Frame::TopicDescription(
+                TopicDescription {
+                    req,
+                    info,
+                    recent_drops
+                }
+            )),
     ]
 }
 

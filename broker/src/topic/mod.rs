@@ -24,7 +24,7 @@ use weir_protocol::{Limit, RejectReason, TopicConfig, TopicInfo};
 
 use crate::config::Config;
 use crate::group::{GrantError, Group, MemberId, Outbox};
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, Metrics};
 use crate::storage::log::{LogConfig, LogError, SegmentLog};
 use crate::storage::state::{GroupRecord, StateStore};
 use tail::TailCache;
@@ -82,6 +82,15 @@ pub struct TopicEnv {
     pub runtime: tokio::runtime::Handle,
 }
 
+/// Counters of one topic (the broker-wide ones are in [`Metrics`]).
+#[derive(Debug, Default)]
+struct TopicCounters {
+    /// Publishes refused, any reason.
+    rejected: Counter,
+    /// Messages evicted by `drop_oldest`.
+    dropped: Counter,
+}
+
 /// Limits the topic applies to its groups.
 #[derive(Debug, Clone, Copy)]
 struct GroupLimits {
@@ -117,6 +126,7 @@ pub struct Topic {
     wake_dispatcher: Notify,
     wake_writer: Notify,
     failed: AtomicBool,
+    counters: TopicCounters,
     store: StateStore,
     metrics: Arc<Metrics>,
 }
@@ -191,6 +201,7 @@ impl Topic {
             wake_dispatcher: Notify::new(),
             wake_writer: Notify::new(),
             failed: AtomicBool::new(false),
+            counters: TopicCounters::default(),
             store,
             metrics: env.metrics.clone(),
         });
@@ -344,6 +355,9 @@ impl Topic {
                 .iter()
                 .map(|(name, g)| g.info(name, st.committed_next))
                 .collect(),
+            dropped: self.counters.dropped.get(),
+            parked: 0,
+            rejected: self.counters.rejected.get(),
         }
     }
 

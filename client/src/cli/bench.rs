@@ -255,9 +255,8 @@ pub async fn run(
                 name: args.topic.clone(),
                 max_messages: args.max_messages,
                 max_bytes: args.max_bytes,
-                max_message_bytes: None,
-                overflow: None,
                 fsync: args.fsync,
+                ..TopicSpec::default()
             })
             .await?;
     }

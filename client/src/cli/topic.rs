@@ -33,9 +33,15 @@ pub struct CreateArgs {
     /// Largest single payload accepted.
     #[arg(long)]
     max_message_bytes: Option<u32>,
-    /// What happens at the bound: reject.
+    /// What happens at the bound: reject, block or drop_oldest.
     #[arg(long)]
     overflow: Option<OverflowPolicy>,
+    /// `block` policy: most publishes parked at once.
+    #[arg(long)]
+    max_blocked_publishes: Option<u32>,
+    /// `block` policy: longest a publish stays parked, in milliseconds.
+    #[arg(long)]
+    max_block_ms: Option<u64>,
     /// When appends reach the disk: batch, interval:MS or never.
     #[arg(long)]
     fsync: Option<FsyncPolicy>,
@@ -50,6 +56,8 @@ impl From<CreateArgs> for TopicSpec {
             max_message_bytes: a.max_message_bytes,
             overflow: a.overflow,
             fsync: a.fsync,
+            max_blocked_publishes: a.max_blocked_publishes,
+            max_block_ms: a.max_block_ms,
         }
     }
 }
