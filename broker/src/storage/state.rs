@@ -174,6 +174,8 @@ mod tests {
             max_message_bytes: 10,
             overflow: OverflowPolicy::Reject,
             fsync: FsyncPolicy::Batch,
+            max_blocked_publishes: 8,
+            max_block_ms: 1000,
         }
     }
 
