@@ -58,6 +58,12 @@ pub struct Limits {
     /// Most delivered-but-unacked messages per group, across all its members. At the bound the
     /// group's delivery pauses until acks arrive. Default 1 024.
     pub max_in_flight: u32,
+    /// The retry-after hint for a full topic whose messages are not draining at all, and the
+    /// cap on every drain-based hint, in milliseconds. Default 5 000.
+    pub max_retry_after_ms: u64,
+    /// `drop_oldest` topics evicting more than this many messages per second log a warning
+    /// (at most once a second per topic). Default 100.
+    pub drop_warn_per_s: u64,
     /// How long a new connection may take to send `Hello`, in milliseconds; then it is closed.
     /// Default 10 000.
     pub hello_timeout_ms: u64,
@@ -134,6 +140,8 @@ impl Default for Limits {
             max_groups_per_topic: 64,
             auto_create_topics: true,
             max_in_flight: 1024,
+            max_retry_after_ms: 5_000,
+            drop_warn_per_s: 100,
             hello_timeout_ms: 10_000,
             shutdown_grace_ms: 5_000,
         }
@@ -233,6 +241,7 @@ impl Config {
             ("storage.append_queue", u64::from(self.storage.append_queue)),
             ("storage.segment_bytes", self.storage.segment_bytes),
             ("storage.state_flush_ms", self.storage.state_flush_ms),
+            ("limits.max_retry_after_ms", l.max_retry_after_ms),
         ];
         if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
@@ -289,6 +298,12 @@ impl Config {
             return Err("topic bounds max_messages, max_bytes, max_message_bytes, \
                  max_blocked_publishes and max_block_ms must be at least 1"
                 .into());
+        }
+        if u64::from(config.max_message_bytes) > config.max_bytes {
+            return Err(format!(
+                "max_message_bytes {} exceeds max_bytes {}: such a message could never be stored",
+                config.max_message_bytes, config.max_bytes
+            ));
         }
         let frame_room = self
             .limits

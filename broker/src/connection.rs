@@ -2,8 +2,9 @@
 //!
 //! Two bounded queues feed the connection's writer task: *control* (answers, confirms,
 //! refusals, errors) which the reader waits on when full, and *deliveries* which the topic
-//! dispatchers fill with `try_send` and which holds `max_subscriptions × max_credit` frames —
-//! exactly what credit allows, so a delivery never waits and never overflows.
+//! dispatchers fill with `try_send` and which holds `max_subscriptions × (max_credit + 1)`
+//! frames — what credit allows plus one `Gap` notice per subscription, so a delivery never
+//! waits and never overflows.
 //!
 //! Bounds and behaviour at them:
 //! - `max_unconfirmed` publishes awaiting their commit: at the bound the reader stops reading
@@ -139,7 +140,8 @@ pub(crate) async fn serve(broker: Broker, socket: TcpStream, peer: SocketAddr, s
     let (read, write) = socket.into_split();
     let mut frames = FramedRead::new(read, codec);
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let delivery_capacity = (limits.max_subscriptions as usize) * (limits.max_credit as usize);
+    // Every credit of every subscription, plus one pending Gap notice each.
+    let delivery_capacity = (limits.max_subscriptions as usize) * (limits.max_credit as usize + 1);
     let (deliveries, deliveries_rx) = mpsc::channel(delivery_capacity.max(1));
     let mut writer = tokio::spawn(write_frames(
         FramedWrite::new(write, codec),
@@ -360,6 +362,24 @@ impl Connection {
                 self.send(Frame::TopicList(TopicList { req: l.req, topics }))
                     .await
             }
+            Frame::DescribeTopic(d) => {
+                let answer = match self.broker.topic(&d.name) {
+                    Some(topic) => {
+                        let (info, recent_drops) = topic.describe();
+                        Frame::TopicDescription(TopicDescription {
+                            req: d.req,
+                            info,
+                            recent_drops,
+                        })
+                    }
+                    None => error(
+                        d.req,
+                        ErrorCode::UnknownTopic,
+                        format!("unknown topic {}", d.name),
+                    ),
+                };
+                self.send(answer).await
+            }
             Frame::Subscribe(s) => self.subscribe(s).await,
             Frame::Unsubscribe(u) => self.unsubscribe(u.sub).await,
             Frame::Credit(c) => self.credit(c).await,
@@ -383,7 +403,7 @@ impl Connection {
                 format!("unknown topic {name}"),
             ),
             Err(CreateError::TooMany(max)) => {
-                self.broker.metrics().rejected.add(1);
+                self.broker.metrics().refused(RejectReason::TooManyTopics);
                 Frame::Rejected(Rejected {
                     id: req,
                     reason: RejectReason::TooManyTopics,
@@ -407,7 +427,6 @@ impl Connection {
                 Ok(())
             }
             Err(AppendError::Refused(r)) => {
-                self.broker.metrics().rejected.add(1);
                 debug!(conn = self.id, topic = %p.topic, reason = ?r.reason, "publish refused");
                 self.send(rejected(p.id, r)).await
             }

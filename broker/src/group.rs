@@ -33,6 +33,20 @@ struct Member {
     id: MemberId,
     credit: u32,
     outbox: Outbox,
+    /// Evicted messages this member has not been told about yet (merged into one range).
+    gap: Option<(u64, u64)>,
+}
+
+/// A `Gap` notice to send: `from..=to` were evicted before the member's group got them.
+pub struct GapNotice {
+    /// Where to send it.
+    pub outbox: Outbox,
+    /// The member it goes to.
+    pub member: MemberId,
+    /// First evicted sequence.
+    pub from: u64,
+    /// Last evicted sequence.
+    pub to: u64,
 }
 
 /// A delivered, not yet acked message.
@@ -142,6 +156,7 @@ impl Group {
             id,
             credit: 0,
             outbox,
+            gap: None,
         });
     }
 
@@ -169,6 +184,50 @@ impl Group {
                 self.redeliver.insert(seq, f.attempt);
                 self.dirty = true;
             }
+        }
+    }
+
+    /// Forgets every message below `first_seq`, which the topic evicted (`drop_oldest`): the
+    /// cursor skips them, in-flight and redelivery entries are dropped (a later ack of one is
+    /// ignored), and every member is owed a `Gap` notice for the range the group still needed.
+    /// Returns that range, if the group needed any of it.
+    pub fn evict_below(&mut self, first_seq: u64) -> Option<(u64, u64)> {
+        let needed_from = self.floor();
+        if needed_from >= first_seq {
+            return None;
+        }
+        self.in_flight = self.in_flight.split_off(&first_seq);
+        self.redeliver = self.redeliver.split_off(&first_seq);
+        self.cursor = self.cursor.max(first_seq);
+        self.dirty = true;
+        let range = (needed_from, first_seq - 1);
+        for m in &mut self.members {
+            m.gap = Some(match m.gap {
+                Some((from, to)) => (from.min(range.0), to.max(range.1)),
+                None => range,
+            });
+        }
+        Some(range)
+    }
+
+    /// Takes the `Gap` notices owed to members (see [`Group::evict_below`]).
+    pub fn take_gaps(&mut self, out: &mut Vec<GapNotice>) {
+        for m in &mut self.members {
+            if let Some((from, to)) = m.gap.take() {
+                out.push(GapNotice {
+                    outbox: m.outbox.clone(),
+                    member: m.id,
+                    from,
+                    to,
+                });
+            }
+        }
+    }
+
+    /// Puts back a `Gap` notice that could not be sent, merged with any newer one.
+    pub fn restore_gap(&mut self, id: MemberId, from: u64, to: u64) {
+        if let Some(m) = self.members.iter_mut().find(|m| m.id == id) {
+            m.gap = Some(m.gap.map_or((from, to), |(f, t)| (f.min(from), t.max(to))));
         }
     }
 
@@ -348,6 +407,37 @@ mod tests {
         g.ack(b, &[2, 4]);
         g.plan(10, 100, &mut plan);
         assert_eq!(seqs(&plan), vec![(2, 1, 2), (2, 3, 2), (2, 5, 1)]);
+    }
+
+    #[test]
+    fn eviction_skips_the_cursor_forgets_unacked_and_owes_every_member_a_gap() {
+        let mut g = Group::new(1, 100);
+        let (a, txa, _ra) = member(1);
+        let (b, txb, _rb) = member(2);
+        g.join(a, txa);
+        g.join(b, txb);
+        g.grant(a, 3, 100).unwrap();
+        let mut plan = Plan::new();
+        g.plan(20, 100, &mut plan); // 1, 2, 3 in flight to a
+        assert_eq!(g.evict_below(2), Some((1, 1)));
+        assert_eq!(g.evict_below(6), Some((2, 5)));
+        assert_eq!(g.evict_below(6), None, "nothing more needed below 6");
+        assert_eq!(
+            g.ack(a, &[2, 3]),
+            0,
+            "evicted messages are no longer in flight"
+        );
+        assert_eq!(g.floor(), 6);
+        let mut gaps = Vec::new();
+        g.take_gaps(&mut gaps);
+        let got: Vec<_> = gaps.iter().map(|n| (n.member.sub, n.from, n.to)).collect();
+        assert_eq!(got, vec![(1, 1, 5), (2, 1, 5)]);
+        g.restore_gap(b, 1, 5);
+        g.evict_below(8);
+        gaps.clear();
+        g.take_gaps(&mut gaps);
+        let got: Vec<_> = gaps.iter().map(|n| (n.member.sub, n.from, n.to)).collect();
+        assert_eq!(got, vec![(1, 6, 7), (2, 1, 7)]);
     }
 
     #[test]

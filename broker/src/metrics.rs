@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use weir_protocol::RejectReason;
+
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -92,6 +94,10 @@ pub struct Metrics {
     pub published: Counter,
     /// Publishes refused with `Rejected`, any reason.
     pub rejected: Counter,
+    /// Publishes refused, by reason (indexed by [`reason_index`]).
+    pub rejected_by_reason: [Counter; REASONS.len()],
+    /// Messages evicted by `drop_oldest`.
+    pub dropped: Counter,
     /// Deliveries sent to subscribers (including redeliveries).
     pub delivered: Counter,
     /// Deliveries with attempt > 1.
@@ -114,13 +120,41 @@ pub struct Metrics {
     pub commit_latency_us: LatencyStat,
 }
 
+/// Every refusal reason, in the order of [`Metrics::rejected_by_reason`].
+pub const REASONS: [RejectReason; 7] = [
+    RejectReason::TopicFull,
+    RejectReason::MessageTooLarge,
+    RejectReason::TooManyConnections,
+    RejectReason::TooManyTopics,
+    RejectReason::ShuttingDown,
+    RejectReason::RateLimited,
+    RejectReason::Overloaded,
+];
+
+/// The position of `reason` in [`REASONS`].
+pub fn reason_index(reason: RejectReason) -> usize {
+    REASONS.iter().position(|r| *r == reason).unwrap_or(0)
+}
+
 impl Metrics {
+    /// Counts one refusal.
+    pub fn refused(&self, reason: RejectReason) {
+        self.rejected.add(1);
+        self.rejected_by_reason[reason_index(reason)].add(1);
+    }
+
+    /// Refusals so far for `reason`.
+    pub fn refusals(&self, reason: RejectReason) -> u64 {
+        self.rejected_by_reason[reason_index(reason)].get()
+    }
+
     /// Logs every counter at info level.
     pub fn log_summary(&self) {
         let (commits, mean_us, max_us) = self.commit_latency_us.summary();
         tracing::info!(
             published = self.published.get(),
             rejected = self.rejected.get(),
+            dropped = self.dropped.get(),
             delivered = self.delivered.get(),
             redelivered = self.redelivered.get(),
             acked = self.acked.get(),

@@ -79,6 +79,7 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
             }
             Err(_) => {
                 broker.metrics().connections_refused.add(1);
+                broker.metrics().refused(RejectReason::TooManyConnections);
                 warn!(%peer, max_connections = max, "connection refused: at max_connections");
                 if let Ok(permit) = refusals.clone().try_acquire_owned() {
                     connections.spawn(async move {

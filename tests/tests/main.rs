@@ -6,6 +6,7 @@ mod client;
 mod credit;
 mod durability;
 mod limits;
+mod policies;
 mod recovery;
 mod redelivery;
 mod shutdown;

@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
-use weir_protocol::{Deliver, Frame};
+use weir_protocol::{Deliver, Frame, Gap};
 
 use super::{lock, Topic};
-use crate::group::Plan;
+use crate::group::{GapNotice, Plan};
 use crate::storage::log::LogError;
 
 /// Most deliveries planned per group per round, so one busy group cannot starve the others.
@@ -37,6 +37,7 @@ pub(super) async fn run(topic: Arc<Topic>, stop: CancellationToken) {
 async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
     let groups: Vec<String> = lock(&topic.state).groups.keys().cloned().collect();
     let mut sent_any = false;
+    let mut gaps = Vec::new();
     for group in groups {
         plan.clear();
         let cached: Vec<Option<Bytes>> = {
@@ -45,9 +46,11 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
             let Some(g) = st.groups.get_mut(&group) else {
                 continue;
             };
+            g.take_gaps(&mut gaps);
             g.plan(committed, ROUND, plan);
             plan.iter().map(|p| st.tail.get(p.seq)).collect()
         };
+        send_gaps(topic, &group, &mut gaps);
         if plan.is_empty() {
             continue;
         }
@@ -93,6 +96,30 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
         }
     }
     sent_any
+}
+
+/// Sends `Gap` notices ahead of the group's next deliveries; one that does not fit the member's
+/// queue now is kept (merged) for the next round.
+fn send_gaps(topic: &Topic, group: &str, gaps: &mut Vec<GapNotice>) {
+    let mut unsent = Vec::new();
+    for n in gaps.drain(..) {
+        let frame = Frame::Gap(Gap {
+            sub: n.member.sub,
+            from: n.from,
+            to: n.to,
+        });
+        if n.outbox.try_send(frame).is_err() {
+            unsent.push(n);
+        }
+    }
+    if !unsent.is_empty() {
+        let mut st = lock(&topic.state);
+        if let Some(g) = st.groups.get_mut(group) {
+            for n in unsent {
+                g.restore_gap(n.member, n.from, n.to);
+            }
+        }
+    }
 }
 
 /// Completes the payloads the tail cache did not have by reading the log off the reactor.

@@ -7,7 +7,9 @@
 //! A message stops counting once every group has acked it; its disk space is reclaimed when
 //! its whole segment is below every group's floor.
 
+mod admit;
 mod dispatch;
+mod drain;
 mod tail;
 mod writer;
 
@@ -15,24 +17,23 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use weir_protocol::{Limit, RejectReason, TopicConfig, TopicInfo};
+use weir_protocol::{DroppedMessage, Limit, RejectReason, TopicConfig, TopicInfo};
 
 use crate::config::Config;
 use crate::group::{GrantError, Group, MemberId, Outbox};
 use crate::metrics::{Counter, Metrics};
 use crate::storage::log::{LogConfig, LogError, SegmentLog};
 use crate::storage::state::{GroupRecord, StateStore};
+use admit::DropWarning;
+use drain::DrainRate;
 use tail::TailCache;
 use writer::Append;
-
-/// Retry hint sent with `TopicFull` refusals.
-// The backpressure issue replaces this constant with an estimate from the measured drain rate.
-const TOPIC_FULL_RETRY_AFTER_MS: u64 = 100;
 
 /// A publish the topic refused, with the bound that fired.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +115,23 @@ struct TopicState {
     pending_bytes: u64,
     groups: BTreeMap<String, Group>,
     tail: TailCache,
+    /// Messages leaving the topic per second (acked by every group), for retry hints.
+    drain: DrainRate,
+    /// The last [`admit::DROP_SAMPLE`] messages `drop_oldest` evicted.
+    recent_drops: VecDeque<DroppedMessage>,
+    drop_warning: DropWarning,
+}
+
+impl TopicState {
+    /// Messages counted against `max_messages`: stored plus accepted-not-committed.
+    fn count(&self) -> u64 {
+        self.sizes.len() as u64 + self.pending_count
+    }
+
+    /// Bytes counted against `max_bytes`: stored plus accepted-not-committed.
+    fn bytes(&self) -> u64 {
+        self.stored_bytes + self.pending_bytes
+    }
 }
 
 /// One topic. Shared by connections, its writer and its dispatcher through an `Arc`.
@@ -127,6 +145,10 @@ pub struct Topic {
     wake_writer: Notify,
     failed: AtomicBool,
     counters: TopicCounters,
+    /// The retry hint when nothing drains (`limits.max_retry_after_ms`).
+    max_retry_after: Duration,
+    /// Drops per second past which `drop_oldest` logs a warning.
+    drop_warn_per_s: u64,
     store: StateStore,
     metrics: Arc<Metrics>,
 }
@@ -190,6 +212,9 @@ impl Topic {
             pending_bytes: 0,
             groups,
             tail: TailCache::new(broker.storage.tail_cache_bytes),
+            drain: DrainRate::new(Instant::now()),
+            recent_drops: VecDeque::with_capacity(admit::DROP_SAMPLE),
+            drop_warning: DropWarning::new(Instant::now()),
         };
         let (appends, queue) = mpsc::channel(broker.storage.append_queue as usize);
         let topic = Arc::new(Topic {
@@ -202,6 +227,8 @@ impl Topic {
             wake_writer: Notify::new(),
             failed: AtomicBool::new(false),
             counters: TopicCounters::default(),
+            max_retry_after: Duration::from_millis(broker.limits.max_retry_after_ms),
+            drop_warn_per_s: broker.limits.drop_warn_per_s,
             store,
             metrics: env.metrics.clone(),
         });
@@ -221,56 +248,34 @@ impl Topic {
         &self.config
     }
 
-    /// Accepts a publish for storage, or refuses it at a bound. When accepted, the message
-    /// counts against the bounds at once, and the returned [`Confirm`] resolves once it is
-    /// durable. Waits only when the writer's queue (`append_queue`) is full.
+    /// Accepts a publish for storage, or refuses it at a bound (see [`admit`]). When accepted,
+    /// the message counts against the bounds at once, and the returned [`Confirm`] resolves
+    /// once it is durable. Waits only when the writer's queue (`append_queue`) is full.
     pub async fn publish(&self, payload: Bytes) -> Result<Confirm, AppendError> {
-        self.reserve(payload.len())?;
+        if self.failed.load(Ordering::Relaxed) {
+            let name = &self.config.name;
+            return Err(AppendError::Storage(format!(
+                "topic {name} failed a write and is read-only"
+            )));
+        }
+        let len = payload.len() as u64;
+        let admitted = {
+            let mut st = lock(&self.state);
+            self.admit(&mut st, len, Instant::now())
+        };
+        if let Err(e) = admitted {
+            if let AppendError::Refused(r) = &e {
+                self.counters.rejected.add(1);
+                self.metrics.refused(r.reason);
+            }
+            return Err(e);
+        }
         let (reply, confirm) = oneshot::channel();
-        let len = payload.len();
         if self.appends.send(Append { payload, reply }).await.is_err() {
-            self.release(1, len as u64);
+            self.release(1, len);
             return Err(AppendError::Storage("topic is closed".into()));
         }
         Ok(confirm)
-    }
-
-    /// Checks the bounds and counts the message as pending.
-    fn reserve(&self, len: usize) -> Result<(), AppendError> {
-        if self.failed.load(Ordering::Relaxed) {
-            return Err(AppendError::Storage(format!(
-                "topic {} failed a write and is read-only",
-                self.config.name
-            )));
-        }
-        let c = &self.config;
-        if len > c.max_message_bytes as usize {
-            return Err(AppendError::Refused(Refusal {
-                reason: RejectReason::MessageTooLarge,
-                limit: Limit::new("max_message_bytes", u64::from(c.max_message_bytes)),
-                retry_after_ms: None,
-            }));
-        }
-        let mut st = lock(&self.state);
-        let count = st.sizes.len() as u64 + st.pending_count;
-        let bytes = st.stored_bytes + st.pending_bytes;
-        let full = if count + 1 > c.max_messages {
-            Some(Limit::new("max_messages", c.max_messages))
-        } else if bytes + len as u64 > c.max_bytes {
-            Some(Limit::new("max_bytes", c.max_bytes))
-        } else {
-            None
-        };
-        if let Some(limit) = full {
-            return Err(AppendError::Refused(Refusal {
-                reason: RejectReason::TopicFull,
-                limit,
-                retry_after_ms: Some(TOPIC_FULL_RETRY_AFTER_MS),
-            }));
-        }
-        st.pending_count += 1;
-        st.pending_bytes += len as u64;
-        Ok(())
     }
 
     fn release(&self, count: u64, bytes: u64) {
@@ -316,7 +321,7 @@ impl Topic {
         let mut st = lock(&self.state);
         let acked = st.groups.get_mut(group).map_or(0, |g| g.ack(id, seqs));
         let trimmed = if acked > 0 {
-            advance_first(&mut st)
+            advance_first(&mut st, Instant::now())
         } else {
             false
         };
@@ -344,7 +349,16 @@ impl Topic {
 
     /// A snapshot of the topic's depth and groups.
     pub fn info(&self) -> TopicInfo {
+        self.info_of(&lock(&self.state))
+    }
+
+    /// A snapshot plus the sample of recently dropped messages, oldest first.
+    pub fn describe(&self) -> (TopicInfo, Vec<DroppedMessage>) {
         let st = lock(&self.state);
+        (self.info_of(&st), st.recent_drops.iter().cloned().collect())
+    }
+
+    fn info_of(&self, st: &TopicState) -> TopicInfo {
         TopicInfo {
             config: self.config.clone(),
             depth: st.sizes.len() as u64,
@@ -386,7 +400,7 @@ impl Topic {
 /// Moves `first_seq` up to the lowest floor of all groups, dropping acked messages from the
 /// bounds and the tail cache. With no groups, messages stay until the bound. Returns whether
 /// anything was dropped.
-fn advance_first(st: &mut TopicState) -> bool {
+fn advance_first(st: &mut TopicState, now: Instant) -> bool {
     let Some(floor) = st.groups.values().map(Group::floor).min() else {
         return false;
     };
@@ -399,6 +413,7 @@ fn advance_first(st: &mut TopicState) -> bool {
             st.stored_bytes -= u64::from(len);
         }
     }
+    st.drain.record(floor - st.first_seq, now);
     st.first_seq = floor;
     st.tail.trim_below(floor);
     true

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use weir_protocol::FsyncPolicy;
+use weir_protocol::{FsyncPolicy, OverflowPolicy};
 
 use super::{lock, AppendError, Topic};
 use crate::storage::log::LogError;
@@ -135,6 +135,7 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
             } else {
                 clock.unsynced = true;
             }
+            let evicted;
             {
                 let mut st = lock(&topic.state);
                 st.pending_count -= count;
@@ -145,6 +146,8 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
                     st.tail.push(first + i as u64, payload);
                 }
                 st.committed_next = first + count;
+                evicted = topic.config.overflow == OverflowPolicy::DropOldest
+                    && topic.evict_to_bound(&mut st, Instant::now()) > 0;
             }
             topic.metrics.published.add(count);
             for (i, append) in batch.drain(..).enumerate() {
@@ -152,6 +155,10 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
                 let _ = append.reply.send(Ok(first + i as u64));
             }
             topic.wake_dispatcher.notify_one();
+            if evicted {
+                // Whole evicted segments can go.
+                topic.wake_writer.notify_one();
+            }
         }
         Err(e) => {
             tracing::error!(topic = %topic.config.name, error = %e, "append failed; topic is now read-only");

@@ -1,0 +1,182 @@
+//! Admission at the topic: the bounds, and what the topic's overflow policy does at them.
+//!
+//! Bounds count stored messages (ready and in flight) plus publishes accepted and not yet
+//! committed. At a bound:
+//! - `reject` refuses with `TopicFull`, the limit that fired, and a retry-after estimated from
+//!   the measured drain rate and how far over the bound the topic is;
+//! - `drop_oldest` accepts every publish (what is waiting for its commit is bounded by the
+//!   writer's `append_queue`), and each commit evicts the oldest stored messages until the
+//!   topic is back within its bounds — counted, sampled, warned about past `drop_warn_per_s`,
+//!   and announced to lagging subscribers with `Gap` notices. (Uncommitted messages have no
+//!   sequence yet and cannot be evicted, so eviction happens when they become stored.)
+//! - `block` parks the publish (see the parking lot) until room frees up.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use weir_protocol::{DroppedMessage, Limit, OverflowPolicy, RejectReason};
+
+use super::{AppendError, Refusal, Topic, TopicState};
+
+/// How many evicted messages a topic remembers for operators (`weir topic info`).
+pub(super) const DROP_SAMPLE: usize = 100;
+/// Bytes of an evicted payload kept in the sample.
+const DROP_SAMPLE_HEAD: usize = 64;
+
+/// Drops counted over the current one-second window, for the drop-rate warning.
+#[derive(Debug)]
+pub(super) struct DropWarning {
+    since: Instant,
+    count: u64,
+}
+
+impl DropWarning {
+    pub(super) fn new(now: Instant) -> DropWarning {
+        DropWarning {
+            since: now,
+            count: 0,
+        }
+    }
+}
+
+impl Topic {
+    /// Decides, under the topic lock, whether a publish of `len` payload bytes is accepted
+    /// (and counts it as pending) or refused.
+    pub(super) fn admit(
+        &self,
+        st: &mut TopicState,
+        len: u64,
+        now: Instant,
+    ) -> Result<(), AppendError> {
+        let c = &self.config;
+        if len > u64::from(c.max_message_bytes) {
+            return Err(refused(
+                RejectReason::MessageTooLarge,
+                Limit::new("max_message_bytes", u64::from(c.max_message_bytes)),
+                None,
+            ));
+        }
+        if c.overflow != OverflowPolicy::DropOldest {
+            if let Some(limit) = self.limit_exceeded(st, len) {
+                let retry = self.retry_after(st, len, now);
+                return Err(refused(RejectReason::TopicFull, limit, Some(retry)));
+            }
+        }
+        st.pending_count += 1;
+        st.pending_bytes += len;
+        Ok(())
+    }
+
+    /// The bound one more message of `len` bytes would pass, if any.
+    fn limit_exceeded(&self, st: &TopicState, len: u64) -> Option<Limit> {
+        let c = &self.config;
+        if st.count() + 1 > c.max_messages {
+            Some(Limit::new("max_messages", c.max_messages))
+        } else if st.bytes() + len > c.max_bytes {
+            Some(Limit::new("max_bytes", c.max_bytes))
+        } else {
+            None
+        }
+    }
+
+    /// How many messages must drain before one more of `len` bytes fits.
+    fn over_by(&self, st: &TopicState, len: u64) -> u64 {
+        let c = &self.config;
+        let over_count = (st.count() + 1).saturating_sub(c.max_messages);
+        let over_bytes = (st.bytes() + len).saturating_sub(c.max_bytes);
+        let average = st
+            .stored_bytes
+            .checked_div(st.sizes.len() as u64)
+            .unwrap_or(len)
+            .max(1);
+        over_count.max(over_bytes.div_ceil(average)).max(1)
+    }
+
+    /// The retry hint for a refusal at the topic's bound, in milliseconds (rounded up).
+    pub(super) fn retry_after(&self, st: &TopicState, len: u64, now: Instant) -> u64 {
+        let wait = st
+            .drain
+            .retry_after(self.over_by(st, len), self.max_retry_after, now);
+        wait.as_micros().div_ceil(1000) as u64
+    }
+
+    /// `drop_oldest`, after a commit: evicts the oldest stored messages until the stored ones
+    /// are within `max_messages` and `max_bytes` again. Returns how many were evicted.
+    pub(super) fn evict_to_bound(&self, st: &mut TopicState, now: Instant) -> u64 {
+        let c = &self.config;
+        let (mut count, mut bytes, mut k) = (st.sizes.len() as u64, st.stored_bytes, 0usize);
+        while count > c.max_messages || bytes > c.max_bytes {
+            let Some(&size) = st.sizes.get(k) else { break };
+            count -= 1;
+            bytes -= u64::from(size);
+            k += 1;
+        }
+        if k == 0 {
+            return 0;
+        }
+        let dropped_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let sample_from = k.saturating_sub(DROP_SAMPLE);
+        for i in 0..k {
+            let seq = st.first_seq + i as u64;
+            let size = st.sizes.pop_front().unwrap_or(0);
+            st.stored_bytes -= u64::from(size);
+            if i >= sample_from {
+                let head = st
+                    .tail
+                    .get(seq)
+                    .map(|p| p.slice(..p.len().min(DROP_SAMPLE_HEAD)));
+                if st.recent_drops.len() == DROP_SAMPLE {
+                    st.recent_drops.pop_front();
+                }
+                st.recent_drops.push_back(DroppedMessage {
+                    seq,
+                    bytes: size,
+                    head,
+                    reason: "overflow".into(),
+                    dropped_at_ms,
+                });
+            }
+        }
+        let first_seq = st.first_seq + k as u64;
+        st.first_seq = first_seq;
+        st.tail.trim_below(first_seq);
+        for g in st.groups.values_mut() {
+            g.evict_below(first_seq);
+        }
+        self.counters.dropped.add(k as u64);
+        self.metrics.dropped.add(k as u64);
+        self.warn_on_drop_rate(st, k as u64, now);
+        k as u64
+    }
+
+    /// Logs (at most once a second) when the topic drops faster than `drop_warn_per_s`.
+    fn warn_on_drop_rate(&self, st: &mut TopicState, dropped: u64, now: Instant) {
+        let w = &mut st.drop_warning;
+        w.count += dropped;
+        let elapsed = now.saturating_duration_since(w.since);
+        if elapsed < Duration::from_secs(1) {
+            return;
+        }
+        let per_second = w.count as f64 / elapsed.as_secs_f64();
+        if per_second > self.drop_warn_per_s as f64 {
+            tracing::warn!(
+                topic = %self.config.name,
+                dropped_per_s = per_second.round() as u64,
+                drop_warn_per_s = self.drop_warn_per_s,
+                max_messages = self.config.max_messages,
+                max_bytes = self.config.max_bytes,
+                "drop_oldest is evicting messages: consumers are not keeping up"
+            );
+        }
+        *w = DropWarning::new(now);
+    }
+}
+
+fn refused(reason: RejectReason, limit: Limit, retry_after_ms: Option<u64>) -> AppendError {
+    AppendError::Refused(Refusal {
+        reason,
+        limit,
+        retry_after_ms,
+    })
+}
