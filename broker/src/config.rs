@@ -33,6 +33,9 @@ pub struct Limits {
     /// Most open client connections. At the bound a new connection gets
     /// `Rejected{TooManyConnections}` and is closed. Default 1 024.
     pub max_connections: u32,
+    /// Most open connections from one client IP address. Past it a new connection from that
+    /// address gets `Rejected{TooManyConnections}` naming this limit. Default 256.
+    pub max_connections_per_ip: u32,
     /// Largest frame accepted, in bytes. A larger frame gets `Error{FrameTooLarge}` and the
     /// connection is closed. Default 4 MiB.
     pub max_frame_bytes: u32,
@@ -132,6 +135,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 1024,
+            max_connections_per_ip: 256,
             max_frame_bytes: 4 * 1024 * 1024,
             max_unconfirmed: 1024,
             max_subscriptions: 16,
@@ -225,6 +229,10 @@ impl Config {
         let l = &self.limits;
         let nonzero = [
             ("limits.max_connections", u64::from(l.max_connections)),
+            (
+                "limits.max_connections_per_ip",
+                u64::from(l.max_connections_per_ip),
+            ),
             ("limits.max_unconfirmed", u64::from(l.max_unconfirmed)),
             ("limits.max_subscriptions", u64::from(l.max_subscriptions)),
             ("limits.max_credit", u64::from(l.max_credit)),

@@ -6,7 +6,8 @@
 //! # Layout
 //!
 //! - [`config`] — every bound with its default; TOML file and flags.
-//! - [`server`] — accept loop, connection limit, graceful shutdown.
+//! - [`server`] — accept loop, graceful shutdown.
+//! - [`slots`] — connection slots: `max_connections` and `max_connections_per_ip`.
 //! - [`connection`] — one task per connection: read frames, apply them, write answers.
 //! - [`broker`] — the shared handle: topic registry, creation, state persistence.
 //! - [`topic`] — bounds and admission; the group-commit writer; the dispatcher.
@@ -20,6 +21,7 @@ pub(crate) mod connection;
 pub mod group;
 pub mod metrics;
 pub mod server;
+pub mod slots;
 pub mod storage;
 pub mod topic;
 

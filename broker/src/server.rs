@@ -17,6 +17,7 @@ use weir_protocol::{Frame, Limit, RejectReason, Rejected, WeirCodec};
 use crate::broker::{Broker, OpenError};
 use crate::config::Config;
 use crate::connection::{self, Stop};
+use crate::slots::ConnectionSlots;
 
 /// Refused connections being answered at once; past it, further ones are closed unanswered.
 const MAX_REFUSALS_IN_PROGRESS: usize = 64;
@@ -43,8 +44,9 @@ pub async fn run(
 
 /// The accept loop for an already opened broker; returns after every connection has closed.
 pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future) {
-    let max = broker.config().limits.max_connections as usize;
-    let slots = Arc::new(Semaphore::new(max));
+    let limits = &broker.config().limits;
+    let max = limits.max_connections as usize;
+    let slots = ConnectionSlots::new(limits.max_connections, limits.max_connections_per_ip);
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS));
     let stop = Stop::default();
     let connections = TaskTracker::new();
@@ -69,7 +71,7 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
             }
         };
         backoff = Duration::from_millis(10);
-        match slots.clone().try_acquire_owned() {
+        match slots.try_acquire(peer.ip()) {
             Ok(slot) => {
                 let (broker, stop) = (broker.clone(), stop.clone());
                 connections.spawn(async move {
@@ -77,13 +79,13 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
                     drop(slot);
                 });
             }
-            Err(_) => {
+            Err(limit) => {
                 broker.metrics().connections_refused.add(1);
                 broker.metrics().refused(RejectReason::TooManyConnections);
-                warn!(%peer, max_connections = max, "connection refused: at max_connections");
+                warn!(%peer, limit = %limit.name, value = limit.value, "connection refused");
                 if let Ok(permit) = refusals.clone().try_acquire_owned() {
                     connections.spawn(async move {
-                        refuse(socket, max).await;
+                        refuse(socket, limit).await;
                         drop(permit);
                     });
                 }
@@ -111,12 +113,13 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
     }
 }
 
-/// Answers a connection over `max_connections` with `Rejected{TooManyConnections}` and closes it.
-async fn refuse(mut socket: TcpStream, max: usize) {
+/// Answers a connection over `max_connections` (or `max_connections_per_ip`) with
+/// `Rejected{TooManyConnections}` naming the limit, and closes it.
+async fn refuse(mut socket: TcpStream, limit: Limit) {
     let frame = Frame::Rejected(Rejected {
         id: 0,
         reason: RejectReason::TooManyConnections,
-        limit: Limit::new("max_connections", max as u64),
+        limit,
         retry_after_ms: Some(1000),
     });
     let mut buf = BytesMut::new();

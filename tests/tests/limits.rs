@@ -193,3 +193,33 @@ async fn at_max_unconfirmed_the_broker_stops_reading_and_still_confirms_everythi
         "a connection held more than max_unconfirmed"
     );
 }
+
+#[tokio::test]
+async fn max_connections_per_ip_refuses_the_offender_only() {
+    let broker = TestBroker::start_with(|c| c.limits.max_connections_per_ip = 2).await;
+    let _a = RawClient::connect(broker.addr).await;
+    let _b = RawClient::connect(broker.addr).await;
+    let mut c = RawClient::connect_raw(broker.addr).await;
+    c.send(Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        token: None,
+    }))
+    .await;
+    match c.recv_or_closed().await {
+        Some(Frame::Rejected(r)) => {
+            assert_eq!(r.reason, RejectReason::TooManyConnections);
+            assert_eq!(
+                (r.limit.name.as_str(), r.limit.value),
+                ("max_connections_per_ip", 2)
+            );
+        }
+        other => panic!("expected Rejected(TooManyConnections), got {other:?}"),
+    }
+    assert_eq!(
+        broker
+            .broker
+            .metrics()
+            .refusals(RejectReason::TooManyConnections),
+        1
+    );
+}
