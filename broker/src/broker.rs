@@ -210,6 +210,14 @@ impl Broker {
         registry.values().cloned().collect()
     }
 
+    /// The first step of a graceful stop: refuses every parked publish (`block` topics) with
+    /// `ShuttingDown`, so connections can answer them instead of waiting out the grace period.
+    pub fn refuse_parked(&self) {
+        for topic in self.topics() {
+            topic.refuse_parked(weir_protocol::RejectReason::ShuttingDown);
+        }
+    }
+
     /// Stops the writers (each after committing what is queued), the dispatchers and the state
     /// flusher, then persists every group's state and syncs everything. Call once no connection
     /// can publish any more.

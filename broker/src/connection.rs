@@ -36,7 +36,7 @@ use weir_protocol::*;
 
 use crate::broker::{Broker, CreateError};
 use crate::group::{GrantError, MemberId};
-use crate::topic::{AppendError, Confirm, JoinError, Refusal, Topic};
+use crate::topic::{Admitted, AppendError, Confirm, JoinError, Refusal, Topic};
 
 /// Control frames queued for the writer beyond which the reader waits.
 const CONTROL_QUEUE: usize = 256;
@@ -158,6 +158,7 @@ pub(crate) async fn serve(broker: Broker, socket: TcpStream, peer: SocketAddr, s
         deliveries,
         subs: HashMap::new(),
         pending: FuturesUnordered::new(),
+        parked: FuturesUnordered::new(),
     };
     let session = async {
         let end = match conn.handshake(&mut frames, &stop.graceful).await {
@@ -245,7 +246,12 @@ struct Connection {
     control: mpsc::Sender<Frame>,
     deliveries: mpsc::Sender<Frame>,
     subs: HashMap<u64, Subscription>,
+    /// Publishes awaiting their commit; at most `max_unconfirmed` (then reading pauses).
     pending: FuturesUnordered<PendingConfirm>,
+    /// Publishes parked by `block` topics; bounded by each topic's `max_blocked_publishes`,
+    /// and not counted against `max_unconfirmed`, so a blocked topic never stops this
+    /// connection's other topics.
+    parked: FuturesUnordered<PendingConfirm>,
 }
 
 type Frames = FramedRead<OwnedReadHalf, WeirCodec>;
@@ -326,6 +332,7 @@ impl Connection {
                 biased;
                 () = shutdown.cancelled() => return End::Shutdown,
                 Some(answer) = self.pending.next(), if !self.pending.is_empty() => self.send(answer).await,
+                Some(answer) = self.parked.next(), if !self.parked.is_empty() => self.send(answer).await,
                 frame = frames.next(), if can_read => match frame {
                     Some(Ok(frame)) => self.apply(frame).await,
                     Some(Err(e)) => Err(self.codec_error(e).await),
@@ -422,8 +429,12 @@ impl Connection {
             return Ok(());
         };
         match topic.publish(p.payload).await {
-            Ok(confirm) => {
+            Ok(Admitted::Queued(confirm)) => {
                 self.pending.push(PendingConfirm { id: p.id, confirm });
+                Ok(())
+            }
+            Ok(Admitted::Parked(confirm)) => {
+                self.parked.push(PendingConfirm { id: p.id, confirm });
                 Ok(())
             }
             Err(AppendError::Refused(r)) => {
@@ -551,9 +562,11 @@ impl Connection {
         Ok(())
     }
 
-    /// Waits (at most `grace`) for publishes being committed and sends their confirms.
+    /// Waits (at most `grace`) for publishes being committed (and parked ones, which the
+    /// broker refuses with `ShuttingDown` as it stops) and sends their answers.
     async fn finish_confirms(&mut self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
+        self.pending.extend(std::mem::take(&mut self.parked));
         while !self.pending.is_empty() {
             match tokio::time::timeout_at(deadline, self.pending.next()).await {
                 Ok(Some(answer)) => {
@@ -563,10 +576,10 @@ impl Connection {
                 }
                 Ok(None) => return,
                 Err(_) => {
+                    let unconfirmed = self.pending.len();
                     warn!(
                         conn = self.id,
-                        unconfirmed = self.pending.len(),
-                        "shutdown grace expired with commits pending"
+                        unconfirmed, "shutdown grace expired with commits pending"
                     );
                     return;
                 }

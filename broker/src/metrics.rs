@@ -98,6 +98,8 @@ pub struct Metrics {
     pub rejected_by_reason: [Counter; REASONS.len()],
     /// Messages evicted by `drop_oldest`.
     pub dropped: Counter,
+    /// Publishes parked by the `block` policy.
+    pub parked: Counter,
     /// Deliveries sent to subscribers (including redeliveries).
     pub delivered: Counter,
     /// Deliveries with attempt > 1.

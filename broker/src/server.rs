@@ -95,6 +95,7 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
     info!("shutting down: closing connections");
     drop(listener);
     stop.graceful.cancel();
+    broker.refuse_parked();
     connections.close();
     // Connections confirm what is being committed (within shutdown_grace_ms) and linger briefly
     // so their GoingAway arrives; one that is still open after that is stuck on its peer.

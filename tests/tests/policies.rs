@@ -1,9 +1,12 @@
 //! Overflow policies driven to their bounds: `reject` and `drop_oldest`.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use bytes::Bytes;
-use weir_protocol::{Ack, Credit, DescribeTopic, Frame, OverflowPolicy, RejectReason, TopicSpec};
+use weir_protocol::{
+    Ack, Credit, DescribeTopic, Frame, OverflowPolicy, Publish, RejectReason, TopicSpec,
+};
 use weir_tests::wire::wait_for_topic;
 use weir_tests::{RawClient, TestBroker};
 
@@ -165,4 +168,145 @@ async fn drop_oldest_on_a_topic_without_groups_also_keeps_its_bound() {
         (info[0].depth, info[0].bytes, info[0].dropped),
         (10, 1000, 15)
     );
+}
+
+fn blocking(name: &str, max_messages: u64, max_blocked: u32, max_block_ms: u64) -> TopicSpec {
+    TopicSpec {
+        max_blocked_publishes: Some(max_blocked),
+        max_block_ms: Some(max_block_ms),
+        ..topic(name, max_messages, OverflowPolicy::Block)
+    }
+}
+
+/// Sends publishes without waiting for answers; returns their ids.
+async fn send_publishes(client: &mut RawClient, topic: &str, first_id: u64, n: u64) -> Vec<u64> {
+    let ids: Vec<u64> = (first_id..first_id + n).collect();
+    for &id in &ids {
+        client
+            .send(Frame::Publish(Publish {
+                id,
+                topic: topic.into(),
+                payload: Bytes::from(format!("p{id}")),
+            }))
+            .await;
+    }
+    ids
+}
+
+#[tokio::test]
+async fn block_parks_publishes_and_confirms_each_exactly_when_a_consumer_acks() {
+    let broker = TestBroker::start().await;
+    let mut admin = RawClient::connect(broker.addr).await;
+    assert!(matches!(
+        admin.create_topic(blocking("paced", 5, 100, 60_000)).await,
+        Frame::TopicCreated(_)
+    ));
+    let mut producer = RawClient::connect(broker.addr).await;
+    producer
+        .publish_all("paced", (0..5).map(|i| Bytes::from(vec![i])))
+        .await;
+    send_publishes(&mut producer, "paced", 1000, 3).await;
+    wait_for_topic(&mut admin, "paced", |t| t.parked == 3).await;
+    assert!(
+        producer
+            .recv_within(Duration::from_millis(200))
+            .await
+            .is_none(),
+        "a parked publish was answered"
+    );
+
+    let mut consumer = RawClient::connect(broker.addr).await;
+    consumer.subscribe(1, "paced", "g", 5).await;
+    let got = consumer.deliveries(5).await;
+    for (k, d) in got.iter().take(3).enumerate() {
+        consumer
+            .send(Frame::Ack(Ack {
+                sub: 1,
+                seqs: vec![d.seq],
+            }))
+            .await;
+        // Each ack frees one slot: exactly one parked publish is confirmed, in order.
+        match producer.recv().await {
+            Frame::PublishOk(ok) => assert_eq!((ok.id, ok.seq), (1000 + k as u64, 6 + k as u64)),
+            other => panic!("expected PublishOk, got {other:?}"),
+        }
+        assert!(
+            producer
+                .recv_within(Duration::from_millis(100))
+                .await
+                .is_none(),
+            "more than one confirm per ack"
+        );
+    }
+    let info = wait_for_topic(&mut admin, "paced", |t| t.parked == 0).await;
+    assert_eq!((info.depth, info.rejected), (5, 0));
+}
+
+#[tokio::test]
+async fn block_refuses_after_max_block_and_past_max_blocked_publishes() {
+    let broker = TestBroker::start().await;
+    let mut client = RawClient::connect(broker.addr).await;
+    assert!(matches!(
+        client.create_topic(blocking("stuck", 2, 2, 300)).await,
+        Frame::TopicCreated(_)
+    ));
+    client
+        .publish_all(
+            "stuck",
+            [Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+        )
+        .await;
+    send_publishes(&mut client, "stuck", 100, 3).await;
+    // The third parked one does not fit in the parking queue: refused at once.
+    match client.recv().await {
+        Frame::Rejected(r) => {
+            assert_eq!((r.id, r.reason), (102, RejectReason::TopicFull));
+            assert_eq!(
+                (r.limit.name.as_str(), r.limit.value),
+                ("max_blocked_publishes", 2)
+            );
+        }
+        other => panic!("expected a parking-full refusal, got {other:?}"),
+    }
+    // Nobody drains: the two parked ones are refused once max_block_ms passes.
+    for id in [100, 101] {
+        match client.recv().await {
+            Frame::Rejected(r) => {
+                assert_eq!((r.id, r.reason), (id, RejectReason::TopicFull));
+                assert_eq!(
+                    (r.limit.name.as_str(), r.limit.value),
+                    ("max_block_ms", 300)
+                );
+                assert!(r.retry_after_ms.is_some());
+            }
+            other => panic!("expected a max_block refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        client.list().await[0].depth,
+        2,
+        "refused publishes were not stored"
+    );
+}
+
+#[tokio::test]
+async fn a_blocked_topic_does_not_delay_another_topic_on_the_same_connection() {
+    // max_unconfirmed 4 and 10 parked publishes: if parked ones counted against the cap, the
+    // broker would stop reading this socket and the publish to `fast` would never be read.
+    let broker = TestBroker::start_with(|c| c.limits.max_unconfirmed = 4).await;
+    let mut client = RawClient::connect(broker.addr).await;
+    assert!(matches!(
+        client.create_topic(blocking("slow", 1, 100, 60_000)).await,
+        Frame::TopicCreated(_)
+    ));
+    client
+        .publish_all("slow", [Bytes::from_static(b"fills it")])
+        .await;
+    send_publishes(&mut client, "slow", 100, 10).await;
+    let mut admin = RawClient::connect(broker.addr).await;
+    wait_for_topic(&mut admin, "slow", |t| t.parked == 10).await;
+    match client.publish("fast", "not held back").await {
+        Frame::PublishOk(ok) => assert_eq!(ok.seq, 1),
+        other => panic!("expected the other topic's confirm, got {other:?}"),
+    }
 }

@@ -41,3 +41,50 @@ async fn shutdown_completes_even_when_a_client_never_reads() {
     }
     assert!(saw_going_away);
 }
+
+#[tokio::test]
+async fn parked_publishes_are_refused_with_shutting_down_when_the_broker_stops() {
+    let mut broker = TestBroker::start().await;
+    let mut client = RawClient::connect(broker.addr).await;
+    let spec = weir_protocol::TopicSpec {
+        name: "parked".into(),
+        max_messages: Some(1),
+        overflow: Some(weir_protocol::OverflowPolicy::Block),
+        max_block_ms: Some(600_000),
+        ..Default::default()
+    };
+    assert!(matches!(
+        client.create_topic(spec).await,
+        Frame::TopicCreated(_)
+    ));
+    client
+        .publish_all("parked", [Bytes::from_static(b"fills it")])
+        .await;
+    for id in 100..103 {
+        let publish = weir_protocol::Publish {
+            id,
+            topic: "parked".into(),
+            payload: Bytes::from_static(b"waits"),
+        };
+        client.send(Frame::Publish(publish)).await;
+    }
+    let mut admin = RawClient::connect(broker.addr).await;
+    weir_tests::wire::wait_for_topic(&mut admin, "parked", |t| t.parked == 3).await;
+    drop(admin);
+    let stopping = tokio::spawn(async move { broker.stop().await });
+    let mut refused = Vec::new();
+    let mut going_away = false;
+    while let Some(frame) = client.recv_or_closed().await {
+        match frame {
+            Frame::Rejected(r) if r.reason == weir_protocol::RejectReason::ShuttingDown => {
+                refused.push(r.id)
+            }
+            Frame::GoingAway(_) => going_away = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    refused.sort_unstable();
+    assert_eq!(refused, vec![100, 101, 102]);
+    assert!(going_away);
+    stopping.await.unwrap();
+}

@@ -9,13 +9,13 @@
 //!   topic is back within its bounds — counted, sampled, warned about past `drop_warn_per_s`,
 //!   and announced to lagging subscribers with `Gap` notices. (Uncommitted messages have no
 //!   sequence yet and cannot be evicted, so eviction happens when they become stored.)
-//! - `block` parks the publish (see the parking lot) until room frees up.
+//! - `block` parks the publish (see [`super::parking`]) until room frees up.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use weir_protocol::{DroppedMessage, Limit, OverflowPolicy, RejectReason};
 
-use super::{AppendError, Refusal, Topic, TopicState};
+use super::{AppendError, Topic, TopicState};
 
 /// How many evicted messages a topic remembers for operators (`weir topic info`).
 pub(super) const DROP_SAMPLE: usize = 100;
@@ -38,36 +38,48 @@ impl DropWarning {
     }
 }
 
+/// What admission decided for a publish it did not refuse.
+pub(super) enum Admission {
+    /// Counted against the bounds: send it to the writer.
+    Queue,
+    /// `block` policy: it does not fit (or others wait before it): park it.
+    Park,
+}
+
 impl Topic {
-    /// Decides, under the topic lock, whether a publish of `len` payload bytes is accepted
-    /// (and counts it as pending) or refused.
+    /// Decides, under the topic lock, whether a publish of `len` payload bytes is queued for
+    /// storage (and counts it as pending), parked, or refused.
     pub(super) fn admit(
         &self,
         st: &mut TopicState,
         len: u64,
         now: Instant,
-    ) -> Result<(), AppendError> {
+    ) -> Result<Admission, AppendError> {
         let c = &self.config;
         if len > u64::from(c.max_message_bytes) {
-            return Err(refused(
-                RejectReason::MessageTooLarge,
-                Limit::new("max_message_bytes", u64::from(c.max_message_bytes)),
-                None,
-            ));
+            let limit = Limit::new("max_message_bytes", u64::from(c.max_message_bytes));
+            return Err(self.refusal(RejectReason::MessageTooLarge, limit, None));
         }
-        if c.overflow != OverflowPolicy::DropOldest {
-            if let Some(limit) = self.limit_exceeded(st, len) {
-                let retry = self.retry_after(st, len, now);
-                return Err(refused(RejectReason::TopicFull, limit, Some(retry)));
+        match c.overflow {
+            OverflowPolicy::DropOldest => {}
+            OverflowPolicy::Block if !st.parked.is_empty() => return Ok(Admission::Park),
+            policy => {
+                if let Some(limit) = self.limit_exceeded(st, len) {
+                    if policy == OverflowPolicy::Block {
+                        return Ok(Admission::Park);
+                    }
+                    let retry = self.retry_after(st, len, now);
+                    return Err(self.refusal(RejectReason::TopicFull, limit, Some(retry)));
+                }
             }
         }
         st.pending_count += 1;
         st.pending_bytes += len;
-        Ok(())
+        Ok(Admission::Queue)
     }
 
     /// The bound one more message of `len` bytes would pass, if any.
-    fn limit_exceeded(&self, st: &TopicState, len: u64) -> Option<Limit> {
+    pub(super) fn limit_exceeded(&self, st: &TopicState, len: u64) -> Option<Limit> {
         let c = &self.config;
         if st.count() + 1 > c.max_messages {
             Some(Limit::new("max_messages", c.max_messages))
@@ -171,12 +183,4 @@ impl Topic {
         }
         *w = DropWarning::new(now);
     }
-}
-
-fn refused(reason: RejectReason, limit: Limit, retry_after_ms: Option<u64>) -> AppendError {
-    AppendError::Refused(Refusal {
-        reason,
-        limit,
-        retry_after_ms,
-    })
 }

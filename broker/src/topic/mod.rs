@@ -10,6 +10,7 @@
 mod admit;
 mod dispatch;
 mod drain;
+mod parking;
 mod tail;
 mod writer;
 
@@ -30,8 +31,9 @@ use crate::group::{GrantError, Group, MemberId, Outbox};
 use crate::metrics::{Counter, Metrics};
 use crate::storage::log::{LogConfig, LogError, SegmentLog};
 use crate::storage::state::{GroupRecord, StateStore};
-use admit::DropWarning;
+use admit::{Admission, DropWarning};
 use drain::DrainRate;
+use parking::{Parked, ParkingQueue};
 use tail::TailCache;
 use writer::Append;
 
@@ -59,6 +61,14 @@ pub enum AppendError {
 
 /// The answer to one accepted publish: the sequence once durable, or why not.
 pub type Confirm = oneshot::Receiver<Result<u64, AppendError>>;
+
+/// A publish the topic took: queued for its commit, or parked by the `block` policy.
+pub enum Admitted {
+    /// Queued for the writer; counts against the connection's `max_unconfirmed`.
+    Queued(Confirm),
+    /// Parked until room frees up; counts against the topic's `max_blocked_publishes` only.
+    Parked(Confirm),
+}
 
 /// Why joining a group failed.
 #[derive(Debug)]
@@ -120,6 +130,8 @@ struct TopicState {
     /// The last [`admit::DROP_SAMPLE`] messages `drop_oldest` evicted.
     recent_drops: VecDeque<DroppedMessage>,
     drop_warning: DropWarning,
+    /// `block` policy: publishes waiting for room.
+    parked: ParkingQueue,
 }
 
 impl TopicState {
@@ -144,6 +156,8 @@ pub struct Topic {
     wake_dispatcher: Notify,
     wake_writer: Notify,
     failed: AtomicBool,
+    /// Set when the broker stops: nothing parks any more.
+    closing: AtomicBool,
     counters: TopicCounters,
     /// The retry hint when nothing drains (`limits.max_retry_after_ms`).
     max_retry_after: Duration,
@@ -215,6 +229,7 @@ impl Topic {
             drain: DrainRate::new(Instant::now()),
             recent_drops: VecDeque::with_capacity(admit::DROP_SAMPLE),
             drop_warning: DropWarning::new(Instant::now()),
+            parked: ParkingQueue::new(),
         };
         let (appends, queue) = mpsc::channel(broker.storage.append_queue as usize);
         let topic = Arc::new(Topic {
@@ -226,6 +241,7 @@ impl Topic {
             wake_dispatcher: Notify::new(),
             wake_writer: Notify::new(),
             failed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             counters: TopicCounters::default(),
             max_retry_after: Duration::from_millis(broker.limits.max_retry_after_ms),
             drop_warn_per_s: broker.limits.drop_warn_per_s,
@@ -248,10 +264,11 @@ impl Topic {
         &self.config
     }
 
-    /// Accepts a publish for storage, or refuses it at a bound (see [`admit`]). When accepted,
-    /// the message counts against the bounds at once, and the returned [`Confirm`] resolves
-    /// once it is durable. Waits only when the writer's queue (`append_queue`) is full.
-    pub async fn publish(&self, payload: Bytes) -> Result<Confirm, AppendError> {
+    /// Accepts a publish for storage, parks it (`block`), or refuses it at a bound (see
+    /// [`admit`]). When queued, the message counts against the bounds at once; either way the
+    /// returned [`Confirm`] resolves once it is durable (or refused). Waits only when the
+    /// writer's queue (`append_queue`) is full.
+    pub async fn publish(&self, payload: Bytes) -> Result<Admitted, AppendError> {
         if self.failed.load(Ordering::Relaxed) {
             let name = &self.config.name;
             return Err(AppendError::Storage(format!(
@@ -259,23 +276,27 @@ impl Topic {
             )));
         }
         let len = payload.len() as u64;
-        let admitted = {
-            let mut st = lock(&self.state);
-            self.admit(&mut st, len, Instant::now())
-        };
-        if let Err(e) = admitted {
-            if let AppendError::Refused(r) = &e {
-                self.counters.rejected.add(1);
-                self.metrics.refused(r.reason);
-            }
-            return Err(e);
-        }
+        let now = Instant::now();
         let (reply, confirm) = oneshot::channel();
+        {
+            let mut st = lock(&self.state);
+            if let Admission::Park = self.admit(&mut st, len, now)? {
+                let parked = Parked {
+                    payload,
+                    reply,
+                    deadline: now + self.max_block(),
+                };
+                return match self.park(&mut st, parked) {
+                    Ok(()) => Ok(Admitted::Parked(confirm)),
+                    Err(_) => Err(self.parking_full(&st, len, now)),
+                };
+            }
+        }
         if self.appends.send(Append { payload, reply }).await.is_err() {
             self.release(1, len);
             return Err(AppendError::Storage("topic is closed".into()));
         }
-        Ok(confirm)
+        Ok(Admitted::Queued(confirm))
     }
 
     fn release(&self, count: u64, bytes: u64) {
@@ -320,11 +341,10 @@ impl Topic {
     pub fn ack(&self, group: &str, id: MemberId, seqs: &[u64]) -> usize {
         let mut st = lock(&self.state);
         let acked = st.groups.get_mut(group).map_or(0, |g| g.ack(id, seqs));
-        let trimmed = if acked > 0 {
-            advance_first(&mut st, Instant::now())
-        } else {
-            false
-        };
+        let trimmed = acked > 0 && advance_first(&mut st, Instant::now());
+        if trimmed {
+            self.unpark(&mut st, &self.appends);
+        }
         drop(st);
         self.metrics.acked.add(acked as u64);
         if acked > 0 {
@@ -370,7 +390,7 @@ impl Topic {
                 .map(|(name, g)| g.info(name, st.committed_next))
                 .collect(),
             dropped: self.counters.dropped.get(),
-            parked: 0,
+            parked: st.parked.len() as u64,
             rejected: self.counters.rejected.get(),
         }
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use weir_protocol::{FsyncPolicy, OverflowPolicy};
+use weir_protocol::{FsyncPolicy, OverflowPolicy, RejectReason};
 
 use super::{lock, AppendError, Topic};
 use crate::storage::log::LogError;
@@ -69,6 +69,7 @@ pub(super) async fn run(
     };
     loop {
         let interval_sync = clock.deadline();
+        let park_deadline = topic.next_park_deadline().map(tokio::time::Instant::from);
         tokio::select! {
             biased;
             received = queue.recv_many(&mut batch, max_batch) => {
@@ -86,6 +87,9 @@ pub(super) async fn run(
                     clock.unsynced = false;
                 }
             }
+            () = sleep_until(park_deadline), if park_deadline.is_some() => {
+                topic.expire_parked(Instant::now());
+            }
             () = stop.cancelled() => {
                 if queue.is_empty() {
                     break;
@@ -95,6 +99,7 @@ pub(super) async fn run(
     }
     // Whatever the policy, a clean stop leaves everything written on disk.
     reclaim(&topic, true).await;
+    topic.refuse_parked(RejectReason::ShuttingDown);
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -148,6 +153,8 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
                 st.committed_next = first + count;
                 evicted = topic.config.overflow == OverflowPolicy::DropOldest
                     && topic.evict_to_bound(&mut st, Instant::now()) > 0;
+                // Room in the writer's queue: parked publishes that fit may follow.
+                topic.unpark(&mut st, &topic.appends);
             }
             topic.metrics.published.add(count);
             for (i, append) in batch.drain(..).enumerate() {

@@ -1,0 +1,149 @@
+//! The `block` overflow policy: publishes that do not fit wait in the topic's bounded parking
+//! queue until acks free room, so their confirms are paced by the consumers.
+//!
+//! Bounds: at most `max_blocked_publishes` parked (a publish past it is refused with
+//! `TopicFull` naming that limit), each for at most `max_block_ms` (then refused with
+//! `TopicFull` naming `max_block_ms` and a drain-based retry hint). Parking is FIFO: while any
+//! publish is parked, new ones park behind it even if they would fit. Parked publishes do not
+//! count against their connection's `max_unconfirmed`, so a blocked topic never stops the
+//! connection's other topics.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use weir_protocol::{Limit, RejectReason};
+
+use super::writer::Append;
+use super::{lock, AppendError, Refusal, Topic, TopicState};
+
+/// A publish waiting for room.
+pub(super) struct Parked {
+    pub(super) payload: Bytes,
+    pub(super) reply: oneshot::Sender<Result<u64, AppendError>>,
+    pub(super) deadline: Instant,
+}
+
+/// The parked publishes of one topic, oldest first. Bounded by `max_blocked_publishes`.
+pub(super) type ParkingQueue = VecDeque<Parked>;
+
+impl Topic {
+    /// Parks a publish that does not fit now. Returns it back when the parking queue is full
+    /// (or the broker is shutting down).
+    pub(super) fn park(&self, st: &mut TopicState, parked: Parked) -> Result<(), Parked> {
+        let closing = self.closing.load(std::sync::atomic::Ordering::Relaxed);
+        if closing || st.parked.len() >= self.config.max_blocked_publishes as usize {
+            return Err(parked);
+        }
+        let was_empty = st.parked.is_empty();
+        st.parked.push_back(parked);
+        self.metrics.parked.add(1);
+        if was_empty {
+            // The writer times parked publishes out; it must learn the new earliest deadline.
+            self.wake_writer.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The refusal for a publish the parking queue cannot take.
+    pub(super) fn parking_full(&self, st: &TopicState, len: u64, now: Instant) -> AppendError {
+        let limit = Limit::new(
+            "max_blocked_publishes",
+            u64::from(self.config.max_blocked_publishes),
+        );
+        self.refusal(
+            RejectReason::TopicFull,
+            limit,
+            Some(self.retry_after(st, len, now)),
+        )
+    }
+
+    /// Moves parked publishes that now fit into the writer's queue, oldest first, stopping at
+    /// the first that does not fit (FIFO) or when the writer's queue is full (the next commit
+    /// calls this again).
+    pub(super) fn unpark(&self, st: &mut TopicState, appends: &mpsc::Sender<Append>) {
+        while let Some(front) = st.parked.front() {
+            let len = front.payload.len() as u64;
+            if self.limit_exceeded(st, len).is_some() {
+                return;
+            }
+            let Some(p) = st.parked.pop_front() else {
+                return;
+            };
+            match appends.try_send(Append {
+                payload: p.payload,
+                reply: p.reply,
+            }) {
+                Ok(()) => {
+                    st.pending_count += 1;
+                    st.pending_bytes += len;
+                }
+                Err(e) => {
+                    let Append { payload, reply } = e.into_inner();
+                    st.parked.push_front(Parked {
+                        payload,
+                        reply,
+                        deadline: p.deadline,
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Refuses every parked publish whose `max_block_ms` has passed.
+    pub(super) fn expire_parked(&self, now: Instant) {
+        let mut st = lock(&self.state);
+        while st.parked.front().is_some_and(|p| p.deadline <= now) {
+            let Some(p) = st.parked.pop_front() else {
+                break;
+            };
+            let limit = Limit::new("max_block_ms", self.config.max_block_ms);
+            let retry = self.retry_after(&st, p.payload.len() as u64, now);
+            let _ = p.reply.send(Err(self.refusal(
+                RejectReason::TopicFull,
+                limit,
+                Some(retry),
+            )));
+        }
+    }
+
+    /// Refuses every parked publish with `reason` (the broker is shutting down); publishes
+    /// that would park from now on are refused the same way.
+    pub fn refuse_parked(&self, reason: RejectReason) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let parked: Vec<Parked> = lock(&self.state).parked.drain(..).collect();
+        for p in parked {
+            let limit = Limit::new("max_block_ms", self.config.max_block_ms);
+            let _ = p.reply.send(Err(self.refusal(reason, limit, Some(1_000))));
+        }
+    }
+
+    /// The earliest parked deadline, if any publish is parked.
+    pub(super) fn next_park_deadline(&self) -> Option<Instant> {
+        lock(&self.state).parked.front().map(|p| p.deadline)
+    }
+
+    /// How long a publish may stay parked.
+    pub(super) fn max_block(&self) -> Duration {
+        Duration::from_millis(self.config.max_block_ms)
+    }
+
+    /// A refusal, counted for the topic and the broker.
+    pub(super) fn refusal(
+        &self,
+        reason: RejectReason,
+        limit: Limit,
+        retry_after_ms: Option<u64>,
+    ) -> AppendError {
+        self.counters.rejected.add(1);
+        self.metrics.refused(reason);
+        AppendError::Refused(Refusal {
+            reason,
+            limit,
+            retry_after_ms,
+        })
+    }
+}
