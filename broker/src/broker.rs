@@ -109,6 +109,7 @@ impl Broker {
             .env
             .tasks
             .spawn(flush_state_periodically(broker.clone()));
+        broker.shared.env.tasks.spawn(watch_stalls(broker.clone()));
         Ok(broker)
     }
 
@@ -262,6 +263,23 @@ async fn flush_state_periodically(broker: Broker) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "persisting group state failed"),
             Err(e) => tracing::error!(error = %e, "state flush task failed"),
+        }
+    }
+}
+
+/// Checks every topic for stalled groups and subscribers, a few times per `stall_warn_ms`.
+async fn watch_stalls(broker: Broker) {
+    let after = Duration::from_millis(broker.shared.config.limits.stall_warn_ms);
+    let mut ticker = tokio::time::interval((after / 4).max(Duration::from_millis(10)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = broker.shared.env.stop.cancelled() => return,
+        }
+        let now = std::time::Instant::now();
+        for topic in broker.topics() {
+            topic.check_stalls(now, after);
         }
     }
 }

@@ -67,6 +67,9 @@ pub struct Limits {
     /// `drop_oldest` topics evicting more than this many messages per second log a warning
     /// (at most once a second per topic). Default 100.
     pub drop_warn_per_s: u64,
+    /// A group at `max_in_flight`, or a subscriber with no credit while messages wait, for
+    /// this long is reported (log line and metric), and again every such period. Default 30 000.
+    pub stall_warn_ms: u64,
     /// How long a new connection may take to send `Hello`, in milliseconds; then it is closed.
     /// Default 10 000.
     pub hello_timeout_ms: u64,
@@ -146,6 +149,7 @@ impl Default for Limits {
             max_in_flight: 1024,
             max_retry_after_ms: 5_000,
             drop_warn_per_s: 100,
+            stall_warn_ms: 30_000,
             hello_timeout_ms: 10_000,
             shutdown_grace_ms: 5_000,
         }
@@ -250,6 +254,7 @@ impl Config {
             ("storage.segment_bytes", self.storage.segment_bytes),
             ("storage.state_flush_ms", self.storage.state_flush_ms),
             ("limits.max_retry_after_ms", l.max_retry_after_ms),
+            ("limits.stall_warn_ms", l.stall_warn_ms),
         ];
         if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));

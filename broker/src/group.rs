@@ -10,6 +10,7 @@
 //! redelivery came out of `in_flight`, so they are bounded by `max_in_flight` too.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use weir_protocol::{Frame, GroupInfo};
@@ -35,6 +36,8 @@ struct Member {
     outbox: Outbox,
     /// Evicted messages this member has not been told about yet (merged into one range).
     gap: Option<(u64, u64)>,
+    /// Since when the member has had no credit (cleared when it grants some).
+    starved_since: Option<Instant>,
 }
 
 /// A `Gap` notice to send: `from..=to` were evicted before the member's group got them.
@@ -93,6 +96,26 @@ pub struct Group {
     next_member: usize,
     max_in_flight: usize,
     dirty: bool,
+    /// Since when the group has been at `max_in_flight` (cleared when it drops below).
+    full_since: Option<Instant>,
+}
+
+/// A delivery stall: work is waiting, and nothing moves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stall {
+    /// The group has had `max_in_flight` unacked messages for `for_`: its consumers are not
+    /// acking.
+    AtMaxInFlight {
+        /// How long.
+        for_: Duration,
+    },
+    /// A member has had no credit for `for_` while messages wait for the group.
+    NoCredit {
+        /// The member.
+        member: MemberId,
+        /// How long.
+        for_: Duration,
+    },
 }
 
 impl Group {
@@ -106,6 +129,7 @@ impl Group {
             next_member: 0,
             max_in_flight: max_in_flight as usize,
             dirty: true,
+            full_since: None,
         }
     }
 
@@ -157,6 +181,7 @@ impl Group {
             credit: 0,
             outbox,
             gap: None,
+            starved_since: None,
         });
     }
 
@@ -236,6 +261,29 @@ impl Group {
     pub fn revoke_credit(&mut self, id: MemberId) {
         if let Some(m) = self.members.iter_mut().find(|m| m.id == id) {
             m.credit = 0;
+        }
+    }
+
+    /// The stalls that have lasted at least `after` as of `now`, each reported again only
+    /// after another `after` (the caller logs them; see [`Stall`]). Only counts while messages
+    /// wait for the group: an idle group with no credit is not stalled.
+    pub fn stalls(
+        &mut self,
+        committed_next: u64,
+        now: Instant,
+        after: Duration,
+        out: &mut Vec<Stall>,
+    ) {
+        let waiting = !self.redeliver.is_empty() || self.cursor < committed_next;
+        let full = self.in_flight.len() >= self.max_in_flight;
+        if let Some(for_) = overdue(&mut self.full_since, full, now, after) {
+            out.push(Stall::AtMaxInFlight { for_ });
+        }
+        for m in &mut self.members {
+            if let Some(for_) = overdue(&mut m.starved_since, waiting && m.credit == 0, now, after)
+            {
+                out.push(Stall::NoCredit { member: m.id, for_ });
+            }
         }
     }
 
@@ -334,6 +382,28 @@ impl Group {
     pub fn has_members(&self) -> bool {
         !self.members.is_empty()
     }
+}
+
+/// Tracks one stall condition: starts the clock when it begins, clears it when it ends, and
+/// returns its duration each time it has lasted another `after` (restarting the clock, so a
+/// long stall is reported once per `after`, not on every check).
+fn overdue(
+    since: &mut Option<Instant>,
+    stalled: bool,
+    now: Instant,
+    after: Duration,
+) -> Option<Duration> {
+    if !stalled {
+        *since = None;
+        return None;
+    }
+    let start = *since.get_or_insert(now);
+    let for_ = now.saturating_duration_since(start);
+    if for_ >= after {
+        *since = Some(now);
+        return Some(for_);
+    }
+    None
 }
 
 #[cfg(test)]
@@ -438,6 +508,53 @@ mod tests {
         g.take_gaps(&mut gaps);
         let got: Vec<_> = gaps.iter().map(|n| (n.member.sub, n.from, n.to)).collect();
         assert_eq!(got, vec![(1, 6, 7), (2, 1, 7)]);
+    }
+
+    #[test]
+    fn stalls_are_reported_once_per_period_and_only_while_work_waits() {
+        let t0 = Instant::now();
+        let after = Duration::from_secs(30);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut g = Group::new(1, 2);
+        let (a, tx, _rx) = member(1);
+        g.join(a, tx);
+        let mut out = Vec::new();
+        g.stalls(1, at(0), after, &mut out);
+        g.stalls(1, at(100), after, &mut out);
+        assert!(
+            out.is_empty(),
+            "no credit but nothing waiting is not a stall"
+        );
+        g.stalls(10, at(100), after, &mut out);
+        g.stalls(10, at(129), after, &mut out);
+        assert!(out.is_empty());
+        g.stalls(10, at(130), after, &mut out);
+        assert_eq!(
+            out,
+            vec![Stall::NoCredit {
+                member: a,
+                for_: Duration::from_secs(30)
+            }]
+        );
+        out.clear();
+        g.grant(a, 5, 100).unwrap();
+        let mut plan = Plan::new();
+        g.plan(10, 100, &mut plan); // 2 in flight: the group is full
+        g.stalls(10, at(131), after, &mut out);
+        g.stalls(10, at(160), after, &mut out);
+        assert!(out.is_empty());
+        g.stalls(10, at(161), after, &mut out);
+        g.stalls(10, at(170), after, &mut out);
+        assert_eq!(
+            out,
+            vec![Stall::AtMaxInFlight {
+                for_: Duration::from_secs(30)
+            }]
+        );
+        out.clear();
+        g.ack(a, &[1]);
+        g.stalls(10, at(200), after, &mut out);
+        assert!(out.is_empty(), "an ack ends the stall");
     }
 
     #[test]

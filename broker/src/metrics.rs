@@ -100,6 +100,10 @@ pub struct Metrics {
     pub dropped: Counter,
     /// Publishes parked by the `block` policy.
     pub parked: Counter,
+    /// Reports of a group stalled at `max_in_flight` (one per `stall_warn_ms` of stall).
+    pub stalls_max_in_flight: Counter,
+    /// Reports of a subscriber with no credit while messages wait (one per `stall_warn_ms`).
+    pub stalls_no_credit: Counter,
     /// Deliveries sent to subscribers (including redeliveries).
     pub delivered: Counter,
     /// Deliveries with attempt > 1.

@@ -136,3 +136,47 @@ async fn a_group_never_has_more_than_max_in_flight_across_its_members() {
         "subscribers saw more than max_in_flight unacked messages"
     );
 }
+
+/// Polls a counter until it is positive (at most 20 s).
+async fn eventually_positive(read: impl Fn() -> u64, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while read() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} never reported"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn stalls_at_max_in_flight_and_at_zero_credit_are_reported_not_silent() {
+    let broker = TestBroker::start_with(|c| {
+        c.limits.stall_warn_ms = 200;
+        c.limits.max_in_flight = 3;
+    })
+    .await;
+    let mut publisher = RawClient::connect(broker.addr).await;
+    publisher
+        .publish_all("stall", (0..10).map(|i| Bytes::from(vec![i])))
+        .await;
+    // Group "full": 3 in flight (its max), never acked.
+    let mut full = RawClient::connect(broker.addr).await;
+    full.subscribe(1, "stall", "full", 10).await;
+    full.deliveries(3).await;
+    // Group "starved": took its 1 credit, grants no more while 9 wait.
+    let mut starved = RawClient::connect(broker.addr).await;
+    starved.subscribe(1, "stall", "starved", 1).await;
+    starved.deliveries(1).await;
+    let metrics = broker.broker.metrics().clone();
+    eventually_positive(
+        || metrics.stalls_max_in_flight.get(),
+        "a group stuck at max_in_flight",
+    )
+    .await;
+    eventually_positive(
+        || metrics.stalls_no_credit.get(),
+        "a subscriber with no credit",
+    )
+    .await;
+}

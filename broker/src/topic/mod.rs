@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use weir_protocol::{DroppedMessage, Limit, RejectReason, TopicConfig, TopicInfo};
 
 use crate::config::Config;
-use crate::group::{GrantError, Group, MemberId, Outbox};
+use crate::group::{GrantError, Group, MemberId, Outbox, Stall};
 use crate::metrics::{Counter, Metrics};
 use crate::storage::log::{LogConfig, LogError, SegmentLog};
 use crate::storage::state::{GroupRecord, StateStore};
@@ -409,6 +409,41 @@ impl Topic {
             self.store.save_group(&self.config.name, name, record)?;
         }
         Ok(records.len())
+    }
+
+    /// Logs (and counts) every group stalled at `max_in_flight`, and every member with no
+    /// credit while messages wait, for at least `after` — once per `after` each.
+    pub fn check_stalls(&self, now: Instant, after: Duration) {
+        let mut found: Vec<(String, Stall)> = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            let committed = st.committed_next;
+            let mut stalls = Vec::new();
+            for (name, g) in st.groups.iter_mut() {
+                g.stalls(committed, now, after, &mut stalls);
+                found.extend(stalls.drain(..).map(|s| (name.clone(), s)));
+            }
+        }
+        for (group, stall) in found {
+            match stall {
+                Stall::AtMaxInFlight { for_ } => {
+                    self.metrics.stalls_max_in_flight.add(1);
+                    tracing::warn!(
+                        topic = %self.config.name, group, max_in_flight = self.limits.max_in_flight,
+                        stalled_s = for_.as_secs(),
+                        "group stalled at max_in_flight: its consumers are not acking"
+                    );
+                }
+                Stall::NoCredit { member, for_ } => {
+                    self.metrics.stalls_no_credit.add(1);
+                    tracing::warn!(
+                        topic = %self.config.name, group, conn = member.conn, sub = member.sub,
+                        stalled_s = for_.as_secs(),
+                        "subscriber has granted no credit while messages wait"
+                    );
+                }
+            }
+        }
     }
 
     /// Whether any group of the topic has a member attached.
