@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use weir_protocol::{TopicConfig, TopicInfo, TopicSpec};
 
 use crate::config::Config;
+use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use crate::storage::state::{StateError, StateStore};
 use crate::topic::{Topic, TopicEnv, TopicError};
@@ -71,6 +72,7 @@ pub enum CreateError {
 
 struct Shared {
     config: Config,
+    keys: KeyRing,
     env: TopicEnv,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     creating: tokio::sync::Mutex<()>,
@@ -97,6 +99,7 @@ impl Broker {
         tracing::info!(topics = topics.len(), data_dir = %config.data_dir.display(), "broker state recovered");
         let broker = Broker {
             shared: Arc::new(Shared {
+                keys: KeyRing::new(&config.keys, config.default_rate),
                 config,
                 env,
                 topics: RwLock::new(topics),
@@ -116,6 +119,11 @@ impl Broker {
     /// The broker's configuration.
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// The configured API keys.
+    pub fn keys(&self) -> &KeyRing {
+        &self.shared.keys
     }
 
     /// The broker's counters.

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use weir_protocol::{FsyncPolicy, OverflowPolicy, TopicConfig, TopicSpec};
 
+use crate::keys::{ApiKey, RateConfig};
+
 /// The broker's whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -24,6 +26,10 @@ pub struct Config {
     pub topic_defaults: TopicDefaults,
     /// Storage tuning.
     pub storage: StorageConfig,
+    /// Rate limits of keys that do not set their own, and of anonymous clients.
+    pub default_rate: RateConfig,
+    /// API keys (`[[keys]]`). None configured: anonymous clients, loopback only.
+    pub keys: Vec<ApiKey>,
 }
 
 /// Connection- and broker-wide bounds, each with its behaviour at the bound.
@@ -130,6 +136,8 @@ impl Default for Config {
             limits: Limits::default(),
             topic_defaults: TopicDefaults::default(),
             storage: StorageConfig::default(),
+            default_rate: RateConfig::default(),
+            keys: Vec::new(),
         }
     }
 }
@@ -267,6 +275,22 @@ impl Config {
                 weir_protocol::MAX_FRAME_BYTES_CEILING
             )));
         }
+        self.default_rate
+            .validate("default_rate")
+            .map_err(ConfigError::Invalid)?;
+        let mut tokens = std::collections::HashSet::new();
+        for key in &self.keys {
+            if key.token.is_empty() || !tokens.insert(key.token.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "key {:?}: tokens must be non-empty and unique",
+                    key.name
+                )));
+            }
+            if let Some(rate) = &key.rate {
+                rate.validate(&format!("key {:?}", key.name))
+                    .map_err(ConfigError::Invalid)?;
+            }
+        }
         self.resolve_topic(TopicSpec {
             name: "check".into(),
             ..TopicSpec::default()
@@ -365,6 +389,19 @@ mod tests {
         let config: Config = toml::from_str("[limits]\nmax_connections = 3\n").unwrap();
         assert_eq!(config.limits.max_connections, 3);
         assert_eq!(config.limits.max_credit, Limits::default().max_credit);
+    }
+
+    #[test]
+    fn keys_parse_and_duplicate_tokens_are_refused() {
+        let text = "[[keys]]\nname = \"a\"\ntoken = \"t1\"\n[keys.rate]\nmessages_per_s = 5\n\n[[keys]]\nname = \"b\"\ntoken = \"t2\"\n";
+        let config: Config = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.keys[0].rate.map(|r| r.messages_per_s), Some(5));
+        assert_eq!(config.keys[1].rate, None);
+        let back: Config = toml::from_str(&config.to_toml()).unwrap();
+        assert_eq!(back, config);
+        let dup: Config = toml::from_str(&text.replace("t2", "t1")).unwrap();
+        assert!(dup.validate().is_err());
     }
 
     #[test]

@@ -36,6 +36,7 @@ use weir_protocol::*;
 
 use crate::broker::{Broker, CreateError};
 use crate::group::{GrantError, MemberId};
+use crate::keys::Identity;
 use crate::topic::{Admitted, AppendError, Confirm, JoinError, Refusal, Topic};
 
 /// Control frames queued for the writer beyond which the reader waits.
@@ -154,6 +155,8 @@ pub(crate) async fn serve(broker: Broker, socket: TcpStream, peer: SocketAddr, s
     let mut conn = Connection {
         broker: broker.clone(),
         id,
+        peer,
+        identity: None,
         control,
         deliveries,
         subs: HashMap::new(),
@@ -243,6 +246,9 @@ async fn write_frames(
 struct Connection {
     broker: Broker,
     id: u64,
+    peer: SocketAddr,
+    /// Who the client authenticated as (set by the handshake).
+    identity: Option<Identity>,
     control: mpsc::Sender<Frame>,
     deliveries: mpsc::Sender<Frame>,
     subs: HashMap<u64, Subscription>,
@@ -280,12 +286,28 @@ impl Connection {
         };
         match first {
             Some(Ok(Frame::Hello(hello))) if hello.version == PROTOCOL_VERSION => {
-                let limits = server_limits(&self.broker);
-                self.send(Frame::HelloOk(HelloOk {
-                    version: PROTOCOL_VERSION,
-                    limits,
-                }))
-                .await
+                match self
+                    .broker
+                    .keys()
+                    .authenticate(hello.token.as_deref(), self.peer.ip())
+                {
+                    Ok(identity) => {
+                        debug!(conn = self.id, key = %identity.name, "authenticated");
+                        self.identity = Some(identity);
+                        let limits = server_limits(&self.broker);
+                        self.send(Frame::HelloOk(HelloOk {
+                            version: PROTOCOL_VERSION,
+                            limits,
+                        }))
+                        .await
+                    }
+                    Err(e) => {
+                        warn!(conn = self.id, peer = %self.peer, error = %e, "authentication failed");
+                        self.send(error(0, ErrorCode::Unauthorized, e.to_string()))
+                            .await?;
+                        Err(End::ProtocolError)
+                    }
+                }
             }
             Some(Ok(Frame::Hello(hello))) => {
                 warn!(

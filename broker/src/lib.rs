@@ -11,6 +11,7 @@
 //! - [`connection`] — one task per connection: read frames, apply them, write answers.
 //! - [`broker`] — the shared handle: topic registry, creation, state persistence.
 //! - [`topic`] — bounds and admission; the group-commit writer; the dispatcher.
+//! - [`keys`] — API keys, `Hello` authentication, per-key rate settings.
 //! - [`group`] — cursor, in-flight table, redelivery and credit of one group.
 //! - [`storage`] — the segmented message log and the sled state store — all disk access.
 //! - [`metrics`] — counters.
@@ -19,6 +20,7 @@ pub mod broker;
 pub mod config;
 pub(crate) mod connection;
 pub mod group;
+pub mod keys;
 pub mod metrics;
 pub mod server;
 pub mod slots;

@@ -146,3 +146,40 @@ async fn clients_vanishing_mid_frame_and_mid_stream_do_not_disturb_a_healthy_one
     })
     .await;
 }
+
+#[tokio::test]
+async fn wrong_or_missing_credentials_get_unauthorized_and_a_close_while_a_valid_key_works() {
+    let broker = TestBroker::start_with(|c| {
+        c.keys = vec![weir_broker::keys::ApiKey {
+            name: "billing".into(),
+            token: "s3cret".into(),
+            rate: None,
+        }];
+    })
+    .await;
+    for token in [None, Some("wrong".to_string())] {
+        let mut client = RawClient::connect_raw(broker.addr).await;
+        client
+            .send(Frame::Hello(Hello {
+                version: weir_protocol::PROTOCOL_VERSION,
+                token,
+            }))
+            .await;
+        expect_error_then_close(&mut client, ErrorCode::Unauthorized).await;
+    }
+    let options = weir_client::ClientOptions {
+        token: Some("s3cret".into()),
+        ..Default::default()
+    };
+    let client = weir_client::Client::connect_with(broker.addr, options)
+        .await
+        .expect("a valid key connects");
+    assert_eq!(
+        client
+            .publisher()
+            .publish_and_wait("t", "ok")
+            .await
+            .unwrap(),
+        1
+    );
+}

@@ -111,8 +111,14 @@ fn main() -> ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "weir-broker starting");
-    // Security (DESIGN.md §6) is not built yet: say so rather than imply otherwise.
-    tracing::warn!("no API keys are configured: every client is accepted; bind to loopback only");
+    if config.keys.is_empty() {
+        tracing::warn!("no API keys are configured: anonymous clients are accepted from loopback addresses only");
+    } else {
+        tracing::info!(
+            keys = config.keys.len(),
+            "API keys configured: clients must present one"
+        );
+    }
     weir_broker::server::run(listener, config, shutdown_signal()).await?;
     Ok(())
 }
