@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weir_protocol::{TopicConfig, TopicInfo, TopicSpec};
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
@@ -124,6 +125,11 @@ impl Broker {
     /// The configured API keys.
     pub fn keys(&self) -> &KeyRing {
         &self.shared.keys
+    }
+
+    /// Admission control: overload, memory budget, per-key rate limits.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.shared.env.admission
     }
 
     /// The broker's counters.
@@ -310,6 +316,7 @@ fn recover(config: Config, runtime: tokio::runtime::Handle) -> Result<Recovered,
         config.storage.state_cache_bytes,
     )?;
     let env = TopicEnv {
+        admission: Arc::new(Admission::new(&config, std::time::Instant::now())),
         store,
         metrics: Arc::new(Metrics::default()),
         tasks: TaskTracker::new(),

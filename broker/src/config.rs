@@ -76,6 +76,16 @@ pub struct Limits {
     /// A group at `max_in_flight`, or a subscriber with no credit while messages wait, for
     /// this long is reported (log line and metric), and again every such period. Default 30 000.
     pub stall_warn_ms: u64,
+    /// One budget for every payload the broker holds for clients until it is committed (queued
+    /// or parked). A publish that does not fit gets `Rejected{Overloaded}` naming it.
+    /// Default 256 MiB.
+    pub memory_budget_bytes: u64,
+    /// Publishes get `Rejected{Overloaded}` while the p99 storage commit latency over the last
+    /// `overload_window_ms` exceeds this. Default 1 000.
+    pub overload_commit_p99_ms: u64,
+    /// The window of commit latencies the overload check looks at (and the retry hint it
+    /// gives). Default 1 000.
+    pub overload_window_ms: u64,
     /// How long a new connection may take to send `Hello`, in milliseconds; then it is closed.
     /// Default 10 000.
     pub hello_timeout_ms: u64,
@@ -158,6 +168,9 @@ impl Default for Limits {
             max_retry_after_ms: 5_000,
             drop_warn_per_s: 100,
             stall_warn_ms: 30_000,
+            memory_budget_bytes: 256 * 1024 * 1024,
+            overload_commit_p99_ms: 1_000,
+            overload_window_ms: 1_000,
             hello_timeout_ms: 10_000,
             shutdown_grace_ms: 5_000,
         }
@@ -263,6 +276,9 @@ impl Config {
             ("storage.state_flush_ms", self.storage.state_flush_ms),
             ("limits.max_retry_after_ms", l.max_retry_after_ms),
             ("limits.stall_warn_ms", l.stall_warn_ms),
+            ("limits.memory_budget_bytes", l.memory_budget_bytes),
+            ("limits.overload_commit_p99_ms", l.overload_commit_p99_ms),
+            ("limits.overload_window_ms", l.overload_window_ms),
         ];
         if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use weir_protocol::*;
 
+use crate::admission::KeyLimits;
 use crate::broker::{Broker, CreateError};
 use crate::group::{GrantError, MemberId};
 use crate::keys::Identity;
@@ -157,6 +158,7 @@ pub(crate) async fn serve(broker: Broker, socket: TcpStream, peer: SocketAddr, s
         id,
         peer,
         identity: None,
+        key: None,
         control,
         deliveries,
         subs: HashMap::new(),
@@ -249,6 +251,8 @@ struct Connection {
     peer: SocketAddr,
     /// Who the client authenticated as (set by the handshake).
     identity: Option<Identity>,
+    /// That identity's rate limits (set by the handshake).
+    key: Option<Arc<KeyLimits>>,
     control: mpsc::Sender<Frame>,
     deliveries: mpsc::Sender<Frame>,
     subs: HashMap<u64, Subscription>,
@@ -293,6 +297,7 @@ impl Connection {
                 {
                     Ok(identity) => {
                         debug!(conn = self.id, key = %identity.name, "authenticated");
+                        self.key = Some(self.broker.admission().limits_for(&identity));
                         self.identity = Some(identity);
                         let limits = server_limits(&self.broker);
                         self.send(Frame::HelloOk(HelloOk {
@@ -450,7 +455,17 @@ impl Connection {
         let Some(topic) = self.topic(p.id, &p.topic).await? else {
             return Ok(());
         };
-        match topic.publish(p.payload).await {
+        let key = self.key.clone().ok_or(End::ProtocolError)?;
+        let admission = self.broker.admission().clone();
+        let permit = match admission.admit_publish(&key, p.payload.len() as u64, Instant::now()) {
+            Ok(permit) => permit,
+            Err(r) => {
+                self.broker.metrics().refused(r.reason);
+                admission.log_refusal(&p.topic, &r);
+                return self.send(rejected(p.id, r)).await;
+            }
+        };
+        match topic.publish(p.payload, permit).await {
             Ok(Admitted::Queued(confirm)) => {
                 self.pending.push(PendingConfirm { id: p.id, confirm });
                 Ok(())
@@ -469,7 +484,21 @@ impl Connection {
         }
     }
 
+    /// Admits one expensive operation under the key's `ops_per_s`; a refusal is counted and
+    /// logged, and the caller answers it.
+    fn admit_op(&self, what: &str) -> Result<(), Refusal> {
+        let Some(key) = &self.key else { return Ok(()) };
+        let admission = self.broker.admission();
+        admission.admit_op(key, Instant::now()).inspect_err(|r| {
+            self.broker.metrics().refused(r.reason);
+            admission.log_refusal(what, r);
+        })
+    }
+
     async fn create_topic(&mut self, c: CreateTopic) -> Result<(), End> {
+        if let Err(r) = self.admit_op(&c.spec.name) {
+            return self.send(rejected(c.req, r)).await;
+        }
         let answer = match self.broker.create_topic(c.spec).await {
             Ok((topic, created)) => Frame::TopicCreated(TopicCreated {
                 req: c.req,
@@ -491,6 +520,9 @@ impl Connection {
     }
 
     async fn subscribe(&mut self, s: Subscribe) -> Result<(), End> {
+        if let Err(r) = self.admit_op(&s.topic) {
+            return self.send(rejected(s.sub, r)).await;
+        }
         let limits = &self.broker.config().limits;
         let refusal = if self.subs.contains_key(&s.sub) {
             Some((

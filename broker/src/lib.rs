@@ -9,6 +9,7 @@
 //! - [`server`] — accept loop, graceful shutdown.
 //! - [`slots`] — connection slots: `max_connections` and `max_connections_per_ip`.
 //! - [`connection`] — one task per connection: read frames, apply them, write answers.
+//! - [`admission`] — overload, memory budget and per-key rate limits, before any topic.
 //! - [`broker`] — the shared handle: topic registry, creation, state persistence.
 //! - [`topic`] — bounds and admission; the group-commit writer; the dispatcher.
 //! - [`keys`] — API keys, `Hello` authentication, per-key rate settings.
@@ -16,6 +17,7 @@
 //! - [`storage`] — the segmented message log and the sled state store — all disk access.
 //! - [`metrics`] — counters.
 
+pub mod admission;
 pub mod broker;
 pub mod config;
 pub(crate) mod connection;
@@ -26,6 +28,8 @@ pub mod server;
 pub mod slots;
 pub mod storage;
 pub mod topic;
+
+mod loom;
 
 pub use broker::Broker;
 pub use config::Config;

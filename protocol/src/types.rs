@@ -180,7 +180,7 @@ pub struct GroupInfo {
 
 /// Why a publish (or a connection) was refused. The refusal is always accompanied by the
 /// [`Limit`] that fired and, where waiting can help, a retry-after hint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RejectReason {
     /// The topic is at `max_messages` or `max_bytes` and its policy is `reject`.
     TopicFull,

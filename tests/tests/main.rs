@@ -1,5 +1,6 @@
 //! Weir's end-to-end tests: one test binary, one module per concern.
 
+mod admission;
 mod bad_input;
 mod cli;
 mod client;

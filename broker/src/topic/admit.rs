@@ -39,7 +39,7 @@ impl DropWarning {
 }
 
 /// What admission decided for a publish it did not refuse.
-pub(super) enum Admission {
+pub(super) enum Decision {
     /// Counted against the bounds: send it to the writer.
     Queue,
     /// `block` policy: it does not fit (or others wait before it): park it.
@@ -54,7 +54,7 @@ impl Topic {
         st: &mut TopicState,
         len: u64,
         now: Instant,
-    ) -> Result<Admission, AppendError> {
+    ) -> Result<Decision, AppendError> {
         let c = &self.config;
         if len > u64::from(c.max_message_bytes) {
             let limit = Limit::new("max_message_bytes", u64::from(c.max_message_bytes));
@@ -62,11 +62,11 @@ impl Topic {
         }
         match c.overflow {
             OverflowPolicy::DropOldest => {}
-            OverflowPolicy::Block if !st.parked.is_empty() => return Ok(Admission::Park),
+            OverflowPolicy::Block if !st.parked.is_empty() => return Ok(Decision::Park),
             policy => {
                 if let Some(limit) = self.limit_exceeded(st, len) {
                     if policy == OverflowPolicy::Block {
-                        return Ok(Admission::Park);
+                        return Ok(Decision::Park);
                     }
                     let retry = self.retry_after(st, len, now);
                     return Err(self.refusal(RejectReason::TopicFull, limit, Some(retry)));
@@ -75,7 +75,7 @@ impl Topic {
         }
         st.pending_count += 1;
         st.pending_bytes += len;
-        Ok(Admission::Queue)
+        Ok(Decision::Queue)
     }
 
     /// The bound one more message of `len` bytes would pass, if any.

@@ -26,12 +26,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weir_protocol::{DroppedMessage, Limit, RejectReason, TopicConfig, TopicInfo};
 
+use crate::admission::budget::MemoryPermit;
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::group::{GrantError, Group, MemberId, Outbox, Stall};
 use crate::metrics::{Counter, Metrics};
 use crate::storage::log::{LogConfig, LogError, SegmentLog};
 use crate::storage::state::{GroupRecord, StateStore};
-use admit::{Admission, DropWarning};
+use admit::{Decision, DropWarning};
 use drain::DrainRate;
 use parking::{Parked, ParkingQueue};
 use tail::TailCache;
@@ -91,6 +93,8 @@ pub struct TopicEnv {
     pub stop: CancellationToken,
     /// The runtime the tasks run on (topics are opened from blocking threads).
     pub runtime: tokio::runtime::Handle,
+    /// Admission control (the writers feed it commit latencies).
+    pub admission: Arc<Admission>,
 }
 
 /// Counters of one topic (the broker-wide ones are in [`Metrics`]).
@@ -165,6 +169,7 @@ pub struct Topic {
     drop_warn_per_s: u64,
     store: StateStore,
     metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
 }
 
 /// Locks a mutex, carrying on if a panicking thread poisoned it (the state stays consistent:
@@ -247,6 +252,7 @@ impl Topic {
             drop_warn_per_s: broker.limits.drop_warn_per_s,
             store,
             metrics: env.metrics.clone(),
+            admission: env.admission.clone(),
         });
         let max_batch = broker.storage.commit_max_batch as usize;
         env.tasks.spawn_on(
@@ -268,7 +274,11 @@ impl Topic {
     /// [`admit`]). When queued, the message counts against the bounds at once; either way the
     /// returned [`Confirm`] resolves once it is durable (or refused). Waits only when the
     /// writer's queue (`append_queue`) is full.
-    pub async fn publish(&self, payload: Bytes) -> Result<Admitted, AppendError> {
+    pub async fn publish(
+        &self,
+        payload: Bytes,
+        permit: MemoryPermit,
+    ) -> Result<Admitted, AppendError> {
         if self.failed.load(Ordering::Relaxed) {
             let name = &self.config.name;
             return Err(AppendError::Storage(format!(
@@ -280,11 +290,12 @@ impl Topic {
         let (reply, confirm) = oneshot::channel();
         {
             let mut st = lock(&self.state);
-            if let Admission::Park = self.admit(&mut st, len, now)? {
+            if let Decision::Park = self.admit(&mut st, len, now)? {
                 let parked = Parked {
                     payload,
                     reply,
                     deadline: now + self.max_block(),
+                    permit,
                 };
                 return match self.park(&mut st, parked) {
                     Ok(()) => Ok(Admitted::Parked(confirm)),
@@ -292,7 +303,16 @@ impl Topic {
                 };
             }
         }
-        if self.appends.send(Append { payload, reply }).await.is_err() {
+        if self
+            .appends
+            .send(Append {
+                payload,
+                reply,
+                permit,
+            })
+            .await
+            .is_err()
+        {
             self.release(1, len);
             return Err(AppendError::Storage("topic is closed".into()));
         }

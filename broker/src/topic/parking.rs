@@ -17,12 +17,15 @@ use weir_protocol::{Limit, RejectReason};
 
 use super::writer::Append;
 use super::{lock, AppendError, Refusal, Topic, TopicState};
+use crate::admission::budget::MemoryPermit;
 
 /// A publish waiting for room.
 pub(super) struct Parked {
     pub(super) payload: Bytes,
     pub(super) reply: oneshot::Sender<Result<u64, AppendError>>,
     pub(super) deadline: Instant,
+    /// The payload's share of the memory budget: parked payloads are held memory too.
+    pub(super) permit: MemoryPermit,
 }
 
 /// The parked publishes of one topic, oldest first. Bounded by `max_blocked_publishes`.
@@ -74,16 +77,22 @@ impl Topic {
             match appends.try_send(Append {
                 payload: p.payload,
                 reply: p.reply,
+                permit: p.permit,
             }) {
                 Ok(()) => {
                     st.pending_count += 1;
                     st.pending_bytes += len;
                 }
                 Err(e) => {
-                    let Append { payload, reply } = e.into_inner();
+                    let Append {
+                        payload,
+                        reply,
+                        permit,
+                    } = e.into_inner();
                     st.parked.push_front(Parked {
                         payload,
                         reply,
+                        permit,
                         deadline: p.deadline,
                     });
                     return;
@@ -140,10 +149,12 @@ impl Topic {
     ) -> AppendError {
         self.counters.rejected.add(1);
         self.metrics.refused(reason);
-        AppendError::Refused(Refusal {
+        let refusal = Refusal {
             reason,
             limit,
             retry_after_ms,
-        })
+        };
+        self.admission.log_refusal(&self.config.name, &refusal);
+        AppendError::Refused(refusal)
     }
 }

@@ -17,12 +17,15 @@ use tokio_util::sync::CancellationToken;
 use weir_protocol::{FsyncPolicy, OverflowPolicy, RejectReason};
 
 use super::{lock, AppendError, Topic};
+use crate::admission::budget::MemoryPermit;
 use crate::storage::log::LogError;
 
 /// One accepted publish waiting for its commit.
 pub(super) struct Append {
     pub(super) payload: Bytes,
     pub(super) reply: oneshot::Sender<Result<u64, AppendError>>,
+    /// The payload's share of the memory budget, given back once it is committed.
+    pub(super) permit: MemoryPermit,
 }
 
 /// When the log was last synced, for `fsync = "interval:<ms>"`.
@@ -132,6 +135,7 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
         .metrics
         .commit_latency_us
         .record(started.elapsed().as_micros() as u64);
+    topic.admission.record_commit(started.elapsed());
     match result {
         Ok((first, payloads)) => {
             if sync {

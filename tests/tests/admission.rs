@@ -1,0 +1,123 @@
+//! Admission control before any topic: per-key rate limits and per-operation limits refuse
+//! only the offender, with the bucket's refill time.
+
+use bytes::Bytes;
+use futures::SinkExt;
+use weir_broker::keys::{ApiKey, RateConfig};
+use weir_protocol::{Frame, Hello, Publish, RejectReason, Subscribe, PROTOCOL_VERSION};
+use weir_tests::{RawClient, TestBroker};
+
+fn key(name: &str, rate: Option<RateConfig>) -> ApiKey {
+    ApiKey {
+        name: name.into(),
+        token: format!("token-{name}"),
+        rate,
+    }
+}
+
+async fn connect_as(addr: std::net::SocketAddr, name: &str) -> RawClient {
+    let mut client = RawClient::connect_raw(addr).await;
+    client
+        .send(Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            token: Some(format!("token-{name}")),
+        }))
+        .await;
+    assert!(matches!(client.recv().await, Frame::HelloOk(_)));
+    client
+}
+
+#[tokio::test]
+async fn a_key_over_its_rate_is_refused_with_the_refill_time_while_another_key_is_not() {
+    let slow = RateConfig {
+        messages_per_s: 10,
+        messages_burst: 5,
+        ..RateConfig::default()
+    };
+    let broker =
+        TestBroker::start_with(|c| c.keys = vec![key("a", Some(slow)), key("b", None)]).await;
+    let mut a = connect_as(broker.addr, "a").await;
+    let mut b = connect_as(broker.addr, "b").await;
+    // Both keys publish 20 pipelined messages at the same time.
+    for client in [&mut a, &mut b] {
+        for id in 1..=20u64 {
+            let publish = Publish {
+                id,
+                topic: "shared".into(),
+                payload: Bytes::from(vec![id as u8]),
+            };
+            client
+                .framed_mut()
+                .feed(Frame::Publish(publish))
+                .await
+                .unwrap();
+        }
+        client.framed_mut().flush().await.unwrap();
+    }
+    let (mut a_ok, mut a_refused) = (0, 0);
+    for _ in 0..20 {
+        match a.recv().await {
+            Frame::PublishOk(_) => a_ok += 1,
+            Frame::Rejected(r) => {
+                assert_eq!(r.reason, RejectReason::RateLimited);
+                assert_eq!(
+                    (r.limit.name.as_str(), r.limit.value),
+                    ("messages_per_s", 10)
+                );
+                // One token refills in 100 ms at 10/s; a partly refilled token needs less.
+                let retry = r.retry_after_ms.expect("a refill time");
+                assert!((1..=100).contains(&retry), "retry_after_ms {retry}");
+                a_refused += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        a_ok >= 5 && a_refused >= 10,
+        "key a: {a_ok} confirmed, {a_refused} refused"
+    );
+    for _ in 0..20 {
+        assert!(
+            matches!(b.recv().await, Frame::PublishOk(_)),
+            "key b was refused for key a's rate"
+        );
+    }
+    assert_eq!(
+        broker.broker.metrics().refusals(RejectReason::RateLimited),
+        a_refused
+    );
+}
+
+#[tokio::test]
+async fn expensive_operations_have_their_own_rate_limit() {
+    let rate = RateConfig {
+        ops_per_s: 1,
+        ops_burst: 2,
+        ..RateConfig::default()
+    };
+    let broker = TestBroker::start_with(|c| c.default_rate = rate).await;
+    let mut client = RawClient::connect(broker.addr).await;
+    client.subscribe(1, "t", "g1", 1).await;
+    client.subscribe(2, "t", "g2", 1).await;
+    client
+        .send(Frame::Subscribe(Subscribe {
+            sub: 3,
+            topic: "t".into(),
+            group: "g3".into(),
+            credit: 1,
+        }))
+        .await;
+    match client.recv().await {
+        Frame::Rejected(r) => {
+            assert_eq!((r.id, r.reason), (3, RejectReason::RateLimited));
+            assert_eq!((r.limit.name.as_str(), r.limit.value), ("ops_per_s", 1));
+            assert!(r.retry_after_ms.is_some_and(|ms| ms <= 1000));
+        }
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    // Publishing is a different bucket: unaffected.
+    assert!(matches!(
+        client.publish("t", "fine").await,
+        Frame::PublishOk(_)
+    ));
+}
