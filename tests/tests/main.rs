@@ -7,6 +7,7 @@ mod client;
 mod credit;
 mod durability;
 mod limits;
+mod memory;
 mod policies;
 mod recovery;
 mod redelivery;

@@ -73,9 +73,17 @@ impl Admission {
         let mut keys: HashMap<String, Arc<KeyLimits>> = config
             .keys
             .iter()
-            .map(|k| (k.name.clone(), Arc::new(KeyLimits::new(k.rate.unwrap_or(config.default_rate), now))))
+            .map(|k| {
+                (
+                    k.name.clone(),
+                    Arc::new(KeyLimits::new(k.rate.unwrap_or(config.default_rate), now)),
+                )
+            })
             .collect();
-        keys.insert("anonymous".into(), Arc::new(KeyLimits::new(config.default_rate, now)));
+        keys.insert(
+            "anonymous".into(),
+            Arc::new(KeyLimits::new(config.default_rate, now)),
+        );
         let l = &config.limits;
         Admission {
             keys,
@@ -99,17 +107,36 @@ impl Admission {
 
     /// Admits a publish of `len` payload bytes by `key`: the memory it will hold until committed
     /// comes with the returned permit.
-    pub fn admit_publish(&self, key: &KeyLimits, len: u64, now: Instant) -> Result<MemoryPermit, Refusal> {
+    pub fn admit_publish(
+        &self,
+        key: &KeyLimits,
+        len: u64,
+        now: Instant,
+    ) -> Result<MemoryPermit, Refusal> {
         if let Some(overload) = self.overload.check(now) {
             let overload::Overload::CommitLatency { threshold, .. } = overload;
             let limit = Limit::new("overload_commit_p99_ms", threshold.as_millis() as u64);
-            return Err(refusal(RejectReason::Overloaded, limit, Some(self.overload.retry_after())));
+            return Err(refusal(
+                RejectReason::Overloaded,
+                limit,
+                Some(self.overload.retry_after()),
+            ));
         }
         let Some(permit) = self.budget.try_acquire(len) else {
             let limit = Limit::new("memory_budget_bytes", self.budget.capacity());
-            return Err(refusal(RejectReason::Overloaded, limit, Some(self.overload.retry_after())));
+            return Err(refusal(
+                RejectReason::Overloaded,
+                limit,
+                Some(self.overload.retry_after()),
+            ));
         };
-        take(&key.messages, 1, "messages_per_s", key.rate.messages_per_s, now)?;
+        take(
+            &key.messages,
+            1,
+            "messages_per_s",
+            key.rate.messages_per_s,
+            now,
+        )?;
         if let Err(e) = take(&key.bytes, len, "bytes_per_s", key.rate.bytes_per_s, now) {
             key.messages.give_back(1);
             return Err(e);
@@ -134,7 +161,8 @@ impl Admission {
 
     /// Logs a refusal, at most once per topic and reason per second.
     pub fn log_refusal(&self, topic: &str, refusal: &Refusal) {
-        self.log.note(topic, refusal.reason, &refusal.limit, Instant::now());
+        self.log
+            .note(topic, refusal.reason, &refusal.limit, Instant::now());
     }
 }
 
@@ -151,7 +179,11 @@ fn take(bucket: &TokenBucket, n: u64, name: &str, rate: u64, now: Instant) -> Re
 
 fn refusal(reason: RejectReason, limit: Limit, retry_after: Option<Duration>) -> Refusal {
     let retry_after_ms = retry_after.map(|d| (d.as_micros().div_ceil(1000) as u64).max(1));
-    Refusal { reason, limit, retry_after_ms }
+    Refusal {
+        reason,
+        limit,
+        retry_after_ms,
+    }
 }
 
 #[cfg(all(test, not(weir_loom)))]
@@ -159,18 +191,28 @@ mod tests {
     use super::*;
 
     fn config(rate: RateConfig, budget: u64) -> Config {
-        let mut config = Config { default_rate: rate, ..Config::default() };
+        let mut config = Config {
+            default_rate: rate,
+            ..Config::default()
+        };
         config.limits.memory_budget_bytes = budget;
         config
     }
 
     fn anonymous(rate: RateConfig) -> Identity {
-        Identity { name: "anonymous".into(), rate }
+        Identity {
+            name: "anonymous".into(),
+            rate,
+        }
     }
 
     #[test]
     fn a_key_over_its_rate_is_refused_with_the_refill_time() {
-        let rate = RateConfig { messages_per_s: 10, messages_burst: 2, ..RateConfig::default() };
+        let rate = RateConfig {
+            messages_per_s: 10,
+            messages_burst: 2,
+            ..RateConfig::default()
+        };
         let admission = Admission::new(&config(rate, 1 << 20), Instant::now());
         let key = admission.limits_for(&anonymous(rate));
         let now = Instant::now();
@@ -178,7 +220,10 @@ mod tests {
         admission.admit_publish(&key, 10, now).unwrap();
         let refused = admission.admit_publish(&key, 10, now).unwrap_err();
         assert_eq!(refused.reason, RejectReason::RateLimited);
-        assert_eq!((refused.limit.name.as_str(), refused.limit.value), ("messages_per_s", 10));
+        assert_eq!(
+            (refused.limit.name.as_str(), refused.limit.value),
+            ("messages_per_s", 10)
+        );
         assert_eq!(refused.retry_after_ms, Some(100));
     }
 
@@ -187,8 +232,13 @@ mod tests {
         let admission = Admission::new(&config(RateConfig::default(), 100), Instant::now());
         let key = admission.limits_for(&anonymous(RateConfig::default()));
         let held = admission.admit_publish(&key, 80, Instant::now()).unwrap();
-        let refused = admission.admit_publish(&key, 30, Instant::now()).unwrap_err();
-        assert_eq!((refused.reason, refused.limit.name.as_str()), (RejectReason::Overloaded, "memory_budget_bytes"));
+        let refused = admission
+            .admit_publish(&key, 30, Instant::now())
+            .unwrap_err();
+        assert_eq!(
+            (refused.reason, refused.limit.name.as_str()),
+            (RejectReason::Overloaded, "memory_budget_bytes")
+        );
         drop(held);
         admission.admit_publish(&key, 30, Instant::now()).unwrap();
     }
@@ -200,8 +250,13 @@ mod tests {
         let admission = Admission::new(&c, Instant::now());
         let key = admission.limits_for(&anonymous(RateConfig::default()));
         admission.record_commit(Duration::from_millis(200));
-        let refused = admission.admit_publish(&key, 1, Instant::now()).unwrap_err();
-        assert_eq!((refused.reason, refused.limit.value), (RejectReason::Overloaded, 50));
+        let refused = admission
+            .admit_publish(&key, 1, Instant::now())
+            .unwrap_err();
+        assert_eq!(
+            (refused.reason, refused.limit.value),
+            (RejectReason::Overloaded, 50)
+        );
         assert!(refused.retry_after_ms.is_some());
     }
 }

@@ -10,7 +10,7 @@
 mod admit;
 mod dispatch;
 mod drain;
-mod parking;
+pub(crate) mod parking;
 mod tail;
 mod writer;
 
@@ -135,7 +135,7 @@ struct TopicState {
     recent_drops: VecDeque<DroppedMessage>,
     drop_warning: DropWarning,
     /// `block` policy: publishes waiting for room.
-    parked: ParkingQueue,
+    parked: ParkingQueue<Parked>,
 }
 
 impl TopicState {
@@ -234,7 +234,7 @@ impl Topic {
             drain: DrainRate::new(Instant::now()),
             recent_drops: VecDeque::with_capacity(admit::DROP_SAMPLE),
             drop_warning: DropWarning::new(Instant::now()),
-            parked: ParkingQueue::new(),
+            parked: ParkingQueue::new(config.max_blocked_publishes as usize),
         };
         let (appends, queue) = mpsc::channel(broker.storage.append_queue as usize);
         let topic = Arc::new(Topic {

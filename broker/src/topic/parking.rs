@@ -28,19 +28,78 @@ pub(super) struct Parked {
     pub(super) permit: MemoryPermit,
 }
 
-/// The parked publishes of one topic, oldest first. Bounded by `max_blocked_publishes`.
-pub(super) type ParkingQueue = VecDeque<Parked>;
+/// A bounded FIFO of parked items: the parked publishes of one topic, oldest first, at most
+/// `capacity` (`max_blocked_publishes`). Every item leaves exactly once — unparked, expired or
+/// drained. Not synchronised itself: it lives under its topic's lock (and under a loom mutex in
+/// the model tests).
+#[derive(Debug)]
+pub(crate) struct ParkingQueue<T> {
+    items: VecDeque<T>,
+    capacity: usize,
+}
+
+impl<T> ParkingQueue<T> {
+    /// An empty queue holding at most `capacity` items.
+    pub(crate) fn new(capacity: usize) -> ParkingQueue<T> {
+        ParkingQueue {
+            items: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// Parks `item` at the back; returns it when the queue is full. `Ok(true)` when the queue
+    /// was empty before (its earliest deadline changed).
+    pub(crate) fn park(&mut self, item: T) -> Result<bool, T> {
+        if self.items.len() >= self.capacity {
+            return Err(item);
+        }
+        self.items.push_back(item);
+        Ok(self.items.len() == 1)
+    }
+
+    /// The oldest item.
+    pub(crate) fn front(&self) -> Option<&T> {
+        self.items.front()
+    }
+
+    /// Takes the oldest item if `ready` says so.
+    pub(crate) fn pop_front_if(&mut self, ready: impl FnOnce(&T) -> bool) -> Option<T> {
+        if ready(self.items.front()?) {
+            return self.items.pop_front();
+        }
+        None
+    }
+
+    /// Puts back, first, an item just taken that could not be handed on (never grows the queue
+    /// past what it held before the take).
+    pub(crate) fn requeue_front(&mut self, item: T) {
+        self.items.push_front(item);
+    }
+
+    /// Takes every item, oldest first.
+    pub(crate) fn drain(&mut self) -> Vec<T> {
+        self.items.drain(..).collect()
+    }
+
+    /// Items parked now.
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether nothing is parked.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
 
 impl Topic {
     /// Parks a publish that does not fit now. Returns it back when the parking queue is full
     /// (or the broker is shutting down).
     pub(super) fn park(&self, st: &mut TopicState, parked: Parked) -> Result<(), Parked> {
-        let closing = self.closing.load(std::sync::atomic::Ordering::Relaxed);
-        if closing || st.parked.len() >= self.config.max_blocked_publishes as usize {
+        if self.closing.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(parked);
         }
-        let was_empty = st.parked.is_empty();
-        st.parked.push_back(parked);
+        let was_empty = st.parked.park(parked)?;
         self.metrics.parked.add(1);
         if was_empty {
             // The writer times parked publishes out; it must learn the new earliest deadline.
@@ -71,7 +130,7 @@ impl Topic {
             if self.limit_exceeded(st, len).is_some() {
                 return;
             }
-            let Some(p) = st.parked.pop_front() else {
+            let Some(p) = st.parked.pop_front_if(|_| true) else {
                 return;
             };
             match appends.try_send(Append {
@@ -89,7 +148,7 @@ impl Topic {
                         reply,
                         permit,
                     } = e.into_inner();
-                    st.parked.push_front(Parked {
+                    st.parked.requeue_front(Parked {
                         payload,
                         reply,
                         permit,
@@ -104,10 +163,7 @@ impl Topic {
     /// Refuses every parked publish whose `max_block_ms` has passed.
     pub(super) fn expire_parked(&self, now: Instant) {
         let mut st = lock(&self.state);
-        while st.parked.front().is_some_and(|p| p.deadline <= now) {
-            let Some(p) = st.parked.pop_front() else {
-                break;
-            };
+        while let Some(p) = st.parked.pop_front_if(|p| p.deadline <= now) {
             let limit = Limit::new("max_block_ms", self.config.max_block_ms);
             let retry = self.retry_after(&st, p.payload.len() as u64, now);
             let _ = p.reply.send(Err(self.refusal(
@@ -123,7 +179,7 @@ impl Topic {
     pub fn refuse_parked(&self, reason: RejectReason) {
         self.closing
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let parked: Vec<Parked> = lock(&self.state).parked.drain(..).collect();
+        let parked: Vec<Parked> = lock(&self.state).parked.drain();
         for p in parked {
             let limit = Limit::new("max_block_ms", self.config.max_block_ms);
             let _ = p.reply.send(Err(self.refusal(reason, limit, Some(1_000))));
@@ -156,5 +212,23 @@ impl Topic {
         };
         self.admission.log_refusal(&self.config.name, &refusal);
         AppendError::Refused(refusal)
+    }
+}
+
+#[cfg(all(test, not(weir_loom)))]
+mod tests {
+    use super::ParkingQueue;
+
+    #[test]
+    fn bounded_fifo_where_every_item_leaves_once() {
+        let mut q = ParkingQueue::new(2);
+        assert_eq!(q.park(1), Ok(true));
+        assert_eq!(q.park(2), Ok(false));
+        assert_eq!(q.park(3), Err(3));
+        assert_eq!(q.pop_front_if(|i| *i > 1), None);
+        assert_eq!(q.pop_front_if(|_| true), Some(1));
+        q.requeue_front(1);
+        assert_eq!(q.drain(), vec![1, 2]);
+        assert!(q.is_empty());
     }
 }
