@@ -86,6 +86,9 @@ pub struct Limits {
     /// The window of commit latencies the overload check looks at (and the retry hint it
     /// gives). Default 1 000.
     pub overload_window_ms: u64,
+    /// Publishes get `Rejected{Overloaded}` while this many appends, across all topics, wait
+    /// for their commit. Default 65 536.
+    pub overload_queued_appends: u64,
     /// How long a new connection may take to send `Hello`, in milliseconds; then it is closed.
     /// Default 10 000.
     pub hello_timeout_ms: u64,
@@ -171,6 +174,7 @@ impl Default for Limits {
             memory_budget_bytes: 256 * 1024 * 1024,
             overload_commit_p99_ms: 1_000,
             overload_window_ms: 1_000,
+            overload_queued_appends: 65_536,
             hello_timeout_ms: 10_000,
             shutdown_grace_ms: 5_000,
         }
@@ -279,6 +283,7 @@ impl Config {
             ("limits.memory_budget_bytes", l.memory_budget_bytes),
             ("limits.overload_commit_p99_ms", l.overload_commit_p99_ms),
             ("limits.overload_window_ms", l.overload_window_ms),
+            ("limits.overload_queued_appends", l.overload_queued_appends),
         ];
         if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));

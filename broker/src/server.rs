@@ -11,13 +11,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::codec::Encoder;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use weir_protocol::{Frame, Limit, RejectReason, Rejected, WeirCodec};
 
 use crate::broker::{Broker, OpenError};
 use crate::config::Config;
 use crate::connection::{self, Stop};
 use crate::slots::ConnectionSlots;
+use crate::topic::Refusal;
 
 /// Refused connections being answered at once; past it, further ones are closed unanswered.
 const MAX_REFUSALS_IN_PROGRESS: usize = 64;
@@ -82,7 +83,14 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
             Err(limit) => {
                 broker.metrics().connections_refused.add(1);
                 broker.metrics().refused(RejectReason::TooManyConnections);
-                warn!(%peer, limit = %limit.name, value = limit.value, "connection refused");
+                debug!(%peer, limit = %limit.name, value = limit.value, "connection refused");
+                let refusal = Refusal {
+                    reason: RejectReason::TooManyConnections,
+                    limit: limit.clone(),
+                    retry_after_ms: Some(1000),
+                };
+                // At most one line per second, however many connections are refused.
+                broker.admission().log_refusal("(connections)", &refusal);
                 if let Ok(permit) = refusals.clone().try_acquire_owned() {
                     connections.spawn(async move {
                         refuse(socket, limit).await;

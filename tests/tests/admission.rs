@@ -121,3 +121,48 @@ async fn expensive_operations_have_their_own_rate_limit() {
         Frame::PublishOk(_)
     ));
 }
+
+#[tokio::test]
+async fn more_queued_appends_than_the_overload_threshold_are_refused_as_overloaded() {
+    let broker = TestBroker::start_with(|c| c.limits.overload_queued_appends = 1).await;
+    let mut client = RawClient::connect(broker.addr).await;
+    // 50 pipelined publishes arrive faster than one fdatasync: with at most one append queued
+    // broker-wide, the rest of a burst is refused until the commit completes.
+    for id in 1..=50u64 {
+        let publish = Publish {
+            id,
+            topic: "q".into(),
+            payload: Bytes::from(vec![id as u8]),
+        };
+        client
+            .framed_mut()
+            .feed(Frame::Publish(publish))
+            .await
+            .unwrap();
+    }
+    client.framed_mut().flush().await.unwrap();
+    let (mut ok, mut overloaded) = (0, 0);
+    for _ in 0..50 {
+        match client.recv().await {
+            Frame::PublishOk(_) => ok += 1,
+            Frame::Rejected(r) => {
+                assert_eq!(r.reason, RejectReason::Overloaded);
+                assert_eq!(
+                    (r.limit.name.as_str(), r.limit.value),
+                    ("overload_queued_appends", 1)
+                );
+                overloaded += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        ok >= 1 && overloaded >= 1,
+        "{ok} confirmed, {overloaded} refused"
+    );
+    assert_eq!(
+        client.list().await[0].depth,
+        ok,
+        "exactly the confirmed ones are stored"
+    );
+}

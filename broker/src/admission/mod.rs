@@ -3,6 +3,8 @@
 //!
 //! 1. **Overload** — commit latency p99 over the last `overload_window_ms` above
 //!    `overload_commit_p99_ms`: `Rejected{Overloaded}` until it recovers.
+//!    Likewise while more than `overload_queued_appends` appends wait for their commit across
+//!    all topics (the writers are behind).
 //! 2. **Memory budget** — the payload must fit in `memory_budget_bytes`, shared by every payload
 //!    the broker holds for clients until it is committed (queued or parked):
 //!    `Rejected{Overloaded}` naming `memory_budget_bytes`.
@@ -25,6 +27,7 @@ pub mod overload;
 mod loom_tests;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,6 +68,9 @@ pub struct Admission {
     budget: MemoryBudget,
     overload: OverloadDetector,
     log: RefusalLog,
+    /// Appends waiting for their commit, across all topics.
+    queued: AtomicU64,
+    max_queued: u64,
 }
 
 impl Admission {
@@ -93,6 +99,8 @@ impl Admission {
                 Duration::from_millis(l.overload_commit_p99_ms),
             ),
             log: RefusalLog::default(),
+            queued: AtomicU64::new(0),
+            max_queued: l.overload_queued_appends,
         }
     }
 
@@ -113,6 +121,15 @@ impl Admission {
         len: u64,
         now: Instant,
     ) -> Result<MemoryPermit, Refusal> {
+        let queued = self.queued.load(Ordering::Relaxed);
+        if queued >= self.max_queued {
+            let limit = Limit::new("overload_queued_appends", self.max_queued);
+            return Err(refusal(
+                RejectReason::Overloaded,
+                limit,
+                Some(self.overload.retry_after()),
+            ));
+        }
         if let Some(overload) = self.overload.check(now) {
             let overload::Overload::CommitLatency { threshold, .. } = overload;
             let limit = Limit::new("overload_commit_p99_ms", threshold.as_millis() as u64);
@@ -147,6 +164,15 @@ impl Admission {
     /// Admits one expensive operation (topic create, subscribe) by `key`.
     pub fn admit_op(&self, key: &KeyLimits, now: Instant) -> Result<(), Refusal> {
         take(&key.ops, 1, "ops_per_s", key.rate.ops_per_s, now)
+    }
+
+    /// Counts appends queued for a commit (`n` > 0) or done with it (`n` < 0).
+    pub fn queued(&self, n: i64) {
+        if n >= 0 {
+            self.queued.fetch_add(n as u64, Ordering::Relaxed);
+        } else {
+            self.queued.fetch_sub(n.unsigned_abs(), Ordering::Relaxed);
+        }
     }
 
     /// Records a storage commit's latency for overload detection.
@@ -241,6 +267,24 @@ mod tests {
         );
         drop(held);
         admission.admit_publish(&key, 30, Instant::now()).unwrap();
+    }
+
+    #[test]
+    fn too_much_queued_work_makes_publishes_overloaded() {
+        let mut c = config(RateConfig::default(), 1 << 20);
+        c.limits.overload_queued_appends = 2;
+        let admission = Admission::new(&c, Instant::now());
+        let key = admission.limits_for(&anonymous(RateConfig::default()));
+        admission.queued(2);
+        let refused = admission
+            .admit_publish(&key, 1, Instant::now())
+            .unwrap_err();
+        assert_eq!(
+            (refused.reason, refused.limit.name.as_str()),
+            (RejectReason::Overloaded, "overload_queued_appends")
+        );
+        admission.queued(-1);
+        admission.admit_publish(&key, 1, Instant::now()).unwrap();
     }
 
     #[test]

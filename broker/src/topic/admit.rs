@@ -75,6 +75,7 @@ impl Topic {
         }
         st.pending_count += 1;
         st.pending_bytes += len;
+        self.admission.queued(1);
         Ok(Decision::Queue)
     }
 

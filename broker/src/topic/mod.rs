@@ -323,6 +323,7 @@ impl Topic {
         let mut st = lock(&self.state);
         st.pending_count -= count;
         st.pending_bytes -= bytes;
+        self.admission.queued(-(count as i64));
     }
 
     /// Attaches a subscription to `group` (created at the topic's earliest stored message on

@@ -141,6 +141,7 @@ impl Topic {
                 Ok(()) => {
                     st.pending_count += 1;
                     st.pending_bytes += len;
+                    self.admission.queued(1);
                 }
                 Err(e) => {
                     let Append {

@@ -149,6 +149,7 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
                 let mut st = lock(&topic.state);
                 st.pending_count -= count;
                 st.pending_bytes -= bytes;
+                topic.admission.queued(-(count as i64));
                 for (i, payload) in payloads.into_iter().enumerate() {
                     st.sizes.push_back(payload.len() as u32);
                     st.stored_bytes += payload.len() as u64;
