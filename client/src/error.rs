@@ -59,6 +59,13 @@ pub enum ClientError {
     /// [`crate::Publisher::publish`], which waits for a slot instead.
     #[error("publish window full")]
     WindowFull,
+    /// The publisher's circuit breaker is open (see [`crate::Publisher::with_retry`]): the
+    /// broker kept refusing, so publishing pauses; a probe is let through after `retry_after`.
+    #[error("circuit breaker open; retry after {retry_after:?}")]
+    CircuitOpen {
+        /// When the breaker lets a probe through.
+        retry_after: std::time::Duration,
+    },
     /// The connection closed without the broker saying why (end of stream), or its task is gone.
     #[error("connection lost")]
     ConnectionLost,

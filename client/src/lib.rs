@@ -37,6 +37,7 @@
 //! - [`client`]: [`Client`] (connect, limits, admin requests) and [`ClientOptions`].
 //! - [`publisher`]: [`Publisher`] (the publish window) and [`PublishConfirm`].
 //! - [`subscription`]: [`Subscription`] (a `Stream` of [`Delivery`]) and ack handling.
+//! - [`retry`] — [`RetryPolicy`]: full-jitter backoff, retry budget, circuit breaker.
 //! - [`error`]: [`ClientError`] and [`PublishError`].
 //! - `connection` (private): the handshake and the one task per connection that owns the
 //!   socket, batches writes and routes answers by id.
@@ -50,11 +51,13 @@ mod connection;
 pub mod error;
 mod pacing;
 pub mod publisher;
+pub mod retry;
 pub mod subscription;
 
 pub use client::{Client, ClientOptions};
 pub use error::{ClientError, PublishError};
 pub use publisher::{PublishConfirm, Publisher};
+pub use retry::{BreakerPolicy, BreakerState, RetryPolicy};
 pub use subscription::{Delivery, Subscription};
 pub use weir_protocol::{
     ErrorCode, FsyncPolicy, GroupInfo, Limit, OverflowPolicy, RejectReason, ServerLimits,

@@ -3,14 +3,19 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, Semaphore, TryAcquireError};
 
 use crate::connection::{Command, ConnHandle};
 use crate::error::{ClientError, PublishError};
+use crate::retry::{
+    full_jitter, retryable, BreakerState, CircuitBreaker, RetryBudget, RetryPolicy,
+};
 
 /// Publishes messages through a bounded window of unconfirmed publishes.
 ///
@@ -26,6 +31,22 @@ pub struct Publisher {
     conn: ConnHandle,
     window: Arc<Semaphore>,
     size: usize,
+    /// Set by [`Publisher::with_retry`].
+    retry: Option<Arc<Retrier>>,
+}
+
+/// The retry state a publisher's clones share.
+#[derive(Debug)]
+struct Retrier {
+    policy: RetryPolicy,
+    state: Mutex<(RetryBudget, CircuitBreaker)>,
+    retries: AtomicU64,
+}
+
+impl Retrier {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (RetryBudget, CircuitBreaker)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Publisher {
@@ -34,6 +55,72 @@ impl Publisher {
             conn,
             window: Arc::new(Semaphore::new(size)),
             size,
+            retry: None,
+        }
+    }
+
+    /// This publisher (sharing its window) with retries of refused publishes per `policy`:
+    /// refusals that waiting can fix are retried after a full-jitter backoff that never comes
+    /// before the broker's `retry_after_ms`, within the retry budget and while the circuit
+    /// breaker is closed; everything else, and a refusal past the budget, surfaces in the
+    /// confirm. Each retry takes a window slot like any publish, so retries never exceed the
+    /// window. While the breaker is open, publishing fails at once with
+    /// [`ClientError::CircuitOpen`].
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Publisher {
+        let now = Instant::now();
+        let state = (
+            RetryBudget::new(&policy, now),
+            CircuitBreaker::new(policy.breaker.clone()),
+        );
+        self.retry = Some(Arc::new(Retrier {
+            policy,
+            state: Mutex::new(state),
+            retries: AtomicU64::new(0),
+        }));
+        self
+    }
+
+    /// How many retries this publisher (and its clones) has sent.
+    pub fn retries(&self) -> u64 {
+        self.retry
+            .as_ref()
+            .map_or(0, |r| r.retries.load(Ordering::Relaxed))
+    }
+
+    /// The circuit breaker's state, when retrying is on.
+    pub fn breaker_state(&self) -> Option<BreakerState> {
+        self.retry
+            .as_ref()
+            .map(|r| r.lock().1.state(Instant::now()))
+    }
+
+    /// With retry on: refuses at once while the breaker is open, and counts the publish for
+    /// the retry budget.
+    fn before_publish(&self) -> Result<(), ClientError> {
+        let Some(r) = &self.retry else { return Ok(()) };
+        let now = Instant::now();
+        let mut state = r.lock();
+        state
+            .1
+            .allow(now)
+            .map_err(|retry_after| ClientError::CircuitOpen { retry_after })?;
+        state.0.record_publish(now);
+        Ok(())
+    }
+
+    /// With retry on, hands the confirm to a task that retries it; otherwise returns it.
+    fn retrying(&self, topic: &str, payload: Bytes, confirm: PublishConfirm) -> PublishConfirm {
+        let Some(retrier) = self.retry.clone() else {
+            return confirm;
+        };
+        let plain = Publisher {
+            retry: None,
+            ..self.clone()
+        };
+        let topic = topic.to_owned();
+        let task = tokio::spawn(retry_loop(plain, retrier, topic, payload, confirm));
+        PublishConfirm {
+            inner: Inner::Retrying(task),
         }
     }
 
@@ -59,6 +146,13 @@ impl Publisher {
         payload: impl Into<Bytes>,
     ) -> Result<PublishConfirm, ClientError> {
         let payload = payload.into();
+        self.before_publish()?;
+        let confirm = self.send(topic, payload.clone()).await?;
+        Ok(self.retrying(topic, payload, confirm))
+    }
+
+    /// Sends one publish once the window has a slot.
+    async fn send(&self, topic: &str, payload: Bytes) -> Result<PublishConfirm, ClientError> {
         let topic = topic.to_owned();
         let permit = match self.window.clone().acquire_owned().await {
             Ok(permit) => permit,
@@ -73,7 +167,9 @@ impl Publisher {
                 permit,
             })
             .await?;
-        Ok(PublishConfirm { rx })
+        Ok(PublishConfirm {
+            inner: Inner::Direct(rx),
+        })
     }
 
     /// Like [`Publisher::publish`], but never waits: fails with [`ClientError::WindowFull`] when
@@ -84,6 +180,8 @@ impl Publisher {
         topic: &str,
         payload: impl Into<Bytes>,
     ) -> Result<PublishConfirm, ClientError> {
+        let payload = payload.into();
+        self.before_publish()?;
         let permit = match self.window.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(TryAcquireError::NoPermits) => return Err(ClientError::WindowFull),
@@ -92,12 +190,18 @@ impl Publisher {
         let (reply, rx) = oneshot::channel();
         let cmd = Command::Publish {
             topic: topic.to_owned(),
-            payload: payload.into(),
+            payload: payload.clone(),
             reply,
             permit,
         };
         match self.conn.tx.try_send(cmd) {
-            Ok(()) => Ok(PublishConfirm { rx }),
+            Ok(()) => Ok(self.retrying(
+                topic,
+                payload,
+                PublishConfirm {
+                    inner: Inner::Direct(rx),
+                },
+            )),
             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => Err(ClientError::WindowFull),
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Err(self.conn.shared.error()),
         }
@@ -124,18 +228,79 @@ impl Publisher {
 #[derive(Debug)]
 #[must_use = "a publish may be refused; await the confirm to find out"]
 pub struct PublishConfirm {
-    rx: oneshot::Receiver<Result<u64, PublishError>>,
+    inner: Inner,
+}
+
+/// Where a confirm comes from.
+#[derive(Debug)]
+enum Inner {
+    /// The broker's answer to the one publish.
+    Direct(oneshot::Receiver<Result<u64, PublishError>>),
+    /// A task retrying the publish (see [`Publisher::with_retry`]).
+    Retrying(tokio::task::JoinHandle<Result<u64, PublishError>>),
 }
 
 impl Future for PublishConfirm {
     type Output = Result<u64, PublishError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match Pin::new(&mut self.rx).poll(cx) {
-            Poll::Ready(Ok(outcome)) => Poll::Ready(outcome),
-            Poll::Ready(Err(_)) => Poll::Ready(Err(PublishError::ConnectionLost)),
-            Poll::Pending => Poll::Pending,
+        match &mut self.inner {
+            Inner::Direct(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(PublishError::ConnectionLost))),
+            Inner::Retrying(task) => Pin::new(task)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(PublishError::ConnectionLost))),
         }
+    }
+}
+
+/// Awaits a publish's outcome and retries it while the policy, the budget and the breaker
+/// allow; returns the final outcome.
+async fn retry_loop(
+    publisher: Publisher,
+    retrier: Arc<Retrier>,
+    topic: String,
+    payload: Bytes,
+    first: PublishConfirm,
+) -> Result<u64, PublishError> {
+    let mut outcome = first.await;
+    let mut attempt = 0;
+    loop {
+        let error = match outcome {
+            Ok(seq) => {
+                retrier.lock().1.success();
+                return Ok(seq);
+            }
+            Err(e) => e,
+        };
+        let now = Instant::now();
+        if !retryable(&error) {
+            if matches!(error, PublishError::ConnectionLost) {
+                retrier.lock().1.failure(now);
+            }
+            return Err(error);
+        }
+        {
+            let mut state = retrier.lock();
+            state.1.failure(now);
+            let allowed = attempt < retrier.policy.max_retries && state.1.allow(now).is_ok();
+            if !allowed || !state.0.try_begin_retry(now) {
+                return Err(error);
+            }
+        }
+        let retry_after = error.retry_after().unwrap_or_default();
+        let p = &retrier.policy;
+        let delay = full_jitter(p.base, p.cap, attempt, retry_after, &mut rand::rng());
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+        retrier.retries.fetch_add(1, Ordering::Relaxed);
+        let sent = publisher.send(&topic, payload.clone()).await;
+        outcome = match sent {
+            Ok(confirm) => confirm.await,
+            Err(_) => Err(PublishError::ConnectionLost),
+        };
+        retrier.lock().0.end_retry();
     }
 }
 

@@ -4,6 +4,7 @@ mod admission;
 mod bad_input;
 mod cli;
 mod client;
+mod client_retry;
 mod credit;
 mod durability;
 mod limits;
