@@ -6,7 +6,8 @@ use std::time::Duration;
 use tokio::net::ToSocketAddrs;
 use tokio::sync::oneshot;
 use weir_protocol::{
-    Frame, ServerLimits, TopicConfig, TopicInfo, TopicSpec, DEFAULT_MAX_FRAME_BYTES,
+    Frame, ServerLimits, TopicConfig, TopicDescription, TopicInfo, TopicSpec,
+    DEFAULT_MAX_FRAME_BYTES,
 };
 
 use crate::connection::{self, AdminRequest, Command, ConnHandle};
@@ -121,6 +122,21 @@ impl Client {
             Frame::TopicList(t) => Ok(t.topics),
             other => Err(ClientError::Protocol(format!(
                 "ListTopics answered with {}",
+                other.name()
+            ))),
+        }
+    }
+
+    /// Describes one topic: its snapshot and the sample of messages `drop_oldest` evicted most
+    /// recently (at most 100). Fails with [`ClientError::Broker`] (`UnknownTopic`).
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, ClientError> {
+        match self
+            .request(AdminRequest::DescribeTopic(name.to_owned()))
+            .await?
+        {
+            Frame::TopicDescription(d) => Ok(d),
+            other => Err(ClientError::Protocol(format!(
+                "DescribeTopic answered with {}",
                 other.name()
             ))),
         }

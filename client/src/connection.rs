@@ -120,6 +120,7 @@ impl ConnHandle {
 pub(crate) enum AdminRequest {
     CreateTopic(TopicSpec),
     ListTopics,
+    DescribeTopic(String),
 }
 
 /// One delivery as routed by the task, before the subscription wraps it.
@@ -144,6 +145,11 @@ pub(crate) struct SubShared {
     /// The error that ended the subscription, set before its channel is closed.
     pub end: Mutex<Option<ClientError>>,
     pub conn: Arc<ConnShared>,
+    /// Messages the broker evicted (`drop_oldest`) before this subscription's group got them.
+    pub dropped: std::sync::atomic::AtomicU64,
+    /// Gap notices that found the stream's buffer full, merged into one range the stream
+    /// yields on its next poll (so none is lost, and this holds one range at most).
+    pub pending_gap: Mutex<Option<(u64, u64)>>,
 }
 
 /// A request to the connection task.
@@ -547,6 +553,9 @@ impl ConnTask {
                         Frame::CreateTopic(CreateTopic { req, spec })
                     }
                     AdminRequest::ListTopics => Frame::ListTopics(ListTopics { req }),
+                    AdminRequest::DescribeTopic(name) => {
+                        Frame::DescribeTopic(weir_protocol::DescribeTopic { req, name })
+                    }
                 };
                 self.send_frame(&frame)?;
                 self.requests.insert(req, reply);
@@ -706,6 +715,7 @@ impl ConnTask {
             Frame::Error(e) => self.on_error(e)?,
             Frame::TopicCreated(ref t) => self.answer(t.req, frame)?,
             Frame::TopicList(ref t) => self.answer(t.req, frame)?,
+            Frame::TopicDescription(ref t) => self.answer(t.req, frame)?,
             Frame::Subscribed(s) => {
                 let entry = self.subs.get_mut(&s.sub).ok_or_else(|| {
                     protocol(format!("Subscribed for unknown subscription {}", s.sub))
@@ -775,6 +785,37 @@ impl ConnTask {
                                 "subscription {} buffer overflow: more deliveries than its window",
                                 d.sub
                             )));
+                        }
+                    }
+                }
+            }
+            Frame::Gap(g) => {
+                // A gap for a subscription already gone concerns nobody.
+                let Some(entry) = self.subs.get_mut(&g.sub) else {
+                    return Ok(());
+                };
+                let count = g.to.saturating_sub(g.from) + 1;
+                entry
+                    .shared
+                    .dropped
+                    .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    sub = g.sub,
+                    from = g.from,
+                    to = g.to,
+                    "the broker dropped messages before delivery"
+                );
+                if let Some(tx) = &entry.tx {
+                    let notice = Err(ClientError::MessagesDropped {
+                        from: g.from,
+                        to: g.to,
+                    });
+                    if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(notice) {
+                        // The app has unread items, so it will poll again: merge for then.
+                        if let Ok(mut pending) = entry.shared.pending_gap.lock() {
+                            let (from, to) = pending
+                                .map_or((g.from, g.to), |(f, t)| (f.min(g.from), t.max(g.to)));
+                            *pending = Some((from, to));
                         }
                     }
                 }

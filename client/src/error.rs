@@ -59,6 +59,15 @@ pub enum ClientError {
     /// [`crate::Publisher::publish`], which waits for a slot instead.
     #[error("publish window full")]
     WindowFull,
+    /// The broker evicted messages `from..=to` (a `drop_oldest` topic at its bound) before this
+    /// subscription's group received them. Yielded by the subscription stream, which goes on.
+    #[error("the broker dropped messages {from}..={to} before delivery (drop_oldest)")]
+    MessagesDropped {
+        /// First evicted sequence.
+        from: u64,
+        /// Last evicted sequence.
+        to: u64,
+    },
     /// The publisher's circuit breaker is open (see [`crate::Publisher::with_retry`]): the
     /// broker kept refusing, so publishing pauses; a probe is let through after `retry_after`.
     #[error("circuit breaker open; retry after {retry_after:?}")]

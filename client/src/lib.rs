@@ -60,6 +60,6 @@ pub use publisher::{PublishConfirm, Publisher};
 pub use retry::{BreakerPolicy, BreakerState, RetryPolicy};
 pub use subscription::{Delivery, Subscription};
 pub use weir_protocol::{
-    ErrorCode, FsyncPolicy, GroupInfo, Limit, OverflowPolicy, RejectReason, ServerLimits,
-    TopicConfig, TopicInfo, TopicSpec,
+    DroppedMessage, ErrorCode, FsyncPolicy, GroupInfo, Limit, OverflowPolicy, RejectReason,
+    ServerLimits, TopicConfig, TopicDescription, TopicInfo, TopicSpec,
 };

@@ -66,6 +66,8 @@ impl Subscription {
             pacer: Mutex::new(AckPacer::new(window)),
             end: Mutex::new(None),
             conn: conn.shared.clone(),
+            dropped: std::sync::atomic::AtomicU64::new(0),
+            pending_gap: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(window as usize + SUB_ERROR_SLOTS);
         let (reply, reply_rx) = oneshot::channel();
@@ -124,6 +126,15 @@ impl Subscription {
         self.window
     }
 
+    /// How many messages the broker evicted (`drop_oldest` topics) before this subscription's
+    /// group received them. Each eviction also comes through the stream as
+    /// [`ClientError::MessagesDropped`], after which the stream goes on.
+    pub fn dropped(&self) -> u64 {
+        self.shared
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Unsubscribes and waits for the broker to confirm. Acks made before are sent first;
     /// deliveries not acked (including any still buffered) are redelivered to the group.
     /// Fails with the connection's terminal error if it ended first.
@@ -149,6 +160,15 @@ impl Stream for Subscription {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.done {
             return Poll::Ready(None);
+        }
+        let pending_gap = self
+            .shared
+            .pending_gap
+            .lock()
+            .ok()
+            .and_then(|mut g| g.take());
+        if let Some((from, to)) = pending_gap {
+            return Poll::Ready(Some(Err(ClientError::MessagesDropped { from, to })));
         }
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(Ok(raw))) => Poll::Ready(Some(Ok(Delivery {

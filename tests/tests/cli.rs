@@ -88,3 +88,41 @@ async fn a_refused_publish_exits_non_zero_with_reason_limit_and_retry_after() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_info_shows_the_policy_counters_and_recent_drops() {
+    let broker = TestBroker::start().await;
+    let addr = broker.addr;
+    let created = weir(
+        addr,
+        &[
+            "topic",
+            "create",
+            "lossy",
+            "--max-messages",
+            "2",
+            "--overflow",
+            "drop_oldest",
+        ],
+        "",
+    )
+    .await;
+    assert!(created.status.success(), "{created:?}");
+    assert!(
+        weir(addr, &["pub", "lossy", "one", "two", "three", "four"], "")
+            .await
+            .status
+            .success()
+    );
+    let out = weir(addr, &["topic", "info", "lossy"], "").await;
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    for expected in [
+        "drop_oldest",
+        "dropped            2",
+        "seq 1 (3 B, overflow) \"one\"",
+        "seq 2 (3 B, overflow) \"two\"",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}

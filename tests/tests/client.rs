@@ -196,3 +196,46 @@ async fn the_readme_quickstart_example_runs_against_a_broker() {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
 }
+
+#[tokio::test]
+async fn a_subscriber_of_a_drop_oldest_topic_is_told_what_it_missed_and_carries_on() {
+    let broker = TestBroker::start().await;
+    let client = Client::connect(broker.addr).await.unwrap();
+    let spec = TopicSpec {
+        name: "ticks".into(),
+        max_messages: Some(5),
+        overflow: Some(weir_client::OverflowPolicy::DropOldest),
+        ..Default::default()
+    };
+    client.create_topic(spec).await.unwrap();
+    let mut sub = client.subscribe("ticks", "ui", 1).await.unwrap();
+    let publisher = client.publisher();
+    publisher.publish_and_wait("ticks", "t1").await.unwrap();
+    let first = next(&mut sub).await; // held unacked: the group lags
+    for i in 2..=20 {
+        publisher
+            .publish_and_wait("ticks", format!("t{i}"))
+            .await
+            .unwrap();
+    }
+    // The stream reports the evicted range (in one or more notices), then goes on.
+    let mut missed = 0;
+    while missed < 15 {
+        match tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Err(ClientError::MessagesDropped { from, to }) => missed += to - from + 1,
+            other => panic!("expected MessagesDropped, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        (missed, sub.dropped()),
+        (15, 15),
+        "seqs 1..=15 were evicted"
+    );
+    first.ack();
+    let d = next(&mut sub).await;
+    assert_eq!((d.seq(), d.payload().as_ref()), (16, &b"t16"[..]));
+}

@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use weir_client::{Client, FsyncPolicy, OverflowPolicy, TopicConfig, TopicInfo, TopicSpec};
+use weir_client::{
+    Client, FsyncPolicy, OverflowPolicy, TopicConfig, TopicDescription, TopicInfo, TopicSpec,
+};
 
 /// `weir topic` subcommands.
 #[derive(Debug, Subcommand)]
@@ -14,6 +16,15 @@ pub enum TopicCommand {
     /// List every topic: depth, bytes, bounds, policy and groups.
     List {
         /// Print the broker's answer as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe one topic: its configuration and policy, depth, counters (dropped, parked,
+    /// rejected), groups, and the messages `drop_oldest` evicted most recently.
+    Info {
+        /// The topic.
+        name: String,
+        /// Print the broker's answer as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -68,6 +79,14 @@ pub async fn run(client: Client, command: TopicCommand) -> anyhow::Result<ExitCo
             let config = client.create_topic(args.into()).await?;
             print!("{}", describe(&config));
         }
+        TopicCommand::Info { name, json } => {
+            let d = client.describe_topic(&name).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                print!("{}", info(&d));
+            }
+        }
         TopicCommand::List { json } => {
             let topics = client.list_topics().await?;
             if json {
@@ -90,7 +109,45 @@ fn describe(c: &TopicConfig) -> String {
         c.max_message_bytes,
         c.overflow.as_str(),
         c.fsync
-    )
+    ) + &if c.overflow == weir_client::OverflowPolicy::Block {
+        format!("max_blocked        {}\nmax_block_ms       {}\n", c.max_blocked_publishes, c.max_block_ms)
+    } else {
+        String::new()
+    }
+}
+
+/// `weir topic info`: the configuration, then state, groups and recent drops.
+fn info(d: &TopicDescription) -> String {
+    use std::fmt::Write;
+    let t = &d.info;
+    let mut out = describe(&t.config);
+    let _ = writeln!(
+        out,
+        "depth              {} ({})",
+        t.depth,
+        human_bytes(t.bytes)
+    );
+    let _ = writeln!(out, "next_seq           {}", t.next_seq);
+    let _ = writeln!(out, "dropped            {}", t.dropped);
+    let _ = writeln!(out, "parked             {}", t.parked);
+    let _ = writeln!(out, "rejected           {}", t.rejected);
+    for g in &t.groups {
+        let _ = writeln!(
+            out,
+            "group {}: members={} in_flight={} pending={} credit={}",
+            g.name, g.members, g.in_flight, g.pending, g.credit
+        );
+    }
+    if !d.recent_drops.is_empty() {
+        let _ = writeln!(out, "recent drops (oldest first):");
+        for m in &d.recent_drops {
+            let head = m.head.as_ref().map_or("-".to_string(), |h| {
+                format!("{:?}", String::from_utf8_lossy(h))
+            });
+            let _ = writeln!(out, "  seq {} ({} B, {}) {head}", m.seq, m.bytes, m.reason);
+        }
+    }
+    out
 }
 
 /// Bytes in a short human unit: `512 B`, `1.5 KiB`, `256 MiB`.
