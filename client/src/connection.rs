@@ -150,7 +150,13 @@ pub(crate) struct SubShared {
     /// Gap notices that found the stream's buffer full, merged into one range the stream
     /// yields on its next poll (so none is lost, and this holds one range at most).
     pub pending_gap: Mutex<Option<(u64, u64)>>,
+    /// Gap notices in the stream's channel now: at most [`GAP_SLOTS`], so notices never take
+    /// the room credit-bounded deliveries need.
+    pub gaps_queued: std::sync::atomic::AtomicUsize,
 }
+
+/// Of the [`SUB_ERROR_SLOTS`], how many gap notices may occupy at once.
+pub(crate) const GAP_SLOTS: usize = 2;
 
 /// A request to the connection task.
 #[derive(Debug)]
@@ -810,8 +816,13 @@ impl ConnTask {
                         from: g.from,
                         to: g.to,
                     });
-                    if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(notice) {
-                        // The app has unread items, so it will poll again: merge for then.
+                    use std::sync::atomic::Ordering::Relaxed;
+                    let room = entry.shared.gaps_queued.load(Relaxed) < GAP_SLOTS;
+                    if room && tx.try_send(notice).is_ok() {
+                        entry.shared.gaps_queued.fetch_add(1, Relaxed);
+                    } else {
+                        // Notices queued already (or the channel is full): the app has unread
+                        // items and will poll again, so merge for then.
                         if let Ok(mut pending) = entry.shared.pending_gap.lock() {
                             let (from, to) = pending
                                 .map_or((g.from, g.to), |(f, t)| (f.min(g.from), t.max(g.to)));

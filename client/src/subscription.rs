@@ -68,6 +68,7 @@ impl Subscription {
             conn: conn.shared.clone(),
             dropped: std::sync::atomic::AtomicU64::new(0),
             pending_gap: Mutex::new(None),
+            gaps_queued: std::sync::atomic::AtomicUsize::new(0),
         });
         let (tx, rx) = mpsc::channel(window as usize + SUB_ERROR_SLOTS);
         let (reply, reply_rx) = oneshot::channel();
@@ -177,7 +178,14 @@ impl Stream for Subscription {
                 payload: raw.payload,
                 sub: Some(self.shared.clone()),
             }))),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Err(e))) => {
+                if matches!(e, ClientError::MessagesDropped { .. }) {
+                    self.shared
+                        .gaps_queued
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Ready(None) => {
                 self.done = true;
                 let end = self.shared.end.lock().ok().and_then(|mut end| end.take());

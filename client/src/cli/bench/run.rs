@@ -1,5 +1,5 @@
-//! `weir bench`: publishers and subscribers running concurrently against a broker, measuring
-//! throughput and publish→confirm / publish→deliver latency.
+//! `weir bench` (no scenario): publishers and subscribers running concurrently against a
+//! broker, measuring throughput and publish→confirm / publish→deliver latency.
 //!
 //! Each publisher and each subscriber has its own connection. Every payload starts with a
 //! 16-byte stamp: the send time in nanoseconds of a monotonic clock shared by the whole process
@@ -8,117 +8,35 @@
 //! (`<group>` in shared mode, `<group>-<i>` in fan-out mode) so leftovers drain instead of
 //! piling up in abandoned groups.
 //!
-//! The run is bounded: by `--msgs`, and by `--timeout`, after which everything stops and the
-//! partial results are reported with `timed_out: true`.
+//! The run is bounded: by `--msgs` or `--duration`, and by `--timeout` (at least 10 s more than
+//! `--duration`), after which everything stops and the partial results are reported with
+//! `timed_out: true`. A progress bar (on stderr) follows the confirms when stdout is a terminal
+//! and `--json` is not given.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use clap::{Args, ValueEnum};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::watch;
-use weir_client::{
-    Client, ClientError, ClientOptions, FsyncPolicy, PublishError, Subscription, TopicSpec,
+use weir_client::{Client, ClientError, ClientOptions, PublishError, Subscription, TopicSpec};
+
+use super::common::{
+    connect, histogram, human_us, now_ns, payload, progress_bar, progress_enabled, run_id, stamp,
+    Latency, STAMP_BYTES,
 };
+use super::{BenchArgs, GroupMode};
 
 /// How long a subscriber waits for the broker to confirm its unsubscribe at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Bytes of the stamp at the start of every payload: send time (u64 LE ns) and run id (u64 LE).
-const STAMP_BYTES: usize = 16;
-
-/// How subscribers share the topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GroupMode {
-    /// Every subscriber in its own group: each sees every message.
-    Fanout,
-    /// All subscribers in one group: they share the messages.
-    Shared,
-}
-
-/// Arguments of `weir bench`.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// The topic (created if missing, with the --max-* bounds given).
-    #[arg(long, default_value = "bench")]
-    pub topic: String,
-    /// Publishers, each on its own connection.
-    #[arg(long, default_value_t = 1)]
-    pub pubs: usize,
-    /// Subscribers, each on its own connection.
-    #[arg(long, default_value_t = 1)]
-    pub subs: usize,
-    /// Messages to publish in total (split between publishers).
-    #[arg(long, default_value_t = 100_000)]
-    pub msgs: u64,
-    /// Payload size in bytes (at least 16: the stamp).
-    #[arg(long, default_value_t = 1024)]
-    pub size: usize,
-    /// Each publisher's window of unconfirmed publishes.
-    #[arg(long, default_value_t = 256)]
-    pub window: usize,
-    /// Each subscriber's window (credit).
-    #[arg(long, default_value_t = 256)]
-    pub credit: u32,
-    /// fanout: one group per subscriber; shared: one group for all.
-    #[arg(long, value_enum, default_value_t = GroupMode::Shared)]
-    pub group_mode: GroupMode,
-    /// Group name (prefix, in fan-out mode).
-    #[arg(long, default_value = "bench")]
-    pub group: String,
-    /// Total publish rate in msg/s (default: as fast as the windows allow).
-    #[arg(long)]
-    pub rate: Option<u64>,
-    /// Stop after this many seconds whatever is left.
-    #[arg(long, default_value_t = 60)]
-    pub timeout: u64,
-    /// Print the results as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// max_messages of the topic when the bench creates it.
-    #[arg(long)]
-    pub max_messages: Option<u64>,
-    /// max_bytes of the topic when the bench creates it.
-    #[arg(long)]
-    pub max_bytes: Option<u64>,
-    /// fsync policy of the topic when the bench creates it (batch, interval:MS, never).
-    #[arg(long)]
-    pub fsync: Option<FsyncPolicy>,
-}
-
-/// Nanoseconds since the first call, on a monotonic clock shared by the whole process.
-fn now_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
-
-/// A latency histogram in nanoseconds, 1 ns to 1 hour, 3 significant digits.
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
-}
-
-fn payload(template: &[u8], run_id: u64) -> Bytes {
-    let mut b = BytesMut::with_capacity(template.len() + STAMP_BYTES);
-    b.put_u64_le(now_ns());
-    b.put_u64_le(run_id);
-    b.extend_from_slice(template);
-    b.freeze()
-}
-
-/// The stamp of a payload: (send time, run id).
-fn stamp(payload: &[u8]) -> Option<(u64, u64)> {
-    let ts = u64::from_le_bytes(payload.get(0..8)?.try_into().ok()?);
-    let run = u64::from_le_bytes(payload.get(8..16)?.try_into().ok()?);
-    Some((ts, run))
-}
+/// How much longer than `--duration` a run may take before it counts as timed out.
+const DURATION_MARGIN: Duration = Duration::from_secs(10);
 
 /// What one publisher measured.
 struct PubResult {
@@ -151,31 +69,6 @@ enum Target {
     Count(u64),
     /// Stop now.
     Stop,
-}
-
-/// Latency percentiles, in microseconds.
-#[derive(Debug, Serialize)]
-struct Latency {
-    count: u64,
-    p50_us: f64,
-    p99_us: f64,
-    p999_us: f64,
-    max_us: f64,
-    mean_us: f64,
-}
-
-impl Latency {
-    fn of(h: &Histogram<u64>) -> Latency {
-        let us = |ns: u64| ns as f64 / 1e3;
-        Latency {
-            count: h.len(),
-            p50_us: us(h.value_at_quantile(0.5)),
-            p99_us: us(h.value_at_quantile(0.99)),
-            p999_us: us(h.value_at_quantile(0.999)),
-            max_us: us(h.max()),
-            mean_us: h.mean() / 1e3,
-        }
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -217,6 +110,8 @@ struct Report {
     window: usize,
     credit: u32,
     rate: Option<u64>,
+    /// Seconds of publishing asked for with `--duration` (then `msgs` is the number sent).
+    duration_s: Option<u64>,
     timed_out: bool,
     publish: PublishReport,
     deliver: Option<DeliverReport>,
@@ -236,12 +131,12 @@ pub async fn run(
         args.window >= 1 && args.credit >= 1,
         "--window and --credit must be at least 1"
     );
-    let connect = || async {
-        Client::connect_with(server, options.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to {server}: {e}"))
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+    let connect = || connect(server, options);
+    let mut limit = Duration::from_secs(args.timeout);
+    if let Some(d) = args.duration {
+        limit = limit.max(Duration::from_secs(d) + DURATION_MARGIN);
+    }
+    let deadline = tokio::time::Instant::now() + limit;
 
     let admin = connect().await?;
     let exists = admin
@@ -260,11 +155,7 @@ pub async fn run(
             })
             .await?;
     }
-    let run_id = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-        ^ u64::from(std::process::id()).rotate_left(32);
+    let run_id = run_id();
     now_ns();
 
     // Subscribers first, so they are in place when the first message is published.
@@ -291,20 +182,44 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let start_ns = now_ns();
+    let until = args
+        .duration
+        .map(|d| tokio::time::Instant::now() + Duration::from_secs(d));
+    let answered = Arc::new(AtomicU64::new(0));
+    let bar = match args.duration {
+        Some(d) => progress_bar(progress_enabled(args.json), d, "s"),
+        None => progress_bar(progress_enabled(args.json), args.msgs, "msgs"),
+    };
+    bar.set_prefix("bench");
+    let ticker = tokio::spawn(tick_progress(
+        bar.clone(),
+        answered.clone(),
+        args.duration.is_some(),
+        stop_rx.clone(),
+    ));
     let mut pub_tasks = Vec::new();
     let template = vec![0x5a; args.size - STAMP_BYTES];
     for i in 0..args.pubs {
-        let n = args.msgs / args.pubs as u64 + u64::from((i as u64) < args.msgs % args.pubs as u64);
+        let n = match args.duration {
+            Some(_) => u64::MAX,
+            None => {
+                args.msgs / args.pubs as u64 + u64::from((i as u64) < args.msgs % args.pubs as u64)
+            }
+        };
         let client = connect().await?;
         let rate = args.rate.map(|r| r as f64 / args.pubs as f64);
         pub_tasks.push(tokio::spawn(publisher(
             client,
-            args.topic.clone(),
-            n,
-            template.clone(),
-            args.window,
-            run_id,
-            rate,
+            PubSpec {
+                topic: args.topic.clone(),
+                n,
+                until,
+                template: template.clone(),
+                window: args.window,
+                run_id,
+                rate,
+            },
+            answered.clone(),
             stop_rx.clone(),
         )));
     }
@@ -324,6 +239,9 @@ pub async fn run(
         pub_results.push(result);
     }
     let confirmed: u64 = pub_results.iter().map(|r| r.confirmed).sum();
+    let _ = stop_tx.send(true);
+    let _ = ticker.await;
+    bar.finish_and_clear();
     target_tx.send_replace(if timed_out {
         Target::Stop
     } else {
@@ -371,18 +289,61 @@ pub async fn run(
     })
 }
 
-/// Publishes `n` messages through a window, recording publish→confirm latency.
-#[allow(clippy::too_many_arguments)]
-async fn publisher(
-    client: Client,
+/// Keeps the progress bar up to date until `stop`: publishes answered (count mode) or seconds
+/// elapsed (duration mode).
+async fn tick_progress(
+    bar: indicatif::ProgressBar,
+    answered: Arc<AtomicU64>,
+    by_time: bool,
+    mut stop: watch::Receiver<bool>,
+) {
+    let started = tokio::time::Instant::now();
+    let mut every = tokio::time::interval(Duration::from_millis(200));
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = every.tick() => {}
+            changed = stop.changed() => if changed.is_err() { break },
+        }
+        let n = answered.load(Ordering::Relaxed);
+        if by_time {
+            bar.set_position(started.elapsed().as_secs());
+            bar.set_message(format!("{n} answered"));
+        } else {
+            bar.set_position(n);
+        }
+    }
+}
+
+/// What one publisher does.
+struct PubSpec {
     topic: String,
+    /// Messages to publish (`u64::MAX` with a duration).
     n: u64,
+    /// Stop publishing at this instant (`--duration`).
+    until: Option<tokio::time::Instant>,
     template: Vec<u8>,
     window: usize,
     run_id: u64,
     rate: Option<f64>,
+}
+
+/// Publishes `spec.n` messages (or until `spec.until`) through a window, recording
+/// publish→confirm latency; counts every answered publish in `answered`.
+async fn publisher(
+    client: Client,
+    spec: PubSpec,
+    answered: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
 ) -> PubResult {
+    let PubSpec {
+        topic,
+        n,
+        until,
+        template,
+        window,
+        run_id,
+        rate,
+    } = spec;
     let publisher = client.publisher_with_window(window);
     let mut r = PubResult {
         sent: 0,
@@ -397,6 +358,7 @@ async fn publisher(
     let started = tokio::time::Instant::now();
     let record = |r: &mut PubResult, (sent_ns, outcome): (u64, Result<u64, PublishError>)| {
         let now = now_ns();
+        answered.fetch_add(1, Ordering::Relaxed);
         match outcome {
             Ok(_) => {
                 r.confirmed += 1;
@@ -419,7 +381,7 @@ async fn publisher(
         if *stop.borrow() {
             break;
         }
-        if r.sent == n {
+        if r.sent == n || until.is_some_and(|u| tokio::time::Instant::now() >= u) {
             if inflight.is_empty() {
                 break;
             }
@@ -630,25 +592,18 @@ fn report(
         pubs: args.pubs,
         subs: args.subs,
         group_mode: args.group_mode,
-        msgs: args.msgs,
+        msgs: match args.duration {
+            Some(_) => pubs.iter().map(|p| p.sent).sum(),
+            None => args.msgs,
+        },
         size: args.size,
         window: args.window,
         credit: args.credit,
         rate: args.rate,
+        duration_s: args.duration,
         timed_out,
         publish,
         deliver,
-    }
-}
-
-/// A duration given in microseconds, in a readable unit.
-fn human_us(us: f64) -> String {
-    if us >= 1e6 {
-        format!("{:.2} s", us / 1e6)
-    } else if us >= 1e3 {
-        format!("{:.2} ms", us / 1e3)
-    } else {
-        format!("{us:.0} µs")
     }
 }
 
@@ -668,7 +623,7 @@ fn latency_line(name: &str, l: &Latency) -> String {
 /// The human-readable form of a report.
 fn summary(r: &Report) -> String {
     let mut s = format!(
-        "weir bench {} topic={}: {} pub(s) × window {}, {} sub(s) ({}) × credit {}, {} msgs × {} B{}\n",
+        "weir bench {} topic={}: {} pub(s) × window {}, {} sub(s) ({}) × credit {}, {} msgs × {} B{}{}\n",
         r.server,
         r.topic,
         r.pubs,
@@ -682,6 +637,9 @@ fn summary(r: &Report) -> String {
         r.msgs,
         r.size,
         r.rate.map(|x| format!(" at {x} msg/s")).unwrap_or_default(),
+        r.duration_s
+            .map(|d| format!(" in {d} s"))
+            .unwrap_or_default(),
     );
     let p = &r.publish;
     s.push_str(&format!(
@@ -709,36 +667,4 @@ fn summary(r: &Report) -> String {
         s.push_str("TIMED OUT: results are partial\n");
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payload_carries_stamp_and_size() {
-        let template = vec![0u8; 1024 - STAMP_BYTES];
-        let before = now_ns();
-        let p = payload(&template, 42);
-        assert_eq!(p.len(), 1024);
-        let (ts, run) = stamp(&p).unwrap();
-        assert_eq!(run, 42);
-        assert!(ts >= before && ts <= now_ns());
-        assert_eq!(stamp(b"short"), None);
-    }
-
-    #[test]
-    fn latency_percentiles_in_microseconds() {
-        let mut h = histogram();
-        for i in 1..=1000u64 {
-            h.record(i * 1000).unwrap();
-        }
-        let l = Latency::of(&h);
-        assert_eq!(l.count, 1000);
-        assert!((l.p50_us - 500.0).abs() < 1.0, "{}", l.p50_us);
-        assert!((l.p99_us - 990.0).abs() < 1.0, "{}", l.p99_us);
-        assert!((l.max_us - 1000.0).abs() < 1.0, "{}", l.max_us);
-        assert_eq!(human_us(l.p50_us), "500 µs");
-        assert_eq!(human_us(1500.0), "1.50 ms");
-    }
 }

@@ -1,0 +1,262 @@
+//! `weir bench`: load against a running broker.
+//!
+//! - `weir bench [flags]`: the throughput run — publishers and subscribers, `--msgs` or
+//!   `--duration`, optional `--rate`; msg/s, MB/s, publish→confirm and publish→deliver
+//!   percentiles ([`run`]).
+//! - `weir bench overload`: an unpaced producer against a bounded topic and a slow consumer,
+//!   per overflow policy; offered / confirmed / refused / dropped / lost, refusal latency, broker
+//!   RSS, and whether the producer was paced, refused or saw drops ([`overload`]).
+//! - `weir bench burst`: 1× → `--burst-factor`× → 1× the sustainable rate; depth over time,
+//!   latency per phase, recovery ([`burst`]).
+//!
+//! Every scenario is bounded in time and memory: see [`load`] and [`scenario`]. Results print
+//! as a human summary or, with `--json`, as one JSON document on stdout; a progress bar goes to
+//! stderr when stdout is a terminal and `--json` is not given. Exit status: 0 when everything
+//! checked passed, 2 when a run was incomplete or a correctness / behaviour check failed
+//! (performance targets are reported, never fail the run), 1 on errors.
+
+mod accounting;
+mod burst;
+mod common;
+mod load;
+mod overload;
+mod plot;
+mod run;
+mod scenario;
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+use weir_client::{ClientOptions, FsyncPolicy};
+
+/// How subscribers share the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupMode {
+    /// Every subscriber in its own group: each sees every message.
+    Fanout,
+    /// All subscribers in one group: they share the messages.
+    Shared,
+}
+
+/// Arguments of `weir bench`: the throughput run's flags, or a scenario.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    /// A scenario instead of the throughput run.
+    #[command(subcommand)]
+    pub scenario: Option<Scenario>,
+    /// The topic (created if missing, with the --max-* bounds given).
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+    /// Publishers, each on its own connection.
+    #[arg(long, default_value_t = 1)]
+    pub pubs: usize,
+    /// Subscribers, each on its own connection.
+    #[arg(long, default_value_t = 1)]
+    pub subs: usize,
+    /// Messages to publish in total (split between publishers).
+    #[arg(long, default_value_t = 100_000)]
+    pub msgs: u64,
+    /// Publish for this many seconds instead of a number of messages.
+    #[arg(long, conflicts_with = "msgs")]
+    pub duration: Option<u64>,
+    /// Payload size in bytes (at least 16: the stamp).
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Each publisher's window of unconfirmed publishes.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// Each subscriber's window (credit).
+    #[arg(long, default_value_t = 256)]
+    pub credit: u32,
+    /// fanout: one group per subscriber; shared: one group for all.
+    #[arg(long, value_enum, default_value_t = GroupMode::Shared)]
+    pub group_mode: GroupMode,
+    /// Group name (prefix, in fan-out mode).
+    #[arg(long, default_value = "bench")]
+    pub group: String,
+    /// Total publish rate in msg/s (default: as fast as the windows allow).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Stop after this many seconds whatever is left (at least --duration + 10 s).
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// max_messages of the topic when the bench creates it.
+    #[arg(long)]
+    pub max_messages: Option<u64>,
+    /// max_bytes of the topic when the bench creates it.
+    #[arg(long)]
+    pub max_bytes: Option<u64>,
+    /// fsync policy of the topic when the bench creates it (batch, interval:MS, never).
+    #[arg(long)]
+    pub fsync: Option<FsyncPolicy>,
+}
+
+/// The scenarios.
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// A producer publishing as fast as it can into a bounded topic while one consumer acks at a
+    /// fixed slow rate, once per overflow policy: offered, confirmed, refused, dropped, lost,
+    /// refusal latency, broker RSS, and a verdict (paced / refused / dropped visibly).
+    Overload(Box<overload::OverloadArgs>),
+    /// The sustainable rate, then a burst of a multiple of it, then the rate again: depth over
+    /// time, latency percentiles per phase, refusals, and the time to recover.
+    Burst(Box<burst::BurstArgs>),
+}
+
+/// Runs `weir bench`.
+pub async fn run(
+    server: &str,
+    options: &ClientOptions,
+    args: BenchArgs,
+) -> anyhow::Result<ExitCode> {
+    match args.scenario {
+        None => run::run(server, options, args).await,
+        Some(Scenario::Overload(a)) => overload::run(server, options, *a).await,
+        Some(Scenario::Burst(a)) => burst::run(server, options, *a).await,
+    }
+}
+
+/// What a check is about: a correctness property (nothing lost, no errors), a behaviour the
+/// scenario exists to show (paced, refused, recovered), or a performance target (reported only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    Correctness,
+    Behaviour,
+    Target,
+}
+
+/// One checked claim of a scenario report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub kind: CheckKind,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Check {
+    /// `[ok] name — detail`, with `FAIL` (or `MISSED` for a target) when not ok.
+    pub fn line(&self) -> String {
+        let mark = match (self.ok, self.kind) {
+            (true, _) => "ok",
+            (false, CheckKind::Target) => "MISSED",
+            (false, _) => "FAIL",
+        };
+        format!("[{mark}] {} — {}", self.name, self.detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Top,
+    }
+
+    #[derive(Debug, Subcommand)]
+    enum Top {
+        Bench(BenchArgs),
+    }
+
+    fn bench(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+        let mut all = vec!["weir", "bench"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).map(|c| match c.command {
+            Top::Bench(b) => b,
+        })
+    }
+
+    #[test]
+    fn definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_throughput_run_keeps_its_flags() {
+        let b = bench(&["--pubs", "2", "--msgs", "500", "--json"]).unwrap();
+        assert!(b.scenario.is_none() && b.pubs == 2 && b.msgs == 500 && b.json);
+        let b = bench(&["--duration", "5"]).unwrap();
+        assert_eq!(b.duration, Some(5));
+        assert!(bench(&["--duration", "5", "--msgs", "10"]).is_err());
+    }
+
+    #[test]
+    fn overload_parses_with_its_defaults() {
+        let b = bench(&["overload", "--policy", "reject", "--duration", "3"]).unwrap();
+        match b.scenario {
+            Some(Scenario::Overload(o)) => {
+                assert_eq!(o.policy, overload::PolicyChoice::Reject);
+                assert_eq!(
+                    (o.duration, o.bound, o.consumer_rate, o.size, o.window),
+                    (3, 10_000, 1000, 1024, 256)
+                );
+                assert_eq!(o.max_block_ms, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let b = bench(&["overload", "--policy", "drop_oldest", "--broker-pid", "42"]).unwrap();
+        assert!(matches!(b.scenario, Some(Scenario::Overload(ref o))
+            if o.policy == overload::PolicyChoice::DropOldest && o.broker_pid == Some(42)));
+        assert!(
+            bench(&["--pubs", "2", "overload"]).is_err(),
+            "throughput flags do not mix with a scenario"
+        );
+    }
+
+    #[test]
+    fn burst_parses_baseline_and_capacity() {
+        let b = bench(&["burst"]).unwrap();
+        match b.scenario {
+            Some(Scenario::Burst(a)) => {
+                assert_eq!(a.baseline, burst::Baseline::Auto);
+                assert_eq!(a.consumer_capacity, burst::Capacity::Factor(1.25));
+                assert_eq!((a.before, a.burst, a.after, a.sample_ms), (10, 30, 20, 250));
+                assert_eq!(a.policy, weir_client::OverflowPolicy::Reject);
+            }
+            other => panic!("{other:?}"),
+        }
+        let b = bench(&[
+            "burst",
+            "--baseline",
+            "5000",
+            "--consumer-capacity",
+            "max",
+            "--policy",
+            "block",
+            "--csv",
+            "/tmp/x.csv",
+        ])
+        .unwrap();
+        assert!(matches!(b.scenario, Some(Scenario::Burst(ref a))
+            if a.baseline == burst::Baseline::Rate(5000) && a.consumer_capacity == burst::Capacity::Max));
+        assert!(bench(&["burst", "--baseline", "fast"]).is_err());
+    }
+
+    #[test]
+    fn check_lines() {
+        let c = Check {
+            name: "lost == 0".into(),
+            kind: CheckKind::Correctness,
+            ok: false,
+            detail: "3 lost".into(),
+        };
+        assert_eq!(c.line(), "[FAIL] lost == 0 — 3 lost");
+        let t = Check {
+            kind: CheckKind::Target,
+            ..c.clone()
+        };
+        assert!(t.line().starts_with("[MISSED]"));
+    }
+}
