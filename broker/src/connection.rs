@@ -2,9 +2,10 @@
 //!
 //! Two bounded queues feed the connection's writer task: *control* (answers, confirms,
 //! refusals, errors) which the reader waits on when full, and *deliveries* which the topic
-//! dispatchers fill with `try_send` and which holds `max_subscriptions × (max_credit + 1)`
-//! frames — what credit allows plus one `Gap` notice per subscription, so a delivery never
-//! waits and never overflows.
+//! dispatchers fill with `try_send` and which holds `max_subscriptions × max_credit` frames —
+//! exactly what credit allows, so a delivery never waits and never overflows. `Gap` notices
+//! (`drop_oldest`) go on the control queue, with `try_send`: one that does not fit stays merged
+//! in its group for the next round, so they can never take a delivery's room.
 //!
 //! Bounds and behaviour at them:
 //! - `max_unconfirmed` publishes awaiting their commit: at the bound the reader stops reading
@@ -142,8 +143,8 @@ pub(crate) async fn serve(broker: Broker, socket: TcpStream, peer: SocketAddr, s
     let (read, write) = socket.into_split();
     let mut frames = FramedRead::new(read, codec);
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    // Every credit of every subscription, plus one pending Gap notice each.
-    let delivery_capacity = (limits.max_subscriptions as usize) * (limits.max_credit as usize + 1);
+    // Every credit of every subscription (Gap notices go on the control queue).
+    let delivery_capacity = (limits.max_subscriptions as usize) * (limits.max_credit as usize);
     let (deliveries, deliveries_rx) = mpsc::channel(delivery_capacity.max(1));
     let mut writer = tokio::spawn(write_frames(
         FramedWrite::new(write, codec),
@@ -558,7 +559,7 @@ impl Connection {
         };
         let member = self.member(s.sub);
         if let Err(JoinError::TooManyGroups(max)) =
-            topic.join(&s.group, member, self.deliveries.clone())
+            topic.join(&s.group, member, self.deliveries.clone(), self.control.clone())
         {
             let msg = format!("topic {} is at max_groups_per_topic ({max})", s.topic);
             return self.send(error(s.sub, ErrorCode::LimitExceeded, msg)).await;

@@ -34,6 +34,8 @@ struct Member {
     id: MemberId,
     credit: u32,
     outbox: Outbox,
+    /// Where `Gap` notices go (the connection's control queue).
+    notices: Outbox,
     /// Evicted messages this member has not been told about yet (merged into one range).
     gap: Option<(u64, u64)>,
     /// Since when the member has had no credit (cleared when it grants some).
@@ -174,12 +176,14 @@ impl Group {
         self.cursor.min(lowest_in_flight).min(lowest_redeliver)
     }
 
-    /// Attaches a member with no credit yet (see [`Group::grant`]).
-    pub fn join(&mut self, id: MemberId, outbox: Outbox) {
+    /// Attaches a member with no credit yet (see [`Group::grant`]). Deliveries go to `outbox`
+    /// (sized by credit); `Gap` notices to `notices`, so they never take a delivery's room.
+    pub fn join(&mut self, id: MemberId, outbox: Outbox, notices: Outbox) {
         self.members.push(Member {
             id,
             credit: 0,
             outbox,
+            notices,
             gap: None,
             starved_since: None,
         });
@@ -240,7 +244,7 @@ impl Group {
         for m in &mut self.members {
             if let Some((from, to)) = m.gap.take() {
                 out.push(GapNotice {
-                    outbox: m.outbox.clone(),
+                    outbox: m.notices.clone(),
                     member: m.id,
                     from,
                     to,
@@ -425,7 +429,7 @@ mod tests {
     fn never_plans_more_than_the_credit_granted() {
         let mut g = Group::new(1, 100);
         let (a, tx, _rx) = member(1);
-        g.join(a, tx);
+        g.join(a, tx.clone(), tx);
         let mut plan = Plan::new();
         g.plan(50, 1000, &mut plan);
         assert!(plan.is_empty(), "no credit, no delivery");
@@ -440,7 +444,7 @@ mod tests {
     fn stops_at_max_in_flight_and_resumes_on_ack() {
         let mut g = Group::new(1, 3);
         let (a, tx, _rx) = member(1);
-        g.join(a, tx);
+        g.join(a, tx.clone(), tx);
         g.grant(a, 10, 100).unwrap();
         let mut plan = Plan::new();
         g.plan(50, 1000, &mut plan);
@@ -461,8 +465,8 @@ mod tests {
         let mut g = Group::new(1, 100);
         let (a, txa, _ra) = member(1);
         let (b, txb, _rb) = member(2);
-        g.join(a, txa);
-        g.join(b, txb);
+        g.join(a, txa.clone(), txa);
+        g.join(b, txb.clone(), txb);
         g.grant(a, 2, 100).unwrap();
         g.grant(b, 2, 100).unwrap();
         let mut plan = Plan::new();
@@ -484,8 +488,8 @@ mod tests {
         let mut g = Group::new(1, 100);
         let (a, txa, _ra) = member(1);
         let (b, txb, _rb) = member(2);
-        g.join(a, txa);
-        g.join(b, txb);
+        g.join(a, txa.clone(), txa);
+        g.join(b, txb.clone(), txb);
         g.grant(a, 3, 100).unwrap();
         let mut plan = Plan::new();
         g.plan(20, 100, &mut plan); // 1, 2, 3 in flight to a
@@ -517,7 +521,7 @@ mod tests {
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut g = Group::new(1, 2);
         let (a, tx, _rx) = member(1);
-        g.join(a, tx);
+        g.join(a, tx.clone(), tx);
         let mut out = Vec::new();
         g.stalls(1, at(0), after, &mut out);
         g.stalls(1, at(100), after, &mut out);
@@ -561,7 +565,7 @@ mod tests {
     fn credit_is_bounded() {
         let mut g = Group::new(1, 100);
         let (a, tx, _rx) = member(1);
-        g.join(a, tx);
+        g.join(a, tx.clone(), tx);
         g.grant(a, 8, 10).unwrap();
         assert_eq!(
             g.grant(a, 3, 10),
@@ -585,7 +589,7 @@ mod tests {
     fn record_and_recover_keep_unacked_messages_and_their_attempts() {
         let mut g = Group::new(5, 100);
         let (a, tx, _rx) = member(1);
-        g.join(a, tx);
+        g.join(a, tx.clone(), tx);
         g.grant(a, 4, 100).unwrap();
         let mut plan = Plan::new();
         g.plan(20, 100, &mut plan);
@@ -605,7 +609,7 @@ mod tests {
             "seq 5 is below the topic's first stored message"
         );
         let (b, txb, _rb) = member(2);
-        back.join(b, txb);
+        back.join(b, txb.clone(), txb);
         back.grant(b, 3, 100).unwrap();
         plan.clear();
         back.plan(20, 100, &mut plan);

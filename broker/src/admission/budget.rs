@@ -1,12 +1,18 @@
 //! One memory budget for every buffer the broker holds on behalf of clients: payloads awaiting
-//! their commit, parked publishes, cached payloads. Over it, new publishes are refused with
-//! `Rejected{Overloaded}` — overload becomes a refusal, never an OOM.
-
-use std::sync::Arc;
+//! their commit, parked publishes, cached payloads, outbox deliveries. Over it, new work is
+//! refused with `Rejected{Overloaded}` — overload becomes a refusal, never an OOM.
 
 use crate::loom::sync::atomic::{AtomicU64, Ordering};
+use crate::loom::sync::Arc;
 
-/// A byte budget shared by the whole broker. Cheap to clone.
+/// A byte budget shared by the whole broker. Cheap to clone (clones share the budget).
+///
+/// Bytes are held through [`MemoryPermit`]s and given back when they drop. At its bound a
+/// request that would take `used` past `capacity` is refused ([`try_acquire`] returns `None`,
+/// [`MemoryPermit::try_grow`] returns `false`) and nothing is taken: `used` never exceeds
+/// `capacity` and never underflows, whatever the threads do.
+///
+/// [`try_acquire`]: MemoryBudget::try_acquire
 #[derive(Debug, Clone)]
 pub struct MemoryBudget {
     inner: Arc<Inner>,
@@ -15,11 +21,16 @@ pub struct MemoryBudget {
 #[derive(Debug)]
 struct Inner {
     capacity: u64,
+    /// The sum of every live permit's bytes.
     used: AtomicU64,
     high_water: AtomicU64,
 }
 
-/// Bytes held from a [`MemoryBudget`]; given back when dropped.
+/// Bytes held from a [`MemoryBudget`]; given back when dropped, on whichever thread drops it.
+///
+/// A permit can be split (one payload's share handed to another holder), merged back,
+/// shrunk (bytes given back early, e.g. once a payload is written) or grown (if the budget has
+/// room). A permit of 0 bytes holds nothing and is free to create and drop.
 #[derive(Debug)]
 pub struct MemoryPermit {
     inner: Arc<Inner>,
@@ -27,7 +38,7 @@ pub struct MemoryPermit {
 }
 
 impl MemoryBudget {
-    /// A budget of `capacity` bytes.
+    /// A budget of `capacity` bytes, none used.
     pub fn new(capacity: u64) -> MemoryBudget {
         MemoryBudget {
             inner: Arc::new(Inner {
@@ -38,41 +49,74 @@ impl MemoryBudget {
         }
     }
 
-    /// Takes `bytes` from the budget, or `None` if that would pass its capacity.
+    /// Takes `bytes` from the budget, or `None` (taking nothing) if `used + bytes` would pass
+    /// the capacity.
     pub fn try_acquire(&self, bytes: u64) -> Option<MemoryPermit> {
-        let inner = &self.inner;
-        let mut used = inner.used.load(Ordering::Relaxed);
+        self.inner.take(bytes).then(|| MemoryPermit {
+            inner: self.inner.clone(),
+            bytes,
+        })
+    }
+
+    /// An empty permit of this budget, to grow or merge into later.
+    pub fn empty_permit(&self) -> MemoryPermit {
+        MemoryPermit {
+            inner: self.inner.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes held now, by every permit together.
+    pub fn used(&self) -> u64 {
+        self.inner.used.load(Ordering::Acquire)
+    }
+
+    /// Bytes that can still be acquired now.
+    pub fn available(&self) -> u64 {
+        self.inner.capacity - self.used()
+    }
+
+    /// The budget: `used` never passes it.
+    pub fn capacity(&self) -> u64 {
+        self.inner.capacity
+    }
+
+    /// The most bytes ever held at once (never above the capacity).
+    pub fn high_water(&self) -> u64 {
+        self.inner.high_water.load(Ordering::Relaxed)
+    }
+}
+
+impl Inner {
+    /// Adds `bytes` to `used` if the result stays within the capacity.
+    fn take(&self, bytes: u64) -> bool {
+        if bytes == 0 {
+            return true;
+        }
+        let mut used = self.used.load(Ordering::Relaxed);
         loop {
-            let want = used.checked_add(bytes).filter(|w| *w <= inner.capacity)?;
-            match inner
+            let Some(want) = used.checked_add(bytes).filter(|w| *w <= self.capacity) else {
+                return false;
+            };
+            match self
                 .used
                 .compare_exchange_weak(used, want, Ordering::AcqRel, Ordering::Relaxed)
             {
                 Ok(_) => {
-                    inner.high_water.fetch_max(want, Ordering::Relaxed);
-                    return Some(MemoryPermit {
-                        inner: inner.clone(),
-                        bytes,
-                    });
+                    self.high_water.fetch_max(want, Ordering::Relaxed);
+                    return true;
                 }
                 Err(now) => used = now,
             }
         }
     }
 
-    /// Bytes held now.
-    pub fn used(&self) -> u64 {
-        self.inner.used.load(Ordering::Relaxed)
-    }
-
-    /// The budget.
-    pub fn capacity(&self) -> u64 {
-        self.inner.capacity
-    }
-
-    /// The most bytes ever held at once.
-    pub fn high_water(&self) -> u64 {
-        self.inner.high_water.load(Ordering::Relaxed)
+    /// Gives back `bytes` that a permit held (so `used >= bytes`).
+    fn give(&self, bytes: u64) {
+        if bytes > 0 {
+            let before = self.used.fetch_sub(bytes, Ordering::AcqRel);
+            debug_assert!(before >= bytes, "memory budget underflow");
+        }
     }
 }
 
@@ -81,11 +125,50 @@ impl MemoryPermit {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    /// Moves `bytes` of this permit into a new one (no change to the budget's `used`), or
+    /// `None` (and no change) if this permit holds fewer than `bytes`.
+    pub fn split(&mut self, bytes: u64) -> Option<MemoryPermit> {
+        self.bytes = self.bytes.checked_sub(bytes)?;
+        Some(MemoryPermit {
+            inner: self.inner.clone(),
+            bytes,
+        })
+    }
+
+    /// Absorbs `other` (no change to the budget's `used`). A permit of a different budget is
+    /// handed back untouched as `Err`.
+    pub fn merge(&mut self, mut other: MemoryPermit) -> Result<(), MemoryPermit> {
+        if !Arc::ptr_eq(&self.inner, &other.inner) {
+            return Err(other);
+        }
+        self.bytes += std::mem::take(&mut other.bytes);
+        Ok(())
+    }
+
+    /// Gives back up to `bytes` now, keeping the rest; returns how many were given back
+    /// (`min(bytes, self.bytes())`).
+    pub fn shrink(&mut self, bytes: u64) -> u64 {
+        let give = bytes.min(self.bytes);
+        self.bytes -= give;
+        self.inner.give(give);
+        give
+    }
+
+    /// Takes `bytes` more from the budget into this permit; `false` (and no change) if the
+    /// budget has no room for them.
+    pub fn try_grow(&mut self, bytes: u64) -> bool {
+        if !self.inner.take(bytes) {
+            return false;
+        }
+        self.bytes += bytes;
+        true
+    }
 }
 
 impl Drop for MemoryPermit {
     fn drop(&mut self) {
-        self.inner.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.inner.give(self.bytes);
     }
 }
 
@@ -99,12 +182,68 @@ mod tests {
         let a = budget.try_acquire(60).unwrap();
         assert!(budget.try_acquire(41).is_none());
         let b = budget.try_acquire(40).unwrap();
-        assert_eq!(budget.used(), 100);
+        assert_eq!((budget.used(), budget.available()), (100, 0));
         assert!(budget.try_acquire(1).is_none());
         drop(a);
         assert_eq!(budget.used(), 40);
         drop(b);
         assert_eq!((budget.used(), budget.high_water()), (0, 100));
-        assert!(budget.try_acquire(u64::MAX).is_none());
+        assert!(budget.try_acquire(u64::MAX).is_none(), "no overflow");
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn zero_byte_permits_always_succeed_even_when_full() {
+        let budget = MemoryBudget::new(10);
+        let full = budget.try_acquire(10).unwrap();
+        let zero = budget.try_acquire(0).unwrap();
+        assert_eq!(zero.bytes(), 0);
+        drop((full, zero));
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn split_and_merge_move_bytes_without_touching_the_budget() {
+        let budget = MemoryBudget::new(100);
+        let mut a = budget.try_acquire(70).unwrap();
+        let b = a.split(30).unwrap();
+        assert_eq!((a.bytes(), b.bytes(), budget.used()), (40, 30, 70));
+        assert!(a.split(41).is_none());
+        assert_eq!(a.bytes(), 40, "a refused split changes nothing");
+        drop(b);
+        assert_eq!(budget.used(), 40);
+        let c = budget.try_acquire(10).unwrap();
+        a.merge(c).unwrap();
+        assert_eq!((a.bytes(), budget.used()), (50, 50));
+        drop(a);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_permit_of_another_budget_is_not_merged() {
+        let (one, two) = (MemoryBudget::new(10), MemoryBudget::new(10));
+        let mut a = one.try_acquire(5).unwrap();
+        let b = two.try_acquire(5).unwrap();
+        let b = a.merge(b).unwrap_err();
+        assert_eq!((a.bytes(), b.bytes(), one.used(), two.used()), (5, 5, 5, 5));
+    }
+
+    #[test]
+    fn shrink_gives_back_early_and_grow_takes_only_what_fits() {
+        let budget = MemoryBudget::new(100);
+        let mut p = budget.try_acquire(80).unwrap();
+        assert_eq!(p.shrink(30), 30);
+        assert_eq!((p.bytes(), budget.used()), (50, 50));
+        assert_eq!(p.shrink(1_000), 50, "never gives back more than it holds");
+        assert_eq!((p.bytes(), budget.used()), (0, 0));
+        assert!(p.try_grow(100));
+        assert!(!p.try_grow(1));
+        assert_eq!((p.bytes(), budget.used()), (100, 100));
+        let mut e = budget.empty_permit();
+        assert!(!e.try_grow(1));
+        drop(p);
+        assert!(e.try_grow(1));
+        drop(e);
+        assert_eq!((budget.used(), budget.high_water()), (0, 100));
     }
 }

@@ -1,58 +1,89 @@
-//! Rate-limited refusal logging: at most one line per topic and reason per second, saying
-//! which bound is holding what back and how many refusals the line stands for.
+//! Rate-limited logging decisions: at most one line per key (say, topic and reason) per
+//! period, and how many refusals each line stands for — "(+N suppressed)".
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::time::{Duration, Instant};
-
-use weir_protocol::{Limit, RejectReason};
 
 use crate::loom::sync::Mutex;
 
-/// How often one (topic, reason) may log.
-const PERIOD: Duration = Duration::from_secs(1);
-/// Most (topic, reason) pairs remembered; past it, pairs quiet for a period are forgotten, and
-/// if none is, the new pair is not logged (the per-reason counters still count it).
-const CAPACITY: usize = 4096;
-
-/// The last log line per (topic, reason), and the refusals since.
-#[derive(Debug, Default)]
-pub struct RefusalLog {
-    lines: Mutex<HashMap<(String, RejectReason), (Instant, u64)>>,
+/// Decides, per key, whether an event gets a log line now: at most one line per key per
+/// `period`, counting the events suppressed in between. Time is passed in.
+///
+/// Bounded: at most `capacity` keys are remembered. A new key past the bound first makes room
+/// by forgetting the keys that have been quiet for a period, and if none has, the key whose
+/// last line is the oldest. A forgotten key logs at once on its next event, and the
+/// suppressed count it had is not reported (the per-reason counters still count every event).
+#[derive(Debug)]
+pub struct RefusalLog<K> {
+    period: Duration,
+    capacity: usize,
+    keys: Mutex<HashMap<K, Last>>,
 }
 
-impl RefusalLog {
-    /// Notes one refusal; logs it unless this (topic, reason) logged less than a second ago.
-    /// Returns whether a line was written.
-    pub fn note(&self, topic: &str, reason: RejectReason, limit: &Limit, now: Instant) -> bool {
-        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (topic.to_string(), reason);
-        let suppressed = match lines.get_mut(&key) {
-            Some((last, suppressed)) if now.saturating_duration_since(*last) < PERIOD => {
-                *suppressed += 1;
-                return false;
+#[derive(Debug, Clone, Copy)]
+struct Last {
+    line_at: Instant,
+    suppressed: u64,
+}
+
+impl<K: Hash + Eq + Clone> RefusalLog<K> {
+    /// At most one line per key per `period`, remembering at most `capacity` (≥ 1) keys.
+    pub fn new(period: Duration, capacity: usize) -> RefusalLog<K> {
+        RefusalLog {
+            period,
+            capacity: capacity.max(1),
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Notes one event for `key` at `now`. `Some(n)`: write a line now, standing for this event
+    /// and the `n` suppressed since the key's previous line. `None`: the key logged less than a
+    /// period ago; the event is counted as suppressed.
+    pub fn note(&self, key: K, now: Instant) -> Option<u64> {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(last) = keys.get_mut(&key) {
+            if now.saturating_duration_since(last.line_at) < self.period {
+                last.suppressed += 1;
+                return None;
             }
-            Some((_, suppressed)) => std::mem::take(suppressed),
-            None => {
-                if lines.len() >= CAPACITY {
-                    lines.retain(|_, (last, _)| now.saturating_duration_since(*last) < PERIOD);
-                    if lines.len() >= CAPACITY {
-                        return false;
-                    }
-                }
-                0
+            let suppressed = last.suppressed;
+            *last = Last {
+                line_at: now,
+                suppressed: 0,
+            };
+            return Some(suppressed);
+        }
+        if keys.len() >= self.capacity {
+            keys.retain(|_, last| now.saturating_duration_since(last.line_at) < self.period);
+        }
+        if keys.len() >= self.capacity {
+            let oldest = keys
+                .iter()
+                .min_by_key(|(_, last)| last.line_at)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                keys.remove(&oldest);
             }
-        };
-        lines.insert(key, (now, 0));
-        drop(lines);
-        tracing::warn!(
-            topic,
-            reason = ?reason,
-            limit = %limit.name,
-            limit_value = limit.value,
-            suppressed,
-            "refusing publishes"
+        }
+        keys.insert(
+            key,
+            Last {
+                line_at: now,
+                suppressed: 0,
+            },
         );
-        true
+        Some(0)
+    }
+
+    /// Keys remembered now (never more than the capacity).
+    pub fn len(&self) -> usize {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -60,25 +91,45 @@ impl RefusalLog {
 mod tests {
     use super::*;
 
+    const MS: Duration = Duration::from_millis(1);
+
     #[test]
-    fn one_line_per_topic_and_reason_per_second() {
-        let log = RefusalLog::default();
+    fn one_line_per_key_per_period_counting_the_suppressed() {
+        let log = RefusalLog::new(Duration::from_secs(1), 16);
         let t0 = Instant::now();
-        let limit = Limit::new("max_messages", 10);
-        assert!(log.note("a", RejectReason::TopicFull, &limit, t0));
-        assert!(!log.note(
-            "a",
-            RejectReason::TopicFull,
-            &limit,
-            t0 + Duration::from_millis(500)
-        ));
-        assert!(log.note("a", RejectReason::RateLimited, &limit, t0));
-        assert!(log.note("b", RejectReason::TopicFull, &limit, t0));
-        assert!(log.note(
-            "a",
-            RejectReason::TopicFull,
-            &limit,
-            t0 + Duration::from_secs(1)
-        ));
+        assert_eq!(log.note(("a", 1), t0), Some(0));
+        assert_eq!(log.note(("a", 1), t0 + 500 * MS), None);
+        assert_eq!(log.note(("a", 1), t0 + 999 * MS), None);
+        assert_eq!(log.note(("a", 2), t0), Some(0), "another reason");
+        assert_eq!(log.note(("b", 1), t0), Some(0), "another topic");
+        assert_eq!(log.note(("a", 1), t0 + 1_000 * MS), Some(2));
+        assert_eq!(log.note(("a", 1), t0 + 2_500 * MS), Some(0));
+    }
+
+    #[test]
+    fn an_earlier_now_is_suppressed_not_logged() {
+        let log = RefusalLog::new(Duration::from_secs(1), 16);
+        let t0 = Instant::now();
+        assert_eq!(log.note("a", t0 + 5 * MS), Some(0));
+        assert_eq!(log.note("a", t0), None);
+    }
+
+    #[test]
+    fn past_capacity_quiet_keys_go_first_then_the_oldest() {
+        let log = RefusalLog::new(Duration::from_secs(1), 3);
+        let t0 = Instant::now();
+        log.note(1, t0);
+        log.note(2, t0 + 600 * MS);
+        log.note(3, t0 + 700 * MS);
+        // Key 1 has been quiet a full period: forgotten to make room.
+        assert_eq!(log.note(4, t0 + 1_100 * MS), Some(0));
+        assert_eq!(log.len(), 3);
+        assert_eq!(log.note(2, t0 + 1_200 * MS), None, "2 is still remembered");
+        // Nobody quiet for a period: the oldest line (2's, at 600 ms) goes.
+        assert_eq!(log.note(5, t0 + 1_300 * MS), Some(0));
+        assert_eq!(log.len(), 3);
+        assert_eq!(log.note(2, t0 + 1_400 * MS), Some(0), "2 was forgotten");
+        assert_eq!(log.note(1, t0 + 1_400 * MS), Some(0));
+        assert!(log.len() <= 3 && !log.is_empty());
     }
 }

@@ -1,33 +1,41 @@
 //! Admission control: what a publish (or an expensive operation) must pass before it touches a
-//! topic. Each check refuses fast, with a reason, the limit that fired, and when to come back:
+//! topic, and the concurrency primitives behind it. Each check refuses fast, with a reason, the
+//! limit that fired, and when to come back:
 //!
-//! 1. **Overload** — commit latency p99 over the last `overload_window_ms` above
-//!    `overload_commit_p99_ms`: `Rejected{Overloaded}` until it recovers.
-//!    Likewise while more than `overload_queued_appends` appends wait for their commit across
-//!    all topics (the writers are behind).
-//! 2. **Memory budget** — the payload must fit in `memory_budget_bytes`, shared by every payload
-//!    the broker holds for clients until it is committed (queued or parked):
+//! 1. **Overload** — at least `overload_queued_appends` appends waiting for their commit across
+//!    all topics (the writers are behind), or the commit latency p99 over the last
+//!    `overload_window_ms` above `overload_commit_p99_ms`: `Rejected{Overloaded}` until it
+//!    recovers.
+//! 2. **Memory budget** — the payload must fit in `memory_budget_bytes`, shared by every
+//!    payload the broker holds for clients (queued, parked, cached):
 //!    `Rejected{Overloaded}` naming `memory_budget_bytes`.
 //! 3. **Rate limits** — the client's API key has token buckets for messages/s and bytes/s (and
 //!    for expensive operations): `Rejected{RateLimited}` with the bucket's refill time. Only
 //!    that key's publishes are refused.
 //!
 //! # Layout
-//! - [`bucket`] — the token bucket.
-//! - [`budget`] — the memory budget and its permits.
-//! - [`overload`] — commit-latency overload detection.
-//! - [`log`] — rate-limited refusal log lines.
+//! - [`bucket`] — [`TokenBucket`] and the messages + bytes pair [`RateLimit`].
+//! - [`budget`] — [`MemoryBudget`] and its [`MemoryPermit`]s.
+//! - [`latency`] — [`LatencyWindow`]: a sliding-window p99 in bounded memory.
+//! - [`overload`] — [`OverloadDetector`]: commit p99 and queued work against thresholds.
+//! - [`parking`] — [`ParkingLot`]: the bounded FIFO behind the `block` policy.
+//! - [`log`] — [`RefusalLog`]: one log line per key per second, "(+N suppressed)".
+//!
+//! The primitives take their sync types from `crate::loom`, so the loom model tests
+//! (`loom_tests.rs`) check them under every interleaving:
+//! `RUSTFLAGS="--cfg weir_loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p weir-broker --lib --release admission::`
 
 pub mod bucket;
 pub mod budget;
+pub mod latency;
 pub mod log;
 pub mod overload;
+pub mod parking;
 
 #[cfg(all(test, weir_loom))]
 mod loom_tests;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,17 +44,24 @@ use weir_protocol::{Limit, RejectReason};
 use crate::config::Config;
 use crate::keys::{Identity, RateConfig};
 use crate::topic::Refusal;
-use bucket::{Refill, TokenBucket};
-use budget::{MemoryBudget, MemoryPermit};
-use log::RefusalLog;
-use overload::OverloadDetector;
+
+pub use bucket::{RateKind, RateLimit, RateLimited, Refill, TokenBucket};
+pub use budget::{MemoryBudget, MemoryPermit};
+pub use latency::LatencyWindow;
+pub use log::RefusalLog;
+pub use overload::{Overload, OverloadDetector};
+pub use parking::{Full, ParkTicket, ParkingLot};
+
+/// How often one (topic, reason) may log a refusal line.
+const LOG_PERIOD: Duration = Duration::from_secs(1);
+/// Most (topic, reason) pairs the refusal log remembers.
+const LOG_KEYS: usize = 4096;
 
 /// The token buckets of one API key, shared by all its connections.
 #[derive(Debug)]
 pub struct KeyLimits {
     rate: RateConfig,
-    messages: TokenBucket,
-    bytes: TokenBucket,
+    publish: RateLimit,
     ops: TokenBucket,
 }
 
@@ -54,10 +69,25 @@ impl KeyLimits {
     fn new(rate: RateConfig, now: Instant) -> KeyLimits {
         KeyLimits {
             rate,
-            messages: TokenBucket::new(rate.messages_per_s, rate.messages_burst, now),
-            bytes: TokenBucket::new(rate.bytes_per_s, rate.bytes_burst, now),
+            publish: RateLimit::new(
+                rate.messages_per_s,
+                rate.messages_burst,
+                rate.bytes_per_s,
+                rate.bytes_burst,
+                now,
+            ),
             ops: TokenBucket::new(rate.ops_per_s, rate.ops_burst, now),
         }
+    }
+
+    /// The key's publish buckets (messages/s and bytes/s).
+    pub fn publish(&self) -> &RateLimit {
+        &self.publish
+    }
+
+    /// The key's expensive-operation bucket.
+    pub fn ops(&self) -> &TokenBucket {
+        &self.ops
     }
 }
 
@@ -67,10 +97,7 @@ pub struct Admission {
     keys: HashMap<String, Arc<KeyLimits>>,
     budget: MemoryBudget,
     overload: OverloadDetector,
-    log: RefusalLog,
-    /// Appends waiting for their commit, across all topics.
-    queued: AtomicU64,
-    max_queued: u64,
+    log: RefusalLog<(String, RejectReason)>,
 }
 
 impl Admission {
@@ -97,10 +124,10 @@ impl Admission {
             overload: OverloadDetector::new(
                 Duration::from_millis(l.overload_window_ms),
                 Duration::from_millis(l.overload_commit_p99_ms),
+                l.overload_queued_appends,
+                now,
             ),
-            log: RefusalLog::default(),
-            queued: AtomicU64::new(0),
-            max_queued: l.overload_queued_appends,
+            log: RefusalLog::new(LOG_PERIOD, LOG_KEYS),
         }
     }
 
@@ -114,70 +141,66 @@ impl Admission {
     }
 
     /// Admits a publish of `len` payload bytes by `key`: the memory it will hold until committed
-    /// comes with the returned permit.
+    /// comes with the returned permit. Checks overload, then the memory budget, then the key's
+    /// rates; a refusal takes nothing (no memory, no tokens).
     pub fn admit_publish(
         &self,
         key: &KeyLimits,
         len: u64,
         now: Instant,
     ) -> Result<MemoryPermit, Refusal> {
-        let queued = self.queued.load(Ordering::Relaxed);
-        if queued >= self.max_queued {
-            let limit = Limit::new("overload_queued_appends", self.max_queued);
-            return Err(refusal(
-                RejectReason::Overloaded,
-                limit,
-                Some(self.overload.retry_after()),
-            ));
-        }
         if let Some(overload) = self.overload.check(now) {
-            let overload::Overload::CommitLatency { threshold, .. } = overload;
-            let limit = Limit::new("overload_commit_p99_ms", threshold.as_millis() as u64);
-            return Err(refusal(
-                RejectReason::Overloaded,
-                limit,
-                Some(self.overload.retry_after()),
-            ));
+            let limit = match &overload {
+                Overload::QueuedWork { threshold, .. } => {
+                    Limit::new("overload_queued_appends", *threshold)
+                }
+                Overload::CommitLatency { threshold, .. } => {
+                    Limit::new("overload_commit_p99_ms", threshold.as_millis() as u64)
+                }
+            };
+            let retry = self.overload.retry_after(&overload, now);
+            return Err(refusal(RejectReason::Overloaded, limit, Some(retry)));
         }
         let Some(permit) = self.budget.try_acquire(len) else {
             let limit = Limit::new("memory_budget_bytes", self.budget.capacity());
-            return Err(refusal(
-                RejectReason::Overloaded,
-                limit,
-                Some(self.overload.retry_after()),
-            ));
+            let retry = self.overload.progress_hint(now);
+            return Err(refusal(RejectReason::Overloaded, limit, Some(retry)));
         };
-        take(
-            &key.messages,
-            1,
-            "messages_per_s",
-            key.rate.messages_per_s,
-            now,
-        )?;
-        if let Err(e) = take(&key.bytes, len, "bytes_per_s", key.rate.bytes_per_s, now) {
-            key.messages.give_back(1);
-            return Err(e);
-        }
+        key.publish.try_take(len, now).map_err(|limited| {
+            let limit = match limited.kind {
+                RateKind::Messages => Limit::new("messages_per_s", key.rate.messages_per_s),
+                RateKind::Bytes => Limit::new("bytes_per_s", key.rate.bytes_per_s),
+            };
+            rate_refusal(limit, limited.refill)
+        })?;
         Ok(permit)
     }
 
     /// Admits one expensive operation (topic create, subscribe) by `key`.
     pub fn admit_op(&self, key: &KeyLimits, now: Instant) -> Result<(), Refusal> {
-        take(&key.ops, 1, "ops_per_s", key.rate.ops_per_s, now)
+        key.ops
+            .try_take(1, now)
+            .map_err(|refill| rate_refusal(Limit::new("ops_per_s", key.rate.ops_per_s), refill))
     }
 
-    /// Counts appends queued for a commit (`n` > 0) or done with it (`n` < 0).
+    /// Counts appends queued for a commit (`n` > 0) or done with it (`n` < 0). The gauge never
+    /// goes below 0.
     pub fn queued(&self, n: i64) {
         if n >= 0 {
-            self.queued.fetch_add(n as u64, Ordering::Relaxed);
+            self.overload.queued(n.unsigned_abs());
         } else {
-            self.queued.fetch_sub(n.unsigned_abs(), Ordering::Relaxed);
+            self.overload.dequeued(n.unsigned_abs());
         }
     }
 
-    /// Records a storage commit's latency for overload detection.
+    /// Records a storage commit's latency, finishing now, for overload detection.
     pub fn record_commit(&self, latency: Duration) {
-        self.overload.record(latency, Instant::now());
+        self.record_commit_at(latency, Instant::now());
+    }
+
+    /// Records a storage commit's latency observed at `now`.
+    pub fn record_commit_at(&self, latency: Duration, now: Instant) {
+        self.overload.record_commit(latency, now);
     }
 
     /// The memory budget.
@@ -185,26 +208,51 @@ impl Admission {
         &self.budget
     }
 
+    /// The overload detector (commit p99, queued appends).
+    pub fn overload(&self) -> &OverloadDetector {
+        &self.overload
+    }
+
     /// Logs a refusal, at most once per topic and reason per second.
     pub fn log_refusal(&self, topic: &str, refusal: &Refusal) {
-        self.log
-            .note(topic, refusal.reason, &refusal.limit, Instant::now());
+        self.log_refusal_at(topic, refusal, Instant::now());
+    }
+
+    /// Logs a refusal at `now`, at most once per topic and reason per second; returns whether
+    /// a line was written.
+    pub fn log_refusal_at(&self, topic: &str, refusal: &Refusal, now: Instant) -> bool {
+        let Some(suppressed) = self.log.note((topic.to_string(), refusal.reason), now) else {
+            return false;
+        };
+        tracing::warn!(
+            topic,
+            reason = ?refusal.reason,
+            limit = %refusal.limit.name,
+            limit_value = refusal.limit.value,
+            retry_after_ms = refusal.retry_after_ms,
+            suppressed,
+            "refusing publishes"
+        );
+        true
     }
 }
 
-/// Takes `n` from a bucket, or refuses naming its rate.
-fn take(bucket: &TokenBucket, n: u64, name: &str, rate: u64, now: Instant) -> Result<(), Refusal> {
-    bucket.try_take(n, now).map_err(|refill| {
-        let retry = match refill {
-            Refill::After(wait) => Some(wait),
-            Refill::Never => None,
-        };
-        refusal(RejectReason::RateLimited, Limit::new(name, rate), retry)
-    })
+/// A `RateLimited` refusal naming `limit`; no retry hint when retrying can never help.
+fn rate_refusal(limit: Limit, refill: Refill) -> Refusal {
+    let retry = match refill {
+        Refill::After(wait) => Some(wait),
+        Refill::Never => None,
+    };
+    refusal(RejectReason::RateLimited, limit, retry)
 }
 
+/// A refusal; the retry hint is rounded up to whole milliseconds, at least 1.
 fn refusal(reason: RejectReason, limit: Limit, retry_after: Option<Duration>) -> Refusal {
-    let retry_after_ms = retry_after.map(|d| (d.as_micros().div_ceil(1000) as u64).max(1));
+    let retry_after_ms = retry_after.map(|d| {
+        u64::try_from(d.as_micros().div_ceil(1000))
+            .unwrap_or(u64::MAX)
+            .max(1)
+    });
     Refusal {
         reason,
         limit,
@@ -215,6 +263,8 @@ fn refusal(reason: RejectReason, limit: Limit, retry_after: Option<Duration>) ->
 #[cfg(all(test, not(weir_loom)))]
 mod tests {
     use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
 
     fn config(rate: RateConfig, budget: u64) -> Config {
         let mut config = Config {
@@ -233,74 +283,146 @@ mod tests {
     }
 
     #[test]
-    fn a_key_over_its_rate_is_refused_with_the_refill_time() {
+    fn a_key_over_its_message_rate_is_refused_with_the_refill_time() {
         let rate = RateConfig {
             messages_per_s: 10,
             messages_burst: 2,
             ..RateConfig::default()
         };
-        let admission = Admission::new(&config(rate, 1 << 20), Instant::now());
+        let t0 = Instant::now();
+        let admission = Admission::new(&config(rate, 1 << 20), t0);
         let key = admission.limits_for(&anonymous(rate));
-        let now = Instant::now();
-        admission.admit_publish(&key, 10, now).unwrap();
-        admission.admit_publish(&key, 10, now).unwrap();
-        let refused = admission.admit_publish(&key, 10, now).unwrap_err();
+        admission.admit_publish(&key, 10, t0).unwrap();
+        admission.admit_publish(&key, 10, t0).unwrap();
+        let refused = admission.admit_publish(&key, 10, t0).unwrap_err();
         assert_eq!(refused.reason, RejectReason::RateLimited);
         assert_eq!(
             (refused.limit.name.as_str(), refused.limit.value),
             ("messages_per_s", 10)
         );
         assert_eq!(refused.retry_after_ms, Some(100));
+        assert_eq!(admission.budget().used(), 0, "a refusal holds no memory");
+        admission.admit_publish(&key, 10, t0 + 100 * MS).unwrap();
+    }
+
+    #[test]
+    fn a_key_over_its_byte_rate_is_refused_and_keeps_its_message_token() {
+        let rate = RateConfig {
+            messages_per_s: 10,
+            messages_burst: 2,
+            bytes_per_s: 1_000,
+            bytes_burst: 1_000,
+            ..RateConfig::default()
+        };
+        let t0 = Instant::now();
+        let admission = Admission::new(&config(rate, 1 << 20), t0);
+        let key = admission.limits_for(&anonymous(rate));
+        admission.admit_publish(&key, 900, t0).unwrap();
+        let refused = admission.admit_publish(&key, 300, t0).unwrap_err();
+        assert_eq!(
+            (
+                refused.reason,
+                refused.limit.name.as_str(),
+                refused.retry_after_ms
+            ),
+            (RejectReason::RateLimited, "bytes_per_s", Some(200))
+        );
+        admission.admit_publish(&key, 100, t0).unwrap();
+        // Larger than the byte burst: no retry can help, so no hint.
+        let never = admission
+            .admit_publish(&key, 1_001, t0 + 1_000 * MS)
+            .unwrap_err();
+        assert_eq!(never.retry_after_ms, None);
+    }
+
+    #[test]
+    fn expensive_operations_have_their_own_bucket() {
+        let rate = RateConfig {
+            ops_per_s: 1,
+            ops_burst: 1,
+            ..RateConfig::default()
+        };
+        let t0 = Instant::now();
+        let admission = Admission::new(&config(rate, 1 << 20), t0);
+        let key = admission.limits_for(&anonymous(rate));
+        admission.admit_op(&key, t0).unwrap();
+        let refused = admission.admit_op(&key, t0).unwrap_err();
+        assert_eq!(
+            (refused.limit.name.as_str(), refused.retry_after_ms),
+            ("ops_per_s", Some(1_000))
+        );
+        admission.admit_publish(&key, 1, t0).unwrap();
     }
 
     #[test]
     fn the_memory_budget_refuses_with_overloaded_and_frees_on_drop() {
-        let admission = Admission::new(&config(RateConfig::default(), 100), Instant::now());
+        let t0 = Instant::now();
+        let admission = Admission::new(&config(RateConfig::default(), 100), t0);
         let key = admission.limits_for(&anonymous(RateConfig::default()));
-        let held = admission.admit_publish(&key, 80, Instant::now()).unwrap();
-        let refused = admission
-            .admit_publish(&key, 30, Instant::now())
-            .unwrap_err();
+        let held = admission.admit_publish(&key, 80, t0).unwrap();
+        let refused = admission.admit_publish(&key, 30, t0).unwrap_err();
         assert_eq!(
             (refused.reason, refused.limit.name.as_str()),
             (RejectReason::Overloaded, "memory_budget_bytes")
         );
+        // No commit seen yet: come back after one slot of the window (100 ms of 1 s).
+        assert_eq!(refused.retry_after_ms, Some(100));
         drop(held);
-        admission.admit_publish(&key, 30, Instant::now()).unwrap();
+        admission.admit_publish(&key, 30, t0).unwrap();
     }
 
     #[test]
     fn too_much_queued_work_makes_publishes_overloaded() {
+        let t0 = Instant::now();
         let mut c = config(RateConfig::default(), 1 << 20);
         c.limits.overload_queued_appends = 2;
-        let admission = Admission::new(&c, Instant::now());
+        let admission = Admission::new(&c, t0);
         let key = admission.limits_for(&anonymous(RateConfig::default()));
         admission.queued(2);
-        let refused = admission
-            .admit_publish(&key, 1, Instant::now())
-            .unwrap_err();
+        let refused = admission.admit_publish(&key, 1, t0).unwrap_err();
         assert_eq!(
             (refused.reason, refused.limit.name.as_str()),
             (RejectReason::Overloaded, "overload_queued_appends")
         );
         admission.queued(-1);
-        admission.admit_publish(&key, 1, Instant::now()).unwrap();
+        admission.admit_publish(&key, 1, t0).unwrap();
+        admission.queued(-5);
+        assert_eq!(admission.overload().queued_now(), 0, "never below zero");
     }
 
     #[test]
-    fn slow_commits_make_publishes_overloaded() {
+    fn slow_commits_make_publishes_overloaded_until_they_leave_the_window() {
+        let t0 = Instant::now();
         let mut c = config(RateConfig::default(), 1 << 20);
         c.limits.overload_commit_p99_ms = 50;
-        let admission = Admission::new(&c, Instant::now());
+        let admission = Admission::new(&c, t0);
         let key = admission.limits_for(&anonymous(RateConfig::default()));
-        admission.record_commit(Duration::from_millis(200));
-        let refused = admission
-            .admit_publish(&key, 1, Instant::now())
-            .unwrap_err();
+        admission.record_commit_at(200 * MS, t0);
+        let refused = admission.admit_publish(&key, 1, t0 + 10 * MS).unwrap_err();
         assert_eq!(
-            (refused.reason, refused.limit.value),
-            (RejectReason::Overloaded, 50)
+            (
+                refused.reason,
+                refused.limit.name.as_str(),
+                refused.limit.value
+            ),
+            (RejectReason::Overloaded, "overload_commit_p99_ms", 50)
         );
-        assert!(refused.retry_after_ms.is_some());
+        assert_eq!(refused.retry_after_ms, Some(990));
+        admission.admit_publish(&key, 1, t0 + 1_000 * MS).unwrap();
+    }
+
+    #[test]
+    fn refusal_lines_are_rate_limited_per_topic_and_reason() {
+        let t0 = Instant::now();
+        let admission = Admission::new(&config(RateConfig::default(), 1), t0);
+        let full = Refusal {
+            reason: RejectReason::TopicFull,
+            limit: Limit::new("max_messages", 10),
+            retry_after_ms: Some(5),
+        };
+        assert!(admission.log_refusal_at("a", &full, t0));
+        assert!(!admission.log_refusal_at("a", &full, t0 + 999 * MS));
+        assert!(admission.log_refusal_at("b", &full, t0));
+        assert!(admission.log_refusal_at("a", &full, t0 + 1_000 * MS));
     }
 }

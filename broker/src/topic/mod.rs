@@ -10,7 +10,7 @@
 mod admit;
 mod dispatch;
 mod drain;
-pub(crate) mod parking;
+mod parking;
 mod tail;
 mod writer;
 
@@ -135,7 +135,7 @@ struct TopicState {
     recent_drops: VecDeque<DroppedMessage>,
     drop_warning: DropWarning,
     /// `block` policy: publishes waiting for room.
-    parked: ParkingQueue<Parked>,
+    parked: ParkingQueue,
 }
 
 impl TopicState {
@@ -327,8 +327,14 @@ impl Topic {
     }
 
     /// Attaches a subscription to `group` (created at the topic's earliest stored message on
-    /// first use) with no credit yet.
-    pub fn join(&self, group: &str, id: MemberId, outbox: Outbox) -> Result<(), JoinError> {
+    /// first use) with no credit yet: deliveries go to `outbox`, `Gap` notices to `notices`.
+    pub fn join(
+        &self,
+        group: &str,
+        id: MemberId,
+        outbox: Outbox,
+        notices: Outbox,
+    ) -> Result<(), JoinError> {
         let mut st = lock(&self.state);
         if !st.groups.contains_key(group) {
             if st.groups.len() >= self.limits.max_groups as usize {
@@ -341,7 +347,7 @@ impl Topic {
             );
         }
         if let Some(g) = st.groups.get_mut(group) {
-            g.join(id, outbox);
+            g.join(id, outbox, notices);
         }
         Ok(())
     }

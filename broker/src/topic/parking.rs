@@ -8,7 +8,6 @@
 //! count against their connection's `max_unconfirmed`, so a blocked topic never stops the
 //! connection's other topics.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,6 +17,7 @@ use weir_protocol::{Limit, RejectReason};
 use super::writer::Append;
 use super::{lock, AppendError, Refusal, Topic, TopicState};
 use crate::admission::budget::MemoryPermit;
+use crate::admission::parking::ParkingLot;
 
 /// A publish waiting for room.
 pub(super) struct Parked {
@@ -28,69 +28,8 @@ pub(super) struct Parked {
     pub(super) permit: MemoryPermit,
 }
 
-/// A bounded FIFO of parked items: the parked publishes of one topic, oldest first, at most
-/// `capacity` (`max_blocked_publishes`). Every item leaves exactly once — unparked, expired or
-/// drained. Not synchronised itself: it lives under its topic's lock (and under a loom mutex in
-/// the model tests).
-#[derive(Debug)]
-pub(crate) struct ParkingQueue<T> {
-    items: VecDeque<T>,
-    capacity: usize,
-}
-
-impl<T> ParkingQueue<T> {
-    /// An empty queue holding at most `capacity` items.
-    pub(crate) fn new(capacity: usize) -> ParkingQueue<T> {
-        ParkingQueue {
-            items: VecDeque::new(),
-            capacity,
-        }
-    }
-
-    /// Parks `item` at the back; returns it when the queue is full. `Ok(true)` when the queue
-    /// was empty before (its earliest deadline changed).
-    pub(crate) fn park(&mut self, item: T) -> Result<bool, T> {
-        if self.items.len() >= self.capacity {
-            return Err(item);
-        }
-        self.items.push_back(item);
-        Ok(self.items.len() == 1)
-    }
-
-    /// The oldest item.
-    pub(crate) fn front(&self) -> Option<&T> {
-        self.items.front()
-    }
-
-    /// Takes the oldest item if `ready` says so.
-    pub(crate) fn pop_front_if(&mut self, ready: impl FnOnce(&T) -> bool) -> Option<T> {
-        if ready(self.items.front()?) {
-            return self.items.pop_front();
-        }
-        None
-    }
-
-    /// Puts back, first, an item just taken that could not be handed on (never grows the queue
-    /// past what it held before the take).
-    pub(crate) fn requeue_front(&mut self, item: T) {
-        self.items.push_front(item);
-    }
-
-    /// Takes every item, oldest first.
-    pub(crate) fn drain(&mut self) -> Vec<T> {
-        self.items.drain(..).collect()
-    }
-
-    /// Items parked now.
-    pub(crate) fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    /// Whether nothing is parked.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-}
+/// The parked publishes of one topic: a [`ParkingLot`] bounded by `max_blocked_publishes`.
+pub(super) type ParkingQueue = ParkingLot<Parked>;
 
 impl Topic {
     /// Parks a publish that does not fit now. Returns it back when the parking queue is full
@@ -99,9 +38,10 @@ impl Topic {
         if self.closing.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(parked);
         }
-        let was_empty = st.parked.park(parked)?;
+        let deadline = parked.deadline;
+        let ticket = st.parked.park(parked, deadline).map_err(|full| full.0)?;
         self.metrics.parked.add(1);
-        if was_empty {
+        if ticket.is_earliest() {
             // The writer times parked publishes out; it must learn the new earliest deadline.
             self.wake_writer.notify_one();
         }
@@ -125,46 +65,45 @@ impl Topic {
     /// the first that does not fit (FIFO) or when the writer's queue is full (the next commit
     /// calls this again).
     pub(super) fn unpark(&self, st: &mut TopicState, appends: &mpsc::Sender<Append>) {
-        while let Some(front) = st.parked.front() {
-            let len = front.payload.len() as u64;
-            if self.limit_exceeded(st, len).is_some() {
-                return;
-            }
-            let Some(p) = st.parked.pop_front_if(|_| true) else {
-                return;
-            };
-            match appends.try_send(Append {
-                payload: p.payload,
-                reply: p.reply,
-                permit: p.permit,
-            }) {
-                Ok(()) => {
-                    st.pending_count += 1;
-                    st.pending_bytes += len;
-                    self.admission.queued(1);
+        loop {
+            let view: &TopicState = st;
+            // Hand the oldest to the writer if it fits; otherwise it stays first, deadline kept.
+            let handed = view.parked.unpark_next_with(|p| {
+                let len = p.payload.len() as u64;
+                if self.limit_exceeded(view, len).is_some() {
+                    return Err(p);
                 }
-                Err(e) => {
+                let deadline = p.deadline;
+                let append = Append {
+                    payload: p.payload,
+                    reply: p.reply,
+                    permit: p.permit,
+                };
+                appends.try_send(append).map(|()| len).map_err(|e| {
                     let Append {
                         payload,
                         reply,
                         permit,
                     } = e.into_inner();
-                    st.parked.requeue_front(Parked {
+                    Parked {
                         payload,
                         reply,
                         permit,
-                        deadline: p.deadline,
-                    });
-                    return;
-                }
-            }
+                        deadline,
+                    }
+                })
+            });
+            let Some(len) = handed else { return };
+            st.pending_count += 1;
+            st.pending_bytes += len;
+            self.admission.queued(1);
         }
     }
 
     /// Refuses every parked publish whose `max_block_ms` has passed.
     pub(super) fn expire_parked(&self, now: Instant) {
-        let mut st = lock(&self.state);
-        while let Some(p) = st.parked.pop_front_if(|p| p.deadline <= now) {
+        let st = lock(&self.state);
+        for p in st.parked.expire(now) {
             let limit = Limit::new("max_block_ms", self.config.max_block_ms);
             let retry = self.retry_after(&st, p.payload.len() as u64, now);
             let _ = p.reply.send(Err(self.refusal(
@@ -189,7 +128,7 @@ impl Topic {
 
     /// The earliest parked deadline, if any publish is parked.
     pub(super) fn next_park_deadline(&self) -> Option<Instant> {
-        lock(&self.state).parked.front().map(|p| p.deadline)
+        lock(&self.state).parked.next_deadline()
     }
 
     /// How long a publish may stay parked.
@@ -213,23 +152,5 @@ impl Topic {
         };
         self.admission.log_refusal(&self.config.name, &refusal);
         AppendError::Refused(refusal)
-    }
-}
-
-#[cfg(all(test, not(weir_loom)))]
-mod tests {
-    use super::ParkingQueue;
-
-    #[test]
-    fn bounded_fifo_where_every_item_leaves_once() {
-        let mut q = ParkingQueue::new(2);
-        assert_eq!(q.park(1), Ok(true));
-        assert_eq!(q.park(2), Ok(false));
-        assert_eq!(q.park(3), Err(3));
-        assert_eq!(q.pop_front_if(|i| *i > 1), None);
-        assert_eq!(q.pop_front_if(|_| true), Some(1));
-        q.requeue_front(1);
-        assert_eq!(q.drain(), vec![1, 2]);
-        assert!(q.is_empty());
     }
 }
