@@ -558,9 +558,12 @@ impl Connection {
             return Ok(());
         };
         let member = self.member(s.sub);
-        if let Err(JoinError::TooManyGroups(max)) =
-            topic.join(&s.group, member, self.deliveries.clone(), self.control.clone())
-        {
+        if let Err(JoinError::TooManyGroups(max)) = topic.join(
+            &s.group,
+            member,
+            self.deliveries.clone(),
+            self.control.clone(),
+        ) {
             let msg = format!("topic {} is at max_groups_per_topic ({max})", s.topic);
             return self.send(error(s.sub, ErrorCode::LimitExceeded, msg)).await;
         }

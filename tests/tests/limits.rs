@@ -8,12 +8,10 @@ use weir_protocol::{
 };
 use weir_tests::{RawClient, TestBroker};
 
-#[tokio::test]
-async fn past_max_connections_a_client_gets_too_many_connections_and_others_keep_working() {
-    let broker = TestBroker::start_with(|c| c.limits.max_connections = 2).await;
-    let mut a = RawClient::connect(broker.addr).await;
-    let b = RawClient::connect(broker.addr).await;
-    let mut c = RawClient::connect_raw(broker.addr).await;
+/// Opens a connection, says Hello, and expects `Rejected{TooManyConnections}` naming `limit`
+/// (with a retry hint), then the close.
+async fn expect_connection_refused(addr: std::net::SocketAddr, limit: &str, value: u64) {
+    let mut c = RawClient::connect_raw(addr).await;
     c.send(Frame::Hello(Hello {
         version: PROTOCOL_VERSION,
         token: None,
@@ -22,15 +20,20 @@ async fn past_max_connections_a_client_gets_too_many_connections_and_others_keep
     match c.recv_or_closed().await {
         Some(Frame::Rejected(r)) => {
             assert_eq!(r.reason, RejectReason::TooManyConnections);
-            assert_eq!(
-                (r.limit.name.as_str(), r.limit.value),
-                ("max_connections", 2)
-            );
+            assert_eq!((r.limit.name.as_str(), r.limit.value), (limit, value));
             assert!(r.retry_after_ms.is_some());
         }
         other => panic!("expected Rejected(TooManyConnections), got {other:?}"),
     }
     assert!(c.recv_or_closed().await.is_none());
+}
+
+#[tokio::test]
+async fn past_max_connections_a_client_gets_too_many_connections_and_others_keep_working() {
+    let broker = TestBroker::start_with(|c| c.limits.max_connections = 2).await;
+    let mut a = RawClient::connect(broker.addr).await;
+    let b = RawClient::connect(broker.addr).await;
+    expect_connection_refused(broker.addr, "max_connections", 2).await;
     assert!(matches!(
         a.publish("t", "still fine").await,
         Frame::PublishOk(_)
@@ -199,22 +202,7 @@ async fn max_connections_per_ip_refuses_the_offender_only() {
     let broker = TestBroker::start_with(|c| c.limits.max_connections_per_ip = 2).await;
     let _a = RawClient::connect(broker.addr).await;
     let _b = RawClient::connect(broker.addr).await;
-    let mut c = RawClient::connect_raw(broker.addr).await;
-    c.send(Frame::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        token: None,
-    }))
-    .await;
-    match c.recv_or_closed().await {
-        Some(Frame::Rejected(r)) => {
-            assert_eq!(r.reason, RejectReason::TooManyConnections);
-            assert_eq!(
-                (r.limit.name.as_str(), r.limit.value),
-                ("max_connections_per_ip", 2)
-            );
-        }
-        other => panic!("expected Rejected(TooManyConnections), got {other:?}"),
-    }
+    expect_connection_refused(broker.addr, "max_connections_per_ip", 2).await;
     assert_eq!(
         broker
             .broker
