@@ -69,10 +69,13 @@ pub enum ClientError {
         to: u64,
     },
     /// The publisher's circuit breaker is open (see [`crate::Publisher::with_retry`]): the
-    /// broker kept refusing, so publishing pauses; a probe is let through after `retry_after`.
+    /// broker kept refusing, so this publisher sends nothing until the cool-down ends; then one
+    /// probe goes, and its success closes the breaker. Returned by `publish`/`try_publish`
+    /// before anything is sent.
     #[error("circuit breaker open; retry after {retry_after:?}")]
     CircuitOpen {
-        /// When the breaker lets a probe through.
+        /// How long until the breaker lets a probe through: the rest of the cool-down, or, while
+        /// a probe is already out (half-open), the whole cool-down.
         retry_after: std::time::Duration,
     },
     /// The connection closed without the broker saying why (end of stream), or its task is gone.

@@ -9,6 +9,10 @@
 //! | command queue to the connection task ([`ClientOptions::command_queue`]) | 1 024 | senders wait (`try_publish` fails with `WindowFull`) |
 //! | connection write buffer | 256 KiB + one frame | the task stops taking commands until the socket drains |
 //! | subscription window ([`Subscription::window`]) | chosen per subscribe, ≤ `max_credit` | the broker stops delivering until the app acks |
+//! | gap notices waiting in a subscription's buffer | 2 | further ones merge into one range, yielded next ([`ClientError::MessagesDropped`]) |
+//! | retries per budget window ([`RetryPolicy::budget_ratio`], with retry on) | `max(10, 10 % of publishes)` per 10 s | the refusal surfaces in the confirm |
+//! | retries waiting or in flight ([`RetryPolicy::max_concurrent_retries`]) | 32 | the refusal surfaces in the confirm |
+//! | retry tasks (with retry on) | one per publish awaiting its answer or its retry: about window + concurrent retries | follows the publish window and `max_concurrent_retries` |
 //!
 //! ```no_run
 //! use futures::StreamExt;
@@ -37,7 +41,8 @@
 //! - [`client`]: [`Client`] (connect, limits, admin requests) and [`ClientOptions`].
 //! - [`publisher`]: [`Publisher`] (the publish window) and [`PublishConfirm`].
 //! - [`subscription`]: [`Subscription`] (a `Stream` of [`Delivery`]) and ack handling.
-//! - [`retry`] — [`RetryPolicy`]: full-jitter backoff, retry budget, circuit breaker.
+//! - [`retry`]: [`RetryPolicy`] for [`Publisher::with_retry`] — full-jitter backoff on top of
+//!   the broker's retry-after, a retry budget, a circuit breaker (off by default).
 //! - [`error`]: [`ClientError`] and [`PublishError`].
 //! - `connection` (private): the handshake and the one task per connection that owns the
 //!   socket, batches writes and routes answers by id.

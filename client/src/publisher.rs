@@ -3,19 +3,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, Semaphore, TryAcquireError};
 
 use crate::connection::{Command, ConnHandle};
 use crate::error::{ClientError, PublishError};
-use crate::retry::{
-    full_jitter, retryable, BreakerState, CircuitBreaker, RetryBudget, RetryPolicy,
-};
+use crate::retry::driver::Retrier;
+use crate::retry::{BreakerState, RetryPolicy};
 
 /// Publishes messages through a bounded window of unconfirmed publishes.
 ///
@@ -25,7 +22,11 @@ use crate::retry::{
 /// [`Publisher::publish`] waits for a slot (pressure reaches the app) and
 /// [`Publisher::try_publish`] fails at once with [`ClientError::WindowFull`].
 ///
-/// Clones share one window. Create independent windows with [`crate::Client::publisher`].
+/// Refusals surface in the confirm; [`Publisher::with_retry`] retries the ones that waiting can
+/// fix.
+///
+/// Clones share one window (and, with retry on, one retry budget and circuit breaker). Create
+/// independent windows with [`crate::Client::publisher`].
 #[derive(Debug, Clone)]
 pub struct Publisher {
     conn: ConnHandle,
@@ -33,20 +34,6 @@ pub struct Publisher {
     size: usize,
     /// Set by [`Publisher::with_retry`].
     retry: Option<Arc<Retrier>>,
-}
-
-/// The retry state a publisher's clones share.
-#[derive(Debug)]
-struct Retrier {
-    policy: RetryPolicy,
-    state: Mutex<(RetryBudget, CircuitBreaker)>,
-    retries: AtomicU64,
-}
-
-impl Retrier {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (RetryBudget, CircuitBreaker)> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 impl Publisher {
@@ -59,69 +46,53 @@ impl Publisher {
         }
     }
 
-    /// This publisher (sharing its window) with retries of refused publishes per `policy`:
-    /// refusals that waiting can fix are retried after a full-jitter backoff that never comes
-    /// before the broker's `retry_after_ms`, within the retry budget and while the circuit
-    /// breaker is closed; everything else, and a refusal past the budget, surfaces in the
-    /// confirm. Each retry takes a window slot like any publish, so retries never exceed the
-    /// window. While the breaker is open, publishing fails at once with
-    /// [`ClientError::CircuitOpen`].
+    /// This publisher, sharing its window, with refused publishes retried per `policy` (see
+    /// [`crate::retry`] for what is retried and [`RetryPolicy`] for the defaults):
+    ///
+    /// - a refusal that waiting can fix (`TopicFull`, `RateLimited`, `Overloaded`, with a
+    ///   retry-after hint) is published again after the broker's hint plus a full-jitter
+    ///   backoff, up to `max_retries` times;
+    /// - past the retry budget (a fraction of recent publishes, and `max_concurrent_retries`
+    ///   at once), or after the last attempt, the refusal surfaces in the confirm at once;
+    /// - while the circuit breaker is open, [`Publisher::publish`] and
+    ///   [`Publisher::try_publish`] fail at once with [`ClientError::CircuitOpen`], and
+    ///   retries that were waiting give up with their refusal.
+    ///
+    /// **The window.** A retry takes a window slot like any publish, so retries never exceed
+    /// the window; the slot is not held during the backoff (the refused publish gave it back
+    /// when the broker answered), and a retry waits for a free one like
+    /// [`Publisher::publish`] does.
+    ///
+    /// **The confirm.** The returned [`PublishConfirm`] resolves to the final outcome. The
+    /// retries run on a task of the current tokio runtime (one per publish awaiting its
+    /// outcome), so they go on if the confirm is dropped. From outside any runtime, when this
+    /// publisher was also made outside one, publishes are not retried.
     pub fn with_retry(mut self, policy: RetryPolicy) -> Publisher {
-        let now = Instant::now();
-        let state = (
-            RetryBudget::new(&policy, now),
-            CircuitBreaker::new(policy.breaker.clone()),
-        );
-        self.retry = Some(Arc::new(Retrier {
-            policy,
-            state: Mutex::new(state),
-            retries: AtomicU64::new(0),
-        }));
+        self.retry = Some(Retrier::new(policy));
         self
     }
 
-    /// How many retries this publisher (and its clones) has sent.
-    pub fn retries(&self) -> u64 {
-        self.retry
-            .as_ref()
-            .map_or(0, |r| r.retries.load(Ordering::Relaxed))
-    }
-
-    /// The circuit breaker's state, when retrying is on.
-    pub fn breaker_state(&self) -> Option<BreakerState> {
-        self.retry
-            .as_ref()
-            .map(|r| r.lock().1.state(Instant::now()))
-    }
-
-    /// With retry on: refuses at once while the breaker is open, and counts the publish for
-    /// the retry budget.
-    fn before_publish(&self) -> Result<(), ClientError> {
-        let Some(r) = &self.retry else { return Ok(()) };
-        let now = Instant::now();
-        let mut state = r.lock();
-        state
-            .1
-            .allow(now)
-            .map_err(|retry_after| ClientError::CircuitOpen { retry_after })?;
-        state.0.record_publish(now);
-        Ok(())
-    }
-
-    /// With retry on, hands the confirm to a task that retries it; otherwise returns it.
-    fn retrying(&self, topic: &str, payload: Bytes, confirm: PublishConfirm) -> PublishConfirm {
-        let Some(retrier) = self.retry.clone() else {
-            return confirm;
-        };
-        let plain = Publisher {
+    /// This publisher (sharing its window) without retries.
+    pub(crate) fn without_retry(&self) -> Publisher {
+        Publisher {
             retry: None,
             ..self.clone()
-        };
-        let topic = topic.to_owned();
-        let task = tokio::spawn(retry_loop(plain, retrier, topic, payload, confirm));
-        PublishConfirm {
-            inner: Inner::Retrying(task),
         }
+    }
+
+    /// The retry policy set by [`Publisher::with_retry`], if any.
+    pub fn retry_policy(&self) -> Option<&RetryPolicy> {
+        self.retry.as_deref().map(Retrier::policy)
+    }
+
+    /// How many retries this publisher and its clones have sent (0 without retry).
+    pub fn retries(&self) -> u64 {
+        self.retry.as_ref().map_or(0, |r| r.retries())
+    }
+
+    /// The circuit breaker's state now, when retrying is on (`None` otherwise).
+    pub fn breaker_state(&self) -> Option<BreakerState> {
+        self.retry.as_ref().map(|r| r.breaker_state())
     }
 
     /// The window: the most publishes of this publisher unconfirmed at once.
@@ -139,20 +110,30 @@ impl Publisher {
     ///
     /// Waits while the window (or the connection's command queue) is full. Cancel-safe: if the
     /// returned future is dropped before it completes, nothing was sent. Fails with the
-    /// connection's terminal error once the connection has ended.
+    /// connection's terminal error once the connection has ended, and with
+    /// [`ClientError::CircuitOpen`] while the breaker of [`Publisher::with_retry`] is open.
     pub async fn publish(
         &self,
         topic: &str,
         payload: impl Into<Bytes>,
     ) -> Result<PublishConfirm, ClientError> {
         let payload = payload.into();
-        self.before_publish()?;
+        let Some(retrier) = &self.retry else {
+            return self.send(topic, payload).await;
+        };
+        // Dropped unsettled (the send fails or this future is cancelled), the ticket gives its
+        // breaker pass back.
+        let ticket = retrier.admit()?;
         let confirm = self.send(topic, payload.clone()).await?;
-        Ok(self.retrying(topic, payload, confirm))
+        Ok(retrier.retrying(self, topic, payload, confirm, ticket))
     }
 
-    /// Sends one publish once the window has a slot.
-    async fn send(&self, topic: &str, payload: Bytes) -> Result<PublishConfirm, ClientError> {
+    /// Sends one publish once the window has a slot (no retries).
+    pub(crate) async fn send(
+        &self,
+        topic: &str,
+        payload: Bytes,
+    ) -> Result<PublishConfirm, ClientError> {
         let topic = topic.to_owned();
         let permit = match self.window.clone().acquire_owned().await {
             Ok(permit) => permit,
@@ -174,37 +155,47 @@ impl Publisher {
 
     /// Like [`Publisher::publish`], but never waits: fails with [`ClientError::WindowFull`] when
     /// the window has no free slot or the connection's command queue is full (nothing is sent
-    /// then), and with the terminal error when the connection has ended.
+    /// then), with [`ClientError::CircuitOpen`] while the retry breaker is open, and with the
+    /// terminal error when the connection has ended.
     pub fn try_publish(
         &self,
         topic: &str,
         payload: impl Into<Bytes>,
     ) -> Result<PublishConfirm, ClientError> {
         let payload = payload.into();
-        self.before_publish()?;
+        let ticket = self.retry.as_ref().map(|r| r.admit()).transpose()?;
         let permit = match self.window.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(TryAcquireError::NoPermits) => return Err(ClientError::WindowFull),
             Err(TryAcquireError::Closed) => return Err(self.conn.shared.error()),
         };
+        // With retry on, the payload is kept (a reference count) for the retries.
+        let retained = ticket.as_ref().map(|_| payload.clone());
         let (reply, rx) = oneshot::channel();
         let cmd = Command::Publish {
             topic: topic.to_owned(),
-            payload: payload.clone(),
+            payload,
             reply,
             permit,
         };
         match self.conn.tx.try_send(cmd) {
-            Ok(()) => Ok(self.retrying(
-                topic,
-                payload,
-                PublishConfirm {
-                    inner: Inner::Direct(rx),
-                },
-            )),
-            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => Err(ClientError::WindowFull),
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Err(self.conn.shared.error()),
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                return Err(ClientError::WindowFull)
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                return Err(self.conn.shared.error())
+            }
         }
+        let confirm = PublishConfirm {
+            inner: Inner::Direct(rx),
+        };
+        Ok(match (&self.retry, ticket, retained) {
+            (Some(retrier), Some(ticket), Some(payload)) => {
+                retrier.retrying(self, topic, payload, confirm, ticket)
+            }
+            _ => confirm,
+        })
     }
 
     /// Publishes and waits for the outcome: the message's sequence number once durable.
@@ -224,11 +215,21 @@ impl Publisher {
 /// broker confirms it durable, or to the [`PublishError`] that refused it.
 ///
 /// Dropping it does not cancel the publish (it was sent) and does not hold the window slot (the
-/// slot is freed when the broker answers).
+/// slot is freed when the broker answers). With [`Publisher::with_retry`], it resolves to the
+/// outcome of the last attempt, and dropping it does not stop the retries either.
 #[derive(Debug)]
 #[must_use = "a publish may be refused; await the confirm to find out"]
 pub struct PublishConfirm {
     inner: Inner,
+}
+
+impl PublishConfirm {
+    /// The confirm of a publish that a task retries.
+    pub(crate) fn retrying(task: tokio::task::JoinHandle<Result<u64, PublishError>>) -> Self {
+        PublishConfirm {
+            inner: Inner::Retrying(task),
+        }
+    }
 }
 
 /// Where a confirm comes from.
@@ -252,55 +253,6 @@ impl Future for PublishConfirm {
                 .poll(cx)
                 .map(|r| r.unwrap_or(Err(PublishError::ConnectionLost))),
         }
-    }
-}
-
-/// Awaits a publish's outcome and retries it while the policy, the budget and the breaker
-/// allow; returns the final outcome.
-async fn retry_loop(
-    publisher: Publisher,
-    retrier: Arc<Retrier>,
-    topic: String,
-    payload: Bytes,
-    first: PublishConfirm,
-) -> Result<u64, PublishError> {
-    let mut outcome = first.await;
-    let mut attempt = 0;
-    loop {
-        let error = match outcome {
-            Ok(seq) => {
-                retrier.lock().1.success();
-                return Ok(seq);
-            }
-            Err(e) => e,
-        };
-        let now = Instant::now();
-        if !retryable(&error) {
-            if matches!(error, PublishError::ConnectionLost) {
-                retrier.lock().1.failure(now);
-            }
-            return Err(error);
-        }
-        {
-            let mut state = retrier.lock();
-            state.1.failure(now);
-            let allowed = attempt < retrier.policy.max_retries && state.1.allow(now).is_ok();
-            if !allowed || !state.0.try_begin_retry(now) {
-                return Err(error);
-            }
-        }
-        let retry_after = error.retry_after().unwrap_or_default();
-        let p = &retrier.policy;
-        let delay = full_jitter(p.base, p.cap, attempt, retry_after, &mut rand::rng());
-        tokio::time::sleep(delay).await;
-        attempt += 1;
-        retrier.retries.fetch_add(1, Ordering::Relaxed);
-        let sent = publisher.send(&topic, payload.clone()).await;
-        outcome = match sent {
-            Ok(confirm) => confirm.await,
-            Err(_) => Err(PublishError::ConnectionLost),
-        };
-        retrier.lock().0.end_retry();
     }
 }
 

@@ -22,14 +22,21 @@ use crate::pacing::AckPacer;
 /// has more than `w` messages outstanding towards it (credit + buffered + held by the app), and
 /// a slow app slows the broker's deliveries instead of filling memory.
 ///
-/// **Buffer.** Deliveries wait in a bounded channel of `w` (+4 for error notices) items; it
-/// cannot overflow while the broker respects credit. A broker that delivers beyond the granted
-/// credit ends the stream with [`ClientError::Protocol`].
+/// **Buffer.** Deliveries wait in a bounded channel of `w` (+4 for notices) items; it cannot
+/// overflow while the broker respects credit. A broker that delivers beyond the granted credit
+/// ends the stream with [`ClientError::Protocol`].
 ///
 /// **Items.** `Ok(Delivery)` per message; `Err(e)` for a problem the broker reported about the
 /// subscription (the stream continues unless it ends right after); after the connection or the
 /// subscription ends with an error, a final `Err` and then `None`. A subscription the broker closed
 /// on its own ends with `None`.
+///
+/// **Dropped messages.** When a `drop_oldest` topic evicts messages before this subscription's
+/// group received them, the broker says so (a `Gap` notice, which takes no credit) and the stream
+/// yields `Err(`[`ClientError::MessagesDropped`]`{from, to})`, then goes on; the running count is
+/// [`Subscription::dropped`]. Notices are never lost: at most 2 wait in the buffer, and further
+/// ones are merged into one range (`min(from)..=max(to)`) that is yielded first on the next poll,
+/// possibly ahead of deliveries already buffered.
 ///
 /// **Closing.** [`Subscription::close`] unsubscribes and waits for the broker's answer; dropping
 /// the subscription unsubscribes best effort. Either way, acks already made are sent first, and

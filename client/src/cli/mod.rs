@@ -32,11 +32,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Publish messages: one per argument, or one per stdin line when none are given. Waits for
-    /// every confirm; exits 2 if any publish was refused (reasons on stderr), 1 on other errors.
+    /// every confirm; exits 2 if any publish was refused (reasons on stderr; with `--retry`,
+    /// refused after its retries), 1 on other errors.
     Pub(publish::PubArgs),
     /// Subscribe and print one payload per line (lossy UTF-8), acking each.
     Sub(subscribe::SubArgs),
-    /// Create or list topics.
+    /// Create, list or describe topics.
     Topic {
         #[command(subcommand)]
         command: topic::TopicCommand,
@@ -126,6 +127,15 @@ mod tests {
         assert!(
             matches!(cli.command, Command::Pub(ref a) if a.topic == "orders" && a.messages.len() == 2)
         );
+        let cli = Cli::parse_from(["weir", "pub", "orders", "--retry", "a"]);
+        assert!(matches!(cli.command, Command::Pub(ref a) if a.retry && a.messages == ["a"]));
+        let cli = Cli::parse_from(["weir", "topic", "info", "orders", "--json"]);
+        assert!(matches!(
+            cli.command,
+            Command::Topic {
+                command: topic::TopicCommand::Info { ref name, json: true }
+            } if name == "orders"
+        ));
         let cli = Cli::parse_from(["weir", "sub", "orders", "--group", "g", "--count", "3"]);
         assert!(
             matches!(cli.command, Command::Sub(ref a) if a.credit == 100 && a.count == Some(3))

@@ -7,7 +7,9 @@ use bytes::Bytes;
 use clap::Args;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
-use weir_client::{Client, PublishConfirm, PublishError};
+use weir_client::{
+    Client, ClientError, PublishConfirm, PublishError, Publisher, RejectReason, RetryPolicy,
+};
 
 /// Most refusals printed one by one; the rest are only counted.
 const REFUSALS_SHOWN: u64 = 10;
@@ -25,6 +27,12 @@ pub struct PubArgs {
     /// Print each confirmed sequence number.
     #[arg(long)]
     pub seqs: bool,
+    /// Retry refusals that waiting can fix (TopicFull, RateLimited, Overloaded) with the
+    /// client's default retry policy: the broker's retry-after plus full-jitter backoff, up to
+    /// 5 retries each, within a budget of 10 % of the publishes; while the circuit breaker is
+    /// open, publishing pauses for its cool-down.
+    #[arg(long)]
+    pub retry: bool,
 }
 
 /// What the confirm collector counted.
@@ -37,7 +45,10 @@ struct Outcome {
 }
 
 pub async fn run(client: Client, args: PubArgs) -> anyhow::Result<ExitCode> {
-    let publisher = client.publisher_with_window(args.window);
+    let mut publisher = client.publisher_with_window(args.window);
+    if args.retry {
+        publisher = publisher.with_retry(RetryPolicy::default());
+    }
     // Confirms are awaited by a collector while publishing goes on; the channel holds at most
     // one window of them, so it never holds the publisher up for long.
     let (tx, rx) = mpsc::channel::<(u64, PublishConfirm)>(publisher.window());
@@ -59,9 +70,7 @@ pub async fn run(client: Client, args: PubArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             n += 1;
-            let confirm = publisher
-                .publish(topic, Bytes::copy_from_slice(&line))
-                .await?;
+            let confirm = publish(&publisher, topic, Bytes::copy_from_slice(&line)).await?;
             if tx.send((n, confirm)).await.is_err() {
                 break;
             }
@@ -69,7 +78,7 @@ pub async fn run(client: Client, args: PubArgs) -> anyhow::Result<ExitCode> {
     } else {
         for message in args.messages {
             n += 1;
-            let confirm = publisher.publish(topic, message.into_bytes()).await?;
+            let confirm = publish(&publisher, topic, message.into_bytes().into()).await?;
             if tx.send((n, confirm)).await.is_err() {
                 break;
             }
@@ -78,6 +87,9 @@ pub async fn run(client: Client, args: PubArgs) -> anyhow::Result<ExitCode> {
     drop(tx);
     let outcome = collector.await?;
     println!("{} confirmed", outcome.confirmed);
+    if publisher.retries() > 0 {
+        eprintln!("weir: {} retries sent", publisher.retries());
+    }
     if outcome.refused + outcome.failed > 0 {
         let reasons: Vec<String> = outcome
             .by_reason
@@ -92,6 +104,65 @@ pub async fn run(client: Client, args: PubArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Publishes one message; while the retry breaker is open, waits out its cool-down (a command
+/// line tool has nothing better to do) and publishes again.
+async fn publish(
+    publisher: &Publisher,
+    topic: &str,
+    payload: Bytes,
+) -> Result<PublishConfirm, ClientError> {
+    loop {
+        match publisher.publish(topic, payload.clone()).await {
+            Err(ClientError::CircuitOpen { retry_after }) => {
+                eprintln!(
+                    "weir: the broker keeps refusing; pausing {:.1} s (circuit breaker open)",
+                    retry_after.as_secs_f64()
+                );
+                tokio::time::sleep(retry_after).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// What a refusal means for the person at the terminal.
+fn meaning(reason: RejectReason) -> &'static str {
+    match reason {
+        RejectReason::TopicFull => "the topic is at its bound; consumers must ack to make room",
+        RejectReason::RateLimited => "this API key is over its rate limit; slow down",
+        RejectReason::Overloaded => {
+            "the broker is overloaded (memory budget or storage latency); back off"
+        }
+        RejectReason::MessageTooLarge => "the message is larger than the topic accepts",
+        RejectReason::TooManyTopics => {
+            "publishing would create a topic past the broker's max_topics"
+        }
+        RejectReason::TooManyConnections => "the broker is at its connection limit",
+        RejectReason::ShuttingDown => "the broker is shutting down",
+    }
+}
+
+/// One line about a publish that was not confirmed, e.g. `refused: RateLimited
+/// (messages_per_s=100), retry after 10 ms — this API key is over its rate limit; slow down`.
+fn not_confirmed(e: &PublishError) -> String {
+    match e {
+        PublishError::Rejected {
+            reason,
+            limit,
+            retry_after_ms,
+        } => {
+            let retry = retry_after_ms.map_or(String::new(), |ms| format!(", retry after {ms} ms"));
+            format!(
+                "refused: {reason:?} ({}={}){retry} — {}",
+                limit.name,
+                limit.value,
+                meaning(*reason)
+            )
+        }
+        other => format!("failed: {other}"),
+    }
 }
 
 async fn collect(mut rx: mpsc::Receiver<(u64, PublishConfirm)>, print_seqs: bool) -> Outcome {
@@ -126,7 +197,7 @@ async fn collect(mut rx: mpsc::Receiver<(u64, PublishConfirm)>, print_seqs: bool
                 *out.by_reason.entry(key).or_default() += 1;
                 let shown = out.refused + out.failed;
                 if shown <= REFUSALS_SHOWN {
-                    eprintln!("weir: message {n}: {e}");
+                    eprintln!("weir: message {n} {}", not_confirmed(&e));
                 } else if shown == REFUSALS_SHOWN + 1 {
                     eprintln!("weir: (further refusals are only counted)");
                 }
@@ -134,4 +205,51 @@ async fn collect(mut rx: mpsc::Receiver<(u64, PublishConfirm)>, print_seqs: bool
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_client::Limit;
+
+    use super::*;
+
+    #[test]
+    fn every_refusal_names_reason_limit_hint_and_meaning() {
+        let refused = |reason, name, value, retry_after_ms| PublishError::Rejected {
+            reason,
+            limit: Limit::new(name, value),
+            retry_after_ms,
+        };
+        assert_eq!(
+            not_confirmed(&refused(
+                RejectReason::RateLimited,
+                "messages_per_s",
+                100,
+                Some(10)
+            )),
+            "refused: RateLimited (messages_per_s=100), retry after 10 ms — this API key is over \
+             its rate limit; slow down"
+        );
+        assert_eq!(
+            not_confirmed(&refused(RejectReason::Overloaded, "memory_budget_bytes", 1 << 20, Some(250))),
+            "refused: Overloaded (memory_budget_bytes=1048576), retry after 250 ms — the broker is \
+             overloaded (memory budget or storage latency); back off"
+        );
+        assert!(not_confirmed(&refused(
+            RejectReason::TopicFull,
+            "max_messages",
+            1000,
+            Some(100)
+        ))
+        .starts_with("refused: TopicFull (max_messages=1000), retry after 100 ms — "));
+        assert_eq!(
+            not_confirmed(&refused(RejectReason::MessageTooLarge, "max_message_bytes", 5, None)),
+            "refused: MessageTooLarge (max_message_bytes=5) — the message is larger than the topic \
+             accepts"
+        );
+        assert_eq!(
+            not_confirmed(&PublishError::ConnectionLost),
+            "failed: connection lost before the publish was confirmed"
+        );
+    }
 }

@@ -1,6 +1,7 @@
-//! `weir topic create|list`.
+//! `weir topic create|list|info`.
 
 use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Subcommand;
 use weir_client::{
@@ -13,7 +14,8 @@ pub enum TopicCommand {
     /// Create a topic (idempotent for an identical configuration) and print its effective
     /// configuration. Bounds not given take the broker's defaults.
     Create(CreateArgs),
-    /// List every topic: depth, bytes, bounds, policy and groups.
+    /// List every topic: depth, bytes, what its bounds refused or dropped, bounds, policy and
+    /// groups.
     List {
         /// Print the broker's answer as JSON instead of a table.
         #[arg(long)]
@@ -82,9 +84,9 @@ pub async fn run(client: Client, command: TopicCommand) -> anyhow::Result<ExitCo
         TopicCommand::Info { name, json } => {
             let d = client.describe_topic(&name).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&d)?);
+                println!("{}", info_json(&d)?);
             } else {
-                print!("{}", info(&d));
+                print!("{}", info(&d, SystemTime::now()));
             }
         }
         TopicCommand::List { json } => {
@@ -99,38 +101,49 @@ pub async fn run(client: Client, command: TopicCommand) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// A topic's effective configuration, one `key value` line per setting.
-fn describe(c: &TopicConfig) -> String {
-    format!(
-        "topic              {}\nmax_messages       {}\nmax_bytes          {}\nmax_message_bytes  {}\noverflow           {}\nfsync              {}\n",
-        c.name,
-        c.max_messages,
-        c.max_bytes,
-        c.max_message_bytes,
-        c.overflow.as_str(),
-        c.fsync
-    ) + &if c.overflow == weir_client::OverflowPolicy::Block {
-        format!("max_blocked        {}\nmax_block_ms       {}\n", c.max_blocked_publishes, c.max_block_ms)
-    } else {
-        String::new()
-    }
+/// One aligned `key value` line of `weir topic create` and `weir topic info`.
+fn kv(key: &str, value: impl std::fmt::Display) -> String {
+    format!("{key:<18} {value}\n")
 }
 
-/// `weir topic info`: the configuration, then state, groups and recent drops.
-fn info(d: &TopicDescription) -> String {
+/// A topic's effective configuration, one `key value` line per setting. The `block` policy's
+/// bounds are shown whatever the policy, marked when another policy makes them unused.
+fn describe(c: &TopicConfig) -> String {
+    let unused = if c.overflow == OverflowPolicy::Block {
+        ""
+    } else {
+        " (block policy only)"
+    };
+    [
+        kv("topic", &c.name),
+        kv("max_messages", c.max_messages),
+        kv("max_bytes", c.max_bytes),
+        kv("max_message_bytes", c.max_message_bytes),
+        kv("overflow", c.overflow.as_str()),
+        kv("fsync", c.fsync),
+        kv(
+            "max_blocked",
+            format!("{}{unused}", c.max_blocked_publishes),
+        ),
+        kv("max_block_ms", format!("{}{unused}", c.max_block_ms)),
+    ]
+    .concat()
+}
+
+/// `weir topic info`: the configuration, then state, counters, groups and recent drops (their
+/// age taken against `now`).
+fn info(d: &TopicDescription, now: SystemTime) -> String {
     use std::fmt::Write;
     let t = &d.info;
     let mut out = describe(&t.config);
-    let _ = writeln!(
-        out,
-        "depth              {} ({})",
-        t.depth,
-        human_bytes(t.bytes)
-    );
-    let _ = writeln!(out, "next_seq           {}", t.next_seq);
-    let _ = writeln!(out, "dropped            {}", t.dropped);
-    let _ = writeln!(out, "parked             {}", t.parked);
-    let _ = writeln!(out, "rejected           {}", t.rejected);
+    out += &kv("depth", format!("{} ({})", t.depth, human_bytes(t.bytes)));
+    out += &kv("next_seq", t.next_seq);
+    out += &kv("dropped", t.dropped);
+    out += &kv("parked", t.parked);
+    out += &kv("rejected", t.rejected);
+    if t.groups.is_empty() {
+        out += &kv("groups", "-");
+    }
     for g in &t.groups {
         let _ = writeln!(
             out,
@@ -139,15 +152,84 @@ fn info(d: &TopicDescription) -> String {
         );
     }
     if !d.recent_drops.is_empty() {
-        let _ = writeln!(out, "recent drops (oldest first):");
+        let _ = writeln!(
+            out,
+            "recent drops ({}, oldest first):",
+            d.recent_drops.len()
+        );
+        let now_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         for m in &d.recent_drops {
-            let head = m.head.as_ref().map_or("-".to_string(), |h| {
-                format!("{:?}", String::from_utf8_lossy(h))
-            });
-            let _ = writeln!(out, "  seq {} ({} B, {}) {head}", m.seq, m.bytes, m.reason);
+            let head = m.head.as_ref().map_or_else(
+                || "(payload not in memory)".to_owned(),
+                |h| show_head(h, m.bytes),
+            );
+            let age = now_ms.saturating_sub(m.dropped_at_ms) as f64 / 1000.0;
+            let _ = writeln!(
+                out,
+                "  seq {} ({} B, {}) {head}, {age:.1} s ago",
+                m.seq, m.bytes, m.reason
+            );
         }
     }
     out
+}
+
+/// The first bytes of a dropped payload: quoted text when they are UTF-8, hex otherwise, with
+/// `…` when the payload (`len` bytes) was longer.
+fn show_head(head: &[u8], len: u32) -> String {
+    let more = if (head.len() as u64) < u64::from(len) {
+        "…"
+    } else {
+        ""
+    };
+    match std::str::from_utf8(head) {
+        Ok(text) => format!("{text:?}{more}"),
+        Err(_) => format!("hex {}{more}", hex(head)),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `weir topic info --json`: the broker's answer, with each dropped head as lossy text
+/// (`head`) and exact hex (`head_hex`) instead of an array of numbers.
+fn info_json(d: &TopicDescription) -> anyhow::Result<String> {
+    /// [`weir_client::DroppedMessage`] with its head readable.
+    #[derive(serde::Serialize)]
+    struct Dropped<'a> {
+        seq: u64,
+        bytes: u32,
+        head: Option<std::borrow::Cow<'a, str>>,
+        head_hex: Option<String>,
+        reason: &'a str,
+        dropped_at_ms: u64,
+    }
+    /// [`TopicDescription`] with readable drops.
+    #[derive(serde::Serialize)]
+    struct Info<'a> {
+        info: &'a TopicInfo,
+        recent_drops: Vec<Dropped<'a>>,
+    }
+    let recent_drops = d
+        .recent_drops
+        .iter()
+        .map(|m| Dropped {
+            seq: m.seq,
+            bytes: m.bytes,
+            head: m.head.as_deref().map(String::from_utf8_lossy),
+            head_hex: m.head.as_deref().map(hex),
+            reason: &m.reason,
+            dropped_at_ms: m.dropped_at_ms,
+        })
+        .collect();
+    let info = Info {
+        info: &d.info,
+        recent_drops,
+    };
+    Ok(serde_json::to_string_pretty(&info)?)
 }
 
 /// Bytes in a short human unit: `512 B`, `1.5 KiB`, `256 MiB`.
@@ -170,7 +252,10 @@ fn human_bytes(n: u64) -> String {
 
 /// The topic list as an aligned table.
 fn table(topics: &[TopicInfo]) -> String {
-    let header = ["NAME", "DEPTH", "BYTES", "BOUNDS", "POLICY", "GROUPS"].map(String::from);
+    let header = [
+        "NAME", "DEPTH", "BYTES", "DROPPED", "PARKED", "REJECTED", "BOUNDS", "POLICY", "GROUPS",
+    ]
+    .map(String::from);
     let mut rows = vec![header];
     for t in topics {
         let c = &t.config;
@@ -192,6 +277,9 @@ fn table(topics: &[TopicInfo]) -> String {
             c.name.clone(),
             t.depth.to_string(),
             human_bytes(t.bytes),
+            t.dropped.to_string(),
+            t.parked.to_string(),
+            t.rejected.to_string(),
             format!(
                 "{} msgs / {} / {} each",
                 c.max_messages,
@@ -202,7 +290,7 @@ fn table(topics: &[TopicInfo]) -> String {
             groups,
         ]);
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 9];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -226,6 +314,8 @@ fn table(topics: &[TopicInfo]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use weir_client::GroupInfo;
 
@@ -236,6 +326,94 @@ mod tests {
         assert_eq!(human_bytes(1024), "1 KiB");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(256 * 1024 * 1024), "256 MiB");
+    }
+
+    fn config(overflow: OverflowPolicy) -> TopicConfig {
+        TopicConfig {
+            name: "lossy".into(),
+            max_messages: 2,
+            max_bytes: 1024,
+            max_message_bytes: 512,
+            overflow,
+            fsync: FsyncPolicy::Batch,
+            max_blocked_publishes: 8,
+            max_block_ms: 5000,
+        }
+    }
+
+    fn description(overflow: OverflowPolicy) -> TopicDescription {
+        let drop = |seq, bytes, head: &'static [u8], dropped_at_ms| weir_client::DroppedMessage {
+            seq,
+            bytes,
+            head: Some(bytes::Bytes::from_static(head)),
+            reason: "overflow".into(),
+            dropped_at_ms,
+        };
+        TopicDescription {
+            req: 1,
+            info: TopicInfo {
+                config: config(overflow),
+                depth: 2,
+                bytes: 6,
+                next_seq: 5,
+                groups: vec![],
+                dropped: 3,
+                parked: 1,
+                rejected: 7,
+            },
+            recent_drops: vec![
+                drop(1, 3, b"one", 10_000),
+                drop(2, 100, b"a long payload's first bytes", 11_500),
+                drop(3, 4, &[0, 159, 146, 150], 12_000),
+                weir_client::DroppedMessage {
+                    head: None,
+                    ..drop(4, 9, b"", 12_000)
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn info_shows_config_counters_and_recent_drops_as_text_or_hex() {
+        let now = UNIX_EPOCH + Duration::from_millis(14_000);
+        let text = info(&description(OverflowPolicy::DropOldest), now);
+        for expected in [
+            "overflow           drop_oldest\n",
+            "max_blocked        8 (block policy only)\n",
+            "max_block_ms       5000 (block policy only)\n",
+            "depth              2 (6 B)\n",
+            "dropped            3\n",
+            "parked             1\n",
+            "rejected           7\n",
+            "groups             -\n",
+            "recent drops (4, oldest first):\n",
+            "  seq 1 (3 B, overflow) \"one\", 4.0 s ago\n",
+            "  seq 2 (100 B, overflow) \"a long payload's first bytes\"…, 2.5 s ago\n",
+            "  seq 3 (4 B, overflow) hex 009f9296, 2.0 s ago\n",
+            "  seq 4 (9 B, overflow) (payload not in memory), 2.0 s ago\n",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        let block = info(&description(OverflowPolicy::Block), now);
+        assert!(block.contains("max_blocked        8\nmax_block_ms       5000\n"));
+    }
+
+    #[test]
+    fn info_json_shows_heads_as_text_and_hex() {
+        let text = info_json(&description(OverflowPolicy::DropOldest)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let drops = json["recent_drops"].as_array().unwrap();
+        assert_eq!(drops[0]["head"], "one");
+        assert_eq!(drops[0]["head_hex"], "6f6e65");
+        assert_eq!(drops[2]["head"], "\u{0}\u{fffd}\u{fffd}\u{fffd}");
+        assert_eq!(drops[2]["head_hex"], "009f9296");
+        assert!(drops[3]["head"].is_null());
+        assert_eq!(json["info"]["dropped"], 3);
+        assert_eq!(json["info"]["config"]["overflow"], "DropOldest");
+        assert!(
+            text.find("\"seq\"") < text.find("\"head\""),
+            "fields keep their order"
+        );
     }
 
     #[test]
@@ -254,9 +432,9 @@ mod tests {
             depth: 3,
             bytes: 30,
             next_seq: 4,
-            dropped: 0,
+            dropped: 12,
             parked: 0,
-            rejected: 0,
+            rejected: 345,
             groups: vec![GroupInfo {
                 name: "billing".into(),
                 in_flight: 1,
@@ -269,7 +447,8 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("NAME    DEPTH  BYTES"));
-        assert!(lines[1].starts_with("orders  3      30 B"));
+        assert!(lines[0].starts_with("NAME    DEPTH  BYTES  DROPPED  PARKED  REJECTED  BOUNDS"));
+        assert!(lines[1].starts_with("orders  3      30 B   12       0       345       100000"));
         assert!(lines[1].contains("100000 msgs / 256 MiB / 1 MiB each"));
         assert!(lines[1].contains("reject fsync=batch"));
         assert!(lines[1].ends_with("billing(members=1 in_flight=1 pending=2 credit=99)"));
