@@ -25,6 +25,24 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
+/// Runs the client example `name` (built by `cargo test`) against the broker at `addr`;
+/// asserts it exits 0 and returns what it printed.
+pub async fn run_example(name: &str, addr: SocketAddr) -> String {
+    let example = workspace_bin(&format!("examples/{name}"));
+    let out =
+        tokio::task::spawn_blocking(move || Command::new(example).arg(addr.to_string()).output())
+            .await
+            .expect("example task")
+            .expect("run example");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "example {name} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A running `weir-broker` process. Killed (SIGKILL) on drop if still running.
 pub struct BrokerProcess {
     /// Where it listens.

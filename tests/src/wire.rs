@@ -111,6 +111,27 @@ impl RawClient {
         self.recv().await
     }
 
+    /// Sends publishes `(id, payload)` pipelined — one flush for all — without waiting for
+    /// their answers.
+    pub async fn feed_publishes(
+        &mut self,
+        topic: &str,
+        publishes: impl IntoIterator<Item = (u64, Bytes)>,
+    ) {
+        for (id, payload) in publishes {
+            let publish = Publish {
+                id,
+                topic: topic.into(),
+                payload,
+            };
+            self.framed
+                .feed(Frame::Publish(publish))
+                .await
+                .expect("feed");
+        }
+        self.framed.flush().await.expect("flush");
+    }
+
     /// Publishes `payloads` pipelined and returns the sequence of each, asserting every one
     /// was confirmed.
     pub async fn publish_all(
@@ -119,19 +140,13 @@ impl RawClient {
         payloads: impl IntoIterator<Item = Bytes>,
     ) -> Vec<u64> {
         let mut ids = Vec::new();
+        let mut publishes = Vec::new();
         for payload in payloads {
             let id = self.req();
             ids.push(id);
-            self.framed
-                .feed(Frame::Publish(Publish {
-                    id,
-                    topic: topic.into(),
-                    payload,
-                }))
-                .await
-                .expect("feed");
+            publishes.push((id, payload));
         }
-        self.framed.flush().await.expect("flush");
+        self.feed_publishes(topic, publishes).await;
         let mut seqs = std::collections::HashMap::new();
         while seqs.len() < ids.len() {
             match self.recv().await {

@@ -2,9 +2,8 @@
 //! only the offender, with the bucket's refill time.
 
 use bytes::Bytes;
-use futures::SinkExt;
 use weir_broker::keys::{ApiKey, RateConfig};
-use weir_protocol::{Frame, Hello, Publish, RejectReason, Subscribe, PROTOCOL_VERSION};
+use weir_protocol::{Frame, Hello, RejectReason, Subscribe, PROTOCOL_VERSION};
 use weir_tests::{RawClient, TestBroker};
 
 fn key(name: &str, rate: Option<RateConfig>) -> ApiKey {
@@ -40,19 +39,12 @@ async fn a_key_over_its_rate_is_refused_with_the_refill_time_while_another_key_i
     let mut b = connect_as(broker.addr, "b").await;
     // Both keys publish 20 pipelined messages at the same time.
     for client in [&mut a, &mut b] {
-        for id in 1..=20u64 {
-            let publish = Publish {
-                id,
-                topic: "shared".into(),
-                payload: Bytes::from(vec![id as u8]),
-            };
-            client
-                .framed_mut()
-                .feed(Frame::Publish(publish))
-                .await
-                .unwrap();
-        }
-        client.framed_mut().flush().await.unwrap();
+        client
+            .feed_publishes(
+                "shared",
+                (1..=20u64).map(|id| (id, Bytes::from(vec![id as u8]))),
+            )
+            .await;
     }
     let (mut a_ok, mut a_refused) = (0, 0);
     for _ in 0..20 {
@@ -128,19 +120,9 @@ async fn more_queued_appends_than_the_overload_threshold_are_refused_as_overload
     let mut client = RawClient::connect(broker.addr).await;
     // 50 pipelined publishes arrive faster than one fdatasync: with at most one append queued
     // broker-wide, the rest of a burst is refused until the commit completes.
-    for id in 1..=50u64 {
-        let publish = Publish {
-            id,
-            topic: "q".into(),
-            payload: Bytes::from(vec![id as u8]),
-        };
-        client
-            .framed_mut()
-            .feed(Frame::Publish(publish))
-            .await
-            .unwrap();
-    }
-    client.framed_mut().flush().await.unwrap();
+    client
+        .feed_publishes("q", (1..=50u64).map(|id| (id, Bytes::from(vec![id as u8]))))
+        .await;
     let (mut ok, mut overloaded) = (0, 0);
     for _ in 0..50 {
         match client.recv().await {

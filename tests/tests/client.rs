@@ -176,22 +176,7 @@ async fn a_dropped_subscription_s_messages_are_redelivered_with_attempt_2() {
 #[tokio::test]
 async fn the_readme_quickstart_example_runs_against_a_broker() {
     let broker = TestBroker::start().await;
-    let example = weir_tests::process::workspace_bin("examples/quickstart");
-    let addr = broker.addr.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(example)
-            .arg(addr)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "quickstart failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = weir_tests::process::run_example("quickstart", broker.addr).await;
     for line in ["stored as seq 3", "got seq 1: one", "got seq 3: three"] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }

@@ -223,22 +223,7 @@ async fn rate_limited_publishes_are_retried_after_the_refill_and_all_confirmed()
 #[tokio::test]
 async fn the_readme_retry_example_runs_against_a_broker() {
     let broker = TestBroker::start().await;
-    let example = weir_tests::process::workspace_bin("examples/retry");
-    let addr = broker.addr.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(example)
-            .arg(addr)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the retry example failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = weir_tests::process::run_example("retry", broker.addr).await;
     for line in [
         "stored as seq 1\n",
         "stored as seq 10\n",

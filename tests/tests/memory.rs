@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::SinkExt;
-use weir_protocol::{Ack, Credit, Frame, Publish, RejectReason};
+use weir_protocol::{Ack, Credit, Frame, RejectReason};
 use weir_tests::{BrokerProcess, RawClient};
 
 const MIB: u64 = 1024 * 1024;
@@ -85,19 +84,10 @@ async fn over_the_memory_budget_publishes_are_refused_rss_stays_bounded_and_noth
             let payload = payload.clone();
             tokio::spawn(async move {
                 let mut client = RawClient::connect(addr).await;
-                for i in 0..PER_PUBLISHER {
-                    let publish = Publish {
-                        id: p * 1000 + i + 1,
-                        topic: "big".into(),
-                        payload: payload.clone(),
-                    };
-                    client
-                        .framed_mut()
-                        .feed(Frame::Publish(publish))
-                        .await
-                        .unwrap();
-                }
-                client.framed_mut().flush().await.unwrap();
+                let ids = (0..PER_PUBLISHER).map(|i| p * 1000 + i + 1);
+                client
+                    .feed_publishes("big", ids.map(|id| (id, payload.clone())))
+                    .await;
                 let (mut confirmed, mut refused) = (0u64, 0u64);
                 for _ in 0..PER_PUBLISHER {
                     match client.recv().await {
