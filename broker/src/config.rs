@@ -252,8 +252,9 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 
-    /// Checks every bound is usable: no zero bounds, frame size within the codec ceiling, the
-    /// default message bound fitting in a frame, and parsable policies.
+    /// Checks every bound is usable: no zero bounds, frame size within the codec ceiling, a
+    /// memory budget of at least two frames, the default message bound fitting in a frame, and
+    /// parsable policies.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         let nonzero = [
@@ -294,6 +295,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "limits.max_frame_bytes must be between 1024 and {}",
                 weir_protocol::MAX_FRAME_BYTES_CEILING
+            )));
+        }
+        if l.memory_budget_bytes < 2 * u64::from(l.max_frame_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "limits.memory_budget_bytes ({}) must hold at least two frames of limits.max_frame_bytes ({}): a publish is read, then admitted",
+                l.memory_budget_bytes, l.max_frame_bytes
             )));
         }
         self.default_rate
@@ -431,6 +438,10 @@ mod tests {
         let mut config = Config::default();
         config.limits.max_in_flight = 0;
         assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.limits.memory_budget_bytes = 2 * u64::from(config.limits.max_frame_bytes) - 1;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("memory_budget_bytes"), "{err}");
     }
 
     #[test]

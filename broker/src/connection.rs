@@ -15,6 +15,8 @@
 //!   `Error{LimitExceeded}`.
 //! - `max_frame_bytes`: `Error{FrameTooLarge}`, then this connection (only) is closed.
 //! - malformed frames: `Error{MalformedFrame}`, then this connection (only) is closed.
+//! - the memory budget: queued deliveries hold their payload's share until written; the read
+//!   buffer draws from it too and stops growing while the budget is over (see `reader`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,7 +32,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use weir_protocol::*;
@@ -39,6 +41,8 @@ use crate::admission::KeyLimits;
 use crate::broker::{Broker, CreateError};
 use crate::group::{GrantError, MemberId};
 use crate::keys::Identity;
+use crate::outbox::{Outbound, Outbox};
+use crate::reader::{FrameReader, Read};
 use crate::topic::{Admitted, AppendError, Confirm, JoinError, Refusal, Topic};
 
 /// Control frames queued for the writer beyond which the reader waits.
@@ -141,7 +145,7 @@ pub(crate) async fn serve(broker: Broker, socket: TcpStream, peer: SocketAddr, s
     let limits = broker.config().limits.clone();
     let codec = WeirCodec::new(limits.max_frame_bytes as usize);
     let (read, write) = socket.into_split();
-    let mut frames = FramedRead::new(read, codec);
+    let mut frames = FrameReader::new(read, codec, broker.admission().budget());
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     // Every credit of every subscription (Gap notices go on the control queue).
     let delivery_capacity = (limits.max_subscriptions as usize) * (limits.max_credit as usize);
@@ -177,7 +181,7 @@ pub(crate) async fn serve(broker: Broker, socket: TcpStream, peer: SocketAddr, s
             let going_away = GoingAway {
                 reason: "broker shutting down".into(),
             };
-            let _ = conn.control.send(Frame::GoingAway(going_away)).await;
+            let _ = conn.control.send(Frame::GoingAway(going_away).into()).await;
         }
         end
     };
@@ -218,8 +222,8 @@ async fn linger(mut read: OwnedReadHalf) {
 /// Control frames go first. Ends when both queues are closed or the socket fails.
 async fn write_frames(
     mut sink: FramedWrite<OwnedWriteHalf, WeirCodec>,
-    mut control: mpsc::Receiver<Frame>,
-    mut deliveries: mpsc::Receiver<Frame>,
+    mut control: mpsc::Receiver<Outbound>,
+    mut deliveries: mpsc::Receiver<Outbound>,
 ) {
     loop {
         let first = tokio::select! {
@@ -228,14 +232,15 @@ async fn write_frames(
             Some(frame) = deliveries.recv() => frame,
             else => break,
         };
-        if sink.feed(first).await.is_err() {
+        // A frame's memory permit is given back once the frame is encoded.
+        if sink.feed(first.frame).await.is_err() {
             return;
         }
         for _ in 1..FRAMES_PER_FLUSH {
-            let Ok(frame) = control.try_recv().or_else(|_| deliveries.try_recv()) else {
+            let Ok(next) = control.try_recv().or_else(|_| deliveries.try_recv()) else {
                 break;
             };
-            if sink.feed(frame).await.is_err() {
+            if sink.feed(next.frame).await.is_err() {
                 return;
             }
         }
@@ -254,8 +259,8 @@ struct Connection {
     identity: Option<Identity>,
     /// That identity's rate limits (set by the handshake).
     key: Option<Arc<KeyLimits>>,
-    control: mpsc::Sender<Frame>,
-    deliveries: mpsc::Sender<Frame>,
+    control: Outbox,
+    deliveries: Outbox,
     subs: HashMap<u64, Subscription>,
     /// Publishes awaiting their commit; at most `max_unconfirmed` (then reading pauses).
     pending: FuturesUnordered<PendingConfirm>,
@@ -265,17 +270,18 @@ struct Connection {
     parked: FuturesUnordered<PendingConfirm>,
 }
 
-type Frames = FramedRead<OwnedReadHalf, WeirCodec>;
-
 impl Connection {
     /// Queues a control frame; `Err` when the writer is gone.
     async fn send(&self, frame: Frame) -> Result<(), End> {
-        self.control.send(frame).await.map_err(|_| End::Closed)
+        self.control
+            .send(frame.into())
+            .await
+            .map_err(|_| End::Closed)
     }
 
     async fn handshake(
         &mut self,
-        frames: &mut Frames,
+        frames: &mut FrameReader,
         shutdown: &CancellationToken,
     ) -> Result<(), End> {
         let timeout = Duration::from_millis(self.broker.config().limits.hello_timeout_ms);
@@ -289,6 +295,12 @@ impl Connection {
             },
             () = shutdown.cancelled() => return Err(End::Closed),
         };
+        // A shed frame (a large publish while memory is short) is still not a Hello.
+        let first = first.map(|read| {
+            read.map(|r| match r {
+                Read::Frame(frame) | Read::Shed(frame) => frame,
+            })
+        });
         match first {
             Some(Ok(Frame::Hello(hello))) if hello.version == PROTOCOL_VERSION => {
                 match self
@@ -343,7 +355,7 @@ impl Connection {
         }
     }
 
-    async fn run(&mut self, frames: &mut Frames, shutdown: &CancellationToken) -> End {
+    async fn run(&mut self, frames: &mut FrameReader, shutdown: &CancellationToken) -> End {
         let max_unconfirmed = self.broker.config().limits.max_unconfirmed as usize;
         let metrics = self.broker.metrics().clone();
         let mut was_reading = true;
@@ -362,7 +374,8 @@ impl Connection {
                 Some(answer) = self.pending.next(), if !self.pending.is_empty() => self.send(answer).await,
                 Some(answer) = self.parked.next(), if !self.parked.is_empty() => self.send(answer).await,
                 frame = frames.next(), if can_read => match frame {
-                    Some(Ok(frame)) => self.apply(frame).await,
+                    Some(Ok(Read::Frame(frame))) => self.apply(frame).await,
+                    Some(Ok(Read::Shed(frame))) => self.shed(frame).await,
                     Some(Err(e)) => Err(self.codec_error(e).await),
                     None => Err(End::Closed),
                 },
@@ -483,6 +496,22 @@ impl Connection {
                 self.send(error(p.id, ErrorCode::Internal, message)).await
             }
         }
+    }
+
+    /// Answers a frame the reader shed unread because the memory budget was over: a publish is
+    /// refused as the budget would refuse it; anything else is applied as it is (only
+    /// publishes carry payloads a client may send).
+    async fn shed(&mut self, frame: Frame) -> Result<(), End> {
+        let Frame::Publish(p) = frame else {
+            return self.apply(frame).await;
+        };
+        let metrics = self.broker.metrics();
+        metrics.frames_shed.add(1);
+        metrics.refused(RejectReason::Overloaded);
+        let admission = self.broker.admission();
+        let r = admission.memory_refusal(Instant::now());
+        admission.log_refusal(&p.topic, &r);
+        self.send(rejected(p.id, r)).await
     }
 
     /// Admits one expensive operation under the key's `ops_per_s`; a refusal is counted and

@@ -12,13 +12,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-use weir_protocol::{Frame, GroupInfo};
+use weir_protocol::GroupInfo;
 
+pub use crate::outbox::Outbox;
 use crate::storage::state::GroupRecord;
-
-/// The sending side of a connection's bounded outbound queue.
-pub type Outbox = mpsc::Sender<Frame>;
 
 /// Identifies one subscription: the connection it lives on and its id there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -413,8 +410,10 @@ fn overdue(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::Outbound;
+    use tokio::sync::mpsc;
 
-    fn member(sub: u64) -> (MemberId, Outbox, mpsc::Receiver<Frame>) {
+    fn member(sub: u64) -> (MemberId, Outbox, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(16);
         (MemberId { conn: 1, sub }, tx, rx)
     }

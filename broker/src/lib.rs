@@ -9,12 +9,14 @@
 //! - [`server`] — accept loop, graceful shutdown.
 //! - [`slots`] — connection slots: `max_connections` and `max_connections_per_ip`.
 //! - [`connection`] — one task per connection: read frames, apply them, write answers.
+//! - `reader` — a connection's frame reader, its buffer drawn from the memory budget.
 //! - [`admission`] — overload, memory budget and per-key rate limits, before any topic.
 //! - [`broker`] — the shared handle: topic registry, creation, state persistence.
 //! - [`topic`] — bounds and admission; the group-commit writer; the dispatcher.
 //! - [`keys`] — API keys, `Hello` authentication, per-key rate settings.
 //! - [`group`] — cursor, in-flight table, redelivery and credit of one group.
 //! - [`storage`] — the segmented message log and the sled state store — all disk access.
+//! - [`outbox`] — frames queued for a connection's writer, with the memory they hold.
 //! - [`metrics`] — counters.
 
 pub mod admission;
@@ -24,6 +26,8 @@ pub(crate) mod connection;
 pub mod group;
 pub mod keys;
 pub mod metrics;
+pub mod outbox;
+pub(crate) mod reader;
 pub mod server;
 pub mod slots;
 pub mod storage;

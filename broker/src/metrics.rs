@@ -119,6 +119,9 @@ pub struct Metrics {
     /// Times a connection stopped reading its socket because it had `max_unconfirmed`
     /// publishes awaiting their commit (TCP backpressure).
     pub read_pauses: Counter,
+    /// Frames shed unread — header decoded, payload discarded as it arrived — because they
+    /// would have grown a read buffer while the memory budget was over its capacity.
+    pub frames_shed: Counter,
     /// The most unconfirmed publishes any connection has had at once (never above
     /// `max_unconfirmed`).
     pub unconfirmed_high_water: HighWater,
@@ -166,6 +169,7 @@ impl Metrics {
             acked = self.acked.get(),
             connections_refused = self.connections_refused.get(),
             read_pauses = self.read_pauses.get(),
+            frames_shed = self.frames_shed.get(),
             protocol_errors = self.protocol_errors.get(),
             commits,
             commit_mean_us = mean_us,

@@ -63,30 +63,26 @@ impl WeirCodec {
         self.max_frame_bytes
     }
 
+    /// How many bytes a read buffer holding `src` will need for the next frame: once the next
+    /// length prefix is in `src`, the whole frame plus the prefix after it (what
+    /// [`Decoder::decode`] reserves); before that, one prefix. A length over the maximum counts
+    /// as just its prefix: decoding refuses it without buffering the body. Lets a reader
+    /// account for (or wait before) a large frame's buffer before it is allocated.
+    pub fn bytes_needed(&self, src: &[u8]) -> usize {
+        match src.first_chunk::<LEN_BYTES>() {
+            Some(prefix) => match u32::from_be_bytes(*prefix) as usize {
+                len if len > self.max_frame_bytes => LEN_BYTES,
+                len => 2 * LEN_BYTES + len,
+            },
+            None => LEN_BYTES,
+        }
+    }
+
     /// Decodes one frame body (everything after the length prefix).
     fn decode_body(mut body: BytesMut) -> Result<Frame, CodecError> {
-        if body.len() < HDR_LEN_BYTES {
-            return Err(CodecError::Malformed(format!(
-                "body of {} bytes has no header length",
-                body.len()
-            )));
-        }
-        let hdr_len = body.get_u32() as usize;
-        if hdr_len > body.len() {
-            return Err(CodecError::Malformed(format!(
-                "header length {hdr_len} exceeds the {} bytes left in the frame",
-                body.len()
-            )));
-        }
-        let header = body.split_to(hdr_len);
-        let (mut frame, used): (Frame, usize) =
-            bincode::serde::decode_from_slice(&header, wire_options())
-                .map_err(|e| CodecError::Malformed(format!("bad header: {e}")))?;
-        if used != hdr_len {
-            return Err(CodecError::Malformed(format!(
-                "header decoded from {used} of its {hdr_len} bytes"
-            )));
-        }
+        let (mut frame, hdr_len) =
+            parse_header(&body, body.len())?.expect("a whole body holds its header");
+        body.advance(HDR_LEN_BYTES + hdr_len);
         let name = frame.name();
         if !frame.attach_payload(body.freeze()) {
             return Err(CodecError::Malformed(format!(
@@ -95,6 +91,80 @@ impl WeirCodec {
         }
         Ok(frame)
     }
+
+    /// Decodes the frame at the front of `src` without its payload, once its prefix and
+    /// header are buffered (`None` before that). For a reader that must shed a large frame
+    /// unread: it answers from the header and discards the payload as it arrives, so the
+    /// payload is never held in memory.
+    pub fn decode_header(&self, src: &[u8]) -> Option<Result<HeaderOnly, CodecError>> {
+        let len = u32::from_be_bytes(*src.first_chunk::<LEN_BYTES>()?) as usize;
+        if len > self.max_frame_bytes {
+            return Some(Err(CodecError::FrameTooLarge {
+                len,
+                max: self.max_frame_bytes,
+            }));
+        }
+        let (frame, hdr_len) = match parse_header(&src[LEN_BYTES..], len) {
+            Ok(parsed) => parsed?,
+            Err(e) => return Some(Err(e)),
+        };
+        let payload_bytes = len - HDR_LEN_BYTES - hdr_len;
+        if payload_bytes > 0 && !frame.carries_payload() {
+            return Some(Err(CodecError::Malformed(format!(
+                "{} frame carries unexpected payload bytes",
+                frame.name()
+            ))));
+        }
+        Some(Ok(HeaderOnly {
+            frame,
+            header_bytes: LEN_BYTES + HDR_LEN_BYTES + hdr_len,
+            payload_bytes,
+        }))
+    }
+}
+
+/// A frame decoded from its header alone (see [`WeirCodec::decode_header`]).
+#[derive(Debug)]
+pub struct HeaderOnly {
+    /// The frame, with an empty payload.
+    pub frame: Frame,
+    /// Bytes of the stream the length prefix, header length and header take.
+    pub header_bytes: usize,
+    /// Payload bytes that follow the header in the stream.
+    pub payload_bytes: usize,
+}
+
+/// Parses the header-length field and the header at the front of a frame body of `body_len`
+/// bytes, of which `body` holds the first ones: the frame without payload and its header's
+/// length, `None` if the header is not all in `body` yet, or why the body is malformed.
+fn parse_header(body: &[u8], body_len: usize) -> Result<Option<(Frame, usize)>, CodecError> {
+    if body_len < HDR_LEN_BYTES {
+        return Err(CodecError::Malformed(format!(
+            "body of {body_len} bytes has no header length"
+        )));
+    }
+    let Some(hdr_len) = body.first_chunk::<HDR_LEN_BYTES>() else {
+        return Ok(None);
+    };
+    let hdr_len = u32::from_be_bytes(*hdr_len) as usize;
+    let left = body_len - HDR_LEN_BYTES;
+    if hdr_len > left {
+        return Err(CodecError::Malformed(format!(
+            "header length {hdr_len} exceeds the {left} bytes left in the frame"
+        )));
+    }
+    let Some(header) = body.get(HDR_LEN_BYTES..HDR_LEN_BYTES + hdr_len) else {
+        return Ok(None);
+    };
+    let (frame, used): (Frame, usize) =
+        bincode::serde::decode_from_slice(header, wire_options())
+            .map_err(|e| CodecError::Malformed(format!("bad header: {e}")))?;
+    if used != hdr_len {
+        return Err(CodecError::Malformed(format!(
+            "header decoded from {used} of its {hdr_len} bytes"
+        )));
+    }
+    Ok(Some((frame, hdr_len)))
 }
 
 impl Decoder for WeirCodec {

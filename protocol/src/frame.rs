@@ -309,6 +309,11 @@ impl Frame {
 
     /// Attaches the payload read after the header. Returns `false` (and drops nothing the frame
     /// owns) when this kind carries no payload and `payload` is not empty.
+    /// Whether this kind of frame carries a payload after its header (`Publish`, `Deliver`).
+    pub fn carries_payload(&self) -> bool {
+        matches!(self, Frame::Publish(_) | Frame::Deliver(_))
+    }
+
     pub(crate) fn attach_payload(&mut self, payload: Bytes) -> bool {
         match self {
             Frame::Publish(p) => p.payload = payload,

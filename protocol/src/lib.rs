@@ -36,7 +36,9 @@ pub mod error;
 pub mod frame;
 pub mod types;
 
-pub use codec::{wire_options, WeirCodec, DEFAULT_MAX_FRAME_BYTES, MAX_FRAME_BYTES_CEILING};
+pub use codec::{
+    wire_options, HeaderOnly, WeirCodec, DEFAULT_MAX_FRAME_BYTES, MAX_FRAME_BYTES_CEILING,
+};
 pub use error::CodecError;
 pub use frame::*;
 pub use types::*;

@@ -391,3 +391,61 @@ fn wire_compat_byte_layout_of_publish() {
     ];
     assert_eq!(&encode(&frame)[..], expected);
 }
+
+#[test]
+fn bytes_needed_announces_the_whole_next_frame_once_its_length_is_known() {
+    let codec = WeirCodec::new(1024);
+    assert_eq!(codec.bytes_needed(&[]), 4);
+    assert_eq!(codec.bytes_needed(&[0, 0]), 4);
+    assert_eq!(codec.bytes_needed(&[0, 0, 1, 0]), 4 + 256 + 4);
+    assert_eq!(codec.bytes_needed(&[0, 0, 1, 0, 9, 9]), 4 + 256 + 4);
+    assert_eq!(
+        codec.bytes_needed(&[0, 1, 0, 0]),
+        4,
+        "over the maximum: decoding refuses it unbuffered"
+    );
+}
+
+#[test]
+fn decode_header_reads_a_publish_without_its_payload() {
+    let mut codec = WeirCodec::new(1 << 20);
+    let frame = Frame::Publish(Publish {
+        id: 7,
+        topic: "orders".into(),
+        payload: Bytes::from(vec![0xAB; 1000]),
+    });
+    let mut bytes = BytesMut::new();
+    codec.encode_frame(&frame, &mut bytes).unwrap();
+    let header_end = bytes.len() - 1000;
+    for cut in 0..header_end {
+        assert!(codec.decode_header(&bytes[..cut]).is_none(), "cut {cut}");
+    }
+    let head = codec.decode_header(&bytes[..header_end]).unwrap().unwrap();
+    assert_eq!((head.header_bytes, head.payload_bytes), (header_end, 1000));
+    let Frame::Publish(p) = head.frame else {
+        panic!("{:?}", head.frame)
+    };
+    assert_eq!((p.id, p.topic.as_str(), p.payload.len()), (7, "orders", 0));
+}
+
+#[test]
+fn decode_header_refuses_payload_bytes_on_a_frame_without_payload() {
+    let mut codec = WeirCodec::new(1 << 20);
+    let mut bytes = BytesMut::new();
+    codec.encode_frame(&Frame::Ping(1), &mut bytes).unwrap();
+    assert!(codec.decode_header(&bytes).unwrap().is_ok());
+    // Announce three more bytes than the header: a Ping with a "payload".
+    let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) + 3;
+    bytes[..4].copy_from_slice(&len.to_be_bytes());
+    bytes.put_slice(b"xyz");
+    assert!(matches!(
+        codec.decode_header(&bytes),
+        Some(Err(CodecError::Malformed(_)))
+    ));
+    let mut too_big = BytesMut::new();
+    too_big.put_u32(2 << 20);
+    assert!(matches!(
+        codec.decode_header(&too_big),
+        Some(Err(CodecError::FrameTooLarge { .. }))
+    ));
+}

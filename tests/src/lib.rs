@@ -20,6 +20,19 @@ use weir_broker::{Broker, Config};
 pub use process::BrokerProcess;
 pub use wire::RawClient;
 
+/// Waits until `check` holds, re-checking every few milliseconds; panics naming `what` after
+/// [`wire::FRAME_TIMEOUT`]. For state with no event to await (a gauge going down).
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + wire::FRAME_TIMEOUT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// A configuration for tests: data in `dir`, port 0, state flushed often.
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config {

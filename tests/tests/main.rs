@@ -2,6 +2,7 @@
 
 mod admission;
 mod bad_input;
+mod budget;
 mod cli;
 mod client;
 mod client_retry;

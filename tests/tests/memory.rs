@@ -13,10 +13,12 @@ use weir_tests::{BrokerProcess, RawClient};
 const MIB: u64 = 1024 * 1024;
 /// The budget under test.
 const BUDGET: u64 = 16 * MIB;
-/// What the broker holds outside the budget, stated: its baseline (runtime, code, sled and its
-/// small cache), one 4 MiB tail cache per topic, read buffers of up to one 4 MiB frame per
-/// connection (9 here), deliveries within the consumer's credit, and allocator slack.
-const OUTSIDE_BUDGET: u64 = 96 * MIB;
+/// What the broker's RSS may hold beyond the budget, stated: its idle baseline (about 33 MiB
+/// for the debug binary: runtime, thread stacks, sled and its cache), what the budget counts
+/// but never refuses (each connection's first 64 KiB of read buffer, the consumer's credit of
+/// deliveries: 4 × 256 KiB), and allocator slack (freed payloads stay in the allocator's
+/// per-thread arenas). Read buffers, tail caches and queued deliveries are inside the budget.
+const OUTSIDE_BUDGET: u64 = 72 * MIB;
 const PUBLISHERS: u64 = 8;
 const PER_PUBLISHER: u64 = 160;
 const PAYLOAD: usize = 256 * 1024;

@@ -1,6 +1,19 @@
 //! One memory budget for every buffer the broker holds on behalf of clients: payloads awaiting
-//! their commit, parked publishes, cached payloads, outbox deliveries. Over it, new work is
-//! refused with `Rejected{Overloaded}` — overload becomes a refusal, never an OOM.
+//! their commit, parked publishes, cached payloads, outbound deliveries, read buffers. Over it,
+//! new publishes are refused with `Rejected{Overloaded}` — overload becomes a refusal, never an
+//! OOM.
+//!
+//! Holders draw from it in three ways, by what refusing them would do:
+//! - **publishes** ([`MemoryBudget::try_acquire`]) take bytes only while `used` stays within the
+//!   capacity; otherwise they are refused;
+//! - **caches** ([`MemoryPermit::try_grow_within`] with a lower ceiling) only take bytes below
+//!   that ceiling and shed what they hold when others push `used` past it: a cache yields, it
+//!   never causes a refusal;
+//! - **draining buffers** ([`MemoryBudget::charge`]) — deliveries the consumers asked for with
+//!   their credit, read buffers — are always counted, even past the capacity, because holding
+//!   them back is what would stop memory from draining. They are bounded by their own knobs
+//!   (credit, `max_frame_bytes`); while they hold `used` over the capacity, publishes are
+//!   refused and connections stop reading new frames.
 
 use crate::loom::sync::atomic::{AtomicU64, Ordering};
 use crate::loom::sync::Arc;
@@ -9,10 +22,12 @@ use crate::loom::sync::Arc;
 ///
 /// Bytes are held through [`MemoryPermit`]s and given back when they drop. At its bound a
 /// request that would take `used` past `capacity` is refused ([`try_acquire`] returns `None`,
-/// [`MemoryPermit::try_grow`] returns `false`) and nothing is taken: `used` never exceeds
-/// `capacity` and never underflows, whatever the threads do.
+/// [`MemoryPermit::try_grow`] returns `false`) and nothing is taken: no `try_` call ever takes
+/// `used` past its ceiling, and `used` never underflows, whatever the threads do. Only
+/// [`charge`] can take `used` past the capacity (see the module docs for who may).
 ///
 /// [`try_acquire`]: MemoryBudget::try_acquire
+/// [`charge`]: MemoryBudget::charge
 #[derive(Debug, Clone)]
 pub struct MemoryBudget {
     inner: Arc<Inner>,
@@ -52,10 +67,16 @@ impl MemoryBudget {
     /// Takes `bytes` from the budget, or `None` (taking nothing) if `used + bytes` would pass
     /// the capacity.
     pub fn try_acquire(&self, bytes: u64) -> Option<MemoryPermit> {
-        self.inner.take(bytes).then(|| MemoryPermit {
-            inner: self.inner.clone(),
-            bytes,
-        })
+        let mut permit = self.empty_permit();
+        permit.try_grow(bytes).then_some(permit)
+    }
+
+    /// Takes `bytes` whatever the budget holds — for buffers that drain memory (see the module
+    /// docs). `used` may pass the capacity; publishes are refused until it is back under.
+    pub fn charge(&self, bytes: u64) -> MemoryPermit {
+        let mut permit = self.empty_permit();
+        permit.charge(bytes);
+        permit
     }
 
     /// An empty permit of this budget, to grow or merge into later.
@@ -71,9 +92,14 @@ impl MemoryBudget {
         self.inner.used.load(Ordering::Acquire)
     }
 
-    /// Bytes that can still be acquired now.
+    /// Bytes that can still be acquired now (0 when charges took `used` past the capacity).
     pub fn available(&self) -> u64 {
-        self.inner.capacity - self.used()
+        self.inner.capacity.saturating_sub(self.used())
+    }
+
+    /// Whether charges have taken `used` past the capacity.
+    pub fn is_over(&self) -> bool {
+        self.used() > self.inner.capacity
     }
 
     /// The budget: `used` never passes it.
@@ -81,21 +107,21 @@ impl MemoryBudget {
         self.inner.capacity
     }
 
-    /// The most bytes ever held at once (never above the capacity).
+    /// The most bytes ever held at once (above the capacity only through charges).
     pub fn high_water(&self) -> u64 {
         self.inner.high_water.load(Ordering::Relaxed)
     }
 }
 
 impl Inner {
-    /// Adds `bytes` to `used` if the result stays within the capacity.
-    fn take(&self, bytes: u64) -> bool {
+    /// Adds `bytes` to `used` if the result stays within `ceiling`.
+    fn take(&self, bytes: u64, ceiling: u64) -> bool {
         if bytes == 0 {
             return true;
         }
         let mut used = self.used.load(Ordering::Relaxed);
         loop {
-            let Some(want) = used.checked_add(bytes).filter(|w| *w <= self.capacity) else {
+            let Some(want) = used.checked_add(bytes).filter(|w| *w <= ceiling) else {
                 return false;
             };
             match self
@@ -108,6 +134,14 @@ impl Inner {
                 }
                 Err(now) => used = now,
             }
+        }
+    }
+
+    /// Adds `bytes` to `used`, whatever the capacity.
+    fn charge(&self, bytes: u64) {
+        if bytes > 0 {
+            let now = self.used.fetch_add(bytes, Ordering::AcqRel) + bytes;
+            self.high_water.fetch_max(now, Ordering::Relaxed);
         }
     }
 
@@ -158,11 +192,24 @@ impl MemoryPermit {
     /// Takes `bytes` more from the budget into this permit; `false` (and no change) if the
     /// budget has no room for them.
     pub fn try_grow(&mut self, bytes: u64) -> bool {
-        if !self.inner.take(bytes) {
+        let capacity = self.inner.capacity;
+        self.try_grow_within(bytes, capacity)
+    }
+
+    /// Takes `bytes` more only if the budget's `used` stays within `ceiling` (at most the
+    /// capacity) — how a cache keeps room for publishes; `false` (and no change) otherwise.
+    pub fn try_grow_within(&mut self, bytes: u64, ceiling: u64) -> bool {
+        if !self.inner.take(bytes, ceiling.min(self.inner.capacity)) {
             return false;
         }
         self.bytes += bytes;
         true
+    }
+
+    /// Takes `bytes` more whatever the budget holds (see [`MemoryBudget::charge`]).
+    pub fn charge(&mut self, bytes: u64) {
+        self.inner.charge(bytes);
+        self.bytes += bytes;
     }
 }
 
@@ -226,6 +273,38 @@ mod tests {
         let b = two.try_acquire(5).unwrap();
         let b = a.merge(b).unwrap_err();
         assert_eq!((a.bytes(), b.bytes(), one.used(), two.used()), (5, 5, 5, 5));
+    }
+
+    #[test]
+    fn charges_pass_the_capacity_and_then_refuse_publishes_until_back_under() {
+        let budget = MemoryBudget::new(100);
+        let publish = budget.try_acquire(60).unwrap();
+        let delivery = budget.charge(70);
+        assert!(budget.is_over());
+        assert_eq!((budget.used(), budget.available()), (130, 0));
+        assert!(
+            budget.try_acquire(1).is_none(),
+            "over the budget, publishes are refused"
+        );
+        let mut cache = budget.empty_permit();
+        assert!(!cache.try_grow_within(1, 50));
+        drop(publish);
+        assert!(!budget.is_over());
+        assert!(budget.try_acquire(30).is_some());
+        assert!(budget.try_acquire(31).is_none());
+        assert!(
+            !cache.try_grow_within(1, 50),
+            "70 used is past the cache's ceiling of 50"
+        );
+        drop(delivery);
+        assert!(cache.try_grow_within(50, 50));
+        assert!(!cache.try_grow_within(1, 50));
+        assert!(
+            cache.try_grow_within(1, 1_000),
+            "a ceiling above the capacity is the capacity"
+        );
+        drop(cache);
+        assert_eq!((budget.used(), budget.high_water()), (0, 130));
     }
 
     #[test]

@@ -114,6 +114,38 @@ fn loom_memory_budget_never_exceeds_capacity_and_conserves_bytes() {
 }
 
 #[test]
+fn loom_memory_charges_and_acquires_race_without_losing_bytes() {
+    loom::model(|| {
+        let budget = MemoryBudget::new(10);
+        // A delivery is charged (always counted) while a publish tries to fit and a cache
+        // tries to take room below half the budget.
+        let charger = {
+            let budget = budget.clone();
+            thread::spawn(move || budget.charge(6))
+        };
+        let publisher = {
+            let budget = budget.clone();
+            thread::spawn(move || budget.try_acquire(6))
+        };
+        let mut cache = budget.empty_permit();
+        let cached = cache.try_grow_within(3, 5);
+        let delivery = charger.join().unwrap();
+        let publish = publisher.join().unwrap();
+        let held = 6 + publish.as_ref().map_or(0, MemoryPermit::bytes) + cache.bytes();
+        assert_eq!(budget.used(), held, "every byte taken is counted once");
+        if cached {
+            assert_eq!(
+                cache.bytes(),
+                3,
+                "the cache only fits while nothing else is held"
+            );
+        }
+        drop((delivery, publish, cache));
+        assert_eq!(budget.used(), 0, "every permit gave its bytes back");
+    });
+}
+
+#[test]
 fn loom_memory_permits_split_shrink_grow_and_drop_across_threads() {
     bounded().check(|| {
         let budget = MemoryBudget::new(10);

@@ -162,9 +162,7 @@ impl Admission {
             return Err(refusal(RejectReason::Overloaded, limit, Some(retry)));
         }
         let Some(permit) = self.budget.try_acquire(len) else {
-            let limit = Limit::new("memory_budget_bytes", self.budget.capacity());
-            let retry = self.overload.progress_hint(now);
-            return Err(refusal(RejectReason::Overloaded, limit, Some(retry)));
+            return Err(self.memory_refusal(now));
         };
         key.publish.try_take(len, now).map_err(|limited| {
             let limit = match limited.kind {
@@ -174,6 +172,14 @@ impl Admission {
             rate_refusal(limit, limited.refill)
         })?;
         Ok(permit)
+    }
+
+    /// The refusal of a publish the memory budget has no room for: `Overloaded`, naming
+    /// `memory_budget_bytes`, retry once storage has made progress.
+    pub fn memory_refusal(&self, now: Instant) -> Refusal {
+        let limit = Limit::new("memory_budget_bytes", self.budget.capacity());
+        let retry = self.overload.progress_hint(now);
+        refusal(RejectReason::Overloaded, limit, Some(retry))
     }
 
     /// Admits one expensive operation (topic create, subscribe) by `key`.

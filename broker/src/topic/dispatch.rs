@@ -6,6 +6,12 @@
 //! non-blocking `try_send`. A connection's outbound queue is sized for every credit its
 //! subscriptions can hold, so `try_send` fails only when the connection is gone; the message
 //! then returns to its group and that member gets no more until it grants credit again.
+//!
+//! Every delivery is charged to the memory budget before its payload is read (see
+//! [`crate::admission::budget`]: deliveries are asked for with credit and are what drains the
+//! broker, so they are counted, never refused) and its permit travels with the frame until the
+//! connection's writer has encoded it. A payload served from the tail cache is counted twice
+//! while both hold it — the budget errs on the side of refusing early.
 
 use std::sync::Arc;
 
@@ -15,6 +21,7 @@ use weir_protocol::{Deliver, Frame, Gap};
 
 use super::{lock, Topic};
 use crate::group::{GapNotice, Plan};
+use crate::outbox::Outbound;
 use crate::storage::log::LogError;
 
 /// Most deliveries planned per group per round, so one busy group cannot starve the others.
@@ -40,7 +47,7 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
     let mut gaps = Vec::new();
     for group in groups {
         plan.clear();
-        let cached: Vec<Option<Bytes>> = {
+        let (cached, round_bytes): (Vec<Option<Bytes>>, u64) = {
             let mut st = lock(&topic.state);
             let committed = st.committed_next;
             let Some(g) = st.groups.get_mut(&group) else {
@@ -48,12 +55,15 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
             };
             g.take_gaps(&mut gaps);
             g.plan(committed, ROUND, plan);
-            plan.iter().map(|p| st.tail.get(p.seq)).collect()
+            let cached = plan.iter().map(|p| st.tail.get(p.seq)).collect();
+            (cached, plan.iter().map(|p| st.stored_size(p.seq)).sum())
         };
         send_gaps(topic, &group, &mut gaps);
         if plan.is_empty() {
             continue;
         }
+        let budget = topic.admission.budget();
+        let mut memory = budget.charge(round_bytes);
         let payloads = match fill_misses(topic, plan, cached).await {
             Ok(p) => p,
             Err(e) => {
@@ -69,13 +79,19 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
         };
         let mut failed = Vec::new();
         for (p, payload) in plan.drain(..).zip(payloads) {
+            let len = payload.len() as u64;
+            let held = memory.split(len).unwrap_or_else(|| budget.charge(len));
             let frame = Frame::Deliver(Deliver {
                 sub: p.member.sub,
                 seq: p.seq,
                 attempt: p.attempt,
                 payload,
             });
-            if p.outbox.try_send(frame).is_ok() {
+            let outbound = Outbound {
+                frame,
+                memory: Some(held),
+            };
+            if p.outbox.try_send(outbound).is_ok() {
                 topic.metrics.delivered.add(1);
                 if p.attempt > 1 {
                     topic.metrics.redelivered.add(1);
@@ -108,7 +124,7 @@ fn send_gaps(topic: &Topic, group: &str, gaps: &mut Vec<GapNotice>) {
             from: n.from,
             to: n.to,
         });
-        if n.outbox.try_send(frame).is_err() {
+        if n.outbox.try_send(frame.into()).is_err() {
             unsent.push(n);
         }
     }

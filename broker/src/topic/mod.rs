@@ -148,6 +148,14 @@ impl TopicState {
     fn bytes(&self) -> u64 {
         self.stored_bytes + self.pending_bytes
     }
+
+    /// Payload size of stored message `seq` (0 if it is not stored).
+    fn stored_size(&self, seq: u64) -> u64 {
+        seq.checked_sub(self.first_seq)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.sizes.get(i))
+            .map_or(0, |&len| u64::from(len))
+    }
 }
 
 /// One topic. Shared by connections, its writer and its dispatcher through an `Arc`.
@@ -230,7 +238,7 @@ impl Topic {
             pending_count: 0,
             pending_bytes: 0,
             groups,
-            tail: TailCache::new(broker.storage.tail_cache_bytes),
+            tail: TailCache::new(broker.storage.tail_cache_bytes, env.admission.budget()),
             drain: DrainRate::new(Instant::now()),
             recent_drops: VecDeque::with_capacity(admit::DROP_SAMPLE),
             drop_warning: DropWarning::new(Instant::now()),

@@ -5,42 +5,60 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use crate::admission::{MemoryBudget, MemoryPermit};
+
+/// The share of the memory budget all caches together may fill: a cache only takes bytes while
+/// the budget's use stays under `capacity / CACHE_SHARE`, so publishes always keep the rest.
+const CACHE_SHARE: u64 = 2;
+
 /// Consecutive `(seq, payload)` entries ending at the newest commit. Holds at most `max_bytes`
-/// of payload: the oldest entries are evicted first, and a miss falls back to reading the log.
+/// of payload, drawn from the broker's memory budget: the oldest entries are evicted first,
+/// and when the budget's use passes half its capacity the cache sheds entries instead of
+/// taking more, down to empty — a cache yields memory, it never causes a refusal. A miss falls
+/// back to reading the log.
 pub struct TailCache {
     entries: VecDeque<(u64, Bytes)>,
-    bytes: u64,
+    /// Holds exactly the payload bytes of `entries`.
+    permit: MemoryPermit,
     max_bytes: u64,
+    /// The budget's use above which the cache takes nothing more.
+    ceiling: u64,
 }
 
 impl TailCache {
-    /// An empty cache bounded by `max_bytes` of payload (0 disables it).
-    pub fn new(max_bytes: u64) -> TailCache {
+    /// An empty cache bounded by `max_bytes` of payload (0 disables it), drawing from `budget`.
+    pub fn new(max_bytes: u64, budget: &MemoryBudget) -> TailCache {
         TailCache {
             entries: VecDeque::new(),
-            bytes: 0,
+            permit: budget.empty_permit(),
             max_bytes,
+            ceiling: budget.capacity() / CACHE_SHARE,
         }
     }
 
     /// Adds the newest committed message. A gap in sequence numbers empties the cache first,
-    /// keeping entries consecutive; a payload larger than the whole cache is not kept.
+    /// keeping entries consecutive; a payload larger than the whole cache, or one the budget
+    /// has no room for even after shedding every entry, is not kept (the next push then starts
+    /// afresh).
     pub fn push(&mut self, seq: u64, payload: Bytes) {
         if self.entries.back().is_some_and(|(last, _)| last + 1 != seq) {
-            self.entries.clear();
-            self.bytes = 0;
+            self.clear();
         }
         let len = payload.len() as u64;
         if len > self.max_bytes {
-            self.entries.clear();
-            self.bytes = 0;
+            self.clear();
             return;
         }
-        self.entries.push_back((seq, payload));
-        self.bytes += len;
-        while self.bytes > self.max_bytes {
+        while self.permit.bytes() + len > self.max_bytes {
             self.pop_front();
         }
+        while !self.permit.try_grow_within(len, self.ceiling) {
+            if self.entries.is_empty() {
+                return;
+            }
+            self.pop_front();
+        }
+        self.entries.push_back((seq, payload));
     }
 
     /// The payload of `seq`, if cached.
@@ -60,13 +78,18 @@ impl TailCache {
     /// Payload bytes held now.
     #[cfg(test)]
     fn bytes(&self) -> u64 {
-        self.bytes
+        self.permit.bytes()
     }
 
     fn pop_front(&mut self) {
         if let Some((_, p)) = self.entries.pop_front() {
-            self.bytes -= p.len() as u64;
+            self.permit.shrink(p.len() as u64);
         }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.permit.shrink(u64::MAX);
     }
 }
 
@@ -74,26 +97,60 @@ impl TailCache {
 mod tests {
     use super::*;
 
+    fn budget() -> MemoryBudget {
+        MemoryBudget::new(1_000)
+    }
+
     #[test]
     fn holds_at_most_its_bound_and_evicts_oldest_first() {
-        let mut cache = TailCache::new(10);
+        let budget = budget();
+        let mut cache = TailCache::new(10, &budget);
         for seq in 1..=5 {
             cache.push(seq, Bytes::from(vec![0u8; 3]));
         }
-        assert_eq!(cache.bytes(), 9);
+        assert_eq!((cache.bytes(), budget.used()), (9, 9));
         assert!(cache.get(2).is_none() && cache.get(3).is_some() && cache.get(5).is_some());
         assert!(cache.get(6).is_none());
         cache.trim_below(4);
         assert!(cache.get(3).is_none() && cache.get(4).is_some());
+        assert_eq!(budget.used(), 6, "evicted entries give their bytes back");
+        drop(cache);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn yields_to_the_budget_instead_of_taking_more_than_half() {
+        let budget = budget();
+        let mut cache = TailCache::new(800, &budget);
+        for seq in 1..=6 {
+            cache.push(seq, Bytes::from(vec![0u8; 100]));
+        }
+        assert_eq!(
+            cache.bytes(),
+            500,
+            "at most half the budget, oldest shed first"
+        );
+        assert!(cache.get(1).is_none() && cache.get(2).is_some());
+        // Others now hold 450: the next push sheds down to what still fits under 500.
+        let publishes = budget.try_acquire(450).unwrap();
+        cache.push(7, Bytes::from(vec![0u8; 40]));
+        assert_eq!(cache.bytes(), 40);
+        assert!(cache.get(6).is_none() && cache.get(7).is_some());
+        // With no room at all, nothing is cached and nothing is refused.
+        let more = budget.try_acquire(30).unwrap();
+        cache.push(8, Bytes::from(vec![0u8; 40]));
+        assert_eq!((cache.bytes(), budget.used()), (0, 480));
+        drop((publishes, more));
     }
 
     #[test]
     fn a_gap_or_a_huge_payload_empties_it() {
-        let mut cache = TailCache::new(10);
+        let budget = budget();
+        let mut cache = TailCache::new(10, &budget);
         cache.push(1, Bytes::from_static(b"a"));
         cache.push(3, Bytes::from_static(b"b"));
         assert!(cache.get(1).is_none() && cache.get(3).is_some());
         cache.push(4, Bytes::from(vec![0u8; 11]));
-        assert_eq!(cache.bytes(), 0);
+        assert_eq!((cache.bytes(), budget.used()), (0, 0));
     }
 }

@@ -28,8 +28,9 @@ use bytes::Bytes;
 
 use segment::Segment;
 
-/// Write buffers above this capacity are released after a batch instead of being kept for reuse
-/// (a 256 × 1 KiB batch needs about 263 KiB), so an idle log holds at most this much.
+/// A batch is encoded and written in chunks of about this size, so its encoded copy stays this
+/// small beside the payloads; and write buffers above it are released after a batch instead of
+/// being kept for reuse, so an idle log holds at most this much.
 const MAX_KEPT_WRITE_BUF: usize = 1024 * 1024;
 
 /// Tuning of one log.
@@ -395,6 +396,13 @@ impl SegmentLog {
                 self.roll()?;
             }
             record::encode(buf, seq, ts, p);
+            // Write in chunks: the encoded copy of a batch never holds more than about
+            // MAX_KEPT_WRITE_BUF (plus one record) beside the payloads themselves.
+            if buf.len() >= MAX_KEPT_WRITE_BUF {
+                self.write_active(buf, &payloads[start..=i])?;
+                buf.clear();
+                start = i + 1;
+            }
         }
         self.write_active(buf, &payloads[start..])
     }
