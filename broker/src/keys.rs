@@ -30,13 +30,14 @@ pub struct ApiKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateConfig {
-    /// Sustained publishes per second. Default 100 000.
+    /// Sustained publishes per second. Default 1 000 000 — above what one broker commits, so
+    /// a key is only limited where the config says so.
     pub messages_per_s: u64,
-    /// Publishes allowed in a burst. Default 100 000.
+    /// Publishes allowed in a burst. Default 1 000 000.
     pub messages_burst: u64,
-    /// Sustained publish payload bytes per second. Default 256 MiB.
+    /// Sustained publish payload bytes per second. Default 1 GiB.
     pub bytes_per_s: u64,
-    /// Publish payload bytes allowed in a burst. Default 256 MiB.
+    /// Publish payload bytes allowed in a burst. Default 1 GiB.
     pub bytes_burst: u64,
     /// Sustained expensive operations (topic create, subscribe) per second. Default 100.
     pub ops_per_s: u64,
@@ -47,10 +48,10 @@ pub struct RateConfig {
 impl Default for RateConfig {
     fn default() -> Self {
         RateConfig {
-            messages_per_s: 100_000,
-            messages_burst: 100_000,
-            bytes_per_s: 256 * 1024 * 1024,
-            bytes_burst: 256 * 1024 * 1024,
+            messages_per_s: 1_000_000,
+            messages_burst: 1_000_000,
+            bytes_per_s: 1024 * 1024 * 1024,
+            bytes_burst: 1024 * 1024 * 1024,
             ops_per_s: 100,
             ops_burst: 100,
         }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
-use weir_client::{ClientOptions, FsyncPolicy, OverflowPolicy, TopicSpec};
+use weir_client::{ClientOptions, OverflowPolicy};
 
 use super::accounting::Accounting;
 use super::common::{
@@ -34,7 +34,7 @@ use super::common::{
 use super::load::{median_over, Phase, RetryAfterReport, SeriesPoint};
 use super::overload::TopicConfigReport;
 use super::plot::{column_of, series_csv, series_svg, sparkline, Span};
-use super::scenario::{run_scenario, ScenarioOutcome, ScenarioSpec};
+use super::scenario::{run_scenario, ScenarioFlags, ScenarioOutcome, ScenarioSpec};
 use super::{Check, CheckKind};
 
 /// The steady rate: measured (`auto`) or given.
@@ -129,18 +129,9 @@ pub struct BurstArgs {
     /// seconds (0: stop at once and count what is stored).
     #[arg(long, default_value_t = 10)]
     pub drain: u64,
-    /// block: max_blocked_publishes of the topic (default: the broker's).
-    #[arg(long)]
-    pub max_blocked_publishes: Option<u32>,
-    /// block: max_block_ms of the topic (default: the broker's).
-    #[arg(long)]
-    pub max_block_ms: Option<u64>,
-    /// fsync policy of the topics (batch, interval:MS, never; default: the broker's).
-    #[arg(long)]
-    pub fsync: Option<FsyncPolicy>,
-    /// The broker's process id, to read its RSS and CPU from /proc.
-    #[arg(long)]
-    pub broker_pid: Option<u32>,
+    /// The topic's knobs and the broker to watch.
+    #[command(flatten)]
+    pub flags: ScenarioFlags,
     /// Prefix of the topics created (`<prefix>-<run id>`, `<prefix>-probe-<run id>`).
     #[arg(long, default_value = "bench-burst")]
     pub topic_prefix: String,
@@ -405,15 +396,11 @@ pub async fn run(
     let bar = progress_bar(show, args.before + args.burst + args.after, "s");
     bar.set_prefix("burst");
     let spec = ScenarioSpec {
-        topic: TopicSpec {
-            name: format!("{}-{suffix}", args.topic_prefix),
-            max_messages: Some(args.bound),
-            overflow: Some(args.policy),
-            fsync: args.fsync,
-            max_blocked_publishes: args.max_blocked_publishes,
-            max_block_ms: args.max_block_ms,
-            ..TopicSpec::default()
-        },
+        topic: args.flags.topic(
+            format!("{}-{suffix}", args.topic_prefix),
+            args.bound,
+            args.policy,
+        ),
         group: "bench-burst".into(),
         phases: phases.clone(),
         consumer_rate,
@@ -422,7 +409,7 @@ pub async fn run(
         window: args.window,
         sample_every: Duration::from_millis(args.sample_ms),
         drain: Duration::from_secs(args.drain),
-        broker_pid: args.broker_pid,
+        broker_pid: args.flags.broker_pid,
         run_id: id,
     };
     let outcome = run_scenario(server, options, spec, bar.clone()).await;
@@ -478,13 +465,9 @@ async fn probe(
 ) -> ProbeReport {
     let topic = format!("{}-probe-{suffix}", args.topic_prefix);
     let spec = ScenarioSpec {
-        topic: TopicSpec {
-            name: topic.clone(),
-            max_messages: Some(args.bound),
-            overflow: Some(OverflowPolicy::Reject),
-            fsync: args.fsync,
-            ..TopicSpec::default()
-        },
+        topic: args
+            .flags
+            .topic(topic.clone(), args.bound, OverflowPolicy::Reject),
         group: "bench-burst".into(),
         phases: vec![Phase {
             name: "probe",
@@ -716,14 +699,7 @@ fn burst_report(
         run_id: format!("{id:016x}"),
         topic: o.topic.clone(),
         policy: c.overflow.as_str(),
-        config: TopicConfigReport {
-            max_messages: c.max_messages,
-            max_bytes: c.max_bytes,
-            overflow: c.overflow.as_str(),
-            fsync: c.fsync.to_string(),
-            max_blocked_publishes: c.max_blocked_publishes,
-            max_block_ms: c.max_block_ms,
-        },
+        config: TopicConfigReport::from(c),
         baseline_mode: match args.baseline {
             Baseline::Auto => "auto",
             Baseline::Rate(_) => "given",

@@ -2,7 +2,7 @@
 //!
 //! - `weir bench [flags]`: the throughput run — publishers and subscribers, `--msgs` or
 //!   `--duration`, optional `--rate`; msg/s, MB/s, publish→confirm and publish→deliver
-//!   percentiles ([`run`]).
+//!   percentiles ([`mod@run`]).
 //! - `weir bench overload`: an unpaced producer against a bounded topic and a slow consumer,
 //!   per overflow policy; offered / confirmed / refused / dropped / lost, refusal latency, broker
 //!   RSS, and whether the producer was paced, refused or saw drops ([`overload`]).
@@ -202,13 +202,13 @@ mod tests {
                     (o.duration, o.bound, o.consumer_rate, o.size, o.window),
                     (3, 10_000, 1000, 1024, 256)
                 );
-                assert_eq!(o.max_block_ms, None);
+                assert_eq!(o.flags.max_block_ms, None);
             }
             other => panic!("{other:?}"),
         }
         let b = bench(&["overload", "--policy", "drop_oldest", "--broker-pid", "42"]).unwrap();
         assert!(matches!(b.scenario, Some(Scenario::Overload(ref o))
-            if o.policy == overload::PolicyChoice::DropOldest && o.broker_pid == Some(42)));
+            if o.policy == overload::PolicyChoice::DropOldest && o.flags.broker_pid == Some(42)));
         assert!(
             bench(&["--pubs", "2", "overload"]).is_err(),
             "throughput flags do not mix with a scenario"

@@ -14,14 +14,14 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use weir_client::{ClientOptions, FsyncPolicy, OverflowPolicy, TopicSpec};
+use weir_client::{ClientOptions, OverflowPolicy, TopicConfig};
 
 use super::accounting::Accounting;
 use super::common::{
     histogram, human_us, per_s, progress_bar, progress_enabled, run_id, BrokerUsage, Latency,
 };
 use super::load::{rate_between, Phase, RetryAfterReport, SeriesPoint};
-use super::scenario::{run_scenario, ScenarioOutcome, ScenarioSpec};
+use super::scenario::{run_scenario, ScenarioFlags, ScenarioOutcome, ScenarioSpec};
 use super::{Check, CheckKind};
 
 /// Which policies to run.
@@ -76,15 +76,9 @@ pub struct OverloadArgs {
     /// The consumer's window (credit).
     #[arg(long, default_value_t = 32)]
     pub credit: u32,
-    /// block: max_blocked_publishes of the topic (default: the broker's).
-    #[arg(long)]
-    pub max_blocked_publishes: Option<u32>,
-    /// block: max_block_ms of the topic (default: the broker's).
-    #[arg(long)]
-    pub max_block_ms: Option<u64>,
-    /// fsync policy of the topics (batch, interval:MS, never; default: the broker's).
-    #[arg(long)]
-    pub fsync: Option<FsyncPolicy>,
+    /// The topic's knobs and the broker to watch.
+    #[command(flatten)]
+    pub flags: ScenarioFlags,
     /// After the producer stops, the consumer drains at full speed for at most this many
     /// seconds (0: stop at once and count what is stored).
     #[arg(long, default_value_t = 10)]
@@ -92,9 +86,6 @@ pub struct OverloadArgs {
     /// Sample the topic's depth every this many milliseconds.
     #[arg(long, default_value_t = 500)]
     pub sample_ms: u64,
-    /// The broker's process id, to read its RSS and CPU from /proc.
-    #[arg(long)]
-    pub broker_pid: Option<u32>,
     /// Prefix of the topics created (`<prefix>-<policy>-<run id>`).
     #[arg(long, default_value = "bench-overload")]
     pub topic_prefix: String,
@@ -193,6 +184,19 @@ pub struct TopicConfigReport {
     pub fsync: String,
     pub max_blocked_publishes: u32,
     pub max_block_ms: u64,
+}
+
+impl From<&TopicConfig> for TopicConfigReport {
+    fn from(c: &TopicConfig) -> TopicConfigReport {
+        TopicConfigReport {
+            max_messages: c.max_messages,
+            max_bytes: c.max_bytes,
+            overflow: c.overflow.as_str(),
+            fsync: c.fsync.to_string(),
+            max_blocked_publishes: c.max_blocked_publishes,
+            max_block_ms: c.max_block_ms,
+        }
+    }
 }
 
 /// One policy's results.
@@ -302,20 +306,16 @@ pub async fn run(
         let bar = progress_bar(show, args.duration, "s");
         bar.set_prefix(policy.as_str());
         let spec = ScenarioSpec {
-            topic: TopicSpec {
-                name: format!(
+            topic: args.flags.topic(
+                format!(
                     "{}-{}-{:012x}",
                     args.topic_prefix,
                     policy.as_str(),
                     id & 0xffff_ffff_ffff
                 ),
-                max_messages: Some(args.bound),
-                overflow: Some(policy),
-                fsync: args.fsync,
-                max_blocked_publishes: args.max_blocked_publishes,
-                max_block_ms: args.max_block_ms,
-                ..TopicSpec::default()
-            },
+                args.bound,
+                policy,
+            ),
             group: "bench-overload".into(),
             phases: vec![Phase {
                 name: "run",
@@ -328,7 +328,7 @@ pub async fn run(
             window: args.window,
             sample_every: Duration::from_millis(args.sample_ms),
             drain: Duration::from_secs(args.drain),
-            broker_pid: args.broker_pid,
+            broker_pid: args.flags.broker_pid,
             run_id: id,
         };
         let topic = spec.topic.name.clone();
@@ -548,14 +548,7 @@ fn policy_report(args: &OverloadArgs, policy: OverflowPolicy, o: ScenarioOutcome
         policy: policy.as_str(),
         topic: Some(o.topic.clone()),
         error: None,
-        config: Some(TopicConfigReport {
-            max_messages: c.max_messages,
-            max_bytes: c.max_bytes,
-            overflow: c.overflow.as_str(),
-            fsync: c.fsync.to_string(),
-            max_blocked_publishes: c.max_blocked_publishes,
-            max_block_ms: c.max_block_ms,
-        }),
+        config: Some(TopicConfigReport::from(c)),
         offered,
         confirmed,
         refused,

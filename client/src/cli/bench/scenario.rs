@@ -20,7 +20,7 @@ use anyhow::Context;
 use indicatif::ProgressBar;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use weir_client::{ClientOptions, TopicConfig, TopicInfo, TopicSpec};
+use weir_client::{ClientOptions, FsyncPolicy, OverflowPolicy, TopicConfig, TopicInfo, TopicSpec};
 
 use super::accounting::{account, stored_range, Accounting};
 use super::common::{connect, now_ns, BrokerUsage, Counters, SeqSet};
@@ -28,6 +28,38 @@ use super::load::{
     consume, produce, sample, topic_info, total_ns, ConsumerMode, ConsumerResult, ConsumerSpec,
     Phase, ProducerResult, ProducerSpec, SamplerSpec, SeriesPoint,
 };
+
+/// Flags every scenario shares: knobs of the topic under test and the broker to watch.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScenarioFlags {
+    /// block: max_blocked_publishes of the topic (default: the broker's).
+    #[arg(long)]
+    pub max_blocked_publishes: Option<u32>,
+    /// block: max_block_ms of the topic (default: the broker's).
+    #[arg(long)]
+    pub max_block_ms: Option<u64>,
+    /// fsync policy of the topics (batch, interval:MS, never; default: the broker's).
+    #[arg(long)]
+    pub fsync: Option<FsyncPolicy>,
+    /// The broker's process id, to read its RSS and CPU from /proc.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+}
+
+impl ScenarioFlags {
+    /// The spec of topic `name`, bounded at `bound` messages with `policy`, with these knobs.
+    pub fn topic(&self, name: String, bound: u64, policy: OverflowPolicy) -> TopicSpec {
+        TopicSpec {
+            name,
+            max_messages: Some(bound),
+            overflow: Some(policy),
+            fsync: self.fsync,
+            max_blocked_publishes: self.max_blocked_publishes,
+            max_block_ms: self.max_block_ms,
+            ..TopicSpec::default()
+        }
+    }
+}
 
 /// How long an admin request or a subscribe may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
