@@ -13,6 +13,7 @@ fn publish(id: u64) -> Frame {
         id,
         topic: "bench".into(),
         payload: Bytes::from(vec![0xAB; 1024]),
+        headers: Vec::new(),
     })
 }
 

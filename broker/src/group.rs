@@ -376,6 +376,11 @@ impl Group {
             pending: committed_next.saturating_sub(self.cursor) + self.redeliver.len() as u64,
             members: self.members.len() as u32,
             credit: self.members.iter().map(|m| u64::from(m.credit)).sum(),
+            config: weir_protocol::GroupConfig::default(),
+            timed_out: 0,
+            dead_lettered: 0,
+            dead_letter_held: 0,
+            oldest_unacked_ms: None,
         }
     }
 

@@ -535,7 +535,12 @@ impl ConnTask {
                 permit,
             } => {
                 let id = self.next_id();
-                let frame = Frame::Publish(Publish { id, topic, payload });
+                let frame = Frame::Publish(Publish {
+                    id,
+                    topic,
+                    headers: Vec::new(),
+                    payload,
+                });
                 match self.codec.encode_frame(&frame, &mut self.wbuf) {
                     Ok(()) => {
                         self.publishes.insert(
@@ -580,6 +585,7 @@ impl ConnTask {
                     topic,
                     group,
                     credit,
+                    group_spec: weir_protocol::GroupSpec::default(),
                 }))?;
                 self.subs.insert(
                     sub,

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    DroppedMessage, ErrorCode, Limit, RejectReason, ServerLimits, TopicConfig, TopicInfo, TopicSpec,
+    DroppedMessage, ErrorCode, GroupSpec, Headers, Limit, RejectReason, ServerLimits, TopicConfig,
+    TopicInfo, TopicSpec,
 };
 
 /// One protocol message. Only [`Frame::Publish`] and [`Frame::Deliver`] carry a payload.
@@ -61,6 +62,20 @@ pub enum Frame {
     DescribeTopic(DescribeTopic),
     /// Broker → client: the answer to [`DescribeTopic`].
     TopicDescription(TopicDescription),
+    /// Client → broker: these delivered messages failed; redeliver them after a delay.
+    Nack(Nack),
+    /// Client → broker: these delivered messages can never be processed; dead-letter them now.
+    Term(Term),
+    /// Client → broker: still working on these; restart their ack deadlines.
+    Progress(Progress),
+    /// Client → broker: delete a topic, its messages and its groups.
+    DeleteTopic(DeleteTopic),
+    /// Broker → client: the topic is deleted.
+    TopicDeleted(TopicDeleted),
+    /// Client → broker: delete a group of a topic (its cursor and unacked messages).
+    DeleteGroup(DeleteGroup),
+    /// Broker → client: the group is deleted.
+    GroupDeleted(GroupDeleted),
 }
 
 /// Opens a connection. Answered by [`HelloOk`], or by [`Error`] (version, token) and a close.
@@ -124,6 +139,8 @@ pub struct Publish {
     pub id: u64,
     /// The target topic.
     pub topic: String,
+    /// The message's headers, stored and delivered with it.
+    pub headers: Headers,
     /// The message body; carried after the header, not inside it.
     #[serde(skip)]
     pub payload: Bytes,
@@ -162,6 +179,8 @@ pub struct Subscribe {
     pub group: String,
     /// Initial credit: the broker sends at most this many messages before more credit or acks.
     pub credit: u32,
+    /// The group's settings if this subscription creates it (ignored otherwise).
+    pub group_spec: GroupSpec,
 }
 
 /// The answer to [`Subscribe`].
@@ -204,6 +223,8 @@ pub struct Deliver {
     pub seq: u64,
     /// 1 for the first delivery to the group, +1 for each redelivery.
     pub attempt: u32,
+    /// The headers the message was published with.
+    pub headers: Headers,
     /// The message body; carried after the header, not inside it.
     #[serde(skip)]
     pub payload: Bytes,
@@ -216,6 +237,80 @@ pub struct Ack {
     pub sub: u64,
     /// The acknowledged sequence numbers. Bounded by the frame size.
     pub seqs: Vec<u64>,
+}
+
+/// Returns delivered messages for redelivery after `delay_ms` (capped by the broker's
+/// `max_nack_delay_ms`). A message nacked on its `max_attempts`-th delivery is dead-lettered.
+/// Sequences not in flight to this subscription are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nack {
+    /// The subscription id.
+    pub sub: u64,
+    /// The sequence numbers. Bounded by the frame size.
+    pub seqs: Vec<u64>,
+    /// Wait at least this long before redelivering them.
+    pub delay_ms: u64,
+}
+
+/// Sends delivered messages straight to the group's dead-letter topic, whatever their attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Term {
+    /// The subscription id.
+    pub sub: u64,
+    /// The sequence numbers. Bounded by the frame size.
+    pub seqs: Vec<u64>,
+    /// Why, kept on the dead-lettered message as its `weir-reason` header.
+    pub reason: String,
+}
+
+/// Restarts the ack deadline of delivered messages the subscriber is still working on (like
+/// NATS `+WPI`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The subscription id.
+    pub sub: u64,
+    /// The sequence numbers. Bounded by the frame size.
+    pub seqs: Vec<u64>,
+}
+
+/// Deletes a topic. Refused with [`ErrorCode::InUse`] while subscribers are attached unless
+/// `force` (which detaches them: their subscriptions end with an error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteTopic {
+    /// Request id echoed by the answer.
+    pub req: u64,
+    /// The topic.
+    pub name: String,
+    /// Delete even with subscribers attached.
+    pub force: bool,
+}
+
+/// The answer to [`DeleteTopic`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicDeleted {
+    /// The request id of the [`DeleteTopic`].
+    pub req: u64,
+}
+
+/// Deletes a group: its cursor, in-flight and redelivery state. Refused with
+/// [`ErrorCode::InUse`] while members are attached unless `force`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteGroup {
+    /// Request id echoed by the answer.
+    pub req: u64,
+    /// The topic.
+    pub topic: String,
+    /// The group.
+    pub group: String,
+    /// Delete even with members attached.
+    pub force: bool,
+}
+
+/// The answer to [`DeleteGroup`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDeleted {
+    /// The request id of the [`DeleteGroup`].
+    pub req: u64,
 }
 
 /// A typed error.
@@ -295,6 +390,13 @@ impl Frame {
             Frame::Gap(_) => "Gap",
             Frame::DescribeTopic(_) => "DescribeTopic",
             Frame::TopicDescription(_) => "TopicDescription",
+            Frame::Nack(_) => "Nack",
+            Frame::Term(_) => "Term",
+            Frame::Progress(_) => "Progress",
+            Frame::DeleteTopic(_) => "DeleteTopic",
+            Frame::TopicDeleted(_) => "TopicDeleted",
+            Frame::DeleteGroup(_) => "DeleteGroup",
+            Frame::GroupDeleted(_) => "GroupDeleted",
         }
     }
 
@@ -307,13 +409,13 @@ impl Frame {
         }
     }
 
-    /// Attaches the payload read after the header. Returns `false` (and drops nothing the frame
-    /// owns) when this kind carries no payload and `payload` is not empty.
     /// Whether this kind of frame carries a payload after its header (`Publish`, `Deliver`).
     pub fn carries_payload(&self) -> bool {
         matches!(self, Frame::Publish(_) | Frame::Deliver(_))
     }
 
+    /// Attaches the payload read after the header. Returns `false` (and drops nothing the frame
+    /// owns) when this kind carries no payload and `payload` is not empty.
     pub(crate) fn attach_payload(&mut self, payload: Bytes) -> bool {
         match self {
             Frame::Publish(p) => p.payload = payload,

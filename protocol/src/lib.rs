@@ -44,4 +44,4 @@ pub use frame::*;
 pub use types::*;
 
 /// The protocol version this crate speaks, sent in [`Hello`] and echoed in [`HelloOk`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;

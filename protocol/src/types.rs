@@ -164,7 +164,7 @@ pub struct DroppedMessage {
 }
 
 /// A snapshot of one group of a topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct GroupInfo {
     /// The group's name.
     pub name: String,
@@ -176,6 +176,58 @@ pub struct GroupInfo {
     pub members: u32,
     /// Credit the members have granted and the broker has not yet used.
     pub credit: u64,
+    /// The group's settings.
+    pub config: GroupConfig,
+    /// Deliveries past their ack deadline so far (since the broker started).
+    pub timed_out: u64,
+    /// Messages moved to the dead-letter topic so far (since the broker started).
+    pub dead_lettered: u64,
+    /// Messages due for dead-lettering but held in flight because the dead-letter topic
+    /// refused them (full); retried until it takes them.
+    pub dead_letter_held: u64,
+    /// Age of the oldest delivered-but-unacked message, in milliseconds.
+    pub oldest_unacked_ms: Option<u64>,
+}
+
+/// Message headers: `(name, value)` pairs, in order, names may repeat. Stored with the
+/// message and delivered with it; bounded by the frame size.
+pub type Headers = Vec<(String, String)>;
+
+/// Where a group that does not exist yet starts reading, set by its first subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum StartPosition {
+    /// The oldest message still stored (the default).
+    #[default]
+    Earliest,
+    /// Only messages published after the group is created.
+    Latest,
+    /// From this sequence (or the oldest stored, if it is gone already).
+    Seq(u64),
+}
+
+/// A group's settings, fixed when its first subscription creates it. Unset fields take the
+/// broker's defaults; a later subscription's settings are ignored (the group's stay).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct GroupSpec {
+    /// Where a new group starts.
+    pub start: StartPosition,
+    /// How long a delivery may stay unacked before it is redelivered.
+    pub ack_timeout_ms: Option<u64>,
+    /// Deliveries of one message before it is dead-lettered.
+    pub max_attempts: Option<u32>,
+    /// The dead-letter topic (default `<topic>.dlq`).
+    pub dead_letter_topic: Option<String>,
+}
+
+/// A group's effective settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct GroupConfig {
+    /// How long a delivery may stay unacked (without `Progress`) before it is redelivered.
+    pub ack_timeout_ms: u64,
+    /// Deliveries of one message before it is dead-lettered.
+    pub max_attempts: u32,
+    /// Where dead-lettered messages go.
+    pub dead_letter_topic: String,
 }
 
 /// Why a publish (or a connection) was refused. The refusal is always accompanied by the
@@ -247,6 +299,10 @@ pub enum ErrorCode {
     SubscriptionExists,
     /// The broker failed internally (for example a storage error); details are in its log.
     Internal,
+    /// The topic or group has subscribers attached; delete with `force` to detach them.
+    InUse,
+    /// The named group does not exist on that topic.
+    UnknownGroup,
 }
 
 /// The bounds a broker announces in [`crate::Frame::HelloOk`], so clients can size their

@@ -13,6 +13,32 @@ fn name() -> impl Strategy<Value = String> {
     "[a-z0-9._-]{0,24}"
 }
 
+fn headers() -> impl Strategy<Value = Headers> {
+    proptest::collection::vec((name(), name()), 0..3)
+}
+
+fn group_spec() -> impl Strategy<Value = GroupSpec> {
+    let start = prop_oneof![
+        Just(StartPosition::Earliest),
+        Just(StartPosition::Latest),
+        any::<u64>().prop_map(StartPosition::Seq),
+    ];
+    (
+        start,
+        any::<Option<u64>>(),
+        any::<Option<u32>>(),
+        proptest::option::of(name()),
+    )
+        .prop_map(
+            |(start, ack_timeout_ms, max_attempts, dead_letter_topic)| GroupSpec {
+                start,
+                ack_timeout_ms,
+                max_attempts,
+                dead_letter_topic,
+            },
+        )
+}
+
 fn limits() -> impl Strategy<Value = ServerLimits> {
     (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(a, b, c, d)| ServerLimits {
         max_frame_bytes: a,
@@ -69,11 +95,20 @@ fn topic_info() -> impl Strategy<Value = TopicInfo> {
         any::<u64>(),
     )
         .prop_map(|(name, in_flight, pending, members, credit)| GroupInfo {
+            config: GroupConfig {
+                ack_timeout_ms: pending,
+                max_attempts: members,
+                dead_letter_topic: format!("{name}.dlq"),
+            },
             name,
             in_flight,
             pending,
             members,
             credit,
+            timed_out: credit / 2,
+            dead_lettered: in_flight / 3,
+            dead_letter_held: pending % 5,
+            oldest_unacked_ms: (in_flight % 2 == 0).then_some(credit),
         });
     (
         config(),
@@ -137,6 +172,8 @@ fn code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::UnknownSubscription),
         Just(ErrorCode::SubscriptionExists),
         Just(ErrorCode::Internal),
+        Just(ErrorCode::InUse),
+        Just(ErrorCode::UnknownGroup),
     ]
 }
 
@@ -190,8 +227,14 @@ fn frame() -> impl Strategy<Value = Frame> {
         any::<u64>().prop_map(|req| Frame::ListTopics(ListTopics { req })),
         (any::<u64>(), proptest::collection::vec(topic_info(), 0..3))
             .prop_map(|(req, topics)| Frame::TopicList(TopicList { req, topics })),
-        (any::<u64>(), name(), bytes_strategy())
-            .prop_map(|(id, topic, payload)| Frame::Publish(Publish { id, topic, payload })),
+        (any::<u64>(), name(), headers(), bytes_strategy()).prop_map(
+            |(id, topic, headers, payload)| Frame::Publish(Publish {
+                id,
+                topic,
+                headers,
+                payload,
+            })
+        ),
         (any::<u64>(), any::<u64>()).prop_map(|(id, seq)| Frame::PublishOk(PublishOk { id, seq })),
         (
             any::<u64>(),
@@ -208,26 +251,67 @@ fn frame() -> impl Strategy<Value = Frame> {
                     retry_after_ms
                 })
             ),
-        (any::<u64>(), name(), name(), any::<u32>()).prop_map(|(sub, topic, group, credit)| {
-            Frame::Subscribe(Subscribe {
-                sub,
-                topic,
-                group,
-                credit,
-            })
-        }),
+        (any::<u64>(), name(), name(), any::<u32>(), group_spec()).prop_map(
+            |(sub, topic, group, credit, group_spec)| {
+                Frame::Subscribe(Subscribe {
+                    sub,
+                    topic,
+                    group,
+                    credit,
+                    group_spec,
+                })
+            }
+        ),
         any::<u64>().prop_map(|sub| Frame::Subscribed(Subscribed { sub })),
         any::<u64>().prop_map(|sub| Frame::Unsubscribe(Unsubscribe { sub })),
         any::<u64>().prop_map(|sub| Frame::Unsubscribed(Unsubscribed { sub })),
         (any::<u64>(), any::<u32>()).prop_map(|(sub, n)| Frame::Credit(Credit { sub, n })),
-        (any::<u64>(), any::<u64>(), any::<u32>(), bytes_strategy()).prop_map(
-            |(sub, seq, attempt, payload)| Frame::Deliver(Deliver {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            headers(),
+            bytes_strategy()
+        )
+            .prop_map(
+                |(sub, seq, attempt, headers, payload)| Frame::Deliver(Deliver {
+                    sub,
+                    seq,
+                    attempt,
+                    headers,
+                    payload
+                })
+            ),
+        (
+            any::<u64>(),
+            proptest::collection::vec(any::<u64>(), 0..20),
+            any::<u64>()
+        )
+            .prop_map(|(sub, seqs, delay_ms)| Frame::Nack(Nack {
                 sub,
-                seq,
-                attempt,
-                payload
+                seqs,
+                delay_ms
+            })),
+        (
+            any::<u64>(),
+            proptest::collection::vec(any::<u64>(), 0..20),
+            name()
+        )
+            .prop_map(|(sub, seqs, reason)| Frame::Term(Term { sub, seqs, reason })),
+        (any::<u64>(), proptest::collection::vec(any::<u64>(), 0..20))
+            .prop_map(|(sub, seqs)| Frame::Progress(Progress { sub, seqs })),
+        (any::<u64>(), name(), any::<bool>())
+            .prop_map(|(req, name, force)| Frame::DeleteTopic(DeleteTopic { req, name, force })),
+        any::<u64>().prop_map(|req| Frame::TopicDeleted(TopicDeleted { req })),
+        (any::<u64>(), name(), name(), any::<bool>()).prop_map(|(req, topic, group, force)| {
+            Frame::DeleteGroup(DeleteGroup {
+                req,
+                topic,
+                group,
+                force,
             })
-        ),
+        }),
+        any::<u64>().prop_map(|req| Frame::GroupDeleted(GroupDeleted { req })),
         (any::<u64>(), proptest::collection::vec(any::<u64>(), 0..50))
             .prop_map(|(sub, seqs)| Frame::Ack(Ack { sub, seqs })),
         (any::<u64>(), code(), name()).prop_map(|(req, code, message)| Frame::Error(Error {
@@ -353,6 +437,7 @@ fn encoding_an_oversized_frame_fails_and_leaves_the_buffer_untouched() {
         id: 1,
         topic: "t".into(),
         payload: Bytes::from(vec![0u8; 2000]),
+        headers: Vec::new(),
     });
     assert!(matches!(
         codec.encode(frame, &mut buf),
@@ -373,20 +458,23 @@ fn payload_on_a_frame_kind_without_one_is_malformed() {
     ));
 }
 
-/// Pins the wire layout: a change here breaks every deployed client.
+/// Pins the wire layout: a change here breaks every deployed client (protocol version 2 added
+/// the headers list).
 #[test]
 fn wire_compat_byte_layout_of_publish() {
     let frame = Frame::Publish(Publish {
         id: 1,
         topic: "orders".into(),
         payload: Bytes::from_static(b"abc"),
+        headers: Vec::new(),
     });
     let expected: &[u8] = &[
-        0, 0, 0, 16, // len: everything after this field
-        0, 0, 0, 9, // hdr_len
-        6, // Frame::Publish variant index (varint)
-        1, // id = 1 (varint)
+        0, 0, 0, 17, // len: everything after this field
+        0, 0, 0, 10, // hdr_len
+        6,  // Frame::Publish variant index (varint)
+        1,  // id = 1 (varint)
         6, b'o', b'r', b'd', b'e', b'r', b's', // topic
+        0,    // headers: none (varint length)
         b'a', b'b', b'c', // payload, raw
     ];
     assert_eq!(&encode(&frame)[..], expected);
@@ -413,6 +501,7 @@ fn decode_header_reads_a_publish_without_its_payload() {
         id: 7,
         topic: "orders".into(),
         payload: Bytes::from(vec![0xAB; 1000]),
+        headers: Vec::new(),
     });
     let mut bytes = BytesMut::new();
     codec.encode_frame(&frame, &mut bytes).unwrap();

@@ -105,6 +105,7 @@ impl RawClient {
         self.send(Frame::Publish(Publish {
             id,
             topic: topic.into(),
+            headers: Vec::new(),
             payload: payload.into(),
         }))
         .await;
@@ -122,6 +123,7 @@ impl RawClient {
             let publish = Publish {
                 id,
                 topic: topic.into(),
+                headers: Vec::new(),
                 payload,
             };
             self.framed
@@ -176,6 +178,7 @@ impl RawClient {
             topic: topic.into(),
             group: group.into(),
             credit,
+            group_spec: GroupSpec::default(),
         }))
         .await;
         match self.recv().await {

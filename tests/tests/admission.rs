@@ -97,6 +97,7 @@ async fn expensive_operations_have_their_own_rate_limit() {
             topic: "t".into(),
             group: "g3".into(),
             credit: 1,
+            group_spec: Default::default(),
         }))
         .await;
     match client.recv().await {

@@ -93,6 +93,7 @@ async fn credit_past_max_credit_is_refused_with_a_typed_error() {
             topic: "t".into(),
             group: "g".into(),
             credit: 51,
+            group_spec: Default::default(),
         }))
         .await;
     match client.recv().await {

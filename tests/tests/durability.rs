@@ -66,6 +66,7 @@ async fn sigterm_while_publishing_keeps_every_confirmed_publish_and_exits_0() {
                     id,
                     topic: "graceful".into(),
                     payload,
+                    headers: Vec::new(),
                 });
                 if client_feed(&mut client, frame).await.is_err() {
                     break 'rounds;

@@ -71,6 +71,7 @@ async fn max_subscriptions_per_connection_is_enforced() {
             topic: "t".into(),
             group: "g3".into(),
             credit: 1,
+            group_spec: Default::default(),
         }))
         .await;
     assert!(
@@ -82,6 +83,7 @@ async fn max_subscriptions_per_connection_is_enforced() {
             topic: "t".into(),
             group: "g1".into(),
             credit: 1,
+            group_spec: Default::default(),
         }))
         .await;
     assert!(
@@ -136,6 +138,7 @@ async fn max_groups_per_topic_is_enforced() {
             topic: "t".into(),
             group: "second".into(),
             credit: 1,
+            group_spec: Default::default(),
         }))
         .await;
     assert!(
@@ -157,6 +160,7 @@ async fn with_auto_create_off_an_unknown_topic_is_a_typed_error() {
             topic: "nope".into(),
             group: "g".into(),
             credit: 1,
+            group_spec: Default::default(),
         }))
         .await;
     assert!(

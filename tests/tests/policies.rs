@@ -187,6 +187,7 @@ async fn send_publishes(client: &mut RawClient, topic: &str, first_id: u64, n: u
                 id,
                 topic: topic.into(),
                 payload: Bytes::from(format!("p{id}")),
+                headers: Vec::new(),
             }))
             .await;
     }

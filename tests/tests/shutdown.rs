@@ -65,6 +65,7 @@ async fn parked_publishes_are_refused_with_shutting_down_when_the_broker_stops()
             id,
             topic: "parked".into(),
             payload: Bytes::from_static(b"waits"),
+            headers: Vec::new(),
         };
         client.send(Frame::Publish(publish)).await;
     }

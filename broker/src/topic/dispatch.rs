@@ -85,6 +85,7 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
                 sub: p.member.sub,
                 seq: p.seq,
                 attempt: p.attempt,
+                headers: Vec::new(),
                 payload,
             });
             let outbound = Outbound {

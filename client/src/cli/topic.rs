@@ -441,6 +441,7 @@ mod tests {
                 pending: 2,
                 members: 1,
                 credit: 99,
+                ..GroupInfo::default()
             }],
         }];
         let t = table(&topics);
