@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_main, Criterion, Throughput};
-use weir_broker::storage::log::{LogConfig, SegmentLog};
+use weir_broker::storage::log::{LogConfig, Message, SegmentLog};
 
 const BATCH: usize = 256;
 const PAYLOAD: usize = 1024;
@@ -27,16 +27,20 @@ fn bench_dir() -> tempfile::TempDir {
         .expect("create bench temp dir")
 }
 
-fn payloads() -> Vec<Bytes> {
+/// One batch of 1 KiB messages without headers (the figures in BENCHMARKS.md).
+fn messages() -> Vec<Message> {
     (0..BATCH)
-        .map(|i| Bytes::from(vec![(i % 251) as u8; PAYLOAD]))
+        .map(|i| Message {
+            headers: Vec::new(),
+            payload: Bytes::from(vec![(i % 251) as u8; PAYLOAD]),
+        })
         .collect()
 }
 
 fn append_sync(c: &mut Criterion) {
     let dir = bench_dir();
     let mut log = SegmentLog::open(dir.path(), LogConfig::default()).expect("open log");
-    let batch = payloads();
+    let batch = messages();
     let mut group = c.benchmark_group("storage");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function("append_batch_sync_256x1KiB", |b| {
@@ -61,7 +65,7 @@ fn append_sync(c: &mut Criterion) {
 fn read(c: &mut Criterion) {
     let dir = bench_dir();
     let mut log = SegmentLog::open(dir.path(), LogConfig::default()).expect("open log");
-    let batch = payloads();
+    let batch = messages();
     while log.next_seq() <= READ_RECORDS {
         log.append_batch(&batch, 0).expect("append");
     }

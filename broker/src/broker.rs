@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use crate::storage::state::{StateError, StateStore};
-use crate::topic::{Topic, TopicEnv, TopicError};
+use crate::topic::{Detached, Topic, TopicEnv, TopicError};
 
 /// A failure opening the broker.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +71,20 @@ pub enum CreateError {
     Failed(String),
 }
 
+/// Why a topic could not be deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteTopicError {
+    /// No such topic.
+    #[error("unknown topic")]
+    Unknown,
+    /// Subscribers are attached and `force` was not given; how many.
+    #[error("{0} subscribers attached")]
+    InUse(usize),
+    /// Removing its state or files failed.
+    #[error("cannot delete topic: {0}")]
+    Failed(String),
+}
+
 struct Shared {
     config: Config,
     keys: KeyRing,
@@ -114,6 +128,11 @@ impl Broker {
             .tasks
             .spawn(flush_state_periodically(broker.clone()));
         broker.shared.env.tasks.spawn(watch_stalls(broker.clone()));
+        broker
+            .shared
+            .env
+            .tasks
+            .spawn(crate::dead_letter::run(broker.clone()));
         Ok(broker)
     }
 
@@ -135,6 +154,11 @@ impl Broker {
     /// The broker's counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.env.metrics
+    }
+
+    /// What topics share: the state store, the stop token, the dead-letter wake-up.
+    pub(crate) fn env(&self) -> &TopicEnv {
+        &self.shared.env
     }
 
     /// A fresh connection id.
@@ -214,13 +238,57 @@ impl Broker {
         Ok((topic, true))
     }
 
+    /// Deletes a topic: its messages, its groups and their state. Refused while subscribers are
+    /// attached unless `force`, which detaches them (returned, with their notice queues, so
+    /// they can be told). Publishes parked on it are refused, queued ones are committed first,
+    /// and creating a topic waits until the files are gone (so a topic of the same name starts
+    /// empty).
+    pub async fn delete_topic(
+        &self,
+        name: &str,
+        force: bool,
+    ) -> Result<Detached, DeleteTopicError> {
+        let _creating = self.shared.creating.lock().await;
+        let topic = self.topic(name).ok_or(DeleteTopicError::Unknown)?;
+        let attached = topic.subscriber_count();
+        if attached > 0 && !force {
+            return Err(DeleteTopicError::InUse(attached));
+        }
+        self.shared
+            .topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        let detached = topic.close_for_delete();
+        topic.stopped().await;
+        let shared = self.shared.clone();
+        let owned = name.to_string();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            shared
+                .env
+                .store
+                .delete_topic(&owned)
+                .map_err(|e| e.to_string())?;
+            let dir = topic_dir(&shared.config, &owned);
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+                _ => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| DeleteTopicError::Failed(e.to_string()))?
+        .map_err(DeleteTopicError::Failed)?;
+        tracing::info!(topic = %name, detached = detached.len(), "topic deleted");
+        Ok(detached)
+    }
+
     /// A snapshot of every topic, sorted by name.
     pub fn list_topics(&self) -> Vec<TopicInfo> {
         self.topics().iter().map(|t| t.info()).collect()
     }
 
     /// Every topic, sorted by name (the registry lock is released before returning).
-    fn topics(&self) -> Vec<Arc<Topic>> {
+    pub(crate) fn topics(&self) -> Vec<Arc<Topic>> {
         let registry = self.shared.topics.read().unwrap_or_else(|p| p.into_inner());
         registry.values().cloned().collect()
     }
@@ -322,6 +390,7 @@ fn recover(config: Config, runtime: tokio::runtime::Handle) -> Result<Recovered,
         tasks: TaskTracker::new(),
         stop: CancellationToken::new(),
         runtime,
+        dead_letters: Arc::new(tokio::sync::Notify::new()),
     };
     let mut topics = BTreeMap::new();
     for topic_config in env.store.load_topics()? {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use weir_protocol::{FsyncPolicy, OverflowPolicy, TopicConfig, TopicSpec};
+use weir_protocol::{FsyncPolicy, GroupConfig, GroupSpec, OverflowPolicy, TopicConfig, TopicSpec};
 
 use crate::keys::{ApiKey, RateConfig};
 
@@ -24,6 +24,8 @@ pub struct Config {
     pub limits: Limits,
     /// Bounds a topic gets when its creator leaves them unset (and on auto-create).
     pub topic_defaults: TopicDefaults,
+    /// Settings a group gets when its first subscription leaves them unset.
+    pub groups: GroupDefaults,
     /// Storage tuning.
     pub storage: StorageConfig,
     /// Rate limits of keys that do not set their own, and of anonymous clients.
@@ -119,6 +121,33 @@ pub struct TopicDefaults {
     pub max_block_ms: u64,
 }
 
+/// Group settings (ack deadlines, attempts, dead letters) and their bounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupDefaults {
+    /// How long a delivery may stay unacked (without `Progress`) before it returns to the group
+    /// and is redelivered. Default 30 000.
+    pub ack_timeout_ms: u64,
+    /// Deliveries of one message before the next timeout or nack dead-letters it. Default 5.
+    pub max_attempts: u32,
+    /// The longest `Nack` delay honoured; longer ones are cut to it. Default 900 000 (15 min).
+    pub max_nack_delay_ms: u64,
+    /// Most messages moved to dead-letter topics per round of the mover; the rest wait for the
+    /// next round (they keep their group slots meanwhile). Default 256.
+    pub dead_letter_batch: u32,
+}
+
+impl Default for GroupDefaults {
+    fn default() -> Self {
+        GroupDefaults {
+            ack_timeout_ms: 30_000,
+            max_attempts: 5,
+            max_nack_delay_ms: 900_000,
+            dead_letter_batch: 256,
+        }
+    }
+}
+
 /// Storage tuning.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -148,6 +177,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./weir-data"),
             limits: Limits::default(),
             topic_defaults: TopicDefaults::default(),
+            groups: GroupDefaults::default(),
             storage: StorageConfig::default(),
             default_rate: RateConfig::default(),
             keys: Vec::new(),
@@ -285,6 +315,12 @@ impl Config {
             ("limits.overload_commit_p99_ms", l.overload_commit_p99_ms),
             ("limits.overload_window_ms", l.overload_window_ms),
             ("limits.overload_queued_appends", l.overload_queued_appends),
+            ("groups.ack_timeout_ms", self.groups.ack_timeout_ms),
+            ("groups.max_attempts", u64::from(self.groups.max_attempts)),
+            (
+                "groups.dead_letter_batch",
+                u64::from(self.groups.dead_letter_batch),
+            ),
         ];
         if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
@@ -325,6 +361,30 @@ impl Config {
         })
         .map(|_| ())
         .map_err(ConfigError::Invalid)
+    }
+
+    /// Resolves a group's settings against the defaults for a group of `topic` and checks them:
+    /// a nonzero ack timeout and attempts, and a valid dead-letter topic name other than
+    /// `topic` itself (default `<topic>.dlq`).
+    pub fn resolve_group(&self, topic: &str, spec: &GroupSpec) -> Result<GroupConfig, String> {
+        let d = &self.groups;
+        let config = GroupConfig {
+            ack_timeout_ms: spec.ack_timeout_ms.unwrap_or(d.ack_timeout_ms),
+            max_attempts: spec.max_attempts.unwrap_or(d.max_attempts),
+            dead_letter_topic: spec
+                .dead_letter_topic
+                .clone()
+                .unwrap_or_else(|| format!("{topic}.dlq")),
+        };
+        if config.ack_timeout_ms == 0 || config.max_attempts == 0 {
+            return Err("ack_timeout_ms and max_attempts must be at least 1".into());
+        }
+        validate_topic_name(&config.dead_letter_topic)
+            .map_err(|e| format!("dead-letter topic: {e}"))?;
+        if config.dead_letter_topic == topic {
+            return Err("a topic cannot be its own dead-letter topic".into());
+        }
+        Ok(config)
     }
 
     /// Resolves a topic spec against the defaults and checks it: a valid name, nonzero bounds,

@@ -38,12 +38,14 @@ use tracing::{debug, info, warn};
 use weir_protocol::*;
 
 use crate::admission::KeyLimits;
-use crate::broker::{Broker, CreateError};
+use crate::broker::{Broker, CreateError, DeleteTopicError};
 use crate::group::{GrantError, MemberId};
 use crate::keys::Identity;
 use crate::outbox::{Outbound, Outbox};
 use crate::reader::{FrameReader, Read};
-use crate::topic::{Admitted, AppendError, Confirm, JoinError, Refusal, Topic};
+use crate::topic::{
+    Admitted, AppendError, Confirm, DeleteGroupError, Detached, JoinError, Refusal, Topic,
+};
 
 /// Control frames queued for the writer beyond which the reader waits.
 const CONTROL_QUEUE: usize = 256;
@@ -432,6 +434,22 @@ impl Connection {
             Frame::Unsubscribe(u) => self.unsubscribe(u.sub).await,
             Frame::Credit(c) => self.credit(c).await,
             Frame::Ack(a) => self.ack(a).await,
+            Frame::Nack(n) => {
+                let delay = n.delay_ms;
+                self.on_sub(n.sub, |t, g, m| t.nack(g, m, &n.seqs, delay))
+                    .await
+            }
+            Frame::Term(t) => {
+                let reason = t.reason;
+                self.on_sub(t.sub, |topic, g, m| topic.term(g, m, &t.seqs, &reason))
+                    .await
+            }
+            Frame::Progress(p) => {
+                self.on_sub(p.sub, |t, g, m| t.progress(g, m, &p.seqs))
+                    .await
+            }
+            Frame::DeleteTopic(d) => self.delete_topic(d).await,
+            Frame::DeleteGroup(d) => self.delete_group(d).await,
             Frame::Ping(nonce) => self.send(Frame::Pong(nonce)).await,
             Frame::Pong(_) => Ok(()),
             other => {
@@ -470,8 +488,21 @@ impl Connection {
             return Ok(());
         };
         let key = self.key.clone().ok_or(End::ProtocolError)?;
+        let max_frame = self.broker.config().limits.max_frame_bytes;
+        if Deliver::max_body_bytes(&p.headers, p.payload.len()) > max_frame as usize {
+            self.broker.metrics().refused(RejectReason::MessageTooLarge);
+            let limit = Limit::new("max_frame_bytes", u64::from(max_frame));
+            let r = Refusal {
+                reason: RejectReason::MessageTooLarge,
+                limit,
+                retry_after_ms: None,
+            };
+            return self.send(rejected(p.id, r)).await;
+        }
         let admission = self.broker.admission().clone();
-        let permit = match admission.admit_publish(&key, p.payload.len() as u64, Instant::now()) {
+        // What the broker holds for it: the payload and its headers.
+        let held = p.payload.len() as u64 + crate::storage::log::header_bytes(&p.headers);
+        let permit = match admission.admit_publish(&key, held, Instant::now()) {
             Ok(permit) => permit,
             Err(r) => {
                 self.broker.metrics().refused(r.reason);
@@ -479,7 +510,7 @@ impl Connection {
                 return self.send(rejected(p.id, r)).await;
             }
         };
-        match topic.publish(p.payload, permit).await {
+        match topic.publish(p.headers, p.payload, permit).await {
             Ok(Admitted::Queued(confirm)) => {
                 self.pending.push(PendingConfirm { id: p.id, confirm });
                 Ok(())
@@ -553,6 +584,7 @@ impl Connection {
         if let Err(r) = self.admit_op(&s.topic) {
             return self.send(rejected(s.sub, r)).await;
         }
+        self.forget_detached();
         let limits = &self.broker.config().limits;
         let refusal = if self.subs.contains_key(&s.sub) {
             Some((
@@ -583,12 +615,21 @@ impl Connection {
         if let Some((code, msg)) = refusal {
             return self.send(error(s.sub, code, msg)).await;
         }
+        let group_config = match self.broker.config().resolve_group(&s.topic, &s.group_spec) {
+            Ok(config) => config,
+            Err(msg) => {
+                return self
+                    .send(error(s.sub, ErrorCode::InvalidArgument, msg))
+                    .await
+            }
+        };
         let Some(topic) = self.topic(s.sub, &s.topic).await? else {
             return Ok(());
         };
         let member = self.member(s.sub);
         if let Err(JoinError::TooManyGroups(max)) = topic.join(
             &s.group,
+            (s.group_spec.start, group_config),
             member,
             self.deliveries.clone(),
             self.control.clone(),
@@ -642,11 +683,86 @@ impl Connection {
     }
 
     async fn ack(&mut self, a: Ack) -> Result<(), End> {
-        let Some(s) = self.subs.get(&a.sub) else {
-            return self.send(unknown_sub(a.sub)).await;
+        self.on_sub(a.sub, |t, g, m| t.ack(g, m, &a.seqs)).await
+    }
+
+    /// Applies `op` to subscription `sub`'s topic, group and member id, or answers
+    /// `UnknownSubscription`.
+    async fn on_sub(
+        &mut self,
+        sub: u64,
+        op: impl FnOnce(&Topic, &str, MemberId) -> usize,
+    ) -> Result<(), End> {
+        let Some(s) = self.subs.get(&sub) else {
+            return self.send(unknown_sub(sub)).await;
         };
-        s.topic.ack(&s.group, self.member(a.sub), &a.seqs);
+        op(&s.topic, &s.group, self.member(sub));
         Ok(())
+    }
+
+    /// Forgets subscriptions a forced group or topic delete detached (their subscribers were
+    /// sent `Unsubscribed`), so their ids and slots can be reused.
+    fn forget_detached(&mut self) {
+        let conn = self.id;
+        self.subs
+            .retain(|&sub, s| s.topic.is_member(&s.group, MemberId { conn, sub }));
+    }
+
+    async fn delete_group(&mut self, d: DeleteGroup) -> Result<(), End> {
+        if let Err(r) = self.admit_op(&d.topic) {
+            return self.send(rejected(d.req, r)).await;
+        }
+        let Some(topic) = self.broker.topic(&d.topic) else {
+            let msg = format!("unknown topic {}", d.topic);
+            return self.send(error(d.req, ErrorCode::UnknownTopic, msg)).await;
+        };
+        let answer = match topic.delete_group(&d.group, d.force) {
+            Ok(detached) => {
+                tell_detached(detached);
+                Frame::GroupDeleted(GroupDeleted { req: d.req })
+            }
+            Err(DeleteGroupError::Unknown) => error(
+                d.req,
+                ErrorCode::UnknownGroup,
+                format!("topic {} has no group {}", d.topic, d.group),
+            ),
+            Err(DeleteGroupError::InUse) => error(
+                d.req,
+                ErrorCode::InUse,
+                format!(
+                    "group {} has subscribers attached (delete with force to detach them)",
+                    d.group
+                ),
+            ),
+        };
+        self.send(answer).await
+    }
+
+    async fn delete_topic(&mut self, d: DeleteTopic) -> Result<(), End> {
+        if let Err(r) = self.admit_op(&d.name) {
+            return self.send(rejected(d.req, r)).await;
+        }
+        let answer = match self.broker.delete_topic(&d.name, d.force).await {
+            Ok(detached) => {
+                tell_detached(detached);
+                Frame::TopicDeleted(TopicDeleted { req: d.req })
+            }
+            Err(DeleteTopicError::Unknown) => error(
+                d.req,
+                ErrorCode::UnknownTopic,
+                format!("unknown topic {}", d.name),
+            ),
+            Err(DeleteTopicError::InUse(n)) => error(
+                d.req,
+                ErrorCode::InUse,
+                format!(
+                    "topic {} has {n} subscribers attached (delete with force to detach them)",
+                    d.name
+                ),
+            ),
+            Err(DeleteTopicError::Failed(msg)) => error(d.req, ErrorCode::Internal, msg),
+        };
+        self.send(answer).await
     }
 
     /// Waits (at most `grace`) for publishes being committed (and parked ones, which the
@@ -678,6 +794,21 @@ impl Connection {
     fn leave_all(&mut self) {
         for (sub, s) in self.subs.drain() {
             s.topic.leave(&s.group, MemberId { conn: self.id, sub });
+        }
+    }
+}
+
+/// Tells members a forced delete detached that their subscription is over (`Unsubscribed`).
+/// A member whose control queue is full is not told (logged): its connection is not reading.
+fn tell_detached(detached: Detached) {
+    for (member, notices) in detached {
+        let frame = Frame::Unsubscribed(Unsubscribed { sub: member.sub });
+        if notices.try_send(frame.into()).is_err() {
+            warn!(
+                conn = member.conn,
+                sub = member.sub,
+                "cannot tell a detached subscriber: its queue is full"
+            );
         }
     }
 }

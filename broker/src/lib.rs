@@ -14,7 +14,9 @@
 //! - [`broker`] — the shared handle: topic registry, creation, state persistence.
 //! - [`topic`] — bounds and admission; the group-commit writer; the dispatcher.
 //! - [`keys`] — API keys, `Hello` authentication, per-key rate settings.
-//! - [`group`] — cursor, in-flight table, redelivery and credit of one group.
+//! - [`group`] — cursor, in-flight table with ack deadlines, nacks, redelivery, dead letters
+//!   and credit of one group.
+//! - `dead_letter` — moves messages due for a dead-letter topic there, durably.
 //! - [`storage`] — the segmented message log and the sled state store — all disk access.
 //! - [`outbox`] — frames queued for a connection's writer, with the memory they hold.
 //! - [`metrics`] — counters.
@@ -23,6 +25,7 @@ pub mod admission;
 pub mod broker;
 pub mod config;
 pub(crate) mod connection;
+pub(crate) mod dead_letter;
 pub mod group;
 pub mod keys;
 pub mod metrics;

@@ -110,6 +110,15 @@ pub struct Metrics {
     pub redelivered: Counter,
     /// Messages acked.
     pub acked: Counter,
+    /// Messages nacked (returned for redelivery after a delay, or dead-lettered).
+    pub nacked: Counter,
+    /// Deliveries that passed their ack deadline.
+    pub ack_timeouts: Counter,
+    /// Messages moved to a dead-letter topic.
+    pub dead_lettered: Counter,
+    /// Attempts to move a message to a dead-letter topic that it refused (full): the message
+    /// stays in flight on its source and is retried.
+    pub dead_letter_refused: Counter,
     /// Connections open now.
     pub connections: Gauge,
     /// Connections refused at `max_connections`.
@@ -167,6 +176,10 @@ impl Metrics {
             delivered = self.delivered.get(),
             redelivered = self.redelivered.get(),
             acked = self.acked.get(),
+            nacked = self.nacked.get(),
+            ack_timeouts = self.ack_timeouts.get(),
+            dead_lettered = self.dead_lettered.get(),
+            dead_letter_refused = self.dead_letter_refused.get(),
             connections_refused = self.connections_refused.get(),
             read_pauses = self.read_pauses.get(),
             frames_shed = self.frames_shed.get(),

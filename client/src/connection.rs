@@ -25,13 +25,15 @@ use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use weir_protocol::{
-    Ack, CodecError, CreateTopic, Credit, ErrorCode, Frame, Hello, ListTopics, Publish,
-    ServerLimits, Subscribe, TopicSpec, Unsubscribe, WeirCodec, PROTOCOL_VERSION,
+    CodecError, CreateTopic, DeleteGroup, DeleteTopic, DescribeTopic, ErrorCode, Frame, GroupSpec,
+    Headers, Hello, ListTopics, Publish, ServerLimits, Subscribe, TopicSpec, Unsubscribe,
+    WeirCodec, PROTOCOL_VERSION,
 };
 
 use crate::client::ClientOptions;
 use crate::error::{ClientError, PublishError};
 use crate::pacing::{AckPacer, Wake};
+use crate::publisher::Message;
 
 /// While the write buffer holds more than this many bytes (256 KiB), the connection task takes
 /// no new commands. One frame may overshoot it, so the buffer is bounded by this plus one frame.
@@ -46,12 +48,9 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most frames the task decodes from already-buffered input per wake-up.
 const FRAMES_PER_WAKE: usize = 256;
 
-/// How long an ack may wait to be batched with others before the task sends it anyway.
+/// How long an ack (or nack, term, progress) may wait to be batched with others before the
+/// task sends it anyway.
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
-
-/// Most sequence numbers sent in one `Ack` frame (a larger batch is split), keeping the frame
-/// far below any frame-size limit.
-const MAX_ACKS_PER_FRAME: usize = 16 * 1024;
 
 /// Subscription ids start here, so they never collide with publish and request ids (which
 /// count up from 1 on the same connection).
@@ -64,9 +63,10 @@ pub(crate) struct ConnShared {
     pub limits: ServerLimits,
     /// Why the connection ended; set once, by the task, before it stops taking commands.
     terminal: OnceLock<ClientError>,
-    /// Asks the task to send pending acks and credit now.
+    /// Asks the task to send pending acks (nacks, terms, progress) and credit now.
     pub flush_now: Notify,
-    /// Asks the task to send pending acks and credit within [`ACK_DELAY`].
+    /// Asks the task to send pending acks (nacks, terms, progress) and credit within
+    /// [`ACK_DELAY`].
     pub flush_soon: Notify,
     next_sub: AtomicU64,
 }
@@ -121,6 +121,39 @@ pub(crate) enum AdminRequest {
     CreateTopic(TopicSpec),
     ListTopics,
     DescribeTopic(String),
+    DeleteTopic {
+        name: String,
+        force: bool,
+    },
+    DeleteGroup {
+        topic: String,
+        group: String,
+        force: bool,
+    },
+}
+
+impl AdminRequest {
+    /// The request's frame, with request id `req`.
+    fn into_frame(self, req: u64) -> Frame {
+        match self {
+            AdminRequest::CreateTopic(spec) => Frame::CreateTopic(CreateTopic { req, spec }),
+            AdminRequest::ListTopics => Frame::ListTopics(ListTopics { req }),
+            AdminRequest::DescribeTopic(name) => Frame::DescribeTopic(DescribeTopic { req, name }),
+            AdminRequest::DeleteTopic { name, force } => {
+                Frame::DeleteTopic(DeleteTopic { req, name, force })
+            }
+            AdminRequest::DeleteGroup {
+                topic,
+                group,
+                force,
+            } => Frame::DeleteGroup(DeleteGroup {
+                req,
+                topic,
+                group,
+                force,
+            }),
+        }
+    }
 }
 
 /// One delivery as routed by the task, before the subscription wraps it.
@@ -128,6 +161,7 @@ pub(crate) enum AdminRequest {
 pub(crate) struct RawDelivery {
     pub seq: u64,
     pub attempt: u32,
+    pub headers: Headers,
     pub payload: Bytes,
 }
 
@@ -162,8 +196,7 @@ pub(crate) const GAP_SLOTS: usize = 2;
 #[derive(Debug)]
 pub(crate) enum Command {
     Publish {
-        topic: String,
-        payload: Bytes,
+        message: Message,
         reply: oneshot::Sender<Result<u64, PublishError>>,
         /// The publish window slot, held until the broker answers.
         permit: OwnedSemaphorePermit,
@@ -177,6 +210,7 @@ pub(crate) enum Command {
         topic: String,
         group: String,
         credit: u32,
+        group_spec: GroupSpec,
         tx: mpsc::Sender<SubItem>,
         reply: oneshot::Sender<Result<(), ClientError>>,
     },
@@ -529,17 +563,16 @@ impl ConnTask {
         }
         match cmd {
             Command::Publish {
-                topic,
-                payload,
+                message,
                 reply,
                 permit,
             } => {
                 let id = self.next_id();
                 let frame = Frame::Publish(Publish {
                     id,
-                    topic,
-                    headers: Vec::new(),
-                    payload,
+                    topic: message.topic,
+                    headers: message.headers,
+                    payload: message.payload,
                 });
                 match self.codec.encode_frame(&frame, &mut self.wbuf) {
                     Ok(()) => {
@@ -559,16 +592,7 @@ impl ConnTask {
             }
             Command::Request { request, reply } => {
                 let req = self.next_id();
-                let frame = match request {
-                    AdminRequest::CreateTopic(spec) => {
-                        Frame::CreateTopic(CreateTopic { req, spec })
-                    }
-                    AdminRequest::ListTopics => Frame::ListTopics(ListTopics { req }),
-                    AdminRequest::DescribeTopic(name) => {
-                        Frame::DescribeTopic(weir_protocol::DescribeTopic { req, name })
-                    }
-                };
-                self.send_frame(&frame)?;
+                self.send_frame(&request.into_frame(req))?;
                 self.requests.insert(req, reply);
             }
             Command::Subscribe {
@@ -576,6 +600,7 @@ impl ConnTask {
                 topic,
                 group,
                 credit,
+                group_spec,
                 tx,
                 reply,
             } => {
@@ -585,7 +610,7 @@ impl ConnTask {
                     topic,
                     group,
                     credit,
-                    group_spec: weir_protocol::GroupSpec::default(),
+                    group_spec,
                 }))?;
                 self.subs.insert(
                     sub,
@@ -640,7 +665,7 @@ impl ConnTask {
         Ok(())
     }
 
-    /// Sends the pending acks and credit of every subscription.
+    /// Sends the pending acks (nacks, terms, progress) and credit of every subscription.
     fn flush_acks(&mut self) -> Result<(), ClientError> {
         self.flush_deadline = None;
         let ids: Vec<u64> = self
@@ -655,7 +680,8 @@ impl ConnTask {
         Ok(())
     }
 
-    /// Sends one subscription's pending acks, then the credit they free.
+    /// Sends one subscription's pending batch: progress, acks, nacks and terms, then the credit
+    /// they free (see [`crate::pacing::Batch::into_frames`]).
     fn flush_sub(&mut self, sub: u64) -> Result<(), ClientError> {
         let Some(entry) = self.subs.get_mut(&sub) else {
             return Ok(());
@@ -666,16 +692,10 @@ impl ConnTask {
         };
         let Some(batch) = batch else { return Ok(()) };
         entry.broker_credit += batch.credit;
-        for seqs in batch.acks.chunks(MAX_ACKS_PER_FRAME) {
-            self.send_frame(&Frame::Ack(Ack {
-                sub,
-                seqs: seqs.to_vec(),
-            }))?;
+        for frame in batch.into_frames(sub) {
+            self.send_frame(&frame)?;
         }
-        self.send_frame(&Frame::Credit(Credit {
-            sub,
-            n: batch.credit,
-        }))
+        Ok(())
     }
 
     fn on_frame(&mut self, frame: Frame) -> Result<(), ClientError> {
@@ -728,6 +748,8 @@ impl ConnTask {
             Frame::TopicCreated(ref t) => self.answer(t.req, frame)?,
             Frame::TopicList(ref t) => self.answer(t.req, frame)?,
             Frame::TopicDescription(ref t) => self.answer(t.req, frame)?,
+            Frame::TopicDeleted(ref t) => self.answer(t.req, frame)?,
+            Frame::GroupDeleted(ref g) => self.answer(g.req, frame)?,
             Frame::Subscribed(s) => {
                 let entry = self.subs.get_mut(&s.sub).ok_or_else(|| {
                     protocol(format!("Subscribed for unknown subscription {}", s.sub))
@@ -783,6 +805,7 @@ impl ConnTask {
                 let item = RawDelivery {
                     seq: d.seq,
                     attempt: d.attempt,
+                    headers: d.headers,
                     payload: d.payload,
                 };
                 if let Some(tx) = &entry.tx {
@@ -916,7 +939,7 @@ impl ConnTask {
     }
 }
 
-/// A frame for trace logs: payloads shown by length only.
+/// A frame for trace logs: payloads and headers shown by length only.
 struct TraceFrame<'a>(&'a Frame);
 
 impl std::fmt::Debug for TraceFrame<'_> {
@@ -924,17 +947,19 @@ impl std::fmt::Debug for TraceFrame<'_> {
         match self.0 {
             Frame::Publish(p) => write!(
                 f,
-                "Publish{{id: {}, topic: {:?}, {} bytes}}",
+                "Publish{{id: {}, topic: {:?}, {} headers, {} bytes}}",
                 p.id,
                 p.topic,
+                p.headers.len(),
                 p.payload.len()
             ),
             Frame::Deliver(d) => write!(
                 f,
-                "Deliver{{sub: {}, seq: {}, attempt: {}, {} bytes}}",
+                "Deliver{{sub: {}, seq: {}, attempt: {}, {} headers, {} bytes}}",
                 d.sub,
                 d.seq,
                 d.attempt,
+                d.headers.len(),
                 d.payload.len()
             ),
             other => write!(f, "{other:?}"),

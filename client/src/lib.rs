@@ -8,7 +8,9 @@
 //! | publish window ([`Publisher`]) | `min(1024, max_unconfirmed)` | [`Publisher::publish`] waits; [`Publisher::try_publish`] fails with [`ClientError::WindowFull`] |
 //! | command queue to the connection task ([`ClientOptions::command_queue`]) | 1 024 | senders wait (`try_publish` fails with `WindowFull`) |
 //! | connection write buffer | 256 KiB + one frame | the task stops taking commands until the socket drains |
-//! | subscription window ([`Subscription::window`]) | chosen per subscribe, ≤ `max_credit` | the broker stops delivering until the app acks |
+//! | subscription window ([`Subscription::window`]) | chosen per subscribe, ≤ `max_credit` | the broker stops delivering until the app acks (or nacks, terms, drops) |
+//! | acks, nacks, terms and progress waiting to be sent | the window (each ends a distinct delivery; progress is kept once per delivery) | sent at once when `max(1, window/4)` deliveries are finished, otherwise within 5 ms; one frame per kind, 16 384 seqs at most per frame |
+//! | a [`Delivery::term`] reason | 1 024 bytes | cut at a character boundary |
 //! | gap notices waiting in a subscription's buffer | 2 | further ones merge into one range, yielded next ([`ClientError::MessagesDropped`]) |
 //! | retries per budget window ([`RetryPolicy::budget_ratio`], with retry on) | `max(10, 10 % of publishes)` per 10 s | the refusal surfaces in the confirm |
 //! | retries waiting or in flight ([`RetryPolicy::max_concurrent_retries`]) | 32 | the refusal surfaces in the confirm |
@@ -40,13 +42,15 @@
 //!
 //! - [`client`]: [`Client`] (connect, limits, admin requests) and [`ClientOptions`].
 //! - [`publisher`]: [`Publisher`] (the publish window) and [`PublishConfirm`].
-//! - [`subscription`]: [`Subscription`] (a `Stream` of [`Delivery`]) and ack handling.
+//! - [`subscription`]: [`Subscription`] (a `Stream` of [`Delivery`]) and how deliveries end:
+//!   ack, nack (redeliver after a delay), term (dead-letter now), progress (still working).
 //! - [`retry`]: [`RetryPolicy`] for [`Publisher::with_retry`] — full-jitter backoff on top of
 //!   the broker's retry-after, a retry budget, a circuit breaker (off by default).
 //! - [`error`]: [`ClientError`] and [`PublishError`].
 //! - `connection` (private): the handshake and the one task per connection that owns the
 //!   socket, batches writes and routes answers by id.
-//! - `pacing` (private): the ack/credit batching rules of a subscription, as a pure struct.
+//! - `pacing` (private): the ack/nack/term/progress and credit batching rules of a
+//!   subscription, as a pure struct, and the frames a batch becomes.
 //!
 //! The `weir` command-line tool (`src/bin/weir.rs`, with its commands in `src/cli/`) is built on
 //! this crate.
@@ -65,6 +69,7 @@ pub use publisher::{PublishConfirm, Publisher};
 pub use retry::{BreakerPolicy, BreakerState, RetryPolicy};
 pub use subscription::{Delivery, Subscription};
 pub use weir_protocol::{
-    DroppedMessage, ErrorCode, FsyncPolicy, GroupInfo, Limit, OverflowPolicy, RejectReason,
-    ServerLimits, TopicConfig, TopicDescription, TopicInfo, TopicSpec,
+    DroppedMessage, ErrorCode, FsyncPolicy, GroupConfig, GroupInfo, GroupSpec, Headers, Limit,
+    OverflowPolicy, RejectReason, ServerLimits, StartPosition, TopicConfig, TopicDescription,
+    TopicInfo, TopicSpec,
 };

@@ -1,59 +1,154 @@
-//! Ack-based pacing of one subscription: [`AckPacer`] collects the app's acks and the credit
-//! they free, and decides when the batch should be sent. Pure bookkeeping, no I/O.
+//! Ack-based pacing of one subscription: [`AckPacer`] collects how the app finished its
+//! deliveries — acked, nacked, terminated or dropped — plus the deliveries it is still working
+//! on, and decides when the batch should be sent. Pure bookkeeping, no I/O: [`Batch::into_frames`]
+//! turns a batch into the frames the connection task writes.
 //!
 //! The invariant it keeps, with `window` the subscription's window:
 //!
 //! ```text
-//! credit outstanding at the broker + messages buffered or held (unacked) at the client
-//!   + acks/credit collected here and not yet sent                                  == window
+//! credit outstanding at the broker + messages buffered or held (unfinished) at the client
+//!   + finished deliveries collected here and not yet sent                        == window
 //! ```
 //!
-//! Every `Deliver` moves one unit from the broker's credit to the client; every [`AckPacer::ack`]
-//! or [`AckPacer::release`] moves it into this pacer; every [`AckPacer::take`] hands it back to the
-//! broker as `Credit{n}` (after the matching `Ack{seqs}`). So the client never grants more than
-//! `window` in total, and the broker never sends more than the client can buffer.
+//! Every `Deliver` moves one unit from the broker's credit to the client; every
+//! [`AckPacer::ack`], [`AckPacer::nack`], [`AckPacer::term`] or [`AckPacer::release`] moves it
+//! into this pacer; every [`AckPacer::take`] hands it back to the broker as `Credit{n}` (after the
+//! matching `Ack`/`Nack`/`Term` frames). So the client never grants more than `window` in total,
+//! and the broker never sends more than the client can buffer. [`AckPacer::progress`] takes no
+//! unit: the delivery stays with the app.
+//!
+//! However many deliveries a batch finishes, it costs one frame per kind (one `Nack` per distinct
+//! delay, one `Term` per distinct reason) plus one `Credit`, each frame carrying up to
+//! [`MAX_SEQS_PER_FRAME`] sequence numbers.
 
-/// What the caller should do after recording an ack or a release.
+use std::collections::{BTreeMap, BTreeSet};
+
+use weir_protocol::{Ack, Credit, Frame, Nack, Progress, Term};
+
+/// Most sequence numbers sent in one `Ack`, `Nack`, `Term` or `Progress` frame (a larger batch
+/// is split), keeping the frame far below any frame-size limit.
+pub(crate) const MAX_SEQS_PER_FRAME: usize = 16 * 1024;
+
+/// Longest `Term` reason sent, in bytes; a longer one is cut at a character boundary, so one
+/// reason can never make a frame too large for the broker.
+pub(crate) const MAX_TERM_REASON_BYTES: usize = 1024;
+
+/// What the caller should do after recording something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wake {
     /// Nothing: a flush is already due (or the pacer is closed).
     Nothing,
-    /// The first unit of a new batch: arm the short flush timer.
+    /// The first item of a new batch: arm the short flush timer.
     Soon,
     /// The batch reached its threshold: flush now.
     Now,
 }
 
-/// One flush: the seqs to ack, then the credit to return.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One flush: what the app did with its deliveries since the last one, and the credit that
+/// frees.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Batch {
-    /// Sequence numbers acked by the app since the last flush (possibly empty, when only
-    /// abandoned deliveries freed credit).
+    /// Deliveries whose ack deadline should restart; sent first, so a progress never arrives
+    /// after the same delivery's ack.
+    pub progress: BTreeSet<u64>,
+    /// Deliveries acked.
     pub acks: Vec<u64>,
-    /// Credit to grant back: acked plus abandoned deliveries since the last flush.
+    /// Deliveries nacked, by redelivery delay in milliseconds.
+    pub nacks: BTreeMap<u64, Vec<u64>>,
+    /// Deliveries terminated (to be dead-lettered), by reason.
+    pub terms: BTreeMap<String, Vec<u64>>,
+    /// Credit to grant back: one per delivery acked, nacked, terminated or dropped.
     pub credit: u32,
 }
 
-/// Collects acks and freed credit of one subscription and paces their sending.
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.credit == 0 && self.progress.is_empty()
+    }
+
+    /// The frames of this batch for subscription `sub`, in sending order: `Progress`, `Ack`,
+    /// `Nack` (one per delay), `Term` (one per reason), each split at [`MAX_SEQS_PER_FRAME`]
+    /// sequence numbers, then one `Credit` if any credit is returned.
+    pub fn into_frames(self, sub: u64) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        let progress = self.progress.into_iter().collect();
+        for seqs in split(progress) {
+            frames.push(Frame::Progress(Progress { sub, seqs }));
+        }
+        for seqs in split(self.acks) {
+            frames.push(Frame::Ack(Ack { sub, seqs }));
+        }
+        for (delay_ms, seqs) in self.nacks {
+            for seqs in split(seqs) {
+                frames.push(Frame::Nack(Nack {
+                    sub,
+                    seqs,
+                    delay_ms,
+                }));
+            }
+        }
+        for (reason, seqs) in self.terms {
+            for seqs in split(seqs) {
+                frames.push(Frame::Term(Term {
+                    sub,
+                    seqs,
+                    reason: reason.clone(),
+                }));
+            }
+        }
+        if self.credit > 0 {
+            frames.push(Frame::Credit(Credit {
+                sub,
+                n: self.credit,
+            }));
+        }
+        frames
+    }
+}
+
+/// `seqs` in pieces of at most [`MAX_SEQS_PER_FRAME`] (none when empty).
+fn split(seqs: Vec<u64>) -> Vec<Vec<u64>> {
+    if seqs.len() <= MAX_SEQS_PER_FRAME {
+        return if seqs.is_empty() { vec![] } else { vec![seqs] };
+    }
+    seqs.chunks(MAX_SEQS_PER_FRAME)
+        .map(<[u64]>::to_vec)
+        .collect()
+}
+
+/// `reason` cut to at most [`MAX_TERM_REASON_BYTES`] bytes, at a character boundary.
+fn bounded_reason(mut reason: String) -> String {
+    if reason.len() > MAX_TERM_REASON_BYTES {
+        let mut end = MAX_TERM_REASON_BYTES;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
+}
+
+/// Collects how the app finished the deliveries of one subscription, and the credit that frees,
+/// and paces their sending.
 ///
-/// Bound: at most `window` acks are ever pending here, because each comes from a distinct
-/// delivery the broker could only send against credit.
+/// Bound: at most `window` finished deliveries are ever pending here, because each comes from a
+/// distinct delivery the broker could only send against credit; the progress set holds each
+/// sequence once, and only of deliveries held or finished since the last flush, so at most
+/// `window` too.
 #[derive(Debug)]
 pub(crate) struct AckPacer {
     threshold: u32,
-    acks: Vec<u64>,
-    credit: u32,
+    pending: Batch,
     closed: bool,
 }
 
 impl AckPacer {
     /// A pacer for a subscription of `window` messages; it asks for a flush when
-    /// `max(1, window / 4)` units are pending.
+    /// `max(1, window / 4)` deliveries are finished and unsent.
     pub fn new(window: u32) -> Self {
         AckPacer {
             threshold: (window / 4).max(1),
-            acks: Vec::new(),
-            credit: 0,
+            pending: Batch::default(),
             closed: false,
         }
     }
@@ -66,53 +161,78 @@ impl AckPacer {
 
     /// Records that the app acked `seq`; its credit becomes returnable.
     pub fn ack(&mut self, seq: u64) -> Wake {
-        if self.closed {
-            return Wake::Nothing;
-        }
-        self.acks.push(seq);
-        self.bump()
+        self.finish(|b| b.acks.push(seq))
     }
 
-    /// Records that the app dropped a delivery without acking it: the client no longer holds it,
-    /// so its credit becomes returnable, but nothing is acked (the broker redelivers it after the
-    /// group's ack timeout).
+    /// Records that the app nacked `seq`, to be redelivered after `delay_ms`; its credit becomes
+    /// returnable.
+    pub fn nack(&mut self, seq: u64, delay_ms: u64) -> Wake {
+        self.finish(|b| b.nacks.entry(delay_ms).or_default().push(seq))
+    }
+
+    /// Records that the app terminated `seq` (dead-letter it now) for `reason`, cut to
+    /// [`MAX_TERM_REASON_BYTES`]; its credit becomes returnable.
+    pub fn term(&mut self, seq: u64, reason: String) -> Wake {
+        let reason = bounded_reason(reason);
+        self.finish(|b| b.terms.entry(reason).or_default().push(seq))
+    }
+
+    /// Records that the app dropped a delivery without finishing it: the client no longer holds
+    /// it, so its credit becomes returnable, but nothing is acked (the broker redelivers it after
+    /// the group's ack timeout).
     pub fn release(&mut self) -> Wake {
+        self.finish(|_| {})
+    }
+
+    /// Records that the app is still working on `seq`: its ack deadline should restart. Takes no
+    /// credit (the delivery stays with the app) and never asks for an immediate flush; repeated
+    /// calls before the flush send `seq` once.
+    pub fn progress(&mut self, seq: u64) -> Wake {
         if self.closed {
             return Wake::Nothing;
         }
-        self.bump()
-    }
-
-    fn bump(&mut self) -> Wake {
-        self.credit += 1;
-        if self.credit == self.threshold {
-            Wake::Now
-        } else if self.credit == 1 {
+        let was_empty = self.pending.is_empty();
+        self.pending.progress.insert(seq);
+        if was_empty {
             Wake::Soon
         } else {
             Wake::Nothing
         }
     }
 
-    /// Whether acks or credit are waiting to be sent.
+    /// Records one delivery finished (`record` says how) and its credit.
+    fn finish(&mut self, record: impl FnOnce(&mut Batch)) -> Wake {
+        if self.closed {
+            return Wake::Nothing;
+        }
+        let was_empty = self.pending.is_empty();
+        record(&mut self.pending);
+        self.pending.credit += 1;
+        if self.pending.credit == self.threshold {
+            Wake::Now
+        } else if was_empty {
+            Wake::Soon
+        } else {
+            Wake::Nothing
+        }
+    }
+
+    /// Whether anything is waiting to be sent.
     pub fn has_pending(&self) -> bool {
-        self.credit > 0
+        !self.pending.is_empty()
     }
 
     /// Takes everything pending, or `None` when nothing is.
     pub fn take(&mut self) -> Option<Batch> {
-        if self.credit == 0 {
+        if self.pending.is_empty() {
             return None;
         }
-        let credit = std::mem::take(&mut self.credit);
-        Some(Batch {
-            acks: std::mem::take(&mut self.acks),
-            credit,
-        })
+        Some(std::mem::take(&mut self.pending))
     }
 
-    /// Closes the pacer (the subscription is closing): later acks are ignored, because the broker
-    /// returns every unacked message of a closed subscription to its group anyway.
+    /// Closes the pacer (the subscription is closing): later acks, nacks, terms and progress are
+    /// ignored, because the broker returns every unacked message of a closed subscription to
+    /// its group anyway.
     pub fn close(&mut self) {
         self.closed = true;
     }
@@ -121,6 +241,14 @@ impl AckPacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn acked(acks: Vec<u64>, credit: u32) -> Batch {
+        Batch {
+            acks,
+            credit,
+            ..Batch::default()
+        }
+    }
 
     #[test]
     fn threshold_is_a_quarter_of_the_window_at_least_one() {
@@ -136,13 +264,7 @@ mod tests {
         assert_eq!(p.ack(1), Wake::Soon);
         assert_eq!(p.ack(2), Wake::Now);
         assert_eq!(p.ack(3), Wake::Nothing, "already asked for a flush");
-        assert_eq!(
-            p.take(),
-            Some(Batch {
-                acks: vec![1, 2, 3],
-                credit: 3
-            })
-        );
+        assert_eq!(p.take(), Some(acked(vec![1, 2, 3], 3)));
         assert_eq!(p.take(), None);
         assert!(!p.has_pending());
         assert_eq!(p.ack(4), Wake::Soon, "a new batch starts");
@@ -152,21 +274,9 @@ mod tests {
     fn window_of_one_flushes_every_ack() {
         let mut p = AckPacer::new(1);
         assert_eq!(p.ack(7), Wake::Now);
-        assert_eq!(
-            p.take(),
-            Some(Batch {
-                acks: vec![7],
-                credit: 1
-            })
-        );
+        assert_eq!(p.take(), Some(acked(vec![7], 1)));
         assert_eq!(p.release(), Wake::Now);
-        assert_eq!(
-            p.take(),
-            Some(Batch {
-                acks: vec![],
-                credit: 1
-            })
-        );
+        assert_eq!(p.take(), Some(acked(vec![], 1)));
     }
 
     #[test]
@@ -175,34 +285,140 @@ mod tests {
         p.ack(10);
         p.release();
         p.ack(12);
+        assert_eq!(p.take(), Some(acked(vec![10, 12], 3)));
+    }
+
+    #[test]
+    fn nacks_and_terms_return_credit_exactly_like_acks() {
+        let mut p = AckPacer::new(12);
+        assert_eq!(p.nack(1, 500), Wake::Soon);
+        assert_eq!(p.term(2, "bad input".into()), Wake::Nothing);
+        assert_eq!(p.ack(3), Wake::Now, "the threshold counts every finish");
+        let batch = p.take().unwrap();
+        assert_eq!(batch.credit, 3);
+        assert_eq!(batch.acks, vec![3]);
+        assert_eq!(batch.nacks, BTreeMap::from([(500, vec![1])]));
         assert_eq!(
-            p.take(),
-            Some(Batch {
-                acks: vec![10, 12],
-                credit: 3
-            })
+            batch.terms,
+            BTreeMap::from([("bad input".to_owned(), vec![2])])
         );
     }
 
     #[test]
-    fn closed_pacer_ignores_acks() {
+    fn progress_takes_no_credit_is_sent_once_and_never_forces_a_flush() {
+        let mut p = AckPacer::new(1);
+        assert_eq!(p.progress(5), Wake::Soon);
+        assert_eq!(p.progress(5), Wake::Nothing);
+        assert_eq!(p.progress(4), Wake::Nothing);
+        assert!(p.has_pending());
+        let batch = p.take().unwrap();
+        assert_eq!(batch.credit, 0);
+        assert_eq!(batch.progress, BTreeSet::from([4, 5]));
+        assert_eq!(
+            batch.into_frames(9),
+            vec![Frame::Progress(Progress {
+                sub: 9,
+                seqs: vec![4, 5]
+            })],
+            "no Credit frame when nothing returns credit"
+        );
+        assert_eq!(p.progress(5), Wake::Soon);
+        assert_eq!(
+            p.ack(5),
+            Wake::Now,
+            "a finish still flushes at the threshold"
+        );
+    }
+
+    /// A thousand finished deliveries cost six frames: what makes 100k acks/s affordable.
+    #[test]
+    fn a_batch_costs_one_frame_per_kind_delay_and_reason() {
+        let mut p = AckPacer::new(1024);
+        for seq in 0..1000u64 {
+            match seq % 10 {
+                0..=5 => p.ack(seq),
+                6 => p.nack(seq, 100),
+                7 => p.nack(seq, 2000),
+                8 => p.term(seq, "poison".into()),
+                _ => p.progress(seq),
+            };
+        }
+        let frames = p.take().unwrap().into_frames(3);
+        let names: Vec<&str> = frames.iter().map(Frame::name).collect();
+        assert_eq!(
+            names,
+            ["Progress", "Ack", "Nack", "Nack", "Term", "Credit"],
+            "progress first, credit last"
+        );
+        match (&frames[2], &frames[3], &frames[4], &frames[5]) {
+            (Frame::Nack(a), Frame::Nack(b), Frame::Term(t), Frame::Credit(c)) => {
+                assert_eq!((a.delay_ms, a.seqs.len()), (100, 100));
+                assert_eq!((b.delay_ms, b.seqs.len()), (2000, 100));
+                assert_eq!((t.reason.as_str(), t.seqs.len()), ("poison", 100));
+                assert_eq!((c.sub, c.n), (3, 900), "every finish returns one credit");
+            }
+            other => panic!("unexpected frames {other:?}"),
+        }
+    }
+
+    #[test]
+    fn large_batches_are_split_into_bounded_frames() {
+        let batch = Batch {
+            acks: (0..MAX_SEQS_PER_FRAME as u64 * 2 + 1).collect(),
+            nacks: BTreeMap::from([(7, (0..MAX_SEQS_PER_FRAME as u64 + 1).collect())]),
+            credit: 5,
+            ..Batch::default()
+        };
+        let sizes: Vec<(&str, usize)> = batch
+            .into_frames(1)
+            .iter()
+            .map(|f| match f {
+                Frame::Ack(a) => ("Ack", a.seqs.len()),
+                Frame::Nack(n) => ("Nack", n.seqs.len()),
+                other => (other.name(), 0),
+            })
+            .collect();
+        assert_eq!(
+            sizes,
+            [
+                ("Ack", MAX_SEQS_PER_FRAME),
+                ("Ack", MAX_SEQS_PER_FRAME),
+                ("Ack", 1),
+                ("Nack", MAX_SEQS_PER_FRAME),
+                ("Nack", 1),
+                ("Credit", 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn term_reasons_are_cut_at_a_character_boundary() {
+        let mut p = AckPacer::new(4);
+        // 'é' is two bytes: 1023 bytes of 'a' then 'é' straddles the bound.
+        let long = format!("{}é tail", "a".repeat(MAX_TERM_REASON_BYTES - 1));
+        p.term(1, long);
+        let reason = p.take().unwrap().terms.into_keys().next().unwrap();
+        assert_eq!(reason, "a".repeat(MAX_TERM_REASON_BYTES - 1));
+        assert_eq!(bounded_reason("short".into()), "short");
+    }
+
+    #[test]
+    fn closed_pacer_ignores_everything_new() {
         let mut p = AckPacer::new(4);
         p.ack(1);
         p.close();
         assert_eq!(p.ack(2), Wake::Nothing);
+        assert_eq!(p.nack(3, 10), Wake::Nothing);
+        assert_eq!(p.term(4, "x".into()), Wake::Nothing);
+        assert_eq!(p.progress(5), Wake::Nothing);
         assert_eq!(p.release(), Wake::Nothing);
-        assert_eq!(
-            p.take(),
-            Some(Batch {
-                acks: vec![1],
-                credit: 1
-            })
-        );
+        assert_eq!(p.take(), Some(acked(vec![1], 1)));
         assert_eq!(p.take(), None);
     }
 
-    /// Simulates a broker that spends credit and a client that acks, and checks that the
-    /// total never exceeds the window whatever the interleaving.
+    /// Simulates a broker that spends credit and a client that acks, nacks, terminates, drops
+    /// and reports progress, and checks that the total never exceeds the window whatever the
+    /// interleaving.
     #[test]
     fn credit_plus_held_never_exceeds_window() {
         let window = 10u32;
@@ -221,21 +437,30 @@ mod tests {
                     next_seq += 1;
                 }
                 2 if !held.is_empty() => {
-                    let seq = held.remove(0);
-                    if matches!((x >> 8) % 5, 0) {
-                        p.release();
-                    } else {
-                        p.ack(seq);
+                    let seq = held[0];
+                    match (x >> 8) % 6 {
+                        0 => p.release(),
+                        1 => p.nack(seq, u64::from(x % 3)),
+                        2 => p.term(seq, format!("r{}", x % 2)),
+                        3 => p.progress(seq),
+                        _ => p.ack(seq),
+                    };
+                    if (x >> 8) % 6 != 3 {
+                        held.remove(0);
                     }
                 }
                 _ => {
                     if let Some(b) = p.take() {
+                        let finished = b.acks.len()
+                            + b.nacks.values().map(Vec::len).sum::<usize>()
+                            + b.terms.values().map(Vec::len).sum::<usize>();
+                        assert!(finished as u32 <= b.credit, "credit covers every finish");
                         broker_credit += b.credit;
                     }
                 }
             }
-            let pending = p.credit;
-            assert_eq!(broker_credit + held.len() as u32 + pending, window);
+            assert_eq!(broker_credit + held.len() as u32 + p.pending.credit, window);
+            assert!(p.pending.progress.len() <= window as usize);
         }
     }
 }

@@ -8,11 +8,41 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, Semaphore, TryAcquireError};
+use weir_protocol::Headers;
 
 use crate::connection::{Command, ConnHandle};
 use crate::error::{ClientError, PublishError};
 use crate::retry::driver::Retrier;
 use crate::retry::{BreakerState, RetryPolicy};
+
+/// One message as handed to the connection: its topic, headers and body. A retry sends a clone
+/// (the body is reference-counted; headers, usually none, are copied).
+#[derive(Debug, Clone)]
+pub(crate) struct Message {
+    pub topic: String,
+    pub headers: Headers,
+    pub payload: Bytes,
+}
+
+impl Message {
+    fn new(topic: &str, headers: Headers, payload: Bytes) -> Message {
+        Message {
+            topic: topic.to_owned(),
+            headers,
+            payload,
+        }
+    }
+}
+
+/// Collects `(name, value)` pairs into [`Headers`], in order.
+fn collect_headers<K: Into<String>, V: Into<String>>(
+    headers: impl IntoIterator<Item = (K, V)>,
+) -> Headers {
+    headers
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect()
+}
 
 /// Publishes messages through a bounded window of unconfirmed publishes.
 ///
@@ -24,6 +54,11 @@ use crate::retry::{BreakerState, RetryPolicy};
 ///
 /// Refusals surface in the confirm; [`Publisher::with_retry`] retries the ones that waiting can
 /// fix.
+///
+/// Messages may carry headers ([`Publisher::publish_with_headers`]): `(name, value)` pairs,
+/// stored and delivered with the message ([`crate::Delivery::headers`]) and resent unchanged by
+/// retries. They travel in the frame, so they count against the broker's `max_frame_bytes` (a
+/// publish over it fails with [`PublishError::TooLarge`] and is never sent).
 ///
 /// Clones share one window (and, with retry on, one retry budget and circuit breaker). Create
 /// independent windows with [`crate::Client::publisher`].
@@ -117,24 +152,43 @@ impl Publisher {
         topic: &str,
         payload: impl Into<Bytes>,
     ) -> Result<PublishConfirm, ClientError> {
-        let payload = payload.into();
+        self.publish_message(Message::new(topic, Headers::new(), payload.into()))
+            .await
+    }
+
+    /// [`Publisher::publish`] with headers: `(name, value)` pairs, kept in order (names may
+    /// repeat), stored and delivered with the message and resent unchanged by retries. E.g.
+    /// `publisher.publish_with_headers("orders", [("trace-id", "abc")], body)`.
+    ///
+    /// Waits and fails as [`Publisher::publish`] does; headers making the publish larger than
+    /// the broker's `max_frame_bytes` fail its confirm with [`PublishError::TooLarge`].
+    pub async fn publish_with_headers<K: Into<String>, V: Into<String>>(
+        &self,
+        topic: &str,
+        headers: impl IntoIterator<Item = (K, V)>,
+        payload: impl Into<Bytes>,
+    ) -> Result<PublishConfirm, ClientError> {
+        self.publish_message(Message::new(
+            topic,
+            collect_headers(headers),
+            payload.into(),
+        ))
+        .await
+    }
+
+    async fn publish_message(&self, message: Message) -> Result<PublishConfirm, ClientError> {
         let Some(retrier) = &self.retry else {
-            return self.send(topic, payload).await;
+            return self.send(message).await;
         };
         // Dropped unsettled (the send fails or this future is cancelled), the ticket gives its
         // breaker pass back.
         let ticket = retrier.admit()?;
-        let confirm = self.send(topic, payload.clone()).await?;
-        Ok(retrier.retrying(self, topic, payload, confirm, ticket))
+        let confirm = self.send(message.clone()).await?;
+        Ok(retrier.retrying(self, message, confirm, ticket))
     }
 
     /// Sends one publish once the window has a slot (no retries).
-    pub(crate) async fn send(
-        &self,
-        topic: &str,
-        payload: Bytes,
-    ) -> Result<PublishConfirm, ClientError> {
-        let topic = topic.to_owned();
+    pub(crate) async fn send(&self, message: Message) -> Result<PublishConfirm, ClientError> {
         let permit = match self.window.clone().acquire_owned().await {
             Ok(permit) => permit,
             Err(_) => return Err(self.conn.shared.error()),
@@ -142,8 +196,7 @@ impl Publisher {
         let (reply, rx) = oneshot::channel();
         self.conn
             .send(Command::Publish {
-                topic,
-                payload,
+                message,
                 reply,
                 permit,
             })
@@ -162,19 +215,36 @@ impl Publisher {
         topic: &str,
         payload: impl Into<Bytes>,
     ) -> Result<PublishConfirm, ClientError> {
-        let payload = payload.into();
+        self.try_publish_message(Message::new(topic, Headers::new(), payload.into()))
+    }
+
+    /// [`Publisher::try_publish`] with headers, as [`Publisher::publish_with_headers`] sends
+    /// them. Never waits: fails with [`ClientError::WindowFull`] as `try_publish` does.
+    pub fn try_publish_with_headers<K: Into<String>, V: Into<String>>(
+        &self,
+        topic: &str,
+        headers: impl IntoIterator<Item = (K, V)>,
+        payload: impl Into<Bytes>,
+    ) -> Result<PublishConfirm, ClientError> {
+        self.try_publish_message(Message::new(
+            topic,
+            collect_headers(headers),
+            payload.into(),
+        ))
+    }
+
+    fn try_publish_message(&self, message: Message) -> Result<PublishConfirm, ClientError> {
         let ticket = self.retry.as_ref().map(|r| r.admit()).transpose()?;
         let permit = match self.window.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(TryAcquireError::NoPermits) => return Err(ClientError::WindowFull),
             Err(TryAcquireError::Closed) => return Err(self.conn.shared.error()),
         };
-        // With retry on, the payload is kept (a reference count) for the retries.
-        let retained = ticket.as_ref().map(|_| payload.clone());
+        // With retry on, the message is kept for the retries.
+        let retained = ticket.as_ref().map(|_| message.clone());
         let (reply, rx) = oneshot::channel();
         let cmd = Command::Publish {
-            topic: topic.to_owned(),
-            payload,
+            message,
             reply,
             permit,
         };
@@ -191,8 +261,8 @@ impl Publisher {
             inner: Inner::Direct(rx),
         };
         Ok(match (&self.retry, ticket, retained) {
-            (Some(retrier), Some(ticket), Some(payload)) => {
-                retrier.retrying(self, topic, payload, confirm, ticket)
+            (Some(retrier), Some(ticket), Some(message)) => {
+                retrier.retrying(self, message, confirm, ticket)
             }
             _ => confirm,
         })
@@ -321,6 +391,40 @@ mod tests {
             .unwrap();
         reply_to(rx.recv().await.unwrap(), Ok(2));
         assert_eq!(second.await, Ok(2));
+    }
+
+    #[tokio::test]
+    async fn headers_reach_the_connection_in_order_and_plain_publishes_have_none() {
+        let (conn, mut rx) = test_handle(test_limits(), 16);
+        let publisher = Publisher::new(conn, 4);
+        let _a = publisher
+            .publish_with_headers("t", [("b", "2"), ("a", "1"), ("b", "3")], "x")
+            .await
+            .unwrap();
+        let _b = publisher
+            .try_publish_with_headers("t", vec![("k".to_owned(), String::new())], "y")
+            .unwrap();
+        let _c = publisher.publish("t", "z").await.unwrap();
+        let mut sent = Vec::new();
+        for _ in 0..3 {
+            match rx.recv().await.unwrap() {
+                Command::Publish { message, .. } => sent.push(message.headers),
+                other => panic!("expected a publish, got {other:?}"),
+            }
+        }
+        let pairs = |p: &[(&str, &str)]| -> Headers {
+            p.iter()
+                .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            sent,
+            [
+                pairs(&[("b", "2"), ("a", "1"), ("b", "3")]),
+                pairs(&[("k", "")]),
+                Headers::new()
+            ]
+        );
     }
 
     #[tokio::test]

@@ -230,6 +230,32 @@ pub struct Deliver {
     pub payload: Bytes,
 }
 
+impl Deliver {
+    /// An upper bound of the encoded size (without the 4-byte length prefix) of a delivery of
+    /// a message with `headers` and a payload of `payload_len` bytes, for any subscription,
+    /// sequence and attempt. A broker refuses a publish whose delivery could not fit in its
+    /// frame limit, so it never stores a message it cannot deliver.
+    pub fn max_body_bytes(headers: &[(String, String)], payload_len: usize) -> usize {
+        // header length field, variant, then sub, seq and attempt as varints at their largest.
+        const FIXED: usize = 4 + 1 + 9 + 9 + 5;
+        let strings: usize = headers
+            .iter()
+            .map(|(k, v)| varint_len(k.len()) + k.len() + varint_len(v.len()) + v.len())
+            .sum();
+        FIXED + varint_len(headers.len()) + strings + payload_len
+    }
+}
+
+/// Bytes of bincode's standard varint encoding of a length.
+fn varint_len(n: usize) -> usize {
+    match n as u64 {
+        0..=250 => 1,
+        251..=0xFFFF => 3,
+        0x1_0000..=0xFFFF_FFFF => 5,
+        _ => 9,
+    }
+}
+
 /// Acknowledges delivered messages of a subscription by sequence number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
@@ -274,7 +300,7 @@ pub struct Progress {
 }
 
 /// Deletes a topic. Refused with [`ErrorCode::InUse`] while subscribers are attached unless
-/// `force` (which detaches them: their subscriptions end with an error).
+/// `force` (which detaches them: each gets [`Unsubscribed`] and its subscription ends).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteTopic {
     /// Request id echoed by the answer.

@@ -538,3 +538,18 @@ fn decode_header_refuses_payload_bytes_on_a_frame_without_payload() {
         Some(Err(CodecError::FrameTooLarge { .. }))
     ));
 }
+
+proptest! {
+    #[test]
+    fn a_delivery_never_encodes_larger_than_its_announced_bound(
+        sub in any::<u64>(),
+        seq in any::<u64>(),
+        attempt in any::<u32>(),
+        headers in proptest::collection::vec(("[a-z]{0,300}", "[a-z]{0,300}"), 0..4),
+        payload in bytes_strategy(),
+    ) {
+        let bound = Deliver::max_body_bytes(&headers, payload.len());
+        let frame = Frame::Deliver(Deliver { sub, seq, attempt, headers, payload });
+        prop_assert!(encode(&frame).len() - 4 <= bound);
+    }
+}

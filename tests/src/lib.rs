@@ -122,3 +122,44 @@ impl Drop for TestBroker {
         }
     }
 }
+
+/// Total bytes of the files under `dir` (recursively); panics if `dir` itself cannot be read,
+/// so a wrong path never passes as "empty". Entries deleted while it looks (the broker
+/// reclaims segments asynchronously) are skipped, not an error.
+pub fn dir_size(dir: &Path) -> u64 {
+    let entries = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot read directory {}: {e}", dir.display()));
+    entries_size(entries)
+}
+
+fn entries_size(entries: std::fs::ReadDir) -> u64 {
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
+        .map(|(path, meta)| {
+            if meta.is_dir() {
+                std::fs::read_dir(path).map_or(0, entries_size)
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
+/// Polls [`dir_size`] until it is at most `bound` or `timeout` passes; returns the last size
+/// measured (the caller asserts on it, so a failure shows how far off it was). For waiting on
+/// asynchronous segment deletion.
+pub async fn wait_for_dir_size_at_most(
+    dir: &Path,
+    bound: u64,
+    timeout: std::time::Duration,
+) -> u64 {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let size = dir_size(dir);
+        if size <= bound || tokio::time::Instant::now() >= deadline {
+            return size;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

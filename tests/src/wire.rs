@@ -101,11 +101,23 @@ impl RawClient {
 
     /// Publishes one message and waits for its answer (`PublishOk`, `Rejected` or `Error`).
     pub async fn publish(&mut self, topic: &str, payload: impl Into<Bytes>) -> Frame {
+        self.publish_with_headers(topic, Headers::new(), payload)
+            .await
+    }
+
+    /// Publishes one message with `headers` and waits for its answer (`PublishOk`, `Rejected`
+    /// or `Error`).
+    pub async fn publish_with_headers(
+        &mut self,
+        topic: &str,
+        headers: Headers,
+        payload: impl Into<Bytes>,
+    ) -> Frame {
         let id = self.req();
         self.send(Frame::Publish(Publish {
             id,
             topic: topic.into(),
-            headers: Vec::new(),
+            headers,
             payload: payload.into(),
         }))
         .await;
@@ -173,12 +185,26 @@ impl RawClient {
 
     /// Subscribes and waits for `Subscribed`.
     pub async fn subscribe(&mut self, sub: u64, topic: &str, group: &str, credit: u32) {
+        self.subscribe_with(sub, topic, group, credit, GroupSpec::default())
+            .await;
+    }
+
+    /// Subscribes with group settings (used if this creates the group) and waits for
+    /// `Subscribed`.
+    pub async fn subscribe_with(
+        &mut self,
+        sub: u64,
+        topic: &str,
+        group: &str,
+        credit: u32,
+        group_spec: GroupSpec,
+    ) {
         self.send(Frame::Subscribe(Subscribe {
             sub,
             topic: topic.into(),
             group: group.into(),
             credit,
-            group_spec: GroupSpec::default(),
+            group_spec,
         }))
         .await;
         match self.recv().await {

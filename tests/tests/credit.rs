@@ -114,28 +114,60 @@ async fn credit_past_max_credit_is_refused_with_a_typed_error() {
 
 #[tokio::test]
 async fn a_group_never_has_more_than_max_in_flight_across_its_members() {
-    let broker = TestBroker::start_with(|c| c.limits.max_in_flight = 7).await;
+    let broker = TestBroker::start_with(|c| c.limits.max_in_flight = 100).await;
     let mut publisher = RawClient::connect(broker.addr).await;
     let mut a = RawClient::connect(broker.addr).await;
     let mut b = RawClient::connect(broker.addr).await;
-    a.subscribe(1, "inflight", "g", 100).await;
-    b.subscribe(1, "inflight", "g", 100).await;
+    a.subscribe(1, "inflight", "g", 200).await;
+    b.subscribe(1, "inflight", "g", 200).await;
     publisher
-        .publish_all("inflight", (0..50).map(|i| Bytes::from(vec![i])))
+        .publish_all(
+            "inflight",
+            (0..300u32).map(|i| Bytes::from(i.to_be_bytes().to_vec())),
+        )
         .await;
-    let info = wait_for_topic(&mut publisher, "inflight", |t| t.groups[0].in_flight == 7).await;
-    assert_eq!(info.groups[0].pending, 43);
-    let mut got = 0;
-    for client in [&mut a, &mut b] {
+    let info = wait_for_topic(&mut publisher, "inflight", |t| t.groups[0].in_flight == 100).await;
+    assert_eq!(info.groups[0].pending, 200);
+    // Counted on the subscribers' side: what each received and has not acked.
+    let mut held: Vec<Vec<u64>> = vec![Vec::new(), Vec::new()];
+    for (client, held) in [&mut a, &mut b].into_iter().zip(&mut held) {
         while let Some(frame) = client.recv_within(Duration::from_millis(200)).await {
-            assert!(matches!(frame, Frame::Deliver(_)));
-            got += 1;
+            let Frame::Deliver(d) = frame else {
+                panic!("expected Deliver, got {frame:?}")
+            };
+            held.push(d.seq);
         }
     }
     assert_eq!(
-        got, 7,
-        "subscribers saw more than max_in_flight unacked messages"
+        held[0].len() + held[1].len(),
+        100,
+        "subscribers together saw more (or fewer) than max_in_flight unacked messages"
     );
+    assert!(
+        !held[0].is_empty() && !held[1].is_empty(),
+        "both members got work"
+    );
+    // Acking 50 lets exactly 50 more out, to whichever member has credit.
+    let (acker, acked) = if held[0].len() >= 50 {
+        (&mut a, &held[0])
+    } else {
+        (&mut b, &held[1])
+    };
+    acker
+        .send(Frame::Ack(Ack {
+            sub: 1,
+            seqs: acked[..50].to_vec(),
+        }))
+        .await;
+    wait_for_topic(&mut publisher, "inflight", |t| t.groups[0].pending == 150).await;
+    let mut more = 0;
+    for client in [&mut a, &mut b] {
+        while let Some(frame) = client.recv_within(Duration::from_millis(200)).await {
+            assert!(matches!(frame, Frame::Deliver(_)), "{frame:?}");
+            more += 1;
+        }
+    }
+    assert_eq!(more, 50, "one delivery per ack, never past max_in_flight");
 }
 
 /// Polls a counter until it is positive (at most 20 s).

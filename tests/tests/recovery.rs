@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use weir_protocol::{Ack, Frame, TopicSpec};
 use weir_tests::wire::wait_for_topic;
-use weir_tests::{RawClient, TestBroker};
+use weir_tests::{dir_size, wait_for_dir_size_at_most, RawClient, TestBroker};
 
 #[tokio::test]
 async fn a_restart_keeps_topics_cursors_acks_and_redelivers_what_was_in_flight() {
@@ -79,7 +79,7 @@ async fn fully_acked_segments_are_deleted_from_disk() {
         client.publish_all("reclaim", chunk.to_vec()).await;
     }
     let topic_dir = broker.dir.path().join("topics").join("reclaim");
-    let before = dir_bytes(&topic_dir);
+    let before = dir_size(&topic_dir);
     assert!(
         before > 2000 * 1024,
         "the log holds every message: {before} bytes"
@@ -90,23 +90,9 @@ async fn fully_acked_segments_are_deleted_from_disk() {
     wait_for_topic(&mut client, "reclaim", |t| t.depth == 0).await;
     // Segment deletion follows the acks asynchronously; at most the active segment (plus its
     // checkpoint files) may remain.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let after = loop {
-        let after = dir_bytes(&topic_dir);
-        if after <= 2 * 64 * 1024 || tokio::time::Instant::now() > deadline {
-            break after;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let after = wait_for_dir_size_at_most(&topic_dir, 2 * 64 * 1024, Duration::from_secs(20)).await;
     assert!(
         after <= 2 * 64 * 1024,
         "acked data still on disk: {after} of {before} bytes"
     );
-}
-
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum()
 }

@@ -247,7 +247,11 @@ fn loom_credit_is_never_exceeded_and_in_flight_stays_bounded() {
     loom::model(|| {
         let (tx, _rx) = mpsc::channel(16);
         let member = MemberId { conn: 1, sub: 1 };
-        let group = Arc::new(Mutex::new(Group::new(1, 3)));
+        let group = Arc::new(Mutex::new(Group::with_config(
+            1,
+            3,
+            weir_protocol::GroupConfig::default(),
+        )));
         group.lock().unwrap().join(member, tx.clone(), tx);
         let delivered = Arc::new(Mutex::new(Vec::new()));
         let granter = {
@@ -263,7 +267,10 @@ fn loom_credit_is_never_exceeded_and_in_flight_stays_bounded() {
             thread::spawn(move || {
                 for _ in 0..2 {
                     let mut plan = Plan::new();
-                    group.lock().unwrap().plan(100, 100, &mut plan);
+                    group
+                        .lock()
+                        .unwrap()
+                        .plan(100, 100, std::time::Instant::now(), &mut plan);
                     delivered.lock().unwrap().extend(plan.iter().map(|p| p.seq));
                 }
             })

@@ -2,16 +2,20 @@
 //!
 //! This module is the only place that names sled (DESIGN.md §4): a handful of typed operations,
 //! so the store can be swapped (redb was measured as the alternative) without touching callers.
-//! Records are bincode-encoded with a leading format version byte.
+//! Records are bincode-encoded with a leading format version byte: topic configurations are
+//! version 1; group records version 2 (version 1, written before groups had settings, nack
+//! delays and dead letters, is still read).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use weir_protocol::TopicConfig;
+use weir_protocol::{GroupConfig, TopicConfig};
 
-/// Format version of every record written by this module.
+/// Format version of topic configuration records.
 const RECORD_VERSION: u8 = 1;
+/// Format version of group records.
+const GROUP_RECORD_VERSION: u8 = 2;
 
 /// A state-store failure.
 #[derive(Debug, thiserror::Error)]
@@ -29,14 +33,29 @@ pub enum StateError {
     },
 }
 
-/// A group's durable state: where its cursor is and which messages below it are not yet acked,
-/// with the number of deliveries each has had. Bounded by the group's `max_in_flight`.
+/// A group's durable state: its settings, where its cursor is, which messages below it are not
+/// yet acked (with the number of deliveries each has had), which were nacked and when they may
+/// be redelivered, and which are due for the dead-letter topic. Bounded by the group's
+/// `max_in_flight`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct GroupRecord {
     /// The next sequence never yet delivered to the group.
     pub cursor: u64,
     /// Delivered-but-unacked messages below `cursor`: `(seq, deliveries so far)`.
     pub unacked: Vec<(u64, u32)>,
+    /// The group's settings (`None` in records written before groups had settings).
+    pub config: Option<GroupConfig>,
+    /// Nacked messages: `(seq, deliveries so far, redeliver at, ms since the Unix epoch)`.
+    pub delayed: Vec<(u64, u32, u64)>,
+    /// Messages due for the dead-letter topic: `(seq, deliveries, reason)`.
+    pub dead: Vec<(u64, u32, String)>,
+}
+
+/// The version 1 layout of [`GroupRecord`].
+#[derive(Deserialize)]
+struct GroupRecordV1 {
+    cursor: u64,
+    unacked: Vec<(u64, u32)>,
 }
 
 /// The sled-backed state store. Cheap to clone.
@@ -89,8 +108,26 @@ impl StateStore {
         group: &str,
         record: &GroupRecord,
     ) -> Result<(), StateError> {
-        self.groups
-            .insert(group_key(topic, group), encode(record))?;
+        self.groups.insert(
+            group_key(topic, group),
+            encode_versioned(GROUP_RECORD_VERSION, record),
+        )?;
+        Ok(())
+    }
+
+    /// Removes a group's state (not flushed: call [`StateStore::flush`]).
+    pub fn delete_group(&self, topic: &str, group: &str) -> Result<(), StateError> {
+        self.groups.remove(group_key(topic, group))?;
+        Ok(())
+    }
+
+    /// Removes a topic's configuration and every group of it, durably.
+    pub fn delete_topic(&self, topic: &str) -> Result<(), StateError> {
+        for key in self.groups.scan_prefix(group_key(topic, "")).keys() {
+            self.groups.remove(key?)?;
+        }
+        self.topics.remove(topic.as_bytes())?;
+        self.db.flush()?;
         Ok(())
     }
 
@@ -102,7 +139,7 @@ impl StateStore {
             .map(|kv| {
                 let (k, v) = kv?;
                 let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                Ok((name, decode_value(&k, &v)?))
+                Ok((name, decode_group(&k, &v)?))
             })
             .collect()
     }
@@ -133,7 +170,11 @@ fn group_key(topic: &str, group: &str) -> Vec<u8> {
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![RECORD_VERSION];
+    encode_versioned(RECORD_VERSION, value)
+}
+
+fn encode_versioned<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
+    let mut out = vec![version];
     // Encoding plain structs into a Vec cannot fail.
     out.extend(
         bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap_or_default(),
@@ -146,18 +187,40 @@ fn decode_kv<T: DeserializeOwned>((k, v): (sled::IVec, sled::IVec)) -> Result<T,
 }
 
 fn decode_value<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StateError> {
-    let corrupt = |reason: String| StateError::Corrupt {
+    match value.split_first() {
+        Some((&RECORD_VERSION, body)) => decode_body(key, body),
+        Some((v, _)) => Err(corrupt(key, format!("unknown record version {v}"))),
+        None => Err(corrupt(key, "empty record".into())),
+    }
+}
+
+/// Decodes a group record of either version.
+fn decode_group(key: &[u8], value: &[u8]) -> Result<GroupRecord, StateError> {
+    match value.split_first() {
+        Some((&GROUP_RECORD_VERSION, body)) => decode_body(key, body),
+        Some((1, body)) => {
+            let old: GroupRecordV1 = decode_body(key, body)?;
+            Ok(GroupRecord {
+                cursor: old.cursor,
+                unacked: old.unacked,
+                ..GroupRecord::default()
+            })
+        }
+        Some((v, _)) => Err(corrupt(key, format!("unknown group record version {v}"))),
+        None => Err(corrupt(key, "empty record".into())),
+    }
+}
+
+fn decode_body<T: DeserializeOwned>(key: &[u8], body: &[u8]) -> Result<T, StateError> {
+    bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| corrupt(key, e.to_string()))
+}
+
+fn corrupt(key: &[u8], reason: String) -> StateError {
+    StateError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason,
-    };
-    match value.split_first() {
-        Some((&RECORD_VERSION, body)) => {
-            bincode::serde::decode_from_slice(body, bincode::config::standard())
-                .map(|(v, _)| v)
-                .map_err(|e| corrupt(e.to_string()))
-        }
-        Some((v, _)) => Err(corrupt(format!("unknown record version {v}"))),
-        None => Err(corrupt("empty record".into())),
     }
 }
 
@@ -189,6 +252,13 @@ mod tests {
             let rec = GroupRecord {
                 cursor: 7,
                 unacked: vec![(3, 1), (5, 2)],
+                config: Some(GroupConfig {
+                    ack_timeout_ms: 100,
+                    max_attempts: 3,
+                    dead_letter_topic: "a.dlq".into(),
+                }),
+                delayed: vec![(4, 1, 99)],
+                dead: vec![(6, 3, "ack timeout".into())],
             };
             store.save_group("a", "g1", &rec).unwrap();
             store
@@ -206,15 +276,24 @@ mod tests {
         names.sort();
         assert_eq!(names, ["a", "ab"]);
         let groups = store.load_groups("a").unwrap();
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].0, "g1");
+        assert_eq!(groups[0].1.dead, vec![(6, 3, "ack timeout".to_string())]);
+        assert_eq!(groups[0].1.delayed, vec![(4, 1, 99)]);
+        store.delete_group("a", "g1").unwrap();
+        assert!(store.load_groups("a").unwrap().is_empty());
+        store.delete_topic("ab").unwrap();
+        assert!(store.load_groups("ab").unwrap().is_empty());
+        assert_eq!(store.load_topics().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_version_1_group_record_is_still_read() {
+        let v1 = encode_versioned(1, &(7u64, vec![(3u64, 1u32)]));
+        let rec = decode_group(b"k", &v1).unwrap();
         assert_eq!(
-            groups,
-            vec![(
-                "g1".to_string(),
-                GroupRecord {
-                    cursor: 7,
-                    unacked: vec![(3, 1), (5, 2)]
-                }
-            )]
+            (rec.cursor, rec.unacked, rec.config),
+            (7, vec![(3, 1)], None)
         );
     }
 
@@ -240,6 +319,10 @@ mod tests {
     fn an_unknown_record_version_is_reported_not_panicked() {
         assert!(matches!(
             decode_value::<GroupRecord>(b"k", &[9, 1, 2]),
+            Err(StateError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            decode_group(b"k", &[9, 1, 2]),
             Err(StateError::Corrupt { .. })
         ));
         assert!(matches!(

@@ -138,7 +138,7 @@ impl Topic {
                 let head = st
                     .tail
                     .get(seq)
-                    .map(|p| p.slice(..p.len().min(DROP_SAMPLE_HEAD)));
+                    .map(|m| m.payload.slice(..m.payload.len().min(DROP_SAMPLE_HEAD)));
                 if st.recent_drops.len() == DROP_SAMPLE {
                     st.recent_drops.pop_front();
                 }

@@ -1,41 +1,53 @@
 //! The dispatcher of one topic: credit-paced delivery to group members.
 //!
 //! Woken by commits, credit grants, acks and members leaving, it asks each group for a plan of
-//! deliveries (under the topic lock), resolves payloads from the tail cache or, on a miss, from
-//! the log on the blocking pool, and hands each `Deliver` to the member's connection with a
-//! non-blocking `try_send`. A connection's outbound queue is sized for every credit its
-//! subscriptions can hold, so `try_send` fails only when the connection is gone; the message
-//! then returns to its group and that member gets no more until it grants credit again.
+//! deliveries (under the topic lock), resolves messages (headers and payload) from the tail
+//! cache or, on a miss, from the log on the blocking pool, and hands each `Deliver` to the
+//! member's connection with a non-blocking `try_send`. A connection's outbound queue is sized
+//! for every credit its subscriptions can hold, so `try_send` fails only when the connection is
+//! gone; the message then returns to its group and that member gets no more until it grants
+//! credit again.
 //!
 //! Every delivery is charged to the memory budget before its payload is read (see
 //! [`crate::admission::budget`]: deliveries are asked for with credit and are what drains the
-//! broker, so they are counted, never refused) and its permit travels with the frame until the
-//! connection's writer has encoded it. A payload served from the tail cache is counted twice
-//! while both hold it — the budget errs on the side of refusing early.
+//! broker, so they are counted, never refused) — its header bytes, known only once the message
+//! is resolved, then — and its permit travels with the frame until the connection's writer has
+//! encoded it. A message served from the tail cache is counted twice while both hold it — the
+//! budget errs on the side of refusing early.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use weir_protocol::{Deliver, Frame, Gap};
 
 use super::{lock, Topic};
 use crate::group::{GapNotice, Plan};
 use crate::outbox::Outbound;
-use crate::storage::log::LogError;
+use crate::storage::log::{LogError, Message};
 
 /// Most deliveries planned per group per round, so one busy group cannot starve the others.
 const ROUND: usize = 256;
 
-/// Runs the dispatcher until `stop` is cancelled.
+/// Runs the dispatcher until `stop` is cancelled. Between rounds it sleeps until woken or until
+/// the next ack deadline or nack delay of any group comes due (one sleep per topic, never a
+/// timer per message).
 pub(super) async fn run(topic: Arc<Topic>, stop: CancellationToken) {
     let mut plan = Plan::with_capacity(ROUND);
     loop {
+        while dispatch_round(&topic, &mut plan).await {}
+        let next_expiry = topic.expire(Instant::now());
+        let expiry = async {
+            match next_expiry {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = topic.wake_dispatcher.notified() => {}
+            () = expiry => {}
             () = stop.cancelled() => return,
         }
-        while dispatch_round(&topic, &mut plan).await {}
     }
 }
 
@@ -47,15 +59,15 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
     let mut gaps = Vec::new();
     for group in groups {
         plan.clear();
-        let (cached, round_bytes): (Vec<Option<Bytes>>, u64) = {
+        let (cached, round_bytes): (Vec<Option<Message>>, u64) = {
             let mut st = lock(&topic.state);
             let committed = st.committed_next;
             let Some(g) = st.groups.get_mut(&group) else {
                 continue;
             };
             g.take_gaps(&mut gaps);
-            g.plan(committed, ROUND, plan);
-            let cached = plan.iter().map(|p| st.tail.get(p.seq)).collect();
+            g.plan(committed, ROUND, Instant::now(), plan);
+            let cached = plan.iter().map(|p| st.tail.get(p.seq).cloned()).collect();
             (cached, plan.iter().map(|p| st.stored_size(p.seq)).sum())
         };
         send_gaps(topic, &group, &mut gaps);
@@ -64,7 +76,7 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
         }
         let budget = topic.admission.budget();
         let mut memory = budget.charge(round_bytes);
-        let payloads = match fill_misses(topic, plan, cached).await {
+        let messages = match fill_misses(topic, plan, cached).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(topic = %topic.config.name, group, error = %e, "cannot read messages for delivery");
@@ -77,16 +89,17 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
                 return false;
             }
         };
+        memory.charge(messages.iter().map(Message::header_bytes).sum());
         let mut failed = Vec::new();
-        for (p, payload) in plan.drain(..).zip(payloads) {
-            let len = payload.len() as u64;
+        for (p, message) in plan.drain(..).zip(messages) {
+            let len = message.bytes();
             let held = memory.split(len).unwrap_or_else(|| budget.charge(len));
             let frame = Frame::Deliver(Deliver {
                 sub: p.member.sub,
                 seq: p.seq,
                 attempt: p.attempt,
-                headers: Vec::new(),
-                payload,
+                headers: message.headers,
+                payload: message.payload,
             });
             let outbound = Outbound {
                 frame,
@@ -139,12 +152,12 @@ fn send_gaps(topic: &Topic, group: &str, gaps: &mut Vec<GapNotice>) {
     }
 }
 
-/// Completes the payloads the tail cache did not have by reading the log off the reactor.
+/// Completes the messages the tail cache did not have by reading the log off the reactor.
 async fn fill_misses(
     topic: &Arc<Topic>,
     plan: &Plan,
-    cached: Vec<Option<Bytes>>,
-) -> Result<Vec<Bytes>, LogError> {
+    cached: Vec<Option<Message>>,
+) -> Result<Vec<Message>, LogError> {
     if cached.iter().all(Option::is_some) {
         return Ok(cached.into_iter().flatten().collect());
     }
@@ -152,7 +165,7 @@ async fn fill_misses(
     let log = topic.log.clone();
     tokio::task::spawn_blocking(move || {
         let log = log.read().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<Option<Bytes>> = cached;
+        let mut out: Vec<Option<Message>> = cached;
         let mut i = 0;
         while i < out.len() {
             if out[i].is_some() {
@@ -177,7 +190,7 @@ async fn fill_misses(
                 });
             }
             for (k, record) in records.into_iter().enumerate() {
-                out[i + k] = Some(record.payload);
+                out[i + k] = Some(record.into());
             }
             i += run;
         }

@@ -10,6 +10,7 @@
 mod admit;
 mod dispatch;
 mod drain;
+mod groups;
 mod parking;
 mod tail;
 mod writer;
@@ -24,7 +25,10 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use weir_protocol::{DroppedMessage, Limit, RejectReason, TopicConfig, TopicInfo};
+use weir_protocol::{
+    DroppedMessage, GroupConfig, GroupSpec, Limit, RejectReason, StartPosition, TopicConfig,
+    TopicInfo,
+};
 
 use crate::admission::budget::MemoryPermit;
 use crate::admission::Admission;
@@ -38,6 +42,8 @@ use drain::DrainRate;
 use parking::{Parked, ParkingQueue};
 use tail::TailCache;
 use writer::Append;
+
+pub use groups::{DeadLetterJob, DeleteGroupError, Detached};
 
 /// A publish the topic refused, with the bound that fired.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +101,8 @@ pub struct TopicEnv {
     pub runtime: tokio::runtime::Handle,
     /// Admission control (the writers feed it commit latencies).
     pub admission: Arc<Admission>,
+    /// Notified when a message becomes due for a dead-letter topic.
+    pub dead_letters: Arc<Notify>,
 }
 
 /// Counters of one topic (the broker-wide ones are in [`Metrics`]).
@@ -178,6 +186,15 @@ pub struct Topic {
     store: StateStore,
     metrics: Arc<Metrics>,
     admission: Arc<Admission>,
+    /// The longest nack delay honoured (`groups.max_nack_delay_ms`).
+    max_nack_delay: Duration,
+    /// Wakes the broker's dead-letter mover when a message becomes due for a dead-letter topic.
+    dead_letters: Arc<Notify>,
+    /// Stops this topic's writer and dispatcher (a child of the broker's stop token, cancelled
+    /// alone when the topic is deleted).
+    stop: CancellationToken,
+    /// The writer's and the dispatcher's tasks, awaited when the topic is deleted.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Locks a mutex, carrying on if a panicking thread poisoned it (the state stays consistent:
@@ -209,13 +226,15 @@ impl Topic {
         };
         let records = store.load_groups(&config.name)?;
         let log_first = log.first_seq();
+        // Settings for group records written before groups had any (the defaults are valid).
+        let defaults = broker
+            .resolve_group(&config.name, &GroupSpec::default())
+            .unwrap_or_default();
         let groups: BTreeMap<String, Group> = records
             .iter()
             .map(|(name, rec)| {
-                (
-                    name.clone(),
-                    Group::recover(rec, log_first, limits.max_in_flight),
-                )
+                let group = Group::recover(rec, log_first, limits.max_in_flight, &defaults);
+                (name.clone(), group)
             })
             .collect();
         let first_seq = groups
@@ -261,14 +280,21 @@ impl Topic {
             store,
             metrics: env.metrics.clone(),
             admission: env.admission.clone(),
+            max_nack_delay: Duration::from_millis(broker.groups.max_nack_delay_ms),
+            dead_letters: env.dead_letters.clone(),
+            stop: env.stop.child_token(),
+            tasks: Mutex::new(Vec::new()),
         });
         let max_batch = broker.storage.commit_max_batch as usize;
-        env.tasks.spawn_on(
-            writer::run(topic.clone(), queue, max_batch, env.stop.clone()),
+        let writer = env.tasks.spawn_on(
+            writer::run(topic.clone(), queue, max_batch, topic.stop.clone()),
             &env.runtime,
         );
-        env.tasks
-            .spawn_on(dispatch::run(topic.clone(), env.stop.clone()), &env.runtime);
+        let dispatcher = env.tasks.spawn_on(
+            dispatch::run(topic.clone(), topic.stop.clone()),
+            &env.runtime,
+        );
+        lock(&topic.tasks).extend([writer, dispatcher]);
         topic.wake_dispatcher.notify_one();
         Ok(topic)
     }
@@ -282,25 +308,38 @@ impl Topic {
     /// [`admit`]). When queued, the message counts against the bounds at once; either way the
     /// returned [`Confirm`] resolves once it is durable (or refused). Waits only when the
     /// writer's queue (`append_queue`) is full.
+    ///
+    /// `headers` are stored and delivered with the payload. They ride in the publish frame's
+    /// header, so `max_frame_bytes` bounds them; `max_message_bytes` and the topic's byte bounds
+    /// count the payload only. Headers past the log's record format (more than 65 535, or a
+    /// name over 65 535 bytes, see [`crate::storage::log::exceeded_header_bound`]) are
+    /// refused with `MessageTooLarge` naming that bound, before they could fail a whole commit.
     pub async fn publish(
         &self,
+        headers: weir_protocol::Headers,
         payload: Bytes,
         permit: MemoryPermit,
     ) -> Result<Admitted, AppendError> {
+        use crate::storage::log;
         if self.failed.load(Ordering::Relaxed) {
             let name = &self.config.name;
             return Err(AppendError::Storage(format!(
                 "topic {name} failed a write and is read-only"
             )));
         }
+        if let Some((bound, value)) = log::exceeded_header_bound(&headers) {
+            let limit = Limit::new(bound, value);
+            return Err(self.refusal(RejectReason::MessageTooLarge, limit, None));
+        }
         let len = payload.len() as u64;
         let now = Instant::now();
         let (reply, confirm) = oneshot::channel();
+        let message = log::Message { headers, payload };
         {
             let mut st = lock(&self.state);
             if let Decision::Park = self.admit(&mut st, len, now)? {
                 let parked = Parked {
-                    payload,
+                    message,
                     reply,
                     deadline: now + self.max_block(),
                     permit,
@@ -314,7 +353,7 @@ impl Topic {
         if self
             .appends
             .send(Append {
-                payload,
+                message,
                 reply,
                 permit,
             })
@@ -334,11 +373,14 @@ impl Topic {
         self.admission.queued(-(count as i64));
     }
 
-    /// Attaches a subscription to `group` (created at the topic's earliest stored message on
-    /// first use) with no credit yet: deliveries go to `outbox`, `Gap` notices to `notices`.
+    /// Attaches a subscription to `group` with no credit yet: deliveries go to `outbox`, `Gap`
+    /// notices to `notices`. A group that does not exist yet is created at `start` (the oldest
+    /// stored message, the next one published, or a sequence — never below the oldest stored)
+    /// with `config`; an existing group keeps its own settings.
     pub fn join(
         &self,
         group: &str,
+        (start, config): (StartPosition, GroupConfig),
         id: MemberId,
         outbox: Outbox,
         notices: Outbox,
@@ -348,11 +390,13 @@ impl Topic {
             if st.groups.len() >= self.limits.max_groups as usize {
                 return Err(JoinError::TooManyGroups(self.limits.max_groups));
             }
-            let start = st.first_seq;
-            st.groups.insert(
-                group.to_string(),
-                Group::new(start, self.limits.max_in_flight),
-            );
+            let cursor = match start {
+                StartPosition::Earliest => st.first_seq,
+                StartPosition::Latest => st.committed_next + st.pending_count,
+                StartPosition::Seq(seq) => seq.max(st.first_seq),
+            };
+            let g = Group::with_config(cursor, self.limits.max_in_flight, config);
+            st.groups.insert(group.to_string(), g);
         }
         if let Some(g) = st.groups.get_mut(group) {
             g.join(id, outbox, notices);
@@ -376,10 +420,7 @@ impl Topic {
     pub fn ack(&self, group: &str, id: MemberId, seqs: &[u64]) -> usize {
         let mut st = lock(&self.state);
         let acked = st.groups.get_mut(group).map_or(0, |g| g.ack(id, seqs));
-        let trimmed = acked > 0 && advance_first(&mut st, Instant::now());
-        if trimmed {
-            self.unpark(&mut st, &self.appends);
-        }
+        let trimmed = acked > 0 && self.release_floor(&mut st);
         drop(st);
         self.metrics.acked.add(acked as u64);
         if acked > 0 {
@@ -422,7 +463,7 @@ impl Topic {
             groups: st
                 .groups
                 .iter()
-                .map(|(name, g)| g.info(name, st.committed_next))
+                .map(|(name, g)| g.info(name, st.committed_next, Instant::now()))
                 .collect(),
             dropped: self.counters.dropped.get(),
             parked: st.parked.len() as u64,
@@ -479,6 +520,24 @@ impl Topic {
                 }
             }
         }
+    }
+
+    /// Resolves once the writer and the dispatcher have ended (after [`Topic::close_for_delete`]
+    /// or the broker's stop).
+    pub async fn stopped(&self) {
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// How many subscriptions are attached to the topic's groups.
+    pub fn subscriber_count(&self) -> usize {
+        lock(&self.state)
+            .groups
+            .values()
+            .map(Group::member_count)
+            .sum()
     }
 
     /// Whether any group of the topic has a member attached.

@@ -10,7 +10,6 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use weir_protocol::{Limit, RejectReason};
 
@@ -18,10 +17,12 @@ use super::writer::Append;
 use super::{lock, AppendError, Refusal, Topic, TopicState};
 use crate::admission::budget::MemoryPermit;
 use crate::admission::parking::ParkingLot;
+use crate::storage::log::Message;
 
 /// A publish waiting for room.
 pub(super) struct Parked {
-    pub(super) payload: Bytes,
+    /// Its headers and payload.
+    pub(super) message: Message,
     pub(super) reply: oneshot::Sender<Result<u64, AppendError>>,
     pub(super) deadline: Instant,
     /// The payload's share of the memory budget: parked payloads are held memory too.
@@ -69,24 +70,24 @@ impl Topic {
             let view: &TopicState = st;
             // Hand the oldest to the writer if it fits; otherwise it stays first, deadline kept.
             let handed = view.parked.unpark_next_with(|p| {
-                let len = p.payload.len() as u64;
+                let len = p.message.payload.len() as u64;
                 if self.limit_exceeded(view, len).is_some() {
                     return Err(p);
                 }
                 let deadline = p.deadline;
                 let append = Append {
-                    payload: p.payload,
+                    message: p.message,
                     reply: p.reply,
                     permit: p.permit,
                 };
                 appends.try_send(append).map(|()| len).map_err(|e| {
                     let Append {
-                        payload,
+                        message,
                         reply,
                         permit,
                     } = e.into_inner();
                     Parked {
-                        payload,
+                        message,
                         reply,
                         permit,
                         deadline,
@@ -105,7 +106,7 @@ impl Topic {
         let st = lock(&self.state);
         for p in st.parked.expire(now) {
             let limit = Limit::new("max_block_ms", self.config.max_block_ms);
-            let retry = self.retry_after(&st, p.payload.len() as u64, now);
+            let retry = self.retry_after(&st, p.message.payload.len() as u64, now);
             let _ = p.reply.send(Err(self.refusal(
                 RejectReason::TopicFull,
                 limit,

@@ -1,24 +1,23 @@
-//! A bounded cache of the most recently committed payloads of one topic, so deliveries to
-//! subscribers that keep up are served from memory instead of disk.
+//! A bounded cache of the most recently committed messages (headers and payload) of one
+//! topic, so deliveries to subscribers that keep up are served from memory instead of disk.
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
-
 use crate::admission::{MemoryBudget, MemoryPermit};
+use crate::storage::log::Message;
 
 /// The share of the memory budget all caches together may fill: a cache only takes bytes while
 /// the budget's use stays under `capacity / CACHE_SHARE`, so publishes always keep the rest.
 const CACHE_SHARE: u64 = 2;
 
-/// Consecutive `(seq, payload)` entries ending at the newest commit. Holds at most `max_bytes`
-/// of payload, drawn from the broker's memory budget: the oldest entries are evicted first,
-/// and when the budget's use passes half its capacity the cache sheds entries instead of
-/// taking more, down to empty — a cache yields memory, it never causes a refusal. A miss falls
-/// back to reading the log.
+/// Consecutive `(seq, message)` entries ending at the newest commit. Holds at most `max_bytes`
+/// of messages — payload plus header names and values, [`Message::bytes`] — drawn from the
+/// broker's memory budget: the oldest entries are evicted first, and when the budget's use
+/// passes half its capacity the cache sheds entries instead of taking more, down to empty — a
+/// cache yields memory, it never causes a refusal. A miss falls back to reading the log.
 pub struct TailCache {
-    entries: VecDeque<(u64, Bytes)>,
-    /// Holds exactly the payload bytes of `entries`.
+    entries: VecDeque<(u64, Message)>,
+    /// Holds exactly the [`Message::bytes`] of `entries`.
     permit: MemoryPermit,
     max_bytes: u64,
     /// The budget's use above which the cache takes nothing more.
@@ -26,7 +25,7 @@ pub struct TailCache {
 }
 
 impl TailCache {
-    /// An empty cache bounded by `max_bytes` of payload (0 disables it), drawing from `budget`.
+    /// An empty cache bounded by `max_bytes` of messages (0 disables it), drawing from `budget`.
     pub fn new(max_bytes: u64, budget: &MemoryBudget) -> TailCache {
         TailCache {
             entries: VecDeque::new(),
@@ -37,14 +36,14 @@ impl TailCache {
     }
 
     /// Adds the newest committed message. A gap in sequence numbers empties the cache first,
-    /// keeping entries consecutive; a payload larger than the whole cache, or one the budget
+    /// keeping entries consecutive; a message larger than the whole cache, or one the budget
     /// has no room for even after shedding every entry, is not kept (the next push then starts
     /// afresh).
-    pub fn push(&mut self, seq: u64, payload: Bytes) {
+    pub fn push(&mut self, seq: u64, message: Message) {
         if self.entries.back().is_some_and(|(last, _)| last + 1 != seq) {
             self.clear();
         }
-        let len = payload.len() as u64;
+        let len = message.bytes();
         if len > self.max_bytes {
             self.clear();
             return;
@@ -58,14 +57,14 @@ impl TailCache {
             }
             self.pop_front();
         }
-        self.entries.push_back((seq, payload));
+        self.entries.push_back((seq, message));
     }
 
-    /// The payload of `seq`, if cached.
-    pub fn get(&self, seq: u64) -> Option<Bytes> {
+    /// The message (headers and payload) of `seq`, if cached.
+    pub fn get(&self, seq: u64) -> Option<&Message> {
         let (first, _) = self.entries.front()?;
         let index = usize::try_from(seq.checked_sub(*first)?).ok()?;
-        self.entries.get(index).map(|(_, p)| p.clone())
+        self.entries.get(index).map(|(_, m)| m)
     }
 
     /// Drops every entry below `seq` (acked by every group, or evicted).
@@ -75,15 +74,15 @@ impl TailCache {
         }
     }
 
-    /// Payload bytes held now.
+    /// Message bytes held now.
     #[cfg(test)]
     fn bytes(&self) -> u64 {
         self.permit.bytes()
     }
 
     fn pop_front(&mut self) {
-        if let Some((_, p)) = self.entries.pop_front() {
-            self.permit.shrink(p.len() as u64);
+        if let Some((_, m)) = self.entries.pop_front() {
+            self.permit.shrink(m.bytes());
         }
     }
 
@@ -95,10 +94,20 @@ impl TailCache {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     fn budget() -> MemoryBudget {
         MemoryBudget::new(1_000)
+    }
+
+    /// A message of `len` payload bytes and no headers.
+    fn plain(len: usize) -> Message {
+        Message {
+            headers: Vec::new(),
+            payload: Bytes::from(vec![0u8; len]),
+        }
     }
 
     #[test]
@@ -106,7 +115,7 @@ mod tests {
         let budget = budget();
         let mut cache = TailCache::new(10, &budget);
         for seq in 1..=5 {
-            cache.push(seq, Bytes::from(vec![0u8; 3]));
+            cache.push(seq, plain(3));
         }
         assert_eq!((cache.bytes(), budget.used()), (9, 9));
         assert!(cache.get(2).is_none() && cache.get(3).is_some() && cache.get(5).is_some());
@@ -123,7 +132,7 @@ mod tests {
         let budget = budget();
         let mut cache = TailCache::new(800, &budget);
         for seq in 1..=6 {
-            cache.push(seq, Bytes::from(vec![0u8; 100]));
+            cache.push(seq, plain(100));
         }
         assert_eq!(
             cache.bytes(),
@@ -133,12 +142,12 @@ mod tests {
         assert!(cache.get(1).is_none() && cache.get(2).is_some());
         // Others now hold 450: the next push sheds down to what still fits under 500.
         let publishes = budget.try_acquire(450).unwrap();
-        cache.push(7, Bytes::from(vec![0u8; 40]));
+        cache.push(7, plain(40));
         assert_eq!(cache.bytes(), 40);
         assert!(cache.get(6).is_none() && cache.get(7).is_some());
         // With no room at all, nothing is cached and nothing is refused.
         let more = budget.try_acquire(30).unwrap();
-        cache.push(8, Bytes::from(vec![0u8; 40]));
+        cache.push(8, plain(40));
         assert_eq!((cache.bytes(), budget.used()), (0, 480));
         drop((publishes, more));
     }
@@ -147,10 +156,33 @@ mod tests {
     fn a_gap_or_a_huge_payload_empties_it() {
         let budget = budget();
         let mut cache = TailCache::new(10, &budget);
-        cache.push(1, Bytes::from_static(b"a"));
-        cache.push(3, Bytes::from_static(b"b"));
+        cache.push(1, plain(1));
+        cache.push(3, plain(1));
         assert!(cache.get(1).is_none() && cache.get(3).is_some());
-        cache.push(4, Bytes::from(vec![0u8; 11]));
+        cache.push(4, plain(11));
+        assert_eq!((cache.bytes(), budget.used()), (0, 0));
+    }
+
+    #[test]
+    fn keeps_headers_with_the_payload_and_counts_their_bytes() {
+        let budget = budget();
+        let mut cache = TailCache::new(20, &budget);
+        let message = Message {
+            headers: vec![("key".into(), "value".into()), ("key".into(), "ü".into())],
+            payload: Bytes::from_static(b"body"),
+        };
+        cache.push(1, message.clone());
+        assert_eq!(cache.get(1), Some(&message));
+        assert_eq!(
+            (cache.bytes(), budget.used()),
+            (17, 17),
+            "4 payload + 13 header bytes"
+        );
+        // A second one would pass the bound of 20: the first is evicted, its bytes given back.
+        cache.push(2, message.clone());
+        assert!(cache.get(1).is_none());
+        assert_eq!((cache.bytes(), budget.used()), (17, 17));
+        cache.trim_below(3);
         assert_eq!((cache.bytes(), budget.used()), (0, 0));
     }
 }

@@ -11,18 +11,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use weir_protocol::{FsyncPolicy, OverflowPolicy, RejectReason};
 
 use super::{lock, AppendError, Topic};
 use crate::admission::budget::MemoryPermit;
-use crate::storage::log::LogError;
+use crate::storage::log::{LogError, Message};
 
 /// One accepted publish waiting for its commit.
 pub(super) struct Append {
-    pub(super) payload: Bytes,
+    /// Its headers and payload, handed to the log as they are (headers are bounded by
+    /// `max_frame_bytes` and the record format, checked by `Topic::publish`).
+    pub(super) message: Message,
     pub(super) reply: oneshot::Sender<Result<u64, AppendError>>,
     /// The payload's share of the memory budget, given back once it is committed.
     pub(super) permit: MemoryPermit,
@@ -111,23 +112,27 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Appends the batch, syncs per policy, then makes the messages deliverable and confirms them.
+/// Appends the batch, syncs per policy, then makes the messages deliverable (handing them to
+/// the tail cache) and confirms them. The topic's byte bounds count payload bytes only.
 async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClock) {
-    let payloads: Vec<Bytes> = batch.iter().map(|a| a.payload.clone()).collect();
-    let count = payloads.len() as u64;
-    let bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
+    let messages: Vec<Message> = batch
+        .iter_mut()
+        .map(|a| std::mem::take(&mut a.message))
+        .collect();
+    let count = messages.len() as u64;
+    let bytes: u64 = messages.iter().map(|m| m.payload.len() as u64).sum();
     let sync = clock.sync_now();
     let log = topic.log.clone();
     let first_seq = lock(&topic.state).first_seq;
     let started = Instant::now();
-    let result = tokio::task::spawn_blocking(move || -> Result<(u64, Vec<Bytes>), LogError> {
+    let result = tokio::task::spawn_blocking(move || -> Result<(u64, Vec<Message>), LogError> {
         let mut log = log.write().unwrap_or_else(|p| p.into_inner());
-        let first = log.append_batch(&payloads, now_ms())?;
+        let first = log.append_batch(&messages, now_ms())?;
         if sync {
             log.sync()?;
         }
         log.delete_before(first_seq)?;
-        Ok((first, payloads))
+        Ok((first, messages))
     })
     .await
     .unwrap_or_else(|e| Err(LogError::Io(std::io::Error::other(e.to_string()))));
@@ -137,7 +142,7 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
         .record(started.elapsed().as_micros() as u64);
     topic.admission.record_commit(started.elapsed());
     match result {
-        Ok((first, payloads)) => {
+        Ok((first, messages)) => {
             if sync {
                 clock.last_sync = Instant::now();
                 clock.unsynced = false;
@@ -150,10 +155,11 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
                 st.pending_count -= count;
                 st.pending_bytes -= bytes;
                 topic.admission.queued(-(count as i64));
-                for (i, payload) in payloads.into_iter().enumerate() {
-                    st.sizes.push_back(payload.len() as u32);
-                    st.stored_bytes += payload.len() as u64;
-                    st.tail.push(first + i as u64, payload);
+                for (i, message) in messages.into_iter().enumerate() {
+                    let len = message.payload.len();
+                    st.sizes.push_back(len as u32);
+                    st.stored_bytes += len as u64;
+                    st.tail.push(first + i as u64, message);
                 }
                 st.committed_next = first + count;
                 evicted = topic.config.overflow == OverflowPolicy::DropOldest

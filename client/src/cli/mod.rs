@@ -1,6 +1,8 @@
 //! The `weir` command line: argument parsing and dispatch. One file per command.
 
 mod bench;
+mod group;
+mod layout;
 mod publish;
 mod subscribe;
 mod topic;
@@ -8,9 +10,9 @@ mod topic;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use weir_client::{Client, ClientOptions};
+use weir_client::{Client, ClientError, ClientOptions, ErrorCode};
 
-/// Weir command-line client: publish, subscribe, manage topics, benchmark.
+/// Weir command-line client: publish, subscribe, manage topics and groups, benchmark.
 #[derive(Debug, Parser)]
 #[command(name = "weir", version, about)]
 struct Cli {
@@ -37,10 +39,15 @@ enum Command {
     Pub(publish::PubArgs),
     /// Subscribe and print one payload per line (lossy UTF-8), acking each.
     Sub(subscribe::SubArgs),
-    /// Create, list or describe topics.
+    /// Create, list, describe or delete topics.
     Topic {
         #[command(subcommand)]
         command: topic::TopicCommand,
+    },
+    /// List, describe or delete a topic's groups.
+    Group {
+        #[command(subcommand)]
+        command: group::GroupCommand,
     },
     /// Measure publish and delivery throughput and latency against a running broker.
     Bench(bench::BenchArgs),
@@ -85,6 +92,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pub(args) => publish::run(connect(&server, &options).await?, args).await,
         Command::Sub(args) => subscribe::run(connect(&server, &options).await?, args).await,
         Command::Topic { command } => topic::run(connect(&server, &options).await?, command).await,
+        Command::Group { command } => group::run(connect(&server, &options).await?, command).await,
         Command::Bench(args) => bench::run(&server, &options, args).await,
         Command::Ping => {
             let client = connect(&server, &options).await?;
@@ -100,6 +108,18 @@ async fn connect(server: &str, options: &ClientOptions) -> anyhow::Result<Client
     Client::connect_with(server, options.clone())
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to {server}: {e}"))
+}
+
+/// The error of a delete: when the broker refused it because subscribers are attached
+/// (`InUse`), says how to delete anyway; any other error as it is.
+fn with_force_hint(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Broker {
+            code: ErrorCode::InUse,
+            message,
+        } => anyhow::anyhow!("refused (InUse): {message}; pass --force to delete anyway"),
+        other => other.into(),
+    }
 }
 
 #[cfg(test)]
@@ -165,5 +185,65 @@ mod tests {
             "--json",
         ]);
         assert!(matches!(cli.command, Command::Bench(ref b) if b.pubs == 2 && b.json));
+    }
+
+    #[test]
+    fn parses_the_delete_and_group_commands() {
+        let cli = Cli::parse_from(["weir", "topic", "delete", "orders", "--force"]);
+        assert!(matches!(
+            cli.command,
+            Command::Topic {
+                command: topic::TopicCommand::Delete { ref name, force: true }
+            } if name == "orders"
+        ));
+        let cli = Cli::parse_from(["weir", "topic", "delete", "orders"]);
+        assert!(matches!(
+            cli.command,
+            Command::Topic {
+                command: topic::TopicCommand::Delete { force: false, .. }
+            }
+        ));
+        let cli = Cli::parse_from(["weir", "group", "list", "orders", "--json"]);
+        assert!(matches!(
+            cli.command,
+            Command::Group {
+                command: group::GroupCommand::List { ref topic, json: true }
+            } if topic == "orders"
+        ));
+        let cli = Cli::parse_from(["weir", "group", "info", "orders", "billing"]);
+        assert!(matches!(
+            cli.command,
+            Command::Group {
+                command: group::GroupCommand::Info { ref topic, ref group, json: false }
+            } if topic == "orders" && group == "billing"
+        ));
+        let cli = Cli::parse_from(["weir", "group", "delete", "orders", "billing", "--force"]);
+        assert!(matches!(
+            cli.command,
+            Command::Group {
+                command: group::GroupCommand::Delete { ref group, force: true, .. }
+            } if group == "billing"
+        ));
+        assert!(Cli::try_parse_from(["weir", "group", "info", "orders"]).is_err());
+    }
+
+    #[test]
+    fn a_delete_refused_for_subscribers_names_force() {
+        let in_use = ClientError::Broker {
+            code: ErrorCode::InUse,
+            message: "group billing has 2 members".into(),
+        };
+        assert_eq!(
+            with_force_hint(in_use).to_string(),
+            "refused (InUse): group billing has 2 members; pass --force to delete anyway"
+        );
+        let unknown = ClientError::Broker {
+            code: ErrorCode::UnknownGroup,
+            message: "no group billing".into(),
+        };
+        assert_eq!(
+            with_force_hint(unknown).to_string(),
+            "broker error UnknownGroup: no group billing"
+        );
     }
 }

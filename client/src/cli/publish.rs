@@ -8,7 +8,8 @@ use clap::Args;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 use weir_client::{
-    Client, ClientError, PublishConfirm, PublishError, Publisher, RejectReason, RetryPolicy,
+    Client, ClientError, Headers, PublishConfirm, PublishError, Publisher, RejectReason,
+    RetryPolicy,
 };
 
 /// Most refusals printed one by one; the rest are only counted.
@@ -21,6 +22,10 @@ pub struct PubArgs {
     pub topic: String,
     /// Messages to publish, one per argument; when none, one per line of stdin.
     pub messages: Vec<String>,
+    /// A header sent with every message, as NAME=VALUE (split at the first `=`; the value may
+    /// be empty). Repeat for more; order is kept and names may repeat.
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
     /// Most publishes unconfirmed at once (clamped to the broker's max_unconfirmed).
     #[arg(long, default_value_t = 1024)]
     pub window: usize,
@@ -55,6 +60,7 @@ pub async fn run(client: Client, args: PubArgs) -> anyhow::Result<ExitCode> {
     let collector = tokio::spawn(collect(rx, args.seqs));
     let mut n = 0u64;
     let topic = args.topic.as_str();
+    let headers = &args.headers;
     if args.messages.is_empty() {
         let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
         let mut line = Vec::new();
@@ -70,7 +76,8 @@ pub async fn run(client: Client, args: PubArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             n += 1;
-            let confirm = publish(&publisher, topic, Bytes::copy_from_slice(&line)).await?;
+            let payload = Bytes::copy_from_slice(&line);
+            let confirm = publish(&publisher, topic, headers, payload).await?;
             if tx.send((n, confirm)).await.is_err() {
                 break;
             }
@@ -78,7 +85,7 @@ pub async fn run(client: Client, args: PubArgs) -> anyhow::Result<ExitCode> {
     } else {
         for message in args.messages {
             n += 1;
-            let confirm = publish(&publisher, topic, message.into_bytes().into()).await?;
+            let confirm = publish(&publisher, topic, headers, message.into_bytes().into()).await?;
             if tx.send((n, confirm)).await.is_err() {
                 break;
             }
@@ -106,15 +113,28 @@ pub async fn run(client: Client, args: PubArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Publishes one message; while the retry breaker is open, waits out its cool-down (a command
-/// line tool has nothing better to do) and publishes again.
+/// `NAME=VALUE` as a header: split at the first `=`; the name must not be empty.
+fn parse_header(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("expected NAME=VALUE, got {arg:?}")),
+    }
+}
+
+/// Publishes one message with `headers`; while the retry breaker is open, waits out its
+/// cool-down (a command line tool has nothing better to do) and publishes again.
 async fn publish(
     publisher: &Publisher,
     topic: &str,
+    headers: &Headers,
     payload: Bytes,
 ) -> Result<PublishConfirm, ClientError> {
     loop {
-        match publisher.publish(topic, payload.clone()).await {
+        let headers = headers.iter().cloned();
+        match publisher
+            .publish_with_headers(topic, headers, payload.clone())
+            .await
+        {
             Err(ClientError::CircuitOpen { retry_after }) => {
                 eprintln!(
                     "weir: the broker keeps refusing; pausing {:.1} s (circuit breaker open)",
@@ -212,6 +232,16 @@ mod tests {
     use weir_client::Limit;
 
     use super::*;
+
+    #[test]
+    fn headers_split_at_the_first_equals_sign() {
+        let header = |name: &str, value: &str| Ok((name.to_owned(), value.to_owned()));
+        assert_eq!(parse_header("trace-id=abc"), header("trace-id", "abc"));
+        assert_eq!(parse_header("q=a=b"), header("q", "a=b"));
+        assert_eq!(parse_header("empty="), header("empty", ""));
+        assert!(parse_header("=value").is_err());
+        assert!(parse_header("no-equals").is_err());
+    }
 
     #[test]
     fn every_refusal_names_reason_limit_hint_and_meaning() {

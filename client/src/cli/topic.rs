@@ -1,4 +1,4 @@
-//! `weir topic create|list|info`.
+//! `weir topic create|list|info|delete`.
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -7,6 +7,9 @@ use clap::Subcommand;
 use weir_client::{
     Client, FsyncPolicy, OverflowPolicy, TopicConfig, TopicDescription, TopicInfo, TopicSpec,
 };
+
+use super::group;
+use super::layout::{aligned, kv};
 
 /// `weir topic` subcommands.
 #[derive(Debug, Subcommand)]
@@ -22,13 +25,23 @@ pub enum TopicCommand {
         json: bool,
     },
     /// Describe one topic: its configuration and policy, depth, counters (dropped, parked,
-    /// rejected), groups, and the messages `drop_oldest` evicted most recently.
+    /// rejected), groups (settings, delivery state, timeouts, dead letters), and the messages
+    /// `drop_oldest` evicted most recently.
     Info {
         /// The topic.
         name: String,
         /// Print the broker's answer as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Delete a topic with its messages and groups. Refused while subscribers are attached,
+    /// unless --force.
+    Delete {
+        /// The topic.
+        name: String,
+        /// Delete even with subscribers attached (their subscriptions end).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -97,13 +110,15 @@ pub async fn run(client: Client, command: TopicCommand) -> anyhow::Result<ExitCo
                 print!("{}", table(&topics));
             }
         }
+        TopicCommand::Delete { name, force } => {
+            client
+                .delete_topic(&name, force)
+                .await
+                .map_err(super::with_force_hint)?;
+            println!("deleted topic {name}");
+        }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// One aligned `key value` line of `weir topic create` and `weir topic info`.
-fn kv(key: &str, value: impl std::fmt::Display) -> String {
-    format!("{key:<18} {value}\n")
 }
 
 /// A topic's effective configuration, one `key value` line per setting. The `block` policy's
@@ -145,11 +160,7 @@ fn info(d: &TopicDescription, now: SystemTime) -> String {
         out += &kv("groups", "-");
     }
     for g in &t.groups {
-        let _ = writeln!(
-            out,
-            "group {}: members={} in_flight={} pending={} credit={}",
-            g.name, g.members, g.in_flight, g.pending, g.credit
-        );
+        let _ = writeln!(out, "{}", group::summary(g));
     }
     if !d.recent_drops.is_empty() {
         let _ = writeln!(
@@ -290,26 +301,7 @@ fn table(topics: &[TopicInfo]) -> String {
             groups,
         ]);
     }
-    let mut widths = [0usize; 9];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    aligned(&rows)
 }
 
 #[cfg(test)]
@@ -396,6 +388,35 @@ mod tests {
         }
         let block = info(&description(OverflowPolicy::Block), now);
         assert!(block.contains("max_blocked        8\nmax_block_ms       5000\n"));
+    }
+
+    #[test]
+    fn info_shows_each_groups_settings_state_and_dead_letters() {
+        let mut d = description(OverflowPolicy::Reject);
+        d.info.groups = vec![GroupInfo {
+            name: "billing".into(),
+            in_flight: 1,
+            members: 1,
+            config: weir_client::GroupConfig {
+                ack_timeout_ms: 30_000,
+                max_attempts: 5,
+                dead_letter_topic: "lossy.dlq".into(),
+            },
+            timed_out: 2,
+            dead_lettered: 3,
+            oldest_unacked_ms: Some(40),
+            ..GroupInfo::default()
+        }];
+        let text = info(&d, UNIX_EPOCH);
+        assert!(
+            text.contains(
+                "group billing: members=1 in_flight=1 pending=0 credit=0 oldest_unacked_ms=40 \
+                 timed_out=2 dead_lettered=3 dead_letter_held=0 ack_timeout_ms=30000 \
+                 max_attempts=5 dead_letter=lossy.dlq\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("groups             -"));
     }
 
     #[test]

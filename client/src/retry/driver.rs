@@ -6,13 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use bytes::Bytes;
-
 use super::{
     retryable, Backoff, BreakerState, CircuitBreaker, Pass, RetryBudget, RetryPolicy, Verdict,
 };
 use crate::error::{ClientError, PublishError};
-use crate::publisher::{PublishConfirm, Publisher};
+use crate::publisher::{Message, PublishConfirm, Publisher};
 
 /// The clock of the budget and the breaker: tokio's, so a test with a paused clock drives them
 /// as it drives the backoff sleeps.
@@ -108,8 +106,7 @@ impl Retrier {
     pub fn retrying(
         self: &Arc<Self>,
         publisher: &Publisher,
-        topic: &str,
-        payload: Bytes,
+        message: Message,
         first: PublishConfirm,
         ticket: Ticket,
     ) -> PublishConfirm {
@@ -123,8 +120,7 @@ impl Retrier {
         let task = drive(
             publisher.without_retry(),
             self.clone(),
-            topic.to_owned(),
-            payload,
+            message,
             first,
             ticket,
         );
@@ -183,8 +179,8 @@ impl Drop for Ticket {
     }
 }
 
-/// Awaits a publish's outcome and re-publishes it while the policy allows; returns the final
-/// outcome.
+/// Awaits a publish's outcome and re-publishes it (the same topic, headers and payload) while
+/// the policy allows; returns the final outcome.
 ///
 /// After a retryable refusal (see [`retryable`]), and while fewer than `max_retries` retries
 /// were made: take a budget slot (none left: the refusal surfaces), sleep the backoff (the
@@ -193,8 +189,7 @@ impl Drop for Ticket {
 pub(crate) async fn drive(
     publisher: Publisher,
     retrier: Arc<Retrier>,
-    topic: String,
-    payload: Bytes,
+    message: Message,
     first: PublishConfirm,
     mut ticket: Ticket,
 ) -> Result<u64, PublishError> {
@@ -219,7 +214,7 @@ pub(crate) async fn drive(
             return Err(error);
         }
         attempt += 1;
-        outcome = match publisher.send(&topic, payload.clone()).await {
+        outcome = match publisher.send(message.clone()).await {
             Ok(confirm) => {
                 retrier.retries.fetch_add(1, Ordering::Relaxed);
                 confirm.await
@@ -313,18 +308,16 @@ mod tests {
         answer(&mut rx, Err(full(200))).await;
         let refused_at = TokioInstant::now();
         match rx.recv().await.unwrap() {
-            Command::Publish {
-                topic,
-                payload,
-                reply,
-                ..
-            } => {
+            Command::Publish { message, reply, .. } => {
                 let waited = refused_at.elapsed();
                 assert!(
                     waited >= Duration::from_millis(200) && waited <= Duration::from_millis(210),
                     "hint 200 ms + jitter ≤ 10 ms, waited {waited:?}"
                 );
-                assert_eq!((topic.as_str(), payload.as_ref()), ("t", &b"m"[..]));
+                assert_eq!(
+                    (message.topic.as_str(), message.payload.as_ref()),
+                    ("t", &b"m"[..])
+                );
                 reply.send(Ok(9)).unwrap();
             }
             other => panic!("expected the retry, got {other:?}"),
@@ -333,6 +326,40 @@ mod tests {
         assert_eq!(publisher.retries(), 1);
         assert_eq!(publisher.in_flight(), 0);
         assert_eq!(publisher.breaker_state(), Some(BreakerState::Closed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_resends_the_same_headers() {
+        let (publisher, mut rx) = publisher(4, policy());
+        let headers = [("trace-id", "abc"), ("trace-id", "def"), ("k", "v")];
+        let expected: Vec<(String, String)> = headers
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let confirms = [
+            publisher
+                .publish_with_headers("t", headers, "m")
+                .await
+                .unwrap(),
+            publisher
+                .try_publish_with_headers("t", headers, "n")
+                .unwrap(),
+        ];
+        for _ in 0..2 {
+            answer(&mut rx, Err(full(10))).await;
+        }
+        for seq in 1..=2 {
+            match rx.recv().await.unwrap() {
+                Command::Publish { message, reply, .. } => {
+                    assert_eq!(message.headers, expected);
+                    reply.send(Ok(seq)).unwrap();
+                }
+                other => panic!("expected a retry, got {other:?}"),
+            }
+        }
+        let [first, second] = confirms;
+        assert!(matches!((first.await, second.await), (Ok(_), Ok(_))));
+        assert_eq!(publisher.retries(), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,9 +6,11 @@
 //! (`{first_seq:020}.sealed`, see `checkpoint.rs`) once its data is durable, so that opening the log
 //! trusts it without a scan: recovery reads only checkpoints and the active segment.
 //!
+//! Every record holds one [`Message`]: its headers and its payload, both covered by the CRC.
+//!
 //! Files: `mod.rs` (this API and crash recovery), `segment.rs` (one segment file), `record.rs`
-//! (record encoding and CRC), `reader.rs` (buffered pread reader), `index.rs` (sparse index),
-//! `checkpoint.rs` (sealed-segment checkpoints).
+//! (record encoding, message headers and CRC), `reader.rs` (buffered pread reader), `index.rs`
+//! (sparse index), `checkpoint.rs` (sealed-segment checkpoints).
 
 mod checkpoint;
 mod index;
@@ -25,7 +27,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use weir_protocol::Headers;
 
+pub use record::exceeded_header_bound;
 use segment::Segment;
 
 /// A batch is encoded and written in chunks of about this size, so its encoded copy stays this
@@ -56,6 +60,30 @@ impl Default for LogConfig {
     }
 }
 
+/// One message to append: what a publish stores and a delivery carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    /// Its headers, in order, names may repeat. Bounded by the record format (see
+    /// [`exceeded_header_bound`]); in the broker first by `max_frame_bytes`, as they ride in the
+    /// header of the publish frame. A topic's `max_message_bytes` counts the payload only.
+    pub headers: Headers,
+    /// Its body.
+    pub payload: Bytes,
+}
+
+impl Message {
+    /// Bytes of the header names and values (their framing not counted).
+    pub fn header_bytes(&self) -> u64 {
+        header_bytes(&self.headers)
+    }
+
+    /// Bytes the message holds in memory: its payload plus [`Message::header_bytes`]. What a
+    /// cached or delivered message is charged to the memory budget.
+    pub fn bytes(&self) -> u64 {
+        self.payload.len() as u64 + self.header_bytes()
+    }
+}
+
 /// One stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -63,19 +91,42 @@ pub struct Record {
     pub seq: u64,
     /// Timestamp given to `append_batch`, in milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
+    /// The message headers, in the order they were appended (empty for records written before
+    /// headers were stored).
+    pub headers: Headers,
     /// The message body (its own allocation, not shared with any read buffer).
     pub payload: Bytes,
+}
+
+/// Bytes of the names and values of `headers` (what the memory budget and caches count for
+/// them besides the payload).
+pub fn header_bytes(headers: &[(String, String)]) -> u64 {
+    headers
+        .iter()
+        .map(|(n, v)| (n.len() + v.len()) as u64)
+        .sum()
+}
+
+impl From<Record> for Message {
+    /// The stored message: the record's headers and payload.
+    fn from(record: Record) -> Message {
+        Message {
+            headers: record.headers,
+            payload: record.payload,
+        }
+    }
 }
 
 /// Errors of the message log.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    /// An operating-system I/O error (also used, with kind `InvalidInput`, for a payload larger
-    /// than a record can hold — about 4 GiB — or an exhausted sequence space).
+    /// An operating-system I/O error (also used, with kind `InvalidInput`, for a message larger
+    /// than a record can hold — headers past [`exceeded_header_bound`], or about 4 GiB in all —
+    /// or an exhausted sequence space).
     #[error("log I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// A segment's content is not what was written (CRC mismatch, impossible length, broken
-    /// sequence) where recovery cannot simply cut a torn tail.
+    /// A segment's content is not what was written (CRC mismatch, impossible record or header
+    /// length, header not UTF-8, broken sequence) where recovery cannot simply cut a torn tail.
     #[error("corrupt log segment {} at offset {offset}: {reason}", segment.display())]
     Corrupt {
         /// The segment file.
@@ -330,27 +381,30 @@ impl SegmentLog {
         self.active().next_seq
     }
 
-    /// Appends records for `payloads` with consecutive sequence numbers starting at next_seq(),
-    /// all stamped `timestamp_ms`; returns the first assigned seq. One write(2) per segment touched
-    /// (build the bytes in one buffer). Rolls to a new segment when the active one would pass
-    /// segment_bytes (a record larger than segment_bytes still gets its own segment). Does NOT fsync.
+    /// Appends one record per message (headers and payload) with consecutive sequence numbers
+    /// starting at next_seq(), all stamped `timestamp_ms`; returns the first assigned seq. One
+    /// write(2) per segment touched and per MAX_KEPT_WRITE_BUF of encoded records. Rolls to a new
+    /// segment when the active one would pass segment_bytes (a record larger than segment_bytes
+    /// still gets its own segment). Does NOT fsync.
     ///
-    /// An empty `payloads` writes nothing and returns `next_seq()`. A payload larger than a record
-    /// can hold (`u32::MAX - 18` bytes) is refused with `LogError::Io` of kind `InvalidInput`
-    /// before anything is written. If a write fails, the batch is undone (the log is as before
-    /// the call, best effort on disk) and the error returned.
-    pub fn append_batch(&mut self, payloads: &[Bytes], timestamp_ms: u64) -> Result<u64, LogError> {
+    /// An empty `messages` writes nothing and returns `next_seq()`. A message larger than a
+    /// record can hold — headers past [`exceeded_header_bound`], or headers and payload together
+    /// over `u32::MAX - 18` encoded bytes — fails the whole batch with `LogError::Io` of kind
+    /// `InvalidInput` before anything is written. If a write fails, the batch is undone (the log
+    /// is as before the call, best effort on disk) and the error returned.
+    pub fn append_batch(
+        &mut self,
+        messages: &[Message],
+        timestamp_ms: u64,
+    ) -> Result<u64, LogError> {
         let first = self.next_seq();
-        if payloads.is_empty() {
+        if messages.is_empty() {
             return Ok(first);
         }
-        if payloads
-            .iter()
-            .any(|p| record::encoded_len(p.len()).is_none())
-        {
-            return Err(invalid_input("payload larger than a log record can hold"));
+        if !messages.iter().all(record::fits) {
+            return Err(invalid_input("message larger than a log record can hold"));
         }
-        if first.checked_add(payloads.len() as u64).is_none() {
+        if first.checked_add(messages.len() as u64).is_none() {
             return Err(invalid_input("sequence space exhausted"));
         }
         let active = self.active();
@@ -361,7 +415,7 @@ impl SegmentLog {
             pending_from: self.pending_from,
         };
         let mut buf = std::mem::take(&mut self.write_buf);
-        let result = self.append_with(&mut buf, payloads, timestamp_ms);
+        let result = self.append_with(&mut buf, messages, timestamp_ms);
         buf.clear();
         if buf.capacity() > MAX_KEPT_WRITE_BUF {
             buf = Vec::new();
@@ -379,38 +433,38 @@ impl SegmentLog {
     fn append_with(
         &mut self,
         buf: &mut Vec<u8>,
-        payloads: &[Bytes],
+        messages: &[Message],
         ts: u64,
     ) -> Result<(), LogError> {
         let limit = self.config.segment_bytes;
         let mut start = 0;
-        for (seq, (i, p)) in (self.next_seq()..).zip(payloads.iter().enumerate()) {
-            let rec_len = (record::HEADER_LEN + p.len()) as u64;
+        for (seq, (i, m)) in (self.next_seq()..).zip(messages.iter().enumerate()) {
+            let rec_len = record::encoded_len(m);
             let filled = self.active().size + buf.len() as u64;
             if filled > 0 && filled.saturating_add(rec_len) > limit {
                 if i > start {
-                    self.write_active(buf, &payloads[start..i])?;
+                    self.write_active(buf, &messages[start..i])?;
                     buf.clear();
                     start = i;
                 }
                 self.roll()?;
             }
-            record::encode(buf, seq, ts, p);
+            record::encode(buf, seq, ts, m);
             // Write in chunks: the encoded copy of a batch never holds more than about
-            // MAX_KEPT_WRITE_BUF (plus one record) beside the payloads themselves.
+            // MAX_KEPT_WRITE_BUF (plus one record) beside the messages themselves.
             if buf.len() >= MAX_KEPT_WRITE_BUF {
-                self.write_active(buf, &payloads[start..=i])?;
+                self.write_active(buf, &messages[start..=i])?;
                 buf.clear();
                 start = i + 1;
             }
         }
-        self.write_active(buf, &payloads[start..])
+        self.write_active(buf, &messages[start..])
     }
 
-    fn write_active(&mut self, buf: &[u8], payloads: &[Bytes]) -> Result<(), LogError> {
+    fn write_active(&mut self, buf: &[u8], messages: &[Message]) -> Result<(), LogError> {
         let interval = self.config.index_interval_bytes;
         let last = self.segments.len() - 1;
-        self.segments[last].append(buf, payloads, interval)?;
+        self.segments[last].append(buf, messages, interval)?;
         self.disk_bytes += buf.len() as u64;
         self.pending_from = self.pending_from.min(last);
         Ok(())
@@ -480,15 +534,16 @@ impl SegmentLog {
         Ok(())
     }
 
-    /// Reads up to `max_records` consecutive records starting at `from_seq`, stopping early once
-    /// `max_bytes` of payload is collected (but always returning at least one record if from_seq < next_seq).
+    /// Reads up to `max_records` consecutive records (headers and payload) starting at `from_seq`,
+    /// stopping early once `max_bytes` of payload is collected (but always returning at least one record if from_seq < next_seq).
     /// Uses the sparse index to seek; reads with pread (positional), so `&self` suffices and reads
     /// can run concurrently with each other. from_seq < first_seq() -> Err(SeqOutOfRange).
-    /// from_seq == next_seq() -> Ok(empty). Verifies each record's CRC (mismatch -> Corrupt).
+    /// from_seq == next_seq() -> Ok(empty). Verifies each record's CRC and header lengths
+    /// (mismatch -> Corrupt).
     ///
     /// Precisely: a record is added only while the payload total stays `<= max_bytes`, except the
-    /// first, which is always added. `max_records == 0` returns an empty vector. `from_seq >
-    /// next_seq()` is `SeqOutOfRange` too.
+    /// first, which is always added (headers are not counted in `max_bytes`). `max_records == 0`
+    /// returns an empty vector. `from_seq > next_seq()` is `SeqOutOfRange` too.
     pub fn read(
         &self,
         from_seq: u64,
@@ -511,19 +566,20 @@ impl SegmentLog {
         let mut bytes = 0usize;
         let mut buf = Vec::new();
         for seg in &self.segments[self.segment_index(from_seq)..] {
-            let exhausted =
-                seg.for_each_from(from_seq, &mut buf, |seq, timestamp_ms, payload| {
-                    if !out.is_empty() && bytes.saturating_add(payload.len()) > max_bytes {
-                        return false;
-                    }
-                    bytes += payload.len();
-                    out.push(Record {
-                        seq,
-                        timestamp_ms,
-                        payload: Bytes::copy_from_slice(payload),
-                    });
-                    out.len() < max_records
-                })?;
+            let exhausted = seg.for_each_from(from_seq, &mut buf, |seq, timestamp_ms, body| {
+                let len = body.payload.len();
+                if !out.is_empty() && bytes.saturating_add(len) > max_bytes {
+                    return false;
+                }
+                bytes += len;
+                out.push(Record {
+                    seq,
+                    timestamp_ms,
+                    headers: body.headers.to_headers(),
+                    payload: Bytes::copy_from_slice(body.payload),
+                });
+                out.len() < max_records
+            })?;
             if !exhausted {
                 break;
             }
@@ -539,16 +595,17 @@ impl SegmentLog {
     }
 
     /// Calls `f(seq, payload_len)` for every record with seq >= from_seq, in order, without
-    /// allocating per record beyond a reused buffer (used at broker start to rebuild byte accounting).
+    /// allocating per record beyond a reused buffer (used at broker start to rebuild byte
+    /// accounting, which counts payloads only: headers are neither decoded nor counted).
     ///
     /// `from_seq` below `first_seq()` starts at `first_seq()`; at or beyond `next_seq()` calls `f`
-    /// never. Verifies every record's CRC like `read` (mismatch -> Corrupt, after `f` saw the
-    /// records before it).
+    /// never. Verifies every record's CRC and header lengths like `read` (mismatch -> Corrupt,
+    /// after `f` saw the records before it).
     pub fn scan_sizes(&self, from_seq: u64, mut f: impl FnMut(u64, u32)) -> Result<(), LogError> {
         let mut buf = Vec::new();
         for seg in &self.segments[self.segment_index(from_seq)..] {
-            seg.for_each_from(from_seq, &mut buf, |seq, _, payload| {
-                f(seq, u32::try_from(payload.len()).unwrap_or(u32::MAX));
+            seg.for_each_from(from_seq, &mut buf, |seq, _, body| {
+                f(seq, u32::try_from(body.payload.len()).unwrap_or(u32::MAX));
                 true
             })?;
         }

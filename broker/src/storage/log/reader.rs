@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use super::record::{self, RecordHeader, HEADER_LEN};
+use super::record::{self, RawHeaders, RecordHeader, HEADER_LEN};
 
 /// First read size; doubled on every refill up to [`MAX_CHUNK`].
 const MIN_CHUNK: usize = 16 * 1024;
@@ -25,6 +25,15 @@ pub(crate) enum HeaderStep {
     Bad(String),
     /// A well-formed header; the record lies entirely before the limit.
     Record(RecordHeader),
+}
+
+/// The checked contents of one record: its message headers and its payload.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Body<'a> {
+    /// The message headers, validated (decoding them cannot fail).
+    pub headers: RawHeaders<'a>,
+    /// The payload.
+    pub payload: &'a [u8],
 }
 
 /// Reads records sequentially from `start` up to `limit` (exclusive) of one file.
@@ -126,27 +135,31 @@ impl<'a> RecordReader<'a> {
         }
     }
 
-    /// Reads the body of the record whose header was just returned, verifies its CRC and consumes
-    /// it. `Ok(Some(payload))` on success, `Ok(None)` on a CRC mismatch (the cursor stays at the
-    /// record's start), and `Ok(None)` as well if no header is pending.
-    pub(crate) fn body(&mut self) -> io::Result<Option<&[u8]>> {
+    /// Reads the body of the record whose header was just returned, verifies its CRC and the
+    /// lengths of its message headers, and consumes it. `Ok(Ok(body))` on success; `Ok(Err(reason))`
+    /// on a CRC mismatch or malformed message headers (the cursor stays at the record's start),
+    /// and as well if no header is pending.
+    pub(crate) fn body(&mut self) -> io::Result<Result<Body<'_>, String>> {
         let Some(h) = self.current else {
-            return Ok(None);
+            return Ok(Err("no record header read".into()));
         };
         let total = usize::try_from(h.total_len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "record too large"))?;
         if !self.fill(total)? {
             // next_header checked the record ends before the limit, so this cannot happen; treat
-            // it as a mismatch rather than panic.
-            return Ok(None);
+            // it as corruption rather than panic.
+            return Ok(Err(format!("record {} ends past the limit", h.seq)));
         }
         let rec = &self.buf[self.pos..self.pos + total];
         if !record::crc_matches(h.crc, rec) {
-            return Ok(None);
+            return Ok(Err(format!("crc mismatch in record {}", h.seq)));
         }
+        let (headers, payload) = match record::split_body(h.header_count, &rec[HEADER_LEN..]) {
+            Ok(split) => split,
+            Err(e) => return Ok(Err(format!("record {}: {e}", h.seq))),
+        };
         self.current = None;
-        let start = self.pos;
         self.pos += total;
-        Ok(Some(&self.buf[start + h.payload_offset()..start + total]))
+        Ok(Ok(Body { headers, payload }))
     }
 }

@@ -1,49 +1,106 @@
-//! Record framing: encoding into a write buffer, header parsing and CRC checks.
+//! Record framing: encoding into a write buffer, header parsing, header decoding and CRC checks.
 //!
 //! On-disk layout of one record (all integers big-endian):
 //!
 //! ```text
-//! [len u32][crc32c u32][seq u64][timestamp_ms u64][hdr_len u16][headers: hdr_len bytes][payload]
+//! [len u32][crc32c u32][seq u64][timestamp_ms u64][count u16][headers][payload]
+//! headers: count × [name_len u16][name: UTF-8][value_len u32][value: UTF-8]
 //! ```
 //!
-//! `len` counts every byte after the crc field, and the crc covers exactly those bytes.
+//! `len` counts every byte after the crc field, and the crc covers exactly those bytes (message
+//! headers included). Records written before headers were stored have `count` 0 and read the
+//! same way.
+
+use weir_protocol::Headers;
+
+use super::Message;
 
 /// Bytes before the CRC-covered part: the `len` and `crc` fields.
 pub(crate) const PREFIX_LEN: usize = 8;
 
-/// Fixed header size: `len` + `crc` + `seq` + `timestamp_ms` + `hdr_len`.
+/// Fixed header size: `len` + `crc` + `seq` + `timestamp_ms` + `count`.
 pub(crate) const HEADER_LEN: usize = 26;
 
-/// Smallest valid `len` value: `seq` + `timestamp_ms` + `hdr_len`, no headers, empty payload.
+/// Smallest valid `len` value: `seq` + `timestamp_ms` + `count`, no headers, empty payload.
 const MIN_LEN: u32 = (HEADER_LEN - PREFIX_LEN) as u32;
 
-/// Largest payload a record can carry: `len` must still fit in a `u32`.
-pub(crate) const MAX_PAYLOAD: usize = (u32::MAX - MIN_LEN) as usize;
+/// Bytes of the length fields of one message header: `name_len` (u16) and `value_len` (u32).
+const FIELD_LENS: usize = 6;
 
-/// Total on-disk size of a record with `payload_len` payload bytes and no headers,
-/// or `None` when the payload is larger than [`MAX_PAYLOAD`].
-pub(crate) fn encoded_len(payload_len: usize) -> Option<u64> {
-    if payload_len > MAX_PAYLOAD {
-        return None;
+/// Most message headers one record holds (`count` is a `u16`).
+const MAX_HEADERS: usize = u16::MAX as usize;
+
+/// Longest header name a record holds, in bytes (`name_len` is a `u16`).
+const MAX_HEADER_NAME_BYTES: usize = u16::MAX as usize;
+
+/// Longest header value a record holds, in bytes (`value_len` is a `u32`).
+const MAX_HEADER_VALUE_BYTES: usize = u32::MAX as usize;
+
+/// The record-format bound `headers` break, as `(name, value)` of the bound —
+/// `("max_headers", 65535)`, `("max_header_name_bytes", 65535)` or
+/// `("max_header_value_bytes", 4294967295)` — or `None` when they fit. A message that breaks
+/// one is refused by [`super::SegmentLog::append_batch`], so callers that must not fail a whole
+/// batch check each message first.
+pub fn exceeded_header_bound(headers: &[(String, String)]) -> Option<(&'static str, u64)> {
+    let bound = |name, value: usize| Some((name, value as u64));
+    if headers.len() > MAX_HEADERS {
+        return bound("max_headers", MAX_HEADERS);
     }
-    Some((HEADER_LEN + payload_len) as u64)
+    if headers.iter().any(|(n, _)| n.len() > MAX_HEADER_NAME_BYTES) {
+        return bound("max_header_name_bytes", MAX_HEADER_NAME_BYTES);
+    }
+    if headers
+        .iter()
+        .any(|(_, v)| v.len() > MAX_HEADER_VALUE_BYTES)
+    {
+        return bound("max_header_value_bytes", MAX_HEADER_VALUE_BYTES);
+    }
+    None
+}
+
+/// Total on-disk size of the record of `message` (prefix included), whether or not it
+/// [`fits`].
+pub(crate) fn encoded_len(message: &Message) -> u64 {
+    let headers: u64 = message
+        .headers
+        .iter()
+        .map(|(n, v)| (FIELD_LENS + n.len() + v.len()) as u64)
+        .sum();
+    HEADER_LEN as u64 + headers + message.payload.len() as u64
+}
+
+/// Whether `message` can be encoded as one record: its headers within the bounds of
+/// [`exceeded_header_bound`] and the whole within the `u32` of the `len` field (about 4 GiB).
+pub(crate) fn fits(message: &Message) -> bool {
+    exceeded_header_bound(&message.headers).is_none()
+        && encoded_len(message) - PREFIX_LEN as u64 <= u64::from(u32::MAX)
 }
 
 /// Appends one encoded record to `buf`.
 ///
-/// The caller must have checked `payload.len() <= MAX_PAYLOAD` (via [`encoded_len`]); a larger
-/// payload would have its length field truncated, so this is guarded by a debug assertion only.
-pub(crate) fn encode(buf: &mut Vec<u8>, seq: u64, timestamp_ms: u64, payload: &[u8]) {
-    debug_assert!(payload.len() <= MAX_PAYLOAD);
+/// The caller must have checked [`fits`]; a message that does not would have length fields
+/// truncated, so this is guarded by a debug assertion only.
+pub(crate) fn encode(buf: &mut Vec<u8>, seq: u64, timestamp_ms: u64, message: &Message) {
+    debug_assert!(fits(message));
     let start = buf.len();
-    let len = MIN_LEN.saturating_add(u32::try_from(payload.len()).unwrap_or(u32::MAX));
-    buf.reserve(HEADER_LEN + payload.len());
+    let total = encoded_len(message);
+    let len = u32::try_from(total - PREFIX_LEN as u64).unwrap_or(u32::MAX);
+    let count = u16::try_from(message.headers.len()).unwrap_or(u16::MAX);
+    buf.reserve(usize::try_from(total).unwrap_or(0));
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(&[0u8; 4]); // crc placeholder
     buf.extend_from_slice(&seq.to_be_bytes());
     buf.extend_from_slice(&timestamp_ms.to_be_bytes());
-    buf.extend_from_slice(&0u16.to_be_bytes()); // no headers yet
-    buf.extend_from_slice(payload);
+    buf.extend_from_slice(&count.to_be_bytes());
+    for (name, value) in &message.headers {
+        let name_len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+        let value_len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+        buf.extend_from_slice(&name_len.to_be_bytes());
+        buf.extend_from_slice(name.as_bytes());
+        buf.extend_from_slice(&value_len.to_be_bytes());
+        buf.extend_from_slice(value.as_bytes());
+    }
+    buf.extend_from_slice(&message.payload);
     let crc = crc32c::crc32c(&buf[start + PREFIX_LEN..]);
     buf[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
 }
@@ -51,7 +108,7 @@ pub(crate) fn encode(buf: &mut Vec<u8>, seq: u64, timestamp_ms: u64, payload: &[
 /// The fixed-size header of one record, as read from disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RecordHeader {
-    /// Bytes after the crc field (headers, payload and the fixed fields they follow).
+    /// Bytes after the crc field (message headers, payload and the fixed fields they follow).
     pub len: u32,
     /// Stored CRC32C of the `len` bytes after the crc field.
     pub crc: u32,
@@ -59,13 +116,14 @@ pub(crate) struct RecordHeader {
     pub seq: u64,
     /// Append timestamp in milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
-    /// Length of the (currently always empty) header block.
-    pub hdr_len: u16,
+    /// Number of message headers after the fixed header.
+    pub header_count: u16,
 }
 
 impl RecordHeader {
     /// Parses the fixed header; `Err` names what is malformed (a length too small to hold the
-    /// fixed fields, or a header block longer than the record). Never panics on any input.
+    /// fixed fields, or more message headers than the record has room for). Never panics on any
+    /// input.
     pub(crate) fn parse(bytes: &[u8; HEADER_LEN]) -> Result<RecordHeader, String> {
         let h = RecordHeader {
             len: u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
@@ -78,15 +136,16 @@ impl RecordHeader {
                 bytes[16], bytes[17], bytes[18], bytes[19], bytes[20], bytes[21], bytes[22],
                 bytes[23],
             ]),
-            hdr_len: u16::from_be_bytes([bytes[24], bytes[25]]),
+            header_count: u16::from_be_bytes([bytes[24], bytes[25]]),
         };
         if h.len < MIN_LEN {
             return Err(format!("record length {} below minimum {MIN_LEN}", h.len));
         }
-        if u32::from(h.hdr_len) > h.len - MIN_LEN {
+        let least = u64::from(h.header_count) * FIELD_LENS as u64;
+        if least > u64::from(h.len - MIN_LEN) {
             return Err(format!(
-                "header block of {} bytes does not fit record length {}",
-                h.hdr_len, h.len
+                "{} headers do not fit record length {}",
+                h.header_count, h.len
             ));
         }
         Ok(h)
@@ -96,17 +155,63 @@ impl RecordHeader {
     pub(crate) fn total_len(&self) -> u64 {
         PREFIX_LEN as u64 + u64::from(self.len)
     }
+}
 
-    /// Payload length in bytes (always fits: `parse` checked the header block fits in `len`).
-    #[cfg(test)]
-    pub(crate) fn payload_len(&self) -> u32 {
-        self.len - MIN_LEN - u32::from(self.hdr_len)
-    }
+/// The message headers of one record as stored, already checked by [`split_body`] (every length
+/// within the record, every name and value UTF-8), so turning them into [`Headers`] cannot fail.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawHeaders<'a> {
+    count: u16,
+    bytes: &'a [u8],
+}
 
-    /// Offset of the payload from the start of the record.
-    pub(crate) fn payload_offset(&self) -> usize {
-        HEADER_LEN + usize::from(self.hdr_len)
+impl RawHeaders<'_> {
+    /// Owned copies of the headers, in stored order (allocates only when there are some).
+    pub(crate) fn to_headers(self) -> Headers {
+        let mut rest = self.bytes;
+        (0..self.count)
+            .map_while(|_| {
+                let (name, value, after) = next_header(rest).ok()?;
+                rest = after;
+                Some((name.to_owned(), value.to_owned()))
+            })
+            .collect()
     }
+}
+
+/// Splits the bytes of a record after its fixed header into its `count` message headers and its
+/// payload. `Err` names the first header whose name or value length runs past the end of the
+/// record, or whose name or value is not UTF-8. Never panics on any input.
+pub(crate) fn split_body(count: u16, body: &[u8]) -> Result<(RawHeaders<'_>, &[u8]), String> {
+    let mut rest = body;
+    for i in 0..count {
+        rest = next_header(rest)
+            .map_err(|e| format!("header {} of {count}: {e}", u32::from(i) + 1))?
+            .2;
+    }
+    let (bytes, payload) = body.split_at(body.len() - rest.len());
+    Ok((RawHeaders { count, bytes }, payload))
+}
+
+/// The header at the start of `bytes`: its name, its value, and the bytes after it.
+fn next_header(bytes: &[u8]) -> Result<(&str, &str, &[u8]), String> {
+    let (name, rest) = field(bytes, 2, "name")?;
+    let (value, rest) = field(rest, 4, "value")?;
+    Ok((name, value, rest))
+}
+
+/// The UTF-8 field at the start of `bytes`, preceded by its big-endian length of `width` bytes,
+/// and the bytes after it; `what` names the field in errors.
+fn field<'a>(bytes: &'a [u8], width: usize, what: &str) -> Result<(&'a str, &'a [u8]), String> {
+    let (len, rest) = bytes
+        .split_at_checked(width)
+        .ok_or_else(|| format!("{what} length runs past the record"))?;
+    let len = len.iter().fold(0usize, |n, &b| n << 8 | usize::from(b));
+    let (text, rest) = rest
+        .split_at_checked(len)
+        .ok_or_else(|| format!("{what} of {len} bytes runs past the record"))?;
+    let text = std::str::from_utf8(text).map_err(|_| format!("{what} is not UTF-8"))?;
+    Ok((text, rest))
 }
 
 /// True when the CRC stored in `record` (a whole encoded record, prefix included) matches its
@@ -117,23 +222,76 @@ pub(crate) fn crc_matches(crc: u32, record: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
-    #[test]
-    fn encode_parse_round_trip() {
+    fn message(headers: &[(&str, &str)], payload: &'static [u8]) -> Message {
+        Message {
+            headers: headers
+                .iter()
+                .map(|&(n, v)| (n.to_owned(), v.to_owned()))
+                .collect(),
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    /// Encodes `m` and decodes it again: (header, headers, payload, the encoded bytes).
+    fn round_trip(m: &Message) -> (RecordHeader, Headers, Vec<u8>, Vec<u8>) {
         let mut buf = Vec::new();
-        encode(&mut buf, 42, 7, b"hello");
-        assert_eq!(buf.len() as u64, encoded_len(5).unwrap_or(0));
+        encode(&mut buf, 42, 7, m);
+        assert_eq!(buf.len() as u64, encoded_len(m));
         let mut hdr = [0u8; HEADER_LEN];
         hdr.copy_from_slice(&buf[..HEADER_LEN]);
         let h = RecordHeader::parse(&hdr).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((h.seq, h.timestamp_ms, h.hdr_len), (42, 7, 0));
-        assert_eq!(h.payload_len(), 5);
         assert_eq!(h.total_len(), buf.len() as u64);
         assert!(crc_matches(h.crc, &buf));
-        assert_eq!(&buf[h.payload_offset()..], b"hello");
+        let (headers, payload) =
+            split_body(h.header_count, &buf[HEADER_LEN..]).unwrap_or_else(|e| panic!("{e}"));
+        (h, headers.to_headers(), payload.to_vec(), buf)
+    }
+
+    #[test]
+    fn encode_parse_round_trip() {
+        let m = message(&[], b"hello");
+        let (h, headers, payload, mut buf) = round_trip(&m);
+        assert_eq!((h.seq, h.timestamp_ms, h.header_count), (42, 7, 0));
+        assert_eq!((headers, payload), (m.headers, b"hello".to_vec()));
         buf[HEADER_LEN] ^= 1;
         assert!(!crc_matches(h.crc, &buf));
+    }
+
+    #[test]
+    fn headers_round_trip_in_order_with_unicode_empty_and_repeated_names() {
+        let m = message(
+            &[
+                ("trace", "abc"),
+                ("", ""),
+                ("ключ", "значение ✓ 🦀"),
+                ("trace", "def"),
+                ("empty-value", ""),
+            ],
+            b"body",
+        );
+        let (h, headers, payload, _) = round_trip(&m);
+        assert_eq!(h.header_count, 5);
+        assert_eq!((headers, payload), (m.headers, b"body".to_vec()));
+        let (_, headers, payload, _) = round_trip(&message(&[("only", "headers")], b""));
+        assert_eq!(headers, vec![("only".to_owned(), "headers".to_owned())]);
+        assert!(payload.is_empty());
+    }
+
+    #[test]
+    fn a_record_without_headers_is_laid_out_as_before_headers_existed() {
+        let (_, _, _, buf) = round_trip(&message(&[], b"old"));
+        let mut old = Vec::new();
+        old.extend_from_slice(&21u32.to_be_bytes());
+        old.extend_from_slice(&buf[4..8]);
+        old.extend_from_slice(&42u64.to_be_bytes());
+        old.extend_from_slice(&7u64.to_be_bytes());
+        old.extend_from_slice(&0u16.to_be_bytes());
+        old.extend_from_slice(b"old");
+        assert_eq!(buf, old);
     }
 
     #[test]
@@ -141,9 +299,57 @@ mod tests {
         let mut hdr = [0u8; HEADER_LEN];
         assert!(RecordHeader::parse(&hdr).is_err());
         hdr[3] = 18;
-        hdr[25] = 1; // header block of 1 byte in a record with no room for it
+        hdr[25] = 1; // one header in a record with no room for it
         assert!(RecordHeader::parse(&hdr).is_err());
+        hdr[3] = 24;
+        assert!(RecordHeader::parse(&hdr).is_ok());
         hdr[25] = 0;
         assert!(RecordHeader::parse(&hdr).is_ok());
+    }
+
+    #[test]
+    fn bad_header_lengths_and_bytes_are_errors_not_panics() {
+        let (_, _, _, buf) = round_trip(&message(&[("name", "value")], b"payload"));
+        let body = &buf[HEADER_LEN..];
+        // name_len is body[0..2], value_len body[6..10].
+        for (at, byte) in [(0, 0xff), (1, 0xff), (6, 0x01), (9, 0xff)] {
+            let mut bad = body.to_vec();
+            bad[at] = byte;
+            let e = split_body(1, &bad).map(|_| ()).unwrap_err();
+            assert!(e.contains("runs past the record"), "{e}");
+        }
+        let mut bad = body.to_vec();
+        bad[2] = 0xff; // first byte of the name
+        assert!(split_body(1, &bad).unwrap_err().contains("not UTF-8"));
+        assert!(
+            split_body(2, body).is_err(),
+            "a second header that is not there"
+        );
+        for cut in 0..11 {
+            assert!(split_body(1, &body[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn header_bounds_are_those_of_the_length_fields() {
+        let long = |n: usize| "x".repeat(n);
+        assert_eq!(exceeded_header_bound(&[]), None);
+        let at_bound = vec![(long(MAX_HEADER_NAME_BYTES), long(70_000))];
+        assert_eq!(exceeded_header_bound(&at_bound), None);
+        assert!(fits(&Message {
+            headers: at_bound,
+            payload: Bytes::new()
+        }));
+        let name = vec![(long(MAX_HEADER_NAME_BYTES + 1), String::new())];
+        assert_eq!(
+            exceeded_header_bound(&name),
+            Some(("max_header_name_bytes", 65_535))
+        );
+        let many = vec![(String::new(), String::new()); MAX_HEADERS + 1];
+        assert_eq!(exceeded_header_bound(&many), Some(("max_headers", 65_535)));
+        assert!(!fits(&Message {
+            headers: many,
+            payload: Bytes::new()
+        }));
     }
 }

@@ -5,13 +5,11 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
-
 use super::checkpoint::Checkpoint;
 use super::index::SparseIndex;
-use super::reader::{HeaderStep, RecordReader};
-use super::record::HEADER_LEN;
-use super::LogError;
+use super::reader::{Body, HeaderStep, RecordReader};
+use super::record;
+use super::{LogError, Message};
 
 /// Path of the segment whose first record has sequence `base_seq`.
 pub(crate) fn log_path(dir: &Path, base_seq: u64) -> PathBuf {
@@ -136,8 +134,8 @@ impl Segment {
                 let Some(next) = expected.checked_add(1) else {
                     break stop("sequence space exhausted".into());
                 };
-                if r.body()?.is_none() {
-                    break stop(format!("crc mismatch in record {expected}"));
+                if let Err(reason) = r.body()? {
+                    break stop(reason);
                 }
                 index.observe(expected - base_seq, at, interval);
                 expected = next;
@@ -166,14 +164,14 @@ impl Segment {
         }
     }
 
-    /// Writes `buf` (the encoded records for `payloads`, in order, starting at sequence
+    /// Writes `buf` (the encoded records for `messages`, in order, starting at sequence
     /// `next_seq`) at the end of the valid data with one positional write, then updates size,
     /// next sequence and index. On failure the file is cut back to its previous size (best effort)
     /// and the in-memory state is unchanged. Does not fsync.
     pub(crate) fn append(
         &mut self,
         buf: &[u8],
-        payloads: &[Bytes],
+        messages: &[Message],
         interval: u32,
     ) -> io::Result<()> {
         if let Err(e) = self.file.write_all_at(buf, self.size) {
@@ -182,13 +180,13 @@ impl Segment {
         }
         self.dirty = true;
         let mut offset = self.size;
-        for (rel, p) in (self.next_seq - self.base_seq..).zip(payloads) {
+        for (rel, m) in (self.next_seq - self.base_seq..).zip(messages) {
             self.index.observe(rel, offset, interval);
-            offset += (HEADER_LEN + p.len()) as u64;
+            offset += record::encoded_len(m);
         }
         debug_assert_eq!(offset, self.size + buf.len() as u64);
         self.size += buf.len() as u64;
-        self.next_seq += payloads.len() as u64;
+        self.next_seq += messages.len() as u64;
         Ok(())
     }
 
@@ -226,11 +224,12 @@ impl Segment {
         }
     }
 
-    /// Calls `f(seq, timestamp_ms, payload)` for each record with sequence `>= from` (and
+    /// Calls `f(seq, timestamp_ms, body)` for each record with sequence `>= from` (and
     /// `>= base_seq`), in order, until `f` returns `false` or the segment ends. Seeks with the
-    /// sparse index, reads with pread into `buf` (reused), verifies the CRC of every record passed
-    /// to `f` and the sequence of every record visited. Returns `Ok(true)` when the segment was
-    /// exhausted, `Ok(false)` when `f` stopped it. Any malformed content is `LogError::Corrupt`.
+    /// sparse index, reads with pread into `buf` (reused), verifies the CRC and the message
+    /// header lengths of every record passed to `f` and the sequence of every record visited.
+    /// Returns `Ok(true)` when the segment was exhausted, `Ok(false)` when `f` stopped it. Any
+    /// malformed content is `LogError::Corrupt`.
     pub(crate) fn for_each_from<F>(
         &self,
         from: u64,
@@ -238,7 +237,7 @@ impl Segment {
         mut f: F,
     ) -> Result<bool, LogError>
     where
-        F: FnMut(u64, u64, &[u8]) -> bool,
+        F: FnMut(u64, u64, Body<'_>) -> bool,
     {
         let from = from.max(self.base_seq);
         if from >= self.next_seq {
@@ -268,11 +267,9 @@ impl Segment {
             if expected < from {
                 r.skip();
             } else {
-                let payload = r.body().map_err(|e| self.read_error(e, at))?;
-                let Some(payload) = payload else {
-                    return Err(self.corrupt(at, format!("crc mismatch in record {expected}")));
-                };
-                if !f(h.seq, h.timestamp_ms, payload) {
+                let body = r.body().map_err(|e| self.read_error(e, at))?;
+                let body = body.map_err(|reason| self.corrupt(at, reason))?;
+                if !f(h.seq, h.timestamp_ms, body) {
                     return Ok(false);
                 }
             }

@@ -28,20 +28,51 @@ fn payload(seq: u64) -> Bytes {
     )
 }
 
+/// Deterministic headers for `seq`: none for every fourth, else up to three (a repeated name,
+/// an empty value, non-ASCII text).
+fn headers(seq: u64) -> Headers {
+    let all = [
+        ("trace", format!("t-{seq}")),
+        ("trace", String::new()),
+        ("région", "ünïcødé ✓".to_owned()),
+    ];
+    let n = (seq % 4) as usize;
+    all[..n]
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), value.clone()))
+        .collect()
+}
+
+/// The message appended as `seq`: [`headers`] and [`payload`] of it.
+fn message(seq: u64) -> Message {
+    Message {
+        headers: headers(seq),
+        payload: payload(seq),
+    }
+}
+
+/// A message with no headers.
+fn plain(payload: impl Into<Bytes>) -> Message {
+    Message {
+        headers: Headers::new(),
+        payload: payload.into(),
+    }
+}
+
 /// Appends records `first..first + n` in batches of `batch`, checking the assigned sequences.
 fn append_n(log: &mut SegmentLog, n: u64, batch: u64) {
     let mut done = 0;
     while done < n {
         let k = batch.min(n - done);
         let first = log.next_seq();
-        let payloads: Vec<Bytes> = (first..first + k).map(payload).collect();
-        let got = log.append_batch(&payloads, first * 10).unwrap();
+        let messages: Vec<Message> = (first..first + k).map(message).collect();
+        let got = log.append_batch(&messages, first * 10).unwrap();
         assert_eq!(got, first);
         done += k;
     }
 }
 
-/// Reads everything from `from` and checks every record against `payload`.
+/// Reads everything from `from` and checks every record against `message`.
 fn check_all(log: &SegmentLog, from: u64) {
     let recs = log.read(from, usize::MAX, usize::MAX).unwrap();
     assert_eq!(recs.len() as u64, log.next_seq() - from);
@@ -49,6 +80,7 @@ fn check_all(log: &SegmentLog, from: u64) {
         let seq = from + i as u64;
         assert_eq!(r.seq, seq);
         assert_eq!(r.payload, payload(seq), "payload of {seq}");
+        assert_eq!(r.headers, headers(seq), "headers of {seq}");
     }
 }
 
@@ -138,11 +170,7 @@ fn oversized_record_gets_its_own_segment() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = SegmentLog::open(dir.path(), small()).unwrap();
     let big = Bytes::from(vec![7u8; 5000]);
-    let batch = vec![
-        Bytes::from_static(b"a"),
-        big.clone(),
-        Bytes::from_static(b"b"),
-    ];
+    let batch = vec![plain("a"), plain(big.clone()), plain("b")];
     assert_eq!(log.append_batch(&batch, 1).unwrap(), 1);
     assert_eq!(log.segment_count(), 3);
     let recs = log.read(1, 10, usize::MAX).unwrap();
@@ -168,6 +196,7 @@ fn read_from_middle_seeks_via_index() {
         assert_eq!(seqs, want, "from {from}");
         for r in &recs {
             assert_eq!(r.payload, payload(r.seq));
+            assert_eq!(r.headers, headers(r.seq));
         }
     }
 }
@@ -176,8 +205,8 @@ fn read_from_middle_seeks_via_index() {
 fn read_respects_max_records_and_max_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = SegmentLog::open(dir.path(), small()).unwrap();
-    let payloads: Vec<Bytes> = (0..50).map(|_| Bytes::from(vec![1u8; 100])).collect();
-    log.append_batch(&payloads, 0).unwrap();
+    let messages: Vec<Message> = (0..50).map(|_| plain(vec![1u8; 100])).collect();
+    log.append_batch(&messages, 0).unwrap();
     assert_eq!(log.read(1, 7, usize::MAX).unwrap().len(), 7);
     assert_eq!(log.read(1, 0, usize::MAX).unwrap().len(), 0);
     // 350 bytes of payload allow three 100-byte records, across segment boundaries too.
@@ -247,7 +276,7 @@ fn reopen_after_clean_close_preserves_everything() {
     assert_eq!(log.segment_count(), count);
     assert_eq!(log.disk_bytes(), bytes);
     check_all(&log, first);
-    assert_eq!(log.append_batch(&[payload(next)], 0).unwrap(), next);
+    assert_eq!(log.append_batch(&[message(next)], 0).unwrap(), next);
     check_all(&log, first);
 }
 
@@ -340,7 +369,7 @@ fn torn_tail_garbage_is_truncated_on_reopen() {
     assert_eq!(fs::metadata(&last).unwrap().len(), good_len);
     check_all(&log, 1);
     assert_eq!(
-        log.append_batch(&[payload(31), payload(32)], 0).unwrap(),
+        log.append_batch(&[message(31), message(32)], 0).unwrap(),
         31
     );
     drop(log);
@@ -359,7 +388,7 @@ fn torn_tail_partial_record_is_truncated_on_reopen() {
         log.sync().unwrap();
         good_len = log.active().size;
         // A whole record, then cut in the middle: what a crash mid-write leaves.
-        log.append_batch(&[Bytes::from(vec![9u8; 150])], 0).unwrap();
+        log.append_batch(&[plain(vec![9u8; 150])], 0).unwrap();
     }
     let last = segment_files(dir.path()).pop().unwrap();
     let f = OpenOptions::new().write(true).open(&last).unwrap();
@@ -368,7 +397,7 @@ fn torn_tail_partial_record_is_truncated_on_reopen() {
     let mut log = SegmentLog::open(dir.path(), small()).unwrap();
     assert_eq!(log.next_seq(), 31);
     assert_eq!(fs::metadata(&last).unwrap().len(), good_len);
-    assert_eq!(log.append_batch(&[payload(31)], 0).unwrap(), 31);
+    assert_eq!(log.append_batch(&[message(31)], 0).unwrap(), 31);
     check_all(&log, 1);
 }
 
@@ -387,7 +416,7 @@ fn flipped_byte_in_last_record_is_cut_at_reopen() {
     assert_eq!(log.next_seq(), 30);
     assert_eq!(fs::metadata(&last).unwrap().len(), at);
     check_all(&log, 1);
-    assert_eq!(log.append_batch(&[payload(30)], 0).unwrap(), 30);
+    assert_eq!(log.append_batch(&[message(30)], 0).unwrap(), 30);
     check_all(&log, 1);
 }
 
@@ -396,22 +425,25 @@ fn torn_sealed_segment_without_checkpoint_drops_later_unsynced_segments() {
     // A power loss after a roll but before sync: the sealed segment lost its tail, and the
     // segments after it hold only unsynced records.
     let dir = tempfile::tempdir().unwrap();
-    let synced_next;
+    let (synced_next, synced_len);
     {
         let mut log = SegmentLog::open(dir.path(), small()).unwrap();
         append_n(&mut log, 20, 5);
         log.sync().unwrap();
         synced_next = log.next_seq();
+        synced_len = log.active().size;
         append_n(&mut log, 60, 5);
     }
     let files = segment_files(dir.path());
     assert!(files.len() >= 3);
-    // Find the first segment that was not checkpointed and cut it mid-way.
-    let victim = files
+    // Cut the first segment holding unsynced records: the one active at the sync if it grew
+    // after it, else the next one. Neither has a checkpoint.
+    let unsealed = files
         .iter()
-        .find(|p| !p.with_extension("sealed").exists())
-        .unwrap()
-        .clone();
+        .position(|p| !p.with_extension("sealed").exists())
+        .unwrap();
+    let grew = fs::metadata(&files[unsealed]).unwrap().len() > synced_len;
+    let victim = files[unsealed + usize::from(!grew)].clone();
     let victim_len = fs::metadata(&victim).unwrap().len();
     OpenOptions::new()
         .write(true)
@@ -508,9 +540,8 @@ fn next_seq_survives_reopen_after_deleting_everything() {
         append_n(&mut log, 100, 10);
         next = log.next_seq();
         // Make the active segment empty by rolling exactly at a boundary.
-        log.append_batch(&[Bytes::from(vec![0u8; 2000])], 0)
-            .unwrap();
-        log.append_batch(&[Bytes::from_static(b"x")], 0).unwrap();
+        log.append_batch(&[plain(vec![0u8; 2000])], 0).unwrap();
+        log.append_batch(&[plain("x")], 0).unwrap();
         log.sync().unwrap();
         log.delete_before(log.next_seq()).unwrap();
         assert_eq!(log.segment_count(), 1);
@@ -519,10 +550,7 @@ fn next_seq_survives_reopen_after_deleting_everything() {
     let mut log = SegmentLog::open(dir.path(), small()).unwrap();
     assert_eq!(log.next_seq(), next + 2);
     assert_eq!(log.first_seq(), next + 1);
-    assert_eq!(
-        log.append_batch(&[Bytes::from_static(b"y")], 0).unwrap(),
-        next + 2
-    );
+    assert_eq!(log.append_batch(&[plain("y")], 0).unwrap(), next + 2);
 }
 
 #[test]
@@ -531,7 +559,7 @@ fn empty_active_segment_keeps_next_seq_across_reopen() {
     {
         let mut log = SegmentLog::open(dir.path(), small()).unwrap();
         // Oversized records: one segment each (bases 1, 2, 3).
-        let big: Vec<Bytes> = (0..3).map(|i| Bytes::from(vec![i; 2000])).collect();
+        let big: Vec<Message> = (0..3).map(|i| plain(vec![i; 2000])).collect();
         log.append_batch(&big, 0).unwrap();
         log.sync().unwrap();
         assert_eq!(log.delete_before(3).unwrap(), 2);
@@ -548,7 +576,7 @@ fn empty_active_segment_keeps_next_seq_across_reopen() {
     let mut log = SegmentLog::open(dir.path(), small()).unwrap();
     assert_eq!((log.first_seq(), log.next_seq()), (3, 3));
     assert!(log.read(3, 10, 100).unwrap().is_empty());
-    assert_eq!(log.append_batch(&[Bytes::from_static(b"z")], 0).unwrap(), 3);
+    assert_eq!(log.append_batch(&[plain("z")], 0).unwrap(), 3);
     drop(log);
     let log = SegmentLog::open(dir.path(), small()).unwrap();
     assert_eq!((log.first_seq(), log.next_seq()), (3, 4));
@@ -591,7 +619,7 @@ fn concurrent_reads() {
                     let recs = log.read(from, 20, usize::MAX).unwrap();
                     assert_eq!(recs[0].seq, from);
                     for r in &recs {
-                        assert_eq!(r.payload, payload(r.seq));
+                        assert_eq!((&r.headers, &r.payload), (&headers(r.seq), &payload(r.seq)));
                     }
                 }
             });
@@ -613,6 +641,238 @@ fn files_that_are_not_segments_are_ignored() {
     assert_eq!(log.next_seq(), 1);
 }
 
+/// Writes the CRC of the record at `at` (of `len` bytes) as its contents are now, so damage
+/// inside it is left for the header checks to find.
+fn reseal_crc(file: &Path, at: u64, len: u64) {
+    let mut data = fs::read(file).unwrap();
+    let rec = &mut data[at as usize..(at + len) as usize];
+    let crc = crc32c::crc32c(&rec[record::PREFIX_LEN..]);
+    rec[4..8].copy_from_slice(&crc.to_be_bytes());
+    fs::write(file, data).unwrap();
+}
+
+fn with_headers(pairs: &[(&str, &str)], payload: &'static str) -> Message {
+    Message {
+        headers: pairs
+            .iter()
+            .map(|&(n, v)| (n.to_owned(), v.to_owned()))
+            .collect(),
+        payload: Bytes::from_static(payload.as_bytes()),
+    }
+}
+
+#[test]
+fn headers_round_trip_through_the_log_and_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = vec![
+        with_headers(&[], "no headers"),
+        with_headers(&[("k", "v"), ("k", "w"), ("k", "v")], "repeated names"),
+        with_headers(&[("日本", "語 ✓"), ("", ""), ("emoji", "🦀")], ""),
+        with_headers(&[("content-type", "text/plain")], "last"),
+    ];
+    {
+        let mut log = SegmentLog::open(dir.path(), small()).unwrap();
+        assert_eq!(log.append_batch(&batch, 9).unwrap(), 1);
+        let recs = log.read(1, 10, usize::MAX).unwrap();
+        let got: Vec<Message> = recs.into_iter().map(Message::from).collect();
+        assert_eq!(got, batch);
+    }
+    let log = SegmentLog::open(dir.path(), small()).unwrap();
+    let recs = log.read(2, 10, usize::MAX).unwrap();
+    assert_eq!(recs.len(), 3);
+    assert_eq!(
+        (&recs[0].headers, &recs[0].payload),
+        (&batch[1].headers, &batch[1].payload)
+    );
+    assert_eq!(recs[1].headers, batch[2].headers);
+    let mut sizes = Vec::new();
+    log.scan_sizes(1, |seq, len| sizes.push((seq, len)))
+        .unwrap();
+    assert_eq!(
+        sizes,
+        vec![(1, 10), (2, 14), (3, 0), (4, 4)],
+        "payload bytes only"
+    );
+}
+
+#[test]
+fn records_written_before_headers_existed_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = Vec::new();
+    for (seq, payload) in [(1u64, &b"first"[..]), (2, &b""[..]), (3, &b"third"[..])] {
+        let start = old.len();
+        old.extend_from_slice(&(18 + payload.len() as u32).to_be_bytes());
+        old.extend_from_slice(&[0; 4]);
+        old.extend_from_slice(&seq.to_be_bytes());
+        old.extend_from_slice(&77u64.to_be_bytes());
+        old.extend_from_slice(&0u16.to_be_bytes()); // "no headers yet"
+        old.extend_from_slice(payload);
+        let crc = crc32c::crc32c(&old[start + 8..]);
+        old[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
+    }
+    fs::write(segment::log_path(dir.path(), 1), &old).unwrap();
+    let mut log = SegmentLog::open(dir.path(), small()).unwrap();
+    assert_eq!(log.next_seq(), 4);
+    let recs = log.read(1, 10, usize::MAX).unwrap();
+    let got: Vec<(u64, u64, bool, &[u8])> = recs
+        .iter()
+        .map(|r| (r.seq, r.timestamp_ms, r.headers.is_empty(), &r.payload[..]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, 77, true, &b"first"[..]),
+            (2, 77, true, &b""[..]),
+            (3, 77, true, &b"third"[..])
+        ]
+    );
+    assert_eq!(log.append_batch(&[message(4)], 0).unwrap(), 4);
+    check_all(&log, 4);
+}
+
+#[test]
+fn a_corrupted_header_length_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = SegmentLog::open(dir.path(), small()).unwrap();
+    append_n(&mut log, 100, 10);
+    log.sync().unwrap();
+    let victim = segment_files(dir.path())[1].clone();
+    let seq = (log.segments[1].base_seq..)
+        .find(|&s| !headers(s).is_empty())
+        .unwrap();
+    let (at, len) = record_offset(&victim, seq);
+    // The first header's name length (right after the fixed header) claims more than the
+    // record holds, and the CRC is made to match: only the length check can catch it.
+    let name_len = at + record::HEADER_LEN as u64;
+    flip_byte(&victim, name_len);
+    reseal_crc(&victim, at, len);
+    let check = |log: &SegmentLog| {
+        match log.read(seq, 1, usize::MAX) {
+            Err(LogError::Corrupt {
+                segment,
+                offset,
+                reason,
+            }) => {
+                assert_eq!((&segment, offset), (&victim, at));
+                assert!(reason.contains("runs past the record"), "{reason}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        assert_eq!(log.read(seq - 1, 1, usize::MAX).unwrap().len(), 1);
+        assert!(matches!(
+            log.scan_sizes(1, |_, _| {}),
+            Err(LogError::Corrupt { .. })
+        ));
+    };
+    check(&log);
+    drop(log);
+    check(&SegmentLog::open(dir.path(), small()).unwrap());
+}
+
+#[test]
+fn a_bad_header_in_the_active_segment_is_cut_at_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = SegmentLog::open(dir.path(), LogConfig::default()).unwrap();
+        append_n(&mut log, 30, 4);
+        log.sync().unwrap();
+    }
+    let last = segment_files(dir.path()).pop().unwrap();
+    let (at, len) = record_offset(&last, 27);
+    assert!(!headers(27).is_empty());
+    // The first header's name is made invalid UTF-8, with a matching CRC.
+    let name = at + record::HEADER_LEN as u64 + 2;
+    let f = OpenOptions::new().write(true).open(&last).unwrap();
+    f.write_all_at(&[0xff], name).unwrap();
+    drop(f);
+    reseal_crc(&last, at, len);
+    let log = SegmentLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(log.next_seq(), 27);
+    assert_eq!(fs::metadata(&last).unwrap().len(), at);
+    check_all(&log, 1);
+}
+
+#[test]
+fn a_torn_record_with_headers_is_truncated_on_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let good_len;
+    let torn = with_headers(&[("a", &"x".repeat(300)), ("b", "y")], "torn payload");
+    {
+        let mut log = SegmentLog::open(dir.path(), LogConfig::default()).unwrap();
+        append_n(&mut log, 30, 4);
+        log.sync().unwrap();
+        good_len = log.active().size;
+        log.append_batch(std::slice::from_ref(&torn), 0).unwrap();
+    }
+    let last = segment_files(dir.path()).pop().unwrap();
+    let full = fs::metadata(&last).unwrap().len();
+    assert_eq!(full, good_len + record::encoded_len(&torn));
+    // Cut inside the first header's value: a crash mid-write.
+    let f = OpenOptions::new().write(true).open(&last).unwrap();
+    f.set_len(good_len + record::HEADER_LEN as u64 + 100)
+        .unwrap();
+    drop(f);
+    let mut log = SegmentLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(log.next_seq(), 31);
+    assert_eq!(fs::metadata(&last).unwrap().len(), good_len);
+    check_all(&log, 1);
+    assert_eq!(
+        log.append_batch(std::slice::from_ref(&torn), 0).unwrap(),
+        31
+    );
+    drop(log);
+    let log = SegmentLog::open(dir.path(), LogConfig::default()).unwrap();
+    let rec = log.read(31, 1, usize::MAX).unwrap().remove(0);
+    assert_eq!((rec.headers, rec.payload), (torn.headers, torn.payload));
+}
+
+#[test]
+fn headers_past_the_record_bounds_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = SegmentLog::open(dir.path(), small()).unwrap();
+    append_n(&mut log, 5, 5);
+    let before = (log.next_seq(), log.disk_bytes());
+    let too_many = Message {
+        headers: vec![(String::new(), String::new()); 65_536],
+        payload: Bytes::new(),
+    };
+    let long_name = Message {
+        headers: vec![("n".repeat(65_536), String::new())],
+        payload: Bytes::new(),
+    };
+    for bad in [too_many, long_name] {
+        match log.append_batch(&[message(6), bad], 0) {
+            Err(LogError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::InvalidInput),
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+        assert_eq!((log.next_seq(), log.disk_bytes()), before);
+    }
+    check_all(&log, 1);
+}
+
+#[test]
+fn a_batch_larger_than_the_write_buffer_is_written_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = SegmentLog::open(dir.path(), LogConfig::default()).unwrap();
+    // Headers alone past MAX_KEPT_WRITE_BUF: they count towards the chunking.
+    let value = "v".repeat(MAX_KEPT_WRITE_BUF / 3);
+    let batch: Vec<Message> = (0..7)
+        .map(|i| Message {
+            headers: vec![("big".into(), value.clone()), ("i".into(), i.to_string())],
+            payload: Bytes::from(vec![i as u8; 10]),
+        })
+        .collect();
+    assert_eq!(log.append_batch(&batch, 0).unwrap(), 1);
+    assert!(log.write_buf.capacity() <= MAX_KEPT_WRITE_BUF);
+    let total: u64 = batch.iter().map(record::encoded_len).sum();
+    assert_eq!(log.disk_bytes(), total);
+    drop(log);
+    let log = SegmentLog::open(dir.path(), LogConfig::default()).unwrap();
+    let recs = log.read(1, 10, usize::MAX).unwrap();
+    let got: Vec<Message> = recs.into_iter().map(Message::from).collect();
+    assert_eq!(got, batch);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -630,21 +890,24 @@ proptest! {
     ) {
         let dir = tempfile::tempdir().unwrap();
         let config = LogConfig { segment_bytes: seg_bytes, index_interval_bytes: interval };
-        // model[seq - 1] is the payload appended with that sequence
-        let mut model: Vec<Bytes> = Vec::new();
+        // model[seq - 1] is the message appended with that sequence
+        let mut model: Vec<Message> = Vec::new();
         let mut synced = 0u64; // records durable
         let mut log = SegmentLog::open(dir.path(), config).unwrap();
         // open synced the directory: the first segment file is durable
         let mut synced_sizes: Vec<(PathBuf, u64)> = vec![(segment_files(dir.path())[0].clone(), 0)];
         for (sizes, do_sync, crash) in ops {
-            let payloads: Vec<Bytes> = sizes
+            let messages: Vec<Message> = sizes
                 .iter()
                 .enumerate()
-                .map(|(i, &n)| Bytes::from(vec![(model.len() + i) as u8; n]))
+                .map(|(i, &n)| Message {
+                    headers: headers(n as u64),
+                    payload: Bytes::from(vec![(model.len() + i) as u8; n]),
+                })
                 .collect();
-            let first = log.append_batch(&payloads, 5).unwrap();
+            let first = log.append_batch(&messages, 5).unwrap();
             prop_assert_eq!(first, model.len() as u64 + 1);
-            model.extend(payloads);
+            model.extend(messages);
             if do_sync {
                 log.sync().unwrap();
                 synced = model.len() as u64;
@@ -692,7 +955,8 @@ proptest! {
             let recs = log.read(1, usize::MAX, usize::MAX).unwrap();
             prop_assert_eq!(recs.len(), model.len());
             for (r, want) in recs.iter().zip(&model) {
-                prop_assert_eq!(&r.payload, want);
+                prop_assert_eq!(&r.payload, &want.payload);
+                prop_assert_eq!(&r.headers, &want.headers);
             }
         }
     }

@@ -1,0 +1,1044 @@
+//! A group: one durable subscription of a topic. It owns the cursor, the in-flight table with
+//! each delivery's ack deadline, the messages waiting for redelivery (at once, or after a nack
+//! delay), the messages due for the dead-letter topic, and the members with the credit each has
+//! granted.
+//!
+//! Pure bookkeeping, no I/O: the topic's dispatcher asks a group for a delivery [`Plan`]
+//! under the topic lock, then sends the frames outside it; it also calls [`Group::expire`] when
+//! [`Group::next_expiry`] comes (deadlines are an ordered schedule, not a timer per message).
+//!
+//! Bounds: delivered, nacked-and-waiting and due-for-dead-letter messages together never exceed
+//! `max_in_flight` (delivery pauses at it until acks arrive), a member never gets more
+//! deliveries than its outstanding credit, and credit outstanding never exceeds `max_credit`
+//! (a larger grant is refused). Messages waiting for redelivery came out of those, so they are
+//! bounded by `max_in_flight` too. A message delivered `max_attempts` times that times out or
+//! is nacked again is due for the dead-letter topic.
+
+mod schedule;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use weir_protocol::{GroupConfig, GroupInfo};
+
+use schedule::Schedule;
+
+pub use crate::outbox::Outbox;
+use crate::storage::state::GroupRecord;
+
+/// Identifies one subscription: the connection it lives on and its id there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MemberId {
+    /// The broker-assigned connection id.
+    pub conn: u64,
+    /// The client-chosen subscription id.
+    pub sub: u64,
+}
+
+/// One subscription attached to a group.
+struct Member {
+    id: MemberId,
+    credit: u32,
+    outbox: Outbox,
+    /// Where `Gap` notices go (the connection's control queue).
+    notices: Outbox,
+    /// Evicted messages this member has not been told about yet (merged into one range).
+    gap: Option<(u64, u64)>,
+    /// Since when the member has had no credit (cleared when it grants some).
+    starved_since: Option<Instant>,
+}
+
+/// A `Gap` notice to send: `from..=to` were evicted before the member's group got them.
+pub struct GapNotice {
+    /// Where to send it.
+    pub outbox: Outbox,
+    /// The member it goes to.
+    pub member: MemberId,
+    /// First evicted sequence.
+    pub from: u64,
+    /// Last evicted sequence.
+    pub to: u64,
+}
+
+/// A delivered, not yet acked message.
+struct InFlight {
+    member: MemberId,
+    attempt: u32,
+    /// When it was (last) delivered.
+    since: Instant,
+}
+
+/// A message waiting to be moved to the group's dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The message.
+    pub seq: u64,
+    /// Deliveries it had.
+    pub attempt: u32,
+    /// Why it is dead-lettered (`ack timeout`, `nacked`, or the subscriber's `Term` reason).
+    pub reason: String,
+}
+
+/// One delivery decided by [`Group::plan`]: send `seq` (attempt `attempt`) to `sub` via `outbox`.
+pub struct Planned {
+    /// Where to send the delivery.
+    pub outbox: Outbox,
+    /// The member it goes to.
+    pub member: MemberId,
+    /// The message.
+    pub seq: u64,
+    /// Which delivery of this message to the group this is (1 = first).
+    pub attempt: u32,
+}
+
+/// A list of deliveries to send.
+pub type Plan = Vec<Planned>;
+
+/// A grant of credit that cannot be honoured.
+#[derive(Debug, PartialEq, Eq)]
+pub enum GrantError {
+    /// The member is not attached to this group.
+    UnknownMember,
+    /// Outstanding credit would pass `max_credit`.
+    TooMuch {
+        /// Credit the member has outstanding now.
+        outstanding: u32,
+        /// The bound.
+        max: u32,
+    },
+}
+
+/// One group's delivery state.
+///
+/// Every message the group holds unacked takes one of its `max_in_flight` slots: delivered
+/// (`in_flight`, with an ack deadline), nacked and waiting for its delay (`delayed`), or due
+/// for the dead-letter topic (`dead`). Messages waiting for redelivery came out of those, and
+/// are delivered before any new one, so everything the group tracks is bounded by
+/// `max_in_flight`.
+pub struct Group {
+    config: GroupConfig,
+    cursor: u64,
+    in_flight: BTreeMap<u64, InFlight>,
+    /// The ack deadline of each in-flight message.
+    deadlines: Schedule<()>,
+    redeliver: BTreeMap<u64, u32>,
+    /// Nacked messages (with their attempts) and when they may be redelivered.
+    delayed: Schedule<u32>,
+    dead: BTreeMap<u64, DeadLetter>,
+    members: Vec<Member>,
+    next_member: usize,
+    max_in_flight: usize,
+    dirty: bool,
+    /// Since when the group has been at `max_in_flight` (cleared when it drops below).
+    full_since: Option<Instant>,
+    /// Deliveries that passed their ack deadline.
+    timed_out: u64,
+    /// Messages moved to the dead-letter topic.
+    dead_lettered: u64,
+}
+
+/// What [`Group::expire`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    /// Deliveries past their ack deadline, returned for redelivery or dead-lettering.
+    pub timed_out: usize,
+    /// Nacked messages whose delay ended.
+    pub released: usize,
+    /// Messages that became due for the dead-letter topic.
+    pub dead: usize,
+}
+
+/// A delivery stall: work is waiting, and nothing moves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stall {
+    /// The group has had `max_in_flight` unacked messages for `for_`: its consumers are not
+    /// acking.
+    AtMaxInFlight {
+        /// How long.
+        for_: Duration,
+    },
+    /// A member has had no credit for `for_` while messages wait for the group.
+    NoCredit {
+        /// The member.
+        member: MemberId,
+        /// How long.
+        for_: Duration,
+    },
+}
+
+impl Group {
+    /// A new group whose first delivery will be `start`, with `config`'s ack timeout, attempts
+    /// and dead-letter topic.
+    pub fn with_config(start: u64, max_in_flight: u32, config: GroupConfig) -> Group {
+        Group {
+            config,
+            cursor: start,
+            in_flight: BTreeMap::new(),
+            deadlines: Schedule::default(),
+            redeliver: BTreeMap::new(),
+            delayed: Schedule::default(),
+            dead: BTreeMap::new(),
+            members: Vec::new(),
+            next_member: 0,
+            max_in_flight: max_in_flight as usize,
+            dirty: true,
+            full_since: None,
+            timed_out: 0,
+            dead_lettered: 0,
+        }
+    }
+
+    /// A group recovered from its stored record after a restart. Messages below `first_seq`
+    /// are gone from the topic (acked by everyone), so they are dropped from the record; every
+    /// delivered-but-unacked message becomes due for redelivery, keeping its delivery count
+    /// (its subscriber's connection is gone, so its ack deadline is moot); nacked messages keep
+    /// the rest of their delay; messages due for the dead-letter topic stay due. A record
+    /// written before groups had settings gets `defaults`.
+    pub fn recover(
+        record: &GroupRecord,
+        first_seq: u64,
+        max_in_flight: u32,
+        defaults: &GroupConfig,
+    ) -> Group {
+        let config = record.config.clone().unwrap_or_else(|| defaults.clone());
+        let mut group = Group::with_config(record.cursor.max(first_seq), max_in_flight, config);
+        let kept = |seq: u64| seq >= first_seq && seq < group.cursor;
+        group.redeliver = record
+            .unacked
+            .iter()
+            .filter(|(seq, _)| kept(*seq))
+            .copied()
+            .collect();
+        let (now, wall) = (Instant::now(), unix_ms());
+        for &(seq, attempt, ready_ms) in record.delayed.iter().filter(|d| kept(d.0)) {
+            let wait = Duration::from_millis(ready_ms.saturating_sub(wall));
+            group.delayed.insert(seq, now + wait, attempt);
+        }
+        group.dead = record
+            .dead
+            .iter()
+            .filter(|(seq, _, _)| kept(*seq))
+            .map(|(seq, attempt, reason)| {
+                let dead = DeadLetter {
+                    seq: *seq,
+                    attempt: *attempt,
+                    reason: reason.clone(),
+                };
+                (*seq, dead)
+            })
+            .collect();
+        group
+    }
+
+    /// The record to persist. Bounded by `max_in_flight` entries.
+    pub fn record(&self) -> GroupRecord {
+        let mut unacked: Vec<(u64, u32)> = self
+            .in_flight
+            .iter()
+            .map(|(seq, f)| (*seq, f.attempt))
+            .chain(self.redeliver.iter().map(|(s, a)| (*s, *a)))
+            .collect();
+        unacked.sort_unstable();
+        let (now, wall) = (Instant::now(), unix_ms());
+        let delayed = self
+            .delayed
+            .iter()
+            .map(|(seq, at, attempt)| {
+                let wait = at.saturating_duration_since(now).as_millis() as u64;
+                (seq, *attempt, wall + wait)
+            })
+            .collect();
+        let dead = self
+            .dead
+            .values()
+            .map(|d| (d.seq, d.attempt, d.reason.clone()))
+            .collect();
+        GroupRecord {
+            cursor: self.cursor,
+            unacked,
+            config: Some(self.config.clone()),
+            delayed,
+            dead,
+        }
+    }
+
+    /// The group's settings.
+    pub fn config(&self) -> &GroupConfig {
+        &self.config
+    }
+
+    /// Returns whether the group changed since the last call, and clears the flag.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// The lowest sequence the group still needs: everything below it is acked.
+    pub fn floor(&self) -> u64 {
+        [
+            self.in_flight.keys().next().copied(),
+            self.redeliver.keys().next().copied(),
+            self.delayed.lowest(),
+            self.dead.keys().next().copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.cursor, u64::min)
+    }
+
+    /// Slots of `max_in_flight` taken: delivered, nacked and waiting, or due for the
+    /// dead-letter topic.
+    fn held(&self) -> usize {
+        self.in_flight.len() + self.delayed.len() + self.dead.len()
+    }
+
+    /// Takes `seq` out of flight if it is in flight to `id`.
+    fn take_in_flight(&mut self, id: MemberId, seq: u64) -> Option<InFlight> {
+        if !self.in_flight.get(&seq).is_some_and(|f| f.member == id) {
+            return None;
+        }
+        self.deadlines.remove(seq);
+        self.dirty = true;
+        self.in_flight.remove(&seq)
+    }
+
+    /// Attaches a member with no credit yet (see [`Group::grant`]). Deliveries go to `outbox`
+    /// (sized by credit); `Gap` notices to `notices`, so they never take a delivery's room.
+    pub fn join(&mut self, id: MemberId, outbox: Outbox, notices: Outbox) {
+        self.members.push(Member {
+            id,
+            credit: 0,
+            outbox,
+            notices,
+            gap: None,
+            starved_since: None,
+        });
+    }
+
+    /// Detaches a member; its in-flight messages go back to the group for redelivery. Returns
+    /// how many were requeued.
+    pub fn leave(&mut self, id: MemberId) -> usize {
+        self.members.retain(|m| m.id != id);
+        let theirs: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.member == id)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in &theirs {
+            self.undeliver(id, *seq);
+        }
+        theirs.len()
+    }
+
+    /// Returns a planned delivery that could not be sent to the group (a no-op if `seq` is no
+    /// longer in flight to `id`, e.g. because the member already left).
+    pub fn undeliver(&mut self, id: MemberId, seq: u64) {
+        if let Some(f) = self.take_in_flight(id, seq) {
+            self.redeliver.insert(seq, f.attempt);
+        }
+    }
+
+    /// Forgets every message below `first_seq`, which the topic evicted (`drop_oldest`): the
+    /// cursor skips them, in-flight and redelivery entries are dropped (a later ack of one is
+    /// ignored), and every member is owed a `Gap` notice for the range the group still needed.
+    /// Returns that range, if the group needed any of it.
+    pub fn evict_below(&mut self, first_seq: u64) -> Option<(u64, u64)> {
+        let needed_from = self.floor();
+        if needed_from >= first_seq {
+            return None;
+        }
+        self.in_flight = self.in_flight.split_off(&first_seq);
+        self.deadlines.remove_below(first_seq);
+        self.redeliver = self.redeliver.split_off(&first_seq);
+        self.delayed.remove_below(first_seq);
+        self.dead = self.dead.split_off(&first_seq);
+        self.cursor = self.cursor.max(first_seq);
+        self.dirty = true;
+        let range = (needed_from, first_seq - 1);
+        for m in &mut self.members {
+            m.gap = Some(match m.gap {
+                Some((from, to)) => (from.min(range.0), to.max(range.1)),
+                None => range,
+            });
+        }
+        Some(range)
+    }
+
+    /// Takes the `Gap` notices owed to members (see [`Group::evict_below`]).
+    pub fn take_gaps(&mut self, out: &mut Vec<GapNotice>) {
+        for m in &mut self.members {
+            if let Some((from, to)) = m.gap.take() {
+                out.push(GapNotice {
+                    outbox: m.notices.clone(),
+                    member: m.id,
+                    from,
+                    to,
+                });
+            }
+        }
+    }
+
+    /// Puts back a `Gap` notice that could not be sent, merged with any newer one.
+    pub fn restore_gap(&mut self, id: MemberId, from: u64, to: u64) {
+        if let Some(m) = self.members.iter_mut().find(|m| m.id == id) {
+            m.gap = Some(m.gap.map_or((from, to), |(f, t)| (f.min(from), t.max(to))));
+        }
+    }
+
+    /// Takes away a member's outstanding credit (its connection is gone or cannot take more),
+    /// so it is planned no more deliveries until it grants credit again.
+    pub fn revoke_credit(&mut self, id: MemberId) {
+        if let Some(m) = self.members.iter_mut().find(|m| m.id == id) {
+            m.credit = 0;
+        }
+    }
+
+    /// The stalls that have lasted at least `after` as of `now`, each reported again only
+    /// after another `after` (the caller logs them; see [`Stall`]). Only counts while messages
+    /// wait for the group: an idle group with no credit is not stalled.
+    pub fn stalls(
+        &mut self,
+        committed_next: u64,
+        now: Instant,
+        after: Duration,
+        out: &mut Vec<Stall>,
+    ) {
+        let waiting = !self.redeliver.is_empty() || self.cursor < committed_next;
+        let full = self.held() >= self.max_in_flight;
+        if let Some(for_) = overdue(&mut self.full_since, full, now, after) {
+            out.push(Stall::AtMaxInFlight { for_ });
+        }
+        for m in &mut self.members {
+            if let Some(for_) = overdue(&mut m.starved_since, waiting && m.credit == 0, now, after)
+            {
+                out.push(Stall::NoCredit { member: m.id, for_ });
+            }
+        }
+    }
+
+    /// Adds `n` credit to a member; refused past `max_credit` outstanding.
+    pub fn grant(&mut self, id: MemberId, n: u32, max_credit: u32) -> Result<(), GrantError> {
+        let member = self
+            .members
+            .iter_mut()
+            .find(|m| m.id == id)
+            .ok_or(GrantError::UnknownMember)?;
+        match member.credit.checked_add(n) {
+            Some(total) if total <= max_credit => {
+                member.credit = total;
+                Ok(())
+            }
+            _ => Err(GrantError::TooMuch {
+                outstanding: member.credit,
+                max: max_credit,
+            }),
+        }
+    }
+
+    /// Acks messages delivered to `id`. Sequences not in flight to `id` (duplicates, or
+    /// messages already requeued) are ignored. Returns how many were acked.
+    pub fn ack(&mut self, id: MemberId, seqs: &[u64]) -> usize {
+        seqs.iter()
+            .filter(|seq| self.take_in_flight(id, **seq).is_some())
+            .count()
+    }
+
+    /// Returns messages delivered to `id` for redelivery no sooner than `delay` after `now`
+    /// (at once for a zero delay). One nacked on its `max_attempts`-th delivery is due for the
+    /// dead-letter topic instead. Sequences not in flight to `id` are ignored. Returns how many
+    /// were nacked and how many of those are now dead.
+    pub fn nack(
+        &mut self,
+        id: MemberId,
+        seqs: &[u64],
+        delay: Duration,
+        now: Instant,
+    ) -> (usize, usize) {
+        let (mut nacked, mut dead) = (0, 0);
+        for &seq in seqs {
+            let Some(f) = self.take_in_flight(id, seq) else {
+                continue;
+            };
+            nacked += 1;
+            if f.attempt >= self.config.max_attempts {
+                let reason = format!("nacked on attempt {}", f.attempt);
+                self.kill(seq, f.attempt, reason);
+                dead += 1;
+            } else if delay.is_zero() {
+                self.redeliver.insert(seq, f.attempt);
+            } else {
+                self.delayed.insert(seq, now + delay, f.attempt);
+            }
+        }
+        (nacked, dead)
+    }
+
+    /// Sends messages delivered to `id` to the dead-letter topic, whatever their attempt.
+    /// Returns how many.
+    pub fn term(&mut self, id: MemberId, seqs: &[u64], reason: &str) -> usize {
+        let mut dead = 0;
+        for &seq in seqs {
+            if let Some(f) = self.take_in_flight(id, seq) {
+                self.kill(seq, f.attempt, reason.to_string());
+                dead += 1;
+            }
+        }
+        dead
+    }
+
+    /// Restarts the ack deadline of messages delivered to `id`. Returns how many.
+    pub fn progress(&mut self, id: MemberId, seqs: &[u64], now: Instant) -> usize {
+        let deadline = now + self.ack_timeout();
+        let mut extended = 0;
+        for &seq in seqs {
+            if self.in_flight.get(&seq).is_some_and(|f| f.member == id) {
+                self.deadlines.insert(seq, deadline, ());
+                extended += 1;
+            }
+        }
+        extended
+    }
+
+    /// Returns every delivery past its ack deadline to the group (redelivered with the next
+    /// attempt, or due for the dead-letter topic after `max_attempts`), and makes nacked
+    /// messages whose delay has ended deliverable again.
+    pub fn expire(&mut self, now: Instant) -> Expired {
+        let mut done = Expired::default();
+        while let Some((seq, ())) = self.deadlines.pop_due(now) {
+            let Some(f) = self.in_flight.remove(&seq) else {
+                continue;
+            };
+            done.timed_out += 1;
+            if f.attempt >= self.config.max_attempts {
+                let reason = format!("ack timeout on attempt {}", f.attempt);
+                self.kill(seq, f.attempt, reason);
+                done.dead += 1;
+            } else {
+                self.redeliver.insert(seq, f.attempt);
+            }
+        }
+        while let Some((seq, attempt)) = self.delayed.pop_due(now) {
+            self.redeliver.insert(seq, attempt);
+            done.released += 1;
+        }
+        if done != Expired::default() {
+            self.timed_out += done.timed_out as u64;
+            self.dirty = true;
+        }
+        done
+    }
+
+    /// When [`Group::expire`] next has something to do.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        match (self.deadlines.next(), self.delayed.next()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Up to `max` messages due for the dead-letter topic, lowest sequence first. They stay
+    /// due (holding their slots) until [`Group::dead_lettered`] is called for them.
+    pub fn dead_letters(&self, max: usize) -> Vec<DeadLetter> {
+        self.dead.values().take(max).cloned().collect()
+    }
+
+    /// Marks `seq` as moved to the dead-letter topic (durably): it leaves the group.
+    pub fn dead_lettered(&mut self, seq: u64) -> bool {
+        let moved = self.dead.remove(&seq).is_some();
+        if moved {
+            self.dead_lettered += 1;
+            self.dirty = true;
+        }
+        moved
+    }
+
+    fn kill(&mut self, seq: u64, attempt: u32, reason: String) {
+        self.dead.insert(
+            seq,
+            DeadLetter {
+                seq,
+                attempt,
+                reason,
+            },
+        );
+        self.dirty = true;
+    }
+
+    fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.ack_timeout_ms)
+    }
+
+    /// Decides up to `budget` deliveries at `now`: redeliveries first (lowest sequence first),
+    /// then new messages below `committed_next`, round-robin across members with credit, while
+    /// the group is under `max_in_flight`. Each planned message is in flight from here on,
+    /// with an ack deadline of `ack_timeout` from `now`.
+    pub fn plan(&mut self, committed_next: u64, budget: usize, now: Instant, out: &mut Plan) {
+        let n = self.members.len();
+        let deadline = now + self.ack_timeout();
+        let mut planned = 0;
+        while planned < budget && self.held() < self.max_in_flight {
+            let Some(i) = (0..n)
+                .map(|k| (self.next_member + k) % n)
+                .find(|&i| self.members[i].credit > 0)
+            else {
+                break;
+            };
+            let (seq, previous_attempts) = if let Some(entry) = self.redeliver.pop_first() {
+                entry
+            } else if self.cursor < committed_next {
+                self.cursor += 1;
+                (self.cursor - 1, 0)
+            } else {
+                break;
+            };
+            let member = &mut self.members[i];
+            member.credit -= 1;
+            let attempt = previous_attempts + 1;
+            self.in_flight.insert(
+                seq,
+                InFlight {
+                    member: member.id,
+                    attempt,
+                    since: now,
+                },
+            );
+            self.deadlines.insert(seq, deadline, ());
+            out.push(Planned {
+                outbox: member.outbox.clone(),
+                member: member.id,
+                seq,
+                attempt,
+            });
+            self.next_member = (i + 1) % n;
+            planned += 1;
+        }
+        if planned > 0 {
+            self.dirty = true;
+        }
+    }
+
+    /// A snapshot for `ListTopics` and `DescribeTopic`, as of `now`.
+    pub fn info(&self, name: &str, committed_next: u64, now: Instant) -> GroupInfo {
+        let waiting = self.redeliver.len() + self.delayed.len();
+        let oldest = self.in_flight.values().map(|f| f.since).min();
+        GroupInfo {
+            name: name.to_string(),
+            in_flight: self.in_flight.len() as u64,
+            pending: committed_next.saturating_sub(self.cursor) + waiting as u64,
+            members: self.members.len() as u32,
+            credit: self.members.iter().map(|m| u64::from(m.credit)).sum(),
+            config: self.config.clone(),
+            timed_out: self.timed_out,
+            dead_lettered: self.dead_lettered,
+            dead_letter_held: self.dead.len() as u64,
+            oldest_unacked_ms: oldest.map(|t| now.saturating_duration_since(t).as_millis() as u64),
+        }
+    }
+
+    /// Detaches every member (the group is being deleted), returning each with the queue its
+    /// notices go to, so its connection can be told.
+    pub fn detach_all(&mut self) -> Vec<(MemberId, Outbox)> {
+        self.members.drain(..).map(|m| (m.id, m.notices)).collect()
+    }
+
+    /// How many members are attached.
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether `id` is attached.
+    pub fn has_member(&self, id: MemberId) -> bool {
+        self.members.iter().any(|m| m.id == id)
+    }
+
+    /// Whether the group has any member attached.
+    pub fn has_members(&self) -> bool {
+        !self.members.is_empty()
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Tracks one stall condition: starts the clock when it begins, clears it when it ends, and
+/// returns its duration each time it has lasted another `after` (restarting the clock, so a
+/// long stall is reported once per `after`, not on every check).
+fn overdue(
+    since: &mut Option<Instant>,
+    stalled: bool,
+    now: Instant,
+    after: Duration,
+) -> Option<Duration> {
+    if !stalled {
+        *since = None;
+        return None;
+    }
+    let start = *since.get_or_insert(now);
+    let for_ = now.saturating_duration_since(start);
+    if for_ >= after {
+        *since = Some(now);
+        return Some(for_);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Outbound;
+    use tokio::sync::mpsc;
+
+    fn config(max_attempts: u32) -> GroupConfig {
+        GroupConfig {
+            ack_timeout_ms: 1_000,
+            max_attempts,
+            dead_letter_topic: "t.dlq".into(),
+        }
+    }
+
+    fn test_group(start: u64, max_in_flight: u32) -> Group {
+        Group::with_config(start, max_in_flight, config(5))
+    }
+
+    fn member(sub: u64) -> (MemberId, Outbox, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(16);
+        (MemberId { conn: 1, sub }, tx, rx)
+    }
+
+    fn seqs(plan: &Plan) -> Vec<(u64, u64, u32)> {
+        plan.iter()
+            .map(|p| (p.member.sub, p.seq, p.attempt))
+            .collect()
+    }
+
+    #[test]
+    fn never_plans_more_than_the_credit_granted() {
+        let mut g = test_group(1, 100);
+        let (a, tx, _rx) = member(1);
+        g.join(a, tx.clone(), tx);
+        let mut plan = Plan::new();
+        g.plan(50, 1000, Instant::now(), &mut plan);
+        assert!(plan.is_empty(), "no credit, no delivery");
+        g.grant(a, 10, 100).unwrap();
+        g.plan(50, 1000, Instant::now(), &mut plan);
+        assert_eq!(plan.len(), 10);
+        g.plan(50, 1000, Instant::now(), &mut plan);
+        assert_eq!(plan.len(), 10, "credit used up");
+    }
+
+    #[test]
+    fn stops_at_max_in_flight_and_resumes_on_ack() {
+        let mut g = test_group(1, 3);
+        let (a, tx, _rx) = member(1);
+        g.join(a, tx.clone(), tx);
+        g.grant(a, 10, 100).unwrap();
+        let mut plan = Plan::new();
+        g.plan(50, 1000, Instant::now(), &mut plan);
+        assert_eq!(seqs(&plan), vec![(1, 1, 1), (1, 2, 1), (1, 3, 1)]);
+        assert_eq!(
+            g.ack(a, &[2, 2, 99]),
+            1,
+            "duplicates and unknown seqs are ignored"
+        );
+        plan.clear();
+        g.plan(50, 1000, Instant::now(), &mut plan);
+        assert_eq!(seqs(&plan), vec![(1, 4, 1)]);
+        assert_eq!(g.floor(), 1);
+    }
+
+    #[test]
+    fn members_share_round_robin_and_a_leaver_s_messages_are_redelivered() {
+        let mut g = test_group(1, 100);
+        let (a, txa, _ra) = member(1);
+        let (b, txb, _rb) = member(2);
+        g.join(a, txa.clone(), txa);
+        g.join(b, txb.clone(), txb);
+        g.grant(a, 2, 100).unwrap();
+        g.grant(b, 2, 100).unwrap();
+        let mut plan = Plan::new();
+        g.plan(10, 100, Instant::now(), &mut plan);
+        assert_eq!(
+            seqs(&plan),
+            vec![(1, 1, 1), (2, 2, 1), (1, 3, 1), (2, 4, 1)]
+        );
+        assert_eq!(g.leave(a), 2);
+        g.grant(b, 3, 100).unwrap();
+        plan.clear();
+        g.ack(b, &[2, 4]);
+        g.plan(10, 100, Instant::now(), &mut plan);
+        assert_eq!(seqs(&plan), vec![(2, 1, 2), (2, 3, 2), (2, 5, 1)]);
+    }
+
+    #[test]
+    fn eviction_skips_the_cursor_forgets_unacked_and_owes_every_member_a_gap() {
+        let mut g = test_group(1, 100);
+        let (a, txa, _ra) = member(1);
+        let (b, txb, _rb) = member(2);
+        g.join(a, txa.clone(), txa);
+        g.join(b, txb.clone(), txb);
+        g.grant(a, 3, 100).unwrap();
+        let mut plan = Plan::new();
+        g.plan(20, 100, Instant::now(), &mut plan); // 1, 2, 3 in flight to a
+        assert_eq!(g.evict_below(2), Some((1, 1)));
+        assert_eq!(g.evict_below(6), Some((2, 5)));
+        assert_eq!(g.evict_below(6), None, "nothing more needed below 6");
+        assert_eq!(
+            g.ack(a, &[2, 3]),
+            0,
+            "evicted messages are no longer in flight"
+        );
+        assert_eq!(g.floor(), 6);
+        let mut gaps = Vec::new();
+        g.take_gaps(&mut gaps);
+        let got: Vec<_> = gaps.iter().map(|n| (n.member.sub, n.from, n.to)).collect();
+        assert_eq!(got, vec![(1, 1, 5), (2, 1, 5)]);
+        g.restore_gap(b, 1, 5);
+        g.evict_below(8);
+        gaps.clear();
+        g.take_gaps(&mut gaps);
+        let got: Vec<_> = gaps.iter().map(|n| (n.member.sub, n.from, n.to)).collect();
+        assert_eq!(got, vec![(1, 6, 7), (2, 1, 7)]);
+    }
+
+    #[test]
+    fn stalls_are_reported_once_per_period_and_only_while_work_waits() {
+        let t0 = Instant::now();
+        let after = Duration::from_secs(30);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut g = test_group(1, 2);
+        let (a, tx, _rx) = member(1);
+        g.join(a, tx.clone(), tx);
+        let mut out = Vec::new();
+        g.stalls(1, at(0), after, &mut out);
+        g.stalls(1, at(100), after, &mut out);
+        assert!(
+            out.is_empty(),
+            "no credit but nothing waiting is not a stall"
+        );
+        g.stalls(10, at(100), after, &mut out);
+        g.stalls(10, at(129), after, &mut out);
+        assert!(out.is_empty());
+        g.stalls(10, at(130), after, &mut out);
+        assert_eq!(
+            out,
+            vec![Stall::NoCredit {
+                member: a,
+                for_: Duration::from_secs(30)
+            }]
+        );
+        out.clear();
+        g.grant(a, 5, 100).unwrap();
+        let mut plan = Plan::new();
+        g.plan(10, 100, Instant::now(), &mut plan); // 2 in flight: the group is full
+        g.stalls(10, at(131), after, &mut out);
+        g.stalls(10, at(160), after, &mut out);
+        assert!(out.is_empty());
+        g.stalls(10, at(161), after, &mut out);
+        g.stalls(10, at(170), after, &mut out);
+        assert_eq!(
+            out,
+            vec![Stall::AtMaxInFlight {
+                for_: Duration::from_secs(30)
+            }]
+        );
+        out.clear();
+        g.ack(a, &[1]);
+        g.stalls(10, at(200), after, &mut out);
+        assert!(out.is_empty(), "an ack ends the stall");
+    }
+
+    #[test]
+    fn credit_is_bounded() {
+        let mut g = test_group(1, 100);
+        let (a, tx, _rx) = member(1);
+        g.join(a, tx.clone(), tx);
+        g.grant(a, 8, 10).unwrap();
+        assert_eq!(
+            g.grant(a, 3, 10),
+            Err(GrantError::TooMuch {
+                outstanding: 8,
+                max: 10
+            })
+        );
+        assert_eq!(
+            g.grant(a, u32::MAX, u32::MAX),
+            Err(GrantError::TooMuch {
+                outstanding: 8,
+                max: u32::MAX
+            })
+        );
+        let stranger = MemberId { conn: 9, sub: 9 };
+        assert_eq!(g.grant(stranger, 1, 10), Err(GrantError::UnknownMember));
+    }
+
+    #[test]
+    fn record_and_recover_keep_unacked_messages_and_their_attempts() {
+        let mut g = test_group(5, 100);
+        let (a, tx, _rx) = member(1);
+        g.join(a, tx.clone(), tx);
+        g.grant(a, 4, 100).unwrap();
+        let mut plan = Plan::new();
+        g.plan(20, 100, Instant::now(), &mut plan);
+        g.ack(a, &[6]);
+        let record = g.record();
+        assert_eq!(
+            record,
+            GroupRecord {
+                cursor: 9,
+                unacked: vec![(5, 1), (7, 1), (8, 1)],
+                config: Some(config(5)),
+                ..GroupRecord::default()
+            }
+        );
+        let mut back = Group::recover(&record, 6, 100, &config(9));
+        assert_eq!(
+            back.floor(),
+            7,
+            "seq 5 is below the topic's first stored message"
+        );
+        let (b, txb, _rb) = member(2);
+        back.join(b, txb.clone(), txb);
+        back.grant(b, 3, 100).unwrap();
+        plan.clear();
+        back.plan(20, 100, Instant::now(), &mut plan);
+        assert_eq!(seqs(&plan), vec![(2, 7, 2), (2, 8, 2), (2, 9, 1)]);
+    }
+
+    /// A group with one member holding `credit`, and that member's id.
+    fn with_member(max_attempts: u32, credit: u32) -> (Group, MemberId, mpsc::Receiver<Outbound>) {
+        let mut g = Group::with_config(1, 100, config(max_attempts));
+        let (a, tx, rx) = member(1);
+        g.join(a, tx.clone(), tx);
+        g.grant(a, credit, 1000).unwrap();
+        (g, a, rx)
+    }
+
+    #[test]
+    fn an_unacked_delivery_returns_at_its_deadline_with_the_next_attempt() {
+        let (mut g, a, _rx) = with_member(5, 10);
+        let t0 = Instant::now();
+        let mut plan = Plan::new();
+        g.plan(2, 10, t0, &mut plan);
+        assert_eq!(seqs(&plan), vec![(1, 1, 1)]);
+        assert_eq!(g.next_expiry(), Some(t0 + Duration::from_secs(1)));
+        assert_eq!(
+            g.expire(t0 + Duration::from_millis(999)),
+            Expired::default()
+        );
+        let done = g.expire(t0 + Duration::from_secs(1));
+        assert_eq!((done.timed_out, done.dead), (1, 0));
+        plan.clear();
+        g.plan(2, 10, t0 + Duration::from_secs(1), &mut plan);
+        assert_eq!(seqs(&plan), vec![(1, 1, 2)], "redelivered with attempt 2");
+        assert_eq!(g.ack(a, &[1]), 1);
+        assert_eq!((g.next_expiry(), g.floor()), (None, 2));
+    }
+
+    #[test]
+    fn progress_moves_the_deadline_and_only_for_the_member_holding_it() {
+        let (mut g, a, _rx) = with_member(5, 10);
+        let t0 = Instant::now();
+        let mut plan = Plan::new();
+        g.plan(2, 10, t0, &mut plan);
+        let other = MemberId { conn: 9, sub: 9 };
+        assert_eq!(g.progress(other, &[1], t0 + Duration::from_millis(900)), 0);
+        assert_eq!(g.progress(a, &[1], t0 + Duration::from_millis(900)), 1);
+        assert_eq!(g.expire(t0 + Duration::from_secs(1)).timed_out, 0);
+        assert_eq!(g.expire(t0 + Duration::from_millis(1900)).timed_out, 1);
+    }
+
+    #[test]
+    fn a_nack_waits_its_delay_and_holds_its_slot_meanwhile() {
+        let mut g = Group::with_config(1, 1, config(5));
+        let (a, tx, _rx) = member(1);
+        g.join(a, tx.clone(), tx);
+        g.grant(a, 10, 100).unwrap();
+        let t0 = Instant::now();
+        let mut plan = Plan::new();
+        g.plan(5, 10, t0, &mut plan);
+        assert_eq!(g.nack(a, &[1, 7], Duration::from_millis(500), t0), (1, 0));
+        plan.clear();
+        g.plan(5, 10, t0, &mut plan);
+        assert!(plan.is_empty(), "the nacked message keeps the only slot");
+        assert_eq!(g.expire(t0 + Duration::from_millis(499)).released, 0);
+        assert_eq!(g.expire(t0 + Duration::from_millis(500)).released, 1);
+        g.plan(5, 10, t0 + Duration::from_millis(500), &mut plan);
+        assert_eq!(
+            seqs(&plan),
+            vec![(1, 1, 2)],
+            "redelivered no sooner than the delay"
+        );
+    }
+
+    #[test]
+    fn the_last_attempt_s_timeout_or_nack_and_any_term_make_dead_letters() {
+        let (mut g, a, _rx) = with_member(2, 10);
+        let t0 = Instant::now();
+        let late = t0 + Duration::from_secs(5);
+        let mut plan = Plan::new();
+        g.plan(4, 10, t0, &mut plan); // 1, 2, 3
+        g.expire(late); // all three time out (attempt 1 of 2)
+        plan.clear();
+        g.plan(4, 10, late, &mut plan); // attempt 2 of each
+        assert_eq!(seqs(&plan), vec![(1, 1, 2), (1, 2, 2), (1, 3, 2)]);
+        let done = g.expire(late + Duration::from_millis(999));
+        assert_eq!(done.dead, 0);
+        assert_eq!(
+            g.nack(a, &[2], Duration::ZERO, late),
+            (1, 1),
+            "nacked on its last attempt"
+        );
+        assert_eq!(g.term(a, &[3], "bad input"), 1);
+        let done = g.expire(late + Duration::from_secs(1));
+        assert_eq!((done.timed_out, done.dead), (1, 1));
+        let dead = g.dead_letters(10);
+        let reasons: Vec<(u64, u32, &str)> = dead
+            .iter()
+            .map(|d| (d.seq, d.attempt, d.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (1, 2, "ack timeout on attempt 2"),
+                (2, 2, "nacked on attempt 2"),
+                (3, 2, "bad input")
+            ]
+        );
+        assert_eq!(g.floor(), 1, "dead letters hold the floor until moved");
+        assert!(g.dead_lettered(1) && g.dead_lettered(2) && g.dead_lettered(3));
+        assert!(!g.dead_lettered(3));
+        assert_eq!(g.floor(), 4);
+        assert_eq!(g.info("g", 4, late).dead_lettered, 3);
+    }
+
+    #[test]
+    fn nacks_and_dead_letters_survive_the_record() {
+        let (mut g, a, _rx) = with_member(1, 10);
+        let t0 = Instant::now();
+        let mut plan = Plan::new();
+        g.plan(4, 10, t0, &mut plan);
+        g.nack(a, &[1], Duration::ZERO, t0); // attempt 1 of 1: dead
+        g.config.max_attempts = 5;
+        g.nack(a, &[2], Duration::from_secs(60), t0);
+        let rec = g.record();
+        assert_eq!(rec.unacked, vec![(3, 1)]);
+        assert_eq!(rec.dead, vec![(1, 1, "nacked on attempt 1".to_string())]);
+        assert_eq!(rec.delayed.len(), 1);
+        let back = Group::recover(&rec, 1, 100, &config(9));
+        assert_eq!(
+            back.config().max_attempts,
+            5,
+            "its own settings, not the defaults"
+        );
+        assert_eq!(back.dead_letters(10).len(), 1);
+        assert_eq!(back.floor(), 1);
+        let expiry = back
+            .next_expiry()
+            .expect("the nack delay is still scheduled");
+        assert!(expiry > Instant::now() + Duration::from_secs(50));
+    }
+}

@@ -1,0 +1,494 @@
+//! At-least-once delivery: ack deadlines, nack with delay, term, `max_attempts` and
+//! dead-letter topics (origin headers, a full dead-letter topic holds, never drops), start
+//! positions, group and topic deletion.
+
+use std::time::{Duration, Instant};
+
+use weir_protocol::*;
+use weir_tests::wire::wait_for_topic;
+use weir_tests::{RawClient, TestBroker};
+
+/// Settings of a group whose deliveries time out after `ack_timeout_ms`.
+fn spec(ack_timeout_ms: u64, max_attempts: u32) -> GroupSpec {
+    GroupSpec {
+        ack_timeout_ms: Some(ack_timeout_ms),
+        max_attempts: Some(max_attempts),
+        ..GroupSpec::default()
+    }
+}
+
+async fn publish_with_headers(
+    client: &mut RawClient,
+    id: u64,
+    topic: &str,
+    headers: Headers,
+    payload: &'static [u8],
+) -> u64 {
+    client
+        .send(Frame::Publish(Publish {
+            id,
+            topic: topic.into(),
+            headers,
+            payload: payload.into(),
+        }))
+        .await;
+    match client.recv().await {
+        Frame::PublishOk(ok) => ok.seq,
+        other => panic!("expected PublishOk, got {other:?}"),
+    }
+}
+
+async fn deliver(client: &mut RawClient) -> Deliver {
+    match client.recv().await {
+        Frame::Deliver(d) => d,
+        other => panic!("expected Deliver, got {other:?}"),
+    }
+}
+
+fn header<'a>(d: &'a Deliver, name: &str) -> Option<&'a str> {
+    d.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn an_unacked_message_is_redelivered_once_per_timeout_then_dead_lettered_with_its_origin() {
+    let broker = TestBroker::start().await;
+    let mut publisher = RawClient::connect(broker.addr).await;
+    let headers = vec![("trace".to_string(), "abc".to_string())];
+    let seq = publish_with_headers(&mut publisher, 1, "jobs", headers, b"poison").await;
+    let mut consumer = RawClient::connect(broker.addr).await;
+    consumer
+        .subscribe_with(1, "jobs", "workers", 10, spec(200, 3))
+        .await;
+    let mut last = Instant::now();
+    for attempt in 1..=3 {
+        let d = deliver(&mut consumer).await;
+        assert_eq!((d.seq, d.attempt), (seq, attempt));
+        if attempt > 1 {
+            assert!(
+                last.elapsed() >= Duration::from_millis(200),
+                "attempt {attempt} came before the ack timeout"
+            );
+        }
+        last = Instant::now();
+    }
+    assert!(
+        consumer
+            .recv_within(Duration::from_millis(600))
+            .await
+            .is_none(),
+        "no fourth delivery after max_attempts"
+    );
+    let mut reader = RawClient::connect(broker.addr).await;
+    reader.subscribe(1, "jobs.dlq", "audit", 10).await;
+    let dead = deliver(&mut reader).await;
+    assert_eq!(&dead.payload[..], b"poison");
+    assert_eq!(
+        header(&dead, "trace"),
+        Some("abc"),
+        "its own headers are kept"
+    );
+    assert_eq!(header(&dead, "weir-origin-topic"), Some("jobs"));
+    assert_eq!(
+        header(&dead, "weir-origin-seq"),
+        Some(seq.to_string().as_str())
+    );
+    assert_eq!(header(&dead, "weir-origin-group"), Some("workers"));
+    assert_eq!(header(&dead, "weir-attempts"), Some("3"));
+    assert_eq!(
+        header(&dead, "weir-reason"),
+        Some("ack timeout on attempt 3")
+    );
+    let info = wait_for_topic(&mut publisher, "jobs", |t| t.depth == 0).await;
+    let g = &info.groups[0];
+    assert_eq!(
+        (g.timed_out, g.dead_lettered, g.dead_letter_held),
+        (3, 1, 0)
+    );
+    let dlq = wait_for_topic(&mut publisher, "jobs.dlq", |_| true).await;
+    assert_eq!(dlq.config.overflow, OverflowPolicy::Reject);
+    assert_eq!(
+        dlq.config.max_messages, info.config.max_messages,
+        "the source's bounds"
+    );
+}
+
+#[tokio::test]
+async fn a_nacked_message_comes_back_no_sooner_than_its_delay_and_progress_keeps_one() {
+    let broker = TestBroker::start().await;
+    let mut publisher = RawClient::connect(broker.addr).await;
+    publisher.publish("retry", &b"a"[..]).await;
+    publisher.publish("retry", &b"b"[..]).await;
+    let mut consumer = RawClient::connect(broker.addr).await;
+    consumer
+        .subscribe_with(1, "retry", "g", 10, spec(400, 5))
+        .await;
+    let (a, b) = (deliver(&mut consumer).await, deliver(&mut consumer).await);
+    let nacked_at = Instant::now();
+    consumer
+        .send(Frame::Nack(Nack {
+            sub: 1,
+            seqs: vec![a.seq],
+            delay_ms: 300,
+        }))
+        .await;
+    // Keep b alive past its 400 ms deadline with progress every 150 ms.
+    let mut again = None;
+    while again.is_none() {
+        consumer
+            .send(Frame::Progress(Progress {
+                sub: 1,
+                seqs: vec![b.seq],
+            }))
+            .await;
+        if let Some(Frame::Deliver(d)) = consumer.recv_within(Duration::from_millis(150)).await {
+            again = Some(d);
+        }
+        assert!(
+            nacked_at.elapsed() < Duration::from_secs(10),
+            "the nacked message never came back"
+        );
+    }
+    let again = again.unwrap();
+    assert_eq!((again.seq, again.attempt), (a.seq, 2));
+    assert!(
+        nacked_at.elapsed() >= Duration::from_millis(300),
+        "redelivered before the nack delay"
+    );
+    // b was never redelivered: progress kept its deadline moving for ~300+ ms past 400.
+    // (a is in flight again too, with a fresh deadline: keep both.)
+    for _ in 0..3 {
+        consumer
+            .send(Frame::Progress(Progress {
+                sub: 1,
+                seqs: vec![a.seq, b.seq],
+            }))
+            .await;
+        assert!(consumer
+            .recv_within(Duration::from_millis(150))
+            .await
+            .is_none());
+    }
+    consumer
+        .send(Frame::Ack(Ack {
+            sub: 1,
+            seqs: vec![a.seq, b.seq],
+        }))
+        .await;
+    let info = wait_for_topic(&mut publisher, "retry", |t| t.depth == 0).await;
+    assert_eq!(info.groups[0].timed_out, 0);
+}
+
+#[tokio::test]
+async fn term_dead_letters_at_once_and_a_full_dead_letter_topic_holds_the_message_in_flight() {
+    let broker = TestBroker::start().await;
+    let mut admin = RawClient::connect(broker.addr).await;
+    let full = TopicSpec {
+        name: "orders.dlq".into(),
+        max_messages: Some(1),
+        ..TopicSpec::default()
+    };
+    assert!(matches!(
+        admin.create_topic(full).await,
+        Frame::TopicCreated(_)
+    ));
+    admin.publish("orders", &b"one"[..]).await;
+    admin.publish("orders", &b"two"[..]).await;
+    let mut consumer = RawClient::connect(broker.addr).await;
+    consumer.subscribe(1, "orders", "g", 10).await;
+    let (one, two) = (deliver(&mut consumer).await, deliver(&mut consumer).await);
+    consumer
+        .send(Frame::Term(Term {
+            sub: 1,
+            seqs: vec![one.seq, two.seq],
+            reason: "unparseable".into(),
+        }))
+        .await;
+    // The dead-letter topic takes one; the other is held on its source, not dropped.
+    let info = wait_for_topic(&mut admin, "orders", |t| {
+        t.groups[0].dead_lettered == 1 && t.groups[0].dead_letter_held == 1
+    })
+    .await;
+    assert_eq!(info.depth, 1, "the held message is still stored");
+    assert!(broker.broker.metrics().dead_letter_refused.get() >= 1);
+    // Draining the dead-letter topic lets the held message through.
+    let mut reader = RawClient::connect(broker.addr).await;
+    reader.subscribe(1, "orders.dlq", "audit", 10).await;
+    let first = deliver(&mut reader).await;
+    assert_eq!(header(&first, "weir-reason"), Some("unparseable"));
+    reader
+        .send(Frame::Ack(Ack {
+            sub: 1,
+            seqs: vec![first.seq],
+        }))
+        .await;
+    let second = deliver(&mut reader).await;
+    let mut origins = [
+        header(&first, "weir-origin-seq").unwrap().to_string(),
+        header(&second, "weir-origin-seq").unwrap().to_string(),
+    ];
+    origins.sort();
+    assert_eq!(origins, [one.seq.to_string(), two.seq.to_string()]);
+    let info = wait_for_topic(&mut admin, "orders", |t| t.depth == 0).await;
+    assert_eq!(
+        (
+            info.groups[0].dead_lettered,
+            info.groups[0].dead_letter_held
+        ),
+        (2, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_new_group_starts_where_its_first_subscriber_asks() {
+    let broker = TestBroker::start().await;
+    let mut publisher = RawClient::connect(broker.addr).await;
+    for i in 0..5u8 {
+        publisher.publish("events", vec![i]).await;
+    }
+    let mut latest = RawClient::connect(broker.addr).await;
+    let start = |start| GroupSpec {
+        start,
+        ..GroupSpec::default()
+    };
+    latest
+        .subscribe_with(1, "events", "latest", 10, start(StartPosition::Latest))
+        .await;
+    let mut from3 = RawClient::connect(broker.addr).await;
+    from3
+        .subscribe_with(1, "events", "from3", 10, start(StartPosition::Seq(3)))
+        .await;
+    let mut earliest = RawClient::connect(broker.addr).await;
+    earliest
+        .subscribe_with(1, "events", "earliest", 10, start(StartPosition::Earliest))
+        .await;
+    publisher.publish("events", vec![5]).await;
+    let seqs = |ds: Vec<Deliver>| ds.into_iter().map(|d| d.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(latest.deliveries(1).await), vec![6]);
+    assert_eq!(seqs(from3.deliveries(4).await), vec![3, 4, 5, 6]);
+    assert_eq!(seqs(earliest.deliveries(6).await), vec![1, 2, 3, 4, 5, 6]);
+    assert!(latest
+        .recv_within(Duration::from_millis(200))
+        .await
+        .is_none());
+}
+
+#[tokio::test]
+async fn deleting_a_group_is_refused_while_attached_unless_forced() {
+    let broker = TestBroker::start().await;
+    let mut admin = RawClient::connect(broker.addr).await;
+    admin.publish("t", &b"x"[..]).await;
+    let mut consumer = RawClient::connect(broker.addr).await;
+    consumer.subscribe(7, "t", "g", 10).await;
+    deliver(&mut consumer).await;
+    let delete = |force| {
+        Frame::DeleteGroup(DeleteGroup {
+            req: 9,
+            topic: "t".into(),
+            group: "g".into(),
+            force,
+        })
+    };
+    admin.send(delete(false)).await;
+    assert!(matches!(admin.recv().await, Frame::Error(e) if e.code == ErrorCode::InUse));
+    admin.send(delete(true)).await;
+    assert_eq!(
+        admin.recv().await,
+        Frame::GroupDeleted(GroupDeleted { req: 9 })
+    );
+    assert_eq!(
+        consumer.recv().await,
+        Frame::Unsubscribed(Unsubscribed { sub: 7 })
+    );
+    admin.send(delete(true)).await;
+    assert!(matches!(admin.recv().await, Frame::Error(e) if e.code == ErrorCode::UnknownGroup));
+    // The group's unacked message no longer holds the topic; the same id can subscribe again,
+    // and a group of that name starts afresh.
+    let info = wait_for_topic(&mut admin, "t", |t| t.groups.is_empty()).await;
+    assert_eq!(info.depth, 1, "no group acked it: kept up to the bound");
+    consumer.subscribe(7, "t", "g", 10).await;
+    assert_eq!(deliver(&mut consumer).await.attempt, 1);
+}
+
+#[tokio::test]
+async fn deleting_a_topic_removes_its_messages_groups_and_files() {
+    let broker = TestBroker::start().await;
+    let mut admin = RawClient::connect(broker.addr).await;
+    admin.publish("gone", &b"1"[..]).await;
+    admin.publish("gone", &b"2"[..]).await;
+    let mut consumer = RawClient::connect(broker.addr).await;
+    consumer.subscribe(1, "gone", "g", 10).await;
+    let delete = |force| {
+        Frame::DeleteTopic(DeleteTopic {
+            req: 3,
+            name: "gone".into(),
+            force,
+        })
+    };
+    admin.send(delete(false)).await;
+    assert!(matches!(admin.recv().await, Frame::Error(e) if e.code == ErrorCode::InUse));
+    admin.send(delete(true)).await;
+    // The consumer may have got deliveries first; then it is told the subscription is over.
+    loop {
+        match consumer.recv().await {
+            Frame::Deliver(_) => continue,
+            other => {
+                assert_eq!(other, Frame::Unsubscribed(Unsubscribed { sub: 1 }));
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        admin.recv().await,
+        Frame::TopicDeleted(TopicDeleted { req: 3 })
+    );
+    assert!(admin.list().await.iter().all(|t| t.config.name != "gone"));
+    assert!(!broker.dir.path().join("topics").join("gone").exists());
+    admin.send(delete(false)).await;
+    assert!(matches!(admin.recv().await, Frame::Error(e) if e.code == ErrorCode::UnknownTopic));
+    // A topic of the same name starts empty.
+    assert!(matches!(admin.publish("gone", &b"3"[..]).await, Frame::PublishOk(ok) if ok.seq == 1));
+    let broker = broker.restart().await;
+    let mut admin = RawClient::connect(broker.addr).await;
+    let info = wait_for_topic(&mut admin, "gone", |_| true).await;
+    assert_eq!(
+        (info.depth, info.groups.len()),
+        (1, 0),
+        "no group came back after restart"
+    );
+}
+
+#[tokio::test]
+async fn group_settings_and_pending_dead_letters_survive_a_restart() {
+    let broker = TestBroker::start_with(|c| c.groups.max_nack_delay_ms = 60_000).await;
+    let mut admin = RawClient::connect(broker.addr).await;
+    admin.publish("keep", &b"x"[..]).await;
+    let mut consumer = RawClient::connect(broker.addr).await;
+    consumer
+        .subscribe_with(1, "keep", "g", 10, spec(5_000, 2))
+        .await;
+    let d = deliver(&mut consumer).await;
+    consumer
+        .send(Frame::Nack(Nack {
+            sub: 1,
+            seqs: vec![d.seq],
+            delay_ms: 60_000,
+        }))
+        .await;
+    wait_for_topic(&mut admin, "keep", |t| {
+        t.groups[0].pending == 1 && t.groups[0].in_flight == 0
+    })
+    .await;
+    drop(consumer);
+    let broker = broker.restart().await;
+    let mut admin = RawClient::connect(broker.addr).await;
+    let info = wait_for_topic(&mut admin, "keep", |_| true).await;
+    let config = &info.groups[0].config;
+    assert_eq!((config.ack_timeout_ms, config.max_attempts), (5_000, 2));
+    assert_eq!(config.dead_letter_topic, "keep.dlq");
+    let mut consumer = RawClient::connect(broker.addr).await;
+    consumer.subscribe(1, "keep", "g", 10).await;
+    assert!(
+        consumer
+            .recv_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "the nack delay survived the restart"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_letter_appended_just_before_a_crash_is_not_moved_twice() {
+    let broker = TestBroker::start().await;
+    let mut admin = RawClient::connect(broker.addr).await;
+    // The dead-letter topic already holds the copy the mover appended just before a "crash",
+    // and is full, so the mover cannot append (or mark it moved) before the restart.
+    let full = TopicSpec {
+        name: "x.dlq".into(),
+        max_messages: Some(1),
+        ..TopicSpec::default()
+    };
+    assert!(matches!(
+        admin.create_topic(full).await,
+        Frame::TopicCreated(_)
+    ));
+    admin.publish("x", &b"payload"[..]).await;
+    let origin = vec![
+        ("weir-origin-topic".to_string(), "x".to_string()),
+        ("weir-origin-seq".to_string(), "1".to_string()),
+        ("weir-origin-group".to_string(), "g".to_string()),
+    ];
+    publish_with_headers(&mut admin, 99, "x.dlq", origin, b"payload").await;
+    let mut consumer = RawClient::connect(broker.addr).await;
+    consumer.subscribe(1, "x", "g", 10).await;
+    let d = deliver(&mut consumer).await;
+    consumer
+        .send(Frame::Term(Term {
+            sub: 1,
+            seqs: vec![d.seq],
+            reason: "bad".into(),
+        }))
+        .await;
+    wait_for_topic(&mut admin, "x", |t| t.groups[0].dead_letter_held == 1).await;
+    drop(consumer);
+    let broker = broker.restart().await;
+    let mut admin = RawClient::connect(broker.addr).await;
+    let source = wait_for_topic(&mut admin, "x", |t| t.depth == 0).await;
+    assert_eq!(source.groups[0].dead_letter_held, 0);
+    let dlq = wait_for_topic(&mut admin, "x.dlq", |_| true).await;
+    assert_eq!(dlq.depth, 1, "recorded as moved, not appended again");
+    assert_eq!(broker.broker.metrics().dead_letter_refused.get(), 0);
+}
+
+#[tokio::test]
+async fn a_publish_whose_delivery_could_not_fit_a_frame_is_refused_not_stored() {
+    const MAX_FRAME: u32 = 65_536;
+    let broker = TestBroker::start_with(|c| {
+        c.limits.max_frame_bytes = MAX_FRAME;
+        c.topic_defaults.max_message_bytes = 60_000;
+    })
+    .await;
+    let mut client = RawClient::connect(broker.addr).await;
+    // A publish of exactly the frame limit: its delivery (which carries a subscription id,
+    // a sequence and an attempt instead of the topic name) could be larger.
+    let publish = |value_len: usize| Publish {
+        id: 1,
+        topic: "t".into(),
+        headers: vec![("h".to_string(), "v".repeat(value_len))],
+        payload: vec![0u8; 60_000].into(),
+    };
+    let body_len = |p: &Publish| {
+        let mut buf = bytes::BytesMut::new();
+        WeirCodec::new(MAX_FRAME as usize * 2)
+            .encode_frame(&Frame::Publish(p.clone()), &mut buf)
+            .unwrap();
+        buf.len() - 4
+    };
+    let mut value_len = 0;
+    while body_len(&publish(value_len)) < MAX_FRAME as usize {
+        value_len += 1;
+    }
+    let at_limit = publish(value_len);
+    assert_eq!(body_len(&at_limit), MAX_FRAME as usize);
+    client.send(Frame::Publish(at_limit)).await;
+    match client.recv().await {
+        Frame::Rejected(r) => {
+            assert_eq!(r.reason, RejectReason::MessageTooLarge);
+            assert_eq!(
+                (r.limit.name.as_str(), r.limit.value),
+                ("max_frame_bytes", u64::from(MAX_FRAME))
+            );
+            assert_eq!(r.retry_after_ms, None);
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    // With room for the delivery's own fields it is stored and delivered.
+    let fits = publish(value_len - 32);
+    client.send(Frame::Publish(fits.clone())).await;
+    assert!(matches!(client.recv().await, Frame::PublishOk(ok) if ok.seq == 1));
+    client.subscribe(1, "t", "g", 1).await;
+    let d = deliver(&mut client).await;
+    assert_eq!((d.headers, d.payload.len()), (fits.headers, 60_000));
+}
