@@ -507,6 +507,7 @@ impl Connection {
             Err(r) => {
                 self.broker.metrics().refused(r.reason);
                 admission.log_refusal(&p.topic, &r);
+                topic.note_refusal(&r);
                 return self.send(rejected(p.id, r)).await;
             }
         };
@@ -542,6 +543,9 @@ impl Connection {
         let admission = self.broker.admission();
         let r = admission.memory_refusal(Instant::now());
         admission.log_refusal(&p.topic, &r);
+        if let Some(topic) = self.broker.topic(&p.topic) {
+            topic.note_refusal(&r);
+        }
         self.send(rejected(p.id, r)).await
     }
 

@@ -146,6 +146,27 @@ pub struct TopicInfo {
     pub parked: u64,
     /// Publishes refused since the broker started, any reason.
     pub rejected: u64,
+    /// Messages leaving the topic per second (acked by every group, or dead-lettered), over the
+    /// last few seconds.
+    pub drain_per_s: u64,
+    /// The bound refusing publishes to this topic right now: the latest refusal, if it was
+    /// less than two seconds ago.
+    pub refusing: Option<ActiveRefusal>,
+}
+
+/// A bound that is refusing work right now (see [`TopicInfo::refusing`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveRefusal {
+    /// Why publishes are refused.
+    pub reason: RejectReason,
+    /// The bound that fired.
+    pub limit: Limit,
+    /// The retry hint of the latest refusal.
+    pub retry_after_ms: Option<u64>,
+    /// How long ago the latest refusal was, in milliseconds.
+    pub age_ms: u64,
+    /// Refusals of this topic in the last second.
+    pub last_second: u64,
 }
 
 /// One message evicted by `drop_oldest`, as kept in a topic's bounded sample of recent drops.

@@ -126,6 +126,14 @@ fn topic_info() -> impl Strategy<Value = TopicInfo> {
             dropped: depth / 2,
             parked: bytes % 7,
             rejected: next_seq / 3,
+            drain_per_s: depth % 11,
+            refusing: (depth % 2 == 0).then(|| ActiveRefusal {
+                reason: RejectReason::TopicFull,
+                limit: Limit::new("max_messages", depth),
+                retry_after_ms: Some(bytes),
+                age_ms: next_seq,
+                last_second: depth / 3,
+            }),
         })
 }
 

@@ -44,6 +44,17 @@ async fn the_101st_publish_is_refused_until_a_consumer_acks() {
         }
         other => panic!("expected Rejected, got {other:?}"),
     }
+    // The topic says which bound is refusing its publishers.
+    let info = wait_for_topic(&mut client, "full", |_| true).await;
+    let refusing = info.refusing.expect("a refusal just now is active");
+    assert_eq!(
+        (
+            refusing.reason,
+            refusing.limit.name.as_str(),
+            refusing.last_second
+        ),
+        (RejectReason::TopicFull, "max_messages", 1)
+    );
 
     let mut consumer = RawClient::connect(broker.addr).await;
     consumer.subscribe(1, "full", "g", 10).await;

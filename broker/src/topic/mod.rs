@@ -12,6 +12,7 @@ mod dispatch;
 mod drain;
 mod groups;
 mod parking;
+mod refusing;
 mod tail;
 mod writer;
 
@@ -40,6 +41,7 @@ use crate::storage::state::{GroupRecord, StateStore};
 use admit::{Decision, DropWarning};
 use drain::DrainRate;
 use parking::{Parked, ParkingQueue};
+use refusing::RecentRefusals;
 use tail::TailCache;
 use writer::Append;
 
@@ -195,6 +197,8 @@ pub struct Topic {
     stop: CancellationToken,
     /// The writer's and the dispatcher's tasks, awaited when the topic is deleted.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Which bound refused publishes to this topic lately.
+    recent_refusals: Mutex<RecentRefusals>,
 }
 
 /// Locks a mutex, carrying on if a panicking thread poisoned it (the state stays consistent:
@@ -284,6 +288,7 @@ impl Topic {
             dead_letters: env.dead_letters.clone(),
             stop: env.stop.child_token(),
             tasks: Mutex::new(Vec::new()),
+            recent_refusals: Mutex::new(RecentRefusals::default()),
         });
         let max_batch = broker.storage.commit_max_batch as usize;
         let writer = env.tasks.spawn_on(
@@ -455,6 +460,7 @@ impl Topic {
     }
 
     fn info_of(&self, st: &TopicState) -> TopicInfo {
+        let now = Instant::now();
         TopicInfo {
             config: self.config.clone(),
             depth: st.sizes.len() as u64,
@@ -463,12 +469,20 @@ impl Topic {
             groups: st
                 .groups
                 .iter()
-                .map(|(name, g)| g.info(name, st.committed_next, Instant::now()))
+                .map(|(name, g)| g.info(name, st.committed_next, now))
                 .collect(),
             dropped: self.counters.dropped.get(),
             parked: st.parked.len() as u64,
             rejected: self.counters.rejected.get(),
+            drain_per_s: st.drain.per_second(now).round() as u64,
+            refusing: lock(&self.recent_refusals).active(now),
         }
+    }
+
+    /// Records that a publish to this topic was refused (here or by admission before it), so
+    /// [`TopicInfo::refusing`] can say which bound is holding publishers back.
+    pub fn note_refusal(&self, refusal: &Refusal) {
+        lock(&self.recent_refusals).note(refusal, Instant::now());
     }
 
     /// Writes the state of every group that changed since the last call to the state store

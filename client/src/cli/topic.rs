@@ -352,6 +352,8 @@ mod tests {
                 dropped: 3,
                 parked: 1,
                 rejected: 7,
+                drain_per_s: 0,
+                refusing: None,
             },
             recent_drops: vec![
                 drop(1, 3, b"one", 10_000),
@@ -456,6 +458,8 @@ mod tests {
             dropped: 12,
             parked: 0,
             rejected: 345,
+            drain_per_s: 0,
+            refusing: None,
             groups: vec![GroupInfo {
                 name: "billing".into(),
                 in_flight: 1,
