@@ -49,6 +49,14 @@ pub enum OpenError {
     /// A blocking task panicked.
     #[error("startup task failed: {0}")]
     Join(String),
+    /// The admin endpoint's address could not be bound.
+    #[error("cannot listen on admin address {addr}: {source}")]
+    Admin {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Why a topic could not be found or created.
@@ -92,6 +100,8 @@ struct Shared {
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     creating: tokio::sync::Mutex<()>,
     next_connection: AtomicU64,
+    /// Set when a graceful stop begins (readiness turns false).
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// The broker's shared state. Cheap to clone.
@@ -120,6 +130,7 @@ impl Broker {
                 topics: RwLock::new(topics),
                 creating: tokio::sync::Mutex::new(()),
                 next_connection: AtomicU64::new(1),
+                shutting_down: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         broker
@@ -293,9 +304,16 @@ impl Broker {
         registry.values().cloned().collect()
     }
 
-    /// The first step of a graceful stop: refuses every parked publish (`block` topics) with
-    /// `ShuttingDown`, so connections can answer them instead of waiting out the grace period.
+    /// Whether a graceful stop has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// The first step of a graceful stop: marks the broker not ready and refuses every parked
+    /// publish (`block` topics) with `ShuttingDown`, so connections can answer them instead of
+    /// waiting out the grace period.
     pub fn refuse_parked(&self) {
+        self.shared.shutting_down.store(true, Ordering::Relaxed);
         for topic in self.topics() {
             topic.refuse_parked(weir_protocol::RejectReason::ShuttingDown);
         }

@@ -26,6 +26,8 @@ pub struct Config {
     pub topic_defaults: TopicDefaults,
     /// Settings a group gets when its first subscription leaves them unset.
     pub groups: GroupDefaults,
+    /// The HTTP admin endpoint (metrics, health, topics, publish over HTTP).
+    pub admin: AdminConfig,
     /// Storage tuning.
     pub storage: StorageConfig,
     /// Rate limits of keys that do not set their own, and of anonymous clients.
@@ -121,6 +123,25 @@ pub struct TopicDefaults {
     pub max_block_ms: u64,
 }
 
+/// The HTTP admin endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve it at all. Default true.
+    pub enabled: bool,
+    /// Where it listens. Default 127.0.0.1:7071 (loopback: put a proxy in front to expose it).
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
+        }
+    }
+}
+
 /// Group settings (ack deadlines, attempts, dead letters) and their bounds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -178,6 +199,7 @@ impl Default for Config {
             limits: Limits::default(),
             topic_defaults: TopicDefaults::default(),
             groups: GroupDefaults::default(),
+            admin: AdminConfig::default(),
             storage: StorageConfig::default(),
             default_rate: RateConfig::default(),
             keys: Vec::new(),

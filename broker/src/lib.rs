@@ -10,6 +10,7 @@
 //! - [`slots`] — connection slots: `max_connections` and `max_connections_per_ip`.
 //! - [`connection`] — one task per connection: read frames, apply them, write answers.
 //! - `reader` — a connection's frame reader, its buffer drawn from the memory budget.
+//! - [`admin`] — the HTTP admin endpoint: health, readiness, metrics, topics, HTTP publish.
 //! - [`admission`] — overload, memory budget and per-key rate limits, before any topic.
 //! - [`broker`] — the shared handle: topic registry, creation, state persistence.
 //! - [`topic`] — bounds and admission; the group-commit writer; the dispatcher.
@@ -21,6 +22,7 @@
 //! - [`outbox`] — frames queued for a connection's writer, with the memory they hold.
 //! - [`metrics`] — counters.
 
+pub mod admin;
 pub mod admission;
 pub mod broker;
 pub mod config;

@@ -25,7 +25,8 @@ const MAX_REFUSALS_IN_PROGRESS: usize = 64;
 /// How long a refused connection is kept to deliver its `Rejected` frame.
 const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
-/// Opens the broker on `config.data_dir` and serves `listener` until `shutdown` completes.
+/// Opens the broker on `config.data_dir` and serves `listener` (and, unless disabled, the admin
+/// endpoint on `config.admin.listen`) until `shutdown` completes.
 ///
 /// Shutdown: stop accepting, stop reading new frames, confirm the publishes whose commit is in
 /// progress, send every client `GoingAway`, close the connections, then stop the topic writers
@@ -36,9 +37,33 @@ pub async fn run(
     config: Config,
     shutdown: impl Future,
 ) -> Result<(), OpenError> {
+    let admin_listener = match config.admin.enabled.then_some(config.admin.listen) {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| OpenError::Admin { addr, source })?,
+        ),
+        None => None,
+    };
     let broker = Broker::open(config).await?;
+    let admin_stop = tokio_util::sync::CancellationToken::new();
+    let admin = match admin_listener {
+        Some(listener) => {
+            let stop = admin_stop.clone();
+            Some(tokio::spawn(crate::admin::serve(
+                listener,
+                broker.clone(),
+                async move { stop.cancelled().await },
+            )))
+        }
+        None => None,
+    };
     serve(listener, broker.clone(), shutdown).await;
     broker.close().await;
+    admin_stop.cancel();
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     info!("broker stopped");
     Ok(())
 }

@@ -41,6 +41,7 @@ pub fn test_config(dir: &Path) -> Config {
         ..Config::default()
     };
     config.storage.state_flush_ms = 20;
+    config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config
 }
 
@@ -48,6 +49,8 @@ pub fn test_config(dir: &Path) -> Config {
 pub struct TestBroker {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its HTTP admin endpoint listens.
+    pub admin_addr: SocketAddr,
     /// Its data directory (kept across [`TestBroker::restart`]).
     pub dir: Arc<TempDir>,
     /// The broker itself, for its counters and topic state.
@@ -75,18 +78,30 @@ impl TestBroker {
         let listener = TcpListener::bind(config.listen).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (shutdown, stop) = oneshot::channel::<()>();
+        let admin_listener = TcpListener::bind(config.admin.listen)
+            .await
+            .expect("bind admin");
+        let admin_addr = admin_listener.local_addr().expect("admin address");
         let broker = Broker::open(config.clone()).await.expect("broker opens");
         let handle = broker.clone();
         // What `server::run` does, keeping a handle to the broker for assertions.
         let task = tokio::spawn(async move {
+            let admin_stop = tokio_util::sync::CancellationToken::new();
+            let admin = tokio::spawn(weir_broker::admin::serve(admin_listener, broker.clone(), {
+                let stop = admin_stop.clone();
+                async move { stop.cancelled().await }
+            }));
             weir_broker::server::serve(listener, broker.clone(), async {
                 let _ = stop.await;
             })
             .await;
             broker.close().await;
+            admin_stop.cancel();
+            let _ = admin.await;
         });
         TestBroker {
             addr,
+            admin_addr,
             dir,
             broker: handle,
             config,

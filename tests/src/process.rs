@@ -47,16 +47,26 @@ pub async fn run_example(name: &str, addr: SocketAddr) -> String {
 pub struct BrokerProcess {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its admin endpoint listens, once it has said so (see [`BrokerProcess::admin_addr`]).
+    admin: std::sync::Mutex<AdminAddr>,
     child: Child,
     log: Option<std::thread::JoinHandle<Vec<String>>>,
 }
 
+/// The admin endpoint's address: still to be read from the log, or known.
+enum AdminAddr {
+    Pending(std::sync::mpsc::Receiver<Option<SocketAddr>>),
+    Known(SocketAddr),
+}
+
 impl BrokerProcess {
-    /// Starts `weir-broker --listen 127.0.0.1:0 --data-dir <dir>` plus `args`, and waits for its
-    /// "listening" log line to learn the port.
+    /// Starts `weir-broker --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data-dir <dir>`
+    /// plus `args`, and waits for its "listening" log line to learn the port.
     pub fn start(data_dir: &Path, args: &[&str]) -> BrokerProcess {
         let mut child = Command::new(workspace_bin("weir-broker"))
             .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--admin-listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(data_dir)
@@ -68,17 +78,24 @@ impl BrokerProcess {
             .expect("spawn weir-broker");
         let stdout = child.stdout.take().expect("stdout");
         let (addr_tx, addr_rx) = std::sync::mpsc::sync_channel(1);
+        let (admin_tx, admin_rx) = std::sync::mpsc::sync_channel(1);
         // Keeps reading so the child never blocks on a full pipe; returns every line at exit.
         let log = std::thread::spawn(move || {
             let mut lines = Vec::new();
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("listening") {
-                    if let Some(addr) = line
-                        .split("addr=")
+                let addr = || {
+                    line.split("addr=")
                         .nth(1)
                         .and_then(|rest| rest.split_whitespace().next())
-                    {
-                        let _ = addr_tx.try_send(addr.parse::<SocketAddr>().ok());
+                        .map(|a| a.parse::<SocketAddr>().ok())
+                };
+                if line.contains("admin endpoint serving") {
+                    if let Some(a) = addr() {
+                        let _ = admin_tx.try_send(a);
+                    }
+                } else if line.contains("listening") {
+                    if let Some(a) = addr() {
+                        let _ = addr_tx.try_send(a);
                     }
                 }
                 lines.push(line);
@@ -103,8 +120,25 @@ impl BrokerProcess {
         };
         BrokerProcess {
             addr,
+            admin: std::sync::Mutex::new(AdminAddr::Pending(admin_rx)),
             child,
             log: Some(log),
+        }
+    }
+
+    /// Where the admin endpoint listens; waits (at most the start timeout) for its log line.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let mut admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        if let AdminAddr::Pending(rx) = &*admin {
+            let addr = rx
+                .recv_timeout(START_TIMEOUT)
+                .expect("weir-broker did not announce its admin endpoint")
+                .expect("weir-broker printed an unparsable admin address");
+            *admin = AdminAddr::Known(addr);
+        }
+        match &*admin {
+            AdminAddr::Known(addr) => *addr,
+            AdminAddr::Pending(_) => unreachable!("resolved above"),
         }
     }
 

@@ -40,9 +40,28 @@ struct Args {
     /// Create topics with default bounds on first publish or subscribe (true/false).
     #[arg(long)]
     auto_create_topics: Option<bool>,
+    /// Address of the HTTP admin endpoint (metrics, health, topics) [default: 127.0.0.1:7071].
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Do not serve the HTTP admin endpoint.
+    #[arg(long)]
+    no_admin: bool,
+    /// Log line format: `text` (default) or `json` (one JSON object per line). The level
+    /// filter is `RUST_LOG` (default `info`).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 impl Args {
@@ -66,13 +85,21 @@ impl Args {
         if let Some(v) = self.auto_create_topics {
             config.limits.auto_create_topics = v;
         }
+        if let Some(v) = self.admin_listen {
+            config.admin.listen = v;
+        }
+        if self.no_admin {
+            config.admin.enabled = false;
+        }
         config.validate()?;
         Ok((config, self.print_config))
     }
 }
 
 fn main() -> ExitCode {
-    let (config, print) = match Args::parse().into_config() {
+    let args = Args::parse();
+    let log_format = args.log_format;
+    let (config, print) = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("weir-broker: {e}");
@@ -83,12 +110,7 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    init_logging(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -105,6 +127,18 @@ fn main() -> ExitCode {
             tracing::error!(error = %e, "broker failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to stdout at the `RUST_LOG` level (default `info`), as text or JSON lines.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
     }
 }
 
