@@ -233,6 +233,9 @@ impl Broker {
         let shared = self.shared.clone();
         let name = config.name.clone();
         let topic = tokio::task::spawn_blocking(move || -> Result<Arc<Topic>, TopicError> {
+            // A new topic starts with no groups, whatever state an earlier topic of the same
+            // name may have left behind (a flush racing its deletion).
+            shared.env.store.delete_topic(&config.name)?;
             shared.env.store.save_topic(&config)?;
             let dir = topic_dir(&shared.config, &config.name);
             Topic::open(config, &dir, &shared.config, &shared.env)
