@@ -131,6 +131,11 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Where it listens. Default 127.0.0.1:7071 (loopback: put a proxy in front to expose it).
     pub listen: SocketAddr,
+    /// Most open HTTP connections; accepting waits for one to close. Default 64.
+    pub max_connections: u32,
+    /// Most requests handled at once; past it a request gets `503` with `Retry-After: 1`.
+    /// Default 32.
+    pub max_concurrent_requests: u32,
 }
 
 impl Default for AdminConfig {
@@ -138,6 +143,8 @@ impl Default for AdminConfig {
         AdminConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            max_connections: 64,
+            max_concurrent_requests: 32,
         }
     }
 }

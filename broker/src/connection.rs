@@ -75,14 +75,17 @@ struct Subscription {
 struct PendingConfirm {
     id: u64,
     confirm: Confirm,
+    /// When its `Publish` frame was read (for the publish→confirm histogram).
+    received: Instant,
 }
 
 impl Future for PendingConfirm {
-    type Output = Frame;
+    /// The answer, and when the publish was read.
+    type Output = (Frame, Instant);
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Frame> {
-        let id = self.id;
-        Pin::new(&mut self.confirm)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(Frame, Instant)> {
+        let (id, received) = (self.id, self.received);
+        let answer = Pin::new(&mut self.confirm)
             .poll(cx)
             .map(|result| match result {
                 Ok(Ok(seq)) => Frame::PublishOk(PublishOk { id, seq }),
@@ -97,8 +100,17 @@ impl Future for PendingConfirm {
                     code: ErrorCode::Internal,
                     message: "topic writer stopped".into(),
                 }),
-            })
+            });
+        answer.map(|frame| (frame, received))
     }
+}
+
+/// What woke a connection's loop.
+enum Wake {
+    /// A pending publish's answer, and when the publish was read.
+    Answer((Frame, Instant)),
+    /// What the reader produced: a frame, a failure, or the end of input.
+    Read(Option<Result<Read, CodecError>>),
 }
 
 fn rejected(id: u64, r: Refusal) -> Frame {
@@ -171,6 +183,7 @@ pub(crate) async fn serve(broker: Broker, socket: TcpStream, peer: SocketAddr, s
         subs: HashMap::new(),
         pending: FuturesUnordered::new(),
         parked: FuturesUnordered::new(),
+        read_at: Instant::now(),
     };
     let session = async {
         let end = match conn.handshake(&mut frames, &stop.graceful).await {
@@ -270,6 +283,8 @@ struct Connection {
     /// and not counted against `max_unconfirmed`, so a blocked topic never stops this
     /// connection's other topics.
     parked: FuturesUnordered<PendingConfirm>,
+    /// When the frame being applied was read.
+    read_at: Instant,
 }
 
 impl Connection {
@@ -357,9 +372,14 @@ impl Connection {
         }
     }
 
+    /// Reads and applies frames and sends publishes' answers until the connection ends. Its
+    /// time waiting in the `select!` (which includes decoding frames already buffered) counts as
+    /// idle, the rest — applying a frame, queueing an answer — as busy
+    /// (`weir_worker_*_seconds_total{worker="connection"}`).
     async fn run(&mut self, frames: &mut FrameReader, shutdown: &CancellationToken) -> End {
         let max_unconfirmed = self.broker.config().limits.max_unconfirmed as usize;
         let metrics = self.broker.metrics().clone();
+        let mut work = metrics.workers.connection.clock();
         let mut was_reading = true;
         loop {
             metrics
@@ -370,22 +390,59 @@ impl Connection {
                 metrics.read_pauses.add(1);
             }
             was_reading = can_read;
-            let step = tokio::select! {
+            work.waiting();
+            let wake = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return End::Shutdown,
-                Some(answer) = self.pending.next(), if !self.pending.is_empty() => self.send(answer).await,
-                Some(answer) = self.parked.next(), if !self.parked.is_empty() => self.send(answer).await,
-                frame = frames.next(), if can_read => match frame {
-                    Some(Ok(Read::Frame(frame))) => self.apply(frame).await,
-                    Some(Ok(Read::Shed(frame))) => self.shed(frame).await,
-                    Some(Err(e)) => Err(self.codec_error(e).await),
-                    None => Err(End::Closed),
-                },
+                Some(answer) = self.pending.next(), if !self.pending.is_empty() => Wake::Answer(answer),
+                Some(answer) = self.parked.next(), if !self.parked.is_empty() => Wake::Answer(answer),
+                read = frames.next(), if can_read => Wake::Read(read),
+            };
+            let woke = work.working();
+            let step = match wake {
+                Wake::Answer(answer) => self.answer(answer).await,
+                Wake::Read(read) => {
+                    self.read_at = woke;
+                    self.read(read).await
+                }
             };
             if let Err(end) = step {
                 return end;
             }
         }
+    }
+
+    /// Queues a pending publish's answer and records its publish→confirm time.
+    async fn answer(&self, (frame, received): (Frame, Instant)) -> Result<(), End> {
+        self.send(frame).await?;
+        self.broker
+            .metrics()
+            .observe_publish_confirm(received.elapsed());
+        Ok(())
+    }
+
+    /// Applies what the reader produced. A publish answered at once — refused, or failed, so
+    /// that it left no confirm pending — has its publish→confirm time recorded here; the others
+    /// when their confirm is answered ([`Connection::answer`]).
+    async fn read(&mut self, read: Option<Result<Read, CodecError>>) -> Result<(), End> {
+        let publish = matches!(
+            read,
+            Some(Ok(
+                Read::Frame(Frame::Publish(_)) | Read::Shed(Frame::Publish(_))
+            ))
+        );
+        let unanswered = self.pending.len() + self.parked.len();
+        match read {
+            Some(Ok(Read::Frame(frame))) => self.apply(frame).await,
+            Some(Ok(Read::Shed(frame))) => self.shed(frame).await,
+            Some(Err(e)) => Err(self.codec_error(e).await),
+            None => Err(End::Closed),
+        }?;
+        if publish && self.pending.len() + self.parked.len() == unanswered {
+            let elapsed = self.read_at.elapsed();
+            self.broker.metrics().observe_publish_confirm(elapsed);
+        }
+        Ok(())
     }
 
     /// Answers a codec failure: a typed error for bad input, nothing for a failed transport.
@@ -483,41 +540,29 @@ impl Connection {
         self.send(failure).await.map(|()| None)
     }
 
+    /// Publishes `p` through the checks every publish passes ([`crate::publish::publish`]): a
+    /// refusal is answered at once, an accepted publish waits for its commit in `pending`
+    /// (counted against `max_unconfirmed`) or, parked by a `block` topic, in `parked`.
     async fn publish(&mut self, p: Publish) -> Result<(), End> {
         let Some(topic) = self.topic(p.id, &p.topic).await? else {
             return Ok(());
         };
         let key = self.key.clone().ok_or(End::ProtocolError)?;
-        let max_frame = self.broker.config().limits.max_frame_bytes;
-        if Deliver::max_body_bytes(&p.headers, p.payload.len()) > max_frame as usize {
-            self.broker.metrics().refused(RejectReason::MessageTooLarge);
-            let limit = Limit::new("max_frame_bytes", u64::from(max_frame));
-            let r = Refusal {
-                reason: RejectReason::MessageTooLarge,
-                limit,
-                retry_after_ms: None,
-            };
-            return self.send(rejected(p.id, r)).await;
-        }
-        let admission = self.broker.admission().clone();
-        // What the broker holds for it: the payload and its headers.
-        let held = p.payload.len() as u64 + crate::storage::log::header_bytes(&p.headers);
-        let permit = match admission.admit_publish(&key, held, Instant::now()) {
-            Ok(permit) => permit,
-            Err(r) => {
-                self.broker.metrics().refused(r.reason);
-                admission.log_refusal(&p.topic, &r);
-                topic.note_refusal(&r);
-                return self.send(rejected(p.id, r)).await;
-            }
-        };
-        match topic.publish(p.headers, p.payload, permit).await {
+        match crate::publish::publish(&self.broker, &key, &topic, p.headers, p.payload).await {
             Ok(Admitted::Queued(confirm)) => {
-                self.pending.push(PendingConfirm { id: p.id, confirm });
+                self.pending.push(PendingConfirm {
+                    id: p.id,
+                    confirm,
+                    received: self.read_at,
+                });
                 Ok(())
             }
             Ok(Admitted::Parked(confirm)) => {
-                self.parked.push(PendingConfirm { id: p.id, confirm });
+                self.parked.push(PendingConfirm {
+                    id: p.id,
+                    confirm,
+                    received: self.read_at,
+                });
                 Ok(())
             }
             Err(AppendError::Refused(r)) => {
@@ -777,7 +822,7 @@ impl Connection {
         while !self.pending.is_empty() {
             match tokio::time::timeout_at(deadline, self.pending.next()).await {
                 Ok(Some(answer)) => {
-                    if self.send(answer).await.is_err() {
+                    if self.answer(answer).await.is_err() {
                         return;
                     }
                 }

@@ -12,6 +12,7 @@
 //! - `reader` — a connection's frame reader, its buffer drawn from the memory budget.
 //! - [`admin`] — the HTTP admin endpoint: health, readiness, metrics, topics, HTTP publish.
 //! - [`admission`] — overload, memory budget and per-key rate limits, before any topic.
+//! - `publish` — the checks one publish passes, shared by the wire and HTTP publish paths.
 //! - [`broker`] — the shared handle: topic registry, creation, state persistence.
 //! - [`topic`] — bounds and admission; the group-commit writer; the dispatcher.
 //! - [`keys`] — API keys, `Hello` authentication, per-key rate settings.
@@ -32,6 +33,7 @@ pub mod group;
 pub mod keys;
 pub mod metrics;
 pub mod outbox;
+mod publish;
 pub(crate) mod reader;
 pub mod server;
 pub mod slots;

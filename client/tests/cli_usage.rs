@@ -11,7 +11,7 @@ fn help_lists_every_command() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for command in ["pub", "sub", "topic", "group", "bench"] {
+    for command in ["pub", "sub", "topic", "group", "bench", "stats"] {
         assert!(
             text.contains(command),
             "`weir --help` does not mention {command}:\n{text}"

@@ -126,3 +126,58 @@ async fn topic_info_shows_the_policy_counters_and_recent_drops() {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_once_json_reports_depth_rates_and_the_active_refusal() {
+    let broker = TestBroker::start().await;
+    let addr = broker.addr;
+    let created = weir(
+        addr,
+        &[
+            "topic",
+            "create",
+            "full",
+            "--max-messages",
+            "2",
+            "--overflow",
+            "reject",
+        ],
+        "",
+    )
+    .await;
+    assert!(created.status.success(), "{created:?}");
+    let refused = weir(addr, &["pub", "full", "a", "b", "c"], "").await;
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    // The broker reports a refusal as active for two seconds: sample well within that.
+    let out = weir(
+        addr,
+        &[
+            "stats",
+            "--once",
+            "--json",
+            "--interval",
+            "0.2",
+            "--topic",
+            "full",
+        ],
+        "",
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let topics = json.as_array().expect("an array of topics");
+    assert_eq!(topics.len(), 1, "--topic filters: {json}");
+    let full = &topics[0];
+    assert_eq!(full["topic"], "full");
+    assert_eq!(full["depth"], 2, "{json}");
+    assert_eq!(full["max_messages"], 2);
+    assert_eq!(full["depth_percent"], 100);
+    assert_eq!(full["rejected"], 1);
+    assert_eq!(
+        full["publish_per_s"], 0.0,
+        "nothing published between the samples"
+    );
+    assert_eq!(full["refusing"]["reason"], "TopicFull", "{json}");
+    assert_eq!(full["refusing"]["limit"]["name"], "max_messages");
+    assert_eq!(full["refusing"]["limit"]["value"], 2);
+}

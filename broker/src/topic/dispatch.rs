@@ -14,9 +14,15 @@
 //! is resolved, then — and its permit travels with the frame until the connection's writer has
 //! encoded it. A message served from the tail cache is counted twice while both hold it — the
 //! budget errs on the side of refusing early.
+//!
+//! Each first delivery (attempt 1) to a group is recorded in the publish→deliver histogram: from
+//! the message's append — the start of the commit that stored it, kept as an `Instant` by the
+//! tail cache, or read back from the record's wall-clock `timestamp_ms` (millisecond precision)
+//! on a cache miss — to the moment its `Deliver` is queued for the member's connection. A
+//! message read for a group created long after it was published counts its whole wait.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 use weir_protocol::{Deliver, Frame, Gap};
@@ -29,11 +35,16 @@ use crate::storage::log::{LogError, Message};
 /// Most deliveries planned per group per round, so one busy group cannot starve the others.
 const ROUND: usize = 256;
 
+/// A message resolved for delivery, with when it was appended.
+type Resolved = (Message, Instant);
+
 /// Runs the dispatcher until `stop` is cancelled. Between rounds it sleeps until woken or until
 /// the next ack deadline or nack delay of any group comes due (one sleep per topic, never a
-/// timer per message).
+/// timer per message). Its time asleep counts as idle, the rounds as busy
+/// (`weir_worker_*_seconds_total{worker="dispatcher"}`).
 pub(super) async fn run(topic: Arc<Topic>, stop: CancellationToken) {
     let mut plan = Plan::with_capacity(ROUND);
+    let mut work = topic.metrics.workers.dispatcher.clock();
     loop {
         while dispatch_round(&topic, &mut plan).await {}
         let next_expiry = topic.expire(Instant::now());
@@ -43,11 +54,13 @@ pub(super) async fn run(topic: Arc<Topic>, stop: CancellationToken) {
                 None => std::future::pending().await,
             }
         };
+        work.waiting();
         tokio::select! {
             () = topic.wake_dispatcher.notified() => {}
             () = expiry => {}
             () = stop.cancelled() => return,
         }
+        work.working();
     }
 }
 
@@ -59,7 +72,7 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
     let mut gaps = Vec::new();
     for group in groups {
         plan.clear();
-        let (cached, round_bytes): (Vec<Option<Message>>, u64) = {
+        let (cached, round_bytes): (Vec<Option<Resolved>>, u64) = {
             let mut st = lock(&topic.state);
             let committed = st.committed_next;
             let Some(g) = st.groups.get_mut(&group) else {
@@ -67,7 +80,10 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
             };
             g.take_gaps(&mut gaps);
             g.plan(committed, ROUND, Instant::now(), plan);
-            let cached = plan.iter().map(|p| st.tail.get(p.seq).cloned()).collect();
+            let cached = plan
+                .iter()
+                .map(|p| st.tail.entry(p.seq).map(|(m, at)| (m.clone(), at)))
+                .collect();
             (cached, plan.iter().map(|p| st.stored_size(p.seq)).sum())
         };
         send_gaps(topic, &group, &mut gaps);
@@ -89,9 +105,9 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
                 return false;
             }
         };
-        memory.charge(messages.iter().map(Message::header_bytes).sum());
+        memory.charge(messages.iter().map(|(m, _)| m.header_bytes()).sum());
         let mut failed = Vec::new();
-        for (p, message) in plan.drain(..).zip(messages) {
+        for (p, (message, appended)) in plan.drain(..).zip(messages) {
             let len = message.bytes();
             let held = memory.split(len).unwrap_or_else(|| budget.charge(len));
             let frame = Frame::Deliver(Deliver {
@@ -107,8 +123,12 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
             };
             if p.outbox.try_send(outbound).is_ok() {
                 topic.metrics.delivered.add(1);
+                topic.counters.delivered.add(1);
                 if p.attempt > 1 {
                     topic.metrics.redelivered.add(1);
+                    topic.counters.redelivered.add(1);
+                } else {
+                    topic.metrics.publish_deliver.observe(appended.elapsed());
                 }
                 sent_any = true;
             } else {
@@ -156,8 +176,8 @@ fn send_gaps(topic: &Topic, group: &str, gaps: &mut Vec<GapNotice>) {
 async fn fill_misses(
     topic: &Arc<Topic>,
     plan: &Plan,
-    cached: Vec<Option<Message>>,
-) -> Result<Vec<Message>, LogError> {
+    cached: Vec<Option<Resolved>>,
+) -> Result<Vec<Resolved>, LogError> {
     if cached.iter().all(Option::is_some) {
         return Ok(cached.into_iter().flatten().collect());
     }
@@ -165,7 +185,7 @@ async fn fill_misses(
     let log = topic.log.clone();
     tokio::task::spawn_blocking(move || {
         let log = log.read().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<Option<Message>> = cached;
+        let mut out: Vec<Option<Resolved>> = cached;
         let mut i = 0;
         while i < out.len() {
             if out[i].is_some() {
@@ -190,7 +210,8 @@ async fn fill_misses(
                 });
             }
             for (k, record) in records.into_iter().enumerate() {
-                out[i + k] = Some(record.into());
+                let appended = appended_at(record.timestamp_ms);
+                out[i + k] = Some((record.into(), appended));
             }
             i += run;
         }
@@ -198,4 +219,15 @@ async fn fill_misses(
     })
     .await
     .unwrap_or_else(|e| Err(LogError::Io(std::io::Error::other(e.to_string()))))
+}
+
+/// The `Instant` of a record's wall-clock `timestamp_ms`: now, less the record's age. A
+/// timestamp ahead of the clock (it was stepped back) counts as now.
+fn appended_at(timestamp_ms: u64) -> Instant {
+    let stamped = UNIX_EPOCH + Duration::from_millis(timestamp_ms);
+    let age = SystemTime::now()
+        .duration_since(stamped)
+        .unwrap_or(Duration::ZERO);
+    let now = Instant::now();
+    now.checked_sub(age).unwrap_or(now)
 }

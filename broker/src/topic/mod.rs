@@ -107,13 +107,34 @@ pub struct TopicEnv {
     pub dead_letters: Arc<Notify>,
 }
 
-/// Counters of one topic (the broker-wide ones are in [`Metrics`]).
+/// Counters of one topic, since the broker started (the broker-wide ones are in [`Metrics`]).
 #[derive(Debug, Default)]
 struct TopicCounters {
     /// Publishes refused, any reason.
     rejected: Counter,
     /// Messages evicted by `drop_oldest`.
     dropped: Counter,
+    /// Messages committed to the topic's log.
+    published: Counter,
+    /// Deliveries sent to subscribers (including redeliveries).
+    delivered: Counter,
+    /// Deliveries with attempt > 1.
+    redelivered: Counter,
+    /// Messages acked, summed over the topic's groups.
+    acked: Counter,
+}
+
+/// The counters of one topic that [`TopicInfo`] does not carry, since the broker started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicCounterSnapshot {
+    /// Messages committed to the topic's log.
+    pub published: u64,
+    /// Deliveries sent to subscribers (including redeliveries).
+    pub delivered: u64,
+    /// Deliveries with attempt > 1.
+    pub redelivered: u64,
+    /// Messages acked, summed over the topic's groups.
+    pub acked: u64,
 }
 
 /// Limits the topic applies to its groups.
@@ -428,6 +449,7 @@ impl Topic {
         let trimmed = acked > 0 && self.release_floor(&mut st);
         drop(st);
         self.metrics.acked.add(acked as u64);
+        self.counters.acked.add(acked as u64);
         if acked > 0 {
             self.wake_dispatcher.notify_one();
         }
@@ -476,6 +498,17 @@ impl Topic {
             rejected: self.counters.rejected.get(),
             drain_per_s: st.drain.per_second(now).round() as u64,
             refusing: lock(&self.recent_refusals).active(now),
+        }
+    }
+
+    /// The topic's publish, delivery and ack counters (read without the topic's lock).
+    pub fn counters(&self) -> TopicCounterSnapshot {
+        let c = &self.counters;
+        TopicCounterSnapshot {
+            published: c.published.get(),
+            delivered: c.delivered.get(),
+            redelivered: c.redelivered.get(),
+            acked: c.acked.get(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! topic, so deliveries to subscribers that keep up are served from memory instead of disk.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use crate::admission::{MemoryBudget, MemoryPermit};
 use crate::storage::log::Message;
@@ -10,13 +11,14 @@ use crate::storage::log::Message;
 /// the budget's use stays under `capacity / CACHE_SHARE`, so publishes always keep the rest.
 const CACHE_SHARE: u64 = 2;
 
-/// Consecutive `(seq, message)` entries ending at the newest commit. Holds at most `max_bytes`
-/// of messages — payload plus header names and values, [`Message::bytes`] — drawn from the
-/// broker's memory budget: the oldest entries are evicted first, and when the budget's use
-/// passes half its capacity the cache sheds entries instead of taking more, down to empty — a
-/// cache yields memory, it never causes a refusal. A miss falls back to reading the log.
+/// Consecutive `(seq, message, appended)` entries ending at the newest commit (`appended`: when
+/// the commit that stored the message began, for the publish→deliver histogram). Holds at most
+/// `max_bytes` of messages — payload plus header names and values, [`Message::bytes`] — drawn
+/// from the broker's memory budget: the oldest entries are evicted first, and when the budget's
+/// use passes half its capacity the cache sheds entries instead of taking more, down to empty —
+/// a cache yields memory, it never causes a refusal. A miss falls back to reading the log.
 pub struct TailCache {
-    entries: VecDeque<(u64, Message)>,
+    entries: VecDeque<(u64, Message, Instant)>,
     /// Holds exactly the [`Message::bytes`] of `entries`.
     permit: MemoryPermit,
     max_bytes: u64,
@@ -39,8 +41,12 @@ impl TailCache {
     /// keeping entries consecutive; a message larger than the whole cache, or one the budget
     /// has no room for even after shedding every entry, is not kept (the next push then starts
     /// afresh).
-    pub fn push(&mut self, seq: u64, message: Message) {
-        if self.entries.back().is_some_and(|(last, _)| last + 1 != seq) {
+    pub fn push(&mut self, seq: u64, message: Message, appended: Instant) {
+        if self
+            .entries
+            .back()
+            .is_some_and(|(last, ..)| last + 1 != seq)
+        {
             self.clear();
         }
         let len = message.bytes();
@@ -57,19 +63,24 @@ impl TailCache {
             }
             self.pop_front();
         }
-        self.entries.push_back((seq, message));
+        self.entries.push_back((seq, message, appended));
     }
 
     /// The message (headers and payload) of `seq`, if cached.
     pub fn get(&self, seq: u64) -> Option<&Message> {
-        let (first, _) = self.entries.front()?;
+        self.entry(seq).map(|(m, _)| m)
+    }
+
+    /// The message of `seq` and when it was appended, if cached.
+    pub fn entry(&self, seq: u64) -> Option<(&Message, Instant)> {
+        let (first, ..) = self.entries.front()?;
         let index = usize::try_from(seq.checked_sub(*first)?).ok()?;
-        self.entries.get(index).map(|(_, m)| m)
+        self.entries.get(index).map(|(_, m, at)| (m, *at))
     }
 
     /// Drops every entry below `seq` (acked by every group, or evicted).
     pub fn trim_below(&mut self, seq: u64) {
-        while self.entries.front().is_some_and(|(s, _)| *s < seq) {
+        while self.entries.front().is_some_and(|(s, ..)| *s < seq) {
             self.pop_front();
         }
     }
@@ -81,7 +92,7 @@ impl TailCache {
     }
 
     fn pop_front(&mut self) {
-        if let Some((_, m)) = self.entries.pop_front() {
+        if let Some((_, m, _)) = self.entries.pop_front() {
             self.permit.shrink(m.bytes());
         }
     }
@@ -115,7 +126,7 @@ mod tests {
         let budget = budget();
         let mut cache = TailCache::new(10, &budget);
         for seq in 1..=5 {
-            cache.push(seq, plain(3));
+            cache.push(seq, plain(3), Instant::now());
         }
         assert_eq!((cache.bytes(), budget.used()), (9, 9));
         assert!(cache.get(2).is_none() && cache.get(3).is_some() && cache.get(5).is_some());
@@ -132,7 +143,7 @@ mod tests {
         let budget = budget();
         let mut cache = TailCache::new(800, &budget);
         for seq in 1..=6 {
-            cache.push(seq, plain(100));
+            cache.push(seq, plain(100), Instant::now());
         }
         assert_eq!(
             cache.bytes(),
@@ -142,12 +153,12 @@ mod tests {
         assert!(cache.get(1).is_none() && cache.get(2).is_some());
         // Others now hold 450: the next push sheds down to what still fits under 500.
         let publishes = budget.try_acquire(450).unwrap();
-        cache.push(7, plain(40));
+        cache.push(7, plain(40), Instant::now());
         assert_eq!(cache.bytes(), 40);
         assert!(cache.get(6).is_none() && cache.get(7).is_some());
         // With no room at all, nothing is cached and nothing is refused.
         let more = budget.try_acquire(30).unwrap();
-        cache.push(8, plain(40));
+        cache.push(8, plain(40), Instant::now());
         assert_eq!((cache.bytes(), budget.used()), (0, 480));
         drop((publishes, more));
     }
@@ -156,10 +167,10 @@ mod tests {
     fn a_gap_or_a_huge_payload_empties_it() {
         let budget = budget();
         let mut cache = TailCache::new(10, &budget);
-        cache.push(1, plain(1));
-        cache.push(3, plain(1));
+        cache.push(1, plain(1), Instant::now());
+        cache.push(3, plain(1), Instant::now());
         assert!(cache.get(1).is_none() && cache.get(3).is_some());
-        cache.push(4, plain(11));
+        cache.push(4, plain(11), Instant::now());
         assert_eq!((cache.bytes(), budget.used()), (0, 0));
     }
 
@@ -171,7 +182,7 @@ mod tests {
             headers: vec![("key".into(), "value".into()), ("key".into(), "ü".into())],
             payload: Bytes::from_static(b"body"),
         };
-        cache.push(1, message.clone());
+        cache.push(1, message.clone(), Instant::now());
         assert_eq!(cache.get(1), Some(&message));
         assert_eq!(
             (cache.bytes(), budget.used()),
@@ -179,7 +190,7 @@ mod tests {
             "4 payload + 13 header bytes"
         );
         // A second one would pass the bound of 20: the first is evicted, its bytes given back.
-        cache.push(2, message.clone());
+        cache.push(2, message.clone(), Instant::now());
         assert!(cache.get(1).is_none());
         assert_eq!((cache.bytes(), budget.used()), (17, 17));
         cache.trim_below(3);

@@ -58,7 +58,22 @@ impl SyncClock {
     }
 }
 
-/// Runs the writer until `stop` is cancelled and its queue is empty.
+/// What woke the writer.
+enum Wake {
+    /// Appends arrived (how many; 0 once the queue is closed).
+    Appends(usize),
+    /// Acks or evictions may have left whole segments to delete.
+    Reclaim,
+    /// `fsync = "interval:<ms>"` owes a sync.
+    SyncDue,
+    /// A parked publish's `max_block_ms` may have passed.
+    ParkDeadline,
+    /// The topic is stopping.
+    Stop,
+}
+
+/// Runs the writer until `stop` is cancelled and its queue is empty. Its time waiting in the
+/// `select!` counts as idle, the rest as busy (`weir_worker_*_seconds_total{worker="writer"}`).
 pub(super) async fn run(
     topic: Arc<Topic>,
     mut queue: mpsc::Receiver<Append>,
@@ -71,34 +86,35 @@ pub(super) async fn run(
         last_sync: Instant::now(),
         unsynced: false,
     };
+    let mut work = topic.metrics.workers.writer.clock();
     loop {
         let interval_sync = clock.deadline();
         let park_deadline = topic.next_park_deadline().map(tokio::time::Instant::from);
-        tokio::select! {
+        work.waiting();
+        let wake = tokio::select! {
             biased;
-            received = queue.recv_many(&mut batch, max_batch) => {
-                if received == 0 {
-                    break;
-                }
-                commit(&topic, &mut batch, &mut clock).await;
-            }
-            () = topic.wake_writer.notified() => {
+            received = queue.recv_many(&mut batch, max_batch) => Wake::Appends(received),
+            () = topic.wake_writer.notified() => Wake::Reclaim,
+            () = sleep_until(interval_sync), if interval_sync.is_some() => Wake::SyncDue,
+            () = sleep_until(park_deadline), if park_deadline.is_some() => Wake::ParkDeadline,
+            () = stop.cancelled() => Wake::Stop,
+        };
+        work.working();
+        match wake {
+            Wake::Appends(0) => break,
+            Wake::Appends(_) => commit(&topic, &mut batch, &mut clock).await,
+            Wake::Reclaim => {
                 reclaim(&topic, false).await;
             }
-            () = sleep_until(interval_sync), if interval_sync.is_some() => {
+            Wake::SyncDue => {
                 if reclaim(&topic, true).await {
                     clock.last_sync = Instant::now();
                     clock.unsynced = false;
                 }
             }
-            () = sleep_until(park_deadline), if park_deadline.is_some() => {
-                topic.expire_parked(Instant::now());
-            }
-            () = stop.cancelled() => {
-                if queue.is_empty() {
-                    break;
-                }
-            }
+            Wake::ParkDeadline => topic.expire_parked(Instant::now()),
+            Wake::Stop if queue.is_empty() => break,
+            Wake::Stop => {}
         }
     }
     // Whatever the policy, a clean stop leaves everything written on disk.
@@ -113,7 +129,9 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Appends the batch, syncs per policy, then makes the messages deliverable (handing them to
-/// the tail cache) and confirms them. The topic's byte bounds count payload bytes only.
+/// the tail cache) and confirms them. The topic's byte bounds count payload bytes only. The
+/// commit's duration (the blocking part: write, sync, segment deletion) and size are recorded
+/// in `commit_duration` and `commit_batch`, failed commits included.
 async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClock) {
     let messages: Vec<Message> = batch
         .iter_mut()
@@ -124,10 +142,11 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
     let sync = clock.sync_now();
     let log = topic.log.clone();
     let first_seq = lock(&topic.state).first_seq;
-    let started = Instant::now();
+    // The append time: the records' `timestamp_ms` and the tail cache's `Instant`.
+    let (started, timestamp_ms) = (Instant::now(), now_ms());
     let result = tokio::task::spawn_blocking(move || -> Result<(u64, Vec<Message>), LogError> {
         let mut log = log.write().unwrap_or_else(|p| p.into_inner());
-        let first = log.append_batch(&messages, now_ms())?;
+        let first = log.append_batch(&messages, timestamp_ms)?;
         if sync {
             log.sync()?;
         }
@@ -136,11 +155,10 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
     })
     .await
     .unwrap_or_else(|e| Err(LogError::Io(std::io::Error::other(e.to_string()))));
-    topic
-        .metrics
-        .commit_latency_us
-        .record(started.elapsed().as_micros() as u64);
-    topic.admission.record_commit(started.elapsed());
+    let elapsed = started.elapsed();
+    topic.metrics.commit_duration.observe(elapsed);
+    topic.metrics.commit_batch.observe(count);
+    topic.admission.record_commit(elapsed);
     match result {
         Ok((first, messages)) => {
             if sync {
@@ -159,7 +177,7 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
                     let len = message.payload.len();
                     st.sizes.push_back(len as u32);
                     st.stored_bytes += len as u64;
-                    st.tail.push(first + i as u64, message);
+                    st.tail.push(first + i as u64, message, started);
                 }
                 st.committed_next = first + count;
                 evicted = topic.config.overflow == OverflowPolicy::DropOldest
@@ -168,6 +186,7 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
                 topic.unpark(&mut st, &topic.appends);
             }
             topic.metrics.published.add(count);
+            topic.counters.published.add(count);
             for (i, append) in batch.drain(..).enumerate() {
                 // The publisher may have gone; its message is stored all the same.
                 let _ = append.reply.send(Ok(first + i as u64));

@@ -4,6 +4,7 @@ mod bench;
 mod group;
 mod layout;
 mod publish;
+mod stats;
 mod subscribe;
 mod topic;
 
@@ -51,6 +52,10 @@ enum Command {
     },
     /// Measure publish and delivery throughput and latency against a running broker.
     Bench(bench::BenchArgs),
+    /// Watch every topic and its groups live, like `top`: depth, bytes, publish and drain
+    /// rates, parked, dropped and refused publishes, the bound refusing now; per group members,
+    /// in flight, pending, credit, oldest unacked, dead letters held. Ctrl-C quits.
+    Stats(stats::StatsArgs),
     /// Measure the round trip of a Ping.
     Ping,
 }
@@ -94,6 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topic { command } => topic::run(connect(&server, &options).await?, command).await,
         Command::Group { command } => group::run(connect(&server, &options).await?, command).await,
         Command::Bench(args) => bench::run(&server, &options, args).await,
+        Command::Stats(args) => stats::run(connect(&server, &options).await?, &server, args).await,
         Command::Ping => {
             let client = connect(&server, &options).await?;
             let rtt = client.ping().await?;
@@ -225,6 +231,26 @@ mod tests {
             } if group == "billing"
         ));
         assert!(Cli::try_parse_from(["weir", "group", "info", "orders"]).is_err());
+    }
+
+    #[test]
+    fn parses_stats() {
+        let cli = Cli::parse_from(["weir", "stats", "--once", "--json", "--interval", "0.2"]);
+        assert!(matches!(
+            cli.command,
+            Command::Stats(ref s)
+                if s.once && s.json && s.interval.as_millis() == 200 && s.topic.is_none()
+        ));
+        let cli = Cli::parse_from(["weir", "stats", "--topic", "orders"]);
+        assert!(matches!(
+            cli.command,
+            Command::Stats(ref s)
+                if !s.once && s.interval.as_secs() == 1 && s.topic.as_deref() == Some("orders")
+        ));
+        assert!(
+            Cli::try_parse_from(["weir", "stats", "--json"]).is_err(),
+            "--json needs --once"
+        );
     }
 
     #[test]

@@ -1,0 +1,433 @@
+//! `GET /metrics`: the broker's measurements in the OpenMetrics text format, encoded by
+//! prometheus-client. A custom collector reads them at scrape time — counters and gauges from
+//! the atomics of [`Metrics`] and from the admission gauges, per-topic and per-group series from
+//! each topic's snapshot ([`Topic::info`](crate::topic::Topic::info),
+//! [`Topic::counters`](crate::topic::Topic::counters)) — so nothing is counted twice;
+//! the histograms are recorded at event time and encoded as they are.
+//!
+//! The names are fixed: dashboards are written against them. Counters carry the `_total`
+//! suffix in the exposition; label values of `reason` are [`reason_label`]'s.
+//!
+//! Counters:
+//! - `weir_messages_published_total{topic}` — messages committed (durable);
+//! - `weir_messages_delivered_total{topic}` — deliveries sent, redeliveries included;
+//! - `weir_messages_redelivered_total{topic}` — deliveries with attempt > 1;
+//! - `weir_messages_acked_total{topic}` — acks, summed over the topic's groups;
+//! - `weir_topic_publishes_rejected_total{topic}` — refusals of the topic's publishes;
+//! - `weir_messages_dropped_total{topic,reason="overflow"}` — `drop_oldest` evictions;
+//! - `weir_publishes_rejected_total{reason}` — every refusal, broker-wide;
+//! - `weir_messages_nacked_total`, `weir_ack_timeouts_total`,
+//!   `weir_messages_dead_lettered_total`, `weir_dead_letter_refused_total`,
+//!   `weir_connections_refused_total`, `weir_protocol_errors_total`, `weir_read_pauses_total`,
+//!   `weir_frames_shed_total` — broker-wide, as [`Metrics`] documents them;
+//! - `weir_stalls_total{kind="max_in_flight"|"no_credit"}` — one per `stall_warn_ms` of stall;
+//! - `weir_worker_busy_seconds_total{worker}` and `weir_worker_idle_seconds_total{worker}`,
+//!   `worker` = `writer`, `dispatcher` or `connection` — time doing work and waiting for work,
+//!   summed over the workers of that kind (a span is counted when it ends).
+//!
+//! Gauges:
+//! - `weir_topic_depth_messages`, `weir_topic_bytes`, `weir_topic_max_messages`,
+//!   `weir_topic_max_bytes`, `weir_topic_parked_publishes`,
+//!   `weir_topic_drain_messages_per_second` — `{topic}`, from the topic's snapshot;
+//! - `weir_topic_refusing{topic,reason}` — 1 while that bound refuses the topic's publishes (a
+//!   refusal in the last two seconds), absent otherwise;
+//! - `weir_group_in_flight_messages`, `weir_group_pending_messages`, `weir_group_credit`,
+//!   `weir_group_members`, `weir_group_dead_letter_held` — `{topic,group}`;
+//! - `weir_group_oldest_unacked_seconds{topic,group}` — 0 with nothing in flight;
+//! - `weir_connections_open`, `weir_memory_budget_used_bytes`,
+//!   `weir_memory_budget_capacity_bytes`, `weir_appends_queued`.
+//!
+//! Histograms ([`Metrics`] says exactly what each measures): `weir_commit_duration_seconds`,
+//! `weir_commit_batch_messages`, `weir_publish_confirm_seconds`, `weir_publish_deliver_seconds`.
+//!
+//! Bounds: a scrape holds each topic's lock only while it copies the topic's snapshot; its size
+//! grows with topics × groups, at most `max_topics` × `max_groups_per_topic` series per group
+//! metric.
+
+use std::fmt;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use weir_protocol::{GroupInfo, TopicInfo};
+
+use crate::broker::Broker;
+use crate::metrics::{reason_label, Metrics, REASONS};
+use crate::topic::TopicCounterSnapshot;
+
+/// The content type of the exposition (OpenMetrics text, what prometheus-client encodes).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `GET /metrics`: the whole exposition, encoded from in-memory state (no disk access).
+pub async fn scrape(State(broker): State<Broker>) -> Response {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Exposition(broker)));
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+        Ok(()) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+        Err(fmt::Error) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Reads every measurement of one broker when scraped.
+struct Exposition(Broker);
+
+impl fmt::Debug for Exposition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Exposition")
+    }
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut out: DescriptorEncoder) -> fmt::Result {
+        let broker = &self.0;
+        let topics: Vec<Snapshot> = broker
+            .topics()
+            .iter()
+            .map(|t| (t.info(), t.counters()))
+            .collect();
+        let metrics = broker.metrics();
+        broker_counters(&mut out, metrics)?;
+        topic_series(&mut out, &topics)?;
+        group_series(&mut out, &topics)?;
+        broker_gauges(&mut out, broker)?;
+        histograms(&mut out, metrics)
+    }
+}
+
+/// One topic as a scrape sees it.
+type Snapshot = (TopicInfo, TopicCounterSnapshot);
+
+/// The label set of an unlabelled series.
+const NO_LABELS: [(&str, &str); 0] = [];
+
+/// Encodes one metric family: its descriptor (`kind` is a counter or a gauge), then one sample
+/// per `(labels, value)`.
+fn family<L, V>(
+    out: &mut DescriptorEncoder,
+    (name, help, kind): (&str, &str, MetricType),
+    samples: impl IntoIterator<Item = (L, V)>,
+) -> fmt::Result
+where
+    L: EncodeLabelSet,
+    V: EncodeCounterValue + EncodeGaugeValue,
+{
+    let mut metric = out.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in samples {
+        let sample = metric.encode_family(&labels)?;
+        if kind == MetricType::Counter {
+            ConstCounter::new(value).encode(sample)?;
+        } else {
+            ConstGauge::new(value).encode(sample)?;
+        }
+    }
+    Ok(())
+}
+
+/// Broker-wide counters from [`Metrics`].
+fn broker_counters(out: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
+    use MetricType::Counter;
+    let plain = [
+        (
+            "weir_messages_nacked",
+            "Messages nacked (redelivered after a delay, or dead-lettered).",
+            m.nacked.get(),
+        ),
+        (
+            "weir_ack_timeouts",
+            "Deliveries that passed their ack deadline.",
+            m.ack_timeouts.get(),
+        ),
+        (
+            "weir_messages_dead_lettered",
+            "Messages moved to a dead-letter topic.",
+            m.dead_lettered.get(),
+        ),
+        (
+            "weir_dead_letter_refused",
+            "Moves a full dead-letter topic refused (the message stays in flight, retried).",
+            m.dead_letter_refused.get(),
+        ),
+        (
+            "weir_connections_refused",
+            "Connections refused at max_connections or max_connections_per_ip.",
+            m.connections_refused.get(),
+        ),
+        (
+            "weir_protocol_errors",
+            "Connections closed for a protocol error.",
+            m.protocol_errors.get(),
+        ),
+        (
+            "weir_read_pauses",
+            "Times a connection stopped reading at max_unconfirmed.",
+            m.read_pauses.get(),
+        ),
+        (
+            "weir_frames_shed",
+            "Large frames shed unread while the memory budget was over.",
+            m.frames_shed.get(),
+        ),
+    ];
+    for (name, help, value) in plain {
+        family(out, (name, help, Counter), [(NO_LABELS, value)])?;
+    }
+    let rejected = REASONS.map(|r| ([("reason", reason_label(r))], m.refusals(r)));
+    let help = "Publishes (and connections) refused, by reason.";
+    family(out, ("weir_publishes_rejected", help, Counter), rejected)?;
+    let stalls = [
+        ([("kind", "max_in_flight")], m.stalls_max_in_flight.get()),
+        ([("kind", "no_credit")], m.stalls_no_credit.get()),
+    ];
+    let help = "Stalls (at max_in_flight, or no credit while messages wait), per stall_warn_ms.";
+    family(out, ("weir_stalls", help, Counter), stalls)?;
+    let workers = m.workers.by_kind();
+    let busy = workers.map(|(kind, t)| ([("worker", kind)], t.busy().as_secs_f64()));
+    let help = "Seconds the workers of a kind spent doing work.";
+    family(out, ("weir_worker_busy_seconds", help, Counter), busy)?;
+    let idle = workers.map(|(kind, t)| ([("worker", kind)], t.idle().as_secs_f64()));
+    let help = "Seconds the workers of a kind spent waiting for work.";
+    family(out, ("weir_worker_idle_seconds", help, Counter), idle)
+}
+
+/// A per-topic series read from the topic's snapshot: name, help, type, value.
+type TopicSeries = (&'static str, &'static str, MetricType, fn(&Snapshot) -> u64);
+
+/// Every per-topic series labelled by `topic` alone.
+const TOPIC_SERIES: [TopicSeries; 11] = [
+    (
+        "weir_messages_published",
+        "Messages committed (durable) to the topic.",
+        MetricType::Counter,
+        |(_, c)| c.published,
+    ),
+    (
+        "weir_messages_delivered",
+        "Deliveries sent to the topic's subscribers, redeliveries included.",
+        MetricType::Counter,
+        |(_, c)| c.delivered,
+    ),
+    (
+        "weir_messages_redelivered",
+        "Deliveries with attempt > 1.",
+        MetricType::Counter,
+        |(_, c)| c.redelivered,
+    ),
+    (
+        "weir_messages_acked",
+        "Messages acked, summed over the topic's groups.",
+        MetricType::Counter,
+        |(_, c)| c.acked,
+    ),
+    (
+        "weir_topic_publishes_rejected",
+        "Publishes to the topic refused, any reason.",
+        MetricType::Counter,
+        |(t, _)| t.rejected,
+    ),
+    (
+        "weir_topic_depth_messages",
+        "Messages stored (not yet acked by every group).",
+        MetricType::Gauge,
+        |(t, _)| t.depth,
+    ),
+    (
+        "weir_topic_bytes",
+        "Payload bytes stored.",
+        MetricType::Gauge,
+        |(t, _)| t.bytes,
+    ),
+    (
+        "weir_topic_max_messages",
+        "The topic's max_messages bound.",
+        MetricType::Gauge,
+        |(t, _)| t.config.max_messages,
+    ),
+    (
+        "weir_topic_max_bytes",
+        "The topic's max_bytes bound.",
+        MetricType::Gauge,
+        |(t, _)| t.config.max_bytes,
+    ),
+    (
+        "weir_topic_parked_publishes",
+        "Publishes parked by the block policy.",
+        MetricType::Gauge,
+        |(t, _)| t.parked,
+    ),
+    (
+        "weir_topic_drain_messages_per_second",
+        "Messages leaving the topic per second, lately.",
+        MetricType::Gauge,
+        |(t, _)| t.drain_per_s,
+    ),
+];
+
+/// The per-topic series.
+fn topic_series(out: &mut DescriptorEncoder, topics: &[Snapshot]) -> fmt::Result {
+    for (name, help, kind, value) in TOPIC_SERIES {
+        let samples = topics
+            .iter()
+            .map(|s| ([("topic", topic_name(s))], value(s)));
+        family(out, (name, help, kind), samples)?;
+    }
+    let dropped = topics.iter().map(|s| {
+        (
+            [("topic", topic_name(s)), ("reason", "overflow")],
+            s.0.dropped,
+        )
+    });
+    let help = "Messages evicted by the drop_oldest policy.";
+    family(
+        out,
+        ("weir_messages_dropped", help, MetricType::Counter),
+        dropped,
+    )?;
+    let refusing = topics.iter().filter_map(|s| {
+        let r = s.0.refusing.as_ref()?;
+        Some((
+            [("topic", topic_name(s)), ("reason", reason_label(r.reason))],
+            1u64,
+        ))
+    });
+    let help = "1 while a bound refuses the topic's publishes (refused in the last 2 s).";
+    family(
+        out,
+        ("weir_topic_refusing", help, MetricType::Gauge),
+        refusing,
+    )
+}
+
+/// The name of a snapshot's topic (its `topic` label).
+fn topic_name(s: &Snapshot) -> &str {
+    &s.0.config.name
+}
+
+/// A per-group gauge read from the group's snapshot: name, help, value.
+type GroupSeries = (&'static str, &'static str, fn(&GroupInfo) -> u64);
+
+/// Every per-group gauge with an integer value.
+const GROUP_SERIES: [GroupSeries; 5] = [
+    (
+        "weir_group_in_flight_messages",
+        "Messages delivered to the group and not yet acked.",
+        |g| g.in_flight,
+    ),
+    (
+        "weir_group_pending_messages",
+        "Messages stored and not yet delivered to the group.",
+        |g| g.pending,
+    ),
+    (
+        "weir_group_credit",
+        "Credit granted by the group's members and not yet used.",
+        |g| g.credit,
+    ),
+    (
+        "weir_group_members",
+        "Subscriptions attached to the group.",
+        |g| u64::from(g.members),
+    ),
+    (
+        "weir_group_dead_letter_held",
+        "Messages held in flight because their dead-letter topic is full.",
+        |g| g.dead_letter_held,
+    ),
+];
+
+/// The per-group series.
+fn group_series(out: &mut DescriptorEncoder, topics: &[Snapshot]) -> fmt::Result {
+    let groups = || {
+        topics.iter().flat_map(|s| {
+            let topic = topic_name(s);
+            s.0.groups
+                .iter()
+                .map(move |g| ([("topic", topic), ("group", g.name.as_str())], g))
+        })
+    };
+    for (name, help, value) in GROUP_SERIES {
+        let samples = groups().map(|(labels, g)| (labels, value(g)));
+        family(out, (name, help, MetricType::Gauge), samples)?;
+    }
+    let oldest = groups().map(|(labels, g)| {
+        let ms = g.oldest_unacked_ms.unwrap_or(0);
+        (labels, ms as f64 / 1e3)
+    });
+    let help = "Age of the group's oldest unacked delivery (0 with nothing in flight).";
+    family(
+        out,
+        ("weir_group_oldest_unacked_seconds", help, MetricType::Gauge),
+        oldest,
+    )
+}
+
+/// Broker-wide gauges: connections, the memory budget, queued appends.
+fn broker_gauges(out: &mut DescriptorEncoder, broker: &Broker) -> fmt::Result {
+    let admission = broker.admission();
+    let budget = admission.budget();
+    let gauges = [
+        (
+            "weir_connections_open",
+            "Client connections open.",
+            broker.metrics().connections.get(),
+        ),
+        (
+            "weir_memory_budget_used_bytes",
+            "Bytes held against the memory budget.",
+            budget.used(),
+        ),
+        (
+            "weir_memory_budget_capacity_bytes",
+            "The memory budget (limits.memory_budget_bytes).",
+            budget.capacity(),
+        ),
+        (
+            "weir_appends_queued",
+            "Appends waiting for their commit, all topics.",
+            admission.overload().queued_now(),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        family(out, (name, help, MetricType::Gauge), [(NO_LABELS, value)])?;
+    }
+    Ok(())
+}
+
+/// The histograms, as recorded.
+fn histograms(out: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
+    let all = [
+        (
+            "weir_commit_duration_seconds",
+            "One group commit: write, sync (per fsync policy), acked segments deleted.",
+            m.commit_duration.histogram(),
+        ),
+        (
+            "weir_commit_batch_messages",
+            "Messages per group commit.",
+            m.commit_batch.histogram(),
+        ),
+        (
+            "weir_publish_confirm_seconds",
+            "From a publish received to its answer (ok, refused or failed) queued.",
+            m.publish_confirm.histogram(),
+        ),
+        (
+            "weir_publish_deliver_seconds",
+            "From a message's append to its first delivery to a group being queued.",
+            m.publish_deliver.histogram(),
+        ),
+    ];
+    for (name, help, histogram) in all {
+        let metric = out.encode_descriptor(name, help, None, histogram.metric_type())?;
+        histogram.encode(metric)?;
+    }
+    Ok(())
+}

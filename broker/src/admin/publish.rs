@@ -1,0 +1,260 @@
+//! `POST /topics/{name}/messages`: publishes one message, for clients without the Rust crate.
+//!
+//! The body is the payload (any content type). Request headers named `weir-header-NAME` become
+//! message headers `NAME` (lowercase, as HTTP header names are case-insensitive; values must be
+//! UTF-8; the values of a repeated name keep their order). The client authenticates as on the
+//! wire: `Authorization: Bearer TOKEN` when `[[keys]]` are configured; without keys,
+//! anonymously from loopback only.
+//!
+//! The publish passes exactly the checks of a wire publish ([`crate::publish`]) and is answered
+//! once the outcome is known:
+//!
+//! | outcome | status | body |
+//! |---|---|---|
+//! | stored durably (the confirm resolved) | 201 | `{"topic", "seq"}` |
+//! | `TopicFull`, `RateLimited`, `Overloaded` | 429, `Retry-After` in whole seconds (rounded up, at least 1) when there is a hint | `{"reason", "limit": {"name", "value"}, "retry_after_ms"}` |
+//! | `MessageTooLarge` (`max_message_bytes`, or a body over `max_frame_bytes`) | 413 | the same |
+//! | `ShuttingDown` | 503 | the same |
+//! | `TooManyTopics` (auto-create at `max_topics`) | 507 | the same |
+//! | no bearer token while keys are configured | 401, `WWW-Authenticate: Bearer` | `{"error"}` |
+//! | a wrong token, or anonymous from a non-loopback address | 403 | `{"error"}` |
+//! | unknown topic (auto-create off) | 404 | `{"error"}` |
+//! | an invalid topic name, a header value that is not UTF-8 | 400 | `{"error"}` |
+//! | storage failure | 500 | `{"error"}` |
+//!
+//! Bounds: the body is read only after authentication and the topic lookup, and never past
+//! `max_frame_bytes` (axum's body limit); a `block` topic holds the request while the publish is
+//! parked (at most its `max_block_ms`, then 429).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{post, MethodRouter};
+use axum::{Extension, Json};
+use serde::Serialize;
+use weir_protocol::{Headers, Limit, RejectReason};
+
+use super::topics::{error_response, unknown_topic};
+use super::PeerAddr;
+use crate::broker::{Broker, CreateError};
+use crate::keys::{AuthError, Identity};
+use crate::topic::{Admitted, AppendError, Refusal, Topic};
+
+/// Request headers with this prefix (any case) become message headers, the prefix cut off.
+pub const HEADER_PREFIX: &str = "weir-header-";
+
+/// The route's handler, its request body bounded by the broker's `max_frame_bytes`.
+pub(super) fn route(broker: &Broker) -> MethodRouter<Broker> {
+    let max_body = broker.config().limits.max_frame_bytes as usize;
+    post(publish).layer(DefaultBodyLimit::max(max_body))
+}
+
+/// The answer to a durably stored publish (`201 Created`).
+#[derive(Debug, Serialize)]
+pub struct Published {
+    /// The topic it was stored in.
+    pub topic: String,
+    /// Its sequence number in that topic.
+    pub seq: u64,
+}
+
+/// The answer to a publish a bound refused: the same fields as the wire's `Rejected`.
+#[derive(Debug, Serialize)]
+pub struct Refused {
+    /// Why, e.g. `TopicFull`.
+    pub reason: RejectReason,
+    /// The bound that fired: `{"name", "value"}`.
+    pub limit: Limit,
+    /// When to come back, if waiting can help.
+    pub retry_after_ms: Option<u64>,
+}
+
+/// Why an HTTP publish was not stored; each becomes one status (see the module table).
+enum Failure {
+    /// No bearer token while keys are configured.
+    Unauthenticated,
+    /// A wrong token, or an anonymous client not on loopback.
+    Forbidden(AuthError),
+    /// No such topic, and auto-create is off.
+    UnknownTopic(String),
+    /// An invalid topic name or message header, or a body that could not be read.
+    BadRequest(String),
+    /// A bound refused the publish.
+    Refused(Refusal),
+    /// Storage failed, or the topic's writer stopped.
+    Internal(String),
+}
+
+impl From<AppendError> for Failure {
+    fn from(e: AppendError) -> Failure {
+        match e {
+            AppendError::Refused(r) => Failure::Refused(r),
+            AppendError::Storage(message) => Failure::Internal(message),
+        }
+    }
+}
+
+/// `POST /topics/{name}/messages`: `201 {"topic", "seq"}` once the message is durable, or the
+/// status and body of why not (see the module table). As on the wire, the time from the
+/// request to its answer, whatever the answer, goes to the publish→confirm histogram.
+async fn publish(
+    State(broker): State<Broker>,
+    Path(name): Path<String>,
+    peer: Option<Extension<ConnectInfo<PeerAddr>>>,
+    request: Request,
+) -> Response {
+    let received = Instant::now();
+    let answer = match store(&broker, &name, peer_ip(peer), request).await {
+        Ok(seq) => (StatusCode::CREATED, Json(Published { topic: name, seq })).into_response(),
+        Err(failure) => failure.into_response(),
+    };
+    broker.metrics().observe_publish_confirm(received.elapsed());
+    answer
+}
+
+/// Authenticates, finds the topic, reads the body, publishes, and waits for the confirm.
+async fn store(
+    broker: &Broker,
+    name: &str,
+    peer: IpAddr,
+    request: Request,
+) -> Result<u64, Failure> {
+    let identity = authenticate(broker, request.headers(), peer)?;
+    let headers = message_headers(request.headers())?;
+    let topic = find_topic(broker, name).await?;
+    let payload = Bytes::from_request(request, &())
+        .await
+        .map_err(|e| unreadable_body(broker, e))?;
+    let key = broker.admission().limits_for(&identity);
+    let (Admitted::Queued(confirm) | Admitted::Parked(confirm)) =
+        crate::publish::publish(broker, &key, &topic, headers, payload).await?;
+    match confirm.await {
+        Ok(outcome) => Ok(outcome?),
+        Err(_) => Err(Failure::Internal("topic writer stopped".into())),
+    }
+}
+
+/// The client's address. A request whose peer is unknown (the router served without connect
+/// info) counts as remote, so it is never anonymous.
+fn peer_ip(peer: Option<Extension<ConnectInfo<PeerAddr>>>) -> IpAddr {
+    peer.map_or(
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        |Extension(ConnectInfo(PeerAddr(addr)))| addr.ip(),
+    )
+}
+
+/// Who the request is from, by its bearer token (as `Hello` on the wire).
+fn authenticate(broker: &Broker, headers: &HeaderMap, peer: IpAddr) -> Result<Identity, Failure> {
+    let token = bearer_token(headers);
+    broker.keys().authenticate(token, peer).map_err(|e| {
+        tracing::warn!(%peer, error = %e, "HTTP publish not authenticated");
+        match (&e, token) {
+            (AuthError::BadToken, None) => Failure::Unauthenticated,
+            _ => Failure::Forbidden(e),
+        }
+    })
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header, if there is one.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The message headers carried as `weir-header-NAME` request headers.
+fn message_headers(headers: &HeaderMap) -> Result<Headers, Failure> {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let name = name.as_str().strip_prefix(HEADER_PREFIX)?;
+            let value = std::str::from_utf8(value.as_bytes()).map_err(|_| {
+                Failure::BadRequest(format!("header {HEADER_PREFIX}{name} is not UTF-8"))
+            });
+            Some(value.map(|value| (name.to_owned(), value.to_owned())))
+        })
+        .collect()
+}
+
+/// The topic to publish to, auto-created as a wire publish would create it.
+async fn find_topic(broker: &Broker, name: &str) -> Result<Arc<Topic>, Failure> {
+    broker.topic_or_create(name).await.map_err(|e| match e {
+        CreateError::Unknown(name) => Failure::UnknownTopic(name),
+        CreateError::TooMany(max) => {
+            broker.metrics().refused(RejectReason::TooManyTopics);
+            Failure::Refused(Refusal {
+                reason: RejectReason::TooManyTopics,
+                limit: Limit::new("max_topics", u64::from(max)),
+                retry_after_ms: None,
+            })
+        }
+        CreateError::Invalid(message) => Failure::BadRequest(message),
+        e @ (CreateError::Exists(_) | CreateError::Failed(_)) => Failure::Internal(e.to_string()),
+    })
+}
+
+/// A body that could not be read: over the body limit it is refused as too large for a frame.
+fn unreadable_body(broker: &Broker, e: BytesRejection) -> Failure {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Failure::Refused(crate::publish::too_large_for_a_frame(broker))
+    } else {
+        Failure::BadRequest(e.body_text())
+    }
+}
+
+/// The status a refusal is answered with.
+fn refusal_status(reason: RejectReason) -> StatusCode {
+    match reason {
+        RejectReason::TopicFull | RejectReason::RateLimited | RejectReason::Overloaded => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
+        RejectReason::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        RejectReason::TooManyTopics => StatusCode::INSUFFICIENT_STORAGE,
+        RejectReason::ShuttingDown | RejectReason::TooManyConnections => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        match self {
+            Failure::Refused(r) => {
+                let status = refusal_status(r.reason);
+                let retry_after_s = r.retry_after_ms.map(|ms| ms.div_ceil(1000).max(1));
+                let body = Refused {
+                    reason: r.reason,
+                    limit: r.limit,
+                    retry_after_ms: r.retry_after_ms,
+                };
+                let mut response = (status, Json(body)).into_response();
+                if let Some(seconds) = retry_after_s {
+                    let value = HeaderValue::from(seconds);
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                response
+            }
+            Failure::Unauthenticated => {
+                let message = "a bearer token is required (Authorization: Bearer TOKEN)";
+                let mut response = error_response(StatusCode::UNAUTHORIZED, message.into());
+                let challenge = HeaderValue::from_static("Bearer");
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, challenge);
+                response
+            }
+            Failure::Forbidden(e) => error_response(StatusCode::FORBIDDEN, e.to_string()),
+            Failure::UnknownTopic(name) => unknown_topic(&name),
+            Failure::BadRequest(message) => error_response(StatusCode::BAD_REQUEST, message),
+            Failure::Internal(message) => {
+                error_response(StatusCode::INTERNAL_SERVER_ERROR, message)
+            }
+        }
+    }
+}
