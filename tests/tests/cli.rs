@@ -93,21 +93,7 @@ async fn a_refused_publish_exits_non_zero_with_reason_limit_and_retry_after() {
 async fn topic_info_shows_the_policy_counters_and_recent_drops() {
     let broker = TestBroker::start().await;
     let addr = broker.addr;
-    let created = weir(
-        addr,
-        &[
-            "topic",
-            "create",
-            "lossy",
-            "--max-messages",
-            "2",
-            "--overflow",
-            "drop_oldest",
-        ],
-        "",
-    )
-    .await;
-    assert!(created.status.success(), "{created:?}");
+    create_two_message_topic(addr, "lossy", "drop_oldest").await;
     assert!(
         weir(addr, &["pub", "lossy", "one", "two", "three", "four"], "")
             .await
@@ -131,21 +117,7 @@ async fn topic_info_shows_the_policy_counters_and_recent_drops() {
 async fn stats_once_json_reports_depth_rates_and_the_active_refusal() {
     let broker = TestBroker::start().await;
     let addr = broker.addr;
-    let created = weir(
-        addr,
-        &[
-            "topic",
-            "create",
-            "full",
-            "--max-messages",
-            "2",
-            "--overflow",
-            "reject",
-        ],
-        "",
-    )
-    .await;
-    assert!(created.status.success(), "{created:?}");
+    create_two_message_topic(addr, "full", "reject").await;
     let refused = weir(addr, &["pub", "full", "a", "b", "c"], "").await;
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
     // The broker reports a refusal as active for two seconds: sample well within that.
@@ -180,4 +152,19 @@ async fn stats_once_json_reports_depth_rates_and_the_active_refusal() {
     assert_eq!(full["refusing"]["reason"], "TopicFull", "{json}");
     assert_eq!(full["refusing"]["limit"]["name"], "max_messages");
     assert_eq!(full["refusing"]["limit"]["value"], 2);
+}
+
+/// `weir topic create NAME --max-messages 2 --overflow POLICY`, asserting it succeeds.
+async fn create_two_message_topic(addr: std::net::SocketAddr, name: &str, overflow: &str) {
+    let args = [
+        "topic",
+        "create",
+        name,
+        "--max-messages",
+        "2",
+        "--overflow",
+        overflow,
+    ];
+    let created = weir(addr, &args, "").await;
+    assert!(created.status.success(), "{created:?}");
 }
