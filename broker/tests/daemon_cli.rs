@@ -39,3 +39,50 @@ fn an_invalid_config_file_is_refused_with_exit_code_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_conections"));
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir-broker"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Read until the broker says it is listening (its first lines are startup logs).
+    let mut seen = Vec::new();
+    for line in BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .take(50)
+    {
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            value.get("level").is_some() && value.get("message").is_some(),
+            "{line}"
+        );
+        let listening = value["message"] == "listening";
+        seen.push(value);
+        if listening {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let listening = seen
+        .iter()
+        .find(|v| v["message"] == "listening")
+        .expect("listening logged");
+    assert!(
+        listening["addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{listening}"
+    );
+}
