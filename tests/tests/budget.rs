@@ -67,6 +67,11 @@ async fn deliveries_waiting_for_a_slow_reader_count_against_the_budget() {
     // A small one is read whole and refused by admission the same way.
     assert_memory_refusal(&publisher.publish("t", vec![1u8; 100]).await);
     assert_eq!(broker.broker.metrics().frames_shed.get(), shed_before + 1);
+    // Refused before the topic, yet counted and shown as the topic's refusals.
+    let info = broker.broker.topic("t").unwrap().info();
+    assert!(info.rejected >= 3, "{info:?}");
+    let refusing = info.refusing.expect("refusing now");
+    assert_eq!(refusing.limit.name, "memory_budget_bytes");
 
     // The reader catches up: every confirmed message arrives, the budget drains, publishes
     // pass again.

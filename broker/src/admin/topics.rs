@@ -67,8 +67,8 @@ pub struct TopicView {
     pub dropped: u64,
     /// Publishes parked by `block` right now.
     pub parked: u64,
-    /// Publishes refused by the topic's own bounds since the broker started (refusals before
-    /// the topic — rates, overload — show in `refusing` and the broker's metrics only).
+    /// Publishes to the topic refused since the broker started, any reason (its own bounds and
+    /// admission before it: rates, overload, memory).
     pub rejected: u64,
     /// The bound refusing this topic's publishes right now (a refusal in the last two
     /// seconds), or `null`.

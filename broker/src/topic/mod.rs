@@ -512,9 +512,17 @@ impl Topic {
         }
     }
 
-    /// Records that a publish to this topic was refused (here or by admission before it), so
-    /// [`TopicInfo::refusing`] can say which bound is holding publishers back.
+    /// Records that a publish to this topic was refused by admission before it reached the
+    /// topic (rates, overload, memory): counted in the topic's `rejected` like its own refusals,
+    /// and shown as [`TopicInfo::refusing`].
     pub fn note_refusal(&self, refusal: &Refusal) {
+        self.counters.rejected.add(1);
+        self.note_recent(refusal);
+    }
+
+    /// Remembers the latest refusal so [`TopicInfo::refusing`] can say which bound is holding
+    /// publishers back.
+    fn note_recent(&self, refusal: &Refusal) {
         lock(&self.recent_refusals).note(refusal, Instant::now());
     }
 

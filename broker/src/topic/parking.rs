@@ -152,7 +152,7 @@ impl Topic {
             retry_after_ms,
         };
         self.admission.log_refusal(&self.config.name, &refusal);
-        self.note_refusal(&refusal);
+        self.note_recent(&refusal);
         AppendError::Refused(refusal)
     }
 }
