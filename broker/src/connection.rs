@@ -526,13 +526,7 @@ impl Connection {
                 format!("unknown topic {name}"),
             ),
             Err(CreateError::TooMany(max)) => {
-                self.broker.metrics().refused(RejectReason::TooManyTopics);
-                Frame::Rejected(Rejected {
-                    id: req,
-                    reason: RejectReason::TooManyTopics,
-                    limit: Limit::new("max_topics", u64::from(max)),
-                    retry_after_ms: None,
-                })
+                rejected(req, crate::publish::too_many_topics(&self.broker, max))
             }
             Err(CreateError::Invalid(msg)) => error(req, ErrorCode::InvalidArgument, msg),
             Err(e) => error(req, ErrorCode::Internal, e.to_string()),
@@ -582,15 +576,10 @@ impl Connection {
         let Frame::Publish(p) = frame else {
             return self.apply(frame).await;
         };
-        let metrics = self.broker.metrics();
-        metrics.frames_shed.add(1);
-        metrics.refused(RejectReason::Overloaded);
-        let admission = self.broker.admission();
-        let r = admission.memory_refusal(Instant::now());
-        admission.log_refusal(&p.topic, &r);
-        if let Some(topic) = self.broker.topic(&p.topic) {
-            topic.note_refusal(&r);
-        }
+        self.broker.metrics().frames_shed.add(1);
+        let r = self.broker.admission().memory_refusal(Instant::now());
+        let topic = self.broker.topic(&p.topic);
+        crate::publish::count_refusal(&self.broker, &p.topic, topic.as_deref(), &r);
         self.send(rejected(p.id, r)).await
     }
 

@@ -19,11 +19,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use weir_protocol::{Headers, OverflowPolicy, TopicConfig, TopicSpec};
 
 use crate::broker::{Broker, CreateError};
-use crate::topic::{Admitted, AppendError, DeadLetterJob, Topic};
+use crate::topic::{Admitted, AppendError, Confirm, DeadLetterJob, Topic};
 
 /// How long the mover waits before retrying a dead-letter topic that refused.
 const RETRY: Duration = Duration::from_secs(1);
@@ -101,30 +100,37 @@ fn origin_of(headers: &Headers) -> Option<(String, String, u64)> {
     ))
 }
 
-/// Moves up to `batch` due messages of `topic`. Returns whether some had to stay (refused or
-/// failed), so the mover should come back.
+/// Moves up to `batch` due messages of `topic`: appends them all to their dead-letter topics
+/// (stopping at the first refusal), then waits for those appends — so one batch costs about
+/// one group commit, not one per message — and records the durable ones as moved. Returns
+/// whether some had to stay (refused or failed), so the mover should come back.
 async fn move_batch(broker: &Broker, topic: &Arc<Topic>, batch: usize) -> bool {
     let jobs = topic.dead_letter_jobs(batch);
     if jobs.is_empty() {
         return false;
     }
     let mut held = false;
-    let mut moved = 0;
+    let mut appended = Vec::with_capacity(jobs.len());
     for job in &jobs {
-        match move_one(broker, topic, job).await {
+        match start_move(broker, topic, job).await {
+            Ok(confirm) => appended.push((job, confirm)),
+            Err(why) => {
+                held = true;
+                refused(broker, topic, job, &why);
+                break;
+            }
+        }
+    }
+    let mut moved = 0;
+    for (job, confirm) in appended {
+        match confirmed(confirm).await {
             Ok(()) => {
                 topic.dead_lettered(&job.group, job.letter.seq);
                 moved += 1;
             }
             Err(why) => {
                 held = true;
-                broker.metrics().dead_letter_refused.add(1);
-                tracing::warn!(
-                    topic = %topic.config().name, group = %job.group, seq = job.letter.seq,
-                    dead_letter_topic = %job.dead_letter_topic, why = %why,
-                    "message kept in flight: its dead-letter topic refused it (retrying)"
-                );
-                break;
+                refused(broker, topic, job, &why);
             }
         }
     }
@@ -134,42 +140,62 @@ async fn move_batch(broker: &Broker, topic: &Arc<Topic>, batch: usize) -> bool {
     held || jobs.len() == batch
 }
 
-/// Appends one due message to its dead-letter topic and waits until that is durable.
-async fn move_one(broker: &Broker, topic: &Arc<Topic>, job: &DeadLetterJob) -> Result<(), String> {
+/// Counts and logs a due message its dead-letter topic did not take: it stays in flight.
+fn refused(broker: &Broker, topic: &Topic, job: &DeadLetterJob, why: &str) {
+    broker.metrics().dead_letter_refused.add(1);
+    tracing::warn!(
+        topic = %topic.config().name, group = %job.group, seq = job.letter.seq,
+        dead_letter_topic = %job.dead_letter_topic, why = %why,
+        "message kept in flight: its dead-letter topic refused it (retrying)"
+    );
+}
+
+/// Appends one due message to its dead-letter topic (not yet durable). `None` when there is
+/// nothing to append: the message was evicted (`drop_oldest`) while it waited.
+async fn start_move(
+    broker: &Broker,
+    topic: &Arc<Topic>,
+    job: &DeadLetterJob,
+) -> Result<Option<Confirm>, String> {
     let Some(record) = topic
         .read_stored(job.letter.seq)
         .await
         .map_err(|e| e.to_string())?
     else {
-        // Evicted (`drop_oldest`) while it waited: there is nothing left to move.
-        return Ok(());
+        return Ok(None);
     };
     let dlq = dead_letter_topic(broker, topic.config(), &job.dead_letter_topic)
         .await
         .map_err(|e| e.to_string())?;
     let headers = origin_headers(record.headers, topic.config(), job);
-    append(broker, &dlq, headers, record.payload).await
+    // Draining work: counted in the memory budget, never refused by it.
+    let permit = broker
+        .admission()
+        .budget()
+        .charge(record.payload.len() as u64);
+    match dlq.publish(headers, record.payload, permit).await {
+        Ok(Admitted::Queued(confirm) | Admitted::Parked(confirm)) => Ok(Some(confirm)),
+        Err(e) => Err(why(e)),
+    }
 }
 
-/// Appends to `dlq` and waits for the commit (or the `block` policy's decision).
-async fn append(
-    broker: &Broker,
-    dlq: &Topic,
-    headers: Headers,
-    payload: Bytes,
-) -> Result<(), String> {
-    // Draining work: counted in the memory budget, never refused by it.
-    let permit = broker.admission().budget().charge(payload.len() as u64);
-    let confirm = match dlq.publish(headers, payload, permit).await {
-        Ok(Admitted::Queued(confirm) | Admitted::Parked(confirm)) => confirm,
-        Err(AppendError::Refused(r)) => return Err(format!("{:?} ({})", r.reason, r.limit.name)),
-        Err(AppendError::Storage(e)) => return Err(e),
+/// Waits until an append started by [`start_move`] is durable (or the `block` policy decided).
+async fn confirmed(confirm: Option<Confirm>) -> Result<(), String> {
+    let Some(confirm) = confirm else {
+        return Ok(());
     };
     match confirm.await {
         Ok(Ok(_seq)) => Ok(()),
-        Ok(Err(AppendError::Refused(r))) => Err(format!("{:?} ({})", r.reason, r.limit.name)),
-        Ok(Err(AppendError::Storage(e))) => Err(e),
+        Ok(Err(e)) => Err(why(e)),
         Err(_) => Err("dead-letter topic stopped".into()),
+    }
+}
+
+/// Why an append to a dead-letter topic failed, for the log.
+fn why(e: AppendError) -> String {
+    match e {
+        AppendError::Refused(r) => format!("{:?} ({})", r.reason, r.limit.name),
+        AppendError::Storage(e) => e,
     }
 }
 

@@ -2,14 +2,13 @@
 //! `POST /topics/{name}/messages` ([`crate::admin`]): the same checks, in the same order,
 //! counted and logged the same way.
 //!
-//! In order, each refusal counted in [`crate::metrics::Metrics::refused`]:
+//! In order, each refusal counted and logged by [`count_refusal`]:
 //! 1. the broker is shutting down: `ShuttingDown` (it takes no new publishes);
 //! 2. the message would not fit in one `Deliver` frame (`max_frame_bytes`): `MessageTooLarge`;
 //! 3. admission before any topic — overload, the memory budget, the key's token buckets
-//!    ([`crate::admission::Admission::admit_publish`]), logged at most once per second per
-//!    topic and reason, and noted on the topic (`TopicInfo.refusing`);
-//! 4. the topic's own bounds and overflow policy ([`Topic::publish`]): queued for its commit,
-//!    parked (`block`), or refused.
+//!    ([`crate::admission::Admission::admit_publish`]);
+//! 4. the topic's own bounds and overflow policy ([`Topic::publish`], which counts its own
+//!    refusals): queued for its commit, parked (`block`), or refused.
 
 use std::time::Instant;
 
@@ -31,11 +30,13 @@ pub(crate) async fn publish(
     headers: Headers,
     payload: Bytes,
 ) -> Result<Admitted, AppendError> {
-    let metrics = broker.metrics();
+    let refuse = |r: Refusal| {
+        count_refusal(broker, &topic.config().name, Some(topic), &r);
+        AppendError::Refused(r)
+    };
     if broker.is_shutting_down() {
-        metrics.refused(RejectReason::ShuttingDown);
         let grace = broker.config().limits.shutdown_grace_ms;
-        return Err(AppendError::Refused(Refusal {
+        return Err(refuse(Refusal {
             reason: RejectReason::ShuttingDown,
             limit: Limit::new("shutdown_grace_ms", grace),
             retry_after_ms: None,
@@ -43,30 +44,46 @@ pub(crate) async fn publish(
     }
     let max_frame = broker.config().limits.max_frame_bytes;
     if Deliver::max_body_bytes(&headers, payload.len()) > max_frame as usize {
-        return Err(AppendError::Refused(too_large_for_a_frame(broker)));
+        return Err(refuse(too_large_for_a_frame(broker)));
     }
-    let admission = broker.admission();
     // What the broker holds for it: the payload and its headers.
     let held = payload.len() as u64 + crate::storage::log::header_bytes(&headers);
-    let permit = admission
+    let permit = broker
+        .admission()
         .admit_publish(key, held, Instant::now())
-        .map_err(|r| {
-            metrics.refused(r.reason);
-            admission.log_refusal(&topic.config().name, &r);
-            topic.note_refusal(&r);
-            AppendError::Refused(r)
-        })?;
+        .map_err(refuse)?;
     topic.publish(headers, payload, permit).await
 }
 
+/// Accounts for a publish to `topic_name` refused before the topic saw it: counted by reason
+/// in the broker's metrics, logged at most once per second per topic and reason, and counted
+/// and noted on the topic if it exists (`TopicInfo.rejected`, `TopicInfo.refusing`).
+pub(crate) fn count_refusal(broker: &Broker, topic_name: &str, topic: Option<&Topic>, r: &Refusal) {
+    broker.metrics().refused(r.reason);
+    broker.admission().log_refusal(topic_name, r);
+    if let Some(topic) = topic {
+        topic.note_refusal(r);
+    }
+}
+
 /// The refusal of a message that cannot travel in one frame of `max_frame_bytes`
-/// (`MessageTooLarge`, no retry hint: retrying cannot help), counted in the broker's metrics.
+/// (`MessageTooLarge`, no retry hint: retrying cannot help).
 pub(crate) fn too_large_for_a_frame(broker: &Broker) -> Refusal {
-    broker.metrics().refused(RejectReason::MessageTooLarge);
     let max_frame = broker.config().limits.max_frame_bytes;
     Refusal {
         reason: RejectReason::MessageTooLarge,
         limit: Limit::new("max_frame_bytes", u64::from(max_frame)),
+        retry_after_ms: None,
+    }
+}
+
+/// The refusal of a publish that would auto-create a topic past `max_topics` (no retry hint:
+/// only deleting a topic helps), counted in the broker's metrics.
+pub(crate) fn too_many_topics(broker: &Broker, max: u32) -> Refusal {
+    broker.metrics().refused(RejectReason::TooManyTopics);
+    Refusal {
+        reason: RejectReason::TooManyTopics,
+        limit: Limit::new("max_topics", u64::from(max)),
         retry_after_ms: None,
     }
 }

@@ -17,25 +17,30 @@ fn spec(ack_timeout_ms: u64, max_attempts: u32) -> GroupSpec {
     }
 }
 
+/// Publishes with headers and returns the sequence, asserting it was confirmed.
 async fn publish_with_headers(
     client: &mut RawClient,
-    id: u64,
     topic: &str,
     headers: Headers,
     payload: &'static [u8],
 ) -> u64 {
-    client
-        .send(Frame::Publish(Publish {
-            id,
-            topic: topic.into(),
-            headers,
-            payload: payload.into(),
-        }))
-        .await;
-    match client.recv().await {
+    match client.publish_with_headers(topic, headers, payload).await {
         Frame::PublishOk(ok) => ok.seq,
         other => panic!("expected PublishOk, got {other:?}"),
     }
+}
+
+/// Creates `name` bounded at one message (a dead-letter topic that fills at once).
+async fn create_one_message_topic(admin: &mut RawClient, name: &str) {
+    let spec = TopicSpec {
+        name: name.into(),
+        max_messages: Some(1),
+        ..TopicSpec::default()
+    };
+    assert!(matches!(
+        admin.create_topic(spec).await,
+        Frame::TopicCreated(_)
+    ));
 }
 
 async fn deliver(client: &mut RawClient) -> Deliver {
@@ -57,7 +62,7 @@ async fn an_unacked_message_is_redelivered_once_per_timeout_then_dead_lettered_w
     let broker = TestBroker::start().await;
     let mut publisher = RawClient::connect(broker.addr).await;
     let headers = vec![("trace".to_string(), "abc".to_string())];
-    let seq = publish_with_headers(&mut publisher, 1, "jobs", headers, b"poison").await;
+    let seq = publish_with_headers(&mut publisher, "jobs", headers, b"poison").await;
     let mut consumer = RawClient::connect(broker.addr).await;
     consumer
         .subscribe_with(1, "jobs", "workers", 10, spec(200, 3))
@@ -185,15 +190,7 @@ async fn a_nacked_message_comes_back_no_sooner_than_its_delay_and_progress_keeps
 async fn term_dead_letters_at_once_and_a_full_dead_letter_topic_holds_the_message_in_flight() {
     let broker = TestBroker::start().await;
     let mut admin = RawClient::connect(broker.addr).await;
-    let full = TopicSpec {
-        name: "orders.dlq".into(),
-        max_messages: Some(1),
-        ..TopicSpec::default()
-    };
-    assert!(matches!(
-        admin.create_topic(full).await,
-        Frame::TopicCreated(_)
-    ));
+    create_one_message_topic(&mut admin, "orders.dlq").await;
     admin.publish("orders", &b"one"[..]).await;
     admin.publish("orders", &b"two"[..]).await;
     let mut consumer = RawClient::connect(broker.addr).await;
@@ -405,22 +402,14 @@ async fn a_dead_letter_appended_just_before_a_crash_is_not_moved_twice() {
     let mut admin = RawClient::connect(broker.addr).await;
     // The dead-letter topic already holds the copy the mover appended just before a "crash",
     // and is full, so the mover cannot append (or mark it moved) before the restart.
-    let full = TopicSpec {
-        name: "x.dlq".into(),
-        max_messages: Some(1),
-        ..TopicSpec::default()
-    };
-    assert!(matches!(
-        admin.create_topic(full).await,
-        Frame::TopicCreated(_)
-    ));
+    create_one_message_topic(&mut admin, "x.dlq").await;
     admin.publish("x", &b"payload"[..]).await;
     let origin = vec![
         ("weir-origin-topic".to_string(), "x".to_string()),
         ("weir-origin-seq".to_string(), "1".to_string()),
         ("weir-origin-group".to_string(), "g".to_string()),
     ];
-    publish_with_headers(&mut admin, 99, "x.dlq", origin, b"payload").await;
+    publish_with_headers(&mut admin, "x.dlq", origin, b"payload").await;
     let mut consumer = RawClient::connect(broker.addr).await;
     consumer.subscribe(1, "x", "g", 10).await;
     let d = deliver(&mut consumer).await;

@@ -130,7 +130,7 @@ async fn store(
     let topic = find_topic(broker, name).await?;
     let payload = Bytes::from_request(request, &())
         .await
-        .map_err(|e| unreadable_body(broker, e))?;
+        .map_err(|e| unreadable_body(broker, &topic, e))?;
     let key = broker.admission().limits_for(&identity);
     let (Admitted::Queued(confirm) | Admitted::Parked(confirm)) =
         crate::publish::publish(broker, &key, &topic, headers, payload).await?;
@@ -186,23 +186,18 @@ fn message_headers(headers: &HeaderMap) -> Result<Headers, Failure> {
 async fn find_topic(broker: &Broker, name: &str) -> Result<Arc<Topic>, Failure> {
     broker.topic_or_create(name).await.map_err(|e| match e {
         CreateError::Unknown(name) => Failure::UnknownTopic(name),
-        CreateError::TooMany(max) => {
-            broker.metrics().refused(RejectReason::TooManyTopics);
-            Failure::Refused(Refusal {
-                reason: RejectReason::TooManyTopics,
-                limit: Limit::new("max_topics", u64::from(max)),
-                retry_after_ms: None,
-            })
-        }
+        CreateError::TooMany(max) => Failure::Refused(crate::publish::too_many_topics(broker, max)),
         CreateError::Invalid(message) => Failure::BadRequest(message),
         e @ (CreateError::Exists(_) | CreateError::Failed(_)) => Failure::Internal(e.to_string()),
     })
 }
 
 /// A body that could not be read: over the body limit it is refused as too large for a frame.
-fn unreadable_body(broker: &Broker, e: BytesRejection) -> Failure {
+fn unreadable_body(broker: &Broker, topic: &Topic, e: BytesRejection) -> Failure {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        Failure::Refused(crate::publish::too_large_for_a_frame(broker))
+        let r = crate::publish::too_large_for_a_frame(broker);
+        crate::publish::count_refusal(broker, &topic.config().name, Some(topic), &r);
+        Failure::Refused(r)
     } else {
         Failure::BadRequest(e.body_text())
     }
