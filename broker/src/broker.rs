@@ -5,6 +5,7 @@
 //! serialised (it touches disk); lookups are a read lock.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -12,9 +13,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use weir_protocol::{TopicConfig, TopicInfo, TopicSpec};
+use weir_protocol::{ListTopics, TopicConfig, TopicInfo, TopicList, TopicSpec};
 
 use crate::admission::Admission;
+use crate::auth_limit::AuthFailures;
 use crate::config::Config;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
@@ -71,6 +73,10 @@ pub enum CreateError {
     /// The broker is at `max_topics`.
     #[error("the broker is at max_topics ({0})")]
     TooMany(u32),
+    /// A bound asks for more than the broker-wide ceiling (`max_topic_bytes`,
+    /// `max_topic_messages`).
+    #[error("a topic bound asks for more than the broker's {} ({})", .0.name, .0.value)]
+    OverCeiling(weir_protocol::Limit),
     /// The topic does not exist and auto-create is off.
     #[error("unknown topic {0}")]
     Unknown(String),
@@ -96,6 +102,7 @@ pub enum DeleteTopicError {
 struct Shared {
     config: Config,
     keys: KeyRing,
+    auth_failures: AuthFailures,
     env: TopicEnv,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     creating: tokio::sync::Mutex<()>,
@@ -125,6 +132,7 @@ impl Broker {
         let broker = Broker {
             shared: Arc::new(Shared {
                 keys: KeyRing::new(&config.keys, config.default_rate),
+                auth_failures: AuthFailures::new(config.limits.max_auth_failures_per_s),
                 config,
                 env,
                 topics: RwLock::new(topics),
@@ -155,6 +163,11 @@ impl Broker {
     /// The configured API keys.
     pub fn keys(&self) -> &KeyRing {
         &self.shared.keys
+    }
+
+    /// Failed authentications per client address (wire and HTTP).
+    pub fn auth_failures(&self) -> &AuthFailures {
+        &self.shared.auth_failures
     }
 
     /// Admission control: overload, memory budget, per-key rate limits.
@@ -212,6 +225,9 @@ impl Broker {
             .config
             .resolve_topic(spec)
             .map_err(CreateError::Invalid)?;
+        if let Some(limit) = self.shared.config.topic_ceiling_exceeded(&config) {
+            return Err(CreateError::OverCeiling(limit));
+        }
         let _creating = self.shared.creating.lock().await;
         if let Some(existing) = self.topic(&config.name) {
             if *existing.config() == config {
@@ -294,6 +310,29 @@ impl Broker {
         .map_err(DeleteTopicError::Failed)?;
         tracing::info!(topic = %name, detached = detached.len(), "topic deleted");
         Ok(detached)
+    }
+
+    /// One page of topic snapshots answering `request` (see [`crate::replies`]): in name order
+    /// after `request.after`, as many as fit in a frame of `max_frame_bytes`.
+    pub(crate) fn list_topics_page(
+        &self,
+        request: ListTopics,
+        max_frame_bytes: usize,
+    ) -> TopicList {
+        let after = request.after.unwrap_or_default();
+        let topics: Vec<Arc<Topic>> = {
+            let registry = self.shared.topics.read().unwrap_or_else(|p| p.into_inner());
+            registry
+                .range::<str, _>((Bound::Excluded(after.as_str()), Bound::Unbounded))
+                .map(|(_, t)| t.clone())
+                .collect()
+        };
+        crate::replies::topic_page(
+            request.req,
+            topics.iter().map(|t| t.info()),
+            request.limit,
+            max_frame_bytes,
+        )
     }
 
     /// A snapshot of every topic, sorted by name.

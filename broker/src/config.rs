@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use weir_protocol::{FsyncPolicy, GroupConfig, GroupSpec, OverflowPolicy, TopicConfig, TopicSpec};
+use weir_protocol::{
+    FsyncPolicy, GroupConfig, GroupSpec, Limit, OverflowPolicy, TopicConfig, TopicSpec,
+};
 
 use crate::keys::{ApiKey, RateConfig};
 
@@ -80,9 +82,11 @@ pub struct Limits {
     /// A group at `max_in_flight`, or a subscriber with no credit while messages wait, for
     /// this long is reported (log line and metric), and again every such period. Default 30 000.
     pub stall_warn_ms: u64,
-    /// One budget for every payload the broker holds for clients until it is committed (queued
-    /// or parked). A publish that does not fit gets `Rejected{Overloaded}` naming it.
-    /// Default 256 MiB.
+    /// One budget for every buffer the broker holds for clients, in two halves: *inbound*
+    /// (read buffers, publishes until committed or while parked, tail caches) and *outbound*
+    /// (deliveries until written). A publish that does not fit in the inbound half gets
+    /// `Rejected{Overloaded}` naming it; deliveries wait in the log while the outbound half is
+    /// full. At least two `max_frame_bytes`. Default 256 MiB.
     pub memory_budget_bytes: u64,
     /// Publishes get `Rejected{Overloaded}` while the p99 storage commit latency over the last
     /// `overload_window_ms` exceeds this. Default 1 000.
@@ -99,6 +103,47 @@ pub struct Limits {
     /// How long shutdown waits for in-progress commits before closing connections, in
     /// milliseconds. Default 5 000.
     pub shutdown_grace_ms: u64,
+    /// Largest frame a connection may send before its `Hello` succeeds; a larger one closes it
+    /// with `Error{FrameTooLarge}`. Default 64 KiB.
+    pub max_unauthenticated_frame_bytes: u32,
+    /// A frame whose bytes stop arriving for this long closes its connection (and gives back
+    /// the bytes it held), in milliseconds. Default 10 000.
+    pub frame_read_timeout_ms: u64,
+    /// Most memory one connection holds: its read buffer, its unsent deliveries, and its
+    /// publishes until they are committed (queued or parked). Over it, that connection stops
+    /// being read while its own publishes commit, its publishes are refused
+    /// `Rejected{Overloaded}` naming this limit, and no more deliveries are planned for it —
+    /// its neighbours are not affected. At least two `max_frame_bytes`; a value over half of
+    /// `memory_budget_bytes` is taken as that half. Default 32 MiB.
+    pub max_connection_memory_bytes: u64,
+    /// A connection whose socket accepts no bytes for this long while frames wait for it is
+    /// closed with `GoingAway{SlowConsumer}`; its unacked deliveries return to their groups.
+    /// In milliseconds. Default 30 000.
+    pub slow_consumer_timeout_ms: u64,
+    /// A connection with no subscription that sends no frame (a `Ping` counts) for this long
+    /// is closed with `GoingAway{Idle}`. In milliseconds. Default 600 000 (10 min).
+    pub idle_timeout_ms: u64,
+    /// Most headers on one message; more is refused `Rejected{MessageTooLarge}` naming it. At
+    /// most 1 024 (the wire's own ceiling). Default 64.
+    pub max_headers: u32,
+    /// Most bytes of header names and values on one message; more is refused
+    /// `Rejected{MessageTooLarge}` naming it. Default 16 KiB.
+    pub max_header_bytes: u32,
+    /// Longest reason a client may attach to a `Term` (kept on the dead-lettered message as
+    /// its `weir-reason` header); longer reasons are cut at this many bytes and counted.
+    /// Default 1 024.
+    pub max_reason_bytes: u32,
+    /// The largest `max_bytes` a topic may be created with; a larger one is refused
+    /// `Error{LimitExceeded}` naming this limit. Default 64 GiB.
+    pub max_topic_bytes: u64,
+    /// The largest `max_messages` a topic may be created with (each stored message costs the
+    /// broker 4 bytes of memory for its size); a larger one is refused `Error{LimitExceeded}`.
+    /// Default 10 000 000.
+    pub max_topic_messages: u64,
+    /// Failed authentications one client address may make per second; past it, that
+    /// address's new connections are refused (`Rejected{RateLimited}`) before their `Hello` is
+    /// read, until the second is over. Default 10.
+    pub max_auth_failures_per_s: u32,
 }
 
 /// Default bounds of a topic (DESIGN.md §1: all required, no "unlimited").
@@ -136,6 +181,19 @@ pub struct AdminConfig {
     /// Most requests handled at once; past it a request gets `503` with `Retry-After: 1`.
     /// Default 32.
     pub max_concurrent_requests: u32,
+    /// A request whose headers have not all arrived this long after its first byte (or, on a
+    /// new connection, after the connection opened) closes its connection, in milliseconds.
+    /// Default 5 000.
+    pub header_read_timeout_ms: u64,
+    /// A request body that has not all arrived this long after the headers is answered
+    /// `408 Request Timeout`, in milliseconds. Default 30 000.
+    pub body_read_timeout_ms: u64,
+    /// A kept-alive connection with no request for this long is closed, in milliseconds.
+    /// Default 60 000.
+    pub idle_timeout_ms: u64,
+    /// With `[[keys]]` configured, every route but `/healthz` and `/readyz` needs a key;
+    /// `true` opens `/metrics` to anyone (for a scraper without a token). Default false.
+    pub public_metrics: bool,
 }
 
 impl Default for AdminConfig {
@@ -145,6 +203,10 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
             max_connections: 64,
             max_concurrent_requests: 32,
+            header_read_timeout_ms: 5_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            public_metrics: false,
         }
     }
 }
@@ -196,6 +258,16 @@ pub struct StorageConfig {
     /// milliseconds. A crash loses at most this much ack progress, which means redeliveries,
     /// never lost messages. Default 100.
     pub state_flush_ms: u64,
+    /// Most bytes of message data (log segments, all topics) the broker stores; a publish that
+    /// would pass it is refused `Rejected{StorageFull}` naming `storage.max_bytes`. Unset: 90 %
+    /// of the filesystem's free space plus what the data directory already holds, taken at
+    /// start (`--print-config` shows the value taken).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Free space the broker leaves on the data directory's filesystem; a publish that would
+    /// take it below this is refused `Rejected{StorageFull}` naming `storage.min_free_bytes`,
+    /// so message data never drives the disk to ENOSPC. Default 1 GiB.
+    pub min_free_bytes: u64,
 }
 
 impl Default for Config {
@@ -236,6 +308,17 @@ impl Default for Limits {
             overload_queued_appends: 65_536,
             hello_timeout_ms: 10_000,
             shutdown_grace_ms: 5_000,
+            max_unauthenticated_frame_bytes: 64 * 1024,
+            frame_read_timeout_ms: 10_000,
+            max_connection_memory_bytes: 32 * 1024 * 1024,
+            slow_consumer_timeout_ms: 30_000,
+            idle_timeout_ms: 600_000,
+            max_headers: 64,
+            max_header_bytes: 16 * 1024,
+            max_reason_bytes: 1024,
+            max_topic_bytes: 64 * 1024 * 1024 * 1024,
+            max_topic_messages: 10_000_000,
+            max_auth_failures_per_s: 10,
         }
     }
 }
@@ -263,6 +346,8 @@ impl Default for StorageConfig {
             tail_cache_bytes: 4 * 1024 * 1024,
             state_cache_bytes: 64 * 1024 * 1024,
             state_flush_ms: 100,
+            max_bytes: None,
+            min_free_bytes: 1024 * 1024 * 1024,
         }
     }
 }
@@ -344,6 +429,29 @@ impl Config {
             ("limits.overload_commit_p99_ms", l.overload_commit_p99_ms),
             ("limits.overload_window_ms", l.overload_window_ms),
             ("limits.overload_queued_appends", l.overload_queued_appends),
+            ("limits.frame_read_timeout_ms", l.frame_read_timeout_ms),
+            (
+                "limits.slow_consumer_timeout_ms",
+                l.slow_consumer_timeout_ms,
+            ),
+            ("limits.idle_timeout_ms", l.idle_timeout_ms),
+            ("limits.max_header_bytes", u64::from(l.max_header_bytes)),
+            ("limits.max_reason_bytes", u64::from(l.max_reason_bytes)),
+            ("limits.max_topic_bytes", l.max_topic_bytes),
+            ("limits.max_topic_messages", l.max_topic_messages),
+            (
+                "limits.max_auth_failures_per_s",
+                u64::from(l.max_auth_failures_per_s),
+            ),
+            (
+                "admin.header_read_timeout_ms",
+                self.admin.header_read_timeout_ms,
+            ),
+            (
+                "admin.body_read_timeout_ms",
+                self.admin.body_read_timeout_ms,
+            ),
+            ("admin.idle_timeout_ms", self.admin.idle_timeout_ms),
             ("groups.ack_timeout_ms", self.groups.ack_timeout_ms),
             ("groups.max_attempts", u64::from(self.groups.max_attempts)),
             (
@@ -368,6 +476,31 @@ impl Config {
                 l.memory_budget_bytes, l.max_frame_bytes
             )));
         }
+        if l.max_connection_memory_bytes < 2 * u64::from(l.max_frame_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_connection_memory_bytes ({}) must hold two frames of limits.max_frame_bytes ({})",
+                l.max_connection_memory_bytes, l.max_frame_bytes
+            )));
+        }
+        if l.max_unauthenticated_frame_bytes < 1024
+            || l.max_unauthenticated_frame_bytes > l.max_frame_bytes
+        {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_unauthenticated_frame_bytes must be between 1024 and limits.max_frame_bytes ({})",
+                l.max_frame_bytes
+            )));
+        }
+        if l.max_header_bytes > MAX_HEADER_BYTES_CEILING {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_header_bytes must be at most {MAX_HEADER_BYTES_CEILING}"
+            )));
+        }
+        if l.max_headers as usize > weir_protocol::MAX_HEADERS_CEILING {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_headers must be at most {}",
+                weir_protocol::MAX_HEADERS_CEILING
+            )));
+        }
         self.default_rate
             .validate("default_rate")
             .map_err(ConfigError::Invalid)?;
@@ -384,12 +517,19 @@ impl Config {
                     .map_err(ConfigError::Invalid)?;
             }
         }
-        self.resolve_topic(TopicSpec {
-            name: "check".into(),
-            ..TopicSpec::default()
-        })
-        .map(|_| ())
-        .map_err(ConfigError::Invalid)
+        let defaults = self
+            .resolve_topic(TopicSpec {
+                name: "check".into(),
+                ..TopicSpec::default()
+            })
+            .map_err(|e| ConfigError::Invalid(format!("topic_defaults: {e}")))?;
+        match self.topic_ceiling_exceeded(&defaults) {
+            Some(limit) => Err(ConfigError::Invalid(format!(
+                "topic_defaults exceed limits.{} ({})",
+                limit.name, limit.value
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Resolves a group's settings against the defaults for a group of `topic` and checks them:
@@ -459,22 +599,53 @@ impl Config {
                 config.max_message_bytes, config.max_bytes
             ));
         }
-        let frame_room = self
-            .limits
-            .max_frame_bytes
-            .saturating_sub(FRAME_HEADER_ROOM);
-        if config.max_message_bytes > frame_room {
+        let ceiling = max_message_bytes_ceiling(&self.limits);
+        if config.max_message_bytes > ceiling {
             return Err(format!(
-                "max_message_bytes {} does not fit in a frame (limits.max_frame_bytes {} leaves {} for the payload)",
-                config.max_message_bytes, self.limits.max_frame_bytes, frame_room
+                "max_message_bytes {} does not fit in a frame (limits.max_frame_bytes {} leaves {} for a message, with room for a dead-letter copy's origin headers)",
+                config.max_message_bytes, self.limits.max_frame_bytes, ceiling
             ));
         }
         Ok(config)
     }
+
+    /// The broker-wide ceiling a topic's bounds pass, if any: `limits.max_topic_bytes` for its
+    /// `max_bytes`, `limits.max_topic_messages` for its `max_messages` (a create asking for more
+    /// is refused with `LimitExceeded` naming it).
+    pub fn topic_ceiling_exceeded(&self, config: &TopicConfig) -> Option<Limit> {
+        let l = &self.limits;
+        if config.max_bytes > l.max_topic_bytes {
+            return Some(Limit::new("max_topic_bytes", l.max_topic_bytes));
+        }
+        if config.max_messages > l.max_topic_messages {
+            return Some(Limit::new("max_topic_messages", l.max_topic_messages));
+        }
+        None
+    }
+}
+
+/// The largest `max_message_bytes` a topic may have under `limits`: what is left of a frame of
+/// `max_frame_bytes` after the frame's own fields and the origin headers a dead-letter copy
+/// adds — so every stored message can be delivered, and delivered again as a dead letter.
+pub fn max_message_bytes_ceiling(limits: &Limits) -> u32 {
+    let room =
+        u64::from(FRAME_HEADER_ROOM) + crate::dead_letter::origin_room(limits.max_reason_bytes);
+    u64::from(limits.max_frame_bytes).saturating_sub(room) as u32
 }
 
 /// Bytes of a frame reserved for everything but the payload (header, topic name, ids).
 const FRAME_HEADER_ROOM: u32 = 512;
+
+/// The largest publish frame header the broker reads: `max_header_bytes` of names and values,
+/// their length fields (at most 10 bytes per header), and room for the topic name and ids. A
+/// publish with a larger header is refused from its first bytes, unbuffered.
+pub fn max_publish_header_bytes(limits: &Limits) -> usize {
+    limits.max_header_bytes as usize + 10 * limits.max_headers as usize + 1024
+}
+
+/// The largest `limits.max_header_bytes`: a publish header must fit in the part of a read buffer
+/// every connection is granted (see the `reader` module).
+const MAX_HEADER_BYTES_CEILING: u32 = 32 * 1024;
 
 /// Checks a topic or group name: 1–200 bytes of `[A-Za-z0-9._-]`, not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> Result<(), String> {

@@ -27,42 +27,68 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use weir_protocol::*;
 
-use crate::admission::KeyLimits;
+use crate::admission::{ConnectionMemory, KeyLimits};
 use crate::broker::{Broker, CreateError, DeleteTopicError};
+use crate::config::Limits;
 use crate::group::{GrantError, MemberId};
 use crate::keys::Identity;
 use crate::outbox::{Outbound, Outbox};
-use crate::reader::{FrameReader, Read};
+use crate::reader::{FrameReader, Read, ReadError, ReadLimits, Shed};
 use crate::topic::{
     Admitted, AppendError, Confirm, DeleteGroupError, Detached, JoinError, Refusal, Topic,
 };
+use crate::writer::{Writer, WriterEnd};
 
 /// Control frames queued for the writer beyond which the reader waits.
 const CONTROL_QUEUE: usize = 256;
-/// Most frames encoded per socket write.
-const FRAMES_PER_FLUSH: usize = 512;
 /// How long a closing connection keeps draining unread input so the peer receives our last
 /// frames instead of a reset.
 const LINGER: Duration = Duration::from_secs(1);
 
 /// How a connection's main loop ended.
 enum End {
-    /// The client closed the connection, or our writer failed.
+    /// The client closed the connection, or our writer ended (failed, or gave up on a peer
+    /// that stopped reading).
     Closed,
     /// The broker is shutting down.
     Shutdown,
     /// The client broke the protocol; the error frame has been queued.
     ProtocolError,
+    /// No subscription and no frame for `idle_timeout`.
+    Idle,
+}
+
+impl End {
+    /// The `GoingAway` the client is sent, if any.
+    fn going_away(&self) -> Option<(GoingAwayReason, String)> {
+        match self {
+            End::Shutdown => Some((GoingAwayReason::ShuttingDown, "broker shutting down".into())),
+            End::Idle => Some((
+                GoingAwayReason::Idle,
+                "no subscription and no frame for the broker's idle_timeout".into(),
+            )),
+            End::Closed | End::ProtocolError => None,
+        }
+    }
+
+    /// For the log line.
+    fn name(&self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Shutdown => "shutdown",
+            End::ProtocolError => "protocol_error",
+            End::Idle => "idle",
+        }
+    }
 }
 
 /// An open subscription of this connection.
@@ -110,7 +136,11 @@ enum Wake {
     /// A pending publish's answer, and when the publish was read.
     Answer((Frame, Instant)),
     /// What the reader produced: a frame, a failure, or the end of input.
-    Read(Option<Result<Read, CodecError>>),
+    Read(Option<Result<Read, ReadError>>),
+    /// Outbound memory was freed (the connection may be back under its share).
+    Room,
+    /// The connection has been idle for `idle_timeout`.
+    Idle,
 }
 
 fn rejected(id: u64, r: Refusal) -> Frame {
@@ -138,6 +168,9 @@ pub(crate) fn server_limits(broker: &Broker) -> ServerLimits {
         max_unconfirmed: l.max_unconfirmed,
         max_credit: l.max_credit,
         max_subscriptions: l.max_subscriptions,
+        max_headers: l.max_headers,
+        max_header_bytes: l.max_header_bytes,
+        idle_timeout_ms: l.idle_timeout_ms,
     }
 }
 
@@ -151,24 +184,30 @@ pub(crate) struct Stop {
     pub(crate) hard: CancellationToken,
 }
 
-/// Serves one accepted connection until the client leaves, breaks the protocol, or the server
-/// stops it (see [`Stop`]).
+/// Serves one accepted connection until the client leaves, breaks the protocol, idles, stops
+/// reading, or the server stops it (see [`Stop`]).
 pub(crate) async fn serve(broker: Broker, socket: TcpStream, peer: SocketAddr, stop: Stop) {
     let _ = socket.set_nodelay(true);
     let id = broker.next_connection_id();
     let limits = broker.config().limits.clone();
     let codec = WeirCodec::new(limits.max_frame_bytes as usize);
     let (read, write) = socket.into_split();
-    let mut frames = FrameReader::new(read, codec, broker.admission().budget());
+    let memory = broker.admission().connection_memory();
+    let mut frames = FrameReader::new(read, read_limits(&limits), memory.inbound());
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     // Every credit of every subscription (Gap notices go on the control queue).
     let delivery_capacity = (limits.max_subscriptions as usize) * (limits.max_credit as usize);
     let (deliveries, deliveries_rx) = mpsc::channel(delivery_capacity.max(1));
-    let mut writer = tokio::spawn(write_frames(
-        FramedWrite::new(write, codec),
-        control_rx,
-        deliveries_rx,
-    ));
+    let writer_done = CancellationToken::new();
+    let mut writer = tokio::spawn({
+        let writer = Writer::new(write, codec, broker.clone(), id);
+        let done = writer_done.clone();
+        async move {
+            let end = writer.run(control_rx, deliveries_rx).await;
+            done.cancel();
+            end
+        }
+    });
 
     broker.metrics().connections.inc();
     info!(conn = id, %peer, "connection opened");
@@ -178,6 +217,7 @@ pub(crate) async fn serve(broker: Broker, socket: TcpStream, peer: SocketAddr, s
         peer,
         identity: None,
         key: None,
+        memory,
         control,
         deliveries,
         subs: HashMap::new(),
@@ -193,15 +233,16 @@ pub(crate) async fn serve(broker: Broker, socket: TcpStream, peer: SocketAddr, s
         if matches!(end, End::Shutdown) {
             conn.finish_confirms(Duration::from_millis(limits.shutdown_grace_ms))
                 .await;
-            let going_away = GoingAway {
-                reason: "broker shutting down".into(),
-            };
-            let _ = conn.control.send(Frame::GoingAway(going_away).into()).await;
+        }
+        if let Some((reason, message)) = end.going_away() {
+            let frame = Frame::GoingAway(GoingAway { reason, message });
+            let _ = conn.control.send(frame.into()).await;
         }
         end
     };
     let end = tokio::select! {
         end = session => end,
+        () = writer_done.cancelled() => End::Closed,
         () = stop.hard.cancelled() => End::Shutdown,
     };
     if matches!(end, End::ProtocolError) {
@@ -210,13 +251,26 @@ pub(crate) async fn serve(broker: Broker, socket: TcpStream, peer: SocketAddr, s
     conn.leave_all();
     drop(conn);
     // The writer ends once both queues are closed and drained, then half-closes the socket.
-    tokio::select! {
-        _ = &mut writer => {}
-        () = stop.hard.cancelled() => writer.abort(),
-    }
+    let written = tokio::select! {
+        end = &mut writer => end.unwrap_or(WriterEnd::Closed),
+        () = stop.hard.cancelled() => {
+            writer.abort();
+            WriterEnd::Closed
+        }
+    };
     linger(frames.into_inner()).await;
     broker.metrics().connections.dec();
-    info!(conn = id, %peer, "connection closed");
+    info!(conn = id, %peer, end = end.name(), writer = ?written, "connection closed");
+}
+
+/// The reader's bounds from the broker's limits.
+fn read_limits(limits: &Limits) -> ReadLimits {
+    ReadLimits {
+        max_frame_bytes: limits.max_frame_bytes as usize,
+        max_unauthenticated_frame_bytes: limits.max_unauthenticated_frame_bytes as usize,
+        max_publish_header_bytes: crate::config::max_publish_header_bytes(limits),
+        frame_read_timeout: Duration::from_millis(limits.frame_read_timeout_ms),
+    }
 }
 
 /// Reads and discards what the peer still sends, until it closes or [`LINGER`] passes, so
@@ -233,43 +287,12 @@ async fn linger(mut read: OwnedReadHalf) {
     .await;
 }
 
-/// Writes queued frames, many per syscall: everything ready is encoded, then flushed once.
-/// Control frames go first. Ends when both queues are closed or the socket fails.
-async fn write_frames(
-    mut sink: FramedWrite<OwnedWriteHalf, WeirCodec>,
-    mut control: mpsc::Receiver<Outbound>,
-    mut deliveries: mpsc::Receiver<Outbound>,
-) {
-    loop {
-        let first = tokio::select! {
-            biased;
-            Some(frame) = control.recv() => frame,
-            Some(frame) = deliveries.recv() => frame,
-            else => break,
-        };
-        // A frame's memory permit is given back once the frame is encoded.
-        if sink.feed(first.frame).await.is_err() {
-            return;
-        }
-        for _ in 1..FRAMES_PER_FLUSH {
-            let Ok(next) = control.try_recv().or_else(|_| deliveries.try_recv()) else {
-                break;
-            };
-            if sink.feed(next.frame).await.is_err() {
-                return;
-            }
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = tokio::io::AsyncWriteExt::shutdown(sink.get_mut()).await;
-}
-
 struct Connection {
     broker: Broker,
     id: u64,
     peer: SocketAddr,
+    /// What this connection holds: its share of the memory budget.
+    memory: ConnectionMemory,
     /// Who the client authenticated as (set by the handshake).
     identity: Option<Identity>,
     /// That identity's rate limits (set by the handshake).
@@ -296,6 +319,18 @@ impl Connection {
             .map_err(|_| End::Closed)
     }
 
+    /// Queues an answer whose size grows with what the broker holds (a topic listing or
+    /// description), its encoded bytes charged to this connection's outbound memory until
+    /// written: a client that asks and never reads holds its own share, then is paused.
+    async fn send_charged(&self, frame: Frame) -> Result<(), End> {
+        let memory = self.memory.outbound().charge(encoded_len(&frame) as u64);
+        let outbound = Outbound {
+            frame,
+            memory: Some(memory),
+        };
+        self.control.send(outbound).await.map_err(|_| End::Closed)
+    }
+
     async fn handshake(
         &mut self,
         frames: &mut FrameReader,
@@ -312,10 +347,11 @@ impl Connection {
             },
             () = shutdown.cancelled() => return Err(End::Closed),
         };
-        // A shed frame (a large publish while memory is short) is still not a Hello.
+        // A shed publish is still not a Hello.
         let first = first.map(|read| {
             read.map(|r| match r {
-                Read::Frame(frame) | Read::Shed(frame) => frame,
+                Read::Frame(frame) => frame,
+                Read::Shed(publish, _) => Frame::Publish(publish),
             })
         });
         match first {
@@ -327,6 +363,7 @@ impl Connection {
                 {
                     Ok(identity) => {
                         debug!(conn = self.id, key = %identity.name, "authenticated");
+                        frames.authenticated();
                         self.key = Some(self.broker.admission().limits_for(&identity));
                         self.identity = Some(identity);
                         let limits = server_limits(&self.broker);
@@ -337,7 +374,7 @@ impl Connection {
                         .await
                     }
                     Err(e) => {
-                        warn!(conn = self.id, peer = %self.peer, error = %e, "authentication failed");
+                        self.broker.auth_failures().failed(self.peer.ip(), &e);
                         self.send(error(0, ErrorCode::Unauthorized, e.to_string()))
                             .await?;
                         Err(End::ProtocolError)
@@ -367,7 +404,7 @@ impl Connection {
                 .await?;
                 Err(End::ProtocolError)
             }
-            Some(Err(e)) => Err(self.codec_error(e).await),
+            Some(Err(e)) => Err(self.read_error(e).await),
             None => Err(End::Closed),
         }
     }
@@ -376,20 +413,35 @@ impl Connection {
     /// time waiting in the `select!` (which includes decoding frames already buffered) counts as
     /// idle, the rest — applying a frame, queueing an answer — as busy
     /// (`weir_worker_*_seconds_total{worker="connection"}`).
+    ///
+    /// Reading pauses (TCP backpressure on this connection only) while `max_unconfirmed`
+    /// publishes await their commit, while this connection holds more than its memory share,
+    /// and while its own pending publishes leave less than one frame of its share free (they
+    /// free it as they commit). A connection with no subscription and nothing pending that
+    /// sends no frame for `idle_timeout` ends with [`End::Idle`].
     async fn run(&mut self, frames: &mut FrameReader, shutdown: &CancellationToken) -> End {
-        let max_unconfirmed = self.broker.config().limits.max_unconfirmed as usize;
+        let limits = &self.broker.config().limits;
+        let max_unconfirmed = limits.max_unconfirmed as usize;
+        let max_frame = u64::from(limits.max_frame_bytes);
+        let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
         let metrics = self.broker.metrics().clone();
+        let room = self.broker.admission().clone();
         let mut work = metrics.workers.connection.clock();
         let mut was_reading = true;
+        let mut last_frame = tokio::time::Instant::now();
         loop {
             metrics
                 .unconfirmed_high_water
                 .observe(self.pending.len() as u64);
-            let can_read = self.pending.len() < max_unconfirmed;
+            let epoch = room.delivery_room().epoch();
+            let over_share = self.memory.share().is_over()
+                || (!self.pending.is_empty() && self.memory.room() < max_frame);
+            let can_read = self.pending.len() < max_unconfirmed && !over_share;
             if was_reading && !can_read {
                 metrics.read_pauses.add(1);
             }
             was_reading = can_read;
+            let idle = self.subs.is_empty() && self.pending.is_empty() && self.parked.is_empty();
             work.waiting();
             let wake = tokio::select! {
                 biased;
@@ -397,13 +449,26 @@ impl Connection {
                 Some(answer) = self.pending.next(), if !self.pending.is_empty() => Wake::Answer(answer),
                 Some(answer) = self.parked.next(), if !self.parked.is_empty() => Wake::Answer(answer),
                 read = frames.next(), if can_read => Wake::Read(read),
+                () = room.delivery_room().freed_since(epoch), if over_share => Wake::Room,
+                () = tokio::time::sleep_until(last_frame + idle_timeout), if idle => Wake::Idle,
             };
             let woke = work.working();
             let step = match wake {
                 Wake::Answer(answer) => self.answer(answer).await,
                 Wake::Read(read) => {
                     self.read_at = woke;
+                    last_frame = woke.into();
                     self.read(read).await
+                }
+                Wake::Room => Ok(()),
+                Wake::Idle => {
+                    metrics.idle_closed.add(1);
+                    debug!(
+                        conn = self.id,
+                        idle_ms = idle_timeout.as_millis() as u64,
+                        "closing an idle connection"
+                    );
+                    Err(End::Idle)
                 }
             };
             if let Err(end) = step {
@@ -424,18 +489,16 @@ impl Connection {
     /// Applies what the reader produced. A publish answered at once — refused, or failed, so
     /// that it left no confirm pending — has its publish→confirm time recorded here; the others
     /// when their confirm is answered ([`Connection::answer`]).
-    async fn read(&mut self, read: Option<Result<Read, CodecError>>) -> Result<(), End> {
+    async fn read(&mut self, read: Option<Result<Read, ReadError>>) -> Result<(), End> {
         let publish = matches!(
             read,
-            Some(Ok(
-                Read::Frame(Frame::Publish(_)) | Read::Shed(Frame::Publish(_))
-            ))
+            Some(Ok(Read::Frame(Frame::Publish(_)) | Read::Shed(..)))
         );
         let unanswered = self.pending.len() + self.parked.len();
         match read {
             Some(Ok(Read::Frame(frame))) => self.apply(frame).await,
-            Some(Ok(Read::Shed(frame))) => self.shed(frame).await,
-            Some(Err(e)) => Err(self.codec_error(e).await),
+            Some(Ok(Read::Shed(publish, why))) => self.shed(publish, why).await,
+            Some(Err(e)) => Err(self.read_error(e).await),
             None => Err(End::Closed),
         }?;
         if publish && self.pending.len() + self.parked.len() == unanswered {
@@ -445,17 +508,24 @@ impl Connection {
         Ok(())
     }
 
-    /// Answers a codec failure: a typed error for bad input, nothing for a failed transport.
-    async fn codec_error(&self, e: CodecError) -> End {
+    /// Answers a read failure: a typed error for bad input or a stalled frame, nothing for a
+    /// failed transport.
+    async fn read_error(&self, e: ReadError) -> End {
         let code = match &e {
-            CodecError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
-            CodecError::Malformed(_) | CodecError::Truncated { .. } => ErrorCode::MalformedFrame,
-            CodecError::Io(io) => {
+            ReadError::Codec(CodecError::FrameTooLarge { .. }) => ErrorCode::FrameTooLarge,
+            ReadError::Codec(CodecError::Malformed(_) | CodecError::Truncated { .. }) => {
+                ErrorCode::MalformedFrame
+            }
+            ReadError::Stalled(..) => {
+                self.broker.metrics().frame_read_timeouts.add(1);
+                ErrorCode::FrameTimeout
+            }
+            ReadError::Codec(CodecError::Io(io)) => {
                 debug!(conn = self.id, error = %io, "connection read failed");
                 return End::Closed;
             }
         };
-        warn!(conn = self.id, error = %e, "closing connection after a bad frame");
+        warn!(conn = self.id, peer = %self.peer, error = %e, "closing connection after a bad frame");
         let _ = self.send(error(0, code, e.to_string())).await;
         End::ProtocolError
     }
@@ -465,19 +535,17 @@ impl Connection {
             Frame::Publish(p) => self.publish(p).await,
             Frame::CreateTopic(c) => self.create_topic(c).await,
             Frame::ListTopics(l) => {
-                let topics = self.broker.list_topics();
-                self.send(Frame::TopicList(TopicList { req: l.req, topics }))
-                    .await
+                let max = self.broker.config().limits.max_frame_bytes as usize;
+                let page = self.broker.list_topics_page(l, max);
+                self.send_charged(Frame::TopicList(page)).await
             }
             Frame::DescribeTopic(d) => {
                 let answer = match self.broker.topic(&d.name) {
                     Some(topic) => {
                         let (info, recent_drops) = topic.describe();
-                        Frame::TopicDescription(TopicDescription {
-                            req: d.req,
-                            info,
-                            recent_drops,
-                        })
+                        let max = self.broker.config().limits.max_frame_bytes as usize;
+                        let answer = crate::replies::description(d.req, info, recent_drops, max);
+                        Frame::TopicDescription(answer)
                     }
                     None => error(
                         d.req,
@@ -485,7 +553,7 @@ impl Connection {
                         format!("unknown topic {}", d.name),
                     ),
                 };
-                self.send(answer).await
+                self.send_charged(answer).await
             }
             Frame::Subscribe(s) => self.subscribe(s).await,
             Frame::Unsubscribe(u) => self.unsubscribe(u.sub).await,
@@ -497,7 +565,7 @@ impl Connection {
                     .await
             }
             Frame::Term(t) => {
-                let reason = t.reason;
+                let reason = self.capped_reason(t.reason);
                 self.on_sub(t.sub, |topic, g, m| topic.term(g, m, &t.seqs, &reason))
                     .await
             }
@@ -514,6 +582,21 @@ impl Connection {
                 self.send(error(0, ErrorCode::InvalidArgument, msg)).await
             }
         }
+    }
+
+    /// A `Term` reason cut to `max_reason_bytes` (at a character boundary), counted when cut:
+    /// every client string the broker keeps has a byte cap.
+    fn capped_reason(&self, mut reason: String) -> String {
+        let max = self.broker.config().limits.max_reason_bytes as usize;
+        if reason.len() > max {
+            let cut = (0..=max)
+                .rev()
+                .find(|&i| reason.is_char_boundary(i))
+                .unwrap_or(0);
+            reason.truncate(cut);
+            self.broker.metrics().reasons_truncated.add(1);
+        }
+        reason
     }
 
     /// Looks up (or auto-creates) a topic, answering request `req` with the failure.
@@ -542,7 +625,10 @@ impl Connection {
             return Ok(());
         };
         let key = self.key.clone().ok_or(End::ProtocolError)?;
-        match crate::publish::publish(&self.broker, &key, &topic, p.headers, p.payload).await {
+        let memory = self.memory.inbound();
+        let published =
+            crate::publish::publish(&self.broker, &key, memory, &topic, p.headers, p.payload).await;
+        match published {
             Ok(Admitted::Queued(confirm)) => {
                 self.pending.push(PendingConfirm {
                     id: p.id,
@@ -569,15 +655,15 @@ impl Connection {
         }
     }
 
-    /// Answers a frame the reader shed unread because the memory budget was over: a publish is
-    /// refused as the budget would refuse it; anything else is applied as it is (only
-    /// publishes carry payloads a client may send).
-    async fn shed(&mut self, frame: Frame) -> Result<(), End> {
-        let Frame::Publish(p) = frame else {
-            return self.apply(frame).await;
-        };
+    /// Answers a publish the reader shed unread: its payload did not fit in this connection's
+    /// memory (refused as admission would refuse it, naming the level that had no room), or its
+    /// header was larger than any accepted (`MessageTooLarge` naming `max_header_bytes`).
+    async fn shed(&mut self, p: Publish, why: Shed) -> Result<(), End> {
         self.broker.metrics().frames_shed.add(1);
-        let r = self.broker.admission().memory_refusal(Instant::now());
+        let r = match why {
+            Shed::Memory(full) => self.broker.admission().memory_refusal(full, Instant::now()),
+            Shed::HeaderTooLarge => crate::publish::header_too_large(&self.broker),
+        };
         let topic = self.broker.topic(&p.topic);
         crate::publish::count_refusal(&self.broker, &p.topic, topic.as_deref(), &r);
         self.send(rejected(p.id, r)).await
@@ -606,7 +692,7 @@ impl Connection {
             }),
             Err(CreateError::Invalid(msg)) => error(c.req, ErrorCode::InvalidArgument, msg),
             Err(e @ CreateError::Exists(_)) => error(c.req, ErrorCode::TopicExists, e.to_string()),
-            Err(e @ CreateError::TooMany(_)) => {
+            Err(e @ (CreateError::TooMany(_) | CreateError::OverCeiling(_))) => {
                 error(c.req, ErrorCode::LimitExceeded, e.to_string())
             }
             Err(e) => error(c.req, ErrorCode::Internal, e.to_string()),
@@ -669,8 +755,8 @@ impl Connection {
             &s.group,
             (s.group_spec.start, group_config),
             member,
-            self.deliveries.clone(),
-            self.control.clone(),
+            (self.deliveries.clone(), self.control.clone()),
+            self.memory.outbound().clone(),
         ) {
             let msg = format!("topic {} is at max_groups_per_topic ({max})", s.topic);
             return self.send(error(s.sub, ErrorCode::LimitExceeded, msg)).await;

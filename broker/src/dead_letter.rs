@@ -27,6 +27,28 @@ use crate::topic::{Admitted, AppendError, Confirm, DeadLetterJob, Topic};
 /// How long the mover waits before retrying a dead-letter topic that refused.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// The origin headers a dead-letter copy carries, replacing any a message already had (so a
+/// message dead-lettered twice carries one set, of its latest death).
+const ORIGIN_HEADERS: [&str; 5] = [
+    "weir-origin-topic",
+    "weir-origin-seq",
+    "weir-origin-group",
+    "weir-attempts",
+    "weir-reason",
+];
+
+/// The most bytes the origin headers add to a message's `Deliver` frame when reasons are cut at
+/// `max_reason_bytes`: names, values (topic and group names at most 200 bytes, seq and attempts
+/// as decimal numbers) and their varint lengths. A publish keeps this room in its frame
+/// ([`crate::publish::fits_a_frame`]), so its dead-letter copy is always deliverable, and a
+/// dead-letter topic does not count it against its `max_message_bytes`.
+pub(crate) fn origin_room(max_reason_bytes: u32) -> u64 {
+    let names: usize = ORIGIN_HEADERS.iter().map(|n| n.len()).sum();
+    let values = 200 + 20 + 200 + 10 + max_reason_bytes as usize;
+    let lengths = 2 * ORIGIN_HEADERS.len() * 3 + 3;
+    (names + values + lengths) as u64
+}
+
 /// Moves dead letters until the broker stops.
 pub(crate) async fn run(broker: Broker) {
     let batch = broker.config().groups.dead_letter_batch as usize;
@@ -167,13 +189,14 @@ async fn start_move(
     let dlq = dead_letter_topic(broker, topic.config(), &job.dead_letter_topic)
         .await
         .map_err(|e| e.to_string())?;
-    let headers = origin_headers(record.headers, topic.config(), job);
+    let (headers, slack) = origin_headers(record.headers, topic.config(), job);
+    let message = crate::storage::log::Message {
+        headers,
+        payload: record.payload,
+    };
     // Draining work: counted in the memory budget, never refused by it.
-    let permit = broker
-        .admission()
-        .budget()
-        .charge(record.payload.len() as u64);
-    match dlq.publish(headers, record.payload, permit).await {
+    let permit = broker.admission().inbound().charge(message.memory_bytes());
+    match dlq.publish(message, permit, slack).await {
         Ok(Admitted::Queued(confirm) | Admitted::Parked(confirm)) => Ok(Some(confirm)),
         Err(e) => Err(why(e)),
     }
@@ -199,16 +222,34 @@ fn why(e: AppendError) -> String {
     }
 }
 
-/// The message's own headers followed by where it came from and why it died.
-fn origin_headers(mut headers: Headers, source: &TopicConfig, job: &DeadLetterJob) -> Headers {
-    headers.extend([
-        ("weir-origin-topic".to_string(), source.name.clone()),
-        ("weir-origin-seq".to_string(), job.letter.seq.to_string()),
-        ("weir-origin-group".to_string(), job.group.clone()),
-        ("weir-attempts".to_string(), job.letter.attempt.to_string()),
-        ("weir-reason".to_string(), job.letter.reason.clone()),
-    ]);
-    headers
+/// The message's own headers (less any origin headers of an earlier death) followed by where it
+/// came from and why it died, and the bytes those origin headers add (not counted against the
+/// dead-letter topic's `max_message_bytes`).
+fn origin_headers(
+    mut headers: Headers,
+    source: &TopicConfig,
+    job: &DeadLetterJob,
+) -> (Headers, u64) {
+    headers.retain(|(name, _)| !ORIGIN_HEADERS.contains(&name.as_str()));
+    let origin = [
+        source.name.clone(),
+        job.letter.seq.to_string(),
+        job.group.clone(),
+        job.letter.attempt.to_string(),
+        job.letter.reason.clone(),
+    ];
+    let added: usize = ORIGIN_HEADERS
+        .iter()
+        .zip(&origin)
+        .map(|(n, v)| n.len() + v.len())
+        .sum();
+    headers.extend(
+        ORIGIN_HEADERS
+            .iter()
+            .zip(origin)
+            .map(|(n, v)| ((*n).to_string(), v)),
+    );
+    (headers, added as u64)
 }
 
 /// The dead-letter topic `name`, created on first use with the source's bounds and `reject`

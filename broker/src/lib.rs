@@ -9,10 +9,15 @@
 //! - [`server`] — accept loop, graceful shutdown.
 //! - [`slots`] — connection slots: `max_connections` and `max_connections_per_ip`.
 //! - [`connection`] — one task per connection: read frames, apply them, write answers.
-//! - `reader` — a connection's frame reader, its buffer drawn from the memory budget.
+//! - `reader` — a connection's frame reader, its buffer charged to the connection's memory
+//!   as bytes arrive.
+//! - `writer` — a connection's socket writer: batches frames, gives up on a peer that stops
+//!   reading, never drops an answer silently.
+//! - [`auth_limit`] — failed authentications limited per client address.
 //! - [`admin`] — the HTTP admin endpoint: health, readiness, metrics, topics, HTTP publish.
 //! - [`admission`] — overload, memory budget and per-key rate limits, before any topic.
 //! - `publish` — the checks one publish passes, shared by the wire and HTTP publish paths.
+//! - `replies` — listings and descriptions cut to fit in one frame.
 //! - [`broker`] — the shared handle: topic registry, creation, state persistence.
 //! - [`topic`] — bounds and admission; the group-commit writer; the dispatcher.
 //! - [`keys`] — API keys, `Hello` authentication, per-key rate settings.
@@ -25,6 +30,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod auth_limit;
 pub mod broker;
 pub mod config;
 pub(crate) mod connection;
@@ -35,10 +41,12 @@ pub mod metrics;
 pub mod outbox;
 mod publish;
 pub(crate) mod reader;
+mod replies;
 pub mod server;
 pub mod slots;
 pub mod storage;
 pub mod topic;
+pub(crate) mod writer;
 
 mod loom;
 

@@ -252,12 +252,29 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Connections closed for a protocol error (malformed or oversized frame, bad handshake).
     pub protocol_errors: Counter,
-    /// Times a connection stopped reading its socket because it had `max_unconfirmed`
-    /// publishes awaiting their commit (TCP backpressure).
+    /// Times a connection stopped reading its socket: it had `max_unconfirmed` publishes
+    /// awaiting their commit, or held its whole memory share (TCP backpressure).
     pub read_pauses: Counter,
-    /// Frames shed unread — header decoded, payload discarded as it arrived — because they
-    /// would have grown a read buffer while the memory budget was over its capacity.
+    /// Publishes shed unread — answered from their header, payload discarded as it arrived —
+    /// because their connection's share or the budget had no room to buffer them, or because
+    /// their header was larger than `max_header_bytes` allows.
     pub frames_shed: Counter,
+    /// Connections closed because a frame stopped arriving part-way (`frame_read_timeout`).
+    pub frame_read_timeouts: Counter,
+    /// Connections closed because their socket accepted nothing for
+    /// `slow_consumer_timeout` while frames waited.
+    pub slow_consumers_closed: Counter,
+    /// Connections closed after `idle_timeout` with no subscription and no frame.
+    pub idle_closed: Counter,
+    /// Answers that did not fit in a frame, replaced by `Error{FrameTooLarge}`.
+    pub replies_too_large: Counter,
+    /// `Term` reasons cut to `max_reason_bytes`.
+    pub reasons_truncated: Counter,
+    /// Authentications refused (a missing or wrong token, an anonymous client off loopback).
+    pub auth_failures: Counter,
+    /// Connections refused before `Hello` because their address failed authentication more
+    /// than `max_auth_failures_per_s` times in the current second.
+    pub auth_throttled: Counter,
     /// The most unconfirmed publishes any connection has had at once (never above
     /// `max_unconfirmed`).
     pub unconfirmed_high_water: HighWater,
@@ -279,7 +296,7 @@ pub struct Metrics {
 }
 
 /// Every refusal reason, in the order of [`Metrics::rejected_by_reason`].
-pub const REASONS: [RejectReason; 7] = [
+pub const REASONS: [RejectReason; 8] = [
     RejectReason::TopicFull,
     RejectReason::MessageTooLarge,
     RejectReason::TooManyConnections,
@@ -287,6 +304,7 @@ pub const REASONS: [RejectReason; 7] = [
     RejectReason::ShuttingDown,
     RejectReason::RateLimited,
     RejectReason::Overloaded,
+    RejectReason::StorageFull,
 ];
 
 /// The `reason` label value of a refusal in the exposition (snake_case).
@@ -299,6 +317,7 @@ pub fn reason_label(reason: RejectReason) -> &'static str {
         RejectReason::ShuttingDown => "shutting_down",
         RejectReason::RateLimited => "rate_limited",
         RejectReason::Overloaded => "overloaded",
+        RejectReason::StorageFull => "storage_full",
     }
 }
 

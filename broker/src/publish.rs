@@ -4,28 +4,38 @@
 //!
 //! In order, each refusal counted and logged by [`count_refusal`]:
 //! 1. the broker is shutting down: `ShuttingDown` (it takes no new publishes);
-//! 2. the message would not fit in one `Deliver` frame (`max_frame_bytes`): `MessageTooLarge`;
-//! 3. admission before any topic — overload, the memory budget, the key's token buckets
+//! 2. more than `limits.max_headers` headers, or more than `limits.max_header_bytes` of header
+//!    names and values: `MessageTooLarge` naming that bound;
+//! 3. the message would not fit in one `Deliver` frame (`max_frame_bytes`), with room kept for
+//!    the origin headers a dead-letter copy adds: `MessageTooLarge` — so the broker never
+//!    stores a message it could not deliver, here or as a dead letter;
+//! 4. admission before any topic — overload, the memory (the connection's share, then the
+//!    broker's budget), the key's token buckets
 //!    ([`crate::admission::Admission::admit_publish`]);
-//! 4. the topic's own bounds and overflow policy ([`Topic::publish`], which counts its own
-//!    refusals): queued for its commit, parked (`block`), or refused.
+//! 5. the topic's own bounds and overflow policy ([`Topic::publish`], which counts its own
+//!    refusals): queued for its commit, parked (`block`), or refused — and then the key's
+//!    rate tokens are given back, so a refused publish costs the key nothing.
 
 use std::time::Instant;
 
 use bytes::Bytes;
 use weir_protocol::{Deliver, Headers, Limit, RejectReason};
 
-use crate::admission::KeyLimits;
+use crate::admission::{KeyLimits, MemoryBudget};
 use crate::broker::Broker;
+use crate::storage::log::{self, Message};
 use crate::topic::{Admitted, AppendError, Refusal, Topic};
 
 /// Runs one publish of `payload` with `headers` to `topic` on behalf of `key` through every
-/// check above. `Ok` means the topic took it: its [`crate::topic::Confirm`] resolves to the
-/// sequence once it is durable (or to a later refusal: a parked publish that timed out, or
-/// the broker stopping). Waits only while the topic writer's `append_queue` is full.
+/// check above, holding its memory from `memory` (the connection's inbound budget, or the
+/// broker's inbound half for HTTP). `Ok` means the topic took it: its [`crate::topic::Confirm`]
+/// resolves to the sequence once it is durable (or to a later refusal: a parked publish that
+/// timed out, or the broker stopping). Waits only while the topic writer's `append_queue` is
+/// full.
 pub(crate) async fn publish(
     broker: &Broker,
     key: &KeyLimits,
+    memory: &MemoryBudget,
     topic: &Topic,
     headers: Headers,
     payload: Bytes,
@@ -42,17 +52,70 @@ pub(crate) async fn publish(
             retry_after_ms: None,
         }));
     }
-    let max_frame = broker.config().limits.max_frame_bytes;
-    if Deliver::max_body_bytes(&headers, payload.len()) > max_frame as usize {
+    if let Some(limit) = header_bound_exceeded(broker, &headers) {
+        return Err(refuse(too_large(limit)));
+    }
+    if !fits_a_frame(broker, &headers, payload.len()) {
         return Err(refuse(too_large_for_a_frame(broker)));
     }
-    // What the broker holds for it: the payload and its headers.
-    let held = payload.len() as u64 + crate::storage::log::header_bytes(&headers);
+    let message = Message { headers, payload };
+    let size = message.size();
     let permit = broker
         .admission()
-        .admit_publish(key, held, Instant::now())
+        .admit_publish(key, memory, message.memory_bytes(), Instant::now())
         .map_err(refuse)?;
-    topic.publish(headers, payload, permit).await
+    let admitted = topic.publish(message, permit, 0).await;
+    if let Err(AppendError::Refused(_)) = admitted {
+        key.give_back(size);
+    }
+    admitted
+}
+
+/// The header bound `headers` break (`limits.max_headers`, then `limits.max_header_bytes`), if
+/// any.
+pub(crate) fn header_bound_exceeded(
+    broker: &Broker,
+    headers: &[(String, String)],
+) -> Option<Limit> {
+    let l = &broker.config().limits;
+    if headers.len() > l.max_headers as usize {
+        return Some(Limit::new("max_headers", u64::from(l.max_headers)));
+    }
+    if log::header_bytes(headers) > u64::from(l.max_header_bytes) {
+        return Some(Limit::new(
+            "max_header_bytes",
+            u64::from(l.max_header_bytes),
+        ));
+    }
+    None
+}
+
+/// Whether a message of `headers` and `payload_len` bytes, with a dead-letter copy's origin
+/// headers added, still fits in one `Deliver` frame of `max_frame_bytes`.
+pub(crate) fn fits_a_frame(
+    broker: &Broker,
+    headers: &[(String, String)],
+    payload_len: usize,
+) -> bool {
+    let l = &broker.config().limits;
+    let room = crate::dead_letter::origin_room(l.max_reason_bytes);
+    Deliver::max_body_bytes(headers, payload_len) as u64 + room <= u64::from(l.max_frame_bytes)
+}
+
+/// The refusal of a publish whose header is larger than any the broker accepts: too large for
+/// `max_header_bytes` (answered from its id alone; see [`crate::reader`]).
+pub(crate) fn header_too_large(broker: &Broker) -> Refusal {
+    let max = broker.config().limits.max_header_bytes;
+    too_large(Limit::new("max_header_bytes", u64::from(max)))
+}
+
+/// A `MessageTooLarge` refusal naming `limit` (no retry hint: retrying cannot help).
+fn too_large(limit: Limit) -> Refusal {
+    Refusal {
+        reason: RejectReason::MessageTooLarge,
+        limit,
+        retry_after_ms: None,
+    }
 }
 
 /// Accounts for a publish to `topic_name` refused before the topic saw it: counted by reason
@@ -70,11 +133,7 @@ pub(crate) fn count_refusal(broker: &Broker, topic_name: &str, topic: Option<&To
 /// (`MessageTooLarge`, no retry hint: retrying cannot help).
 pub(crate) fn too_large_for_a_frame(broker: &Broker) -> Refusal {
     let max_frame = broker.config().limits.max_frame_bytes;
-    Refusal {
-        reason: RejectReason::MessageTooLarge,
-        limit: Limit::new("max_frame_bytes", u64::from(max_frame)),
-        retry_after_ms: None,
-    }
+    too_large(Limit::new("max_frame_bytes", u64::from(max_frame)))
 }
 
 /// The refusal of a publish that would auto-create a topic past `max_topics` (no retry hint:

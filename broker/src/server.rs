@@ -97,6 +97,26 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
             }
         };
         backoff = Duration::from_millis(10);
+        if let Err(wait) = broker
+            .auth_failures()
+            .check_at(peer.ip(), std::time::Instant::now())
+        {
+            broker.metrics().auth_throttled.add(1);
+            let per_s = broker.auth_failures().per_second();
+            let refusal = Refusal {
+                reason: RejectReason::RateLimited,
+                limit: Limit::new("max_auth_failures_per_s", u64::from(per_s)),
+                retry_after_ms: Some(wait.as_millis().max(1) as u64),
+            };
+            debug!(%peer, "connection refused: too many failed authentications");
+            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                connections.spawn(async move {
+                    refuse(socket, refusal).await;
+                    drop(permit);
+                });
+            }
+            continue;
+        }
         match slots.try_acquire(peer.ip()) {
             Ok(slot) => {
                 let (broker, stop) = (broker.clone(), stop.clone());
@@ -111,14 +131,14 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
                 debug!(%peer, limit = %limit.name, value = limit.value, "connection refused");
                 let refusal = Refusal {
                     reason: RejectReason::TooManyConnections,
-                    limit: limit.clone(),
+                    limit,
                     retry_after_ms: Some(1000),
                 };
                 // At most one line per second, however many connections are refused.
                 broker.admission().log_refusal("(connections)", &refusal);
                 if let Ok(permit) = refusals.clone().try_acquire_owned() {
                     connections.spawn(async move {
-                        refuse(socket, limit).await;
+                        refuse(socket, refusal).await;
                         drop(permit);
                     });
                 }
@@ -147,14 +167,15 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
     }
 }
 
-/// Answers a connection over `max_connections` (or `max_connections_per_ip`) with
-/// `Rejected{TooManyConnections}` naming the limit, and closes it.
-async fn refuse(mut socket: TcpStream, limit: Limit) {
+/// Answers a connection refused before its `Hello` — over `max_connections` (or
+/// `max_connections_per_ip`), or from an address over `max_auth_failures_per_s` — with its
+/// `Rejected` frame naming the limit, and closes it.
+async fn refuse(mut socket: TcpStream, refusal: Refusal) {
     let frame = Frame::Rejected(Rejected {
         id: 0,
-        reason: RejectReason::TooManyConnections,
-        limit,
-        retry_after_ms: Some(1000),
+        reason: refusal.reason,
+        limit: refusal.limit,
+        retry_after_ms: refusal.retry_after_ms,
     });
     let mut buf = BytesMut::new();
     if WeirCodec::default().encode(frame, &mut buf).is_err() {

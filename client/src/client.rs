@@ -113,11 +113,22 @@ impl Client {
         }
     }
 
-    /// Describes every topic (at most the broker's `max_topics`), sorted by name.
+    /// Describes every topic (at most the broker's `max_topics`), sorted by name. The broker
+    /// answers in pages that each fit in one frame; this asks for pages until the list is
+    /// complete (a topic created or deleted meanwhile may or may not appear).
     pub async fn list_topics(&self) -> Result<Vec<TopicInfo>, ClientError> {
-        match self.request(AdminRequest::ListTopics).await? {
-            Frame::TopicList(t) => Ok(t.topics),
-            other => Err(unexpected("ListTopics", &other)),
+        let mut topics = Vec::new();
+        let mut after = None;
+        loop {
+            let page = match self.request(AdminRequest::ListTopics { after }).await? {
+                Frame::TopicList(t) => t,
+                other => return Err(unexpected("ListTopics", &other)),
+            };
+            topics.extend(page.topics);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(topics),
+            }
         }
     }
 

@@ -25,9 +25,9 @@ use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use weir_protocol::{
-    CodecError, CreateTopic, DeleteGroup, DeleteTopic, DescribeTopic, ErrorCode, Frame, GroupSpec,
-    Headers, Hello, ListTopics, Publish, ServerLimits, Subscribe, TopicSpec, Unsubscribe,
-    WeirCodec, PROTOCOL_VERSION,
+    CodecError, CreateTopic, DeleteGroup, DeleteTopic, DescribeTopic, ErrorCode, Frame, GoingAway,
+    GroupSpec, Headers, Hello, ListTopics, Publish, ServerLimits, Subscribe, TopicSpec,
+    Unsubscribe, WeirCodec, PROTOCOL_VERSION,
 };
 
 use crate::client::ClientOptions;
@@ -119,7 +119,10 @@ impl ConnHandle {
 #[derive(Debug)]
 pub(crate) enum AdminRequest {
     CreateTopic(TopicSpec),
-    ListTopics,
+    /// One page of topics, after the named one.
+    ListTopics {
+        after: Option<String>,
+    },
     DescribeTopic(String),
     DeleteTopic {
         name: String,
@@ -137,7 +140,11 @@ impl AdminRequest {
     fn into_frame(self, req: u64) -> Frame {
         match self {
             AdminRequest::CreateTopic(spec) => Frame::CreateTopic(CreateTopic { req, spec }),
-            AdminRequest::ListTopics => Frame::ListTopics(ListTopics { req }),
+            AdminRequest::ListTopics { after } => Frame::ListTopics(ListTopics {
+                req,
+                after,
+                limit: 0,
+            }),
             AdminRequest::DescribeTopic(name) => Frame::DescribeTopic(DescribeTopic { req, name }),
             AdminRequest::DeleteTopic { name, force } => {
                 Frame::DeleteTopic(DeleteTopic { req, name, force })
@@ -287,7 +294,7 @@ pub(crate) async fn open(
                 retry_after_ms: r.retry_after_ms,
             })
         }
-        Some(Ok(Frame::GoingAway(g))) => return Err(ClientError::GoingAway { reason: g.reason }),
+        Some(Ok(Frame::GoingAway(g))) => return Err(going_away(g)),
         Some(Ok(other)) => {
             return Err(ClientError::Handshake(format!(
                 "expected HelloOk, got {}",
@@ -384,7 +391,7 @@ struct ConnTask {
     subs: HashMap<u64, SubEntry>,
     pings: HashMap<u64, (Instant, oneshot::Sender<Result<Duration, ClientError>>)>,
     flush_deadline: Option<Instant>,
-    going_away: Option<String>,
+    going_away: Option<GoingAway>,
 }
 
 fn protocol(msg: impl Into<String>) -> ClientError {
@@ -504,7 +511,7 @@ impl ConnTask {
             }
         }
         match self.going_away.take() {
-            Some(reason) => ClientError::GoingAway { reason },
+            Some(g) => going_away(g),
             None => e.into(),
         }
     }
@@ -514,7 +521,7 @@ impl ConnTask {
             Some(Ok(frame)) => self.on_frame(frame),
             Some(Err(e)) => Err(e.into()),
             None => Err(match self.going_away.take() {
-                Some(reason) => ClientError::GoingAway { reason },
+                Some(g) => going_away(g),
                 None => ClientError::ConnectionLost,
             }),
         }
@@ -536,10 +543,8 @@ impl ConnTask {
     }
 
     fn on_command(&mut self, cmd: Command) -> Result<(), ClientError> {
-        if let Some(reason) = &self.going_away {
-            let err = ClientError::GoingAway {
-                reason: reason.clone(),
-            };
+        if let Some(g) = &self.going_away {
+            let err = going_away(g.clone());
             match cmd {
                 Command::Publish { reply, .. } => {
                     let _ = reply.send(Err(PublishError::ConnectionLost));
@@ -867,8 +872,8 @@ impl ConnTask {
                 }
             }
             Frame::GoingAway(g) => {
-                tracing::info!(reason = %g.reason, "weir broker going away");
-                self.going_away = Some(g.reason);
+                tracing::info!(reason = ?g.reason, message = %g.message, "weir broker going away");
+                self.going_away = Some(g);
             }
             other => {
                 return Err(protocol(format!(
@@ -968,6 +973,14 @@ impl std::fmt::Debug for TraceFrame<'_> {
 }
 
 /// Hands a non-fatal error to a subscription's stream, if there is room for it.
+/// The error of a connection the broker closed with `GoingAway`.
+fn going_away(g: GoingAway) -> ClientError {
+    ClientError::GoingAway {
+        reason: g.reason,
+        message: g.message,
+    }
+}
+
 fn deliver_error(entry: &mut SubEntry, err: ClientError) {
     if let Some(tx) = &entry.tx {
         if tx.try_send(Err(err.clone())).is_err() {
@@ -1001,5 +1014,8 @@ pub(crate) fn test_limits() -> ServerLimits {
         max_unconfirmed: 8,
         max_credit: 64,
         max_subscriptions: 4,
+        max_headers: 64,
+        max_header_bytes: 16 * 1024,
+        idle_timeout_ms: 600_000,
     }
 }

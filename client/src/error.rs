@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use weir_protocol::{CodecError, ErrorCode, Limit, RejectReason};
+use weir_protocol::{CodecError, ErrorCode, GoingAwayReason, Limit, RejectReason};
 
 /// Why a client operation failed.
 ///
@@ -81,11 +81,14 @@ pub enum ClientError {
     /// The connection closed without the broker saying why (end of stream), or its task is gone.
     #[error("connection lost")]
     ConnectionLost,
-    /// The broker announced it is shutting down (`GoingAway`); the connection is closed.
-    #[error("broker going away: {reason}")]
+    /// The broker closed the connection with `GoingAway`: it is shutting down, the connection
+    /// was idle, or it read too slowly ([`GoingAwayReason`]).
+    #[error("broker closed the connection ({reason:?}): {message}")]
     GoingAway {
-        /// The broker's reason, for logs.
-        reason: String,
+        /// Why, for programs.
+        reason: GoingAwayReason,
+        /// The broker's explanation, for people.
+        message: String,
     },
     /// The broker answered the request with a typed error frame.
     #[error("broker error {code:?}: {message}")]

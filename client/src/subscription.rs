@@ -583,7 +583,8 @@ mod tests {
         let (mut sub, tx, _rx, _) = open(8).await;
         tx.try_send(raw(1)).unwrap();
         *sub.shared.end.lock().unwrap() = Some(ClientError::GoingAway {
-            reason: "bye".into(),
+            reason: weir_protocol::GoingAwayReason::ShuttingDown,
+            message: "bye".into(),
         });
         drop(tx);
         assert_eq!(sub.next().await.unwrap().unwrap().seq(), 1);

@@ -35,6 +35,16 @@ pub fn wire_options() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME_BYTES_CEILING>()
 }
 
+/// Bytes `value` takes in a frame header ([`wire_options`]), without encoding it anywhere: for
+/// a sender that must keep an answer within the frame limit (pages of a listing).
+pub fn encoded_len<T: serde::Serialize>(value: &T) -> usize {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    match bincode::serde::encode_into_writer(value, &mut size, wire_options()) {
+        Ok(()) => size.bytes_written,
+        Err(_) => usize::MAX,
+    }
+}
+
 /// The Weir frame codec. Applies its maximum frame size to both directions: an announced length
 /// over it fails decoding before the body is buffered; a frame that would encode larger fails
 /// encoding and leaves the output buffer as it was.
@@ -63,19 +73,46 @@ impl WeirCodec {
         self.max_frame_bytes
     }
 
-    /// How many bytes a read buffer holding `src` will need for the next frame: once the next
-    /// length prefix is in `src`, the whole frame plus the prefix after it (what
-    /// [`Decoder::decode`] reserves); before that, one prefix. A length over the maximum counts
-    /// as just its prefix: decoding refuses it without buffering the body. Lets a reader
-    /// account for (or wait before) a large frame's buffer before it is allocated.
-    pub fn bytes_needed(&self, src: &[u8]) -> usize {
+    /// Reads the length prefix, the header length and — for a `Publish` — the publish id at the
+    /// front of `src`, or `None` until those bytes are buffered. Lets a reader answer a publish
+    /// whose header is larger than it will ever accept without buffering that header. The
+    /// announced lengths are not checked here ([`Decoder::decode`] checks them).
+    pub fn peek_prefix(&self, src: &[u8]) -> Option<FramePrefix> {
+        let len = u32::from_be_bytes(*src.first_chunk::<LEN_BYTES>()?) as usize;
+        let rest = &src[LEN_BYTES..];
+        let header_len = u32::from_be_bytes(*rest.first_chunk::<HDR_LEN_BYTES>()?) as usize;
+        let header = &rest[HDR_LEN_BYTES..];
+        let publish_id = match header.first() {
+            None => return None,
+            Some(&PUBLISH_VARIANT) => {
+                let (id, _) =
+                    bincode::decode_from_slice::<u64, _>(&header[1..], wire_options()).ok()?;
+                Some(id)
+            }
+            Some(_) => None,
+        };
+        Some(FramePrefix {
+            len,
+            header_len,
+            publish_id,
+        })
+    }
+
+    /// Whether `src` holds a whole frame at its front (or a length prefix over the maximum,
+    /// which decoding refuses at once): [`Decoder::decode`] then never needs to reserve room.
+    pub fn frame_ready(&self, src: &[u8]) -> bool {
         match src.first_chunk::<LEN_BYTES>() {
             Some(prefix) => match u32::from_be_bytes(*prefix) as usize {
-                len if len > self.max_frame_bytes => LEN_BYTES,
-                len => 2 * LEN_BYTES + len,
+                len if len > self.max_frame_bytes => true,
+                len => src.len() >= LEN_BYTES + len,
             },
-            None => LEN_BYTES,
+            None => false,
         }
+    }
+
+    /// Sets the largest frame this codec accepts or produces (clamped like [`WeirCodec::new`]).
+    pub fn set_max_frame_bytes(&mut self, max_frame_bytes: usize) {
+        *self = WeirCodec::new(max_frame_bytes);
     }
 
     /// Decodes one frame body (everything after the length prefix).
@@ -122,6 +159,22 @@ impl WeirCodec {
         }))
     }
 }
+
+/// What the first bytes of a frame say before its header is buffered (see
+/// [`WeirCodec::peek_prefix`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FramePrefix {
+    /// The frame's length (after the length prefix), as announced.
+    pub len: usize,
+    /// The length of its header, as announced.
+    pub header_len: usize,
+    /// For a `Publish`, its id (the first field of its header); `None` for other frames.
+    pub publish_id: Option<u64>,
+}
+
+/// The variant index bincode gives [`Frame::Publish`] (its position in the enum), the first
+/// byte of a publish's header.
+const PUBLISH_VARIANT: u8 = 6;
 
 /// A frame decoded from its header alone (see [`WeirCodec::decode_header`]).
 #[derive(Debug)]

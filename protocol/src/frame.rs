@@ -8,8 +8,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    DroppedMessage, ErrorCode, GroupSpec, Headers, Limit, RejectReason, ServerLimits, TopicConfig,
-    TopicInfo, TopicSpec,
+    DroppedMessage, ErrorCode, GoingAwayReason, GroupSpec, Headers, Limit, RejectReason,
+    ServerLimits, TopicConfig, TopicInfo, TopicSpec,
 };
 
 /// One protocol message. Only [`Frame::Publish`] and [`Frame::Deliver`] carry a payload.
@@ -116,20 +116,29 @@ pub struct TopicCreated {
     pub config: TopicConfig,
 }
 
-/// Asks for a description of every topic.
+/// Asks for one page of topic descriptions, in name order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListTopics {
     /// Request id echoed by the answer.
     pub req: u64,
+    /// Start after this topic name (`None`: from the first topic). Pass the previous page's
+    /// [`TopicList::next`] to continue.
+    pub after: Option<String>,
+    /// Most topics in the page; 0 means as many as fit in one frame.
+    pub limit: u32,
 }
 
-/// The answer to [`ListTopics`]. Bounded by the broker's `max_topics`.
+/// The answer to [`ListTopics`]: one page, never larger than the broker's frame limit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicList {
     /// The request id of the [`ListTopics`].
     pub req: u64,
     /// One entry per topic, sorted by name.
     pub topics: Vec<TopicInfo>,
+    /// `Some(last name in this page)` when more topics follow (the page was cut by its
+    /// `limit` or by the frame limit); ask again with `after` set to it. `None`: the list is
+    /// complete.
+    pub next: Option<String>,
 }
 
 /// Appends one message to a topic.
@@ -139,7 +148,9 @@ pub struct Publish {
     pub id: u64,
     /// The target topic.
     pub topic: String,
-    /// The message's headers, stored and delivered with it.
+    /// The message's headers, stored and delivered with it. At most
+    /// [`crate::MAX_HEADERS_CEILING`] on the wire (more is a malformed frame).
+    #[serde(deserialize_with = "crate::bounded::headers")]
     pub headers: Headers,
     /// The message body; carried after the header, not inside it.
     #[serde(skip)]
@@ -224,6 +235,7 @@ pub struct Deliver {
     /// 1 for the first delivery to the group, +1 for each redelivery.
     pub attempt: u32,
     /// The headers the message was published with.
+    #[serde(deserialize_with = "crate::bounded::headers")]
     pub headers: Headers,
     /// The message body; carried after the header, not inside it.
     #[serde(skip)]
@@ -261,7 +273,8 @@ fn varint_len(n: usize) -> usize {
 pub struct Ack {
     /// The subscription id.
     pub sub: u64,
-    /// The acknowledged sequence numbers. Bounded by the frame size.
+    /// The acknowledged sequence numbers; at most [`crate::MAX_SEQS_PER_FRAME`].
+    #[serde(deserialize_with = "crate::bounded::seqs")]
     pub seqs: Vec<u64>,
 }
 
@@ -272,7 +285,8 @@ pub struct Ack {
 pub struct Nack {
     /// The subscription id.
     pub sub: u64,
-    /// The sequence numbers. Bounded by the frame size.
+    /// The sequence numbers; at most [`crate::MAX_SEQS_PER_FRAME`].
+    #[serde(deserialize_with = "crate::bounded::seqs")]
     pub seqs: Vec<u64>,
     /// Wait at least this long before redelivering them.
     pub delay_ms: u64,
@@ -283,7 +297,8 @@ pub struct Nack {
 pub struct Term {
     /// The subscription id.
     pub sub: u64,
-    /// The sequence numbers. Bounded by the frame size.
+    /// The sequence numbers; at most [`crate::MAX_SEQS_PER_FRAME`].
+    #[serde(deserialize_with = "crate::bounded::seqs")]
     pub seqs: Vec<u64>,
     /// Why, kept on the dead-lettered message as its `weir-reason` header.
     pub reason: String,
@@ -295,7 +310,8 @@ pub struct Term {
 pub struct Progress {
     /// The subscription id.
     pub sub: u64,
-    /// The sequence numbers. Bounded by the frame size.
+    /// The sequence numbers; at most [`crate::MAX_SEQS_PER_FRAME`].
+    #[serde(deserialize_with = "crate::bounded::seqs")]
     pub seqs: Vec<u64>,
 }
 
@@ -351,11 +367,14 @@ pub struct Error {
     pub message: String,
 }
 
-/// The broker is going away; reconnect later (or elsewhere).
+/// The broker is closing this connection; the connection closes after this frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GoingAway {
-    /// Why, for logs.
-    pub reason: String,
+    /// Why, for programs (a client reconnects on [`GoingAwayReason::Idle`] when it next needs
+    /// the connection).
+    pub reason: GoingAwayReason,
+    /// Why, for people.
+    pub message: String,
 }
 
 /// Messages a subscription's group will never receive because `drop_oldest` evicted them.
@@ -449,6 +468,44 @@ impl Frame {
             _ => return payload.is_empty(),
         }
         true
+    }
+
+    /// The id of the request a frame answers or concerns (`req`, a publish `id`, or a
+    /// subscription id), or 0 for frames about the connection itself. An answer that cannot be
+    /// sent (it would not fit in a frame) is replaced by an error carrying this id.
+    pub fn request_id(&self) -> u64 {
+        match self {
+            Frame::CreateTopic(f) => f.req,
+            Frame::TopicCreated(f) => f.req,
+            Frame::ListTopics(f) => f.req,
+            Frame::TopicList(f) => f.req,
+            Frame::Publish(f) => f.id,
+            Frame::PublishOk(f) => f.id,
+            Frame::Rejected(f) => f.id,
+            Frame::Subscribe(f) => f.sub,
+            Frame::Subscribed(f) => f.sub,
+            Frame::Unsubscribe(f) => f.sub,
+            Frame::Unsubscribed(f) => f.sub,
+            Frame::Credit(f) => f.sub,
+            Frame::Deliver(f) => f.sub,
+            Frame::Ack(f) => f.sub,
+            Frame::Error(f) => f.req,
+            Frame::Gap(f) => f.sub,
+            Frame::DescribeTopic(f) => f.req,
+            Frame::TopicDescription(f) => f.req,
+            Frame::Nack(f) => f.sub,
+            Frame::Term(f) => f.sub,
+            Frame::Progress(f) => f.sub,
+            Frame::DeleteTopic(f) => f.req,
+            Frame::TopicDeleted(f) => f.req,
+            Frame::DeleteGroup(f) => f.req,
+            Frame::GroupDeleted(f) => f.req,
+            Frame::Hello(_)
+            | Frame::HelloOk(_)
+            | Frame::Ping(_)
+            | Frame::Pong(_)
+            | Frame::GoingAway(_) => 0,
+        }
     }
 
     /// A connection-level error frame (request id 0).

@@ -30,18 +30,27 @@
 //! Every connection opens with [`Hello`] carrying [`PROTOCOL_VERSION`]; the broker answers a
 //! version it does not speak with [`ErrorCode::UnsupportedVersion`] and closes the connection.
 //! Frame variants and fields are only ever appended, and a change of layout bumps the version.
+//!
+//! - v3: `GoingAway` carries a typed [`GoingAwayReason`]; `ListTopics` pages (`after`, `limit`,
+//!   answered with `next`); `TopicInfo.groups_omitted`; `RejectReason::StorageFull`;
+//!   `ServerLimits` announces the header bounds and the idle timeout; header and sequence
+//!   lists are bounded on decode ([`MAX_HEADERS_CEILING`], [`MAX_SEQS_PER_FRAME`]).
+//! - v2: message headers, group settings, `Nack`/`Term`/`Progress`, deletes.
 
+mod bounded;
 pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod types;
 
+pub use bounded::{MAX_HEADERS_CEILING, MAX_SEQS_PER_FRAME};
 pub use codec::{
-    wire_options, HeaderOnly, WeirCodec, DEFAULT_MAX_FRAME_BYTES, MAX_FRAME_BYTES_CEILING,
+    encoded_len, wire_options, FramePrefix, HeaderOnly, WeirCodec, DEFAULT_MAX_FRAME_BYTES,
+    MAX_FRAME_BYTES_CEILING,
 };
 pub use error::CodecError;
 pub use frame::*;
 pub use types::*;
 
 /// The protocol version this crate speaks, sent in [`Hello`] and echoed in [`HelloOk`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;

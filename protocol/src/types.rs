@@ -134,12 +134,14 @@ pub struct TopicInfo {
     pub config: TopicConfig,
     /// Messages stored now (not yet acked by every group).
     pub depth: u64,
-    /// Payload bytes stored now.
+    /// Message bytes stored now: payloads and their headers (what `max_bytes` bounds).
     pub bytes: u64,
     /// The sequence number the next publish will get.
     pub next_seq: u64,
     /// Durable subscriptions (groups) on the topic.
     pub groups: Vec<GroupInfo>,
+    /// Groups left out of `groups` so that the answer fits in one frame (0 normally).
+    pub groups_omitted: u32,
     /// Messages evicted by `drop_oldest` since the broker started.
     pub dropped: u64,
     /// Publishes parked by the `block` policy right now.
@@ -268,9 +270,27 @@ pub enum RejectReason {
     /// The API key's token bucket (messages/s or bytes/s), or an operation's rate limit, is
     /// exhausted; `retry_after_ms` is the bucket's refill time.
     RateLimited,
-    /// The broker as a whole is overloaded: its memory budget is spent, or storage commits are
-    /// slower than the configured threshold. Other clients get the same answer.
+    /// The broker as a whole is overloaded (its memory budget is spent, or storage commits are
+    /// slower than the configured threshold; other clients get the same answer), or this
+    /// connection holds its whole share of memory (`max_connection_memory_bytes`; only it is
+    /// refused).
     Overloaded,
+    /// Storing the message would take the broker's message data past `storage.max_bytes`, or
+    /// the filesystem's free space below `storage.min_free_bytes`. Nothing was stored.
+    StorageFull,
+}
+
+/// Why the broker closes a connection with [`crate::Frame::GoingAway`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GoingAwayReason {
+    /// The broker is shutting down.
+    ShuttingDown,
+    /// The connection had no subscription and sent no frame for the broker's `idle_timeout`.
+    /// Nothing was lost; a client reconnects when it next needs the connection.
+    Idle,
+    /// The connection's socket accepted no bytes for `slow_consumer_timeout` while frames
+    /// waited for it; its unacked deliveries returned to their groups.
+    SlowConsumer,
 }
 
 /// The bound that made the broker refuse: its configuration name and its value.
@@ -324,6 +344,9 @@ pub enum ErrorCode {
     InUse,
     /// The named group does not exist on that topic.
     UnknownGroup,
+    /// A frame stopped arriving part-way (no byte of it for the broker's
+    /// `frame_read_timeout`); the connection is closed.
+    FrameTimeout,
 }
 
 /// The bounds a broker announces in [`crate::Frame::HelloOk`], so clients can size their
@@ -339,4 +362,11 @@ pub struct ServerLimits {
     pub max_credit: u32,
     /// Most subscriptions open at once on one connection.
     pub max_subscriptions: u32,
+    /// Most headers on one message.
+    pub max_headers: u32,
+    /// Most bytes of header names and values on one message.
+    pub max_header_bytes: u32,
+    /// A connection with no subscription that sends no frame (a `Ping` counts) for this long is
+    /// closed with [`GoingAwayReason::Idle`].
+    pub idle_timeout_ms: u64,
 }

@@ -40,12 +40,19 @@ fn group_spec() -> impl Strategy<Value = GroupSpec> {
 }
 
 fn limits() -> impl Strategy<Value = ServerLimits> {
-    (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(a, b, c, d)| ServerLimits {
-        max_frame_bytes: a,
-        max_unconfirmed: b,
-        max_credit: c,
-        max_subscriptions: d,
-    })
+    (
+        (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()),
+        (any::<u32>(), any::<u32>(), any::<u64>()),
+    )
+        .prop_map(|((a, b, c, d), (e, f, g))| ServerLimits {
+            max_frame_bytes: a,
+            max_unconfirmed: b,
+            max_credit: c,
+            max_subscriptions: d,
+            max_headers: e,
+            max_header_bytes: f,
+            idle_timeout_ms: g,
+        })
 }
 
 fn fsync() -> impl Strategy<Value = FsyncPolicy> {
@@ -123,6 +130,7 @@ fn topic_info() -> impl Strategy<Value = TopicInfo> {
             bytes,
             next_seq,
             groups,
+            groups_omitted: (depth % 3) as u32,
             dropped: depth / 2,
             parked: bytes % 7,
             rejected: next_seq / 3,
@@ -163,6 +171,7 @@ fn reason() -> impl Strategy<Value = RejectReason> {
         Just(RejectReason::ShuttingDown),
         Just(RejectReason::RateLimited),
         Just(RejectReason::Overloaded),
+        Just(RejectReason::StorageFull),
     ]
 }
 
@@ -232,9 +241,18 @@ fn frame() -> impl Strategy<Value = Frame> {
                 config,
             })
         }),
-        any::<u64>().prop_map(|req| Frame::ListTopics(ListTopics { req })),
-        (any::<u64>(), proptest::collection::vec(topic_info(), 0..3))
-            .prop_map(|(req, topics)| Frame::TopicList(TopicList { req, topics })),
+        (any::<u64>(), proptest::option::of(name()), any::<u32>())
+            .prop_map(|(req, after, limit)| Frame::ListTopics(ListTopics { req, after, limit })),
+        (
+            any::<u64>(),
+            proptest::collection::vec(topic_info(), 0..3),
+            proptest::option::of(name())
+        )
+            .prop_map(|(req, topics, next)| Frame::TopicList(TopicList {
+                req,
+                topics,
+                next
+            })),
         (any::<u64>(), name(), headers(), bytes_strategy()).prop_map(
             |(id, topic, headers, payload)| Frame::Publish(Publish {
                 id,
@@ -329,7 +347,15 @@ fn frame() -> impl Strategy<Value = Frame> {
         })),
         any::<u64>().prop_map(Frame::Ping),
         any::<u64>().prop_map(Frame::Pong),
-        name().prop_map(|reason| Frame::GoingAway(GoingAway { reason })),
+        (
+            prop_oneof![
+                Just(GoingAwayReason::ShuttingDown),
+                Just(GoingAwayReason::Idle),
+                Just(GoingAwayReason::SlowConsumer),
+            ],
+            name()
+        )
+            .prop_map(|(reason, message)| Frame::GoingAway(GoingAway { reason, message })),
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(sub, from, to)| Frame::Gap(Gap {
             sub,
             from,
@@ -489,17 +515,37 @@ fn wire_compat_byte_layout_of_publish() {
 }
 
 #[test]
-fn bytes_needed_announces_the_whole_next_frame_once_its_length_is_known() {
+fn frame_ready_says_when_a_whole_frame_is_buffered() {
     let codec = WeirCodec::new(1024);
-    assert_eq!(codec.bytes_needed(&[]), 4);
-    assert_eq!(codec.bytes_needed(&[0, 0]), 4);
-    assert_eq!(codec.bytes_needed(&[0, 0, 1, 0]), 4 + 256 + 4);
-    assert_eq!(codec.bytes_needed(&[0, 0, 1, 0, 9, 9]), 4 + 256 + 4);
-    assert_eq!(
-        codec.bytes_needed(&[0, 1, 0, 0]),
-        4,
+    assert!(!codec.frame_ready(&[]));
+    assert!(!codec.frame_ready(&[0, 0]));
+    assert!(!codec.frame_ready(&[0, 0, 0, 2, 9]));
+    assert!(codec.frame_ready(&[0, 0, 0, 2, 9, 9]));
+    assert!(
+        codec.frame_ready(&[0, 1, 0, 0]),
         "over the maximum: decoding refuses it unbuffered"
     );
+}
+
+#[test]
+fn peek_prefix_reads_a_publish_id_before_its_header_is_buffered() {
+    let frame = Frame::Publish(Publish {
+        id: 300_000,
+        topic: "t".repeat(1000),
+        headers: Vec::new(),
+        payload: Bytes::from_static(b"abc"),
+    });
+    let bytes = encode(&frame);
+    let codec = WeirCodec::new(1 << 20);
+    for cut in 0..9 {
+        assert_eq!(codec.peek_prefix(&bytes[..cut]), None, "cut at {cut}");
+    }
+    let prefix = codec.peek_prefix(&bytes[..16]).unwrap();
+    assert_eq!(prefix.publish_id, Some(300_000));
+    assert_eq!(prefix.len, bytes.len() - 4);
+    assert!(prefix.header_len > 1000);
+    let ping = encode(&Frame::Ping(7));
+    assert_eq!(codec.peek_prefix(&ping).unwrap().publish_id, None);
 }
 
 #[test]

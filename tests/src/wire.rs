@@ -173,12 +173,26 @@ impl RawClient {
         ids.iter().map(|id| seqs[id]).collect()
     }
 
-    /// Describes every topic.
+    /// Describes every topic, asking for pages until the list is complete.
     pub async fn list(&mut self) -> Vec<TopicInfo> {
+        let (mut topics, mut after) = (Vec::new(), None);
+        loop {
+            let page = self.list_page(after, 0).await;
+            topics.extend(page.topics);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return topics,
+            }
+        }
+    }
+
+    /// One page of topics after `after`, at most `limit` (0: as many as fit).
+    pub async fn list_page(&mut self, after: Option<String>, limit: u32) -> TopicList {
         let req = self.req();
-        self.send(Frame::ListTopics(ListTopics { req })).await;
+        self.send(Frame::ListTopics(ListTopics { req, after, limit }))
+            .await;
         match self.recv().await {
-            Frame::TopicList(list) => list.topics,
+            Frame::TopicList(list) => list,
             other => panic!("expected TopicList, got {other:?}"),
         }
     }

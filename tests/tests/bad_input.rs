@@ -92,7 +92,13 @@ async fn an_oversized_frame_gets_frame_too_large_and_a_close() {
 async fn a_frame_before_hello_or_a_wrong_version_is_refused() {
     let broker = TestBroker::start().await;
     let mut client = RawClient::connect_raw(broker.addr).await;
-    client.send(Frame::ListTopics(ListTopics { req: 1 })).await;
+    client
+        .send(Frame::ListTopics(ListTopics {
+            req: 1,
+            after: None,
+            limit: 0,
+        }))
+        .await;
     expect_error_then_close(&mut client, ErrorCode::HelloRequired).await;
     let mut client = RawClient::connect_raw(broker.addr).await;
     client

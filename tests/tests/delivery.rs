@@ -432,52 +432,70 @@ async fn a_dead_letter_appended_just_before_a_crash_is_not_moved_twice() {
 }
 
 #[tokio::test]
-async fn a_publish_whose_delivery_could_not_fit_a_frame_is_refused_not_stored() {
+async fn a_message_at_the_largest_size_a_topic_takes_is_delivered_and_dead_lettered_within_a_frame()
+{
     const MAX_FRAME: u32 = 65_536;
+    let mut limits = weir_broker::config::Limits {
+        max_frame_bytes: MAX_FRAME,
+        ..Default::default()
+    };
+    limits.max_unauthenticated_frame_bytes = MAX_FRAME;
+    let ceiling = weir_broker::config::max_message_bytes_ceiling(&limits);
     let broker = TestBroker::start_with(|c| {
-        c.limits.max_frame_bytes = MAX_FRAME;
-        c.topic_defaults.max_message_bytes = 60_000;
+        c.limits = limits.clone();
+        c.topic_defaults.max_message_bytes = ceiling;
     })
     .await;
     let mut client = RawClient::connect(broker.addr).await;
-    // A publish of exactly the frame limit: its delivery (which carries a subscription id,
-    // a sequence and an attempt instead of the topic name) could be larger.
-    let publish = |value_len: usize| Publish {
+    // The size counts the payload and the header names and values.
+    let message = |size: u32| Publish {
         id: 1,
         topic: "t".into(),
-        headers: vec![("h".to_string(), "v".repeat(value_len))],
-        payload: vec![0u8; 60_000].into(),
+        headers: vec![("h".to_string(), "v".repeat(10_000))],
+        payload: vec![0u8; size as usize - 10_001].into(),
     };
-    let body_len = |p: &Publish| {
-        let mut buf = bytes::BytesMut::new();
-        WeirCodec::new(MAX_FRAME as usize * 2)
-            .encode_frame(&Frame::Publish(p.clone()), &mut buf)
-            .unwrap();
-        buf.len() - 4
-    };
-    let mut value_len = 0;
-    while body_len(&publish(value_len)) < MAX_FRAME as usize {
-        value_len += 1;
-    }
-    let at_limit = publish(value_len);
-    assert_eq!(body_len(&at_limit), MAX_FRAME as usize);
-    client.send(Frame::Publish(at_limit)).await;
+    client.send(Frame::Publish(message(ceiling + 1))).await;
     match client.recv().await {
         Frame::Rejected(r) => {
             assert_eq!(r.reason, RejectReason::MessageTooLarge);
             assert_eq!(
                 (r.limit.name.as_str(), r.limit.value),
-                ("max_frame_bytes", u64::from(MAX_FRAME))
+                ("max_message_bytes", u64::from(ceiling))
             );
             assert_eq!(r.retry_after_ms, None);
         }
         other => panic!("expected Rejected, got {other:?}"),
     }
-    // With room for the delivery's own fields it is stored and delivered.
-    let fits = publish(value_len - 32);
-    client.send(Frame::Publish(fits.clone())).await;
+    let largest = message(ceiling);
+    client.send(Frame::Publish(largest.clone())).await;
     assert!(matches!(client.recv().await, Frame::PublishOk(ok) if ok.seq == 1));
     client.subscribe(1, "t", "g", 1).await;
     let d = deliver(&mut client).await;
-    assert_eq!((d.headers, d.payload.len()), (fits.headers, 60_000));
+    assert_eq!(
+        (&d.headers, d.payload.len()),
+        (&largest.headers, largest.payload.len())
+    );
+    // Dead-lettered with the longest reason a client can give: its copy, origin headers
+    // added, still fits in a frame and is delivered.
+    client
+        .send(Frame::Term(Term {
+            sub: 1,
+            seqs: vec![d.seq],
+            reason: "x".repeat(100_000).chars().take(40_000).collect(),
+        }))
+        .await;
+    client.subscribe(2, "t.dlq", "g", 1).await;
+    let dead = deliver(&mut client).await;
+    assert_eq!(dead.payload, largest.payload);
+    let reason = dead
+        .headers
+        .iter()
+        .find(|(n, _)| n == "weir-reason")
+        .unwrap();
+    assert_eq!(reason.1.len(), 1024, "reasons are cut at max_reason_bytes");
+    let mut buf = bytes::BytesMut::new();
+    WeirCodec::new(MAX_FRAME as usize)
+        .encode_frame(&Frame::Deliver(dead), &mut buf)
+        .expect("the dead letter's delivery fits in a frame");
+    assert_eq!(broker.broker.metrics().replies_too_large.get(), 0);
 }

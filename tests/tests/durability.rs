@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::SinkExt;
-use weir_protocol::{Frame, Publish};
+use weir_protocol::{Frame, Publish, RejectReason};
 use weir_tests::{BrokerProcess, RawClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,6 +80,10 @@ async fn sigterm_while_publishing_keeps_every_confirmed_publish_and_exits_0() {
                         outstanding -= 1;
                     }
                     Some(Frame::GoingAway(_)) => going_away = true,
+                    // A publish read as the stop began is refused, and told so.
+                    Some(Frame::Rejected(r)) if r.reason == RejectReason::ShuttingDown => {
+                        outstanding -= 1;
+                    }
                     Some(other) => panic!("unexpected {other:?}"),
                     None => break 'rounds,
                 }

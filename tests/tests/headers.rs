@@ -101,24 +101,77 @@ async fn headers_are_delivered_as_published_from_the_cache_and_from_the_log() {
 }
 
 #[tokio::test]
-async fn headers_the_log_cannot_hold_are_refused_and_the_topic_stays_writable() {
+async fn headers_past_their_bounds_are_refused_and_the_topic_stays_writable() {
     let broker = TestBroker::start().await;
     let mut client = RawClient::connect(broker.addr).await;
-    // 65 536 empty headers fit easily in a frame (2 bytes each) but not in a log record.
-    let too_many = vec![(String::new(), String::new()); 65_536];
-    match client
-        .publish_with_headers("bounded", too_many, "refused")
-        .await
-    {
+    let refused = |frame: Frame, bound: &str, value: u64| match frame {
         Frame::Rejected(r) => {
             assert_eq!(r.reason, RejectReason::MessageTooLarge);
-            assert_eq!(r.limit, Limit::new("max_headers", 65_535));
+            assert_eq!(r.limit, Limit::new(bound, value));
             assert_eq!(r.retry_after_ms, None);
         }
-        other => panic!("expected Rejected, got {other:?}"),
-    }
+        other => panic!("expected Rejected naming {bound}, got {other:?}"),
+    };
+    // One header more than limits.max_headers (64).
+    let too_many = vec![(String::new(), String::new()); 65];
+    let answer = client.publish_with_headers("bounded", too_many, "x").await;
+    refused(answer, "max_headers", 64);
+    // One byte of names and values more than limits.max_header_bytes (16 KiB).
+    let too_long = vec![("k".to_string(), "v".repeat(16 * 1024))];
+    let answer = client.publish_with_headers("bounded", too_long, "x").await;
+    refused(answer, "max_header_bytes", 16 * 1024);
+    // A 3 MiB header is answered from its first bytes, never buffered.
+    let huge = vec![("k".to_string(), "v".repeat(3 << 20))];
+    let answer = client.publish_with_headers("bounded", huge, "x").await;
+    refused(answer, "max_header_bytes", 16 * 1024);
+    assert_eq!(broker.broker.metrics().frames_shed.get(), 1);
+    // Within the bounds, headers are stored and delivered as sent.
     let messages = messages();
     let seqs = publish(&mut client, "bounded", &messages).await;
     assert_eq!(seqs, (1..=messages.len() as u64).collect::<Vec<_>>());
     assert_delivered(&mut client, "bounded", "g", &seqs, &messages).await;
+}
+
+#[tokio::test]
+async fn header_bytes_count_against_the_topic_s_bounds_and_its_shown_bytes() {
+    let broker = TestBroker::start().await;
+    let mut client = RawClient::connect(broker.addr).await;
+    let spec = weir_protocol::TopicSpec {
+        name: "small".into(),
+        max_message_bytes: Some(16),
+        max_bytes: Some(1024),
+        ..Default::default()
+    };
+    client.create_topic(spec).await;
+    // An empty payload with 20 bytes of header is larger than max_message_bytes 16.
+    let big_header = vec![("k".to_string(), "v".repeat(19))];
+    match client.publish_with_headers("small", big_header, "").await {
+        Frame::Rejected(r) => {
+            assert_eq!(r.reason, RejectReason::MessageTooLarge);
+            assert_eq!(r.limit, Limit::new("max_message_bytes", 16));
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    // 64 messages of 6 bytes of header and 10 of payload fill max_bytes 1024 exactly.
+    for _ in 0..64 {
+        let header = vec![("key".to_string(), "val".to_string())];
+        let answer = client
+            .publish_with_headers("small", header, [0u8; 10].to_vec())
+            .await;
+        assert!(matches!(answer, Frame::PublishOk(_)), "{answer:?}");
+    }
+    let header = vec![("key".to_string(), "val".to_string())];
+    match client
+        .publish_with_headers("small", header, [0u8; 10].to_vec())
+        .await
+    {
+        Frame::Rejected(r) => assert_eq!(r.limit, Limit::new("max_bytes", 1024)),
+        other => panic!("expected the topic full, got {other:?}"),
+    }
+    let info = weir_tests::wire::wait_for_topic(&mut client, "small", |_| true).await;
+    assert_eq!(
+        (info.depth, info.bytes),
+        (64, 1024),
+        "header bytes are shown"
+    );
 }

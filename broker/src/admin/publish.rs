@@ -132,8 +132,15 @@ async fn store(
         .await
         .map_err(|e| unreadable_body(broker, &topic, e))?;
     let key = broker.admission().limits_for(&identity);
-    let (Admitted::Queued(confirm) | Admitted::Parked(confirm)) =
-        crate::publish::publish(broker, &key, &topic, headers, payload).await?;
+    let (Admitted::Queued(confirm) | Admitted::Parked(confirm)) = crate::publish::publish(
+        broker,
+        &key,
+        broker.admission().inbound(),
+        &topic,
+        headers,
+        payload,
+    )
+    .await?;
     match confirm.await {
         Ok(outcome) => Ok(outcome?),
         Err(_) => Err(Failure::Internal("topic writer stopped".into())),
@@ -188,7 +195,9 @@ async fn find_topic(broker: &Broker, name: &str) -> Result<Arc<Topic>, Failure> 
         CreateError::Unknown(name) => Failure::UnknownTopic(name),
         CreateError::TooMany(max) => Failure::Refused(crate::publish::too_many_topics(broker, max)),
         CreateError::Invalid(message) => Failure::BadRequest(message),
-        e @ (CreateError::Exists(_) | CreateError::Failed(_)) => Failure::Internal(e.to_string()),
+        e @ (CreateError::Exists(_) | CreateError::Failed(_) | CreateError::OverCeiling(_)) => {
+            Failure::Internal(e.to_string())
+        }
     })
 }
 
@@ -210,7 +219,7 @@ fn refusal_status(reason: RejectReason) -> StatusCode {
             StatusCode::TOO_MANY_REQUESTS
         }
         RejectReason::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        RejectReason::TooManyTopics => StatusCode::INSUFFICIENT_STORAGE,
+        RejectReason::TooManyTopics | RejectReason::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         RejectReason::ShuttingDown | RejectReason::TooManyConnections => {
             StatusCode::SERVICE_UNAVAILABLE
         }

@@ -1,30 +1,38 @@
 //! One memory budget for every buffer the broker holds on behalf of clients: payloads awaiting
 //! their commit, parked publishes, cached payloads, outbound deliveries, read buffers. Over it,
-//! new publishes are refused with `Rejected{Overloaded}` — overload becomes a refusal, never an
-//! OOM.
+//! work is refused or paused — overload becomes a refusal, never an OOM.
 //!
-//! Holders draw from it in three ways, by what refusing them would do:
-//! - **publishes** ([`MemoryBudget::try_acquire`]) take bytes only while `used` stays within the
-//!   capacity; otherwise they are refused;
-//! - **caches** ([`MemoryPermit::try_grow_within`] with a lower ceiling) only take bytes below
-//!   that ceiling and shed what they hold when others push `used` past it: a cache yields, it
-//!   never causes a refusal;
-//! - **draining buffers** ([`MemoryBudget::charge`]) — deliveries the consumers asked for with
-//!   their credit, read buffers — are always counted, even past the capacity, because holding
-//!   them back is what would stop memory from draining. They are bounded by their own knobs
-//!   (credit, `max_frame_bytes`); while they hold `used` over the capacity, publishes are
-//!   refused and connections stop reading new frames.
+//! A budget can be divided: a [`MemoryBudget::child`] takes every byte it holds from its
+//! parents too, and [`MemoryBudget::joint`] makes a budget with several parents. The broker's
+//! budget (`memory_budget_bytes`) has two halves — *inbound* (what clients sent: read buffers,
+//! publishes until committed, caches) and *outbound* (deliveries until written) — so neither
+//! direction can take the other's room; and each connection has a *share*
+//! (`max_connection_memory_bytes`) that its inbound and outbound bytes both count against, so
+//! no connection can take its neighbours' room. Every level reports the bound that refused.
+//!
+//! Holders draw from a budget in three ways, by what refusing them would do:
+//! - **strict** ([`MemoryBudget::try_acquire`], [`MemoryPermit::try_grow`]): bytes are taken only
+//!   if every level stays within its capacity; otherwise nothing is taken and the [`MemoryFull`]
+//!   level is named — publishes, deliveries, read buffers past their base;
+//! - **yielding** ([`MemoryPermit::try_grow_within`] with a lower ceiling): caches only take
+//!   bytes below that ceiling and shed what they hold when others push `used` past it;
+//! - **always** ([`MemoryBudget::charge`]): the first bytes of a read buffer, so a connection
+//!   can always read the small frames (acks, credit) that let memory drain. Bounded by their own
+//!   knob; while they hold a level over its capacity, strict requests at that level are refused.
 
 use crate::loom::sync::atomic::{AtomicU64, Ordering};
 use crate::loom::sync::Arc;
 
-/// A byte budget shared by the whole broker. Cheap to clone (clones share the budget).
+/// The configuration name under which the broker's budget, and its halves, refuse.
+pub const BUDGET_LIMIT: &str = "memory_budget_bytes";
+
+/// A byte budget. Cheap to clone (clones share the budget).
 ///
 /// Bytes are held through [`MemoryPermit`]s and given back when they drop. At its bound a
-/// request that would take `used` past `capacity` is refused ([`try_acquire`] returns `None`,
-/// [`MemoryPermit::try_grow`] returns `false`) and nothing is taken: no `try_` call ever takes
-/// `used` past its ceiling, and `used` never underflows, whatever the threads do. Only
-/// [`charge`] can take `used` past the capacity (see the module docs for who may).
+/// strict request that would take `used` past `capacity` — here or at any parent — is refused
+/// ([`try_acquire`] returns [`MemoryFull`], [`MemoryPermit::try_grow`] returns `false`) and nothing is
+/// taken: no strict call ever takes `used` past a capacity, and `used` never underflows,
+/// whatever the threads do. Only [`charge`] can take `used` past a capacity.
 ///
 /// [`try_acquire`]: MemoryBudget::try_acquire
 /// [`charge`]: MemoryBudget::charge
@@ -33,12 +41,25 @@ pub struct MemoryBudget {
     inner: Arc<Inner>,
 }
 
+/// The level of a budget that refused a strict request: its configuration name and value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryFull {
+    /// The configuration name of the bound, e.g. `max_connection_memory_bytes`.
+    pub name: &'static str,
+    /// The configured value of the bound.
+    pub value: u64,
+}
+
 #[derive(Debug)]
 struct Inner {
+    /// The bound this level refuses with.
+    limit: MemoryFull,
     capacity: u64,
-    /// The sum of every live permit's bytes.
+    /// The sum of every live permit's bytes at this level (its children's included).
     used: AtomicU64,
     high_water: AtomicU64,
+    /// Levels every byte held here is also held by.
+    parents: Vec<Arc<Inner>>,
 }
 
 /// Bytes held from a [`MemoryBudget`]; given back when dropped, on whichever thread drops it.
@@ -53,26 +74,56 @@ pub struct MemoryPermit {
 }
 
 impl MemoryBudget {
-    /// A budget of `capacity` bytes, none used.
+    /// A budget of `capacity` bytes, none used, refusing as `memory_budget_bytes`.
     pub fn new(capacity: u64) -> MemoryBudget {
+        Self::level(
+            MemoryFull {
+                name: BUDGET_LIMIT,
+                value: capacity,
+            },
+            capacity,
+            Vec::new(),
+        )
+    }
+
+    /// A budget of `capacity` bytes whose every byte is also taken from this one; it refuses as
+    /// `limit` at its own level (its parent refuses as itself).
+    pub fn child(&self, limit: MemoryFull, capacity: u64) -> MemoryBudget {
+        Self::joint(limit, capacity, &[self])
+    }
+
+    /// A budget of `capacity` bytes whose every byte is also taken from each of `parents`, in
+    /// order (which must not share an ancestor, or that ancestor would count the byte twice).
+    /// Put the most particular level first: a request refused there never reserves anything,
+    /// even for a moment, in the levels others share.
+    pub fn joint(limit: MemoryFull, capacity: u64, parents: &[&MemoryBudget]) -> MemoryBudget {
+        let parents = parents.iter().map(|p| p.inner.clone()).collect();
+        Self::level(limit, capacity, parents)
+    }
+
+    fn level(limit: MemoryFull, capacity: u64, parents: Vec<Arc<Inner>>) -> MemoryBudget {
         MemoryBudget {
             inner: Arc::new(Inner {
+                limit,
                 capacity,
                 used: AtomicU64::new(0),
                 high_water: AtomicU64::new(0),
+                parents,
             }),
         }
     }
 
-    /// Takes `bytes` from the budget, or `None` (taking nothing) if `used + bytes` would pass
-    /// the capacity.
-    pub fn try_acquire(&self, bytes: u64) -> Option<MemoryPermit> {
+    /// Takes `bytes` from the budget, or names the level that has no room (taking nothing).
+    pub fn try_acquire(&self, bytes: u64) -> Result<MemoryPermit, MemoryFull> {
         let mut permit = self.empty_permit();
-        permit.try_grow(bytes).then_some(permit)
+        let capacity = self.inner.capacity;
+        self.inner.take(bytes, capacity)?;
+        permit.bytes = bytes;
+        Ok(permit)
     }
 
     /// Takes `bytes` whatever the budget holds — for buffers that drain memory (see the module
-    /// docs). `used` may pass the capacity; publishes are refused until it is back under.
+    /// docs). `used` may pass the capacity; strict requests are refused until it is back under.
     pub fn charge(&self, bytes: u64) -> MemoryPermit {
         let mut permit = self.empty_permit();
         permit.charge(bytes);
@@ -87,12 +138,13 @@ impl MemoryBudget {
         }
     }
 
-    /// Bytes held now, by every permit together.
+    /// Bytes held now at this level, by every permit of it and of its children.
     pub fn used(&self) -> u64 {
         self.inner.used.load(Ordering::Acquire)
     }
 
-    /// Bytes that can still be acquired now (0 when charges took `used` past the capacity).
+    /// Bytes that can still be acquired at this level now (0 when charges took `used` past the
+    /// capacity); a parent may have less.
     pub fn available(&self) -> u64 {
         self.inner.capacity.saturating_sub(self.used())
     }
@@ -102,9 +154,14 @@ impl MemoryBudget {
         self.used() > self.inner.capacity
     }
 
-    /// The budget: `used` never passes it.
+    /// The budget: strict requests never take `used` past it.
     pub fn capacity(&self) -> u64 {
         self.inner.capacity
+    }
+
+    /// The bound this level refuses with.
+    pub fn limit(&self) -> MemoryFull {
+        self.inner.limit
     }
 
     /// The most bytes ever held at once (above the capacity only through charges).
@@ -114,15 +171,16 @@ impl MemoryBudget {
 }
 
 impl Inner {
-    /// Adds `bytes` to `used` if the result stays within `ceiling`.
-    fn take(&self, bytes: u64, ceiling: u64) -> bool {
+    /// Adds `bytes` to `used` here if the result stays within `ceiling`, then at every parent
+    /// within its capacity; on any refusal, undoes what it took and names the level.
+    fn take(&self, bytes: u64, ceiling: u64) -> Result<(), MemoryFull> {
         if bytes == 0 {
-            return true;
+            return Ok(());
         }
         let mut used = self.used.load(Ordering::Relaxed);
         loop {
             let Some(want) = used.checked_add(bytes).filter(|w| *w <= ceiling) else {
-                return false;
+                return Err(self.limit);
             };
             match self
                 .used
@@ -130,27 +188,47 @@ impl Inner {
             {
                 Ok(_) => {
                     self.high_water.fetch_max(want, Ordering::Relaxed);
-                    return true;
+                    break;
                 }
                 Err(now) => used = now,
             }
         }
+        for (i, parent) in self.parents.iter().enumerate() {
+            if let Err(full) = parent.take(bytes, parent.capacity) {
+                for taken in &self.parents[..i] {
+                    taken.give(bytes);
+                }
+                self.give_here(bytes);
+                return Err(full);
+            }
+        }
+        Ok(())
     }
 
-    /// Adds `bytes` to `used`, whatever the capacity.
+    /// Adds `bytes` to `used` here and at every parent, whatever the capacities.
     fn charge(&self, bytes: u64) {
         if bytes > 0 {
             let now = self.used.fetch_add(bytes, Ordering::AcqRel) + bytes;
             self.high_water.fetch_max(now, Ordering::Relaxed);
+            for parent in &self.parents {
+                parent.charge(bytes);
+            }
         }
     }
 
-    /// Gives back `bytes` that a permit held (so `used >= bytes`).
+    /// Gives back `bytes` that a permit held, here and at every parent.
     fn give(&self, bytes: u64) {
         if bytes > 0 {
-            let before = self.used.fetch_sub(bytes, Ordering::AcqRel);
-            debug_assert!(before >= bytes, "memory budget underflow");
+            self.give_here(bytes);
+            for parent in &self.parents {
+                parent.give(bytes);
+            }
         }
+    }
+
+    fn give_here(&self, bytes: u64) {
+        let before = self.used.fetch_sub(bytes, Ordering::AcqRel);
+        debug_assert!(before >= bytes, "memory budget underflow");
     }
 }
 
@@ -190,16 +268,27 @@ impl MemoryPermit {
     }
 
     /// Takes `bytes` more from the budget into this permit; `false` (and no change) if the
-    /// budget has no room for them.
+    /// budget, or a parent, has no room for them.
     pub fn try_grow(&mut self, bytes: u64) -> bool {
+        self.try_grow_named(bytes).is_ok()
+    }
+
+    /// [`MemoryPermit::try_grow`], naming the level that refused.
+    pub fn try_grow_named(&mut self, bytes: u64) -> Result<(), MemoryFull> {
         let capacity = self.inner.capacity;
-        self.try_grow_within(bytes, capacity)
+        self.inner.take(bytes, capacity)?;
+        self.bytes += bytes;
+        Ok(())
     }
 
     /// Takes `bytes` more only if the budget's `used` stays within `ceiling` (at most the
     /// capacity) — how a cache keeps room for publishes; `false` (and no change) otherwise.
     pub fn try_grow_within(&mut self, bytes: u64, ceiling: u64) -> bool {
-        if !self.inner.take(bytes, ceiling.min(self.inner.capacity)) {
+        if self
+            .inner
+            .take(bytes, ceiling.min(self.inner.capacity))
+            .is_err()
+        {
             return false;
         }
         self.bytes += bytes;
@@ -227,15 +316,15 @@ mod tests {
     fn never_passes_capacity_and_gives_everything_back() {
         let budget = MemoryBudget::new(100);
         let a = budget.try_acquire(60).unwrap();
-        assert!(budget.try_acquire(41).is_none());
+        assert!(budget.try_acquire(41).is_err());
         let b = budget.try_acquire(40).unwrap();
         assert_eq!((budget.used(), budget.available()), (100, 0));
-        assert!(budget.try_acquire(1).is_none());
+        assert!(budget.try_acquire(1).is_err());
         drop(a);
         assert_eq!(budget.used(), 40);
         drop(b);
         assert_eq!((budget.used(), budget.high_water()), (0, 100));
-        assert!(budget.try_acquire(u64::MAX).is_none(), "no overflow");
+        assert!(budget.try_acquire(u64::MAX).is_err(), "no overflow");
         assert_eq!(budget.used(), 0);
     }
 
@@ -283,15 +372,15 @@ mod tests {
         assert!(budget.is_over());
         assert_eq!((budget.used(), budget.available()), (130, 0));
         assert!(
-            budget.try_acquire(1).is_none(),
+            budget.try_acquire(1).is_err(),
             "over the budget, publishes are refused"
         );
         let mut cache = budget.empty_permit();
         assert!(!cache.try_grow_within(1, 50));
         drop(publish);
         assert!(!budget.is_over());
-        assert!(budget.try_acquire(30).is_some());
-        assert!(budget.try_acquire(31).is_none());
+        assert!(budget.try_acquire(30).is_ok());
+        assert!(budget.try_acquire(31).is_err());
         assert!(
             !cache.try_grow_within(1, 50),
             "70 used is past the cache's ceiling of 50"
@@ -305,6 +394,67 @@ mod tests {
         );
         drop(cache);
         assert_eq!((budget.used(), budget.high_water()), (0, 130));
+    }
+
+    #[test]
+    fn a_child_takes_from_its_parent_and_each_level_names_its_bound() {
+        let global = MemoryBudget::new(100);
+        let share = MemoryFull {
+            name: "max_connection_memory_bytes",
+            value: 40,
+        };
+        let conn = global.child(share, 40);
+        let a = conn.try_acquire(30).unwrap();
+        assert_eq!((conn.used(), global.used()), (30, 30));
+        assert_eq!(
+            conn.try_acquire(11).unwrap_err(),
+            share,
+            "the share refuses"
+        );
+        let other = global.try_acquire(65).unwrap();
+        assert_eq!(
+            conn.try_acquire(6).unwrap_err().name,
+            BUDGET_LIMIT,
+            "the parent refuses, and the child took nothing"
+        );
+        assert_eq!((conn.used(), global.used()), (30, 95));
+        drop((a, other));
+        assert_eq!((conn.used(), global.used()), (0, 0));
+    }
+
+    #[test]
+    fn a_joint_budget_takes_from_every_parent_or_from_none() {
+        let global = MemoryBudget::new(100);
+        let half = MemoryFull {
+            name: BUDGET_LIMIT,
+            value: 100,
+        };
+        let (inbound, outbound) = (global.child(half, 50), global.child(half, 50));
+        let share_limit = MemoryFull {
+            name: "max_connection_memory_bytes",
+            value: 30,
+        };
+        let share = MemoryBudget::joint(share_limit, 30, &[]);
+        let conn_in = MemoryBudget::joint(share_limit, u64::MAX, &[&inbound, &share]);
+        let conn_out = MemoryBudget::joint(share_limit, u64::MAX, &[&outbound, &share]);
+        let read = conn_in.try_acquire(20).unwrap();
+        let sent = conn_out.try_acquire(10).unwrap();
+        assert_eq!(
+            (share.used(), inbound.used(), outbound.used()),
+            (30, 20, 10)
+        );
+        assert_eq!(global.used(), 30, "each byte counted once at the top");
+        assert_eq!(conn_out.try_acquire(1).unwrap_err(), share_limit);
+        assert_eq!((outbound.used(), global.used()), (10, 30), "nothing taken");
+        let mut charged = conn_out.charge(5);
+        assert!(share.is_over());
+        assert!(!charged.try_grow(1));
+        drop((read, sent));
+        charged.shrink(5);
+        assert_eq!(
+            (share.used(), inbound.used(), outbound.used(), global.used()),
+            (0, 0, 0, 0)
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use super::bucket::{RateLimit, TokenBucket};
 use super::budget::{MemoryBudget, MemoryPermit};
 use super::parking::{Full, ParkingLot};
+use super::share::ConnectionMemory;
 use crate::group::{Group, MemberId, Plan};
 
 /// A model checker exploring every interleaving with at most two preemptions.
@@ -94,7 +95,7 @@ fn loom_memory_budget_never_exceeds_capacity_and_conserves_bytes() {
             .map(|_| {
                 let budget = budget.clone();
                 thread::spawn(move || {
-                    let permit = budget.try_acquire(6);
+                    let permit = budget.try_acquire(6).ok();
                     assert!(budget.used() <= 10);
                     permit
                 })
@@ -125,7 +126,7 @@ fn loom_memory_charges_and_acquires_race_without_losing_bytes() {
         };
         let publisher = {
             let budget = budget.clone();
-            thread::spawn(move || budget.try_acquire(6))
+            thread::spawn(move || budget.try_acquire(6).ok())
         };
         let mut cache = budget.empty_permit();
         let cached = cache.try_grow_within(3, 5);
@@ -152,7 +153,7 @@ fn loom_memory_permits_split_shrink_grow_and_drop_across_threads() {
         let splitter = {
             let budget = budget.clone();
             thread::spawn(move || {
-                let mut whole = budget.try_acquire(6)?;
+                let mut whole = budget.try_acquire(6).ok()?;
                 let half = whole.split(3).unwrap();
                 assert!(budget.used() <= 10);
                 Some((whole, half))
@@ -161,7 +162,7 @@ fn loom_memory_permits_split_shrink_grow_and_drop_across_threads() {
         let resizer = {
             let budget = budget.clone();
             thread::spawn(move || {
-                let mut p = budget.try_acquire(5)?;
+                let mut p = budget.try_acquire(5).ok()?;
                 assert_eq!(p.shrink(3), 3);
                 let grew = p.try_grow(4);
                 assert!(budget.used() <= 10);
@@ -241,6 +242,52 @@ fn loom_parking_lot_every_item_leaves_exactly_once_and_never_past_capacity() {
 }
 
 #[test]
+fn loom_a_connection_share_and_the_halves_hold_under_racing_reads_and_deliveries() {
+    bounded().check(|| {
+        let global = MemoryBudget::new(20);
+        let half = global.limit();
+        let (inbound, outbound) = (global.child(half, 10), global.child(half, 10));
+        let conn = ConnectionMemory::new(&inbound, &outbound, 8);
+        // The connection's reader and a dispatcher delivering to it race for its share while
+        // a neighbour publishes into the inbound half.
+        let reader = {
+            let conn = conn.clone();
+            thread::spawn(move || conn.inbound().try_acquire(5).ok())
+        };
+        let dispatcher = {
+            let conn = conn.clone();
+            thread::spawn(move || conn.outbound().try_acquire(5).ok())
+        };
+        let neighbour = {
+            let inbound = inbound.clone();
+            thread::spawn(move || inbound.try_acquire(6).ok())
+        };
+        let read = reader.join().unwrap();
+        let sent = dispatcher.join().unwrap();
+        let other = neighbour.join().unwrap();
+        assert!(
+            read.is_none() || sent.is_none(),
+            "5 + 5 bytes never fit in a share of 8"
+        );
+        // The share is taken first: a connection over it never reserves (even for a moment)
+        // room its neighbour then misses. So a refused neighbour means the reader holds it.
+        assert!(
+            other.is_some() || read.is_some(),
+            "the neighbour is refused only by what is held"
+        );
+        assert!(conn.share().high_water() <= 8);
+        assert!(inbound.high_water() <= 10 && outbound.high_water() <= 10);
+        let live: u64 = [&read, &sent, &other]
+            .iter()
+            .filter_map(|p| p.as_ref().map(MemoryPermit::bytes))
+            .sum();
+        assert_eq!(global.used(), live, "each byte counted once at the top");
+        drop((read, sent, other));
+        assert_eq!((global.used(), conn.share().used()), (0, 0));
+    });
+}
+
+#[test]
 fn loom_credit_is_never_exceeded_and_in_flight_stays_bounded() {
     loom::model(|| {
         let (tx, _rx) = mpsc::channel(16);
@@ -250,7 +297,8 @@ fn loom_credit_is_never_exceeded_and_in_flight_stays_bounded() {
             3,
             weir_protocol::GroupConfig::default(),
         )));
-        group.lock().unwrap().join(member, tx.clone(), tx);
+        let memory = MemoryBudget::new(u64::MAX);
+        group.lock().unwrap().join(member, tx.clone(), tx, memory);
         let delivered = Arc::new(Mutex::new(Vec::new()));
         let granter = {
             let group = group.clone();
@@ -265,10 +313,13 @@ fn loom_credit_is_never_exceeded_and_in_flight_stays_bounded() {
             thread::spawn(move || {
                 for _ in 0..2 {
                     let mut plan = Plan::new();
-                    group
-                        .lock()
-                        .unwrap()
-                        .plan(100, 100, std::time::Instant::now(), &mut plan);
+                    group.lock().unwrap().plan(
+                        100,
+                        100,
+                        std::time::Instant::now(),
+                        &|_| 1,
+                        &mut plan,
+                    );
                     delivered.lock().unwrap().extend(plan.iter().map(|p| p.seq));
                 }
             })

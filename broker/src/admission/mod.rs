@@ -16,6 +16,8 @@
 //! # Layout
 //! - [`bucket`] — [`TokenBucket`] and the messages + bytes pair [`RateLimit`].
 //! - [`budget`] — [`MemoryBudget`] and its [`MemoryPermit`]s.
+//! - [`share`] — [`ConnectionMemory`]: one connection's share of the budget.
+//! - [`room`] — [`RoomSignal`]: wakes dispatchers waiting for outbound memory.
 //! - [`latency`] — [`LatencyWindow`]: a sliding-window p99 in bounded memory.
 //! - [`overload`] — [`OverloadDetector`]: commit p99 and queued work against thresholds.
 //! - [`parking`] — [`ParkingLot`]: the bounded FIFO behind the `block` policy.
@@ -31,6 +33,8 @@ pub mod latency;
 pub mod log;
 pub mod overload;
 pub mod parking;
+pub mod room;
+pub mod share;
 
 #[cfg(all(test, weir_loom))]
 mod loom_tests;
@@ -46,11 +50,13 @@ use crate::keys::{Identity, RateConfig};
 use crate::topic::Refusal;
 
 pub use bucket::{RateKind, RateLimit, RateLimited, Refill, TokenBucket};
-pub use budget::{MemoryBudget, MemoryPermit};
+pub use budget::{MemoryBudget, MemoryFull, MemoryPermit};
 pub use latency::LatencyWindow;
 pub use log::RefusalLog;
 pub use overload::{Overload, OverloadDetector};
 pub use parking::{Full, ParkTicket, ParkingLot};
+pub use room::RoomSignal;
+pub use share::ConnectionMemory;
 
 /// How often one (topic, reason) may log a refusal line.
 const LOG_PERIOD: Duration = Duration::from_secs(1);
@@ -89,6 +95,13 @@ impl KeyLimits {
     pub fn ops(&self) -> &TokenBucket {
         &self.ops
     }
+
+    /// Gives back the tokens of a publish of `len` bytes that a later check refused, so a
+    /// refused publish costs the key nothing.
+    pub fn give_back(&self, len: u64) {
+        self.publish.messages().give_back(1);
+        self.publish.bytes().give_back(len);
+    }
 }
 
 /// The broker's admission control. One per broker.
@@ -96,6 +109,15 @@ impl KeyLimits {
 pub struct Admission {
     keys: HashMap<String, Arc<KeyLimits>>,
     budget: MemoryBudget,
+    /// The half of `budget` for what clients send: read buffers, publishes until committed,
+    /// caches.
+    inbound: MemoryBudget,
+    /// The half of `budget` for deliveries until they are written.
+    outbound: MemoryBudget,
+    /// Each connection's share of memory (`max_connection_memory_bytes`, at most a half).
+    connection_share: u64,
+    /// Signalled when connections' writers free outbound memory.
+    delivery_room: RoomSignal,
     overload: OverloadDetector,
     log: RefusalLog<(String, RejectReason)>,
 }
@@ -118,9 +140,19 @@ impl Admission {
             Arc::new(KeyLimits::new(config.default_rate, now)),
         );
         let l = &config.limits;
+        let budget = MemoryBudget::new(l.memory_budget_bytes);
+        let half = budget.limit();
+        let (inbound, outbound) = (
+            budget.child(half, l.memory_budget_bytes / 2),
+            budget.child(half, l.memory_budget_bytes / 2),
+        );
         Admission {
             keys,
-            budget: MemoryBudget::new(l.memory_budget_bytes),
+            connection_share: l.max_connection_memory_bytes.min(l.memory_budget_bytes / 2),
+            budget,
+            inbound,
+            outbound,
+            delivery_room: RoomSignal::default(),
             overload: OverloadDetector::new(
                 Duration::from_millis(l.overload_window_ms),
                 Duration::from_millis(l.overload_commit_p99_ms),
@@ -140,12 +172,16 @@ impl Admission {
             .unwrap_or_else(|| Arc::new(KeyLimits::new(identity.rate, Instant::now())))
     }
 
-    /// Admits a publish of `len` payload bytes by `key`: the memory it will hold until committed
-    /// comes with the returned permit. Checks overload, then the memory budget, then the key's
-    /// rates; a refusal takes nothing (no memory, no tokens).
+    /// Admits a publish that will hold `len` bytes of memory, by `key`, drawing the memory from
+    /// `memory` (the publishing connection's inbound budget, or [`Admission::inbound`]): the
+    /// memory comes with the returned permit until the publish is committed. Checks overload,
+    /// then the memory (naming the level that has no room: the connection's share, or the
+    /// broker's budget), then the key's rates; a refusal takes nothing (no memory, no tokens).
+    /// A caller whose later check refuses gives the tokens back ([`KeyLimits::give_back`]).
     pub fn admit_publish(
         &self,
         key: &KeyLimits,
+        memory: &MemoryBudget,
         len: u64,
         now: Instant,
     ) -> Result<MemoryPermit, Refusal> {
@@ -161,9 +197,9 @@ impl Admission {
             let retry = self.overload.retry_after(&overload, now);
             return Err(refusal(RejectReason::Overloaded, limit, Some(retry)));
         }
-        let Some(permit) = self.budget.try_acquire(len) else {
-            return Err(self.memory_refusal(now));
-        };
+        let permit = memory
+            .try_acquire(len)
+            .map_err(|full| self.memory_refusal(full, now))?;
         key.publish.try_take(len, now).map_err(|limited| {
             let limit = match limited.kind {
                 RateKind::Messages => Limit::new("messages_per_s", key.rate.messages_per_s),
@@ -174,12 +210,19 @@ impl Admission {
         Ok(permit)
     }
 
-    /// The refusal of a publish the memory budget has no room for: `Overloaded`, naming
-    /// `memory_budget_bytes`, retry once storage has made progress.
-    pub fn memory_refusal(&self, now: Instant) -> Refusal {
-        let limit = Limit::new("memory_budget_bytes", self.budget.capacity());
+    /// The refusal of a publish a level of the memory budget has no room for: `Overloaded`,
+    /// naming that level (`memory_budget_bytes`, or the connection's
+    /// `max_connection_memory_bytes`), retry once storage has made progress.
+    pub fn memory_refusal(&self, full: MemoryFull, now: Instant) -> Refusal {
+        let limit = Limit::new(full.name, full.value);
         let retry = self.overload.progress_hint(now);
         refusal(RejectReason::Overloaded, limit, Some(retry))
+    }
+
+    /// The memory budget of a new connection: its share, drawn from the inbound and outbound
+    /// halves.
+    pub fn connection_memory(&self) -> ConnectionMemory {
+        ConnectionMemory::new(&self.inbound, &self.outbound, self.connection_share)
     }
 
     /// Admits one expensive operation (topic create, subscribe) by `key`.
@@ -209,9 +252,24 @@ impl Admission {
         self.overload.record_commit(latency, now);
     }
 
-    /// The memory budget.
+    /// The whole memory budget (`memory_budget_bytes`).
     pub fn budget(&self) -> &MemoryBudget {
         &self.budget
+    }
+
+    /// The inbound half of the budget: read buffers, publishes until committed, tail caches.
+    pub fn inbound(&self) -> &MemoryBudget {
+        &self.inbound
+    }
+
+    /// The outbound half of the budget: deliveries until their connection has written them.
+    pub fn outbound(&self) -> &MemoryBudget {
+        &self.outbound
+    }
+
+    /// Signalled whenever a connection's writer frees outbound memory.
+    pub fn delivery_room(&self) -> &RoomSignal {
+        &self.delivery_room
     }
 
     /// The overload detector (commit p99, queued appends).
@@ -298,9 +356,15 @@ mod tests {
         let t0 = Instant::now();
         let admission = Admission::new(&config(rate, 1 << 20), t0);
         let key = admission.limits_for(&anonymous(rate));
-        admission.admit_publish(&key, 10, t0).unwrap();
-        admission.admit_publish(&key, 10, t0).unwrap();
-        let refused = admission.admit_publish(&key, 10, t0).unwrap_err();
+        admission
+            .admit_publish(&key, admission.inbound(), 10, t0)
+            .unwrap();
+        admission
+            .admit_publish(&key, admission.inbound(), 10, t0)
+            .unwrap();
+        let refused = admission
+            .admit_publish(&key, admission.inbound(), 10, t0)
+            .unwrap_err();
         assert_eq!(refused.reason, RejectReason::RateLimited);
         assert_eq!(
             (refused.limit.name.as_str(), refused.limit.value),
@@ -308,7 +372,9 @@ mod tests {
         );
         assert_eq!(refused.retry_after_ms, Some(100));
         assert_eq!(admission.budget().used(), 0, "a refusal holds no memory");
-        admission.admit_publish(&key, 10, t0 + 100 * MS).unwrap();
+        admission
+            .admit_publish(&key, admission.inbound(), 10, t0 + 100 * MS)
+            .unwrap();
     }
 
     #[test]
@@ -323,8 +389,12 @@ mod tests {
         let t0 = Instant::now();
         let admission = Admission::new(&config(rate, 1 << 20), t0);
         let key = admission.limits_for(&anonymous(rate));
-        admission.admit_publish(&key, 900, t0).unwrap();
-        let refused = admission.admit_publish(&key, 300, t0).unwrap_err();
+        admission
+            .admit_publish(&key, admission.inbound(), 900, t0)
+            .unwrap();
+        let refused = admission
+            .admit_publish(&key, admission.inbound(), 300, t0)
+            .unwrap_err();
         assert_eq!(
             (
                 refused.reason,
@@ -333,10 +403,12 @@ mod tests {
             ),
             (RejectReason::RateLimited, "bytes_per_s", Some(200))
         );
-        admission.admit_publish(&key, 100, t0).unwrap();
+        admission
+            .admit_publish(&key, admission.inbound(), 100, t0)
+            .unwrap();
         // Larger than the byte burst: no retry can help, so no hint.
         let never = admission
-            .admit_publish(&key, 1_001, t0 + 1_000 * MS)
+            .admit_publish(&key, admission.inbound(), 1_001, t0 + 1_000 * MS)
             .unwrap_err();
         assert_eq!(never.retry_after_ms, None);
     }
@@ -357,7 +429,9 @@ mod tests {
             (refused.limit.name.as_str(), refused.retry_after_ms),
             ("ops_per_s", Some(1_000))
         );
-        admission.admit_publish(&key, 1, t0).unwrap();
+        admission
+            .admit_publish(&key, admission.inbound(), 1, t0)
+            .unwrap();
     }
 
     #[test]
@@ -365,8 +439,13 @@ mod tests {
         let t0 = Instant::now();
         let admission = Admission::new(&config(RateConfig::default(), 100), t0);
         let key = admission.limits_for(&anonymous(RateConfig::default()));
-        let held = admission.admit_publish(&key, 80, t0).unwrap();
-        let refused = admission.admit_publish(&key, 30, t0).unwrap_err();
+        // Publishes have the inbound half: 50 of 100.
+        let held = admission
+            .admit_publish(&key, admission.inbound(), 40, t0)
+            .unwrap();
+        let refused = admission
+            .admit_publish(&key, admission.inbound(), 11, t0)
+            .unwrap_err();
         assert_eq!(
             (refused.reason, refused.limit.name.as_str()),
             (RejectReason::Overloaded, "memory_budget_bytes")
@@ -374,7 +453,9 @@ mod tests {
         // No commit seen yet: come back after one slot of the window (100 ms of 1 s).
         assert_eq!(refused.retry_after_ms, Some(100));
         drop(held);
-        admission.admit_publish(&key, 30, t0).unwrap();
+        admission
+            .admit_publish(&key, admission.inbound(), 50, t0)
+            .unwrap();
     }
 
     #[test]
@@ -385,13 +466,17 @@ mod tests {
         let admission = Admission::new(&c, t0);
         let key = admission.limits_for(&anonymous(RateConfig::default()));
         admission.queued(2);
-        let refused = admission.admit_publish(&key, 1, t0).unwrap_err();
+        let refused = admission
+            .admit_publish(&key, admission.inbound(), 1, t0)
+            .unwrap_err();
         assert_eq!(
             (refused.reason, refused.limit.name.as_str()),
             (RejectReason::Overloaded, "overload_queued_appends")
         );
         admission.queued(-1);
-        admission.admit_publish(&key, 1, t0).unwrap();
+        admission
+            .admit_publish(&key, admission.inbound(), 1, t0)
+            .unwrap();
         admission.queued(-5);
         assert_eq!(admission.overload().queued_now(), 0, "never below zero");
     }
@@ -404,7 +489,9 @@ mod tests {
         let admission = Admission::new(&c, t0);
         let key = admission.limits_for(&anonymous(RateConfig::default()));
         admission.record_commit_at(200 * MS, t0);
-        let refused = admission.admit_publish(&key, 1, t0 + 10 * MS).unwrap_err();
+        let refused = admission
+            .admit_publish(&key, admission.inbound(), 1, t0 + 10 * MS)
+            .unwrap_err();
         assert_eq!(
             (
                 refused.reason,
@@ -414,7 +501,9 @@ mod tests {
             (RejectReason::Overloaded, "overload_commit_p99_ms", 50)
         );
         assert_eq!(refused.retry_after_ms, Some(990));
-        admission.admit_publish(&key, 1, t0 + 1_000 * MS).unwrap();
+        admission
+            .admit_publish(&key, admission.inbound(), 1, t0 + 1_000 * MS)
+            .unwrap();
     }
 
     #[test]

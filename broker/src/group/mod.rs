@@ -23,7 +23,9 @@ use weir_protocol::{GroupConfig, GroupInfo};
 
 use schedule::Schedule;
 
+use crate::admission::{MemoryBudget, MemoryPermit};
 pub use crate::outbox::Outbox;
+use crate::storage::log::MESSAGE_OVERHEAD;
 use crate::storage::state::GroupRecord;
 
 /// Identifies one subscription: the connection it lives on and its id there.
@@ -40,6 +42,10 @@ struct Member {
     id: MemberId,
     credit: u32,
     outbox: Outbox,
+    /// Its connection's outbound memory: each planned delivery takes its message's bytes from
+    /// it until the connection has written the frame; a delivery that does not fit (the
+    /// connection at its share, or the broker's outbound half full) is not planned.
+    memory: MemoryBudget,
     /// Where `Gap` notices go (the connection's control queue).
     notices: Outbox,
     /// Evicted messages this member has not been told about yet (merged into one range).
@@ -83,6 +89,9 @@ pub struct DeadLetter {
 pub struct Planned {
     /// Where to send the delivery.
     pub outbox: Outbox,
+    /// The message's bytes, taken from the member's connection's outbound memory: the frame
+    /// carries it until written.
+    pub memory: MemoryPermit,
     /// The member it goes to.
     pub member: MemberId,
     /// The message.
@@ -302,12 +311,14 @@ impl Group {
     }
 
     /// Attaches a member with no credit yet (see [`Group::grant`]). Deliveries go to `outbox`
-    /// (sized by credit); `Gap` notices to `notices`, so they never take a delivery's room.
-    pub fn join(&mut self, id: MemberId, outbox: Outbox, notices: Outbox) {
+    /// (sized by credit), each holding its bytes from `memory` until written; `Gap` notices go
+    /// to `notices`, so they never take a delivery's room.
+    pub fn join(&mut self, id: MemberId, outbox: Outbox, notices: Outbox, memory: MemoryBudget) {
         self.members.push(Member {
             id,
             credit: 0,
             outbox,
+            memory,
             notices,
             gap: None,
             starved_since: None,
@@ -569,28 +580,53 @@ impl Group {
     }
 
     /// Decides up to `budget` deliveries at `now`: redeliveries first (lowest sequence first),
-    /// then new messages below `committed_next`, round-robin across members with credit, while
-    /// the group is under `max_in_flight`. Each planned message is in flight from here on,
-    /// with an ack deadline of `ack_timeout` from `now`.
-    pub fn plan(&mut self, committed_next: u64, budget: usize, now: Instant, out: &mut Plan) {
+    /// then new messages below `committed_next`, round-robin across members with credit *and*
+    /// memory for the message (`size_of(seq)` bytes plus its overhead, taken from the member's
+    /// connection's outbound memory), while the group is under `max_in_flight`. Each planned
+    /// message is in flight from here on, with an ack deadline of `ack_timeout` from `now`.
+    ///
+    /// Returns `true` when a member with credit was passed over for lack of memory while
+    /// messages waited: the caller should plan again once deliveries have been written.
+    pub fn plan(
+        &mut self,
+        committed_next: u64,
+        budget: usize,
+        now: Instant,
+        size_of: &dyn Fn(u64) -> u64,
+        out: &mut Plan,
+    ) -> bool {
         let n = self.members.len();
         let deadline = now + self.ack_timeout();
         let mut planned = 0;
+        // Members passed over this round because their memory had no room.
+        let mut no_room: Vec<bool> = Vec::new();
         while planned < budget && self.held() < self.max_in_flight {
             let Some(i) = (0..n)
                 .map(|k| (self.next_member + k) % n)
-                .find(|&i| self.members[i].credit > 0)
+                .find(|&i| self.members[i].credit > 0 && !no_room.get(i).copied().unwrap_or(false))
             else {
                 break;
             };
-            let (seq, previous_attempts) = if let Some(entry) = self.redeliver.pop_first() {
-                entry
-            } else if self.cursor < committed_next {
-                self.cursor += 1;
-                (self.cursor - 1, 0)
-            } else {
-                break;
+            let next = match self.redeliver.first_key_value() {
+                Some((&seq, &attempts)) => (seq, attempts, true),
+                None if self.cursor < committed_next => (self.cursor, 0, false),
+                None => break,
             };
+            let (seq, previous_attempts, redelivery) = next;
+            let bytes = size_of(seq) + MESSAGE_OVERHEAD;
+            let memory = match self.members[i].memory.try_acquire(bytes) {
+                Ok(memory) => memory,
+                Err(_) => {
+                    no_room.resize(n, false);
+                    no_room[i] = true;
+                    continue;
+                }
+            };
+            if redelivery {
+                self.redeliver.pop_first();
+            } else {
+                self.cursor += 1;
+            }
             let member = &mut self.members[i];
             member.credit -= 1;
             let attempt = previous_attempts + 1;
@@ -605,6 +641,7 @@ impl Group {
             self.deadlines.insert(seq, deadline, ());
             out.push(Planned {
                 outbox: member.outbox.clone(),
+                memory,
                 member: member.id,
                 seq,
                 attempt,
@@ -615,6 +652,7 @@ impl Group {
         if planned > 0 {
             self.dirty = true;
         }
+        no_room.contains(&true)
     }
 
     /// A snapshot for `ListTopics` and `DescribeTopic`, as of `now`.
@@ -700,6 +738,11 @@ mod tests {
         }
     }
 
+    /// Outbound memory that never refuses.
+    fn unbounded() -> MemoryBudget {
+        MemoryBudget::new(u64::MAX)
+    }
+
     fn test_group(start: u64, max_in_flight: u32) -> Group {
         Group::with_config(start, max_in_flight, config(5))
     }
@@ -719,25 +762,53 @@ mod tests {
     fn never_plans_more_than_the_credit_granted() {
         let mut g = test_group(1, 100);
         let (a, tx, _rx) = member(1);
-        g.join(a, tx.clone(), tx);
+        g.join(a, tx.clone(), tx, unbounded());
         let mut plan = Plan::new();
-        g.plan(50, 1000, Instant::now(), &mut plan);
+        g.plan(50, 1000, Instant::now(), &|_| 1, &mut plan);
         assert!(plan.is_empty(), "no credit, no delivery");
         g.grant(a, 10, 100).unwrap();
-        g.plan(50, 1000, Instant::now(), &mut plan);
+        g.plan(50, 1000, Instant::now(), &|_| 1, &mut plan);
         assert_eq!(plan.len(), 10);
-        g.plan(50, 1000, Instant::now(), &mut plan);
+        g.plan(50, 1000, Instant::now(), &|_| 1, &mut plan);
         assert_eq!(plan.len(), 10, "credit used up");
+    }
+
+    #[test]
+    fn a_member_without_memory_for_the_next_message_is_passed_over_not_starved() {
+        let mut g = test_group(1, 100);
+        let (a, txa, _ra) = member(1);
+        let (b, txb, _rb) = member(2);
+        // a's connection has room for one 1 000-byte message (with its overhead), b's for many.
+        let small = MemoryBudget::new(1_000 + MESSAGE_OVERHEAD);
+        g.join(a, txa.clone(), txa, small.clone());
+        g.join(b, txb.clone(), txb, unbounded());
+        g.grant(a, 10, 100).unwrap();
+        g.grant(b, 3, 100).unwrap();
+        let mut plan = Plan::new();
+        let blocked = g.plan(50, 100, Instant::now(), &|_| 1_000, &mut plan);
+        assert!(blocked, "a had credit and messages waited, but no memory");
+        let to_a = plan.iter().filter(|p| p.member == a).count();
+        assert_eq!((to_a, plan.len()), (1, 4), "a got what fits, b its credit");
+        assert_eq!(small.used(), 1_000 + MESSAGE_OVERHEAD);
+        // While a's delivery is unwritten (its permit held), a gets nothing more...
+        let unwritten = std::mem::take(&mut plan);
+        let blocked = g.plan(50, 100, Instant::now(), &|_| 1_000, &mut plan);
+        assert!(blocked && plan.is_empty());
+        // ... and once it is written, a is planned again.
+        drop(unwritten);
+        assert_eq!(small.used(), 0);
+        g.plan(50, 100, Instant::now(), &|_| 1_000, &mut plan);
+        assert_eq!(seqs(&plan), vec![(1, 5, 1)]);
     }
 
     #[test]
     fn stops_at_max_in_flight_and_resumes_on_ack() {
         let mut g = test_group(1, 3);
         let (a, tx, _rx) = member(1);
-        g.join(a, tx.clone(), tx);
+        g.join(a, tx.clone(), tx, unbounded());
         g.grant(a, 10, 100).unwrap();
         let mut plan = Plan::new();
-        g.plan(50, 1000, Instant::now(), &mut plan);
+        g.plan(50, 1000, Instant::now(), &|_| 1, &mut plan);
         assert_eq!(seqs(&plan), vec![(1, 1, 1), (1, 2, 1), (1, 3, 1)]);
         assert_eq!(
             g.ack(a, &[2, 2, 99]),
@@ -745,7 +816,7 @@ mod tests {
             "duplicates and unknown seqs are ignored"
         );
         plan.clear();
-        g.plan(50, 1000, Instant::now(), &mut plan);
+        g.plan(50, 1000, Instant::now(), &|_| 1, &mut plan);
         assert_eq!(seqs(&plan), vec![(1, 4, 1)]);
         assert_eq!(g.floor(), 1);
     }
@@ -755,12 +826,12 @@ mod tests {
         let mut g = test_group(1, 100);
         let (a, txa, _ra) = member(1);
         let (b, txb, _rb) = member(2);
-        g.join(a, txa.clone(), txa);
-        g.join(b, txb.clone(), txb);
+        g.join(a, txa.clone(), txa, unbounded());
+        g.join(b, txb.clone(), txb, unbounded());
         g.grant(a, 2, 100).unwrap();
         g.grant(b, 2, 100).unwrap();
         let mut plan = Plan::new();
-        g.plan(10, 100, Instant::now(), &mut plan);
+        g.plan(10, 100, Instant::now(), &|_| 1, &mut plan);
         assert_eq!(
             seqs(&plan),
             vec![(1, 1, 1), (2, 2, 1), (1, 3, 1), (2, 4, 1)]
@@ -769,7 +840,7 @@ mod tests {
         g.grant(b, 3, 100).unwrap();
         plan.clear();
         g.ack(b, &[2, 4]);
-        g.plan(10, 100, Instant::now(), &mut plan);
+        g.plan(10, 100, Instant::now(), &|_| 1, &mut plan);
         assert_eq!(seqs(&plan), vec![(2, 1, 2), (2, 3, 2), (2, 5, 1)]);
     }
 
@@ -778,11 +849,11 @@ mod tests {
         let mut g = test_group(1, 100);
         let (a, txa, _ra) = member(1);
         let (b, txb, _rb) = member(2);
-        g.join(a, txa.clone(), txa);
-        g.join(b, txb.clone(), txb);
+        g.join(a, txa.clone(), txa, unbounded());
+        g.join(b, txb.clone(), txb, unbounded());
         g.grant(a, 3, 100).unwrap();
         let mut plan = Plan::new();
-        g.plan(20, 100, Instant::now(), &mut plan); // 1, 2, 3 in flight to a
+        g.plan(20, 100, Instant::now(), &|_| 1, &mut plan); // 1, 2, 3 in flight to a
         assert_eq!(g.evict_below(2), Some((1, 1)));
         assert_eq!(g.evict_below(6), Some((2, 5)));
         assert_eq!(g.evict_below(6), None, "nothing more needed below 6");
@@ -811,7 +882,7 @@ mod tests {
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut g = test_group(1, 2);
         let (a, tx, _rx) = member(1);
-        g.join(a, tx.clone(), tx);
+        g.join(a, tx.clone(), tx, unbounded());
         let mut out = Vec::new();
         g.stalls(1, at(0), after, &mut out);
         g.stalls(1, at(100), after, &mut out);
@@ -833,7 +904,7 @@ mod tests {
         out.clear();
         g.grant(a, 5, 100).unwrap();
         let mut plan = Plan::new();
-        g.plan(10, 100, Instant::now(), &mut plan); // 2 in flight: the group is full
+        g.plan(10, 100, Instant::now(), &|_| 1, &mut plan); // 2 in flight: the group is full
         g.stalls(10, at(131), after, &mut out);
         g.stalls(10, at(160), after, &mut out);
         assert!(out.is_empty());
@@ -855,7 +926,7 @@ mod tests {
     fn credit_is_bounded() {
         let mut g = test_group(1, 100);
         let (a, tx, _rx) = member(1);
-        g.join(a, tx.clone(), tx);
+        g.join(a, tx.clone(), tx, unbounded());
         g.grant(a, 8, 10).unwrap();
         assert_eq!(
             g.grant(a, 3, 10),
@@ -879,10 +950,10 @@ mod tests {
     fn record_and_recover_keep_unacked_messages_and_their_attempts() {
         let mut g = test_group(5, 100);
         let (a, tx, _rx) = member(1);
-        g.join(a, tx.clone(), tx);
+        g.join(a, tx.clone(), tx, unbounded());
         g.grant(a, 4, 100).unwrap();
         let mut plan = Plan::new();
-        g.plan(20, 100, Instant::now(), &mut plan);
+        g.plan(20, 100, Instant::now(), &|_| 1, &mut plan);
         g.ack(a, &[6]);
         let record = g.record();
         assert_eq!(
@@ -901,10 +972,10 @@ mod tests {
             "seq 5 is below the topic's first stored message"
         );
         let (b, txb, _rb) = member(2);
-        back.join(b, txb.clone(), txb);
+        back.join(b, txb.clone(), txb, unbounded());
         back.grant(b, 3, 100).unwrap();
         plan.clear();
-        back.plan(20, 100, Instant::now(), &mut plan);
+        back.plan(20, 100, Instant::now(), &|_| 1, &mut plan);
         assert_eq!(seqs(&plan), vec![(2, 7, 2), (2, 8, 2), (2, 9, 1)]);
     }
 
@@ -912,7 +983,7 @@ mod tests {
     fn with_member(max_attempts: u32, credit: u32) -> (Group, MemberId, mpsc::Receiver<Outbound>) {
         let mut g = Group::with_config(1, 100, config(max_attempts));
         let (a, tx, rx) = member(1);
-        g.join(a, tx.clone(), tx);
+        g.join(a, tx.clone(), tx, unbounded());
         g.grant(a, credit, 1000).unwrap();
         (g, a, rx)
     }
@@ -922,7 +993,7 @@ mod tests {
         let (mut g, a, _rx) = with_member(5, 10);
         let t0 = Instant::now();
         let mut plan = Plan::new();
-        g.plan(2, 10, t0, &mut plan);
+        g.plan(2, 10, t0, &|_| 1, &mut plan);
         assert_eq!(seqs(&plan), vec![(1, 1, 1)]);
         assert_eq!(g.next_expiry(), Some(t0 + Duration::from_secs(1)));
         assert_eq!(
@@ -932,7 +1003,7 @@ mod tests {
         let done = g.expire(t0 + Duration::from_secs(1));
         assert_eq!((done.timed_out, done.dead), (1, 0));
         plan.clear();
-        g.plan(2, 10, t0 + Duration::from_secs(1), &mut plan);
+        g.plan(2, 10, t0 + Duration::from_secs(1), &|_| 1, &mut plan);
         assert_eq!(seqs(&plan), vec![(1, 1, 2)], "redelivered with attempt 2");
         assert_eq!(g.ack(a, &[1]), 1);
         assert_eq!((g.next_expiry(), g.floor()), (None, 2));
@@ -943,7 +1014,7 @@ mod tests {
         let (mut g, a, _rx) = with_member(5, 10);
         let t0 = Instant::now();
         let mut plan = Plan::new();
-        g.plan(2, 10, t0, &mut plan);
+        g.plan(2, 10, t0, &|_| 1, &mut plan);
         let other = MemberId { conn: 9, sub: 9 };
         assert_eq!(g.progress(other, &[1], t0 + Duration::from_millis(900)), 0);
         assert_eq!(g.progress(a, &[1], t0 + Duration::from_millis(900)), 1);
@@ -955,18 +1026,18 @@ mod tests {
     fn a_nack_waits_its_delay_and_holds_its_slot_meanwhile() {
         let mut g = Group::with_config(1, 1, config(5));
         let (a, tx, _rx) = member(1);
-        g.join(a, tx.clone(), tx);
+        g.join(a, tx.clone(), tx, unbounded());
         g.grant(a, 10, 100).unwrap();
         let t0 = Instant::now();
         let mut plan = Plan::new();
-        g.plan(5, 10, t0, &mut plan);
+        g.plan(5, 10, t0, &|_| 1, &mut plan);
         assert_eq!(g.nack(a, &[1, 7], Duration::from_millis(500), t0), (1, 0));
         plan.clear();
-        g.plan(5, 10, t0, &mut plan);
+        g.plan(5, 10, t0, &|_| 1, &mut plan);
         assert!(plan.is_empty(), "the nacked message keeps the only slot");
         assert_eq!(g.expire(t0 + Duration::from_millis(499)).released, 0);
         assert_eq!(g.expire(t0 + Duration::from_millis(500)).released, 1);
-        g.plan(5, 10, t0 + Duration::from_millis(500), &mut plan);
+        g.plan(5, 10, t0 + Duration::from_millis(500), &|_| 1, &mut plan);
         assert_eq!(
             seqs(&plan),
             vec![(1, 1, 2)],
@@ -980,10 +1051,10 @@ mod tests {
         let t0 = Instant::now();
         let late = t0 + Duration::from_secs(5);
         let mut plan = Plan::new();
-        g.plan(4, 10, t0, &mut plan); // 1, 2, 3
+        g.plan(4, 10, t0, &|_| 1, &mut plan); // 1, 2, 3
         g.expire(late); // all three time out (attempt 1 of 2)
         plan.clear();
-        g.plan(4, 10, late, &mut plan); // attempt 2 of each
+        g.plan(4, 10, late, &|_| 1, &mut plan); // attempt 2 of each
         assert_eq!(seqs(&plan), vec![(1, 1, 2), (1, 2, 2), (1, 3, 2)]);
         let done = g.expire(late + Duration::from_millis(999));
         assert_eq!(done.dead, 0);
@@ -1020,7 +1091,7 @@ mod tests {
         let (mut g, a, _rx) = with_member(1, 10);
         let t0 = Instant::now();
         let mut plan = Plan::new();
-        g.plan(4, 10, t0, &mut plan);
+        g.plan(4, 10, t0, &|_| 1, &mut plan);
         g.nack(a, &[1], Duration::ZERO, t0); // attempt 1 of 1: dead
         g.config.max_attempts = 5;
         g.nack(a, &[2], Duration::from_secs(60), t0);

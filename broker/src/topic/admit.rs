@@ -47,16 +47,18 @@ pub(super) enum Decision {
 }
 
 impl Topic {
-    /// Decides, under the topic lock, whether a publish of `len` payload bytes is queued for
-    /// storage (and counts it as pending), parked, or refused.
+    /// Decides, under the topic lock, whether a publish of a message of size `len` is queued
+    /// for storage (and counts it as pending), parked, or refused; `slack` bytes of it do not
+    /// count against `max_message_bytes` (a dead-letter copy's origin headers).
     pub(super) fn admit(
         &self,
         st: &mut TopicState,
         len: u64,
+        slack: u64,
         now: Instant,
     ) -> Result<Decision, AppendError> {
         let c = &self.config;
-        if len > u64::from(c.max_message_bytes) {
+        if len.saturating_sub(slack) > u64::from(c.max_message_bytes) {
             let limit = Limit::new("max_message_bytes", u64::from(c.max_message_bytes));
             return Err(self.refusal(RejectReason::MessageTooLarge, limit, None));
         }

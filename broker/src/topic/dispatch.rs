@@ -1,19 +1,21 @@
 //! The dispatcher of one topic: credit-paced delivery to group members.
 //!
-//! Woken by commits, credit grants, acks and members leaving, it asks each group for a plan of
-//! deliveries (under the topic lock), resolves messages (headers and payload) from the tail
-//! cache or, on a miss, from the log on the blocking pool, and hands each `Deliver` to the
-//! member's connection with a non-blocking `try_send`. A connection's outbound queue is sized
-//! for every credit its subscriptions can hold, so `try_send` fails only when the connection is
-//! gone; the message then returns to its group and that member gets no more until it grants
-//! credit again.
+//! Woken by commits, credit grants, acks, members leaving and connections freeing outbound
+//! memory, it asks each group for a plan of deliveries (under the topic lock), resolves
+//! messages (headers and payload) from the tail cache or, on a miss, from the log on the
+//! blocking pool, and hands each `Deliver` to the member's connection with a non-blocking
+//! `try_send`. A connection's outbound queue is sized for every credit its subscriptions can
+//! hold, so `try_send` fails only when the connection is gone; the message then returns to its
+//! group and that member gets no more until it grants credit again.
 //!
-//! Every delivery is charged to the memory budget before its payload is read (see
-//! [`crate::admission::budget`]: deliveries are asked for with credit and are what drains the
-//! broker, so they are counted, never refused) — its header bytes, known only once the message
-//! is resolved, then — and its permit travels with the frame until the connection's writer has
-//! encoded it. A message served from the tail cache is counted twice while both hold it — the
-//! budget errs on the side of refusing early.
+//! A delivery is planned only when its message's bytes fit in the member's connection's
+//! outbound memory — the connection's share (`max_connection_memory_bytes`) and the broker's
+//! outbound half of `memory_budget_bytes` — taken before its payload is read; its header
+//! overhead, known once the message is resolved, is added then. The permit travels with the
+//! frame until the connection's writer has written it. So a subscriber that stops reading
+//! holds at most its share, deliveries together at most half the budget, and the rest of the
+//! messages wait in the log, not in memory. A message served from the tail cache is counted
+//! twice while both hold it — the budget errs on the side of refusing early.
 //!
 //! Each first delivery (attempt 1) to a group is recorded in the publish→deliver histogram: from
 //! the message's append — the start of the commit that stored it, kept as an `Instant` by the
@@ -30,7 +32,7 @@ use weir_protocol::{Deliver, Frame, Gap};
 use super::{lock, Topic};
 use crate::group::{GapNotice, Plan};
 use crate::outbox::Outbound;
-use crate::storage::log::{LogError, Message};
+use crate::storage::log::{LogError, Message, HEADER_OVERHEAD};
 
 /// Most deliveries planned per group per round, so one busy group cannot starve the others.
 const ROUND: usize = 256;
@@ -45,8 +47,22 @@ type Resolved = (Message, Instant);
 pub(super) async fn run(topic: Arc<Topic>, stop: CancellationToken) {
     let mut plan = Plan::with_capacity(ROUND);
     let mut work = topic.metrics.workers.dispatcher.clock();
+    let room = topic.admission.clone();
     loop {
-        while dispatch_round(&topic, &mut plan).await {}
+        let epoch = room.delivery_room().epoch();
+        let no_room = loop {
+            let (sent, blocked) = dispatch_round(&topic, &mut plan).await;
+            if !sent {
+                break blocked;
+            }
+        };
+        let room_freed = async {
+            if no_room {
+                room.delivery_room().freed_since(epoch).await;
+            } else {
+                std::future::pending().await
+            }
+        };
         let next_expiry = topic.expire(Instant::now());
         let expiry = async {
             match next_expiry {
@@ -57,6 +73,7 @@ pub(super) async fn run(topic: Arc<Topic>, stop: CancellationToken) {
         work.waiting();
         tokio::select! {
             () = topic.wake_dispatcher.notified() => {}
+            () = room_freed => {}
             () = expiry => {}
             () = stop.cancelled() => return,
         }
@@ -65,33 +82,32 @@ pub(super) async fn run(topic: Arc<Topic>, stop: CancellationToken) {
 }
 
 /// Plans and sends one round for every group. Returns whether anything was sent (so another
-/// round may find more work).
-async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
+/// round may find more work), and whether a member was passed over for lack of memory.
+async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> (bool, bool) {
     let groups: Vec<String> = lock(&topic.state).groups.keys().cloned().collect();
-    let mut sent_any = false;
+    let (mut sent_any, mut no_room) = (false, false);
     let mut gaps = Vec::new();
     for group in groups {
         plan.clear();
-        let (cached, round_bytes): (Vec<Option<Resolved>>, u64) = {
+        let cached: Vec<Option<Resolved>> = {
             let mut st = lock(&topic.state);
+            let st = &mut *st;
             let committed = st.committed_next;
             let Some(g) = st.groups.get_mut(&group) else {
                 continue;
             };
             g.take_gaps(&mut gaps);
-            g.plan(committed, ROUND, Instant::now(), plan);
-            let cached = plan
-                .iter()
+            let (sizes, first_seq) = (&st.sizes, st.first_seq);
+            let size_of = |seq: u64| stored_size(sizes, first_seq, seq);
+            no_room |= g.plan(committed, ROUND, Instant::now(), &size_of, plan);
+            plan.iter()
                 .map(|p| st.tail.entry(p.seq).map(|(m, at)| (m.clone(), at)))
-                .collect();
-            (cached, plan.iter().map(|p| st.stored_size(p.seq)).sum())
+                .collect()
         };
         send_gaps(topic, &group, &mut gaps);
         if plan.is_empty() {
             continue;
         }
-        let budget = topic.admission.budget();
-        let mut memory = budget.charge(round_bytes);
         let messages = match fill_misses(topic, plan, cached).await {
             Ok(p) => p,
             Err(e) => {
@@ -102,14 +118,14 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
                         g.undeliver(p.member, p.seq);
                     }
                 }
-                return false;
+                return (false, no_room);
             }
         };
-        memory.charge(messages.iter().map(|(m, _)| m.header_bytes()).sum());
         let mut failed = Vec::new();
-        for (p, (message, appended)) in plan.drain(..).zip(messages) {
-            let len = message.bytes();
-            let held = memory.split(len).unwrap_or_else(|| budget.charge(len));
+        for (mut p, (message, appended)) in plan.drain(..).zip(messages) {
+            // The plan took the message's size and overhead; its headers' overhead is known now.
+            p.memory
+                .charge(HEADER_OVERHEAD * message.headers.len() as u64);
             let frame = Frame::Deliver(Deliver {
                 sub: p.member.sub,
                 seq: p.seq,
@@ -119,7 +135,7 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
             });
             let outbound = Outbound {
                 frame,
-                memory: Some(held),
+                memory: Some(p.memory),
             };
             if p.outbox.try_send(outbound).is_ok() {
                 topic.metrics.delivered.add(1);
@@ -145,7 +161,16 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> bool {
             }
         }
     }
-    sent_any
+    (sent_any, no_room)
+}
+
+/// The size of stored message `seq` given the topic's `sizes` from `first_seq` (0 if it is not
+/// stored).
+fn stored_size(sizes: &std::collections::VecDeque<u32>, first_seq: u64, seq: u64) -> u64 {
+    seq.checked_sub(first_seq)
+        .and_then(|i| usize::try_from(i).ok())
+        .and_then(|i| sizes.get(i))
+        .map_or(0, |&len| u64::from(len))
 }
 
 /// Sends `Gap` notices ahead of the group's next deliveries; one that does not fit the member's

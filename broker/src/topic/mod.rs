@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,12 +30,12 @@ use weir_protocol::{
     TopicInfo,
 };
 
-use crate::admission::budget::MemoryPermit;
+use crate::admission::budget::{MemoryBudget, MemoryPermit};
 use crate::admission::Admission;
 use crate::config::Config;
 use crate::group::{GrantError, Group, MemberId, Outbox, Stall};
 use crate::metrics::{Counter, Metrics};
-use crate::storage::log::{LogConfig, LogError, SegmentLog};
+use crate::storage::log::{LogConfig, LogError, Message, SegmentLog};
 use crate::storage::state::{GroupRecord, StateStore};
 use admit::{Decision, DropWarning};
 use drain::DrainRate;
@@ -151,8 +150,9 @@ struct TopicState {
     first_seq: u64,
     /// Every sequence below this is durable and may be delivered.
     committed_next: u64,
-    /// Payload size of each stored message, `first_seq..committed_next` (bounded by
-    /// `max_messages`).
+    /// Size (payload plus header names and values) of each stored message,
+    /// `first_seq..committed_next` (bounded by `max_messages`: 4 bytes of memory per stored
+    /// message).
     sizes: VecDeque<u32>,
     stored_bytes: u64,
     /// Accepted publishes not yet committed.
@@ -178,14 +178,6 @@ impl TopicState {
     /// Bytes counted against `max_bytes`: stored plus accepted-not-committed.
     fn bytes(&self) -> u64 {
         self.stored_bytes + self.pending_bytes
-    }
-
-    /// Payload size of stored message `seq` (0 if it is not stored).
-    fn stored_size(&self, seq: u64) -> u64 {
-        seq.checked_sub(self.first_seq)
-            .and_then(|i| usize::try_from(i).ok())
-            .and_then(|i| self.sizes.get(i))
-            .map_or(0, |&len| u64::from(len))
     }
 }
 
@@ -282,7 +274,7 @@ impl Topic {
             pending_count: 0,
             pending_bytes: 0,
             groups,
-            tail: TailCache::new(broker.storage.tail_cache_bytes, env.admission.budget()),
+            tail: TailCache::new(broker.storage.tail_cache_bytes, env.admission.inbound()),
             drain: DrainRate::new(Instant::now()),
             recent_drops: VecDeque::with_capacity(admit::DROP_SAMPLE),
             drop_warning: DropWarning::new(Instant::now()),
@@ -335,16 +327,17 @@ impl Topic {
     /// returned [`Confirm`] resolves once it is durable (or refused). Waits only when the
     /// writer's queue (`append_queue`) is full.
     ///
-    /// `headers` are stored and delivered with the payload. They ride in the publish frame's
-    /// header, so `max_frame_bytes` bounds them; `max_message_bytes` and the topic's byte bounds
-    /// count the payload only. Headers past the log's record format (more than 65 535, or a
-    /// name over 65 535 bytes, see [`crate::storage::log::exceeded_header_bound`]) are
-    /// refused with `MessageTooLarge` naming that bound, before they could fail a whole commit.
+    /// The message's headers are stored and delivered with its payload; `max_message_bytes`
+    /// and the topic's byte bounds count its [`Message::size`] (payload plus header names and
+    /// values), less `slack` bytes for `max_message_bytes` only (a dead-letter copy's origin
+    /// headers). Headers past the log's record format (see
+    /// [`crate::storage::log::exceeded_header_bound`]) are refused with `MessageTooLarge`
+    /// naming that bound, before they could fail a whole commit.
     pub async fn publish(
         &self,
-        headers: weir_protocol::Headers,
-        payload: Bytes,
+        message: Message,
         permit: MemoryPermit,
+        slack: u64,
     ) -> Result<Admitted, AppendError> {
         use crate::storage::log;
         if self.failed.load(Ordering::Relaxed) {
@@ -353,17 +346,16 @@ impl Topic {
                 "topic {name} failed a write and is read-only"
             )));
         }
-        if let Some((bound, value)) = log::exceeded_header_bound(&headers) {
+        if let Some((bound, value)) = log::exceeded_header_bound(&message.headers) {
             let limit = Limit::new(bound, value);
             return Err(self.refusal(RejectReason::MessageTooLarge, limit, None));
         }
-        let len = payload.len() as u64;
+        let len = message.size();
         let now = Instant::now();
         let (reply, confirm) = oneshot::channel();
-        let message = log::Message { headers, payload };
         {
             let mut st = lock(&self.state);
-            if let Decision::Park = self.admit(&mut st, len, now)? {
+            if let Decision::Park = self.admit(&mut st, len, slack, now)? {
                 let parked = Parked {
                     message,
                     reply,
@@ -399,7 +391,8 @@ impl Topic {
         self.admission.queued(-(count as i64));
     }
 
-    /// Attaches a subscription to `group` with no credit yet: deliveries go to `outbox`, `Gap`
+    /// Attaches a subscription to `group` with no credit yet: deliveries go to `outbox`, each
+    /// holding its bytes from `memory` (its connection's outbound memory) until written, `Gap`
     /// notices to `notices`. A group that does not exist yet is created at `start` (the oldest
     /// stored message, the next one published, or a sequence — never below the oldest stored)
     /// with `config`; an existing group keeps its own settings.
@@ -408,8 +401,8 @@ impl Topic {
         group: &str,
         (start, config): (StartPosition, GroupConfig),
         id: MemberId,
-        outbox: Outbox,
-        notices: Outbox,
+        (outbox, notices): (Outbox, Outbox),
+        memory: MemoryBudget,
     ) -> Result<(), JoinError> {
         let mut st = lock(&self.state);
         if !st.groups.contains_key(group) {
@@ -425,7 +418,7 @@ impl Topic {
             st.groups.insert(group.to_string(), g);
         }
         if let Some(g) = st.groups.get_mut(group) {
-            g.join(id, outbox, notices);
+            g.join(id, outbox, notices, memory);
         }
         Ok(())
     }
@@ -493,6 +486,7 @@ impl Topic {
                 .iter()
                 .map(|(name, g)| g.info(name, st.committed_next, now))
                 .collect(),
+            groups_omitted: 0,
             dropped: self.counters.dropped.get(),
             parked: st.parked.len() as u64,
             rejected: self.counters.rejected.get(),

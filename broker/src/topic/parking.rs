@@ -70,7 +70,7 @@ impl Topic {
             let view: &TopicState = st;
             // Hand the oldest to the writer if it fits; otherwise it stays first, deadline kept.
             let handed = view.parked.unpark_next_with(|p| {
-                let len = p.message.payload.len() as u64;
+                let len = p.message.size();
                 if self.limit_exceeded(view, len).is_some() {
                     return Err(p);
                 }
@@ -106,7 +106,7 @@ impl Topic {
         let st = lock(&self.state);
         for p in st.parked.expire(now) {
             let limit = Limit::new("max_block_ms", self.config.max_block_ms);
-            let retry = self.retry_after(&st, p.message.payload.len() as u64, now);
+            let retry = self.retry_after(&st, p.message.size(), now);
             let _ = p.reply.send(Err(self.refusal(
                 RejectReason::TopicFull,
                 limit,

@@ -22,10 +22,11 @@ use crate::storage::log::{LogError, Message};
 /// One accepted publish waiting for its commit.
 pub(super) struct Append {
     /// Its headers and payload, handed to the log as they are (headers are bounded by
-    /// `max_frame_bytes` and the record format, checked by `Topic::publish`).
+    /// `limits.max_headers`, `limits.max_header_bytes` and the record format, checked before
+    /// the topic takes the publish).
     pub(super) message: Message,
     pub(super) reply: oneshot::Sender<Result<u64, AppendError>>,
-    /// The payload's share of the memory budget, given back once it is committed.
+    /// The message's share of the memory budget, given back once it is committed.
     pub(super) permit: MemoryPermit,
 }
 
@@ -129,7 +130,8 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Appends the batch, syncs per policy, then makes the messages deliverable (handing them to
-/// the tail cache) and confirms them. The topic's byte bounds count payload bytes only. The
+/// the tail cache) and confirms them. The topic's byte bounds count message sizes (payload
+/// plus header names and values). The
 /// commit's duration (the blocking part: write, sync, segment deletion) and size are recorded
 /// in `commit_duration` and `commit_batch`, failed commits included.
 async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClock) {
@@ -138,7 +140,7 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
         .map(|a| std::mem::take(&mut a.message))
         .collect();
     let count = messages.len() as u64;
-    let bytes: u64 = messages.iter().map(|m| m.payload.len() as u64).sum();
+    let bytes: u64 = messages.iter().map(Message::size).sum();
     let sync = clock.sync_now();
     let log = topic.log.clone();
     let first_seq = lock(&topic.state).first_seq;
@@ -174,9 +176,9 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
                 st.pending_bytes -= bytes;
                 topic.admission.queued(-(count as i64));
                 for (i, message) in messages.into_iter().enumerate() {
-                    let len = message.payload.len();
-                    st.sizes.push_back(len as u32);
-                    st.stored_bytes += len as u64;
+                    let size = message.size();
+                    st.sizes.push_back(u32::try_from(size).unwrap_or(u32::MAX));
+                    st.stored_bytes += size;
                     st.tail.push(first + i as u64, message, started);
                 }
                 st.committed_next = first + count;

@@ -161,6 +161,9 @@ fn meaning(reason: RejectReason) -> &'static str {
         }
         RejectReason::TooManyConnections => "the broker is at its connection limit",
         RejectReason::ShuttingDown => "the broker is shutting down",
+        RejectReason::StorageFull => {
+            "the broker's disk budget is spent; consumers must ack (or topics be deleted) to free it"
+        }
     }
 }
 

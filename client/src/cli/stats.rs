@@ -283,6 +283,7 @@ mod tests {
 
     fn topic(name: &str, depth: u64, next_seq: u64) -> TopicInfo {
         TopicInfo {
+            groups_omitted: 0,
             config: TopicConfig {
                 name: name.into(),
                 max_messages: 3,

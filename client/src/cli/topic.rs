@@ -344,6 +344,7 @@ mod tests {
         TopicDescription {
             req: 1,
             info: TopicInfo {
+                groups_omitted: 0,
                 config: config(overflow),
                 depth: 2,
                 bytes: 6,
@@ -442,6 +443,7 @@ mod tests {
     #[test]
     fn table_aligns_columns() {
         let topics = vec![TopicInfo {
+            groups_omitted: 0,
             config: TopicConfig {
                 name: "orders".into(),
                 max_messages: 100_000,

@@ -119,13 +119,16 @@ impl Default for BreakerPolicy {
 }
 
 /// Whether a publish outcome may be retried: a refusal that says waiting helps (a full topic, a
-/// rate limit, an overloaded broker) and carries a retry-after hint. Everything else — including
+/// rate limit, an overloaded broker, a full disk budget) and carries a retry-after hint. Everything else — including
 /// [`RejectReason::ShuttingDown`] — surfaces at once.
 pub fn retryable(error: &PublishError) -> bool {
     matches!(
         error,
         PublishError::Rejected {
-            reason: RejectReason::TopicFull | RejectReason::RateLimited | RejectReason::Overloaded,
+            reason: RejectReason::TopicFull
+                | RejectReason::RateLimited
+                | RejectReason::Overloaded
+                | RejectReason::StorageFull,
             retry_after_ms: Some(_),
             ..
         }

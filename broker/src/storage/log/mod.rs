@@ -64,12 +64,17 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Message {
     /// Its headers, in order, names may repeat. Bounded by the record format (see
-    /// [`exceeded_header_bound`]); in the broker first by `max_frame_bytes`, as they ride in the
-    /// header of the publish frame. A topic's `max_message_bytes` counts the payload only.
+    /// [`exceeded_header_bound`]); in the broker first by `limits.max_headers` and
+    /// `limits.max_header_bytes`.
     pub headers: Headers,
     /// Its body.
     pub payload: Bytes,
 }
+
+/// Memory one decoded header takes besides its name and value bytes (two `String`s).
+pub const HEADER_OVERHEAD: u64 = 48;
+/// Memory one message held in a queue or cache takes besides its payload and headers.
+pub const MESSAGE_OVERHEAD: u64 = 96;
 
 impl Message {
     /// Bytes of the header names and values (their framing not counted).
@@ -77,11 +82,30 @@ impl Message {
         header_bytes(&self.headers)
     }
 
-    /// Bytes the message holds in memory: its payload plus [`Message::header_bytes`]. What a
-    /// cached or delivered message is charged to the memory budget.
-    pub fn bytes(&self) -> u64 {
-        self.payload.len() as u64 + self.header_bytes()
+    /// The message's size: its payload plus its header names and values — what a topic's
+    /// `max_message_bytes` and `max_bytes` count.
+    pub fn size(&self) -> u64 {
+        message_size(&self.headers, self.payload.len())
     }
+
+    /// Bytes the message holds in memory ([`memory_bytes`]): what a queued, cached or delivered
+    /// message is charged to the memory budget.
+    pub fn memory_bytes(&self) -> u64 {
+        memory_bytes(&self.headers, self.payload.len())
+    }
+}
+
+/// The size of a message of `headers` and a payload of `payload_len` bytes: what topic bounds
+/// count.
+pub fn message_size(headers: &[(String, String)], payload_len: usize) -> u64 {
+    payload_len as u64 + header_bytes(headers)
+}
+
+/// The memory a message of `headers` and a payload of `payload_len` bytes holds once decoded:
+/// its size plus [`MESSAGE_OVERHEAD`] and [`HEADER_OVERHEAD`] per header — so a cache or queue of
+/// empty messages with many empty headers is bounded by its byte budget too.
+pub fn memory_bytes(headers: &[(String, String)], payload_len: usize) -> u64 {
+    message_size(headers, payload_len) + MESSAGE_OVERHEAD + HEADER_OVERHEAD * headers.len() as u64
 }
 
 /// One stored message.
@@ -594,9 +618,10 @@ impl SegmentLog {
             .saturating_sub(1)
     }
 
-    /// Calls `f(seq, payload_len)` for every record with seq >= from_seq, in order, without
+    /// Calls `f(seq, size)` for every record with seq >= from_seq, in order, where `size` is
+    /// the message's [`Message::size`] (payload plus header names and values), without
     /// allocating per record beyond a reused buffer (used at broker start to rebuild byte
-    /// accounting, which counts payloads only: headers are neither decoded nor counted).
+    /// accounting; headers are measured, not decoded).
     ///
     /// `from_seq` below `first_seq()` starts at `first_seq()`; at or beyond `next_seq()` calls `f`
     /// never. Verifies every record's CRC and header lengths like `read` (mismatch -> Corrupt,
@@ -605,7 +630,8 @@ impl SegmentLog {
         let mut buf = Vec::new();
         for seg in &self.segments[self.segment_index(from_seq)..] {
             seg.for_each_from(from_seq, &mut buf, |seq, _, body| {
-                f(seq, u32::try_from(body.payload.len()).unwrap_or(u32::MAX));
+                let size = body.payload.len() as u64 + body.headers.content_bytes();
+                f(seq, u32::try_from(size).unwrap_or(u32::MAX));
                 true
             })?;
         }

@@ -166,6 +166,11 @@ pub(crate) struct RawHeaders<'a> {
 }
 
 impl RawHeaders<'_> {
+    /// Bytes of the header names and values (their framing not counted).
+    pub(crate) fn content_bytes(&self) -> u64 {
+        (self.bytes.len() - FIELD_LENS * usize::from(self.count)) as u64
+    }
+
     /// Owned copies of the headers, in stored order (allocates only when there are some).
     pub(crate) fn to_headers(self) -> Headers {
         let mut rest = self.bytes;

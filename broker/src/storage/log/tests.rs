@@ -583,13 +583,16 @@ fn empty_active_segment_keeps_next_seq_across_reopen() {
 }
 
 #[test]
-fn scan_sizes_reports_every_payload_length() {
+fn scan_sizes_reports_every_message_size_headers_included() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = SegmentLog::open(dir.path(), small()).unwrap();
     append_n(&mut log, 150, 11);
     let mut seen = Vec::new();
     log.scan_sizes(1, |seq, len| seen.push((seq, len))).unwrap();
-    let want: Vec<(u64, u32)> = (1..=150).map(|s| (s, payload(s).len() as u32)).collect();
+    let want: Vec<(u64, u32)> = (1..=150).map(|s| (s, message(s).size() as u32)).collect();
+    assert!(want
+        .iter()
+        .any(|&(s, size)| size as usize > payload(s).len()));
     assert_eq!(seen, want);
     seen.clear();
     log.scan_sizes(77, |seq, len| seen.push((seq, len)))
@@ -688,11 +691,12 @@ fn headers_round_trip_through_the_log_and_a_reopen() {
     let mut sizes = Vec::new();
     log.scan_sizes(1, |seq, len| sizes.push((seq, len)))
         .unwrap();
-    assert_eq!(
-        sizes,
-        vec![(1, 10), (2, 14), (3, 0), (4, 4)],
-        "payload bytes only"
-    );
+    let want: Vec<(u64, u32)> = batch
+        .iter()
+        .zip(1..)
+        .map(|(m, seq)| (seq, m.size() as u32))
+        .collect();
+    assert_eq!(sizes, want, "payload and header bytes");
 }
 
 #[test]

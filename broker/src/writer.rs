@@ -1,0 +1,186 @@
+//! A connection's socket writer: drains the connection's two outbound queues (control frames
+//! first), encodes many frames per socket write, and keeps each frame's memory charged until
+//! its bytes have been written.
+//!
+//! Bounds and behaviour at them:
+//! - at most [`FRAMES_PER_WRITE`] frames or [`WRITE_BATCH_BYTES`] (plus one frame) are encoded
+//!   before writing;
+//! - a socket that accepts no byte for `slow_consumer_timeout` while frames wait ends the writer
+//!   with [`WriterEnd::SlowConsumer`]: the connection is closed, its unacked deliveries return
+//!   to their groups, and the memory its queued frames held is given back;
+//! - a frame that cannot be encoded (it would not fit in `max_frame_bytes`) is never dropped
+//!   silently: it is logged, counted (`weir_replies_too_large_total`) and replaced by an
+//!   `Error{FrameTooLarge}` answering the same request.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use weir_protocol::{Error, ErrorCode, Frame, GoingAway, GoingAwayReason, WeirCodec};
+
+use crate::admission::MemoryPermit;
+use crate::broker::Broker;
+use crate::outbox::Outbound;
+
+/// Most frames encoded per socket write.
+const FRAMES_PER_WRITE: usize = 512;
+/// Bytes encoded before the batch is written (a frame may take it past this once).
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// A write buffer larger than this after a batch is given back to the allocator.
+const KEEP_BUFFER_BYTES: usize = 1024 * 1024;
+/// How long a writer that gave up on a slow consumer tries to tell it why.
+const GOING_AWAY_GRACE: Duration = Duration::from_millis(200);
+
+/// How a writer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriterEnd {
+    /// Both queues were closed and drained: the connection is done.
+    Drained,
+    /// The socket failed or the peer closed it.
+    Closed,
+    /// The socket accepted nothing for `slow_consumer_timeout` while frames waited.
+    SlowConsumer,
+}
+
+/// The writer of one connection.
+pub(crate) struct Writer {
+    socket: OwnedWriteHalf,
+    codec: WeirCodec,
+    buf: BytesMut,
+    /// The memory of the frames encoded into `buf`, given back once it is written.
+    held: Vec<MemoryPermit>,
+    broker: Broker,
+    conn: u64,
+    slow_consumer_timeout: Duration,
+}
+
+impl Writer {
+    /// A writer of connection `conn` to `socket`, encoding with `codec`.
+    pub(crate) fn new(
+        socket: OwnedWriteHalf,
+        codec: WeirCodec,
+        broker: Broker,
+        conn: u64,
+    ) -> Writer {
+        let timeout = Duration::from_millis(broker.config().limits.slow_consumer_timeout_ms);
+        Writer {
+            socket,
+            codec,
+            buf: BytesMut::new(),
+            held: Vec::new(),
+            broker,
+            conn,
+            slow_consumer_timeout: timeout,
+        }
+    }
+
+    /// Writes queued frames until both queues are closed and drained, the socket fails, or the
+    /// peer stops reading (see the module docs). Half-closes the socket when done.
+    pub(crate) async fn run(
+        mut self,
+        mut control: mpsc::Receiver<Outbound>,
+        mut deliveries: mpsc::Receiver<Outbound>,
+    ) -> WriterEnd {
+        let end = loop {
+            let first = tokio::select! {
+                biased;
+                Some(frame) = control.recv() => frame,
+                Some(frame) = deliveries.recv() => frame,
+                else => break WriterEnd::Drained,
+            };
+            self.encode(first);
+            for _ in 1..FRAMES_PER_WRITE {
+                if self.buf.len() >= WRITE_BATCH_BYTES {
+                    break;
+                }
+                let Ok(next) = control.try_recv().or_else(|_| deliveries.try_recv()) else {
+                    break;
+                };
+                self.encode(next);
+            }
+            if let Err(end) = self.flush().await {
+                break end;
+            }
+        };
+        match end {
+            WriterEnd::Drained => {
+                let _ = self.socket.shutdown().await;
+            }
+            WriterEnd::SlowConsumer => self.give_up_on_slow_consumer().await,
+            WriterEnd::Closed => {}
+        }
+        // Frames still queued hold memory: give it back now, not when the connection ends.
+        control.close();
+        deliveries.close();
+        while control.try_recv().is_ok() || deliveries.try_recv().is_ok() {}
+        self.broker.admission().delivery_room().freed();
+        end
+    }
+
+    /// Encodes `out` into the batch, keeping its memory until written. A frame too large to
+    /// encode is answered with an error frame instead (see the module docs).
+    fn encode(&mut self, out: Outbound) {
+        if let Err(e) = self.codec.encode_frame(&out.frame, &mut self.buf) {
+            let (name, req) = (out.frame.name(), out.frame.request_id());
+            self.broker.metrics().replies_too_large.add(1);
+            tracing::warn!(conn = self.conn, frame = name, req, error = %e, "a frame does not fit the frame limit; answering with an error instead");
+            let error = Frame::Error(Error {
+                req,
+                code: ErrorCode::FrameTooLarge,
+                message: format!("the {name} answer cannot be sent: {e}"),
+            });
+            // An error frame of a short message always fits.
+            let _ = self.codec.encode_frame(&error, &mut self.buf);
+        }
+        if let Some(memory) = out.memory {
+            self.held.push(memory);
+        }
+    }
+
+    /// Writes the batch; a write that makes no progress for `slow_consumer_timeout` fails it.
+    async fn flush(&mut self) -> Result<(), WriterEnd> {
+        while !self.buf.is_empty() {
+            let write = self.socket.write_buf(&mut self.buf);
+            match tokio::time::timeout(self.slow_consumer_timeout, write).await {
+                Ok(Ok(0) | Err(_)) => return Err(WriterEnd::Closed),
+                Ok(Ok(_)) => {}
+                Err(_) => return Err(WriterEnd::SlowConsumer),
+            }
+        }
+        if !self.held.is_empty() {
+            self.held.clear();
+            self.broker.admission().delivery_room().freed();
+        }
+        if self.buf.capacity() > KEEP_BUFFER_BYTES {
+            self.buf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Counts and logs a peer that stopped reading, and tries briefly to tell it why (after
+    /// the rest of the frame it was in the middle of).
+    async fn give_up_on_slow_consumer(&mut self) {
+        self.broker.metrics().slow_consumers_closed.add(1);
+        tracing::warn!(
+            conn = self.conn,
+            timeout_ms = self.slow_consumer_timeout.as_millis() as u64,
+            unwritten_bytes = self.buf.len(),
+            "closing a connection that stopped reading: its unacked deliveries return to their groups"
+        );
+        let going_away = Frame::GoingAway(GoingAway {
+            reason: GoingAwayReason::SlowConsumer,
+            message: format!(
+                "the connection accepted no bytes for {} ms while frames waited",
+                self.slow_consumer_timeout.as_millis()
+            ),
+        });
+        if self.codec.encode_frame(&going_away, &mut self.buf).is_ok() {
+            let _ =
+                tokio::time::timeout(GOING_AWAY_GRACE, self.socket.write_all_buf(&mut self.buf))
+                    .await;
+        }
+        self.held.clear();
+    }
+}
