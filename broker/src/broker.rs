@@ -15,13 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weir_protocol::{ListTopics, TopicConfig, TopicInfo, TopicList, TopicSpec};
 
-use crate::admission::Admission;
+use crate::admission::{Admission, KeyLimits, Work};
 use crate::auth_limit::AuthFailures;
 use crate::config::Config;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
+use crate::storage::disk::DiskBudget;
 use crate::storage::state::{StateError, StateStore};
-use crate::topic::{Detached, Topic, TopicEnv, TopicError};
+use crate::topic::{Detached, Refusal, Topic, TopicEnv, TopicError};
 
 /// A failure opening the broker.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +81,9 @@ pub enum CreateError {
     /// The topic does not exist and auto-create is off.
     #[error("unknown topic {0}")]
     Unknown(String),
+    /// Creating it was refused by admission (the key's `ops_per_s`).
+    #[error("refused: {0:?}")]
+    Refused(Refusal),
     /// Storage failed.
     #[error("cannot create topic: {0}")]
     Failed(String),
@@ -170,6 +174,22 @@ impl Broker {
         &self.shared.auth_failures
     }
 
+    /// The disk budget (`storage.max_bytes`, `storage.min_free_bytes`).
+    pub fn disk(&self) -> &DiskBudget {
+        &self.shared.env.disk
+    }
+
+    /// Admits one expensive operation `op` on `target` by `key` (`ops_per_s`); a refusal is
+    /// counted and logged under that operation, and the caller answers it.
+    pub fn admit_op(&self, key: &KeyLimits, op: Work, target: &str) -> Result<(), Refusal> {
+        let admission = self.admission();
+        let now = std::time::Instant::now();
+        admission.admit_op(key, now).inspect_err(|r| {
+            self.metrics().op_refused(op);
+            admission.log_refusal_at(op, target, r, now);
+        })
+    }
+
     /// Admission control: overload, memory budget, per-key rate limits.
     pub fn admission(&self) -> &Arc<Admission> {
         &self.shared.env.admission
@@ -201,13 +221,22 @@ impl Broker {
     }
 
     /// The topic named `name`, created with the default bounds if it does not exist and
-    /// `auto_create_topics` is on.
-    pub async fn topic_or_create(&self, name: &str) -> Result<Arc<Topic>, CreateError> {
+    /// `auto_create_topics` is on. Creating it is an expensive operation: when `key` is given,
+    /// it pays one of the key's `ops_per_s` tokens first (a refusal creates nothing).
+    pub async fn topic_or_create(
+        &self,
+        name: &str,
+        key: Option<&KeyLimits>,
+    ) -> Result<Arc<Topic>, CreateError> {
         if let Some(topic) = self.topic(name) {
             return Ok(topic);
         }
         if !self.shared.config.limits.auto_create_topics {
             return Err(CreateError::Unknown(name.to_string()));
+        }
+        if let Some(key) = key {
+            self.admit_op(key, Work::CreateTopic, name)
+                .map_err(CreateError::Refused)?;
         }
         let spec = TopicSpec {
             name: name.to_string(),
@@ -308,6 +337,7 @@ impl Broker {
         .await
         .map_err(|e| DeleteTopicError::Failed(e.to_string()))?
         .map_err(DeleteTopicError::Failed)?;
+        topic.release_disk();
         tracing::info!(topic = %name, detached = detached.len(), "topic deleted");
         Ok(detached)
     }
@@ -432,13 +462,20 @@ fn topic_dir(config: &Config, name: &str) -> PathBuf {
 
 type Recovered = (Config, TopicEnv, BTreeMap<String, Arc<Topic>>);
 
-/// Opens the store and every topic it lists. Blocking.
-fn recover(config: Config, runtime: tokio::runtime::Handle) -> Result<Recovered, OpenError> {
+/// Opens the store and every topic it lists. Blocking. The configuration comes back with
+/// `storage.max_bytes` resolved (its default taken now, see [`crate::storage::disk`]).
+fn recover(mut config: Config, runtime: tokio::runtime::Handle) -> Result<Recovered, OpenError> {
     let topics_dir = config.data_dir.join("topics");
     std::fs::create_dir_all(&topics_dir).map_err(|source| OpenError::DataDir {
         path: topics_dir,
         source,
     })?;
+    config.resolve_storage_budget();
+    let disk = Arc::new(DiskBudget::new(
+        &config.data_dir,
+        config.storage.max_bytes.unwrap_or(u64::MAX),
+        config.storage.min_free_bytes,
+    ));
     let store = StateStore::open(
         &config.data_dir.join("state"),
         config.storage.state_cache_bytes,
@@ -451,6 +488,7 @@ fn recover(config: Config, runtime: tokio::runtime::Handle) -> Result<Recovered,
         stop: CancellationToken::new(),
         runtime,
         dead_letters: Arc::new(tokio::sync::Notify::new()),
+        disk,
     };
     let mut topics = BTreeMap::new();
     for topic_config in env.store.load_topics()? {

@@ -377,6 +377,23 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Takes the default `storage.max_bytes` if none is set: what the data directory's topic
+    /// logs hold now plus 90 % of the free space on its filesystem (see
+    /// [`crate::storage::disk`]). Blocking (it measures the disk).
+    pub fn resolve_storage_budget(&mut self) {
+        if self.storage.max_bytes.is_some() {
+            return;
+        }
+        let topics = self.data_dir.join("topics");
+        let stored = if topics.exists() {
+            dir_bytes(&topics)
+        } else {
+            0
+        };
+        let free = crate::storage::disk::available_space(&self.data_dir).unwrap_or(u64::MAX);
+        self.storage.max_bytes = Some(crate::storage::disk::default_max_bytes(stored, free));
+    }
+
     /// Reads a TOML file; fields it leaves out keep their defaults.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -641,6 +658,23 @@ const FRAME_HEADER_ROOM: u32 = 512;
 /// publish with a larger header is refused from its first bytes, unbuffered.
 pub fn max_publish_header_bytes(limits: &Limits) -> usize {
     limits.max_header_bytes as usize + 10 * limits.max_headers as usize + 1024
+}
+
+/// Total bytes of the files under `dir`, recursively (unreadable entries count as 0).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
+            .map(|(path, meta)| {
+                if meta.is_dir() {
+                    dir_bytes(&path)
+                } else {
+                    meta.len()
+                }
+            })
+            .sum()
+    })
 }
 
 /// The largest `limits.max_header_bytes`: a publish header must fit in the part of a read buffer

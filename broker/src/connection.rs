@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use weir_protocol::*;
 
-use crate::admission::{ConnectionMemory, KeyLimits};
+use crate::admission::{ConnectionMemory, KeyLimits, Work};
 use crate::broker::{Broker, CreateError, DeleteTopicError};
 use crate::config::Limits;
 use crate::group::{GrantError, MemberId};
@@ -374,6 +374,7 @@ impl Connection {
                         .await
                     }
                     Err(e) => {
+                        self.broker.metrics().auth_failures.add(1);
                         self.broker.auth_failures().failed(self.peer.ip(), &e);
                         self.send(error(0, ErrorCode::Unauthorized, e.to_string()))
                             .await?;
@@ -599,10 +600,13 @@ impl Connection {
         reason
     }
 
-    /// Looks up (or auto-creates) a topic, answering request `req` with the failure.
-    async fn topic(&self, req: u64, name: &str) -> Result<Option<Arc<Topic>>, End> {
-        let failure = match self.broker.topic_or_create(name).await {
+    /// Looks up (or auto-creates) a topic, answering request `req` with the failure. Creating
+    /// it pays an `ops_per_s` token when `pay` (a publish; a subscribe has paid its own).
+    async fn topic(&self, req: u64, name: &str, pay: bool) -> Result<Option<Arc<Topic>>, End> {
+        let key = self.key.as_deref().filter(|_| pay);
+        let failure = match self.broker.topic_or_create(name, key).await {
             Ok(topic) => return Ok(Some(topic)),
+            Err(CreateError::Refused(r)) => rejected(req, r),
             Err(CreateError::Unknown(_)) => error(
                 req,
                 ErrorCode::UnknownTopic,
@@ -621,7 +625,7 @@ impl Connection {
     /// refusal is answered at once, an accepted publish waits for its commit in `pending`
     /// (counted against `max_unconfirmed`) or, parked by a `block` topic, in `parked`.
     async fn publish(&mut self, p: Publish) -> Result<(), End> {
-        let Some(topic) = self.topic(p.id, &p.topic).await? else {
+        let Some(topic) = self.topic(p.id, &p.topic, true).await? else {
             return Ok(());
         };
         let key = self.key.clone().ok_or(End::ProtocolError)?;
@@ -670,21 +674,29 @@ impl Connection {
     }
 
     /// Admits one expensive operation under the key's `ops_per_s`; a refusal is counted and
-    /// logged, and the caller answers it.
-    fn admit_op(&self, what: &str) -> Result<(), Refusal> {
+    /// logged under `op`, and the caller answers it.
+    fn admit_op(&self, op: Work, target: &str) -> Result<(), Refusal> {
         let Some(key) = &self.key else { return Ok(()) };
-        let admission = self.broker.admission();
-        admission.admit_op(key, Instant::now()).inspect_err(|r| {
-            self.broker.metrics().refused(r.reason);
-            admission.log_refusal(what, r);
-        })
+        self.broker.admit_op(key, op, target)
+    }
+
+    /// Gives back the token of an operation that was refused after admission, having done
+    /// nothing.
+    fn give_back_op(&self) {
+        if let Some(key) = &self.key {
+            key.give_back_op();
+        }
     }
 
     async fn create_topic(&mut self, c: CreateTopic) -> Result<(), End> {
-        if let Err(r) = self.admit_op(&c.spec.name) {
+        if let Err(r) = self.admit_op(Work::CreateTopic, &c.spec.name) {
             return self.send(rejected(c.req, r)).await;
         }
-        let answer = match self.broker.create_topic(c.spec).await {
+        let created = self.broker.create_topic(c.spec).await;
+        if matches!(created, Err(_) | Ok((_, false))) {
+            self.give_back_op();
+        }
+        let answer = match created {
             Ok((topic, created)) => Frame::TopicCreated(TopicCreated {
                 req: c.req,
                 created,
@@ -704,10 +716,10 @@ impl Connection {
         MemberId { conn: self.id, sub }
     }
 
+    /// Subscribes: the request's own checks first (they cost no token), then the key's
+    /// `ops_per_s` (which also pays for creating the topic), then the topic's group bound (a
+    /// refusal there gives the token back).
     async fn subscribe(&mut self, s: Subscribe) -> Result<(), End> {
-        if let Err(r) = self.admit_op(&s.topic) {
-            return self.send(rejected(s.sub, r)).await;
-        }
         self.forget_detached();
         let limits = &self.broker.config().limits;
         let refusal = if self.subs.contains_key(&s.sub) {
@@ -747,7 +759,11 @@ impl Connection {
                     .await
             }
         };
-        let Some(topic) = self.topic(s.sub, &s.topic).await? else {
+        if let Err(r) = self.admit_op(Work::Subscribe, &s.topic) {
+            return self.send(rejected(s.sub, r)).await;
+        }
+        let Some(topic) = self.topic(s.sub, &s.topic, false).await? else {
+            self.give_back_op();
             return Ok(());
         };
         let member = self.member(s.sub);
@@ -758,6 +774,7 @@ impl Connection {
             (self.deliveries.clone(), self.control.clone()),
             self.memory.outbound().clone(),
         ) {
+            self.give_back_op();
             let msg = format!("topic {} is at max_groups_per_topic ({max})", s.topic);
             return self.send(error(s.sub, ErrorCode::LimitExceeded, msg)).await;
         }
@@ -833,7 +850,7 @@ impl Connection {
     }
 
     async fn delete_group(&mut self, d: DeleteGroup) -> Result<(), End> {
-        if let Err(r) = self.admit_op(&d.topic) {
+        if let Err(r) = self.admit_op(Work::DeleteGroup, &d.topic) {
             return self.send(rejected(d.req, r)).await;
         }
         let Some(topic) = self.broker.topic(&d.topic) else {
@@ -863,7 +880,7 @@ impl Connection {
     }
 
     async fn delete_topic(&mut self, d: DeleteTopic) -> Result<(), End> {
-        if let Err(r) = self.admit_op(&d.name) {
+        if let Err(r) = self.admit_op(Work::DeleteTopic, &d.name) {
             return self.send(rejected(d.req, r)).await;
         }
         let answer = match self.broker.delete_topic(&d.name, d.force).await {

@@ -270,6 +270,9 @@ pub struct Metrics {
     pub replies_too_large: Counter,
     /// `Term` reasons cut to `max_reason_bytes`.
     pub reasons_truncated: Counter,
+    /// Expensive operations refused at their key's `ops_per_s`, by operation (indexed like
+    /// [`crate::admission::Work::OPS`]).
+    pub ops_rejected: [Counter; 4],
     /// Authentications refused (a missing or wrong token, an anonymous client off loopback).
     pub auth_failures: Counter,
     /// Connections refused before `Hello` because their address failed authentication more
@@ -293,6 +296,15 @@ pub struct Metrics {
     pub publish_deliver: Seconds,
     /// Busy and idle time per kind of worker.
     pub workers: Workers,
+}
+
+impl Metrics {
+    /// Counts an expensive operation refused at its key's `ops_per_s`.
+    pub fn op_refused(&self, op: crate::admission::Work) {
+        if let Some(i) = crate::admission::Work::OPS.iter().position(|o| *o == op) {
+            self.ops_rejected[i].add(1);
+        }
+    }
 }
 
 /// Every refusal reason, in the order of [`Metrics::rejected_by_reason`].

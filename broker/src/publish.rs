@@ -9,10 +9,12 @@
 //! 3. the message would not fit in one `Deliver` frame (`max_frame_bytes`), with room kept for
 //!    the origin headers a dead-letter copy adds: `MessageTooLarge` — so the broker never
 //!    stores a message it could not deliver, here or as a dead letter;
-//! 4. admission before any topic — overload, the memory (the connection's share, then the
+//! 4. the disk budget (`storage.max_bytes`, `storage.min_free_bytes`, against the free space
+//!    last measured): `StorageFull` naming the bound (checked again before the commit);
+//! 5. admission before any topic — overload, the memory (the connection's share, then the
 //!    broker's budget), the key's token buckets
 //!    ([`crate::admission::Admission::admit_publish`]);
-//! 5. the topic's own bounds and overflow policy ([`Topic::publish`], which counts its own
+//! 6. the topic's own bounds and overflow policy ([`Topic::publish`], which counts its own
 //!    refusals): queued for its commit, parked (`block`), or refused — and then the key's
 //!    rate tokens are given back, so a refused publish costs the key nothing.
 
@@ -60,6 +62,9 @@ pub(crate) async fn publish(
     }
     let message = Message { headers, payload };
     let size = message.size();
+    if let Err(limit) = broker.disk().check(log::record_len(&message)) {
+        return Err(refuse(storage_full(broker, limit)));
+    }
     let permit = broker
         .admission()
         .admit_publish(key, memory, message.memory_bytes(), Instant::now())
@@ -107,6 +112,16 @@ pub(crate) fn fits_a_frame(
 pub(crate) fn header_too_large(broker: &Broker) -> Refusal {
     let max = broker.config().limits.max_header_bytes;
     too_large(Limit::new("max_header_bytes", u64::from(max)))
+}
+
+/// The refusal of a publish the disk budget has no room for (`StorageFull` naming the bound;
+/// come back after `max_retry_after_ms`: room returns as consumers ack and segments go).
+fn storage_full(broker: &Broker, limit: Limit) -> Refusal {
+    Refusal {
+        reason: RejectReason::StorageFull,
+        limit,
+        retry_after_ms: Some(broker.config().limits.max_retry_after_ms),
+    }
 }
 
 /// A `MessageTooLarge` refusal naming `limit` (no retry hint: retrying cannot help).

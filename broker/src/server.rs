@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 use weir_protocol::{Frame, Limit, RejectReason, Rejected, WeirCodec};
 
+use crate::admission::Work;
 use crate::broker::{Broker, OpenError};
 use crate::config::Config;
 use crate::connection::{self, Stop};
@@ -135,7 +136,10 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
                     retry_after_ms: Some(1000),
                 };
                 // At most one line per second, however many connections are refused.
-                broker.admission().log_refusal("(connections)", &refusal);
+                let now = std::time::Instant::now();
+                broker
+                    .admission()
+                    .log_refusal_at(Work::Connect, "-", &refusal, now);
                 if let Ok(permit) = refusals.clone().try_acquire_owned() {
                     connections.spawn(async move {
                         refuse(socket, refusal).await;

@@ -41,6 +41,8 @@ pub fn test_config(dir: &Path) -> Config {
         ..Config::default()
     };
     config.storage.state_flush_ms = 20;
+    // Tests must not depend on the test machine's free disk space.
+    config.storage.min_free_bytes = 16 * 1024 * 1024;
     config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config
 }

@@ -19,7 +19,12 @@
 //! - `weir_messages_nacked_total`, `weir_ack_timeouts_total`,
 //!   `weir_messages_dead_lettered_total`, `weir_dead_letter_refused_total`,
 //!   `weir_connections_refused_total`, `weir_protocol_errors_total`, `weir_read_pauses_total`,
-//!   `weir_frames_shed_total` — broker-wide, as [`Metrics`] documents them;
+//!   `weir_frames_shed_total`, `weir_frame_read_timeouts_total`,
+//!   `weir_slow_consumers_closed_total`, `weir_idle_connections_closed_total`,
+//!   `weir_replies_too_large_total`, `weir_reasons_truncated_total`,
+//!   `weir_auth_failures_total`, `weir_auth_throttled_total` — broker-wide, as [`Metrics`]
+//!   documents them;
+//! - `weir_operations_rejected_total{op}` — expensive operations refused at `ops_per_s`;
 //! - `weir_stalls_total{kind="max_in_flight"|"no_credit"}` — one per `stall_warn_ms` of stall;
 //! - `weir_worker_busy_seconds_total{worker}` and `weir_worker_idle_seconds_total{worker}`,
 //!   `worker` = `writer`, `dispatcher` or `connection` — time doing work and waiting for work,
@@ -35,7 +40,11 @@
 //!   `weir_group_members`, `weir_group_dead_letter_held` — `{topic,group}`;
 //! - `weir_group_oldest_unacked_seconds{topic,group}` — 0 with nothing in flight;
 //! - `weir_connections_open`, `weir_memory_budget_used_bytes`,
-//!   `weir_memory_budget_capacity_bytes`, `weir_appends_queued`.
+//!   `weir_memory_budget_capacity_bytes`, `weir_appends_queued`;
+//! - `weir_memory_pool_used_bytes{pool}`, `weir_memory_pool_capacity_bytes{pool}` — the
+//!   `inbound` and `outbound` halves of the budget;
+//! - `weir_storage_used_bytes`, `weir_storage_max_bytes`, `weir_storage_free_bytes`,
+//!   `weir_storage_min_free_bytes` — the disk budget.
 //!
 //! Histograms ([`Metrics`] says exactly what each measures): `weir_commit_duration_seconds`,
 //! `weir_commit_batch_messages`, `weir_publish_confirm_seconds`, `weir_publish_deliver_seconds`.
@@ -59,6 +68,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use weir_protocol::{GroupInfo, TopicInfo};
 
+use crate::admission::Work;
 use crate::broker::Broker;
 use crate::metrics::{reason_label, Metrics, REASONS};
 use crate::topic::TopicCounterSnapshot;
@@ -173,8 +183,43 @@ fn broker_counters(out: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
         ),
         (
             "weir_frames_shed",
-            "Large frames shed unread while the memory budget was over.",
+            "Publishes shed unread: no memory to buffer them, or a header over max_header_bytes.",
             m.frames_shed.get(),
+        ),
+        (
+            "weir_frame_read_timeouts",
+            "Connections closed because a frame stopped arriving (frame_read_timeout).",
+            m.frame_read_timeouts.get(),
+        ),
+        (
+            "weir_slow_consumers_closed",
+            "Connections closed for accepting no bytes for slow_consumer_timeout.",
+            m.slow_consumers_closed.get(),
+        ),
+        (
+            "weir_idle_connections_closed",
+            "Connections closed after idle_timeout with no subscription and no frame.",
+            m.idle_closed.get(),
+        ),
+        (
+            "weir_replies_too_large",
+            "Answers that did not fit in a frame, replaced by Error{FrameTooLarge}.",
+            m.replies_too_large.get(),
+        ),
+        (
+            "weir_reasons_truncated",
+            "Term reasons cut to max_reason_bytes.",
+            m.reasons_truncated.get(),
+        ),
+        (
+            "weir_auth_failures",
+            "Authentications refused (missing or wrong token, anonymous off loopback).",
+            m.auth_failures.get(),
+        ),
+        (
+            "weir_auth_throttled",
+            "Connections refused before Hello: their address was over max_auth_failures_per_s.",
+            m.auth_throttled.get(),
         ),
     ];
     for (name, help, value) in plain {
@@ -183,6 +228,12 @@ fn broker_counters(out: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
     let rejected = REASONS.map(|r| ([("reason", reason_label(r))], m.refusals(r)));
     let help = "Publishes (and connections) refused, by reason.";
     family(out, ("weir_publishes_rejected", help, Counter), rejected)?;
+    let ops = Work::OPS
+        .iter()
+        .zip(&m.ops_rejected)
+        .map(|(op, n)| ([("op", op.label())], n.get()));
+    let help = "Expensive operations refused at their key's ops_per_s, by operation.";
+    family(out, ("weir_operations_rejected", help, Counter), ops)?;
     let stalls = [
         ([("kind", "max_in_flight")], m.stalls_max_in_flight.get()),
         ([("kind", "no_credit")], m.stalls_no_credit.get()),
@@ -369,10 +420,30 @@ fn group_series(out: &mut DescriptorEncoder, topics: &[Snapshot]) -> fmt::Result
     )
 }
 
-/// Broker-wide gauges: connections, the memory budget, queued appends.
+/// Broker-wide gauges: connections, the memory budget and its halves, the disk budget, queued
+/// appends.
 fn broker_gauges(out: &mut DescriptorEncoder, broker: &Broker) -> fmt::Result {
     let admission = broker.admission();
     let budget = admission.budget();
+    let halves = [
+        ("inbound", admission.inbound()),
+        ("outbound", admission.outbound()),
+    ];
+    let used = halves.map(|(pool, b)| ([("pool", pool)], b.used()));
+    let help = "Bytes held in each half of the memory budget (inbound: reads, publishes, caches; outbound: deliveries).";
+    family(
+        out,
+        ("weir_memory_pool_used_bytes", help, MetricType::Gauge),
+        used,
+    )?;
+    let capacity = halves.map(|(pool, b)| ([("pool", pool)], b.capacity()));
+    let help = "The capacity of each half of the memory budget.";
+    family(
+        out,
+        ("weir_memory_pool_capacity_bytes", help, MetricType::Gauge),
+        capacity,
+    )?;
+    let disk = broker.disk();
     let gauges = [
         (
             "weir_connections_open",
@@ -393,6 +464,26 @@ fn broker_gauges(out: &mut DescriptorEncoder, broker: &Broker) -> fmt::Result {
             "weir_appends_queued",
             "Appends waiting for their commit, all topics.",
             admission.overload().queued_now(),
+        ),
+        (
+            "weir_storage_used_bytes",
+            "Bytes the topics' logs take on disk.",
+            disk.stored(),
+        ),
+        (
+            "weir_storage_max_bytes",
+            "The disk budget for message data (storage.max_bytes).",
+            disk.max_bytes(),
+        ),
+        (
+            "weir_storage_free_bytes",
+            "Free space on the data directory's filesystem, as last measured.",
+            disk.free(),
+        ),
+        (
+            "weir_storage_min_free_bytes",
+            "Free space the broker leaves on the filesystem (storage.min_free_bytes).",
+            disk.min_free(),
         ),
     ];
     for (name, help, value) in gauges {

@@ -42,6 +42,7 @@ use weir_protocol::{Headers, Limit, RejectReason};
 
 use super::topics::{error_response, unknown_topic};
 use super::PeerAddr;
+use crate::admission::KeyLimits;
 use crate::broker::{Broker, CreateError};
 use crate::keys::{AuthError, Identity};
 use crate::topic::{Admitted, AppendError, Refusal, Topic};
@@ -127,11 +128,11 @@ async fn store(
 ) -> Result<u64, Failure> {
     let identity = authenticate(broker, request.headers(), peer)?;
     let headers = message_headers(request.headers())?;
-    let topic = find_topic(broker, name).await?;
+    let key = broker.admission().limits_for(&identity);
+    let topic = find_topic(broker, name, &key).await?;
     let payload = Bytes::from_request(request, &())
         .await
         .map_err(|e| unreadable_body(broker, &topic, e))?;
-    let key = broker.admission().limits_for(&identity);
     let (Admitted::Queued(confirm) | Admitted::Parked(confirm)) = crate::publish::publish(
         broker,
         &key,
@@ -189,16 +190,23 @@ fn message_headers(headers: &HeaderMap) -> Result<Headers, Failure> {
         .collect()
 }
 
-/// The topic to publish to, auto-created as a wire publish would create it.
-async fn find_topic(broker: &Broker, name: &str) -> Result<Arc<Topic>, Failure> {
-    broker.topic_or_create(name).await.map_err(|e| match e {
-        CreateError::Unknown(name) => Failure::UnknownTopic(name),
-        CreateError::TooMany(max) => Failure::Refused(crate::publish::too_many_topics(broker, max)),
-        CreateError::Invalid(message) => Failure::BadRequest(message),
-        e @ (CreateError::Exists(_) | CreateError::Failed(_) | CreateError::OverCeiling(_)) => {
-            Failure::Internal(e.to_string())
-        }
-    })
+/// The topic to publish to, auto-created as a wire publish would create it (paying `key`'s
+/// `ops_per_s`).
+async fn find_topic(broker: &Broker, name: &str, key: &KeyLimits) -> Result<Arc<Topic>, Failure> {
+    broker
+        .topic_or_create(name, Some(key))
+        .await
+        .map_err(|e| match e {
+            CreateError::Refused(r) => Failure::Refused(r),
+            CreateError::Unknown(name) => Failure::UnknownTopic(name),
+            CreateError::TooMany(max) => {
+                Failure::Refused(crate::publish::too_many_topics(broker, max))
+            }
+            CreateError::Invalid(message) => Failure::BadRequest(message),
+            e @ (CreateError::Exists(_) | CreateError::Failed(_) | CreateError::OverCeiling(_)) => {
+                Failure::Internal(e.to_string())
+            }
+        })
 }
 
 /// A body that could not be read: over the body limit it is refused as too large for a frame.

@@ -58,6 +58,57 @@ pub use parking::{Full, ParkTicket, ParkingLot};
 pub use room::RoomSignal;
 pub use share::ConnectionMemory;
 
+/// Work a client asks for that admission may refuse, for counting and logging refusals under
+/// the work refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Work {
+    /// A publish.
+    Publish,
+    /// A subscribe (an expensive operation: `ops_per_s`).
+    Subscribe,
+    /// A topic create, explicit or by a publish or subscribe to a new topic (`ops_per_s`).
+    CreateTopic,
+    /// A topic delete (`ops_per_s`).
+    DeleteTopic,
+    /// A group delete (`ops_per_s`).
+    DeleteGroup,
+    /// A new connection (`max_connections`, `max_auth_failures_per_s`).
+    Connect,
+}
+
+impl Work {
+    /// Every expensive operation, in the order of the metrics' `op` label.
+    pub const OPS: [Work; 4] = [
+        Work::Subscribe,
+        Work::CreateTopic,
+        Work::DeleteTopic,
+        Work::DeleteGroup,
+    ];
+
+    /// The snake_case label (the `op` label of `weir_operations_rejected_total`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Work::Publish => "publish",
+            Work::Subscribe => "subscribe",
+            Work::CreateTopic => "create_topic",
+            Work::DeleteTopic => "delete_topic",
+            Work::DeleteGroup => "delete_group",
+            Work::Connect => "connect",
+        }
+    }
+
+    fn plural(self) -> &'static str {
+        match self {
+            Work::Publish => "publishes",
+            Work::Subscribe => "subscribes",
+            Work::CreateTopic => "topic creates",
+            Work::DeleteTopic => "topic deletes",
+            Work::DeleteGroup => "group deletes",
+            Work::Connect => "connections",
+        }
+    }
+}
+
 /// How often one (topic, reason) may log a refusal line.
 const LOG_PERIOD: Duration = Duration::from_secs(1);
 /// Most (topic, reason) pairs the refusal log remembers.
@@ -101,6 +152,11 @@ impl KeyLimits {
     pub fn give_back(&self, len: u64) {
         self.publish.messages().give_back(1);
         self.publish.bytes().give_back(len);
+    }
+
+    /// Gives back the token of an operation that a later check refused (it did nothing).
+    pub fn give_back_op(&self) {
+        self.ops.give_back(1);
     }
 }
 
@@ -277,25 +333,34 @@ impl Admission {
         &self.overload
     }
 
-    /// Logs a refusal, at most once per topic and reason per second.
+    /// Logs a refused publish, at most once per topic and reason per second.
     pub fn log_refusal(&self, topic: &str, refusal: &Refusal) {
-        self.log_refusal_at(topic, refusal, Instant::now());
+        self.log_refusal_at(Work::Publish, topic, refusal, Instant::now());
     }
 
-    /// Logs a refusal at `now`, at most once per topic and reason per second; returns whether
-    /// a line was written.
-    pub fn log_refusal_at(&self, topic: &str, refusal: &Refusal, now: Instant) -> bool {
-        let Some(suppressed) = self.log.note((topic.to_string(), refusal.reason), now) else {
+    /// Logs a refusal of `work` on `target` (a topic, or `-`) at `now`, at most once per work,
+    /// target and reason per second, under the work refused ("refusing subscribes"); returns
+    /// whether a line was written.
+    pub fn log_refusal_at(
+        &self,
+        work: Work,
+        target: &str,
+        refusal: &Refusal,
+        now: Instant,
+    ) -> bool {
+        let key = (format!("{}/{target}", work.label()), refusal.reason);
+        let Some(suppressed) = self.log.note(key, now) else {
             return false;
         };
         tracing::warn!(
-            topic,
+            topic = target,
             reason = ?refusal.reason,
             limit = %refusal.limit.name,
             limit_value = refusal.limit.value,
             retry_after_ms = refusal.retry_after_ms,
             suppressed,
-            "refusing publishes"
+            "refusing {}",
+            work.plural()
         );
         true
     }
@@ -515,9 +580,11 @@ mod tests {
             limit: Limit::new("max_messages", 10),
             retry_after_ms: Some(5),
         };
-        assert!(admission.log_refusal_at("a", &full, t0));
-        assert!(!admission.log_refusal_at("a", &full, t0 + 999 * MS));
-        assert!(admission.log_refusal_at("b", &full, t0));
-        assert!(admission.log_refusal_at("a", &full, t0 + 1_000 * MS));
+        let publish = Work::Publish;
+        assert!(admission.log_refusal_at(publish, "a", &full, t0));
+        assert!(!admission.log_refusal_at(publish, "a", &full, t0 + 999 * MS));
+        assert!(admission.log_refusal_at(publish, "b", &full, t0));
+        assert!(admission.log_refusal_at(Work::Subscribe, "a", &full, t0 + 999 * MS));
+        assert!(admission.log_refusal_at(publish, "a", &full, t0 + 1_000 * MS));
     }
 }

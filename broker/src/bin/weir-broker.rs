@@ -107,10 +107,14 @@ fn main() -> ExitCode {
         }
     };
     if print {
+        // Shown as the broker would take it: the disk budget's default measured now.
+        let mut config = config;
+        config.resolve_storage_budget();
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
     init_logging(log_format);
+    raise_open_files_limit(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -127,6 +131,45 @@ fn main() -> ExitCode {
             tracing::error!(error = %e, "broker failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// File descriptors the broker needs beyond its connections: log segments, the state store,
+/// the admin endpoint's connections, listeners.
+const FILES_BESIDE_CONNECTIONS: u64 = 1024;
+
+/// Raises the soft limit on open files to the hard limit, and warns when even that cannot hold
+/// `max_connections` (plus the admin endpoint's and the broker's own files): past it, `accept`
+/// fails and a new client would get a reset instead of `Rejected{TooManyConnections}`.
+fn raise_open_files_limit(config: &Config) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let needed = u64::from(config.limits.max_connections)
+        + u64::from(config.admin.max_connections)
+        + FILES_BESIDE_CONNECTIONS;
+    if (limit.rlim_cur as u64) < needed {
+        tracing::warn!(
+            open_files_limit = limit.rlim_cur as u64,
+            needed,
+            max_connections = config.limits.max_connections,
+            "the open-files limit is below what max_connections needs: raise it (ulimit -n, LimitNOFILE=) or lower limits.max_connections"
+        );
     }
 }
 

@@ -35,6 +35,7 @@ use crate::admission::Admission;
 use crate::config::Config;
 use crate::group::{GrantError, Group, MemberId, Outbox, Stall};
 use crate::metrics::{Counter, Metrics};
+use crate::storage::disk::DiskBudget;
 use crate::storage::log::{LogConfig, LogError, Message, SegmentLog};
 use crate::storage::state::{GroupRecord, StateStore};
 use admit::{Decision, DropWarning};
@@ -104,6 +105,8 @@ pub struct TopicEnv {
     pub admission: Arc<Admission>,
     /// Notified when a message becomes due for a dead-letter topic.
     pub dead_letters: Arc<Notify>,
+    /// The disk budget every topic's log draws from.
+    pub disk: Arc<DiskBudget>,
 }
 
 /// Counters of one topic, since the broker started (the broker-wide ones are in [`Metrics`]).
@@ -201,6 +204,9 @@ pub struct Topic {
     store: StateStore,
     metrics: Arc<Metrics>,
     admission: Arc<Admission>,
+    /// The broker's disk budget: checked before each commit, told of every byte written and
+    /// deleted.
+    disk: Arc<DiskBudget>,
     /// The longest nack delay honoured (`groups.max_nack_delay_ms`).
     max_nack_delay: Duration,
     /// Wakes the broker's dead-letter mover when a message becomes due for a dead-letter topic.
@@ -236,6 +242,7 @@ impl Topic {
             ..LogConfig::default()
         };
         let log = SegmentLog::open(dir, log_config)?;
+        env.disk.stored_changed(log.disk_bytes() as i64);
         let limits = GroupLimits {
             max_in_flight: broker.limits.max_in_flight,
             max_credit: broker.limits.max_credit,
@@ -297,6 +304,7 @@ impl Topic {
             store,
             metrics: env.metrics.clone(),
             admission: env.admission.clone(),
+            disk: env.disk.clone(),
             max_nack_delay: Duration::from_millis(broker.groups.max_nack_delay_ms),
             dead_letters: env.dead_letters.clone(),
             stop: env.stop.child_token(),
@@ -578,6 +586,17 @@ impl Topic {
         for task in tasks {
             let _ = task.await;
         }
+    }
+
+    /// Gives the disk budget back what this topic's log holds on disk (its files are being
+    /// deleted).
+    pub fn release_disk(&self) {
+        let bytes = self
+            .log
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .disk_bytes();
+        self.disk.stored_changed(-(bytes as i64));
     }
 
     /// How many subscriptions are attached to the topic's groups.

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use weir_protocol::{FsyncPolicy, OverflowPolicy, RejectReason};
+use weir_protocol::{FsyncPolicy, Limit, OverflowPolicy, RejectReason};
 
 use super::{lock, AppendError, Topic};
 use crate::admission::budget::MemoryPermit;
-use crate::storage::log::{LogError, Message};
+use crate::storage::log::{self, LogError, Message};
 
 /// One accepted publish waiting for its commit.
 pub(super) struct Append {
@@ -135,34 +135,71 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// commit's duration (the blocking part: write, sync, segment deletion) and size are recorded
 /// in `commit_duration` and `commit_batch`, failed commits included.
 async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClock) {
-    let messages: Vec<Message> = batch
+    let mut messages: Vec<Message> = batch
         .iter_mut()
         .map(|a| std::mem::take(&mut a.message))
         .collect();
-    let count = messages.len() as u64;
-    let bytes: u64 = messages.iter().map(Message::size).sum();
+    let taken = (
+        messages.len() as u64,
+        messages.iter().map(Message::size).sum(),
+    );
     let sync = clock.sync_now();
     let log = topic.log.clone();
+    let disk = topic.disk.clone();
     let first_seq = lock(&topic.state).first_seq;
     // The append time: the records' `timestamp_ms` and the tail cache's `Instant`.
     let (started, timestamp_ms) = (Instant::now(), now_ms());
-    let result = tokio::task::spawn_blocking(move || -> Result<(u64, Vec<Message>), LogError> {
+    let result = tokio::task::spawn_blocking(move || -> Result<Committed, LogError> {
+        // The disk budget, measured now: the messages that fit are stored, the rest refused.
+        let (room, limit) = disk.room();
+        let mut used = 0;
+        let fits = messages
+            .iter()
+            .take_while(|m| {
+                used += log::record_len(m);
+                used <= room
+            })
+            .count();
+        let refused = messages.split_off(fits);
         let mut log = log.write().unwrap_or_else(|p| p.into_inner());
-        let first = log.append_batch(&messages, timestamp_ms)?;
+        let before = log.disk_bytes();
+        let first = if messages.is_empty() {
+            log.next_seq()
+        } else {
+            log.append_batch(&messages, timestamp_ms)?
+        };
+        disk.stored_changed(log.disk_bytes() as i64 - before as i64);
         if sync {
             log.sync()?;
         }
-        log.delete_before(first_seq)?;
-        Ok((first, messages))
+        let before = log.disk_bytes();
+        let deleted = log.delete_before(first_seq);
+        disk.stored_changed(log.disk_bytes() as i64 - before as i64);
+        deleted?;
+        Ok(Committed {
+            first,
+            messages,
+            refused: (refused, limit),
+        })
     })
     .await
     .unwrap_or_else(|e| Err(LogError::Io(std::io::Error::other(e.to_string()))));
     let elapsed = started.elapsed();
     topic.metrics.commit_duration.observe(elapsed);
-    topic.metrics.commit_batch.observe(count);
     topic.admission.record_commit(elapsed);
     match result {
-        Ok((first, messages)) => {
+        Ok(Committed {
+            first,
+            messages,
+            refused: (refused, limit),
+        }) => {
+            if !refused.is_empty() {
+                let kept = messages.len();
+                refuse_storage_full(topic, batch.drain(kept..), &refused, limit);
+            }
+            let count = messages.len() as u64;
+            let bytes: u64 = messages.iter().map(Message::size).sum();
+            topic.metrics.commit_batch.observe(count);
             if sync {
                 clock.last_sync = Instant::now();
                 clock.unsynced = false;
@@ -202,7 +239,7 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
         Err(e) => {
             tracing::error!(topic = %topic.config.name, error = %e, "append failed; topic is now read-only");
             topic.failed.store(true, Ordering::Relaxed);
-            topic.release(count, bytes);
+            topic.release(taken.0, taken.1);
             for append in batch.drain(..) {
                 let _ = append.reply.send(Err(AppendError::Storage(e.to_string())));
             }
@@ -210,17 +247,48 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
     }
 }
 
+/// What a commit stored, and what the disk budget refused.
+struct Committed {
+    /// The sequence of the first stored message.
+    first: u64,
+    /// The stored messages, in order.
+    messages: Vec<Message>,
+    /// The messages past the disk budget (the end of the batch), and the bound that refused them.
+    refused: (Vec<Message>, Limit),
+}
+
+/// Refuses the appends whose messages did not fit the disk budget (`StorageFull`, nothing
+/// stored): they leave the topic's pending counts and their publishers are told.
+fn refuse_storage_full(
+    topic: &Topic,
+    appends: impl Iterator<Item = Append>,
+    messages: &[Message],
+    limit: Limit,
+) {
+    let bytes = messages.iter().map(Message::size).sum();
+    topic.release(messages.len() as u64, bytes);
+    let retry = topic.max_retry_after.as_millis() as u64;
+    for append in appends {
+        let refusal = topic.refusal(RejectReason::StorageFull, limit.clone(), Some(retry));
+        let _ = append.reply.send(Err(refusal));
+    }
+}
+
 /// Deletes whole segments below the topic's first stored message and, when `sync`, forces
 /// written data to disk. Returns whether it succeeded.
 async fn reclaim(topic: &Arc<Topic>, sync: bool) -> bool {
     let log = topic.log.clone();
+    let disk = topic.disk.clone();
     let first_seq = lock(&topic.state).first_seq;
     let result = tokio::task::spawn_blocking(move || -> Result<usize, LogError> {
         let mut log = log.write().unwrap_or_else(|p| p.into_inner());
         if sync {
             log.sync()?;
         }
-        log.delete_before(first_seq)
+        let before = log.disk_bytes();
+        let deleted = log.delete_before(first_seq);
+        disk.stored_changed(log.disk_bytes() as i64 - before as i64);
+        deleted
     })
     .await;
     match result {

@@ -30,6 +30,11 @@ use bytes::Bytes;
 use weir_protocol::Headers;
 
 pub use record::exceeded_header_bound;
+
+/// Bytes the record of `message` takes on disk (its framing included).
+pub fn record_len(message: &Message) -> u64 {
+    record::encoded_len(message)
+}
 use segment::Segment;
 
 /// A batch is encoded and written in chunks of about this size, so its encoded copy stays this
