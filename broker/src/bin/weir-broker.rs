@@ -163,9 +163,9 @@ fn raise_open_files_limit(config: &Config) {
     let needed = u64::from(config.limits.max_connections)
         + u64::from(config.admin.max_connections)
         + FILES_BESIDE_CONNECTIONS;
-    if (limit.rlim_cur as u64) < needed {
+    if limit.rlim_cur < needed {
         tracing::warn!(
-            open_files_limit = limit.rlim_cur as u64,
+            open_files_limit = limit.rlim_cur,
             needed,
             max_connections = config.limits.max_connections,
             "the open-files limit is below what max_connections needs: raise it (ulimit -n, LimitNOFILE=) or lower limits.max_connections"
