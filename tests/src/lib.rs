@@ -123,9 +123,16 @@ impl TestBroker {
     }
 
     /// Stops the broker and starts a new one on the same data directory (on a new port).
-    pub async fn restart(mut self) -> TestBroker {
+    pub async fn restart(self) -> TestBroker {
+        self.restart_with(|_| {}).await
+    }
+
+    /// Stops the broker and starts a new one on the same data directory after `tweak` adjusts
+    /// its configuration.
+    pub async fn restart_with(mut self, tweak: impl FnOnce(&mut Config)) -> TestBroker {
         self.stop().await;
-        let (dir, config) = (self.dir.clone(), self.config.clone());
+        let (dir, mut config) = (self.dir.clone(), self.config.clone());
+        tweak(&mut config);
         // Our handle keeps the state store (and its file lock) open: let go of it first.
         drop(self);
         Self::launch(dir, config).await
@@ -179,4 +186,103 @@ pub async fn wait_for_dir_size_at_most(
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// What a healthy tenant saw: publishes confirmed and refused, messages consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Healthy {
+    /// Publishes answered `PublishOk`.
+    pub confirmed: usize,
+    /// Publishes answered anything else.
+    pub refused: usize,
+    /// Messages delivered (and acked) to its subscriber.
+    pub consumed: usize,
+}
+
+/// A healthy neighbour: one connection publishes `n` small messages to `topic`, one at a time,
+/// while another subscribes (group `healthy`, credit 50) and consumes every one, acking as it
+/// goes. Connects with `token`, from `source` (a loopback address) when given. Panics if any
+/// step takes longer than [`wire::FRAME_TIMEOUT`] — so an offender that starves it fails the
+/// test instead of hanging it.
+pub async fn healthy_neighbour(
+    addr: std::net::SocketAddr,
+    topic: &str,
+    n: usize,
+    (token, source): (Option<&str>, Option<std::net::IpAddr>),
+) -> Healthy {
+    use weir_protocol::{Ack, Credit, Frame};
+    let connect = || async move {
+        let mut client = match source {
+            Some(ip) => RawClient::connect_raw_from(addr, ip).await,
+            None => RawClient::connect_raw(addr).await,
+        };
+        client.hello(token).await;
+        match client.recv().await {
+            Frame::HelloOk(_) => client,
+            other => panic!("the healthy neighbour could not connect: {other:?}"),
+        }
+    };
+    let mut subscriber = connect().await;
+    subscriber.subscribe(1, topic, "healthy", 50).await;
+    let consumer = async move {
+        let mut consumed = 0;
+        while consumed < n {
+            let d = subscriber.deliveries(1).await.remove(0);
+            subscriber
+                .send(Frame::Ack(Ack {
+                    sub: 1,
+                    seqs: vec![d.seq],
+                }))
+                .await;
+            subscriber
+                .send(Frame::Credit(Credit { sub: 1, n: 1 }))
+                .await;
+            consumed += 1;
+        }
+        consumed
+    };
+    let mut publisher = connect().await;
+    let producer = async move {
+        let (mut confirmed, mut refused) = (0, 0);
+        for i in 0..n {
+            match publisher.publish(topic, format!("healthy-{i}")).await {
+                Frame::PublishOk(_) => confirmed += 1,
+                other => {
+                    eprintln!("healthy neighbour refused: {other:?}");
+                    refused += 1;
+                }
+            }
+        }
+        (confirmed, refused)
+    };
+    let ((confirmed, refused), consumed) = tokio::join!(producer, consumer);
+    Healthy {
+        confirmed,
+        refused,
+        consumed,
+    }
+}
+
+/// The sum of every series named `name` (without suffixes such as `_total` added) in the
+/// broker's `GET /metrics` at `admin`, read over a plain HTTP/1.0 request; `None` if absent.
+pub async fn scrape(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
+    let request = "GET /metrics HTTP/1.0\r\nHost: weir\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut body = String::new();
+    tokio::time::timeout(wire::FRAME_TIMEOUT, stream.read_to_string(&mut body))
+        .await
+        .ok()?
+        .ok()?;
+    let values: Vec<f64> = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }

@@ -31,17 +31,40 @@ impl RawClient {
 
     /// Connects and completes the handshake; returns the client and the broker's limits.
     pub async fn connect(addr: SocketAddr) -> RawClient {
+        Self::connect_as(addr, None).await
+    }
+
+    /// Connects, presenting `token` in `Hello`, and completes the handshake.
+    pub async fn connect_as(addr: SocketAddr, token: Option<&str>) -> RawClient {
         let mut client = Self::connect_raw(addr).await;
-        client
-            .send(Frame::Hello(Hello {
-                version: PROTOCOL_VERSION,
-                token: None,
-            }))
-            .await;
+        client.hello(token).await;
         match client.recv().await {
             Frame::HelloOk(_) => client,
             other => panic!("expected HelloOk, got {other:?}"),
         }
+    }
+
+    /// Connects from the loopback address `source` (say 127.0.0.2: a different client address
+    /// on the same machine) without sending `Hello`.
+    pub async fn connect_raw_from(addr: SocketAddr, source: std::net::IpAddr) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .expect("bind the source address");
+        let stream = socket.connect(addr).await.expect("connect");
+        RawClient {
+            framed: Framed::new(stream, WeirCodec::new(MAX_FRAME_BYTES_CEILING)),
+            next_req: 1,
+        }
+    }
+
+    /// Sends `Hello` with `token`.
+    pub async fn hello(&mut self, token: Option<&str>) {
+        self.send(Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            token: token.map(str::to_owned),
+        }))
+        .await;
     }
 
     /// The underlying stream, for writing raw bytes.

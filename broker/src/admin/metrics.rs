@@ -40,7 +40,8 @@
 //!   `weir_group_members`, `weir_group_dead_letter_held` — `{topic,group}`;
 //! - `weir_group_oldest_unacked_seconds{topic,group}` — 0 with nothing in flight;
 //! - `weir_connections_open`, `weir_memory_budget_used_bytes`,
-//!   `weir_memory_budget_capacity_bytes`, `weir_appends_queued`;
+//!   `weir_memory_budget_high_water_bytes`, `weir_memory_budget_capacity_bytes`,
+//!   `weir_appends_queued`;
 //! - `weir_memory_pool_used_bytes{pool}`, `weir_memory_pool_capacity_bytes{pool}` — the
 //!   `inbound` and `outbound` halves of the budget;
 //! - `weir_storage_used_bytes`, `weir_storage_max_bytes`, `weir_storage_free_bytes`,
@@ -454,6 +455,11 @@ fn broker_gauges(out: &mut DescriptorEncoder, broker: &Broker) -> fmt::Result {
             "weir_memory_budget_used_bytes",
             "Bytes held against the memory budget.",
             budget.used(),
+        ),
+        (
+            "weir_memory_budget_high_water_bytes",
+            "The most bytes ever held against the memory budget at once.",
+            budget.high_water(),
         ),
         (
             "weir_memory_budget_capacity_bytes",
