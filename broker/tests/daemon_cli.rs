@@ -21,9 +21,17 @@ fn print_config_shows_every_bound_with_flags_applied() {
         "max_in_flight",
         "max_messages",
         "max_bytes",
+        "max_connection_memory_bytes",
+        "slow_consumer_timeout_ms",
+        "max_header_bytes",
+        "max_topic_bytes",
+        "min_free_bytes",
     ] {
         assert!(text.contains(bound), "{bound} missing from --print-config");
     }
+    // The disk budget's default is taken from the free space and shown as taken.
+    let max = config.storage.max_bytes.expect("storage.max_bytes shown");
+    assert!(max > 0, "{max}");
 }
 
 #[test]

@@ -307,6 +307,57 @@ async fn a_payload_over_max_message_bytes_is_413_without_a_retry_hint() {
 }
 
 #[tokio::test]
+async fn headers_count_over_http_too() {
+    let broker = TestBroker::start_with(|c| {
+        c.limits.max_headers = 2;
+        c.limits.max_header_bytes = 64;
+    })
+    .await;
+    let client = Client::connect(broker.addr).await.unwrap();
+    let spec = TopicSpec {
+        max_message_bytes: Some(16),
+        ..topic("http-headers")
+    };
+    client.create_topic(spec).await.unwrap();
+    let refused_naming = |answer: Answer, bound: &str, value: u64| {
+        assert_eq!(answer.status, 413, "{}", answer.body);
+        assert_eq!(
+            answer.json()["limit"],
+            json!({"name": bound, "value": value})
+        );
+    };
+    // Header bytes count against max_message_bytes: 10 of payload and 8 of header.
+    let answer = post(
+        &broker,
+        "http-headers",
+        &[("weir-header-k", "1234567")],
+        &[1; 10],
+    )
+    .await;
+    refused_naming(answer, "max_message_bytes", 16);
+    let three = [
+        ("weir-header-a", "1"),
+        ("weir-header-b", "2"),
+        ("weir-header-c", "3"),
+    ];
+    refused_naming(
+        post(&broker, "http-headers", &three, b"x").await,
+        "max_headers",
+        2,
+    );
+    let long = "v".repeat(64);
+    refused_naming(
+        post(&broker, "http-headers", &[("weir-header-k", &long)], b"x").await,
+        "max_header_bytes",
+        64,
+    );
+    created(
+        &post(&broker, "http-headers", &[("weir-header-k", "v")], &[1; 14]).await,
+        "http-headers",
+    );
+}
+
+#[tokio::test]
 async fn a_body_over_max_frame_bytes_is_413_naming_the_frame_limit() {
     let broker = TestBroker::start_with(|c| {
         c.limits.max_frame_bytes = 64 * 1024;
