@@ -200,7 +200,7 @@ pub(crate) async fn serve(broker: Broker, socket: TcpStream, peer: SocketAddr, s
     let (deliveries, deliveries_rx) = mpsc::channel(delivery_capacity.max(1));
     let writer_done = CancellationToken::new();
     let mut writer = tokio::spawn({
-        let writer = Writer::new(write, codec, broker.clone(), id);
+        let writer = Writer::new(write, codec, broker.clone(), (id, memory.clone()));
         let done = writer_done.clone();
         async move {
             let end = writer.run(control_rx, deliveries_rx).await;

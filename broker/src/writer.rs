@@ -20,7 +20,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use weir_protocol::{Error, ErrorCode, Frame, GoingAway, GoingAwayReason, WeirCodec};
 
-use crate::admission::MemoryPermit;
+use crate::admission::{ConnectionMemory, MemoryPermit};
 use crate::broker::Broker;
 use crate::outbox::Outbound;
 
@@ -53,16 +53,19 @@ pub(crate) struct Writer {
     held: Vec<MemoryPermit>,
     broker: Broker,
     conn: u64,
+    /// The connection's memory, to tell whether freeing some may unblock a dispatcher.
+    memory: ConnectionMemory,
     slow_consumer_timeout: Duration,
 }
 
 impl Writer {
-    /// A writer of connection `conn` to `socket`, encoding with `codec`.
+    /// A writer of connection `conn` (whose memory is `memory`) to `socket`, encoding with
+    /// `codec`.
     pub(crate) fn new(
         socket: OwnedWriteHalf,
         codec: WeirCodec,
         broker: Broker,
-        conn: u64,
+        (conn, memory): (u64, ConnectionMemory),
     ) -> Writer {
         let timeout = Duration::from_millis(broker.config().limits.slow_consumer_timeout_ms);
         Writer {
@@ -72,6 +75,7 @@ impl Writer {
             held: Vec::new(),
             broker,
             conn,
+            memory,
             slow_consumer_timeout: timeout,
         }
     }
@@ -150,8 +154,16 @@ impl Writer {
             }
         }
         if !self.held.is_empty() {
+            // Dispatchers wait for room only when this connection's share or the outbound half
+            // could not take a frame: wake them only then.
+            let max_frame = u64::from(self.broker.config().limits.max_frame_bytes);
+            let admission = self.broker.admission();
+            let tight =
+                self.memory.room() < max_frame || admission.outbound().available() < max_frame;
             self.held.clear();
-            self.broker.admission().delivery_room().freed();
+            if tight {
+                admission.delivery_room().freed();
+            }
         }
         if self.buf.capacity() > KEEP_BUFFER_BYTES {
             self.buf = BytesMut::new();
