@@ -8,7 +8,6 @@
 //! The admin endpoint's cases are in `isolation_admin.rs`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,31 +40,62 @@ fn assert_healthy(seen: Healthy) {
     );
 }
 
-/// A config file in `dir` with `toml`, as `--config` arguments.
-fn config_file(dir: &Path, toml: &str) -> std::path::PathBuf {
-    let path = dir.join("weir.toml");
-    std::fs::write(&path, toml).unwrap();
-    path
+/// A real broker process started with a config file, whose RSS is sampled until
+/// [`Watched::assert_memory_held_within`].
+struct Watched {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    _broker: Arc<BrokerProcess>,
+    _dir: tempfile::TempDir,
 }
 
-/// Samples a broker process's RSS until `stop`; the peak is in the returned cell.
-fn sample_rss(broker: Arc<BrokerProcess>, stop: Arc<AtomicBool>) -> Arc<AtomicU64> {
-    let peak = Arc::new(AtomicU64::new(broker.rss_bytes()));
-    let cell = peak.clone();
-    tokio::spawn(async move {
-        while !stop.load(Ordering::Relaxed) {
-            cell.fetch_max(broker.rss_bytes(), Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(10)).await;
+impl Watched {
+    /// Starts `weir-broker` with `toml` as its config file and a fresh data directory.
+    fn start(toml: &str) -> Watched {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("weir.toml");
+        std::fs::write(&config, toml).unwrap();
+        let broker = Arc::new(BrokerProcess::start(
+            &dir.path().join("data"),
+            &["--config", config.to_str().unwrap()],
+        ));
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(broker.rss_bytes()));
+        tokio::spawn({
+            let (broker, stop, peak) = (broker.clone(), stop.clone(), peak.clone());
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    peak.fetch_max(broker.rss_bytes(), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        });
+        Watched {
+            addr: broker.addr,
+            admin: broker.admin_addr(),
+            stop,
+            peak,
+            _broker: broker,
+            _dir: dir,
         }
-    });
-    peak
-}
+    }
 
-/// The memory budget's high-water mark, from the broker's metrics.
-async fn budget_high_water(admin: SocketAddr) -> u64 {
-    scrape(admin, "weir_memory_budget_high_water_bytes")
-        .await
-        .expect("the high-water gauge") as u64
+    /// Stops sampling and asserts the memory budget never passed `budget` (its high-water
+    /// mark, from the broker's metrics) and the RSS peak stayed under it plus
+    /// [`OUTSIDE_BUDGET`].
+    async fn assert_memory_held_within(&self, budget: u64) {
+        let high_water = scrape(self.admin, "weir_memory_budget_high_water_bytes")
+            .await
+            .expect("the high-water gauge") as u64;
+        assert!(
+            high_water <= budget,
+            "the budget peaked at {high_water} bytes"
+        );
+        self.stop.store(true, Ordering::Relaxed);
+        assert_rss_within(self.peak.load(Ordering::Relaxed), budget);
+    }
 }
 
 fn assert_rss_within(peak: u64, budget: u64) {
@@ -90,16 +120,9 @@ fn assert_rss_within(peak: u64, budget: u64) {
 async fn announcing_frames_charges_nothing_and_frames_that_stop_arriving_are_cut_off() {
     const BUDGET: u64 = 64 * MIB;
     const OFFENDERS: usize = 70;
-    let dir = tempfile::tempdir().unwrap();
     let toml = format!("[limits]\nmemory_budget_bytes = {BUDGET}\nframe_read_timeout_ms = 3000\n");
-    let config = config_file(dir.path(), &toml);
-    let broker = Arc::new(BrokerProcess::start(
-        &dir.path().join("data"),
-        &["--config", config.to_str().unwrap()],
-    ));
-    let (addr, admin) = (broker.addr, broker.admin_addr());
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = sample_rss(broker.clone(), stop.clone());
+    let broker = Watched::start(&toml);
+    let (addr, admin) = (broker.addr, broker.admin);
 
     // 70 authenticated connections announce a 4 MiB frame each and send nothing more.
     let mut offenders = Vec::new();
@@ -150,9 +173,7 @@ async fn announcing_frames_charges_nothing_and_frames_that_stop_arriving_are_cut
         timeouts >= OFFENDERS as f64,
         "{timeouts} frame read timeouts"
     );
-    assert!(budget_high_water(admin).await <= BUDGET);
-    stop.store(true, Ordering::Relaxed);
-    assert_rss_within(peak.load(Ordering::Relaxed), BUDGET);
+    broker.assert_memory_held_within(BUDGET).await;
 }
 
 /// Item 2: a subscriber with 16 subscriptions at credit 1 024 that never reads its socket holds
@@ -164,19 +185,12 @@ async fn a_subscriber_that_stops_reading_holds_its_share_and_is_closed_losing_no
     const BUDGET: u64 = 64 * MIB;
     const SHARE: u64 = 16 * MIB;
     const MESSAGES: u64 = 200;
-    let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         "[limits]\nmemory_budget_bytes = {BUDGET}\nmax_connection_memory_bytes = {SHARE}\nslow_consumer_timeout_ms = 2000\n[topic_defaults]\nmax_bytes = {}\n",
         512 * MIB
     );
-    let config = config_file(dir.path(), &toml);
-    let broker = Arc::new(BrokerProcess::start(
-        &dir.path().join("data"),
-        &["--config", config.to_str().unwrap()],
-    ));
-    let (addr, admin) = (broker.addr, broker.admin_addr());
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = sample_rss(broker.clone(), stop.clone());
+    let broker = Watched::start(&toml);
+    let (addr, admin) = (broker.addr, broker.admin);
 
     // 16 groups, each wanting every message: 16 × 200 MiB asked for by one connection.
     let mut reader = RawClient::connect(addr).await;
@@ -204,9 +218,7 @@ async fn a_subscriber_that_stops_reading_holds_its_share_and_is_closed_losing_no
     // The reader's socket has accepted nothing for 2 s: it is closed.
     eventually_scraped(admin, "weir_slow_consumers_closed_total", |v| v >= 1.0).await;
     drop(reader);
-    assert!(budget_high_water(admin).await <= BUDGET);
-    stop.store(true, Ordering::Relaxed);
-    assert_rss_within(peak.load(Ordering::Relaxed), BUDGET);
+    broker.assert_memory_held_within(BUDGET).await;
     // Nothing it held is lost: its group still has every message.
     let mut consumer = RawClient::connect(addr).await;
     let got = consumer.consume(1, "big", "g0", MESSAGES as usize).await;
@@ -239,18 +251,8 @@ async fn eventually_scraped(admin: SocketAddr, name: &str, check: impl Fn(f64) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_bombs_are_refused_and_headers_count_against_every_bound() {
     const BUDGET: u64 = 64 * MIB;
-    let dir = tempfile::tempdir().unwrap();
-    let config = config_file(
-        dir.path(),
-        &format!("[limits]\nmemory_budget_bytes = {BUDGET}\n"),
-    );
-    let broker = Arc::new(BrokerProcess::start(
-        &dir.path().join("data"),
-        &["--config", config.to_str().unwrap()],
-    ));
-    let (addr, admin) = (broker.addr, broker.admin_addr());
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = sample_rss(broker.clone(), stop.clone());
+    let broker = Watched::start(&format!("[limits]\nmemory_budget_bytes = {BUDGET}\n"));
+    let addr = broker.addr;
 
     let offender = tokio::spawn(async move {
         let mut client = RawClient::connect(addr).await;
@@ -320,9 +322,7 @@ async fn header_bombs_are_refused_and_headers_count_against_every_bound() {
         (0, 0),
         "nothing header-heavy stored"
     );
-    assert!(budget_high_water(admin).await <= BUDGET);
-    stop.store(true, Ordering::Relaxed);
-    assert_rss_within(peak.load(Ordering::Relaxed), BUDGET);
+    broker.assert_memory_held_within(BUDGET).await;
 }
 
 /// Item 4: a `Term` reason is cut to `max_reason_bytes` (counted) before it is kept.
