@@ -12,6 +12,7 @@ mod delivery;
 mod durability;
 mod headers;
 mod http;
+mod isolation_admin;
 mod limits;
 mod memory;
 mod metrics;
