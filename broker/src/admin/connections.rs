@@ -10,7 +10,7 @@
 //!
 //! | phase | from | bound | at the bound |
 //! |---|---|---|---|
-//! | head: the request's headers are arriving | the connection opening (first request), or the first byte after the previous response (later requests) | `admin.header_read_timeout_ms` | the connection is closed (no answer), `weir_admin_header_timeouts_total` |
+//! | head: the request's headers are arriving | the connection getting its slot (first request), or the first byte after the previous answer (later requests) | `admin.header_read_timeout_ms` | the connection is closed (no answer), `weir_admin_header_timeouts_total` |
 //! | busy: the request is being handled, its answer written | the headers complete | none here: the body has its own bound (below); handlers are bounded themselves | — |
 //! | idle: kept alive, waiting for a request | the previous answer handed to hyper in full | `admin.idle_timeout_ms` | the connection is closed, `weir_admin_idle_closed_total` |
 //! | idle, while a new connection waits for a slot at `admin.max_connections` | — | at once | the connection is closed, `weir_admin_idle_reclaimed_total` |
@@ -25,6 +25,11 @@
 //! and waits for a slot (the OS backlog holds the rest), and while it waits, idle kept-alive
 //! connections give theirs up. A client that sends nothing therefore holds a slot for at most
 //! `header_read_timeout_ms`, and an idle one only until someone needs it.
+//!
+//! Approximations, each still bounded: bytes of a pipelined request that hyper read before the
+//! previous answer was done start no head phase (the idle bound applies to them); an answer
+//! counts as done once hyper holds all of it, so a client slow to read a large answer is
+//! within the idle bound (and reclaimable) while hyper flushes it.
 //!
 //! Every request carries the peer's address (`ConnectInfo<PeerAddr>`), which decides whether
 //! an anonymous client is allowed (loopback only). Every `413` answered is counted

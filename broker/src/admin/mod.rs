@@ -75,7 +75,7 @@ pub fn router(broker: Broker) -> Router {
 
 /// Serves the admin endpoint on `listener` until `shutdown` completes, then stops accepting,
 /// lets each connection finish the request in progress, and returns once all are closed. Its
-/// connections are bounded as [`connections`] describes (count, header, body and idle
+/// connections are bounded as the `connections` module describes (count, header, body and idle
 /// timeouts).
 pub async fn serve(
     listener: TcpListener,
