@@ -275,9 +275,25 @@ pub struct Metrics {
     pub ops_rejected: [Counter; 4],
     /// Authentications refused (a missing or wrong token, an anonymous client off loopback).
     pub auth_failures: Counter,
-    /// Connections refused before `Hello` because their address failed authentication more
-    /// than `max_auth_failures_per_s` times in the current second.
+    /// Connections refused before `Hello`, and admin requests answered `429`, because their
+    /// address failed authentication more than `max_auth_failures_per_s` times in the current
+    /// second.
     pub auth_throttled: Counter,
+    /// Admin connections closed because a request's headers had not all arrived
+    /// `admin.header_read_timeout_ms` after the connection opened (first request) or after the
+    /// request's first byte (later requests).
+    pub admin_header_timeouts: Counter,
+    /// Admin requests answered `408 Request Timeout` (and their connections closed) because
+    /// the body had not all arrived `admin.body_read_timeout_ms` after the headers.
+    pub admin_body_timeouts: Counter,
+    /// Kept-alive admin connections closed after `admin.idle_timeout_ms` without a new request.
+    pub admin_idle_closed: Counter,
+    /// Kept-alive admin connections closed while idle because a new connection was waiting
+    /// for a slot at `admin.max_connections`.
+    pub admin_idle_reclaimed: Counter,
+    /// Admin requests answered `413 Payload Too Large`: a body over `max_frame_bytes`
+    /// (announced by `Content-Length`, or sent) or over the topic's `max_message_bytes`.
+    pub admin_too_large: Counter,
     /// The most unconfirmed publishes any connection has had at once (never above
     /// `max_unconfirmed`).
     pub unconfirmed_high_water: HighWater,

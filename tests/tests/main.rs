@@ -13,6 +13,7 @@ mod durability;
 mod headers;
 mod http;
 mod isolation;
+mod isolation_admin;
 mod limits;
 mod memory;
 mod metrics;

@@ -25,6 +25,10 @@
 //!   `weir_auth_failures_total`, `weir_auth_throttled_total` — broker-wide, as [`Metrics`]
 //!   documents them;
 //! - `weir_operations_rejected_total{op}` — expensive operations refused at `ops_per_s`;
+//! - `weir_admin_header_timeouts_total`, `weir_admin_body_timeouts_total` (408s),
+//!   `weir_admin_idle_closed_total`, `weir_admin_idle_reclaimed_total`,
+//!   `weir_admin_payloads_too_large_total` (413s) — the admin endpoint's own bounds (see
+//!   `admin::connections`);
 //! - `weir_stalls_total{kind="max_in_flight"|"no_credit"}` — one per `stall_warn_ms` of stall;
 //! - `weir_worker_busy_seconds_total{worker}` and `weir_worker_idle_seconds_total{worker}`,
 //!   `worker` = `writer`, `dispatcher` or `connection` — time doing work and waiting for work,
@@ -219,8 +223,33 @@ fn broker_counters(out: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
         ),
         (
             "weir_auth_throttled",
-            "Connections refused before Hello: their address was over max_auth_failures_per_s.",
+            "Connections and admin requests refused at max_auth_failures_per_s.",
             m.auth_throttled.get(),
+        ),
+        (
+            "weir_admin_header_timeouts",
+            "Admin connections closed at admin.header_read_timeout_ms (headers incomplete).",
+            m.admin_header_timeouts.get(),
+        ),
+        (
+            "weir_admin_body_timeouts",
+            "Admin requests answered 408 at admin.body_read_timeout_ms (body incomplete).",
+            m.admin_body_timeouts.get(),
+        ),
+        (
+            "weir_admin_idle_closed",
+            "Kept-alive admin connections closed at admin.idle_timeout_ms.",
+            m.admin_idle_closed.get(),
+        ),
+        (
+            "weir_admin_idle_reclaimed",
+            "Idle kept-alive admin connections closed for a connection waiting at admin.max_connections.",
+            m.admin_idle_reclaimed.get(),
+        ),
+        (
+            "weir_admin_payloads_too_large",
+            "Admin requests answered 413 (body over max_frame_bytes or max_message_bytes).",
+            m.admin_too_large.get(),
         ),
     ];
     for (name, help, value) in plain {

@@ -7,11 +7,21 @@
 //! - `GET /topics`, `GET /topics/{name}` — every topic, or one, as JSON (`topics`);
 //! - `POST /topics/{name}/messages` — publish one message, answered once durable (`publish`).
 //!
-//! Bounds: at most `admin.max_connections` connections (accepting waits) and
+//! Authentication: with `[[keys]]` configured, every route but `/healthz` and `/readyz` needs
+//! `Authorization: Bearer TOKEN` (`admin.public_metrics = true` opens `/metrics` to anyone);
+//! without keys, those routes answer anonymous clients on loopback only (see `auth`).
+//!
+//! Bounds: at most `admin.max_connections` connections (the next waits, and idle kept-alive
+//! ones give up their slot for it); request headers within `admin.header_read_timeout_ms`
+//! (else the connection is closed), bodies within `admin.body_read_timeout_ms` (else 408), an
+//! idle kept-alive connection closed after `admin.idle_timeout_ms` (see `connections`);
 //! `admin.max_concurrent_requests` requests in progress (503 + `Retry-After: 1` past it; see
-//! `limits`); it shares the broker's runtime; every handler answers from in-memory state (or one
-//! bounded publish), so a scrape never waits on disk.
+//! `limits`); bodies over `max_frame_bytes` are 413; it shares the broker's runtime; every
+//! handler answers from in-memory state (or one bounded publish), so a scrape never waits on
+//! disk.
 
+mod auth;
+mod connections;
 mod limits;
 mod metrics;
 mod publish;
@@ -30,18 +40,32 @@ use crate::broker::Broker;
 
 pub use limits::PeerAddr;
 
-/// The admin routes over `broker`, at most `admin.max_concurrent_requests` handled at once.
+/// The admin routes over `broker`, at most `admin.max_concurrent_requests` handled at once,
+/// every route but `/healthz`, `/readyz` (and `/metrics` if `admin.public_metrics`) behind
+/// authentication. Handlers that check the peer's address expect `ConnectInfo<PeerAddr>` in
+/// the request's extensions (as [`serve`] puts it); without it the peer counts as remote.
 pub fn router(broker: Broker) -> Router {
-    let requests = Arc::new(Semaphore::new(
-        broker.config().admin.max_concurrent_requests.max(1) as usize,
+    let admin = &broker.config().admin;
+    let requests = Arc::new(Semaphore::new(admin.max_concurrent_requests.max(1) as usize));
+    let metrics = Router::new().route("/metrics", get(metrics::scrape));
+    let keyed = Router::new()
+        .route("/topics", get(topics::list))
+        .route("/topics/{name}", get(topics::show))
+        .route("/topics/{name}/messages", publish::route(&broker));
+    let (open, keyed) = if admin.public_metrics {
+        (metrics, keyed)
+    } else {
+        (Router::new(), keyed.merge(metrics))
+    };
+    let keyed = keyed.route_layer(axum::middleware::from_fn_with_state(
+        broker.clone(),
+        auth::require_key,
     ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::scrape))
-        .route("/topics", get(topics::list))
-        .route("/topics/{name}", get(topics::show))
-        .route("/topics/{name}/messages", publish::route(&broker))
+        .merge(open)
+        .merge(keyed)
         .with_state(broker)
         .layer(axum::middleware::from_fn_with_state(
             requests,
@@ -49,7 +73,10 @@ pub fn router(broker: Broker) -> Router {
         ))
 }
 
-/// Serves the admin endpoint on `listener` until `shutdown` completes.
+/// Serves the admin endpoint on `listener` until `shutdown` completes, then stops accepting,
+/// lets each connection finish the request in progress, and returns once all are closed. Its
+/// connections are bounded as the `connections` module describes (count, header, body and idle
+/// timeouts).
 pub async fn serve(
     listener: TcpListener,
     broker: Broker,
@@ -58,16 +85,8 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "admin endpoint serving");
     }
-    let max_connections = broker.config().admin.max_connections as usize;
-    // The peer's address decides whether an HTTP publish may be anonymous (loopback only).
-    let app = router(broker).into_make_service_with_connect_info::<PeerAddr>();
-    let listener = limits::CappedListener::new(listener, max_connections);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "admin endpoint failed");
-    }
+    let app = router(broker.clone());
+    connections::serve(listener, app, broker, shutdown).await;
 }
 
 async fn readyz(

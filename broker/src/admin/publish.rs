@@ -2,9 +2,10 @@
 //!
 //! The body is the payload (any content type). Request headers named `weir-header-NAME` become
 //! message headers `NAME` (lowercase, as HTTP header names are case-insensitive; values must be
-//! UTF-8; the values of a repeated name keep their order). The client authenticates as on the
-//! wire: `Authorization: Bearer TOKEN` when `[[keys]]` are configured; without keys,
-//! anonymously from loopback only.
+//! UTF-8; the values of a repeated name keep their order). The client authenticates as on every
+//! keyed admin route ([`super::auth`]): `Authorization: Bearer TOKEN` when `[[keys]]` are
+//! configured (401 without, 403 with a wrong one, 429 past `max_auth_failures_per_s`); without
+//! keys, anonymously from loopback only.
 //!
 //! The publish passes exactly the checks of a wire publish ([`crate::publish`]) and is answered
 //! once the outcome is known:
@@ -13,26 +14,25 @@
 //! |---|---|---|
 //! | stored durably (the confirm resolved) | 201 | `{"topic", "seq"}` |
 //! | `TopicFull`, `RateLimited`, `Overloaded` | 429, `Retry-After` in whole seconds (rounded up, at least 1) when there is a hint | `{"reason", "limit": {"name", "value"}, "retry_after_ms"}` |
-//! | `MessageTooLarge` (`max_message_bytes`, or a body over `max_frame_bytes`) | 413 | the same |
+//! | `MessageTooLarge` (`max_message_bytes`, or a body over `max_frame_bytes` — announced by `Content-Length`, answered before the body is read, or sent) | 413 | the same |
 //! | `ShuttingDown` | 503 | the same |
 //! | `TooManyTopics` (auto-create at `max_topics`) | 507 | the same |
-//! | no bearer token while keys are configured | 401, `WWW-Authenticate: Bearer` | `{"error"}` |
-//! | a wrong token, or anonymous from a non-loopback address | 403 | `{"error"}` |
 //! | unknown topic (auto-create off) | 404 | `{"error"}` |
 //! | an invalid topic name, a header value that is not UTF-8 | 400 | `{"error"}` |
 //! | storage failure | 500 | `{"error"}` |
 //!
 //! Bounds: the body is read only after authentication and the topic lookup, and never past
-//! `max_frame_bytes` (axum's body limit); a `block` topic holds the request while the publish is
-//! parked (at most its `max_block_ms`, then 429).
+//! `max_frame_bytes` (axum's body limit; a `Content-Length` over it is refused before the topic
+//! lookup); it must arrive within `admin.body_read_timeout_ms` (else 408, see
+//! [`super::connections`]); a `block` topic holds the request while the publish is parked (at
+//! most its `max_block_ms`, then 429).
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, MethodRouter};
@@ -41,10 +41,9 @@ use serde::Serialize;
 use weir_protocol::{Headers, Limit, RejectReason};
 
 use super::topics::{error_response, unknown_topic};
-use super::PeerAddr;
 use crate::admission::KeyLimits;
 use crate::broker::{Broker, CreateError};
-use crate::keys::{AuthError, Identity};
+use crate::keys::Identity;
 use crate::topic::{Admitted, AppendError, Refusal, Topic};
 
 /// Request headers with this prefix (any case) become message headers, the prefix cut off.
@@ -78,10 +77,6 @@ pub struct Refused {
 
 /// Why an HTTP publish was not stored; each becomes one status (see the module table).
 enum Failure {
-    /// No bearer token while keys are configured.
-    Unauthenticated,
-    /// A wrong token, or an anonymous client not on loopback.
-    Forbidden(AuthError),
     /// No such topic, and auto-create is off.
     UnknownTopic(String),
     /// An invalid topic name or message header, or a body that could not be read.
@@ -101,17 +96,18 @@ impl From<AppendError> for Failure {
     }
 }
 
-/// `POST /topics/{name}/messages`: `201 {"topic", "seq"}` once the message is durable, or the
-/// status and body of why not (see the module table). As on the wire, the time from the
-/// request to its answer, whatever the answer, goes to the publish→confirm histogram.
+/// `POST /topics/{name}/messages`, behind [`super::auth::require_key`] (which gives the
+/// identity): `201 {"topic", "seq"}` once the message is durable, or the status and body of
+/// why not (see the module table). As on the wire, the time from the request to its answer,
+/// whatever the answer, goes to the publish→confirm histogram.
 async fn publish(
     State(broker): State<Broker>,
     Path(name): Path<String>,
-    peer: Option<Extension<ConnectInfo<PeerAddr>>>,
+    Extension(identity): Extension<Identity>,
     request: Request,
 ) -> Response {
     let received = Instant::now();
-    let answer = match store(&broker, &name, peer_ip(peer), request).await {
+    let answer = match store(&broker, &name, &identity, request).await {
         Ok(seq) => (StatusCode::CREATED, Json(Published { topic: name, seq })).into_response(),
         Err(failure) => failure.into_response(),
     };
@@ -119,16 +115,17 @@ async fn publish(
     answer
 }
 
-/// Authenticates, finds the topic, reads the body, publishes, and waits for the confirm.
+/// Refuses a body announced over `max_frame_bytes`, finds the topic, reads the body,
+/// publishes, and waits for the confirm.
 async fn store(
     broker: &Broker,
     name: &str,
-    peer: IpAddr,
+    identity: &Identity,
     request: Request,
 ) -> Result<u64, Failure> {
-    let identity = authenticate(broker, request.headers(), peer)?;
+    refuse_announced_too_large(broker, name, request.headers())?;
     let headers = message_headers(request.headers())?;
-    let key = broker.admission().limits_for(&identity);
+    let key = broker.admission().limits_for(identity);
     let topic = find_topic(broker, name, &key).await?;
     let payload = Bytes::from_request(request, &())
         .await
@@ -148,32 +145,27 @@ async fn store(
     }
 }
 
-/// The client's address. A request whose peer is unknown (the router served without connect
-/// info) counts as remote, so it is never anonymous.
-fn peer_ip(peer: Option<Extension<ConnectInfo<PeerAddr>>>) -> IpAddr {
-    peer.map_or(
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        |Extension(ConnectInfo(PeerAddr(addr)))| addr.ip(),
-    )
-}
-
-/// Who the request is from, by its bearer token (as `Hello` on the wire).
-fn authenticate(broker: &Broker, headers: &HeaderMap, peer: IpAddr) -> Result<Identity, Failure> {
-    let token = bearer_token(headers);
-    broker.keys().authenticate(token, peer).map_err(|e| {
-        tracing::warn!(%peer, error = %e, "HTTP publish not authenticated");
-        match (&e, token) {
-            (AuthError::BadToken, None) => Failure::Unauthenticated,
-            _ => Failure::Forbidden(e),
+/// A body whose `Content-Length` is over `max_frame_bytes` is refused as too large for a frame
+/// at once, before any of it is read (and before the topic is looked up or created); the
+/// refusal counts for the topic if it exists.
+fn refuse_announced_too_large(
+    broker: &Broker,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<(), Failure> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let max = u64::from(broker.config().limits.max_frame_bytes);
+    match announced {
+        Some(length) if length > max => {
+            let r = crate::publish::too_large_for_a_frame(broker);
+            let topic = broker.topic(name);
+            crate::publish::count_refusal(broker, name, topic.as_deref(), &r);
+            Err(Failure::Refused(r))
         }
-    })
-}
-
-/// The token of an `Authorization: Bearer TOKEN` header, if there is one.
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        _ => Ok(()),
+    }
 }
 
 /// The message headers carried as `weir-header-NAME` request headers.
@@ -234,34 +226,28 @@ fn refusal_status(reason: RejectReason) -> StatusCode {
     }
 }
 
+/// The answer to a refusal: its status ([`refusal_status`]), `Retry-After` in whole seconds
+/// (rounded up, at least 1) when it has a retry hint, and the [`Refused`] body.
+pub(super) fn refusal_response(r: Refusal) -> Response {
+    let status = refusal_status(r.reason);
+    let retry_after_s = r.retry_after_ms.map(|ms| ms.div_ceil(1000).max(1));
+    let body = Refused {
+        reason: r.reason,
+        limit: r.limit,
+        retry_after_ms: r.retry_after_ms,
+    };
+    let mut response = (status, Json(body)).into_response();
+    if let Some(seconds) = retry_after_s {
+        let value = HeaderValue::from(seconds);
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         match self {
-            Failure::Refused(r) => {
-                let status = refusal_status(r.reason);
-                let retry_after_s = r.retry_after_ms.map(|ms| ms.div_ceil(1000).max(1));
-                let body = Refused {
-                    reason: r.reason,
-                    limit: r.limit,
-                    retry_after_ms: r.retry_after_ms,
-                };
-                let mut response = (status, Json(body)).into_response();
-                if let Some(seconds) = retry_after_s {
-                    let value = HeaderValue::from(seconds);
-                    response.headers_mut().insert(header::RETRY_AFTER, value);
-                }
-                response
-            }
-            Failure::Unauthenticated => {
-                let message = "a bearer token is required (Authorization: Bearer TOKEN)";
-                let mut response = error_response(StatusCode::UNAUTHORIZED, message.into());
-                let challenge = HeaderValue::from_static("Bearer");
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, challenge);
-                response
-            }
-            Failure::Forbidden(e) => error_response(StatusCode::FORBIDDEN, e.to_string()),
+            Failure::Refused(r) => refusal_response(r),
             Failure::UnknownTopic(name) => unknown_topic(&name),
             Failure::BadRequest(message) => error_response(StatusCode::BAD_REQUEST, message),
             Failure::Internal(message) => {
