@@ -210,6 +210,14 @@ impl Broker {
         self.shared.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// How many connections this broker has served since it opened: every connection given an
+    /// id by [`Broker::next_connection_id`] (those refused before `Hello`, at
+    /// `max_connections` or for failed authentications, get none). Unlike the
+    /// `connections` gauge it never goes down, so tests can count reconnects.
+    pub fn connections_served(&self) -> u64 {
+        self.shared.next_connection.load(Ordering::Relaxed) - 1
+    }
+
     /// The topic named `name`, if it exists.
     pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
         self.shared

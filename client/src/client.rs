@@ -16,7 +16,8 @@ use crate::publisher::Publisher;
 use crate::subscription::Subscription;
 
 /// How to connect. Every field has a default ([`ClientOptions::default`]); override with
-/// struct-update syntax: `ClientOptions { token: Some(key), ..Default::default() }`.
+/// struct-update syntax: `ClientOptions { token: Some(key), ..Default::default() }`. They apply
+/// alike to the reconnect that follows an idle close (see [`Client`]).
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// The API key sent in `Hello`; `None` for anonymous access. Default `None`.
@@ -58,6 +59,25 @@ impl Default for ClientOptions {
 /// once every handle — clients, publishers, subscriptions — is dropped and nothing waits for an
 /// answer, or when the broker closes it; after that every request fails with the error that
 /// ended it ([`Client::closed_reason`]).
+///
+/// **Idle close.** The one exception: a broker closes a connection that has no subscription and
+/// sends nothing for its `idle_timeout` ([`ServerLimits::idle_timeout_ms`], default 10 min) with
+/// `GoingAway{Idle}`, and the client heals that. The next operation that needs the broker — an
+/// admin request, [`Client::ping`], a subscribe, or a publish through any [`Publisher`] made
+/// from this client, before or after the close — opens a new connection to the same address
+/// (what it resolved to at [`Client::connect`]) with the same [`ClientOptions`], and proceeds
+/// without an error. Exactly one reconnect happens however many handles need it at once: the
+/// others wait for it in the bounded command queue ([`ClientOptions::command_queue`]; at the
+/// bound they wait as usual, and [`Publisher::try_publish`] fails with
+/// [`ClientError::WindowFull`]). Anything sent just as the broker closed was never read by it
+/// (the broker closes as idle only after answering every frame it read), so it is sent again
+/// on the new connection, in order, and answered there. If the new connection cannot be opened
+/// (the broker is gone, full, refuses the token), the operation that asked for it and every one
+/// waiting for it fail with that error ([`ClientError::Io`], [`ClientError::ConnectionRejected`],
+/// ...; a publish's confirm with [`crate::PublishError::NotSent`]), and the next operation tries
+/// again. Every other end — the broker shutting down, a slow consumer, an i/o or protocol
+/// error — is final, as before. There is no reconnect policy beyond this: no backoff and no
+/// resubscribing.
 #[derive(Debug, Clone)]
 pub struct Client {
     conn: ConnHandle,
@@ -86,23 +106,41 @@ impl Client {
         Ok(Client { conn })
     }
 
-    /// The limits the broker announced when the connection opened.
-    pub fn limits(&self) -> &ServerLimits {
-        &self.conn.shared.limits
+    /// The limits the broker announced in the `HelloOk` of the live connection: after an idle
+    /// close and the reconnect, those of the new connection; between the two, those of the
+    /// connection that was closed. A copy: later reconnects do not change it.
+    pub fn limits(&self) -> ServerLimits {
+        self.conn.shared.limits()
     }
 
-    /// Whether the connection has ended.
+    /// Whether the connection has ended for good: every further operation fails with
+    /// [`Client::closed_reason`]. An idle close is not such an end (the next operation
+    /// reconnects), nor is a failed reconnect after one (the next operation tries again): both
+    /// report `false`. See [`Client::is_connected`] for whether a socket is open now.
     pub fn is_closed(&self) -> bool {
         self.conn.shared.is_closed()
     }
 
-    /// The error that ended the connection, or `None` while it is open.
+    /// The error that ended the connection for good, or `None` while operations can still
+    /// succeed — including after an idle close, until the next operation reconnects.
     pub fn closed_reason(&self) -> Option<ClientError> {
         self.is_closed().then(|| self.conn.shared.error())
     }
 
+    /// Whether a socket to the broker is open now, past its handshake: `false` from an idle close
+    /// until the reconnect that the next operation makes (and after a failed reconnect), and once
+    /// the connection has ended for good. A snapshot, for monitoring: the broker may close the
+    /// socket the moment after.
+    pub fn is_connected(&self) -> bool {
+        self.conn.shared.is_connected()
+    }
+
     /// Creates a topic (idempotent for an identical specification) and returns its effective
     /// configuration; bounds left `None` take the broker's defaults.
+    ///
+    /// Like every admin request, after an idle close it reconnects first (see [`Client`]), and
+    /// fails with the reconnect's error ([`ClientError::Io`], [`ClientError::ConnectionRejected`],
+    /// ...) if that fails.
     ///
     /// Fails with [`ClientError::Broker`] (e.g. `TopicExists` for a different configuration,
     /// `InvalidArgument` for a bad name or bound) or [`ClientError::Rejected`] at a broker bound.
@@ -193,7 +231,8 @@ impl Client {
         }
     }
 
-    /// Sends a `Ping` and returns the round-trip time until its `Pong`.
+    /// Sends a `Ping` and returns the round-trip time until its `Pong`. After an idle close it
+    /// reconnects first (the time measured is that of the `Ping` on the new connection).
     pub async fn ping(&self) -> Result<Duration, ClientError> {
         let (reply, rx) = oneshot::channel();
         self.conn.send(Command::Ping { reply }).await?;
@@ -201,7 +240,8 @@ impl Client {
     }
 
     /// A publisher with the default window: `min(1024, limits().max_unconfirmed)` unconfirmed
-    /// publishes. See [`Publisher`].
+    /// publishes (the limits of the live connection, fixed for this publisher). See
+    /// [`Publisher`].
     pub fn publisher(&self) -> Publisher {
         self.publisher_with_window(1024)
     }
@@ -222,6 +262,8 @@ impl Client {
     /// the most messages ever outstanding towards it (granted credit + buffered + held by the app
     /// unfinished). A `window` of 0 fails with [`ClientError::InvalidArgument`]. Fails with
     /// [`ClientError::Broker`] when the broker refuses (unknown topic, `max_subscriptions`, ...).
+    /// After an idle close it reconnects first, and fails with the reconnect's error if that
+    /// fails (the clamp uses the limits of the connection the broker closed).
     pub async fn subscribe(
         &self,
         topic: &str,
@@ -269,36 +311,96 @@ mod tests {
     use std::time::Duration;
 
     use futures::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
     use tokio_util::codec::Framed;
     use weir_protocol::{
-        Ack, Credit, Deliver, Error, ErrorCode, GroupDeleted, HelloOk, Nack, Progress, PublishOk,
-        StartPosition, Subscribed, Term, TopicDeleted, WeirCodec, PROTOCOL_VERSION,
+        Ack, Credit, Deliver, Error, ErrorCode, GoingAway, GoingAwayReason, GroupDeleted, HelloOk,
+        Limit, Nack, Progress, PublishOk, RejectReason, Rejected, StartPosition, Subscribed, Term,
+        TopicDeleted, TopicList, WeirCodec, PROTOCOL_VERSION,
     };
 
     use super::*;
     use crate::connection::test_limits;
+    use crate::error::PublishError;
     use crate::subscription::Delivery;
+    use futures::FutureExt;
 
     type Peer = Framed<TcpStream, WeirCodec>;
 
     /// A connected client and the peer's end of its socket, past the handshake.
     async fn connect_scripted() -> (Client, Peer) {
+        let (client, peer, _listener) = connect_scripted_listening().await;
+        (client, peer)
+    }
+
+    /// [`connect_scripted`], with the listener, which takes the client's reconnects.
+    async fn connect_scripted_listening() -> (Client, Peer, TcpListener) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let peer = async {
-            let (socket, _) = listener.accept().await.unwrap();
-            let mut peer = Framed::new(socket, WeirCodec::default());
-            assert!(matches!(next(&mut peer).await, Frame::Hello(_)));
-            let hello_ok = HelloOk {
-                version: PROTOCOL_VERSION,
-                limits: test_limits(),
-            };
-            peer.send(Frame::HelloOk(hello_ok)).await.unwrap();
-            peer
+        let (client, peer) = tokio::join!(
+            Client::connect(addr),
+            accept_hello(&listener, test_limits())
+        );
+        (client.unwrap(), peer, listener)
+    }
+
+    /// Accepts the client's next connection and answers its `Hello` with `limits`.
+    async fn accept_hello(listener: &TcpListener, limits: ServerLimits) -> Peer {
+        let mut peer = accept(listener).await;
+        assert!(matches!(next(&mut peer).await, Frame::Hello(_)));
+        let hello_ok = HelloOk {
+            version: PROTOCOL_VERSION,
+            limits,
         };
-        let (client, peer) = tokio::join!(Client::connect(addr), peer);
-        (client.unwrap(), peer)
+        peer.send(Frame::HelloOk(hello_ok)).await.unwrap();
+        peer
+    }
+
+    /// Accepts the client's next connection.
+    async fn accept(listener: &TcpListener) -> Peer {
+        let (socket, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("a connection within 5 s")
+            .unwrap();
+        Framed::new(socket, WeirCodec::default())
+    }
+
+    /// What the broker does at `idle_timeout`: `GoingAway{Idle}`, then it stops writing (and,
+    /// like the broker, the caller keeps the peer, so the client gets no reset).
+    async fn close_as_idle(peer: &mut Peer) {
+        let going_away = GoingAway {
+            reason: GoingAwayReason::Idle,
+            message: "idle".into(),
+        };
+        peer.send(Frame::GoingAway(going_away)).await.unwrap();
+        peer.get_mut().shutdown().await.unwrap();
+    }
+
+    /// Waits until the client's task has seen the socket end.
+    async fn until_disconnected(client: &Client) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while client.is_connected() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the client sees the close within 5 s");
+    }
+
+    /// Answers the `ListTopics` the client sends next with an empty list.
+    async fn answer_list(peer: &mut Peer) {
+        match next(peer).await {
+            Frame::ListTopics(l) => {
+                let list = TopicList {
+                    req: l.req,
+                    topics: vec![],
+                    next: None,
+                };
+                peer.send(Frame::TopicList(list)).await.unwrap();
+            }
+            other => panic!("expected ListTopics, got {other:?}"),
+        }
     }
 
     /// The next frame the client sends.
@@ -469,5 +571,187 @@ mod tests {
         );
         drop(d4);
         assert_eq!(next(&mut peer).await, Frame::Credit(Credit { sub, n: 1 }));
+    }
+
+    /// After an idle close the client is not closed, and its next request opens a new
+    /// connection whose limits `limits()` reports from then on.
+    #[tokio::test]
+    async fn an_idle_close_is_healed_by_the_next_request_on_a_new_connection() {
+        let (client, mut first, listener) = connect_scripted_listening().await;
+        assert_eq!(client.limits().max_credit, 64);
+        close_as_idle(&mut first).await;
+        until_disconnected(&client).await;
+        assert!(!client.is_closed());
+        assert!(client.closed_reason().is_none());
+
+        let listing = tokio::spawn({
+            let client = client.clone();
+            async move { client.list_topics().await }
+        });
+        let limits = ServerLimits {
+            max_credit: 32,
+            ..test_limits()
+        };
+        let mut second = accept_hello(&listener, limits).await;
+        answer_list(&mut second).await;
+        assert!(listing.await.unwrap().unwrap().is_empty());
+        assert_eq!(
+            client.limits().max_credit,
+            32,
+            "the live connection's limits"
+        );
+        assert!(client.is_connected());
+        assert!(!client.is_closed());
+    }
+
+    /// Publishes, a request and a subscribe sent just as the broker closed the connection as
+    /// idle were never read by it: they are sent again on the new connection, in their order,
+    /// and answered there.
+    #[tokio::test]
+    async fn what_raced_an_idle_close_is_sent_again_in_order_on_the_new_connection() {
+        let (client, mut first, listener) = connect_scripted_listening().await;
+        let publisher = client.publisher();
+        let a = publisher.publish("orders", "a").await.unwrap();
+        assert!(matches!(next(&mut first).await, Frame::Publish(_)));
+        let listing = tokio::spawn({
+            let client = client.clone();
+            async move { client.list_topics().await }
+        });
+        assert!(matches!(next(&mut first).await, Frame::ListTopics(_)));
+        let subscribing = tokio::spawn({
+            let client = client.clone();
+            async move { client.subscribe("orders", "billing", 8).await }
+        });
+        assert!(matches!(next(&mut first).await, Frame::Subscribe(_)));
+        let b = publisher.publish("orders", "b").await.unwrap();
+        assert!(matches!(next(&mut first).await, Frame::Publish(_)));
+        // Read by the peer's socket, not by the "broker": it closes as idle.
+        close_as_idle(&mut first).await;
+
+        let mut second = accept_hello(&listener, test_limits()).await;
+        match next(&mut second).await {
+            Frame::Publish(p) => {
+                assert_eq!(p.payload.as_ref(), b"a");
+                let ok = Frame::PublishOk(PublishOk { id: p.id, seq: 1 });
+                second.send(ok).await.unwrap();
+            }
+            other => panic!("expected Publish a, got {other:?}"),
+        }
+        answer_list(&mut second).await;
+        match next(&mut second).await {
+            Frame::Subscribe(s) => {
+                assert_eq!(
+                    (s.topic.as_str(), s.group.as_str(), s.credit),
+                    ("orders", "billing", 8)
+                );
+                second
+                    .send(Frame::Subscribed(Subscribed { sub: s.sub }))
+                    .await
+                    .unwrap();
+            }
+            other => panic!("expected Subscribe, got {other:?}"),
+        }
+        match next(&mut second).await {
+            Frame::Publish(p) => {
+                assert_eq!(p.payload.as_ref(), b"b");
+                let ok = Frame::PublishOk(PublishOk { id: p.id, seq: 2 });
+                second.send(ok).await.unwrap();
+            }
+            other => panic!("expected Publish b, got {other:?}"),
+        }
+        assert_eq!((a.await, b.await), (Ok(1), Ok(2)));
+        listing.await.unwrap().unwrap();
+        let sub = subscribing.await.unwrap().unwrap();
+        assert_eq!(sub.topic(), "orders");
+        drop(first);
+    }
+
+    /// A reconnect the broker refuses fails the request that asked for it and the publish that
+    /// waited for it, with the refusal; the client is not closed, and the next request connects.
+    #[tokio::test]
+    async fn a_refused_reconnect_fails_its_waiters_and_the_next_operation_tries_again() {
+        let (client, mut first, listener) = connect_scripted_listening().await;
+        let publisher = client.publisher();
+        close_as_idle(&mut first).await;
+        until_disconnected(&client).await;
+
+        let pinging = tokio::spawn({
+            let client = client.clone();
+            async move { client.ping().await }
+        });
+        let mut refusing = accept(&listener).await;
+        assert!(matches!(next(&mut refusing).await, Frame::Hello(_)));
+        // Queued while the reconnect is under way: it waits for that attempt.
+        let confirm = publisher.publish("orders", "a").await.unwrap();
+        let refusal = Rejected {
+            id: 0,
+            reason: RejectReason::TooManyConnections,
+            limit: Limit::new("max_connections", 1),
+            retry_after_ms: None,
+        };
+        refusing.send(Frame::Rejected(refusal)).await.unwrap();
+        assert!(matches!(
+            pinging.await.unwrap(),
+            Err(ClientError::ConnectionRejected {
+                reason: RejectReason::TooManyConnections,
+                ..
+            })
+        ));
+        match confirm.await {
+            Err(PublishError::NotSent(e)) => {
+                assert!(matches!(*e, ClientError::ConnectionRejected { .. }), "{e}")
+            }
+            other => panic!("expected NotSent, got {other:?}"),
+        }
+        assert!(!client.is_closed());
+        assert!(!client.is_connected());
+        assert_eq!(publisher.in_flight(), 0);
+
+        let listing = tokio::spawn({
+            let client = client.clone();
+            async move { client.list_topics().await }
+        });
+        let mut third = accept_hello(&listener, test_limits()).await;
+        answer_list(&mut third).await;
+        listing.await.unwrap().unwrap();
+        drop((first, refusing));
+    }
+
+    /// Any end other than an idle close stays final: no reconnect, the error surfaces.
+    #[tokio::test]
+    async fn a_shutdown_close_is_not_healed() {
+        let (client, mut first, listener) = connect_scripted_listening().await;
+        let going_away = GoingAway {
+            reason: GoingAwayReason::ShuttingDown,
+            message: "bye".into(),
+        };
+        first.send(Frame::GoingAway(going_away)).await.unwrap();
+        first.get_mut().shutdown().await.unwrap();
+        until_disconnected(&client).await;
+        let shutting_down = |r: &Result<Vec<weir_protocol::TopicInfo>, ClientError>| {
+            matches!(
+                r,
+                Err(ClientError::GoingAway {
+                    reason: GoingAwayReason::ShuttingDown,
+                    ..
+                })
+            )
+        };
+        let r = client.list_topics().await;
+        assert!(shutting_down(&r), "{r:?}");
+        assert!(client.is_closed());
+        assert!(matches!(
+            client.closed_reason(),
+            Some(ClientError::GoingAway {
+                reason: GoingAwayReason::ShuttingDown,
+                ..
+            })
+        ));
+        let r = client.list_topics().await;
+        assert!(shutting_down(&r), "{r:?}");
+        assert!(
+            listener.accept().now_or_never().is_none(),
+            "no connection was attempted"
+        );
     }
 }

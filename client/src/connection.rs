@@ -5,14 +5,27 @@
 //! [`crate::Subscription`]) talk to it through one bounded command queue
 //! ([`crate::ClientOptions::command_queue`] commands); when the queue is full, senders wait.
 //!
+//! **Idle close.** A broker closes a connection that has no subscription and sends nothing for
+//! its `idle_timeout` with `GoingAway{Idle}`. The task then stays alive, socketless: the next
+//! command that needs the broker (anything but an unsubscribe) makes it connect again — to the
+//! addresses resolved at [`open`], with the same [`ClientOptions`] — and carry on, so every
+//! handle keeps working and exactly one reconnect happens however many handles are waiting
+//! (they wait in the bounded queue meanwhile). A broker sends `GoingAway{Idle}` only with nothing
+//! pending, after answering every frame it read, so whatever is unanswered when it arrives was
+//! never read: it is resent on the new connection, first and in its original order. A failed
+//! reconnect fails the command that asked for it and every command queued at that moment with
+//! its error; the next command tries again. Any other end (a broker shutting down, a slow
+//! consumer, an i/o or protocol error) is final, as [`ConnShared::error`] reports.
+//!
 //! Writes are batched: every frame is encoded straight into one write buffer, and the buffer is
 //! written with one `write` per wake-up of the task, however many frames it holds. While the
 //! buffer holds more than [`WRITE_HIGH_WATER`] bytes, the task takes no new commands, so the
 //! queue fills and pressure reaches the callers. Reading never waits on writing: a broker that
 //! has stopped reading (its unconfirmed-publish cap) still gets its confirms read.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -20,14 +33,14 @@ use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::net::{lookup_host, TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use weir_protocol::{
     CodecError, CreateTopic, DeleteGroup, DeleteTopic, DescribeTopic, ErrorCode, Frame, GoingAway,
-    GroupSpec, Headers, Hello, ListTopics, Publish, ServerLimits, Subscribe, TopicSpec,
-    Unsubscribe, WeirCodec, PROTOCOL_VERSION,
+    GoingAwayReason, GroupSpec, Headers, Hello, ListTopics, Publish, ServerLimits, Subscribe,
+    TopicSpec, Unsubscribe, WeirCodec, PROTOCOL_VERSION,
 };
 
 use crate::client::ClientOptions;
@@ -56,12 +69,16 @@ pub const ACK_DELAY: Duration = Duration::from_millis(5);
 /// count up from 1 on the same connection).
 const FIRST_SUB_ID: u64 = 1 << 62;
 
-/// State shared by the connection task and every handle of one connection.
+/// State shared by the connection task and every handle of one connection (across the
+/// reconnects that follow idle closes).
 #[derive(Debug)]
 pub(crate) struct ConnShared {
-    /// The limits the broker announced in `HelloOk`.
-    pub limits: ServerLimits,
-    /// Why the connection ended; set once, by the task, before it stops taking commands.
+    /// The limits the broker announced in the `HelloOk` of the live (or last) connection.
+    limits: Mutex<ServerLimits>,
+    /// A socket is open and past the handshake (false between an idle close and the reconnect).
+    connected: AtomicBool,
+    /// Why the connection ended for good; set once, by the task, before it stops taking
+    /// commands. Never set by an idle close.
     terminal: OnceLock<ClientError>,
     /// Asks the task to send pending acks (nacks, terms, progress) and credit now.
     pub flush_now: Notify,
@@ -72,6 +89,36 @@ pub(crate) struct ConnShared {
 }
 
 impl ConnShared {
+    /// The state of a connection just opened with `limits`.
+    fn new(limits: ServerLimits) -> ConnShared {
+        ConnShared {
+            limits: Mutex::new(limits),
+            connected: AtomicBool::new(true),
+            terminal: OnceLock::new(),
+            flush_now: Notify::new(),
+            flush_soon: Notify::new(),
+            next_sub: AtomicU64::new(FIRST_SUB_ID),
+        }
+    }
+
+    /// The limits of the live connection (of the last one, between an idle close and the
+    /// reconnect).
+    pub fn limits(&self) -> ServerLimits {
+        self.limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_limits(&self, limits: ServerLimits) {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
+    }
+
+    /// Whether a socket is open now (past its handshake).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
     /// The error that ended the connection, or [`ClientError::ConnectionLost`] while unknown.
     pub fn error(&self) -> ClientError {
         self.terminal
@@ -80,7 +127,8 @@ impl ConnShared {
             .unwrap_or(ClientError::ConnectionLost)
     }
 
-    /// Whether the connection has ended.
+    /// Whether the connection has ended for good (an idle close does not count: the next
+    /// command reconnects).
     pub fn is_closed(&self) -> bool {
         self.terminal.get().is_some()
     }
@@ -116,7 +164,7 @@ impl ConnHandle {
 }
 
 /// An admin request answered by one frame.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum AdminRequest {
     CreateTopic(TopicSpec),
     /// One page of topics, after the named one.
@@ -230,20 +278,69 @@ pub(crate) enum Command {
     },
 }
 
-/// Connects, performs the handshake and spawns the connection task.
+/// Resolves `addr`, connects, performs the handshake and spawns the connection task, which
+/// reconnects to the same resolved addresses after an idle close.
 pub(crate) async fn open(
     addr: impl ToSocketAddrs,
     opts: &ClientOptions,
 ) -> Result<ConnHandle, ClientError> {
-    let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
+    let addrs: Vec<SocketAddr> = tokio::time::timeout(opts.connect_timeout, lookup_host(addr))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        .map_err(|_| connect_timed_out())??
+        .collect();
+    let session = connect(&addrs, opts).await?;
+    let shared = Arc::new(ConnShared::new(session.limits.clone()));
+    let (tx, rx) = mpsc::channel(opts.command_queue.max(1));
+    let task = ConnTask {
+        io: Some(session.io),
+        wbuf: BytesMut::new(),
+        codec: session.codec,
+        cmd_rx: rx,
+        commands_open: true,
+        replay: VecDeque::new(),
+        addrs,
+        opts: opts.clone(),
+        shared: shared.clone(),
+        next_id: 1,
+        publishes: HashMap::new(),
+        requests: HashMap::new(),
+        subs: HashMap::new(),
+        pings: HashMap::new(),
+        flush_deadline: None,
+        going_away: None,
+    };
+    tokio::spawn(task.run());
+    Ok(ConnHandle { tx, shared })
+}
+
+fn connect_timed_out() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+}
+
+/// A socket's two halves.
+struct Io {
+    reader: FramedRead<OwnedReadHalf, WeirCodec>,
+    writer: OwnedWriteHalf,
+}
+
+/// One socket past its handshake.
+struct Session {
+    io: Io,
+    /// Encodes with the broker's `max_frame_bytes`.
+    codec: WeirCodec,
+    limits: ServerLimits,
+}
+
+/// Connects to the first of `addrs` that accepts and performs the `Hello` handshake.
+async fn connect(addrs: &[SocketAddr], opts: &ClientOptions) -> Result<Session, ClientError> {
+    let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addrs))
+        .await
+        .map_err(|_| connect_timed_out())??;
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
     let mut reader = FramedRead::new(read, WeirCodec::new(opts.max_frame_bytes));
-    let mut codec = WeirCodec::default();
     let mut wbuf = BytesMut::new();
-    codec.encode_frame(
+    WeirCodec::default().encode_frame(
         &Frame::Hello(Hello {
             version: PROTOCOL_VERSION,
             token: opts.token.clone(),
@@ -251,7 +348,6 @@ pub(crate) async fn open(
         &mut wbuf,
     )?;
     write.write_all(&wbuf).await?;
-    wbuf.clear();
 
     let answer = tokio::time::timeout(opts.handshake_timeout, reader.next())
         .await
@@ -305,36 +401,36 @@ pub(crate) async fn open(
 
     let read_max = opts.max_frame_bytes.max(limits.max_frame_bytes as usize);
     *reader.decoder_mut() = WeirCodec::new(read_max);
-    let shared = Arc::new(ConnShared {
-        limits: limits.clone(),
-        terminal: OnceLock::new(),
-        flush_now: Notify::new(),
-        flush_soon: Notify::new(),
-        next_sub: AtomicU64::new(FIRST_SUB_ID),
-    });
-    let (tx, rx) = mpsc::channel(opts.command_queue.max(1));
-    let task = ConnTask {
-        reader,
-        writer: write,
-        wbuf,
+    Ok(Session {
+        io: Io {
+            reader,
+            writer: write,
+        },
         codec: WeirCodec::new(limits.max_frame_bytes as usize),
-        cmd_rx: rx,
-        shared: shared.clone(),
-        next_id: 1,
-        publishes: HashMap::new(),
-        requests: HashMap::new(),
-        subs: HashMap::new(),
-        pings: HashMap::new(),
-        flush_deadline: None,
-        going_away: None,
-    };
-    tokio::spawn(task.run());
-    Ok(ConnHandle { tx, shared })
+        limits,
+    })
 }
 
+/// A publish sent and not yet answered.
 struct PendingPublish {
+    /// Kept until the answer, to be resent if an idle close comes first.
+    message: Message,
     reply: oneshot::Sender<Result<u64, PublishError>>,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
+}
+
+/// An admin request sent and not yet answered.
+struct PendingRequest {
+    /// Kept until the answer, to be resent if an idle close comes first.
+    request: AdminRequest,
+    reply: oneshot::Sender<Result<Frame, ClientError>>,
+}
+
+/// What a `Subscribe` said, kept until `Subscribed` to be resent if an idle close comes first.
+struct SubscribeArgs {
+    topic: String,
+    group: String,
+    group_spec: GroupSpec,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,6 +445,10 @@ enum SubState {
 
 struct SubEntry {
     shared: Arc<SubShared>,
+    /// Where its `Subscribe` came among the frames sent (an id of the publish/request counter).
+    order: u64,
+    /// `Some` while `Opening`.
+    args: Option<SubscribeArgs>,
     /// `None` once the subscription is closing or has failed.
     tx: Option<mpsc::Sender<SubItem>>,
     state: SubState,
@@ -378,16 +478,24 @@ impl SubEntry {
 }
 
 struct ConnTask {
-    reader: FramedRead<OwnedReadHalf, WeirCodec>,
-    writer: OwnedWriteHalf,
+    /// The live socket; `None` from an idle close until the reconnect.
+    io: Option<Io>,
     wbuf: BytesMut,
     codec: WeirCodec,
     cmd_rx: mpsc::Receiver<Command>,
+    /// Some handle may still send commands (`cmd_rx` has not returned `None`).
+    commands_open: bool,
+    /// Commands the broker never read before an idle close, to be sent again before any new
+    /// one; at most the window of each publisher plus the requests that were waiting.
+    replay: VecDeque<Command>,
+    /// Where to reconnect after an idle close: what the address given to [`open`] resolved to.
+    addrs: Vec<SocketAddr>,
+    opts: ClientOptions,
     shared: Arc<ConnShared>,
     /// The next publish / request / ping id (one counter for all three).
     next_id: u64,
     publishes: HashMap<u64, PendingPublish>,
-    requests: HashMap<u64, oneshot::Sender<Result<Frame, ClientError>>>,
+    requests: HashMap<u64, PendingRequest>,
     subs: HashMap<u64, SubEntry>,
     pings: HashMap<u64, (Instant, oneshot::Sender<Result<Duration, ClientError>>)>,
     flush_deadline: Option<Instant>,
@@ -398,17 +506,61 @@ fn protocol(msg: impl Into<String>) -> ClientError {
     ClientError::Protocol(msg.into())
 }
 
+/// Whether `e` is the end of a connection the broker closed as idle, which the task heals.
+fn is_idle_close(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::GoingAway {
+            reason: GoingAwayReason::Idle,
+            ..
+        }
+    )
+}
+
+/// Answers a command that will not be sent: its caller gets `err`, a publish's confirm gets
+/// `publish_err`, and an unsubscribe succeeds (nothing is subscribed).
+fn refuse(cmd: Command, err: &ClientError, publish_err: PublishError) {
+    match cmd {
+        Command::Publish { reply, .. } => {
+            let _ = reply.send(Err(publish_err));
+        }
+        Command::Request { reply, .. } => {
+            let _ = reply.send(Err(err.clone()));
+        }
+        Command::Subscribe { reply, .. } => {
+            let _ = reply.send(Err(err.clone()));
+        }
+        Command::Unsubscribe { reply, .. } => {
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(()));
+            }
+        }
+        Command::Ping { reply } => {
+            let _ = reply.send(Err(err.clone()));
+        }
+    }
+}
+
 impl ConnTask {
     async fn run(mut self) {
-        let result = self.run_loop().await;
-        let err = match result {
-            Ok(()) => ClientError::ConnectionLost,
-            Err(e) => e,
+        let err = loop {
+            let end = match self.run_loop().await {
+                Ok(()) => break ClientError::ConnectionLost,
+                Err(e) => e,
+            };
+            if !is_idle_close(&end) {
+                break end;
+            }
+            tracing::debug!("weir connection closed idle by the broker; reconnecting when needed");
+            if !self.heal(&end).await {
+                break end;
+            }
         };
         match &err {
             ClientError::ConnectionLost => tracing::debug!("weir connection closed"),
             e => tracing::debug!(error = %e, "weir connection ended"),
         }
+        self.shared.connected.store(false, Ordering::Release);
         let _ = self.shared.terminal.set(err.clone());
         self.cmd_rx.close();
         self.fail_all(&err);
@@ -417,12 +569,144 @@ impl ConnTask {
         while self.cmd_rx.try_recv().is_ok() {}
     }
 
+    /// After an idle close: takes back what the broker never read, then connects again as soon
+    /// as something needs the broker — at once when something was left unanswered, otherwise
+    /// for the next command that needs it (an unsubscribe does not: nothing is subscribed, so it
+    /// is answered here). Handles wait in the bounded command queue meanwhile.
+    ///
+    /// A failed attempt fails what it was for and every command queued by then with its error
+    /// (the callers waited for this attempt; a publish's confirm gets
+    /// [`PublishError::NotSent`]), and the next command tries again.
+    ///
+    /// Returns `true` once connected again, `false` when every handle is gone with nothing
+    /// left to send.
+    async fn heal(&mut self, idle: &ClientError) -> bool {
+        self.shared.connected.store(false, Ordering::Release);
+        self.io = None;
+        self.flush_deadline = None;
+        self.take_unanswered(idle);
+        loop {
+            if self.replay.is_empty() {
+                let cmd = match self.commands_open {
+                    true => self.cmd_rx.recv().await,
+                    false => None,
+                };
+                match cmd {
+                    None => {
+                        self.commands_open = false;
+                        return false;
+                    }
+                    Some(Command::Unsubscribe { reply, .. }) => {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Ok(()));
+                        }
+                        continue;
+                    }
+                    Some(cmd) => self.replay.push_back(cmd),
+                }
+            }
+            match connect(&self.addrs, &self.opts).await {
+                Ok(session) => {
+                    tracing::debug!("weir connection reopened after an idle close");
+                    self.io = Some(session.io);
+                    self.codec = session.codec;
+                    self.wbuf.clear();
+                    self.going_away = None;
+                    self.shared.set_limits(session.limits);
+                    self.shared.connected.store(true, Ordering::Release);
+                    return true;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "weir reconnect failed");
+                    let not_sent = PublishError::NotSent(Arc::new(e.clone()));
+                    for cmd in self.replay.drain(..) {
+                        refuse(cmd, &e, not_sent.clone());
+                    }
+                    // Only those queued now: a caller that keeps sending cannot hold the task here.
+                    for _ in 0..self.cmd_rx.len() {
+                        match self.cmd_rx.try_recv() {
+                            Ok(cmd) => refuse(cmd, &e, not_sent.clone()),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves everything sent and unanswered at an idle close to the front of [`ConnTask::replay`],
+    /// in the order it was sent. The broker closes a connection as idle only with nothing
+    /// pending, after answering every frame it read (and its answers came before its
+    /// `GoingAway`), so none of it was read: resending cannot duplicate anything.
+    ///
+    /// A subscription unsubscribed before its `Subscribe` was read never existed at the broker:
+    /// its close succeeds. An open subscription cannot be there (the broker would not have been
+    /// idle); should one be, it ends with the idle close's error.
+    fn take_unanswered(&mut self, idle: &ClientError) {
+        let mut unanswered: Vec<(u64, Command)> = Vec::new();
+        for (id, p) in self.publishes.drain() {
+            let cmd = Command::Publish {
+                message: p.message,
+                reply: p.reply,
+                permit: p.permit,
+            };
+            unanswered.push((id, cmd));
+        }
+        for (id, r) in self.requests.drain() {
+            let cmd = Command::Request {
+                request: r.request,
+                reply: r.reply,
+            };
+            unanswered.push((id, cmd));
+        }
+        for (id, (_, reply)) in self.pings.drain() {
+            unanswered.push((id, Command::Ping { reply }));
+        }
+        for (_, mut entry) in self.subs.drain() {
+            match entry.state {
+                SubState::Opening => {
+                    let (Some(args), Some(tx), Some(reply)) =
+                        (entry.args.take(), entry.tx.take(), entry.open_reply.take())
+                    else {
+                        continue;
+                    };
+                    let cmd = Command::Subscribe {
+                        shared: entry.shared,
+                        topic: args.topic,
+                        group: args.group,
+                        credit: entry.broker_credit,
+                        group_spec: args.group_spec,
+                        tx,
+                        reply,
+                    };
+                    unanswered.push((entry.order, cmd));
+                }
+                SubState::Closing => {
+                    if let Some(reply) = entry.close_reply.take() {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                SubState::Open => {
+                    tracing::warn!(
+                        sub = entry.shared.id,
+                        "weir broker closed a connection with an open subscription as idle"
+                    );
+                    entry.end_with(idle.clone());
+                }
+            }
+        }
+        unanswered.sort_unstable_by_key(|(order, _)| *order);
+        for (_, cmd) in unanswered.into_iter().rev() {
+            self.replay.push_front(cmd);
+        }
+    }
+
     fn fail_all(&mut self, err: &ClientError) {
         for (_, p) in self.publishes.drain() {
             let _ = p.reply.send(Err(PublishError::ConnectionLost));
         }
         for (_, r) in self.requests.drain() {
-            let _ = r.send(Err(err.clone()));
+            let _ = r.reply.send(Err(err.clone()));
         }
         for (_, mut s) in self.subs.drain() {
             s.end_with(err.clone());
@@ -430,42 +714,69 @@ impl ConnTask {
         for (_, (_, r)) in self.pings.drain() {
             let _ = r.send(Err(err.clone()));
         }
+        // Taken back after an idle close and not sent again: the broker never read them.
+        let not_sent = PublishError::NotSent(Arc::new(err.clone()));
+        for cmd in self.replay.drain(..) {
+            refuse(cmd, err, not_sent.clone());
+        }
     }
 
     /// Nothing is waiting on the broker.
     fn idle(&self) -> bool {
-        self.publishes.is_empty() && self.requests.is_empty() && self.pings.is_empty()
+        self.publishes.is_empty()
+            && self.requests.is_empty()
+            && self.pings.is_empty()
+            && self.replay.is_empty()
+    }
+
+    /// The broker said it closes this connection as idle: take no new command (the close is
+    /// healed once the socket ends).
+    fn closing_idle(&self) -> bool {
+        matches!(&self.going_away, Some(g) if g.reason == GoingAwayReason::Idle)
     }
 
     async fn run_loop(&mut self) -> Result<(), ClientError> {
-        let mut commands_open = true;
         loop {
-            if !commands_open && self.idle() {
+            // What an idle close left unanswered goes first, before any new command.
+            while !self.closing_idle() && self.wbuf.len() < WRITE_HIGH_WATER {
+                let Some(cmd) = self.replay.pop_front() else {
+                    break;
+                };
+                self.on_command(cmd)?;
+            }
+            let finished = !self.commands_open && self.idle();
+            let accept = self.commands_open
+                && self.replay.is_empty()
+                && !self.closing_idle()
+                && self.wbuf.len() < WRITE_HIGH_WATER;
+            let Some(io) = self.io.as_mut() else {
+                return Err(ClientError::ConnectionLost);
+            };
+            if finished {
                 // Every handle is gone and nothing waits for an answer: send what is left
                 // (unsubscribes, final acks) and close, without waiting forever on a broker that
                 // does not read.
                 let goodbye = async {
-                    self.writer.write_all(&self.wbuf).await?;
-                    self.writer.shutdown().await
+                    io.writer.write_all(&self.wbuf).await?;
+                    io.writer.shutdown().await
                 };
                 let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
                 return Ok(());
             }
-            let accept = commands_open && self.wbuf.len() < WRITE_HIGH_WATER;
             let deadline = self.flush_deadline;
             tokio::select! {
                 biased;
-                written = self.writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
+                written = io.writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
                     match written {
                         Ok(0) => return Err(self.explain(std::io::ErrorKind::WriteZero.into())),
                         Ok(_) => {}
                         Err(e) => return Err(self.explain(e)),
                     }
                 }
-                frame = self.reader.next() => {
+                frame = io.reader.next() => {
                     self.on_read(frame)?;
                     for _ in 0..FRAMES_PER_WAKE {
-                        match self.reader.next().now_or_never() {
+                        match self.next_buffered() {
                             Some(frame) => self.on_read(frame)?,
                             None => break,
                         }
@@ -475,7 +786,7 @@ impl ConnTask {
                     Some(cmd) => {
                         self.on_command(cmd)?;
                         for _ in 0..COMMANDS_PER_WAKE {
-                            if self.wbuf.len() >= WRITE_HIGH_WATER {
+                            if self.wbuf.len() >= WRITE_HIGH_WATER || self.closing_idle() {
                                 break;
                             }
                             match self.cmd_rx.try_recv() {
@@ -484,7 +795,7 @@ impl ConnTask {
                             }
                         }
                     }
-                    None => commands_open = false,
+                    None => self.commands_open = false,
                 },
                 _ = self.shared.flush_now.notified() => self.flush_acks()?,
                 _ = self.shared.flush_soon.notified(), if deadline.is_none() => {
@@ -501,7 +812,7 @@ impl ConnTask {
     /// connection (`Error`, `GoingAway`) just before, so frames already received are read first.
     fn explain(&mut self, e: std::io::Error) -> ClientError {
         for _ in 0..FRAMES_PER_WAKE {
-            match self.reader.next().now_or_never() {
+            match self.next_buffered() {
                 Some(Some(Ok(frame))) => {
                     if let Err(why) = self.on_frame(frame) {
                         return why;
@@ -516,9 +827,19 @@ impl ConnTask {
         }
     }
 
+    /// The next frame if it is already buffered (or the end of the socket, if it has ended).
+    fn next_buffered(&mut self) -> Option<Option<Result<Frame, CodecError>>> {
+        self.io.as_mut()?.reader.next().now_or_never()
+    }
+
     fn on_read(&mut self, frame: Option<Result<Frame, CodecError>>) -> Result<(), ClientError> {
         match frame {
             Some(Ok(frame)) => self.on_frame(frame),
+            // The broker said why it closes; a reset after that is the same end.
+            Some(Err(CodecError::Io(e))) => Err(match self.going_away.take() {
+                Some(g) => going_away(g),
+                None => e.into(),
+            }),
             Some(Err(e)) => Err(e.into()),
             None => Err(match self.going_away.take() {
                 Some(g) => going_away(g),
@@ -544,26 +865,7 @@ impl ConnTask {
 
     fn on_command(&mut self, cmd: Command) -> Result<(), ClientError> {
         if let Some(g) = &self.going_away {
-            let err = going_away(g.clone());
-            match cmd {
-                Command::Publish { reply, .. } => {
-                    let _ = reply.send(Err(PublishError::ConnectionLost));
-                }
-                Command::Request { reply, .. } => {
-                    let _ = reply.send(Err(err));
-                }
-                Command::Subscribe { reply, .. } => {
-                    let _ = reply.send(Err(err));
-                }
-                Command::Unsubscribe { reply, .. } => {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Ok(()));
-                    }
-                }
-                Command::Ping { reply } => {
-                    let _ = reply.send(Err(err));
-                }
-            }
+            refuse(cmd, &going_away(g.clone()), PublishError::ConnectionLost);
             return Ok(());
         }
         match cmd {
@@ -575,19 +877,18 @@ impl ConnTask {
                 let id = self.next_id();
                 let frame = Frame::Publish(Publish {
                     id,
-                    topic: message.topic,
-                    headers: message.headers,
-                    payload: message.payload,
+                    topic: message.topic.clone(),
+                    headers: message.headers.clone(),
+                    payload: message.payload.clone(),
                 });
                 match self.codec.encode_frame(&frame, &mut self.wbuf) {
                     Ok(()) => {
-                        self.publishes.insert(
-                            id,
-                            PendingPublish {
-                                reply,
-                                _permit: permit,
-                            },
-                        );
+                        let pending = PendingPublish {
+                            message,
+                            reply,
+                            permit,
+                        };
+                        self.publishes.insert(id, pending);
                     }
                     Err(CodecError::FrameTooLarge { len, max }) => {
                         let _ = reply.send(Err(PublishError::TooLarge { len, max }));
@@ -597,8 +898,8 @@ impl ConnTask {
             }
             Command::Request { request, reply } => {
                 let req = self.next_id();
-                self.send_frame(&request.into_frame(req))?;
-                self.requests.insert(req, reply);
+                self.send_frame(&request.clone().into_frame(req))?;
+                self.requests.insert(req, PendingRequest { request, reply });
             }
             Command::Subscribe {
                 shared,
@@ -610,17 +911,25 @@ impl ConnTask {
                 reply,
             } => {
                 let sub = shared.id;
+                let order = self.next_id();
                 self.send_frame(&Frame::Subscribe(Subscribe {
                     sub,
+                    topic: topic.clone(),
+                    group: group.clone(),
+                    credit,
+                    group_spec: group_spec.clone(),
+                }))?;
+                let args = SubscribeArgs {
                     topic,
                     group,
-                    credit,
                     group_spec,
-                }))?;
+                };
                 self.subs.insert(
                     sub,
                     SubEntry {
                         shared,
+                        order,
+                        args: Some(args),
                         tx: Some(tx),
                         state: SubState::Opening,
                         broker_credit: credit,
@@ -721,8 +1030,8 @@ impl ConnTask {
                         limit: r.limit,
                         retry_after_ms: r.retry_after_ms,
                     }));
-                } else if let Some(reply) = self.requests.remove(&r.id) {
-                    let _ = reply.send(Err(ClientError::Rejected {
+                } else if let Some(pending) = self.requests.remove(&r.id) {
+                    let _ = pending.reply.send(Err(ClientError::Rejected {
                         reason: r.reason,
                         limit: r.limit,
                         retry_after_ms: r.retry_after_ms,
@@ -762,6 +1071,7 @@ impl ConnTask {
                 match entry.state {
                     SubState::Opening => {
                         entry.state = SubState::Open;
+                        entry.args = None;
                         if let Some(reply) = entry.open_reply.take() {
                             let _ = reply.send(Ok(()));
                         }
@@ -887,11 +1197,11 @@ impl ConnTask {
 
     /// Routes an admin answer to its request.
     fn answer(&mut self, req: u64, frame: Frame) -> Result<(), ClientError> {
-        let reply = self
+        let pending = self
             .requests
             .remove(&req)
             .ok_or_else(|| protocol(format!("{} for unknown request id {req}", frame.name())))?;
-        let _ = reply.send(Ok(frame));
+        let _ = pending.reply.send(Ok(frame));
         Ok(())
     }
 
@@ -908,8 +1218,8 @@ impl ConnTask {
                 code: e.code,
                 message: e.message,
             }));
-        } else if let Some(reply) = self.requests.remove(&e.req) {
-            let _ = reply.send(Err(err));
+        } else if let Some(pending) = self.requests.remove(&e.req) {
+            let _ = pending.reply.send(Err(err));
         } else if let Some(entry) = self.subs.get_mut(&e.req) {
             match entry.state {
                 // A refused subscribe, or a closing subscription the broker no longer knows:
@@ -995,13 +1305,7 @@ pub(crate) fn test_handle(
     limits: ServerLimits,
     queue: usize,
 ) -> (ConnHandle, mpsc::Receiver<Command>) {
-    let shared = Arc::new(ConnShared {
-        limits,
-        terminal: OnceLock::new(),
-        flush_now: Notify::new(),
-        flush_soon: Notify::new(),
-        next_sub: AtomicU64::new(FIRST_SUB_ID),
-    });
+    let shared = Arc::new(ConnShared::new(limits));
     let (tx, rx) = mpsc::channel(queue);
     (ConnHandle { tx, shared }, rx)
 }

@@ -128,7 +128,7 @@ impl From<CodecError> for ClientError {
 }
 
 /// The outcome of a publish that was handed to the connection and did not become durable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// The broker refused the publish at one of its bounds (`Rejected`): a full topic, an
     /// oversized message, a broker shutting down, ... The message was not stored.
@@ -163,7 +163,49 @@ pub enum PublishError {
     /// stored (at-least-once: publishing again may store a duplicate).
     #[error("connection lost before the publish was confirmed")]
     ConnectionLost,
+    /// The publish was never read by the broker: it was waiting for a new connection after the
+    /// broker closed the previous one as idle ([`crate::GoingAwayReason::Idle`]), and opening
+    /// it failed (or the client's connection ended for good first) with this error, e.g.
+    /// [`ClientError::Io`] when the broker is gone. The message was not stored: publishing it
+    /// again is safe (and makes the client try to connect again).
+    #[error("publish not sent: {0}")]
+    NotSent(Arc<ClientError>),
 }
+
+/// Equal when of the same kind with equal fields; two [`PublishError::NotSent`] are equal when
+/// their errors are the same one or read the same (a [`ClientError`] has no equality of its own).
+impl PartialEq for PublishError {
+    fn eq(&self, other: &Self) -> bool {
+        use PublishError::*;
+        match (self, other) {
+            (
+                Rejected {
+                    reason,
+                    limit,
+                    retry_after_ms,
+                },
+                Rejected {
+                    reason: r,
+                    limit: l,
+                    retry_after_ms: a,
+                },
+            ) => (reason, limit, retry_after_ms) == (r, l, a),
+            (
+                Broker { code, message },
+                Broker {
+                    code: c,
+                    message: m,
+                },
+            ) => (code, message) == (c, m),
+            (TooLarge { len, max }, TooLarge { len: l, max: m }) => (len, max) == (l, m),
+            (ConnectionLost, ConnectionLost) => true,
+            (NotSent(a), NotSent(b)) => Arc::ptr_eq(a, b) || a.to_string() == b.to_string(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for PublishError {}
 
 impl PublishError {
     /// The broker's retry-after hint, for a [`PublishError::Rejected`] that has one.
@@ -211,6 +253,22 @@ mod tests {
             "publish rejected: MessageTooLarge (max_message_bytes=5)"
         );
         assert_eq!(e.retry_after(), None);
+    }
+
+    #[test]
+    fn not_sent_says_why_and_compares_by_its_error() {
+        let refused = || ClientError::from(io::Error::from(io::ErrorKind::ConnectionRefused));
+        let a = PublishError::NotSent(Arc::new(refused()));
+        assert_eq!(a, PublishError::NotSent(Arc::new(refused())));
+        assert_ne!(
+            a,
+            PublishError::NotSent(Arc::new(ClientError::ConnectionLost))
+        );
+        assert_ne!(a, PublishError::ConnectionLost);
+        assert!(
+            a.to_string().starts_with("publish not sent: i/o error"),
+            "{a}"
+        );
     }
 
     #[test]

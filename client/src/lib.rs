@@ -6,7 +6,8 @@
 //! | bound | default | at the bound |
 //! |---|---|---|
 //! | publish window ([`Publisher`]) | `min(1024, max_unconfirmed)` | [`Publisher::publish`] waits; [`Publisher::try_publish`] fails with [`ClientError::WindowFull`] |
-//! | command queue to the connection task ([`ClientOptions::command_queue`]) | 1 024 | senders wait (`try_publish` fails with `WindowFull`) |
+//! | command queue to the connection task ([`ClientOptions::command_queue`]) | 1 024 | senders wait (`try_publish` fails with `WindowFull`); also where they wait while the client reconnects after an idle close (a failed reconnect fails those queued) |
+//! | messages kept for resending | the publish windows: each unanswered publish keeps its message (the payload is shared, not copied) | kept until the broker answers; resent once if the broker closed the connection as idle first (see [`Client`]) |
 //! | connection write buffer | 256 KiB + one frame | the task stops taking commands until the socket drains |
 //! | subscription window ([`Subscription::window`]) | chosen per subscribe, ≤ `max_credit` | the broker stops delivering until the app acks (or nacks, terms, drops) |
 //! | acks, nacks, terms and progress waiting to be sent | the window (each ends a distinct delivery; progress is kept once per delivery) | sent at once when `max(1, window/4)` deliveries are finished, otherwise within 5 ms; one frame per kind, 16 384 seqs at most per frame |
@@ -48,7 +49,8 @@
 //!   the broker's retry-after, a retry budget, a circuit breaker (off by default).
 //! - [`error`]: [`ClientError`] and [`PublishError`].
 //! - `connection` (private): the handshake and the one task per connection that owns the
-//!   socket, batches writes and routes answers by id.
+//!   socket, batches writes and routes answers by id, and opens a new socket when the next
+//!   command comes after the broker closed the connection as idle.
 //! - `pacing` (private): the ack/nack/term/progress and credit batching rules of a
 //!   subscription, as a pure struct, and the frames a batch becomes.
 //!
@@ -69,7 +71,7 @@ pub use publisher::{PublishConfirm, Publisher};
 pub use retry::{BreakerPolicy, BreakerState, RetryPolicy};
 pub use subscription::{Delivery, Subscription};
 pub use weir_protocol::{
-    DroppedMessage, ErrorCode, FsyncPolicy, GroupConfig, GroupInfo, GroupSpec, Headers, Limit,
-    OverflowPolicy, RejectReason, ServerLimits, StartPosition, TopicConfig, TopicDescription,
-    TopicInfo, TopicSpec,
+    DroppedMessage, ErrorCode, FsyncPolicy, GoingAwayReason, GroupConfig, GroupInfo, GroupSpec,
+    Headers, Limit, OverflowPolicy, RejectReason, ServerLimits, StartPosition, TopicConfig,
+    TopicDescription, TopicInfo, TopicSpec,
 };

@@ -62,6 +62,14 @@ fn collect_headers<K: Into<String>, V: Into<String>>(
 ///
 /// Clones share one window (and, with retry on, one retry budget and circuit breaker). Create
 /// independent windows with [`crate::Client::publisher`].
+///
+/// **Idle close.** A publisher shares its client's connection, so after the broker closes it as
+/// idle the next publish reconnects, as every other operation does (see [`crate::Client`]). A
+/// publish the broker had not answered when it closed was never read by it; it is resent on
+/// the new connection, keeping its window slot, and its confirm resolves there. To allow this
+/// every publish keeps its message until answered. If the new connection cannot be opened, the
+/// confirms of the publishes that waited for it resolve to [`PublishError::NotSent`] (nothing
+/// was stored), and the next publish tries again.
 #[derive(Debug, Clone)]
 pub struct Publisher {
     conn: ConnHandle,
@@ -145,8 +153,9 @@ impl Publisher {
     ///
     /// Waits while the window (or the connection's command queue) is full. Cancel-safe: if the
     /// returned future is dropped before it completes, nothing was sent. Fails with the
-    /// connection's terminal error once the connection has ended, and with
-    /// [`ClientError::CircuitOpen`] while the breaker of [`Publisher::with_retry`] is open.
+    /// connection's terminal error once the connection has ended (an idle close is no such end:
+    /// the publish is queued and reconnects), and with [`ClientError::CircuitOpen`] while the
+    /// breaker of [`Publisher::with_retry`] is open.
     pub async fn publish(
         &self,
         topic: &str,

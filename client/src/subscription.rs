@@ -77,7 +77,7 @@ impl Subscription {
                 "a subscription window must be at least 1".into(),
             ));
         }
-        let window = window.min(conn.shared.limits.max_credit.max(1));
+        let window = window.min(conn.shared.limits().max_credit.max(1));
         let shared = Arc::new(SubShared {
             id: conn.shared.next_sub_id(),
             pacer: Mutex::new(AckPacer::new(window)),

@@ -287,6 +287,10 @@ pub enum GoingAwayReason {
     ShuttingDown,
     /// The connection had no subscription and sent no frame for the broker's `idle_timeout`.
     /// Nothing was lost; a client reconnects when it next needs the connection.
+    ///
+    /// The broker sends it only with nothing pending (no publish awaiting its commit), after
+    /// answering every frame it read, and reads nothing more: a request the client has had no
+    /// answer to when this arrives was never read, and may be sent again on a new connection.
     Idle,
     /// The connection's socket accepted no bytes for `slow_consumer_timeout` while frames
     /// waited for it; its unacked deliveries returned to their groups.

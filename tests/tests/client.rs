@@ -1,13 +1,14 @@
 //! The client library end to end: publish window, confirms, ack-paced subscriptions, typed
-//! refusals, and the README's quickstart example.
+//! refusals, the README's quickstart example, and reconnecting after an idle close.
 
 use std::time::Duration;
 
 use futures::StreamExt;
 use weir_client::{
-    Client, ClientError, Delivery, PublishError, RejectReason, Subscription, TopicSpec,
+    Client, ClientError, Delivery, GoingAwayReason, PublishError, RejectReason, Subscription,
+    TopicSpec,
 };
-use weir_tests::TestBroker;
+use weir_tests::{eventually, TestBroker};
 
 /// The next delivery; fails the test if none arrives in 20 s or the stream ends or errs.
 async fn next(sub: &mut Subscription) -> Delivery {
@@ -223,4 +224,147 @@ async fn a_subscriber_of_a_drop_oldest_topic_is_told_what_it_missed_and_carries_
     first.ack();
     let d = next(&mut sub).await;
     assert_eq!((d.seq(), d.payload().as_ref()), (16, &b"t16"[..]));
+}
+
+/// A broker that closes connections idle for 200 ms.
+async fn idle_closing_broker() -> TestBroker {
+    TestBroker::start_with(|c| c.limits.idle_timeout_ms = 200).await
+}
+
+/// Every idle close was followed by exactly one new connection, on top of the first one.
+/// Asserted while a subscription pins the live connection, so no idle close can be pending.
+fn one_reconnect_per_idle_close(broker: &TestBroker) {
+    let metrics = broker.broker.metrics();
+    let idle_closed = metrics.idle_closed.get();
+    assert!(idle_closed >= 1, "the broker closed the client as idle");
+    assert_eq!(
+        broker.broker.connections_served(),
+        1 + idle_closed,
+        "one connection, then one per idle close"
+    );
+}
+
+#[tokio::test]
+async fn after_an_idle_close_the_next_operations_reconnect_without_an_error() {
+    let broker = idle_closing_broker().await;
+    let client = Client::connect(broker.addr).await.unwrap();
+    let publisher = client.publisher();
+    let metrics = broker.broker.metrics().clone();
+    eventually("the broker closes the idle connection", || {
+        metrics.idle_closed.get() == 1
+    })
+    .await;
+    assert!(
+        !client.is_closed(),
+        "an idle close does not close the client"
+    );
+    assert!(client.closed_reason().is_none());
+
+    // A publisher made before the close, then an admin request, then a subscribe.
+    assert_eq!(
+        publisher.publish_and_wait("orders", "one").await.unwrap(),
+        1
+    );
+    let topics = client.list_topics().await.unwrap();
+    assert_eq!(topics.len(), 1);
+    assert_eq!(topics[0].config.name, "orders");
+    let mut sub = client.subscribe("orders", "billing", 10).await.unwrap();
+    let delivery = next(&mut sub).await;
+    assert_eq!((delivery.seq(), &delivery.payload()[..]), (1, &b"one"[..]));
+    delivery.ack();
+    assert!(client.is_connected());
+    one_reconnect_per_idle_close(&broker);
+}
+
+#[tokio::test]
+async fn several_tasks_needing_the_connection_after_an_idle_close_share_one_reconnect() {
+    let broker = idle_closing_broker().await;
+    let client = Client::connect(broker.addr).await.unwrap();
+    let publishers = [client.publisher(), client.publisher()];
+    let metrics = broker.broker.metrics().clone();
+    eventually("the broker closes the idle connection", || {
+        metrics.idle_closed.get() == 1
+    })
+    .await;
+    eventually("the client sees the close", || !client.is_connected()).await;
+
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(10));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        // Clones of the publishers made before the close, and one made after.
+        let publisher = match i % 3 {
+            0 => client.publisher(),
+            n => publishers[n - 1].clone(),
+        };
+        let start = start.clone();
+        tasks.spawn(async move {
+            start.wait().await;
+            publisher
+                .publish_and_wait("orders", format!("m{i}"))
+                .await
+                .map(|_| ())
+        });
+    }
+    for _ in 0..2 {
+        let (client, start) = (client.clone(), start.clone());
+        tasks.spawn(async move {
+            start.wait().await;
+            client.list_topics().await.map(|_| ())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    let _pin = client.subscribe("orders", "billing", 1).await.unwrap();
+    one_reconnect_per_idle_close(&broker);
+    assert_eq!(client.list_topics().await.unwrap()[0].depth, 8);
+}
+
+#[tokio::test]
+async fn a_broker_shutting_down_is_not_reconnected_to() {
+    let mut broker = TestBroker::start().await;
+    let client = Client::connect(broker.addr).await.unwrap();
+    let publisher = client.publisher();
+    broker.stop().await;
+    let shutting_down = |e: &ClientError| {
+        matches!(
+            e,
+            ClientError::GoingAway {
+                reason: GoingAwayReason::ShuttingDown,
+                ..
+            }
+        )
+    };
+    let err = client.list_topics().await.unwrap_err();
+    assert!(shutting_down(&err), "{err}");
+    assert!(client.is_closed());
+    assert!(client.closed_reason().as_ref().is_some_and(shutting_down));
+    let err = publisher.publish("orders", "x").await.unwrap_err();
+    assert!(shutting_down(&err), "{err}");
+    assert_eq!(broker.broker.connections_served(), 1);
+}
+
+#[tokio::test]
+async fn a_reconnect_to_a_broker_gone_after_an_idle_close_fails_with_its_error() {
+    let mut broker = idle_closing_broker().await;
+    let client = Client::connect(broker.addr).await.unwrap();
+    let metrics = broker.broker.metrics().clone();
+    eventually("the broker closes the idle connection", || {
+        metrics.idle_closed.get() == 1
+    })
+    .await;
+    broker.stop().await;
+
+    let refused = |e: &ClientError| matches!(e, ClientError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused);
+    let err = client.list_topics().await.unwrap_err();
+    assert!(refused(&err), "{err}");
+    assert!(!client.is_closed(), "the next operation tries again");
+    // A publish waits for its own attempt, and its confirm says it was never sent.
+    let confirm = client.publisher().publish("orders", "x").await.unwrap();
+    match confirm.await {
+        Err(PublishError::NotSent(e)) => assert!(refused(&e), "{e}"),
+        other => panic!("expected NotSent, got {other:?}"),
+    }
+    let err = client.ping().await.unwrap_err();
+    assert!(refused(&err), "{err}");
 }

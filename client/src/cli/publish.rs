@@ -216,6 +216,10 @@ async fn collect(mut rx: mpsc::Receiver<(u64, PublishConfirm)>, print_seqs: bool
                         out.failed += 1;
                         "ConnectionLost".to_owned()
                     }
+                    PublishError::NotSent(_) => {
+                        out.failed += 1;
+                        "NotSent".to_owned()
+                    }
                 };
                 *out.by_reason.entry(key).or_default() += 1;
                 let shown = out.refused + out.failed;

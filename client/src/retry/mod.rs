@@ -13,6 +13,7 @@
 //! | confirmed | — | success |
 //! | `Rejected{TopicFull \| RateLimited \| Overloaded}` **with** `retry_after_ms` | yes | failure |
 //! | `ConnectionLost` (the connection ended before an answer) | no (it may have been stored) | failure |
+//! | `NotSent` (no connection could be opened for it after an idle close) | no (the next publish tries to connect again) | failure |
 //! | `Rejected{ShuttingDown \| MessageTooLarge \| TooManyTopics \| ...}`, a refusal without a hint, a broker `Error` | no | success (the broker answered) |
 //! | `TooLarge` (refused locally, never sent) | no | nothing |
 //!
@@ -154,7 +155,7 @@ impl Verdict {
         match outcome {
             Ok(_) => Verdict::Success,
             Err(PublishError::TooLarge { .. }) => Verdict::Unknown,
-            Err(PublishError::ConnectionLost) => Verdict::Failure,
+            Err(PublishError::ConnectionLost | PublishError::NotSent(_)) => Verdict::Failure,
             Err(e) if retryable(e) => Verdict::Failure,
             Err(_) => Verdict::Success,
         }
@@ -186,6 +187,9 @@ mod tests {
         assert!(!retryable(&refused(RejectReason::ShuttingDown, Some(5))));
         assert!(!retryable(&PublishError::ConnectionLost));
         assert!(!retryable(&PublishError::TooLarge { len: 9, max: 8 }));
+        let not_sent =
+            PublishError::NotSent(std::sync::Arc::new(crate::ClientError::ConnectionLost));
+        assert!(!retryable(&not_sent));
     }
 
     #[test]
@@ -199,6 +203,9 @@ mod tests {
             Verdict::of(&Err(PublishError::ConnectionLost)),
             Verdict::Failure
         );
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let not_sent = PublishError::NotSent(std::sync::Arc::new(io.into()));
+        assert_eq!(Verdict::of(&Err(not_sent)), Verdict::Failure);
         assert_eq!(
             Verdict::of(&Err(refused(RejectReason::MessageTooLarge, None))),
             Verdict::Success
