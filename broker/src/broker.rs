@@ -174,6 +174,14 @@ impl Broker {
         &self.shared.auth_failures
     }
 
+    /// Records a failed authentication from `ip` (a `Hello` or an admin request): counted in
+    /// `weir_auth_failures_total`, noted against the address's `max_auth_failures_per_s`, and
+    /// logged at most once a second.
+    pub fn auth_failed(&self, ip: std::net::IpAddr, why: &crate::keys::AuthError) {
+        self.metrics().auth_failures.add(1);
+        self.shared.auth_failures.failed(ip, why);
+    }
+
     /// The disk budget (`storage.max_bytes`, `storage.min_free_bytes`).
     pub fn disk(&self) -> &DiskBudget {
         &self.shared.env.disk

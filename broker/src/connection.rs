@@ -374,8 +374,7 @@ impl Connection {
                         .await
                     }
                     Err(e) => {
-                        self.broker.metrics().auth_failures.add(1);
-                        self.broker.auth_failures().failed(self.peer.ip(), &e);
+                        self.broker.auth_failed(self.peer.ip(), &e);
                         self.send(error(0, ErrorCode::Unauthorized, e.to_string()))
                             .await?;
                         Err(End::ProtocolError)

@@ -68,7 +68,7 @@ pub(super) async fn require_key(
             response
         }
         Err(e) => {
-            failures.failed(peer, &e);
+            broker.auth_failed(peer, &e);
             error_response(StatusCode::FORBIDDEN, e.to_string())
         }
     }
