@@ -160,6 +160,9 @@ pub struct VsAlone {
 pub struct BrokerReport {
     /// Highest VmRSS sampled every 100 ms over the run, KiB.
     pub peak_rss_kib: Option<u64>,
+    /// That peak less the VmRSS when the run started, KiB: what this run added (the broker's
+    /// allocator keeps what earlier runs grew to, so later runs start higher).
+    pub peak_rss_growth_kib: Option<i64>,
     pub usage: BrokerUsage,
 }
 
@@ -432,6 +435,9 @@ async fn run_one(
     }
     let broker = usage.map(|usage| BrokerReport {
         peak_rss_kib: peak,
+        peak_rss_growth_kib: peak
+            .zip(usage.before)
+            .map(|(p, b)| p as i64 - b.rss_kib as i64),
         usage,
     });
     let checks = checks(args, &healthy);
@@ -667,6 +673,15 @@ fn summary(r: &NoisyReport) -> String {
                     .as_ref()
                     .and_then(|b| b.peak_rss_kib)
                     .map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+            }),
+        ),
+        (
+            "  growth over the run",
+            Box::new(|c| {
+                c.broker
+                    .as_ref()
+                    .and_then(|b| b.peak_rss_growth_kib)
+                    .map_or("n/a".into(), |k| format!("{:+.1} MiB", k as f64 / 1024.0))
             }),
         ),
     ];

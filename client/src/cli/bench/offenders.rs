@@ -674,7 +674,12 @@ async fn non_reader(
             .insert("Deliver (read at the end)".into(), deliveries);
     });
     if broker_closed {
-        closed(t, c.opened_ns);
+        // Seen only now, since it read nothing before: no time to the close.
+        tally(t, |o| {
+            o.closed_by_broker += 1;
+            o.notes
+                .push("closed by the broker (seen at the end: it read nothing before)".into());
+        });
     } else {
         tally(t, |o| o.open_at_end += 1);
     }
