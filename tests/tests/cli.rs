@@ -168,3 +168,67 @@ async fn create_two_message_topic(addr: std::net::SocketAddr, name: &str, overfl
     let created = weir(addr, &args, "").await;
     assert!(created.status.success(), "{created:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_noisy_neighbour_reports_the_tenant_beside_a_flood() {
+    let broker = TestBroker::start().await;
+    let out = weir(
+        broker.addr,
+        &[
+            "bench",
+            "noisy-neighbour",
+            "--offender",
+            "flood",
+            "--duration",
+            "2s",
+            "--rate",
+            "200",
+            "--flood-window",
+            "64",
+            "--json",
+        ],
+        "",
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["scenario"], "noisy-neighbour");
+    assert_eq!(json["ok"], true, "{json}");
+    let runs = json["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 1, "{json}");
+    let run = &runs[0];
+    assert_eq!(run["offender"], "flood");
+    let healthy = &run["healthy"];
+    let published = healthy["published"].as_u64().expect("published");
+    assert!(published > 0, "{json}");
+    assert_eq!(healthy["consumed"].as_u64(), Some(published), "{json}");
+    assert_eq!(healthy["confirmed"].as_u64(), Some(published), "{json}");
+    assert_eq!(healthy["consumed_all"], true);
+    assert_eq!(healthy["refused"], 0);
+    assert!(healthy["refusals"].is_object());
+    for latency in ["confirm_latency", "deliver_latency"] {
+        for field in ["p50_us", "p99_us"] {
+            assert!(
+                healthy[latency][field].is_number(),
+                "{latency}.{field}: {json}"
+            );
+        }
+    }
+    let offender = &run["offender_outcome"];
+    assert_eq!(offender["offender"], "flood");
+    assert!(offender["sent"].as_u64().unwrap() > 0, "{json}");
+    for field in [
+        "confirmed",
+        "refused",
+        "closed_by_broker",
+        "connections_refused",
+        "answers",
+    ] {
+        assert!(
+            !offender[field].is_null(),
+            "offender_outcome.{field}: {json}"
+        );
+    }
+    assert!(run["broker"].is_null(), "no --broker-pid, no reading");
+    assert!(run["checks"].as_array().is_some_and(|c| !c.is_empty()));
+}

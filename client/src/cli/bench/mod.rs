@@ -8,6 +8,9 @@
 //!   RSS, and whether the producer was paced, refused or saw drops ([`overload`]).
 //! - `weir bench burst`: 1× → `--burst-factor`× → 1× the sustainable rate; depth over time,
 //!   latency per phase, recovery ([`burst`]).
+//! - `weir bench noisy-neighbour`: a healthy tenant at a steady rate beside one offender (or
+//!   each in turn): its latency, refusals and published == consumed beside the offender's own
+//!   outcome and the broker's peak RSS ([`noisy`], [`offenders`]).
 //!
 //! Every scenario is bounded in time and memory: see [`load`] and [`scenario`]. Results print
 //! as a human summary or, with `--json`, as one JSON document on stdout; a progress bar goes to
@@ -19,6 +22,8 @@ mod accounting;
 mod burst;
 mod common;
 mod load;
+mod noisy;
+mod offenders;
 mod overload;
 mod plot;
 mod run;
@@ -107,6 +112,10 @@ pub enum Scenario {
     /// The sustainable rate, then a burst of a multiple of it, then the rate again: depth over
     /// time, latency percentiles per phase, refusals, and the time to recover.
     Burst(Box<burst::BurstArgs>),
+    /// A healthy tenant at a steady rate beside one offender (slowloris, non-reader,
+    /// header-bomb, flood, idle-swarm; or none, or all in turn): its latency, refusals and
+    /// published == consumed, what the offender was answered, broker peak RSS.
+    NoisyNeighbour(Box<noisy::NoisyArgs>),
 }
 
 /// Runs `weir bench`.
@@ -119,6 +128,7 @@ pub async fn run(
         None => run::run(server, options, args).await,
         Some(Scenario::Overload(a)) => overload::run(server, options, *a).await,
         Some(Scenario::Burst(a)) => burst::run(server, options, *a).await,
+        Some(Scenario::NoisyNeighbour(a)) => noisy::run(server, options, *a).await,
     }
 }
 
@@ -242,6 +252,38 @@ mod tests {
         assert!(matches!(b.scenario, Some(Scenario::Burst(ref a))
             if a.baseline == burst::Baseline::Rate(5000) && a.consumer_capacity == burst::Capacity::Max));
         assert!(bench(&["burst", "--baseline", "fast"]).is_err());
+    }
+
+    #[test]
+    fn noisy_neighbour_parses_with_its_defaults() {
+        let b = bench(&["noisy-neighbour"]).unwrap();
+        match b.scenario {
+            Some(Scenario::NoisyNeighbour(a)) => {
+                assert_eq!(a.offender, offenders::Offender::All);
+                assert_eq!(a.duration, std::time::Duration::from_secs(20));
+                assert_eq!((a.rate, a.size, a.window, a.credit), (2000, 1024, 256, 256));
+                assert_eq!((a.slowloris_conns, a.swarm_conns), (70, 1000));
+                assert_eq!(a.swarm_sources.len(), 4);
+                assert_eq!(a.flood_overflow, weir_client::OverflowPolicy::DropOldest);
+            }
+            other => panic!("{other:?}"),
+        }
+        let b = bench(&[
+            "noisy-neighbour",
+            "--offender",
+            "header-bomb",
+            "--duration",
+            "2s",
+            "--broker-pid",
+            "7",
+            "--json",
+        ])
+        .unwrap();
+        assert!(matches!(b.scenario, Some(Scenario::NoisyNeighbour(ref a))
+            if a.offender == offenders::Offender::HeaderBomb
+                && a.duration == std::time::Duration::from_secs(2)
+                && a.broker_pid == Some(7) && a.json));
+        assert!(bench(&["noisy-neighbour", "--offender", "rude"]).is_err());
     }
 
     #[test]
