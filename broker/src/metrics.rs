@@ -324,7 +324,7 @@ impl Metrics {
 }
 
 /// Every refusal reason, in the order of [`Metrics::rejected_by_reason`].
-pub const REASONS: [RejectReason; 8] = [
+pub const REASONS: [RejectReason; 9] = [
     RejectReason::TopicFull,
     RejectReason::MessageTooLarge,
     RejectReason::TooManyConnections,
@@ -333,6 +333,7 @@ pub const REASONS: [RejectReason; 8] = [
     RejectReason::RateLimited,
     RejectReason::Overloaded,
     RejectReason::StorageFull,
+    RejectReason::StorageDamaged,
 ];
 
 /// The `reason` label value of a refusal in the exposition (snake_case).
@@ -346,6 +347,7 @@ pub fn reason_label(reason: RejectReason) -> &'static str {
         RejectReason::RateLimited => "rate_limited",
         RejectReason::Overloaded => "overloaded",
         RejectReason::StorageFull => "storage_full",
+        RejectReason::StorageDamaged => "storage_damaged",
     }
 }
 

@@ -76,6 +76,10 @@ pub enum Frame {
     DeleteGroup(DeleteGroup),
     /// Broker → client: the group is deleted.
     GroupDeleted(GroupDeleted),
+    /// Client → broker: repair a damaged or failed topic.
+    RepairTopic(RepairTopic),
+    /// Broker → client: the answer to [`RepairTopic`].
+    TopicRepaired(TopicRepaired),
 }
 
 /// Opens a connection. Answered by [`HelloOk`], or by [`Error`] (version, token) and a close.
@@ -408,6 +412,31 @@ pub struct TopicDescription {
     pub recent_drops: Vec<DroppedMessage>,
 }
 
+/// Asks the broker to repair a topic whose storage is damaged or failed a write (see
+/// [`crate::TopicHealth`]): damaged segment files are moved to the topic's `quarantine/`
+/// directory, the range they held is skipped (a `Gap` to every group, counted as dropped),
+/// and the topic takes publishes again. Repairing a healthy topic changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairTopic {
+    /// Request id echoed by the answer.
+    pub req: u64,
+    /// The topic.
+    pub name: String,
+}
+
+/// The answer to [`RepairTopic`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRepaired {
+    /// The request id of the [`RepairTopic`].
+    pub req: u64,
+    /// The sequences skipped (`from..=to`), if any were.
+    pub skipped: Option<(u64, u64)>,
+    /// The files moved to quarantine, relative to the topic's directory.
+    pub quarantined: Vec<String>,
+    /// The topic's health after the repair.
+    pub health: crate::TopicHealth,
+}
+
 impl Frame {
     /// A short name of the frame kind, for logs and errors.
     pub fn name(&self) -> &'static str {
@@ -442,6 +471,8 @@ impl Frame {
             Frame::TopicDeleted(_) => "TopicDeleted",
             Frame::DeleteGroup(_) => "DeleteGroup",
             Frame::GroupDeleted(_) => "GroupDeleted",
+            Frame::RepairTopic(_) => "RepairTopic",
+            Frame::TopicRepaired(_) => "TopicRepaired",
         }
     }
 
@@ -500,6 +531,8 @@ impl Frame {
             Frame::TopicDeleted(f) => f.req,
             Frame::DeleteGroup(f) => f.req,
             Frame::GroupDeleted(f) => f.req,
+            Frame::RepairTopic(f) => f.req,
+            Frame::TopicRepaired(f) => f.req,
             Frame::Hello(_)
             | Frame::HelloOk(_)
             | Frame::Ping(_)

@@ -34,7 +34,9 @@
 //! - v3: `GoingAway` carries a typed [`GoingAwayReason`]; `ListTopics` pages (`after`, `limit`,
 //!   answered with `next`); `TopicInfo.groups_omitted`; `RejectReason::StorageFull`;
 //!   `ServerLimits` announces the header bounds and the idle timeout; header and sequence
-//!   lists are bounded on decode ([`MAX_HEADERS_CEILING`], [`MAX_SEQS_PER_FRAME`]).
+//!   lists are bounded on decode ([`MAX_HEADERS_CEILING`], [`MAX_SEQS_PER_FRAME`]);
+//!   storage faults: [`TopicInfo::health`], `RejectReason::StorageDamaged`,
+//!   `ErrorCode::StorageFailed` / `StorageDamaged`, [`RepairTopic`] / [`TopicRepaired`].
 //! - v2: message headers, group settings, `Nack`/`Term`/`Progress`, deletes.
 
 mod bounded;

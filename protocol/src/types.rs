@@ -154,6 +154,41 @@ pub struct TopicInfo {
     /// The bound refusing publishes to this topic right now: the latest refusal, if it was
     /// less than two seconds ago.
     pub refusing: Option<ActiveRefusal>,
+    /// Whether the topic's storage can take writes and serve reads, and if not, why.
+    pub health: TopicHealth,
+}
+
+/// The state of a topic's storage, shown in [`TopicInfo::health`], `/topics` and
+/// `weir_topic_damaged` / `weir_topic_storage_state`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum TopicHealth {
+    /// Writes and reads work.
+    #[default]
+    Healthy,
+    /// The disk is full (the filesystem answered ENOSPC, or the broker's storage budget is
+    /// spent): publishes are refused with [`RejectReason::StorageFull`] and a retry hint, and
+    /// the topic takes them again by itself as space returns. Nothing confirmed is affected.
+    Full {
+        /// What the filesystem or the budget said.
+        reason: String,
+    },
+    /// A write or an fdatasync failed: the log's file is no longer trusted, publishes are
+    /// refused with [`RejectReason::StorageDamaged`] until `weir topic repair` or a restart
+    /// re-verifies the log. Deliveries of what was confirmed go on.
+    Failed {
+        /// The error the disk returned.
+        reason: String,
+    },
+    /// A record the topic had confirmed cannot be read back (a CRC mismatch, a cut inside the
+    /// confirmed range). Everything before `at_seq` is served; publishes are refused with
+    /// [`RejectReason::StorageDamaged`] and groups stop at `at_seq` until `weir topic repair`
+    /// quarantines the damaged files and skips the range with a `Gap`. The files are kept.
+    Damaged {
+        /// The first sequence that cannot be read.
+        at_seq: u64,
+        /// The segment file and offset, and what is wrong.
+        reason: String,
+    },
 }
 
 /// A bound that is refusing work right now (see [`TopicInfo::refusing`]).
@@ -253,6 +288,36 @@ pub struct GroupConfig {
     pub dead_letter_topic: String,
 }
 
+impl TopicHealth {
+    /// The state's name: `healthy`, `full`, `failed` or `damaged`.
+    pub fn state(&self) -> &'static str {
+        match self {
+            TopicHealth::Healthy => "healthy",
+            TopicHealth::Full { .. } => "full",
+            TopicHealth::Failed { .. } => "failed",
+            TopicHealth::Damaged { .. } => "damaged",
+        }
+    }
+
+    /// Why the topic is not healthy (`None` when it is).
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            TopicHealth::Healthy => None,
+            TopicHealth::Full { reason }
+            | TopicHealth::Failed { reason }
+            | TopicHealth::Damaged { reason, .. } => Some(reason),
+        }
+    }
+
+    /// The first sequence that cannot be read, when the topic is damaged.
+    pub fn damaged_at(&self) -> Option<u64> {
+        match self {
+            TopicHealth::Damaged { at_seq, .. } => Some(*at_seq),
+            _ => None,
+        }
+    }
+}
+
 /// Why a publish (or a connection) was refused. The refusal is always accompanied by the
 /// [`Limit`] that fired and, where waiting can help, a retry-after hint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -278,6 +343,10 @@ pub enum RejectReason {
     /// Storing the message would take the broker's message data past `storage.max_bytes`, or
     /// the filesystem's free space below `storage.min_free_bytes`. Nothing was stored.
     StorageFull,
+    /// The topic's storage is damaged or failed a write (see [`TopicHealth`]); it takes no
+    /// publishes until `weir topic repair` (or a restart, after a failed write). Nothing was
+    /// stored. Other topics are unaffected.
+    StorageDamaged,
 }
 
 /// Why the broker closes a connection with [`crate::Frame::GoingAway`].
@@ -351,6 +420,14 @@ pub enum ErrorCode {
     /// A frame stopped arriving part-way (no byte of it for the broker's
     /// `frame_read_timeout`); the connection is closed.
     FrameTimeout,
+    /// A write or fdatasync failed while this publish was being stored: **the outcome is
+    /// unknown** (the message may or may not be stored; it was not confirmed). The topic takes
+    /// no more publishes until repaired or restarted (see [`TopicHealth::Failed`]).
+    StorageFailed,
+    /// Sent to a subscription (request id = its id) whose topic's log is damaged: its group gets
+    /// nothing past the damaged record until `weir topic repair` (see [`TopicHealth::Damaged`]).
+    /// The subscription stays open.
+    StorageDamaged,
 }
 
 /// The bounds a broker announces in [`crate::Frame::HelloOk`], so clients can size their

@@ -142,6 +142,19 @@ fn topic_info() -> impl Strategy<Value = TopicInfo> {
                 age_ms: next_seq,
                 last_second: depth / 3,
             }),
+            health: match depth % 4 {
+                0 => TopicHealth::Healthy,
+                1 => TopicHealth::Full {
+                    reason: "No space left on device".into(),
+                },
+                2 => TopicHealth::Failed {
+                    reason: "fdatasync: EIO".into(),
+                },
+                _ => TopicHealth::Damaged {
+                    at_seq: next_seq,
+                    reason: "crc mismatch".into(),
+                },
+            },
         })
 }
 

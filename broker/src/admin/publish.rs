@@ -220,7 +220,9 @@ fn refusal_status(reason: RejectReason) -> StatusCode {
         }
         RejectReason::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         RejectReason::TooManyTopics | RejectReason::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
-        RejectReason::ShuttingDown | RejectReason::TooManyConnections => {
+        RejectReason::ShuttingDown
+        | RejectReason::TooManyConnections
+        | RejectReason::StorageDamaged => {
             StatusCode::SERVICE_UNAVAILABLE
         }
     }

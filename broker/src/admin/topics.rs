@@ -13,6 +13,7 @@
 //!   "drain_per_s": 0, "dropped": 0, "parked": 0, "rejected": 1,
 //!   "refusing": { "reason": "TopicFull", "limit": { "name": "max_messages", "value": 2 },
 //!                 "retry_after_ms": 5000, "age_ms": 3, "last_second": 1 },
+//!   "storage": { "state": "healthy", "reason": null, "damaged_at": null },
 //!   "groups": [ { "name": "billing", "members": 1, "credit": 9, "in_flight": 1, "pending": 0,
 //!                 "oldest_unacked_ms": 12, "timed_out": 0, "dead_lettered": 0,
 //!                 "dead_letter_held": 0,
@@ -23,7 +24,11 @@
 //!
 //! `overflow` is `reject`, `block` or `drop_oldest`; `fsync` is `batch`, `interval:<ms>` or
 //! `never` (as in the config); `refusing` is `null` unless a bound refused a publish in the last
-//! two seconds; `oldest_unacked_ms` is `null` when nothing is in flight.
+//! two seconds; `oldest_unacked_ms` is `null` when nothing is in flight. `storage.state` is
+//! `healthy`, `full` (disk full: publishes refused `StorageFull` until space returns),
+//! `failed` (a write or fdatasync failed: refused until `weir topic repair` or a restart) or
+//! `damaged` (a confirmed record is unreadable; `damaged_at` is its sequence: groups stop
+//! there and publishes are refused until `weir topic repair`).
 //!
 //! Bounds: the list holds at most `max_topics` topics of at most `max_groups_per_topic` groups.
 
@@ -73,8 +78,21 @@ pub struct TopicView {
     /// The bound refusing this topic's publishes right now (a refusal in the last two
     /// seconds), or `null`.
     pub refusing: Option<ActiveRefusal>,
+    /// The state of the topic's storage.
+    pub storage: StorageView,
     /// The topic's groups (durable subscriptions), sorted by name.
     pub groups: Vec<GroupView>,
+}
+
+/// The state of a topic's storage (see [`weir_protocol::TopicHealth`]).
+#[derive(Debug, Serialize)]
+pub struct StorageView {
+    /// `healthy`, `full`, `failed` or `damaged`.
+    pub state: &'static str,
+    /// Why it is not healthy, or `null`.
+    pub reason: Option<String>,
+    /// The first unreadable sequence of a damaged topic, or `null`.
+    pub damaged_at: Option<u64>,
 }
 
 /// A topic's bounds: what it stores at most, and how long `block` holds a publish.
@@ -139,6 +157,11 @@ impl From<TopicInfo> for TopicView {
             parked: info.parked,
             rejected: info.rejected,
             refusing: info.refusing,
+            storage: StorageView {
+                state: info.health.state(),
+                reason: info.health.reason().map(str::to_owned),
+                damaged_at: info.health.damaged_at(),
+            },
             groups: info.groups.into_iter().map(GroupView::from).collect(),
         }
     }

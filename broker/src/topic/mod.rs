@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weir_protocol::{
     DroppedMessage, GroupConfig, GroupSpec, Limit, RejectReason, StartPosition, TopicConfig,
-    TopicInfo,
+    TopicHealth, TopicInfo,
 };
 
 use crate::admission::budget::{MemoryBudget, MemoryPermit};
@@ -500,6 +500,7 @@ impl Topic {
             rejected: self.counters.rejected.get(),
             drain_per_s: st.drain.per_second(now).round() as u64,
             refusing: lock(&self.recent_refusals).active(now),
+            health: TopicHealth::Healthy,
         }
     }
 

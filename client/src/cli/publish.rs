@@ -164,6 +164,9 @@ fn meaning(reason: RejectReason) -> &'static str {
         RejectReason::StorageFull => {
             "the broker's disk budget is spent; consumers must ack (or topics be deleted) to free it"
         }
+        RejectReason::StorageDamaged => {
+            "the topic's storage is damaged or failed a write; an operator must run `weir topic repair`"
+        }
     }
 }
 

@@ -303,6 +303,7 @@ mod tests {
             rejected: 0,
             drain_per_s: 0,
             refusing: None,
+            health: Default::default(),
         }
     }
 

@@ -355,6 +355,7 @@ mod tests {
                 rejected: 7,
                 drain_per_s: 0,
                 refusing: None,
+                health: Default::default(),
             },
             recent_drops: vec![
                 drop(1, 3, b"one", 10_000),
@@ -462,6 +463,7 @@ mod tests {
             rejected: 345,
             drain_per_s: 0,
             refusing: None,
+            health: Default::default(),
             groups: vec![GroupInfo {
                 name: "billing".into(),
                 in_flight: 1,
