@@ -505,6 +505,7 @@ fn recover(mut config: Config, runtime: tokio::runtime::Handle) -> Result<Recove
         runtime,
         dead_letters: Arc::new(tokio::sync::Notify::new()),
         disk,
+        fs: crate::storage::fs::os(),
     };
     let mut topics = BTreeMap::new();
     for topic_config in env.store.load_topics()? {

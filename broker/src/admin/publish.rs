@@ -222,9 +222,7 @@ fn refusal_status(reason: RejectReason) -> StatusCode {
         RejectReason::TooManyTopics | RejectReason::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         RejectReason::ShuttingDown
         | RejectReason::TooManyConnections
-        | RejectReason::StorageDamaged => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        | RejectReason::StorageDamaged => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

@@ -3,9 +3,13 @@
 //! - [`log`]: per-topic segmented append-only logs holding message payloads.
 //! - [`state`]: the sled-backed store of topic configurations and group state.
 //! - [`disk`]: the disk budget (`storage.max_bytes`, `storage.min_free_bytes`).
+//! - [`fs`]: the file layer every file operation of the log goes through (fault injection and
+//!   crash simulation in tests).
 //!
-//! Nothing outside this module opens a file or names sled.
+//! Nothing outside this module opens a file or names sled; inside it, only [`fs::OsFs`] calls
+//! `std::fs` (sled manages the state store's files).
 
 pub mod disk;
+pub mod fs;
 pub mod log;
 pub mod state;

@@ -107,6 +107,8 @@ pub struct TopicEnv {
     pub dead_letters: Arc<Notify>,
     /// The disk budget every topic's log draws from.
     pub disk: Arc<DiskBudget>,
+    /// The file layer topics' files are written through (the OS; tests inject faults there).
+    pub fs: crate::storage::fs::Fs,
 }
 
 /// Counters of one topic, since the broker started (the broker-wide ones are in [`Metrics`]).
@@ -241,7 +243,7 @@ impl Topic {
             segment_bytes: broker.storage.segment_bytes,
             ..LogConfig::default()
         };
-        let log = SegmentLog::open(dir, log_config)?;
+        let log = SegmentLog::open_on(env.fs.clone(), dir, log_config)?;
         env.disk.stored_changed(log.disk_bytes() as i64);
         let limits = GroupLimits {
             max_in_flight: broker.limits.max_in_flight,

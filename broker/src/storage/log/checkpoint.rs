@@ -8,9 +8,10 @@
 //! entry_count u32 | entry_count × (rel_seq u32, offset u32) | crc32c u32 of all preceding bytes
 //! ```
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
+
+use crate::storage::fs::{self, OpenMode, StorageFs};
 
 use super::index::SparseIndex;
 
@@ -119,42 +120,30 @@ pub(crate) fn decode(bytes: &[u8], expected_base: u64) -> Result<Checkpoint, Str
 }
 
 /// Writes the checkpoint file and fsyncs it (its directory entry is the caller's to sync).
-pub(crate) fn write(dir: &Path, cp: &Checkpoint) -> io::Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path(dir, cp.base_seq))?;
-    f.write_all(&encode(cp))?;
-    f.sync_all()
+pub(crate) fn write(fs: &dyn StorageFs, dir: &Path, cp: &Checkpoint) -> io::Result<()> {
+    let f = fs.open(&path(dir, cp.base_seq), OpenMode::Truncate)?;
+    f.write_all_at(&encode(cp), 0)?;
+    f.sync_data()
 }
 
 /// Loads the checkpoint for `base_seq`: `Ok(None)` when there is none, `Ok(Some(Err(reason)))`
 /// when one exists but cannot be trusted, I/O errors as `Err`.
-pub(crate) fn load(dir: &Path, base_seq: u64) -> io::Result<Option<Result<Checkpoint, String>>> {
-    let mut f = match File::open(path(dir, base_seq)) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let len = f.metadata()?.len();
-    if len > MAX_FILE_LEN {
-        return Ok(Some(Err(format!(
-            "checkpoint file too large ({len} bytes)"
-        ))));
+pub(crate) fn load(
+    fs: &dyn StorageFs,
+    dir: &Path,
+    base_seq: u64,
+) -> io::Result<Option<Result<Checkpoint, String>>> {
+    match fs::read_file(fs, &path(dir, base_seq), MAX_FILE_LEN) {
+        Ok(None) => Ok(None),
+        Ok(Some(bytes)) => Ok(Some(decode(&bytes, base_seq))),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(Some(Err(e.to_string()))),
+        Err(e) => Err(e),
     }
-    let mut bytes = Vec::with_capacity(len as usize);
-    f.read_to_end(&mut bytes)?;
-    Ok(Some(decode(&bytes, base_seq)))
 }
 
 /// Removes the checkpoint for `base_seq` if present; `Ok(true)` if a file was removed.
-pub(crate) fn remove(dir: &Path, base_seq: u64) -> io::Result<bool> {
-    match fs::remove_file(path(dir, base_seq)) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
+pub(crate) fn remove(fs: &dyn StorageFs, dir: &Path, base_seq: u64) -> io::Result<bool> {
+    fs::remove_if_present(fs, &path(dir, base_seq))
 }
 
 #[cfg(test)]

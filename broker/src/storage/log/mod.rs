@@ -22,9 +22,10 @@ mod tests;
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+
+use crate::storage::fs::{self, Fs};
 
 use bytes::Bytes;
 use weir_protocol::Headers;
@@ -187,6 +188,7 @@ fn invalid_input(msg: &str) -> LogError {
 /// Appends, `sync` and `delete_before` take `&mut self`; reads take `&self` and use positional
 /// I/O, so any number can run concurrently (e.g. behind an `RwLock`). `Send + Sync`.
 pub struct SegmentLog {
+    fs: Fs,
     dir: PathBuf,
     config: LogConfig,
     /// Ordered by base sequence, contiguous (`segments[i].next_seq == segments[i + 1].base_seq`),
@@ -221,10 +223,6 @@ struct Undo {
     pending_from: usize,
 }
 
-fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 impl SegmentLog {
     /// Opens (creating if needed) the log in `dir`, recovering after a crash.
     ///
@@ -239,27 +237,31 @@ impl SegmentLog {
     /// sequence 1 (a missing `dir` is created and its parent fsynced). Files in `dir` not named
     /// like segments or checkpoints are ignored; checkpoints without a segment are removed.
     pub fn open(dir: &Path, config: LogConfig) -> Result<SegmentLog, LogError> {
-        if !dir.is_dir() {
-            fs::create_dir_all(dir)?;
+        Self::open_on(fs::os(), dir, config)
+    }
+
+    /// [`SegmentLog::open`] on the file layer `fs` (tests put fault injection and crash
+    /// simulation there).
+    pub fn open_on(fs: Fs, dir: &Path, config: LogConfig) -> Result<SegmentLog, LogError> {
+        if !fs.is_dir(dir) {
+            fs.create_dir_all(dir)?;
             // Make the new directory's own entry durable.
             match dir.parent() {
-                Some(p) if !p.as_os_str().is_empty() => fsync_dir(p)?,
-                _ => fsync_dir(Path::new("."))?,
+                Some(p) if !p.as_os_str().is_empty() => fs.sync_dir(p)?,
+                _ => fs.sync_dir(Path::new("."))?,
             }
         }
         let mut bases = BTreeSet::new();
         let mut seals = BTreeSet::new();
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Some(base) = segment::parse_name(name, ".log") {
+        for name in fs.list(dir)? {
+            if let Some(base) = segment::parse_name(&name, ".log") {
                 bases.insert(base);
-            } else if let Some(base) = segment::parse_name(name, ".sealed") {
+            } else if let Some(base) = segment::parse_name(&name, ".sealed") {
                 seals.insert(base);
             }
         }
         let mut log = SegmentLog {
+            fs,
             dir: dir.to_path_buf(),
             config,
             segments: Vec::with_capacity(bases.len().max(1)),
@@ -270,13 +272,13 @@ impl SegmentLog {
         };
         for &orphan in seals.difference(&bases) {
             tracing::warn!(dir = %dir.display(), base = orphan, "removing checkpoint without segment");
-            checkpoint::remove(dir, orphan)?;
+            checkpoint::remove(log.fs.as_ref(), dir, orphan)?;
             log.dir_dirty = true;
         }
         let bases: Vec<u64> = bases.into_iter().collect();
         log.recover(&bases)?;
         if log.segments.is_empty() {
-            log.segments.push(Segment::create(dir, 1)?);
+            log.segments.push(Segment::create(log.fs.as_ref(), dir, 1)?);
             log.dir_dirty = true;
         }
         log.disk_bytes = log.segments.iter().map(|s| s.size).sum();
@@ -287,14 +289,16 @@ impl SegmentLog {
     /// Loads the segments named by `bases` (ascending) into `self.segments`.
     fn recover(&mut self, bases: &[u64]) -> Result<(), LogError> {
         let dir = self.dir.clone();
+        let fs = self.fs.clone();
+        let fs = fs.as_ref();
         let interval = self.config.index_interval_bytes;
         let mut buf = Vec::new();
         for (i, &base) in bases.iter().enumerate() {
             let next_base = bases.get(i + 1).copied();
             let path = segment::log_path(&dir, base);
-            let (file, file_len) = Segment::open_file(&path)?;
+            let (file, file_len) = Segment::open_file(fs, &path)?;
             if next_base.is_some() {
-                match checkpoint::load(&dir, base)? {
+                match checkpoint::load(fs, &dir, base)? {
                     Some(Ok(cp)) if cp.valid_len <= file_len => {
                         if Some(cp.next_seq) != next_base {
                             return Err(LogError::Corrupt {
@@ -334,7 +338,7 @@ impl SegmentLog {
                     ),
                     None => {}
                 }
-            } else if checkpoint::remove(&dir, base)? {
+            } else if checkpoint::remove(fs, &dir, base)? {
                 // The active segment is appended to: a checkpoint for it would go stale.
                 self.dir_dirty = true;
             }
@@ -350,7 +354,7 @@ impl SegmentLog {
             // A torn tail: from here on, everything was written after the last successful sync.
             let later = &bases[i + 1..];
             for &l in later {
-                if let Some(Ok(_)) = checkpoint::load(&dir, l)? {
+                if let Some(Ok(_)) = checkpoint::load(fs, &dir, l)? {
                     let (offset, reason) = match stop {
                         Some(s) => (s.offset, s.reason),
                         None => (
@@ -379,10 +383,10 @@ impl SegmentLog {
                 seg.truncate(seg.size, seg.next_seq)?;
             }
             for &l in later {
-                fs::remove_file(segment::log_path(&dir, l))?;
-                checkpoint::remove(&dir, l)?;
+                fs.remove_file(&segment::log_path(&dir, l))?;
+                checkpoint::remove(fs, &dir, l)?;
             }
-            checkpoint::remove(&dir, base)?;
+            checkpoint::remove(fs, &dir, base)?;
             self.dir_dirty = true;
             self.segments.push(seg);
             break;
@@ -503,7 +507,7 @@ impl SegmentLog {
     fn roll(&mut self) -> Result<(), LogError> {
         let last = self.segments.len() - 1;
         let next = self.segments[last].next_seq;
-        let seg = Segment::create(&self.dir, next)?;
+        let seg = Segment::create(self.fs.as_ref(), &self.dir, next)?;
         self.segments[last].needs_checkpoint = true;
         self.pending_from = self.pending_from.min(last);
         self.segments.push(seg);
@@ -517,7 +521,7 @@ impl SegmentLog {
             let Some(seg) = self.segments.pop() else {
                 break;
             };
-            if let Err(e) = fs::remove_file(&seg.path) {
+            if let Err(e) = self.fs.remove_file(&seg.path) {
                 tracing::warn!(segment = %seg.path.display(), error = %e, "cannot remove segment of failed append");
             }
         }
@@ -550,13 +554,13 @@ impl SegmentLog {
         let last = self.segments.len() - 1;
         for seg in &mut self.segments[from..last] {
             if seg.needs_checkpoint {
-                checkpoint::write(&self.dir, &seg.checkpoint())?;
+                checkpoint::write(self.fs.as_ref(), &self.dir, &seg.checkpoint())?;
                 seg.needs_checkpoint = false;
                 self.dir_dirty = true;
             }
         }
         if self.dir_dirty {
-            fsync_dir(&self.dir)?;
+            self.fs.sync_dir(&self.dir)?;
             self.dir_dirty = false;
         }
         self.pending_from = last;
@@ -658,7 +662,7 @@ impl SegmentLog {
         let mut deleted = 0;
         let mut failure = None;
         for seg in &self.segments[..deletable] {
-            match fs::remove_file(&seg.path) {
+            match self.fs.remove_file(&seg.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
@@ -666,7 +670,7 @@ impl SegmentLog {
                     break;
                 }
             }
-            if let Err(e) = checkpoint::remove(&self.dir, seg.base_seq) {
+            if let Err(e) = checkpoint::remove(self.fs.as_ref(), &self.dir, seg.base_seq) {
                 // Harmless: `open` removes checkpoints without a segment.
                 tracing::warn!(segment = %seg.path.display(), error = %e, "cannot remove checkpoint");
             }
@@ -678,7 +682,7 @@ impl SegmentLog {
         self.pending_from = self.pending_from.saturating_sub(deleted);
         if deleted > 0 {
             self.dir_dirty = true;
-            fsync_dir(&self.dir)?;
+            self.fs.sync_dir(&self.dir)?;
             self.dir_dirty = false;
         }
         match failure {

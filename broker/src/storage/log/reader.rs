@@ -1,11 +1,11 @@
 //! Buffered, positional (pread) record reader over one segment file.
 //!
-//! Reads go through `FileExt::read_exact_at`, so a reader needs only `&File` and any number of
+//! Reads are positional (`read_exact_at`), so a reader needs only a shared file and any number of
 //! readers can run concurrently on the same file. The buffer is owned by the caller and reused.
 
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+
+use crate::storage::fs::{read_exact_at, StorageFile};
 
 use super::record::{self, RawHeaders, RecordHeader, HEADER_LEN};
 
@@ -38,7 +38,7 @@ pub(crate) struct Body<'a> {
 
 /// Reads records sequentially from `start` up to `limit` (exclusive) of one file.
 pub(crate) struct RecordReader<'a> {
-    file: &'a File,
+    file: &'a dyn StorageFile,
     buf: &'a mut Vec<u8>,
     /// File offset of `buf[0]`.
     buf_start: u64,
@@ -52,7 +52,12 @@ pub(crate) struct RecordReader<'a> {
 
 impl<'a> RecordReader<'a> {
     /// A reader positioned at `start`, never reading at or past `limit`. `buf` is cleared and reused.
-    pub(crate) fn new(file: &'a File, buf: &'a mut Vec<u8>, start: u64, limit: u64) -> Self {
+    pub(crate) fn new(
+        file: &'a dyn StorageFile,
+        buf: &'a mut Vec<u8>,
+        start: u64,
+        limit: u64,
+    ) -> Self {
         buf.clear();
         RecordReader {
             file,
@@ -91,7 +96,7 @@ impl<'a> RecordReader<'a> {
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "read too large"))?;
         let old = self.buf.len();
         self.buf.resize(old + to_read, 0);
-        if let Err(e) = self.file.read_exact_at(&mut self.buf[old..], file_pos) {
+        if let Err(e) = read_exact_at(self.file, &mut self.buf[old..], file_pos) {
             self.buf.truncate(old);
             return Err(e);
         }

@@ -1,9 +1,9 @@
 //! One segment file: create/open, append (one pwrite), positional reads, recovery scan, truncate.
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use crate::storage::fs::{OpenMode, StorageFile, StorageFs};
 
 use super::checkpoint::Checkpoint;
 use super::index::SparseIndex;
@@ -45,7 +45,7 @@ pub(crate) struct Segment {
     pub size: u64,
     /// The file's path.
     pub path: PathBuf,
-    file: File,
+    file: Box<dyn StorageFile>,
     /// Sparse seq → offset index.
     pub index: SparseIndex,
     /// Written (or recovered) since the last successful `fdatasync`.
@@ -54,22 +54,13 @@ pub(crate) struct Segment {
     pub needs_checkpoint: bool,
 }
 
-fn open_rw(path: &Path, create_new: bool) -> io::Result<File> {
-    let mut opts = OpenOptions::new();
-    opts.read(true).write(true);
-    if create_new {
-        opts.create_new(true);
-    }
-    opts.open(path)
-}
-
 impl Segment {
     /// Creates a new, empty segment file for `base_seq` in `dir`. Fails with `AlreadyExists` if
     /// the file is already there (the log never reuses a base sequence). The caller owns the
     /// directory fsync.
-    pub(crate) fn create(dir: &Path, base_seq: u64) -> io::Result<Segment> {
+    pub(crate) fn create(fs: &dyn StorageFs, dir: &Path, base_seq: u64) -> io::Result<Segment> {
         let path = log_path(dir, base_seq);
-        let file = open_rw(&path, true)?;
+        let file = fs.open(&path, OpenMode::CreateNew)?;
         Ok(Segment {
             base_seq,
             next_seq: base_seq,
@@ -83,14 +74,21 @@ impl Segment {
     }
 
     /// Opens an existing segment file for reading and writing, returning it and its length.
-    pub(crate) fn open_file(path: &Path) -> io::Result<(File, u64)> {
-        let file = open_rw(path, false)?;
-        let len = file.metadata()?.len();
+    pub(crate) fn open_file(
+        fs: &dyn StorageFs,
+        path: &Path,
+    ) -> io::Result<(Box<dyn StorageFile>, u64)> {
+        let file = fs.open(path, OpenMode::Existing)?;
+        let len = file.size()?;
         Ok((file, len))
     }
 
     /// A sealed segment trusted by its checkpoint (no scan).
-    pub(crate) fn from_checkpoint(path: PathBuf, file: File, cp: Checkpoint) -> Segment {
+    pub(crate) fn from_checkpoint(
+        path: PathBuf,
+        file: Box<dyn StorageFile>,
+        cp: Checkpoint,
+    ) -> Segment {
         Segment {
             base_seq: cp.base_seq,
             next_seq: cp.next_seq,
@@ -109,7 +107,7 @@ impl Segment {
     /// the file. Does not modify the file. Only I/O failures are errors: any content is accepted.
     pub(crate) fn scan(
         path: PathBuf,
-        file: File,
+        file: Box<dyn StorageFile>,
         base_seq: u64,
         file_len: u64,
         interval: u32,
@@ -118,7 +116,7 @@ impl Segment {
         let mut index = SparseIndex::new();
         let mut expected = base_seq;
         let (size, stop) = {
-            let mut r = RecordReader::new(&file, buf, 0, file_len);
+            let mut r = RecordReader::new(file.as_ref(), buf, 0, file_len);
             loop {
                 let at = r.offset();
                 let stop = |reason: String| (at, Some(ScanStop { offset: at, reason }));
@@ -245,7 +243,7 @@ impl Segment {
         }
         let (rel, offset) = self.index.lookup(from - self.base_seq);
         let mut expected = self.base_seq + rel;
-        let mut r = RecordReader::new(&self.file, buf, offset, self.size);
+        let mut r = RecordReader::new(self.file.as_ref(), buf, offset, self.size);
         while expected < self.next_seq {
             let at = r.offset();
             let h = match r.next_header().map_err(|e| self.read_error(e, at))? {

@@ -293,7 +293,7 @@ fn reopen_without_sync_scans_unsealed_segments_and_writes_checkpoints() {
     check_all(&log, 1);
     // open synced the recovered data and checkpointed the sealed segments
     for seg in &log.segments[..log.segments.len() - 1] {
-        let cp = checkpoint::load(dir.path(), seg.base_seq)
+        let cp = checkpoint::load(&crate::storage::fs::OsFs, dir.path(), seg.base_seq)
             .unwrap()
             .unwrap()
             .unwrap();
@@ -498,10 +498,14 @@ fn invalid_checkpoint_falls_back_to_scan() {
     assert_eq!(log.next_seq(), 81);
     check_all(&log, 1);
     // and it was rewritten
-    let cp = checkpoint::load(dir.path(), log.segments[1].base_seq)
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let cp = checkpoint::load(
+        &crate::storage::fs::OsFs,
+        dir.path(),
+        log.segments[1].base_seq,
+    )
+    .unwrap()
+    .unwrap()
+    .unwrap();
     assert_eq!(cp, log.segments[1].checkpoint());
 }
 
