@@ -125,10 +125,15 @@ impl Broker {
     /// Opens the data directory, recovers every topic (its log, its groups, their cursors and
     /// unacked messages) and starts the topics' writers and dispatchers and the state flusher.
     pub async fn open(config: Config) -> Result<Broker, OpenError> {
+        Self::open_on(config, crate::storage::fs::os()).await
+    }
+
+    /// [`Broker::open`] with topic files written through `fs` (tests inject faults there).
+    pub async fn open_on(config: Config, fs: crate::storage::fs::Fs) -> Result<Broker, OpenError> {
         config.validate()?;
         let (config, env, topics) = tokio::task::spawn_blocking({
             let runtime = tokio::runtime::Handle::current();
-            move || recover(config, runtime)
+            move || recover(config, runtime, fs)
         })
         .await
         .map_err(|e| OpenError::Join(e.to_string()))??;
@@ -358,6 +363,21 @@ impl Broker {
         Ok(detached)
     }
 
+    /// Repairs topic `name`'s storage (see [`Topic::repair`]) and returns its health after.
+    /// `Ok(None)` when there is no such topic.
+    pub async fn repair_topic(
+        &self,
+        name: &str,
+    ) -> Result<Option<weir_protocol::TopicHealth>, String> {
+        let Some(topic) = self.topic(name) else {
+            return Ok(None);
+        };
+        tokio::task::spawn_blocking(move || topic.repair())
+            .await
+            .map_err(|e| e.to_string())?
+            .map(Some)
+    }
+
     /// One page of topic snapshots answering `request` (see [`crate::replies`]): in name order
     /// after `request.after`, as many as fit in a frame of `max_frame_bytes`.
     pub(crate) fn list_topics_page(
@@ -480,7 +500,11 @@ type Recovered = (Config, TopicEnv, BTreeMap<String, Arc<Topic>>);
 
 /// Opens the store and every topic it lists. Blocking. The configuration comes back with
 /// `storage.max_bytes` resolved (its default taken now, see [`crate::storage::disk`]).
-fn recover(mut config: Config, runtime: tokio::runtime::Handle) -> Result<Recovered, OpenError> {
+fn recover(
+    mut config: Config,
+    runtime: tokio::runtime::Handle,
+    fs: crate::storage::fs::Fs,
+) -> Result<Recovered, OpenError> {
     let topics_dir = config.data_dir.join("topics");
     std::fs::create_dir_all(&topics_dir).map_err(|source| OpenError::DataDir {
         path: topics_dir,
@@ -505,7 +529,7 @@ fn recover(mut config: Config, runtime: tokio::runtime::Handle) -> Result<Recove
         runtime,
         dead_letters: Arc::new(tokio::sync::Notify::new()),
         disk,
-        fs: crate::storage::fs::os(),
+        fs,
     };
     let mut topics = BTreeMap::new();
     for topic_config in env.store.load_topics()? {

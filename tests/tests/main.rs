@@ -21,4 +21,5 @@ mod policies;
 mod recovery;
 mod redelivery;
 mod shutdown;
+mod storage_faults;
 mod topic_full;

@@ -7,13 +7,12 @@
 //! one commit is on disk, further appends queue up and form the next batch; an idle writer
 //! commits a lone append at once.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use weir_protocol::{FsyncPolicy, Limit, OverflowPolicy, RejectReason};
+use weir_protocol::{FsyncPolicy, Limit, OverflowPolicy, RejectReason, TopicHealth};
 
 use super::{lock, AppendError, Topic};
 use crate::admission::budget::MemoryPermit;
@@ -226,6 +225,9 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
             }
             topic.metrics.published.add(count);
             topic.counters.published.add(count);
+            if matches!(topic.health(), TopicHealth::Full { .. }) {
+                topic.set_health(TopicHealth::Healthy);
+            }
             for (i, append) in batch.drain(..).enumerate() {
                 // The publisher may have gone; its message is stored all the same.
                 let _ = append.reply.send(Ok(first + i as u64));
@@ -237,11 +239,31 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
             }
         }
         Err(e) => {
-            tracing::error!(topic = %topic.config.name, error = %e, "append failed; topic is now read-only");
-            topic.failed.store(true, Ordering::Relaxed);
             topic.release(taken.0, taken.1);
-            for append in batch.drain(..) {
-                let _ = append.reply.send(Err(AppendError::Storage(e.to_string())));
+            let undone = topic.log.read().is_ok_and(|log| log.fenced().is_none());
+            if e.is_no_space() && undone {
+                // Nothing of the batch is stored: refuse it, and take the next one as space
+                // returns.
+                topic.set_health(TopicHealth::Full {
+                    reason: e.to_string(),
+                });
+                let retry = topic.max_retry_after.as_millis() as u64;
+                let limit = Limit::new("filesystem_free_bytes", 0);
+                for append in batch.drain(..) {
+                    let refusal =
+                        topic.refusal(RejectReason::StorageFull, limit.clone(), Some(retry));
+                    let _ = append.reply.send(Err(refusal));
+                }
+            } else {
+                topic.metrics.storage_failures.add(1);
+                topic.set_health(TopicHealth::Failed {
+                    reason: e.to_string(),
+                });
+                for append in batch.drain(..) {
+                    let _ = append
+                        .reply
+                        .send(Err(AppendError::StorageFailed(e.to_string())));
+                }
             }
         }
     }

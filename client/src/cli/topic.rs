@@ -43,6 +43,12 @@ pub enum TopicCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Repair a topic whose storage failed a write (reopens and re-verifies its log) — see
+    /// `storage` in `weir topic info`.
+    Repair {
+        /// The topic.
+        name: String,
+    },
 }
 
 /// The arguments of `weir topic create`.
@@ -116,6 +122,16 @@ pub async fn run(client: Client, command: TopicCommand) -> anyhow::Result<ExitCo
                 .await
                 .map_err(super::with_force_hint)?;
             println!("deleted topic {name}");
+        }
+        TopicCommand::Repair { name } => {
+            let repaired = client.repair_topic(&name).await?;
+            if let Some((from, to)) = repaired.skipped {
+                println!("skipped sequences {from}..={to}");
+            }
+            for file in &repaired.quarantined {
+                println!("quarantined {file}");
+            }
+            println!("topic {name}: storage {}", repaired.health.state());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -459,7 +459,7 @@ fn torn_sealed_segment_without_checkpoint_drops_later_unsynced_segments() {
 }
 
 #[test]
-fn damaged_unchecked_segment_before_a_synced_one_is_corrupt_not_deleted() {
+fn damaged_unchecked_segment_before_a_synced_one_is_damage_not_deleted() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut log = SegmentLog::open(dir.path(), small()).unwrap();
@@ -471,15 +471,19 @@ fn damaged_unchecked_segment_before_a_synced_one_is_corrupt_not_deleted() {
     fs::remove_file(files[0].with_extension("sealed")).unwrap();
     let (at, len) = record_offset(&files[0], 2);
     flip_byte(&files[0], at + len - 1);
-    match SegmentLog::open(dir.path(), small()) {
-        Err(LogError::Corrupt {
-            segment, offset, ..
-        }) => {
-            assert_eq!(segment, files[0]);
-            assert_eq!(offset, at);
-        }
-        other => panic!("expected Corrupt, got {other:?}"),
-    }
+    let mut log = SegmentLog::open(dir.path(), small()).unwrap();
+    let damage = log.damage().expect("damage reported").clone();
+    assert_eq!((&damage.segment, damage.offset), (&files[0], at));
+    assert_eq!(
+        log.next_seq(),
+        damage.seq,
+        "nothing past the damage is served"
+    );
+    check_all(&log, 1);
+    assert!(matches!(
+        log.append_batch(&[Message::default()], 1),
+        Err(LogError::Fenced(_))
+    ));
     assert_eq!(segment_files(dir.path()), files, "nothing deleted");
 }
 
@@ -760,6 +764,7 @@ fn a_corrupted_header_length_is_corruption() {
                 segment,
                 offset,
                 reason,
+                ..
             }) => {
                 assert_eq!((&segment, offset), (&victim, at));
                 assert!(reason.contains("runs past the record"), "{reason}");
@@ -778,7 +783,7 @@ fn a_corrupted_header_length_is_corruption() {
 }
 
 #[test]
-fn a_bad_header_in_the_active_segment_is_cut_at_reopen() {
+fn a_bad_record_followed_by_valid_ones_in_the_active_segment_is_damage_not_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut log = SegmentLog::open(dir.path(), LogConfig::default()).unwrap();
@@ -794,9 +799,23 @@ fn a_bad_header_in_the_active_segment_is_cut_at_reopen() {
     f.write_all_at(&[0xff], name).unwrap();
     drop(f);
     reseal_crc(&last, at, len);
+    let full = fs::metadata(&last).unwrap().len();
     let log = SegmentLog::open(dir.path(), LogConfig::default()).unwrap();
+    let damage = log
+        .damage()
+        .expect("records 28..=30 follow the bad one: damage");
+    assert_eq!((damage.seq, damage.offset), (27, at));
+    assert!(
+        damage.reason.contains("valid record 28"),
+        "{}",
+        damage.reason
+    );
     assert_eq!(log.next_seq(), 27);
-    assert_eq!(fs::metadata(&last).unwrap().len(), at);
+    assert_eq!(
+        fs::metadata(&last).unwrap().len(),
+        full,
+        "the evidence is kept"
+    );
     check_all(&log, 1);
 }
 
