@@ -202,6 +202,8 @@ pub struct Topic {
     wake_writer: Notify,
     /// Whether storage takes writes and serves reads (see [`TopicHealth`]).
     health: Mutex<TopicHealth>,
+    /// Longest time between two records of the log's durable high-water mark.
+    high_water_interval: Duration,
     /// Where the log lives and how it is opened (to reopen it on repair).
     files: (crate::storage::fs::Fs, std::path::PathBuf, LogConfig),
     /// Set when the broker stops: nothing parks any more.
@@ -318,6 +320,7 @@ impl Topic {
             wake_writer: Notify::new(),
             health: Mutex::new(health),
             files: (env.fs.clone(), dir.to_path_buf(), log_config),
+            high_water_interval: Duration::from_millis(broker.storage.high_water_interval_ms),
             closing: AtomicBool::new(false),
             counters: TopicCounters::default(),
             max_retry_after: Duration::from_millis(broker.limits.max_retry_after_ms),

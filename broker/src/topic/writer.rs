@@ -34,6 +34,8 @@ struct SyncClock {
     policy: FsyncPolicy,
     last_sync: Instant,
     unsynced: bool,
+    /// When the durable high-water mark was last recorded.
+    last_high_water: Instant,
 }
 
 impl SyncClock {
@@ -85,6 +87,7 @@ pub(super) async fn run(
         policy: topic.config.fsync,
         last_sync: Instant::now(),
         unsynced: false,
+        last_high_water: Instant::now(),
     };
     let mut work = topic.metrics.workers.writer.clock();
     loop {
@@ -143,7 +146,12 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
         messages.iter().map(Message::size).sum(),
     );
     let sync = clock.sync_now();
+    let high_water = sync && clock.last_high_water.elapsed() >= topic.high_water_interval;
+    if high_water {
+        clock.last_high_water = Instant::now();
+    }
     let log = topic.log.clone();
+    let name = topic.config.name.clone();
     let disk = topic.disk.clone();
     let first_seq = lock(&topic.state).first_seq;
     // The append time: the records' `timestamp_ms` and the tail cache's `Instant`.
@@ -170,6 +178,9 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
         disk.stored_changed(log.disk_bytes() as i64 - before as i64);
         if sync {
             log.sync()?;
+        }
+        if high_water {
+            record_high_water(&mut log, &name);
         }
         let before = log.disk_bytes();
         let deleted = log.delete_before(first_seq);
@@ -302,10 +313,12 @@ async fn reclaim(topic: &Arc<Topic>, sync: bool) -> bool {
     let log = topic.log.clone();
     let disk = topic.disk.clone();
     let first_seq = lock(&topic.state).first_seq;
+    let name = topic.config.name.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<usize, LogError> {
         let mut log = log.write().unwrap_or_else(|p| p.into_inner());
         if sync {
             log.sync()?;
+            record_high_water(&mut log, &name);
         }
         let before = log.disk_bytes();
         let deleted = log.delete_before(first_seq);
@@ -328,6 +341,14 @@ async fn reclaim(topic: &Arc<Topic>, sync: bool) -> bool {
             tracing::error!(topic = %topic.config.name, error = %e, "segment reclaim task failed");
             false
         }
+    }
+}
+
+/// Records the log's durable high-water mark. A failure is logged, not returned: the commit it
+/// follows is durable all the same, and the next interval tries again.
+fn record_high_water(log: &mut log::SegmentLog, topic: &str) {
+    if let Err(e) = log.record_high_water() {
+        tracing::warn!(topic, error = %e, "cannot record the log's high-water mark");
     }
 }
 

@@ -13,6 +13,7 @@
 //! (sparse index), `checkpoint.rs` (sealed-segment checkpoints).
 
 mod checkpoint;
+mod high_water;
 mod index;
 mod reader;
 mod record;
@@ -228,6 +229,8 @@ pub struct SegmentLog {
     fenced: Option<String>,
     /// Where recovery found data that had been synced damaged (see [`Damage`]).
     damage: Option<Damage>,
+    /// The durable high-water mark (see `high_water.rs`).
+    high_water: high_water::Recorder,
 }
 
 /// Data that had been synced, found damaged when the log was opened: a bad record followed by
@@ -315,7 +318,9 @@ impl SegmentLog {
                 seals.insert(base);
             }
         }
+        let loaded = high_water::load(fs.as_ref(), dir)?;
         let mut log = SegmentLog {
+            high_water: high_water::Recorder::new(dir, loaded),
             fs,
             dir: dir.to_path_buf(),
             config,
@@ -339,8 +344,24 @@ impl SegmentLog {
             log.dir_dirty = true;
         }
         log.disk_bytes = log.segments.iter().map(|s| s.size).sum();
+        let confirmed = log.high_water.last().synced_next;
+        if log.damage.is_none() && log.next_seq() < confirmed {
+            let active = log.active();
+            let damage = Damage {
+                seq: log.next_seq(),
+                segment: active.path.clone(),
+                offset: active.size,
+                reason: format!(
+                    "the log ends before sequence {} but everything below {confirmed} had been \
+                     synced (high-water mark): the disk lost confirmed data",
+                    log.next_seq()
+                ),
+            };
+            log.damaged(damage);
+        }
         if log.damage.is_none() {
             log.sync()?;
+            log.record_high_water()?;
         }
         Ok(log)
     }
@@ -433,6 +454,12 @@ impl SegmentLog {
                     synced_past = Some(format!("{reason} (a later segment was synced)"));
                     break;
                 }
+            }
+            let confirmed = self.high_water.last().synced_next;
+            if synced_past.is_none() && seg.next_seq < confirmed {
+                synced_past = Some(format!(
+                    "{reason}; everything below {confirmed} had been synced (high-water mark)"
+                ));
             }
             if synced_past.is_none() && stop.is_some() {
                 if let Some(found) = seg.valid_record_after(offset, file_len, seg.next_seq)? {
@@ -657,6 +684,21 @@ impl SegmentLog {
         tracing::error!(dir = %self.dir.display(), seq = damage.seq, %damage, "log damaged; its files are kept as they are");
         self.fenced = Some(format!("damaged: {damage}"));
         self.damage = Some(damage);
+    }
+
+    /// Records the durable high-water mark at `next_seq()` (one write and one fdatasync of the
+    /// `high-water` file): recovery will treat a log that ends below it as damaged, never as a
+    /// torn tail. Does nothing unless everything appended is synced and the log is healthy.
+    pub fn record_high_water(&mut self) -> Result<(), LogError> {
+        let last = self.segments.len() - 1;
+        if self.fenced.is_some() || self.pending_from < last || self.segments[last].dirty {
+            return Ok(());
+        }
+        let next = self.next_seq();
+        if self.high_water.record(self.fs.as_ref(), next)? {
+            self.fs.sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 
     /// Fences the log for `reason`: it takes no more appends or syncs until reopened.
