@@ -172,6 +172,13 @@ fn info(d: &TopicDescription, now: SystemTime) -> String {
     out += &kv("dropped", t.dropped);
     out += &kv("parked", t.parked);
     out += &kv("rejected", t.rejected);
+    out += &kv(
+        "storage",
+        match t.health.reason() {
+            Some(reason) => format!("{} ({reason})", t.health.state()),
+            None => t.health.state().to_owned(),
+        },
+    );
     if t.groups.is_empty() {
         out += &kv("groups", "-");
     }
