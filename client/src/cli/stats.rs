@@ -402,7 +402,7 @@ mod tests {
         assert_eq!(lines.len(), 5, "{text}");
         assert!(lines[0].starts_with("TOPIC   DEPTH     BYTES"), "{text}");
         assert!(
-            lines[0].ends_with("REJECTED  STORAGE     REFUSING"),
+            lines[0].ends_with("REJECTED  STORAGE    REFUSING"),
             "{text}"
         );
         assert!(
@@ -414,7 +414,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            lines[2].ends_with("9         TopicFull max_messages=3 (7/s)"),
+            lines[2].ends_with("9         healthy    TopicFull max_messages=3 (7/s)"),
             "{text}"
         );
         assert_eq!(
