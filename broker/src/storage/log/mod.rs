@@ -360,6 +360,9 @@ impl SegmentLog {
             log.damaged(damage);
         }
         if log.damage.is_none() {
+            // Whatever an interrupted run left unsynced in the directory (segments,
+            // checkpoints, removals) is made durable before anything here is trusted.
+            log.dir_dirty = true;
             log.sync()?;
             log.record_high_water()?;
         }
@@ -378,7 +381,22 @@ impl SegmentLog {
             let path = segment::log_path(&dir, base);
             let (file, file_len) = Segment::open_file(fs, &path)?;
             if next_base.is_some() {
+                let confirmed = self.high_water.last().synced_next;
                 match checkpoint::load(fs, &dir, base)? {
+                    // A sealed segment that does not reach the next one, while nothing from
+                    // where it ends was confirmed: the next one's directory entry was never
+                    // synced (a crash can keep a later creation and lose an earlier one), so
+                    // scan it and cut there like any torn tail.
+                    Some(Ok(cp))
+                        if Some(cp.next_seq) != next_base && cp.next_seq >= confirmed =>
+                    {
+                        tracing::warn!(
+                            segment = %path.display(),
+                            ends_at = cp.next_seq,
+                            next_base = next_base.unwrap_or_default(),
+                            "sealed segment does not reach the next one; scanning it"
+                        );
+                    }
                     Some(Ok(cp)) if cp.valid_len <= file_len => {
                         if Some(cp.next_seq) != next_base {
                             let reason = format!(
