@@ -12,4 +12,6 @@
 pub mod disk;
 pub mod fs;
 pub mod log;
+#[cfg(test)]
+mod sim;
 pub mod state;

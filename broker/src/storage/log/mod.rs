@@ -13,6 +13,8 @@
 //! (sparse index), `checkpoint.rs` (sealed-segment checkpoints).
 
 mod checkpoint;
+#[cfg(test)]
+mod crash_tests;
 mod index;
 mod reader;
 mod record;
