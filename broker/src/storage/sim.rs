@@ -114,12 +114,18 @@ pub(crate) enum Fault {
         /// Bytes written before the failure.
         keep: usize,
     },
+    /// A `sync_data` fails with EIO and the kernel drops the dirty pages it could not write
+    /// (Linux since 4.13: they are marked clean, reads still see them from the page cache, a
+    /// later `sync_data` returns Ok without writing them). The bytes past the durable length
+    /// at the failure never become durable unless written again. On any other call: like
+    /// [`Fault::Eio`].
+    EioLosePages,
 }
 
 impl Fault {
     fn error(self) -> io::Error {
         match self {
-            Fault::Eio => io::Error::from_raw_os_error(libc::EIO),
+            Fault::Eio | Fault::EioLosePages => io::Error::from_raw_os_error(libc::EIO),
             Fault::Enospc | Fault::ShortWrite { .. } => io::Error::from_raw_os_error(libc::ENOSPC),
         }
     }
@@ -167,6 +173,42 @@ struct DirNode {
 struct FileNode {
     seen: Vec<u8>,
     durable: Vec<u8>,
+    /// Byte ranges whose pages a failed sync dropped: still seen, never written (a write over
+    /// them clears them).
+    lost: Vec<(usize, usize)>,
+}
+
+impl FileNode {
+    /// What a successful `sync_data` makes durable: what is seen, except dropped pages, which
+    /// hold what the disk had there before (zeros past its old end).
+    fn synced(&self) -> Vec<u8> {
+        let mut out = self.seen.clone();
+        for &(from, to) in &self.lost {
+            for (i, b) in out.iter_mut().enumerate().take(to).skip(from) {
+                *b = self.durable.get(i).copied().unwrap_or(0);
+            }
+        }
+        out
+    }
+
+    /// A write of `len` bytes at `offset`: those bytes are no longer lost.
+    fn rewritten(&mut self, offset: usize, len: usize) {
+        let end = offset + len;
+        let mut kept = Vec::new();
+        for &(from, to) in &self.lost {
+            if to <= offset || from >= end {
+                kept.push((from, to));
+            } else {
+                if from < offset {
+                    kept.push((from, offset));
+                }
+                if to > end {
+                    kept.push((end, to));
+                }
+            }
+        }
+        self.lost = kept;
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -302,6 +344,7 @@ impl State {
                 FileNode {
                     seen: content.clone(),
                     durable: content,
+                    lost: Vec::new(),
                 }
             })
             .collect();
@@ -643,17 +686,16 @@ impl StorageFile for SimFile {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut state = self.lock();
         let fault = state.call(Op::Write);
-        let content = &mut state.files[self.ino].seen;
+        let file = &mut state.files[self.ino];
+        let written = match fault {
+            None => buf.len(),
+            Some(Fault::ShortWrite { keep }) => keep.min(buf.len().saturating_sub(1)),
+            Some(_) => 0,
+        };
+        write_into(&mut file.seen, &buf[..written], offset);
+        file.rewritten(offset as usize, written);
         match fault {
-            None => {
-                write_into(content, buf, offset);
-                Ok(())
-            }
-            Some(f @ Fault::ShortWrite { keep }) => {
-                let keep = keep.min(buf.len().saturating_sub(1));
-                write_into(content, &buf[..keep], offset);
-                Err(f.error())
-            }
+            None => Ok(()),
             Some(f) => Err(f.error()),
         }
     }
@@ -669,12 +711,27 @@ impl StorageFile for SimFile {
 
     fn sync_data(&self) -> io::Result<()> {
         let mut state = self.lock();
-        if let Some(f) = state.call(Op::SyncData) {
-            return Err(f.error());
-        }
+        let fault = state.call(Op::SyncData);
         let file = &mut state.files[self.ino];
-        file.durable = file.seen.clone();
-        Ok(())
+        match fault {
+            None => {
+                file.durable = file.synced();
+                Ok(())
+            }
+            Some(f @ Fault::EioLosePages) => {
+                // Every byte written since the last sync (approximated as everything past the
+                // durable length, and every byte that differs from it) is dropped.
+                let n = file.seen.len();
+                let first_diff = (0..n)
+                    .find(|&i| file.durable.get(i) != Some(&file.seen[i]))
+                    .unwrap_or(n);
+                if first_diff < n {
+                    file.lost.push((first_diff, n));
+                }
+                Err(f.error())
+            }
+            Some(f) => Err(f.error()),
+        }
     }
 
     fn size(&self) -> io::Result<u64> {
@@ -949,6 +1006,29 @@ mod tests {
         assert_eq!(fs.content(&p("/d/f")).unwrap(), b"onethreeXY");
         fs.clear_faults();
         f.set_len(0).unwrap();
+    }
+
+    #[test]
+    fn pages_dropped_by_a_failed_sync_never_become_durable_unless_rewritten() {
+        let fs = SimFs::new(DirCrash::Independent);
+        fs.create_dir_durable(&p("/d"));
+        let f = write_file(&fs, "/d/f", b"abc");
+        f.sync_data().unwrap();
+        fs.sync_dir(&p("/d")).unwrap();
+        f.write_all_at(b"def", 3).unwrap();
+        fs.inject(Op::SyncData, 1, Fault::EioLosePages, false);
+        assert_eq!(f.sync_data().unwrap_err().raw_os_error(), Some(libc::EIO));
+        // Still seen; a later sync "succeeds" without writing the dropped bytes.
+        assert_eq!(fs.content(&p("/d/f")).unwrap(), b"abcdef");
+        f.write_all_at(b"gh", 6).unwrap();
+        f.sync_data().unwrap();
+        let after = fs.crash(&mut SimRng::new(0));
+        assert_eq!(after.content(&p("/d/f")).unwrap(), b"abc\0\0\0gh");
+        // Written again, they are durable.
+        f.write_all_at(b"DE", 3).unwrap();
+        f.sync_data().unwrap();
+        let after = fs.crash(&mut SimRng::new(0));
+        assert_eq!(after.content(&p("/d/f")).unwrap(), b"abcDE\0gh");
     }
 
     #[test]
