@@ -14,6 +14,7 @@ mod headers;
 mod http;
 mod isolation;
 mod isolation_admin;
+mod kill_loop;
 mod limits;
 mod memory;
 mod metrics;

@@ -14,4 +14,6 @@ pub mod disk;
 pub mod fault;
 pub mod fs;
 pub mod log;
+#[cfg(test)]
+mod sim;
 pub mod state;

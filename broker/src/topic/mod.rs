@@ -623,10 +623,10 @@ impl Topic {
 
     /// Repairs the topic's storage (blocking: call from a blocking thread) and returns its
     /// health afterwards. A healthy or full topic is left alone. A failed one (a write or sync
-    /// failed, the log fenced) has its log reopened, which re-verifies the files: records of
-    /// the failed batch that did reach the disk become deliverable (their publishers were told
-    /// the outcome was unknown), the rest is cut as a torn tail, and the topic takes publishes
-    /// again. If confirmed records turn out to be missing, the topic is damaged instead.
+    /// failed, the log fenced and cut back to its last good sync) has its log reopened, which
+    /// re-verifies the files; records of the failed batch still there (the cut failed) become
+    /// deliverable — their publishers were told the outcome was unknown — and the topic takes
+    /// publishes again. If confirmed records turn out to be missing, the topic is damaged instead.
     ///
     /// A damaged log (a confirmed record unreadable) is not repaired yet: quarantining its
     /// files and skipping the range needs the log to number past a hole, which is not built;

@@ -13,6 +13,8 @@
 //! (sparse index), `checkpoint.rs` (sealed-segment checkpoints).
 
 mod checkpoint;
+#[cfg(test)]
+mod crash_tests;
 mod high_water;
 mod index;
 mod reader;
@@ -231,6 +233,9 @@ pub struct SegmentLog {
     damage: Option<Damage>,
     /// The durable high-water mark (see `high_water.rs`).
     high_water: high_water::Recorder,
+    /// Where the last successful sync left the log: the active segment's base, its size and
+    /// `next_seq` then. A failed sync cuts the log back to it (see [`SegmentLog::sync`]).
+    synced: (u64, u64, u64),
 }
 
 /// Data that had been synced, found damaged when the log was opened: a bad record followed by
@@ -302,11 +307,20 @@ impl SegmentLog {
     /// simulation there).
     pub fn open_on(fs: Fs, dir: &Path, config: LogConfig) -> Result<SegmentLog, LogError> {
         if !fs.is_dir(dir) {
+            // Make every new directory's entry durable: fsync the parent of each one created,
+            // from the deepest existing ancestor down.
+            let mut created = vec![dir];
+            let mut ancestor = dir.parent();
+            while let Some(a) = ancestor.filter(|a| !a.as_os_str().is_empty() && !fs.is_dir(a)) {
+                created.push(a);
+                ancestor = a.parent();
+            }
             fs.create_dir_all(dir)?;
-            // Make the new directory's own entry durable.
-            match dir.parent() {
-                Some(p) if !p.as_os_str().is_empty() => fs.sync_dir(p)?,
-                _ => fs.sync_dir(Path::new("."))?,
+            for new in created.iter().rev() {
+                match new.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => fs.sync_dir(p)?,
+                    _ => fs.sync_dir(Path::new("."))?,
+                }
             }
         }
         let mut bases = BTreeSet::new();
@@ -331,6 +345,7 @@ impl SegmentLog {
             write_buf: Vec::new(),
             fenced: None,
             damage: None,
+            synced: (0, 0, 0),
         };
         for &orphan in seals.difference(&bases) {
             tracing::warn!(dir = %dir.display(), base = orphan, "removing checkpoint without segment");
@@ -387,9 +402,7 @@ impl SegmentLog {
                     // where it ends was confirmed: the next one's directory entry was never
                     // synced (a crash can keep a later creation and lose an earlier one), so
                     // scan it and cut there like any torn tail.
-                    Some(Ok(cp))
-                        if Some(cp.next_seq) != next_base && cp.next_seq >= confirmed =>
-                    {
+                    Some(Ok(cp)) if Some(cp.next_seq) != next_base && cp.next_seq >= confirmed => {
                         tracing::warn!(
                             segment = %path.display(),
                             ends_at = cp.next_seq,
@@ -686,10 +699,38 @@ impl SegmentLog {
             return Err(LogError::Fenced(reason.clone()));
         }
         let result = self.sync_unfenced();
-        if let Err(e) = &result {
-            self.fenced = Some(format!("sync failed: {e}"));
+        match &result {
+            Ok(()) => {
+                let active = self.active();
+                self.synced = (active.base_seq, active.size, active.next_seq);
+            }
+            Err(e) => {
+                // The kernel may have dropped the pages it failed to write while reads still
+                // see them, and a later fsync would not write them: cut everything since the
+                // last good sync, so a reopen cannot trust it (the outcome of those records
+                // was never confirmed). If the cut fails, a reopen sees them: outcome unknown.
+                self.cut_to_last_sync();
+                self.fenced = Some(format!("sync failed: {e}"));
+            }
         }
         result
+    }
+
+    /// Cuts the log back to where the last successful sync left it (best effort).
+    fn cut_to_last_sync(&mut self) {
+        let (base, size, next_seq) = self.synced;
+        let Some(i) = self.segments.iter().position(|s| s.base_seq == base) else {
+            return;
+        };
+        let undo = Undo {
+            segments: i + 1,
+            size,
+            next_seq,
+            pending_from: self.pending_from,
+        };
+        if !self.undo(undo) {
+            tracing::warn!(dir = %self.dir.display(), "cannot cut the log back to its last good sync");
+        }
     }
 
     /// Where opening found synced data damaged, if it did (see [`Damage`]).
@@ -860,6 +901,13 @@ impl SegmentLog {
                 tracing::warn!(segment = %seg.path.display(), error = %e, "cannot remove checkpoint");
             }
             deleted += 1;
+            // One directory fsync per removal keeps removals durable in order (oldest first): a
+            // crash can then never keep a later segment's removal and undo an earlier one's,
+            // which would leave a hole recovery could not tell from a torn tail.
+            if let Err(e) = self.fs.sync_dir(&self.dir) {
+                failure = Some(e);
+                break;
+            }
         }
         for seg in self.segments.drain(..deleted) {
             self.disk_bytes -= seg.size;
