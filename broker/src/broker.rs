@@ -502,6 +502,7 @@ fn recover(mut config: Config, runtime: tokio::runtime::Handle) -> Result<Recove
         metrics: Arc::new(Metrics::default()),
         tasks: TaskTracker::new(),
         stop: CancellationToken::new(),
+        stopping: CancellationToken::new(),
         runtime,
         dead_letters: Arc::new(tokio::sync::Notify::new()),
         disk,
