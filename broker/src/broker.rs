@@ -526,6 +526,7 @@ fn recover(
         metrics: Arc::new(Metrics::default()),
         tasks: TaskTracker::new(),
         stop: CancellationToken::new(),
+        stopping: CancellationToken::new(),
         runtime,
         dead_letters: Arc::new(tokio::sync::Notify::new()),
         disk,

@@ -29,8 +29,9 @@ const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 /// Opens the broker on `config.data_dir` and serves `listener` (and, unless disabled, the admin
 /// endpoint on `config.admin.listen`) until `shutdown` completes.
 ///
-/// Shutdown: stop accepting, stop reading new frames, confirm the publishes whose commit is in
-/// progress, send every client `GoingAway`, close the connections, then stop the topic writers
+/// Shutdown: stop accepting, stop planning deliveries, stop reading new frames, confirm the
+/// publishes whose commit is in progress, send every client `GoingAway`, close the connections
+/// (their unacked messages return to their groups), then stop the topic writers
 /// (each after committing what is queued) and persist group state. Returns once everything is
 /// on disk.
 pub async fn run(
@@ -149,8 +150,11 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
             }
         }
     }
-    info!("shutting down: closing connections");
+    info!("shutting down: stopping dispatch, then closing connections");
     drop(listener);
+    // Dispatch stops first: a closing consumer's unacked messages then wait in their groups
+    // for the restart instead of going to another consumer that is about to close too.
+    broker.env().stopping.cancel();
     stop.graceful.cancel();
     broker.refuse_parked();
     connections.close();

@@ -6,6 +6,7 @@ mod budget;
 mod cli;
 mod client;
 mod client_retry;
+mod consumer_lost;
 mod crash;
 mod credit;
 mod delivery;

@@ -11,8 +11,8 @@
 //! `max_in_flight` (delivery pauses at it until acks arrive), a member never gets more
 //! deliveries than its outstanding credit, and credit outstanding never exceeds `max_credit`
 //! (a larger grant is refused). Messages waiting for redelivery came out of those, so they are
-//! bounded by `max_in_flight` too. A message delivered `max_attempts` times that times out or
-//! is nacked again is due for the dead-letter topic.
+//! bounded by `max_in_flight` too. A message delivered `max_attempts` times that times out, is
+//! nacked again, or whose member leaves without acking it is due for the dead-letter topic.
 
 mod schedule;
 
@@ -81,8 +81,34 @@ pub struct DeadLetter {
     pub seq: u64,
     /// Deliveries it had.
     pub attempt: u32,
-    /// Why it is dead-lettered (`ack timeout`, `nacked`, or the subscriber's `Term` reason).
+    /// Why it is dead-lettered (`ack timeout`, `nacked`, [`CONSUMER_LOST`], or the
+    /// subscriber's `Term` reason).
     pub reason: String,
+}
+
+/// The dead-letter reason of a message whose `max_attempts`-th delivery went to a member that
+/// left without acking it (its connection closed, it unsubscribed, its consumer crashed).
+pub const CONSUMER_LOST: &str = "consumer-lost";
+
+/// Why a member leaves its group, which decides what its unacked messages count as (see
+/// [`Group::leave`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// The consumer went away on its own: disconnected, unsubscribed, crashed, or was closed
+    /// for what it did (not reading, idling). Each unacked delivery was a failed attempt.
+    Lost,
+    /// The broker is stopping and closed the member itself: its unacked messages are
+    /// requeued whatever their attempt (they are redelivered after the restart).
+    BrokerStopping,
+}
+
+/// What [`Group::leave`] did with the leaving member's unacked messages.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Left {
+    /// Returned to the group for redelivery.
+    pub requeued: usize,
+    /// Due for the dead-letter topic ([`CONSUMER_LOST`]).
+    pub dead: usize,
 }
 
 /// One delivery decided by [`Group::plan`]: send `seq` (attempt `attempt`) to `sub` via `outbox`.
@@ -325,9 +351,13 @@ impl Group {
         });
     }
 
-    /// Detaches a member; its in-flight messages go back to the group for redelivery. Returns
-    /// how many were requeued.
-    pub fn leave(&mut self, id: MemberId) -> usize {
+    /// Detaches a member. Each message in flight to it was an attempt that ended without an
+    /// ack: if the member was lost ([`Departure::Lost`]) and that was the message's
+    /// `max_attempts`-th delivery, it is due for the dead-letter topic with the reason
+    /// [`CONSUMER_LOST`] (a message that keeps killing its consumers ends there, like one that
+    /// keeps timing out); otherwise it goes back to the group for redelivery with the next
+    /// attempt. It keeps its `max_in_flight` slot either way.
+    pub fn leave(&mut self, id: MemberId, departure: Departure) -> Left {
         self.members.retain(|m| m.id != id);
         let theirs: Vec<u64> = self
             .in_flight
@@ -335,17 +365,29 @@ impl Group {
             .filter(|(_, f)| f.member == id)
             .map(|(s, _)| *s)
             .collect();
-        for seq in &theirs {
-            self.undeliver(id, *seq);
+        let mut left = Left::default();
+        for seq in theirs {
+            let Some(f) = self.take_in_flight(id, seq) else {
+                continue;
+            };
+            let last = f.attempt >= self.config.max_attempts;
+            if last && departure == Departure::Lost {
+                self.kill(seq, f.attempt, CONSUMER_LOST.to_string());
+                left.dead += 1;
+            } else {
+                self.redeliver.insert(seq, f.attempt);
+                left.requeued += 1;
+            }
         }
-        theirs.len()
+        left
     }
 
     /// Returns a planned delivery that could not be sent to the group (a no-op if `seq` is no
-    /// longer in flight to `id`, e.g. because the member already left).
+    /// longer in flight to `id`, e.g. because the member already left). Nobody received it, so
+    /// it does not count as an attempt: its next delivery has the attempt this one had.
     pub fn undeliver(&mut self, id: MemberId, seq: u64) {
         if let Some(f) = self.take_in_flight(id, seq) {
-            self.redeliver.insert(seq, f.attempt);
+            self.redeliver.insert(seq, f.attempt.saturating_sub(1));
         }
     }
 
@@ -842,7 +884,13 @@ mod tests {
             seqs(&plan),
             vec![(1, 1, 1), (2, 2, 1), (1, 3, 1), (2, 4, 1)]
         );
-        assert_eq!(g.leave(a), 2);
+        assert_eq!(
+            g.leave(a, Departure::Lost),
+            Left {
+                requeued: 2,
+                dead: 0
+            }
+        );
         g.grant(b, 3, 100).unwrap();
         plan.clear();
         g.ack(b, &[2, 4]);
@@ -1090,6 +1138,119 @@ mod tests {
         assert!(!g.dead_lettered(3));
         assert_eq!(g.floor(), 4);
         assert_eq!(g.info("g", 4, late).dead_lettered, 3);
+    }
+
+    #[test]
+    fn a_member_lost_with_a_message_on_its_last_attempt_makes_a_consumer_lost_dead_letter() {
+        let mut g = Group::with_config(1, 2, config(3));
+        let t0 = Instant::now();
+        let mut plan = Plan::new();
+        // Three consumers in turn take message 1 and vanish without acking it.
+        for sub in 1..=3u64 {
+            let (m, tx, _rx) = member(sub);
+            g.join(m, tx.clone(), tx, unbounded());
+            g.grant(m, 1, 10).unwrap();
+            plan.clear();
+            g.plan(2, 10, t0, &|_| 1, &mut plan);
+            assert_eq!(seqs(&plan), vec![(sub, 1, sub as u32)]);
+            let left = g.leave(m, Departure::Lost);
+            let expected = if sub < 3 {
+                Left {
+                    requeued: 1,
+                    dead: 0,
+                }
+            } else {
+                Left {
+                    requeued: 0,
+                    dead: 1,
+                }
+            };
+            assert_eq!(left, expected, "consumer {sub}");
+        }
+        assert_eq!(
+            g.dead_letters(10),
+            vec![DeadLetter {
+                seq: 1,
+                attempt: 3,
+                reason: CONSUMER_LOST.to_string(),
+            }]
+        );
+        assert_eq!(CONSUMER_LOST, "consumer-lost");
+        // No fourth delivery; the dead letter holds its slot (and the floor) until moved.
+        let (d, tx, _rx) = member(4);
+        g.join(d, tx.clone(), tx, unbounded());
+        g.grant(d, 10, 10).unwrap();
+        plan.clear();
+        g.plan(10, 10, t0, &|_| 1, &mut plan);
+        assert_eq!(
+            seqs(&plan),
+            vec![(4, 2, 1)],
+            "max_in_flight 2: one slot left"
+        );
+        assert_eq!(g.floor(), 1);
+        assert_eq!(g.record().dead, vec![(1, 3, "consumer-lost".to_string())]);
+        assert!(g.dead_lettered(1));
+        assert_eq!(g.floor(), 2);
+    }
+
+    #[test]
+    fn a_member_lost_before_the_last_attempt_has_its_messages_redelivered_with_the_next() {
+        let mut g = Group::with_config(1, 100, config(3));
+        let (a, txa, _ra) = member(1);
+        g.join(a, txa.clone(), txa, unbounded());
+        g.grant(a, 2, 10).unwrap();
+        let t0 = Instant::now();
+        let mut plan = Plan::new();
+        g.plan(3, 10, t0, &|_| 1, &mut plan);
+        assert_eq!(seqs(&plan), vec![(1, 1, 1), (1, 2, 1)]);
+        g.ack(a, &[2]);
+        assert_eq!(
+            g.leave(a, Departure::Lost),
+            Left {
+                requeued: 1,
+                dead: 0
+            }
+        );
+        assert!(g.dead_letters(10).is_empty());
+        let (b, txb, _rb) = member(2);
+        g.join(b, txb.clone(), txb, unbounded());
+        g.grant(b, 5, 10).unwrap();
+        plan.clear();
+        g.plan(3, 10, t0, &|_| 1, &mut plan);
+        assert_eq!(
+            seqs(&plan),
+            vec![(2, 1, 2)],
+            "attempt + 1, acked seq 2 stays acked"
+        );
+    }
+
+    #[test]
+    fn a_member_the_broker_closes_while_stopping_has_its_last_attempts_requeued_not_killed() {
+        let (mut g, a, _rx) = with_member(1, 10);
+        let mut plan = Plan::new();
+        g.plan(3, 10, Instant::now(), &|_| 1, &mut plan);
+        assert_eq!(
+            g.leave(a, Departure::BrokerStopping),
+            Left {
+                requeued: 2,
+                dead: 0
+            }
+        );
+        assert!(g.dead_letters(10).is_empty());
+        assert_eq!(g.record().unacked, vec![(1, 1), (2, 1)]);
+    }
+
+    #[test]
+    fn a_delivery_that_could_not_be_sent_does_not_count_as_an_attempt() {
+        let (mut g, a, _rx) = with_member(2, 10);
+        let t0 = Instant::now();
+        let mut plan = Plan::new();
+        g.plan(2, 10, t0, &|_| 1, &mut plan);
+        assert_eq!(seqs(&plan), vec![(1, 1, 1)]);
+        g.undeliver(a, 1);
+        plan.clear();
+        g.plan(2, 10, t0, &|_| 1, &mut plan);
+        assert_eq!(seqs(&plan), vec![(1, 1, 1)], "still its first delivery");
     }
 
     #[test]

@@ -17,6 +17,11 @@
 //! messages wait in the log, not in memory. A message served from the tail cache is counted
 //! twice while both hold it — the budget errs on the side of refusing early.
 //!
+//! Once the broker begins a graceful stop ([`super::TopicEnv::stopping`]) no more deliveries
+//! are planned, while acks, nacks and deadlines are still handled: the connections closing
+//! next return their unacked messages to their groups, to be redelivered after the restart,
+//! never to another consumer that is closing too.
+//!
 //! Each first delivery (attempt 1) to a group is recorded in the publish→deliver histogram: from
 //! the message's append — the start of the commit that stored it, kept as an `Instant` by the
 //! tail cache, or read back from the record's wall-clock `timestamp_ms` (millisecond precision)
@@ -93,6 +98,11 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> (bool, bool) {
             let mut st = lock(&topic.state);
             let st = &mut *st;
             let committed = topic.deliverable_end(st);
+            // Checked under the lock: a member that leaves once the broker is stopping (under
+            // this lock too) can never have its messages planned for another member.
+            if topic.stopping.is_cancelled() {
+                return (sent_any, no_room);
+            }
             let Some(g) = st.groups.get_mut(&group) else {
                 continue;
             };

@@ -33,7 +33,7 @@ use weir_protocol::{
 use crate::admission::budget::{MemoryBudget, MemoryPermit};
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::group::{GrantError, Group, MemberId, Outbox, Stall};
+use crate::group::{Departure, GrantError, Group, MemberId, Outbox, Stall};
 use crate::metrics::{Counter, Metrics};
 use crate::storage::disk::DiskBudget;
 use crate::storage::log::{LogConfig, LogError, Message, SegmentLog};
@@ -104,6 +104,11 @@ pub struct TopicEnv {
     pub tasks: TaskTracker,
     /// Cancelled to stop the topic's tasks.
     pub stop: CancellationToken,
+    /// Cancelled when the broker begins a graceful stop, before it closes any connection:
+    /// dispatchers plan no more deliveries (acks, nacks and deadlines are still handled), so
+    /// a closing consumer's unacked messages are not handed to another consumer that is about
+    /// to close too; and members that leave from then on are closed by the broker, not lost.
+    pub stopping: CancellationToken,
     /// The runtime the tasks run on (topics are opened from blocking threads).
     pub runtime: tokio::runtime::Handle,
     /// Admission control (the writers feed it commit latencies).
@@ -226,6 +231,8 @@ pub struct Topic {
     /// Stops this topic's writer and dispatcher (a child of the broker's stop token, cancelled
     /// alone when the topic is deleted).
     stop: CancellationToken,
+    /// The broker's [`TopicEnv::stopping`]: no deliveries are planned once it is cancelled.
+    stopping: CancellationToken,
     /// The writer's and the dispatcher's tasks, awaited when the topic is deleted.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Which bound refused publishes to this topic lately.
@@ -332,6 +339,7 @@ impl Topic {
             max_nack_delay: Duration::from_millis(broker.groups.max_nack_delay_ms),
             dead_letters: env.dead_letters.clone(),
             stop: env.stop.child_token(),
+            stopping: env.stopping.clone(),
             tasks: Mutex::new(Vec::new()),
             recent_refusals: Mutex::new(RecentRefusals::default()),
         });
@@ -481,14 +489,33 @@ impl Topic {
         acked
     }
 
-    /// Detaches a member; its unacked messages return to the group for redelivery.
+    /// Detaches a member. Its unacked messages return to the group for redelivery, except
+    /// those on their last attempt, which are dead-lettered (`consumer-lost`) — unless the
+    /// broker is stopping and closed the member itself (see [`Group::leave`]).
     pub fn leave(&self, group: &str, id: MemberId) {
-        let mut st = lock(&self.state);
-        let requeued = st.groups.get_mut(group).map_or(0, |g| g.leave(id));
-        drop(st);
-        if requeued > 0 {
-            tracing::debug!(topic = %self.config.name, group, requeued, "unacked messages returned to the group");
+        let departure = if self.stopping.is_cancelled() {
+            Departure::BrokerStopping
+        } else {
+            Departure::Lost
+        };
+        let left = lock(&self.state)
+            .groups
+            .get_mut(group)
+            .map_or_else(Default::default, |g| g.leave(id, departure));
+        if left.requeued > 0 || left.dead > 0 {
+            tracing::debug!(
+                topic = %self.config.name,
+                group,
+                requeued = left.requeued,
+                dead = left.dead,
+                "unacked messages of a leaving member returned to the group"
+            );
+        }
+        if left.requeued > 0 {
             self.wake_dispatcher.notify_one();
+        }
+        if left.dead > 0 {
+            self.dead_letters.notify_one();
         }
     }
 
