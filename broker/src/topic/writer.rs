@@ -185,7 +185,10 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
         let before = log.disk_bytes();
         let deleted = log.delete_before(first_seq);
         disk.stored_changed(log.disk_bytes() as i64 - before as i64);
-        deleted?;
+        if let Err(e) = deleted {
+            // The batch is durable all the same: confirm it; reclaiming is tried again later.
+            tracing::warn!(topic = %name, error = %e, "cannot reclaim acked segments");
+        }
         Ok(Committed {
             first,
             messages,
