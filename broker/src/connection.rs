@@ -236,7 +236,7 @@ pub(crate) async fn serve(broker: Broker, socket: TcpStream, peer: SocketAddr, s
             Err(end) => end,
         };
         if matches!(end, End::Shutdown) {
-            conn.finish_confirms(Duration::from_millis(limits.shutdown_grace_ms))
+            conn.finish_confirms(&mut frames, Duration::from_millis(limits.shutdown_grace_ms))
                 .await;
         }
         if let Some((reason, message)) = end.going_away() {
@@ -942,12 +942,36 @@ impl Connection {
     }
 
     /// Waits (at most `grace`) for publishes being committed (and parked ones, which the
-    /// broker refuses with `ShuttingDown` as it stops) and sends their answers.
-    async fn finish_confirms(&mut self, grace: Duration) {
+    /// broker refuses with `ShuttingDown` as it stops) and sends their answers. Meanwhile it
+    /// still reads the client's frames and applies its acks, nacks, terms and progress (the
+    /// broker dispatches nothing more by now, so they only settle what the client holds); any
+    /// other frame is ignored.
+    async fn finish_confirms(&mut self, frames: &mut FrameReader, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
         self.pending.extend(std::mem::take(&mut self.parked));
+        let mut reading = true;
         while !self.pending.is_empty() {
-            match tokio::time::timeout_at(deadline, self.pending.next()).await {
+            let wake = tokio::select! {
+                answer = tokio::time::timeout_at(deadline, self.pending.next()) => answer,
+                read = frames.next(), if reading => {
+                    match read {
+                        Some(Ok(Read::Frame(
+                            frame @ (Frame::Ack(_)
+                            | Frame::Nack(_)
+                            | Frame::Term(_)
+                            | Frame::Progress(_)),
+                        ))) => {
+                            if self.apply(frame).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => reading = false,
+                    }
+                    continue;
+                }
+            };
+            match wake {
                 Ok(Some(answer)) => {
                     if self.answer(answer).await.is_err() {
                         return;

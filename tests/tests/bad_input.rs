@@ -145,8 +145,14 @@ async fn clients_vanishing_mid_frame_and_mid_stream_do_not_disturb_a_healthy_one
                 .unwrap();
             drop(half);
             // A subscriber that takes messages of its own group and vanishes without acking.
+            // Each vanishing counts as an attempt: with more attempts than takers, no message
+            // is dead-lettered (and so acked by "takers") before the healthy group exists.
             let mut taker = RawClient::connect(addr).await;
-            taker.subscribe(1, "safe", "takers", 50).await;
+            let spec = weir_protocol::GroupSpec {
+                max_attempts: Some(100),
+                ..Default::default()
+            };
+            taker.subscribe_with(1, "safe", "takers", 50, spec).await;
             drop(taker);
         }
     })
