@@ -250,6 +250,30 @@ impl RawClient {
         }
     }
 
+    /// Receives the next frame, which must be a delivery.
+    pub async fn next_delivery(&mut self) -> Deliver {
+        match self.recv().await {
+            Frame::Deliver(d) => d,
+            other => panic!("expected Deliver, got {other:?}"),
+        }
+    }
+
+    /// Acks `seqs` of subscription 1 and grants as much credit back, in one flush; `Err` when
+    /// the connection is gone (a killed broker).
+    pub async fn ack_and_credit(&mut self, seqs: Vec<u64>) -> Result<(), ()> {
+        let n = seqs.len() as u32;
+        let framed = self.framed_mut();
+        framed
+            .feed(Frame::Ack(Ack { sub: 1, seqs }))
+            .await
+            .map_err(drop)?;
+        framed
+            .feed(Frame::Credit(Credit { sub: 1, n }))
+            .await
+            .map_err(drop)?;
+        framed.flush().await.map_err(drop)
+    }
+
     /// Receives the next `n` deliveries.
     pub async fn deliveries(&mut self, n: usize) -> Vec<Deliver> {
         let mut out = Vec::with_capacity(n);
@@ -306,4 +330,12 @@ impl RawClient {
         }
         out
     }
+}
+
+/// The value of a delivery's first header named `name`.
+pub fn header<'a>(d: &'a Deliver, name: &str) -> Option<&'a str> {
+    d.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use weir_protocol::*;
-use weir_tests::wire::wait_for_topic;
+use weir_tests::wire::{header, wait_for_topic};
 use weir_tests::{RawClient, TestBroker};
 
 /// Group settings: deliveries never time out during the test, `max_attempts` as given.
@@ -20,17 +20,7 @@ fn spec(max_attempts: u32) -> GroupSpec {
 }
 
 async fn deliver(client: &mut RawClient) -> Deliver {
-    match client.recv().await {
-        Frame::Deliver(d) => d,
-        other => panic!("expected Deliver, got {other:?}"),
-    }
-}
-
-fn header<'a>(d: &'a Deliver, name: &str) -> Option<&'a str> {
-    d.headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+    client.next_delivery().await
 }
 
 #[tokio::test]

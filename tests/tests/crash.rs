@@ -158,17 +158,7 @@ async fn ack(client: &mut RawClient, log: &Mutex<ConsumerLog>, seqs: Vec<u64>) -
             log.acked.push((*seq, now));
         }
     }
-    let n = seqs.len() as u32;
-    let framed = client.framed_mut();
-    framed
-        .feed(Frame::Ack(Ack { sub: 1, seqs }))
-        .await
-        .map_err(drop)?;
-    framed
-        .feed(Frame::Credit(Credit { sub: 1, n }))
-        .await
-        .map_err(drop)?;
-    framed.flush().await.map_err(drop)
+    client.ack_and_credit(seqs).await
 }
 
 /// Publishes `crash-<id>` messages in pipelined rounds of [`ROUND`] until the connection is

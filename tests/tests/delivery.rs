@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use weir_protocol::*;
-use weir_tests::wire::wait_for_topic;
+use weir_tests::wire::{header, wait_for_topic};
 use weir_tests::{RawClient, TestBroker};
 
 /// Settings of a group whose deliveries time out after `ack_timeout_ms`.
@@ -44,17 +44,7 @@ async fn create_one_message_topic(admin: &mut RawClient, name: &str) {
 }
 
 async fn deliver(client: &mut RawClient) -> Deliver {
-    match client.recv().await {
-        Frame::Deliver(d) => d,
-        other => panic!("expected Deliver, got {other:?}"),
-    }
-}
-
-fn header<'a>(d: &'a Deliver, name: &str) -> Option<&'a str> {
-    d.headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+    client.next_delivery().await
 }
 
 #[tokio::test]

@@ -189,17 +189,7 @@ async fn ack(
             }
         }
     }
-    let n = seqs.len() as u32;
-    let framed = client.framed_mut();
-    framed
-        .feed(Frame::Ack(Ack { sub: 1, seqs }))
-        .await
-        .map_err(drop)?;
-    framed
-        .feed(Frame::Credit(Credit { sub: 1, n }))
-        .await
-        .map_err(drop)?;
-    framed.flush().await.map_err(drop)
+    client.ack_and_credit(seqs).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -412,6 +412,25 @@ pub(crate) struct SimFs {
 }
 
 impl SimFs {
+    /// Removes the entry `path` (a directory with everything in it when `dir`, else a file):
+    /// an unsynced directory change, like every other.
+    fn remove(&self, path: &Path, dir: bool) -> io::Result<()> {
+        let mut state = self.lock();
+        if let Some(f) = state.call(Op::Remove) {
+            return Err(f.error());
+        }
+        let (parent, name) = state.parent(path)?;
+        match (state.dirs[parent].seen.get(&name), dir) {
+            (Some(Entry::File(_)), false) | (Some(Entry::Dir(_)), true) => {
+                state.change(parent, vec![(name, None)]);
+                Ok(())
+            }
+            (Some(Entry::Dir(_)), false) => Err(io::Error::other("is a directory")),
+            (Some(Entry::File(_)), true) => Err(io::Error::other("not a directory")),
+            (None, _) => Err(not_found(path)),
+        }
+    }
+
     /// An empty file system (just `/`) whose crashes treat directories as `dir_crash` says.
     pub(crate) fn new(dir_crash: DirCrash) -> SimFs {
         SimFs {
@@ -576,35 +595,11 @@ impl StorageFs for SimFs {
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        let mut state = self.lock();
-        if let Some(f) = state.call(Op::Remove) {
-            return Err(f.error());
-        }
-        let (dir, name) = state.parent(path)?;
-        match state.dirs[dir].seen.get(&name) {
-            Some(Entry::File(_)) => {
-                state.change(dir, vec![(name, None)]);
-                Ok(())
-            }
-            Some(Entry::Dir(_)) => Err(io::Error::other("is a directory")),
-            None => Err(not_found(path)),
-        }
+        self.remove(path, false)
     }
 
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
-        let mut state = self.lock();
-        if let Some(f) = state.call(Op::Remove) {
-            return Err(f.error());
-        }
-        let (dir, name) = state.parent(path)?;
-        match state.dirs[dir].seen.get(&name) {
-            Some(Entry::Dir(_)) => {
-                state.change(dir, vec![(name, None)]);
-                Ok(())
-            }
-            Some(Entry::File(_)) => Err(io::Error::other("not a directory")),
-            None => Err(not_found(path)),
-        }
+        self.remove(path, true)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
