@@ -5,6 +5,9 @@
 //! - [`disk`]: the disk budget (`storage.max_bytes`, `storage.min_free_bytes`).
 //! - [`fs`]: the file layer every file operation of the log goes through (fault injection and
 //!   crash simulation in tests).
+//! - [`records`]: storage's own versioned formats (state records, topic manifests).
+//! - [`manifest`]: topic directories' manifests and delete tombstones.
+//! - [`reconcile`]: start-up reconciliation of topic directories with the state store.
 //!
 //! Nothing outside this module opens a file or names sled; inside it, only [`fs::OsFs`] calls
 //! `std::fs` (sled manages the state store's files).
@@ -12,4 +15,7 @@
 pub mod disk;
 pub mod fs;
 pub mod log;
+pub mod manifest;
+pub mod reconcile;
+pub mod records;
 pub mod state;
