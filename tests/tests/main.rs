@@ -21,4 +21,5 @@ mod policies;
 mod recovery;
 mod redelivery;
 mod shutdown;
+mod state_recovery;
 mod topic_full;
