@@ -293,3 +293,182 @@ fn scan(fs: &dyn StorageFs, topics_dir: &Path) -> Result<Scan, ReconcileError> {
     }
     Ok(Scan { dirs, tombstones })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::fs::{self as sfs, Fs};
+    use crate::storage::records::TopicIdentity;
+    use crate::storage::state::GroupRecord;
+    use weir_protocol::{FsyncPolicy, OverflowPolicy};
+
+    struct Data {
+        root: tempfile::TempDir,
+        fs: Fs,
+    }
+
+    impl Data {
+        fn new() -> Data {
+            let root = tempfile::tempdir().unwrap();
+            std::fs::create_dir(root.path().join("topics")).unwrap();
+            Data {
+                root,
+                fs: sfs::os(),
+            }
+        }
+        fn state(&self) -> PathBuf {
+            self.root.path().join("state")
+        }
+        fn topics(&self) -> PathBuf {
+            self.root.path().join("topics")
+        }
+        fn store(&self) -> StateStore {
+            StateStore::open(&self.state(), 1 << 20).unwrap()
+        }
+        fn recover(&self) -> Result<(StateStore, Reconciled), ReconcileError> {
+            recover(self.fs.as_ref(), &self.state(), &self.topics(), 1 << 20)
+        }
+        /// A topic directory holding one segment file (and no manifest).
+        fn segment_dir(&self, name: &str) -> PathBuf {
+            let dir = self.topics().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("00000000000000000001.log"), b"x").unwrap();
+            dir
+        }
+    }
+
+    fn config(name: &str) -> TopicConfig {
+        TopicConfig {
+            name: name.into(),
+            max_messages: 10,
+            max_bytes: 100,
+            max_message_bytes: 10,
+            overflow: OverflowPolicy::Reject,
+            fsync: FsyncPolicy::Batch,
+            max_blocked_publishes: 1,
+            max_block_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_data_dir_from_before_manifests_gets_them() {
+        let data = Data::new();
+        {
+            let store = data.store();
+            let mut v1 = vec![1];
+            v1.extend(
+                bincode::serde::encode_to_vec(config("old"), bincode::config::standard()).unwrap(),
+            );
+            store.insert_raw_topic("old", &v1);
+            store
+                .save_group("old", "g", &GroupRecord::default())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let dir = data.segment_dir("old");
+        let (store, done) = data.recover().unwrap();
+        assert_eq!((done.migrated, done.restored.len()), (1, 0));
+        assert_eq!(done.topics, [config("old")]);
+        let m = manifest::read(data.fs.as_ref(), &dir).unwrap().unwrap();
+        let record = &store.load_topics().unwrap()[0];
+        assert_eq!(
+            record.identity,
+            Some(m.identity),
+            "state and manifest agree"
+        );
+        assert_eq!(store.load_groups("old").unwrap().len(), 1, "groups kept");
+        drop(store);
+        let (_, again) = data.recover().unwrap();
+        assert_eq!(again.migrated, 0, "migrated once");
+    }
+
+    #[test]
+    fn a_record_without_its_directory_stops_the_start_naming_it() {
+        let data = Data::new();
+        data.store()
+            .save_topic(&config("lost"), &TopicIdentity::new())
+            .unwrap();
+        match data.recover() {
+            Err(e @ ReconcileError::MissingDir { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("topic lost") && msg.contains("--rebuild-state"),
+                    "{msg}"
+                );
+            }
+            other => panic!("expected MissingDir, got {:?}", other.map(|(_, d)| d)),
+        }
+    }
+
+    #[test]
+    fn a_directory_without_state_or_manifest() {
+        let data = Data::new();
+        // No segments: an interrupted create, removed.
+        std::fs::create_dir(data.topics().join("half")).unwrap();
+        let (store, done) = data.recover().unwrap();
+        assert!(done.topics.is_empty());
+        assert!(!data.topics().join("half").exists());
+        drop(store);
+        // Segments: unknown configuration, the start stops and nothing is removed.
+        let dir = data.segment_dir("kept");
+        assert!(matches!(
+            data.recover(),
+            Err(ReconcileError::UnknownDir { path, .. }) if path == dir
+        ));
+        assert!(dir.join("00000000000000000001.log").exists());
+    }
+
+    #[test]
+    fn a_junk_manifest_is_rewritten_from_the_state_record() {
+        let data = Data::new();
+        let id = TopicIdentity::new();
+        data.store().save_topic(&config("t"), &id).unwrap();
+        let dir = data.segment_dir("t");
+        std::fs::write(dir.join(manifest::MANIFEST_FILE), b"junk").unwrap();
+        let (_, done) = data.recover().unwrap();
+        assert_eq!(done.topics, [config("t")]);
+        let m = manifest::read(data.fs.as_ref(), &dir).unwrap().unwrap();
+        assert_eq!((m.config, m.identity), (config("t"), id));
+    }
+
+    #[test]
+    fn a_tombstone_drops_only_its_own_incarnations_state() {
+        let data = Data::new();
+        let fs = data.fs.as_ref();
+        let old = Manifest {
+            config: config("t"),
+            identity: TopicIdentity::new(),
+        };
+        let new = Manifest {
+            config: config("t"),
+            identity: TopicIdentity {
+                incarnation: old.identity.incarnation.wrapping_add(1),
+                created_ms: 0,
+            },
+        };
+        // The old incarnation's tombstone was left behind (its removal failed) and the topic
+        // re-created: the new one's state and directory stay.
+        let tomb = data.topics().join("t@deleted-1-0");
+        std::fs::create_dir(&tomb).unwrap();
+        manifest::write(fs, &tomb, &old).unwrap();
+        manifest::create_dir(fs, &data.topics(), &new).unwrap();
+        let store = data.store();
+        store.save_topic(&new.config, &new.identity).unwrap();
+        store.save_group("t", "g", &GroupRecord::default()).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let (store, done) = data.recover().unwrap();
+        assert_eq!((done.deletes_finished, done.topics.len()), (1, 1));
+        assert!(!tomb.exists());
+        assert_eq!(store.load_groups("t").unwrap().len(), 1);
+        drop(store);
+        // The state of the tombstone's own incarnation is dropped, its groups too.
+        manifest::tombstone(fs, &data.topics(), "t")
+            .unwrap()
+            .unwrap();
+        let (store, done) = data.recover().unwrap();
+        assert!(done.topics.is_empty());
+        assert!(store.load_groups("t").unwrap().is_empty());
+        assert_eq!(std::fs::read_dir(data.topics()).unwrap().count(), 0);
+    }
+}

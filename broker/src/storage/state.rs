@@ -180,6 +180,12 @@ impl StateStore {
             .collect()
     }
 
+    /// Stores raw bytes as topic `name`'s record: old formats and junk, for tests.
+    #[cfg(test)]
+    pub(crate) fn insert_raw_topic(&self, name: &str, bytes: &[u8]) {
+        self.topics.insert(name.as_bytes(), bytes).unwrap();
+    }
+
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), StateError> {
         self.db.flush()?;
