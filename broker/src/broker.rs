@@ -132,10 +132,15 @@ impl Broker {
     /// Opens the data directory, recovers every topic (its log, its groups, their cursors and
     /// unacked messages) and starts the topics' writers and dispatchers and the state flusher.
     pub async fn open(config: Config) -> Result<Broker, OpenError> {
+        Self::open_on(config, crate::storage::fs::os()).await
+    }
+
+    /// [`Broker::open`] with topic files written through `fs` (tests inject faults there).
+    pub async fn open_on(config: Config, fs: crate::storage::fs::Fs) -> Result<Broker, OpenError> {
         config.validate()?;
         let (config, env, topics, done) = tokio::task::spawn_blocking({
             let runtime = tokio::runtime::Handle::current();
-            move || recover(config, runtime)
+            move || recover(config, runtime, fs)
         })
         .await
         .map_err(|e| OpenError::Join(e.to_string()))??;
@@ -395,6 +400,21 @@ impl Broker {
         Ok(detached)
     }
 
+    /// Repairs topic `name`'s storage (see [`Topic::repair`]) and returns its health after.
+    /// `Ok(None)` when there is no such topic.
+    pub async fn repair_topic(
+        &self,
+        name: &str,
+    ) -> Result<Option<weir_protocol::TopicHealth>, String> {
+        let Some(topic) = self.topic(name) else {
+            return Ok(None);
+        };
+        tokio::task::spawn_blocking(move || topic.repair())
+            .await
+            .map_err(|e| e.to_string())?
+            .map(Some)
+    }
+
     /// One page of topic snapshots answering `request` (see [`crate::replies`]): in name order
     /// after `request.after`, as many as fit in a frame of `max_frame_bytes`.
     pub(crate) fn list_topics_page(
@@ -562,11 +582,14 @@ fn create_blocking(
 type Recovered = (Config, TopicEnv, BTreeMap<String, Arc<Topic>>, Reconciled);
 
 /// Opens the store, reconciles it with the topic directories (see
-/// [`crate::storage::reconcile`]) and opens every topic. Blocking. The configuration comes
-/// back with `storage.max_bytes` resolved (its default taken now, see
+/// [`crate::storage::reconcile`]) and opens every topic, every file through `fs`. Blocking.
+/// The configuration comes back with `storage.max_bytes` resolved (its default taken now, see
 /// [`crate::storage::disk`]).
-fn recover(mut config: Config, runtime: tokio::runtime::Handle) -> Result<Recovered, OpenError> {
-    let fs = crate::storage::fs::os();
+fn recover(
+    mut config: Config,
+    runtime: tokio::runtime::Handle,
+    fs: crate::storage::fs::Fs,
+) -> Result<Recovered, OpenError> {
     let topics_dir = config.data_dir.join("topics");
     fs.create_dir_all(&topics_dir)
         .map_err(|source| OpenError::DataDir {

@@ -258,6 +258,12 @@ pub struct StorageConfig {
     /// milliseconds. A crash loses at most this much ack progress, which means redeliveries,
     /// never lost messages. Default 100.
     pub state_flush_ms: u64,
+    /// Longest time, in milliseconds, between two records of a topic's durable high-water mark
+    /// (how far its log was synced): recovery treats a log that ends below the mark as damaged,
+    /// never as a torn tail. At most one extra fdatasync per topic per interval, never one per
+    /// commit; a disk that loses only the last interval of confirmed records is not detected.
+    /// Default 100.
+    pub high_water_interval_ms: u64,
     /// Most bytes of message data (log segments, all topics) the broker stores; a publish that
     /// would pass it is refused `Rejected{StorageFull}` naming `storage.max_bytes`. Unset: 90 %
     /// of the filesystem's free space plus what the data directory already holds, taken at
@@ -346,6 +352,7 @@ impl Default for StorageConfig {
             tail_cache_bytes: 4 * 1024 * 1024,
             state_cache_bytes: 64 * 1024 * 1024,
             state_flush_ms: 100,
+            high_water_interval_ms: 100,
             max_bytes: None,
             min_free_bytes: 1024 * 1024 * 1024,
         }
@@ -440,6 +447,10 @@ impl Config {
             ("storage.append_queue", u64::from(self.storage.append_queue)),
             ("storage.segment_bytes", self.storage.segment_bytes),
             ("storage.state_flush_ms", self.storage.state_flush_ms),
+            (
+                "storage.high_water_interval_ms",
+                self.storage.high_water_interval_ms,
+            ),
             ("limits.max_retry_after_ms", l.max_retry_after_ms),
             ("limits.stall_warn_ms", l.stall_warn_ms),
             ("limits.memory_budget_bytes", l.memory_budget_bytes),

@@ -121,6 +121,11 @@ impl Future for PendingConfirm {
                     code: ErrorCode::Internal,
                     message,
                 }),
+                Ok(Err(e @ AppendError::StorageFailed(_))) => Frame::Error(Error {
+                    req: id,
+                    code: ErrorCode::StorageFailed,
+                    message: e.to_string(),
+                }),
                 Err(_) => Frame::Error(Error {
                     req: id,
                     code: ErrorCode::Internal,
@@ -574,6 +579,7 @@ impl Connection {
                     .await
             }
             Frame::DeleteTopic(d) => self.delete_topic(d).await,
+            Frame::RepairTopic(r) => self.repair_topic(r).await,
             Frame::DeleteGroup(d) => self.delete_group(d).await,
             Frame::Ping(nonce) => self.send(Frame::Pong(nonce)).await,
             Frame::Pong(_) => Ok(()),
@@ -654,6 +660,10 @@ impl Connection {
             }
             Err(AppendError::Storage(message)) => {
                 self.send(error(p.id, ErrorCode::Internal, message)).await
+            }
+            Err(e @ AppendError::StorageFailed(_)) => {
+                self.send(error(p.id, ErrorCode::StorageFailed, e.to_string()))
+                    .await
             }
         }
     }
@@ -788,6 +798,9 @@ impl Connection {
         // Subscribed goes out before the credit that lets deliveries start.
         self.send(Frame::Subscribed(Subscribed { sub: s.sub }))
             .await?;
+        if let Some(notice) = topic.damage_notice(s.sub) {
+            self.send(notice).await?;
+        }
         if s.credit > 0 {
             // Cannot fail: the member just joined and the credit was checked against max_credit.
             let _ = topic.grant(&s.group, member, s.credit);
@@ -901,6 +914,29 @@ impl Connection {
                 ),
             ),
             Err(DeleteTopicError::Failed(msg)) => error(d.req, ErrorCode::Internal, msg),
+        };
+        self.send(answer).await
+    }
+
+    /// Repairs a topic's storage (`weir topic repair`): an expensive operation, admitted like a
+    /// delete.
+    async fn repair_topic(&mut self, r: RepairTopic) -> Result<(), End> {
+        if let Err(refusal) = self.admit_op(Work::DeleteTopic, &r.name) {
+            return self.send(rejected(r.req, refusal)).await;
+        }
+        let answer = match self.broker.repair_topic(&r.name).await {
+            Ok(Some(health)) => Frame::TopicRepaired(TopicRepaired {
+                req: r.req,
+                skipped: None,
+                quarantined: Vec::new(),
+                health,
+            }),
+            Ok(None) => error(
+                r.req,
+                ErrorCode::UnknownTopic,
+                format!("unknown topic {}", r.name),
+            ),
+            Err(msg) => error(r.req, ErrorCode::StorageDamaged, msg),
         };
         self.send(answer).await
     }

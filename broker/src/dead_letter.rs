@@ -219,6 +219,7 @@ fn why(e: AppendError) -> String {
     match e {
         AppendError::Refused(r) => format!("{:?} ({})", r.reason, r.limit.name),
         AppendError::Storage(e) => e,
+        e @ AppendError::StorageFailed(_) => e.to_string(),
     }
 }
 

@@ -261,6 +261,10 @@ pub struct Metrics {
     pub frames_shed: Counter,
     /// Connections closed because a frame stopped arriving part-way (`frame_read_timeout`).
     pub frame_read_timeouts: Counter,
+    /// Commits that failed with an I/O error other than a full disk (the topic is fenced).
+    pub storage_failures: Counter,
+    /// Records found damaged (at start or when read for delivery).
+    pub storage_damage_found: Counter,
     /// Connections closed because their socket accepted nothing for
     /// `slow_consumer_timeout` while frames waited.
     pub slow_consumers_closed: Counter,

@@ -14,6 +14,7 @@ use crate::connection::{self, AdminRequest, Command, ConnHandle};
 use crate::error::ClientError;
 use crate::publisher::Publisher;
 use crate::subscription::Subscription;
+use crate::TopicRepaired;
 
 /// How to connect. Every field has a default ([`ClientOptions::default`]); override with
 /// struct-update syntax: `ClientOptions { token: Some(key), ..Default::default() }`. They apply
@@ -199,6 +200,23 @@ impl Client {
         match self.request(request).await? {
             Frame::TopicDeleted(_) => Ok(()),
             other => Err(unexpected("DeleteTopic", &other)),
+        }
+    }
+
+    /// Repairs a topic whose storage failed a write or is damaged (see [`TopicHealth`]) and
+    /// returns the broker's answer: what was skipped and quarantined, and the topic's health
+    /// now. A healthy topic is left as it is. Fails with [`ClientError::Broker`] carrying
+    /// `ErrorCode::UnknownTopic`, or `ErrorCode::StorageDamaged` when the broker cannot repair
+    /// it (the reason says why; nothing changed).
+    ///
+    /// [`TopicHealth`]: crate::TopicHealth
+    pub async fn repair_topic(&self, name: &str) -> Result<TopicRepaired, ClientError> {
+        match self
+            .request(AdminRequest::RepairTopic(name.to_owned()))
+            .await?
+        {
+            Frame::TopicRepaired(repaired) => Ok(repaired),
+            other => Err(unexpected("RepairTopic", &other)),
         }
     }
 

@@ -172,6 +172,8 @@ pub(crate) enum AdminRequest {
         after: Option<String>,
     },
     DescribeTopic(String),
+    /// `RepairTopic`.
+    RepairTopic(String),
     DeleteTopic {
         name: String,
         force: bool,
@@ -196,6 +198,9 @@ impl AdminRequest {
             AdminRequest::DescribeTopic(name) => Frame::DescribeTopic(DescribeTopic { req, name }),
             AdminRequest::DeleteTopic { name, force } => {
                 Frame::DeleteTopic(DeleteTopic { req, name, force })
+            }
+            AdminRequest::RepairTopic(name) => {
+                Frame::RepairTopic(weir_protocol::RepairTopic { req, name })
             }
             AdminRequest::DeleteGroup {
                 topic,

@@ -58,6 +58,8 @@ pub struct TestBroker {
     /// The broker itself, for its counters and topic state.
     pub broker: Broker,
     config: Config,
+    /// The file layer its topics write through (kept across restarts).
+    fs: weir_broker::storage::fs::Fs,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -70,13 +72,26 @@ impl TestBroker {
 
     /// Starts a broker after `tweak` adjusts the test defaults.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
+        Self::start_on(weir_broker::storage::fs::os(), tweak).await
+    }
+
+    /// Starts a broker whose topic files go through `fs` (a fault-injecting layer), after
+    /// `tweak` adjusts the test defaults.
+    pub async fn start_on(
+        fs: weir_broker::storage::fs::Fs,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestBroker {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let mut config = test_config(dir.path());
         tweak(&mut config);
-        Self::launch(dir, config).await
+        Self::launch(dir, config, fs).await
     }
 
-    async fn launch(dir: Arc<TempDir>, config: Config) -> TestBroker {
+    async fn launch(
+        dir: Arc<TempDir>,
+        config: Config,
+        fs: weir_broker::storage::fs::Fs,
+    ) -> TestBroker {
         let listener = TcpListener::bind(config.listen).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (shutdown, stop) = oneshot::channel::<()>();
@@ -84,7 +99,9 @@ impl TestBroker {
             .await
             .expect("bind admin");
         let admin_addr = admin_listener.local_addr().expect("admin address");
-        let broker = Broker::open(config.clone()).await.expect("broker opens");
+        let broker = Broker::open_on(config.clone(), fs.clone())
+            .await
+            .expect("broker opens");
         let handle = broker.clone();
         // What `server::run` does, keeping a handle to the broker for assertions.
         let task = tokio::spawn(async move {
@@ -107,6 +124,7 @@ impl TestBroker {
             dir,
             broker: handle,
             config,
+            fs,
             shutdown: Some(shutdown),
             task: Some(task),
         }
@@ -131,11 +149,11 @@ impl TestBroker {
     /// its configuration.
     pub async fn restart_with(mut self, tweak: impl FnOnce(&mut Config)) -> TestBroker {
         self.stop().await;
-        let (dir, mut config) = (self.dir.clone(), self.config.clone());
+        let (dir, mut config, fs) = (self.dir.clone(), self.config.clone(), self.fs.clone());
         tweak(&mut config);
         // Our handle keeps the state store (and its file lock) open: let go of it first.
         drop(self);
-        Self::launch(dir, config).await
+        Self::launch(dir, config, fs).await
     }
 }
 

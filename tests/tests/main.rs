@@ -22,4 +22,5 @@ mod recovery;
 mod redelivery;
 mod shutdown;
 mod state_recovery;
+mod storage_faults;
 mod topic_full;

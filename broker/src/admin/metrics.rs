@@ -19,7 +19,8 @@
 //! - `weir_messages_nacked_total`, `weir_ack_timeouts_total`,
 //!   `weir_messages_dead_lettered_total`, `weir_dead_letter_refused_total`,
 //!   `weir_connections_refused_total`, `weir_protocol_errors_total`, `weir_read_pauses_total`,
-//!   `weir_frames_shed_total`, `weir_frame_read_timeouts_total`,
+//!   `weir_frames_shed_total`, `weir_frame_read_timeouts_total`, `weir_storage_failures_total`,
+//!   `weir_storage_damage_found_total`,
 //!   `weir_slow_consumers_closed_total`, `weir_idle_connections_closed_total`,
 //!   `weir_replies_too_large_total`, `weir_reasons_truncated_total`,
 //!   `weir_auth_failures_total`, `weir_auth_throttled_total` — broker-wide, as [`Metrics`]
@@ -38,6 +39,8 @@
 //! - `weir_topic_depth_messages`, `weir_topic_bytes`, `weir_topic_max_messages`,
 //!   `weir_topic_max_bytes`, `weir_topic_parked_publishes`,
 //!   `weir_topic_drain_messages_per_second` — `{topic}`, from the topic's snapshot;
+//! - `weir_topic_damaged`, `weir_topic_storage_full` — `{topic}`, 1 while the topic's storage is
+//!   damaged or failed, or full (see `TopicHealth`);
 //! - `weir_topic_refusing{topic,reason}` — 1 while that bound refuses the topic's publishes (a
 //!   refusal in the last two seconds), absent otherwise;
 //! - `weir_group_in_flight_messages`, `weir_group_pending_messages`, `weir_group_credit`,
@@ -71,7 +74,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use weir_protocol::{GroupInfo, TopicInfo};
+use weir_protocol::{GroupInfo, TopicHealth, TopicInfo};
 
 use crate::admission::Work;
 use crate::broker::Broker;
@@ -197,6 +200,16 @@ fn broker_counters(out: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
             m.frame_read_timeouts.get(),
         ),
         (
+            "weir_storage_failures",
+            "Commits failed by an I/O error other than a full disk (the topic is fenced).",
+            m.storage_failures.get(),
+        ),
+        (
+            "weir_storage_damage_found",
+            "Times a topic's log was found damaged (at start or reading for delivery).",
+            m.storage_damage_found.get(),
+        ),
+        (
             "weir_slow_consumers_closed",
             "Connections closed for accepting no bytes for slow_consumer_timeout.",
             m.slow_consumers_closed.get(),
@@ -283,7 +296,7 @@ fn broker_counters(out: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
 type TopicSeries = (&'static str, &'static str, MetricType, fn(&Snapshot) -> u64);
 
 /// Every per-topic series labelled by `topic` alone.
-const TOPIC_SERIES: [TopicSeries; 11] = [
+const TOPIC_SERIES: [TopicSeries; 13] = [
     (
         "weir_messages_published",
         "Messages committed (durable) to the topic.",
@@ -349,6 +362,18 @@ const TOPIC_SERIES: [TopicSeries; 11] = [
         "Messages leaving the topic per second, lately.",
         MetricType::Gauge,
         |(t, _)| t.drain_per_s,
+    ),
+    (
+        "weir_topic_damaged",
+        "1 while the topic's log is damaged or its storage failed (publishes refused until repaired).",
+        MetricType::Gauge,
+        |(t, _)| u64::from(matches!(t.health, TopicHealth::Damaged { .. } | TopicHealth::Failed { .. })),
+    ),
+    (
+        "weir_topic_storage_full",
+        "1 while the topic's last commit found the disk full (publishes refused StorageFull).",
+        MetricType::Gauge,
+        |(t, _)| u64::from(matches!(t.health, TopicHealth::Full { .. })),
     ),
 ];
 

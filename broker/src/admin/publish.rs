@@ -92,6 +92,7 @@ impl From<AppendError> for Failure {
         match e {
             AppendError::Refused(r) => Failure::Refused(r),
             AppendError::Storage(message) => Failure::Internal(message),
+            e @ AppendError::StorageFailed(_) => Failure::Internal(e.to_string()),
         }
     }
 }

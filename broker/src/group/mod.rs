@@ -375,6 +375,11 @@ impl Group {
         Some(range)
     }
 
+    /// Every member's notice queue (where `Gap` and subscription errors go), with its id.
+    pub fn notice_queues(&self) -> impl Iterator<Item = (MemberId, &Outbox)> + '_ {
+        self.members.iter().map(|m| (m.id, &m.notices))
+    }
+
     /// Takes the `Gap` notices owed to members (see [`Group::evict_below`]).
     pub fn take_gaps(&mut self, out: &mut Vec<GapNotice>) {
         for m in &mut self.members {
@@ -607,10 +612,11 @@ impl Group {
             else {
                 break;
             };
+            // Redeliveries at or past `committed_next` wait too (a damaged log lowers it).
             let next = match self.redeliver.first_key_value() {
-                Some((&seq, &attempts)) => (seq, attempts, true),
-                None if self.cursor < committed_next => (self.cursor, 0, false),
-                None => break,
+                Some((&seq, &attempts)) if seq < committed_next => (seq, attempts, true),
+                _ if self.cursor < committed_next => (self.cursor, 0, false),
+                _ => break,
             };
             let (seq, previous_attempts, redelivery) = next;
             let bytes = size_of(seq) + MESSAGE_OVERHEAD;

@@ -3,6 +3,7 @@
 //! - [`log`]: per-topic segmented append-only logs holding message payloads.
 //! - [`state`]: the sled-backed store of topic configurations and group state.
 //! - [`disk`]: the disk budget (`storage.max_bytes`, `storage.min_free_bytes`).
+//! - [`fault`]: a file layer that fails on command (fault-injection tests of a running broker).
 //! - [`fs`]: the file layer every file operation of the log goes through (fault injection and
 //!   crash simulation in tests).
 //! - [`records`]: storage's own versioned formats (state records, topic manifests).
@@ -13,6 +14,7 @@
 //! `std::fs` (sled manages the state store's files).
 
 pub mod disk;
+pub mod fault;
 pub mod fs;
 pub mod log;
 pub mod manifest;

@@ -92,7 +92,7 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> (bool, bool) {
         let cached: Vec<Option<Resolved>> = {
             let mut st = lock(&topic.state);
             let st = &mut *st;
-            let committed = st.committed_next;
+            let committed = topic.deliverable_end(st);
             let Some(g) = st.groups.get_mut(&group) else {
                 continue;
             };
@@ -111,7 +111,11 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> (bool, bool) {
         let messages = match fill_misses(topic, plan, cached).await {
             Ok(p) => p,
             Err(e) => {
-                tracing::error!(topic = %topic.config.name, group, error = %e, "cannot read messages for delivery");
+                if let LogError::Corrupt { seq, .. } = &e {
+                    topic.mark_damaged(*seq, e.to_string());
+                } else {
+                    tracing::error!(topic = %topic.config.name, group, error = %e, "cannot read messages for delivery");
+                }
                 let mut st = lock(&topic.state);
                 if let Some(g) = st.groups.get_mut(&group) {
                     for p in plan.drain(..) {

@@ -18,7 +18,7 @@ mod writer;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -64,9 +64,14 @@ pub enum AppendError {
     /// The topic refused it at a bound.
     #[error("refused: {0:?}")]
     Refused(Refusal),
-    /// Storage failed; the topic accepts no more publishes until restart.
+    /// The topic is closed, or its writer stopped: nothing was stored.
     #[error("storage failure: {0}")]
     Storage(String),
+    /// A write or fdatasync failed while the publish was being stored: the outcome is unknown
+    /// (it may or may not be stored; it was not confirmed). The topic is fenced
+    /// ([`TopicHealth::Failed`]) until repaired or restarted.
+    #[error("storage failed, outcome unknown: {0}")]
+    StorageFailed(String),
 }
 
 /// The answer to one accepted publish: the sequence once durable, or why not.
@@ -195,7 +200,12 @@ pub struct Topic {
     appends: mpsc::Sender<Append>,
     wake_dispatcher: Notify,
     wake_writer: Notify,
-    failed: AtomicBool,
+    /// Whether storage takes writes and serves reads (see [`TopicHealth`]).
+    health: Mutex<TopicHealth>,
+    /// Longest time between two records of the log's durable high-water mark.
+    high_water_interval: Duration,
+    /// Where the log lives and how it is opened (to reopen it on repair).
+    files: (crate::storage::fs::Fs, std::path::PathBuf, LogConfig),
     /// Set when the broker stops: nothing parks any more.
     closing: AtomicBool,
     counters: TopicCounters,
@@ -245,6 +255,16 @@ impl Topic {
         };
         let log = SegmentLog::open_on(env.fs.clone(), dir, log_config)?;
         env.disk.stored_changed(log.disk_bytes() as i64);
+        let health = match log.damage() {
+            Some(damage) => {
+                env.metrics.storage_damage_found.add(1);
+                TopicHealth::Damaged {
+                    at_seq: damage.seq,
+                    reason: damage.to_string(),
+                }
+            }
+            None => TopicHealth::Healthy,
+        };
         let limits = GroupLimits {
             max_in_flight: broker.limits.max_in_flight,
             max_credit: broker.limits.max_credit,
@@ -298,7 +318,9 @@ impl Topic {
             appends,
             wake_dispatcher: Notify::new(),
             wake_writer: Notify::new(),
-            failed: AtomicBool::new(false),
+            health: Mutex::new(health),
+            files: (env.fs.clone(), dir.to_path_buf(), log_config),
+            high_water_interval: Duration::from_millis(broker.storage.high_water_interval_ms),
             closing: AtomicBool::new(false),
             counters: TopicCounters::default(),
             max_retry_after: Duration::from_millis(broker.limits.max_retry_after_ms),
@@ -350,11 +372,8 @@ impl Topic {
         slack: u64,
     ) -> Result<Admitted, AppendError> {
         use crate::storage::log;
-        if self.failed.load(Ordering::Relaxed) {
-            let name = &self.config.name;
-            return Err(AppendError::Storage(format!(
-                "topic {name} failed a write and is read-only"
-            )));
+        if let Some(refusal) = self.storage_refusal() {
+            return Err(refusal);
         }
         if let Some((bound, value)) = log::exceeded_header_bound(&message.headers) {
             let limit = Limit::new(bound, value);
@@ -502,7 +521,7 @@ impl Topic {
             rejected: self.counters.rejected.get(),
             drain_per_s: st.drain.per_second(now).round() as u64,
             refusing: lock(&self.recent_refusals).active(now),
-            health: TopicHealth::Healthy,
+            health: self.health(),
         }
     }
 
@@ -600,6 +619,183 @@ impl Topic {
             .unwrap_or_else(|p| p.into_inner())
             .disk_bytes();
         self.disk.stored_changed(-(bytes as i64));
+    }
+
+    /// Repairs the topic's storage (blocking: call from a blocking thread) and returns its
+    /// health afterwards. A healthy or full topic is left alone. A failed one (a write or sync
+    /// failed, the log fenced) has its log reopened, which re-verifies the files: records of
+    /// the failed batch that did reach the disk become deliverable (their publishers were told
+    /// the outcome was unknown), the rest is cut as a torn tail, and the topic takes publishes
+    /// again. If confirmed records turn out to be missing, the topic is damaged instead.
+    ///
+    /// A damaged log (a confirmed record unreadable) is not repaired yet: quarantining its
+    /// files and skipping the range needs the log to number past a hole, which is not built;
+    /// the answer says so and nothing changes.
+    pub fn repair(&self) -> Result<TopicHealth, String> {
+        match self.health() {
+            TopicHealth::Healthy | TopicHealth::Full { .. } => return Ok(self.health()),
+            TopicHealth::Damaged { at_seq, .. } => {
+                return Err(format!(
+                    "topic {} is damaged at sequence {at_seq}; repairing a damaged log \
+                     (quarantine and skip) is not supported yet: the files are kept as they are",
+                    self.config.name
+                ))
+            }
+            TopicHealth::Failed { .. } => {}
+        }
+        let (fs, dir, config) = &self.files;
+        let mut log = self.log.write().unwrap_or_else(|p| p.into_inner());
+        let mut fresh = SegmentLog::open_on(fs.clone(), dir, *config).map_err(|e| e.to_string())?;
+        let mut st = lock(&self.state);
+        let confirmed = st.committed_next;
+        let missing = fresh.next_seq() < confirmed;
+        let mut sizes = Vec::new();
+        if !missing && fresh.damage().is_none() {
+            fresh
+                .scan_sizes(confirmed, |_, len| sizes.push(len))
+                .map_err(|e| e.to_string())?;
+        }
+        self.disk
+            .stored_changed(fresh.disk_bytes() as i64 - log.disk_bytes() as i64);
+        let damage = if missing || fresh.damage().is_some() {
+            let at_seq = fresh
+                .damage()
+                .map_or(fresh.next_seq(), |d| d.seq)
+                .min(confirmed);
+            let reason = fresh.damage().map_or_else(
+                || format!("confirmed records from {at_seq} are missing after the failed write"),
+                ToString::to_string,
+            );
+            fresh.fence(format!("damaged: {reason}"));
+            Some((at_seq, reason))
+        } else {
+            for len in sizes {
+                st.sizes.push_back(len);
+                st.stored_bytes += u64::from(len);
+            }
+            st.committed_next = fresh.next_seq();
+            None
+        };
+        *log = fresh;
+        drop(st);
+        drop(log);
+        *lock(&self.health) = TopicHealth::Healthy;
+        match damage {
+            Some((at_seq, reason)) => self.mark_damaged(at_seq, reason),
+            None => {
+                tracing::info!(topic = %self.config.name, "storage repaired: the log was reopened and verified");
+                self.wake_dispatcher.notify_one();
+            }
+        }
+        Ok(self.health())
+    }
+
+    /// Whether the topic's storage takes writes and serves reads, and if not, why.
+    pub fn health(&self) -> TopicHealth {
+        lock(&self.health).clone()
+    }
+
+    /// Moves the topic to `health`, logging the change: an ERROR when storage failed or is
+    /// damaged (once per change, never per publish), a WARN when the disk is full, an INFO when
+    /// it is healthy again. A damaged topic stays damaged until repaired, whatever else
+    /// happens.
+    fn set_health(&self, health: TopicHealth) {
+        let mut current = lock(&self.health);
+        if *current == health
+            || matches!(*current, TopicHealth::Damaged { .. })
+                && !matches!(health, TopicHealth::Damaged { .. })
+        {
+            return;
+        }
+        let name = &self.config.name;
+        match &health {
+            TopicHealth::Healthy => {
+                tracing::info!(topic = %name, was = current.state(), "topic storage is healthy again")
+            }
+            TopicHealth::Full { reason } => {
+                tracing::warn!(topic = %name, %reason, "disk full: refusing publishes to the topic until space returns")
+            }
+            TopicHealth::Failed { reason } => {
+                tracing::error!(topic = %name, %reason, "storage failed: the topic refuses publishes until `weir topic repair` or a restart")
+            }
+            TopicHealth::Damaged { at_seq, reason } => {
+                tracing::error!(topic = %name, at_seq, %reason, "log damaged: delivering only what precedes the damage and refusing publishes until `weir topic repair`")
+            }
+        }
+        *current = health;
+    }
+
+    /// Marks the topic's log damaged at `at_seq` (a record it had confirmed cannot be read
+    /// back): groups get nothing from `at_seq` on, publishes are refused, and every subscriber
+    /// is told with `Error{StorageDamaged}` (its subscription stays open). Counted once per
+    /// damage found; the files are left as they are.
+    pub(crate) fn mark_damaged(&self, at_seq: u64, reason: String) {
+        if self.health().damaged_at().is_some() {
+            return;
+        }
+        self.metrics.storage_damage_found.add(1);
+        self.set_health(TopicHealth::Damaged { at_seq, reason });
+        let st = lock(&self.state);
+        for group in st.groups.values() {
+            for (member, notices) in group.notice_queues() {
+                self.tell_damaged(member, notices, at_seq);
+            }
+        }
+        drop(st);
+        // What precedes the damage is still to be delivered.
+        self.wake_dispatcher.notify_one();
+    }
+
+    /// Sends one subscriber the notice of a damaged log (best effort: a full notice queue
+    /// means the subscriber is not reading, and `topic info` says it too).
+    fn tell_damaged(&self, member: MemberId, notices: &Outbox, at_seq: u64) {
+        if notices
+            .try_send(self.damaged_error(member.sub, at_seq).into())
+            .is_err()
+        {
+            tracing::debug!(topic = %self.config.name, sub = member.sub, "damage notice not queued: the subscriber's queue is full");
+        }
+    }
+
+    /// The `Error{StorageDamaged}` a subscription `sub` is told while the log is damaged, if it
+    /// is (sent right after `Subscribed` to a subscription that joins a damaged topic).
+    pub fn damage_notice(&self, sub: u64) -> Option<weir_protocol::Frame> {
+        let at_seq = self.health().damaged_at()?;
+        Some(self.damaged_error(sub, at_seq))
+    }
+
+    fn damaged_error(&self, sub: u64, at_seq: u64) -> weir_protocol::Frame {
+        weir_protocol::Frame::Error(weir_protocol::Error {
+            req: sub,
+            code: weir_protocol::ErrorCode::StorageDamaged,
+            message: format!(
+                "topic {}: its log is damaged at sequence {at_seq}; nothing from there on is \
+                 delivered until an operator runs `weir topic repair`",
+                self.config.name
+            ),
+        })
+    }
+
+    /// The first sequence groups may not be given: the committed end of the log, or where it is
+    /// damaged, whichever is lower.
+    fn deliverable_end(&self, st: &TopicState) -> u64 {
+        self.health()
+            .damaged_at()
+            .map_or(st.committed_next, |at| at.min(st.committed_next))
+    }
+
+    /// The refusal of a publish while storage is failed or damaged (`StorageDamaged`, the
+    /// limit naming the state), or `None` when the topic takes publishes.
+    fn storage_refusal(&self) -> Option<AppendError> {
+        let state = {
+            let health = lock(&self.health);
+            match &*health {
+                TopicHealth::Failed { .. } | TopicHealth::Damaged { .. } => health.state(),
+                _ => return None,
+            }
+        };
+        let limit = Limit::new(format!("storage_{state}"), 0);
+        Some(self.refusal(RejectReason::StorageDamaged, limit, None))
     }
 
     /// How many subscriptions are attached to the topic's groups.

@@ -7,13 +7,12 @@
 //! one commit is on disk, further appends queue up and form the next batch; an idle writer
 //! commits a lone append at once.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use weir_protocol::{FsyncPolicy, Limit, OverflowPolicy, RejectReason};
+use weir_protocol::{FsyncPolicy, Limit, OverflowPolicy, RejectReason, TopicHealth};
 
 use super::{lock, AppendError, Topic};
 use crate::admission::budget::MemoryPermit;
@@ -35,6 +34,8 @@ struct SyncClock {
     policy: FsyncPolicy,
     last_sync: Instant,
     unsynced: bool,
+    /// When the durable high-water mark was last recorded.
+    last_high_water: Instant,
 }
 
 impl SyncClock {
@@ -86,6 +87,7 @@ pub(super) async fn run(
         policy: topic.config.fsync,
         last_sync: Instant::now(),
         unsynced: false,
+        last_high_water: Instant::now(),
     };
     let mut work = topic.metrics.workers.writer.clock();
     loop {
@@ -144,7 +146,12 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
         messages.iter().map(Message::size).sum(),
     );
     let sync = clock.sync_now();
+    let high_water = sync && clock.last_high_water.elapsed() >= topic.high_water_interval;
+    if high_water {
+        clock.last_high_water = Instant::now();
+    }
     let log = topic.log.clone();
+    let name = topic.config.name.clone();
     let disk = topic.disk.clone();
     let first_seq = lock(&topic.state).first_seq;
     // The append time: the records' `timestamp_ms` and the tail cache's `Instant`.
@@ -171,6 +178,9 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
         disk.stored_changed(log.disk_bytes() as i64 - before as i64);
         if sync {
             log.sync()?;
+        }
+        if high_water {
+            record_high_water(&mut log, &name);
         }
         let before = log.disk_bytes();
         let deleted = log.delete_before(first_seq);
@@ -226,6 +236,9 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
             }
             topic.metrics.published.add(count);
             topic.counters.published.add(count);
+            if matches!(topic.health(), TopicHealth::Full { .. }) {
+                topic.set_health(TopicHealth::Healthy);
+            }
             for (i, append) in batch.drain(..).enumerate() {
                 // The publisher may have gone; its message is stored all the same.
                 let _ = append.reply.send(Ok(first + i as u64));
@@ -237,11 +250,31 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
             }
         }
         Err(e) => {
-            tracing::error!(topic = %topic.config.name, error = %e, "append failed; topic is now read-only");
-            topic.failed.store(true, Ordering::Relaxed);
             topic.release(taken.0, taken.1);
-            for append in batch.drain(..) {
-                let _ = append.reply.send(Err(AppendError::Storage(e.to_string())));
+            let undone = topic.log.read().is_ok_and(|log| log.fenced().is_none());
+            if e.is_no_space() && undone {
+                // Nothing of the batch is stored: refuse it, and take the next one as space
+                // returns.
+                topic.set_health(TopicHealth::Full {
+                    reason: e.to_string(),
+                });
+                let retry = topic.max_retry_after.as_millis() as u64;
+                let limit = Limit::new("filesystem_free_bytes", 0);
+                for append in batch.drain(..) {
+                    let refusal =
+                        topic.refusal(RejectReason::StorageFull, limit.clone(), Some(retry));
+                    let _ = append.reply.send(Err(refusal));
+                }
+            } else {
+                topic.metrics.storage_failures.add(1);
+                topic.set_health(TopicHealth::Failed {
+                    reason: e.to_string(),
+                });
+                for append in batch.drain(..) {
+                    let _ = append
+                        .reply
+                        .send(Err(AppendError::StorageFailed(e.to_string())));
+                }
             }
         }
     }
@@ -280,10 +313,12 @@ async fn reclaim(topic: &Arc<Topic>, sync: bool) -> bool {
     let log = topic.log.clone();
     let disk = topic.disk.clone();
     let first_seq = lock(&topic.state).first_seq;
+    let name = topic.config.name.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<usize, LogError> {
         let mut log = log.write().unwrap_or_else(|p| p.into_inner());
         if sync {
             log.sync()?;
+            record_high_water(&mut log, &name);
         }
         let before = log.disk_bytes();
         let deleted = log.delete_before(first_seq);
@@ -306,6 +341,14 @@ async fn reclaim(topic: &Arc<Topic>, sync: bool) -> bool {
             tracing::error!(topic = %topic.config.name, error = %e, "segment reclaim task failed");
             false
         }
+    }
+}
+
+/// Records the log's durable high-water mark. A failure is logged, not returned: the commit it
+/// follows is durable all the same, and the next interval tries again.
+fn record_high_water(log: &mut log::SegmentLog, topic: &str) {
+    if let Err(e) = log.record_high_water() {
+        tracing::warn!(topic, error = %e, "cannot record the log's high-water mark");
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::HumanBytes;
 use serde::Serialize;
-use weir_client::{Client, GroupInfo, TopicInfo};
+use weir_client::{Client, GroupInfo, TopicHealth, TopicInfo};
 use weir_protocol::ActiveRefusal;
 
 use super::layout::aligned;
@@ -151,6 +151,8 @@ struct TopicStats<'a> {
     rejected: u64,
     /// The bound refusing publishes now (refused within the last two seconds).
     refusing: Option<&'a ActiveRefusal>,
+    /// The state of the topic's storage: healthy, full, failed or damaged (with why).
+    storage: &'a TopicHealth,
     /// The topic's groups, as the broker describes them.
     groups: &'a [GroupInfo],
 }
@@ -184,6 +186,7 @@ fn stats<'a>(previous: Option<&Sample>, current: &'a Sample) -> Vec<TopicStats<'
                 dropped: t.dropped,
                 rejected: t.rejected,
                 refusing: t.refusing.as_ref(),
+                storage: &t.health,
                 groups: &t.groups,
             }
         })
@@ -207,7 +210,8 @@ fn per_second(before: u64, now: u64, elapsed: Duration) -> Option<f64> {
 /// group columns aligned across all groups, under a second header line).
 fn table(rows: &[TopicStats]) -> String {
     let mut topics = vec![[
-        "TOPIC", "DEPTH", "BYTES", "PUB/S", "DRAIN/S", "PARKED", "DROPPED", "REJECTED", "REFUSING",
+        "TOPIC", "DEPTH", "BYTES", "PUB/S", "DRAIN/S", "PARKED", "DROPPED", "REJECTED", "STORAGE",
+        "REFUSING",
     ]
     .map(String::from)];
     let mut groups = vec![[
@@ -231,6 +235,10 @@ fn table(rows: &[TopicStats]) -> String {
             t.parked.to_string(),
             t.dropped.to_string(),
             t.rejected.to_string(),
+            match t.storage.damaged_at() {
+                Some(at) => format!("damaged@{at}"),
+                None => t.storage.state().to_owned(),
+            },
             t.refusing.map_or_else(|| "-".to_owned(), refusal),
         ]);
         groups.extend(t.groups.iter().map(|g| {
@@ -329,7 +337,12 @@ mod tests {
             dead_letter_held: 5,
             ..GroupInfo::default()
         }];
-        vec![orders, topic("audit", 0, 1)]
+        let mut audit = topic("audit", 0, 1);
+        audit.health = TopicHealth::Damaged {
+            at_seq: 4,
+            reason: "crc mismatch".into(),
+        };
+        vec![orders, audit]
     }
 
     fn sample(at: Instant, topics: Vec<TopicInfo>) -> Sample {
@@ -388,7 +401,10 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 5, "{text}");
         assert!(lines[0].starts_with("TOPIC   DEPTH     BYTES"), "{text}");
-        assert!(lines[0].ends_with("REJECTED  REFUSING"), "{text}");
+        assert!(
+            lines[0].ends_with("REJECTED  STORAGE    REFUSING"),
+            "{text}"
+        );
         assert!(
             lines[1].starts_with("  GROUP    MEMBERS  IN_FLIGHT  PENDING  CREDIT"),
             "{text}"
@@ -398,7 +414,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            lines[2].ends_with("9         TopicFull max_messages=3 (7/s)"),
+            lines[2].ends_with("9         healthy    TopicFull max_messages=3 (7/s)"),
             "{text}"
         );
         assert_eq!(
@@ -409,7 +425,7 @@ mod tests {
             lines[4].starts_with("audit   0 (0%)    1.50 KiB (0%)  -"),
             "{text}"
         );
-        assert!(lines[4].ends_with(" -"), "no refusal: {text}");
+        assert!(lines[4].ends_with(" damaged@4  -"), "no refusal: {text}");
         assert_eq!(table(&[]).lines().count(), 2, "the headers alone");
     }
 

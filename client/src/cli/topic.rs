@@ -43,6 +43,12 @@ pub enum TopicCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Repair a topic whose storage failed a write (reopens and re-verifies its log) — see
+    /// `storage` in `weir topic info`.
+    Repair {
+        /// The topic.
+        name: String,
+    },
 }
 
 /// The arguments of `weir topic create`.
@@ -117,6 +123,16 @@ pub async fn run(client: Client, command: TopicCommand) -> anyhow::Result<ExitCo
                 .map_err(super::with_force_hint)?;
             println!("deleted topic {name}");
         }
+        TopicCommand::Repair { name } => {
+            let repaired = client.repair_topic(&name).await?;
+            if let Some((from, to)) = repaired.skipped {
+                println!("skipped sequences {from}..={to}");
+            }
+            for file in &repaired.quarantined {
+                println!("quarantined {file}");
+            }
+            println!("topic {name}: storage {}", repaired.health.state());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -156,6 +172,13 @@ fn info(d: &TopicDescription, now: SystemTime) -> String {
     out += &kv("dropped", t.dropped);
     out += &kv("parked", t.parked);
     out += &kv("rejected", t.rejected);
+    out += &kv(
+        "storage",
+        match t.health.reason() {
+            Some(reason) => format!("{} ({reason})", t.health.state()),
+            None => t.health.state().to_owned(),
+        },
+    );
     if t.groups.is_empty() {
         out += &kv("groups", "-");
     }

@@ -13,6 +13,7 @@
 //! (sparse index), `checkpoint.rs` (sealed-segment checkpoints).
 
 mod checkpoint;
+mod high_water;
 mod index;
 mod reader;
 mod record;
@@ -161,11 +162,18 @@ pub enum LogError {
     Corrupt {
         /// The segment file.
         segment: PathBuf,
+        /// The first sequence that cannot be read (everything below it reads fine).
+        seq: u64,
         /// Byte offset of the bad record in that file.
         offset: u64,
         /// What is wrong.
         reason: String,
     },
+    /// A write or an fdatasync failed earlier (the reason given): the log takes no more appends
+    /// or syncs, since what its files hold past the last good sync is unknown. Reopening the
+    /// log (a restart, or `weir topic repair`) re-verifies the files.
+    #[error("the log is fenced after a failed write or sync: {0}")]
+    Fenced(String),
     /// A read asked for a sequence outside `first..=next` (below the oldest stored record, or
     /// beyond the next sequence to be assigned).
     #[error("sequence {seq} out of range (stored: {first}..{next})")]
@@ -178,6 +186,21 @@ pub enum LogError {
         next: u64,
     },
 }
+
+impl LogError {
+    /// Whether the filesystem is out of space (ENOSPC), as opposed to failing.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            LogError::Io(e) => {
+                e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(ENOSPC)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `ENOSPC` on Linux.
+const ENOSPC: i32 = 28;
 
 fn invalid_input(msg: &str) -> LogError {
     LogError::Io(io::Error::new(io::ErrorKind::InvalidInput, msg))
@@ -201,6 +224,41 @@ pub struct SegmentLog {
     disk_bytes: u64,
     /// Reused encoding buffer for `append_batch`.
     write_buf: Vec<u8>,
+    /// Why the log takes no more appends (a failed sync, or a failed write it could not
+    /// undo, or damage): see [`LogError::Fenced`].
+    fenced: Option<String>,
+    /// Where recovery found data that had been synced damaged (see [`Damage`]).
+    damage: Option<Damage>,
+    /// The durable high-water mark (see `high_water.rs`).
+    high_water: high_water::Recorder,
+}
+
+/// Data that had been synced, found damaged when the log was opened: a bad record followed by
+/// valid ones, a bad record in a segment a later checkpoint vouches for, or a sealed segment
+/// that does not reach the next one. The log keeps every file as it is, serves the records
+/// before `seq`, and takes no appends (it is fenced) until repaired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The first sequence that cannot be read.
+    pub seq: u64,
+    /// The segment file holding it.
+    pub segment: PathBuf,
+    /// Byte offset of the bad spot in that file.
+    pub offset: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at offset {}: {}",
+            self.segment.display(),
+            self.offset,
+            self.reason
+        )
+    }
 }
 
 impl fmt::Debug for SegmentLog {
@@ -260,7 +318,9 @@ impl SegmentLog {
                 seals.insert(base);
             }
         }
+        let loaded = high_water::load(fs.as_ref(), dir)?;
         let mut log = SegmentLog {
+            high_water: high_water::Recorder::new(dir, loaded),
             fs,
             dir: dir.to_path_buf(),
             config,
@@ -269,6 +329,8 @@ impl SegmentLog {
             dir_dirty: false,
             disk_bytes: 0,
             write_buf: Vec::new(),
+            fenced: None,
+            damage: None,
         };
         for &orphan in seals.difference(&bases) {
             tracing::warn!(dir = %dir.display(), base = orphan, "removing checkpoint without segment");
@@ -282,7 +344,28 @@ impl SegmentLog {
             log.dir_dirty = true;
         }
         log.disk_bytes = log.segments.iter().map(|s| s.size).sum();
-        log.sync()?;
+        let confirmed = log.high_water.last().synced_next;
+        if log.damage.is_none() && log.next_seq() < confirmed {
+            let active = log.active();
+            let damage = Damage {
+                seq: log.next_seq(),
+                segment: active.path.clone(),
+                offset: active.size,
+                reason: format!(
+                    "the log ends before sequence {} but everything below {confirmed} had been \
+                     synced (high-water mark): the disk lost confirmed data",
+                    log.next_seq()
+                ),
+            };
+            log.damaged(damage);
+        }
+        if log.damage.is_none() {
+            // Whatever an interrupted run left unsynced in the directory (segments,
+            // checkpoints, removals) is made durable before anything here is trusted.
+            log.dir_dirty = true;
+            log.sync()?;
+            log.record_high_water()?;
+        }
         Ok(log)
     }
 
@@ -298,19 +381,39 @@ impl SegmentLog {
             let path = segment::log_path(&dir, base);
             let (file, file_len) = Segment::open_file(fs, &path)?;
             if next_base.is_some() {
+                let confirmed = self.high_water.last().synced_next;
                 match checkpoint::load(fs, &dir, base)? {
+                    // A sealed segment that does not reach the next one, while nothing from
+                    // where it ends was confirmed: the next one's directory entry was never
+                    // synced (a crash can keep a later creation and lose an earlier one), so
+                    // scan it and cut there like any torn tail.
+                    Some(Ok(cp))
+                        if Some(cp.next_seq) != next_base && cp.next_seq >= confirmed =>
+                    {
+                        tracing::warn!(
+                            segment = %path.display(),
+                            ends_at = cp.next_seq,
+                            next_base = next_base.unwrap_or_default(),
+                            "sealed segment does not reach the next one; scanning it"
+                        );
+                    }
                     Some(Ok(cp)) if cp.valid_len <= file_len => {
                         if Some(cp.next_seq) != next_base {
-                            return Err(LogError::Corrupt {
-                                segment: path,
+                            let reason = format!(
+                                "sealed segment ends before sequence {} but the next segment \
+                                 starts at {}",
+                                cp.next_seq,
+                                next_base.unwrap_or_default()
+                            );
+                            let damage = Damage {
+                                seq: cp.next_seq,
+                                segment: path.clone(),
                                 offset: cp.valid_len,
-                                reason: format!(
-                                    "sealed segment ends before sequence {} but the next segment \
-                                     starts at {}",
-                                    cp.next_seq,
-                                    next_base.unwrap_or_default()
-                                ),
-                            });
+                                reason,
+                            };
+                            self.segments.push(Segment::from_checkpoint(path, file, cp));
+                            self.damaged(damage);
+                            break;
                         }
                         let valid_len = cp.valid_len;
                         let mut seg = Segment::from_checkpoint(path, file, cp);
@@ -351,23 +454,46 @@ impl SegmentLog {
                 self.segments.push(seg);
                 continue;
             }
-            // A torn tail: from here on, everything was written after the last successful sync.
+            // A torn tail — everything from here on was written after the last successful sync —
+            // unless something says the bad spot was synced: a later segment's checkpoint
+            // (written only once this segment was synced), or a valid record past it in the same
+            // file (a crash keeps a prefix of what was written, never a hole).
             let later = &bases[i + 1..];
+            let (offset, reason) = match &stop {
+                Some(s) => (s.offset, s.reason.clone()),
+                None => (
+                    seg.size,
+                    format!("segment ends before sequence {}", next_base.unwrap_or(0)),
+                ),
+            };
+            let mut synced_past = None;
             for &l in later {
                 if let Some(Ok(_)) = checkpoint::load(fs, &dir, l)? {
-                    let (offset, reason) = match stop {
-                        Some(s) => (s.offset, s.reason),
-                        None => (
-                            seg.size,
-                            format!("segment ends before sequence {}", next_base.unwrap_or(0)),
-                        ),
-                    };
-                    return Err(LogError::Corrupt {
-                        segment: seg.path,
-                        offset,
-                        reason: format!("{reason} (a later segment was synced)"),
-                    });
+                    synced_past = Some(format!("{reason} (a later segment was synced)"));
+                    break;
                 }
+            }
+            let confirmed = self.high_water.last().synced_next;
+            if synced_past.is_none() && seg.next_seq < confirmed {
+                synced_past = Some(format!(
+                    "{reason}; everything below {confirmed} had been synced (high-water mark)"
+                ));
+            }
+            if synced_past.is_none() && stop.is_some() {
+                if let Some(found) = seg.valid_record_after(offset, file_len, seg.next_seq)? {
+                    synced_past = Some(format!("{reason} (valid record {found} follows it)"));
+                }
+            }
+            if let Some(reason) = synced_past {
+                let damage = Damage {
+                    seq: seg.next_seq,
+                    segment: seg.path.clone(),
+                    offset,
+                    reason,
+                };
+                self.segments.push(seg);
+                self.damaged(damage);
+                break;
             }
             let cut = file_len - seg.size;
             tracing::warn!(
@@ -430,6 +556,9 @@ impl SegmentLog {
         messages: &[Message],
         timestamp_ms: u64,
     ) -> Result<u64, LogError> {
+        if let Some(reason) = &self.fenced {
+            return Err(LogError::Fenced(reason.clone()));
+        }
         let first = self.next_seq();
         if messages.is_empty() {
             return Ok(first);
@@ -457,7 +586,9 @@ impl SegmentLog {
         match result {
             Ok(()) => Ok(first),
             Err(e) => {
-                self.undo(undo);
+                if !self.undo(undo) {
+                    self.fenced = Some(format!("a failed append could not be undone: {e}"));
+                }
                 Err(e)
             }
         }
@@ -516,13 +647,16 @@ impl SegmentLog {
     }
 
     /// Restores the state before a failed `append_batch` (file operations best effort).
-    fn undo(&mut self, undo: Undo) {
+    /// Returns whether the files are as before, too.
+    fn undo(&mut self, undo: Undo) -> bool {
+        let mut clean = true;
         while self.segments.len() > undo.segments {
             let Some(seg) = self.segments.pop() else {
                 break;
             };
             if let Err(e) = self.fs.remove_file(&seg.path) {
                 tracing::warn!(segment = %seg.path.display(), error = %e, "cannot remove segment of failed append");
+                clean = false;
             }
         }
         let active = self.active_mut();
@@ -530,10 +664,12 @@ impl SegmentLog {
         if active.size != undo.size {
             if let Err(e) = active.truncate(undo.size, undo.next_seq) {
                 tracing::warn!(segment = %active.path.display(), error = %e, "cannot truncate failed append");
+                clean = false;
             }
         }
         self.pending_from = undo.pending_from.min(self.segments.len() - 1);
         self.disk_bytes = self.segments.iter().map(|s| s.size).sum();
+        clean
     }
 
     /// fdatasync the active segment (and every segment written since the last sync), and fsync the
@@ -543,8 +679,57 @@ impl SegmentLog {
     /// Also writes (and fsyncs) the checkpoint of every segment sealed since the last sync, after
     /// that segment's data is synced, so a checkpoint never vouches for data that could be lost.
     /// After an `Err`, whether unsynced records are durable is unknown (the kernel may have dropped
-    /// the failed pages): the caller should stop confirming and reopen the log.
+    /// the failed pages, and a second fsync on the same file could wrongly succeed): the log is
+    /// fenced — every later append or sync answers [`LogError::Fenced`] — until it is reopened.
     pub fn sync(&mut self) -> Result<(), LogError> {
+        if let Some(reason) = &self.fenced {
+            return Err(LogError::Fenced(reason.clone()));
+        }
+        let result = self.sync_unfenced();
+        if let Err(e) = &result {
+            self.fenced = Some(format!("sync failed: {e}"));
+        }
+        result
+    }
+
+    /// Where opening found synced data damaged, if it did (see [`Damage`]).
+    pub fn damage(&self) -> Option<&Damage> {
+        self.damage.as_ref()
+    }
+
+    /// Records `damage`: the log serves what precedes it and takes no appends.
+    fn damaged(&mut self, damage: Damage) {
+        tracing::error!(dir = %self.dir.display(), seq = damage.seq, %damage, "log damaged; its files are kept as they are");
+        self.fenced = Some(format!("damaged: {damage}"));
+        self.damage = Some(damage);
+    }
+
+    /// Records the durable high-water mark at `next_seq()` (one write and one fdatasync of the
+    /// `high-water` file): recovery will treat a log that ends below it as damaged, never as a
+    /// torn tail. Does nothing unless everything appended is synced and the log is healthy.
+    pub fn record_high_water(&mut self) -> Result<(), LogError> {
+        let last = self.segments.len() - 1;
+        if self.fenced.is_some() || self.pending_from < last || self.segments[last].dirty {
+            return Ok(());
+        }
+        let next = self.next_seq();
+        if self.high_water.record(self.fs.as_ref(), next)? {
+            self.fs.sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Fences the log for `reason`: it takes no more appends or syncs until reopened.
+    pub fn fence(&mut self, reason: String) {
+        self.fenced = Some(reason);
+    }
+
+    /// Why the log is fenced (see [`LogError::Fenced`]), if it is.
+    pub fn fenced(&self) -> Option<&str> {
+        self.fenced.as_deref()
+    }
+
+    fn sync_unfenced(&mut self) -> Result<(), LogError> {
         let from = self.pending_from;
         for seg in &mut self.segments[from..] {
             if seg.dirty {

@@ -3,12 +3,13 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::storage::fs::{OpenMode, StorageFile, StorageFs};
+use crate::storage::fs::{read_exact_at, OpenMode, StorageFile, StorageFs};
 
 use super::checkpoint::Checkpoint;
 use super::index::SparseIndex;
 use super::reader::{Body, HeaderStep, RecordReader};
 use super::record;
+use super::record::{RecordHeader, HEADER_LEN};
 use super::{LogError, Message};
 
 /// Path of the segment whose first record has sequence `base_seq`.
@@ -24,6 +25,13 @@ pub(crate) fn parse_name(name: &str, suffix: &str) -> Option<u64> {
     }
     digits.parse().ok()
 }
+
+/// Bytes of a segment read at once when looking past a bad record.
+const LOOK_PAST_WINDOW: usize = 4 * 1024 * 1024;
+
+/// How far above the expected sequence a record found past a bad one may be and still count
+/// (random bytes almost never parse as a header with a sequence this close).
+const PLAUSIBLE_SEQ_SPAN: u64 = 1 << 32;
 
 /// Where and why a recovery scan stopped before the end of the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +160,50 @@ impl Segment {
         Ok((seg, stop))
     }
 
+    /// Looks past a bad spot at `stop` for a whole, valid record (CRC matching) whose sequence is
+    /// at least `min_seq`, anywhere in the file's first `file_len` bytes after `stop`; returns
+    /// its sequence. A crash leaves a torn tail — a prefix of what was written — so nothing valid
+    /// can follow the tear within one file: a valid record past a bad one means the bad one was
+    /// damaged after it was written. Reads the rest of the file once, in windows of
+    /// [`LOOK_PAST_WINDOW`] bytes.
+    pub(crate) fn valid_record_after(
+        &self,
+        stop: u64,
+        file_len: u64,
+        min_seq: u64,
+    ) -> io::Result<Option<u64>> {
+        let window = LOOK_PAST_WINDOW as u64;
+        let mut buf = vec![0u8; LOOK_PAST_WINDOW + HEADER_LEN];
+        let mut start = stop + 1;
+        while start + (HEADER_LEN as u64) <= file_len {
+            let len = (file_len - start).min(window + HEADER_LEN as u64) as usize;
+            read_exact_at(self.file.as_ref(), &mut buf[..len], start)?;
+            let candidates = len.saturating_sub(HEADER_LEN - 1).min(LOOK_PAST_WINDOW);
+            for i in 0..candidates {
+                let Ok(raw) = <&[u8; HEADER_LEN]>::try_from(&buf[i..i + HEADER_LEN]) else {
+                    continue;
+                };
+                let Ok(h) = RecordHeader::parse(raw) else {
+                    continue;
+                };
+                let at = start + i as u64;
+                let plausible = h.seq >= min_seq
+                    && h.seq - min_seq < PLAUSIBLE_SEQ_SPAN
+                    && at + h.total_len() <= file_len;
+                if !plausible {
+                    continue;
+                }
+                let mut record = vec![0u8; h.total_len() as usize];
+                read_exact_at(self.file.as_ref(), &mut record, at)?;
+                if record::crc_matches(h.crc, &record) {
+                    return Ok(Some(h.seq));
+                }
+            }
+            start += window;
+        }
+        Ok(None)
+    }
+
     /// The checkpoint describing this segment as it is now.
     pub(crate) fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
@@ -205,18 +257,19 @@ impl Segment {
         Ok(())
     }
 
-    fn corrupt(&self, offset: u64, reason: String) -> LogError {
+    fn corrupt(&self, seq: u64, offset: u64, reason: String) -> LogError {
         LogError::Corrupt {
             segment: self.path.clone(),
+            seq,
             offset,
             reason,
         }
     }
 
     /// Maps a read error: a file shorter than its recorded valid length is corruption.
-    fn read_error(&self, e: io::Error, offset: u64) -> LogError {
+    fn read_error(&self, e: io::Error, seq: u64, offset: u64) -> LogError {
         if e.kind() == io::ErrorKind::UnexpectedEof {
-            self.corrupt(offset, "file shorter than its recorded length".into())
+            self.corrupt(seq, offset, "file shorter than its recorded length".into())
         } else {
             LogError::Io(e)
         }
@@ -246,18 +299,30 @@ impl Segment {
         let mut r = RecordReader::new(self.file.as_ref(), buf, offset, self.size);
         while expected < self.next_seq {
             let at = r.offset();
-            let h = match r.next_header().map_err(|e| self.read_error(e, at))? {
+            let h = match r
+                .next_header()
+                .map_err(|e| self.read_error(e, expected, at))?
+            {
                 HeaderStep::Record(h) => h,
                 HeaderStep::End => {
-                    return Err(self.corrupt(at, format!("segment ends before record {expected}")))
+                    return Err(self.corrupt(
+                        expected,
+                        at,
+                        format!("segment ends before record {expected}"),
+                    ))
                 }
                 HeaderStep::Incomplete => {
-                    return Err(self.corrupt(at, format!("record {expected} is incomplete")))
+                    return Err(self.corrupt(
+                        expected,
+                        at,
+                        format!("record {expected} is incomplete"),
+                    ))
                 }
-                HeaderStep::Bad(reason) => return Err(self.corrupt(at, reason)),
+                HeaderStep::Bad(reason) => return Err(self.corrupt(expected, at, reason)),
             };
             if h.seq != expected {
                 return Err(self.corrupt(
+                    expected,
                     at,
                     format!("sequence {} where {expected} was expected", h.seq),
                 ));
@@ -265,8 +330,8 @@ impl Segment {
             if expected < from {
                 r.skip();
             } else {
-                let body = r.body().map_err(|e| self.read_error(e, at))?;
-                let body = body.map_err(|reason| self.corrupt(at, reason))?;
+                let body = r.body().map_err(|e| self.read_error(e, expected, at))?;
+                let body = body.map_err(|reason| self.corrupt(expected, at, reason))?;
                 if !f(h.seq, h.timestamp_ms, body) {
                     return Ok(false);
                 }

@@ -1,0 +1,268 @@
+//! Storage faults on a running broker (issue: storage faults): a full disk is a refusal that
+//! ends by itself, a failed fdatasync fences the topic visibly until `repair`, and a record
+//! damaged on disk stops its topic's groups at the damage, with subscribers told — while a
+//! neighbouring topic keeps serving.
+
+use std::path::{Path, PathBuf};
+
+use weir_broker::storage::fault::{Fault, FaultyFs};
+use weir_protocol::{ErrorCode, Frame, RejectReason, RepairTopic, TopicHealth, TopicSpec};
+use weir_tests::wire::RawClient;
+use weir_tests::TestBroker;
+
+/// 100-byte payloads: one record is 126 bytes on disk, eight fill a 1 KiB segment.
+const PAYLOAD: usize = 100;
+const RECORD: u64 = 126;
+
+fn payload(i: u64) -> Vec<u8> {
+    let mut p = format!("message {i:05} ").into_bytes();
+    p.resize(PAYLOAD, b'.');
+    p
+}
+
+fn topic_dir(broker: &TestBroker, name: &str) -> PathBuf {
+    broker.dir.path().join("topics").join(name)
+}
+
+async fn create(client: &mut RawClient, name: &str) {
+    let spec = TopicSpec {
+        name: name.into(),
+        ..TopicSpec::default()
+    };
+    assert!(matches!(
+        client.create_topic(spec).await,
+        Frame::TopicCreated(_)
+    ));
+}
+
+async fn publish_ok(client: &mut RawClient, topic: &str, i: u64) -> u64 {
+    match client.publish(topic, payload(i)).await {
+        Frame::PublishOk(ok) => ok.seq,
+        other => panic!("publish {i} to {topic}: expected PublishOk, got {other:?}"),
+    }
+}
+
+fn health(broker: &TestBroker, topic: &str) -> TopicHealth {
+    broker.broker.topic(topic).expect("topic").health()
+}
+
+/// The payloads a new group reads from the start, `n` of them (a damage notice skipped).
+async fn read_all(addr: std::net::SocketAddr, topic: &str, group: &str, n: usize) -> Vec<Vec<u8>> {
+    let mut c = RawClient::connect(addr).await;
+    c.subscribe(1, topic, group, n as u32).await;
+    let mut out = Vec::new();
+    while out.len() < n {
+        match c.recv().await {
+            Frame::Deliver(d) => out.push(d.payload.to_vec()),
+            Frame::Error(e) if e.code == ErrorCode::StorageDamaged => {}
+            other => panic!("expected Deliver, got {other:?}"),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_with_storage_full_and_the_topic_serves_again_when_space_returns() {
+    let fs = FaultyFs::new();
+    let broker = TestBroker::start_on(std::sync::Arc::new(fs.clone()), |_| {}).await;
+    let mut c = RawClient::connect(broker.addr).await;
+    create(&mut c, "full").await;
+    create(&mut c, "neighbour").await;
+    publish_ok(&mut c, "full", 0).await;
+
+    fs.fail_writes(&topic_dir(&broker, "full"), Some(Fault::NoSpace));
+    match c.publish("full", payload(1)).await {
+        Frame::Rejected(r) => {
+            assert_eq!(r.reason, RejectReason::StorageFull);
+            assert!(r.retry_after_ms.is_some(), "a full disk is worth retrying");
+        }
+        other => panic!("expected Rejected{{StorageFull}}, got {other:?}"),
+    }
+    assert_eq!(health(&broker, "full").state(), "full");
+    assert_eq!(
+        publish_ok(&mut c, "neighbour", 0).await,
+        1,
+        "the neighbour is unaffected"
+    );
+
+    fs.fail_writes(&topic_dir(&broker, "full"), None);
+    assert_eq!(
+        publish_ok(&mut c, "full", 2).await,
+        2,
+        "no restart needed; no seq skipped"
+    );
+    assert_eq!(health(&broker, "full"), TopicHealth::Healthy);
+    let stored = read_all(broker.addr, "full", "g", 2).await;
+    assert_eq!(
+        stored,
+        vec![payload(0), payload(2)],
+        "the refused message was not stored"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_fdatasync_fences_the_topic_until_repair_and_the_outcome_is_unknown() {
+    let fs = FaultyFs::new();
+    let broker = TestBroker::start_on(std::sync::Arc::new(fs.clone()), |_| {}).await;
+    let mut c = RawClient::connect(broker.addr).await;
+    create(&mut c, "fenced").await;
+    create(&mut c, "neighbour").await;
+    publish_ok(&mut c, "fenced", 0).await;
+
+    fs.fail_syncs(&topic_dir(&broker, "fenced"), Some(Fault::Io));
+    match c.publish("fenced", payload(1)).await {
+        Frame::Error(e) => {
+            assert_eq!(e.code, ErrorCode::StorageFailed);
+            assert!(e.message.contains("outcome unknown"), "{}", e.message);
+        }
+        other => panic!("expected Error{{StorageFailed}}, got {other:?}"),
+    }
+    assert_eq!(health(&broker, "fenced").state(), "failed");
+    // The fd is not trusted again: even with the disk healthy, nothing is written until repair.
+    fs.fail_syncs(&topic_dir(&broker, "fenced"), None);
+    match c.publish("fenced", payload(2)).await {
+        Frame::Rejected(r) => assert_eq!(r.reason, RejectReason::StorageDamaged),
+        other => panic!("expected Rejected{{StorageDamaged}}, got {other:?}"),
+    }
+    assert_eq!(
+        publish_ok(&mut c, "neighbour", 0).await,
+        1,
+        "the neighbour is unaffected"
+    );
+    let info = c.list().await;
+    let shown = info
+        .iter()
+        .find(|t| t.config.name == "fenced")
+        .expect("listed");
+    assert_eq!(shown.health.state(), "failed", "topic info shows why");
+
+    c.send(Frame::RepairTopic(RepairTopic {
+        req: 7,
+        name: "fenced".into(),
+    }))
+    .await;
+    match c.recv().await {
+        Frame::TopicRepaired(r) => assert_eq!((r.req, r.health), (7, TopicHealth::Healthy)),
+        other => panic!("expected TopicRepaired, got {other:?}"),
+    }
+    // The failed publish reached the page cache: after the reopen it is stored (its publisher
+    // was told the outcome was unknown), and the next publish follows it.
+    let next = publish_ok(&mut c, "fenced", 3).await;
+    let stored = read_all(broker.addr, "fenced", "g", next as usize).await;
+    assert_eq!(stored.first(), Some(&payload(0)), "confirmed data kept");
+    assert_eq!(stored.last(), Some(&payload(3)));
+    assert!(
+        !stored.contains(&payload(2)),
+        "the refused publish was never stored"
+    );
+}
+
+/// Flips one byte inside the payload of record `seq` of the segment starting at `base`.
+fn damage_record(dir: &Path, base: u64, seq: u64) {
+    let path = dir.join(format!("{base:020}.log"));
+    let mut bytes = std::fs::read(&path).expect("segment");
+    let at = ((seq - base) * RECORD + 26 + 10) as usize;
+    bytes[at] ^= 0x55;
+    std::fs::write(&path, bytes).expect("write back");
+}
+
+#[tokio::test]
+async fn a_record_damaged_on_disk_stops_its_groups_there_tells_subscribers_and_refuses_publishes() {
+    let broker = TestBroker::start_with(|c| {
+        c.storage.segment_bytes = 1024;
+        c.storage.tail_cache_bytes = 0;
+    })
+    .await;
+    let mut c = RawClient::connect(broker.addr).await;
+    create(&mut c, "damaged").await;
+    create(&mut c, "neighbour").await;
+    for i in 1..=20 {
+        publish_ok(&mut c, "damaged", i).await;
+    }
+    // Records 1..=8 are in the first (sealed) segment; damage record 4.
+    damage_record(&topic_dir(&broker, "damaged"), 1, 4);
+
+    let mut sub = RawClient::connect(broker.addr).await;
+    sub.subscribe(9, "damaged", "g", 100).await;
+    // Deliveries and notices travel in separate queues: the notice may come first.
+    let (mut seqs, mut told) = (Vec::new(), None);
+    while seqs.len() < 3 || told.is_none() {
+        match sub.recv().await {
+            Frame::Deliver(d) => seqs.push(d.seq),
+            Frame::Error(e) => told = Some(e),
+            other => panic!("expected deliveries and a damage notice, got {other:?}"),
+        }
+    }
+    assert_eq!(seqs, [1, 2, 3], "everything before the damage is delivered");
+    let e = told.expect("told");
+    assert_eq!((e.req, e.code), (9, ErrorCode::StorageDamaged));
+    assert!(e.message.contains("sequence 4"), "{}", e.message);
+    assert!(
+        sub.recv_within(std::time::Duration::from_millis(200))
+            .await
+            .is_none(),
+        "nothing past the damage is delivered"
+    );
+    match health(&broker, "damaged") {
+        TopicHealth::Damaged { at_seq, .. } => assert_eq!(at_seq, 4),
+        other => panic!("expected Damaged, got {other:?}"),
+    }
+    match c.publish("damaged", payload(21)).await {
+        Frame::Rejected(r) => assert_eq!(r.reason, RejectReason::StorageDamaged),
+        other => panic!("expected Rejected{{StorageDamaged}}, got {other:?}"),
+    }
+    assert_eq!(publish_ok(&mut c, "neighbour", 0).await, 1);
+    assert_eq!(
+        read_all(broker.addr, "neighbour", "g", 1).await,
+        vec![payload(0)]
+    );
+    let damage_found = weir_tests::scrape(broker.admin_addr, "weir_topic_damaged").await;
+    assert_eq!(damage_found, Some(1.0));
+}
+
+#[tokio::test]
+async fn damage_found_at_start_is_contained_to_its_topic_and_its_files_are_kept() {
+    let broker = TestBroker::start_with(|c| c.storage.segment_bytes = 1024).await;
+    let mut c = RawClient::connect(broker.addr).await;
+    create(&mut c, "damaged").await;
+    create(&mut c, "neighbour").await;
+    for i in 1..=20 {
+        publish_ok(&mut c, "damaged", i).await;
+    }
+    publish_ok(&mut c, "neighbour", 0).await;
+    drop(c);
+    let dir = topic_dir(&broker, "damaged");
+    let mut broker = broker;
+    broker.stop().await;
+    // Records 9..=16 are in the second, sealed segment; damage record 11 in it and drop its
+    // checkpoint, so the start-up scan meets the bad record with records after it.
+    damage_record(&dir, 9, 11);
+    std::fs::remove_file(dir.join(format!("{:020}.sealed", 9))).expect("checkpoint");
+    let before: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let broker = broker.restart().await;
+
+    match health(&broker, "damaged") {
+        TopicHealth::Damaged { at_seq, .. } => assert_eq!(at_seq, 11),
+        other => panic!("expected Damaged at start, got {other:?}"),
+    }
+    let got = read_all(broker.addr, "damaged", "g", 10).await;
+    assert_eq!(
+        got,
+        (1..=10).map(payload).collect::<Vec<_>>(),
+        "what precedes the damage is served"
+    );
+    let after: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(before.len(), after.len(), "no file removed or cut");
+    let mut c = RawClient::connect(broker.addr).await;
+    assert_eq!(
+        publish_ok(&mut c, "neighbour", 1).await,
+        2,
+        "the neighbour serves"
+    );
+}
