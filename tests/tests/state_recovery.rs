@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
+use weir_broker::storage::fault::{Fault, FaultyFs};
 use weir_protocol::{Frame, TopicSpec};
 use weir_tests::process::workspace_bin;
 use weir_tests::{BrokerProcess, RawClient, TestBroker};
@@ -314,4 +315,33 @@ fn copy_dir(from: &Path, to: &Path) {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_create_whose_manifest_cannot_be_made_durable_fails_and_can_be_retried() {
+    let fs = FaultyFs::new();
+    let broker = TestBroker::start_on(std::sync::Arc::new(fs.clone()), |_| {}).await;
+    let topics = broker.dir.path().join("topics");
+    let mut client = RawClient::connect(broker.addr).await;
+    fs.fail_syncs(&topics, Some(Fault::Io));
+    assert!(
+        !matches!(
+            client.create_topic(spec("t", 10)).await,
+            Frame::TopicCreated(_)
+        ),
+        "created a topic whose manifest was never synced"
+    );
+    assert!(client.list().await.is_empty());
+    assert!(
+        !topics.join("t").exists(),
+        "the half-made directory was left"
+    );
+    fs.fail_syncs(&topics, None);
+    create(&mut client, spec("t", 10)).await;
+    assert_eq!(publish(&mut client, "t", 1).await[0].0, 1);
+    drop(client);
+    let broker = broker.restart().await;
+    let mut client = RawClient::connect(broker.addr).await;
+    let info = client.list().await;
+    assert_eq!((info[0].config.max_messages, info[0].next_seq), (10, 2));
 }

@@ -4,6 +4,9 @@
 //! `--config weir.toml` override the embedded defaults (flags win); `--print-config` shows the
 //! effective configuration with every bound. SIGTERM or SIGINT shut it down gracefully: the
 //! commit in progress finishes, clients get `GoingAway`, and the process exits 0.
+//!
+//! A state store that cannot be read stops it with an error naming the store's path;
+//! `--rebuild-state` then moves the store aside and rebuilds it from the topic manifests.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -70,7 +70,8 @@ pub fn read(fs: &dyn StorageFs, dir: &Path) -> Result<Option<Manifest>, Manifest
 
 /// Creates the topic directory `topics_dir/name` holding `manifest`, durably (the directory's
 /// entry in `topics_dir` is synced too). Fails with `AlreadyExists` if the directory is there:
-/// a create never writes over existing files.
+/// a create never writes over existing files. On any other failure the new directory is
+/// removed again (best effort), so the create can be retried.
 pub fn create_dir(
     fs: &dyn StorageFs,
     topics_dir: &Path,
@@ -88,8 +89,13 @@ pub fn create_dir(
         )));
     }
     fs.create_dir_all(&dir).map_err(io_err)?;
-    write(fs, &dir, manifest)?;
-    fs.sync_dir(topics_dir).map_err(io_err)?;
+    let made = write(fs, &dir, manifest).and_then(|()| fs.sync_dir(topics_dir).map_err(io_err));
+    if let Err(e) = made {
+        // Nothing is stored in it yet: take it away so a retry can create it. If even that
+        // fails, the next start removes it (a directory without manifest or segments).
+        let _ = fs.remove_dir_all(&dir);
+        return Err(e);
+    }
     Ok(dir)
 }
 

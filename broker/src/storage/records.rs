@@ -104,6 +104,7 @@ impl TopicIdentity {
     }
 }
 
+/// A fresh identity, as [`TopicIdentity::new`]: not a constant, every call differs.
 impl Default for TopicIdentity {
     fn default() -> Self {
         TopicIdentity::new()
