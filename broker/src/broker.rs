@@ -21,7 +21,10 @@ use crate::config::Config;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use crate::storage::disk::DiskBudget;
-use crate::storage::state::{StateError, StateStore};
+use crate::storage::manifest;
+use crate::storage::reconcile::{self, ReconcileError, Reconciled};
+use crate::storage::records::{Manifest, TopicIdentity};
+use crate::storage::state::StateError;
 use crate::topic::{Detached, Refusal, Topic, TopicEnv, TopicError};
 
 /// A failure opening the broker.
@@ -38,9 +41,13 @@ pub enum OpenError {
         /// Why.
         source: std::io::Error,
     },
-    /// The state store failed to open.
+    /// The state store failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The state store and the topic directories could not be reconciled (each case names
+    /// its fix, e.g. `weir-broker --rebuild-state`).
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
     /// A topic failed to recover.
     #[error("topic {name}: {source}")]
     Topic {
@@ -131,13 +138,21 @@ impl Broker {
     /// [`Broker::open`] with topic files written through `fs` (tests inject faults there).
     pub async fn open_on(config: Config, fs: crate::storage::fs::Fs) -> Result<Broker, OpenError> {
         config.validate()?;
-        let (config, env, topics) = tokio::task::spawn_blocking({
+        let (config, env, topics, done) = tokio::task::spawn_blocking({
             let runtime = tokio::runtime::Handle::current();
             move || recover(config, runtime, fs)
         })
         .await
         .map_err(|e| OpenError::Join(e.to_string()))??;
-        tracing::info!(topics = topics.len(), data_dir = %config.data_dir.display(), "broker state recovered");
+        tracing::info!(
+            topics = topics.len(),
+            restored_from_manifest = done.restored.len(),
+            groups_dropped = done.groups_dropped,
+            deletes_finished = done.deletes_finished,
+            manifests_written = done.migrated,
+            data_dir = %config.data_dir.display(),
+            "broker state recovered"
+        );
         let broker = Broker {
             shared: Arc::new(Shared {
                 keys: KeyRing::new(&config.keys, config.default_rate),
@@ -263,12 +278,26 @@ impl Broker {
             name: name.to_string(),
             ..TopicSpec::default()
         };
-        self.create_topic(spec).await.map(|(topic, _)| topic)
+        match self.create_topic(spec).await {
+            Ok((topic, _)) => Ok(topic),
+            // Created meanwhile, or restored from a directory already there, with other
+            // settings: use it as it is.
+            Err(CreateError::Exists(_)) => {
+                self.topic(name).ok_or(CreateError::Unknown(name.into()))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Creates a topic, durably, before returning. Idempotent: an existing topic with the same
     /// effective configuration is returned with `false`; one with another configuration is
     /// [`CreateError::Exists`].
+    ///
+    /// The directory and its manifest are written first, then the state record, so a crash in
+    /// between leaves a directory the next start restores. A directory already there (with no
+    /// topic registered) is never written over: a usable manifest restores that topic, as it
+    /// was (its settings compared with the spec as for an existing topic); without one the
+    /// create fails.
     pub async fn create_topic(&self, spec: TopicSpec) -> Result<(Arc<Topic>, bool), CreateError> {
         let config = self
             .shared
@@ -298,22 +327,22 @@ impl Broker {
         }
         let shared = self.shared.clone();
         let name = config.name.clone();
-        let topic = tokio::task::spawn_blocking(move || -> Result<Arc<Topic>, TopicError> {
-            // A new topic starts with no groups, whatever state an earlier topic of the same
-            // name may have left behind (a flush racing its deletion).
-            shared.env.store.delete_topic(&config.name)?;
-            shared.env.store.save_topic(&config)?;
-            let dir = topic_dir(&shared.config, &config.name);
-            Topic::open(config, &dir, &shared.config, &shared.env)
-        })
-        .await
-        .map_err(|e| CreateError::Failed(e.to_string()))?
-        .map_err(|e| CreateError::Failed(e.to_string()))?;
+        let requested = config.clone();
+        let (topic, restored) =
+            tokio::task::spawn_blocking(move || create_blocking(&shared, config))
+                .await
+                .map_err(|e| CreateError::Failed(e.to_string()))??;
         self.shared
             .topics
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.clone(), topic.clone());
+        if restored {
+            if *topic.config() != requested {
+                return Err(CreateError::Exists(Box::new(topic.config().clone())));
+            }
+            return Ok((topic, false));
+        }
         tracing::info!(topic = %name, "topic created");
         Ok((topic, true))
     }
@@ -323,6 +352,10 @@ impl Broker {
     /// they can be told). Publishes parked on it are refused, queued ones are committed first,
     /// and creating a topic waits until the files are gone (so a topic of the same name starts
     /// empty).
+    ///
+    /// Crash-safe: the directory is renamed to a tombstone (a name no topic can have) and its
+    /// parent synced before the state is touched; then the state is deleted (flushed); then the
+    /// tombstone removed. A start after a crash anywhere in between finishes the delete.
     pub async fn delete_topic(
         &self,
         name: &str,
@@ -344,15 +377,19 @@ impl Broker {
         let shared = self.shared.clone();
         let owned = name.to_string();
         tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let fs = shared.env.fs.as_ref();
+            let topics_dir = shared.config.data_dir.join("topics");
+            let tomb = manifest::tombstone(fs, &topics_dir, &owned)
+                .map_err(|e| format!("renaming the directory to a tombstone: {e}"))?;
             shared
                 .env
                 .store
                 .delete_topic(&owned)
                 .map_err(|e| e.to_string())?;
-            let dir = topic_dir(&shared.config, &owned);
-            match std::fs::remove_dir_all(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
-                _ => Ok(()),
+            match tomb {
+                Some(tomb) => manifest::remove_dir(fs, &tomb)
+                    .map_err(|e| format!("removing {}: {e}", tomb.display())),
+                None => Ok(()),
             }
         })
         .await
@@ -496,28 +533,79 @@ fn topic_dir(config: &Config, name: &str) -> PathBuf {
     config.data_dir.join("topics").join(name)
 }
 
-type Recovered = (Config, TopicEnv, BTreeMap<String, Arc<Topic>>);
+/// Creates the topic `config` names (or restores it from a directory already there, the
+/// `bool`), its directory and manifest first, then its state record. Blocking.
+fn create_blocking(
+    shared: &Shared,
+    config: TopicConfig,
+) -> Result<(Arc<Topic>, bool), CreateError> {
+    let failed = |e: &dyn std::fmt::Display| CreateError::Failed(e.to_string());
+    let fs = shared.env.fs.as_ref();
+    let topics_dir = shared.config.data_dir.join("topics");
+    let dir = topic_dir(&shared.config, &config.name);
+    let (manifest, restored) = if fs.is_dir(&dir) {
+        match manifest::read(fs, &dir) {
+            Ok(Some(m)) if m.config.name == config.name => {
+                tracing::warn!(topic = %config.name, "a directory of this topic existed without a state record: restored from its manifest, not written over (its groups' cursors, if any, are lost)");
+                (m, true)
+            }
+            Ok(_) => {
+                return Err(CreateError::Failed(format!(
+                    "{} exists without a usable manifest; it is not written over",
+                    dir.display()
+                )))
+            }
+            Err(e) => return Err(failed(&e)),
+        }
+    } else {
+        let m = Manifest {
+            config,
+            identity: TopicIdentity::new(),
+        };
+        manifest::create_dir(fs, &topics_dir, &m).map_err(|e| failed(&e))?;
+        (m, false)
+    };
+    // A topic starts with no groups, whatever state an earlier topic of the same name may
+    // have left behind (a flush racing its deletion).
+    let store = &shared.env.store;
+    store
+        .delete_topic(&manifest.config.name)
+        .map_err(|e| failed(&e))?;
+    store
+        .save_topic(&manifest.config, &manifest.identity)
+        .map_err(|e| failed(&e))?;
+    let topic =
+        Topic::open(manifest.config, &dir, &shared.config, &shared.env).map_err(|e| failed(&e))?;
+    Ok((topic, restored))
+}
 
-/// Opens the store and every topic it lists. Blocking. The configuration comes back with
-/// `storage.max_bytes` resolved (its default taken now, see [`crate::storage::disk`]).
+type Recovered = (Config, TopicEnv, BTreeMap<String, Arc<Topic>>, Reconciled);
+
+/// Opens the store, reconciles it with the topic directories (see
+/// [`crate::storage::reconcile`]) and opens every topic, every file through `fs`. Blocking.
+/// The configuration comes back with `storage.max_bytes` resolved (its default taken now, see
+/// [`crate::storage::disk`]).
 fn recover(
     mut config: Config,
     runtime: tokio::runtime::Handle,
     fs: crate::storage::fs::Fs,
 ) -> Result<Recovered, OpenError> {
     let topics_dir = config.data_dir.join("topics");
-    std::fs::create_dir_all(&topics_dir).map_err(|source| OpenError::DataDir {
-        path: topics_dir,
-        source,
-    })?;
+    fs.create_dir_all(&topics_dir)
+        .map_err(|source| OpenError::DataDir {
+            path: topics_dir.clone(),
+            source,
+        })?;
     config.resolve_storage_budget();
     let disk = Arc::new(DiskBudget::new(
         &config.data_dir,
         config.storage.max_bytes.unwrap_or(u64::MAX),
         config.storage.min_free_bytes,
     ));
-    let store = StateStore::open(
+    let (store, mut done) = reconcile::recover(
+        fs.as_ref(),
         &config.data_dir.join("state"),
+        &topics_dir,
         config.storage.state_cache_bytes,
     )?;
     let env = TopicEnv {
@@ -533,7 +621,7 @@ fn recover(
         fs,
     };
     let mut topics = BTreeMap::new();
-    for topic_config in env.store.load_topics()? {
+    for topic_config in std::mem::take(&mut done.topics) {
         let name = topic_config.name.clone();
         let dir = topic_dir(&config, &name);
         let topic =
@@ -543,5 +631,5 @@ fn recover(
             })?;
         topics.insert(name, topic);
     }
-    Ok((config, env, topics))
+    Ok((config, env, topics, done))
 }

@@ -23,5 +23,6 @@ mod policies;
 mod recovery;
 mod redelivery;
 mod shutdown;
+mod state_recovery;
 mod storage_faults;
 mod topic_full;

@@ -4,6 +4,9 @@
 //! `--config weir.toml` override the embedded defaults (flags win); `--print-config` shows the
 //! effective configuration with every bound. SIGTERM or SIGINT shut it down gracefully: the
 //! commit in progress finishes, clients get `GoingAway`, and the process exits 0.
+//!
+//! A state store that cannot be read stops it with an error naming the store's path;
+//! `--rebuild-state` then moves the store aside and rebuilds it from the topic manifests.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +56,12 @@ struct Args {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Rebuild the state store from the topic directories' manifests: the store is moved
+    /// aside to `<data-dir>/state.broken-<unix time>` (never deleted), then every topic is
+    /// restored with its settings and messages; group cursors are reset (a group subscribing
+    /// again starts where it asks). For a state store that is lost or unreadable.
+    #[arg(long)]
+    rebuild_state: bool,
 }
 
 /// How log lines are written.
@@ -65,7 +74,7 @@ enum LogFormat {
 }
 
 impl Args {
-    fn into_config(self) -> Result<(Config, bool), ConfigError> {
+    fn into_config(self) -> Result<(Config, bool, bool), ConfigError> {
         let mut config = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
@@ -92,14 +101,14 @@ impl Args {
             config.admin.enabled = false;
         }
         config.validate()?;
-        Ok((config, self.print_config))
+        Ok((config, self.print_config, self.rebuild_state))
     }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let log_format = args.log_format;
-    let (config, print) = match args.into_config() {
+    let (config, print, rebuild) = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("weir-broker: {e}");
@@ -114,6 +123,27 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(log_format);
+    if rebuild {
+        let state = config.data_dir.join("state");
+        let fs = weir_broker::storage::fs::os();
+        match weir_broker::storage::state::set_aside(fs.as_ref(), &state) {
+            Ok(Some(to)) => tracing::warn!(
+                state = %state.display(),
+                moved_to = %to.display(),
+                "--rebuild-state: the state store was moved aside; topics are rebuilt from their manifests and group cursors reset"
+            ),
+            Ok(None) => {
+                tracing::warn!(state = %state.display(), "--rebuild-state: there was no state store; topics are rebuilt from their manifests")
+            }
+            Err(e) => {
+                eprintln!(
+                    "weir-broker: --rebuild-state: cannot move {} aside: {e}",
+                    state.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     raise_open_files_limit(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -129,6 +159,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "broker failed");
+            eprintln!("weir-broker: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -6,6 +6,11 @@
 //! - [`fault`]: a file layer that fails on command (fault-injection tests of a running broker).
 //! - [`fs`]: the file layer every file operation of the log goes through (fault injection and
 //!   crash simulation in tests).
+//! - [`records`]: storage's own versioned formats (state records, topic manifests).
+//! - [`manifest`]: topic directories' manifests and delete tombstones.
+//! - [`reconcile`]: start-up reconciliation of topic directories with the state store.
+//! - `sim` (tests only): an in-memory file layer that knows what was synced, for crash
+//!   simulation and fault injection.
 //!
 //! Nothing outside this module opens a file or names sled; inside it, only [`fs::OsFs`] calls
 //! `std::fs` (sled manages the state store's files).
@@ -14,6 +19,9 @@ pub mod disk;
 pub mod fault;
 pub mod fs;
 pub mod log;
+pub mod manifest;
+pub mod reconcile;
+pub mod records;
 #[cfg(test)]
 mod sim;
 pub mod state;

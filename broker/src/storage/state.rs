@@ -2,20 +2,24 @@
 //!
 //! This module is the only place that names sled (DESIGN.md §4): a handful of typed operations,
 //! so the store can be swapped (redb was measured as the alternative) without touching callers.
-//! Records are bincode-encoded with a leading format version byte: topic configurations are
-//! version 1; group records version 2 (version 1, written before groups had settings, nack
-//! delays and dead letters, is still read).
+//! Records are storage's own versioned formats ([`super::records`]), never the wire types.
+//!
+//! The store is a cache of what the topic directories say (each holds a manifest) plus the
+//! groups' cursors: when it is lost it can be rebuilt from the manifests (`weir-broker
+//! --rebuild-state`, see [`set_aside`]), losing only the cursors.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use weir_protocol::{GroupConfig, TopicConfig};
 
-/// Format version of topic configuration records.
-const RECORD_VERSION: u8 = 1;
-/// Format version of group records.
-const GROUP_RECORD_VERSION: u8 = 2;
+use super::fs::StorageFs;
+use super::records::{self, FormatError, TopicIdentity, TopicRecord};
+
+/// The key of the marker record, in the `meta` tree, saying Weir wrote this store.
+const MARKER_KEY: &[u8] = b"format";
+/// The marker's value: the store's layout version.
+const MARKER_VALUE: &[u8] = &[1];
 
 /// A state-store failure.
 #[derive(Debug, thiserror::Error)]
@@ -29,15 +33,18 @@ pub enum StateError {
         /// The record's key.
         key: String,
         /// Why.
-        reason: String,
+        reason: FormatError,
     },
+    /// A record could not be encoded (nothing was written).
+    #[error("cannot encode a state record: {0}")]
+    Encode(FormatError),
 }
 
 /// A group's durable state: its settings, where its cursor is, which messages below it are not
 /// yet acked (with the number of deliveries each has had), which were nacked and when they may
 /// be redelivered, and which are due for the dead-letter topic. Bounded by the group's
 /// `max_in_flight`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GroupRecord {
     /// The next sequence never yet delivered to the group.
     pub cursor: u64,
@@ -51,19 +58,13 @@ pub struct GroupRecord {
     pub dead: Vec<(u64, u32, String)>,
 }
 
-/// The version 1 layout of [`GroupRecord`].
-#[derive(Deserialize)]
-struct GroupRecordV1 {
-    cursor: u64,
-    unacked: Vec<(u64, u32)>,
-}
-
 /// The sled-backed state store. Cheap to clone.
 #[derive(Clone)]
 pub struct StateStore {
     db: sled::Db,
     topics: sled::Tree,
     groups: sled::Tree,
+    meta: sled::Tree,
 }
 
 impl StateStore {
@@ -86,19 +87,55 @@ impl StateStore {
         };
         let topics = db.open_tree("topics")?;
         let groups = db.open_tree("groups")?;
-        Ok(StateStore { db, topics, groups })
+        let meta = db.open_tree("meta")?;
+        Ok(StateStore {
+            db,
+            topics,
+            groups,
+            meta,
+        })
     }
 
-    /// Stores a topic's configuration and makes it durable before returning.
-    pub fn save_topic(&self, config: &TopicConfig) -> Result<(), StateError> {
-        self.topics.insert(config.name.as_bytes(), encode(config))?;
+    /// Whether this store carries the marker [`StateStore::mark`] writes: stores written before
+    /// the marker existed do not, and neither does a store sled opened over files it did not
+    /// write (which reads as empty).
+    pub fn is_marked(&self) -> Result<bool, StateError> {
+        Ok(self.meta.get(MARKER_KEY)?.is_some())
+    }
+
+    /// Writes the marker saying Weir wrote this store, durably.
+    pub fn mark(&self) -> Result<(), StateError> {
+        self.meta.insert(MARKER_KEY, MARKER_VALUE)?;
         self.db.flush()?;
         Ok(())
     }
 
-    /// Every stored topic configuration.
-    pub fn load_topics(&self) -> Result<Vec<TopicConfig>, StateError> {
-        self.topics.iter().map(|kv| decode_kv(kv?)).collect()
+    /// Whether the store holds no topic and no group.
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty() && self.groups.is_empty()
+    }
+
+    /// Stores a topic's configuration and identity and makes it durable before returning.
+    pub fn save_topic(
+        &self,
+        config: &TopicConfig,
+        identity: &TopicIdentity,
+    ) -> Result<(), StateError> {
+        let record = records::encode_topic_record(config, identity).map_err(StateError::Encode)?;
+        self.topics.insert(config.name.as_bytes(), record)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Every stored topic.
+    pub fn load_topics(&self) -> Result<Vec<TopicRecord>, StateError> {
+        self.topics
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                records::decode_topic_record(&v).map_err(|reason| corrupt(&k, reason))
+            })
+            .collect()
     }
 
     /// Stores a group's state (not flushed: call [`StateStore::flush`]).
@@ -108,10 +145,8 @@ impl StateStore {
         group: &str,
         record: &GroupRecord,
     ) -> Result<(), StateError> {
-        self.groups.insert(
-            group_key(topic, group),
-            encode_versioned(GROUP_RECORD_VERSION, record),
-        )?;
+        let value = records::encode_group_record(record).map_err(StateError::Encode)?;
+        self.groups.insert(group_key(topic, group), value)?;
         Ok(())
     }
 
@@ -139,15 +174,75 @@ impl StateStore {
             .map(|kv| {
                 let (k, v) = kv?;
                 let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                Ok((name, decode_group(&k, &v)?))
+                let record = records::decode_group_record(&v).map_err(|r| corrupt(&k, r))?;
+                Ok((name, record))
             })
             .collect()
+    }
+
+    /// Stores raw bytes as topic `name`'s record: old formats and junk, for tests.
+    #[cfg(test)]
+    pub(crate) fn insert_raw_topic(&self, name: &str, bytes: &[u8]) {
+        self.topics.insert(name.as_bytes(), bytes).unwrap();
     }
 
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), StateError> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+/// Moves the state store directory `dir` aside to `<dir>.broken-<unix seconds>` (never
+/// deleting it: it is evidence, and may hold cursors worth recovering by hand) and syncs its
+/// parent, so the next [`StateStore::open`] starts empty and the broker rebuilds topics from
+/// their manifests. Returns where it went; `Ok(None)` when there was no directory.
+///
+/// Refused (an error) while a broker holds the store open.
+pub fn set_aside(fs: &dyn StorageFs, dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    if is_held(dir) {
+        return Err(std::io::Error::other(format!(
+            "{} is in use by a running broker",
+            dir.display()
+        )));
+    }
+    let secs = records::now_ms() / 1000;
+    let mut to = dir.as_os_str().to_owned();
+    to.push(format!(".broken-{secs}"));
+    let mut to = PathBuf::from(to);
+    // A second rebuild in the same second keeps the first one's copy.
+    let mut n = 1;
+    while fs.is_dir(&to) {
+        let mut next = dir.as_os_str().to_owned();
+        next.push(format!(".broken-{secs}-{n}"));
+        to = PathBuf::from(next);
+        n += 1;
+    }
+    match fs.rename(dir, &to) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        other => other?,
+    }
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs.sync_dir(parent)?;
+    Ok(Some(to))
+}
+
+/// Whether a `Db` (in any process) holds the lock sled takes on the store's `db` file.
+fn is_held(dir: &Path) -> bool {
+    use fs2::FileExt;
+    // sled's own lock file, outside the storage file layer like the rest of sled's files.
+    match std::fs::File::open(dir.join("db")) {
+        Ok(file) => {
+            let held = file.try_lock_exclusive().is_err();
+            if !held {
+                let _ = FileExt::unlock(&file);
+            }
+            held
+        }
+        Err(_) => false,
     }
 }
 
@@ -169,55 +264,7 @@ fn group_key(topic: &str, group: &str) -> Vec<u8> {
     key
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    encode_versioned(RECORD_VERSION, value)
-}
-
-fn encode_versioned<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
-    let mut out = vec![version];
-    // Encoding plain structs into a Vec cannot fail.
-    out.extend(
-        bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap_or_default(),
-    );
-    out
-}
-
-fn decode_kv<T: DeserializeOwned>((k, v): (sled::IVec, sled::IVec)) -> Result<T, StateError> {
-    decode_value(&k, &v)
-}
-
-fn decode_value<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StateError> {
-    match value.split_first() {
-        Some((&RECORD_VERSION, body)) => decode_body(key, body),
-        Some((v, _)) => Err(corrupt(key, format!("unknown record version {v}"))),
-        None => Err(corrupt(key, "empty record".into())),
-    }
-}
-
-/// Decodes a group record of either version.
-fn decode_group(key: &[u8], value: &[u8]) -> Result<GroupRecord, StateError> {
-    match value.split_first() {
-        Some((&GROUP_RECORD_VERSION, body)) => decode_body(key, body),
-        Some((1, body)) => {
-            let old: GroupRecordV1 = decode_body(key, body)?;
-            Ok(GroupRecord {
-                cursor: old.cursor,
-                unacked: old.unacked,
-                ..GroupRecord::default()
-            })
-        }
-        Some((v, _)) => Err(corrupt(key, format!("unknown group record version {v}"))),
-        None => Err(corrupt(key, "empty record".into())),
-    }
-}
-
-fn decode_body<T: DeserializeOwned>(key: &[u8], body: &[u8]) -> Result<T, StateError> {
-    bincode::serde::decode_from_slice(body, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| corrupt(key, e.to_string()))
-}
-
-fn corrupt(key: &[u8], reason: String) -> StateError {
+fn corrupt(key: &[u8], reason: FormatError) -> StateError {
     StateError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason,
@@ -247,8 +294,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = StateStore::open(dir.path(), 1 << 20).unwrap();
-            store.save_topic(&config("a")).unwrap();
-            store.save_topic(&config("ab")).unwrap();
+            let id = TopicIdentity::new();
+            store.save_topic(&config("a"), &id).unwrap();
+            store.save_topic(&config("ab"), &id).unwrap();
             let rec = GroupRecord {
                 cursor: 7,
                 unacked: vec![(3, 1), (5, 2)],
@@ -271,7 +319,7 @@ mod tests {
             .load_topics()
             .unwrap()
             .into_iter()
-            .map(|c| c.name)
+            .map(|r| r.config.name)
             .collect();
         names.sort();
         assert_eq!(names, ["a", "ab"]);
@@ -288,12 +336,33 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_group_record_is_still_read() {
-        let v1 = encode_versioned(1, &(7u64, vec![(3u64, 1u32)]));
-        let rec = decode_group(b"k", &v1).unwrap();
-        assert_eq!(
-            (rec.cursor, rec.unacked, rec.config),
-            (7, vec![(3, 1)], None)
+    fn the_marker_and_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let fs = crate::storage::fs::os();
+        assert_eq!(set_aside(fs.as_ref(), &state).unwrap(), None);
+        {
+            let store = StateStore::open(&state, 1 << 20).unwrap();
+            assert!(!store.is_marked().unwrap() && store.is_empty());
+            store.mark().unwrap();
+            store
+                .save_topic(&config("a"), &TopicIdentity::new())
+                .unwrap();
+        }
+        let aside = set_aside(fs.as_ref(), &state).unwrap().expect("moved");
+        assert!(aside
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("state.broken-"));
+        let moved = StateStore::open(&aside, 1 << 20).unwrap();
+        assert!(moved.is_marked().unwrap());
+        assert_eq!(moved.load_topics().unwrap().len(), 1);
+        let fresh = StateStore::open(&state, 1 << 20).unwrap();
+        assert!(!fresh.is_marked().unwrap() && fresh.is_empty());
+        assert!(
+            set_aside(fs.as_ref(), &state).is_err(),
+            "refused while the store is open"
         );
     }
 
@@ -316,18 +385,21 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_record_version_is_reported_not_panicked() {
+    fn an_undecodable_record_is_reported_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path(), 1 << 20).unwrap();
+        store.topics.insert("t", &[9, 1, 2]).unwrap();
+        store.groups.insert(group_key("t", "g"), &[]).unwrap();
         assert!(matches!(
-            decode_value::<GroupRecord>(b"k", &[9, 1, 2]),
-            Err(StateError::Corrupt { .. })
+            store.load_topics(),
+            Err(StateError::Corrupt { key, reason: FormatError::UnknownVersion(9) }) if key == "t"
         ));
         assert!(matches!(
-            decode_group(b"k", &[9, 1, 2]),
-            Err(StateError::Corrupt { .. })
-        ));
-        assert!(matches!(
-            decode_value::<GroupRecord>(b"k", &[]),
-            Err(StateError::Corrupt { .. })
+            store.load_groups("t"),
+            Err(StateError::Corrupt {
+                reason: FormatError::Empty,
+                ..
+            })
         ));
     }
 }
