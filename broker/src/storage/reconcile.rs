@@ -136,7 +136,10 @@ pub fn recover(
             .flatten()
             .map(|m| m.identity.incarnation);
         if let Some(record) = records.get(topic) {
-            let same = record.identity.map(|i| i.incarnation) == tomb_incarnation;
+            let same = matches!(
+                (record.identity, tomb_incarnation),
+                (Some(i), Some(t)) if i.incarnation == t
+            );
             if same || !dirs.contains(topic) {
                 store.delete_topic(topic)?;
                 records.remove(topic);
