@@ -144,20 +144,10 @@ pub fn remove_dir(fs: &dyn StorageFs, dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::storage::records::TopicIdentity;
-    use weir_protocol::{FsyncPolicy, OverflowPolicy, TopicConfig};
 
     fn manifest(name: &str) -> Manifest {
         Manifest {
-            config: TopicConfig {
-                name: name.into(),
-                max_messages: 10,
-                max_bytes: 100,
-                max_message_bytes: 10,
-                overflow: OverflowPolicy::Reject,
-                fsync: FsyncPolicy::Batch,
-                max_blocked_publishes: 1,
-                max_block_ms: 1,
-            },
+            config: crate::storage::test_topic_config(name),
             identity: TopicIdentity::new(),
         }
     }

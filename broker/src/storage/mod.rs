@@ -25,3 +25,18 @@ pub mod records;
 #[cfg(test)]
 mod sim;
 pub mod state;
+
+/// A small topic configuration for storage's unit tests.
+#[cfg(test)]
+pub(crate) fn test_topic_config(name: &str) -> weir_protocol::TopicConfig {
+    weir_protocol::TopicConfig {
+        name: name.into(),
+        max_messages: 10,
+        max_bytes: 100,
+        max_message_bytes: 10,
+        overflow: weir_protocol::OverflowPolicy::Reject,
+        fsync: weir_protocol::FsyncPolicy::Batch,
+        max_blocked_publishes: 8,
+        max_block_ms: 1000,
+    }
+}

@@ -303,7 +303,6 @@ mod tests {
     use crate::storage::fs::{self as sfs, Fs};
     use crate::storage::records::TopicIdentity;
     use crate::storage::state::GroupRecord;
-    use weir_protocol::{FsyncPolicy, OverflowPolicy};
 
     struct Data {
         root: tempfile::TempDir,
@@ -341,16 +340,7 @@ mod tests {
     }
 
     fn config(name: &str) -> TopicConfig {
-        TopicConfig {
-            name: name.into(),
-            max_messages: 10,
-            max_bytes: 100,
-            max_message_bytes: 10,
-            overflow: OverflowPolicy::Reject,
-            fsync: FsyncPolicy::Batch,
-            max_blocked_publishes: 1,
-            max_block_ms: 1,
-        }
+        crate::storage::test_topic_config(name)
     }
 
     #[test]

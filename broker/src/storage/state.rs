@@ -198,8 +198,14 @@ impl StateStore {
 /// parent, so the next [`StateStore::open`] starts empty and the broker rebuilds topics from
 /// their manifests. Returns where it went; `Ok(None)` when there was no directory.
 ///
-/// Refused (an error) while a broker holds the store open.
+/// Refused (an error) while a broker holds the store open. A lock released just before (sled
+/// lets go of it from a background thread after the store is dropped) is waited for, at most
+/// [`LOCK_WAIT`].
 pub fn set_aside(fs: &dyn StorageFs, dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    while is_held(dir) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     if is_held(dir) {
         return Err(std::io::Error::other(format!(
             "{} is in use by a running broker",
@@ -274,19 +280,9 @@ fn corrupt(key: &[u8], reason: FormatError) -> StateError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_protocol::{FsyncPolicy, OverflowPolicy};
 
     fn config(name: &str) -> TopicConfig {
-        TopicConfig {
-            name: name.into(),
-            max_messages: 10,
-            max_bytes: 100,
-            max_message_bytes: 10,
-            overflow: OverflowPolicy::Reject,
-            fsync: FsyncPolicy::Batch,
-            max_blocked_publishes: 8,
-            max_block_ms: 1000,
-        }
+        crate::storage::test_topic_config(name)
     }
 
     #[test]
