@@ -1068,6 +1068,7 @@ impl ConnTask {
             Frame::TopicList(ref t) => self.answer(t.req, frame)?,
             Frame::TopicDescription(ref t) => self.answer(t.req, frame)?,
             Frame::TopicDeleted(ref t) => self.answer(t.req, frame)?,
+            Frame::TopicRepaired(ref t) => self.answer(t.req, frame)?,
             Frame::GroupDeleted(ref g) => self.answer(g.req, frame)?,
             Frame::Subscribed(s) => {
                 let entry = self.subs.get_mut(&s.sub).ok_or_else(|| {

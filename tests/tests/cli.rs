@@ -232,3 +232,42 @@ async fn bench_noisy_neighbour_reports_the_tenant_beside_a_flood() {
     assert!(run["broker"].is_null(), "no --broker-pid, no reading");
     assert!(run["checks"].as_array().is_some_and(|c| !c.is_empty()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_whose_disk_failed_shows_it_in_topic_info_and_topic_repair_brings_it_back() {
+    use weir_broker::storage::fault::{Fault, FaultyFs};
+    let fs = FaultyFs::new();
+    let broker = TestBroker::start_on(std::sync::Arc::new(fs.clone()), |_| {}).await;
+    let addr = broker.addr;
+    assert!(weir(addr, &["pub", "ledger", "first"], "")
+        .await
+        .status
+        .success());
+    let dir = broker.dir.path().join("topics").join("ledger");
+    fs.fail_syncs(&dir, Some(Fault::Io));
+    let out = weir(addr, &["pub", "ledger", "second"], "").await;
+    assert!(
+        !out.status.success(),
+        "a failed fsync is not a confirm: {out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("outcome unknown"),
+        "{out:?}"
+    );
+    fs.fail_syncs(&dir, None);
+    let info = stdout(&weir(addr, &["topic", "info", "ledger"], "").await);
+    assert!(
+        info.contains("storage") && info.contains("failed ("),
+        "{info}"
+    );
+    let out = weir(addr, &["topic", "repair", "ledger"], "").await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout(&out).contains("topic ledger: storage healthy"),
+        "{out:?}"
+    );
+    assert!(weir(addr, &["pub", "ledger", "third"], "")
+        .await
+        .status
+        .success());
+}
