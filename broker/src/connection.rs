@@ -944,8 +944,8 @@ impl Connection {
     /// Waits (at most `grace`) for publishes being committed (and parked ones, which the
     /// broker refuses with `ShuttingDown` as it stops) and sends their answers. Meanwhile it
     /// still reads the client's frames and applies its acks, nacks, terms and progress (the
-    /// broker dispatches nothing more by now, so they only settle what the client holds); any
-    /// other frame is ignored.
+    /// broker dispatches nothing more by now, so they only settle what the client holds) and
+    /// answers its publishes (refused `ShuttingDown`); any other frame is ignored.
     async fn finish_confirms(&mut self, frames: &mut FrameReader, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
         self.pending.extend(std::mem::take(&mut self.parked));
@@ -955,13 +955,21 @@ impl Connection {
                 answer = tokio::time::timeout_at(deadline, self.pending.next()) => answer,
                 read = frames.next(), if reading => {
                     match read {
+                        // A publish is answered (`ShuttingDown`, or as shed), never dropped
+                        // unanswered.
                         Some(Ok(Read::Frame(
                             frame @ (Frame::Ack(_)
                             | Frame::Nack(_)
                             | Frame::Term(_)
-                            | Frame::Progress(_)),
+                            | Frame::Progress(_)
+                            | Frame::Publish(_)),
                         ))) => {
                             if self.apply(frame).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Ok(Read::Shed(publish, why))) => {
+                            if self.shed(publish, why).await.is_err() {
                                 return;
                             }
                         }

@@ -706,10 +706,11 @@ impl Topic {
         *log = fresh;
         drop(st);
         drop(log);
-        *lock(&self.health) = TopicHealth::Healthy;
         match damage {
+            // From `Failed` straight to `Damaged`: no publish is taken in between.
             Some((at_seq, reason)) => self.mark_damaged(at_seq, reason),
             None => {
+                self.set_health(TopicHealth::Healthy);
                 tracing::info!(topic = %self.config.name, "storage repaired: the log was reopened and verified");
                 self.wake_dispatcher.notify_one();
             }
@@ -725,14 +726,11 @@ impl Topic {
     /// Moves the topic to `health`, logging the change: an ERROR when storage failed or is
     /// damaged (once per change, never per publish), a WARN when the disk is full, an INFO when
     /// it is healthy again. A damaged topic stays damaged until repaired, whatever else
-    /// happens.
-    fn set_health(&self, health: TopicHealth) {
+    /// happens (the first damage found is the one kept). Returns whether the state changed.
+    fn set_health(&self, health: TopicHealth) -> bool {
         let mut current = lock(&self.health);
-        if *current == health
-            || matches!(*current, TopicHealth::Damaged { .. })
-                && !matches!(health, TopicHealth::Damaged { .. })
-        {
-            return;
+        if *current == health || matches!(*current, TopicHealth::Damaged { .. }) {
+            return false;
         }
         let name = &self.config.name;
         match &health {
@@ -750,6 +748,17 @@ impl Topic {
             }
         }
         *current = health;
+        true
+    }
+
+    /// Whether the last commit found the disk full (cheap: no copy of the reason).
+    fn is_full(&self) -> bool {
+        matches!(*lock(&self.health), TopicHealth::Full { .. })
+    }
+
+    /// The first unreadable sequence, while the log is damaged (cheap: no copy of the reason).
+    fn damaged_at(&self) -> Option<u64> {
+        lock(&self.health).damaged_at()
     }
 
     /// Marks the topic's log damaged at `at_seq` (a record it had confirmed cannot be read
@@ -757,11 +766,10 @@ impl Topic {
     /// is told with `Error{StorageDamaged}` (its subscription stays open). Counted once per
     /// damage found; the files are left as they are.
     pub(crate) fn mark_damaged(&self, at_seq: u64, reason: String) {
-        if self.health().damaged_at().is_some() {
+        if !self.set_health(TopicHealth::Damaged { at_seq, reason }) {
             return;
         }
         self.metrics.storage_damage_found.add(1);
-        self.set_health(TopicHealth::Damaged { at_seq, reason });
         let st = lock(&self.state);
         for group in st.groups.values() {
             for (member, notices) in group.notice_queues() {
@@ -787,7 +795,7 @@ impl Topic {
     /// The `Error{StorageDamaged}` a subscription `sub` is told while the log is damaged, if it
     /// is (sent right after `Subscribed` to a subscription that joins a damaged topic).
     pub fn damage_notice(&self, sub: u64) -> Option<weir_protocol::Frame> {
-        let at_seq = self.health().damaged_at()?;
+        let at_seq = self.damaged_at()?;
         Some(self.damaged_error(sub, at_seq))
     }
 
@@ -806,8 +814,7 @@ impl Topic {
     /// The first sequence groups may not be given: the committed end of the log, or where it is
     /// damaged, whichever is lower.
     fn deliverable_end(&self, st: &TopicState) -> u64 {
-        self.health()
-            .damaged_at()
+        self.damaged_at()
             .map_or(st.committed_next, |at| at.min(st.committed_next))
     }
 

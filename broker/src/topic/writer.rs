@@ -151,7 +151,7 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
         clock.last_high_water = Instant::now();
     }
     let log = topic.log.clone();
-    let name = topic.config.name.clone();
+    let this = topic.clone();
     let disk = topic.disk.clone();
     let first_seq = lock(&topic.state).first_seq;
     // The append time: the records' `timestamp_ms` and the tail cache's `Instant`.
@@ -180,14 +180,14 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
             log.sync()?;
         }
         if high_water {
-            record_high_water(&mut log, &name);
+            record_high_water(&mut log, &this.config.name);
         }
         let before = log.disk_bytes();
         let deleted = log.delete_before(first_seq);
         disk.stored_changed(log.disk_bytes() as i64 - before as i64);
         if let Err(e) = deleted {
             // The batch is durable all the same: confirm it; reclaiming is tried again later.
-            tracing::warn!(topic = %name, error = %e, "cannot reclaim acked segments");
+            tracing::warn!(topic = %this.config.name, error = %e, "cannot reclaim acked segments");
         }
         Ok(Committed {
             first,
@@ -239,7 +239,7 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
             }
             topic.metrics.published.add(count);
             topic.counters.published.add(count);
-            if matches!(topic.health(), TopicHealth::Full { .. }) {
+            if topic.is_full() {
                 topic.set_health(TopicHealth::Healthy);
             }
             for (i, append) in batch.drain(..).enumerate() {
@@ -316,12 +316,12 @@ async fn reclaim(topic: &Arc<Topic>, sync: bool) -> bool {
     let log = topic.log.clone();
     let disk = topic.disk.clone();
     let first_seq = lock(&topic.state).first_seq;
-    let name = topic.config.name.clone();
+    let this = topic.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<usize, LogError> {
         let mut log = log.write().unwrap_or_else(|p| p.into_inner());
         if sync {
             log.sync()?;
-            record_high_water(&mut log, &name);
+            record_high_water(&mut log, &this.config.name);
         }
         let before = log.disk_bytes();
         let deleted = log.delete_before(first_seq);
@@ -337,7 +337,16 @@ async fn reclaim(topic: &Arc<Topic>, sync: bool) -> bool {
             true
         }
         Ok(Err(e)) => {
-            tracing::error!(topic = %topic.config.name, error = %e, "segment reclaim failed");
+            if topic.log.read().is_ok_and(|log| log.fenced().is_some()) {
+                // An interval sync failed: the log is fenced, and the topic says so now rather
+                // than at its next publish.
+                topic.metrics.storage_failures.add(1);
+                topic.set_health(TopicHealth::Failed {
+                    reason: e.to_string(),
+                });
+            } else {
+                tracing::error!(topic = %topic.config.name, error = %e, "segment reclaim failed");
+            }
             false
         }
         Err(e) => {
