@@ -400,12 +400,12 @@ impl Broker {
         Ok(detached)
     }
 
-    /// Repairs topic `name`'s storage (see [`Topic::repair`]) and returns its health after.
+    /// Repairs topic `name`'s storage (see [`Topic::repair`]) and returns what was done.
     /// `Ok(None)` when there is no such topic.
     pub async fn repair_topic(
         &self,
         name: &str,
-    ) -> Result<Option<weir_protocol::TopicHealth>, String> {
+    ) -> Result<Option<crate::topic::RepairOutcome>, String> {
         let Some(topic) = self.topic(name) else {
             return Ok(None);
         };

@@ -264,6 +264,12 @@ pub struct StorageConfig {
     /// commit; a disk that loses only the last interval of confirmed records is not detected.
     /// Default 100.
     pub high_water_interval_ms: u64,
+    /// Seqs a topic's log reserves at a time in its durable high-water mark: no seq is
+    /// confirmed before a reservation covering it is on disk (one extra fdatasync per this many
+    /// messages), and after a crash the log numbers on from the reservation, so a seq that may
+    /// have been confirmed is never handed out again — leaving a hole of at most this many
+    /// never-delivered seqs. A clean stop reserves nothing past the end (no hole). Default 4096.
+    pub seq_reservation: u64,
     /// Most bytes of message data (log segments, all topics) the broker stores; a publish that
     /// would pass it is refused `Rejected{StorageFull}` naming `storage.max_bytes`. Unset: 90 %
     /// of the filesystem's free space plus what the data directory already holds, taken at
@@ -353,6 +359,7 @@ impl Default for StorageConfig {
             state_cache_bytes: 64 * 1024 * 1024,
             state_flush_ms: 100,
             high_water_interval_ms: 100,
+            seq_reservation: 4096,
             max_bytes: None,
             min_free_bytes: 1024 * 1024 * 1024,
         }
@@ -451,6 +458,7 @@ impl Config {
                 "storage.high_water_interval_ms",
                 self.storage.high_water_interval_ms,
             ),
+            ("storage.seq_reservation", self.storage.seq_reservation),
             ("limits.max_retry_after_ms", l.max_retry_after_ms),
             ("limits.stall_warn_ms", l.stall_warn_ms),
             ("limits.memory_budget_bytes", l.memory_budget_bytes),

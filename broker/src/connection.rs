@@ -925,11 +925,11 @@ impl Connection {
             return self.send(rejected(r.req, refusal)).await;
         }
         let answer = match self.broker.repair_topic(&r.name).await {
-            Ok(Some(health)) => Frame::TopicRepaired(TopicRepaired {
+            Ok(Some(done)) => Frame::TopicRepaired(TopicRepaired {
                 req: r.req,
-                skipped: None,
-                quarantined: Vec::new(),
-                health,
+                skipped: done.skipped,
+                quarantined: done.quarantined,
+                health: done.health,
             }),
             Ok(None) => error(
                 r.req,

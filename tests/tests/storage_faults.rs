@@ -48,10 +48,20 @@ fn health(broker: &TestBroker, topic: &str) -> TopicHealth {
 
 /// The payloads a new group reads from the start, `n` of them (a damage notice skipped).
 async fn read_all(addr: std::net::SocketAddr, topic: &str, group: &str, n: usize) -> Vec<Vec<u8>> {
+    read_until(addr, topic, group, |got| got.len() >= n).await
+}
+
+/// Subscribes and collects payloads until `done` says enough (damage notices are passed over).
+async fn read_until(
+    addr: std::net::SocketAddr,
+    topic: &str,
+    group: &str,
+    done: impl Fn(&[Vec<u8>]) -> bool,
+) -> Vec<Vec<u8>> {
     let mut c = RawClient::connect(addr).await;
-    c.subscribe(1, topic, group, n as u32).await;
+    c.subscribe(1, topic, group, 100).await;
     let mut out = Vec::new();
-    while out.len() < n {
+    while !done(&out) {
         match c.recv().await {
             Frame::Deliver(d) => out.push(d.payload.to_vec()),
             Frame::Error(e) if e.code == ErrorCode::StorageDamaged => {}
@@ -145,10 +155,15 @@ async fn a_failed_fdatasync_fences_the_topic_until_repair_and_the_outcome_is_unk
         Frame::TopicRepaired(r) => assert_eq!((r.req, r.health), (7, TopicHealth::Healthy)),
         other => panic!("expected TopicRepaired, got {other:?}"),
     }
-    // The failed publish reached the page cache: after the reopen it is stored (its publisher
-    // was told the outcome was unknown), and the next publish follows it.
+    // The failed publish was cut back to the last good sync (its publisher was told the
+    // outcome was unknown, and a cut that fails would leave it deliverable); numbering resumes
+    // past the reserved seqs, so its seq is never handed out again.
     let next = publish_ok(&mut c, "fenced", 3).await;
-    let stored = read_all(broker.addr, "fenced", "g", next as usize).await;
+    assert!(next > 2, "the failed publish's seq is not reused: {next}");
+    let stored = read_until(broker.addr, "fenced", "g", |got| {
+        got.last() == Some(&payload(3))
+    })
+    .await;
     assert_eq!(stored.first(), Some(&payload(0)), "confirmed data kept");
     assert_eq!(stored.last(), Some(&payload(3)));
     assert!(
@@ -218,6 +233,52 @@ async fn a_record_damaged_on_disk_stops_its_groups_there_tells_subscribers_and_r
     );
     let damage_found = weir_tests::scrape(broker.admin_addr, "weir_topic_damaged").await;
     assert_eq!(damage_found, Some(1.0));
+
+    // `weir topic repair`: the damaged segment is quarantined, its range skipped with a Gap
+    // counted as dropped, and the topic serves and takes publishes again.
+    c.send(Frame::RepairTopic(RepairTopic {
+        req: 5,
+        name: "damaged".into(),
+    }))
+    .await;
+    let repaired = match c.recv().await {
+        Frame::TopicRepaired(r) => r,
+        other => panic!("expected TopicRepaired, got {other:?}"),
+    };
+    assert_eq!(repaired.health, TopicHealth::Healthy);
+    assert_eq!(repaired.skipped, Some((4, 8)), "record 4 to the segment's end");
+    assert_eq!(repaired.quarantined.len(), 1);
+    assert!(repaired.quarantined[0].starts_with("quarantine/00000000000000000001.log"));
+    let kept = topic_dir(&broker, "damaged").join(&repaired.quarantined[0]);
+    assert!(kept.is_file(), "the damaged file is kept in quarantine");
+    let mut gap = None;
+    let mut after = Vec::new();
+    while after.len() < 12 {
+        match sub.recv().await {
+            Frame::Gap(g) => gap = Some((g.from, g.to)),
+            Frame::Deliver(d) => after.push(d.seq),
+            other => panic!("expected a Gap and deliveries, got {other:?}"),
+        }
+    }
+    assert_eq!(gap, Some((4, 8)), "the group is told what was skipped");
+    assert_eq!(after, (9..=20).collect::<Vec<_>>(), "everything past it is served");
+    assert_eq!(health(&broker, "damaged"), TopicHealth::Healthy);
+    let dropped = c
+        .list()
+        .await
+        .into_iter()
+        .find(|t| t.config.name == "damaged")
+        .expect("listed")
+        .dropped;
+    assert_eq!(dropped, 5, "the skipped messages count as dropped");
+    let seq = publish_ok(&mut c, "damaged", 21).await;
+    assert!(seq > 20, "no seq is handed out again: {seq}");
+    match sub.recv().await {
+        Frame::Deliver(d) => assert_eq!((d.seq, d.payload.to_vec()), (seq, payload(21))),
+        other => panic!("expected the new message, got {other:?}"),
+    }
+    let damaged = weir_tests::scrape(broker.admin_addr, "weir_topic_damaged").await;
+    assert_eq!(damaged, Some(0.0));
 }
 
 #[tokio::test]
@@ -265,4 +326,29 @@ async fn damage_found_at_start_is_contained_to_its_topic_and_its_files_are_kept(
         2,
         "the neighbour serves"
     );
+
+    // Repaired, the topic skips 11..=16 and stays repaired across a restart (the hole is on
+    // disk), numbering past everything it ever confirmed.
+    c.send(Frame::RepairTopic(RepairTopic {
+        req: 6,
+        name: "damaged".into(),
+    }))
+    .await;
+    match c.recv().await {
+        Frame::TopicRepaired(r) => {
+            assert_eq!((r.skipped, r.health), (Some((11, 16)), TopicHealth::Healthy))
+        }
+        other => panic!("expected TopicRepaired, got {other:?}"),
+    }
+    drop(c);
+    let mut broker = broker;
+    broker.stop().await;
+    let broker = broker.restart().await;
+    assert_eq!(health(&broker, "damaged"), TopicHealth::Healthy);
+    let mut c = RawClient::connect(broker.addr).await;
+    let seq = publish_ok(&mut c, "damaged", 21).await;
+    assert!(seq > 20, "{seq}");
+    let got = read_all(broker.addr, "damaged", "g2", 15).await;
+    let want: Vec<Vec<u8>> = (1..=10).chain(17..=21).map(payload).collect();
+    assert_eq!(got, want, "everything outside the skipped range, in order");
 }

@@ -14,7 +14,8 @@
 //! - `weir_messages_redelivered_total{topic}` — deliveries with attempt > 1;
 //! - `weir_messages_acked_total{topic}` — acks, summed over the topic's groups;
 //! - `weir_topic_publishes_rejected_total{topic}` — refusals of the topic's publishes;
-//! - `weir_messages_dropped_total{topic,reason="overflow"}` — `drop_oldest` evictions;
+//! - `weir_messages_dropped_total{topic,reason="overflow"|"damaged"}` — `drop_oldest`
+//!   evictions; messages `weir topic repair` skipped with a damaged range;
 //! - `weir_publishes_rejected_total{reason}` — every refusal, broker-wide;
 //! - `weir_messages_nacked_total`, `weir_ack_timeouts_total`,
 //!   `weir_messages_dead_lettered_total`, `weir_dead_letter_refused_total`,
@@ -385,13 +386,18 @@ fn topic_series(out: &mut DescriptorEncoder, topics: &[Snapshot]) -> fmt::Result
             .map(|s| ([("topic", topic_name(s))], value(s)));
         family(out, (name, help, kind), samples)?;
     }
-    let dropped = topics.iter().map(|s| {
-        (
-            [("topic", topic_name(s)), ("reason", "overflow")],
-            s.0.dropped,
-        )
+    let dropped = topics.iter().flat_map(|s| {
+        let damaged = s.1.dropped_damaged;
+        [
+            (
+                [("topic", topic_name(s)), ("reason", "overflow")],
+                s.0.dropped.saturating_sub(damaged),
+            ),
+            ([("topic", topic_name(s)), ("reason", "damaged")], damaged),
+        ]
     });
-    let help = "Messages evicted by the drop_oldest policy.";
+    let help = "Messages dropped: evicted by the drop_oldest policy (overflow), or skipped with \
+                a damaged range by `weir topic repair` (damaged).";
     family(
         out,
         ("weir_messages_dropped", help, MetricType::Counter),

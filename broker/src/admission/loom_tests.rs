@@ -317,7 +317,7 @@ fn loom_credit_is_never_exceeded_and_in_flight_stays_bounded() {
                         100,
                         100,
                         std::time::Instant::now(),
-                        &|_| 1,
+                        &|_| Some(1),
                         &mut plan,
                     );
                     delivered.lock().unwrap().extend(plan.iter().map(|p| p.seq));

@@ -408,13 +408,56 @@ impl Group {
         self.cursor = self.cursor.max(first_seq);
         self.dirty = true;
         let range = (needed_from, first_seq - 1);
+        self.owe_gap(range);
+        Some(range)
+    }
+
+    /// Skips the seqs `from..to`, which hold no message (a hole in the log): a cursor inside
+    /// them moves to `to`, and redeliveries, delayed and dead-letter entries among them are
+    /// forgotten (a later ack of one in flight is ignored). When `lost` (a damaged range that
+    /// `weir topic repair` skipped), every member is owed a `Gap` for the part the group still
+    /// needed, which is returned; a hole of never-confirmed seqs (after a crash) owes none.
+    pub fn skip(&mut self, from: u64, to: u64, lost: bool) -> Option<(u64, u64)> {
+        let inside = |seq: &u64| *seq >= from && *seq < to;
+        let needed_from = [
+            self.in_flight.range(from..to).next().map(|(s, _)| *s),
+            self.redeliver.range(from..to).next().map(|(s, _)| *s),
+            self.dead.range(from..to).next().map(|(s, _)| *s),
+            self.delayed.iter().map(|(s, _, _)| s).filter(inside).min(),
+            (self.cursor < to).then(|| self.cursor.max(from)),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if self.cursor >= from && self.cursor < to {
+            self.cursor = to;
+        }
+        self.redeliver.retain(|seq, _| !inside(seq));
+        self.dead.retain(|seq, _| !inside(seq));
+        let delayed: Vec<u64> = self
+            .delayed
+            .iter()
+            .map(|(seq, _, _)| seq)
+            .filter(inside)
+            .collect();
+        for seq in delayed {
+            self.delayed.remove(seq);
+        }
+        self.dirty = true;
+        let needed_from = needed_from.filter(|_| lost)?;
+        let range = (needed_from, to - 1);
+        self.owe_gap(range);
+        Some(range)
+    }
+
+    /// Owes every member a `Gap` for `range` (merged with one already owed).
+    fn owe_gap(&mut self, range: (u64, u64)) {
         for m in &mut self.members {
             m.gap = Some(match m.gap {
                 Some((from, to)) => (from.min(range.0), to.max(range.1)),
                 None => range,
             });
         }
-        Some(range)
     }
 
     /// Every member's notice queue (where `Gap` and subscription errors go), with its id.
@@ -631,6 +674,8 @@ impl Group {
     /// memory for the message (`size_of(seq)` bytes plus its overhead, taken from the member's
     /// connection's outbound memory), while the group is under `max_in_flight`. Each planned
     /// message is in flight from here on, with an ack deadline of `ack_timeout` from `now`.
+    /// A seq `size_of` answers `None` for holds no message (a hole in the log): it is passed
+    /// over, never delivered.
     ///
     /// Returns `true` when a member with credit was passed over for lack of memory while
     /// messages waited: the caller should plan again once deliveries have been written.
@@ -639,7 +684,7 @@ impl Group {
         committed_next: u64,
         budget: usize,
         now: Instant,
-        size_of: &dyn Fn(u64) -> u64,
+        size_of: &dyn Fn(u64) -> Option<u64>,
         out: &mut Plan,
     ) -> bool {
         let n = self.members.len();
@@ -661,7 +706,16 @@ impl Group {
                 _ => break,
             };
             let (seq, previous_attempts, redelivery) = next;
-            let bytes = size_of(seq) + MESSAGE_OVERHEAD;
+            let Some(size) = size_of(seq) else {
+                if redelivery {
+                    self.redeliver.pop_first();
+                } else {
+                    self.cursor += 1;
+                }
+                self.dirty = true;
+                continue;
+            };
+            let bytes = size + MESSAGE_OVERHEAD;
             let memory = match self.members[i].memory.try_acquire(bytes) {
                 Ok(memory) => memory,
                 Err(_) => {
@@ -812,12 +866,12 @@ mod tests {
         let (a, tx, _rx) = member(1);
         g.join(a, tx.clone(), tx, unbounded());
         let mut plan = Plan::new();
-        g.plan(50, 1000, Instant::now(), &|_| 1, &mut plan);
+        g.plan(50, 1000, Instant::now(), &|_| Some(1), &mut plan);
         assert!(plan.is_empty(), "no credit, no delivery");
         g.grant(a, 10, 100).unwrap();
-        g.plan(50, 1000, Instant::now(), &|_| 1, &mut plan);
+        g.plan(50, 1000, Instant::now(), &|_| Some(1), &mut plan);
         assert_eq!(plan.len(), 10);
-        g.plan(50, 1000, Instant::now(), &|_| 1, &mut plan);
+        g.plan(50, 1000, Instant::now(), &|_| Some(1), &mut plan);
         assert_eq!(plan.len(), 10, "credit used up");
     }
 
@@ -833,19 +887,19 @@ mod tests {
         g.grant(a, 10, 100).unwrap();
         g.grant(b, 3, 100).unwrap();
         let mut plan = Plan::new();
-        let blocked = g.plan(50, 100, Instant::now(), &|_| 1_000, &mut plan);
+        let blocked = g.plan(50, 100, Instant::now(), &|_| Some(1_000), &mut plan);
         assert!(blocked, "a had credit and messages waited, but no memory");
         let to_a = plan.iter().filter(|p| p.member == a).count();
         assert_eq!((to_a, plan.len()), (1, 4), "a got what fits, b its credit");
         assert_eq!(small.used(), 1_000 + MESSAGE_OVERHEAD);
         // While a's delivery is unwritten (its permit held), a gets nothing more...
         let unwritten = std::mem::take(&mut plan);
-        let blocked = g.plan(50, 100, Instant::now(), &|_| 1_000, &mut plan);
+        let blocked = g.plan(50, 100, Instant::now(), &|_| Some(1_000), &mut plan);
         assert!(blocked && plan.is_empty());
         // ... and once it is written, a is planned again.
         drop(unwritten);
         assert_eq!(small.used(), 0);
-        g.plan(50, 100, Instant::now(), &|_| 1_000, &mut plan);
+        g.plan(50, 100, Instant::now(), &|_| Some(1_000), &mut plan);
         assert_eq!(seqs(&plan), vec![(1, 5, 1)]);
     }
 
@@ -856,7 +910,7 @@ mod tests {
         g.join(a, tx.clone(), tx, unbounded());
         g.grant(a, 10, 100).unwrap();
         let mut plan = Plan::new();
-        g.plan(50, 1000, Instant::now(), &|_| 1, &mut plan);
+        g.plan(50, 1000, Instant::now(), &|_| Some(1), &mut plan);
         assert_eq!(seqs(&plan), vec![(1, 1, 1), (1, 2, 1), (1, 3, 1)]);
         assert_eq!(
             g.ack(a, &[2, 2, 99]),
@@ -864,7 +918,7 @@ mod tests {
             "duplicates and unknown seqs are ignored"
         );
         plan.clear();
-        g.plan(50, 1000, Instant::now(), &|_| 1, &mut plan);
+        g.plan(50, 1000, Instant::now(), &|_| Some(1), &mut plan);
         assert_eq!(seqs(&plan), vec![(1, 4, 1)]);
         assert_eq!(g.floor(), 1);
     }
@@ -879,7 +933,7 @@ mod tests {
         g.grant(a, 2, 100).unwrap();
         g.grant(b, 2, 100).unwrap();
         let mut plan = Plan::new();
-        g.plan(10, 100, Instant::now(), &|_| 1, &mut plan);
+        g.plan(10, 100, Instant::now(), &|_| Some(1), &mut plan);
         assert_eq!(
             seqs(&plan),
             vec![(1, 1, 1), (2, 2, 1), (1, 3, 1), (2, 4, 1)]
@@ -894,7 +948,7 @@ mod tests {
         g.grant(b, 3, 100).unwrap();
         plan.clear();
         g.ack(b, &[2, 4]);
-        g.plan(10, 100, Instant::now(), &|_| 1, &mut plan);
+        g.plan(10, 100, Instant::now(), &|_| Some(1), &mut plan);
         assert_eq!(seqs(&plan), vec![(2, 1, 2), (2, 3, 2), (2, 5, 1)]);
     }
 
@@ -907,7 +961,7 @@ mod tests {
         g.join(b, txb.clone(), txb, unbounded());
         g.grant(a, 3, 100).unwrap();
         let mut plan = Plan::new();
-        g.plan(20, 100, Instant::now(), &|_| 1, &mut plan); // 1, 2, 3 in flight to a
+        g.plan(20, 100, Instant::now(), &|_| Some(1), &mut plan); // 1, 2, 3 in flight to a
         assert_eq!(g.evict_below(2), Some((1, 1)));
         assert_eq!(g.evict_below(6), Some((2, 5)));
         assert_eq!(g.evict_below(6), None, "nothing more needed below 6");
@@ -958,7 +1012,7 @@ mod tests {
         out.clear();
         g.grant(a, 5, 100).unwrap();
         let mut plan = Plan::new();
-        g.plan(10, 100, Instant::now(), &|_| 1, &mut plan); // 2 in flight: the group is full
+        g.plan(10, 100, Instant::now(), &|_| Some(1), &mut plan); // 2 in flight: the group is full
         g.stalls(10, at(131), after, &mut out);
         g.stalls(10, at(160), after, &mut out);
         assert!(out.is_empty());
@@ -1007,7 +1061,7 @@ mod tests {
         g.join(a, tx.clone(), tx, unbounded());
         g.grant(a, 4, 100).unwrap();
         let mut plan = Plan::new();
-        g.plan(20, 100, Instant::now(), &|_| 1, &mut plan);
+        g.plan(20, 100, Instant::now(), &|_| Some(1), &mut plan);
         g.ack(a, &[6]);
         let record = g.record();
         assert_eq!(
@@ -1029,7 +1083,7 @@ mod tests {
         back.join(b, txb.clone(), txb, unbounded());
         back.grant(b, 3, 100).unwrap();
         plan.clear();
-        back.plan(20, 100, Instant::now(), &|_| 1, &mut plan);
+        back.plan(20, 100, Instant::now(), &|_| Some(1), &mut plan);
         assert_eq!(seqs(&plan), vec![(2, 7, 2), (2, 8, 2), (2, 9, 1)]);
     }
 
@@ -1047,7 +1101,7 @@ mod tests {
         let (mut g, a, _rx) = with_member(5, 10);
         let t0 = Instant::now();
         let mut plan = Plan::new();
-        g.plan(2, 10, t0, &|_| 1, &mut plan);
+        g.plan(2, 10, t0, &|_| Some(1), &mut plan);
         assert_eq!(seqs(&plan), vec![(1, 1, 1)]);
         assert_eq!(g.next_expiry(), Some(t0 + Duration::from_secs(1)));
         assert_eq!(
@@ -1057,7 +1111,7 @@ mod tests {
         let done = g.expire(t0 + Duration::from_secs(1));
         assert_eq!((done.timed_out, done.dead), (1, 0));
         plan.clear();
-        g.plan(2, 10, t0 + Duration::from_secs(1), &|_| 1, &mut plan);
+        g.plan(2, 10, t0 + Duration::from_secs(1), &|_| Some(1), &mut plan);
         assert_eq!(seqs(&plan), vec![(1, 1, 2)], "redelivered with attempt 2");
         assert_eq!(g.ack(a, &[1]), 1);
         assert_eq!((g.next_expiry(), g.floor()), (None, 2));
@@ -1068,7 +1122,7 @@ mod tests {
         let (mut g, a, _rx) = with_member(5, 10);
         let t0 = Instant::now();
         let mut plan = Plan::new();
-        g.plan(2, 10, t0, &|_| 1, &mut plan);
+        g.plan(2, 10, t0, &|_| Some(1), &mut plan);
         let other = MemberId { conn: 9, sub: 9 };
         assert_eq!(g.progress(other, &[1], t0 + Duration::from_millis(900)), 0);
         assert_eq!(g.progress(a, &[1], t0 + Duration::from_millis(900)), 1);
@@ -1084,14 +1138,20 @@ mod tests {
         g.grant(a, 10, 100).unwrap();
         let t0 = Instant::now();
         let mut plan = Plan::new();
-        g.plan(5, 10, t0, &|_| 1, &mut plan);
+        g.plan(5, 10, t0, &|_| Some(1), &mut plan);
         assert_eq!(g.nack(a, &[1, 7], Duration::from_millis(500), t0), (1, 0));
         plan.clear();
-        g.plan(5, 10, t0, &|_| 1, &mut plan);
+        g.plan(5, 10, t0, &|_| Some(1), &mut plan);
         assert!(plan.is_empty(), "the nacked message keeps the only slot");
         assert_eq!(g.expire(t0 + Duration::from_millis(499)).released, 0);
         assert_eq!(g.expire(t0 + Duration::from_millis(500)).released, 1);
-        g.plan(5, 10, t0 + Duration::from_millis(500), &|_| 1, &mut plan);
+        g.plan(
+            5,
+            10,
+            t0 + Duration::from_millis(500),
+            &|_| Some(1),
+            &mut plan,
+        );
         assert_eq!(
             seqs(&plan),
             vec![(1, 1, 2)],
@@ -1105,10 +1165,10 @@ mod tests {
         let t0 = Instant::now();
         let late = t0 + Duration::from_secs(5);
         let mut plan = Plan::new();
-        g.plan(4, 10, t0, &|_| 1, &mut plan); // 1, 2, 3
+        g.plan(4, 10, t0, &|_| Some(1), &mut plan); // 1, 2, 3
         g.expire(late); // all three time out (attempt 1 of 2)
         plan.clear();
-        g.plan(4, 10, late, &|_| 1, &mut plan); // attempt 2 of each
+        g.plan(4, 10, late, &|_| Some(1), &mut plan); // attempt 2 of each
         assert_eq!(seqs(&plan), vec![(1, 1, 2), (1, 2, 2), (1, 3, 2)]);
         let done = g.expire(late + Duration::from_millis(999));
         assert_eq!(done.dead, 0);
@@ -1151,7 +1211,7 @@ mod tests {
             g.join(m, tx.clone(), tx, unbounded());
             g.grant(m, 1, 10).unwrap();
             plan.clear();
-            g.plan(2, 10, t0, &|_| 1, &mut plan);
+            g.plan(2, 10, t0, &|_| Some(1), &mut plan);
             assert_eq!(seqs(&plan), vec![(sub, 1, sub as u32)]);
             let left = g.leave(m, Departure::Lost);
             let expected = if sub < 3 {
@@ -1181,7 +1241,7 @@ mod tests {
         g.join(d, tx.clone(), tx, unbounded());
         g.grant(d, 10, 10).unwrap();
         plan.clear();
-        g.plan(10, 10, t0, &|_| 1, &mut plan);
+        g.plan(10, 10, t0, &|_| Some(1), &mut plan);
         assert_eq!(
             seqs(&plan),
             vec![(4, 2, 1)],
@@ -1201,7 +1261,7 @@ mod tests {
         g.grant(a, 2, 10).unwrap();
         let t0 = Instant::now();
         let mut plan = Plan::new();
-        g.plan(3, 10, t0, &|_| 1, &mut plan);
+        g.plan(3, 10, t0, &|_| Some(1), &mut plan);
         assert_eq!(seqs(&plan), vec![(1, 1, 1), (1, 2, 1)]);
         g.ack(a, &[2]);
         assert_eq!(
@@ -1216,7 +1276,7 @@ mod tests {
         g.join(b, txb.clone(), txb, unbounded());
         g.grant(b, 5, 10).unwrap();
         plan.clear();
-        g.plan(3, 10, t0, &|_| 1, &mut plan);
+        g.plan(3, 10, t0, &|_| Some(1), &mut plan);
         assert_eq!(
             seqs(&plan),
             vec![(2, 1, 2)],
@@ -1228,7 +1288,7 @@ mod tests {
     fn a_member_the_broker_closes_while_stopping_has_its_last_attempts_requeued_not_killed() {
         let (mut g, a, _rx) = with_member(1, 10);
         let mut plan = Plan::new();
-        g.plan(3, 10, Instant::now(), &|_| 1, &mut plan);
+        g.plan(3, 10, Instant::now(), &|_| Some(1), &mut plan);
         assert_eq!(
             g.leave(a, Departure::BrokerStopping),
             Left {
@@ -1245,11 +1305,11 @@ mod tests {
         let (mut g, a, _rx) = with_member(2, 10);
         let t0 = Instant::now();
         let mut plan = Plan::new();
-        g.plan(2, 10, t0, &|_| 1, &mut plan);
+        g.plan(2, 10, t0, &|_| Some(1), &mut plan);
         assert_eq!(seqs(&plan), vec![(1, 1, 1)]);
         g.undeliver(a, 1);
         plan.clear();
-        g.plan(2, 10, t0, &|_| 1, &mut plan);
+        g.plan(2, 10, t0, &|_| Some(1), &mut plan);
         assert_eq!(seqs(&plan), vec![(1, 1, 1)], "still its first delivery");
     }
 
@@ -1258,7 +1318,7 @@ mod tests {
         let (mut g, a, _rx) = with_member(1, 10);
         let t0 = Instant::now();
         let mut plan = Plan::new();
-        g.plan(4, 10, t0, &|_| 1, &mut plan);
+        g.plan(4, 10, t0, &|_| Some(1), &mut plan);
         g.nack(a, &[1], Duration::ZERO, t0); // attempt 1 of 1: dead
         g.config.max_attempts = 5;
         g.nack(a, &[2], Duration::from_secs(60), t0);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use weir_protocol::{DroppedMessage, Limit, OverflowPolicy, RejectReason};
 
-use super::{AppendError, Topic, TopicState};
+use super::{AppendError, Topic, TopicState, HOLE};
 
 /// How many evicted messages a topic remembers for operators (`weir topic info`).
 pub(super) const DROP_SAMPLE: usize = 100;
@@ -100,7 +100,7 @@ impl Topic {
         let over_bytes = (st.bytes() + len).saturating_sub(c.max_bytes);
         let average = st
             .stored_bytes
-            .checked_div(st.sizes.len() as u64)
+            .checked_div(st.stored())
             .unwrap_or(len)
             .max(1);
         over_count.max(over_bytes.div_ceil(average)).max(1)
@@ -118,11 +118,13 @@ impl Topic {
     /// are within `max_messages` and `max_bytes` again. Returns how many were evicted.
     pub(super) fn evict_to_bound(&self, st: &mut TopicState, now: Instant) -> u64 {
         let c = &self.config;
-        let (mut count, mut bytes, mut k) = (st.sizes.len() as u64, st.stored_bytes, 0usize);
+        let (mut count, mut bytes, mut k) = (st.stored(), st.stored_bytes, 0usize);
         while count > c.max_messages || bytes > c.max_bytes {
             let Some(&size) = st.sizes.get(k) else { break };
-            count -= 1;
-            bytes -= u64::from(size);
+            if size != HOLE {
+                count -= 1;
+                bytes -= u64::from(size);
+            }
             k += 1;
         }
         if k == 0 {
@@ -132,10 +134,11 @@ impl Topic {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let sample_from = k.saturating_sub(DROP_SAMPLE);
+        let mut dropped = 0u64;
         for i in 0..k {
             let seq = st.first_seq + i as u64;
-            let size = st.sizes.pop_front().unwrap_or(0);
-            st.stored_bytes -= u64::from(size);
+            let Some(size) = st.pop_size() else { continue };
+            dropped += 1;
             if i >= sample_from {
                 let head = st
                     .tail
@@ -159,10 +162,10 @@ impl Topic {
         for g in st.groups.values_mut() {
             g.evict_below(first_seq);
         }
-        self.counters.dropped.add(k as u64);
-        self.metrics.dropped.add(k as u64);
-        self.warn_on_drop_rate(st, k as u64, now);
-        k as u64
+        self.counters.dropped.add(dropped);
+        self.metrics.dropped.add(dropped);
+        self.warn_on_drop_rate(st, dropped, now);
+        dropped
     }
 
     /// Logs (at most once a second) when the topic drops faster than `drop_warn_per_s`.

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use weir_protocol::{Deliver, Frame, Gap};
 
-use super::{lock, Topic};
+use super::{lock, stored_size, Topic};
 use crate::group::{GapNotice, Plan};
 use crate::outbox::Outbound;
 use crate::storage::log::{LogError, Message, HEADER_OVERHEAD};
@@ -176,15 +176,6 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> (bool, bool) {
         }
     }
     (sent_any, no_room)
-}
-
-/// The size of stored message `seq` given the topic's `sizes` from `first_seq` (0 if it is not
-/// stored).
-fn stored_size(sizes: &std::collections::VecDeque<u32>, first_seq: u64, seq: u64) -> u64 {
-    seq.checked_sub(first_seq)
-        .and_then(|i| usize::try_from(i).ok())
-        .and_then(|i| sizes.get(i))
-        .map_or(0, |&len| u64::from(len))
 }
 
 /// Sends `Gap` notices ahead of the group's next deliveries; one that does not fit the member's

@@ -13,6 +13,7 @@ mod drain;
 mod groups;
 mod parking;
 mod refusing;
+mod repair;
 mod tail;
 mod writer;
 
@@ -46,6 +47,7 @@ use tail::TailCache;
 use writer::Append;
 
 pub use groups::{DeadLetterJob, DeleteGroupError, Detached};
+pub use repair::RepairOutcome;
 
 /// A publish the topic refused, with the bound that fired.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,8 +128,10 @@ pub struct TopicEnv {
 struct TopicCounters {
     /// Publishes refused, any reason.
     rejected: Counter,
-    /// Messages evicted by `drop_oldest`.
+    /// Messages evicted by `drop_oldest`, plus those skipped by a repair.
     dropped: Counter,
+    /// Messages a repair skipped with a damaged range (also in `dropped`).
+    dropped_damaged: Counter,
     /// Messages committed to the topic's log.
     published: Counter,
     /// Deliveries sent to subscribers (including redeliveries).
@@ -149,6 +153,9 @@ pub struct TopicCounterSnapshot {
     pub redelivered: u64,
     /// Messages acked, summed over the topic's groups.
     pub acked: u64,
+    /// Messages `weir topic repair` skipped with a damaged range (counted in
+    /// [`TopicInfo::dropped`] too).
+    pub dropped_damaged: u64,
 }
 
 /// Limits the topic applies to its groups.
@@ -167,8 +174,11 @@ struct TopicState {
     committed_next: u64,
     /// Size (payload plus header names and values) of each stored message,
     /// `first_seq..committed_next` (bounded by `max_messages`: 4 bytes of memory per stored
-    /// message).
+    /// message), [`HOLE`] for a seq in a hole of the log (at most `storage.seq_reservation`
+    /// per crash, or a repaired range).
     sizes: VecDeque<u32>,
+    /// Entries of `sizes` that are [`HOLE`]s (not messages: not counted by any bound).
+    holes_held: u64,
     stored_bytes: u64,
     /// Accepted publishes not yet committed.
     pending_count: u64,
@@ -187,7 +197,67 @@ struct TopicState {
 impl TopicState {
     /// Messages counted against `max_messages`: stored plus accepted-not-committed.
     fn count(&self) -> u64 {
-        self.sizes.len() as u64 + self.pending_count
+        self.stored() + self.pending_count
+    }
+
+    /// Messages stored (holes not counted).
+    fn stored(&self) -> u64 {
+        self.sizes.len() as u64 - self.holes_held
+    }
+
+    /// Appends the size of the next committed message.
+    fn push_size(&mut self, size: u64) {
+        self.sizes
+            .push_back(u32::try_from(size).unwrap_or(HOLE - 1).min(HOLE - 1));
+        self.stored_bytes += size;
+    }
+
+    /// Extends `sizes` to the end of `log`: the size of each record from `committed_next` on,
+    /// a [`HOLE`] for each seq of a hole; `committed_next` becomes the log's `next_seq`.
+    fn extend_to(&mut self, log: &SegmentLog) -> Result<(), LogError> {
+        let mut expected = self.committed_next;
+        log.scan_sizes(expected, |seq, len| {
+            self.push_holes(seq.saturating_sub(expected));
+            self.push_size(u64::from(len));
+            expected = seq + 1;
+        })?;
+        self.push_holes(log.next_seq().saturating_sub(expected));
+        self.committed_next = log.next_seq().max(expected);
+        Ok(())
+    }
+
+    /// Forgets the sizes from `at` on (down to `first_seq` at most): `committed_next` becomes
+    /// `at`, to be extended again from the log.
+    fn truncate_sizes(&mut self, at: u64) {
+        let keep = at.saturating_sub(self.first_seq);
+        while self.sizes.len() as u64 > keep {
+            match self.sizes.pop_back() {
+                Some(HOLE) => self.holes_held -= 1,
+                Some(len) => self.stored_bytes -= u64::from(len),
+                None => break,
+            }
+        }
+        self.committed_next = self.first_seq + self.sizes.len() as u64;
+    }
+
+    /// Appends `n` hole placeholders.
+    fn push_holes(&mut self, n: u64) {
+        self.sizes.extend(std::iter::repeat_n(HOLE, n as usize));
+        self.holes_held += n;
+    }
+
+    /// Drops the oldest entry of `sizes`; its size, or `None` for a hole.
+    fn pop_size(&mut self) -> Option<u32> {
+        match self.sizes.pop_front()? {
+            HOLE => {
+                self.holes_held -= 1;
+                None
+            }
+            len => {
+                self.stored_bytes -= u64::from(len);
+                Some(len)
+            }
+        }
     }
 
     /// Bytes counted against `max_bytes`: stored plus accepted-not-committed.
@@ -239,6 +309,19 @@ pub struct Topic {
     recent_refusals: Mutex<RecentRefusals>,
 }
 
+/// The `sizes` entry of a seq in a hole of the log (no message's size: sizes stop below it).
+const HOLE: u32 = u32::MAX;
+
+/// The size of stored message `seq` given a topic's `sizes` from `first_seq`; `None` for a seq
+/// in a hole, or not stored.
+fn stored_size(sizes: &VecDeque<u32>, first_seq: u64, seq: u64) -> Option<u64> {
+    let i = usize::try_from(seq.checked_sub(first_seq)?).ok()?;
+    sizes
+        .get(i)
+        .filter(|&&len| len != HOLE)
+        .map(|&len| u64::from(len))
+}
+
 /// Locks a mutex, carrying on if a panicking thread poisoned it (the state stays consistent:
 /// no critical section here can panic halfway through an update it cares about).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -258,6 +341,7 @@ impl Topic {
         let store = env.store.clone();
         let log_config = LogConfig {
             segment_bytes: broker.storage.segment_bytes,
+            seq_reservation: broker.storage.seq_reservation,
             ..LogConfig::default()
         };
         let log = SegmentLog::open_on(env.fs.clone(), dir, log_config)?;
@@ -296,17 +380,12 @@ impl Topic {
             .min()
             .unwrap_or(log_first)
             .max(log_first);
-        let mut sizes = VecDeque::new();
-        let mut stored_bytes = 0;
-        log.scan_sizes(first_seq, |_, len| {
-            sizes.push_back(len);
-            stored_bytes += u64::from(len);
-        })?;
         let state = TopicState {
             first_seq,
-            committed_next: log.next_seq(),
-            sizes,
-            stored_bytes,
+            committed_next: first_seq,
+            sizes: VecDeque::new(),
+            holes_held: 0,
+            stored_bytes: 0,
             pending_count: 0,
             pending_bytes: 0,
             groups,
@@ -316,6 +395,13 @@ impl Topic {
             drop_warning: DropWarning::new(Instant::now()),
             parked: ParkingQueue::new(config.max_blocked_publishes as usize),
         };
+        let mut state = state;
+        state.extend_to(&log)?;
+        for (from, to) in log.holes() {
+            for g in state.groups.values_mut() {
+                g.skip(from, to, false);
+            }
+        }
         let (appends, queue) = mpsc::channel(broker.storage.append_queue as usize);
         let topic = Arc::new(Topic {
             config,
@@ -534,7 +620,7 @@ impl Topic {
         let now = Instant::now();
         TopicInfo {
             config: self.config.clone(),
-            depth: st.sizes.len() as u64,
+            depth: st.stored(),
             bytes: st.stored_bytes,
             next_seq: st.committed_next,
             groups: st
@@ -560,6 +646,7 @@ impl Topic {
             delivered: c.delivered.get(),
             redelivered: c.redelivered.get(),
             acked: c.acked.get(),
+            dropped_damaged: c.dropped_damaged.get(),
         }
     }
 
@@ -648,76 +735,6 @@ impl Topic {
         self.disk.stored_changed(-(bytes as i64));
     }
 
-    /// Repairs the topic's storage (blocking: call from a blocking thread) and returns its
-    /// health afterwards. A healthy or full topic is left alone. A failed one (a write or sync
-    /// failed, the log fenced and cut back to its last good sync) has its log reopened, which
-    /// re-verifies the files; records of the failed batch still there (the cut failed) become
-    /// deliverable — their publishers were told the outcome was unknown — and the topic takes
-    /// publishes again. If confirmed records turn out to be missing, the topic is damaged instead.
-    ///
-    /// A damaged log (a confirmed record unreadable) is not repaired yet: quarantining its
-    /// files and skipping the range needs the log to number past a hole, which is not built;
-    /// the answer says so and nothing changes.
-    pub fn repair(&self) -> Result<TopicHealth, String> {
-        match self.health() {
-            TopicHealth::Healthy | TopicHealth::Full { .. } => return Ok(self.health()),
-            TopicHealth::Damaged { at_seq, .. } => {
-                return Err(format!(
-                    "topic {} is damaged at sequence {at_seq}; repairing a damaged log \
-                     (quarantine and skip) is not supported yet: the files are kept as they are",
-                    self.config.name
-                ))
-            }
-            TopicHealth::Failed { .. } => {}
-        }
-        let (fs, dir, config) = &self.files;
-        let mut log = self.log.write().unwrap_or_else(|p| p.into_inner());
-        let mut fresh = SegmentLog::open_on(fs.clone(), dir, *config).map_err(|e| e.to_string())?;
-        let mut st = lock(&self.state);
-        let confirmed = st.committed_next;
-        let missing = fresh.next_seq() < confirmed;
-        let mut sizes = Vec::new();
-        if !missing && fresh.damage().is_none() {
-            fresh
-                .scan_sizes(confirmed, |_, len| sizes.push(len))
-                .map_err(|e| e.to_string())?;
-        }
-        self.disk
-            .stored_changed(fresh.disk_bytes() as i64 - log.disk_bytes() as i64);
-        let damage = if missing || fresh.damage().is_some() {
-            let at_seq = fresh
-                .damage()
-                .map_or(fresh.next_seq(), |d| d.seq)
-                .min(confirmed);
-            let reason = fresh.damage().map_or_else(
-                || format!("confirmed records from {at_seq} are missing after the failed write"),
-                ToString::to_string,
-            );
-            fresh.fence(format!("damaged: {reason}"));
-            Some((at_seq, reason))
-        } else {
-            for len in sizes {
-                st.sizes.push_back(len);
-                st.stored_bytes += u64::from(len);
-            }
-            st.committed_next = fresh.next_seq();
-            None
-        };
-        *log = fresh;
-        drop(st);
-        drop(log);
-        match damage {
-            // From `Failed` straight to `Damaged`: no publish is taken in between.
-            Some((at_seq, reason)) => self.mark_damaged(at_seq, reason),
-            None => {
-                self.set_health(TopicHealth::Healthy);
-                tracing::info!(topic = %self.config.name, "storage repaired: the log was reopened and verified");
-                self.wake_dispatcher.notify_one();
-            }
-        }
-        Ok(self.health())
-    }
-
     /// Whether the topic's storage takes writes and serves reads, and if not, why.
     pub fn health(&self) -> TopicHealth {
         lock(&self.health).clone()
@@ -749,6 +766,13 @@ impl Topic {
         }
         *current = health;
         true
+    }
+
+    /// Moves the topic back to healthy after a repair (a damaged topic too), with an INFO line.
+    fn restore_health(&self) {
+        let mut current = lock(&self.health);
+        tracing::info!(topic = %self.config.name, was = current.state(), "storage repaired: the topic is healthy again");
+        *current = TopicHealth::Healthy;
     }
 
     /// Whether the last commit found the disk full (cheap: no copy of the reason).
@@ -858,12 +882,11 @@ fn advance_first(st: &mut TopicState, now: Instant) -> bool {
     if floor <= st.first_seq {
         return false;
     }
+    let mut left = 0;
     for _ in st.first_seq..floor {
-        if let Some(len) = st.sizes.pop_front() {
-            st.stored_bytes -= u64::from(len);
-        }
+        left += u64::from(st.pop_size().is_some());
     }
-    st.drain.record(floor - st.first_seq, now);
+    st.drain.record(left, now);
     st.first_seq = floor;
     st.tail.trim_below(floor);
     true

@@ -120,8 +120,11 @@ pub(super) async fn run(
             Wake::Stop => {}
         }
     }
-    // Whatever the policy, a clean stop leaves everything written on disk.
-    reclaim(&topic, true).await;
+    // Whatever the policy, a clean stop leaves everything written on disk, and reserves no
+    // seq past the end, so the restart numbers on with no hole.
+    if reclaim(&topic, true).await {
+        release_reservation(&topic).await;
+    }
     topic.refuse_parked(RejectReason::ShuttingDown);
 }
 
@@ -179,6 +182,8 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
         if sync {
             log.sync()?;
         }
+        // No seq is confirmed before the durable reservation covers it (never reused).
+        log.ensure_reserved()?;
         if high_water {
             record_high_water(&mut log, &this.config.name);
         }
@@ -226,9 +231,7 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
                 st.pending_bytes -= bytes;
                 topic.admission.queued(-(count as i64));
                 for (i, message) in messages.into_iter().enumerate() {
-                    let size = message.size();
-                    st.sizes.push_back(u32::try_from(size).unwrap_or(u32::MAX));
-                    st.stored_bytes += size;
+                    st.push_size(message.size());
                     st.tail.push(first + i as u64, message, started);
                 }
                 st.committed_next = first + count;
@@ -353,6 +356,21 @@ async fn reclaim(topic: &Arc<Topic>, sync: bool) -> bool {
             tracing::error!(topic = %topic.config.name, error = %e, "segment reclaim task failed");
             false
         }
+    }
+}
+
+/// Records the high-water mark of a cleanly closed log (no seq reserved past its end). A
+/// failure is logged: the restart then skips the reserved seqs, as after a crash.
+async fn release_reservation(topic: &Arc<Topic>) {
+    let log = topic.log.clone();
+    let released = tokio::task::spawn_blocking(move || {
+        log.write()
+            .unwrap_or_else(|p| p.into_inner())
+            .release_reservation()
+    })
+    .await;
+    if let Ok(Err(e)) = released {
+        tracing::warn!(topic = %topic.config.name, error = %e, "cannot release the log's seq reservation");
     }
 }
 

@@ -10,20 +10,26 @@
 //!
 //! Files: `mod.rs` (this API and crash recovery), `segment.rs` (one segment file), `record.rs`
 //! (record encoding, message headers and CRC), `reader.rs` (buffered pread reader), `index.rs`
-//! (sparse index), `checkpoint.rs` (sealed-segment checkpoints).
+//! (sparse index), `checkpoint.rs` (sealed-segment checkpoints), `high_water.rs` (the durable
+//! high-water mark and sequence reservation), `holes.rs` (ranges of sequences skipped on
+//! purpose), `repair.rs` (quarantining a damaged range).
 
 mod checkpoint;
 #[cfg(test)]
 mod crash_tests;
 mod high_water;
+mod holes;
 mod index;
 mod reader;
 mod record;
+mod repair;
+#[cfg(test)]
+mod repair_tests;
 mod segment;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -34,6 +40,7 @@ use bytes::Bytes;
 use weir_protocol::Headers;
 
 pub use record::exceeded_header_bound;
+pub use repair::{Repaired, QUARANTINE_DIR};
 
 /// Bytes the record of `message` takes on disk (its framing included).
 pub fn record_len(message: &Message) -> u64 {
@@ -57,14 +64,20 @@ pub struct LogConfig {
     /// most this much (plus one record); the index holds `segment size / interval` entries of 8
     /// bytes. 0 is treated as 1 (every record indexed).
     pub index_interval_bytes: u32,
+    /// Sequences reserved at a time by the durable high-water mark (default 4096; 0 is treated
+    /// as 1): one extra fdatasync per this many messages confirmed, and after a crash the log
+    /// resumes numbering at the reservation, skipping at most this many never-confirmed
+    /// sequences (see `high_water.rs`).
+    pub seq_reservation: u64,
 }
 
 impl Default for LogConfig {
-    /// 64 MiB segments, one index entry per 4 KiB.
+    /// 64 MiB segments, one index entry per 4 KiB, 4096 sequences reserved at a time.
     fn default() -> Self {
         LogConfig {
             segment_bytes: 64 * 1024 * 1024,
             index_interval_bytes: 4096,
+            seq_reservation: 4096,
         }
     }
 }
@@ -216,9 +229,11 @@ pub struct SegmentLog {
     fs: Fs,
     dir: PathBuf,
     config: LogConfig,
-    /// Ordered by base sequence, contiguous (`segments[i].next_seq == segments[i + 1].base_seq`),
-    /// never empty; the last one is active.
+    /// Ordered by base sequence, contiguous (`segments[i].next_seq == segments[i + 1].base_seq`,
+    /// or a hole bridges them), never empty; the last one is active.
     segments: Vec<Segment>,
+    /// Holes between segments, `from → to` (see `holes.rs`).
+    holes: BTreeMap<u64, u64>,
     /// Every segment before this index is synced and checkpointed.
     pending_from: usize,
     /// Segment or checkpoint files were created or removed since the last directory fsync.
@@ -325,11 +340,14 @@ impl SegmentLog {
         }
         let mut bases = BTreeSet::new();
         let mut seals = BTreeSet::new();
+        let mut holes = BTreeMap::new();
         for name in fs.list(dir)? {
             if let Some(base) = segment::parse_name(&name, ".log") {
                 bases.insert(base);
             } else if let Some(base) = segment::parse_name(&name, ".sealed") {
                 seals.insert(base);
+            } else if let Some((from, to)) = holes::parse(&name) {
+                holes.insert(from, to);
             }
         }
         let loaded = high_water::load(fs.as_ref(), dir)?;
@@ -339,6 +357,7 @@ impl SegmentLog {
             dir: dir.to_path_buf(),
             config,
             segments: Vec::with_capacity(bases.len().max(1)),
+            holes,
             pending_from: 0,
             dir_dirty: false,
             disk_bytes: 0,
@@ -375,6 +394,14 @@ impl SegmentLog {
             log.damaged(damage);
         }
         if log.damage.is_none() {
+            log.forget_stale_holes()?;
+            let reserved = log.high_water.last().reserved_next;
+            if log.next_seq() < reserved {
+                // An unclean stop: sequences up to the reservation may have been confirmed.
+                let from = log.next_seq();
+                tracing::warn!(dir = %dir.display(), from, to = reserved, "resuming numbering past the reserved sequences after an unclean stop");
+                log.skip_to(reserved)?;
+            }
             // Whatever an interrupted run left unsynced in the directory (segments,
             // checkpoints, removals) is made durable before anything here is trusted.
             log.dir_dirty = true;
@@ -384,8 +411,54 @@ impl SegmentLog {
         Ok(log)
     }
 
+    /// Removes hole markers that bridge no two segments of the log (what a crash left of a
+    /// hole being made, or of segments being reclaimed).
+    fn forget_stale_holes(&mut self) -> Result<(), LogError> {
+        let ends: BTreeSet<u64> = self.segments.iter().map(|s| s.next_seq).collect();
+        let bases: BTreeSet<u64> = self.segments.iter().map(|s| s.base_seq).collect();
+        let stale: Vec<(u64, u64)> = self
+            .holes
+            .iter()
+            .map(|(&f, &t)| (f, t))
+            .filter(|(f, t)| !ends.contains(f) || !bases.contains(t))
+            .collect();
+        for (from, to) in stale {
+            holes::remove(self.fs.as_ref(), &self.dir, from, to)?;
+            self.holes.remove(&from);
+            self.dir_dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment and continues at `to`, recording the hole `next_seq()..to`
+    /// (its marker and the new segment become durable at the next sync, together).
+    fn skip_to(&mut self, to: u64) -> Result<(), LogError> {
+        let from = self.next_seq();
+        holes::create(self.fs.as_ref(), &self.dir, from, to)?;
+        self.holes.insert(from, to);
+        let seg = Segment::create(self.fs.as_ref(), &self.dir, to)?;
+        let last = self.segments.len() - 1;
+        self.segments[last].needs_checkpoint = true;
+        self.pending_from = self.pending_from.min(last);
+        self.segments.push(seg);
+        self.dir_dirty = true;
+        Ok(())
+    }
+
+    /// The holes of the log: ranges `from..to` of sequences that hold no record, in order.
+    pub fn holes(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.holes.iter().map(|(&from, &to)| (from, to))
+    }
+
     /// Loads the segments named by `bases` (ascending) into `self.segments`.
     fn recover(&mut self, bases: &[u64]) -> Result<(), LogError> {
+        // Whether a segment ending at `end` reaches `next_base`: right there, or past a
+        // recorded hole (an empty segment may end where a hole starts, like the one before it).
+        let holes = self.holes.clone();
+        let reaches = |end: u64, next_base: Option<u64>| match next_base {
+            Some(nb) => nb == end || holes.get(&end) == Some(&nb),
+            None => true,
+        };
         let dir = self.dir.clone();
         let fs = self.fs.clone();
         let fs = fs.as_ref();
@@ -402,7 +475,9 @@ impl SegmentLog {
                     // where it ends was confirmed: the next one's directory entry was never
                     // synced (a crash can keep a later creation and lose an earlier one), so
                     // scan it and cut there like any torn tail.
-                    Some(Ok(cp)) if Some(cp.next_seq) != next_base && cp.next_seq >= confirmed => {
+                    Some(Ok(cp))
+                        if !reaches(cp.next_seq, next_base) && cp.next_seq >= confirmed =>
+                    {
                         tracing::warn!(
                             segment = %path.display(),
                             ends_at = cp.next_seq,
@@ -411,7 +486,7 @@ impl SegmentLog {
                         );
                     }
                     Some(Ok(cp)) if cp.valid_len <= file_len => {
-                        if Some(cp.next_seq) != next_base {
+                        if !reaches(cp.next_seq, next_base) {
                             let reason = format!(
                                 "sealed segment ends before sequence {} but the next segment \
                                  starts at {}",
@@ -461,7 +536,7 @@ impl SegmentLog {
             let (mut seg, stop) = Segment::scan(path, file, base, file_len, interval, &mut buf)?;
             // Its contents may still be only in the page cache: sync before trusting them.
             seg.dirty = true;
-            let continuous = !matches!(next_base, Some(nb) if nb != seg.next_seq);
+            let continuous = reaches(seg.next_seq, next_base);
             if stop.is_none() && continuous {
                 seg.needs_checkpoint = next_base.is_some();
                 self.segments.push(seg);
@@ -749,13 +824,57 @@ impl SegmentLog {
     /// `high-water` file): recovery will treat a log that ends below it as damaged, never as a
     /// torn tail. Does nothing unless everything appended is synced and the log is healthy.
     pub fn record_high_water(&mut self) -> Result<(), LogError> {
+        let reserved = self.high_water.last().reserved_next;
+        self.record_mark(|next| reserved.max(next))
+    }
+
+    /// Records the high-water mark with no sequence reserved past `next_seq()`: a clean close,
+    /// after which the log resumes numbering exactly where it ends (no hole). Does nothing
+    /// unless everything appended is synced and the log is healthy.
+    pub fn release_reservation(&mut self) -> Result<(), LogError> {
+        self.record_mark(|next| next)
+    }
+
+    fn record_mark(&mut self, reserved: impl FnOnce(u64) -> u64) -> Result<(), LogError> {
         let last = self.segments.len() - 1;
         if self.fenced.is_some() || self.pending_from < last || self.segments[last].dirty {
             return Ok(());
         }
         let next = self.next_seq();
-        if self.high_water.record(self.fs.as_ref(), next)? {
+        if self
+            .high_water
+            .record(self.fs.as_ref(), next, reserved(next))?
+        {
             self.fs.sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure every sequence below `next_seq()` is covered by the durable reservation
+    /// before it is confirmed: when it is not, reserves `seq_reservation` more (one write and
+    /// one fdatasync of the `high-water` file, so once per that many messages). A failure
+    /// fences the log: the records are stored, but may not be confirmed.
+    pub fn ensure_reserved(&mut self) -> Result<(), LogError> {
+        if let Some(reason) = &self.fenced {
+            return Err(LogError::Fenced(reason.clone()));
+        }
+        let next = self.next_seq();
+        let mark = self.high_water.last();
+        if next <= mark.reserved_next {
+            return Ok(());
+        }
+        let synced = mark.synced_next.max(self.synced.2);
+        let reserve = next.saturating_add(self.config.seq_reservation.max(1));
+        let recorded = self
+            .high_water
+            .record(self.fs.as_ref(), synced, reserve)
+            .and_then(|created| match created {
+                true => self.fs.sync_dir(&self.dir),
+                false => Ok(()),
+            });
+        if let Err(e) = recorded {
+            self.fenced = Some(format!("cannot reserve sequences: {e}"));
+            return Err(e.into());
         }
         Ok(())
     }
@@ -911,6 +1030,14 @@ impl SegmentLog {
         }
         for seg in self.segments.drain(..deleted) {
             self.disk_bytes -= seg.size;
+        }
+        let first = self.first_seq();
+        while let Some((&from, &to)) = self.holes.first_key_value().filter(|(&f, _)| f < first) {
+            // Harmless if it stays: `open` removes markers that bridge nothing.
+            if let Err(e) = holes::remove(self.fs.as_ref(), &self.dir, from, to) {
+                tracing::warn!(dir = %self.dir.display(), from, to, error = %e, "cannot remove hole marker");
+            }
+            self.holes.remove(&from);
         }
         self.pending_from = self.pending_from.saturating_sub(deleted);
         if deleted > 0 {

@@ -11,15 +11,16 @@ use proptest::prelude::*;
 use super::*;
 
 /// Small segments so a few hundred records span many of them.
-fn small() -> LogConfig {
+pub(super) fn small() -> LogConfig {
     LogConfig {
         segment_bytes: 1024,
         index_interval_bytes: 128,
+        ..LogConfig::default()
     }
 }
 
 /// A deterministic payload for `seq`, of a length that varies with it.
-fn payload(seq: u64) -> Bytes {
+pub(super) fn payload(seq: u64) -> Bytes {
     let len = (seq * 37 % 200) as usize;
     Bytes::from(
         (0..len)
@@ -30,7 +31,7 @@ fn payload(seq: u64) -> Bytes {
 
 /// Deterministic headers for `seq`: none for every fourth, else up to three (a repeated name,
 /// an empty value, non-ASCII text).
-fn headers(seq: u64) -> Headers {
+pub(super) fn headers(seq: u64) -> Headers {
     let all = [
         ("trace", format!("t-{seq}")),
         ("trace", String::new()),
@@ -60,7 +61,7 @@ fn plain(payload: impl Into<Bytes>) -> Message {
 }
 
 /// Appends records `first..first + n` in batches of `batch`, checking the assigned sequences.
-fn append_n(log: &mut SegmentLog, n: u64, batch: u64) {
+pub(super) fn append_n(log: &mut SegmentLog, n: u64, batch: u64) {
     let mut done = 0;
     while done < n {
         let k = batch.min(n - done);
@@ -85,7 +86,7 @@ fn check_all(log: &SegmentLog, from: u64) {
 }
 
 /// Segment files in `dir`, sorted.
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -96,7 +97,7 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Offset of the payload of record `seq` in its segment file, found by walking the headers.
-fn record_offset(file: &Path, seq: u64) -> (u64, u64) {
+pub(super) fn record_offset(file: &Path, seq: u64) -> (u64, u64) {
     let data = fs::read(file).unwrap();
     let mut at = 0usize;
     while at + record::HEADER_LEN <= data.len() {
@@ -185,6 +186,7 @@ fn read_from_middle_seeks_via_index() {
     let config = LogConfig {
         segment_bytes: 64 * 1024,
         index_interval_bytes: 256,
+        ..LogConfig::default()
     };
     let mut log = SegmentLog::open(dir.path(), config).unwrap();
     append_n(&mut log, 2000, 100);
@@ -916,7 +918,7 @@ proptest! {
         interval in 0u32..600,
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let config = LogConfig { segment_bytes: seg_bytes, index_interval_bytes: interval };
+        let config = LogConfig { segment_bytes: seg_bytes, index_interval_bytes: interval, ..LogConfig::default() };
         // model[seq - 1] is the message appended with that sequence
         let mut model: Vec<Message> = Vec::new();
         let mut synced = 0u64; // records durable
