@@ -246,7 +246,11 @@ async fn a_record_damaged_on_disk_stops_its_groups_there_tells_subscribers_and_r
         other => panic!("expected TopicRepaired, got {other:?}"),
     };
     assert_eq!(repaired.health, TopicHealth::Healthy);
-    assert_eq!(repaired.skipped, Some((4, 8)), "record 4 to the segment's end");
+    assert_eq!(
+        repaired.skipped,
+        Some((4, 8)),
+        "record 4 to the segment's end"
+    );
     assert_eq!(repaired.quarantined.len(), 1);
     assert!(repaired.quarantined[0].starts_with("quarantine/00000000000000000001.log"));
     let kept = topic_dir(&broker, "damaged").join(&repaired.quarantined[0]);
@@ -261,7 +265,11 @@ async fn a_record_damaged_on_disk_stops_its_groups_there_tells_subscribers_and_r
         }
     }
     assert_eq!(gap, Some((4, 8)), "the group is told what was skipped");
-    assert_eq!(after, (9..=20).collect::<Vec<_>>(), "everything past it is served");
+    assert_eq!(
+        after,
+        (9..=20).collect::<Vec<_>>(),
+        "everything past it is served"
+    );
     assert_eq!(health(&broker, "damaged"), TopicHealth::Healthy);
     let dropped = c
         .list()
@@ -336,7 +344,10 @@ async fn damage_found_at_start_is_contained_to_its_topic_and_its_files_are_kept(
     .await;
     match c.recv().await {
         Frame::TopicRepaired(r) => {
-            assert_eq!((r.skipped, r.health), (Some((11, 16)), TopicHealth::Healthy))
+            assert_eq!(
+                (r.skipped, r.health),
+                (Some((11, 16)), TopicHealth::Healthy)
+            )
         }
         other => panic!("expected TopicRepaired, got {other:?}"),
     }

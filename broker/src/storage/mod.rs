@@ -15,6 +15,8 @@
 //! Nothing outside this module opens a file or names sled; inside it, only [`fs::OsFs`] calls
 //! `std::fs` (sled manages the state store's files).
 
+#[cfg(test)]
+mod delete_crash_tests;
 pub mod disk;
 pub mod fault;
 pub mod fs;
