@@ -472,7 +472,7 @@ impl Broker {
         self.shared.env.tasks.close();
         self.shared.env.tasks.wait().await;
         let broker = self.clone();
-        match tokio::task::spawn_blocking(move || broker.save_state()).await {
+        match tokio::task::spawn_blocking(move || broker.save_state(true)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "final state flush failed"),
             Err(e) => tracing::error!(error = %e, "final state flush task failed"),
@@ -480,34 +480,53 @@ impl Broker {
         self.shared.env.metrics.log_summary();
     }
 
-    /// Writes every changed group to the state store and flushes it. Blocking.
-    fn save_state(&self) -> Result<(), TopicError> {
+    /// Writes every changed group to the state store and flushes it (also when nothing
+    /// changed, if `owed`: an earlier flush failed). Blocking.
+    fn save_state(&self, owed: bool) -> Result<(), TopicError> {
         let mut saved = 0;
         for topic in self.topics() {
             saved += topic.save_dirty_groups()?;
         }
-        if saved > 0 {
+        if saved > 0 || owed {
             self.shared.env.store.flush()?;
         }
         Ok(())
     }
 }
 
-/// Persists changed group state every `state_flush_ms` until the broker stops.
+/// Persists changed group state every `state_flush_ms` until the broker stops. A failed flush
+/// is counted (`weir_state_flush_failures_total`) and shown (`weir_state_store_failing`); it is
+/// logged once when flushes start failing and once when they work again, never per period.
+/// Meanwhile the group changes stay in memory (marked dirty) and are written by the next flush
+/// that works: a crash in between costs redeliveries, never messages.
 async fn flush_state_periodically(broker: Broker) {
     let period = Duration::from_millis(broker.shared.config.storage.state_flush_ms);
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let metrics = broker.shared.env.metrics.clone();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             () = broker.shared.env.stop.cancelled() => return,
         }
         let b = broker.clone();
-        match tokio::task::spawn_blocking(move || b.save_state()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "persisting group state failed"),
-            Err(e) => tracing::error!(error = %e, "state flush task failed"),
+        let owed = metrics.state_store_failing.load(Ordering::Relaxed);
+        let result = tokio::task::spawn_blocking(move || b.save_state(owed))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|saved| saved.map_err(|e| e.to_string()));
+        let was_failing = metrics
+            .state_store_failing
+            .swap(result.is_err(), Ordering::Relaxed);
+        match result {
+            Ok(()) if was_failing => tracing::info!("persisting group state works again"),
+            Ok(()) => {}
+            Err(e) => {
+                metrics.state_flush_failures.add(1);
+                if !was_failing {
+                    tracing::error!(error = %e, "persisting group state failed: cursors and acks stay in memory until a flush works (a crash meanwhile means redeliveries)");
+                }
+            }
         }
     }
 }
@@ -602,12 +621,14 @@ fn recover(
         config.storage.max_bytes.unwrap_or(u64::MAX),
         config.storage.min_free_bytes,
     ));
+    let state_dir = config.data_dir.join("state");
     let (store, mut done) = reconcile::recover(
         fs.as_ref(),
-        &config.data_dir.join("state"),
+        &state_dir,
         &topics_dir,
         config.storage.state_cache_bytes,
     )?;
+    let store = store.checked_by(fs.clone(), state_dir);
     let env = TopicEnv {
         admission: Arc::new(Admission::new(&config, std::time::Instant::now())),
         store,

@@ -4,7 +4,7 @@
 //! `GET /metrics` by [`crate::admin`], which reads these values at scrape time — nothing is
 //! counted twice.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -265,6 +265,10 @@ pub struct Metrics {
     pub storage_failures: Counter,
     /// Records found damaged (at start or when read for delivery).
     pub storage_damage_found: Counter,
+    /// Periodic flushes of the state store (group cursors and acks) that failed.
+    pub state_flush_failures: Counter,
+    /// Whether the last periodic flush of the state store failed.
+    pub state_store_failing: AtomicBool,
     /// Connections closed because their socket accepted nothing for
     /// `slow_consumer_timeout` while frames waited.
     pub slow_consumers_closed: Counter,

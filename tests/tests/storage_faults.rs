@@ -363,3 +363,65 @@ async fn damage_found_at_start_is_contained_to_its_topic_and_its_files_are_kept(
     let want: Vec<Vec<u8>> = (1..=10).chain(17..=21).map(payload).collect();
     assert_eq!(got, want, "everything outside the skipped range, in order");
 }
+
+/// Polls the metric `name` until `want` holds for its value (bounded: 10 s).
+async fn await_metric(broker: &TestBroker, name: &str, want: impl Fn(f64) -> bool) -> f64 {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(v) = weir_tests::scrape(broker.admin_addr, name)
+            .await
+            .filter(|v| want(*v))
+        {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never reached the value wanted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failing_state_flush_is_shown_and_costs_at_most_redeliveries() {
+    let fs = FaultyFs::new();
+    let broker = TestBroker::start_on(std::sync::Arc::new(fs.clone()), |c| {
+        c.storage.state_flush_ms = 10;
+    })
+    .await;
+    let mut c = RawClient::connect(broker.addr).await;
+    create(&mut c, "acks").await;
+    create(&mut c, "neighbour").await;
+    for i in 1..=4 {
+        publish_ok(&mut c, "acks", i).await;
+    }
+    fs.fail_state_flushes(Some(Fault::Io));
+    let mut sub = RawClient::connect(broker.addr).await;
+    sub.subscribe(1, "acks", "g", 10).await;
+    let seqs: Vec<u64> = sub.deliveries(4).await.iter().map(|d| d.seq).collect();
+    sub.send(Frame::Ack(weir_protocol::Ack { sub: 1, seqs }))
+        .await;
+    await_metric(&broker, "weir_state_store_failing", |v| v == 1.0).await;
+    let failures = await_metric(&broker, "weir_state_flush_failures_total", |v| v >= 1.0).await;
+    assert!(failures >= 1.0);
+    // Topics serve meanwhile: publishes are confirmed (the log is not the state store).
+    assert_eq!(publish_ok(&mut c, "neighbour", 0).await, 1);
+    assert_eq!(publish_ok(&mut c, "acks", 5).await, 5);
+
+    // The disk comes back: the owed flush is made, and the gauge clears.
+    fs.fail_state_flushes(None);
+    await_metric(&broker, "weir_state_store_failing", |v| v == 0.0).await;
+    drop((c, sub));
+    let broker = broker.restart().await;
+    // Nothing lost: the acked messages are not delivered again, the unacked one is.
+    let mut sub = RawClient::connect(broker.addr).await;
+    sub.subscribe(2, "acks", "g", 10).await;
+    let d = sub.next_delivery().await;
+    assert_eq!((d.seq, d.payload.to_vec()), (5, payload(5)));
+    assert!(
+        sub.recv_within(std::time::Duration::from_millis(200))
+            .await
+            .is_none(),
+        "the acks made durable by the owed flush hold"
+    );
+}

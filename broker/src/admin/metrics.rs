@@ -21,7 +21,7 @@
 //!   `weir_messages_dead_lettered_total`, `weir_dead_letter_refused_total`,
 //!   `weir_connections_refused_total`, `weir_protocol_errors_total`, `weir_read_pauses_total`,
 //!   `weir_frames_shed_total`, `weir_frame_read_timeouts_total`, `weir_storage_failures_total`,
-//!   `weir_storage_damage_found_total`,
+//!   `weir_storage_damage_found_total`, `weir_state_flush_failures_total`,
 //!   `weir_slow_consumers_closed_total`, `weir_idle_connections_closed_total`,
 //!   `weir_replies_too_large_total`, `weir_reasons_truncated_total`,
 //!   `weir_auth_failures_total`, `weir_auth_throttled_total` — broker-wide, as [`Metrics`]
@@ -209,6 +209,11 @@ fn broker_counters(out: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
             "weir_storage_damage_found",
             "Times a topic's log was found damaged (at start or reading for delivery).",
             m.storage_damage_found.get(),
+        ),
+        (
+            "weir_state_flush_failures",
+            "Periodic flushes of the state store (group cursors, acks) that failed.",
+            m.state_flush_failures.get(),
         ),
         (
             "weir_slow_consumers_closed",
@@ -550,6 +555,16 @@ fn broker_gauges(out: &mut DescriptorEncoder, broker: &Broker) -> fmt::Result {
             "weir_storage_min_free_bytes",
             "Free space the broker leaves on the filesystem (storage.min_free_bytes).",
             disk.min_free(),
+        ),
+        (
+            "weir_state_store_failing",
+            "1 while the last periodic flush of the state store failed.",
+            u64::from(
+                broker
+                    .metrics()
+                    .state_store_failing
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
         ),
     ];
     for (name, help, value) in gauges {

@@ -1,6 +1,7 @@
 //! A file layer that fails on command, for fault-injection tests of a running broker
 //! ([`crate::broker::Broker::open_on`]): it passes everything to the OS until told to make
-//! writes or fdatasyncs under some directory fail with ENOSPC or EIO.
+//! writes or fdatasyncs under some directory, or the state store's flushes, fail with ENOSPC or
+//! EIO.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ struct Plan {
     under: Option<PathBuf>,
     writes: Option<Fault>,
     syncs: Option<Fault>,
+    state_flushes: Option<Fault>,
 }
 
 /// [`StorageFs`] over the OS that fails writes or syncs while told to. Cheap to share.
@@ -60,6 +62,11 @@ impl FaultyFs {
         let mut plan = self.lock();
         plan.under = Some(under.to_path_buf());
         plan.syncs = fault;
+    }
+
+    /// From now on, every flush of the state store fails with `fault`; `None` stops that.
+    pub fn fail_state_flushes(&self, fault: Option<Fault>) {
+        self.lock().state_flushes = fault;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Plan> {
@@ -135,5 +142,11 @@ impl StorageFs for FaultyFs {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         OsFs.sync_dir(dir)
+    }
+    fn check_state_flush(&self, _dir: &Path) -> io::Result<()> {
+        match self.lock().state_flushes {
+            Some(fault) => Err(fault.error()),
+            None => Ok(()),
+        }
     }
 }

@@ -57,6 +57,11 @@ pub trait StorageFs: Send + Sync + fmt::Debug {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// fsyncs the directory `dir`, making its entries (creations, removals, renames) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Called before the state store in `dir` (sled, which does its own I/O) flushes: an error
+    /// fails that flush. Nothing to check on a real disk; a fault-injecting layer fails it.
+    fn check_state_flush(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A shared file layer.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use weir_protocol::{GroupConfig, TopicConfig};
 
-use super::fs::StorageFs;
+use super::fs::{Fs, StorageFs};
 use super::records::{self, FormatError, TopicIdentity, TopicRecord};
 
 /// The key of the marker record, in the `meta` tree, saying Weir wrote this store.
@@ -65,6 +65,9 @@ pub struct StateStore {
     topics: sled::Tree,
     groups: sled::Tree,
     meta: sled::Tree,
+    /// The file layer asked before each flush, and the store's directory (see
+    /// [`StateStore::checked_by`]).
+    flush_check: Option<(Fs, PathBuf)>,
 }
 
 impl StateStore {
@@ -93,6 +96,7 @@ impl StateStore {
             topics,
             groups,
             meta,
+            flush_check: None,
         })
     }
 
@@ -106,7 +110,7 @@ impl StateStore {
     /// Writes the marker saying Weir wrote this store, durably.
     pub fn mark(&self) -> Result<(), StateError> {
         self.meta.insert(MARKER_KEY, MARKER_VALUE)?;
-        self.db.flush()?;
+        self.flush()?;
         Ok(())
     }
 
@@ -123,7 +127,7 @@ impl StateStore {
     ) -> Result<(), StateError> {
         let record = records::encode_topic_record(config, identity).map_err(StateError::Encode)?;
         self.topics.insert(config.name.as_bytes(), record)?;
-        self.db.flush()?;
+        self.flush()?;
         Ok(())
     }
 
@@ -162,7 +166,7 @@ impl StateStore {
             self.groups.remove(key?)?;
         }
         self.topics.remove(topic.as_bytes())?;
-        self.db.flush()?;
+        self.flush()?;
         Ok(())
     }
 
@@ -186,10 +190,22 @@ impl StateStore {
         self.topics.insert(name.as_bytes(), bytes).unwrap();
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable. Asks the file layer first (see
+    /// [`StateStore::checked_by`]): a fault it injects fails the flush.
     pub fn flush(&self) -> Result<(), StateError> {
+        if let Some((fs, dir)) = &self.flush_check {
+            fs.check_state_flush(dir)
+                .map_err(|e| StateError::Store(sled::Error::Io(e)))?;
+        }
         self.db.flush()?;
         Ok(())
+    }
+
+    /// This store, asking `fs` before each flush of the store in `dir` (fault injection sees
+    /// the state store's flushes, which sled performs itself).
+    pub fn checked_by(mut self, fs: Fs, dir: PathBuf) -> StateStore {
+        self.flush_check = Some((fs, dir));
+        self
     }
 }
 
