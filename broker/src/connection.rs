@@ -942,17 +942,30 @@ impl Connection {
     }
 
     /// Waits (at most `grace`) for publishes being committed (and parked ones, which the
-    /// broker refuses with `ShuttingDown` as it stops) and sends their answers. Meanwhile it
-    /// still reads the client's frames and applies its acks, nacks, terms and progress (the
-    /// broker dispatches nothing more by now, so they only settle what the client holds) and
-    /// answers its publishes (refused `ShuttingDown`); any other frame is ignored.
+    /// broker refuses with `ShuttingDown` as it stops) and sends their answers, and for the
+    /// client to settle the deliveries it holds. Meanwhile it still reads the client's frames
+    /// and applies its acks, nacks, terms and progress (the broker dispatches nothing more by
+    /// now, so they only settle what the client holds) and answers its publishes (refused
+    /// `ShuttingDown`); any other frame is ignored. It ends as soon as nothing is pending and
+    /// nothing is held, or the client closes: an unacked delivery is redelivered after the
+    /// restart.
     async fn finish_confirms(&mut self, frames: &mut FrameReader, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
         self.pending.extend(std::mem::take(&mut self.parked));
         let mut reading = true;
-        while !self.pending.is_empty() {
-            let wake = tokio::select! {
-                answer = tokio::time::timeout_at(deadline, self.pending.next()) => answer,
+        loop {
+            let holding = reading && self.holds_deliveries();
+            if self.pending.is_empty() && !holding {
+                return;
+            }
+            tokio::select! {
+                answer = self.pending.next(), if !self.pending.is_empty() => {
+                    if let Some(answer) = answer {
+                        if self.answer(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
                 read = frames.next(), if reading => {
                     match read {
                         // A publish is answered (`ShuttingDown`, or as shed), never dropped
@@ -976,26 +989,27 @@ impl Connection {
                         Some(Ok(_)) => {}
                         Some(Err(_)) | None => reading = false,
                     }
-                    continue;
                 }
-            };
-            match wake {
-                Ok(Some(answer)) => {
-                    if self.answer(answer).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(_) => {
+                () = tokio::time::sleep_until(deadline) => {
                     let unconfirmed = self.pending.len();
-                    warn!(
-                        conn = self.id,
-                        unconfirmed, "shutdown grace expired with commits pending"
-                    );
+                    if unconfirmed > 0 {
+                        warn!(conn = self.id, unconfirmed, "shutdown grace expired with commits pending");
+                    }
+                    if holding {
+                        debug!(conn = self.id, "shutdown grace expired with deliveries unacked: they are redelivered after the restart");
+                    }
                     return;
                 }
             }
         }
+    }
+
+    /// Whether any subscription of this connection holds deliveries it has not settled.
+    fn holds_deliveries(&self) -> bool {
+        self.subs.iter().any(|(&sub, s)| {
+            s.topic
+                .holds_deliveries(&s.group, MemberId { conn: self.id, sub })
+        })
     }
 
     /// Detaches every subscription; their unacked messages return to their groups.

@@ -189,3 +189,75 @@ async fn a_graceful_stop_hands_no_in_flight_message_to_another_consumer_and_rest
     let d = deliver(&mut consumer).await;
     assert_eq!((d.seq, d.attempt), (marker, 1), "{d:?}");
 }
+
+#[tokio::test]
+async fn acks_sent_during_the_shutdown_grace_are_applied_and_survive_the_restart() {
+    let broker = TestBroker::start().await;
+    let mut publisher = RawClient::connect(broker.addr).await;
+    publisher
+        .publish_all("graceful", (0..4).map(|i| Bytes::from(format!("m{i}"))))
+        .await;
+    drop(publisher);
+    let mut consumer = RawClient::connect(broker.addr).await;
+    consumer
+        .subscribe_with(1, "graceful", "workers", 4, spec(5))
+        .await;
+    let held: Vec<u64> = consumer.deliveries(4).await.iter().map(|d| d.seq).collect();
+
+    let stopping = tokio::spawn(async move {
+        let mut broker = broker;
+        broker.stop().await;
+        broker
+    });
+    // Probe until the stop has begun: a publish on this connection is then refused
+    // `ShuttingDown` — the connection is still read, since it holds deliveries.
+    let mut probe = 0u64;
+    loop {
+        probe += 1;
+        consumer
+            .send(Frame::Publish(Publish {
+                id: probe,
+                topic: "probe".into(),
+                headers: Headers::new(),
+                payload: Bytes::from_static(b"probe"),
+            }))
+            .await;
+        match consumer.recv_or_closed().await {
+            Some(Frame::PublishOk(_)) => continue,
+            Some(Frame::Rejected(r)) if r.reason == RejectReason::ShuttingDown => break,
+            other => panic!("expected PublishOk, then Rejected{{ShuttingDown}}: {other:?}"),
+        }
+    }
+    // Settled during the grace: three acked, one nacked for later.
+    consumer
+        .send(Frame::Ack(Ack {
+            sub: 1,
+            seqs: held[..3].to_vec(),
+        }))
+        .await;
+    consumer
+        .send(Frame::Nack(Nack {
+            sub: 1,
+            seqs: vec![held[3]],
+            delay_ms: 0,
+        }))
+        .await;
+    // With nothing held, the connection ends well before the grace does.
+    while let Some(frame) = consumer.recv_or_closed().await {
+        match frame {
+            Frame::GoingAway(_) => {}
+            other => panic!("nothing is delivered during the stop: {other:?}"),
+        }
+    }
+    let broker = stopping.await.expect("the broker stops");
+    let broker = broker.restart().await;
+    let mut admin = RawClient::connect(broker.addr).await;
+    let info = wait_for_topic(&mut admin, "graceful", |_| true).await;
+    assert_eq!(info.depth, 1, "the acks made during the grace were kept");
+    let mut consumer = RawClient::connect(broker.addr).await;
+    consumer
+        .subscribe_with(2, "graceful", "workers", 4, spec(5))
+        .await;
+    let d = deliver(&mut consumer).await;
+    assert_eq!((d.seq, d.attempt), (held[3], 2), "{d:?}");
+}

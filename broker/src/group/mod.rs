@@ -786,6 +786,11 @@ impl Group {
         self.members.len()
     }
 
+    /// Whether `id` holds a delivery it has not acked (or nacked) yet.
+    pub fn holds_deliveries(&self, id: MemberId) -> bool {
+        self.in_flight.values().any(|f| f.member == id)
+    }
+
     /// Whether `id` is attached.
     pub fn has_member(&self, id: MemberId) -> bool {
         self.members.iter().any(|m| m.id == id)

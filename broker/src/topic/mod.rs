@@ -575,6 +575,14 @@ impl Topic {
         acked
     }
 
+    /// Whether member `id` of `group` holds deliveries it has not acked or nacked yet.
+    pub fn holds_deliveries(&self, group: &str, id: MemberId) -> bool {
+        lock(&self.state)
+            .groups
+            .get(group)
+            .is_some_and(|g| g.holds_deliveries(id))
+    }
+
     /// Detaches a member. Its unacked messages return to the group for redelivery, except
     /// those on their last attempt, which are dead-lettered (`consumer-lost`) — unless the
     /// broker is stopping and closed the member itself (see [`Group::leave`]).
