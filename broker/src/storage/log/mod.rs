@@ -1,7 +1,8 @@
 //! Per-topic segmented append-only message log (DESIGN.md §4).
 //!
 //! A log is a directory of segment files `{first_seq:020}.log`, each a run of records with
-//! consecutive sequence numbers (see `record.rs` for the framing). The last segment is the active
+//! consecutive sequence numbers (see `record.rs` for the framing); each segment starts where
+//! the one before ends, or past a recorded hole (see `holes.rs`). The last segment is the active
 //! one that appends go to; earlier ones are sealed. A sealed segment gets a checkpoint
 //! (`{first_seq:020}.sealed`, see `checkpoint.rs`) once its data is durable, so that opening the log
 //! trusts it without a scan: recovery reads only checkpoints and the active segment.
@@ -313,7 +314,10 @@ impl SegmentLog {
     /// `LogError::Corrupt` instead of deleting anything. Recovered data is fsynced before this
     /// returns, so everything readable from the log afterwards is durable. A new log starts at
     /// sequence 1 (a missing `dir` is created and its parent fsynced). Files in `dir` not named
-    /// like segments or checkpoints are ignored; checkpoints without a segment are removed.
+    /// like segments, checkpoints or hole markers are ignored; checkpoints without a segment and
+    /// hole markers that bridge no two segments are removed. A log that ends below its durable
+    /// seq reservation (an unclean stop) numbers on from the reservation, recording the hole
+    /// (see `high_water.rs` and `holes.rs`).
     pub fn open(dir: &Path, config: LogConfig) -> Result<SegmentLog, LogError> {
         Self::open_on(fs::os(), dir, config)
     }
