@@ -425,3 +425,50 @@ async fn a_failing_state_flush_is_shown_and_costs_at_most_redeliveries() {
         "the acks made durable by the owed flush hold"
     );
 }
+
+#[tokio::test]
+async fn a_read_error_while_delivering_is_damage_until_repair_finds_the_segment_readable() {
+    let fs = FaultyFs::new();
+    let broker = TestBroker::start_on(std::sync::Arc::new(fs.clone()), |c| {
+        c.storage.tail_cache_bytes = 0;
+    })
+    .await;
+    let mut c = RawClient::connect(broker.addr).await;
+    create(&mut c, "sector").await;
+    create(&mut c, "neighbour").await;
+    for i in 1..=3 {
+        publish_ok(&mut c, "sector", i).await;
+    }
+    fs.fail_reads(&topic_dir(&broker, "sector"), Some(Fault::Io));
+    let mut sub = RawClient::connect(broker.addr).await;
+    sub.subscribe(4, "sector", "g", 10).await;
+    match sub.recv().await {
+        Frame::Error(e) => assert_eq!((e.req, e.code), (4, ErrorCode::StorageDamaged)),
+        other => panic!("expected the damage notice, got {other:?}"),
+    }
+    match health(&broker, "sector") {
+        TopicHealth::Damaged { at_seq, reason } => {
+            assert_eq!(at_seq, 1);
+            assert!(reason.contains("cannot read"), "{reason}");
+        }
+        other => panic!("expected Damaged, got {other:?}"),
+    }
+    assert_eq!(publish_ok(&mut c, "neighbour", 0).await, 1);
+
+    // The read error was transient: repair scans the segment, finds it whole, skips nothing.
+    fs.fail_reads(&topic_dir(&broker, "sector"), None);
+    c.send(Frame::RepairTopic(RepairTopic {
+        req: 8,
+        name: "sector".into(),
+    }))
+    .await;
+    match c.recv().await {
+        Frame::TopicRepaired(r) => assert_eq!(
+            (r.skipped, r.quarantined.len(), r.health),
+            (None, 0, TopicHealth::Healthy)
+        ),
+        other => panic!("expected TopicRepaired, got {other:?}"),
+    }
+    let got: Vec<u64> = sub.deliveries(3).await.iter().map(|d| d.seq).collect();
+    assert_eq!(got, [1, 2, 3]);
+}

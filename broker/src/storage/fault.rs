@@ -1,7 +1,7 @@
 //! A file layer that fails on command, for fault-injection tests of a running broker
 //! ([`crate::broker::Broker::open_on`]): it passes everything to the OS until told to make
-//! writes or fdatasyncs under some directory, or the state store's flushes, fail with ENOSPC or
-//! EIO.
+//! writes, reads or fdatasyncs under some directory, or the state store's flushes, fail with
+//! ENOSPC or EIO.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,7 @@ struct Plan {
     under: Option<PathBuf>,
     writes: Option<Fault>,
     syncs: Option<Fault>,
+    reads: Option<Fault>,
     state_flushes: Option<Fault>,
 }
 
@@ -62,6 +63,14 @@ impl FaultyFs {
         let mut plan = self.lock();
         plan.under = Some(under.to_path_buf());
         plan.syncs = fault;
+    }
+
+    /// From now on, every read (`read_at`) of a file under `under` fails with `fault`; `None`
+    /// stops that.
+    pub fn fail_reads(&self, under: &Path, fault: Option<Fault>) {
+        let mut plan = self.lock();
+        plan.under = Some(under.to_path_buf());
+        plan.reads = fault;
     }
 
     /// From now on, every flush of the state store fails with `fault`; `None` stops that.
@@ -96,6 +105,7 @@ impl FaultyFile {
 
 impl StorageFile for FaultyFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.fault(|p| p.reads)?;
         self.inner.read_at(buf, offset)
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {

@@ -121,10 +121,17 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> (bool, bool) {
         let messages = match fill_misses(topic, plan, cached).await {
             Ok(p) => p,
             Err(e) => {
-                if let LogError::Corrupt { seq, .. } = &e {
-                    topic.mark_damaged(*seq, e.to_string());
-                } else {
-                    tracing::error!(topic = %topic.config.name, group, error = %e, "cannot read messages for delivery");
+                match &e {
+                    LogError::Corrupt { seq, .. } => topic.mark_damaged(*seq, e.to_string()),
+                    // A read that fails (a bad sector): nothing from the planned messages on is
+                    // served until a repair scans the segment again.
+                    LogError::Io(_) => {
+                        let at = plan.iter().map(|p| p.seq).min().unwrap_or_default();
+                        topic.mark_damaged(at, format!("cannot read the log: {e}"));
+                    }
+                    _ => {
+                        tracing::error!(topic = %topic.config.name, group, error = %e, "cannot read messages for delivery")
+                    }
                 }
                 let mut st = lock(&topic.state);
                 if let Some(g) = st.groups.get_mut(&group) {

@@ -558,8 +558,11 @@ impl SegmentLog {
                     format!("segment ends before sequence {}", next_base.unwrap_or(0)),
                 ),
             };
-            let mut synced_past = None;
-            for &l in later {
+            let mut synced_past = stop
+                .as_ref()
+                .filter(|s| s.unreadable)
+                .map(|s| s.reason.clone());
+            for &l in later.iter().filter(|_| synced_past.is_none()) {
                 if let Some(Ok(_)) = checkpoint::load(fs, &dir, l)? {
                     synced_past = Some(format!("{reason} (a later segment was synced)"));
                     break;

@@ -240,3 +240,43 @@ fn repair_of_damage_in_the_active_segment_numbers_on_past_everything_confirmed()
     assert_eq!(log.append_batch(&[Message::default()], 1).unwrap(), to);
     assert!(!Path::new(&damage.segment).starts_with(dir.path().join(QUARANTINE_DIR)));
 }
+
+#[test]
+fn a_segment_that_cannot_be_read_at_open_is_damage_never_a_torn_tail() {
+    use crate::storage::fault::{Fault, FaultyFs};
+    let dir = tempfile::tempdir().unwrap();
+    let confirmed = {
+        let mut log = SegmentLog::open(dir.path(), reserving(8)).unwrap();
+        let c = confirm_n(&mut log, 30);
+        log.release_reservation().unwrap();
+        c
+    };
+    let sizes: Vec<u64> = segment_files(dir.path())
+        .iter()
+        .map(|f| fs::metadata(f).unwrap().len())
+        .collect();
+    // The active segment (always scanned at open) sits on a bad sector.
+    let active = segment_files(dir.path()).pop().unwrap();
+    let faulty = FaultyFs::new();
+    faulty.fail_reads(&active, Some(Fault::Io));
+    let fs: crate::storage::fs::Fs = std::sync::Arc::new(faulty.clone());
+    let log = SegmentLog::open_on(fs.clone(), dir.path(), reserving(8)).unwrap();
+    let damage = log
+        .damage()
+        .expect("an unreadable segment is damage")
+        .clone();
+    assert!(damage.reason.contains("cannot read"), "{}", damage.reason);
+    assert!(log.fenced().is_some());
+    drop(log);
+    let after: Vec<u64> = segment_files(dir.path())
+        .iter()
+        .map(|f| fs::metadata(f).unwrap().len())
+        .collect();
+    assert_eq!(after, sizes, "nothing cut or removed");
+    // The device recovers: the log opens whole.
+    faulty.fail_reads(&active, None);
+    let log = SegmentLog::open_on(fs, dir.path(), reserving(8)).unwrap();
+    assert!(log.damage().is_none());
+    assert_eq!(log.next_seq(), confirmed + 1);
+    assert_eq!(check_stored(&log, 1) as u64, confirmed);
+}

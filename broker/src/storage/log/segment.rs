@@ -40,6 +40,9 @@ pub(crate) struct ScanStop {
     pub offset: u64,
     /// What is wrong with it.
     pub reason: String,
+    /// The file could not be read there (an I/O error, not bad content): whatever it holds is
+    /// unknown, so it is never cut as a torn tail.
+    pub unreadable: bool,
 }
 
 /// One open segment file and what is known about its contents.
@@ -112,7 +115,8 @@ impl Segment {
     /// Scans `file` (of length `file_len`) from the start, checking every record's length, CRC and
     /// sequence (`base_seq`, `base_seq + 1`, ...) and rebuilding the sparse index. Returns the
     /// segment covering the valid prefix, and where the scan stopped if it did not reach the end of
-    /// the file. Does not modify the file. Only I/O failures are errors: any content is accepted.
+    /// the file. Does not modify the file. Any content is accepted, and a read that fails part-way
+    /// stops the scan there (marked `unreadable`); only failing to start is an error.
     pub(crate) fn scan(
         path: PathBuf,
         file: Box<dyn StorageFile>,
@@ -127,8 +131,34 @@ impl Segment {
             let mut r = RecordReader::new(file.as_ref(), buf, 0, file_len);
             loop {
                 let at = r.offset();
-                let stop = |reason: String| (at, Some(ScanStop { offset: at, reason }));
-                let h = match r.next_header()? {
+                let stop = |reason: String| {
+                    let unreadable = false;
+                    (
+                        at,
+                        Some(ScanStop {
+                            offset: at,
+                            reason,
+                            unreadable,
+                        }),
+                    )
+                };
+                let unreadable = |e: io::Error| {
+                    let reason = format!("cannot read the segment: {e}");
+                    let unreadable = true;
+                    (
+                        at,
+                        Some(ScanStop {
+                            offset: at,
+                            reason,
+                            unreadable,
+                        }),
+                    )
+                };
+                let step = match r.next_header() {
+                    Ok(step) => step,
+                    Err(e) => break unreadable(e),
+                };
+                let h = match step {
                     HeaderStep::End => break (at, None),
                     HeaderStep::Incomplete => break stop("incomplete record".into()),
                     HeaderStep::Bad(reason) => break stop(reason),
@@ -140,8 +170,10 @@ impl Segment {
                 let Some(next) = expected.checked_add(1) else {
                     break stop("sequence space exhausted".into());
                 };
-                if let Err(reason) = r.body()? {
-                    break stop(reason);
+                match r.body() {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(reason)) => break stop(reason),
+                    Err(e) => break unreadable(e),
                 }
                 index.observe(expected - base_seq, at, interval);
                 expected = next;
