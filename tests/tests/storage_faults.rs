@@ -71,13 +71,23 @@ async fn read_until(
     out
 }
 
+/// A broker on a [`FaultyFs`] (`tweak` adjusting its configuration), a client, and the topics
+/// `topic` and `neighbour` created.
+async fn faulty_broker(
+    topic: &str,
+    tweak: impl FnOnce(&mut weir_broker::config::Config),
+) -> (FaultyFs, TestBroker, RawClient) {
+    let fs = FaultyFs::new();
+    let broker = TestBroker::start_on(std::sync::Arc::new(fs.clone()), tweak).await;
+    let mut c = RawClient::connect(broker.addr).await;
+    create(&mut c, topic).await;
+    create(&mut c, "neighbour").await;
+    (fs, broker, c)
+}
+
 #[tokio::test]
 async fn a_full_disk_refuses_with_storage_full_and_the_topic_serves_again_when_space_returns() {
-    let fs = FaultyFs::new();
-    let broker = TestBroker::start_on(std::sync::Arc::new(fs.clone()), |_| {}).await;
-    let mut c = RawClient::connect(broker.addr).await;
-    create(&mut c, "full").await;
-    create(&mut c, "neighbour").await;
+    let (fs, broker, mut c) = faulty_broker("full", |_| {}).await;
     publish_ok(&mut c, "full", 0).await;
 
     fs.fail_writes(&topic_dir(&broker, "full"), Some(Fault::NoSpace));
@@ -112,11 +122,7 @@ async fn a_full_disk_refuses_with_storage_full_and_the_topic_serves_again_when_s
 
 #[tokio::test]
 async fn a_failed_fdatasync_fences_the_topic_until_repair_and_the_outcome_is_unknown() {
-    let fs = FaultyFs::new();
-    let broker = TestBroker::start_on(std::sync::Arc::new(fs.clone()), |_| {}).await;
-    let mut c = RawClient::connect(broker.addr).await;
-    create(&mut c, "fenced").await;
-    create(&mut c, "neighbour").await;
+    let (fs, broker, mut c) = faulty_broker("fenced", |_| {}).await;
     publish_ok(&mut c, "fenced", 0).await;
 
     fs.fail_syncs(&topic_dir(&broker, "fenced"), Some(Fault::Io));
@@ -384,14 +390,10 @@ async fn await_metric(broker: &TestBroker, name: &str, want: impl Fn(f64) -> boo
 
 #[tokio::test]
 async fn a_failing_state_flush_is_shown_and_costs_at_most_redeliveries() {
-    let fs = FaultyFs::new();
-    let broker = TestBroker::start_on(std::sync::Arc::new(fs.clone()), |c| {
+    let (fs, broker, mut c) = faulty_broker("acks", |c| {
         c.storage.state_flush_ms = 10;
     })
     .await;
-    let mut c = RawClient::connect(broker.addr).await;
-    create(&mut c, "acks").await;
-    create(&mut c, "neighbour").await;
     for i in 1..=4 {
         publish_ok(&mut c, "acks", i).await;
     }
@@ -428,14 +430,10 @@ async fn a_failing_state_flush_is_shown_and_costs_at_most_redeliveries() {
 
 #[tokio::test]
 async fn a_read_error_while_delivering_is_damage_until_repair_finds_the_segment_readable() {
-    let fs = FaultyFs::new();
-    let broker = TestBroker::start_on(std::sync::Arc::new(fs.clone()), |c| {
+    let (fs, broker, mut c) = faulty_broker("sector", |c| {
         c.storage.tail_cache_bytes = 0;
     })
     .await;
-    let mut c = RawClient::connect(broker.addr).await;
-    create(&mut c, "sector").await;
-    create(&mut c, "neighbour").await;
     for i in 1..=3 {
         publish_ok(&mut c, "sector", i).await;
     }

@@ -5,7 +5,9 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::tests::{append_n, headers, payload, record_offset, segment_files, small};
+use super::tests::{
+    append_n, cut_last_segment, headers, payload, record_offset, segment_files, small,
+};
 use super::*;
 
 /// `small()` segments reserving `n` seqs at a time.
@@ -99,15 +101,7 @@ fn the_last_segment_cut_anywhere_never_hands_out_a_confirmed_seq_again() {
             log.record_high_water().unwrap();
             confirm_n(&mut log, 12) // the last 12 after the mark: it lags
         };
-        let last = segment_files(dir.path()).pop().unwrap();
-        let len = fs::metadata(&last).unwrap().len();
-        let cut = seed.wrapping_mul(round + 1).wrapping_add(round * 7919) % len;
-        OpenOptions::new()
-            .write(true)
-            .open(&last)
-            .unwrap()
-            .set_len(cut)
-            .unwrap();
+        cut_last_segment(dir.path(), seed, round);
         let log = SegmentLog::open(dir.path(), reserving(64)).unwrap();
         let log = if log.damage().is_some() {
             drop(log);

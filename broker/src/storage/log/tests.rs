@@ -96,6 +96,21 @@ pub(super) fn segment_files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Cuts the last segment file in `dir` at a byte chosen by `seed` and `round` (a disk that
+/// lost written data); returns the file and the length it was cut to.
+pub(super) fn cut_last_segment(dir: &Path, seed: u64, round: u64) -> (PathBuf, u64) {
+    let last = segment_files(dir).pop().unwrap();
+    let len = fs::metadata(&last).unwrap().len();
+    let cut = seed.wrapping_mul(round + 1).wrapping_add(round * 7919) % len;
+    OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    (last, cut)
+}
+
 /// Offset of the payload of record `seq` in its segment file, found by walking the headers.
 pub(super) fn record_offset(file: &Path, seq: u64) -> (u64, u64) {
     let data = fs::read(file).unwrap();
@@ -1048,15 +1063,7 @@ fn a_log_cut_below_its_high_water_mark_is_damage_and_keeps_its_files() {
             log.sync().unwrap();
             log.record_high_water().unwrap();
         }
-        let last = segment_files(dir.path()).pop().unwrap();
-        let len = fs::metadata(&last).unwrap().len();
-        let cut = (seed.wrapping_mul(round + 1).wrapping_add(round * 7919)) % len;
-        OpenOptions::new()
-            .write(true)
-            .open(&last)
-            .unwrap()
-            .set_len(cut)
-            .unwrap();
+        let (last, cut) = cut_last_segment(dir.path(), seed, round);
         let mut log = SegmentLog::open(dir.path(), LogConfig::default()).unwrap();
         let damage = log
             .damage()
