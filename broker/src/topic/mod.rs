@@ -214,16 +214,31 @@ impl TopicState {
 
     /// Extends `sizes` to the end of `log`: the size of each record from `committed_next` on,
     /// a [`HOLE`] for each seq of a hole; `committed_next` becomes the log's `next_seq`.
+    /// On an error (a damaged record) `sizes` ends, and `committed_next` is, where the scan
+    /// stopped.
     fn extend_to(&mut self, log: &SegmentLog) -> Result<(), LogError> {
         let mut expected = self.committed_next;
-        log.scan_sizes(expected, |seq, len| {
+        let scanned = log.scan_sizes(expected, |seq, len| {
             self.push_holes(seq.saturating_sub(expected));
             self.push_size(u64::from(len));
             expected = seq + 1;
-        })?;
+        });
+        if let Err(e) = scanned {
+            self.committed_next = expected;
+            return Err(e);
+        }
         self.push_holes(log.next_seq().saturating_sub(expected));
         self.committed_next = log.next_seq().max(expected);
         Ok(())
+    }
+
+    /// Messages stored (holes not counted) with seqs in `from..to`.
+    fn stored_in(&self, from: u64, to: u64) -> u64 {
+        let index = |seq: u64| seq.saturating_sub(self.first_seq) as usize;
+        self.sizes
+            .range(index(from).min(self.sizes.len())..index(to).min(self.sizes.len()))
+            .filter(|&&len| len != HOLE)
+            .count() as u64
     }
 
     /// Forgets the sizes from `at` on (down to `first_seq` at most): `committed_next` becomes
@@ -344,16 +359,13 @@ impl Topic {
             seq_reservation: broker.storage.seq_reservation,
             ..LogConfig::default()
         };
-        let log = SegmentLog::open_on(env.fs.clone(), dir, log_config)?;
+        let mut log = SegmentLog::open_on(env.fs.clone(), dir, log_config)?;
         env.disk.stored_changed(log.disk_bytes() as i64);
-        let health = match log.damage() {
-            Some(damage) => {
-                env.metrics.storage_damage_found.add(1);
-                TopicHealth::Damaged {
-                    at_seq: damage.seq,
-                    reason: damage.to_string(),
-                }
-            }
+        let mut health = match log.damage() {
+            Some(damage) => TopicHealth::Damaged {
+                at_seq: damage.seq,
+                reason: damage.to_string(),
+            },
             None => TopicHealth::Healthy,
         };
         let limits = GroupLimits {
@@ -396,7 +408,24 @@ impl Topic {
             parked: ParkingQueue::new(config.max_blocked_publishes as usize),
         };
         let mut state = state;
-        state.extend_to(&log)?;
+        // Reading the sizes verifies every stored record, checkpointed segments too: a bad one
+        // is damage found at start, contained to this topic.
+        if let Err(e) = state.extend_to(&log) {
+            let LogError::Corrupt { seq, .. } = e else {
+                return Err(e.into());
+            };
+            if health == TopicHealth::Healthy {
+                tracing::error!(topic = %config.name, seq, error = %e, "log damaged; its files are kept as they are");
+                log.fence(format!("damaged: {e}"));
+                health = TopicHealth::Damaged {
+                    at_seq: seq,
+                    reason: e.to_string(),
+                };
+            }
+        }
+        if matches!(health, TopicHealth::Damaged { .. }) {
+            env.metrics.storage_damage_found.add(1);
+        }
         for (from, to) in log.holes() {
             for g in state.groups.values_mut() {
                 g.skip(from, to, false);

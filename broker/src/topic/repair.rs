@@ -62,7 +62,7 @@ impl Topic {
             .map(|h| h.0)
             .chain((fresh.next_seq() < confirmed).then(|| fresh.next_seq()))
             .min();
-        let damage = match (fresh.damage(), lost_at) {
+        let mut damage = match (fresh.damage(), lost_at) {
             (Some(d), _) => Some((d.seq, d.to_string())),
             (None, Some(at)) => Some((
                 at,
@@ -70,16 +70,23 @@ impl Topic {
             )),
             (None, None) => None,
         };
+        if damage.is_none() {
+            let from = repaired.skipped.map_or(confirmed, |(from, _)| from);
+            let lost = repaired
+                .skipped
+                .map_or(0, |(from, to)| st.stored_in(from, to));
+            st.truncate_sizes(from);
+            let extended = st.extend_to(&fresh);
+            if let Some((from, to)) = repaired.skipped {
+                self.skip_lost(&mut st, from, to, lost);
+            }
+            // Damage further on (a record that does not read back): the topic is damaged there.
+            if let Err(e) = extended {
+                damage = Some((st.committed_next, e.to_string()));
+            }
+        }
         if let Some((_, reason)) = &damage {
             fresh.fence(format!("damaged: {reason}"));
-        } else {
-            let stored_before = st.stored();
-            let from = repaired.skipped.map_or(confirmed, |(from, _)| from);
-            st.truncate_sizes(from);
-            st.extend_to(&fresh).map_err(|e| e.to_string())?;
-            if let Some((from, to)) = repaired.skipped {
-                self.skip_lost(&mut st, from, to, stored_before);
-            }
         }
         *log = fresh;
         drop(st);
@@ -87,6 +94,11 @@ impl Topic {
         let health = match damage {
             // From `Failed` straight to `Damaged`: no publish is taken in between.
             Some((at_seq, reason)) => {
+                // A damaged topic stays damaged, at the new point: through `Failed` (publishes
+                // are refused in both), since the first damage found is otherwise kept.
+                *lock(&self.health) = TopicHealth::Failed {
+                    reason: "repair found more damage".into(),
+                };
                 self.mark_damaged(at_seq, reason);
                 self.health()
             }
@@ -109,14 +121,13 @@ impl Topic {
     }
 
     /// After a repair skipped `from..to`: every group skips it (owing its members a `Gap` for
-    /// what it still needed), and the messages no longer stored count as dropped.
-    fn skip_lost(&self, st: &mut TopicState, from: u64, to: u64, stored_before: u64) {
+    /// what it still needed), and the `dropped` messages it held count as dropped.
+    fn skip_lost(&self, st: &mut TopicState, from: u64, to: u64, dropped: u64) {
         for (name, g) in st.groups.iter_mut() {
             if let Some((gap_from, gap_to)) = g.skip(from, to, true) {
                 tracing::warn!(topic = %self.config.name, group = %name, from = gap_from, to = gap_to, "repair skipped messages the group had not acked");
             }
         }
-        let dropped = stored_before.saturating_sub(st.stored());
         self.counters.dropped.add(dropped);
         self.counters.dropped_damaged.add(dropped);
         self.metrics.dropped.add(dropped);
