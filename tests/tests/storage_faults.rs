@@ -529,4 +529,12 @@ async fn damage_in_checkpointed_segments_found_at_start_is_contained_and_repaire
     let got = read_all(broker.addr, "damaged", "g", 19).await;
     let want: Vec<Vec<u8>> = (1..=3).chain(9..=18).chain(25..=30).map(payload).collect();
     assert_eq!(got, want);
+    let dropped = c
+        .list()
+        .await
+        .into_iter()
+        .find(|t| t.config.name == "damaged")
+        .expect("listed")
+        .dropped;
+    assert_eq!(dropped, 5 + 6, "both skipped ranges count as dropped");
 }

@@ -72,9 +72,14 @@ impl Topic {
         };
         if damage.is_none() {
             let from = repaired.skipped.map_or(confirmed, |(from, _)| from);
-            let lost = repaired
-                .skipped
-                .map_or(0, |(from, to)| st.stored_in(from, to));
+            // The messages of the skipped range: those the topic had read back, plus every seq
+            // past where reading stopped (the damage found at start) that no hole held.
+            let lost = repaired.skipped.map_or(0, |(from, to)| {
+                let unread_from = from.max(st.committed_next).max(st.first_seq);
+                let in_old_hole = |seq: u64| log.holes().any(|(f, t)| seq >= f && seq < t);
+                st.stored_in(from, to.min(st.committed_next))
+                    + (unread_from..to).filter(|&s| !in_old_hole(s)).count() as u64
+            });
             st.truncate_sizes(from);
             let extended = st.extend_to(&fresh);
             if let Some((from, to)) = repaired.skipped {
