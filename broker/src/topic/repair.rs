@@ -30,6 +30,9 @@ impl Topic {
     /// point afterwards — run the repair again to skip that range too. Errors are I/O failures
     /// of the repair itself; the topic stays as it was.
     pub fn repair(&self) -> Result<RepairOutcome, String> {
+        // Held throughout: two repairs run one after the other, the second seeing the first's
+        // outcome.
+        let mut log = self.log.write().unwrap_or_else(|p| p.into_inner());
         let suspect = match self.health() {
             TopicHealth::Healthy | TopicHealth::Full { .. } => {
                 return Ok(RepairOutcome {
@@ -42,7 +45,6 @@ impl Topic {
             TopicHealth::Failed { .. } => None,
         };
         let (fs, dir, config) = &self.files;
-        let mut log = self.log.write().unwrap_or_else(|p| p.into_inner());
         let (mut fresh, repaired) = match suspect {
             Some(at) => SegmentLog::repair(fs.clone(), dir, *config, Some(at)),
             None => SegmentLog::open_on(fs.clone(), dir, *config).map(|l| (l, Repaired::default())),

@@ -43,8 +43,10 @@ pub enum TopicCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Repair a topic whose storage failed a write (reopens and re-verifies its log) — see
-    /// `storage` in `weir topic info`.
+    /// Repair a topic whose storage failed a write (reopens and re-verifies its log) or is
+    /// damaged (moves the damaged segment to `quarantine/`, skips the damaged range: its
+    /// subscribers get a `Gap`, the messages count as dropped) — see `storage` in
+    /// `weir topic info`.
     Repair {
         /// The topic.
         name: String,
