@@ -15,6 +15,8 @@
 //! nacked again, or whose member leaves without acking it is due for the dead-letter topic.
 
 mod schedule;
+#[cfg(test)]
+mod snapshot_tests;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -25,7 +25,7 @@ pub mod manifest;
 pub mod reconcile;
 pub mod records;
 #[cfg(test)]
-mod sim;
+pub(crate) mod sim;
 pub mod state;
 
 /// A small topic configuration for storage's unit tests.
