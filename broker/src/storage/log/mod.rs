@@ -474,7 +474,10 @@ impl SegmentLog {
             let (file, file_len) = Segment::open_file(fs, &path)?;
             if next_base.is_some() {
                 let confirmed = self.high_water.last().synced_next;
-                match checkpoint::load(fs, &dir, base)? {
+                // A checkpoint that cannot be read is no checkpoint: the segment is scanned.
+                let loaded = checkpoint::load(fs, &dir, base)
+                    .unwrap_or_else(|e| Some(Err(format!("cannot read it: {e}"))));
+                match loaded {
                     // A sealed segment that does not reach the next one, while nothing from
                     // where it ends was confirmed: the next one's directory entry was never
                     // synced (a crash can keep a later creation and lose an earlier one), so
@@ -562,10 +565,21 @@ impl SegmentLog {
                 .as_ref()
                 .filter(|s| s.unreadable)
                 .map(|s| s.reason.clone());
-            for &l in later.iter().filter(|_| synced_past.is_none()) {
-                if let Some(Ok(_)) = checkpoint::load(fs, &dir, l)? {
-                    synced_past = Some(format!("{reason} (a later segment was synced)"));
+            for &l in later {
+                if synced_past.is_some() {
                     break;
+                }
+                match checkpoint::load(fs, &dir, l) {
+                    Ok(Some(Ok(_))) => {
+                        synced_past = Some(format!("{reason} (a later segment was synced)"))
+                    }
+                    // It may vouch for the bad spot: never cut on a guess.
+                    Err(e) => {
+                        synced_past = Some(format!(
+                            "{reason} (a later segment's checkpoint cannot be read: {e})"
+                        ))
+                    }
+                    Ok(_) => {}
                 }
             }
             let confirmed = self.high_water.last().synced_next;

@@ -274,3 +274,24 @@ fn a_segment_that_cannot_be_read_at_open_is_damage_never_a_torn_tail() {
     assert_eq!(log.next_seq(), confirmed + 1);
     assert_eq!(check_stored(&log, 1) as u64, confirmed);
 }
+
+#[test]
+fn a_checkpoint_that_cannot_be_read_at_open_has_its_segment_scanned_instead() {
+    use crate::storage::fault::{Fault, FaultyFs};
+    let dir = tempfile::tempdir().unwrap();
+    let confirmed = {
+        let mut log = SegmentLog::open(dir.path(), reserving(8)).unwrap();
+        let c = confirm_n(&mut log, 40);
+        log.release_reservation().unwrap();
+        c
+    };
+    let first = segment_files(dir.path()).remove(0);
+    let checkpoint = first.with_extension("sealed");
+    assert!(checkpoint.is_file());
+    let faulty = FaultyFs::new();
+    faulty.fail_reads(&checkpoint, Some(Fault::Io));
+    let log = SegmentLog::open_on(std::sync::Arc::new(faulty), dir.path(), reserving(8)).unwrap();
+    assert!(log.damage().is_none(), "{:?}", log.damage());
+    assert_eq!(log.next_seq(), confirmed + 1);
+    assert_eq!(check_stored(&log, 1) as u64, confirmed);
+}
