@@ -14,6 +14,10 @@ use weir_protocol::{
 
 use crate::keys::{ApiKey, RateConfig};
 
+/// The largest `storage.seq_reservation` accepted (1 Mi seqs: a crash then costs a topic at
+/// most 4 MiB of memory for the seqs it skips, until they are consumed past).
+pub const MAX_SEQ_RESERVATION: u64 = 1 << 20;
+
 /// The broker's whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -268,7 +272,9 @@ pub struct StorageConfig {
     /// confirmed before a reservation covering it is on disk (one extra fdatasync per this many
     /// messages), and after a crash the log numbers on from the reservation, so a seq that may
     /// have been confirmed is never handed out again — leaving a hole of at most this many
-    /// never-delivered seqs. A clean stop reserves nothing past the end (no hole). Default 4096.
+    /// never-delivered seqs. A clean stop reserves nothing past the end (no hole). Default 4096,
+    /// at most [`MAX_SEQ_RESERVATION`] (each skipped seq takes 4 bytes of the topic's memory
+    /// until its groups have consumed past it).
     pub seq_reservation: u64,
     /// Most bytes of message data (log segments, all topics) the broker stores; a publish that
     /// would pass it is refused `Rejected{StorageFull}` naming `storage.max_bytes`. Unset: 90 %
@@ -497,6 +503,12 @@ impl Config {
         ];
         if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+        }
+        if self.storage.seq_reservation > MAX_SEQ_RESERVATION {
+            return Err(ConfigError::Invalid(format!(
+                "storage.seq_reservation must be at most {MAX_SEQ_RESERVATION}: the seqs a crash \
+                 skips each take 4 bytes of the topic's memory until consumed past"
+            )));
         }
         if l.max_frame_bytes as usize > weir_protocol::MAX_FRAME_BYTES_CEILING
             || l.max_frame_bytes < 1024
@@ -755,6 +767,12 @@ mod tests {
         config.limits.memory_budget_bytes = 2 * u64::from(config.limits.max_frame_bytes) - 1;
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("memory_budget_bytes"), "{err}");
+        for reservation in [0, MAX_SEQ_RESERVATION + 1] {
+            let mut config = Config::default();
+            config.storage.seq_reservation = reservation;
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("seq_reservation"), "{err}");
+        }
     }
 
     #[test]

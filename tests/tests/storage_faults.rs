@@ -538,3 +538,52 @@ async fn damage_in_checkpointed_segments_found_at_start_is_contained_and_repaire
         .dropped;
     assert_eq!(dropped, 5 + 6, "both skipped ranges count as dropped");
 }
+
+#[tokio::test]
+async fn an_unreadable_high_water_file_at_start_damages_only_its_topic_until_repair() {
+    let (fs, broker, mut c) = faulty_broker("marked", |_| {}).await;
+    for i in 1..=3 {
+        publish_ok(&mut c, "marked", i).await;
+    }
+    drop(c);
+    let mark = topic_dir(&broker, "marked").join("high-water");
+    let mut broker = broker;
+    broker.stop().await;
+    fs.fail_reads_of_file(&mark).expect("mark the file bad");
+    let broker = broker.restart().await;
+    match health(&broker, "marked") {
+        TopicHealth::Damaged { at_seq, reason } => {
+            assert_eq!(at_seq, 4, "everything stored is served");
+            assert!(reason.contains("high-water"), "{reason}");
+        }
+        other => panic!("expected Damaged, got {other:?}"),
+    }
+    let mut c = RawClient::connect(broker.addr).await;
+    assert_eq!(
+        publish_ok(&mut c, "neighbour", 0).await,
+        1,
+        "the broker serves"
+    );
+    c.send(Frame::RepairTopic(RepairTopic {
+        req: 3,
+        name: "marked".into(),
+    }))
+    .await;
+    match c.recv().await {
+        Frame::TopicRepaired(r) => {
+            assert!(
+                r.quarantined[0].starts_with("quarantine/high-water"),
+                "{r:?}"
+            );
+            assert_eq!((r.skipped, r.health), (None, TopicHealth::Healthy));
+        }
+        other => panic!("expected TopicRepaired, got {other:?}"),
+    }
+    let seq = publish_ok(&mut c, "marked", 4).await;
+    assert!(
+        seq > 4,
+        "numbering resumes past a reservation window: {seq}"
+    );
+    let got = read_all(broker.addr, "marked", "g", 4).await;
+    assert_eq!(got, (1..=4).map(payload).collect::<Vec<_>>());
+}

@@ -34,6 +34,9 @@ struct Plan {
     writes: Option<Fault>,
     syncs: Option<Fault>,
     reads: Option<Fault>,
+    /// Files (by inode) whose every read fails with EIO: a bad sector follows its file through
+    /// a rename, and a new file at the same path reads fine.
+    bad_inodes: Vec<u64>,
     state_flushes: Option<Fault>,
 }
 
@@ -73,6 +76,15 @@ impl FaultyFs {
         plan.reads = fault;
     }
 
+    /// From now on, every read of the file now at `path` fails with EIO, wherever it is renamed
+    /// to (a bad sector); a new file created at `path` afterwards reads fine.
+    pub fn fail_reads_of_file(&self, path: &Path) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(path)?.ino();
+        self.lock().bad_inodes.push(ino);
+        Ok(())
+    }
+
     /// From now on, every flush of the state store fails with `fault`; `None` stops that.
     pub fn fail_state_flushes(&self, fault: Option<Fault>) {
         self.lock().state_flushes = fault;
@@ -88,6 +100,8 @@ impl FaultyFs {
 struct FaultyFile {
     inner: Box<dyn StorageFile>,
     path: PathBuf,
+    /// The file's inode when it was opened.
+    ino: u64,
     plan: Arc<Mutex<Plan>>,
 }
 
@@ -106,6 +120,15 @@ impl FaultyFile {
 impl StorageFile for FaultyFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.fault(|p| p.reads)?;
+        if self
+            .plan
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bad_inodes
+            .contains(&self.ino)
+        {
+            return Err(Fault::Io.error());
+        }
         self.inner.read_at(buf, offset)
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -135,8 +158,11 @@ impl StorageFs for FaultyFs {
         OsFs.list(dir)
     }
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn StorageFile>> {
+        use std::os::unix::fs::MetadataExt;
+        let inner = OsFs.open(path, mode)?;
         Ok(Box::new(FaultyFile {
-            inner: OsFs.open(path, mode)?,
+            ino: std::fs::metadata(path).map_or(0, |m| m.ino()),
+            inner,
             path: path.to_path_buf(),
             plan: self.plan.clone(),
         }))

@@ -249,6 +249,8 @@ pub struct SegmentLog {
     damage: Option<Damage>,
     /// The durable high-water mark (see `high_water.rs`).
     high_water: high_water::Recorder,
+    /// Why the high-water mark could not be read at open, if it could not.
+    mark_unreadable: Option<String>,
     /// Where the last successful sync left the log: the active segment's base, its size and
     /// `next_seq` then. A failed sync cuts the log back to it (see [`SegmentLog::sync`]).
     synced: (u64, u64, u64),
@@ -354,9 +356,15 @@ impl SegmentLog {
                 holes.insert(from, to);
             }
         }
-        let loaded = high_water::load(fs.as_ref(), dir)?;
+        // A mark that cannot be read (an I/O error, not bad content): which seqs were confirmed
+        // or reserved is unknown, so nothing is cut and the log opens damaged.
+        let (loaded, mark_unreadable) = match high_water::load(fs.as_ref(), dir) {
+            Ok(loaded) => (loaded, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         let mut log = SegmentLog {
             high_water: high_water::Recorder::new(dir, loaded),
+            mark_unreadable,
             fs,
             dir: dir.to_path_buf(),
             config,
@@ -382,7 +390,19 @@ impl SegmentLog {
             log.dir_dirty = true;
         }
         log.disk_bytes = log.segments.iter().map(|s| s.size).sum();
-        let confirmed = log.high_water.last().synced_next;
+        if let Some(e) = log.mark_unreadable.clone().filter(|_| log.damage.is_none()) {
+            let damage = Damage {
+                seq: log.next_seq(),
+                segment: dir.join(high_water::FILE_NAME),
+                offset: 0,
+                reason: format!(
+                    "cannot read the high-water mark ({e}): which seqs were confirmed or \
+                     reserved is unknown"
+                ),
+            };
+            log.damaged(damage);
+        }
+        let confirmed = log.confirmed_bound();
         if log.damage.is_none() && log.next_seq() < confirmed {
             let active = log.active();
             let damage = Damage {
@@ -449,6 +469,15 @@ impl SegmentLog {
         Ok(())
     }
 
+    /// Every seq below this may have been confirmed: the high-water mark's synced end, or
+    /// everything when the mark could not be read.
+    fn confirmed_bound(&self) -> u64 {
+        match self.mark_unreadable {
+            Some(_) => u64::MAX,
+            None => self.high_water.last().synced_next,
+        }
+    }
+
     /// The holes of the log: ranges `from..to` of sequences that hold no record, in order.
     pub fn holes(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.holes.iter().map(|(&from, &to)| (from, to))
@@ -473,7 +502,7 @@ impl SegmentLog {
             let path = segment::log_path(&dir, base);
             let (file, file_len) = Segment::open_file(fs, &path)?;
             if next_base.is_some() {
-                let confirmed = self.high_water.last().synced_next;
+                let confirmed = self.confirmed_bound();
                 // A checkpoint that cannot be read is no checkpoint: the segment is scanned.
                 let loaded = checkpoint::load(fs, &dir, base)
                     .unwrap_or_else(|e| Some(Err(format!("cannot read it: {e}"))));
@@ -582,7 +611,7 @@ impl SegmentLog {
                     Ok(_) => {}
                 }
             }
-            let confirmed = self.high_water.last().synced_next;
+            let confirmed = self.confirmed_bound();
             if synced_past.is_none() && seg.next_seq < confirmed {
                 synced_past = Some(format!(
                     "{reason}; everything below {confirmed} had been synced (high-water mark)"

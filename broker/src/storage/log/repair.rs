@@ -4,6 +4,11 @@
 //! `holes.rs`), so the log serves again and numbers on past every sequence that may have been
 //! confirmed. Nothing is deleted: the quarantined file keeps the evidence (and any valid records
 //! past the bad spot) for the operator.
+//!
+//! A `high-water` file that could not be read is quarantined the same way and replaced by a
+//! mark reserving one `seq_reservation` window past the log's end: numbering resumes there.
+//! What the lost mark knew is gone — a disk that also dropped confirmed records past the end
+//! is then covered only as far as that window.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -12,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::storage::fs::{read_exact_at, Fs, OpenMode};
 
 use super::segment::{self, Segment};
-use super::{checkpoint, holes, Damage, LogConfig, LogError, SegmentLog};
+use super::{checkpoint, high_water, holes, Damage, LogConfig, LogError, SegmentLog};
 
 /// The directory, inside a log's directory, that damaged files are moved to.
 pub const QUARANTINE_DIR: &str = "quarantine";
@@ -52,6 +57,28 @@ impl SegmentLog {
                 _ => return Ok((log, Repaired::default())),
             },
         };
+        let mark = dir.join(high_water::FILE_NAME);
+        if found.segment == mark {
+            // The mark could not be read; everything else is whole. It is quarantined and a new
+            // one reserves one window past the end, so numbering resumes there (a hole).
+            let end = found.seq;
+            drop(log);
+            tracing::warn!(dir = %dir.display(), %found, "repairing log: quarantining its unreadable high-water mark");
+            let moved = move_to_quarantine(&fs, dir, &mark)?;
+            let mut fresh = high_water::Recorder::new(dir, None);
+            fresh.record(
+                fs.as_ref(),
+                0,
+                end.saturating_add(config.seq_reservation.max(1)),
+            )?;
+            fs.sync_dir(dir)?;
+            let log = SegmentLog::open_on(fs, dir, config)?;
+            let repaired = Repaired {
+                skipped: None,
+                quarantined: vec![moved],
+            };
+            return Ok((log, repaired));
+        }
         let name = found.segment.file_name().and_then(|n| n.to_str());
         let Some(base) = name.and_then(|n| segment::parse_name(n, ".log")) else {
             return Err(LogError::Io(io::Error::other(format!(
@@ -66,10 +93,16 @@ impl SegmentLog {
             .filter(|&b| b > base)
             .min();
         let mark = log.high_water.last();
+        // With the mark unreadable, one reservation window past the damage at least.
+        let unknown = match log.mark_unreadable {
+            Some(_) => found.seq.saturating_add(config.seq_reservation.max(1)),
+            None => 0,
+        };
         let to = next_base.unwrap_or_else(|| {
             (found.seq + 1)
                 .max(mark.reserved_next)
                 .max(mark.synced_next)
+                .max(unknown)
         });
         drop(log);
         tracing::warn!(dir = %dir.display(), from = found.seq, to, %found, "repairing damaged log: quarantining the segment and skipping the damaged range");
@@ -123,14 +156,9 @@ impl SegmentLog {
     }
 }
 
-/// Moves the damaged segment to `quarantine/` (when it holds anything past the damage) and
-/// copies its valid prefix back under its name, synced. Returns the quarantined paths.
-fn quarantine(fs: &Fs, dir: &Path, found: &Damage) -> Result<Vec<PathBuf>, LogError> {
-    let (file, file_len) = Segment::open_file(fs.as_ref(), &found.segment)?;
-    drop(file);
-    if file_len <= found.offset {
-        return Ok(Vec::new());
-    }
+/// Moves `path` (a file in the log's directory `dir`), whole, to `quarantine/<name>.<unix
+/// time>`, durably. Returns where it went.
+fn move_to_quarantine(fs: &Fs, dir: &Path, path: &Path) -> Result<PathBuf, LogError> {
     let qdir = dir.join(QUARANTINE_DIR);
     if !fs.is_dir(&qdir) {
         fs.create_dir_all(&qdir)?;
@@ -139,15 +167,26 @@ fn quarantine(fs: &Fs, dir: &Path, found: &Damage) -> Result<Vec<PathBuf>, LogEr
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let name = found
-        .segment
+    let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let moved = qdir.join(format!("{name}.{secs}"));
-    fs.rename(&found.segment, &moved)?;
+    fs.rename(path, &moved)?;
     fs.sync_dir(&qdir)?;
     fs.sync_dir(dir)?;
+    Ok(moved)
+}
+
+/// Moves the damaged segment to `quarantine/` (when it holds anything past the damage) and
+/// copies its valid prefix back under its name, synced. Returns the quarantined paths.
+fn quarantine(fs: &Fs, dir: &Path, found: &Damage) -> Result<Vec<PathBuf>, LogError> {
+    let (file, file_len) = Segment::open_file(fs.as_ref(), &found.segment)?;
+    drop(file);
+    if file_len <= found.offset {
+        return Ok(Vec::new());
+    }
+    let moved = move_to_quarantine(fs, dir, &found.segment)?;
     let src = fs.open(&moved, OpenMode::Existing)?;
     let dst = fs.open(&found.segment, OpenMode::CreateNew)?;
     let mut buf = vec![0u8; COPY_CHUNK.min(found.offset as usize)];

@@ -295,3 +295,35 @@ fn a_checkpoint_that_cannot_be_read_at_open_has_its_segment_scanned_instead() {
     assert_eq!(log.next_seq(), confirmed + 1);
     assert_eq!(check_stored(&log, 1) as u64, confirmed);
 }
+
+#[test]
+fn an_unreadable_high_water_mark_damages_the_log_until_repair_replaces_it() {
+    use crate::storage::fault::FaultyFs;
+    let dir = tempfile::tempdir().unwrap();
+    let confirmed = {
+        let mut log = SegmentLog::open(dir.path(), reserving(8)).unwrap();
+        confirm_n(&mut log, 20)
+    };
+    let mark = dir.path().join(high_water::FILE_NAME);
+    let faulty = FaultyFs::new();
+    faulty.fail_reads_of_file(&mark).unwrap();
+    let fs: crate::storage::fs::Fs = std::sync::Arc::new(faulty.clone());
+    let log = SegmentLog::open_on(fs.clone(), dir.path(), reserving(8)).unwrap();
+    let damage = log.damage().expect("an unreadable mark is damage").clone();
+    assert!(damage.reason.contains("high-water"), "{}", damage.reason);
+    assert_eq!(damage.seq, confirmed + 1, "everything stored is served");
+    assert_eq!(check_stored(&log, 1) as u64, confirmed);
+    drop(log);
+    // The bad sector stays with the old file, which repair moves to quarantine.
+    let (mut log, repaired) = SegmentLog::repair(fs, dir.path(), reserving(8), None).unwrap();
+    assert_eq!(repaired.skipped, None);
+    assert_eq!(repaired.quarantined.len(), 1);
+    assert!(repaired.quarantined[0].starts_with(dir.path().join(QUARANTINE_DIR)));
+    assert!(log.damage().is_none());
+    assert_eq!(log.next_seq(), confirmed + 1 + 8, "one window past the end");
+    assert_eq!(check_stored(&log, 1) as u64, confirmed);
+    assert_eq!(
+        log.append_batch(&[Message::default()], 1).unwrap(),
+        confirmed + 9
+    );
+}
