@@ -71,10 +71,32 @@ async fn read_until(
     out
 }
 
-/// A broker on a [`FaultyFs`] (`tweak` adjusting its configuration), a client, and the topics
-/// `topic` and `neighbour` created.
+/// Where topic `name` is damaged, and why; panics if it is not damaged.
+fn damaged_at(broker: &TestBroker, name: &str) -> (u64, String) {
+    match health(broker, name) {
+        TopicHealth::Damaged { at_seq, reason } => (at_seq, reason),
+        other => panic!("expected {name} damaged, got {other:?}"),
+    }
+}
+
+/// Sends `RepairTopic` for `name` and returns the answer, which must be `TopicRepaired`.
+async fn repair(c: &mut RawClient, name: &str) -> weir_protocol::TopicRepaired {
+    c.send(Frame::RepairTopic(RepairTopic {
+        req: 99,
+        name: name.into(),
+    }))
+    .await;
+    match c.recv().await {
+        Frame::TopicRepaired(r) if r.req == 99 => r,
+        other => panic!("expected TopicRepaired for request 99, got {other:?}"),
+    }
+}
+
+/// A broker on a [`FaultyFs`] (`tweak` adjusting its configuration), a client, the topics
+/// `topic` and `neighbour` created, and [`payload`]s `1..=published` published to `topic`.
 async fn faulty_broker(
     topic: &str,
+    published: u64,
     tweak: impl FnOnce(&mut weir_broker::config::Config),
 ) -> (FaultyFs, TestBroker, RawClient) {
     let fs = FaultyFs::new();
@@ -82,12 +104,15 @@ async fn faulty_broker(
     let mut c = RawClient::connect(broker.addr).await;
     create(&mut c, topic).await;
     create(&mut c, "neighbour").await;
+    for i in 1..=published {
+        publish_ok(&mut c, topic, i).await;
+    }
     (fs, broker, c)
 }
 
 #[tokio::test]
 async fn a_full_disk_refuses_with_storage_full_and_the_topic_serves_again_when_space_returns() {
-    let (fs, broker, mut c) = faulty_broker("full", |_| {}).await;
+    let (fs, broker, mut c) = faulty_broker("full", 0, |_| {}).await;
     publish_ok(&mut c, "full", 0).await;
 
     fs.fail_writes(&topic_dir(&broker, "full"), Some(Fault::NoSpace));
@@ -122,7 +147,7 @@ async fn a_full_disk_refuses_with_storage_full_and_the_topic_serves_again_when_s
 
 #[tokio::test]
 async fn a_failed_fdatasync_fences_the_topic_until_repair_and_the_outcome_is_unknown() {
-    let (fs, broker, mut c) = faulty_broker("fenced", |_| {}).await;
+    let (fs, broker, mut c) = faulty_broker("fenced", 0, |_| {}).await;
     publish_ok(&mut c, "fenced", 0).await;
 
     fs.fail_syncs(&topic_dir(&broker, "fenced"), Some(Fault::Io));
@@ -152,15 +177,8 @@ async fn a_failed_fdatasync_fences_the_topic_until_repair_and_the_outcome_is_unk
         .expect("listed");
     assert_eq!(shown.health.state(), "failed", "topic info shows why");
 
-    c.send(Frame::RepairTopic(RepairTopic {
-        req: 7,
-        name: "fenced".into(),
-    }))
-    .await;
-    match c.recv().await {
-        Frame::TopicRepaired(r) => assert_eq!((r.req, r.health), (7, TopicHealth::Healthy)),
-        other => panic!("expected TopicRepaired, got {other:?}"),
-    }
+    let r = repair(&mut c, "fenced").await;
+    assert_eq!(r.health, TopicHealth::Healthy);
     // The failed publish was cut back to the last good sync (its publisher was told the
     // outcome was unknown, and a cut that fails would leave it deliverable); numbering resumes
     // past the reserved seqs, so its seq is never handed out again.
@@ -189,17 +207,11 @@ fn damage_record(dir: &Path, base: u64, seq: u64) {
 
 #[tokio::test]
 async fn a_record_damaged_on_disk_stops_its_groups_there_tells_subscribers_and_refuses_publishes() {
-    let broker = TestBroker::start_with(|c| {
+    let (_, broker, mut c) = faulty_broker("damaged", 20, |c| {
         c.storage.segment_bytes = 1024;
         c.storage.tail_cache_bytes = 0;
     })
     .await;
-    let mut c = RawClient::connect(broker.addr).await;
-    create(&mut c, "damaged").await;
-    create(&mut c, "neighbour").await;
-    for i in 1..=20 {
-        publish_ok(&mut c, "damaged", i).await;
-    }
     // Records 1..=8 are in the first (sealed) segment; damage record 4.
     damage_record(&topic_dir(&broker, "damaged"), 1, 4);
 
@@ -224,10 +236,7 @@ async fn a_record_damaged_on_disk_stops_its_groups_there_tells_subscribers_and_r
             .is_none(),
         "nothing past the damage is delivered"
     );
-    match health(&broker, "damaged") {
-        TopicHealth::Damaged { at_seq, .. } => assert_eq!(at_seq, 4),
-        other => panic!("expected Damaged, got {other:?}"),
-    }
+    assert_eq!(damaged_at(&broker, "damaged").0, 4);
     match c.publish("damaged", payload(21)).await {
         Frame::Rejected(r) => assert_eq!(r.reason, RejectReason::StorageDamaged),
         other => panic!("expected Rejected{{StorageDamaged}}, got {other:?}"),
@@ -242,15 +251,7 @@ async fn a_record_damaged_on_disk_stops_its_groups_there_tells_subscribers_and_r
 
     // `weir topic repair`: the damaged segment is quarantined, its range skipped with a Gap
     // counted as dropped, and the topic serves and takes publishes again.
-    c.send(Frame::RepairTopic(RepairTopic {
-        req: 5,
-        name: "damaged".into(),
-    }))
-    .await;
-    let repaired = match c.recv().await {
-        Frame::TopicRepaired(r) => r,
-        other => panic!("expected TopicRepaired, got {other:?}"),
-    };
+    let repaired = repair(&mut c, "damaged").await;
     assert_eq!(repaired.health, TopicHealth::Healthy);
     assert_eq!(
         repaired.skipped,
@@ -297,13 +298,7 @@ async fn a_record_damaged_on_disk_stops_its_groups_there_tells_subscribers_and_r
 
 #[tokio::test]
 async fn damage_found_at_start_is_contained_to_its_topic_and_its_files_are_kept() {
-    let broker = TestBroker::start_with(|c| c.storage.segment_bytes = 1024).await;
-    let mut c = RawClient::connect(broker.addr).await;
-    create(&mut c, "damaged").await;
-    create(&mut c, "neighbour").await;
-    for i in 1..=20 {
-        publish_ok(&mut c, "damaged", i).await;
-    }
+    let (_, broker, mut c) = faulty_broker("damaged", 20, |c| c.storage.segment_bytes = 1024).await;
     publish_ok(&mut c, "neighbour", 0).await;
     drop(c);
     let dir = topic_dir(&broker, "damaged");
@@ -319,10 +314,7 @@ async fn damage_found_at_start_is_contained_to_its_topic_and_its_files_are_kept(
         .collect();
     let broker = broker.restart().await;
 
-    match health(&broker, "damaged") {
-        TopicHealth::Damaged { at_seq, .. } => assert_eq!(at_seq, 11),
-        other => panic!("expected Damaged at start, got {other:?}"),
-    }
+    assert_eq!(damaged_at(&broker, "damaged").0, 11);
     let got = read_all(broker.addr, "damaged", "g", 10).await;
     assert_eq!(
         got,
@@ -343,20 +335,11 @@ async fn damage_found_at_start_is_contained_to_its_topic_and_its_files_are_kept(
 
     // Repaired, the topic skips 11..=16 and stays repaired across a restart (the hole is on
     // disk), numbering past everything it ever confirmed.
-    c.send(Frame::RepairTopic(RepairTopic {
-        req: 6,
-        name: "damaged".into(),
-    }))
-    .await;
-    match c.recv().await {
-        Frame::TopicRepaired(r) => {
-            assert_eq!(
-                (r.skipped, r.health),
-                (Some((11, 16)), TopicHealth::Healthy)
-            )
-        }
-        other => panic!("expected TopicRepaired, got {other:?}"),
-    }
+    let r = repair(&mut c, "damaged").await;
+    assert_eq!(
+        (r.skipped, r.health),
+        (Some((11, 16)), TopicHealth::Healthy)
+    );
     drop(c);
     let mut broker = broker;
     broker.stop().await;
@@ -390,13 +373,10 @@ async fn await_metric(broker: &TestBroker, name: &str, want: impl Fn(f64) -> boo
 
 #[tokio::test]
 async fn a_failing_state_flush_is_shown_and_costs_at_most_redeliveries() {
-    let (fs, broker, mut c) = faulty_broker("acks", |c| {
+    let (fs, broker, mut c) = faulty_broker("acks", 4, |c| {
         c.storage.state_flush_ms = 10;
     })
     .await;
-    for i in 1..=4 {
-        publish_ok(&mut c, "acks", i).await;
-    }
     fs.fail_state_flushes(Some(Fault::Io));
     let mut sub = RawClient::connect(broker.addr).await;
     sub.subscribe(1, "acks", "g", 10).await;
@@ -430,13 +410,10 @@ async fn a_failing_state_flush_is_shown_and_costs_at_most_redeliveries() {
 
 #[tokio::test]
 async fn a_read_error_while_delivering_is_damage_until_repair_finds_the_segment_readable() {
-    let (fs, broker, mut c) = faulty_broker("sector", |c| {
+    let (fs, broker, mut c) = faulty_broker("sector", 3, |c| {
         c.storage.tail_cache_bytes = 0;
     })
     .await;
-    for i in 1..=3 {
-        publish_ok(&mut c, "sector", i).await;
-    }
     fs.fail_reads(&topic_dir(&broker, "sector"), Some(Fault::Io));
     let mut sub = RawClient::connect(broker.addr).await;
     sub.subscribe(4, "sector", "g", 10).await;
@@ -444,42 +421,25 @@ async fn a_read_error_while_delivering_is_damage_until_repair_finds_the_segment_
         Frame::Error(e) => assert_eq!((e.req, e.code), (4, ErrorCode::StorageDamaged)),
         other => panic!("expected the damage notice, got {other:?}"),
     }
-    match health(&broker, "sector") {
-        TopicHealth::Damaged { at_seq, reason } => {
-            assert_eq!(at_seq, 1);
-            assert!(reason.contains("cannot read"), "{reason}");
-        }
-        other => panic!("expected Damaged, got {other:?}"),
-    }
+    let (at_seq, reason) = damaged_at(&broker, "sector");
+    assert_eq!(at_seq, 1);
+    assert!(reason.contains("cannot read"), "{reason}");
     assert_eq!(publish_ok(&mut c, "neighbour", 0).await, 1);
 
     // The read error was transient: repair scans the segment, finds it whole, skips nothing.
     fs.fail_reads(&topic_dir(&broker, "sector"), None);
-    c.send(Frame::RepairTopic(RepairTopic {
-        req: 8,
-        name: "sector".into(),
-    }))
-    .await;
-    match c.recv().await {
-        Frame::TopicRepaired(r) => assert_eq!(
-            (r.skipped, r.quarantined.len(), r.health),
-            (None, 0, TopicHealth::Healthy)
-        ),
-        other => panic!("expected TopicRepaired, got {other:?}"),
-    }
+    let r = repair(&mut c, "sector").await;
+    assert_eq!(
+        (r.skipped, r.quarantined.len(), r.health),
+        (None, 0, TopicHealth::Healthy)
+    );
     let got: Vec<u64> = sub.deliveries(3).await.iter().map(|d| d.seq).collect();
     assert_eq!(got, [1, 2, 3]);
 }
 
 #[tokio::test]
 async fn damage_in_checkpointed_segments_found_at_start_is_contained_and_repaired_range_by_range() {
-    let broker = TestBroker::start_with(|c| c.storage.segment_bytes = 1024).await;
-    let mut c = RawClient::connect(broker.addr).await;
-    create(&mut c, "damaged").await;
-    create(&mut c, "neighbour").await;
-    for i in 1..=30 {
-        publish_ok(&mut c, "damaged", i).await;
-    }
+    let (_, broker, c) = faulty_broker("damaged", 30, |c| c.storage.segment_bytes = 1024).await;
     drop(c);
     let dir = topic_dir(&broker, "damaged");
     let mut broker = broker;
@@ -489,43 +449,24 @@ async fn damage_in_checkpointed_segments_found_at_start_is_contained_and_repaire
     damage_record(&dir, 1, 4);
     damage_record(&dir, 17, 19);
     let broker = broker.restart().await;
-    match health(&broker, "damaged") {
-        TopicHealth::Damaged { at_seq, .. } => assert_eq!(at_seq, 4),
-        other => panic!("expected Damaged at start, got {other:?}"),
-    }
+    assert_eq!(damaged_at(&broker, "damaged").0, 4);
     let mut c = RawClient::connect(broker.addr).await;
     assert_eq!(
         publish_ok(&mut c, "neighbour", 1).await,
         1,
         "the broker serves"
     );
-    let repair = |req: u64| {
-        Frame::RepairTopic(RepairTopic {
-            req,
-            name: "damaged".into(),
-        })
-    };
-    c.send(repair(1)).await;
-    match c.recv().await {
-        Frame::TopicRepaired(r) => {
-            assert_eq!(r.skipped, Some((4, 8)));
-            match r.health {
-                TopicHealth::Damaged { at_seq, .. } => assert_eq!(at_seq, 19, "found next"),
-                other => panic!("expected the next damage, got {other:?}"),
-            }
-        }
-        other => panic!("expected TopicRepaired, got {other:?}"),
+    let r = repair(&mut c, "damaged").await;
+    assert_eq!(r.skipped, Some((4, 8)));
+    match r.health {
+        TopicHealth::Damaged { at_seq, .. } => assert_eq!(at_seq, 19, "found next"),
+        other => panic!("expected the next damage, got {other:?}"),
     }
-    c.send(repair(2)).await;
-    match c.recv().await {
-        Frame::TopicRepaired(r) => {
-            assert_eq!(
-                (r.skipped, r.health),
-                (Some((19, 24)), TopicHealth::Healthy)
-            )
-        }
-        other => panic!("expected TopicRepaired, got {other:?}"),
-    }
+    let r = repair(&mut c, "damaged").await;
+    assert_eq!(
+        (r.skipped, r.health),
+        (Some((19, 24)), TopicHealth::Healthy)
+    );
     let got = read_all(broker.addr, "damaged", "g", 19).await;
     let want: Vec<Vec<u8>> = (1..=3).chain(9..=18).chain(25..=30).map(payload).collect();
     assert_eq!(got, want);
@@ -541,44 +482,28 @@ async fn damage_in_checkpointed_segments_found_at_start_is_contained_and_repaire
 
 #[tokio::test]
 async fn an_unreadable_high_water_file_at_start_damages_only_its_topic_until_repair() {
-    let (fs, broker, mut c) = faulty_broker("marked", |_| {}).await;
-    for i in 1..=3 {
-        publish_ok(&mut c, "marked", i).await;
-    }
+    let (fs, broker, c) = faulty_broker("marked", 3, |_| {}).await;
     drop(c);
     let mark = topic_dir(&broker, "marked").join("high-water");
     let mut broker = broker;
     broker.stop().await;
     fs.fail_reads_of_file(&mark).expect("mark the file bad");
     let broker = broker.restart().await;
-    match health(&broker, "marked") {
-        TopicHealth::Damaged { at_seq, reason } => {
-            assert_eq!(at_seq, 4, "everything stored is served");
-            assert!(reason.contains("high-water"), "{reason}");
-        }
-        other => panic!("expected Damaged, got {other:?}"),
-    }
+    let (at_seq, reason) = damaged_at(&broker, "marked");
+    assert_eq!(at_seq, 4, "everything stored is served");
+    assert!(reason.contains("high-water"), "{reason}");
     let mut c = RawClient::connect(broker.addr).await;
     assert_eq!(
         publish_ok(&mut c, "neighbour", 0).await,
         1,
         "the broker serves"
     );
-    c.send(Frame::RepairTopic(RepairTopic {
-        req: 3,
-        name: "marked".into(),
-    }))
-    .await;
-    match c.recv().await {
-        Frame::TopicRepaired(r) => {
-            assert!(
-                r.quarantined[0].starts_with("quarantine/high-water"),
-                "{r:?}"
-            );
-            assert_eq!((r.skipped, r.health), (None, TopicHealth::Healthy));
-        }
-        other => panic!("expected TopicRepaired, got {other:?}"),
-    }
+    let r = repair(&mut c, "marked").await;
+    assert!(
+        r.quarantined[0].starts_with("quarantine/high-water"),
+        "{r:?}"
+    );
+    assert_eq!((r.skipped, r.health), (None, TopicHealth::Healthy));
     let seq = publish_ok(&mut c, "marked", 4).await;
     assert!(
         seq > 4,
