@@ -178,6 +178,18 @@ impl Recorder {
         if unchanged && self.last.generation > 0 {
             return Ok(false);
         }
+        self.persist(fs, synced_next, reserved_next)
+    }
+
+    /// [`Recorder::record`], written even if nothing changed: at open, so that a mark read
+    /// back from the page cache after a failed fdatasync (not durable) is made durable before
+    /// anything relies on it.
+    pub(crate) fn persist(
+        &mut self,
+        fs: &dyn StorageFs,
+        synced_next: u64,
+        reserved_next: u64,
+    ) -> io::Result<bool> {
         let next = HighWater {
             generation: self.last.generation + 1,
             synced_next,

@@ -319,7 +319,9 @@ impl SegmentLog {
     /// like segments, checkpoints or hole markers are ignored; checkpoints without a segment and
     /// hole markers that bridge no two segments are removed. A log that ends below its durable
     /// seq reservation (an unclean stop) numbers on from the reservation, recording the hole
-    /// (see `high_water.rs` and `holes.rs`).
+    /// (see `high_water.rs` and `holes.rs`); one with no segment left but a mark starts past
+    /// the mark. The mark is written again at open (it may have been read from the page cache
+    /// after a failed fdatasync). A damaged log changes no file, but fsyncs what it will serve.
     pub fn open(dir: &Path, config: LogConfig) -> Result<SegmentLog, LogError> {
         Self::open_on(fs::os(), dir, config)
     }
@@ -386,7 +388,16 @@ impl SegmentLog {
         let bases: Vec<u64> = bases.into_iter().collect();
         log.recover(&bases)?;
         if log.segments.is_empty() {
-            log.segments.push(Segment::create(log.fs.as_ref(), dir, 1)?);
+            // A new log starts at 1; one whose every segment was reclaimed (a crash can keep
+            // the removal of the last one and lose the creation of the next) numbers on past
+            // everything its mark says may have been confirmed.
+            let mark = log.high_water.last();
+            let base = mark.synced_next.max(mark.reserved_next).max(1);
+            if base > 1 {
+                tracing::warn!(dir = %dir.display(), base, "log has no segment left: numbering on past its high-water mark");
+            }
+            log.segments
+                .push(Segment::create(log.fs.as_ref(), dir, base)?);
             log.dir_dirty = true;
         }
         log.disk_bytes = log.segments.iter().map(|s| s.size).sum();
@@ -430,7 +441,19 @@ impl SegmentLog {
             // checkpoints, removals) is made durable before anything here is trusted.
             log.dir_dirty = true;
             log.sync()?;
-            log.record_high_water()?;
+            // Written again even if unchanged: what was read may be only in the page cache.
+            let next = log.next_seq();
+            let reserved = log.high_water.last().reserved_next.max(next);
+            if log.high_water.persist(log.fs.as_ref(), next, reserved)? {
+                log.fs.sync_dir(dir)?;
+            }
+        } else {
+            // Damaged: nothing is cut, written or checkpointed, but what it serves is made
+            // durable first (it may be only in the page cache after a crash of the process).
+            for seg in log.segments.iter_mut().filter(|s| s.dirty) {
+                seg.sync_data()?;
+            }
+            log.fs.sync_dir(dir)?;
         }
         Ok(log)
     }
@@ -598,17 +621,10 @@ impl SegmentLog {
                 if synced_past.is_some() {
                     break;
                 }
-                match checkpoint::load(fs, &dir, l) {
-                    Ok(Some(Ok(_))) => {
-                        synced_past = Some(format!("{reason} (a later segment was synced)"))
-                    }
-                    // It may vouch for the bad spot: never cut on a guess.
-                    Err(e) => {
-                        synced_past = Some(format!(
-                            "{reason} (a later segment's checkpoint cannot be read: {e})"
-                        ))
-                    }
-                    Ok(_) => {}
+                // One that cannot be read may vouch for the bad spot: the open fails rather
+                // than cut on a guess.
+                if let Some(Ok(_)) = checkpoint::load(fs, &dir, l)? {
+                    synced_past = Some(format!("{reason} (a later segment was synced)"));
                 }
             }
             let confirmed = self.confirmed_bound();
