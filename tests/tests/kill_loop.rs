@@ -398,12 +398,22 @@ async fn repeated_sigkills_lose_nothing_confirmed_and_never_reuse_a_seq() {
             .collect();
         let first_lost = lost.iter().position(|&l| l).unwrap_or(lost.len());
         if let Some(kept) = lost[first_lost..].iter().position(|&l| !l) {
+            let of = |p: &str| -> Vec<(usize, u64)> {
+                seen.delivered
+                    .iter()
+                    .filter(|(_, _, q)| q == p)
+                    .map(|(r, s, _)| (*r, *s))
+                    .collect()
+            };
             panic!(
-                "run {k}: ack #{first_lost} ({}) was lost but the later ack #{} ({}) survived \
-                 the kill: group state not persisted as one snapshot\n{replay}",
+                "run {k}: ack #{first_lost} ({}, delivered {:?}) was lost but the later ack #{} \
+                 ({}, delivered {:?}) survived the kill: group state not persisted as one \
+                 snapshot\n{replay}",
                 acks[first_lost],
+                of(&acks[first_lost]),
                 first_lost + kept,
-                acks[first_lost + kept]
+                acks[first_lost + kept],
+                of(&acks[first_lost + kept])
             );
         }
         lost_acks += lost.len() - first_lost;
