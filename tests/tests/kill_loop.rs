@@ -3,8 +3,9 @@
 //!
 //! `WEIR_CRASH_ITERATIONS` kills (default 20), each at an event-driven point: once the producer
 //! has had a seeded number of publishes confirmed since the restart and the consumer a seeded
-//! number of deliveries (`WEIR_SIM_SEED` replays a run; the seed is printed). At the end a fresh
-//! group reads everything still stored, and the checker asserts:
+//! number of deliveries (`WEIR_SIM_SEED` replays a run; the seed is printed). At the end the
+//! group drains up to a sentinel (so every message whose ack a kill lost comes back to it, the
+//! last runs' too), a fresh group reads everything still stored, and the checker asserts:
 //!
 //! - every confirmed payload is stored: delivered to the group at least once, or read by the
 //!   fresh group from the earliest stored message;
@@ -173,6 +174,29 @@ async fn consume(addr: SocketAddr, seen: Arc<Mutex<Seen>>, run: usize, count: Ar
     }
 }
 
+/// The group's last run (`run`): consumes and acks until the sentinel (`sentinel_seq`) comes,
+/// recording every delivery in `seen`.
+async fn drain(addr: SocketAddr, seen: &Mutex<Seen>, run: usize, sentinel_seq: u64) {
+    lock(seen).acked.push(Vec::new());
+    let mut client = RawClient::connect(addr).await;
+    client.subscribe(1, TOPIC, GROUP, WINDOW).await;
+    loop {
+        let d = client.deliveries(1).await.remove(0);
+        let payload = String::from_utf8_lossy(&d.payload).into_owned();
+        {
+            let mut seen = lock(seen);
+            seen.delivered.push((run, d.seq, payload.clone()));
+            seen.unacked.insert(d.seq, payload);
+        }
+        ack(&mut client, seen, run, vec![d.seq])
+            .await
+            .expect("the drain acks");
+        if d.seq == sentinel_seq {
+            return;
+        }
+    }
+}
+
 /// Acks `seqs` and returns as much credit. Recorded before it is sent: an ack the kill cut off
 /// counts as sent (and lost).
 async fn ack(
@@ -272,7 +296,8 @@ async fn repeated_sigkills_lose_nothing_confirmed_and_never_reuse_a_seq() {
         s.unacked_at_kill.push(unacked);
     }
 
-    // The final restart: a sentinel marks the end, a fresh group reads everything stored.
+    // The final restart: a sentinel marks the end, the group drains, a fresh group reads
+    // everything stored.
     let broker = BrokerProcess::start(&data, &args);
     let mut client = RawClient::connect(broker.addr).await;
     let sentinel = "kl-sentinel";
@@ -281,12 +306,16 @@ async fn repeated_sigkills_lose_nothing_confirmed_and_never_reuse_a_seq() {
         Frame::PublishOk(ok) => ok.seq,
         other => panic!("the sentinel was not confirmed: {other:?}\n{replay}"),
     };
+    // The checker group first (it pins everything stored), then the group drains: every
+    // message whose ack a kill lost comes back to it now, so lost acks can be judged for every
+    // run, the last ones too.
     let mut reader = RawClient::connect(broker.addr).await;
     let spec = GroupSpec {
         start: StartPosition::Earliest,
         ..GroupSpec::default()
     };
     reader.subscribe_with(1, TOPIC, "checker", 500, spec).await;
+    drain(broker.addr, &seen, iterations, sentinel_seq).await;
     let mut stored: Vec<(u64, String)> = Vec::new();
     loop {
         let d = reader.deliveries(1).await.remove(0);

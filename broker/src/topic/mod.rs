@@ -322,6 +322,9 @@ pub struct Topic {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Which bound refused publishes to this topic lately.
     recent_refusals: Mutex<RecentRefusals>,
+    /// Held while group records are taken and written, so two savers (the periodic flush and
+    /// the dead-letter mover) never write an older record over a newer one.
+    saving: Mutex<()>,
 }
 
 /// The `sizes` entry of a seq in a hole of the log (no message's size: sizes stop below it).
@@ -457,6 +460,7 @@ impl Topic {
             stopping: env.stopping.clone(),
             tasks: Mutex::new(Vec::new()),
             recent_refusals: Mutex::new(RecentRefusals::default()),
+            saving: Mutex::new(()),
         });
         let max_batch = broker.storage.commit_max_batch as usize;
         let writer = env.tasks.spawn_on(
@@ -702,8 +706,10 @@ impl Topic {
     }
 
     /// Writes the state of every group that changed since the last call to the state store
-    /// (without flushing it). Blocking.
+    /// (without flushing it). Blocking. Callers are served one at a time, so records reach the
+    /// store in the order they were taken.
     pub fn save_dirty_groups(&self) -> Result<usize, TopicError> {
+        let _saving = lock(&self.saving);
         let records: Vec<(String, GroupRecord)> = {
             let mut st = lock(&self.state);
             st.groups
