@@ -79,6 +79,28 @@ fn damaged_at(broker: &TestBroker, name: &str) -> (u64, String) {
     }
 }
 
+/// The `dropped` count `topic info` shows for `name`.
+async fn dropped(c: &mut RawClient, name: &str) -> u64 {
+    c.list()
+        .await
+        .into_iter()
+        .find(|t| t.config.name == name)
+        .expect("listed")
+        .dropped
+}
+
+/// Connects and checks the broker serves beside a damaged topic: [`payload`] `i` published to
+/// `neighbour` gets seq `i + 1`. Returns the client.
+async fn neighbour_serves(broker: &TestBroker, i: u64) -> RawClient {
+    let mut c = RawClient::connect(broker.addr).await;
+    assert_eq!(
+        publish_ok(&mut c, "neighbour", i).await,
+        i + 1,
+        "the neighbour serves"
+    );
+    c
+}
+
 /// Sends `RepairTopic` for `name` and returns the answer, which must be `TopicRepaired`.
 async fn repair(c: &mut RawClient, name: &str) -> weir_protocol::TopicRepaired {
     c.send(Frame::RepairTopic(RepairTopic {
@@ -278,14 +300,11 @@ async fn a_record_damaged_on_disk_stops_its_groups_there_tells_subscribers_and_r
         "everything past it is served"
     );
     assert_eq!(health(&broker, "damaged"), TopicHealth::Healthy);
-    let dropped = c
-        .list()
-        .await
-        .into_iter()
-        .find(|t| t.config.name == "damaged")
-        .expect("listed")
-        .dropped;
-    assert_eq!(dropped, 5, "the skipped messages count as dropped");
+    assert_eq!(
+        dropped(&mut c, "damaged").await,
+        5,
+        "the skipped messages count as dropped"
+    );
     let seq = publish_ok(&mut c, "damaged", 21).await;
     assert!(seq > 20, "no seq is handed out again: {seq}");
     match sub.recv().await {
@@ -326,12 +345,7 @@ async fn damage_found_at_start_is_contained_to_its_topic_and_its_files_are_kept(
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(before.len(), after.len(), "no file removed or cut");
-    let mut c = RawClient::connect(broker.addr).await;
-    assert_eq!(
-        publish_ok(&mut c, "neighbour", 1).await,
-        2,
-        "the neighbour serves"
-    );
+    let mut c = neighbour_serves(&broker, 1).await;
 
     // Repaired, the topic skips 11..=16 and stays repaired across a restart (the hole is on
     // disk), numbering past everything it ever confirmed.
@@ -470,14 +484,11 @@ async fn damage_in_checkpointed_segments_found_at_start_is_contained_and_repaire
     let got = read_all(broker.addr, "damaged", "g", 19).await;
     let want: Vec<Vec<u8>> = (1..=3).chain(9..=18).chain(25..=30).map(payload).collect();
     assert_eq!(got, want);
-    let dropped = c
-        .list()
-        .await
-        .into_iter()
-        .find(|t| t.config.name == "damaged")
-        .expect("listed")
-        .dropped;
-    assert_eq!(dropped, 5 + 6, "both skipped ranges count as dropped");
+    assert_eq!(
+        dropped(&mut c, "damaged").await,
+        5 + 6,
+        "both skipped ranges count as dropped"
+    );
 }
 
 #[tokio::test]
@@ -492,12 +503,7 @@ async fn an_unreadable_high_water_file_at_start_damages_only_its_topic_until_rep
     let (at_seq, reason) = damaged_at(&broker, "marked");
     assert_eq!(at_seq, 4, "everything stored is served");
     assert!(reason.contains("high-water"), "{reason}");
-    let mut c = RawClient::connect(broker.addr).await;
-    assert_eq!(
-        publish_ok(&mut c, "neighbour", 0).await,
-        1,
-        "the broker serves"
-    );
+    let mut c = neighbour_serves(&broker, 0).await;
     let r = repair(&mut c, "marked").await;
     assert!(
         r.quarantined[0].starts_with("quarantine/high-water"),
