@@ -749,6 +749,17 @@ mod tests {
         f
     }
 
+    /// A layer holding the durable directory `/d` and in it the file `/d/f` with `content`,
+    /// synced (data and entry).
+    fn durable_file(content: &[u8]) -> (SimFs, Box<dyn StorageFile>) {
+        let fs = SimFs::new(DirCrash::Independent);
+        fs.create_dir_durable(&p("/d"));
+        let f = write_file(&fs, "/d/f", content);
+        f.sync_data().unwrap();
+        fs.sync_dir(&p("/d")).unwrap();
+        (fs, f)
+    }
+
     #[test]
     fn files_read_back_what_was_written_and_modes_behave() {
         let fs = SimFs::new(DirCrash::Independent);
@@ -785,11 +796,7 @@ mod tests {
     fn synced_content_and_entries_survive_every_crash() {
         for seed in 0..200 {
             let mut rng = SimRng::new(seed);
-            let fs = SimFs::new(DirCrash::Independent);
-            fs.create_dir_durable(&p("/d"));
-            let f = write_file(&fs, "/d/f", b"durable");
-            f.sync_data().unwrap();
-            fs.sync_dir(&p("/d")).unwrap();
+            let (fs, f) = durable_file(b"durable");
             f.write_all_at(b"+more", 7).unwrap();
             let after = fs.crash(&mut rng);
             let got = after.content(&p("/d/f")).unwrap();
@@ -803,11 +810,7 @@ mod tests {
         let mut lengths = std::collections::BTreeSet::new();
         for seed in 0..300 {
             let mut rng = SimRng::new(seed);
-            let fs = SimFs::new(DirCrash::Independent);
-            fs.create_dir_durable(&p("/d"));
-            let f = write_file(&fs, "/d/f", b"ab");
-            f.sync_data().unwrap();
-            fs.sync_dir(&p("/d")).unwrap();
+            let (fs, f) = durable_file(b"ab");
             f.write_all_at(b"cdefg", 2).unwrap();
             lengths.insert(fs.crash(&mut rng).content(&p("/d/f")).unwrap().len());
         }
@@ -818,11 +821,7 @@ mod tests {
     fn unsynced_truncation_and_rewrite_are_undone() {
         for seed in 0..50 {
             let mut rng = SimRng::new(seed);
-            let fs = SimFs::new(DirCrash::Independent);
-            fs.create_dir_durable(&p("/d"));
-            let f = write_file(&fs, "/d/f", b"0123456789");
-            f.sync_data().unwrap();
-            fs.sync_dir(&p("/d")).unwrap();
+            let (fs, f) = durable_file(b"0123456789");
             f.set_len(4).unwrap();
             assert_eq!(
                 fs.crash(&mut rng).content(&p("/d/f")).unwrap(),
@@ -977,24 +976,17 @@ mod tests {
         ] {
             let before = fs.calls(op);
             fs.inject(op, 1, Fault::Eio, true);
-            let r = match call {
+            let attempt = || match call {
                 0 => fs.rename(&p("/d/f"), &p("/d/g")),
                 1 => fs.sync_dir(&p("/d")),
                 2 => fs.open(&p("/d/h"), OpenMode::CreateNew).map(drop),
                 3 => fs.remove_file(&p("/d/f")),
                 _ => f.set_len(0),
             };
-            assert!(r.is_err(), "{op:?}");
+            assert!(attempt().is_err(), "{op:?}");
             assert_eq!(fs.calls(op), before + 1);
             // Sticky: the next call fails too.
-            let r = match call {
-                0 => fs.rename(&p("/d/f"), &p("/d/g")),
-                1 => fs.sync_dir(&p("/d")),
-                2 => fs.open(&p("/d/h"), OpenMode::CreateNew).map(drop),
-                3 => fs.remove_file(&p("/d/f")),
-                _ => f.set_len(0),
-            };
-            assert!(r.is_err(), "{op:?} sticky");
+            assert!(attempt().is_err(), "{op:?} sticky");
         }
         // None of the failed calls changed anything.
         assert_eq!(fs.list(&p("/d")).unwrap(), vec!["f".to_owned()]);
@@ -1005,11 +997,7 @@ mod tests {
 
     #[test]
     fn pages_dropped_by_a_failed_sync_never_become_durable_unless_rewritten() {
-        let fs = SimFs::new(DirCrash::Independent);
-        fs.create_dir_durable(&p("/d"));
-        let f = write_file(&fs, "/d/f", b"abc");
-        f.sync_data().unwrap();
-        fs.sync_dir(&p("/d")).unwrap();
+        let (fs, f) = durable_file(b"abc");
         f.write_all_at(b"def", 3).unwrap();
         fs.inject(Op::SyncData, 1, Fault::EioLosePages, false);
         assert_eq!(f.sync_data().unwrap_err().raw_os_error(), Some(libc::EIO));
@@ -1028,11 +1016,7 @@ mod tests {
 
     #[test]
     fn armed_crash_takes_the_image_before_the_chosen_call() {
-        let fs = SimFs::new(DirCrash::Independent);
-        fs.create_dir_durable(&p("/d"));
-        let f = write_file(&fs, "/d/f", b"abc");
-        f.sync_data().unwrap();
-        fs.sync_dir(&p("/d")).unwrap();
+        let (fs, f) = durable_file(b"abc");
         fs.arm_crash(2);
         f.write_all_at(b"def", 3).unwrap(); // call 1
         assert!(!fs.crash_fired());
