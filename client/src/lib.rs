@@ -54,8 +54,7 @@
 //! - `pacing` (private): the ack/nack/term/progress and credit batching rules of a
 //!   subscription, as a pure struct, and the frames a batch becomes.
 //!
-//! The `weir` command-line tool (`src/bin/weir.rs`, with its commands in `src/cli/`) is built on
-//! this crate.
+//! The `weir` command-line tool (crate `weir-cli`, in `cli/`) is built on this crate.
 
 pub mod client;
 mod connection;

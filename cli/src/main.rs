@@ -1,4 +1,4 @@
-//! The `weir` command line: argument parsing and dispatch. One file per command.
+//! `weir`: the Weir command line — argument parsing and dispatch. One file per command.
 
 mod bench;
 mod group;
@@ -62,7 +62,7 @@ enum Command {
 
 /// Parses the command line, runs the command, and turns its outcome into an exit code: 0 on
 /// success, 1 on error (message on stderr), or the code the command chose.
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
