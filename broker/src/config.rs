@@ -22,7 +22,9 @@ pub const MAX_SEQ_RESERVATION: u64 = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address the protocol listener binds (default `127.0.0.1:7070`).
+    /// Address the protocol listener binds (default `127.0.0.1:7070`). The file may give a
+    /// host name (`localhost:7070`) or leave the port out (7070); see [`parse_listen_addr`].
+    #[serde(deserialize_with = "listen_addr::wire")]
     pub listen: SocketAddr,
     /// Directory holding topic logs (`topics/`) and broker state (`state/`); default `./weir-data`.
     pub data_dir: PathBuf,
@@ -39,6 +41,7 @@ pub struct Config {
     /// Rate limits of keys that do not set their own, and of anonymous clients.
     pub default_rate: RateConfig,
     /// API keys (`[[keys]]`). None configured: anonymous clients, loopback only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<ApiKey>,
 }
 
@@ -179,6 +182,8 @@ pub struct AdminConfig {
     /// Serve it at all. Default true.
     pub enabled: bool,
     /// Where it listens. Default 127.0.0.1:7071 (loopback: put a proxy in front to expose it).
+    /// A host name or a missing port (7071) are taken as for `listen`.
+    #[serde(deserialize_with = "listen_addr::admin")]
     pub listen: SocketAddr,
     /// Most open HTTP connections; accepting waits for one to close. Default 64.
     pub max_connections: u32,
@@ -204,7 +209,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             enabled: true,
-            listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT)),
             max_connections: 64,
             max_concurrent_requests: 32,
             header_read_timeout_ms: 5_000,
@@ -291,7 +296,7 @@ pub struct StorageConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_WIRE_PORT)),
             data_dir: PathBuf::from("./weir-data"),
             limits: Limits::default(),
             topic_defaults: TopicDefaults::default(),
@@ -428,9 +433,13 @@ impl Config {
         Ok(config)
     }
 
-    /// The configuration as TOML, every bound included (`--print-config`).
+    /// The configuration as TOML, every bound included (`--print-config`): a file `--config`
+    /// takes back unchanged. Secrets are masked: each clear `token` is shown as its
+    /// `token_sha256`, which authenticates the same clients.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        let mut shown = self.clone();
+        shown.keys = self.keys.iter().map(ApiKey::masked).collect();
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 
     /// Checks every bound is usable: no zero bounds, frame size within the codec ceiling, a
@@ -552,11 +561,12 @@ impl Config {
         self.default_rate
             .validate("default_rate")
             .map_err(ConfigError::Invalid)?;
-        let mut tokens = std::collections::HashSet::new();
+        let mut digests = std::collections::HashSet::new();
         for key in &self.keys {
-            if key.token.is_empty() || !tokens.insert(key.token.as_str()) {
+            let digest = key.digest().map_err(ConfigError::Invalid)?;
+            if !digests.insert(digest) {
                 return Err(ConfigError::Invalid(format!(
-                    "key {:?}: tokens must be non-empty and unique",
+                    "key {:?}: tokens must be unique",
                     key.name
                 )));
             }
@@ -712,6 +722,72 @@ fn dir_bytes(dir: &Path) -> u64 {
 /// every connection is granted (see the `reader` module).
 const MAX_HEADER_BYTES_CEILING: u32 = 32 * 1024;
 
+/// The wire port a listen address without one takes.
+pub const DEFAULT_WIRE_PORT: u16 = 7070;
+/// The admin port a listen address without one takes.
+pub const DEFAULT_ADMIN_PORT: u16 = 7071;
+
+/// Parses a listen address: `IP:PORT`, `[IPv6]:PORT`, `HOST:PORT`, or any of them without the
+/// port (then `default_port`). A host name is resolved now, and its first IPv4 address taken
+/// (else its first address). The error says what was given and what is expected.
+pub fn parse_listen_addr(text: &str, default_port: u16) -> Result<SocketAddr, String> {
+    use std::net::{IpAddr, ToSocketAddrs};
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bare = text.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => {
+            let port = port.parse::<u16>().map_err(|_| {
+                format!("invalid listen address {text:?}: the port must be a number 0-65535")
+            })?;
+            (host, port)
+        }
+        None => (text, default_port),
+    };
+    if host.is_empty() {
+        return Err(format!(
+            "invalid listen address {text:?}: expected HOST:PORT, e.g. 127.0.0.1:{default_port}"
+        ));
+    }
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve listen address {text:?}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("listen address {text:?} resolves to no address"))
+}
+
+/// Serde readers of listen addresses in the config file (see [`parse_listen_addr`]).
+mod listen_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer};
+
+    fn read<'de, D: Deserializer<'de>>(d: D, port: u16) -> Result<SocketAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_listen_addr(&text, port).map_err(serde::de::Error::custom)
+    }
+
+    /// `listen`: the wire port by default.
+    pub(super) fn wire<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        read(d, super::DEFAULT_WIRE_PORT)
+    }
+
+    /// `admin.listen`: the admin port by default.
+    pub(super) fn admin<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        read(d, super::DEFAULT_ADMIN_PORT)
+    }
+}
+
 /// Checks a topic or group name: 1–200 bytes of `[A-Za-z0-9._-]`, not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> Result<(), String> {
     let ok_chars = name
@@ -738,6 +814,56 @@ mod tests {
     }
 
     #[test]
+    fn printed_config_with_keys_reads_back_unchanged_and_shows_no_token() {
+        let config = Config {
+            keys: vec![
+                ApiKey::with_token("billing", "s3cret-billing", None),
+                ApiKey::with_token("ops", "s3cret-ops", Some(RateConfig::default())),
+            ],
+            listen: parse_listen_addr("0.0.0.0", DEFAULT_WIRE_PORT).unwrap(),
+            ..Config::default()
+        };
+        let printed = config.to_toml();
+        assert!(!printed.contains("s3cret"), "{printed}");
+        let back: Config = toml::from_str(&printed).unwrap();
+        back.validate().unwrap();
+        assert_eq!(back.to_toml(), printed, "printing is a fixed point");
+        let masked: Vec<ApiKey> = config.keys.iter().map(ApiKey::masked).collect();
+        assert_eq!(back.keys, masked);
+        let with_clear = Config {
+            keys: config.keys.clone(),
+            ..back
+        };
+        assert_eq!(with_clear, config);
+        // No keys: no `keys = []` line that a pasted `[[keys]]` table would collide with.
+        let plain = Config::default().to_toml();
+        assert!(!plain.contains("keys"), "{plain}");
+        let appended = format!("{plain}\n[[keys]]\nname = \"a\"\ntoken = \"t\"\n");
+        assert_eq!(toml::from_str::<Config>(&appended).unwrap().keys.len(), 1);
+    }
+
+    #[test]
+    fn listen_addresses_take_host_names_and_default_ports() {
+        let wire = |t| parse_listen_addr(t, DEFAULT_WIRE_PORT);
+        assert_eq!(
+            wire("127.0.0.1:9000").unwrap(),
+            "127.0.0.1:9000".parse().unwrap()
+        );
+        assert_eq!(wire("0.0.0.0").unwrap(), "0.0.0.0:7070".parse().unwrap());
+        assert_eq!(wire("[::1]").unwrap(), "[::1]:7070".parse().unwrap());
+        assert_eq!(wire("::1").unwrap(), "[::1]:7070".parse().unwrap());
+        let local = wire("localhost:7080").unwrap();
+        assert!(local.ip().is_loopback() && local.port() == 7080, "{local}");
+        assert!(wire("localhost").unwrap().ip().is_loopback());
+        assert!(wire("localhost:http").unwrap_err().contains("port"));
+        assert!(wire(":7070").unwrap_err().contains("HOST:PORT"));
+        let file: Config =
+            toml::from_str("listen = \"localhost\"\n[admin]\nlisten = \"127.0.0.1\"\n").unwrap();
+        assert_eq!(file.listen.port(), DEFAULT_WIRE_PORT);
+        assert_eq!(file.admin.listen, "127.0.0.1:7071".parse().unwrap());
+    }
+
+    #[test]
     fn a_partial_file_keeps_the_other_defaults() {
         let config: Config = toml::from_str("[limits]\nmax_connections = 3\n").unwrap();
         assert_eq!(config.limits.max_connections, 3);
@@ -752,7 +878,23 @@ mod tests {
         assert_eq!(config.keys[0].rate.map(|r| r.messages_per_s), Some(5));
         assert_eq!(config.keys[1].rate, None);
         let back: Config = toml::from_str(&config.to_toml()).unwrap();
-        assert_eq!(back, config);
+        let digests = |c: &Config| {
+            c.keys
+                .iter()
+                .map(|k| k.digest().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(digests(&back), digests(&config));
+        // The same token once in clear and once hashed is a duplicate too.
+        let hashed = Config {
+            keys: vec![config.keys[0].masked(), config.keys[0].clone()],
+            ..back
+        };
+        assert!(hashed
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("unique"));
         let dup: Config = toml::from_str(&text.replace("t2", "t1")).unwrap();
         assert!(dup.validate().is_err());
     }

@@ -1,7 +1,8 @@
 //! API keys: who a connection is, and the rate limits it publishes under.
 //!
-//! Keys are listed in the config (`[[keys]]` with `name`, `token` and an optional `rate`). A
-//! client presents its token in `Hello`. With keys configured, a missing or unknown token gets
+//! Keys are listed in the config (`[[keys]]` with `name`, the secret as `token` or as its
+//! SHA-256 `token_sha256` (hex), and an optional `rate`). A client presents its token in
+//! `Hello`; the broker compares digests, so it needs only the hash. With keys configured, a missing or unknown token gets
 //! `Error{Unauthorized}` and the connection is closed. With none configured the broker accepts
 //! anonymous clients — from loopback addresses only (DESIGN.md §6), and says so at start.
 //! The number of keys is bounded by the config itself.
@@ -11,17 +12,79 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-/// One configured API key.
+/// One configured API key: exactly one of `token` and `token_sha256` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKey {
     /// A name for logs and metrics (not secret).
     pub name: String,
-    /// The secret the client presents in `Hello`.
-    pub token: String,
+    /// The secret the client presents in `Hello`, in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The SHA-256 of the token, 64 hex digits: the config need not hold the secret itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
     /// This key's rate limits; unset fields take `[default_rate]`.
     #[serde(default)]
     pub rate: Option<RateConfig>,
+}
+
+impl ApiKey {
+    /// A key named `name` whose secret is `token` (in clear).
+    pub fn with_token(name: &str, token: &str, rate: Option<RateConfig>) -> ApiKey {
+        ApiKey {
+            name: name.into(),
+            token: Some(token.into()),
+            token_sha256: None,
+            rate,
+        }
+    }
+
+    /// The SHA-256 of this key's token, from whichever form the config holds; an error names
+    /// the key when neither or both are set, the token is empty or the hex is not 64 digits.
+    pub fn digest(&self) -> Result<[u8; 32], String> {
+        match (&self.token, &self.token_sha256) {
+            (Some(token), None) if !token.is_empty() => Ok(token_digest(token)),
+            (None, Some(hex)) => parse_hex_digest(hex)
+                .ok_or_else(|| format!("key {:?}: token_sha256 must be 64 hex digits", self.name)),
+            _ => Err(format!(
+                "key {:?}: set exactly one of token (non-empty) and token_sha256",
+                self.name
+            )),
+        }
+    }
+
+    /// This key with its clear token replaced by `token_sha256`: what `--print-config` shows.
+    pub fn masked(&self) -> ApiKey {
+        let mut key = self.clone();
+        if let Some(token) = key.token.take() {
+            key.token_sha256 = Some(hex_digest(&token_digest(&token)));
+        }
+        key
+    }
+}
+
+/// The SHA-256 of `token`.
+fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// `digest` as 64 lowercase hex digits.
+fn hex_digest(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses 64 hex digits (either case).
+fn parse_hex_digest(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (byte, pair) in digest.iter_mut().zip(hex.as_bytes().chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(digest)
 }
 
 /// Publish and operation rate limits of one key (token buckets). At a bucket's bound the
@@ -96,22 +159,24 @@ pub enum AuthError {
     AnonymousNotLoopback,
 }
 
-/// The configured keys, by token.
+/// The configured keys, by the SHA-256 of their token.
 #[derive(Debug, Clone)]
 pub struct KeyRing {
-    by_token: HashMap<String, Identity>,
+    by_token: HashMap<[u8; 32], Identity>,
     default_rate: RateConfig,
 }
 
 impl KeyRing {
-    /// The key ring for `keys`, whose unset rates take `default_rate`.
+    /// The key ring for `keys`, whose unset rates take `default_rate`. A key without a
+    /// usable secret (refused by `Config::validate`) matches no token.
     pub fn new(keys: &[ApiKey], default_rate: RateConfig) -> KeyRing {
         let by_token = keys
             .iter()
-            .map(|k| {
+            .filter_map(|k| Some((k, k.digest().ok()?)))
+            .map(|(k, digest)| {
                 let rate = k.rate.unwrap_or(default_rate);
                 (
-                    k.token.clone(),
+                    digest,
                     Identity {
                         name: k.name.clone(),
                         rate,
@@ -137,7 +202,7 @@ impl KeyRing {
             });
         }
         token
-            .and_then(|t| self.by_token.get(t))
+            .and_then(|t| self.by_token.get(&token_digest(t)))
             .cloned()
             .ok_or(AuthError::BadToken)
     }
@@ -153,10 +218,54 @@ mod tests {
     use super::*;
 
     fn key(name: &str, token: &str, rate: Option<RateConfig>) -> ApiKey {
-        ApiKey {
-            name: name.into(),
-            token: token.into(),
-            rate,
+        ApiKey::with_token(name, token, rate)
+    }
+
+    #[test]
+    fn a_masked_key_authenticates_the_same_token_and_holds_no_secret() {
+        let clear = key("billing", "s3cret-token", None);
+        let masked = clear.masked();
+        assert_eq!(masked.token, None);
+        let hex = masked.token_sha256.clone().unwrap();
+        assert_eq!(hex.len(), 64);
+        assert!(!hex.contains("s3cret"));
+        assert_eq!(masked.digest(), clear.digest());
+        let ring = KeyRing::new(&[masked], RateConfig::default());
+        let peer = [10, 0, 0, 1].into();
+        assert_eq!(
+            ring.authenticate(Some("s3cret-token"), peer).unwrap().name,
+            "billing"
+        );
+        assert_eq!(
+            ring.authenticate(Some("s3cret-tokeN"), peer),
+            Err(AuthError::BadToken)
+        );
+        // The digest of "abc" (FIPS 180-2), in upper case: hex is read in either case.
+        let abc = ApiKey {
+            token: None,
+            token_sha256: Some(
+                "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD".into(),
+            ),
+            ..key("abc", "", None)
+        };
+        assert_eq!(abc.digest(), key("abc", "abc", None).digest());
+        for bad in [
+            ApiKey {
+                token_sha256: Some("12".into()),
+                ..key("x", "t", None)
+            },
+            ApiKey {
+                token: None,
+                ..key("x", "t", None)
+            },
+            key("x", "", None),
+            ApiKey {
+                token: None,
+                token_sha256: Some("zz".repeat(32)),
+                ..key("x", "t", None)
+            },
+        ] {
+            assert!(bad.digest().unwrap_err().contains("\"x\""), "{bad:?}");
         }
     }
 

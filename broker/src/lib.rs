@@ -34,6 +34,7 @@ pub mod auth_limit;
 pub mod broker;
 pub mod config;
 pub(crate) mod connection;
+pub mod data_dir_lock;
 pub(crate) mod dead_letter;
 pub mod group;
 pub mod keys;

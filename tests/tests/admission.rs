@@ -7,11 +7,7 @@ use weir_protocol::{Frame, Hello, RejectReason, Subscribe, PROTOCOL_VERSION};
 use weir_tests::{RawClient, TestBroker};
 
 fn key(name: &str, rate: Option<RateConfig>) -> ApiKey {
-    ApiKey {
-        name: name.into(),
-        token: format!("token-{name}"),
-        rate,
-    }
+    ApiKey::with_token(name, &format!("token-{name}"), rate)
 }
 
 async fn connect_as(addr: std::net::SocketAddr, name: &str) -> RawClient {

@@ -184,11 +184,7 @@ async fn rate_limited_publishes_are_retried_after_the_refill_and_all_confirmed()
         messages_burst: 5,
         ..RateConfig::default()
     };
-    let key = ApiKey {
-        name: "slow".into(),
-        token: "token-slow".into(),
-        rate: Some(slow),
-    };
+    let key = ApiKey::with_token("slow", "token-slow", Some(slow));
     let broker = TestBroker::start_with(|c| c.keys = vec![key]).await;
     let options = ClientOptions {
         token: Some("token-slow".into()),

@@ -102,11 +102,7 @@ fn topic(name: &str) -> TopicSpec {
 }
 
 pub(crate) fn key(name: &str, rate: Option<RateConfig>) -> ApiKey {
-    ApiKey {
-        name: name.into(),
-        token: format!("token-{name}"),
-        rate,
-    }
+    ApiKey::with_token(name, &format!("token-{name}"), rate)
 }
 
 #[tokio::test]

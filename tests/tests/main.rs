@@ -23,6 +23,7 @@ mod policies;
 mod recovery;
 mod redelivery;
 mod shutdown;
+mod startup;
 mod state_recovery;
 mod storage_faults;
 mod topic_full;

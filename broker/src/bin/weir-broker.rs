@@ -5,7 +5,8 @@
 //! effective configuration with every bound. SIGTERM or SIGINT shut it down gracefully: the
 //! commit in progress finishes, clients get `GoingAway`, and the process exits 0.
 //!
-//! A state store that cannot be read stops it with an error naming the store's path;
+//! It locks its data directory first: a second broker on the same directory fails at once,
+//! naming the directory. A state store that cannot be read stops it with an error naming the store's path;
 //! `--rebuild-state` then moves the store aside and rebuilds it from the topic manifests.
 
 use std::net::SocketAddr;
@@ -15,7 +16,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
-use weir_broker::config::{Config, ConfigError};
+use weir_broker::config::{
+    parse_listen_addr, Config, ConfigError, DEFAULT_ADMIN_PORT, DEFAULT_WIRE_PORT,
+};
 
 /// Command-line flags; each overrides the config file's value.
 #[derive(Debug, Parser)]
@@ -28,8 +31,9 @@ struct Args {
     /// TOML config file; fields it leaves out keep their defaults.
     #[arg(long, short = 'c', env = "WEIR_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:7070].
-    #[arg(long)]
+    /// Address to listen on: IP:PORT or HOST:PORT; the port defaults to 7070
+    /// [default: 127.0.0.1:7070].
+    #[arg(long, value_parser = |t: &str| parse_listen_addr(t, DEFAULT_WIRE_PORT))]
     listen: Option<SocketAddr>,
     /// Data directory [default: ./weir-data].
     #[arg(long)]
@@ -43,8 +47,9 @@ struct Args {
     /// Create topics with default bounds on first publish or subscribe (true/false).
     #[arg(long)]
     auto_create_topics: Option<bool>,
-    /// Address of the HTTP admin endpoint (metrics, health, topics) [default: 127.0.0.1:7071].
-    #[arg(long)]
+    /// Address of the HTTP admin endpoint (metrics, health, topics): IP:PORT or HOST:PORT; the
+    /// port defaults to 7071 [default: 127.0.0.1:7071].
+    #[arg(long, value_parser = |t: &str| parse_listen_addr(t, DEFAULT_ADMIN_PORT))]
     admin_listen: Option<SocketAddr>,
     /// Do not serve the HTTP admin endpoint.
     #[arg(long)]
@@ -123,6 +128,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(log_format);
+    // Before the state store is read or moved aside: one broker per data directory.
+    let _lock = match weir_broker::data_dir_lock::lock_data_dir(&config.data_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("weir-broker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if rebuild {
         let state = config.data_dir.join("state");
         let fs = weir_broker::storage::fs::os();
@@ -217,7 +230,12 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen).await?;
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {}: {e} (another weir-broker? choose another with --listen)",
+            config.listen
+        )
+    })?;
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "weir-broker starting");
     if config.keys.is_empty() {
         tracing::warn!("no API keys are configured: anonymous clients are accepted from loopback addresses only");
