@@ -592,7 +592,7 @@ impl Config {
 
     /// Resolves a group's settings against the defaults for a group of `topic` and checks them:
     /// a nonzero ack timeout and attempts, and a valid dead-letter topic name other than
-    /// `topic` itself (default `<topic>.dlq`).
+    /// `topic` itself (default [`default_dead_letter_topic`]).
     pub fn resolve_group(&self, topic: &str, spec: &GroupSpec) -> Result<GroupConfig, String> {
         let d = &self.groups;
         let config = GroupConfig {
@@ -601,7 +601,7 @@ impl Config {
             dead_letter_topic: spec
                 .dead_letter_topic
                 .clone()
-                .unwrap_or_else(|| format!("{topic}.dlq")),
+                .unwrap_or_else(|| default_dead_letter_topic(topic)),
         };
         if config.ack_timeout_ms == 0 || config.max_attempts == 0 {
             return Err("ack_timeout_ms and max_attempts must be at least 1".into());
@@ -788,12 +788,29 @@ mod listen_addr {
     }
 }
 
+/// Longest topic or group name, in bytes.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// The dead-letter topic a group of `topic` gets when its settings name none: `<topic>.dlq`, or
+/// for a name too long to take the suffix, the name cut short plus `-` and 8 hex digits of its
+/// CRC-32C, then `.dlq` — a valid name of [`MAX_NAME_BYTES`] for every valid topic name.
+pub fn default_dead_letter_topic(topic: &str) -> String {
+    const SUFFIX: &str = ".dlq";
+    if topic.len() + SUFFIX.len() <= MAX_NAME_BYTES {
+        return format!("{topic}{SUFFIX}");
+    }
+    // Topic names are ASCII (validate_topic_name), so any byte is a character boundary.
+    let keep = MAX_NAME_BYTES - SUFFIX.len() - 9;
+    let cut = topic.get(..keep).unwrap_or(topic);
+    format!("{cut}-{:08x}{SUFFIX}", crc32c::crc32c(topic.as_bytes()))
+}
+
 /// Checks a topic or group name: 1–200 bytes of `[A-Za-z0-9._-]`, not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> Result<(), String> {
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if name.is_empty() || name.len() > 200 || !ok_chars || name == "." || name == ".." {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES || !ok_chars || name == "." || name == ".." {
         return Err(format!(
             "invalid name {name:?}: use 1-200 characters of [A-Za-z0-9._-]"
         ));
@@ -923,6 +940,38 @@ mod tests {
             assert!(validate_topic_name(bad).is_err(), "{bad:?} accepted");
         }
         validate_topic_name("orders.eu-1_v2").unwrap();
+    }
+
+    #[test]
+    fn every_valid_topic_name_has_a_valid_default_dead_letter_topic() {
+        let config = Config::default();
+        assert_eq!(default_dead_letter_topic("orders"), "orders.dlq");
+        let mut seen = std::collections::HashSet::new();
+        let names = (1..=MAX_NAME_BYTES)
+            .flat_map(|len| {
+                [
+                    "x".repeat(len),
+                    format!("{}.dlq", "y".repeat(len.saturating_sub(4))),
+                ]
+            })
+            .filter(|name| validate_topic_name(name).is_ok())
+            .collect::<std::collections::BTreeSet<_>>();
+        assert!(names.len() > 390);
+        for name in names {
+            let group = config
+                .resolve_group(&name, &GroupSpec::default())
+                .unwrap_or_else(|e| panic!("{}: {e}", name.len()));
+            assert_ne!(group.dead_letter_topic, name);
+            assert!(
+                seen.insert(group.dead_letter_topic),
+                "{}: two topics share a DLQ",
+                name.len()
+            );
+        }
+        // Long names that differ only past the cut keep distinct dead-letter topics.
+        let a = format!("{}a", "z".repeat(199));
+        let b = format!("{}b", "z".repeat(199));
+        assert_ne!(default_dead_letter_topic(&a), default_dead_letter_topic(&b));
     }
 
     #[test]

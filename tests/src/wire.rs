@@ -287,8 +287,9 @@ impl RawClient {
     }
 }
 
-/// Polls `ListTopics` until `check` holds for topic `name` (at most [`FRAME_TIMEOUT`]): for
-/// waiting on broker-side state such as in-flight counts, which no frame announces.
+/// Polls `ListTopics` until `check` holds for topic `name` (at most [`FRAME_TIMEOUT`], also
+/// when the topic never appears: then it fails saying `None`): for waiting on broker-side state
+/// such as in-flight counts, which no frame announces.
 pub async fn wait_for_topic(
     client: &mut RawClient,
     name: &str,
@@ -297,14 +298,13 @@ pub async fn wait_for_topic(
     let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
     loop {
         let topics = client.list().await;
-        if let Some(info) = topics.into_iter().find(|t| t.config.name == name) {
-            if check(&info) {
-                return info;
-            }
-            assert!(
+        let info = topics.into_iter().find(|t| t.config.name == name);
+        match info {
+            Some(info) if check(&info) => return info,
+            _ => assert!(
                 tokio::time::Instant::now() < deadline,
                 "topic {name} never reached the expected state: {info:?}"
-            );
+            ),
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -489,3 +489,34 @@ async fn a_message_at_the_largest_size_a_topic_takes_is_delivered_and_dead_lette
         .expect("the dead letter's delivery fits in a frame");
     assert_eq!(broker.broker.metrics().replies_too_large.get(), 0);
 }
+
+#[tokio::test]
+async fn a_topic_with_the_longest_name_subscribes_and_dead_letters_to_its_default_topic() {
+    let broker = TestBroker::start().await;
+    let mut admin = RawClient::connect(broker.addr).await;
+    let name = "n".repeat(weir_broker::config::MAX_NAME_BYTES);
+    assert!(matches!(
+        admin
+            .create_topic(TopicSpec {
+                name: name.clone(),
+                ..TopicSpec::default()
+            })
+            .await,
+        Frame::TopicCreated(_)
+    ));
+    publish_with_headers(&mut admin, &name, Headers::new(), b"poison").await;
+    let mut consumer = RawClient::connect(broker.addr).await;
+    consumer.subscribe(1, &name, "g", 10).await;
+    let d = deliver(&mut consumer).await;
+    consumer
+        .send(Frame::Term(Term {
+            sub: 1,
+            seqs: vec![d.seq],
+            reason: "bad".into(),
+        }))
+        .await;
+    let dlq = weir_broker::config::default_dead_letter_topic(&name);
+    assert!(dlq.len() <= weir_broker::config::MAX_NAME_BYTES && dlq.ends_with(".dlq"));
+    let info = wait_for_topic(&mut admin, &dlq, |t| t.depth == 1).await;
+    assert_eq!(info.config.name, dlq);
+}
