@@ -75,9 +75,10 @@ pub enum CreateError {
     /// The name or a bound is invalid.
     #[error("{0}")]
     Invalid(String),
-    /// A topic of that name exists with another configuration.
-    #[error("topic {} exists with a different configuration", .0.name)]
-    Exists(Box<TopicConfig>),
+    /// A topic of that name exists with another configuration: the message names each
+    /// setting that differs.
+    #[error("{0}")]
+    Exists(Box<ConfigMismatch>),
     /// The broker is at `max_topics`.
     #[error("the broker is at max_topics ({0})")]
     TooMany(u32),
@@ -94,6 +95,26 @@ pub enum CreateError {
     /// Storage failed.
     #[error("cannot create topic: {0}")]
     Failed(String),
+}
+
+/// An existing topic's configuration beside the one a create asked for.
+#[derive(Debug)]
+pub struct ConfigMismatch {
+    /// What the topic has.
+    pub existing: TopicConfig,
+    /// What the create asked for (resolved against the defaults).
+    pub asked: TopicConfig,
+}
+
+impl std::fmt::Display for ConfigMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "topic {} exists with a different configuration: {}",
+            self.existing.name,
+            self.existing.differences(&self.asked).join(", ")
+        )
+    }
 }
 
 /// Why a topic could not be deleted.
@@ -312,7 +333,10 @@ impl Broker {
             if *existing.config() == config {
                 return Ok((existing, false));
             }
-            return Err(CreateError::Exists(Box::new(existing.config().clone())));
+            return Err(CreateError::Exists(Box::new(ConfigMismatch {
+                existing: existing.config().clone(),
+                asked: config,
+            })));
         }
         let max = self.shared.config.limits.max_topics;
         if self
@@ -339,7 +363,10 @@ impl Broker {
             .insert(name.clone(), topic.clone());
         if restored {
             if *topic.config() != requested {
-                return Err(CreateError::Exists(Box::new(topic.config().clone())));
+                return Err(CreateError::Exists(Box::new(ConfigMismatch {
+                    existing: topic.config().clone(),
+                    asked: requested,
+                })));
             }
             return Ok((topic, false));
         }

@@ -127,6 +127,57 @@ pub struct TopicConfig {
     pub max_block_ms: u64,
 }
 
+impl TopicConfig {
+    /// Each setting where `asked` differs from this configuration, as `field is X (asked Y)`,
+    /// in declaration order; empty when they are equal. The name is not compared.
+    pub fn differences(&self, asked: &TopicConfig) -> Vec<String> {
+        fn field<T: PartialEq + std::fmt::Display>(
+            out: &mut Vec<String>,
+            name: &str,
+            is: T,
+            asked: T,
+        ) {
+            if is != asked {
+                out.push(format!("{name} is {is} (asked {asked})"));
+            }
+        }
+        let mut out = Vec::new();
+        field(
+            &mut out,
+            "max_messages",
+            self.max_messages,
+            asked.max_messages,
+        );
+        field(&mut out, "max_bytes", self.max_bytes, asked.max_bytes);
+        field(
+            &mut out,
+            "max_message_bytes",
+            self.max_message_bytes,
+            asked.max_message_bytes,
+        );
+        field(
+            &mut out,
+            "overflow",
+            self.overflow.as_str(),
+            asked.overflow.as_str(),
+        );
+        field(&mut out, "fsync", self.fsync, asked.fsync);
+        field(
+            &mut out,
+            "max_blocked_publishes",
+            self.max_blocked_publishes,
+            asked.max_blocked_publishes,
+        );
+        field(
+            &mut out,
+            "max_block_ms",
+            self.max_block_ms,
+            asked.max_block_ms,
+        );
+        out
+    }
+}
+
 /// A snapshot of one topic, as listed by [`crate::Frame::TopicList`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicInfo {

@@ -142,13 +142,19 @@ async fn creating_a_topic_is_idempotent_but_a_different_config_is_refused() {
     let other = client
         .create_topic(TopicSpec {
             max_messages: Some(6),
+            overflow: Some(weir_protocol::OverflowPolicy::DropOldest),
             ..spec("same")
         })
         .await;
-    assert!(
-        matches!(other, Frame::Error(ref e) if e.code == weir_protocol::ErrorCode::TopicExists),
-        "{other:?}"
-    );
+    let Frame::Error(e) = other else {
+        panic!("{other:?}")
+    };
+    assert_eq!(e.code, weir_protocol::ErrorCode::TopicExists);
+    // It names each setting that differs, and only those.
+    assert!(e.message.contains("max_messages is 5 (asked 6)"), "{}", e.message);
+    assert!(e.message.contains("overflow is"), "{}", e.message);
+    assert!(e.message.contains("(asked drop_oldest)"), "{}", e.message);
+    assert!(!e.message.contains("max_bytes"), "{}", e.message);
     let bad = client.create_topic(spec("no/slashes")).await;
     assert!(
         matches!(bad, Frame::Error(ref e) if e.code == weir_protocol::ErrorCode::InvalidArgument),
