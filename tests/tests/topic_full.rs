@@ -151,7 +151,11 @@ async fn creating_a_topic_is_idempotent_but_a_different_config_is_refused() {
     };
     assert_eq!(e.code, weir_protocol::ErrorCode::TopicExists);
     // It names each setting that differs, and only those.
-    assert!(e.message.contains("max_messages is 5 (asked 6)"), "{}", e.message);
+    assert!(
+        e.message.contains("max_messages is 5 (asked 6)"),
+        "{}",
+        e.message
+    );
     assert!(e.message.contains("overflow is"), "{}", e.message);
     assert!(e.message.contains("(asked drop_oldest)"), "{}", e.message);
     assert!(!e.message.contains("max_bytes"), "{}", e.message);
