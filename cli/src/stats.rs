@@ -444,7 +444,7 @@ mod tests {
         assert_eq!(orders["publish_per_s"], 15.0);
         assert_eq!(orders["drain_per_s"], 4);
         assert_eq!(orders["rejected"], 9);
-        assert_eq!(orders["refusing"]["reason"], "TopicFull");
+        assert_eq!(orders["refusing"]["reason"], "topic_full");
         assert_eq!(orders["refusing"]["limit"]["name"], "max_messages");
         assert_eq!(orders["refusing"]["limit"]["value"], 3);
         assert_eq!(orders["refusing"]["last_second"], 7);

@@ -459,7 +459,7 @@ mod tests {
         assert_eq!(drops[2]["head_hex"], "009f9296");
         assert!(drops[3]["head"].is_null());
         assert_eq!(json["info"]["dropped"], 3);
-        assert_eq!(json["info"]["config"]["overflow"], "DropOldest");
+        assert_eq!(json["info"]["config"]["overflow"], "drop_oldest");
         assert!(
             text.find("\"seq\"") < text.find("\"head\""),
             "fields keep their order"

@@ -43,6 +43,7 @@ mod bounded;
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod json;
 pub mod types;
 
 pub use bounded::{MAX_HEADERS_CEILING, MAX_SEQS_PER_FRAME};

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// What a topic does when a publish would take it past one of its bounds. Whatever the
 /// policy, a payload over `max_message_bytes` is refused with [`RejectReason::MessageTooLarge`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OverflowPolicy {
     /// Refuse the publish at once with [`RejectReason::TopicFull`] and a retry-after hint
     /// estimated from the topic's measured drain (ack) rate.
@@ -47,6 +48,7 @@ impl std::str::FromStr for OverflowPolicy {
 
 /// When appended messages are forced to disk, and so when a publish is confirmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FsyncPolicy {
     /// `fdatasync` after every group commit, before any publish in it is confirmed: acked means
     /// durable. The default.
@@ -212,6 +214,7 @@ pub struct TopicInfo {
 /// The state of a topic's storage, shown in [`TopicInfo::health`], `/topics` and
 /// `weir_topic_damaged` / `weir_topic_storage_state`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
 pub enum TopicHealth {
     /// Writes and reads work.
     #[default]
@@ -304,6 +307,7 @@ pub type Headers = Vec<(String, String)>;
 
 /// Where a group that does not exist yet starts reading, set by its first subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
 pub enum StartPosition {
     /// The oldest message still stored (the default).
     #[default]
@@ -372,6 +376,7 @@ impl TopicHealth {
 /// Why a publish (or a connection) was refused. The refusal is always accompanied by the
 /// [`Limit`] that fired and, where waiting can help, a retry-after hint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RejectReason {
     /// The topic is at `max_messages` or `max_bytes` and its policy is `reject`.
     TopicFull,
@@ -402,6 +407,7 @@ pub enum RejectReason {
 
 /// Why the broker closes a connection with [`crate::Frame::GoingAway`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum GoingAwayReason {
     /// The broker is shutting down.
     ShuttingDown,
@@ -438,6 +444,7 @@ impl Limit {
 
 /// The kind of a protocol-level error, carried by [`crate::Frame::Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The bytes received are not a valid frame; the connection is closed.
     MalformedFrame,

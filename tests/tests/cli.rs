@@ -149,7 +149,7 @@ async fn stats_once_json_reports_depth_rates_and_the_active_refusal() {
         full["publish_per_s"], 0.0,
         "nothing published between the samples"
     );
-    assert_eq!(full["refusing"]["reason"], "TopicFull", "{json}");
+    assert_eq!(full["refusing"]["reason"], "topic_full", "{json}");
     assert_eq!(full["refusing"]["limit"]["name"], "max_messages");
     assert_eq!(full["refusing"]["limit"]["value"], 2);
 }

@@ -167,7 +167,7 @@ async fn a_full_topic_answers_429_with_retry_after_and_shows_what_refuses() {
     let refused = post(&broker, "http-full", &[], b"two").await;
     assert_eq!(refused.status, 429, "{}", refused.body);
     let body = refused.json();
-    assert_eq!(body["reason"], "TopicFull");
+    assert_eq!(body["reason"], "topic_full");
     assert_eq!(body["limit"], json!({"name": "max_messages", "value": 1}));
     let retry_ms = body["retry_after_ms"].as_u64().expect("a retry hint");
     let retry_s: u64 = refused
@@ -194,7 +194,7 @@ async fn a_full_topic_answers_429_with_retry_after_and_shows_what_refuses() {
         (Some("reject"), Some("batch"))
     );
     let refusing = &info["refusing"];
-    assert_eq!(refusing["reason"], "TopicFull", "{info}");
+    assert_eq!(refusing["reason"], "topic_full", "{info}");
     assert_eq!(refusing["limit"]["name"], "max_messages");
     assert_eq!(refusing["last_second"], 1);
 
@@ -290,7 +290,7 @@ async fn a_payload_over_max_message_bytes_is_413_without_a_retry_hint() {
     assert_eq!(
         refused.json(),
         json!({
-            "reason": "MessageTooLarge",
+            "reason": "message_too_large",
             "limit": {"name": "max_message_bytes", "value": 16},
             "retry_after_ms": null
         })
@@ -416,7 +416,7 @@ async fn a_key_over_its_rate_is_429_rate_limited() {
     let refused = post(&broker, "rated", &auth, b"2").await;
     assert_eq!(refused.status, 429, "{}", refused.body);
     let body = refused.json();
-    assert_eq!(body["reason"], "RateLimited");
+    assert_eq!(body["reason"], "rate_limited");
     assert_eq!(body["limit"], json!({"name": "messages_per_s", "value": 1}));
     assert_eq!(refused.retry_after.as_deref(), Some("1"));
 }

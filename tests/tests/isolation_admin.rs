@@ -246,7 +246,7 @@ async fn a_post_announcing_a_huge_body_is_413_before_the_body_is_read() {
     assert_eq!(
         json_body(&response),
         json!({
-            "reason": "MessageTooLarge",
+            "reason": "message_too_large",
             "limit": {"name": "max_frame_bytes", "value": max_frame},
             "retry_after_ms": null
         })
@@ -380,7 +380,7 @@ async fn guessed_tokens_past_the_limit_are_429_until_the_second_is_over() {
         assert!(forbidden < 100, "never throttled");
     };
     let body = throttled.json();
-    assert_eq!(body["reason"], "RateLimited", "{body}");
+    assert_eq!(body["reason"], "rate_limited", "{body}");
     assert_eq!(
         body["limit"],
         json!({"name": "max_auth_failures_per_s", "value": 3})

@@ -6,7 +6,7 @@
 //!
 //! | request | status | body |
 //! |---|---|---|
-//! | from an address that failed more than `max_auth_failures_per_s` times this second (checked before the token) | 429, `Retry-After` in whole seconds (at least 1) | `{"reason": "RateLimited", "limit": {"name": "max_auth_failures_per_s", "value"}, "retry_after_ms"}` |
+//! | from an address that failed more than `max_auth_failures_per_s` times this second (checked before the token) | 429, `Retry-After` in whole seconds (at least 1) | `{"reason": "rate_limited", "limit": {"name": "max_auth_failures_per_s", "value"}, "retry_after_ms"}` |
 //! | no bearer token while keys are configured | 401, `WWW-Authenticate: Bearer` | `{"error"}` |
 //! | a wrong token, or anonymous from a non-loopback address (a failed authentication) | 403 | `{"error"}` |
 //! | a valid key (or anonymous on loopback) | the route's answer; the handler finds the [`Identity`](crate::keys::Identity) in the request's extensions | |
