@@ -676,8 +676,8 @@ impl Config {
 /// `max_frame_bytes` after the frame's own fields and the origin headers a dead-letter copy
 /// adds — so every stored message can be delivered, and delivered again as a dead letter.
 pub fn max_message_bytes_ceiling(limits: &Limits) -> u32 {
-    let room =
-        u64::from(FRAME_HEADER_ROOM) + crate::dead_letter::origin_room(limits.max_reason_bytes);
+    let room = u64::from(FRAME_HEADER_ROOM)
+        + crate::dead_letter::origin::origin_room(limits.max_reason_bytes);
     u64::from(limits.max_frame_bytes).saturating_sub(room) as u32
 }
 

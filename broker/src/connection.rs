@@ -43,9 +43,8 @@ use crate::group::{GrantError, MemberId};
 use crate::keys::Identity;
 use crate::outbox::{Outbound, Outbox};
 use crate::reader::{FrameReader, Read, ReadError, ReadLimits, Shed};
-use crate::topic::{
-    Admitted, AppendError, Confirm, DeleteGroupError, Detached, JoinError, Refusal, Topic,
-};
+use crate::refusal::Refusal;
+use crate::topic::{Admitted, AppendError, Confirm, DeleteGroupError, Detached, JoinError, Topic};
 use crate::writer::{Writer, WriterEnd};
 
 /// Control frames queued for the writer beyond which the reader waits.

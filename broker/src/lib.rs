@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod outbox;
 mod publish;
 pub(crate) mod reader;
+pub(crate) mod refusal;
 mod replies;
 pub mod server;
 pub mod slots;

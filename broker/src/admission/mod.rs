@@ -47,7 +47,7 @@ use weir_protocol::{Limit, RejectReason};
 
 use crate::config::Config;
 use crate::keys::{Identity, RateConfig};
-use crate::topic::Refusal;
+use crate::refusal::Refusal;
 
 pub use bucket::{RateKind, RateLimit, RateLimited, Refill, TokenBucket};
 pub use budget::{MemoryBudget, MemoryFull, MemoryPermit};

@@ -28,7 +28,7 @@ use schedule::Schedule;
 use crate::admission::{MemoryBudget, MemoryPermit};
 pub use crate::outbox::Outbox;
 use crate::storage::log::MESSAGE_OVERHEAD;
-use crate::storage::state::GroupRecord;
+use crate::storage::records::GroupRecord;
 
 /// Identifies one subscription: the connection it lives on and its id there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -301,8 +301,8 @@ fn scan(fs: &dyn StorageFs, topics_dir: &Path) -> Result<Scan, ReconcileError> {
 mod tests {
     use super::*;
     use crate::storage::fs::{self as sfs, Fs};
+    use crate::storage::records::GroupRecord;
     use crate::storage::records::TopicIdentity;
-    use crate::storage::state::GroupRecord;
 
     struct Data {
         root: tempfile::TempDir,

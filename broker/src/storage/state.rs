@@ -11,10 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use weir_protocol::{GroupConfig, TopicConfig};
+use weir_protocol::TopicConfig;
 
 use super::fs::{Fs, StorageFs};
-use super::records::{self, FormatError, TopicIdentity, TopicRecord};
+use super::records::{self, FormatError, GroupRecord, TopicIdentity, TopicRecord};
 
 /// The key of the marker record, in the `meta` tree, saying Weir wrote this store.
 const MARKER_KEY: &[u8] = b"format";
@@ -38,24 +38,6 @@ pub enum StateError {
     /// A record could not be encoded (nothing was written).
     #[error("cannot encode a state record: {0}")]
     Encode(FormatError),
-}
-
-/// A group's durable state: its settings, where its cursor is, which messages below it are not
-/// yet acked (with the number of deliveries each has had), which were nacked and when they may
-/// be redelivered, and which are due for the dead-letter topic. Bounded by the group's
-/// `max_in_flight`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct GroupRecord {
-    /// The next sequence never yet delivered to the group.
-    pub cursor: u64,
-    /// Delivered-but-unacked messages below `cursor`: `(seq, deliveries so far)`.
-    pub unacked: Vec<(u64, u32)>,
-    /// The group's settings (`None` in records written before groups had settings).
-    pub config: Option<GroupConfig>,
-    /// Nacked messages: `(seq, deliveries so far, redeliver at, ms since the Unix epoch)`.
-    pub delayed: Vec<(u64, u32, u64)>,
-    /// Messages due for the dead-letter topic: `(seq, deliveries, reason)`.
-    pub dead: Vec<(u64, u32, String)>,
 }
 
 /// The sled-backed state store. Cheap to clone.
@@ -296,6 +278,7 @@ fn corrupt(key: &[u8], reason: FormatError) -> StateError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_protocol::GroupConfig;
 
     fn config(name: &str) -> TopicConfig {
         crate::storage::test_topic_config(name)

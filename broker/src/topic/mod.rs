@@ -36,9 +36,11 @@ use crate::admission::Admission;
 use crate::config::Config;
 use crate::group::{Departure, GrantError, Group, MemberId, Outbox, Stall};
 use crate::metrics::{Counter, Metrics};
+use crate::refusal::Refusal;
 use crate::storage::disk::DiskBudget;
 use crate::storage::log::{LogConfig, LogError, Message, SegmentLog};
-use crate::storage::state::{GroupRecord, StateStore};
+use crate::storage::records::GroupRecord;
+use crate::storage::state::StateStore;
 use admit::{Decision, DropWarning};
 use drain::DrainRate;
 use parking::{Parked, ParkingQueue};
@@ -48,17 +50,6 @@ use writer::Append;
 
 pub use groups::{DeadLetterJob, DeleteGroupError, Detached};
 pub use repair::RepairOutcome;
-
-/// A publish the topic refused, with the bound that fired.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// Why.
-    pub reason: RejectReason,
-    /// The bound.
-    pub limit: Limit,
-    /// When to retry, if retrying can help.
-    pub retry_after_ms: Option<u64>,
-}
 
 /// Why a publish could not be stored after it was accepted.
 #[derive(Debug, Clone, thiserror::Error)]
