@@ -28,28 +28,32 @@
 //! - [`outbox`] — frames queued for a connection's writer, with the memory they hold.
 //! - [`metrics`] — counters.
 
+// The public surface: what the `weir-broker` daemon, the end-to-end tests and the benches use.
+// Everything else is the crate's own.
 pub mod admin;
-pub mod admission;
-pub mod auth_limit;
-pub mod broker;
 pub mod config;
+pub mod server;
+pub mod storage;
+
+pub use broker::{Broker, OpenError};
+pub use config::Config;
+pub use keys::{ApiKey, RateConfig};
+
+pub(crate) mod admission;
+pub(crate) mod auth_limit;
+pub(crate) mod broker;
 pub(crate) mod connection;
 pub(crate) mod dead_letter;
-pub mod group;
-pub mod keys;
-pub mod metrics;
-pub mod outbox;
-mod publish;
+pub(crate) mod group;
+pub(crate) mod keys;
+pub(crate) mod metrics;
+pub(crate) mod outbox;
+pub(crate) mod publish;
 pub(crate) mod reader;
 pub(crate) mod refusal;
-mod replies;
-pub mod server;
-pub mod slots;
-pub mod storage;
-pub mod topic;
+pub(crate) mod replies;
+pub(crate) mod slots;
+pub(crate) mod topic;
 pub(crate) mod writer;
 
 mod loom;
-
-pub use broker::Broker;
-pub use config::Config;

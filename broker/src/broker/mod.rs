@@ -135,19 +135,19 @@ impl Broker {
     }
 
     /// The configured API keys.
-    pub fn keys(&self) -> &KeyRing {
+    pub(crate) fn keys(&self) -> &KeyRing {
         &self.shared.keys
     }
 
     /// Failed authentications per client address (wire and HTTP).
-    pub fn auth_failures(&self) -> &AuthFailures {
+    pub(crate) fn auth_failures(&self) -> &AuthFailures {
         &self.shared.auth_failures
     }
 
     /// Records a failed authentication from `ip` (a `Hello` or an admin request): counted in
     /// `weir_auth_failures_total`, noted against the address's `max_auth_failures_per_s`, and
     /// logged at most once a second.
-    pub fn auth_failed(&self, ip: std::net::IpAddr, why: &crate::keys::AuthError) {
+    pub(crate) fn auth_failed(&self, ip: std::net::IpAddr, why: &crate::keys::AuthError) {
         self.metrics().auth_failures.add(1);
         self.shared.auth_failures.failed(ip, why);
     }
@@ -159,7 +159,7 @@ impl Broker {
 
     /// Admits one expensive operation `op` on `target` by `key` (`ops_per_s`); a refusal is
     /// counted and logged under that operation, and the caller answers it.
-    pub fn admit_op(&self, key: &KeyLimits, op: Work, target: &str) -> Result<(), Refusal> {
+    pub(crate) fn admit_op(&self, key: &KeyLimits, op: Work, target: &str) -> Result<(), Refusal> {
         let admission = self.admission();
         let now = std::time::Instant::now();
         admission.admit_op(key, now).inspect_err(|r| {
@@ -184,7 +184,7 @@ impl Broker {
     }
 
     /// A fresh connection id.
-    pub fn next_connection_id(&self) -> u64 {
+    pub(crate) fn next_connection_id(&self) -> u64 {
         self.shared.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -209,7 +209,7 @@ impl Broker {
     /// The topic named `name`, created with the default bounds if it does not exist and
     /// `auto_create_topics` is on. Creating it is an expensive operation: when `key` is given,
     /// it pays one of the key's `ops_per_s` tokens first (a refusal creates nothing).
-    pub async fn topic_or_create(
+    pub(crate) async fn topic_or_create(
         &self,
         name: &str,
         key: Option<&KeyLimits>,
@@ -248,7 +248,10 @@ impl Broker {
     /// topic registered) is never written over: a usable manifest restores that topic, as it
     /// was (its settings compared with the spec as for an existing topic); without one the
     /// create fails.
-    pub async fn create_topic(&self, spec: TopicSpec) -> Result<(Arc<Topic>, bool), CreateError> {
+    pub(crate) async fn create_topic(
+        &self,
+        spec: TopicSpec,
+    ) -> Result<(Arc<Topic>, bool), CreateError> {
         let config = self
             .shared
             .config
@@ -306,7 +309,7 @@ impl Broker {
     /// Crash-safe: the directory is renamed to a tombstone (a name no topic can have) and its
     /// parent synced before the state is touched; then the state is deleted (flushed); then the
     /// tombstone removed. A start after a crash anywhere in between finishes the delete.
-    pub async fn delete_topic(
+    pub(crate) async fn delete_topic(
         &self,
         name: &str,
         force: bool,
@@ -352,7 +355,7 @@ impl Broker {
 
     /// Repairs topic `name`'s storage (see [`Topic::repair`]) and returns what was done.
     /// `Ok(None)` when there is no such topic.
-    pub async fn repair_topic(
+    pub(crate) async fn repair_topic(
         &self,
         name: &str,
     ) -> Result<Option<crate::topic::RepairOutcome>, String> {
@@ -389,7 +392,7 @@ impl Broker {
     }
 
     /// A snapshot of every topic, sorted by name.
-    pub fn list_topics(&self) -> Vec<TopicInfo> {
+    pub(crate) fn list_topics(&self) -> Vec<TopicInfo> {
         self.topics().iter().map(|t| t.info()).collect()
     }
 
@@ -400,14 +403,14 @@ impl Broker {
     }
 
     /// Whether a graceful stop has begun.
-    pub fn is_shutting_down(&self) -> bool {
+    pub(crate) fn is_shutting_down(&self) -> bool {
         self.shared.shutting_down.load(Ordering::Relaxed)
     }
 
     /// The first step of a graceful stop: marks the broker not ready and refuses every parked
     /// publish (`block` topics) with `ShuttingDown`, so connections can answer them instead of
     /// waiting out the grace period.
-    pub fn refuse_parked(&self) {
+    pub(crate) fn refuse_parked(&self) {
         self.shared.shutting_down.store(true, Ordering::Relaxed);
         for topic in self.topics() {
             topic.refuse_parked(weir_protocol::RejectReason::ShuttingDown);

@@ -17,13 +17,13 @@
 
 #[cfg(test)]
 mod delete_crash_tests;
-pub mod disk;
+pub(crate) mod disk;
 pub mod fault;
 pub mod fs;
 pub mod log;
-pub mod manifest;
-pub mod reconcile;
-pub mod records;
+pub(crate) mod manifest;
+pub(crate) mod reconcile;
+pub(crate) mod records;
 #[cfg(test)]
 pub(crate) mod sim;
 pub mod state;

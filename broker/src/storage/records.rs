@@ -148,7 +148,6 @@ pub struct TopicRecord {
 pub struct Manifest {
     /// The topic's configuration.
     pub config: TopicConfig,
-    /// Its identity.
     pub identity: TopicIdentity,
 }
 

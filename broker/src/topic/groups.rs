@@ -28,7 +28,6 @@ pub type Detached = Vec<(MemberId, Outbox)>;
 /// A message of one group due for its dead-letter topic (see [`Topic::dead_letter_jobs`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetterJob {
-    /// The group.
     pub group: String,
     /// Its dead-letter topic.
     pub dead_letter_topic: String,
