@@ -25,16 +25,12 @@ impl Connection {
         let published =
             crate::publish::publish(&self.broker, &key, memory, &topic, p.headers, p.payload).await;
         match published {
-            Ok(Admitted::Queued(confirm)) => {
-                self.pending.push(PendingConfirm {
-                    id: p.id,
-                    confirm,
-                    received: self.read_at,
-                });
-                Ok(())
-            }
-            Ok(Admitted::Parked(confirm)) => {
-                self.parked.push(PendingConfirm {
+            Ok(admitted) => {
+                let (waiting, confirm) = match admitted {
+                    Admitted::Queued(confirm) => (&mut self.pending, confirm),
+                    Admitted::Parked(confirm) => (&mut self.parked, confirm),
+                };
+                waiting.push(PendingConfirm {
                     id: p.id,
                     confirm,
                     received: self.read_at,
