@@ -189,7 +189,7 @@ impl Broker {
     }
 
     /// How many connections this broker has served since it opened: every connection given an
-    /// id by [`Broker::next_connection_id`] (those refused before `Hello`, at
+    /// id by `Broker::next_connection_id` (those refused before `Hello`, at
     /// `max_connections` or for failed authentications, get none). Unlike the
     /// `connections` gauge it never goes down, so tests can count reconnects.
     pub fn connections_served(&self) -> u64 {

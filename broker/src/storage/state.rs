@@ -2,7 +2,7 @@
 //!
 //! This module is the only place that names sled (DESIGN.md §4): a handful of typed operations,
 //! so the store can be swapped (redb was measured as the alternative) without touching callers.
-//! Records are storage's own versioned formats ([`super::records`]), never the wire types.
+//! Records are storage's own versioned formats (`records.rs`), never the wire types.
 //!
 //! The store is a cache of what the topic directories say (each holds a manifest) plus the
 //! groups' cursors: when it is lost it can be rebuilt from the manifests (`weir-broker
@@ -57,7 +57,7 @@ impl StateStore {
     ///
     /// sled 0.34 releases its directory lock from a background thread after the previous `Db`
     /// in this process is dropped (spacejam/sled#1289), so a lock held when we open is waited
-    /// for, at most [`LOCK_WAIT`]; a lock still held after that (another broker on the same
+    /// for, at most `LOCK_WAIT`; a lock still held after that (another broker on the same
     /// directory) is an error.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<StateStore, StateError> {
         let config = sled::Config::new().path(dir).cache_capacity(cache_bytes);
@@ -198,7 +198,7 @@ impl StateStore {
 ///
 /// Refused (an error) while a broker holds the store open. A lock released just before (sled
 /// lets go of it from a background thread after the store is dropped) is waited for, at most
-/// [`LOCK_WAIT`].
+/// `LOCK_WAIT`.
 pub fn set_aside(fs: &dyn StorageFs, dir: &Path) -> std::io::Result<Option<PathBuf>> {
     let deadline = Instant::now() + LOCK_WAIT;
     while is_held(dir) && Instant::now() < deadline {
