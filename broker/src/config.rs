@@ -404,7 +404,7 @@ pub enum ConfigError {
 impl Config {
     /// Takes the default `storage.max_bytes` if none is set: what the data directory's topic
     /// logs hold now plus 90 % of the free space on its filesystem (see
-    /// [`crate::storage::disk`]). Blocking (it measures the disk).
+    /// the `storage::disk` module). Blocking (it measures the disk).
     pub fn resolve_storage_budget(&mut self) {
         if self.storage.max_bytes.is_some() {
             return;
@@ -686,8 +686,8 @@ impl Config {
 /// `max_frame_bytes` after the frame's own fields and the origin headers a dead-letter copy
 /// adds — so every stored message can be delivered, and delivered again as a dead letter.
 pub fn max_message_bytes_ceiling(limits: &Limits) -> u32 {
-    let room =
-        u64::from(FRAME_HEADER_ROOM) + crate::dead_letter::origin_room(limits.max_reason_bytes);
+    let room = u64::from(FRAME_HEADER_ROOM)
+        + crate::dead_letter::origin::origin_room(limits.max_reason_bytes);
     u64::from(limits.max_frame_bytes).saturating_sub(room) as u32
 }
 

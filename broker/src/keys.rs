@@ -206,11 +206,6 @@ impl KeyRing {
             .cloned()
             .ok_or(AuthError::BadToken)
     }
-
-    /// Whether any key is configured.
-    pub fn is_empty(&self) -> bool {
-        self.by_token.is_empty()
-    }
 }
 
 #[cfg(test)]

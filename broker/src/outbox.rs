@@ -11,7 +11,6 @@ use crate::admission::MemoryPermit;
 /// connection's queue counts against the memory budget.
 #[derive(Debug)]
 pub struct Outbound {
-    /// The frame.
     pub frame: Frame,
     /// The memory the frame holds (empty for control frames).
     pub memory: Option<MemoryPermit>,

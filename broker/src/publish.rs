@@ -25,8 +25,9 @@ use weir_protocol::{Deliver, Headers, Limit, RejectReason};
 
 use crate::admission::{KeyLimits, MemoryBudget};
 use crate::broker::Broker;
+use crate::refusal::Refusal;
 use crate::storage::log::{self, Message};
-use crate::topic::{Admitted, AppendError, Refusal, Topic};
+use crate::topic::{Admitted, AppendError, Topic};
 
 /// Runs one publish of `payload` with `headers` to `topic` on behalf of `key` through every
 /// check above, holding its memory from `memory` (the connection's inbound budget, or the
@@ -103,7 +104,7 @@ pub(crate) fn fits_a_frame(
     payload_len: usize,
 ) -> bool {
     let l = &broker.config().limits;
-    let room = crate::dead_letter::origin_room(l.max_reason_bytes);
+    let room = crate::dead_letter::origin::origin_room(l.max_reason_bytes);
     Deliver::max_body_bytes(headers, payload_len) as u64 + room <= u64::from(l.max_frame_bytes)
 }
 

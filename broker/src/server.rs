@@ -18,8 +18,8 @@ use crate::admission::Work;
 use crate::broker::{Broker, OpenError};
 use crate::config::Config;
 use crate::connection::{self, Stop};
+use crate::refusal::Refusal;
 use crate::slots::ConnectionSlots;
-use crate::topic::Refusal;
 
 /// Refused connections being answered at once; past it, further ones are closed unanswered.
 const MAX_REFUSALS_IN_PROGRESS: usize = 64;

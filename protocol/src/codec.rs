@@ -1,11 +1,13 @@
 //! [`WeirCodec`]: turns a byte stream into [`Frame`]s and back, with a hard maximum frame size.
 //!
 //! ```text
-//! INPUT (one Publish of the 3-byte payload "abc"):
-//! +---- len ----+-- hdr_len --+------ header ------+-- payload --+
-//! | 00 00 00 10 | 00 00 00 09 | 06 01 05 "orders"  |    "abc"    |  ...
-//! +-------------+-------------+--------------------+-------------+
-//! DECODED: Frame::Publish(Publish { id: 1, topic: "orders", payload: "abc" })
+//! INPUT (one Publish of the 3-byte payload "abc", no headers):
+//! +---- len ----+-- hdr_len --+---------- header ----------+-- payload --+
+//! | 00 00 00 11 | 00 00 00 0a | 06 01 06 "orders" 00        |    "abc"    |  ...
+//! +-------------+-------------+----------------------------+-------------+
+//!   len: bytes after it (17)   header (bincode, varints): variant 6 = Publish, id 1,
+//!   hdr_len: header bytes (10) topic (length 6, bytes), headers (count 0)
+//! DECODED: Frame::Publish(Publish { id: 1, topic: "orders", headers: [], payload: "abc" })
 //! ```
 //!
 //! Decoding follows tokio-util's contract: `Ok(Some(frame))` consumes one frame, `Ok(None)`

@@ -2,7 +2,7 @@
 //! only the offender, with the bucket's refill time.
 
 use bytes::Bytes;
-use weir_broker::keys::{ApiKey, RateConfig};
+use weir_broker::{ApiKey, RateConfig};
 use weir_protocol::{Frame, Hello, RejectReason, Subscribe, PROTOCOL_VERSION};
 use weir_tests::{RawClient, TestBroker};
 

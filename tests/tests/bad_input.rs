@@ -162,9 +162,7 @@ async fn clients_vanishing_mid_frame_and_mid_stream_do_not_disturb_a_healthy_one
 #[tokio::test]
 async fn wrong_or_missing_credentials_get_unauthorized_and_a_close_while_a_valid_key_works() {
     let broker = TestBroker::start_with(|c| {
-        c.keys = vec![weir_broker::keys::ApiKey::with_token(
-            "billing", "s3cret", None,
-        )];
+        c.keys = vec![weir_broker::ApiKey::with_token("billing", "s3cret", None)];
     })
     .await;
     for token in [None, Some("wrong".to_string())] {

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures::StreamExt;
-use weir_broker::keys::{ApiKey, RateConfig};
+use weir_broker::{ApiKey, RateConfig};
 use weir_client::{
     BreakerPolicy, BreakerState, Client, ClientError, ClientOptions, PublishError, RejectReason,
     RetryPolicy, TopicSpec,

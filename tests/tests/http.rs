@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
-use weir_broker::keys::{ApiKey, RateConfig};
+use weir_broker::{ApiKey, RateConfig};
 use weir_client::{Client, Delivery, OverflowPolicy, RejectReason, Subscription, TopicSpec};
 use weir_tests::{eventually, TestBroker};
 

@@ -646,8 +646,8 @@ async fn every_reply_fits_a_frame_and_one_that_cannot_is_answered_with_an_error(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_charges_auto_create_and_gives_tokens_back_on_later_refusals() {
     let broker = TestBroker::start_with(|c| {
-        let key = |name: &str, rate| weir_broker::keys::ApiKey::with_token(name, name, rate);
-        let tight = weir_broker::keys::RateConfig {
+        let key = |name: &str, rate| weir_broker::ApiKey::with_token(name, name, rate);
+        let tight = weir_broker::RateConfig {
             ops_per_s: 1,
             ops_burst: 2,
             messages_per_s: 1,
@@ -736,7 +736,7 @@ async fn admission_charges_auto_create_and_gives_tokens_back_on_later_refusals()
 async fn failed_authentications_are_limited_per_address() {
     let broker = TestBroker::start_with(|c| {
         c.limits.max_auth_failures_per_s = 10;
-        c.keys = vec![weir_broker::keys::ApiKey::with_token("good", "good", None)];
+        c.keys = vec![weir_broker::ApiKey::with_token("good", "good", None)];
     })
     .await;
     let addr = broker.addr;

@@ -30,7 +30,7 @@ use super::topics::error_response;
 use super::PeerAddr;
 use crate::broker::Broker;
 use crate::keys::AuthError;
-use crate::topic::Refusal;
+use crate::refusal::Refusal;
 
 /// Middleware: passes the request on with its [`Identity`](crate::keys::Identity) in its extensions if its address
 /// is not over `max_auth_failures_per_s` and it authenticates; else answers `429`, `401` or

@@ -38,13 +38,13 @@ use tokio::sync::Semaphore;
 
 use crate::broker::Broker;
 
-pub use limits::PeerAddr;
+pub(crate) use limits::PeerAddr;
 
 /// The admin routes over `broker`, at most `admin.max_concurrent_requests` handled at once,
 /// every route but `/healthz`, `/readyz` (and `/metrics` if `admin.public_metrics`) behind
 /// authentication. Handlers that check the peer's address expect `ConnectInfo<PeerAddr>` in
 /// the request's extensions (as [`serve`] puts it); without it the peer counts as remote.
-pub fn router(broker: Broker) -> Router {
+pub(crate) fn router(broker: Broker) -> Router {
     let admin = &broker.config().admin;
     let requests = Arc::new(Semaphore::new(admin.max_concurrent_requests.max(1) as usize));
     let metrics = Router::new().route("/metrics", get(metrics::scrape));

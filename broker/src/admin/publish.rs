@@ -44,7 +44,8 @@ use super::topics::{error_response, unknown_topic};
 use crate::admission::KeyLimits;
 use crate::broker::{Broker, CreateError};
 use crate::keys::Identity;
-use crate::topic::{Admitted, AppendError, Refusal, Topic};
+use crate::refusal::Refusal;
+use crate::topic::{Admitted, AppendError, Topic};
 
 /// Request headers with this prefix (any case) become message headers, the prefix cut off.
 pub const HEADER_PREFIX: &str = "weir-header-";

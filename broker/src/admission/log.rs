@@ -77,11 +77,13 @@ impl<K: Hash + Eq + Clone> RefusalLog<K> {
     }
 
     /// Keys remembered now (never more than the capacity).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.keys.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Whether no key is remembered.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -47,14 +47,12 @@ use weir_protocol::{Limit, RejectReason};
 
 use crate::config::Config;
 use crate::keys::{Identity, RateConfig};
-use crate::topic::Refusal;
+use crate::refusal::Refusal;
 
-pub use bucket::{RateKind, RateLimit, RateLimited, Refill, TokenBucket};
+pub use bucket::{RateKind, RateLimit, Refill, TokenBucket};
 pub use budget::{MemoryBudget, MemoryFull, MemoryPermit};
-pub use latency::LatencyWindow;
 pub use log::RefusalLog;
 pub use overload::{Overload, OverloadDetector};
-pub use parking::{Full, ParkTicket, ParkingLot};
 pub use room::RoomSignal;
 pub use share::ConnectionMemory;
 

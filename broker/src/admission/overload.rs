@@ -18,14 +18,12 @@ pub enum Overload {
         /// The measured p99 (an estimate at most 1/16 above the true value; the comparison
         /// with the threshold itself is exact).
         p99: Duration,
-        /// The threshold.
         threshold: Duration,
     },
     /// At least `threshold` appends are waiting for their commit.
     QueuedWork {
         /// Appends waiting now.
         queued: u64,
-        /// The threshold.
         threshold: u64,
     },
 }

@@ -9,10 +9,10 @@ use crate::loom::sync::Mutex;
 /// A bounded FIFO of parked items, each with a deadline. Safe to share between threads (one
 /// small mutex inside); every operation is O(log n).
 ///
-/// Every parked item leaves exactly once — by [`unpark_next`](Self::unpark_next) (or
-/// [`unpark_next_if`](Self::unpark_next_if)), by [`expire`](Self::expire), by
-/// [`cancel`](Self::cancel) or by [`drain`](Self::drain) — never twice, and never lost while
-/// the lot lives (dropping the lot drops what is still parked: `drain` it first at shutdown).
+/// Every parked item leaves exactly once — by [`unpark_next_with`](Self::unpark_next_with),
+/// by [`expire`](Self::expire) or by [`drain`](Self::drain) (the tests also take items with
+/// `unpark_next`, `unpark_next_if` and `cancel`) — never twice, and never lost while the lot
+/// lives (dropping the lot drops what is still parked: `drain` it first at shutdown).
 ///
 /// At its bound (`capacity` items parked) [`park`](Self::park) hands the item back as
 /// [`Full`]. Deadlines need not be monotonic in FIFO order: `expire` finds every item past
@@ -84,6 +84,7 @@ impl<T> ParkingLot<T> {
     }
 
     /// Takes the oldest item, if any (as room frees).
+    #[cfg(test)]
     pub fn unpark_next(&self) -> Option<T> {
         self.unpark_next_if(|_| true)
     }
@@ -91,6 +92,7 @@ impl<T> ParkingLot<T> {
     /// Takes the oldest item if `ready` says so (for example, if it fits now). `ready` runs
     /// under the lot's lock: it must be quick and must not touch the lot. Nothing behind the
     /// oldest item is looked at (FIFO: a small item never overtakes a large one).
+    #[cfg(test)]
     pub fn unpark_next_if(&self, ready: impl FnOnce(&T) -> bool) -> Option<T> {
         let mut lot = self.lock();
         let entry = lot.items.first_entry()?;
@@ -140,6 +142,7 @@ impl<T> ParkingLot<T> {
     }
 
     /// Takes the item parked with `ticket`, if it has not left yet (the publisher went away).
+    #[cfg(test)]
     pub fn cancel(&self, ticket: ParkTicket) -> Option<T> {
         let mut lot = self.lock();
         let (deadline, item) = lot.items.remove(&ticket.id)?;
@@ -173,6 +176,7 @@ impl<T> ParkingLot<T> {
     }
 
     /// The most items parked at once.
+    #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.capacity
     }

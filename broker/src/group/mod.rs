@@ -28,7 +28,7 @@ use schedule::Schedule;
 use crate::admission::{MemoryBudget, MemoryPermit};
 pub use crate::outbox::Outbox;
 use crate::storage::log::MESSAGE_OVERHEAD;
-use crate::storage::state::GroupRecord;
+use crate::storage::records::GroupRecord;
 
 /// Identifies one subscription: the connection it lives on and its id there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -79,7 +79,6 @@ struct InFlight {
 /// A message waiting to be moved to the group's dead-letter topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
-    /// The message.
     pub seq: u64,
     /// Deliveries it had.
     pub attempt: u32,
@@ -122,7 +121,6 @@ pub struct Planned {
     pub memory: MemoryPermit,
     /// The member it goes to.
     pub member: MemberId,
-    /// The message.
     pub seq: u64,
     /// Which delivery of this message to the group this is (1 = first).
     pub attempt: u32,
@@ -140,7 +138,6 @@ pub enum GrantError {
     TooMuch {
         /// Credit the member has outstanding now.
         outstanding: u32,
-        /// The bound.
         max: u32,
     },
 }
@@ -196,7 +193,6 @@ pub enum Stall {
     },
     /// A member has had no credit for `for_` while messages wait for the group.
     NoCredit {
-        /// The member.
         member: MemberId,
         /// How long.
         for_: Duration,

@@ -15,8 +15,8 @@ use weir_protocol::GroupConfig;
 
 use super::{Departure, Group, MemberId, Plan};
 use crate::admission::budget::MemoryBudget;
+use crate::storage::records::GroupRecord;
 use crate::storage::sim::SimRng;
-use crate::storage::state::GroupRecord;
 
 const MESSAGES: u64 = 200;
 

@@ -138,7 +138,7 @@ impl StorageFs for OsFs {
 }
 
 /// Reads exactly `buf.len()` bytes at `offset` (`UnexpectedEof` if the file ends first).
-pub fn read_exact_at(
+pub(crate) fn read_exact_at(
     file: &dyn StorageFile,
     mut buf: &mut [u8],
     mut offset: u64,
@@ -164,7 +164,11 @@ pub fn read_exact_at(
 
 /// The whole content of `path`: `Ok(None)` when it does not exist, `InvalidData` when it is
 /// longer than `max_len` (not read).
-pub fn read_file(fs: &dyn StorageFs, path: &Path, max_len: u64) -> io::Result<Option<Vec<u8>>> {
+pub(crate) fn read_file(
+    fs: &dyn StorageFs,
+    path: &Path,
+    max_len: u64,
+) -> io::Result<Option<Vec<u8>>> {
     let file = match fs.open(path, OpenMode::Existing) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -185,7 +189,7 @@ pub fn read_file(fs: &dyn StorageFs, path: &Path, max_len: u64) -> io::Result<Op
 /// Writes `bytes` to `path` atomically: to `path.tmp` first, fdatasync, rename over `path`,
 /// fsync the directory. After `Ok` the new content is durable; after a crash at any point
 /// `path` holds either the old content or the new one, never a mix.
-pub fn write_atomic(fs: &dyn StorageFs, path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(fs: &dyn StorageFs, path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -202,7 +206,7 @@ pub fn write_atomic(fs: &dyn StorageFs, path: &Path, bytes: &[u8]) -> io::Result
 }
 
 /// Removes `path`; `Ok(false)` when it was not there.
-pub fn remove_if_present(fs: &dyn StorageFs, path: &Path) -> io::Result<bool> {
+pub(crate) fn remove_if_present(fs: &dyn StorageFs, path: &Path) -> io::Result<bool> {
     match fs.remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),

@@ -26,7 +26,6 @@ pub enum ManifestError {
     Io {
         /// The manifest's path.
         path: PathBuf,
-        /// Why.
         source: io::Error,
     },
     /// The file is there but is not a valid manifest (torn, overwritten, newer format).
@@ -34,7 +33,6 @@ pub enum ManifestError {
     Format {
         /// The manifest's path.
         path: PathBuf,
-        /// Why.
         source: FormatError,
     },
 }

@@ -57,7 +57,6 @@ pub enum ReconcileError {
     StateUnreadable {
         /// The state store's directory.
         path: PathBuf,
-        /// Why.
         reason: String,
     },
     /// A topic has a state record but no directory (its messages are gone).
@@ -68,7 +67,6 @@ pub enum ReconcileError {
          and every group cursor is reset)"
     )]
     MissingDir {
-        /// The topic.
         name: String,
         /// Its expected directory.
         path: PathBuf,
@@ -81,7 +79,6 @@ pub enum ReconcileError {
          topics directory"
     )]
     UnknownDir {
-        /// The directory.
         path: PathBuf,
         /// Why the manifest could not be used.
         reason: String,
@@ -91,12 +88,7 @@ pub enum ReconcileError {
     Manifest(#[from] ManifestError),
     /// A directory operation failed.
     #[error("{path}: {source}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// Why.
-        source: io::Error,
-    },
+    Io { path: PathBuf, source: io::Error },
     /// A state store write failed.
     #[error(transparent)]
     State(#[from] StateError),
@@ -301,8 +293,8 @@ fn scan(fs: &dyn StorageFs, topics_dir: &Path) -> Result<Scan, ReconcileError> {
 mod tests {
     use super::*;
     use crate::storage::fs::{self as sfs, Fs};
+    use crate::storage::records::GroupRecord;
     use crate::storage::records::TopicIdentity;
-    use crate::storage::state::GroupRecord;
 
     struct Data {
         root: tempfile::TempDir,

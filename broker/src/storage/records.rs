@@ -25,8 +25,6 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use weir_protocol::{FsyncPolicy, GroupConfig, OverflowPolicy, TopicConfig};
 
-use super::state::GroupRecord;
-
 /// Format version of topic records written now.
 const TOPIC_RECORD_VERSION: u8 = 2;
 /// Format version of group records written now.
@@ -118,6 +116,24 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A group's durable state: its settings, where its cursor is, which messages below it are not
+/// yet acked (with the number of deliveries each has had), which were nacked and when they may
+/// be redelivered, and which are due for the dead-letter topic. Bounded by the group's
+/// `max_in_flight`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupRecord {
+    /// The next sequence never yet delivered to the group.
+    pub cursor: u64,
+    /// Delivered-but-unacked messages below `cursor`: `(seq, deliveries so far)`.
+    pub unacked: Vec<(u64, u32)>,
+    /// The group's settings (`None` in records written before groups had settings).
+    pub config: Option<GroupConfig>,
+    /// Nacked messages: `(seq, deliveries so far, redeliver at, ms since the Unix epoch)`.
+    pub delayed: Vec<(u64, u32, u64)>,
+    /// Messages due for the dead-letter topic: `(seq, deliveries, reason)`.
+    pub dead: Vec<(u64, u32, String)>,
+}
+
 /// A topic as the state store holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicRecord {
@@ -132,7 +148,6 @@ pub struct TopicRecord {
 pub struct Manifest {
     /// The topic's configuration.
     pub config: TopicConfig,
-    /// Its identity.
     pub identity: TopicIdentity,
 }
 

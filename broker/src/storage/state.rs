@@ -2,7 +2,7 @@
 //!
 //! This module is the only place that names sled (DESIGN.md §4): a handful of typed operations,
 //! so the store can be swapped (redb was measured as the alternative) without touching callers.
-//! Records are storage's own versioned formats ([`super::records`]), never the wire types.
+//! Records are storage's own versioned formats (`records.rs`), never the wire types.
 //!
 //! The store is a cache of what the topic directories say (each holds a manifest) plus the
 //! groups' cursors: when it is lost it can be rebuilt from the manifests (`weir-broker
@@ -11,10 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use weir_protocol::{GroupConfig, TopicConfig};
+use weir_protocol::TopicConfig;
 
 use super::fs::{Fs, StorageFs};
-use super::records::{self, FormatError, TopicIdentity, TopicRecord};
+use super::records::{self, FormatError, GroupRecord, TopicIdentity, TopicRecord};
 
 /// The key of the marker record, in the `meta` tree, saying Weir wrote this store.
 const MARKER_KEY: &[u8] = b"format";
@@ -40,24 +40,6 @@ pub enum StateError {
     Encode(FormatError),
 }
 
-/// A group's durable state: its settings, where its cursor is, which messages below it are not
-/// yet acked (with the number of deliveries each has had), which were nacked and when they may
-/// be redelivered, and which are due for the dead-letter topic. Bounded by the group's
-/// `max_in_flight`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct GroupRecord {
-    /// The next sequence never yet delivered to the group.
-    pub cursor: u64,
-    /// Delivered-but-unacked messages below `cursor`: `(seq, deliveries so far)`.
-    pub unacked: Vec<(u64, u32)>,
-    /// The group's settings (`None` in records written before groups had settings).
-    pub config: Option<GroupConfig>,
-    /// Nacked messages: `(seq, deliveries so far, redeliver at, ms since the Unix epoch)`.
-    pub delayed: Vec<(u64, u32, u64)>,
-    /// Messages due for the dead-letter topic: `(seq, deliveries, reason)`.
-    pub dead: Vec<(u64, u32, String)>,
-}
-
 /// The sled-backed state store. Cheap to clone.
 #[derive(Clone)]
 pub struct StateStore {
@@ -75,7 +57,7 @@ impl StateStore {
     ///
     /// sled 0.34 releases its directory lock from a background thread after the previous `Db`
     /// in this process is dropped (spacejam/sled#1289), so a lock held when we open is waited
-    /// for, at most [`LOCK_WAIT`]; a lock still held after that (another broker on the same
+    /// for, at most `LOCK_WAIT`; a lock still held after that (another broker on the same
     /// directory) is an error.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<StateStore, StateError> {
         let config = sled::Config::new().path(dir).cache_capacity(cache_bytes);
@@ -216,7 +198,7 @@ impl StateStore {
 ///
 /// Refused (an error) while a broker holds the store open. A lock released just before (sled
 /// lets go of it from a background thread after the store is dropped) is waited for, at most
-/// [`LOCK_WAIT`].
+/// `LOCK_WAIT`.
 pub fn set_aside(fs: &dyn StorageFs, dir: &Path) -> std::io::Result<Option<PathBuf>> {
     let deadline = Instant::now() + LOCK_WAIT;
     while is_held(dir) && Instant::now() < deadline {
@@ -296,6 +278,7 @@ fn corrupt(key: &[u8], reason: FormatError) -> StateError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_protocol::GroupConfig;
 
     fn config(name: &str) -> TopicConfig {
         crate::storage::test_topic_config(name)

@@ -1,4 +1,5 @@
-//! Admission at the topic: the bounds, and what the topic's overflow policy does at them.
+//! The publish path at the topic: admission at its bounds, what the topic's overflow policy
+//! does at them, then the writer's queue (or the parking queue).
 //!
 //! Bounds count stored messages (ready and in flight) plus publishes accepted and not yet
 //! committed. At a bound:
@@ -15,7 +16,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use weir_protocol::{DroppedMessage, Limit, OverflowPolicy, RejectReason};
 
-use super::{AppendError, Topic, TopicState, HOLE};
+use tokio::sync::oneshot;
+
+use super::parking::Parked;
+use super::writer::Append;
+use super::{lock, Admitted, AppendError, Topic, TopicState, HOLE};
+use crate::admission::budget::MemoryPermit;
+use crate::storage::log::Message;
 
 /// How many evicted messages a topic remembers for operators (`weir topic info`).
 pub(super) const DROP_SAMPLE: usize = 100;
@@ -188,5 +195,73 @@ impl Topic {
             );
         }
         *w = DropWarning::new(now);
+    }
+}
+
+impl Topic {
+    /// Accepts a publish for storage, parks it (`block`), or refuses it at a bound (see
+    /// [`admit`]). When queued, the message counts against the bounds at once; either way the
+    /// returned [`Confirm`] resolves once it is durable (or refused). Waits only when the
+    /// writer's queue (`append_queue`) is full.
+    ///
+    /// The message's headers are stored and delivered with its payload; `max_message_bytes`
+    /// and the topic's byte bounds count its [`Message::size`] (payload plus header names and
+    /// values), less `slack` bytes for `max_message_bytes` only (a dead-letter copy's origin
+    /// headers). Headers past the log's record format (see
+    /// [`crate::storage::log::exceeded_header_bound`]) are refused with `MessageTooLarge`
+    /// naming that bound, before they could fail a whole commit.
+    pub async fn publish(
+        &self,
+        message: Message,
+        permit: MemoryPermit,
+        slack: u64,
+    ) -> Result<Admitted, AppendError> {
+        use crate::storage::log;
+        if let Some(refusal) = self.storage_refusal() {
+            return Err(refusal);
+        }
+        if let Some((bound, value)) = log::exceeded_header_bound(&message.headers) {
+            let limit = Limit::new(bound, value);
+            return Err(self.refusal(RejectReason::MessageTooLarge, limit, None));
+        }
+        let len = message.size();
+        let now = Instant::now();
+        let (reply, confirm) = oneshot::channel();
+        {
+            let mut st = lock(&self.state);
+            if let Decision::Park = self.admit(&mut st, len, slack, now)? {
+                let parked = Parked {
+                    message,
+                    reply,
+                    deadline: now + self.max_block(),
+                    permit,
+                };
+                return match self.park(&mut st, parked) {
+                    Ok(()) => Ok(Admitted::Parked(confirm)),
+                    Err(_) => Err(self.parking_full(&st, len, now)),
+                };
+            }
+        }
+        if self
+            .appends
+            .send(Append {
+                message,
+                reply,
+                permit,
+            })
+            .await
+            .is_err()
+        {
+            self.release(1, len);
+            return Err(AppendError::Storage("topic is closed".into()));
+        }
+        Ok(Admitted::Queued(confirm))
+    }
+
+    pub(super) fn release(&self, count: u64, bytes: u64) {
+        let mut st = lock(&self.state);
+        st.pending_count -= count;
+        st.pending_bytes -= bytes;
+        self.admission.queued(-(count as i64));
     }
 }

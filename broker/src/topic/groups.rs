@@ -1,4 +1,4 @@
-//! A topic's group operations beyond delivery and ack: nack, term, progress, ack deadlines,
+//! A topic's group operations beyond delivery: ack, nack, term, progress, ack deadlines,
 //! moving messages to dead-letter topics, and deleting groups.
 //!
 //! Every operation takes the topic lock for a short, non-blocking section, then wakes whoever
@@ -28,7 +28,6 @@ pub type Detached = Vec<(MemberId, Outbox)>;
 /// A message of one group due for its dead-letter topic (see [`Topic::dead_letter_jobs`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetterJob {
-    /// The group.
     pub group: String,
     /// Its dead-letter topic.
     pub dead_letter_topic: String,
@@ -37,6 +36,24 @@ pub struct DeadLetterJob {
 }
 
 impl Topic {
+    /// Acks messages delivered to a member; frees in-flight slots and, once every group has
+    /// acked a message, its place in the topic's bounds.
+    pub fn ack(&self, group: &str, id: MemberId, seqs: &[u64]) -> usize {
+        let mut st = lock(&self.state);
+        let acked = st.groups.get_mut(group).map_or(0, |g| g.ack(id, seqs));
+        let trimmed = acked > 0 && self.release_floor(&mut st);
+        drop(st);
+        self.metrics.acked.add(acked as u64);
+        self.counters.acked.add(acked as u64);
+        if acked > 0 {
+            self.wake_dispatcher.notify_one();
+        }
+        if trimmed {
+            self.wake_writer.notify_one();
+        }
+        acked
+    }
+
     /// Nacks messages delivered to a member: they are redelivered after `delay_ms` (capped
     /// by `groups.max_nack_delay_ms`), or dead-lettered if this was their last attempt.
     /// Returns how many were nacked.

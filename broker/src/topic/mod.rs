@@ -6,11 +6,31 @@
 //! not yet committed, so nothing can push a topic past `max_messages` or `max_bytes`.
 //! A message stops counting once every group has acked it; its disk space is reclaimed when
 //! its whole segment is below every group's floor.
+//!
+//! # Layout
+//!
+//! This file holds the topic's state, opening it, and saving its groups. One job per file:
+//!
+//! - `admit.rs` — the publish path: storage health, bounds, the overflow policy, then the
+//!   writer's queue or the parking queue.
+//! - `parking.rs` — the `block` policy's parked publishes.
+//! - `writer.rs` — the group-commit writer: appends become durable and confirmed.
+//! - `dispatch.rs` — the dispatcher: credit-paced delivery to group members.
+//! - `tail.rs` — the cache of recent messages deliveries are served from.
+//! - `members.rs` — joining groups, credit, leaving.
+//! - `groups.rs` — ack, nack, term, progress, ack deadlines, dead letters, deleting groups.
+//! - `health.rs` — storage health (full, failed, damaged) and what it refuses or tells.
+//! - `repair.rs` — `weir topic repair`.
+//! - `info.rs` — info, counters, the bound refusing now, stalls.
+//! - `drain.rs`, `refusing.rs` — the measured drain rate; recent refusals.
 
 mod admit;
 mod dispatch;
 mod drain;
 mod groups;
+mod health;
+mod info;
+mod members;
 mod parking;
 mod refusing;
 mod repair;
@@ -26,39 +46,26 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use weir_protocol::{
-    DroppedMessage, GroupConfig, GroupSpec, Limit, RejectReason, StartPosition, TopicConfig,
-    TopicHealth, TopicInfo,
-};
+use weir_protocol::{DroppedMessage, GroupSpec, TopicConfig, TopicHealth};
 
-use crate::admission::budget::{MemoryBudget, MemoryPermit};
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::group::{Departure, GrantError, Group, MemberId, Outbox, Stall};
+use crate::group::Group;
 use crate::metrics::{Counter, Metrics};
+use crate::refusal::Refusal;
 use crate::storage::disk::DiskBudget;
-use crate::storage::log::{LogConfig, LogError, Message, SegmentLog};
-use crate::storage::state::{GroupRecord, StateStore};
-use admit::{Decision, DropWarning};
+use crate::storage::log::{LogConfig, LogError, SegmentLog};
+use crate::storage::records::GroupRecord;
+use crate::storage::state::StateStore;
+use admit::DropWarning;
 use drain::DrainRate;
-use parking::{Parked, ParkingQueue};
+use parking::ParkingQueue;
 use refusing::RecentRefusals;
 use tail::TailCache;
 use writer::Append;
 
 pub use groups::{DeadLetterJob, DeleteGroupError, Detached};
 pub use repair::RepairOutcome;
-
-/// A publish the topic refused, with the bound that fired.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// Why.
-    pub reason: RejectReason,
-    /// The bound.
-    pub limit: Limit,
-    /// When to retry, if retrying can help.
-    pub retry_after_ms: Option<u64>,
-}
 
 /// Why a publish could not be stored after it was accepted.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -481,230 +488,6 @@ impl Topic {
         &self.config
     }
 
-    /// Accepts a publish for storage, parks it (`block`), or refuses it at a bound (see
-    /// [`admit`]). When queued, the message counts against the bounds at once; either way the
-    /// returned [`Confirm`] resolves once it is durable (or refused). Waits only when the
-    /// writer's queue (`append_queue`) is full.
-    ///
-    /// The message's headers are stored and delivered with its payload; `max_message_bytes`
-    /// and the topic's byte bounds count its [`Message::size`] (payload plus header names and
-    /// values), less `slack` bytes for `max_message_bytes` only (a dead-letter copy's origin
-    /// headers). Headers past the log's record format (see
-    /// [`crate::storage::log::exceeded_header_bound`]) are refused with `MessageTooLarge`
-    /// naming that bound, before they could fail a whole commit.
-    pub async fn publish(
-        &self,
-        message: Message,
-        permit: MemoryPermit,
-        slack: u64,
-    ) -> Result<Admitted, AppendError> {
-        use crate::storage::log;
-        if let Some(refusal) = self.storage_refusal() {
-            return Err(refusal);
-        }
-        if let Some((bound, value)) = log::exceeded_header_bound(&message.headers) {
-            let limit = Limit::new(bound, value);
-            return Err(self.refusal(RejectReason::MessageTooLarge, limit, None));
-        }
-        let len = message.size();
-        let now = Instant::now();
-        let (reply, confirm) = oneshot::channel();
-        {
-            let mut st = lock(&self.state);
-            if let Decision::Park = self.admit(&mut st, len, slack, now)? {
-                let parked = Parked {
-                    message,
-                    reply,
-                    deadline: now + self.max_block(),
-                    permit,
-                };
-                return match self.park(&mut st, parked) {
-                    Ok(()) => Ok(Admitted::Parked(confirm)),
-                    Err(_) => Err(self.parking_full(&st, len, now)),
-                };
-            }
-        }
-        if self
-            .appends
-            .send(Append {
-                message,
-                reply,
-                permit,
-            })
-            .await
-            .is_err()
-        {
-            self.release(1, len);
-            return Err(AppendError::Storage("topic is closed".into()));
-        }
-        Ok(Admitted::Queued(confirm))
-    }
-
-    fn release(&self, count: u64, bytes: u64) {
-        let mut st = lock(&self.state);
-        st.pending_count -= count;
-        st.pending_bytes -= bytes;
-        self.admission.queued(-(count as i64));
-    }
-
-    /// Attaches a subscription to `group` with no credit yet: deliveries go to `outbox`, each
-    /// holding its bytes from `memory` (its connection's outbound memory) until written, `Gap`
-    /// notices to `notices`. A group that does not exist yet is created at `start` (the oldest
-    /// stored message, the next one published, or a sequence — never below the oldest stored)
-    /// with `config`; an existing group keeps its own settings.
-    pub fn join(
-        &self,
-        group: &str,
-        (start, config): (StartPosition, GroupConfig),
-        id: MemberId,
-        (outbox, notices): (Outbox, Outbox),
-        memory: MemoryBudget,
-    ) -> Result<(), JoinError> {
-        let mut st = lock(&self.state);
-        if !st.groups.contains_key(group) {
-            if st.groups.len() >= self.limits.max_groups as usize {
-                return Err(JoinError::TooManyGroups(self.limits.max_groups));
-            }
-            let cursor = match start {
-                StartPosition::Earliest => st.first_seq,
-                StartPosition::Latest => st.committed_next + st.pending_count,
-                StartPosition::Seq(seq) => seq.max(st.first_seq),
-            };
-            let g = Group::with_config(cursor, self.limits.max_in_flight, config);
-            st.groups.insert(group.to_string(), g);
-        }
-        if let Some(g) = st.groups.get_mut(group) {
-            g.join(id, outbox, notices, memory);
-        }
-        Ok(())
-    }
-
-    /// Grants a member credit and wakes the dispatcher.
-    pub fn grant(&self, group: &str, id: MemberId, n: u32) -> Result<(), GrantError> {
-        let mut st = lock(&self.state);
-        let g = st.groups.get_mut(group).ok_or(GrantError::UnknownMember)?;
-        g.grant(id, n, self.limits.max_credit)?;
-        drop(st);
-        // Notify after releasing the lock so the dispatcher does not wake into a held mutex.
-        self.wake_dispatcher.notify_one();
-        Ok(())
-    }
-
-    /// Acks messages delivered to a member; frees in-flight slots and, once every group has
-    /// acked a message, its place in the topic's bounds.
-    pub fn ack(&self, group: &str, id: MemberId, seqs: &[u64]) -> usize {
-        let mut st = lock(&self.state);
-        let acked = st.groups.get_mut(group).map_or(0, |g| g.ack(id, seqs));
-        let trimmed = acked > 0 && self.release_floor(&mut st);
-        drop(st);
-        self.metrics.acked.add(acked as u64);
-        self.counters.acked.add(acked as u64);
-        if acked > 0 {
-            self.wake_dispatcher.notify_one();
-        }
-        if trimmed {
-            self.wake_writer.notify_one();
-        }
-        acked
-    }
-
-    /// Whether member `id` of `group` holds deliveries it has not acked or nacked yet.
-    pub fn holds_deliveries(&self, group: &str, id: MemberId) -> bool {
-        lock(&self.state)
-            .groups
-            .get(group)
-            .is_some_and(|g| g.holds_deliveries(id))
-    }
-
-    /// Detaches a member. Its unacked messages return to the group for redelivery, except
-    /// those on their last attempt, which are dead-lettered (`consumer-lost`) — unless the
-    /// broker is stopping and closed the member itself (see [`Group::leave`]).
-    pub fn leave(&self, group: &str, id: MemberId) {
-        let departure = if self.stopping.is_cancelled() {
-            Departure::BrokerStopping
-        } else {
-            Departure::Lost
-        };
-        let left = lock(&self.state)
-            .groups
-            .get_mut(group)
-            .map_or_else(Default::default, |g| g.leave(id, departure));
-        if left.requeued > 0 || left.dead > 0 {
-            tracing::debug!(
-                topic = %self.config.name,
-                group,
-                requeued = left.requeued,
-                dead = left.dead,
-                "unacked messages of a leaving member returned to the group"
-            );
-        }
-        if left.requeued > 0 {
-            self.wake_dispatcher.notify_one();
-        }
-        if left.dead > 0 {
-            self.dead_letters.notify_one();
-        }
-    }
-
-    /// A snapshot of the topic's depth and groups.
-    pub fn info(&self) -> TopicInfo {
-        self.info_of(&lock(&self.state))
-    }
-
-    /// A snapshot plus the sample of recently dropped messages, oldest first.
-    pub fn describe(&self) -> (TopicInfo, Vec<DroppedMessage>) {
-        let st = lock(&self.state);
-        (self.info_of(&st), st.recent_drops.iter().cloned().collect())
-    }
-
-    fn info_of(&self, st: &TopicState) -> TopicInfo {
-        let now = Instant::now();
-        TopicInfo {
-            config: self.config.clone(),
-            depth: st.stored(),
-            bytes: st.stored_bytes,
-            next_seq: st.committed_next,
-            groups: st
-                .groups
-                .iter()
-                .map(|(name, g)| g.info(name, st.committed_next, now))
-                .collect(),
-            groups_omitted: 0,
-            dropped: self.counters.dropped.get(),
-            parked: st.parked.len() as u64,
-            rejected: self.counters.rejected.get(),
-            drain_per_s: st.drain.per_second(now).round() as u64,
-            refusing: lock(&self.recent_refusals).active(now),
-            health: self.health(),
-        }
-    }
-
-    /// The topic's publish, delivery and ack counters (read without the topic's lock).
-    pub fn counters(&self) -> TopicCounterSnapshot {
-        let c = &self.counters;
-        TopicCounterSnapshot {
-            published: c.published.get(),
-            delivered: c.delivered.get(),
-            redelivered: c.redelivered.get(),
-            acked: c.acked.get(),
-            dropped_damaged: c.dropped_damaged.get(),
-        }
-    }
-
-    /// Records that a publish to this topic was refused by admission before it reached the
-    /// topic (rates, overload, memory): counted in the topic's `rejected` like its own refusals,
-    /// and shown as [`TopicInfo::refusing`].
-    pub fn note_refusal(&self, refusal: &Refusal) {
-        self.counters.rejected.add(1);
-        self.note_recent(refusal);
-    }
-
-    /// Remembers the latest refusal so [`TopicInfo::refusing`] can say which bound is holding
-    /// publishers back.
-    fn note_recent(&self, refusal: &Refusal) {
-        lock(&self.recent_refusals).note(refusal, Instant::now());
-    }
-
     /// Writes the state of every group that changed since the last call to the state store
     /// (without flushing it). Blocking. Callers are served one at a time, so records reach the
     /// store in the order they were taken.
@@ -721,41 +504,6 @@ impl Topic {
             self.store.save_group(&self.config.name, name, record)?;
         }
         Ok(records.len())
-    }
-
-    /// Logs (and counts) every group stalled at `max_in_flight`, and every member with no
-    /// credit while messages wait, for at least `after` — once per `after` each.
-    pub fn check_stalls(&self, now: Instant, after: Duration) {
-        let mut found: Vec<(String, Stall)> = Vec::new();
-        {
-            let mut st = lock(&self.state);
-            let committed = st.committed_next;
-            let mut stalls = Vec::new();
-            for (name, g) in st.groups.iter_mut() {
-                g.stalls(committed, now, after, &mut stalls);
-                found.extend(stalls.drain(..).map(|s| (name.clone(), s)));
-            }
-        }
-        for (group, stall) in found {
-            match stall {
-                Stall::AtMaxInFlight { for_ } => {
-                    self.metrics.stalls_max_in_flight.add(1);
-                    tracing::warn!(
-                        topic = %self.config.name, group, max_in_flight = self.limits.max_in_flight,
-                        stalled_s = for_.as_secs(),
-                        "group stalled at max_in_flight: its consumers are not acking"
-                    );
-                }
-                Stall::NoCredit { member, for_ } => {
-                    self.metrics.stalls_no_credit.add(1);
-                    tracing::warn!(
-                        topic = %self.config.name, group, conn = member.conn, sub = member.sub,
-                        stalled_s = for_.as_secs(),
-                        "subscriber has granted no credit while messages wait"
-                    );
-                }
-            }
-        }
     }
 
     /// Resolves once the writer and the dispatcher have ended (after [`Topic::close_for_delete`]
@@ -776,141 +524,6 @@ impl Topic {
             .unwrap_or_else(|p| p.into_inner())
             .disk_bytes();
         self.disk.stored_changed(-(bytes as i64));
-    }
-
-    /// Whether the topic's storage takes writes and serves reads, and if not, why.
-    pub fn health(&self) -> TopicHealth {
-        lock(&self.health).clone()
-    }
-
-    /// Moves the topic to `health`, logging the change: an ERROR when storage failed or is
-    /// damaged (once per change, never per publish), a WARN when the disk is full, an INFO when
-    /// it is healthy again. A damaged topic stays damaged until repaired, whatever else
-    /// happens (the first damage found is the one kept). Returns whether the state changed.
-    fn set_health(&self, health: TopicHealth) -> bool {
-        let mut current = lock(&self.health);
-        if *current == health || matches!(*current, TopicHealth::Damaged { .. }) {
-            return false;
-        }
-        let name = &self.config.name;
-        match &health {
-            TopicHealth::Healthy => {
-                tracing::info!(topic = %name, was = current.state(), "topic storage is healthy again")
-            }
-            TopicHealth::Full { reason } => {
-                tracing::warn!(topic = %name, %reason, "disk full: refusing publishes to the topic until space returns")
-            }
-            TopicHealth::Failed { reason } => {
-                tracing::error!(topic = %name, %reason, "storage failed: the topic refuses publishes until `weir topic repair` or a restart")
-            }
-            TopicHealth::Damaged { at_seq, reason } => {
-                tracing::error!(topic = %name, at_seq, %reason, "log damaged: delivering only what precedes the damage and refusing publishes until `weir topic repair`")
-            }
-        }
-        *current = health;
-        true
-    }
-
-    /// Moves the topic back to healthy after a repair (a damaged topic too), with an INFO line.
-    fn restore_health(&self) {
-        let mut current = lock(&self.health);
-        tracing::info!(topic = %self.config.name, was = current.state(), "storage repaired: the topic is healthy again");
-        *current = TopicHealth::Healthy;
-    }
-
-    /// Whether the last commit found the disk full (cheap: no copy of the reason).
-    fn is_full(&self) -> bool {
-        matches!(*lock(&self.health), TopicHealth::Full { .. })
-    }
-
-    /// The first unreadable sequence, while the log is damaged (cheap: no copy of the reason).
-    fn damaged_at(&self) -> Option<u64> {
-        lock(&self.health).damaged_at()
-    }
-
-    /// Marks the topic's log damaged at `at_seq` (a record it had confirmed cannot be read
-    /// back): groups get nothing from `at_seq` on, publishes are refused, and every subscriber
-    /// is told with `Error{StorageDamaged}` (its subscription stays open). Counted once per
-    /// damage found; the files are left as they are.
-    pub(crate) fn mark_damaged(&self, at_seq: u64, reason: String) {
-        if !self.set_health(TopicHealth::Damaged { at_seq, reason }) {
-            return;
-        }
-        self.metrics.storage_damage_found.add(1);
-        let st = lock(&self.state);
-        for group in st.groups.values() {
-            for (member, notices) in group.notice_queues() {
-                self.tell_damaged(member, notices, at_seq);
-            }
-        }
-        drop(st);
-        // What precedes the damage is still to be delivered.
-        self.wake_dispatcher.notify_one();
-    }
-
-    /// Sends one subscriber the notice of a damaged log (best effort: a full notice queue
-    /// means the subscriber is not reading, and `topic info` says it too).
-    fn tell_damaged(&self, member: MemberId, notices: &Outbox, at_seq: u64) {
-        if notices
-            .try_send(self.damaged_error(member.sub, at_seq).into())
-            .is_err()
-        {
-            tracing::debug!(topic = %self.config.name, sub = member.sub, "damage notice not queued: the subscriber's queue is full");
-        }
-    }
-
-    /// The `Error{StorageDamaged}` a subscription `sub` is told while the log is damaged, if it
-    /// is (sent right after `Subscribed` to a subscription that joins a damaged topic).
-    pub fn damage_notice(&self, sub: u64) -> Option<weir_protocol::Frame> {
-        let at_seq = self.damaged_at()?;
-        Some(self.damaged_error(sub, at_seq))
-    }
-
-    fn damaged_error(&self, sub: u64, at_seq: u64) -> weir_protocol::Frame {
-        weir_protocol::Frame::Error(weir_protocol::Error {
-            req: sub,
-            code: weir_protocol::ErrorCode::StorageDamaged,
-            message: format!(
-                "topic {}: its log is damaged at sequence {at_seq}; nothing from there on is \
-                 delivered until an operator runs `weir topic repair`",
-                self.config.name
-            ),
-        })
-    }
-
-    /// The first sequence groups may not be given: the committed end of the log, or where it is
-    /// damaged, whichever is lower.
-    fn deliverable_end(&self, st: &TopicState) -> u64 {
-        self.damaged_at()
-            .map_or(st.committed_next, |at| at.min(st.committed_next))
-    }
-
-    /// The refusal of a publish while storage is failed or damaged (`StorageDamaged`, the
-    /// limit naming the state), or `None` when the topic takes publishes.
-    fn storage_refusal(&self) -> Option<AppendError> {
-        let state = {
-            let health = lock(&self.health);
-            match &*health {
-                TopicHealth::Failed { .. } | TopicHealth::Damaged { .. } => health.state(),
-                _ => return None,
-            }
-        };
-        let limit = Limit::new(format!("storage_{state}"), 0);
-        Some(self.refusal(RejectReason::StorageDamaged, limit, None))
-    }
-
-    /// How many subscriptions are attached to the topic's groups.
-    pub fn subscriber_count(&self) -> usize {
-        lock(&self.state)
-            .groups
-            .values()
-            .map(Group::member_count)
-            .sum()
-    }
-
-    /// Whether any group of the topic has a member attached.
-    pub fn has_subscribers(&self) -> bool {
-        lock(&self.state).groups.values().any(Group::has_members)
     }
 }
 

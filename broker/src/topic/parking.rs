@@ -14,9 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 use weir_protocol::{Limit, RejectReason};
 
 use super::writer::Append;
-use super::{lock, AppendError, Refusal, Topic, TopicState};
+use super::{lock, AppendError, Topic, TopicState};
 use crate::admission::budget::MemoryPermit;
 use crate::admission::parking::ParkingLot;
+use crate::refusal::Refusal;
 use crate::storage::log::Message;
 
 /// A publish waiting for room.

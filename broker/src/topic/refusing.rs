@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use weir_protocol::ActiveRefusal;
 
-use super::Refusal;
+use crate::refusal::Refusal;
 
 /// How long after its latest refusal a bound still counts as refusing.
 const ACTIVE_FOR: Duration = Duration::from_secs(2);

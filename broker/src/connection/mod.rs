@@ -17,13 +17,31 @@
 //! - malformed frames: `Error{MalformedFrame}`, then this connection (only) is closed.
 //! - the memory budget: queued deliveries hold their payload's share until written; the read
 //!   buffer draws from it too and stops growing while the budget is over (see `reader`).
+//!
+//! # Layout
+//!
+//! This file keeps the connection's life: the read loop, its backpressure, the dispatch of
+//! each frame to its command, and the drain at shutdown. One file per command:
+//!
+//! - `handshake.rs` — `Hello`: the protocol version and the key, before any other frame.
+//! - `publish.rs` — `Publish`, and publishes the reader shed unread.
+//! - `confirm.rs` — a publish waiting for its commit, as the future of its answer.
+//! - `subscribe.rs` — `Subscribe`, `Unsubscribe`, `Credit`; leaving at the end.
+//! - `settle.rs` — `Ack`, `Nack`, `Term`, `Progress`.
+//! - `manage.rs` — creating, listing, describing, deleting and repairing topics; deleting groups.
+//! - `answers.rs` — the `Rejected` and `Error` frames the commands share.
+
+mod answers;
+mod confirm;
+mod handshake;
+mod manage;
+mod publish;
+mod settle;
+mod subscribe;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
@@ -37,19 +55,21 @@ use tracing::{debug, info, warn};
 use weir_protocol::*;
 
 use crate::admission::{ConnectionMemory, KeyLimits, Work};
-use crate::broker::{Broker, CreateError, DeleteTopicError};
+use crate::broker::{Broker, CreateError};
 use crate::config::Limits;
-use crate::group::{GrantError, MemberId};
+use crate::group::MemberId;
 use crate::keys::Identity;
 use crate::outbox::{Outbound, Outbox};
-use crate::reader::{FrameReader, Read, ReadError, ReadLimits, Shed};
-use crate::topic::{
-    Admitted, AppendError, Confirm, DeleteGroupError, Detached, JoinError, Refusal, Topic,
-};
+use crate::reader::{FrameReader, Read, ReadError, ReadLimits};
+use crate::refusal::Refusal;
+use crate::topic::Topic;
 use crate::writer::{Writer, WriterEnd};
+use answers::{error, rejected};
+use confirm::PendingConfirm;
 
 /// Control frames queued for the writer beyond which the reader waits.
 const CONTROL_QUEUE: usize = 256;
+
 /// How long a closing connection keeps draining unread input so the peer receives our last
 /// frames instead of a reset.
 const LINGER: Duration = Duration::from_secs(1);
@@ -97,45 +117,6 @@ struct Subscription {
     group: String,
 }
 
-/// A publish accepted by its topic, waiting for its commit.
-struct PendingConfirm {
-    id: u64,
-    confirm: Confirm,
-    /// When its `Publish` frame was read (for the publish→confirm histogram).
-    received: Instant,
-}
-
-impl Future for PendingConfirm {
-    /// The answer, and when the publish was read.
-    type Output = (Frame, Instant);
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(Frame, Instant)> {
-        let (id, received) = (self.id, self.received);
-        let answer = Pin::new(&mut self.confirm)
-            .poll(cx)
-            .map(|result| match result {
-                Ok(Ok(seq)) => Frame::PublishOk(PublishOk { id, seq }),
-                Ok(Err(AppendError::Refused(r))) => rejected(id, r),
-                Ok(Err(AppendError::Storage(message))) => Frame::Error(Error {
-                    req: id,
-                    code: ErrorCode::Internal,
-                    message,
-                }),
-                Ok(Err(e @ AppendError::StorageFailed(_))) => Frame::Error(Error {
-                    req: id,
-                    code: ErrorCode::StorageFailed,
-                    message: e.to_string(),
-                }),
-                Err(_) => Frame::Error(Error {
-                    req: id,
-                    code: ErrorCode::Internal,
-                    message: "topic writer stopped".into(),
-                }),
-            });
-        answer.map(|frame| (frame, received))
-    }
-}
-
 /// What woke a connection's loop.
 enum Wake {
     /// A pending publish's answer, and when the publish was read.
@@ -146,37 +127,6 @@ enum Wake {
     Room,
     /// The connection has been idle for `idle_timeout`.
     Idle,
-}
-
-fn rejected(id: u64, r: Refusal) -> Frame {
-    Frame::Rejected(Rejected {
-        id,
-        reason: r.reason,
-        limit: r.limit,
-        retry_after_ms: r.retry_after_ms,
-    })
-}
-
-fn error(req: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
-    Frame::Error(Error {
-        req,
-        code,
-        message: message.into(),
-    })
-}
-
-/// The broker's limits as announced to clients.
-pub(crate) fn server_limits(broker: &Broker) -> ServerLimits {
-    let l = &broker.config().limits;
-    ServerLimits {
-        max_frame_bytes: l.max_frame_bytes,
-        max_unconfirmed: l.max_unconfirmed,
-        max_credit: l.max_credit,
-        max_subscriptions: l.max_subscriptions,
-        max_headers: l.max_headers,
-        max_header_bytes: l.max_header_bytes,
-        idle_timeout_ms: l.idle_timeout_ms,
-    }
 }
 
 /// The two ways the server stops a connection.
@@ -336,84 +286,6 @@ impl Connection {
         self.control.send(outbound).await.map_err(|_| End::Closed)
     }
 
-    async fn handshake(
-        &mut self,
-        frames: &mut FrameReader,
-        shutdown: &CancellationToken,
-    ) -> Result<(), End> {
-        let timeout = Duration::from_millis(self.broker.config().limits.hello_timeout_ms);
-        let first = tokio::select! {
-            first = tokio::time::timeout(timeout, frames.next()) => match first {
-                Ok(first) => first,
-                Err(_) => {
-                    debug!(conn = self.id, "no Hello in time");
-                    return Err(End::Closed);
-                }
-            },
-            () = shutdown.cancelled() => return Err(End::Closed),
-        };
-        // A shed publish is still not a Hello.
-        let first = first.map(|read| {
-            read.map(|r| match r {
-                Read::Frame(frame) => frame,
-                Read::Shed(publish, _) => Frame::Publish(publish),
-            })
-        });
-        match first {
-            Some(Ok(Frame::Hello(hello))) if hello.version == PROTOCOL_VERSION => {
-                match self
-                    .broker
-                    .keys()
-                    .authenticate(hello.token.as_deref(), self.peer.ip())
-                {
-                    Ok(identity) => {
-                        debug!(conn = self.id, key = %identity.name, "authenticated");
-                        frames.authenticated();
-                        self.key = Some(self.broker.admission().limits_for(&identity));
-                        self.identity = Some(identity);
-                        let limits = server_limits(&self.broker);
-                        self.send(Frame::HelloOk(HelloOk {
-                            version: PROTOCOL_VERSION,
-                            limits,
-                        }))
-                        .await
-                    }
-                    Err(e) => {
-                        self.broker.auth_failed(self.peer.ip(), &e);
-                        self.send(error(0, ErrorCode::Unauthorized, e.to_string()))
-                            .await?;
-                        Err(End::ProtocolError)
-                    }
-                }
-            }
-            Some(Ok(Frame::Hello(hello))) => {
-                warn!(
-                    conn = self.id,
-                    version = hello.version,
-                    "unsupported protocol version"
-                );
-                let msg = format!(
-                    "protocol version {} is not supported (this broker speaks {PROTOCOL_VERSION})",
-                    hello.version
-                );
-                self.send(error(0, ErrorCode::UnsupportedVersion, msg))
-                    .await?;
-                Err(End::ProtocolError)
-            }
-            Some(Ok(other)) => {
-                self.send(error(
-                    0,
-                    ErrorCode::HelloRequired,
-                    format!("expected Hello, got {}", other.name()),
-                ))
-                .await?;
-                Err(End::ProtocolError)
-            }
-            Some(Err(e)) => Err(self.read_error(e).await),
-            None => Err(End::Closed),
-        }
-    }
-
     /// Reads and applies frames and sends publishes' answers until the connection ends. Its
     /// time waiting in the `select!` (which includes decoding frames already buffered) counts as
     /// idle, the rest — applying a frame, queueing an answer — as busy
@@ -539,45 +411,15 @@ impl Connection {
         match frame {
             Frame::Publish(p) => self.publish(p).await,
             Frame::CreateTopic(c) => self.create_topic(c).await,
-            Frame::ListTopics(l) => {
-                let max = self.broker.config().limits.max_frame_bytes as usize;
-                let page = self.broker.list_topics_page(l, max);
-                self.send_charged(Frame::TopicList(page)).await
-            }
-            Frame::DescribeTopic(d) => {
-                let answer = match self.broker.topic(&d.name) {
-                    Some(topic) => {
-                        let (info, recent_drops) = topic.describe();
-                        let max = self.broker.config().limits.max_frame_bytes as usize;
-                        let answer = crate::replies::description(d.req, info, recent_drops, max);
-                        Frame::TopicDescription(answer)
-                    }
-                    None => error(
-                        d.req,
-                        ErrorCode::UnknownTopic,
-                        format!("unknown topic {}", d.name),
-                    ),
-                };
-                self.send_charged(answer).await
-            }
+            Frame::ListTopics(l) => self.list_topics(l).await,
+            Frame::DescribeTopic(d) => self.describe_topic(d).await,
             Frame::Subscribe(s) => self.subscribe(s).await,
             Frame::Unsubscribe(u) => self.unsubscribe(u.sub).await,
             Frame::Credit(c) => self.credit(c).await,
             Frame::Ack(a) => self.ack(a).await,
-            Frame::Nack(n) => {
-                let delay = n.delay_ms;
-                self.on_sub(n.sub, |t, g, m| t.nack(g, m, &n.seqs, delay))
-                    .await
-            }
-            Frame::Term(t) => {
-                let reason = self.capped_reason(t.reason);
-                self.on_sub(t.sub, |topic, g, m| topic.term(g, m, &t.seqs, &reason))
-                    .await
-            }
-            Frame::Progress(p) => {
-                self.on_sub(p.sub, |t, g, m| t.progress(g, m, &p.seqs))
-                    .await
-            }
+            Frame::Nack(n) => self.nack(n).await,
+            Frame::Term(t) => self.term(t).await,
+            Frame::Progress(p) => self.progress(p).await,
             Frame::DeleteTopic(d) => self.delete_topic(d).await,
             Frame::RepairTopic(r) => self.repair_topic(r).await,
             Frame::DeleteGroup(d) => self.delete_group(d).await,
@@ -588,21 +430,6 @@ impl Connection {
                 self.send(error(0, ErrorCode::InvalidArgument, msg)).await
             }
         }
-    }
-
-    /// A `Term` reason cut to `max_reason_bytes` (at a character boundary), counted when cut:
-    /// every client string the broker keeps has a byte cap.
-    fn capped_reason(&self, mut reason: String) -> String {
-        let max = self.broker.config().limits.max_reason_bytes as usize;
-        if reason.len() > max {
-            let cut = (0..=max)
-                .rev()
-                .find(|&i| reason.is_char_boundary(i))
-                .unwrap_or(0);
-            reason.truncate(cut);
-            self.broker.metrics().reasons_truncated.add(1);
-        }
-        reason
     }
 
     /// Looks up (or auto-creates) a topic, answering request `req` with the failure. Creating
@@ -626,62 +453,6 @@ impl Connection {
         self.send(failure).await.map(|()| None)
     }
 
-    /// Publishes `p` through the checks every publish passes ([`crate::publish::publish`]): a
-    /// refusal is answered at once, an accepted publish waits for its commit in `pending`
-    /// (counted against `max_unconfirmed`) or, parked by a `block` topic, in `parked`.
-    async fn publish(&mut self, p: Publish) -> Result<(), End> {
-        let Some(topic) = self.topic(p.id, &p.topic, true).await? else {
-            return Ok(());
-        };
-        let key = self.key.clone().ok_or(End::ProtocolError)?;
-        let memory = self.memory.inbound();
-        let published =
-            crate::publish::publish(&self.broker, &key, memory, &topic, p.headers, p.payload).await;
-        match published {
-            Ok(Admitted::Queued(confirm)) => {
-                self.pending.push(PendingConfirm {
-                    id: p.id,
-                    confirm,
-                    received: self.read_at,
-                });
-                Ok(())
-            }
-            Ok(Admitted::Parked(confirm)) => {
-                self.parked.push(PendingConfirm {
-                    id: p.id,
-                    confirm,
-                    received: self.read_at,
-                });
-                Ok(())
-            }
-            Err(AppendError::Refused(r)) => {
-                debug!(conn = self.id, topic = %p.topic, reason = ?r.reason, "publish refused");
-                self.send(rejected(p.id, r)).await
-            }
-            Err(AppendError::Storage(message)) => {
-                self.send(error(p.id, ErrorCode::Internal, message)).await
-            }
-            Err(e @ AppendError::StorageFailed(_)) => {
-                self.send(error(p.id, ErrorCode::StorageFailed, e.to_string()))
-                    .await
-            }
-        }
-    }
-
-    /// Answers a publish the reader shed unread: its payload did not fit in this connection's
-    /// memory (refused as admission would refuse it, naming the level that had no room), or its
-    /// header was larger than any accepted (`MessageTooLarge` naming `max_header_bytes`).
-    async fn shed(&mut self, p: Publish, why: Shed) -> Result<(), End> {
-        self.broker.metrics().frames_shed.add(1);
-        let r = match why {
-            Shed::Memory(full) => self.broker.admission().memory_refusal(full, Instant::now()),
-            Shed::HeaderTooLarge => crate::publish::header_too_large(&self.broker),
-        };
-        let topic = self.broker.topic(&p.topic);
-        crate::publish::count_refusal(&self.broker, &p.topic, topic.as_deref(), &r);
-        self.send(rejected(p.id, r)).await
-    }
-
     /// Admits one expensive operation under the key's `ops_per_s`; a refusal is counted and
     /// logged under `op`, and the caller answers it.
     fn admit_op(&self, op: Work, target: &str) -> Result<(), Refusal> {
@@ -697,248 +468,8 @@ impl Connection {
         }
     }
 
-    async fn create_topic(&mut self, c: CreateTopic) -> Result<(), End> {
-        if let Err(r) = self.admit_op(Work::CreateTopic, &c.spec.name) {
-            return self.send(rejected(c.req, r)).await;
-        }
-        let created = self.broker.create_topic(c.spec).await;
-        if matches!(created, Err(_) | Ok((_, false))) {
-            self.give_back_op();
-        }
-        let answer = match created {
-            Ok((topic, created)) => Frame::TopicCreated(TopicCreated {
-                req: c.req,
-                created,
-                config: topic.config().clone(),
-            }),
-            Err(CreateError::Invalid(msg)) => error(c.req, ErrorCode::InvalidArgument, msg),
-            Err(e @ CreateError::Exists(_)) => error(c.req, ErrorCode::TopicExists, e.to_string()),
-            Err(e @ (CreateError::TooMany(_) | CreateError::OverCeiling(_))) => {
-                error(c.req, ErrorCode::LimitExceeded, e.to_string())
-            }
-            Err(e) => error(c.req, ErrorCode::Internal, e.to_string()),
-        };
-        self.send(answer).await
-    }
-
     fn member(&self, sub: u64) -> MemberId {
         MemberId { conn: self.id, sub }
-    }
-
-    /// Subscribes: the request's own checks first (they cost no token), then the key's
-    /// `ops_per_s` (which also pays for creating the topic), then the topic's group bound (a
-    /// refusal there gives the token back).
-    async fn subscribe(&mut self, s: Subscribe) -> Result<(), End> {
-        self.forget_detached();
-        let limits = &self.broker.config().limits;
-        let refusal = if self.subs.contains_key(&s.sub) {
-            Some((
-                ErrorCode::SubscriptionExists,
-                format!("subscription {} is already open", s.sub),
-            ))
-        } else if self.subs.len() >= limits.max_subscriptions as usize {
-            Some((
-                ErrorCode::LimitExceeded,
-                format!(
-                    "max_subscriptions ({}) reached on this connection",
-                    limits.max_subscriptions
-                ),
-            ))
-        } else if s.credit > limits.max_credit {
-            Some((
-                ErrorCode::LimitExceeded,
-                format!(
-                    "credit {} exceeds max_credit ({})",
-                    s.credit, limits.max_credit
-                ),
-            ))
-        } else if let Err(msg) = crate::config::validate_topic_name(&s.group) {
-            Some((ErrorCode::InvalidArgument, format!("group: {msg}")))
-        } else {
-            None
-        };
-        if let Some((code, msg)) = refusal {
-            return self.send(error(s.sub, code, msg)).await;
-        }
-        let group_config = match self.broker.config().resolve_group(&s.topic, &s.group_spec) {
-            Ok(config) => config,
-            Err(msg) => {
-                return self
-                    .send(error(s.sub, ErrorCode::InvalidArgument, msg))
-                    .await
-            }
-        };
-        if let Err(r) = self.admit_op(Work::Subscribe, &s.topic) {
-            return self.send(rejected(s.sub, r)).await;
-        }
-        let Some(topic) = self.topic(s.sub, &s.topic, false).await? else {
-            self.give_back_op();
-            return Ok(());
-        };
-        let member = self.member(s.sub);
-        if let Err(JoinError::TooManyGroups(max)) = topic.join(
-            &s.group,
-            (s.group_spec.start, group_config),
-            member,
-            (self.deliveries.clone(), self.control.clone()),
-            self.memory.outbound().clone(),
-        ) {
-            self.give_back_op();
-            let msg = format!("topic {} is at max_groups_per_topic ({max})", s.topic);
-            return self.send(error(s.sub, ErrorCode::LimitExceeded, msg)).await;
-        }
-        self.subs.insert(
-            s.sub,
-            Subscription {
-                topic: topic.clone(),
-                group: s.group.clone(),
-            },
-        );
-        debug!(conn = self.id, sub = s.sub, topic = %s.topic, group = %s.group, credit = s.credit, "subscribed");
-        // Subscribed goes out before the credit that lets deliveries start.
-        self.send(Frame::Subscribed(Subscribed { sub: s.sub }))
-            .await?;
-        if let Some(notice) = topic.damage_notice(s.sub) {
-            self.send(notice).await?;
-        }
-        if s.credit > 0 {
-            // Cannot fail: the member just joined and the credit was checked against max_credit.
-            let _ = topic.grant(&s.group, member, s.credit);
-        }
-        Ok(())
-    }
-
-    async fn unsubscribe(&mut self, sub: u64) -> Result<(), End> {
-        match self.subs.remove(&sub) {
-            Some(s) => {
-                s.topic.leave(&s.group, self.member(sub));
-                self.send(Frame::Unsubscribed(Unsubscribed { sub })).await
-            }
-            None => self.send(unknown_sub(sub)).await,
-        }
-    }
-
-    async fn credit(&mut self, c: Credit) -> Result<(), End> {
-        let Some(s) = self.subs.get(&c.sub) else {
-            return self.send(unknown_sub(c.sub)).await;
-        };
-        match s.topic.grant(&s.group, self.member(c.sub), c.n) {
-            Ok(()) => Ok(()),
-            Err(GrantError::UnknownMember) => self.send(unknown_sub(c.sub)).await,
-            Err(GrantError::TooMuch { outstanding, max }) => {
-                let msg = format!(
-                    "credit {outstanding} + {} would exceed max_credit ({max})",
-                    c.n
-                );
-                self.send(error(c.sub, ErrorCode::LimitExceeded, msg)).await
-            }
-        }
-    }
-
-    async fn ack(&mut self, a: Ack) -> Result<(), End> {
-        self.on_sub(a.sub, |t, g, m| t.ack(g, m, &a.seqs)).await
-    }
-
-    /// Applies `op` to subscription `sub`'s topic, group and member id, or answers
-    /// `UnknownSubscription`.
-    async fn on_sub(
-        &mut self,
-        sub: u64,
-        op: impl FnOnce(&Topic, &str, MemberId) -> usize,
-    ) -> Result<(), End> {
-        let Some(s) = self.subs.get(&sub) else {
-            return self.send(unknown_sub(sub)).await;
-        };
-        op(&s.topic, &s.group, self.member(sub));
-        Ok(())
-    }
-
-    /// Forgets subscriptions a forced group or topic delete detached (their subscribers were
-    /// sent `Unsubscribed`), so their ids and slots can be reused.
-    fn forget_detached(&mut self) {
-        let conn = self.id;
-        self.subs
-            .retain(|&sub, s| s.topic.is_member(&s.group, MemberId { conn, sub }));
-    }
-
-    async fn delete_group(&mut self, d: DeleteGroup) -> Result<(), End> {
-        if let Err(r) = self.admit_op(Work::DeleteGroup, &d.topic) {
-            return self.send(rejected(d.req, r)).await;
-        }
-        let Some(topic) = self.broker.topic(&d.topic) else {
-            let msg = format!("unknown topic {}", d.topic);
-            return self.send(error(d.req, ErrorCode::UnknownTopic, msg)).await;
-        };
-        let answer = match topic.delete_group(&d.group, d.force) {
-            Ok(detached) => {
-                tell_detached(detached);
-                Frame::GroupDeleted(GroupDeleted { req: d.req })
-            }
-            Err(DeleteGroupError::Unknown) => error(
-                d.req,
-                ErrorCode::UnknownGroup,
-                format!("topic {} has no group {}", d.topic, d.group),
-            ),
-            Err(DeleteGroupError::InUse) => error(
-                d.req,
-                ErrorCode::InUse,
-                format!(
-                    "group {} has subscribers attached (delete with force to detach them)",
-                    d.group
-                ),
-            ),
-        };
-        self.send(answer).await
-    }
-
-    async fn delete_topic(&mut self, d: DeleteTopic) -> Result<(), End> {
-        if let Err(r) = self.admit_op(Work::DeleteTopic, &d.name) {
-            return self.send(rejected(d.req, r)).await;
-        }
-        let answer = match self.broker.delete_topic(&d.name, d.force).await {
-            Ok(detached) => {
-                tell_detached(detached);
-                Frame::TopicDeleted(TopicDeleted { req: d.req })
-            }
-            Err(DeleteTopicError::Unknown) => error(
-                d.req,
-                ErrorCode::UnknownTopic,
-                format!("unknown topic {}", d.name),
-            ),
-            Err(DeleteTopicError::InUse(n)) => error(
-                d.req,
-                ErrorCode::InUse,
-                format!(
-                    "topic {} has {n} subscribers attached (delete with force to detach them)",
-                    d.name
-                ),
-            ),
-            Err(DeleteTopicError::Failed(msg)) => error(d.req, ErrorCode::Internal, msg),
-        };
-        self.send(answer).await
-    }
-
-    /// Repairs a topic's storage (`weir topic repair`): an expensive operation, admitted like a
-    /// delete.
-    async fn repair_topic(&mut self, r: RepairTopic) -> Result<(), End> {
-        if let Err(refusal) = self.admit_op(Work::DeleteTopic, &r.name) {
-            return self.send(rejected(r.req, refusal)).await;
-        }
-        let answer = match self.broker.repair_topic(&r.name).await {
-            Ok(Some(done)) => Frame::TopicRepaired(TopicRepaired {
-                req: r.req,
-                skipped: done.skipped,
-                quarantined: done.quarantined,
-                health: done.health,
-            }),
-            Ok(None) => error(
-                r.req,
-                ErrorCode::UnknownTopic,
-                format!("unknown topic {}", r.name),
-            ),
-            Err(msg) => error(r.req, ErrorCode::StorageDamaged, msg),
-        };
-        self.send(answer).await
     }
 
     /// Waits (at most `grace`) for publishes being committed (and parked ones, which the
@@ -1003,42 +534,4 @@ impl Connection {
             }
         }
     }
-
-    /// Whether any subscription of this connection holds deliveries it has not settled.
-    fn holds_deliveries(&self) -> bool {
-        self.subs.iter().any(|(&sub, s)| {
-            s.topic
-                .holds_deliveries(&s.group, MemberId { conn: self.id, sub })
-        })
-    }
-
-    /// Detaches every subscription; their unacked messages return to their groups.
-    fn leave_all(&mut self) {
-        for (sub, s) in self.subs.drain() {
-            s.topic.leave(&s.group, MemberId { conn: self.id, sub });
-        }
-    }
-}
-
-/// Tells members a forced delete detached that their subscription is over (`Unsubscribed`).
-/// A member whose control queue is full is not told (logged): its connection is not reading.
-fn tell_detached(detached: Detached) {
-    for (member, notices) in detached {
-        let frame = Frame::Unsubscribed(Unsubscribed { sub: member.sub });
-        if notices.try_send(frame.into()).is_err() {
-            warn!(
-                conn = member.conn,
-                sub = member.sub,
-                "cannot tell a detached subscriber: its queue is full"
-            );
-        }
-    }
-}
-
-fn unknown_sub(sub: u64) -> Frame {
-    error(
-        sub,
-        ErrorCode::UnknownSubscription,
-        format!("subscription {sub} is not open on this connection"),
-    )
 }

@@ -15,6 +15,8 @@
 //! source — holding its group slot, counted in `dead_letter_refused` and shown as
 //! `dead_letter_held` — and the mover retries every [`RETRY`]; nothing is dropped.
 
+pub(crate) mod origin;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,31 +25,10 @@ use weir_protocol::{Headers, OverflowPolicy, TopicConfig, TopicSpec};
 
 use crate::broker::{Broker, CreateError};
 use crate::topic::{Admitted, AppendError, Confirm, DeadLetterJob, Topic};
+use origin::{origin_of, ORIGIN_HEADERS};
 
 /// How long the mover waits before retrying a dead-letter topic that refused.
 const RETRY: Duration = Duration::from_secs(1);
-
-/// The origin headers a dead-letter copy carries, replacing any a message already had (so a
-/// message dead-lettered twice carries one set, of its latest death).
-const ORIGIN_HEADERS: [&str; 5] = [
-    "weir-origin-topic",
-    "weir-origin-seq",
-    "weir-origin-group",
-    "weir-attempts",
-    "weir-reason",
-];
-
-/// The most bytes the origin headers add to a message's `Deliver` frame when reasons are cut at
-/// `max_reason_bytes`: names, values (topic and group names at most 200 bytes, seq and attempts
-/// as decimal numbers) and their varint lengths. A publish keeps this room in its frame
-/// ([`crate::publish::fits_a_frame`]), so its dead-letter copy is always deliverable, and a
-/// dead-letter topic does not count it against its `max_message_bytes`.
-pub(crate) fn origin_room(max_reason_bytes: u32) -> u64 {
-    let names: usize = ORIGIN_HEADERS.iter().map(|n| n.len()).sum();
-    let values = 200 + 20 + 200 + 10 + max_reason_bytes as usize;
-    let lengths = 2 * ORIGIN_HEADERS.len() * 3 + 3;
-    (names + values + lengths) as u64
-}
 
 /// Moves dead letters until the broker stops.
 pub(crate) async fn run(broker: Broker) {
@@ -110,16 +91,6 @@ async fn reconcile(broker: &Broker, topic: &Arc<Topic>, batch: usize) {
         tracing::info!(topic = %source, moved, "dead letters appended before a crash recorded as moved");
         persist(broker, topic).await;
     }
-}
-
-/// `(topic, group, seq)` of a dead-lettered message, from its origin headers.
-fn origin_of(headers: &Headers) -> Option<(String, String, u64)> {
-    let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v);
-    Some((
-        get("weir-origin-topic")?.clone(),
-        get("weir-origin-group")?.clone(),
-        get("weir-origin-seq")?.parse().ok()?,
-    ))
 }
 
 /// Moves up to `batch` due messages of `topic`: appends them all to their dead-letter topics

@@ -1,18 +1,17 @@
 //! [`Broker`]: the cloneable handle to everything a connection needs — the topic registry,
-//! the state store, the counters — and the background task that persists group state.
+//! the state store, the counters. Opening it, and the tasks it starts, are in `open.rs`.
 //!
 //! Bounds: at most `max_topics` topics (creating one more is refused). Topic creation is
 //! serialised (it touches disk); lookups are a read lock.
+
+mod open;
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use weir_protocol::{ListTopics, TopicConfig, TopicInfo, TopicList, TopicSpec};
 
 use crate::admission::{Admission, KeyLimits, Work};
@@ -20,12 +19,13 @@ use crate::auth_limit::AuthFailures;
 use crate::config::Config;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
+use crate::refusal::Refusal;
 use crate::storage::disk::DiskBudget;
 use crate::storage::manifest;
-use crate::storage::reconcile::{self, ReconcileError, Reconciled};
+use crate::storage::reconcile::ReconcileError;
 use crate::storage::records::{Manifest, TopicIdentity};
 use crate::storage::state::StateError;
-use crate::topic::{Detached, Refusal, Topic, TopicEnv, TopicError};
+use crate::topic::{Detached, Topic, TopicEnv, TopicError};
 
 /// A failure opening the broker.
 #[derive(Debug, thiserror::Error)]
@@ -150,75 +150,25 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Opens the data directory, recovers every topic (its log, its groups, their cursors and
-    /// unacked messages) and starts the topics' writers and dispatchers and the state flusher.
-    pub async fn open(config: Config) -> Result<Broker, OpenError> {
-        Self::open_on(config, crate::storage::fs::os()).await
-    }
-
-    /// [`Broker::open`] with topic files written through `fs` (tests inject faults there).
-    pub async fn open_on(config: Config, fs: crate::storage::fs::Fs) -> Result<Broker, OpenError> {
-        config.validate()?;
-        let (config, env, topics, done) = tokio::task::spawn_blocking({
-            let runtime = tokio::runtime::Handle::current();
-            move || recover(config, runtime, fs)
-        })
-        .await
-        .map_err(|e| OpenError::Join(e.to_string()))??;
-        tracing::info!(
-            topics = topics.len(),
-            restored_from_manifest = done.restored.len(),
-            groups_dropped = done.groups_dropped,
-            deletes_finished = done.deletes_finished,
-            manifests_written = done.migrated,
-            data_dir = %config.data_dir.display(),
-            "broker state recovered"
-        );
-        let broker = Broker {
-            shared: Arc::new(Shared {
-                keys: KeyRing::new(&config.keys, config.default_rate),
-                auth_failures: AuthFailures::new(config.limits.max_auth_failures_per_s),
-                config,
-                env,
-                topics: RwLock::new(topics),
-                creating: tokio::sync::Mutex::new(()),
-                next_connection: AtomicU64::new(1),
-                shutting_down: std::sync::atomic::AtomicBool::new(false),
-            }),
-        };
-        broker
-            .shared
-            .env
-            .tasks
-            .spawn(flush_state_periodically(broker.clone()));
-        broker.shared.env.tasks.spawn(watch_stalls(broker.clone()));
-        broker
-            .shared
-            .env
-            .tasks
-            .spawn(crate::dead_letter::run(broker.clone()));
-        Ok(broker)
-    }
-
     /// The broker's configuration.
     pub fn config(&self) -> &Config {
         &self.shared.config
     }
 
     /// The configured API keys.
-    pub fn keys(&self) -> &KeyRing {
+    pub(crate) fn keys(&self) -> &KeyRing {
         &self.shared.keys
     }
 
     /// Failed authentications per client address (wire and HTTP).
-    pub fn auth_failures(&self) -> &AuthFailures {
+    pub(crate) fn auth_failures(&self) -> &AuthFailures {
         &self.shared.auth_failures
     }
 
     /// Records a failed authentication from `ip` (a `Hello` or an admin request): counted in
     /// `weir_auth_failures_total`, noted against the address's `max_auth_failures_per_s`, and
     /// logged at most once a second.
-    pub fn auth_failed(&self, ip: std::net::IpAddr, why: &crate::keys::AuthError) {
+    pub(crate) fn auth_failed(&self, ip: std::net::IpAddr, why: &crate::keys::AuthError) {
         self.metrics().auth_failures.add(1);
         self.shared.auth_failures.failed(ip, why);
     }
@@ -230,7 +180,7 @@ impl Broker {
 
     /// Admits one expensive operation `op` on `target` by `key` (`ops_per_s`); a refusal is
     /// counted and logged under that operation, and the caller answers it.
-    pub fn admit_op(&self, key: &KeyLimits, op: Work, target: &str) -> Result<(), Refusal> {
+    pub(crate) fn admit_op(&self, key: &KeyLimits, op: Work, target: &str) -> Result<(), Refusal> {
         let admission = self.admission();
         let now = std::time::Instant::now();
         admission.admit_op(key, now).inspect_err(|r| {
@@ -255,12 +205,12 @@ impl Broker {
     }
 
     /// A fresh connection id.
-    pub fn next_connection_id(&self) -> u64 {
+    pub(crate) fn next_connection_id(&self) -> u64 {
         self.shared.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
     /// How many connections this broker has served since it opened: every connection given an
-    /// id by [`Broker::next_connection_id`] (those refused before `Hello`, at
+    /// id by `Broker::next_connection_id` (those refused before `Hello`, at
     /// `max_connections` or for failed authentications, get none). Unlike the
     /// `connections` gauge it never goes down, so tests can count reconnects.
     pub fn connections_served(&self) -> u64 {
@@ -280,7 +230,7 @@ impl Broker {
     /// The topic named `name`, created with the default bounds if it does not exist and
     /// `auto_create_topics` is on. Creating it is an expensive operation: when `key` is given,
     /// it pays one of the key's `ops_per_s` tokens first (a refusal creates nothing).
-    pub async fn topic_or_create(
+    pub(crate) async fn topic_or_create(
         &self,
         name: &str,
         key: Option<&KeyLimits>,
@@ -319,7 +269,10 @@ impl Broker {
     /// topic registered) is never written over: a usable manifest restores that topic, as it
     /// was (its settings compared with the spec as for an existing topic); without one the
     /// create fails.
-    pub async fn create_topic(&self, spec: TopicSpec) -> Result<(Arc<Topic>, bool), CreateError> {
+    pub(crate) async fn create_topic(
+        &self,
+        spec: TopicSpec,
+    ) -> Result<(Arc<Topic>, bool), CreateError> {
         let config = self
             .shared
             .config
@@ -383,7 +336,7 @@ impl Broker {
     /// Crash-safe: the directory is renamed to a tombstone (a name no topic can have) and its
     /// parent synced before the state is touched; then the state is deleted (flushed); then the
     /// tombstone removed. A start after a crash anywhere in between finishes the delete.
-    pub async fn delete_topic(
+    pub(crate) async fn delete_topic(
         &self,
         name: &str,
         force: bool,
@@ -429,7 +382,7 @@ impl Broker {
 
     /// Repairs topic `name`'s storage (see [`Topic::repair`]) and returns what was done.
     /// `Ok(None)` when there is no such topic.
-    pub async fn repair_topic(
+    pub(crate) async fn repair_topic(
         &self,
         name: &str,
     ) -> Result<Option<crate::topic::RepairOutcome>, String> {
@@ -466,7 +419,7 @@ impl Broker {
     }
 
     /// A snapshot of every topic, sorted by name.
-    pub fn list_topics(&self) -> Vec<TopicInfo> {
+    pub(crate) fn list_topics(&self) -> Vec<TopicInfo> {
         self.topics().iter().map(|t| t.info()).collect()
     }
 
@@ -477,14 +430,14 @@ impl Broker {
     }
 
     /// Whether a graceful stop has begun.
-    pub fn is_shutting_down(&self) -> bool {
+    pub(crate) fn is_shutting_down(&self) -> bool {
         self.shared.shutting_down.load(Ordering::Relaxed)
     }
 
     /// The first step of a graceful stop: marks the broker not ready and refuses every parked
     /// publish (`block` topics) with `ShuttingDown`, so connections can answer them instead of
     /// waiting out the grace period.
-    pub fn refuse_parked(&self) {
+    pub(crate) fn refuse_parked(&self) {
         self.shared.shutting_down.store(true, Ordering::Relaxed);
         for topic in self.topics() {
             topic.refuse_parked(weir_protocol::RejectReason::ShuttingDown);
@@ -521,60 +474,7 @@ impl Broker {
     }
 }
 
-/// Persists changed group state every `state_flush_ms` until the broker stops. A failed flush
-/// is counted (`weir_state_flush_failures_total`) and shown (`weir_state_store_failing`); it is
-/// logged once when flushes start failing and once when they work again, never per period.
-/// Meanwhile the group changes stay in memory (marked dirty) and are written by the next flush
-/// that works: a crash in between costs redeliveries, never messages.
-async fn flush_state_periodically(broker: Broker) {
-    let period = Duration::from_millis(broker.shared.config.storage.state_flush_ms);
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let metrics = broker.shared.env.metrics.clone();
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = broker.shared.env.stop.cancelled() => return,
-        }
-        let b = broker.clone();
-        let owed = metrics.state_store_failing.load(Ordering::Relaxed);
-        let result = tokio::task::spawn_blocking(move || b.save_state(owed))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|saved| saved.map_err(|e| e.to_string()));
-        let was_failing = metrics
-            .state_store_failing
-            .swap(result.is_err(), Ordering::Relaxed);
-        match result {
-            Ok(()) if was_failing => tracing::info!("persisting group state works again"),
-            Ok(()) => {}
-            Err(e) => {
-                metrics.state_flush_failures.add(1);
-                if !was_failing {
-                    tracing::error!(error = %e, "persisting group state failed: cursors and acks stay in memory until a flush works (a crash meanwhile means redeliveries)");
-                }
-            }
-        }
-    }
-}
-
-/// Checks every topic for stalled groups and subscribers, a few times per `stall_warn_ms`.
-async fn watch_stalls(broker: Broker) {
-    let after = Duration::from_millis(broker.shared.config.limits.stall_warn_ms);
-    let mut ticker = tokio::time::interval((after / 4).max(Duration::from_millis(10)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = broker.shared.env.stop.cancelled() => return,
-        }
-        let now = std::time::Instant::now();
-        for topic in broker.topics() {
-            topic.check_stalls(now, after);
-        }
-    }
-}
-
+/// The directory of topic `name`.
 fn topic_dir(config: &Config, name: &str) -> PathBuf {
     config.data_dir.join("topics").join(name)
 }
@@ -623,61 +523,4 @@ fn create_blocking(
     let topic =
         Topic::open(manifest.config, &dir, &shared.config, &shared.env).map_err(|e| failed(&e))?;
     Ok((topic, restored))
-}
-
-type Recovered = (Config, TopicEnv, BTreeMap<String, Arc<Topic>>, Reconciled);
-
-/// Opens the store, reconciles it with the topic directories (see
-/// [`crate::storage::reconcile`]) and opens every topic, every file through `fs`. Blocking.
-/// The configuration comes back with `storage.max_bytes` resolved (its default taken now, see
-/// [`crate::storage::disk`]).
-fn recover(
-    mut config: Config,
-    runtime: tokio::runtime::Handle,
-    fs: crate::storage::fs::Fs,
-) -> Result<Recovered, OpenError> {
-    let topics_dir = config.data_dir.join("topics");
-    fs.create_dir_all(&topics_dir)
-        .map_err(|source| OpenError::DataDir {
-            path: topics_dir.clone(),
-            source,
-        })?;
-    config.resolve_storage_budget();
-    let disk = Arc::new(DiskBudget::new(
-        &config.data_dir,
-        config.storage.max_bytes.unwrap_or(u64::MAX),
-        config.storage.min_free_bytes,
-    ));
-    let state_dir = config.data_dir.join("state");
-    let (store, mut done) = reconcile::recover(
-        fs.as_ref(),
-        &state_dir,
-        &topics_dir,
-        config.storage.state_cache_bytes,
-    )?;
-    let store = store.checked_by(fs.clone(), state_dir);
-    let env = TopicEnv {
-        admission: Arc::new(Admission::new(&config, std::time::Instant::now())),
-        store,
-        metrics: Arc::new(Metrics::default()),
-        tasks: TaskTracker::new(),
-        stop: CancellationToken::new(),
-        stopping: CancellationToken::new(),
-        runtime,
-        dead_letters: Arc::new(tokio::sync::Notify::new()),
-        disk,
-        fs,
-    };
-    let mut topics = BTreeMap::new();
-    for topic_config in std::mem::take(&mut done.topics) {
-        let name = topic_config.name.clone();
-        let dir = topic_dir(&config, &name);
-        let topic =
-            Topic::open(topic_config, &dir, &config, &env).map_err(|source| OpenError::Topic {
-                name: name.clone(),
-                source,
-            })?;
-        topics.insert(name, topic);
-    }
-    Ok((config, env, topics, done))
 }

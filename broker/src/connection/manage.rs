@@ -1,0 +1,163 @@
+//! Managing topics and groups: `CreateTopic`, `ListTopics`, `DescribeTopic`, `DeleteTopic`,
+//! `RepairTopic` and `DeleteGroup`. The expensive ones are admitted under the key's `ops_per_s`.
+
+use tracing::warn;
+use weir_protocol::{
+    CreateTopic, DeleteGroup, DeleteTopic, DescribeTopic, ErrorCode, Frame, GroupDeleted,
+    ListTopics, RepairTopic, TopicCreated, TopicDeleted, TopicRepaired, Unsubscribed,
+};
+
+use super::answers::{error, rejected};
+use super::{Connection, End};
+use crate::admission::Work;
+use crate::broker::{CreateError, DeleteTopicError};
+use crate::topic::{DeleteGroupError, Detached};
+
+impl Connection {
+    /// Lists topics, one page that fits in a frame; charged to this connection's memory.
+    pub(super) async fn list_topics(&mut self, l: ListTopics) -> Result<(), End> {
+        let max = self.broker.config().limits.max_frame_bytes as usize;
+        let page = self.broker.list_topics_page(l, max);
+        self.send_charged(Frame::TopicList(page)).await
+    }
+
+    /// Describes a topic, cut to fit in a frame; charged to this connection's memory.
+    pub(super) async fn describe_topic(&mut self, d: DescribeTopic) -> Result<(), End> {
+        let answer = match self.broker.topic(&d.name) {
+            Some(topic) => {
+                let (info, recent_drops) = topic.describe();
+                let max = self.broker.config().limits.max_frame_bytes as usize;
+                let answer = crate::replies::description(d.req, info, recent_drops, max);
+                Frame::TopicDescription(answer)
+            }
+            None => error(
+                d.req,
+                ErrorCode::UnknownTopic,
+                format!("unknown topic {}", d.name),
+            ),
+        };
+        self.send_charged(answer).await
+    }
+
+    /// Creates a topic, admitted under the key's `ops_per_s` (given back when nothing was made).
+    pub(super) async fn create_topic(&mut self, c: CreateTopic) -> Result<(), End> {
+        if let Err(r) = self.admit_op(Work::CreateTopic, &c.spec.name) {
+            return self.send(rejected(c.req, r)).await;
+        }
+        let created = self.broker.create_topic(c.spec).await;
+        if matches!(created, Err(_) | Ok((_, false))) {
+            self.give_back_op();
+        }
+        let answer = match created {
+            Ok((topic, created)) => Frame::TopicCreated(TopicCreated {
+                req: c.req,
+                created,
+                config: topic.config().clone(),
+            }),
+            Err(CreateError::Invalid(msg)) => error(c.req, ErrorCode::InvalidArgument, msg),
+            Err(e @ CreateError::Exists(_)) => error(c.req, ErrorCode::TopicExists, e.to_string()),
+            Err(e @ (CreateError::TooMany(_) | CreateError::OverCeiling(_))) => {
+                error(c.req, ErrorCode::LimitExceeded, e.to_string())
+            }
+            Err(e) => error(c.req, ErrorCode::Internal, e.to_string()),
+        };
+        self.send(answer).await
+    }
+
+    /// Deletes a group (with `force`, detaching its subscribers), admitted like a create.
+    pub(super) async fn delete_group(&mut self, d: DeleteGroup) -> Result<(), End> {
+        if let Err(r) = self.admit_op(Work::DeleteGroup, &d.topic) {
+            return self.send(rejected(d.req, r)).await;
+        }
+        let Some(topic) = self.broker.topic(&d.topic) else {
+            let msg = format!("unknown topic {}", d.topic);
+            return self.send(error(d.req, ErrorCode::UnknownTopic, msg)).await;
+        };
+        let answer = match topic.delete_group(&d.group, d.force) {
+            Ok(detached) => {
+                tell_detached(detached);
+                Frame::GroupDeleted(GroupDeleted { req: d.req })
+            }
+            Err(DeleteGroupError::Unknown) => error(
+                d.req,
+                ErrorCode::UnknownGroup,
+                format!("topic {} has no group {}", d.topic, d.group),
+            ),
+            Err(DeleteGroupError::InUse) => error(
+                d.req,
+                ErrorCode::InUse,
+                format!(
+                    "group {} has subscribers attached (delete with force to detach them)",
+                    d.group
+                ),
+            ),
+        };
+        self.send(answer).await
+    }
+
+    /// Deletes a topic (with `force`, detaching its subscribers), admitted like a create.
+    pub(super) async fn delete_topic(&mut self, d: DeleteTopic) -> Result<(), End> {
+        if let Err(r) = self.admit_op(Work::DeleteTopic, &d.name) {
+            return self.send(rejected(d.req, r)).await;
+        }
+        let answer = match self.broker.delete_topic(&d.name, d.force).await {
+            Ok(detached) => {
+                tell_detached(detached);
+                Frame::TopicDeleted(TopicDeleted { req: d.req })
+            }
+            Err(DeleteTopicError::Unknown) => error(
+                d.req,
+                ErrorCode::UnknownTopic,
+                format!("unknown topic {}", d.name),
+            ),
+            Err(DeleteTopicError::InUse(n)) => error(
+                d.req,
+                ErrorCode::InUse,
+                format!(
+                    "topic {} has {n} subscribers attached (delete with force to detach them)",
+                    d.name
+                ),
+            ),
+            Err(DeleteTopicError::Failed(msg)) => error(d.req, ErrorCode::Internal, msg),
+        };
+        self.send(answer).await
+    }
+
+    /// Repairs a topic's storage (`weir topic repair`): an expensive operation, admitted like a
+    /// delete.
+    pub(super) async fn repair_topic(&mut self, r: RepairTopic) -> Result<(), End> {
+        if let Err(refusal) = self.admit_op(Work::DeleteTopic, &r.name) {
+            return self.send(rejected(r.req, refusal)).await;
+        }
+        let answer = match self.broker.repair_topic(&r.name).await {
+            Ok(Some(done)) => Frame::TopicRepaired(TopicRepaired {
+                req: r.req,
+                skipped: done.skipped,
+                quarantined: done.quarantined,
+                health: done.health,
+            }),
+            Ok(None) => error(
+                r.req,
+                ErrorCode::UnknownTopic,
+                format!("unknown topic {}", r.name),
+            ),
+            Err(msg) => error(r.req, ErrorCode::StorageDamaged, msg),
+        };
+        self.send(answer).await
+    }
+}
+
+/// Tells members a forced delete detached that their subscription is over (`Unsubscribed`).
+/// A member whose control queue is full is not told (logged): its connection is not reading.
+fn tell_detached(detached: Detached) {
+    for (member, notices) in detached {
+        let frame = Frame::Unsubscribed(Unsubscribed { sub: member.sub });
+        if notices.try_send(frame.into()).is_err() {
+            warn!(
+                conn = member.conn,
+                sub = member.sub,
+                "cannot tell a detached subscriber: its queue is full"
+            );
+        }
+    }
+}
