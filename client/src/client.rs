@@ -35,7 +35,9 @@ use crate::subscription::Subscription;
 /// new connection, first and in their order:
 ///
 /// - publishes sent and not confirmed are resent, within their publisher's window (each keeps
-///   its slot): **at-least-once** — one whose confirm was lost may be stored twice;
+///   its slot): **at-least-once** — one whose confirm was lost may be stored twice; so are
+///   publishes the broker refused with `ShuttingDown` as it stopped (never stored), instead of
+///   failing with that refusal;
 /// - subscriptions open again (same topic, group, window) and their streams go on (see
 ///   [`Subscription`]); deliveries of the lost connection can no longer be acked (the broker
 ///   redelivers them);

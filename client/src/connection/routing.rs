@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
-use weir_protocol::{CodecError, ErrorCode, Frame, GoingAway, Publish, Unsubscribe};
+use weir_protocol::{CodecError, ErrorCode, Frame, GoingAway, Publish, RejectReason, Unsubscribe};
 
 use super::outbox::{Outbox, TraceFrame};
 use super::shared::{AdminRequest, Command, FIRST_SUB_ID};
@@ -49,6 +49,12 @@ pub(crate) struct Router {
     requests: HashMap<u64, PendingRequest>,
     subs: HashMap<u64, SubEntry>,
     pings: HashMap<u64, (Instant, oneshot::Sender<Result<Duration, ClientError>>)>,
+    /// Publishes the broker refused with `ShuttingDown` (not stored), held for the next
+    /// connection when the client reconnects: at most the publish windows, as each keeps its
+    /// slot.
+    held: Vec<(u64, PendingPublish)>,
+    /// Whether to hold those (reconnecting is on) rather than answer the refusal.
+    hold_shutting_down: bool,
     /// The broker said it closes the connection, and why.
     pub going_away: Option<GoingAway>,
 }
@@ -82,21 +88,27 @@ pub(crate) fn refuse(cmd: Command, err: &ClientError, publish_err: PublishError)
 }
 
 impl Router {
-    /// Nothing pending.
-    pub fn new() -> Router {
+    /// Nothing pending. With `hold_shutting_down` (reconnecting is on), a publish refused with
+    /// `ShuttingDown` is held and sent again on the next connection instead of failing.
+    pub fn new(hold_shutting_down: bool) -> Router {
         Router {
             next_id: 1,
             publishes: HashMap::new(),
             requests: HashMap::new(),
             subs: HashMap::new(),
             pings: HashMap::new(),
+            held: Vec::new(),
+            hold_shutting_down,
             going_away: None,
         }
     }
 
-    /// Nothing is waiting on the broker.
+    /// Nothing is waiting on the broker (or for the next connection).
     pub fn idle(&self) -> bool {
-        self.publishes.is_empty() && self.requests.is_empty() && self.pings.is_empty()
+        self.publishes.is_empty()
+            && self.requests.is_empty()
+            && self.pings.is_empty()
+            && self.held.is_empty()
     }
 
     fn next_id(&mut self) -> u64 {
@@ -258,6 +270,11 @@ impl Router {
                     retry_after_ms: r.retry_after_ms,
                 };
                 if let Some(p) = self.publishes.remove(&r.id) {
+                    if self.hold_shutting_down && r.reason == RejectReason::ShuttingDown {
+                        // Not stored: it goes again once the broker is back.
+                        self.held.push((r.id, p));
+                        return Ok(());
+                    }
                     let _ = p.reply.send(Err(PublishError::Rejected {
                         reason: r.reason,
                         limit: r.limit,
@@ -419,7 +436,8 @@ impl Router {
     ///
     /// - Publishes unanswered go again (keeping their window slots). After an idle close the
     ///   broker read none of them (it closes as idle only after answering every frame it read);
-    ///   after any other loss it may have stored some whose confirm was lost (`sent`).
+    ///   after any other loss it may have stored some whose confirm was lost (`sent`). Those
+    ///   it refused with `ShuttingDown` go again too (never stored).
     /// - Subscriptions open (or opening) open again with their renewed credit
     ///   ([`SubEntry::renew`]); those closing are closed (the broker dropped them with the
     ///   connection). After an idle close an open subscription cannot exist (the broker would
@@ -436,6 +454,14 @@ impl Router {
             };
             let sent = !idle_close;
             unanswered.push((id, Replay::Command { cmd, sent }));
+        }
+        for (id, p) in self.held.drain(..) {
+            let cmd = Command::Publish {
+                message: p.message,
+                reply: p.reply,
+                permit: p.permit,
+            };
+            unanswered.push((id, Replay::Command { cmd, sent: false }));
         }
         for (id, r) in self.requests.drain() {
             if idle_close {
@@ -483,10 +509,15 @@ impl Router {
     }
 
     /// The connection has ended for good with `err`: every caller waiting hears it. A publish
-    /// sent and unanswered may have been stored: [`PublishError::ConnectionLost`].
+    /// sent and unanswered may have been stored: [`PublishError::ConnectionLost`]; one held
+    /// after a `ShuttingDown` refusal was not: [`PublishError::NotSent`].
     pub fn fail_all(&mut self, err: &ClientError) {
         for (_, p) in self.publishes.drain() {
             let _ = p.reply.send(Err(PublishError::ConnectionLost));
+        }
+        let not_sent = PublishError::NotSent(Arc::new(err.clone()));
+        for (_, p) in self.held.drain(..) {
+            let _ = p.reply.send(Err(not_sent.clone()));
         }
         for (_, r) in self.requests.drain() {
             let _ = r.reply.send(Err(err.clone()));

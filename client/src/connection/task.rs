@@ -97,7 +97,7 @@ impl ConnTask {
         ConnTask {
             io: Some(session.io),
             out: Outbox::new(session.codec),
-            router: Router::new(),
+            router: Router::new(opts.reconnect.is_enabled()),
             cmd_rx,
             commands_open: true,
             replay: VecDeque::new(),
