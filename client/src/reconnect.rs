@@ -1,6 +1,6 @@
 //! Reconnecting after a lost connection: the [`ReconnectPolicy`] (full-jitter backoff, bounded
 //! in time and attempts), the [`ConnectionState`] a client reports while it reconnects, and
-//! [`Schedule`], the pure arithmetic of when to try again and when to give up.
+//! `Schedule` (crate-private), the pure arithmetic of when to try again and when to give up.
 
 use std::time::{Duration, Instant};
 
