@@ -208,11 +208,13 @@ pub enum PublishError {
     /// stored (at-least-once: publishing again may store a duplicate).
     #[error("connection lost before the publish was confirmed")]
     ConnectionLost,
-    /// The publish was never read by the broker: it was waiting for a new connection after the
-    /// broker closed the previous one as idle ([`crate::GoingAwayReason::Idle`]), and opening
-    /// it failed (or the client's connection ended for good first) with this error, e.g.
-    /// [`ClientError::Io`] when the broker is gone. The message was not stored: publishing it
-    /// again is safe (and makes the client try to connect again).
+    /// The publish was not stored: it was waiting for a new connection — queued while the
+    /// client reconnected, sent just before an idle close ([`crate::GoingAwayReason::Idle`]),
+    /// or refused by a broker shutting down — and opening one failed (or the client's
+    /// connection ended for good first) with this error, e.g. [`ClientError::ReconnectFailed`],
+    /// or [`ClientError::Io`] when the broker is gone after an idle close with reconnecting off
+    /// (then publishing again makes the client try to connect again). Publishing it again
+    /// cannot store a duplicate.
     #[error("publish not sent: {0}")]
     NotSent(Arc<ClientError>),
 }
