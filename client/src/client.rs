@@ -3,55 +3,19 @@
 
 use std::time::Duration;
 
-use tokio::net::ToSocketAddrs;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use weir_protocol::{
-    Frame, GroupSpec, ServerLimits, TopicConfig, TopicDescription, TopicInfo, TopicSpec,
-    DEFAULT_MAX_FRAME_BYTES,
+    Frame, GroupSpec, ServerLimits, TopicConfig, TopicDescription, TopicInfo, TopicRepaired,
+    TopicSpec,
 };
 
+use crate::addr::ToBrokerAddr;
 use crate::connection::{self, AdminRequest, Command, ConnHandle};
 use crate::error::ClientError;
+pub use crate::options::ClientOptions;
 use crate::publisher::Publisher;
+use crate::reconnect::ConnectionState;
 use crate::subscription::Subscription;
-use crate::TopicRepaired;
-
-/// How to connect. Every field has a default ([`ClientOptions::default`]); override with
-/// struct-update syntax: `ClientOptions { token: Some(key), ..Default::default() }`. They apply
-/// alike to the reconnect that follows an idle close (see [`Client`]).
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    /// The API key sent in `Hello`; `None` for anonymous access. Default `None`.
-    pub token: Option<String>,
-    /// How long the TCP connect may take before it fails with an
-    /// [`std::io::ErrorKind::TimedOut`] [`ClientError::Io`]. Default 10 s.
-    pub connect_timeout: Duration,
-    /// How long the broker may take to answer `Hello` before [`ClientError::Handshake`].
-    /// Default 10 s.
-    pub handshake_timeout: Duration,
-    /// Capacity of the bounded queue of commands (publishes, admin requests, subscribes,
-    /// unsubscribes, pings; acks and credit do not pass through it) from the handles to the
-    /// connection task. When it is full, async
-    /// callers wait and [`Publisher::try_publish`] fails with [`ClientError::WindowFull`].
-    /// Default 1 024; at least 1.
-    pub command_queue: usize,
-    /// The largest frame accepted from the broker, in bytes, before the handshake; afterwards the
-    /// larger of this and the broker's announced `max_frame_bytes`. A larger frame closes the
-    /// connection with [`ClientError::Codec`]. Default [`DEFAULT_MAX_FRAME_BYTES`] (4 MiB).
-    pub max_frame_bytes: usize,
-}
-
-impl Default for ClientOptions {
-    fn default() -> Self {
-        ClientOptions {
-            token: None,
-            connect_timeout: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(10),
-            command_queue: 1024,
-            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
-        }
-    }
-}
 
 /// A connection to a Weir broker.
 ///
@@ -61,35 +25,62 @@ impl Default for ClientOptions {
 /// answer, or when the broker closes it; after that every request fails with the error that
 /// ended it ([`Client::closed_reason`]).
 ///
-/// **Idle close.** The one exception: a broker closes a connection that has no subscription and
-/// sends nothing for its `idle_timeout` ([`ServerLimits::idle_timeout_ms`], default 10 min) with
-/// `GoingAway{Idle}`, and the client heals that. The next operation that needs the broker — an
-/// admin request, [`Client::ping`], a subscribe, or a publish through any [`Publisher`] made
-/// from this client, before or after the close — opens a new connection to the same address
-/// (what it resolved to at [`Client::connect`]) with the same [`ClientOptions`], and proceeds
-/// without an error. Exactly one reconnect happens however many handles need it at once: the
-/// others wait for it in the bounded command queue ([`ClientOptions::command_queue`]; at the
-/// bound they wait as usual, and [`Publisher::try_publish`] fails with
-/// [`ClientError::WindowFull`]). Anything sent just as the broker closed was never read by it
-/// (the broker closes as idle only after answering every frame it read), so it is sent again
-/// on the new connection, in order, and answered there. If the new connection cannot be opened
-/// (the broker is gone, full, refuses the token), the operation that asked for it and every one
-/// waiting for it fail with that error ([`ClientError::Io`], [`ClientError::ConnectionRejected`],
-/// ...; a publish's confirm with [`crate::PublishError::NotSent`]), and the next operation tries
-/// again. Every other end — the broker shutting down, a slow consumer, an i/o or protocol
-/// error — is final, as before. There is no reconnect policy beyond this: no backoff and no
-/// resubscribing.
+/// **Reconnecting.** When the broker closes the connection (`GoingAway`: shutting down, slow
+/// consumer) or it is lost (reset, end of stream, i/o error), the client reconnects to the
+/// same address (resolved again) with the same [`ClientOptions`], per
+/// [`ClientOptions::reconnect`] ([`crate::ReconnectPolicy`]: on by default, full-jitter backoff
+/// from 100 ms to 5 s, giving up after 60 s). Meanwhile every handle keeps working: operations
+/// wait in the bounded command queue ([`ClientOptions::command_queue`]; at the bound they wait
+/// as usual, and [`Publisher::try_publish`] fails with [`ClientError::WindowFull`]). On the
+/// new connection, first and in their order:
+///
+/// - publishes sent and not confirmed are resent, within their publisher's window (each keeps
+///   its slot): **at-least-once** — one whose confirm was lost may be stored twice; so are
+///   publishes the broker refused with `ShuttingDown` as it stopped (never stored), instead of
+///   failing with that refusal;
+/// - subscriptions open again (same topic, group, window) and their streams go on (see
+///   [`Subscription`]); deliveries of the lost connection can no longer be acked (the broker
+///   redelivers them);
+/// - admin requests and pings that were unanswered fail with the error that ended the
+///   connection (the broker may have acted on them; the caller decides), as new ones wait.
+///
+/// With something to resend or a subscription, the client reconnects at once; otherwise when
+/// the next operation needs the broker. If reconnecting gives up, the client is closed with
+/// [`ClientError::ReconnectFailed`] (naming the address, how long it tried and the last error);
+/// a confirm of a publish that had been sent then resolves to
+/// [`crate::PublishError::ConnectionLost`] (maybe stored), one never sent to
+/// [`crate::PublishError::NotSent`]. Watch it with [`Client::state`],
+/// [`Client::watch_state`] and [`Client::reconnects`]; the client logs a `warn` when it starts
+/// reconnecting, a `debug` per attempt, an `info` when reconnected.
+///
+/// **Idle close.** A broker closes a connection that has no subscription and sends nothing for
+/// its `idle_timeout` ([`ServerLimits::idle_timeout_ms`], default 10 min) with
+/// `GoingAway{Idle}`. The client reconnects when the next operation needs the broker, and
+/// exactly one reconnect happens however many handles need it at once. Anything sent just as
+/// the broker closed was never read by it (the broker closes as idle only after answering
+/// every frame it read), so it is all sent again, requests included, without any risk of
+/// duplicates.
+///
+/// **Reconnecting off** ([`crate::ReconnectPolicy::disabled`]): any end other than an idle
+/// close is final, and the error that caused it is every later operation's. An idle close is
+/// still healed with one attempt when the next operation needs the broker; if it fails, that
+/// operation and every one waiting for it fail with its error ([`ClientError::Io`],
+/// [`ClientError::ConnectionRejected`], ...; a publish's confirm with
+/// [`crate::PublishError::NotSent`]), and the next operation tries again.
 #[derive(Debug, Clone)]
 pub struct Client {
     conn: ConnHandle,
 }
 
 impl Client {
-    /// Connects to the broker at `addr` with default [`ClientOptions`] (anonymous).
+    /// Connects to the broker at `addr` with default [`ClientOptions`] (anonymous): a
+    /// `"host:port"` string (a host name or an IP address), a bare host for the default port
+    /// 7070 ([`crate::DEFAULT_PORT`]), or a [`std::net::SocketAddr`] (see [`ToBrokerAddr`]).
     ///
     /// Fails with [`ClientError::Io`] when the TCP connection fails, and with the handshake
-    /// errors of [`Client::connect_with`].
-    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
+    /// errors of [`Client::connect_with`]. The first connection is tried once: reconnecting
+    /// applies to a connection that was established.
+    pub async fn connect(addr: impl ToBrokerAddr) -> Result<Client, ClientError> {
         Client::connect_with(addr, ClientOptions::default()).await
     }
 
@@ -98,50 +89,71 @@ impl Client {
     /// Fails with [`ClientError::Unauthorized`] or [`ClientError::UnsupportedVersion`] when the
     /// broker refuses the token or version, with [`ClientError::ConnectionRejected`] when it is at
     /// its connection bound, and with [`ClientError::Handshake`] for anything else that goes
-    /// wrong before `HelloOk` (within [`ClientOptions::handshake_timeout`]).
+    /// wrong before `HelloOk` (within [`ClientOptions::handshake_timeout`]). A peer that
+    /// answers with HTTP (the broker's admin port, 7071 by default, given by mistake) fails
+    /// with [`ClientError::HttpPeer`].
     pub async fn connect_with(
-        addr: impl ToSocketAddrs,
+        addr: impl ToBrokerAddr,
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
-        let conn = connection::open(addr, &options).await?;
+        let conn = connection::open(addr.to_broker_addr(), &options).await?;
         Ok(Client { conn })
     }
 
-    /// The limits the broker announced in the `HelloOk` of the live connection: after an idle
-    /// close and the reconnect, those of the new connection; between the two, those of the
-    /// connection that was closed. A copy: later reconnects do not change it.
+    /// The limits the broker announced in the `HelloOk` of the live connection: after a
+    /// reconnect, those of the new connection; between the loss and the reconnect, those of the
+    /// connection that was lost. A copy: later reconnects do not change it.
     pub fn limits(&self) -> ServerLimits {
         self.conn.shared.limits()
     }
 
     /// Whether the connection has ended for good: every further operation fails with
-    /// [`Client::closed_reason`]. An idle close is not such an end (the next operation
-    /// reconnects), nor is a failed reconnect after one (the next operation tries again): both
-    /// report `false`. See [`Client::is_connected`] for whether a socket is open now.
+    /// [`Client::closed_reason`]. A loss the client reconnects after is not such an end, nor
+    /// is an idle close (the next operation reconnects): both report `false` — but reconnecting
+    /// giving up is. See [`Client::is_connected`] for whether a socket is open now.
     pub fn is_closed(&self) -> bool {
         self.conn.shared.is_closed()
     }
 
     /// The error that ended the connection for good, or `None` while operations can still
-    /// succeed — including after an idle close, until the next operation reconnects.
+    /// succeed — including while the client reconnects, or after an idle close.
     pub fn closed_reason(&self) -> Option<ClientError> {
         self.is_closed().then(|| self.conn.shared.error())
     }
 
-    /// Whether a socket to the broker is open now, past its handshake: `false` from an idle close
-    /// until the reconnect that the next operation makes (and after a failed reconnect), and once
-    /// the connection has ended for good. A snapshot, for monitoring: the broker may close the
-    /// socket the moment after.
+    /// Whether a socket to the broker is open now, past its handshake: `false` while
+    /// reconnecting, from an idle close until the reconnect that the next operation makes, and
+    /// once the connection has ended for good. A snapshot, for monitoring: the broker may close
+    /// the socket the moment after.
     pub fn is_connected(&self) -> bool {
         self.conn.shared.is_connected()
+    }
+
+    /// The connection's state now: connected, reconnecting (which attempt, since when),
+    /// disconnected until the next operation needs the broker, or closed. A snapshot.
+    pub fn state(&self) -> ConnectionState {
+        self.conn.shared.state()
+    }
+
+    /// A receiver of the connection's state, to await its changes
+    /// ([`watch::Receiver::changed`], [`watch::Receiver::wait_for`]). It holds the latest state
+    /// only: a change it did not see in time is replaced by the next.
+    pub fn watch_state(&self) -> watch::Receiver<ConnectionState> {
+        self.conn.shared.watch_state()
+    }
+
+    /// How many times the client has reconnected (after a loss or an idle close) since
+    /// [`Client::connect`]. Shared by every clone.
+    pub fn reconnects(&self) -> u64 {
+        self.conn.shared.reconnects()
     }
 
     /// Creates a topic (idempotent for an identical specification) and returns its effective
     /// configuration; bounds left `None` take the broker's defaults.
     ///
-    /// Like every admin request, after an idle close it reconnects first (see [`Client`]), and
-    /// fails with the reconnect's error ([`ClientError::Io`], [`ClientError::ConnectionRejected`],
-    /// ...) if that fails.
+    /// Like every admin request, while the client reconnects it waits for the new connection
+    /// (see [`Client`]), and fails with [`ClientError::ReconnectFailed`] if reconnecting gives
+    /// up; unanswered when the connection is lost, it fails with the error that ended it.
     ///
     /// Fails with [`ClientError::Broker`] (e.g. `TopicExists` for a different configuration,
     /// `InvalidArgument` for a bad name or bound) or [`ClientError::Rejected`] at a broker bound.
@@ -249,8 +261,9 @@ impl Client {
         }
     }
 
-    /// Sends a `Ping` and returns the round-trip time until its `Pong`. After an idle close it
-    /// reconnects first (the time measured is that of the `Ping` on the new connection).
+    /// Sends a `Ping` and returns the round-trip time until its `Pong`. While the client
+    /// reconnects it waits for the new connection (the time measured is that of the `Ping` on
+    /// it).
     pub async fn ping(&self) -> Result<Duration, ClientError> {
         let (reply, rx) = oneshot::channel();
         self.conn.send(Command::Ping { reply }).await?;
@@ -276,12 +289,13 @@ impl Client {
     /// deliveries once the broker has answered `Subscribed`. A group this creates takes the
     /// broker's default settings (see [`Client::subscribe_with`]).
     ///
-    /// `window` is clamped to `limits().max_credit`: it is the subscription's initial credit and
-    /// the most messages ever outstanding towards it (granted credit + buffered + held by the app
-    /// unfinished). A `window` of 0 fails with [`ClientError::InvalidArgument`]. Fails with
+    /// `window` is the subscription's initial credit and the most messages ever outstanding
+    /// towards it (granted credit + buffered + held by the app unfinished). Above
+    /// `limits().max_credit` it fails with [`ClientError::CreditAboveLimit`] (naming both;
+    /// nothing is sent), and a `window` of 0 with [`ClientError::InvalidArgument`]. Fails with
     /// [`ClientError::Broker`] when the broker refuses (unknown topic, `max_subscriptions`, ...).
-    /// After an idle close it reconnects first, and fails with the reconnect's error if that
-    /// fails (the clamp uses the limits of the connection the broker closed).
+    /// While the client reconnects it waits for the new connection (the check uses the limits
+    /// of the last one).
     pub async fn subscribe(
         &self,
         topic: &str,
@@ -341,6 +355,7 @@ mod tests {
     use super::*;
     use crate::connection::test_limits;
     use crate::error::PublishError;
+    use crate::reconnect::ReconnectPolicy;
     use crate::subscription::Delivery;
     use futures::FutureExt;
 
@@ -354,13 +369,32 @@ mod tests {
 
     /// [`connect_scripted`], with the listener, which takes the client's reconnects.
     async fn connect_scripted_listening() -> (Client, Peer, TcpListener) {
+        connect_scripted_with(fast_reconnect()).await
+    }
+
+    /// [`connect_scripted_listening`] with `reconnect`.
+    async fn connect_scripted_with(reconnect: ReconnectPolicy) -> (Client, Peer, TcpListener) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let options = ClientOptions {
+            reconnect,
+            ..ClientOptions::default()
+        };
         let (client, peer) = tokio::join!(
-            Client::connect(addr),
+            Client::connect_with(addr, options),
             accept_hello(&listener, test_limits())
         );
         (client.unwrap(), peer, listener)
+    }
+
+    /// Reconnecting with short backoffs, giving up after 5 s.
+    fn fast_reconnect() -> ReconnectPolicy {
+        ReconnectPolicy {
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(50),
+            max_elapsed: Duration::from_secs(5),
+            max_attempts: None,
+        }
     }
 
     /// Accepts the client's next connection and answers its `Hello` with `limits`.
@@ -684,11 +718,13 @@ mod tests {
         drop(first);
     }
 
-    /// A reconnect the broker refuses fails the request that asked for it and the publish that
-    /// waited for it, with the refusal; the client is not closed, and the next request connects.
+    /// With reconnecting off, a reconnect after an idle close that the broker refuses fails the
+    /// request that asked for it and the publish that waited for it, with the refusal; the
+    /// client is not closed, and the next request connects.
     #[tokio::test]
     async fn a_refused_reconnect_fails_its_waiters_and_the_next_operation_tries_again() {
-        let (client, mut first, listener) = connect_scripted_listening().await;
+        let (client, mut first, listener) =
+            connect_scripted_with(ReconnectPolicy::disabled()).await;
         let publisher = client.publisher();
         close_as_idle(&mut first).await;
         until_disconnected(&client).await;
@@ -735,10 +771,12 @@ mod tests {
         drop((first, refusing));
     }
 
-    /// Any end other than an idle close stays final: no reconnect, the error surfaces.
+    /// With reconnecting off, any end other than an idle close stays final: no reconnect, the
+    /// error surfaces.
     #[tokio::test]
-    async fn a_shutdown_close_is_not_healed() {
-        let (client, mut first, listener) = connect_scripted_listening().await;
+    async fn with_reconnecting_off_a_shutdown_close_is_not_healed() {
+        let (client, mut first, listener) =
+            connect_scripted_with(ReconnectPolicy::disabled()).await;
         let going_away = GoingAway {
             reason: GoingAwayReason::ShuttingDown,
             message: "bye".into(),
@@ -771,5 +809,229 @@ mod tests {
             listener.accept().now_or_never().is_none(),
             "no connection was attempted"
         );
+    }
+
+    /// After a `GoingAway{ShuttingDown}`, the client reconnects: the subscription opens again
+    /// first (same id, the window minus the delivery the app holds), then the unconfirmed
+    /// publishes go again in order; their confirms resolve on the new connection, the stream
+    /// goes on, and acking the delivery of the lost connection sends only its credit.
+    #[tokio::test]
+    async fn a_lost_connection_is_reconnected_resubscribed_and_publishes_resent() {
+        let (client, mut first, listener) = connect_scripted_listening().await;
+        let subscribing = tokio::spawn({
+            let client = client.clone();
+            async move { client.subscribe("orders", "billing", 4).await }
+        });
+        let sub_id = match next(&mut first).await {
+            Frame::Subscribe(s) => s.sub,
+            other => panic!("expected Subscribe, got {other:?}"),
+        };
+        first
+            .send(Frame::Subscribed(Subscribed { sub: sub_id }))
+            .await
+            .unwrap();
+        let mut sub = subscribing.await.unwrap().unwrap();
+        let deliver = |seq| {
+            Frame::Deliver(Deliver {
+                sub: sub_id,
+                seq,
+                attempt: 1,
+                headers: vec![],
+                payload: "m".into(),
+            })
+        };
+        first.send(deliver(1)).await.unwrap();
+        let held = sub.next().await.unwrap().unwrap();
+        let publisher = client.publisher_with_window(4);
+        let a = publisher.publish("orders", "a").await.unwrap();
+        let b = publisher.publish("orders", "b").await.unwrap();
+        for _ in 0..2 {
+            assert!(matches!(next(&mut first).await, Frame::Publish(_)));
+        }
+        let mut states = client.watch_state();
+        let going_away = GoingAway {
+            reason: GoingAwayReason::ShuttingDown,
+            message: "bye".into(),
+        };
+        first.send(Frame::GoingAway(going_away)).await.unwrap();
+        drop(first);
+        let mut second = accept_hello(&listener, test_limits()).await;
+        match next(&mut second).await {
+            Frame::Subscribe(s) => {
+                assert_eq!(
+                    (s.sub, s.topic.as_str(), s.group.as_str(), s.credit),
+                    (sub_id, "orders", "billing", 3),
+                    "the window minus the delivery the app holds"
+                );
+                second
+                    .send(Frame::Subscribed(Subscribed { sub: s.sub }))
+                    .await
+                    .unwrap();
+            }
+            other => panic!("expected Subscribe, got {other:?}"),
+        }
+        for (payload, seq) in [(&b"a"[..], 10), (&b"b"[..], 11)] {
+            match next(&mut second).await {
+                Frame::Publish(p) => {
+                    assert_eq!(p.payload.as_ref(), payload);
+                    let ok = Frame::PublishOk(PublishOk { id: p.id, seq });
+                    second.send(ok).await.unwrap();
+                }
+                other => panic!("expected Publish, got {other:?}"),
+            }
+        }
+        assert_eq!((a.await, b.await), (Ok(10), Ok(11)));
+        assert_eq!(publisher.in_flight(), 0);
+        assert_eq!(client.reconnects(), 1);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            states.wait_for(|s| *s == ConnectionState::Connected),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(client.closed_reason().is_none());
+
+        held.ack();
+        assert_eq!(
+            next(&mut second).await,
+            Frame::Credit(Credit { sub: sub_id, n: 1 }),
+            "no Ack for a delivery of the lost connection"
+        );
+        second.send(deliver(2)).await.unwrap();
+        let d = sub.next().await.unwrap().unwrap();
+        assert_eq!(d.seq(), 2, "the stream goes on");
+        d.ack();
+        assert_eq!(
+            next(&mut second).await,
+            Frame::Ack(Ack {
+                sub: sub_id,
+                seqs: vec![2]
+            })
+        );
+    }
+
+    /// With nothing listening any more, reconnecting gives up at its bound: the client is
+    /// closed with an error naming the address and the time it tried, the subscription's stream
+    /// ends with it, and an unconfirmed publish's confirm says the connection was lost.
+    #[tokio::test]
+    async fn reconnecting_gives_up_at_its_bound_with_a_clear_error() {
+        let policy = ReconnectPolicy {
+            max_elapsed: Duration::from_millis(300),
+            ..fast_reconnect()
+        };
+        let (client, mut first, listener) = connect_scripted_with(policy).await;
+        let addr = listener.local_addr().unwrap();
+        let subscribing = tokio::spawn({
+            let client = client.clone();
+            async move { client.subscribe("orders", "billing", 4).await }
+        });
+        let sub_id = match next(&mut first).await {
+            Frame::Subscribe(s) => s.sub,
+            other => panic!("expected Subscribe, got {other:?}"),
+        };
+        first
+            .send(Frame::Subscribed(Subscribed { sub: sub_id }))
+            .await
+            .unwrap();
+        let mut sub = subscribing.await.unwrap().unwrap();
+        let confirm = client.publisher().publish("orders", "a").await.unwrap();
+        assert!(matches!(next(&mut first).await, Frame::Publish(_)));
+        let mut states = client.watch_state();
+        drop((first, listener));
+        let saw = tokio::time::timeout(
+            Duration::from_secs(10),
+            states.wait_for(|s| matches!(s, ConnectionState::Reconnecting { .. })),
+        )
+        .await
+        .expect("reconnecting within 10 s")
+        .map(|s| *s);
+        assert!(
+            matches!(saw, Ok(ConnectionState::Reconnecting { attempt, .. }) if attempt >= 1),
+            "{saw:?}"
+        );
+        assert_eq!(confirm.await, Err(PublishError::ConnectionLost));
+        let end = sub.next().await.unwrap().unwrap_err();
+        assert!(sub.next().await.is_none());
+        match &end {
+            ClientError::ReconnectFailed {
+                addr: a,
+                elapsed,
+                attempts,
+                last,
+            } => {
+                assert_eq!(a, &addr.to_string());
+                assert!(*elapsed >= Duration::from_millis(300), "{elapsed:?}");
+                assert!(*attempts >= 2, "{attempts}");
+                assert!(matches!(**last, ClientError::Io(_)), "{last}");
+            }
+            other => panic!("expected ReconnectFailed, got {other}"),
+        }
+        assert!(
+            end.to_string()
+                .starts_with(&format!("gave up reconnecting to {addr} after")),
+            "{end}"
+        );
+        assert!(client.is_closed());
+        assert_eq!(client.state(), ConnectionState::Closed);
+        assert!(matches!(
+            client.list_topics().await,
+            Err(ClientError::ReconnectFailed { .. })
+        ));
+    }
+
+    /// The broker ending a subscription on its own (`Unsubscribed` it did not ask for: its
+    /// group was deleted with force) ends the stream with a distinct error, not a silent end.
+    #[tokio::test]
+    async fn a_subscription_whose_group_is_deleted_ends_with_group_deleted() {
+        let (client, mut peer) = connect_scripted().await;
+        let subscribing = tokio::spawn({
+            let client = client.clone();
+            async move { client.subscribe("orders", "billing", 4).await }
+        });
+        let sub_id = match next(&mut peer).await {
+            Frame::Subscribe(s) => s.sub,
+            other => panic!("expected Subscribe, got {other:?}"),
+        };
+        peer.send(Frame::Subscribed(Subscribed { sub: sub_id }))
+            .await
+            .unwrap();
+        let mut sub = subscribing.await.unwrap().unwrap();
+        peer.send(Frame::Unsubscribed(weir_protocol::Unsubscribed {
+            sub: sub_id,
+        }))
+        .await
+        .unwrap();
+        match sub.next().await {
+            Some(Err(ClientError::GroupDeleted { topic, group })) => {
+                assert_eq!((topic.as_str(), group.as_str()), ("orders", "billing"))
+            }
+            other => panic!("expected GroupDeleted, got {other:?}"),
+        }
+        assert!(sub.next().await.is_none());
+        assert!(!client.is_closed(), "only the subscription ended");
+    }
+
+    /// A peer that answers `Hello` with HTTP (the admin port given by mistake) fails the
+    /// connect with an error that says so.
+    #[tokio::test]
+    async fn an_http_peer_fails_with_a_clear_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            socket
+                .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                .await
+                .unwrap();
+            socket
+        });
+        let err = Client::connect(addr).await.unwrap_err();
+        assert!(matches!(err, ClientError::HttpPeer { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("{addr} answered with HTTP — is that the admin port? The wire port is 7070 by default")
+        );
+        drop(server.await.unwrap());
     }
 }

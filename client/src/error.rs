@@ -105,6 +105,51 @@ pub enum ClientError {
     /// An argument was refused before anything was sent (e.g. a subscription window of 0).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A subscription window above the broker's `max_credit` was asked for
+    /// ([`crate::Client::subscribe`]); nothing was sent. Ask for at most `max_credit`.
+    #[error("a subscription window of {asked} exceeds the broker's max_credit ({max_credit})")]
+    CreditAboveLimit {
+        /// The window asked for.
+        asked: u32,
+        /// The broker's `max_credit` ([`crate::ServerLimits::max_credit`]).
+        max_credit: u32,
+    },
+    /// The peer at `addr` answered the handshake with HTTP: most likely the broker's admin
+    /// port was given instead of its wire port.
+    #[error(
+        "{addr} answered with HTTP — is that the admin port? The wire port is {} by default",
+        crate::DEFAULT_PORT
+    )]
+    HttpPeer {
+        /// The address connected to, as given.
+        addr: String,
+    },
+    /// The connection was lost and reconnecting gave up: every attempt failed for as long as
+    /// [`crate::ReconnectPolicy`] allows. The client is closed with this error; `last` is the
+    /// error of the last attempt (or the one that made retrying pointless, such as
+    /// [`ClientError::Unauthorized`]).
+    #[error("gave up reconnecting to {addr} after {elapsed:?} and {attempts} attempt(s): {last}")]
+    ReconnectFailed {
+        /// The broker's address, as given to [`crate::Client::connect`].
+        addr: String,
+        /// How long it tried, from the loss of the connection.
+        elapsed: Duration,
+        /// How many connections it attempted.
+        attempts: u32,
+        /// Why the last attempt failed.
+        last: Arc<ClientError>,
+    },
+    /// The broker ended this subscription on its own because its group was deleted with
+    /// `force` (`weir group delete --force`, [`crate::Client::delete_group`]) — or its whole
+    /// topic was, which deletes its groups: the broker sends the same `Unsubscribed` for both.
+    /// The last item of the subscription's stream.
+    #[error("the broker ended the subscription to {topic}/{group}: the group (or its topic) was deleted")]
+    GroupDeleted {
+        /// The subscription's topic.
+        topic: String,
+        /// The subscription's group.
+        group: String,
+    },
     /// The broker broke the protocol (an answer to an unknown id, a delivery beyond the granted
     /// credit, a frame only clients send, ...). The connection (or, for a subscription's credit,
     /// that subscription) is closed.
@@ -163,11 +208,13 @@ pub enum PublishError {
     /// stored (at-least-once: publishing again may store a duplicate).
     #[error("connection lost before the publish was confirmed")]
     ConnectionLost,
-    /// The publish was never read by the broker: it was waiting for a new connection after the
-    /// broker closed the previous one as idle ([`crate::GoingAwayReason::Idle`]), and opening
-    /// it failed (or the client's connection ended for good first) with this error, e.g.
-    /// [`ClientError::Io`] when the broker is gone. The message was not stored: publishing it
-    /// again is safe (and makes the client try to connect again).
+    /// The publish was not stored: it was waiting for a new connection — queued while the
+    /// client reconnected, sent just before an idle close ([`crate::GoingAwayReason::Idle`]),
+    /// or refused by a broker shutting down — and opening one failed (or the client's
+    /// connection ended for good first) with this error, e.g. [`ClientError::ReconnectFailed`],
+    /// or [`ClientError::Io`] when the broker is gone after an idle close with reconnecting off
+    /// (then publishing again makes the client try to connect again). Publishing it again
+    /// cannot store a duplicate.
     #[error("publish not sent: {0}")]
     NotSent(Arc<ClientError>),
 }

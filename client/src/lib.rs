@@ -6,8 +6,9 @@
 //! | bound | default | at the bound |
 //! |---|---|---|
 //! | publish window ([`Publisher`]) | `min(1024, max_unconfirmed)` | [`Publisher::publish`] waits; [`Publisher::try_publish`] fails with [`ClientError::WindowFull`] |
-//! | command queue to the connection task ([`ClientOptions::command_queue`]) | 1 024 | senders wait (`try_publish` fails with `WindowFull`); also where they wait while the client reconnects after an idle close (a failed reconnect fails those queued) |
-//! | messages kept for resending | the publish windows: each unanswered publish keeps its message (the payload is shared, not copied) | kept until the broker answers; resent once if the broker closed the connection as idle first (see [`Client`]) |
+//! | command queue to the connection task ([`ClientOptions::command_queue`]) | 1 024 | senders wait (`try_publish` fails with `WindowFull`); also where they wait while the client reconnects |
+//! | messages kept for resending | the publish windows: each unanswered publish keeps its message (the payload is shared, not copied) | kept until the broker answers; resent on the new connection after a loss or an idle close (see [`Client`]) |
+//! | reconnecting ([`ReconnectPolicy`]) | backoff 100 ms doubling to 5 s, full jitter; 60 s | the client closes with [`ClientError::ReconnectFailed`]; waiting operations fail |
 //! | connection write buffer | 256 KiB + one frame | the task stops taking commands until the socket drains |
 //! | subscription window ([`Subscription::window`]) | chosen per subscribe, ≤ `max_credit` | the broker stops delivering until the app acks (or nacks, terms, drops) |
 //! | acks, nacks, terms and progress waiting to be sent | the window (each ends a distinct delivery; progress is kept once per delivery) | sent at once when `max(1, window/4)` deliveries are finished, otherwise within 5 ms; one frame per kind, 16 384 seqs at most per frame |
@@ -41,32 +42,50 @@
 //!
 //! # Layout
 //!
-//! - [`client`]: [`Client`] (connect, limits, admin requests) and [`ClientOptions`].
-//! - [`publisher`]: [`Publisher`] (the publish window) and [`PublishConfirm`].
+//! Each module takes only from those below it in this list (no import cycles):
+//!
+//! - [`client`]: [`Client`] (connect, limits, connection state, admin requests).
+//! - [`publisher`]: [`Publisher`] (publishing, with or without retries).
 //! - [`subscription`]: [`Subscription`] (a `Stream` of [`Delivery`]) and how deliveries end:
 //!   ack, nack (redeliver after a delay), term (dead-letter now), progress (still working).
 //! - [`retry`]: [`RetryPolicy`] for [`Publisher::with_retry`] — full-jitter backoff on top of
 //!   the broker's retry-after, a retry budget, a circuit breaker (off by default).
-//! - [`error`]: [`ClientError`] and [`PublishError`].
-//! - `connection` (private): the handshake and the one task per connection that owns the
-//!   socket, batches writes and routes answers by id, and opens a new socket when the next
-//!   command comes after the broker closed the connection as idle.
+//! - `window` (private): a publisher's bounded window of unconfirmed publishes, which its
+//!   retries send through too.
+//! - [`confirm`]: [`PublishConfirm`], the future of one publish's outcome.
+//! - `connection` (private): one task per client owns the socket — handshake, batched writes,
+//!   routing of answers by id, subscription state, and reconnecting (one file each).
+//! - [`options`]: the [`ClientOptions`].
+//! - [`reconnect`]: [`ReconnectPolicy`] and [`ConnectionState`].
+//! - [`addr`]: [`ToBrokerAddr`] — addresses, and the default port [`DEFAULT_PORT`].
+//! - `message` (private): one publish's topic, headers and body, as the connection keeps it.
 //! - `pacing` (private): the ack/nack/term/progress and credit batching rules of a
 //!   subscription, as a pure struct, and the frames a batch becomes.
+//! - [`error`]: [`ClientError`] and [`PublishError`].
 //!
 //! The `weir` command-line tool (crate `weir-cli`, in `cli/`) is built on this crate.
 
+pub mod addr;
 pub mod client;
+pub mod confirm;
 mod connection;
 pub mod error;
+mod message;
+pub mod options;
 mod pacing;
 pub mod publisher;
+pub mod reconnect;
 pub mod retry;
 pub mod subscription;
+mod window;
 
-pub use client::{Client, ClientOptions};
+pub use addr::{ToBrokerAddr, DEFAULT_PORT};
+pub use client::Client;
+pub use confirm::PublishConfirm;
 pub use error::{ClientError, PublishError};
-pub use publisher::{PublishConfirm, Publisher};
+pub use options::ClientOptions;
+pub use publisher::Publisher;
+pub use reconnect::{ConnectionState, ReconnectPolicy};
 pub use retry::{BreakerPolicy, BreakerState, RetryPolicy};
 pub use subscription::{Delivery, Subscription};
 pub use weir_protocol::{

@@ -140,6 +140,9 @@ pub(crate) struct AckPacer {
     threshold: u32,
     pending: Batch,
     closed: bool,
+    /// The connection this subscription's deliveries come from, counted from 0: each reconnect
+    /// starts a new epoch, and deliveries of an older one can no longer be acked.
+    epoch: u64,
 }
 
 impl AckPacer {
@@ -150,7 +153,24 @@ impl AckPacer {
             threshold: (window / 4).max(1),
             pending: Batch::default(),
             closed: false,
+            epoch: 0,
         }
+    }
+
+    /// The epoch of the live connection (see [`AckPacer::renew`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The subscription moves to a new connection: starts a new epoch and takes what was
+    /// pending. Its acks, nacks, terms and progress concern the old connection, where the
+    /// broker has already returned those deliveries to the group, so they are dropped; its
+    /// credit is kept and returned: the subscription opens on the new connection with it.
+    /// Returns the new epoch and that credit.
+    pub fn renew(&mut self) -> (u64, u32) {
+        self.epoch += 1;
+        let credit = std::mem::take(&mut self.pending).credit;
+        (self.epoch, credit)
     }
 
     /// The number of pending units at which [`Wake::Now`] is returned.
@@ -268,6 +288,26 @@ mod tests {
         assert_eq!(p.take(), None);
         assert!(!p.has_pending());
         assert_eq!(p.ack(4), Wake::Soon, "a new batch starts");
+    }
+
+    #[test]
+    fn renewing_keeps_the_credit_drops_the_rest_and_starts_a_new_epoch() {
+        let mut p = AckPacer::new(8);
+        p.ack(1);
+        p.nack(2, 10);
+        p.term(3, "bad".into());
+        p.progress(4);
+        p.release();
+        assert_eq!(p.epoch(), 0);
+        assert_eq!(
+            p.renew(),
+            (1, 4),
+            "ack, nack, term and release each held one unit"
+        );
+        assert!(!p.has_pending(), "nothing of the old connection is sent");
+        assert_eq!(p.take(), None);
+        assert_eq!(p.renew(), (2, 0));
+        assert_eq!(p.ack(5), Wake::Soon, "a new batch starts in the new epoch");
     }
 
     #[test]

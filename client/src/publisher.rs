@@ -1,38 +1,18 @@
 //! [`Publisher`]: a bounded window of unconfirmed publishes, and [`PublishConfirm`], the future
 //! of one publish's outcome.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, Semaphore, TryAcquireError};
 use weir_protocol::Headers;
 
-use crate::connection::{Command, ConnHandle};
-use crate::error::{ClientError, PublishError};
+pub use crate::confirm::PublishConfirm;
+use crate::connection::ConnHandle;
+use crate::error::ClientError;
+use crate::message::Message;
 use crate::retry::driver::Retrier;
 use crate::retry::{BreakerState, RetryPolicy};
-
-/// One message as handed to the connection: its topic, headers and body. A retry sends a clone
-/// (the body is reference-counted; headers, usually none, are copied).
-#[derive(Debug, Clone)]
-pub(crate) struct Message {
-    pub topic: String,
-    pub headers: Headers,
-    pub payload: Bytes,
-}
-
-impl Message {
-    fn new(topic: &str, headers: Headers, payload: Bytes) -> Message {
-        Message {
-            topic: topic.to_owned(),
-            headers,
-            payload,
-        }
-    }
-}
+use crate::window::Window;
 
 /// Collects `(name, value)` pairs into [`Headers`], in order.
 fn collect_headers<K: Into<String>, V: Into<String>>(
@@ -58,23 +38,25 @@ fn collect_headers<K: Into<String>, V: Into<String>>(
 /// Messages may carry headers ([`Publisher::publish_with_headers`]): `(name, value)` pairs,
 /// stored and delivered with the message ([`crate::Delivery::headers`]) and resent unchanged by
 /// retries. They travel in the frame, so they count against the broker's `max_frame_bytes` (a
-/// publish over it fails with [`PublishError::TooLarge`] and is never sent).
+/// publish over it fails with [`crate::PublishError::TooLarge`] and is never sent).
 ///
 /// Clones share one window (and, with retry on, one retry budget and circuit breaker). Create
 /// independent windows with [`crate::Client::publisher`].
 ///
-/// **Idle close.** A publisher shares its client's connection, so after the broker closes it as
-/// idle the next publish reconnects, as every other operation does (see [`crate::Client`]). A
-/// publish the broker had not answered when it closed was never read by it; it is resent on
-/// the new connection, keeping its window slot, and its confirm resolves there. To allow this
-/// every publish keeps its message until answered. If the new connection cannot be opened, the
-/// confirms of the publishes that waited for it resolve to [`PublishError::NotSent`] (nothing
-/// was stored), and the next publish tries again.
+/// **Reconnects.** A publisher shares its client's connection, and its window outlives the
+/// connection's losses (see [`crate::Client`]): while the client reconnects, publishes wait for
+/// a slot and in the command queue as usual. Publishes sent and not yet answered when the
+/// connection was lost keep their window slots and are resent on the new connection first, in
+/// their order — never more than the window. Their confirms resolve there. **At-least-once:**
+/// a publish whose confirm was lost with the connection may have been stored already, so its
+/// resend may store it a second time (at most the window's worth of duplicates per loss).
+/// Publishes sent just before an idle close are resent too, without that risk (the broker
+/// closes as idle only after answering everything it read). If reconnecting gives up, the
+/// confirms of publishes that had been sent resolve to [`crate::PublishError::ConnectionLost`]
+/// (maybe stored), those never sent to [`crate::PublishError::NotSent`] with the reason.
 #[derive(Debug, Clone)]
 pub struct Publisher {
-    conn: ConnHandle,
-    window: Arc<Semaphore>,
-    size: usize,
+    window: Window,
     /// Set by [`Publisher::with_retry`].
     retry: Option<Arc<Retrier>>,
 }
@@ -82,9 +64,7 @@ pub struct Publisher {
 impl Publisher {
     pub(crate) fn new(conn: ConnHandle, size: usize) -> Self {
         Publisher {
-            conn,
-            window: Arc::new(Semaphore::new(size)),
-            size,
+            window: Window::new(conn, size),
             retry: None,
         }
     }
@@ -116,6 +96,7 @@ impl Publisher {
     }
 
     /// This publisher (sharing its window) without retries.
+    #[cfg(test)]
     pub(crate) fn without_retry(&self) -> Publisher {
         Publisher {
             retry: None,
@@ -140,12 +121,12 @@ impl Publisher {
 
     /// The window: the most publishes of this publisher unconfirmed at once.
     pub fn window(&self) -> usize {
-        self.size
+        self.window.size()
     }
 
     /// Publishes sent (or being sent) and not yet answered by the broker.
     pub fn in_flight(&self) -> usize {
-        self.size - self.window.available_permits()
+        self.window.in_flight()
     }
 
     /// Sends `payload` to `topic` once the window has a free slot, and returns the future of
@@ -170,7 +151,7 @@ impl Publisher {
     /// `publisher.publish_with_headers("orders", [("trace-id", "abc")], body)`.
     ///
     /// Waits and fails as [`Publisher::publish`] does; headers making the publish larger than
-    /// the broker's `max_frame_bytes` fail its confirm with [`PublishError::TooLarge`].
+    /// the broker's `max_frame_bytes` fail its confirm with [`crate::PublishError::TooLarge`].
     pub async fn publish_with_headers<K: Into<String>, V: Into<String>>(
         &self,
         topic: &str,
@@ -187,32 +168,13 @@ impl Publisher {
 
     async fn publish_message(&self, message: Message) -> Result<PublishConfirm, ClientError> {
         let Some(retrier) = &self.retry else {
-            return self.send(message).await;
+            return self.window.send(message).await;
         };
         // Dropped unsettled (the send fails or this future is cancelled), the ticket gives its
         // breaker pass back.
         let ticket = retrier.admit()?;
-        let confirm = self.send(message.clone()).await?;
-        Ok(retrier.retrying(self, message, confirm, ticket))
-    }
-
-    /// Sends one publish once the window has a slot (no retries).
-    pub(crate) async fn send(&self, message: Message) -> Result<PublishConfirm, ClientError> {
-        let permit = match self.window.clone().acquire_owned().await {
-            Ok(permit) => permit,
-            Err(_) => return Err(self.conn.shared.error()),
-        };
-        let (reply, rx) = oneshot::channel();
-        self.conn
-            .send(Command::Publish {
-                message,
-                reply,
-                permit,
-            })
-            .await?;
-        Ok(PublishConfirm {
-            inner: Inner::Direct(rx),
-        })
+        let confirm = self.window.send(message.clone()).await?;
+        Ok(retrier.retrying(&self.window, message, confirm, ticket))
     }
 
     /// Like [`Publisher::publish`], but never waits: fails with [`ClientError::WindowFull`] when
@@ -244,34 +206,12 @@ impl Publisher {
 
     fn try_publish_message(&self, message: Message) -> Result<PublishConfirm, ClientError> {
         let ticket = self.retry.as_ref().map(|r| r.admit()).transpose()?;
-        let permit = match self.window.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(TryAcquireError::NoPermits) => return Err(ClientError::WindowFull),
-            Err(TryAcquireError::Closed) => return Err(self.conn.shared.error()),
-        };
         // With retry on, the message is kept for the retries.
         let retained = ticket.as_ref().map(|_| message.clone());
-        let (reply, rx) = oneshot::channel();
-        let cmd = Command::Publish {
-            message,
-            reply,
-            permit,
-        };
-        match self.conn.tx.try_send(cmd) {
-            Ok(()) => {}
-            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                return Err(ClientError::WindowFull)
-            }
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
-                return Err(self.conn.shared.error())
-            }
-        }
-        let confirm = PublishConfirm {
-            inner: Inner::Direct(rx),
-        };
+        let confirm = self.window.try_send(message)?;
         Ok(match (&self.retry, ticket, retained) {
             (Some(retrier), Some(ticket), Some(message)) => {
-                retrier.retrying(self, message, confirm, ticket)
+                retrier.retrying(&self.window, message, confirm, ticket)
             }
             _ => confirm,
         })
@@ -290,57 +230,13 @@ impl Publisher {
     }
 }
 
-/// The outcome of one sent publish: a future resolving to the message's sequence number once the
-/// broker confirms it durable, or to the [`PublishError`] that refused it.
-///
-/// Dropping it does not cancel the publish (it was sent) and does not hold the window slot (the
-/// slot is freed when the broker answers). With [`Publisher::with_retry`], it resolves to the
-/// outcome of the last attempt, and dropping it does not stop the retries either.
-#[derive(Debug)]
-#[must_use = "a publish may be refused; await the confirm to find out"]
-pub struct PublishConfirm {
-    inner: Inner,
-}
-
-impl PublishConfirm {
-    /// The confirm of a publish that a task retries.
-    pub(crate) fn retrying(task: tokio::task::JoinHandle<Result<u64, PublishError>>) -> Self {
-        PublishConfirm {
-            inner: Inner::Retrying(task),
-        }
-    }
-}
-
-/// Where a confirm comes from.
-#[derive(Debug)]
-enum Inner {
-    /// The broker's answer to the one publish.
-    Direct(oneshot::Receiver<Result<u64, PublishError>>),
-    /// A task retrying the publish (see [`Publisher::with_retry`]).
-    Retrying(tokio::task::JoinHandle<Result<u64, PublishError>>),
-}
-
-impl Future for PublishConfirm {
-    type Output = Result<u64, PublishError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.inner {
-            Inner::Direct(rx) => Pin::new(rx)
-                .poll(cx)
-                .map(|r| r.unwrap_or(Err(PublishError::ConnectionLost))),
-            Inner::Retrying(task) => Pin::new(task)
-                .poll(cx)
-                .map(|r| r.unwrap_or(Err(PublishError::ConnectionLost))),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::connection::{test_handle, test_limits};
+    use crate::connection::{test_handle, test_limits, Command};
+    use crate::error::PublishError;
 
     fn reply_to(cmd: Command, outcome: Result<u64, PublishError>) {
         match cmd {

@@ -2,7 +2,7 @@
 //! acks (and nacks and terms).
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,8 +36,18 @@ use crate::pacing::{AckPacer, Wake};
 ///
 /// **Items.** `Ok(Delivery)` per message; `Err(e)` for a problem the broker reported about the
 /// subscription (the stream continues unless it ends right after); after the connection or the
-/// subscription ends with an error, a final `Err` and then `None`. A subscription the broker closed
-/// on its own ends with `None`.
+/// subscription ends with an error, a final `Err` and then `None`. A subscription the broker
+/// ended on its own because its group (or topic) was deleted with `force` ends with
+/// [`ClientError::GroupDeleted`], then `None`.
+///
+/// **Reconnects.** The stream does not end when the client loses its connection and reconnects
+/// (see [`crate::Client`]): the subscription opens again on the new connection — same id,
+/// topic, group and window — and deliveries resume. Its credit there is the window minus the
+/// deliveries the app still holds (or has buffered) from the lost connection; those can no
+/// longer be acked (see [`Delivery`]) and the broker redelivers them, so a message may arrive
+/// twice. The stream ends with an error only when reconnecting gives up
+/// ([`ClientError::ReconnectFailed`]), when reconnecting is off, or when the broker refuses the
+/// subscription on the new connection (e.g. its topic is gone).
 ///
 /// **Dropped messages.** When a `drop_oldest` topic evicts messages before this subscription's
 /// group received them, the broker says so (a `Gap` notice, which takes no credit) and the stream
@@ -77,16 +87,15 @@ impl Subscription {
                 "a subscription window must be at least 1".into(),
             ));
         }
-        let window = window.min(conn.shared.limits().max_credit.max(1));
-        let shared = Arc::new(SubShared {
-            id: conn.shared.next_sub_id(),
-            pacer: Mutex::new(AckPacer::new(window)),
-            end: Mutex::new(None),
-            conn: conn.shared.clone(),
-            dropped: std::sync::atomic::AtomicU64::new(0),
-            pending_gap: Mutex::new(None),
-            gaps_queued: std::sync::atomic::AtomicUsize::new(0),
-        });
+        let max_credit = conn.shared.limits().max_credit;
+        if window > max_credit {
+            return Err(ClientError::CreditAboveLimit {
+                asked: window,
+                max_credit,
+            });
+        }
+        let id = conn.shared.next_sub_id();
+        let shared = Arc::new(SubShared::new(id, window, conn.shared.clone()));
         let (tx, rx) = mpsc::channel(window as usize + SUB_ERROR_SLOTS);
         let (reply, reply_rx) = oneshot::channel();
         let mut sub = Subscription {
@@ -139,8 +148,8 @@ impl Subscription {
         &self.group
     }
 
-    /// The window: the most messages outstanding towards this subscription at once (after
-    /// clamping to the broker's `max_credit`).
+    /// The window: the most messages outstanding towards this subscription at once (at most
+    /// the broker's `max_credit`).
     pub fn window(&self) -> u32 {
         self.window
     }
@@ -196,6 +205,7 @@ impl Stream for Subscription {
                 attempt: raw.attempt,
                 headers: raw.headers,
                 payload: raw.payload,
+                epoch: raw.epoch,
                 sub: Some(self.shared.clone()),
             }))),
             Poll::Ready(Some(Err(e))) => {
@@ -264,12 +274,20 @@ impl Drop for Subscription {
 /// work that takes longer than the group's ack timeout; it returns no credit. All of them are
 /// batched with the subscription's acks (see [`Subscription`]). Made after the subscription
 /// closed, none is sent: the broker returns the message to the group anyway.
+///
+/// **After a reconnect**, a delivery received on the lost connection can no longer be acked:
+/// the broker returned it to the group (counting it as an attempt) when that connection ended,
+/// and redelivers it. Finishing it is then a no-op on the wire — ack, nack, term and progress
+/// send nothing — except that its credit returns to the subscription, as for any delivery.
 #[derive(Debug)]
 pub struct Delivery {
     seq: u64,
     attempt: u32,
     headers: Headers,
     payload: Bytes,
+    /// The connection it came from, as its subscription's pacer counts them: finished after a
+    /// reconnect, it sends nothing.
+    epoch: u64,
     /// `None` once finished.
     sub: Option<Arc<SubShared>>,
 }
@@ -344,14 +362,24 @@ impl Delivery {
     /// before then are sent once.
     pub fn progress(&self) {
         if let Some(sub) = &self.sub {
-            pace(sub, |pacer| pacer.progress(self.seq));
+            let (seq, epoch) = (self.seq, self.epoch);
+            pace(sub, |pacer| match pacer.epoch() == epoch {
+                true => pacer.progress(seq),
+                false => Wake::Nothing,
+            });
         }
     }
 
-    /// Ends the delivery, recorded in the subscription's pacer by `record`.
+    /// Ends the delivery, recorded in the subscription's pacer by `record` — or, for a delivery
+    /// of a connection since lost, as released: its credit returns and nothing is sent (the
+    /// broker returned it to the group when that connection ended).
     fn finish(mut self, record: impl FnOnce(&mut AckPacer) -> Wake) {
         if let Some(sub) = self.sub.take() {
-            pace(&sub, record);
+            let epoch = self.epoch;
+            pace(&sub, |pacer| match pacer.epoch() == epoch {
+                true => record(pacer),
+                false => pacer.release(),
+            });
         }
     }
 }
@@ -425,6 +453,7 @@ mod tests {
             attempt: 1,
             headers: Headers::new(),
             payload: Bytes::from(format!("m{seq}")),
+            epoch: 0,
         })
     }
 
@@ -434,10 +463,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn window_is_clamped_to_max_credit_and_zero_is_refused() {
-        let (sub, _tx, _rx, credit) = open(1000).await;
-        assert_eq!(sub.window(), 64);
-        assert_eq!(credit, 64);
+    async fn a_window_above_max_credit_is_refused_not_cut_and_zero_is_refused() {
+        let (sub, _tx, _rx, credit) = open(64).await;
+        assert_eq!(
+            (sub.window(), credit),
+            (64, 64),
+            "max_credit itself is fine"
+        );
+        let (conn, mut rx) = test_handle(test_limits(), 8);
+        let refused = Subscription::open(conn, "t", "g", 1000, GroupSpec::default()).await;
+        match refused {
+            Err(e @ ClientError::CreditAboveLimit { .. }) => {
+                assert!(
+                    matches!(
+                        e,
+                        ClientError::CreditAboveLimit {
+                            asked: 1000,
+                            max_credit: 64
+                        }
+                    ),
+                    "{e:?}"
+                );
+                assert_eq!(
+                    e.to_string(),
+                    "a subscription window of 1000 exceeds the broker's max_credit (64)"
+                );
+            }
+            other => panic!("expected CreditAboveLimit, got {other:?}"),
+        }
+        assert!(rx.try_recv().is_err(), "nothing was sent");
         let (conn, _rx) = test_handle(test_limits(), 8);
         assert!(matches!(
             Subscription::open(conn, "t", "g", 0, GroupSpec::default()).await,
@@ -470,6 +524,7 @@ mod tests {
             attempt: 2,
             headers: vec![pair("k", "first"), pair("other", "x"), pair("k", "second")],
             payload: Bytes::from_static(b"m"),
+            epoch: 0,
         }))
         .unwrap();
         let d = sub.next().await.unwrap().unwrap();
@@ -528,6 +583,30 @@ mod tests {
         sub.next().await.unwrap().unwrap().term("x".repeat(2000));
         let reason = flushed(&sub).terms.into_keys().next().unwrap();
         assert_eq!(reason.len(), 1024);
+    }
+
+    /// After a reconnect (the pacer's new epoch), finishing a delivery of the lost connection
+    /// sends nothing — no ack, nack, term or progress — and only returns its credit.
+    #[tokio::test]
+    async fn finishing_a_delivery_of_a_lost_connection_only_returns_its_credit() {
+        let (mut sub, tx, _rx, _) = open(8).await;
+        for seq in 1..=3 {
+            tx.try_send(raw(seq)).unwrap();
+        }
+        let d1 = sub.next().await.unwrap().unwrap();
+        let d2 = sub.next().await.unwrap().unwrap();
+        let d3 = sub.next().await.unwrap().unwrap();
+        // What the connection task does when it moves the subscription to a new connection.
+        assert_eq!(sub.shared.pacer.lock().unwrap().renew(), (1, 0));
+        d1.progress();
+        d1.ack();
+        d2.nack(Duration::ZERO);
+        d3.term("unparseable");
+        let expected = crate::pacing::Batch {
+            credit: 3,
+            ..Default::default()
+        };
+        assert_eq!(flushed(&sub), expected);
     }
 
     #[test]

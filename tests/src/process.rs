@@ -63,9 +63,16 @@ impl BrokerProcess {
     /// Starts `weir-broker --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data-dir <dir>`
     /// plus `args`, and waits for its "listening" log line to learn the port.
     pub fn start(data_dir: &Path, args: &[&str]) -> BrokerProcess {
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), data_dir, args)
+    }
+
+    /// [`BrokerProcess::start`], listening on `listen` instead of a free port: to restart a
+    /// broker on the port and data directory of one that was stopped, so its clients find it
+    /// again (`BrokerProcess::start_at(old.addr, dir, &[])`).
+    pub fn start_at(listen: SocketAddr, data_dir: &Path, args: &[&str]) -> BrokerProcess {
         let mut child = Command::new(workspace_bin("weir-broker"))
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen.to_string())
             .arg("--admin-listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")

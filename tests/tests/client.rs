@@ -226,6 +226,15 @@ async fn a_subscriber_of_a_drop_oldest_topic_is_told_what_it_missed_and_carries_
     assert_eq!((d.seq(), d.payload().as_ref()), (16, &b"t16"[..]));
 }
 
+/// Options with reconnecting off (`weir_client::ReconnectPolicy::disabled`): the behaviour
+/// these tests pin down; reconnecting is tested in `reconnect.rs`.
+fn reconnecting_off() -> weir_client::ClientOptions {
+    weir_client::ClientOptions {
+        reconnect: weir_client::ReconnectPolicy::disabled(),
+        ..Default::default()
+    }
+}
+
 /// A broker that closes connections idle for 200 ms.
 async fn idle_closing_broker() -> TestBroker {
     TestBroker::start_with(|c| c.limits.idle_timeout_ms = 200).await
@@ -321,9 +330,11 @@ async fn several_tasks_needing_the_connection_after_an_idle_close_share_one_reco
 }
 
 #[tokio::test]
-async fn a_broker_shutting_down_is_not_reconnected_to() {
+async fn a_broker_shutting_down_is_not_reconnected_to_with_reconnecting_off() {
     let mut broker = TestBroker::start().await;
-    let client = Client::connect(broker.addr).await.unwrap();
+    let client = Client::connect_with(broker.addr, reconnecting_off())
+        .await
+        .unwrap();
     let publisher = client.publisher();
     broker.stop().await;
     let shutting_down = |e: &ClientError| {
@@ -347,7 +358,9 @@ async fn a_broker_shutting_down_is_not_reconnected_to() {
 #[tokio::test]
 async fn a_reconnect_to_a_broker_gone_after_an_idle_close_fails_with_its_error() {
     let mut broker = idle_closing_broker().await;
-    let client = Client::connect(broker.addr).await.unwrap();
+    let client = Client::connect_with(broker.addr, reconnecting_off())
+        .await
+        .unwrap();
     let metrics = broker.broker.metrics().clone();
     eventually("the broker closes the idle connection", || {
         metrics.idle_closed.get() == 1

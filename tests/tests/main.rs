@@ -20,6 +20,7 @@ mod limits;
 mod memory;
 mod metrics;
 mod policies;
+mod reconnect;
 mod recovery;
 mod redelivery;
 mod shutdown;

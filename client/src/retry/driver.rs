@@ -9,8 +9,10 @@ use std::time::Instant;
 use super::{
     retryable, Backoff, BreakerState, CircuitBreaker, Pass, RetryBudget, RetryPolicy, Verdict,
 };
+use crate::confirm::PublishConfirm;
 use crate::error::{ClientError, PublishError};
-use crate::publisher::{Message, PublishConfirm, Publisher};
+use crate::message::Message;
+use crate::window::Window;
 
 /// The clock of the budget and the breaker: tokio's, so a test with a paused clock drives them
 /// as it drives the backoff sleeps.
@@ -105,7 +107,7 @@ impl Retrier {
     /// runtime to run that task on, returns `first` unchanged (no retries).
     pub fn retrying(
         self: &Arc<Self>,
-        publisher: &Publisher,
+        window: &Window,
         message: Message,
         first: PublishConfirm,
         ticket: Ticket,
@@ -117,13 +119,7 @@ impl Retrier {
         let Some(runtime) = runtime else {
             return first;
         };
-        let task = drive(
-            publisher.without_retry(),
-            self.clone(),
-            message,
-            first,
-            ticket,
-        );
+        let task = drive(window.clone(), self.clone(), message, first, ticket);
         PublishConfirm::retrying(runtime.spawn(task))
     }
 }
@@ -187,7 +183,7 @@ impl Drop for Ticket {
 /// broker's hint plus full jitter; the window slot is not held meanwhile), ask the breaker
 /// (open: the refusal surfaces), then send again, waiting for a window slot like any publish.
 pub(crate) async fn drive(
-    publisher: Publisher,
+    window: Window,
     retrier: Arc<Retrier>,
     message: Message,
     first: PublishConfirm,
@@ -214,7 +210,7 @@ pub(crate) async fn drive(
             return Err(error);
         }
         attempt += 1;
-        outcome = match publisher.send(message.clone()).await {
+        outcome = match window.send(message.clone()).await {
             Ok(confirm) => {
                 retrier.retries.fetch_add(1, Ordering::Relaxed);
                 confirm.await
@@ -237,6 +233,7 @@ mod tests {
 
     use super::*;
     use crate::connection::{test_handle, test_limits, Command};
+    use crate::publisher::Publisher;
     use crate::retry::BreakerPolicy;
 
     fn refusal(reason: RejectReason, retry_after_ms: Option<u64>) -> PublishError {

@@ -13,9 +13,13 @@
 //! | confirmed | — | success |
 //! | `Rejected{TopicFull \| RateLimited \| Overloaded}` **with** `retry_after_ms` | yes | failure |
 //! | `ConnectionLost` (the connection ended before an answer) | no (it may have been stored) | failure |
-//! | `NotSent` (no connection could be opened for it after an idle close) | no (the next publish tries to connect again) | failure |
+//! | `NotSent` (no connection could be opened for it: reconnecting gave up, or failed after an idle close) | no | failure |
 //! | `Rejected{ShuttingDown \| MessageTooLarge \| TooManyTopics \| ...}`, a refusal without a hint, a broker `Error` | no | success (the broker answered) |
 //! | `TooLarge` (refused locally, never sent) | no | nothing |
+//!
+//! With reconnecting on (the default, [`crate::ReconnectPolicy`]), a `Rejected{ShuttingDown}`
+//! never reaches this table: the connection holds the publish and resends it once the broker
+//! is back.
 //!
 //! # Layout
 //!

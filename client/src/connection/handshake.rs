@@ -1,0 +1,181 @@
+//! Opening one socket: resolve the address, connect, and the `Hello`/`HelloOk` exchange, with
+//! its typed refusals — and the peer that answers with HTTP (the admin port given by mistake).
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{lookup_host, TcpStream};
+use tokio_util::codec::FramedRead;
+use weir_protocol::{
+    CodecError, ErrorCode, Frame, GoingAway, Hello, ServerLimits, WeirCodec, PROTOCOL_VERSION,
+};
+
+use crate::error::ClientError;
+use crate::options::ClientOptions;
+
+/// A socket's two halves.
+pub(crate) struct Io {
+    pub reader: FramedRead<OwnedReadHalf, WeirCodec>,
+    pub writer: OwnedWriteHalf,
+}
+
+/// One socket past its handshake.
+pub(crate) struct Session {
+    pub io: Io,
+    /// Encodes with the broker's `max_frame_bytes`.
+    pub codec: WeirCodec,
+    pub limits: ServerLimits,
+}
+
+/// The first four bytes of an HTTP answer (`HTTP/1.1 ...`), read as a frame length.
+const HTTP_AS_LENGTH: usize = u32::from_be_bytes(*b"HTTP") as usize;
+
+/// The error of a connection the broker closed with `GoingAway`.
+pub(crate) fn going_away(g: GoingAway) -> ClientError {
+    ClientError::GoingAway {
+        reason: g.reason,
+        message: g.message,
+    }
+}
+
+fn timed_out(what: &str, after: Duration) -> ClientError {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what} timed out after {after:?}"),
+    )
+    .into()
+}
+
+/// Resolves `addr` (`host:port`), connects to the first address that accepts, and performs the
+/// `Hello` handshake, each step within its timeout of `opts`.
+pub(crate) async fn connect(addr: &str, opts: &ClientOptions) -> Result<Session, ClientError> {
+    let addrs: Vec<_> = tokio::time::timeout(opts.connect_timeout, lookup_host(addr))
+        .await
+        .map_err(|_| timed_out("resolving", opts.connect_timeout))??
+        .collect();
+    let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(&addrs[..]))
+        .await
+        .map_err(|_| timed_out("connect", opts.connect_timeout))??;
+    stream.set_nodelay(true)?;
+    let (read, mut write) = stream.into_split();
+    let mut reader = FramedRead::new(read, WeirCodec::new(opts.max_frame_bytes));
+    let mut wbuf = BytesMut::new();
+    WeirCodec::default().encode_frame(
+        &Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            token: opts.token.clone(),
+        }),
+        &mut wbuf,
+    )?;
+    write.write_all(&wbuf).await?;
+
+    let answer = tokio::time::timeout(opts.handshake_timeout, reader.next())
+        .await
+        .map_err(|_| {
+            ClientError::Handshake(format!(
+                "no answer to Hello within {:?}",
+                opts.handshake_timeout
+            ))
+        })?;
+    let limits = hello_answer(addr, answer)?;
+    let read_max = opts.max_frame_bytes.max(limits.max_frame_bytes as usize);
+    *reader.decoder_mut() = WeirCodec::new(read_max);
+    Ok(Session {
+        io: Io {
+            reader,
+            writer: write,
+        },
+        codec: WeirCodec::new(limits.max_frame_bytes as usize),
+        limits,
+    })
+}
+
+/// The broker's limits from its answer to `Hello`, or the typed refusal.
+fn hello_answer(
+    addr: &str,
+    answer: Option<Result<Frame, CodecError>>,
+) -> Result<ServerLimits, ClientError> {
+    match answer {
+        None => Err(ClientError::Handshake(
+            "broker closed the connection during the handshake".into(),
+        )),
+        Some(Err(CodecError::FrameTooLarge { len, .. })) if len == HTTP_AS_LENGTH => {
+            Err(ClientError::HttpPeer {
+                addr: addr.to_owned(),
+            })
+        }
+        Some(Err(e)) => Err(e.into()),
+        Some(Ok(Frame::HelloOk(ok))) => {
+            if ok.version != PROTOCOL_VERSION {
+                return Err(ClientError::UnsupportedVersion(format!(
+                    "broker answered with protocol version {}, this client speaks {PROTOCOL_VERSION}",
+                    ok.version
+                )));
+            }
+            Ok(ok.limits)
+        }
+        Some(Ok(Frame::Error(e))) => Err(match e.code {
+            ErrorCode::Unauthorized => ClientError::Unauthorized(e.message),
+            ErrorCode::UnsupportedVersion => ClientError::UnsupportedVersion(e.message),
+            code => ClientError::Broker {
+                code,
+                message: e.message,
+            },
+        }),
+        Some(Ok(Frame::Rejected(r))) => Err(ClientError::ConnectionRejected {
+            reason: r.reason,
+            limit: r.limit,
+            retry_after_ms: r.retry_after_ms,
+        }),
+        Some(Ok(Frame::GoingAway(g))) => Err(going_away(g)),
+        Some(Ok(other)) => Err(ClientError::Handshake(format!(
+            "expected HelloOk, got {}",
+            other.name()
+        ))),
+    }
+}
+
+/// Whether a failed connect may succeed if tried again later: the broker is not there yet
+/// (i/o), full (`ConnectionRejected`), shutting down or starting (`GoingAway`, a handshake cut
+/// short). Not a refused token, another protocol version, an HTTP peer or broken frames.
+pub(crate) fn worth_retrying(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Io(_)
+            | ClientError::ConnectionLost
+            | ClientError::ConnectionRejected { .. }
+            | ClientError::GoingAway { .. }
+            | ClientError::Handshake(_)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http_answer_is_named_as_such() {
+        let too_large = CodecError::FrameTooLarge {
+            len: HTTP_AS_LENGTH,
+            max: 4 << 20,
+        };
+        let e = hello_answer("127.0.0.1:7071", Some(Err(too_large))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "127.0.0.1:7071 answered with HTTP — is that the admin port? The wire port is 7070 by default"
+        );
+        assert_eq!(HTTP_AS_LENGTH, 1_213_486_160);
+        let other = CodecError::FrameTooLarge {
+            len: 5 << 20,
+            max: 4 << 20,
+        };
+        assert!(matches!(
+            hello_answer("x:1", Some(Err(other))),
+            Err(ClientError::Codec(_))
+        ));
+        assert!(!worth_retrying(&e));
+    }
+}

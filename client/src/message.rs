@@ -1,0 +1,26 @@
+//! [`Message`]: one publish as the publisher hands it to the connection, and as the connection
+//! keeps it until the broker answers (to resend it after a reconnect) and a retry resends it.
+
+use bytes::Bytes;
+use weir_protocol::Headers;
+
+/// One message as handed to the connection: its topic, headers and body. A retry or a resend
+/// after a reconnect sends a clone (the body is reference-counted; headers, usually none, are
+/// copied).
+#[derive(Debug, Clone)]
+pub(crate) struct Message {
+    pub topic: String,
+    pub headers: Headers,
+    pub payload: Bytes,
+}
+
+impl Message {
+    /// A message for `topic`.
+    pub fn new(topic: &str, headers: Headers, payload: Bytes) -> Message {
+        Message {
+            topic: topic.to_owned(),
+            headers,
+            payload,
+        }
+    }
+}
