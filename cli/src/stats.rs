@@ -17,12 +17,12 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use indicatif::HumanBytes;
 use serde::Serialize;
 use weir_client::{Client, GroupInfo, TopicHealth, TopicInfo};
 use weir_protocol::ActiveRefusal;
 
 use super::layout::aligned;
+use super::size::format_size;
 
 /// The shortest `--interval`: each refresh is one `ListTopics` request to the broker.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -228,7 +228,7 @@ fn table(rows: &[TopicStats]) -> String {
         topics.push([
             t.topic.to_owned(),
             format!("{} ({}%)", t.depth, t.depth_percent),
-            format!("{} ({}%)", HumanBytes(t.bytes), t.bytes_percent),
+            format!("{} ({}%)", format_size(t.bytes), t.bytes_percent),
             t.publish_per_s
                 .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}")),
             t.drain_per_s.to_string(),
@@ -410,7 +410,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            lines[2].starts_with("orders  3 (100%)  1.50 KiB (0%)  10.0"),
+            lines[2].starts_with("orders  3 (100%)  1.5 KiB (0%)  10.0"),
             "{text}"
         );
         assert!(
@@ -422,7 +422,7 @@ mod tests {
             "  billing  2        1          2        99      1.25s           5"
         );
         assert!(
-            lines[4].starts_with("audit   0 (0%)    1.50 KiB (0%)  -"),
+            lines[4].starts_with("audit   0 (0%)    1.5 KiB (0%)  -"),
             "{text}"
         );
         assert!(lines[4].ends_with(" damaged@4  -"), "no refusal: {text}");

@@ -36,6 +36,7 @@ use super::overload::TopicConfigReport;
 use super::plot::{column_of, series_csv, series_svg, sparkline, Span};
 use super::scenario::{run_scenario, ScenarioFlags, ScenarioOutcome, ScenarioSpec};
 use super::{Check, CheckKind};
+use crate::size::format_size;
 
 /// The steady rate: measured (`auto`) or given.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -110,8 +111,8 @@ pub struct BurstArgs {
     /// The consumer's ack rate as a multiple of the baseline, or `max` (as fast as it can).
     #[arg(long, default_value = "1.25")]
     pub consumer_capacity: Capacity,
-    /// Payload size in bytes (at least 16: the stamp).
-    #[arg(long, default_value_t = 1024)]
+    /// Payload size in bytes or with a unit (4KiB, 1MB) (at least 16: the stamp).
+    #[arg(long, value_name = "SIZE", default_value = "1024", value_parser = crate::size::parse_size_usize)]
     pub size: usize,
     /// The producer's window of unconfirmed publishes.
     #[arg(long, default_value_t = 256)]
@@ -742,8 +743,14 @@ const SPARK_WIDTH: usize = 72;
 
 fn summary(r: &BurstReport) -> String {
     let mut s = format!(
-        "weir bench burst {} topic={}: policy {}, bound {}, {} B, window {}, credit {}\n",
-        r.server, r.topic, r.policy, r.bound, r.size, r.window, r.credit
+        "weir bench burst {} topic={}: policy {}, bound {}, {}, window {}, credit {}\n",
+        r.server,
+        r.topic,
+        r.policy,
+        r.bound,
+        format_size(r.size as u64),
+        r.window,
+        r.credit
     );
     match &r.probe {
         Some(p) => s.push_str(&format!(

@@ -67,8 +67,8 @@ pub struct BenchArgs {
     /// Publish for this many seconds instead of a number of messages.
     #[arg(long, conflicts_with = "msgs")]
     pub duration: Option<u64>,
-    /// Payload size in bytes (at least 16: the stamp).
-    #[arg(long, default_value_t = 1024)]
+    /// Payload size in bytes or with a unit (4KiB, 1MB) (at least 16: the stamp).
+    #[arg(long, value_name = "SIZE", default_value = "1024", value_parser = crate::size::parse_size_usize)]
     pub size: usize,
     /// Each publisher's window of unconfirmed publishes.
     #[arg(long, default_value_t = 256)]
@@ -94,8 +94,8 @@ pub struct BenchArgs {
     /// max_messages of the topic when the bench creates it.
     #[arg(long)]
     pub max_messages: Option<u64>,
-    /// max_bytes of the topic when the bench creates it.
-    #[arg(long)]
+    /// max_bytes of the topic when the bench creates it: bytes or with a unit (10MiB, 1GB).
+    #[arg(long, value_name = "SIZE", value_parser = crate::size::parse_size)]
     pub max_bytes: Option<u64>,
     /// fsync policy of the topic when the bench creates it (batch, interval:MS, never).
     #[arg(long)]

@@ -38,6 +38,7 @@ use super::load::Phase;
 use super::offenders::{self, Ctx, Offender, OffenderConfig, OffenderOutcome};
 use super::scenario::{run_scenario, ScenarioOutcome, ScenarioSpec};
 use super::{Check, CheckKind};
+use crate::size::{format_signed_size, format_size};
 
 /// Arguments of `weir bench noisy-neighbour`.
 #[derive(Debug, Args)]
@@ -51,8 +52,8 @@ pub struct NoisyArgs {
     /// The healthy tenant's publish rate, msg/s.
     #[arg(long, default_value_t = 2000)]
     pub rate: u64,
-    /// The healthy tenant's payload size in bytes (at least 16: the stamp).
-    #[arg(long, default_value_t = 1024)]
+    /// The healthy tenant's payload size in bytes or with a unit (4KiB, 1MB) (at least 16: the stamp).
+    #[arg(long, value_name = "SIZE", default_value = "1024", value_parser = crate::size::parse_size_usize)]
     pub size: usize,
     /// The healthy tenant's window of unconfirmed publishes.
     #[arg(long, default_value_t = 256)]
@@ -610,8 +611,8 @@ type Cell = Box<dyn Fn(&OffenderRun) -> String>;
 /// The human-readable form: one column per offender, then each offender's details.
 fn summary(r: &NoisyReport) -> String {
     let mut s = format!(
-        "weir bench noisy-neighbour {}: healthy tenant at {} msg/s × {} B for {:.1} s (window {}, credit {}) beside each offender\n\n",
-        r.server, r.rate, r.size, r.duration_s, r.window, r.credit
+        "weir bench noisy-neighbour {}: healthy tenant at {} msg/s × {} for {:.1} s (window {}, credit {}) beside each offender\n\n",
+        r.server, r.rate, format_size(r.size as u64), r.duration_s, r.window, r.credit
     );
     let row = |name: &str, f: &dyn Fn(&OffenderRun) -> String| {
         let mut line = format!("{name:<28}");
@@ -672,7 +673,7 @@ fn summary(r: &NoisyReport) -> String {
                 c.broker
                     .as_ref()
                     .and_then(|b| b.peak_rss_kib)
-                    .map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+                    .map_or("n/a".into(), |k| format_size(k * 1024))
             }),
         ),
         (
@@ -681,7 +682,7 @@ fn summary(r: &NoisyReport) -> String {
                 c.broker
                     .as_ref()
                     .and_then(|b| b.peak_rss_growth_kib)
-                    .map_or("n/a".into(), |k| format!("{:+.1} MiB", k as f64 / 1024.0))
+                    .map_or("n/a".into(), |k| format_signed_size(k * 1024))
             }),
         ),
     ];

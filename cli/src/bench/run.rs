@@ -31,6 +31,7 @@ use super::common::{
     Latency, STAMP_BYTES,
 };
 use super::{BenchArgs, GroupMode};
+use crate::size::format_size;
 
 /// How long a subscriber waits for the broker to confirm its unsubscribe at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -623,7 +624,7 @@ fn latency_line(name: &str, l: &Latency) -> String {
 /// The human-readable form of a report.
 fn summary(r: &Report) -> String {
     let mut s = format!(
-        "weir bench {} topic={}: {} pub(s) × window {}, {} sub(s) ({}) × credit {}, {} msgs × {} B{}{}\n",
+        "weir bench {} topic={}: {} pub(s) × window {}, {} sub(s) ({}) × credit {}, {} msgs × {}{}{}\n",
         r.server,
         r.topic,
         r.pubs,
@@ -635,7 +636,7 @@ fn summary(r: &Report) -> String {
         },
         r.credit,
         r.msgs,
-        r.size,
+        format_size(r.size as u64),
         r.rate.map(|x| format!(" at {x} msg/s")).unwrap_or_default(),
         r.duration_s
             .map(|d| format!(" in {d} s"))
