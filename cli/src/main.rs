@@ -6,6 +6,7 @@ mod exit;
 mod group;
 mod layout;
 mod publish;
+mod signal;
 mod size;
 mod stats;
 mod subscribe;

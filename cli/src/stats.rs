@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use weir_client::{Client, GroupInfo, TopicHealth, TopicInfo};
+use weir_client::{Client, ClientError, ErrorCode, GroupInfo, TopicHealth, TopicInfo};
 use weir_protocol::ActiveRefusal;
 
 use super::layout::aligned;
@@ -37,7 +37,7 @@ pub struct StatsArgs {
     /// publish rate is measured over).
     #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_interval)]
     pub interval: Duration,
-    /// Show only this topic.
+    /// Show only this topic (one the broker does not have is an error, exit 1).
     #[arg(long, value_name = "NAME")]
     pub topic: Option<String>,
     /// Print one snapshot and exit, instead of refreshing until Ctrl-C.
@@ -58,7 +58,19 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 }
 
 /// Runs `weir stats` against `client` (connected to `server`, named in the live header).
+/// With `--topic`, a topic the broker does not have is an error (exit 1) naming it.
 pub async fn run(client: Client, server: &str, args: StatsArgs) -> anyhow::Result<ExitCode> {
+    if let Some(topic) = &args.topic {
+        match client.describe_topic(topic).await {
+            Err(ClientError::Broker {
+                code: ErrorCode::UnknownTopic,
+                ..
+            }) => anyhow::bail!("no topic named {topic} on the broker"),
+            other => {
+                other?;
+            }
+        }
+    }
     if args.once {
         let first = sample(&client, args.topic.as_deref()).await?;
         tokio::time::sleep(args.interval).await;

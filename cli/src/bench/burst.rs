@@ -27,6 +27,7 @@ use serde::Serialize;
 use weir_client::{ClientOptions, OverflowPolicy};
 
 use super::accounting::Accounting;
+use super::cleanup::Created;
 use super::common::{
     histogram, human_us, per_s, progress_bar, progress_enabled, run_id, BrokerUsage, Latency,
     STAMP_BYTES,
@@ -311,6 +312,7 @@ pub async fn run(
     server: &str,
     options: &ClientOptions,
     args: BurstArgs,
+    created: &Created,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.size >= STAMP_BYTES,
@@ -348,7 +350,7 @@ pub async fn run(
                     args.probe_secs
                 );
             }
-            let probe = probe(server, options, &args, id, &suffix, show).await;
+            let probe = probe(server, options, created, &args, id, &suffix, show).await;
             let rate = pick_sustainable(
                 probe.confirmed_per_s,
                 probe.delivered_per_s,
@@ -413,7 +415,7 @@ pub async fn run(
         broker_pid: args.flags.broker_pid,
         run_id: id,
     };
-    let outcome = run_scenario(server, options, spec, bar.clone()).await;
+    let outcome = run_scenario(server, options, (spec, created), bar.clone()).await;
     bar.finish_and_clear();
     let outcome = outcome?;
     let report = burst_report(
@@ -448,17 +450,14 @@ pub async fn run(
     } else {
         print!("{}", summary(&report));
     }
-    Ok(if report.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    Ok(super::exit_code(report.ok, &report.checks))
 }
 
 /// Runs the sustainable-rate probe: see the module documentation.
 async fn probe(
     server: &str,
     options: &ClientOptions,
+    created: &Created,
     args: &BurstArgs,
     id: u64,
     suffix: &str,
@@ -486,7 +485,7 @@ async fn probe(
     };
     let bar = progress_bar(show, args.probe_secs, "s");
     bar.set_prefix("probe");
-    let outcome = run_scenario(server, options, spec, bar.clone()).await;
+    let outcome = run_scenario(server, options, (spec, created), bar.clone()).await;
     bar.finish_and_clear();
     let end_ms = args.probe_secs * 1000;
     let warmup_ms = end_ms / 5;

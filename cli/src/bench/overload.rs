@@ -17,6 +17,7 @@ use serde::Serialize;
 use weir_client::{ClientOptions, OverflowPolicy, TopicConfig};
 
 use super::accounting::Accounting;
+use super::cleanup::Created;
 use super::common::{
     histogram, human_us, per_s, progress_bar, progress_enabled, run_id, BrokerUsage, Latency,
 };
@@ -283,6 +284,7 @@ pub async fn run(
     server: &str,
     options: &ClientOptions,
     args: OverloadArgs,
+    created: &Created,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.size >= super::common::STAMP_BYTES,
@@ -333,7 +335,7 @@ pub async fn run(
             run_id: id,
         };
         let topic = spec.topic.name.clone();
-        let report = match run_scenario(server, options, spec, bar.clone()).await {
+        let report = match run_scenario(server, options, (spec, created), bar.clone()).await {
             Ok(outcome) => policy_report(&args, policy, outcome),
             Err(e) => failed_report(policy, topic, format!("{e:#}")),
         };
@@ -363,11 +365,10 @@ pub async fn run(
     } else {
         print!("{}", summary(&report));
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    Ok(super::exit_code(
+        ok,
+        report.results.iter().flat_map(|r| &r.checks),
+    ))
 }
 
 fn failed_report(policy: OverflowPolicy, topic: String, error: String) -> PolicyReport {
