@@ -101,7 +101,12 @@ pub async fn run(client: Client, args: PubArgs) -> anyhow::Result<ExitCode> {
     let outcome = tokio::select! {
         outcome = &mut collector, if !interrupted.is_cancelled() => outcome?,
         () = interrupted.cancelled() => {
-            return interrupted_summary(collector, stop_collector, n).await;
+            let unit = if args.messages.is_empty() {
+                "line"
+            } else {
+                "message"
+            };
+            return interrupted_summary(collector, stop_collector, n, unit).await;
         }
     };
     signals.abort();
@@ -181,12 +186,14 @@ fn strip_line_end(line: &[u8]) -> &[u8] {
 }
 
 /// After an interrupt: waits up to [`DRAIN_ON_SIGNAL`] for the confirms of the `sent`
-/// publishes, then prints `N of M confirmed` and the first unconfirmed message on stderr.
-/// Exit 1.
+/// publishes, then prints `N of M confirmed` and the first unconfirmed message (`line K` when
+/// read from stdin, `message K` for arguments) on stderr — or, when every one sent was
+/// confirmed, where the input stopped. Exit 1.
 async fn interrupted_summary(
     mut collector: tokio::task::JoinHandle<Outcome>,
     stop_collector: CancellationToken,
     sent: u64,
+    unit: &str,
 ) -> anyhow::Result<ExitCode> {
     let outcome = match tokio::time::timeout(DRAIN_ON_SIGNAL, &mut collector).await {
         Ok(outcome) => outcome?,
@@ -199,8 +206,14 @@ async fn interrupted_summary(
         "weir: interrupted: {} of {sent} confirmed",
         outcome.confirmed
     );
-    if let Some((n, payload)) = &outcome.first_unconfirmed {
-        eprintln!("weir: first unconfirmed: message {n}: {}", preview(payload));
+    match &outcome.first_unconfirmed {
+        Some((n, payload)) => {
+            eprintln!("weir: first unconfirmed: {unit} {n}: {}", preview(payload))
+        }
+        None => eprintln!(
+            "weir: every {unit} sent was confirmed; stopped before {unit} {}",
+            sent + 1
+        ),
     }
     Ok(exit::exit(exit::ERROR))
 }
