@@ -134,8 +134,11 @@ const HOLD_REFRESH: Duration = Duration::from_secs(1);
 /// With `--count N` the CLI never asks for more messages than it will still print: the window
 /// is `min(--credit, N)`, and once acking a printed message would let the broker deliver more
 /// than are still wanted, printed messages are held (unacked, their deadlines restarted every
-/// [`HOLD_REFRESH`]) and acked together at the end. So no message is delivered, left unprinted
-/// and returned to the group with an attempt spent.
+/// [`HOLD_REFRESH`]) and acked together at the end. So while it runs no message is delivered,
+/// left unprinted and returned to the group with an attempt spent. (The client library grants
+/// the credit of those final acks just before it unsubscribes, which can still let the broker
+/// slip in up to a window of messages that go back to the group; closing without granting
+/// credit is the library's to fix.)
 pub async fn run(client: Client, args: SubArgs) -> anyhow::Result<ExitCode> {
     let max_credit = client.limits().max_credit;
     if args.credit > max_credit {
