@@ -1,9 +1,13 @@
 //! `weir`: the Weir command line — argument parsing and dispatch. One file per command.
 
+mod address;
 mod bench;
+mod exit;
 mod group;
 mod layout;
 mod publish;
+mod signal;
+mod size;
 mod stats;
 mod subscribe;
 mod topic;
@@ -15,9 +19,9 @@ use weir_client::{Client, ClientError, ClientOptions, ErrorCode};
 
 /// Weir command-line client: publish, subscribe, manage topics and groups, benchmark.
 #[derive(Debug, Parser)]
-#[command(name = "weir", version, about)]
+#[command(name = "weir", version, about, after_help = exit::HELP)]
 struct Cli {
-    /// Broker address (HOST:PORT).
+    /// Broker address (HOST:PORT; HOST alone means port 7070).
     #[arg(
         long,
         global = true,
@@ -36,9 +40,13 @@ struct Cli {
 enum Command {
     /// Publish messages: one per argument, or one per stdin line when none are given. Waits for
     /// every confirm; exits 2 if any publish was refused (reasons on stderr; with `--retry`,
-    /// refused after its retries), 1 on other errors.
+    /// refused after its retries), 1 on other errors. SIGTERM or Ctrl-C stops reading input,
+    /// waits up to 10 s for the confirms of what was sent, prints `N of M confirmed` and the
+    /// first unconfirmed line on stderr, and exits 1.
     Pub(publish::PubArgs),
-    /// Subscribe and print one payload per line (lossy UTF-8), acking each.
+    /// Subscribe and print one payload per line (lossy UTF-8), acking each. Messages a
+    /// drop_oldest topic dropped are reported on stderr (`--exit-on-gap` to stop, exit 1); a
+    /// subscription the broker ends (its group or topic deleted) exits 1 saying why.
     Sub(subscribe::SubArgs),
     /// Create, list, describe or delete topics.
     Topic {
@@ -60,10 +68,21 @@ enum Command {
     Ping,
 }
 
-/// Parses the command line, runs the command, and turns its outcome into an exit code: 0 on
-/// success, 1 on error (message on stderr), or the code the command chose.
+/// Parses the command line, runs the command, and turns its outcome into an exit code (see
+/// [`exit`]): 0 done, 1 error, 2 refused, 64 usage (`--help` and `--version` exit 0). Errors
+/// print on stderr.
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return exit::exit(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::DONE
+            });
+        }
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
@@ -75,14 +94,17 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("weir: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return exit::exit(exit::ERROR);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // Tasks a command left behind (a Ctrl-C'd bench's load) must not hold the exit up.
+    runtime.shutdown_background();
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("weir: {e:#}");
-            ExitCode::FAILURE
+            exit::exit(exit::code_of(&e))
         }
     }
 }
@@ -92,7 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         token: cli.token.clone(),
         ..Default::default()
     };
-    let server = cli.server.clone();
+    let server = address::normalise(&cli.server);
     match cli.command {
         Command::Pub(args) => publish::run(connect(&server, &options).await?, args).await,
         Command::Sub(args) => subscribe::run(connect(&server, &options).await?, args).await,
@@ -117,13 +139,17 @@ async fn connect(server: &str, options: &ClientOptions) -> anyhow::Result<Client
 }
 
 /// The error of a delete: when the broker refused it because subscribers are attached
-/// (`InUse`), says how to delete anyway; any other error as it is.
+/// (`InUse`), says how to delete anyway (exit 2, refused); any other error as it is.
 fn with_force_hint(e: ClientError) -> anyhow::Error {
     match e {
         ClientError::Broker {
             code: ErrorCode::InUse,
             message,
-        } => anyhow::anyhow!("refused (InUse): {message}; pass --force to delete anyway"),
+        } => exit::Coded {
+            code: exit::REFUSED,
+            message: format!("refused (InUse): {message}; pass --force to delete anyway"),
+        }
+        .into(),
         other => other.into(),
     }
 }
@@ -259,10 +285,12 @@ mod tests {
             code: ErrorCode::InUse,
             message: "group billing has 2 members".into(),
         };
+        let refused = with_force_hint(in_use);
         assert_eq!(
-            with_force_hint(in_use).to_string(),
+            refused.to_string(),
             "refused (InUse): group billing has 2 members; pass --force to delete anyway"
         );
+        assert_eq!(exit::code_of(&refused), exit::REFUSED);
         let unknown = ClientError::Broker {
             code: ErrorCode::UnknownGroup,
             message: "no group billing".into(),

@@ -2,15 +2,19 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Args;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use weir_client::{
-    Client, ClientError, Headers, PublishConfirm, PublishError, Publisher, RejectReason,
-    RetryPolicy,
+    BreakerState, Client, ClientError, Headers, PublishConfirm, PublishError, Publisher,
+    RejectReason, RetryPolicy,
 };
+
+use super::{exit, signal};
 
 /// Most refusals printed one by one; the rest are only counted.
 const REFUSALS_SHOWN: u64 = 10;
@@ -40,6 +44,15 @@ pub struct PubArgs {
     pub retry: bool,
 }
 
+/// How long an interrupted `weir pub` waits for the confirms of what it sent.
+const DRAIN_ON_SIGNAL: Duration = Duration::from_secs(10);
+
+/// How often, at most, `weir pub` says on stderr which confirm it is still waiting for.
+const WAITING_NOTICE: Duration = Duration::from_secs(1);
+
+/// Most characters of a message shown when naming it on stderr.
+const PREVIEW_CHARS: usize = 80;
+
 /// What the confirm collector counted.
 #[derive(Debug, Default)]
 struct Outcome {
@@ -47,52 +60,56 @@ struct Outcome {
     refused: u64,
     failed: u64,
     by_reason: BTreeMap<String, u64>,
+    /// The first message not confirmed (refused, failed, or still unanswered when the
+    /// collector was stopped): its number and payload.
+    first_unconfirmed: Option<(u64, Bytes)>,
 }
 
+/// One sent publish handed to the collector: its number (argument or line, from 1), payload
+/// (to name it on stderr) and confirm.
+type Sent = (u64, Bytes, PublishConfirm);
+
+/// Runs `weir pub`. On SIGTERM or SIGINT it stops reading input, waits up to
+/// [`DRAIN_ON_SIGNAL`] for the confirms of what it sent, prints `N of M confirmed` and the first
+/// unconfirmed message on stderr, and exits 1.
 pub async fn run(client: Client, args: PubArgs) -> anyhow::Result<ExitCode> {
     let mut publisher = client.publisher_with_window(args.window);
     if args.retry {
         publisher = publisher.with_retry(RetryPolicy::default());
     }
+    let interrupted = CancellationToken::new();
+    let signals = tokio::spawn({
+        let interrupted = interrupted.clone();
+        async move {
+            signal::interrupted().await;
+            interrupted.cancel();
+        }
+    });
     // Confirms are awaited by a collector while publishing goes on; the channel holds at most
     // one window of them, so it never holds the publisher up for long.
-    let (tx, rx) = mpsc::channel::<(u64, PublishConfirm)>(publisher.window());
-    let collector = tokio::spawn(collect(rx, args.seqs));
-    let mut n = 0u64;
-    let topic = args.topic.as_str();
-    let headers = &args.headers;
-    if args.messages.is_empty() {
-        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            if stdin.read_until(b'\n', &mut line).await? == 0 {
-                break;
-            }
-            if line.last() == Some(&b'\n') {
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-            }
-            n += 1;
-            let payload = Bytes::copy_from_slice(&line);
-            let confirm = publish(&publisher, topic, headers, payload).await?;
-            if tx.send((n, confirm)).await.is_err() {
-                break;
-            }
-        }
-    } else {
-        for message in args.messages {
-            n += 1;
-            let confirm = publish(&publisher, topic, headers, message.into_bytes().into()).await?;
-            if tx.send((n, confirm)).await.is_err() {
-                break;
-            }
-        }
-    }
+    let (tx, rx) = mpsc::channel::<Sent>(publisher.window());
+    let stop_collector = CancellationToken::new();
+    let mut collector = tokio::spawn(collect(
+        rx,
+        args.seqs,
+        publisher.clone(),
+        stop_collector.clone(),
+    ));
+    let n = send_all(&publisher, &args, &tx, &interrupted).await;
     drop(tx);
-    let outcome = collector.await?;
+    let n = n?;
+    let outcome = tokio::select! {
+        outcome = &mut collector, if !interrupted.is_cancelled() => outcome?,
+        () = interrupted.cancelled() => {
+            let unit = if args.messages.is_empty() {
+                "line"
+            } else {
+                "message"
+            };
+            return interrupted_summary(collector, stop_collector, n, unit).await;
+        }
+    };
+    signals.abort();
     println!("{} confirmed", outcome.confirmed);
     if publisher.retries() > 0 {
         eprintln!("weir: {} retries sent", publisher.retries());
@@ -108,9 +125,107 @@ pub async fn run(client: Client, args: PubArgs) -> anyhow::Result<ExitCode> {
             outcome.refused + outcome.failed,
             reasons.join(", ")
         );
-        return Ok(ExitCode::from(2));
+        let code = if outcome.failed > 0 {
+            exit::ERROR
+        } else {
+            exit::REFUSED
+        };
+        return Ok(exit::exit(code));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(exit::exit(exit::DONE))
+}
+/// Publishes every argument, or every stdin line, handing each confirm to the collector;
+/// stops early, between messages, once `interrupted` is cancelled. Returns how many were sent.
+async fn send_all(
+    publisher: &Publisher,
+    args: &PubArgs,
+    tx: &mpsc::Sender<Sent>,
+    interrupted: &CancellationToken,
+) -> anyhow::Result<u64> {
+    let mut n = 0u64;
+    let mut lines =
+        (args.messages.is_empty()).then(|| tokio::io::BufReader::new(tokio::io::stdin()));
+    let mut arguments = args.messages.iter();
+    let mut line = Vec::new();
+    loop {
+        let payload = match lines.as_mut() {
+            Some(stdin) => {
+                line.clear();
+                let read = tokio::select! {
+                    read = stdin.read_until(b'\n', &mut line) => read?,
+                    () = interrupted.cancelled() => break,
+                };
+                if read == 0 {
+                    break;
+                }
+                Bytes::copy_from_slice(strip_line_end(&line))
+            }
+            None => match arguments.next() {
+                Some(message) => Bytes::copy_from_slice(message.as_bytes()),
+                None => break,
+            },
+        };
+        // Cancel-safe: a publish interrupted while it waits for a window slot was not sent.
+        let confirm = tokio::select! {
+            confirm = publish(publisher, &args.topic, &args.headers, payload.clone()) => confirm?,
+            () = interrupted.cancelled() => break,
+        };
+        n += 1;
+        // Not cancelled: the confirm of a sent publish must reach the collector.
+        if tx.send((n, payload, confirm)).await.is_err() {
+            break;
+        }
+    }
+    Ok(n)
+}
+
+/// `line` without its trailing `\n` or `\r\n`.
+fn strip_line_end(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// After an interrupt: waits up to [`DRAIN_ON_SIGNAL`] for the confirms of the `sent`
+/// publishes, then prints `N of M confirmed` and the first unconfirmed message (`line K` when
+/// read from stdin, `message K` for arguments) on stderr — or, when every one sent was
+/// confirmed, where the input stopped. Exit 1.
+async fn interrupted_summary(
+    mut collector: tokio::task::JoinHandle<Outcome>,
+    stop_collector: CancellationToken,
+    sent: u64,
+    unit: &str,
+) -> anyhow::Result<ExitCode> {
+    let outcome = match tokio::time::timeout(DRAIN_ON_SIGNAL, &mut collector).await {
+        Ok(outcome) => outcome?,
+        Err(_) => {
+            stop_collector.cancel();
+            collector.await?
+        }
+    };
+    eprintln!(
+        "weir: interrupted: {} of {sent} confirmed",
+        outcome.confirmed
+    );
+    match &outcome.first_unconfirmed {
+        Some((n, payload)) => {
+            eprintln!("weir: first unconfirmed: {unit} {n}: {}", preview(payload))
+        }
+        None => eprintln!(
+            "weir: every {unit} sent was confirmed; stopped before {unit} {}",
+            sent + 1
+        ),
+    }
+    Ok(exit::exit(exit::ERROR))
+}
+
+/// `payload` quoted for stderr, cut after [`PREVIEW_CHARS`] characters.
+fn preview(payload: &[u8]) -> String {
+    let text = String::from_utf8_lossy(payload);
+    let mut shown: String = text.chars().take(PREVIEW_CHARS).collect();
+    if shown.len() < text.len() {
+        shown.push('…');
+    }
+    format!("{shown:?}")
 }
 
 /// `NAME=VALUE` as a header: split at the first `=`; the name must not be empty.
@@ -191,10 +306,34 @@ fn not_confirmed(e: &PublishError) -> String {
     }
 }
 
-async fn collect(mut rx: mpsc::Receiver<(u64, PublishConfirm)>, print_seqs: bool) -> Outcome {
+/// Awaits the confirms in the order sent, counting and reporting refusals; while one is
+/// still unanswered after [`WAITING_NOTICE`], says so on stderr (at most once a
+/// [`WAITING_NOTICE`]). Once `stop` is cancelled, the confirm it awaits counts as the first
+/// unconfirmed (unless an earlier one was) and it returns.
+async fn collect(
+    mut rx: mpsc::Receiver<Sent>,
+    print_seqs: bool,
+    publisher: Publisher,
+    stop: CancellationToken,
+) -> Outcome {
     let mut out = Outcome::default();
-    while let Some((n, confirm)) = rx.recv().await {
-        match confirm.await {
+    while let Some((n, payload, mut confirm)) = rx.recv().await {
+        let waiting_since = tokio::time::Instant::now();
+        let mut notices = tokio::time::interval_at(waiting_since + WAITING_NOTICE, WAITING_NOTICE);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut confirm => break Some(outcome),
+                _ = notices.tick() => {
+                    eprintln!("weir: {}", waiting(n, &payload, waiting_since.elapsed(), &publisher));
+                }
+                () = stop.cancelled() => break None,
+            }
+        };
+        let Some(outcome) = outcome else {
+            out.first_unconfirmed.get_or_insert((n, payload));
+            break;
+        };
+        match outcome {
             Ok(seq) => {
                 out.confirmed += 1;
                 if print_seqs {
@@ -231,10 +370,37 @@ async fn collect(mut rx: mpsc::Receiver<(u64, PublishConfirm)>, print_seqs: bool
                 } else if shown == REFUSALS_SHOWN + 1 {
                     eprintln!("weir: (further refusals are only counted)");
                 }
+                out.first_unconfirmed.get_or_insert((n, payload));
             }
         }
     }
     out
+}
+
+/// A publish still unanswered after `waited`, for stderr: with retries, how many the publisher
+/// has sent so far and its breaker's state (the refusal itself shows once the retries are
+/// spent).
+fn waiting(n: u64, payload: &[u8], waited: Duration, publisher: &Publisher) -> String {
+    let what = format!(
+        "message {n} ({}) not confirmed after {:.0} s",
+        preview(payload),
+        waited.as_secs_f64()
+    );
+    match publisher.retry_policy() {
+        Some(policy) => format!(
+            "{what}; {} retries sent so far by this publisher (a refused publish is retried up \
+             to {} times, each after the broker's retry-after plus backoff; the refusal shows \
+             once they are spent); circuit breaker {}",
+            publisher.retries(),
+            policy.max_retries,
+            match publisher.breaker_state() {
+                Some(BreakerState::Open { .. }) => "open",
+                Some(BreakerState::HalfOpen) => "half-open",
+                Some(BreakerState::Closed) | None => "closed",
+            }
+        ),
+        None => format!("{what}; still waiting for the broker's answer"),
+    }
 }
 
 #[cfg(test)]

@@ -17,12 +17,12 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use indicatif::HumanBytes;
 use serde::Serialize;
-use weir_client::{Client, GroupInfo, TopicHealth, TopicInfo};
+use weir_client::{Client, ClientError, ErrorCode, GroupInfo, TopicHealth, TopicInfo};
 use weir_protocol::ActiveRefusal;
 
 use super::layout::aligned;
+use super::size::format_size;
 
 /// The shortest `--interval`: each refresh is one `ListTopics` request to the broker.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -37,7 +37,7 @@ pub struct StatsArgs {
     /// publish rate is measured over).
     #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_interval)]
     pub interval: Duration,
-    /// Show only this topic.
+    /// Show only this topic (one the broker does not have is an error, exit 1).
     #[arg(long, value_name = "NAME")]
     pub topic: Option<String>,
     /// Print one snapshot and exit, instead of refreshing until Ctrl-C.
@@ -58,7 +58,19 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 }
 
 /// Runs `weir stats` against `client` (connected to `server`, named in the live header).
+/// With `--topic`, a topic the broker does not have is an error (exit 1) naming it.
 pub async fn run(client: Client, server: &str, args: StatsArgs) -> anyhow::Result<ExitCode> {
+    if let Some(topic) = &args.topic {
+        match client.describe_topic(topic).await {
+            Err(ClientError::Broker {
+                code: ErrorCode::UnknownTopic,
+                ..
+            }) => anyhow::bail!("no topic named {topic} on the broker"),
+            other => {
+                other?;
+            }
+        }
+    }
     if args.once {
         let first = sample(&client, args.topic.as_deref()).await?;
         tokio::time::sleep(args.interval).await;
@@ -228,7 +240,7 @@ fn table(rows: &[TopicStats]) -> String {
         topics.push([
             t.topic.to_owned(),
             format!("{} ({}%)", t.depth, t.depth_percent),
-            format!("{} ({}%)", HumanBytes(t.bytes), t.bytes_percent),
+            format!("{} ({}%)", format_size(t.bytes), t.bytes_percent),
             t.publish_per_s
                 .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}")),
             t.drain_per_s.to_string(),
@@ -410,7 +422,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            lines[2].starts_with("orders  3 (100%)  1.50 KiB (0%)  10.0"),
+            lines[2].starts_with("orders  3 (100%)  1.5 KiB (0%)  10.0"),
             "{text}"
         );
         assert!(
@@ -422,7 +434,7 @@ mod tests {
             "  billing  2        1          2        99      1.25s           5"
         );
         assert!(
-            lines[4].starts_with("audit   0 (0%)    1.50 KiB (0%)  -"),
+            lines[4].starts_with("audit   0 (0%)    1.5 KiB (0%)  -"),
             "{text}"
         );
         assert!(lines[4].ends_with(" damaged@4  -"), "no refusal: {text}");

@@ -2,10 +2,13 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 use futures::StreamExt;
-use weir_client::{Client, GroupSpec, StartPosition};
+use weir_client::{Client, ClientError, Delivery, ErrorCode, GroupSpec, StartPosition};
+
+use super::exit;
 
 /// Arguments of `weir sub`.
 #[derive(Debug, Args)]
@@ -15,12 +18,18 @@ pub struct SubArgs {
     /// The group (durable subscription) to join.
     #[arg(long)]
     pub group: String,
-    /// The subscription window: most messages outstanding at once.
-    #[arg(long, default_value_t = 100)]
+    /// The subscription window: most messages outstanding at once (1 to the broker's
+    /// max_credit; more is refused, exit 64).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub credit: u32,
-    /// Exit after this many messages (default: run until interrupted).
+    /// Exit after printing this many messages (default: run until interrupted). Never asks the
+    /// broker for more than it will still print; 0 exits at once without subscribing.
     #[arg(long)]
     pub count: Option<u64>,
+    /// Stop at the first gap (messages a drop_oldest topic dropped before this group received
+    /// them) and exit 1; by default gaps are reported on stderr and the subscription goes on.
+    #[arg(long)]
+    pub exit_on_gap: bool,
     /// Prefix each line with the sequence number and delivery attempt, tab-separated.
     #[arg(long)]
     pub seqs: bool,
@@ -115,50 +124,134 @@ fn escape(text: &str, name: bool) -> String {
     out
 }
 
+/// How often the deadlines of printed messages held unacked by `--count` are restarted
+/// ([`Delivery::progress`]), so the group does not redeliver them while the last ones arrive.
+const HOLD_REFRESH: Duration = Duration::from_secs(1);
+
+/// Runs `weir sub`: prints and acks until `--count` messages were printed, Ctrl-C, or the
+/// subscription ends (exit 1 with the reason, see [`ended_by_broker`]).
+///
+/// With `--count N` the CLI never asks for more messages than it will still print: the window
+/// is `min(--credit, N)`, and once acking a printed message would let the broker deliver more
+/// than are still wanted, printed messages are held (unacked, their deadlines restarted every
+/// [`HOLD_REFRESH`]) and acked together at the end. So while it runs no message is delivered,
+/// left unprinted and returned to the group with an attempt spent. (The client library grants
+/// the credit of those final acks just before it unsubscribes, which can still let the broker
+/// slip in up to a window of messages that go back to the group; closing without granting
+/// credit is the library's to fix.)
 pub async fn run(client: Client, args: SubArgs) -> anyhow::Result<ExitCode> {
-    let mut sub = client
-        .subscribe_with(&args.topic, &args.group, args.credit, args.group_spec())
-        .await?;
-    let mut received = 0u64;
-    if args.count == Some(0) {
-        sub.close().await?;
-        return Ok(ExitCode::SUCCESS);
+    let max_credit = client.limits().max_credit;
+    if args.credit > max_credit {
+        return Err(exit::usage(format!(
+            "credit {} exceeds the broker's max_credit {max_credit}",
+            args.credit
+        )));
     }
+    if args.count == Some(0) {
+        return Ok(exit::exit(exit::DONE));
+    }
+    let window = window(args.credit, args.count);
+    let mut sub = client
+        .subscribe_with(&args.topic, &args.group, window, args.group_spec())
+        .await?;
+    // Printed and not acked yet: at most `window` deliveries (see `run`).
+    let mut held: Vec<Delivery> = Vec::with_capacity(window as usize);
+    let mut printed = 0u64;
+    let mut refresh = tokio::time::interval(HOLD_REFRESH);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
-    loop {
+    let code = loop {
         let item = tokio::select! {
             item = sub.next() => item,
-            _ = &mut ctrl_c => break,
+            _ = refresh.tick() => {
+                held.iter().for_each(Delivery::progress);
+                continue;
+            }
+            _ = &mut ctrl_c => break exit::DONE,
         };
         let delivery = match item {
             Some(Ok(d)) => d,
-            Some(Err(e)) => return Err(anyhow::anyhow!("subscription failed: {e}")),
-            None => break,
+            Some(Err(ClientError::MessagesDropped { from, to })) => {
+                eprintln!("weir: gap: messages {from}..={to} were dropped (drop_oldest) before group {} received them", args.group);
+                if args.exit_on_gap {
+                    break exit::ERROR;
+                }
+                continue;
+            }
+            Some(Err(e)) => {
+                finish(held);
+                return Err(anyhow::anyhow!("subscription failed: {e}"));
+            }
+            None => {
+                finish(held);
+                eprintln!(
+                    "weir: {}",
+                    ended_by_broker(&client, &args.topic, &args.group).await
+                );
+                return Ok(exit::exit(exit::ERROR));
+            }
         };
-        let prefix = args.prefix(delivery.seq(), delivery.attempt(), delivery.headers());
-        let mut out = std::io::stdout().lock();
-        let written = out
-            .write_all(prefix.as_bytes())
-            .and_then(|()| out.write_all(String::from_utf8_lossy(delivery.payload()).as_bytes()))
-            .and_then(|()| out.write_all(b"\n"))
-            .and_then(|()| out.flush());
-        drop(out);
-        if let Err(e) = written {
+        if let Err(e) = print(&args, &delivery) {
             // Not acked: the message is redelivered to the group.
             if e.kind() == std::io::ErrorKind::BrokenPipe {
-                break;
+                break exit::DONE;
             }
+            finish(held);
             return Err(e.into());
         }
-        delivery.ack();
-        received += 1;
-        if args.count == Some(received) {
-            break;
+        printed += 1;
+        match args.count {
+            Some(count) if u64::from(window) - held.len() as u64 > count - printed => {
+                held.push(delivery)
+            }
+            _ => delivery.ack(),
         }
-    }
+        if args.count == Some(printed) {
+            break exit::DONE;
+        }
+    };
+    finish(held);
     sub.close().await?;
-    Ok(ExitCode::SUCCESS)
+    Ok(exit::exit(code))
+}
+
+/// The subscription window: `credit`, but never more than `count` messages.
+fn window(credit: u32, count: Option<u64>) -> u32 {
+    count.map_or(credit, |n| credit.min(u32::try_from(n).unwrap_or(u32::MAX)))
+}
+
+/// Acks the printed messages held back by `--count`.
+fn finish(held: Vec<Delivery>) {
+    held.into_iter().for_each(Delivery::ack);
+}
+
+/// Writes one delivery as a line on stdout: the `--seqs`/`--headers` columns, then the payload
+/// (lossy UTF-8).
+fn print(args: &SubArgs, delivery: &Delivery) -> std::io::Result<()> {
+    let prefix = args.prefix(delivery.seq(), delivery.attempt(), delivery.headers());
+    let mut out = std::io::stdout().lock();
+    out.write_all(prefix.as_bytes())?;
+    out.write_all(String::from_utf8_lossy(delivery.payload()).as_bytes())?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+/// Why a subscription ended without the CLI asking: the topic or the group is gone (asked of
+/// the broker, within a few seconds), else that the broker ended it.
+// When the client library yields a typed error for a deleted group, it arrives as `Some(Err)`
+// before this end and names the group itself.
+async fn ended_by_broker(client: &Client, topic: &str, group: &str) -> String {
+    let ask = tokio::time::timeout(Duration::from_secs(5), client.describe_topic(topic)).await;
+    match ask {
+        Ok(Ok(d)) if !d.info.groups.iter().any(|g| g.name == group) => {
+            format!("subscription ended by the broker: group {group} of topic {topic} was deleted")
+        }
+        Ok(Err(ClientError::Broker {
+            code: ErrorCode::UnknownTopic,
+            ..
+        })) => format!("subscription ended by the broker: topic {topic} was deleted"),
+        _ => "the broker ended the subscription".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -211,6 +304,15 @@ mod tests {
         );
         assert!(parse(&["--start", "newest"]).is_err());
         assert!(parse(&["--max-attempts", "-1"]).is_err());
+    }
+
+    #[test]
+    fn the_window_never_exceeds_the_count() {
+        assert_eq!(window(100, Some(2)), 2);
+        assert_eq!(window(100, None), 100);
+        assert_eq!(window(5, Some(1 << 40)), 5);
+        assert!(parse(&["--credit", "0"]).is_err());
+        assert!(parse(&["--exit-on-gap"]).unwrap().exit_on_gap);
     }
 
     #[test]

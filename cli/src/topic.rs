@@ -10,6 +10,7 @@ use weir_client::{
 
 use super::group;
 use super::layout::{aligned, kv};
+use super::size::{format_size, parse_size, parse_size_u32};
 
 /// `weir topic` subcommands.
 #[derive(Debug, Subcommand)]
@@ -61,11 +62,12 @@ pub struct CreateArgs {
     /// Most messages stored at once (ready and in flight alike).
     #[arg(long)]
     max_messages: Option<u64>,
-    /// Most payload bytes stored at once.
-    #[arg(long)]
+    /// Most payload bytes stored at once: bytes, or with a unit (10MiB, 1GB; KB/MB/GB are
+    /// powers of 1000, KiB/MiB/GiB of 1024).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_bytes: Option<u64>,
-    /// Largest single payload accepted.
-    #[arg(long)]
+    /// Largest single payload accepted: bytes, or with a unit (1MiB, 64KiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_u32)]
     max_message_bytes: Option<u32>,
     /// What happens at the bound: reject, block or drop_oldest.
     #[arg(long)]
@@ -150,8 +152,8 @@ fn describe(c: &TopicConfig) -> String {
     [
         kv("topic", &c.name),
         kv("max_messages", c.max_messages),
-        kv("max_bytes", c.max_bytes),
-        kv("max_message_bytes", c.max_message_bytes),
+        kv("max_bytes", format_size(c.max_bytes)),
+        kv("max_message_bytes", format_size(c.max_message_bytes.into())),
         kv("overflow", c.overflow.as_str()),
         kv("fsync", c.fsync),
         kv(
@@ -169,7 +171,7 @@ fn info(d: &TopicDescription, now: SystemTime) -> String {
     use std::fmt::Write;
     let t = &d.info;
     let mut out = describe(&t.config);
-    out += &kv("depth", format!("{} ({})", t.depth, human_bytes(t.bytes)));
+    out += &kv("depth", format!("{} ({})", t.depth, format_size(t.bytes)));
     out += &kv("next_seq", t.next_seq);
     out += &kv("dropped", t.dropped);
     out += &kv("parked", t.parked);
@@ -268,24 +270,6 @@ fn info_json(d: &TopicDescription) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(&info)?)
 }
 
-/// Bytes in a short human unit: `512 B`, `1.5 KiB`, `256 MiB`.
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else if value.fract() == 0.0 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 /// The topic list as an aligned table.
 fn table(topics: &[TopicInfo]) -> String {
     let header = [
@@ -312,15 +296,15 @@ fn table(topics: &[TopicInfo]) -> String {
         rows.push([
             c.name.clone(),
             t.depth.to_string(),
-            human_bytes(t.bytes),
+            format_size(t.bytes),
             t.dropped.to_string(),
             t.parked.to_string(),
             t.rejected.to_string(),
             format!(
                 "{} msgs / {} / {} each",
                 c.max_messages,
-                human_bytes(c.max_bytes),
-                human_bytes(c.max_message_bytes.into())
+                format_size(c.max_bytes),
+                format_size(c.max_message_bytes.into())
             ),
             format!("{} fsync={}", c.overflow.as_str(), c.fsync),
             groups,
@@ -335,15 +319,6 @@ mod tests {
 
     use super::*;
     use weir_client::GroupInfo;
-
-    #[test]
-    fn human_bytes_picks_a_unit() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1024), "1 KiB");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(256 * 1024 * 1024), "256 MiB");
-    }
 
     fn config(overflow: OverflowPolicy) -> TopicConfig {
         TopicConfig {
@@ -504,7 +479,7 @@ mod tests {
         assert!(lines[0].starts_with("NAME    DEPTH  BYTES"));
         assert!(lines[0].starts_with("NAME    DEPTH  BYTES  DROPPED  PARKED  REJECTED  BOUNDS"));
         assert!(lines[1].starts_with("orders  3      30 B   12       0       345       100000"));
-        assert!(lines[1].contains("100000 msgs / 256 MiB / 1 MiB each"));
+        assert!(lines[1].contains("100000 msgs / 256.0 MiB / 1.0 MiB each"));
         assert!(lines[1].contains("reject fsync=batch"));
         assert!(lines[1].ends_with("billing(members=1 in_flight=1 pending=2 credit=99)"));
     }

@@ -7,7 +7,7 @@ use weir_tests::process::workspace_bin;
 use weir_tests::TestBroker;
 
 /// Runs `weir --server <addr> args...` with `stdin`, off the async runtime.
-async fn weir(addr: std::net::SocketAddr, args: &[&str], stdin: &str) -> Output {
+pub(crate) async fn weir(addr: std::net::SocketAddr, args: &[&str], stdin: &str) -> Output {
     let (args, stdin): (Vec<String>, String) =
         (args.iter().map(|s| s.to_string()).collect(), stdin.into());
     tokio::task::spawn_blocking(move || {
@@ -32,7 +32,8 @@ async fn weir(addr: std::net::SocketAddr, args: &[&str], stdin: &str) -> Output 
     .unwrap()
 }
 
-fn stdout(out: &Output) -> String {
+/// What `out` printed on stdout (lossy UTF-8).
+pub(crate) fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -190,10 +191,19 @@ async fn bench_noisy_neighbour_reports_the_tenant_beside_a_flood() {
         "",
     )
     .await;
-    assert!(out.status.success(), "{out:?}");
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(json["scenario"], "noisy-neighbour");
     assert_eq!(json["ok"], true, "{json}");
+    // Performance targets depend on the machine: the exit code follows them, 1 when one is
+    // missed (and always with the correctness checks above).
+    let targets_met = json["runs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["checks"].as_array().into_iter().flatten())
+        .all(|c| c["ok"] == true);
+    let expected = if targets_met { 0 } else { 1 };
+    assert_eq!(out.status.code(), Some(expected), "{out:?}");
     let runs = json["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 1, "{json}");
     let run = &runs[0];

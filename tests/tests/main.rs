@@ -4,6 +4,7 @@ mod admission;
 mod bad_input;
 mod budget;
 mod cli;
+mod cli_new_user;
 mod client;
 mod client_retry;
 mod consumer_lost;

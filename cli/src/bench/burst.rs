@@ -27,6 +27,7 @@ use serde::Serialize;
 use weir_client::{ClientOptions, OverflowPolicy};
 
 use super::accounting::Accounting;
+use super::cleanup::Created;
 use super::common::{
     histogram, human_us, per_s, progress_bar, progress_enabled, run_id, BrokerUsage, Latency,
     STAMP_BYTES,
@@ -36,6 +37,7 @@ use super::overload::TopicConfigReport;
 use super::plot::{column_of, series_csv, series_svg, sparkline, Span};
 use super::scenario::{run_scenario, ScenarioFlags, ScenarioOutcome, ScenarioSpec};
 use super::{Check, CheckKind};
+use crate::size::format_size;
 
 /// The steady rate: measured (`auto`) or given.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -110,8 +112,8 @@ pub struct BurstArgs {
     /// The consumer's ack rate as a multiple of the baseline, or `max` (as fast as it can).
     #[arg(long, default_value = "1.25")]
     pub consumer_capacity: Capacity,
-    /// Payload size in bytes (at least 16: the stamp).
-    #[arg(long, default_value_t = 1024)]
+    /// Payload size in bytes or with a unit (4KiB, 1MB) (at least 16: the stamp).
+    #[arg(long, value_name = "SIZE", default_value = "1024", value_parser = crate::size::parse_size_usize)]
     pub size: usize,
     /// The producer's window of unconfirmed publishes.
     #[arg(long, default_value_t = 256)]
@@ -310,6 +312,7 @@ pub async fn run(
     server: &str,
     options: &ClientOptions,
     args: BurstArgs,
+    created: &Created,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.size >= STAMP_BYTES,
@@ -347,7 +350,7 @@ pub async fn run(
                     args.probe_secs
                 );
             }
-            let probe = probe(server, options, &args, id, &suffix, show).await;
+            let probe = probe(server, options, created, &args, id, &suffix, show).await;
             let rate = pick_sustainable(
                 probe.confirmed_per_s,
                 probe.delivered_per_s,
@@ -412,7 +415,7 @@ pub async fn run(
         broker_pid: args.flags.broker_pid,
         run_id: id,
     };
-    let outcome = run_scenario(server, options, spec, bar.clone()).await;
+    let outcome = run_scenario(server, options, (spec, created), bar.clone()).await;
     bar.finish_and_clear();
     let outcome = outcome?;
     let report = burst_report(
@@ -447,17 +450,14 @@ pub async fn run(
     } else {
         print!("{}", summary(&report));
     }
-    Ok(if report.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    Ok(super::exit_code(report.ok, &report.checks))
 }
 
 /// Runs the sustainable-rate probe: see the module documentation.
 async fn probe(
     server: &str,
     options: &ClientOptions,
+    created: &Created,
     args: &BurstArgs,
     id: u64,
     suffix: &str,
@@ -485,7 +485,7 @@ async fn probe(
     };
     let bar = progress_bar(show, args.probe_secs, "s");
     bar.set_prefix("probe");
-    let outcome = run_scenario(server, options, spec, bar.clone()).await;
+    let outcome = run_scenario(server, options, (spec, created), bar.clone()).await;
     bar.finish_and_clear();
     let end_ms = args.probe_secs * 1000;
     let warmup_ms = end_ms / 5;
@@ -742,8 +742,14 @@ const SPARK_WIDTH: usize = 72;
 
 fn summary(r: &BurstReport) -> String {
     let mut s = format!(
-        "weir bench burst {} topic={}: policy {}, bound {}, {} B, window {}, credit {}\n",
-        r.server, r.topic, r.policy, r.bound, r.size, r.window, r.credit
+        "weir bench burst {} topic={}: policy {}, bound {}, {}, window {}, credit {}\n",
+        r.server,
+        r.topic,
+        r.policy,
+        r.bound,
+        format_size(r.size as u64),
+        r.window,
+        r.credit
     );
     match &r.probe {
         Some(p) => s.push_str(&format!(

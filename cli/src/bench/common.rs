@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::size::{format_signed_size, format_size};
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -410,17 +411,17 @@ impl BrokerUsage {
         }
     }
 
-    /// `RSS a → b MiB (+g MiB), CPU …`, for the human summaries.
+    /// `RSS a → b (+g), CPU …` (sizes as [`format_size`] prints them), for the human
+    /// summaries.
     pub fn brief(&self) -> String {
-        let mib = |kib: u64| kib as f64 / 1024.0;
         let mut s = format!("broker pid {}: ", self.pid);
         match (self.before, self.after, self.rss_growth_kib) {
             (Some(b), Some(a), Some(g)) => s.push_str(&format!(
-                "RSS {:.1} → {:.1} MiB ({:+.1} MiB; peak since start {:.1} MiB), CPU {:.2} s ({:.2} s system){}",
-                mib(b.rss_kib),
-                mib(a.rss_kib),
-                g as f64 / 1024.0,
-                mib(a.hwm_kib),
+                "RSS {} → {} ({}; peak since start {}), CPU {:.2} s ({:.2} s system){}",
+                format_size(b.rss_kib * 1024),
+                format_size(a.rss_kib * 1024),
+                format_signed_size(g * 1024),
+                format_size(a.hwm_kib * 1024),
                 self.cpu_s.unwrap_or(0.0),
                 self.cpu_sys_s.unwrap_or(0.0),
                 self.cpu_us_per_offered

@@ -15,11 +15,16 @@
 //! Every scenario is bounded in time and memory: see [`load`] and [`scenario`]. Results print
 //! as a human summary or, with `--json`, as one JSON document on stdout; a progress bar goes to
 //! stderr when stdout is a terminal and `--json` is not given. Exit status: 0 when everything
-//! checked passed, 2 when a run was incomplete or a correctness / behaviour check failed
-//! (performance targets are reported, never fail the run), 1 on errors.
+//! checked passed and every performance target was met, 1 when a run was incomplete, a check
+//! failed (`[FAIL]`), a target was missed (`[MISSED]`), or on errors.
+//!
+//! Every run works on topics of its own, fresh names per run (the throughput run's `--topic`
+//! names one instead), and removes the topics it created when it ends — also on an error,
+//! Ctrl-C or SIGTERM — unless `--keep` ([`cleanup`]).
 
 mod accounting;
 mod burst;
+mod cleanup;
 mod common;
 mod load;
 mod noisy;
@@ -52,9 +57,10 @@ pub struct BenchArgs {
     /// A scenario instead of the throughput run.
     #[command(subcommand)]
     pub scenario: Option<Scenario>,
-    /// The topic (created if missing, with the --max-* bounds given).
-    #[arg(long, default_value = "bench")]
-    pub topic: String,
+    /// The topic (created if missing, with the --max-* bounds given). Default: a fresh topic
+    /// per run, `bench-<pid>-<random>`.
+    #[arg(long)]
+    pub topic: Option<String>,
     /// Publishers, each on its own connection.
     #[arg(long, default_value_t = 1)]
     pub pubs: usize,
@@ -67,8 +73,8 @@ pub struct BenchArgs {
     /// Publish for this many seconds instead of a number of messages.
     #[arg(long, conflicts_with = "msgs")]
     pub duration: Option<u64>,
-    /// Payload size in bytes (at least 16: the stamp).
-    #[arg(long, default_value_t = 1024)]
+    /// Payload size in bytes or with a unit (4KiB, 1MB) (at least 16: the stamp).
+    #[arg(long, value_name = "SIZE", default_value = "1024", value_parser = crate::size::parse_size_usize)]
     pub size: usize,
     /// Each publisher's window of unconfirmed publishes.
     #[arg(long, default_value_t = 256)]
@@ -91,11 +97,15 @@ pub struct BenchArgs {
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Keep the topics the run created instead of deleting them at its end (their names go to
+    /// stderr).
+    #[arg(long, global = true)]
+    pub keep: bool,
     /// max_messages of the topic when the bench creates it.
     #[arg(long)]
     pub max_messages: Option<u64>,
-    /// max_bytes of the topic when the bench creates it.
-    #[arg(long)]
+    /// max_bytes of the topic when the bench creates it: bytes or with a unit (10MiB, 1GB).
+    #[arg(long, value_name = "SIZE", value_parser = crate::size::parse_size)]
     pub max_bytes: Option<u64>,
     /// fsync policy of the topic when the bench creates it (batch, interval:MS, never).
     #[arg(long)]
@@ -118,18 +128,45 @@ pub enum Scenario {
     NoisyNeighbour(Box<noisy::NoisyArgs>),
 }
 
-/// Runs `weir bench`.
+/// Runs `weir bench`: the throughput run or a scenario, stopped early by Ctrl-C or SIGTERM
+/// (an error, exit 1); then the topics it created are deleted unless `--keep`.
 pub async fn run(
     server: &str,
     options: &ClientOptions,
     args: BenchArgs,
 ) -> anyhow::Result<ExitCode> {
-    match args.scenario {
-        None => run::run(server, options, args).await,
-        Some(Scenario::Overload(a)) => overload::run(server, options, *a).await,
-        Some(Scenario::Burst(a)) => burst::run(server, options, *a).await,
-        Some(Scenario::NoisyNeighbour(a)) => noisy::run(server, options, *a).await,
+    let created = cleanup::Created::new(args.keep);
+    let bench = async {
+        match args.scenario {
+            None => run::run(server, options, args, &created).await,
+            Some(Scenario::Overload(a)) => overload::run(server, options, *a, &created).await,
+            Some(Scenario::Burst(a)) => burst::run(server, options, *a, &created).await,
+            Some(Scenario::NoisyNeighbour(a)) => noisy::run(server, options, *a, &created).await,
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = bench => outcome,
+        () = crate::signal::interrupted() => Err(anyhow::anyhow!("interrupted")),
+    };
+    match created.remove_all(server, options).await {
+        Ok(kept) if !kept.is_empty() => {
+            eprintln!("weir: kept topics (--keep): {}", kept.join(", "))
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("weir: cleanup: {e:#}"),
     }
+    outcome
+}
+
+/// The exit code of a run whose checks are `checks` (and that was `complete`): 0 when it was
+/// complete and every check passed, targets included; else 1.
+pub fn exit_code<'a>(complete: bool, checks: impl IntoIterator<Item = &'a Check>) -> ExitCode {
+    let passed = complete && checks.into_iter().all(|c| c.ok);
+    crate::exit::exit(if passed {
+        crate::exit::DONE
+    } else {
+        crate::exit::ERROR
+    })
 }
 
 /// What a check is about: a correctness property (nothing lost, no errors), a behaviour the
@@ -199,6 +236,28 @@ mod tests {
         assert!(b.scenario.is_none() && b.pubs == 2 && b.msgs == 500 && b.json);
         let b = bench(&["--duration", "5"]).unwrap();
         assert_eq!(b.duration, Some(5));
+        assert!(
+            b.topic.is_none() && !b.keep,
+            "a fresh topic per run, removed"
+        );
+        let b = bench(&[
+            "--topic",
+            "mine",
+            "--keep",
+            "--max-bytes",
+            "10MiB",
+            "--size",
+            "4KiB",
+        ])
+        .unwrap();
+        assert_eq!(b.topic.as_deref(), Some("mine"));
+        assert!(b.keep);
+        assert_eq!((b.max_bytes, b.size), (Some(10 << 20), 4096));
+        assert!(bench(&["--max-bytes", "10XB"]).is_err());
+        assert!(
+            bench(&["overload", "--keep"]).unwrap().keep,
+            "--keep goes with every scenario"
+        );
         assert!(bench(&["--duration", "5", "--msgs", "10"]).is_err());
     }
 
@@ -284,6 +343,27 @@ mod tests {
                 && a.duration == std::time::Duration::from_secs(2)
                 && a.broker_pid == Some(7) && a.json));
         assert!(bench(&["noisy-neighbour", "--offender", "rude"]).is_err());
+    }
+
+    #[test]
+    fn a_missed_target_or_an_incomplete_run_exits_1() {
+        let check = |kind, ok| Check {
+            name: "x".into(),
+            kind,
+            ok,
+            detail: String::new(),
+        };
+        let met = [
+            check(CheckKind::Correctness, true),
+            check(CheckKind::Target, true),
+        ];
+        let missed = [
+            check(CheckKind::Correctness, true),
+            check(CheckKind::Target, false),
+        ];
+        assert_eq!(exit_code(true, &met), ExitCode::from(0));
+        assert_eq!(exit_code(true, &missed), ExitCode::from(1));
+        assert_eq!(exit_code(false, &met), ExitCode::from(1));
     }
 
     #[test]

@@ -30,14 +30,16 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 use weir_client::{ClientOptions, OverflowPolicy, TopicSpec};
 
+use super::cleanup::Created;
 use super::common::{
-    connect, histogram, human_us, per_s, progress_bar, progress_enabled, read_proc, run_id,
-    BrokerUsage, Latency, STAMP_BYTES,
+    histogram, human_us, per_s, progress_bar, progress_enabled, read_proc, run_id, BrokerUsage,
+    Latency, STAMP_BYTES,
 };
 use super::load::Phase;
 use super::offenders::{self, Ctx, Offender, OffenderConfig, OffenderOutcome};
 use super::scenario::{run_scenario, ScenarioOutcome, ScenarioSpec};
 use super::{Check, CheckKind};
+use crate::size::{format_signed_size, format_size};
 
 /// Arguments of `weir bench noisy-neighbour`.
 #[derive(Debug, Args)]
@@ -51,8 +53,8 @@ pub struct NoisyArgs {
     /// The healthy tenant's publish rate, msg/s.
     #[arg(long, default_value_t = 2000)]
     pub rate: u64,
-    /// The healthy tenant's payload size in bytes (at least 16: the stamp).
-    #[arg(long, default_value_t = 1024)]
+    /// The healthy tenant's payload size in bytes or with a unit (4KiB, 1MB) (at least 16: the stamp).
+    #[arg(long, value_name = "SIZE", default_value = "1024", value_parser = crate::size::parse_size_usize)]
     pub size: usize,
     /// The healthy tenant's window of unconfirmed publishes.
     #[arg(long, default_value_t = 256)]
@@ -210,6 +212,7 @@ pub async fn run(
     server: &str,
     options: &ClientOptions,
     args: NoisyArgs,
+    created: &Created,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.size >= STAMP_BYTES,
@@ -239,7 +242,16 @@ pub async fn run(
         }
         let bar = progress_bar(show, args.duration.as_secs().max(1), "s");
         bar.set_prefix(offender.name());
-        let mut r = run_one(server, addr, options, &args, *offender, id, bar.clone()).await;
+        let mut r = run_one(
+            (server, addr),
+            options,
+            created,
+            &args,
+            *offender,
+            id,
+            bar.clone(),
+        )
+        .await;
         bar.finish_and_clear();
         if let Some(base) = runs.iter().find(|r| r.offender == Offender::None.name()) {
             r.vs_alone = vs_alone(&base.healthy, &r.healthy);
@@ -280,11 +292,10 @@ pub async fn run(
     } else {
         print!("{}", summary(&report));
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    Ok(super::exit_code(
+        ok,
+        report.runs.iter().flat_map(|r| &r.checks),
+    ))
 }
 
 /// `this / base`, or `None` when the base is 0.
@@ -323,11 +334,10 @@ async fn peak_rss(pid: u32, mut stop: watch::Receiver<bool>) -> Option<u64> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_one(
-    server: &str,
-    addr: SocketAddr,
+    (server, addr): (&str, SocketAddr),
     options: &ClientOptions,
+    created: &Created,
     args: &NoisyArgs,
     offender: Offender,
     id: u64,
@@ -349,6 +359,7 @@ async fn run_one(
             server: server.to_owned(),
             addr,
             options: options.clone(),
+            created: created.clone(),
             config: OffenderConfig {
                 slowloris_conns: args.slowloris_conns,
                 swarm_conns: args.swarm_conns,
@@ -399,7 +410,7 @@ async fn run_one(
         broker_pid: None,
         run_id: id ^ (offender as u64 + 1).rotate_left(48),
     };
-    let healthy = match run_scenario(server, options, spec, bar).await {
+    let healthy = match run_scenario(server, options, (spec, created), bar).await {
         Ok(o) => {
             warnings.extend(o.warnings.iter().cloned());
             healthy_report(&topic, &o)
@@ -418,10 +429,12 @@ async fn run_one(
             o
         }
     };
-    let mut doomed = outcome.topics.clone();
-    doomed.push(topic);
-    if let Err(e) = delete_topics(server, options, &doomed).await {
-        warnings.push(format!("cleanup: {e:#}"));
+    match created.remove_all(server, options).await {
+        Ok(kept) if !kept.is_empty() => {
+            warnings.push(format!("kept topics (--keep): {}", kept.join(", ")))
+        }
+        Ok(_) => {}
+        Err(e) => warnings.push(format!("cleanup: {e:#}")),
     }
     let _ = stop_rss.send(true);
     let peak = match rss {
@@ -450,22 +463,6 @@ async fn run_one(
         warnings,
         checks,
     }
-}
-
-/// Deletes `topics` (force: offenders' subscriptions may still be attached).
-async fn delete_topics(
-    server: &str,
-    options: &ClientOptions,
-    topics: &[String],
-) -> anyhow::Result<()> {
-    let admin = connect(server, options).await?;
-    for t in topics {
-        tokio::time::timeout(Duration::from_secs(10), admin.delete_topic(t, true))
-            .await
-            .map_err(|_| anyhow::anyhow!("deleting {t} took more than 10 s"))?
-            .map_err(|e| anyhow::anyhow!("deleting {t}: {e}"))?;
-    }
-    Ok(())
 }
 
 fn healthy_report(topic: &str, o: &ScenarioOutcome) -> Healthy {
@@ -610,8 +607,8 @@ type Cell = Box<dyn Fn(&OffenderRun) -> String>;
 /// The human-readable form: one column per offender, then each offender's details.
 fn summary(r: &NoisyReport) -> String {
     let mut s = format!(
-        "weir bench noisy-neighbour {}: healthy tenant at {} msg/s × {} B for {:.1} s (window {}, credit {}) beside each offender\n\n",
-        r.server, r.rate, r.size, r.duration_s, r.window, r.credit
+        "weir bench noisy-neighbour {}: healthy tenant at {} msg/s × {} for {:.1} s (window {}, credit {}) beside each offender\n\n",
+        r.server, r.rate, format_size(r.size as u64), r.duration_s, r.window, r.credit
     );
     let row = |name: &str, f: &dyn Fn(&OffenderRun) -> String| {
         let mut line = format!("{name:<28}");
@@ -672,7 +669,7 @@ fn summary(r: &NoisyReport) -> String {
                 c.broker
                     .as_ref()
                     .and_then(|b| b.peak_rss_kib)
-                    .map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+                    .map_or("n/a".into(), |k| format_size(k * 1024))
             }),
         ),
         (
@@ -681,7 +678,7 @@ fn summary(r: &NoisyReport) -> String {
                 c.broker
                     .as_ref()
                     .and_then(|b| b.peak_rss_growth_kib)
-                    .map_or("n/a".into(), |k| format!("{:+.1} MiB", k as f64 / 1024.0))
+                    .map_or("n/a".into(), |k| format_signed_size(k * 1024))
             }),
         ),
     ];

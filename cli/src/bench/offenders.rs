@@ -46,6 +46,7 @@ use weir_protocol::{
     PROTOCOL_VERSION,
 };
 
+use super::cleanup::Created;
 use super::common::{connect, now_ns};
 
 /// Which offender.
@@ -373,6 +374,8 @@ pub struct Ctx {
     /// The broker's address, resolved (for raw connections).
     pub addr: SocketAddr,
     pub options: ClientOptions,
+    /// Where the topics it creates are recorded for removal.
+    pub created: Created,
     pub config: OffenderConfig,
 }
 
@@ -457,6 +460,7 @@ async fn run(ctx: Ctx, ready: oneshot::Sender<()>, stop: watch::Receiver<bool>) 
 async fn create_topic(ctx: &Ctx, t: &Tally, spec: TopicSpec) -> anyhow::Result<()> {
     let admin = connect(&ctx.server, &ctx.options).await?;
     let name = spec.name.clone();
+    ctx.created.add(&name)?;
     tokio::time::timeout(OPEN_TIMEOUT, admin.create_topic(spec))
         .await
         .map_err(|_| anyhow::anyhow!("creating topic {name} took more than {OPEN_TIMEOUT:?}"))?

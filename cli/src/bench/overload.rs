@@ -17,12 +17,14 @@ use serde::Serialize;
 use weir_client::{ClientOptions, OverflowPolicy, TopicConfig};
 
 use super::accounting::Accounting;
+use super::cleanup::Created;
 use super::common::{
     histogram, human_us, per_s, progress_bar, progress_enabled, run_id, BrokerUsage, Latency,
 };
 use super::load::{rate_between, Phase, RetryAfterReport, SeriesPoint};
 use super::scenario::{run_scenario, ScenarioFlags, ScenarioOutcome, ScenarioSpec};
 use super::{Check, CheckKind};
+use crate::size::{format_signed_size, format_size};
 
 /// Which policies to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,8 +66,8 @@ pub struct OverloadArgs {
     /// Acks per second of the one consumer while the producer runs.
     #[arg(long, default_value_t = 1000)]
     pub consumer_rate: u64,
-    /// Payload size in bytes (at least 16: the stamp).
-    #[arg(long, default_value_t = 1024)]
+    /// Payload size in bytes or with a unit (4KiB, 1MB) (at least 16: the stamp).
+    #[arg(long, value_name = "SIZE", default_value = "1024", value_parser = crate::size::parse_size_usize)]
     pub size: usize,
     /// The producer's window of unconfirmed publishes.
     #[arg(long, default_value_t = 256)]
@@ -282,6 +284,7 @@ pub async fn run(
     server: &str,
     options: &ClientOptions,
     args: OverloadArgs,
+    created: &Created,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.size >= super::common::STAMP_BYTES,
@@ -332,7 +335,7 @@ pub async fn run(
             run_id: id,
         };
         let topic = spec.topic.name.clone();
-        let report = match run_scenario(server, options, spec, bar.clone()).await {
+        let report = match run_scenario(server, options, (spec, created), bar.clone()).await {
             Ok(outcome) => policy_report(&args, policy, outcome),
             Err(e) => failed_report(policy, topic, format!("{e:#}")),
         };
@@ -362,11 +365,10 @@ pub async fn run(
     } else {
         print!("{}", summary(&report));
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    Ok(super::exit_code(
+        ok,
+        report.results.iter().flat_map(|r| &r.checks),
+    ))
 }
 
 fn failed_report(policy: OverflowPolicy, topic: String, error: String) -> PolicyReport {
@@ -540,7 +542,7 @@ fn policy_report(args: &OverloadArgs, policy: OverflowPolicy, o: ScenarioOutcome
             name: "broker RSS growth < 64 MiB".into(),
             kind: CheckKind::Target,
             ok: g < RSS_GROWTH_TARGET_KIB,
-            detail: format!("{:+.1} MiB", g as f64 / 1024.0),
+            detail: format_signed_size(g * 1024),
         });
     }
     let c = &o.config;
@@ -603,7 +605,7 @@ type Cell = Box<dyn Fn(&PolicyReport) -> String>;
 /// The human-readable form: one column per policy.
 fn summary(r: &OverloadReport) -> String {
     let mut s = format!(
-        "weir bench overload {}: producer {} (window {}) for {} s into a topic bounded at {} messages; one consumer acking {} msg/s (credit {}); {} B payloads\n\n",
+        "weir bench overload {}: producer {} (window {}) for {} s into a topic bounded at {} messages; one consumer acking {} msg/s (credit {}); {} payloads\n\n",
         r.server,
         r.rate.map_or("unpaced".into(), |x| format!("at {x} msg/s")),
         r.window,
@@ -611,7 +613,7 @@ fn summary(r: &OverloadReport) -> String {
         r.bound,
         r.consumer_rate,
         r.credit,
-        r.size
+        format_size(r.size as u64)
     );
     let cols: Vec<&PolicyReport> = r.results.iter().collect();
     let row = |name: &str, f: &dyn Fn(&PolicyReport) -> String| {
@@ -724,9 +726,9 @@ fn summary(r: &OverloadReport) -> String {
             Box::new(
                 |c| match c.broker.as_ref().and_then(|b| Some((b.before?, b.after?))) {
                     Some((b, a)) => format!(
-                        "{:.1} → {:.1} MiB",
-                        b.rss_kib as f64 / 1024.0,
-                        a.rss_kib as f64 / 1024.0
+                        "{} → {}",
+                        format_size(b.rss_kib * 1024),
+                        format_size(a.rss_kib * 1024)
                     ),
                     None => "n/a".into(),
                 },

@@ -4,9 +4,11 @@
 //! Each publisher and each subscriber has its own connection. Every payload starts with a
 //! 16-byte stamp: the send time in nanoseconds of a monotonic clock shared by the whole process
 //! ([`now_ns`]), then the run id, so subscribers measure publish→deliver latency and skip (but
-//! ack) messages left in the topic by earlier runs. Group names are stable across runs
-//! (`<group>` in shared mode, `<group>-<i>` in fan-out mode) so leftovers drain instead of
-//! piling up in abandoned groups.
+//! ack) messages left in the topic by earlier runs — there are some only with `--topic`: by
+//! default each run publishes to a fresh topic, `bench-<pid>-<random>`, deleted at its end
+//! unless `--keep` (as is a `--topic` the run created). Group names are stable across runs
+//! (`<group>` in shared mode, `<group>-<i>` in fan-out mode) so leftovers in a `--topic` drain
+//! instead of piling up in abandoned groups.
 //!
 //! The run is bounded: by `--msgs` or `--duration`, and by `--timeout` (at least 10 s more than
 //! `--duration`), after which everything stops and the partial results are reported with
@@ -26,11 +28,13 @@ use serde::Serialize;
 use tokio::sync::watch;
 use weir_client::{Client, ClientError, ClientOptions, PublishError, Subscription, TopicSpec};
 
+use super::cleanup::Created;
 use super::common::{
     connect, histogram, human_us, now_ns, payload, progress_bar, progress_enabled, run_id, stamp,
     Latency, STAMP_BYTES,
 };
 use super::{BenchArgs, GroupMode};
+use crate::size::format_size;
 
 /// How long a subscriber waits for the broker to confirm its unsubscribe at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -117,10 +121,12 @@ struct Report {
     deliver: Option<DeliverReport>,
 }
 
+/// Runs the throughput benchmark; the topics it creates are recorded in `created`.
 pub async fn run(
     server: &str,
     options: &ClientOptions,
     args: BenchArgs,
+    created: &Created,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.size >= STAMP_BYTES,
@@ -138,16 +144,22 @@ pub async fn run(
     }
     let deadline = tokio::time::Instant::now() + limit;
 
+    let mut args = args;
+    let topic = args
+        .topic
+        .get_or_insert_with(|| Created::fresh_name("bench"))
+        .clone();
     let admin = connect().await?;
     let exists = admin
         .list_topics()
         .await?
         .iter()
-        .any(|t| t.config.name == args.topic);
+        .any(|t| t.config.name == topic);
     if !exists {
+        created.add(&topic)?;
         admin
             .create_topic(TopicSpec {
-                name: args.topic.clone(),
+                name: topic.clone(),
                 max_messages: args.max_messages,
                 max_bytes: args.max_bytes,
                 fsync: args.fsync,
@@ -169,7 +181,7 @@ pub async fn run(
             GroupMode::Fanout => format!("{}-{i}", args.group),
         };
         let client = connect().await?;
-        let sub = client.subscribe(&args.topic, &group, args.credit).await?;
+        let sub = client.subscribe(&topic, &group, args.credit).await?;
         sub_tasks.push(tokio::spawn(subscriber(
             sub,
             run_id,
@@ -211,7 +223,7 @@ pub async fn run(
         pub_tasks.push(tokio::spawn(publisher(
             client,
             PubSpec {
-                topic: args.topic.clone(),
+                topic: topic.clone(),
                 n,
                 until,
                 template: template.clone(),
@@ -282,11 +294,7 @@ pub async fn run(
             .deliver
             .as_ref()
             .is_some_and(|d| d.delivered < d.expected || !d.errors.is_empty());
-    Ok(if incomplete {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(super::exit_code(!incomplete, []))
 }
 
 /// Keeps the progress bar up to date until `stop`: publishes answered (count mode) or seconds
@@ -588,7 +596,7 @@ fn report(
 
     Report {
         server: server.to_owned(),
-        topic: args.topic.clone(),
+        topic: args.topic.clone().unwrap_or_default(),
         pubs: args.pubs,
         subs: args.subs,
         group_mode: args.group_mode,
@@ -623,7 +631,7 @@ fn latency_line(name: &str, l: &Latency) -> String {
 /// The human-readable form of a report.
 fn summary(r: &Report) -> String {
     let mut s = format!(
-        "weir bench {} topic={}: {} pub(s) × window {}, {} sub(s) ({}) × credit {}, {} msgs × {} B{}{}\n",
+        "weir bench {} topic={}: {} pub(s) × window {}, {} sub(s) ({}) × credit {}, {} msgs × {}{}{}\n",
         r.server,
         r.topic,
         r.pubs,
@@ -635,7 +643,7 @@ fn summary(r: &Report) -> String {
         },
         r.credit,
         r.msgs,
-        r.size,
+        format_size(r.size as u64),
         r.rate.map(|x| format!(" at {x} msg/s")).unwrap_or_default(),
         r.duration_s
             .map(|d| format!(" in {d} s"))

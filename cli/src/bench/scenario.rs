@@ -4,7 +4,8 @@
 //!
 //! The timeline, every step bounded in time:
 //!
-//! 1. create the topic (unique name per run) and read its `next_seq`;
+//! 1. create the topic (unique name per run, recorded for removal: [`Created`]) and read its
+//!    `next_seq`;
 //! 2. subscribe (one consumer, a small credit window), open the producer's connection;
 //! 3. run the phases (the producer stops publishing at their end, then waits at most `grace`
 //!    for outstanding outcomes — for `block`, parked publishes resolve within `max_block_ms`);
@@ -23,6 +24,7 @@ use tokio::task::JoinHandle;
 use weir_client::{ClientOptions, FsyncPolicy, OverflowPolicy, TopicConfig, TopicInfo, TopicSpec};
 
 use super::accounting::{account, stored_range, Accounting};
+use super::cleanup::Created;
 use super::common::{connect, now_ns, BrokerUsage, Counters, SeqSet};
 use super::load::{
     consume, produce, sample, topic_info, total_ns, ConsumerMode, ConsumerResult, ConsumerSpec,
@@ -106,17 +108,19 @@ pub struct ScenarioOutcome {
     pub warnings: Vec<String>,
 }
 
-/// Runs `spec` against the broker at `server`. Fails only when the scenario cannot start
-/// (connection, topic creation, subscribe); later problems are reported in the outcome.
+/// Runs `spec` against the broker at `server`, recording its topic in `created`. Fails only
+/// when the scenario cannot start (connection, topic creation, subscribe); later problems are
+/// reported in the outcome.
 pub async fn run_scenario(
     server: &str,
     options: &ClientOptions,
-    spec: ScenarioSpec,
+    (spec, created): (ScenarioSpec, &Created),
     bar: ProgressBar,
 ) -> anyhow::Result<ScenarioOutcome> {
     let name = spec.topic.name.clone();
     let mut warnings = Vec::new();
     let admin = connect(server, options).await?;
+    created.add(&name)?;
     let mut broker = spec.broker_pid.map(BrokerUsage::start);
     let config = tokio::time::timeout(REQUEST_TIMEOUT, admin.create_topic(spec.topic.clone()))
         .await
