@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use weir_client::{Client, GroupConfig, GroupInfo};
+use weir_protocol::json::GroupView;
 
 use super::layout::{aligned, kv};
 
@@ -50,7 +51,8 @@ pub async fn run(client: Client, command: GroupCommand) -> anyhow::Result<ExitCo
         GroupCommand::List { topic, json } => {
             let groups = client.describe_topic(&topic).await?.info.groups;
             if json {
-                println!("{}", serde_json::to_string_pretty(&groups)?);
+                let views: Vec<GroupView> = groups.into_iter().map(GroupView::from).collect();
+                println!("{}", serde_json::to_string_pretty(&views)?);
             } else {
                 print!("{}", table(&groups));
             }
@@ -62,7 +64,10 @@ pub async fn run(client: Client, command: GroupCommand) -> anyhow::Result<ExitCo
                 .find(|g| g.name == group)
                 .ok_or_else(|| anyhow::anyhow!("topic {topic} has no group {group}"))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(g)?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&GroupView::from(g.clone()))?
+                );
             } else {
                 print!("{}", info(&topic, g));
             }

@@ -32,6 +32,11 @@ struct Cli {
     /// API key presented in Hello (anonymous when absent).
     #[arg(long, global = true, env = "WEIR_TOKEN")]
     token: Option<String>,
+    /// Exit when the connection to the broker is lost (or the broker restarts) instead of
+    /// reconnecting. By default the client reconnects with backoff for up to 60 s, resends
+    /// unconfirmed publishes and resubscribes, so `pub` and `sub` ride through a restart.
+    #[arg(long, global = true)]
+    no_reconnect: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -112,6 +117,11 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let options = ClientOptions {
         token: cli.token.clone(),
+        reconnect: if cli.no_reconnect {
+            weir_client::ReconnectPolicy::disabled()
+        } else {
+            weir_client::ReconnectPolicy::default()
+        },
         ..Default::default()
     };
     let server = address::normalise(&cli.server);

@@ -178,6 +178,13 @@ pub async fn run(client: Client, args: SubArgs) -> anyhow::Result<ExitCode> {
                 }
                 continue;
             }
+            Some(Err(ClientError::GroupDeleted { topic, group })) => {
+                finish(held);
+                eprintln!(
+                    "weir: subscription ended by the broker: group {group} of topic {topic} was deleted"
+                );
+                return Ok(exit::exit(exit::ERROR));
+            }
             Some(Err(e)) => {
                 finish(held);
                 return Err(anyhow::anyhow!("subscription failed: {e}"));
@@ -238,8 +245,8 @@ fn print(args: &SubArgs, delivery: &Delivery) -> std::io::Result<()> {
 
 /// Why a subscription ended without the CLI asking: the topic or the group is gone (asked of
 /// the broker, within a few seconds), else that the broker ended it.
-// When the client library yields a typed error for a deleted group, it arrives as `Some(Err)`
-// before this end and names the group itself.
+// The client library yields a typed `GroupDeleted` for a group (or topic) deleted under the
+// subscription; this is for an end without one.
 async fn ended_by_broker(client: &Client, topic: &str, group: &str) -> String {
     let ask = tokio::time::timeout(Duration::from_secs(5), client.describe_topic(topic)).await;
     match ask {

@@ -11,6 +11,7 @@ use weir_client::{
 use super::group;
 use super::layout::{aligned, kv};
 use super::size::{format_size, parse_size, parse_size_u32};
+use weir_protocol::json::{TopicListView, TopicView};
 
 /// `weir topic` subcommands.
 #[derive(Debug, Subcommand)]
@@ -115,7 +116,7 @@ pub async fn run(client: Client, command: TopicCommand) -> anyhow::Result<ExitCo
         TopicCommand::List { json } => {
             let topics = client.list_topics().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&topics)?);
+                println!("{}", list_json(&topics)?);
             } else {
                 print!("{}", table(&topics));
             }
@@ -232,42 +233,16 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `weir topic info --json`: the broker's answer, with each dropped head as lossy text
-/// (`head`) and exact hex (`head_hex`) instead of an array of numbers.
+/// `weir topic info --json`: the topic as [`TopicView`] with its recent drops — what
+/// `GET /topics/{name}` serves.
 fn info_json(d: &TopicDescription) -> anyhow::Result<String> {
-    /// [`weir_client::DroppedMessage`] with its head readable.
-    #[derive(serde::Serialize)]
-    struct Dropped<'a> {
-        seq: u64,
-        bytes: u32,
-        head: Option<std::borrow::Cow<'a, str>>,
-        head_hex: Option<String>,
-        reason: &'a str,
-        dropped_at_ms: u64,
-    }
-    /// [`TopicDescription`] with readable drops.
-    #[derive(serde::Serialize)]
-    struct Info<'a> {
-        info: &'a TopicInfo,
-        recent_drops: Vec<Dropped<'a>>,
-    }
-    let recent_drops = d
-        .recent_drops
-        .iter()
-        .map(|m| Dropped {
-            seq: m.seq,
-            bytes: m.bytes,
-            head: m.head.as_deref().map(String::from_utf8_lossy),
-            head_hex: m.head.as_deref().map(hex),
-            reason: &m.reason,
-            dropped_at_ms: m.dropped_at_ms,
-        })
-        .collect();
-    let info = Info {
-        info: &d.info,
-        recent_drops,
-    };
-    Ok(serde_json::to_string_pretty(&info)?)
+    Ok(serde_json::to_string_pretty(&TopicView::from(d.clone()))?)
+}
+
+/// `weir topic list --json`: every topic as [`TopicListView`] — what `GET /topics` serves.
+fn list_json(topics: &[TopicInfo]) -> anyhow::Result<String> {
+    let topics = topics.iter().cloned().map(TopicView::from).collect();
+    Ok(serde_json::to_string_pretty(&TopicListView { topics })?)
 }
 
 /// The topic list as an aligned table.
@@ -433,8 +408,8 @@ mod tests {
         assert_eq!(drops[2]["head"], "\u{0}\u{fffd}\u{fffd}\u{fffd}");
         assert_eq!(drops[2]["head_hex"], "009f9296");
         assert!(drops[3]["head"].is_null());
-        assert_eq!(json["info"]["dropped"], 3);
-        assert_eq!(json["info"]["config"]["overflow"], "drop_oldest");
+        assert_eq!(json["dropped"], 3);
+        assert_eq!(json["overflow"], "drop_oldest");
         assert!(
             text.find("\"seq\"") < text.find("\"head\""),
             "fields keep their order"

@@ -52,7 +52,7 @@ pub(crate) fn answer(mut response: ureq::http::Response<ureq::Body>) -> Answer {
 }
 
 /// `GET path` on the broker's admin endpoint.
-async fn get(broker: &TestBroker, path: &str) -> Answer {
+pub(crate) async fn get(broker: &TestBroker, path: &str) -> Answer {
     let url = format!("http://{}{path}", broker.admin_addr);
     tokio::task::spawn_blocking(move || answer(agent().get(&url).call().expect("GET answered")))
         .await

@@ -181,8 +181,9 @@ impl Router {
                     return Ok(());
                 }
                 // Acks the app made before closing go out first, so those messages are not
-                // redelivered.
-                self.flush_sub(sub, out)?;
+                // redelivered; the credit they free is not: it would only fetch deliveries
+                // that the unsubscribe hands back, each with an attempt spent.
+                self.flush_sub(sub, Returns::AcksOnly, out)?;
                 out.send(&Frame::Unsubscribe(Unsubscribe { sub }))?;
                 if let Some(entry) = self.subs.get_mut(&sub) {
                     if let Ok(mut pacer) = entry.shared.pacer.lock() {
@@ -228,14 +229,20 @@ impl Router {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            self.flush_sub(id, out)?;
+            self.flush_sub(id, Returns::AcksAndCredit, out)?;
         }
         Ok(())
     }
 
-    /// Sends one subscription's pending batch: progress, acks, nacks and terms, then the credit
-    /// they free (see [`crate::pacing::Batch::into_frames`]).
-    fn flush_sub(&mut self, sub: u64, out: &mut Outbox) -> Result<(), ClientError> {
+    /// Sends one subscription's pending batch: progress, acks, nacks and terms, then (unless
+    /// `returns` is [`Returns::AcksOnly`]) the credit they free (see
+    /// [`crate::pacing::Batch::into_frames`]).
+    fn flush_sub(
+        &mut self,
+        sub: u64,
+        returns: Returns,
+        out: &mut Outbox,
+    ) -> Result<(), ClientError> {
         let Some(entry) = self.subs.get_mut(&sub) else {
             return Ok(());
         };
@@ -243,7 +250,12 @@ impl Router {
             Ok(mut pacer) => pacer.take(),
             Err(_) => None,
         };
-        let Some(batch) = batch else { return Ok(()) };
+        let Some(mut batch) = batch else {
+            return Ok(());
+        };
+        if returns == Returns::AcksOnly {
+            batch.credit = 0;
+        }
         entry.broker_credit += batch.credit;
         for frame in batch.into_frames(sub) {
             out.send(&frame)?;
@@ -542,4 +554,13 @@ pub(crate) fn refuse_replay(replay: Replay, err: &ClientError) {
         }
         Replay::Resubscribe(mut entry) => entry.end_with(err.clone()),
     }
+}
+
+/// What a flush of a subscription's batch sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Returns {
+    /// Settlements and the credit they free: the subscription goes on.
+    AcksAndCredit,
+    /// Settlements only: the subscription is closing.
+    AcksOnly,
 }
