@@ -456,6 +456,23 @@ mod tests {
     }
 
     /// The next frame the client sends.
+    /// Subscribes `client` to orders/billing with window 4, the scripted `peer` answering;
+    /// returns the subscription and its id.
+    async fn subscribe_scripted(client: &Client, peer: &mut Peer) -> (Subscription, u64) {
+        let subscribing = tokio::spawn({
+            let client = client.clone();
+            async move { client.subscribe("orders", "billing", 4).await }
+        });
+        let sub_id = match next(peer).await {
+            Frame::Subscribe(s) => s.sub,
+            other => panic!("expected Subscribe, got {other:?}"),
+        };
+        peer.send(Frame::Subscribed(Subscribed { sub: sub_id }))
+            .await
+            .unwrap();
+        (subscribing.await.unwrap().unwrap(), sub_id)
+    }
+
     async fn next(peer: &mut Peer) -> Frame {
         tokio::time::timeout(Duration::from_secs(5), peer.next())
             .await
@@ -818,19 +835,7 @@ mod tests {
     #[tokio::test]
     async fn a_lost_connection_is_reconnected_resubscribed_and_publishes_resent() {
         let (client, mut first, listener) = connect_scripted_listening().await;
-        let subscribing = tokio::spawn({
-            let client = client.clone();
-            async move { client.subscribe("orders", "billing", 4).await }
-        });
-        let sub_id = match next(&mut first).await {
-            Frame::Subscribe(s) => s.sub,
-            other => panic!("expected Subscribe, got {other:?}"),
-        };
-        first
-            .send(Frame::Subscribed(Subscribed { sub: sub_id }))
-            .await
-            .unwrap();
-        let mut sub = subscribing.await.unwrap().unwrap();
+        let (mut sub, sub_id) = subscribe_scripted(&client, &mut first).await;
         let deliver = |seq| {
             Frame::Deliver(Deliver {
                 sub: sub_id,
@@ -922,19 +927,7 @@ mod tests {
         };
         let (client, mut first, listener) = connect_scripted_with(policy).await;
         let addr = listener.local_addr().unwrap();
-        let subscribing = tokio::spawn({
-            let client = client.clone();
-            async move { client.subscribe("orders", "billing", 4).await }
-        });
-        let sub_id = match next(&mut first).await {
-            Frame::Subscribe(s) => s.sub,
-            other => panic!("expected Subscribe, got {other:?}"),
-        };
-        first
-            .send(Frame::Subscribed(Subscribed { sub: sub_id }))
-            .await
-            .unwrap();
-        let mut sub = subscribing.await.unwrap().unwrap();
+        let (mut sub, _) = subscribe_scripted(&client, &mut first).await;
         let confirm = client.publisher().publish("orders", "a").await.unwrap();
         assert!(matches!(next(&mut first).await, Frame::Publish(_)));
         let mut states = client.watch_state();

@@ -306,11 +306,9 @@ async fn a_subscription_the_broker_ends_exits_1_saying_why() {
 async fn pub_says_which_message_it_waits_for() {
     let broker = TestBroker::start().await;
     let addr = broker.addr;
-    let created = weir(
+    create_and_publish(
         addr,
         &[
-            "topic",
-            "create",
             "parked",
             "--max-messages",
             "1",
@@ -319,14 +317,9 @@ async fn pub_says_which_message_it_waits_for() {
             "--max-block-ms",
             "2500",
         ],
-        "",
+        "a",
     )
     .await;
-    assert!(created.status.success(), "{created:?}");
-    assert!(weir(addr, &["pub", "parked", "a"], "")
-        .await
-        .status
-        .success());
     // Parked at the bound for 2.5 s, then refused: at least two notices a second apart.
     let out = weir(addr, &["pub", "parked", "b"], "").await;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
@@ -462,25 +455,12 @@ async fn bench_uses_a_fresh_topic_and_removes_it_unless_keep() {
 async fn cli_json_and_the_admin_endpoint_print_one_schema() {
     let broker = TestBroker::start().await;
     let addr = broker.addr;
-    let created = weir(
+    create_and_publish(
         addr,
-        &[
-            "topic",
-            "create",
-            "shape",
-            "--max-bytes",
-            "10MiB",
-            "--overflow",
-            "drop_oldest",
-        ],
-        "",
+        &["shape", "--max-bytes", "10MiB", "--overflow", "drop_oldest"],
+        "one",
     )
     .await;
-    assert!(created.status.success(), "{created:?}");
-    assert!(weir(addr, &["pub", "shape", "one"], "")
-        .await
-        .status
-        .success());
     let sub = weir(addr, &["sub", "shape", "--group", "g", "--count", "1"], "").await;
     assert!(sub.status.success(), "{sub:?}");
     let json = |out: &Output| -> serde_json::Value {
@@ -514,4 +494,14 @@ async fn cli_json_and_the_admin_endpoint_print_one_schema() {
     assert_eq!(groups, info["groups"]);
     let group = json(&weir(addr, &["group", "info", "shape", "g", "--json"], "").await);
     assert_eq!(group, info["groups"][0]);
+}
+
+/// `weir topic create ARGS…` (the topic's name first), then `weir pub TOPIC message`; asserts
+/// both succeed.
+async fn create_and_publish(addr: std::net::SocketAddr, create: &[&str], message: &str) {
+    let args: Vec<&str> = ["topic", "create"].iter().chain(create).copied().collect();
+    let created = weir(addr, &args, "").await;
+    assert!(created.status.success(), "{created:?}");
+    let published = weir(addr, &["pub", create[0], message], "").await;
+    assert!(published.status.success(), "{published:?}");
 }
