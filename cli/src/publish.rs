@@ -10,7 +10,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use weir_client::{
-    BreakerState, Client, ClientError, Headers, PublishConfirm, PublishError, Publisher,
+    BreakerState, Client, ClientError, GroupInfo, Headers, PublishConfirm, PublishError, Publisher,
     RejectReason, RetryPolicy,
 };
 
@@ -125,6 +125,11 @@ pub async fn run(client: Client, args: PubArgs) -> anyhow::Result<ExitCode> {
             outcome.refused + outcome.failed,
             reasons.join(", ")
         );
+        if outcome.by_reason.contains_key("TopicFull") {
+            if let Some(line) = full_topic_holder(&client, &args.topic).await {
+                eprintln!("weir: {line}");
+            }
+        }
         let code = if outcome.failed > 0 {
             exit::ERROR
         } else {
@@ -285,6 +290,33 @@ fn meaning(reason: RejectReason) -> &'static str {
     }
 }
 
+/// Which group holds a full topic: the one furthest behind (most messages in flight or not yet
+/// delivered), since the oldest stored message is kept until it has acked it. `None` when the
+/// topic cannot be described within 5 s or has no group behind (then its consumers are not
+/// the cause: its bounds are simply small for the load).
+async fn full_topic_holder(client: &Client, topic: &str) -> Option<String> {
+    let ask = tokio::time::timeout(Duration::from_secs(5), client.describe_topic(topic));
+    let groups = ask.await.ok()?.ok()?.info.groups;
+    holder_of(&groups).map(|g| {
+        let oldest = g
+            .oldest_unacked_ms
+            .map(|ms| format!(", oldest unacked {:.1} s", ms as f64 / 1000.0))
+            .unwrap_or_default();
+        format!(
+            "topic {topic} is held by group {}: {} in flight and {} not yet delivered{oldest}, {} member(s)",
+            g.name, g.in_flight, g.pending, g.members
+        )
+    })
+}
+
+/// The group furthest behind, if any group holds messages.
+fn holder_of(groups: &[GroupInfo]) -> Option<&GroupInfo> {
+    groups
+        .iter()
+        .filter(|g| g.in_flight + g.pending > 0)
+        .max_by_key(|g| (g.in_flight + g.pending, g.oldest_unacked_ms))
+}
+
 /// One line about a publish that was not confirmed, e.g. `refused: RateLimited
 /// (messages_per_s=100), retry after 10 ms — this API key is over its rate limit; slow down`.
 fn not_confirmed(e: &PublishError) -> String {
@@ -408,6 +440,23 @@ mod tests {
     use weir_client::Limit;
 
     use super::*;
+
+    #[test]
+    fn the_group_furthest_behind_holds_a_full_topic() {
+        let group = |name: &str, in_flight, pending| GroupInfo {
+            name: name.into(),
+            in_flight,
+            pending,
+            ..GroupInfo::default()
+        };
+        let groups = [
+            group("fast", 0, 1),
+            group("slow", 2, 5),
+            group("idle", 0, 0),
+        ];
+        assert_eq!(holder_of(&groups).map(|g| g.name.as_str()), Some("slow"));
+        assert!(holder_of(&[group("done", 0, 0)]).is_none());
+    }
 
     #[test]
     fn headers_split_at_the_first_equals_sign() {

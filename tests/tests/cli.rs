@@ -81,13 +81,18 @@ async fn a_refused_publish_exits_non_zero_with_reason_limit_and_retry_after() {
     .await
     .status
     .success());
+    // A consumer that takes a message and never acks holds the topic full.
+    let client = weir_client::Client::connect(addr).await.unwrap();
+    let _slow = client.subscribe("small", "slow", 1).await.unwrap();
     let out = weir(addr, &["pub", "small", "a", "b", "c"], "").await;
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("TopicFull") && err.contains("max_messages=2") && err.contains("retry after"),
         "{err}"
     );
+    // It names the group holding the topic.
+    assert!(err.contains("topic small is held by group slow"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
