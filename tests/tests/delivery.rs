@@ -43,6 +43,18 @@ async fn create_one_message_topic(admin: &mut RawClient, name: &str) {
     ));
 }
 
+/// Terms `seqs` of subscription 1 with `reason`.
+async fn term(client: &mut RawClient, seqs: Vec<u64>, reason: impl Into<String>) {
+    let reason = reason.into();
+    client
+        .send(Frame::Term(Term {
+            sub: 1,
+            seqs,
+            reason,
+        }))
+        .await;
+}
+
 async fn deliver(client: &mut RawClient) -> Deliver {
     client.next_delivery().await
 }
@@ -186,13 +198,7 @@ async fn term_dead_letters_at_once_and_a_full_dead_letter_topic_holds_the_messag
     let mut consumer = RawClient::connect(broker.addr).await;
     consumer.subscribe(1, "orders", "g", 10).await;
     let (one, two) = (deliver(&mut consumer).await, deliver(&mut consumer).await);
-    consumer
-        .send(Frame::Term(Term {
-            sub: 1,
-            seqs: vec![one.seq, two.seq],
-            reason: "unparseable".into(),
-        }))
-        .await;
+    term(&mut consumer, vec![one.seq, two.seq], "unparseable").await;
     // The dead-letter topic takes one; the other is held on its source, not dropped.
     let info = wait_for_topic(&mut admin, "orders", |t| {
         t.groups[0].dead_lettered == 1 && t.groups[0].dead_letter_held == 1
@@ -403,13 +409,7 @@ async fn a_dead_letter_appended_just_before_a_crash_is_not_moved_twice() {
     let mut consumer = RawClient::connect(broker.addr).await;
     consumer.subscribe(1, "x", "g", 10).await;
     let d = deliver(&mut consumer).await;
-    consumer
-        .send(Frame::Term(Term {
-            sub: 1,
-            seqs: vec![d.seq],
-            reason: "bad".into(),
-        }))
-        .await;
+    term(&mut consumer, vec![d.seq], "bad").await;
     wait_for_topic(&mut admin, "x", |t| t.groups[0].dead_letter_held == 1).await;
     drop(consumer);
     let broker = broker.restart().await;
@@ -467,13 +467,12 @@ async fn a_message_at_the_largest_size_a_topic_takes_is_delivered_and_dead_lette
     );
     // Dead-lettered with the longest reason a client can give: its copy, origin headers
     // added, still fits in a frame and is delivered.
-    client
-        .send(Frame::Term(Term {
-            sub: 1,
-            seqs: vec![d.seq],
-            reason: "x".repeat(100_000).chars().take(40_000).collect(),
-        }))
-        .await;
+    term(
+        &mut client,
+        vec![d.seq],
+        "x".repeat(100_000).chars().take(40_000).collect::<String>(),
+    )
+    .await;
     client.subscribe(2, "t.dlq", "g", 1).await;
     let dead = deliver(&mut client).await;
     assert_eq!(dead.payload, largest.payload);
@@ -508,13 +507,7 @@ async fn a_topic_with_the_longest_name_subscribes_and_dead_letters_to_its_defaul
     let mut consumer = RawClient::connect(broker.addr).await;
     consumer.subscribe(1, &name, "g", 10).await;
     let d = deliver(&mut consumer).await;
-    consumer
-        .send(Frame::Term(Term {
-            sub: 1,
-            seqs: vec![d.seq],
-            reason: "bad".into(),
-        }))
-        .await;
+    term(&mut consumer, vec![d.seq], "bad").await;
     let dlq = weir_broker::config::default_dead_letter_topic(&name);
     assert!(dlq.len() <= weir_broker::config::MAX_NAME_BYTES && dlq.ends_with(".dlq"));
     let info = wait_for_topic(&mut admin, &dlq, |t| t.depth == 1).await;
