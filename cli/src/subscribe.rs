@@ -63,6 +63,7 @@ impl SubArgs {
             ack_timeout_ms: self.ack_timeout_ms,
             max_attempts: self.max_attempts,
             dead_letter_topic: self.dead_letter.clone(),
+            ephemeral: false,
         }
     }
 
@@ -299,6 +300,7 @@ mod tests {
                 ack_timeout_ms: Some(1500),
                 max_attempts: Some(3),
                 dead_letter_topic: Some("orders.poison".into()),
+                ephemeral: false,
             }
         );
         assert_eq!(

@@ -80,6 +80,10 @@ pub enum Frame {
     RepairTopic(RepairTopic),
     /// Broker → client: the answer to [`RepairTopic`].
     TopicRepaired(TopicRepaired),
+    /// Client → broker: change a live topic's bounds and policies.
+    UpdateTopic(UpdateTopic),
+    /// Broker → client: the answer to [`UpdateTopic`].
+    TopicUpdated(TopicUpdated),
 }
 
 /// Opens a connection. Answered by [`HelloOk`], or by [`Error`] (version, token) and a close.
@@ -437,6 +441,28 @@ pub struct TopicRepaired {
     pub health: crate::TopicHealth,
 }
 
+/// Changes a topic's settings live (`weir topic update`); see [`crate::TopicUpdate`] for
+/// what a lowered bound does. Answered by [`TopicUpdated`], or `Error` (`UnknownTopic`,
+/// `InvalidArgument`, `LimitExceeded` past a broker ceiling).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateTopic {
+    /// Request id echoed by the answer.
+    pub req: u64,
+    /// The topic.
+    pub name: String,
+    /// What to change.
+    pub update: crate::TopicUpdate,
+}
+
+/// The answer to [`UpdateTopic`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicUpdated {
+    /// The request id of the [`UpdateTopic`].
+    pub req: u64,
+    /// The topic's configuration now.
+    pub config: TopicConfig,
+}
+
 impl Frame {
     /// A short name of the frame kind, for logs and errors.
     pub fn name(&self) -> &'static str {
@@ -473,6 +499,8 @@ impl Frame {
             Frame::GroupDeleted(_) => "GroupDeleted",
             Frame::RepairTopic(_) => "RepairTopic",
             Frame::TopicRepaired(_) => "TopicRepaired",
+            Frame::UpdateTopic(_) => "UpdateTopic",
+            Frame::TopicUpdated(_) => "TopicUpdated",
         }
     }
 
@@ -533,6 +561,8 @@ impl Frame {
             Frame::GroupDeleted(f) => f.req,
             Frame::RepairTopic(f) => f.req,
             Frame::TopicRepaired(f) => f.req,
+            Frame::UpdateTopic(f) => f.req,
+            Frame::TopicUpdated(f) => f.req,
             Frame::Hello(_)
             | Frame::HelloOk(_)
             | Frame::Ping(_)

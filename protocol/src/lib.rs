@@ -31,6 +31,7 @@
 //! version it does not speak with [`ErrorCode::UnsupportedVersion`] and closes the connection.
 //! Frame variants and fields are only ever appended, and a change of layout bumps the version.
 //!
+//! - v4: [`UpdateTopic`] / [`TopicUpdated`] ([`TopicUpdate`]); `GroupSpec::ephemeral`.
 //! - v3: `GoingAway` carries a typed [`GoingAwayReason`]; `ListTopics` pages (`after`, `limit`,
 //!   answered with `next`); `TopicInfo.groups_omitted`; `RejectReason::StorageFull`;
 //!   `ServerLimits` announces the header bounds and the idle timeout; header and sequence
@@ -56,4 +57,4 @@ pub use frame::*;
 pub use types::*;
 
 /// The protocol version this crate speaks, sent in [`Hello`] and echoed in [`HelloOk`].
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;

@@ -180,6 +180,51 @@ impl TopicConfig {
     }
 }
 
+/// Changes to a live topic's settings ([`crate::Frame::UpdateTopic`]); unset fields keep their
+/// value. Lowering `max_messages` or `max_bytes` below what the topic holds refuses (or, under
+/// `drop_oldest`, evicts for) new publishes until it drains below the new bound; nothing stored
+/// is removed by the update itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TopicUpdate {
+    /// New bound on messages stored at once.
+    pub max_messages: Option<u64>,
+    /// New bound on message bytes stored at once.
+    pub max_bytes: Option<u64>,
+    /// New largest accepted payload.
+    pub max_message_bytes: Option<u32>,
+    /// New overflow policy.
+    pub overflow: Option<OverflowPolicy>,
+    /// New fsync policy.
+    pub fsync: Option<FsyncPolicy>,
+    /// New bound on parked publishes (`block`).
+    pub max_blocked_publishes: Option<u32>,
+    /// New longest park, in milliseconds (`block`).
+    pub max_block_ms: Option<u64>,
+}
+
+impl TopicUpdate {
+    /// Whether the update changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == TopicUpdate::default()
+    }
+
+    /// `config` with this update applied (not yet checked against any bound).
+    pub fn apply_to(&self, config: &TopicConfig) -> TopicConfig {
+        TopicConfig {
+            name: config.name.clone(),
+            max_messages: self.max_messages.unwrap_or(config.max_messages),
+            max_bytes: self.max_bytes.unwrap_or(config.max_bytes),
+            max_message_bytes: self.max_message_bytes.unwrap_or(config.max_message_bytes),
+            overflow: self.overflow.unwrap_or(config.overflow),
+            fsync: self.fsync.unwrap_or(config.fsync),
+            max_blocked_publishes: self
+                .max_blocked_publishes
+                .unwrap_or(config.max_blocked_publishes),
+            max_block_ms: self.max_block_ms.unwrap_or(config.max_block_ms),
+        }
+    }
+}
+
 /// A snapshot of one topic, as listed by [`crate::Frame::TopicList`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicInfo {
@@ -330,6 +375,11 @@ pub struct GroupSpec {
     pub max_attempts: Option<u32>,
     /// The dead-letter topic (default `<topic>.dlq`).
     pub dead_letter_topic: Option<String>,
+    /// An ephemeral group (`weir sub` without `--group`): it is deleted, with its cursor and
+    /// unacked messages, when its last subscription leaves (unsubscribe, or the connection
+    /// closes), so it holds nothing afterwards, and it is never written to the state store (a
+    /// restart forgets it). Ignored when the group exists already.
+    pub ephemeral: bool,
 }
 
 /// A group's effective settings.

@@ -28,13 +28,15 @@ fn group_spec() -> impl Strategy<Value = GroupSpec> {
         any::<Option<u64>>(),
         any::<Option<u32>>(),
         proptest::option::of(name()),
+        any::<bool>(),
     )
         .prop_map(
-            |(start, ack_timeout_ms, max_attempts, dead_letter_topic)| GroupSpec {
+            |(start, ack_timeout_ms, max_attempts, dead_letter_topic, ephemeral)| GroupSpec {
                 start,
                 ack_timeout_ms,
                 max_attempts,
                 dead_letter_topic,
+                ephemeral,
             },
         )
 }
@@ -388,6 +390,34 @@ fn frame() -> impl Strategy<Value = Frame> {
                     recent_drops
                 }
             )),
+        (
+            any::<u64>(),
+            name(),
+            (
+                any::<Option<u64>>(),
+                any::<Option<u64>>(),
+                any::<Option<u32>>(),
+                proptest::option::of(policy()),
+                proptest::option::of(fsync()),
+                any::<Option<u32>>(),
+                any::<Option<u64>>(),
+            )
+        )
+            .prop_map(|(req, name, u)| Frame::UpdateTopic(UpdateTopic {
+                req,
+                name,
+                update: TopicUpdate {
+                    max_messages: u.0,
+                    max_bytes: u.1,
+                    max_message_bytes: u.2,
+                    overflow: u.3,
+                    fsync: u.4,
+                    max_blocked_publishes: u.5,
+                    max_block_ms: u.6,
+                },
+            })),
+        (any::<u64>(), config())
+            .prop_map(|(req, config)| Frame::TopicUpdated(TopicUpdated { req, config })),
     ]
 }
 
