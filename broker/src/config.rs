@@ -639,6 +639,13 @@ impl Config {
                 .unwrap_or(d.max_blocked_publishes),
             max_block_ms: spec.max_block_ms.unwrap_or(d.max_block_ms),
         };
+        self.check_topic(config)
+    }
+
+    /// Checks a topic's effective settings (as made by [`Config::resolve_topic`], or changed by
+    /// `weir topic update`): every bound at least 1, a message that fits `max_bytes` and a
+    /// frame. The broker-wide ceilings are [`Config::topic_ceiling_exceeded`].
+    pub fn check_topic(&self, config: TopicConfig) -> Result<TopicConfig, String> {
         let bounds = [
             config.max_messages,
             config.max_bytes,

@@ -44,7 +44,7 @@ pub(crate) async fn publish(
     payload: Bytes,
 ) -> Result<Admitted, AppendError> {
     let refuse = |r: Refusal| {
-        count_refusal(broker, &topic.config().name, Some(topic), &r);
+        count_refusal(broker, topic.name(), Some(topic), &r);
         AppendError::Refused(r)
     };
     if broker.is_shutting_down() {

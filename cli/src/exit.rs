@@ -5,7 +5,7 @@
 //! | 0 | done |
 //! | 1 | error: connection, broker error, unknown topic, subscription ended by the broker, bench target missed, interrupted publish |
 //! | 2 | refused: the broker refused a publish or request at one of its bounds |
-//! | 64 | usage: a flag or argument is invalid (also a value past a broker limit, such as `--credit` above `max_credit`) |
+//! | 64 | usage: a flag or argument is invalid (also one the broker finds invalid, `InvalidArgument`, and a value past a broker limit, such as `--credit` above `max_credit`) |
 
 use std::process::ExitCode;
 
@@ -65,6 +65,10 @@ pub fn code_of(error: &anyhow::Error) -> u8 {
                     code: ErrorCode::InUse,
                     ..
                 } => REFUSED,
+                ClientError::Broker {
+                    code: ErrorCode::InvalidArgument,
+                    ..
+                } => USAGE,
                 _ => ERROR,
             };
         }
@@ -94,6 +98,12 @@ mod tests {
         assert_eq!(code_of(&refused), REFUSED);
         assert_eq!(code_of(&refused.context("creating topic t")), REFUSED);
         assert_eq!(code_of(&usage("credit 5000 exceeds")), USAGE);
+        let invalid: anyhow::Error = ClientError::Broker {
+            code: ErrorCode::InvalidArgument,
+            message: "topic bounds must be at least 1".into(),
+        }
+        .into();
+        assert_eq!(code_of(&invalid), USAGE);
         assert_eq!(code_of(&ClientError::ConnectionLost.into()), ERROR);
         assert_eq!(code_of(&anyhow::anyhow!("anything else")), ERROR);
     }

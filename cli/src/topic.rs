@@ -1,4 +1,4 @@
-//! `weir topic create|list|info|delete`.
+//! `weir topic create|update|list|info|delete|repair`.
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Subcommand;
 use weir_client::{
     Client, FsyncPolicy, OverflowPolicy, TopicConfig, TopicDescription, TopicInfo, TopicSpec,
+    TopicUpdate,
 };
 
 use super::group;
@@ -19,6 +20,11 @@ pub enum TopicCommand {
     /// Create a topic (idempotent for an identical configuration) and print its effective
     /// configuration. Bounds not given take the broker's defaults.
     Create(CreateArgs),
+    /// Change a live topic's bounds and policies; settings not given keep their value. Nothing
+    /// stored is removed: a bound lowered below what the topic holds refuses (reject) or parks
+    /// (block) publishes until acks drain it below the new bound; under drop_oldest the next
+    /// publish evicts down to it. Prints the configuration now.
+    Update(UpdateArgs),
     /// List every topic: depth, bytes, what its bounds refused or dropped, bounds, policy and
     /// groups.
     List {
@@ -60,6 +66,22 @@ pub enum TopicCommand {
 pub struct CreateArgs {
     /// The topic's name: 1–200 characters of [A-Za-z0-9._-].
     name: String,
+    #[command(flatten)]
+    settings: SettingsArgs,
+}
+
+/// The arguments of `weir topic update`.
+#[derive(Debug, clap::Args)]
+pub struct UpdateArgs {
+    /// The topic.
+    name: String,
+    #[command(flatten)]
+    settings: SettingsArgs,
+}
+
+/// A topic's settings, as `create` and `update` take them.
+#[derive(Debug, clap::Args)]
+pub struct SettingsArgs {
     /// Most messages stored at once (ready and in flight alike).
     #[arg(long)]
     max_messages: Option<u64>,
@@ -84,10 +106,9 @@ pub struct CreateArgs {
     fsync: Option<FsyncPolicy>,
 }
 
-impl From<CreateArgs> for TopicSpec {
-    fn from(a: CreateArgs) -> TopicSpec {
-        TopicSpec {
-            name: a.name,
+impl From<SettingsArgs> for TopicUpdate {
+    fn from(a: SettingsArgs) -> TopicUpdate {
+        TopicUpdate {
             max_messages: a.max_messages,
             max_bytes: a.max_bytes,
             max_message_bytes: a.max_message_bytes,
@@ -99,11 +120,41 @@ impl From<CreateArgs> for TopicSpec {
     }
 }
 
+impl From<CreateArgs> for TopicSpec {
+    fn from(a: CreateArgs) -> TopicSpec {
+        let s = TopicUpdate::from(a.settings);
+        TopicSpec {
+            name: a.name,
+            max_messages: s.max_messages,
+            max_bytes: s.max_bytes,
+            max_message_bytes: s.max_message_bytes,
+            overflow: s.overflow,
+            fsync: s.fsync,
+            max_blocked_publishes: s.max_blocked_publishes,
+            max_block_ms: s.max_block_ms,
+        }
+    }
+}
+
 pub async fn run(client: Client, command: TopicCommand) -> anyhow::Result<ExitCode> {
     match command {
         TopicCommand::Create(args) => {
             let config = client.create_topic(args.into()).await?;
             print!("{}", describe(&config));
+        }
+        TopicCommand::Update(UpdateArgs { name, settings }) => {
+            let update = TopicUpdate::from(settings);
+            if update.is_empty() {
+                return Err(super::exit::usage(
+                    "weir topic update: name at least one setting to change (see --help)",
+                ));
+            }
+            let config = client.update_topic(&name, update).await?;
+            print!("{}", describe(&config));
+            let now = client.describe_topic(&name).await?.info;
+            if let Some(note) = over_new_bound(&now) {
+                eprintln!("weir: {note}");
+            }
         }
         TopicCommand::Info { name, json } => {
             let d = client.describe_topic(&name).await?;
@@ -140,6 +191,32 @@ pub async fn run(client: Client, command: TopicCommand) -> anyhow::Result<ExitCo
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// When a topic holds more than its bounds allow (a bound lowered below its depth), what that
+/// means for publishes until it drains.
+fn over_new_bound(t: &TopicInfo) -> Option<String> {
+    let c = &t.config;
+    let over = if t.depth > c.max_messages {
+        format!(
+            "{} messages, above max_messages {}",
+            t.depth, c.max_messages
+        )
+    } else if t.bytes > c.max_bytes {
+        format!(
+            "{}, above max_bytes {}",
+            format_size(t.bytes),
+            format_size(c.max_bytes)
+        )
+    } else {
+        return None;
+    };
+    let then = match c.overflow {
+        OverflowPolicy::Reject => "publishes are refused (TopicFull) until acks drain it below",
+        OverflowPolicy::Block => "publishes wait (block) until acks drain it below",
+        OverflowPolicy::DropOldest => "the next publish evicts the oldest messages down to it",
+    };
+    Some(format!("topic {} holds {over}: {then} the bound", c.name))
 }
 
 /// A topic's effective configuration, one `key value` line per setting. The `block` policy's

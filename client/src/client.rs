@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use weir_protocol::{
     Frame, GroupSpec, ServerLimits, TopicConfig, TopicDescription, TopicInfo, TopicRepaired,
-    TopicSpec,
+    TopicSpec, TopicUpdate,
 };
 
 use crate::addr::ToBrokerAddr;
@@ -229,6 +229,36 @@ impl Client {
         {
             Frame::TopicRepaired(repaired) => Ok(repaired),
             other => Err(unexpected("RepairTopic", &other)),
+        }
+    }
+
+    /// Changes a live topic's bounds and policies (unset fields of `update` keep their value)
+    /// and returns its configuration now, after the broker stored it durably.
+    ///
+    /// Lowering `max_messages` or `max_bytes` below what the topic holds removes nothing: a
+    /// `reject` or `block` topic refuses (or parks) publishes until acks drain it below the new
+    /// bound; a `drop_oldest` topic evicts down to it at its next commit.
+    ///
+    /// Fails with [`ClientError::Broker`] carrying [`ErrorCode::UnknownTopic`],
+    /// [`ErrorCode::InvalidArgument`] (an empty update, a zero bound, a message bound larger
+    /// than `max_bytes` or a frame) or [`ErrorCode::LimitExceeded`] (past a broker ceiling);
+    /// nothing changes then.
+    ///
+    /// [`ErrorCode::UnknownTopic`]: crate::ErrorCode::UnknownTopic
+    /// [`ErrorCode::InvalidArgument`]: crate::ErrorCode::InvalidArgument
+    /// [`ErrorCode::LimitExceeded`]: crate::ErrorCode::LimitExceeded
+    pub async fn update_topic(
+        &self,
+        name: &str,
+        update: TopicUpdate,
+    ) -> Result<TopicConfig, ClientError> {
+        let request = AdminRequest::UpdateTopic {
+            name: name.to_owned(),
+            update,
+        };
+        match self.request(request).await? {
+            Frame::TopicUpdated(updated) => Ok(updated.config),
+            other => Err(unexpected("UpdateTopic", &other)),
         }
     }
 
@@ -574,6 +604,7 @@ mod tests {
             ack_timeout_ms: Some(2000),
             max_attempts: Some(3),
             dead_letter_topic: Some("orders.poison".into()),
+            ephemeral: false,
         };
         let subscribing = tokio::spawn({
             let (client, spec) = (client.clone(), spec.clone());

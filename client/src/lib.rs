@@ -91,5 +91,5 @@ pub use subscription::{Delivery, Subscription};
 pub use weir_protocol::{
     DroppedMessage, ErrorCode, FsyncPolicy, GoingAwayReason, GroupConfig, GroupInfo, GroupSpec,
     Headers, Limit, OverflowPolicy, RejectReason, ServerLimits, StartPosition, TopicConfig,
-    TopicDescription, TopicHealth, TopicInfo, TopicRepaired, TopicSpec,
+    TopicDescription, TopicHealth, TopicInfo, TopicRepaired, TopicSpec, TopicUpdate,
 };

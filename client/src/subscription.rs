@@ -507,6 +507,7 @@ mod tests {
             ack_timeout_ms: Some(1500),
             max_attempts: Some(3),
             dead_letter_topic: Some("orders.poison".into()),
+            ephemeral: false,
         };
         let _opening = tokio::spawn(Subscription::open(conn, "t", "g", 8, spec.clone()));
         match rx.recv().await.unwrap() {

@@ -29,3 +29,4 @@ mod startup;
 mod state_recovery;
 mod storage_faults;
 mod topic_full;
+mod topic_update;

@@ -207,7 +207,7 @@ async fn find_topic(broker: &Broker, name: &str, key: &KeyLimits) -> Result<Arc<
 fn unreadable_body(broker: &Broker, topic: &Topic, e: BytesRejection) -> Failure {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         let r = crate::publish::too_large_for_a_frame(broker);
-        crate::publish::count_refusal(broker, &topic.config().name, Some(topic), &r);
+        crate::publish::count_refusal(broker, topic.name(), Some(topic), &r);
         Failure::Refused(r)
     } else {
         Failure::BadRequest(e.body_text())

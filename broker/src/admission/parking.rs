@@ -19,12 +19,13 @@ use crate::loom::sync::Mutex;
 /// its deadline wherever it sits.
 #[derive(Debug)]
 pub struct ParkingLot<T> {
-    capacity: usize,
     lot: Mutex<Lot<T>>,
 }
 
 #[derive(Debug)]
 struct Lot<T> {
+    /// The most items parked at once (changed by [`ParkingLot::set_capacity`]).
+    capacity: usize,
     /// Parked items by ticket; tickets grow, so the first entry is the oldest.
     items: BTreeMap<u64, (Instant, T)>,
     /// (deadline, ticket) of every parked item.
@@ -56,8 +57,8 @@ impl<T> ParkingLot<T> {
     /// An empty lot holding at most `capacity` items.
     pub fn new(capacity: usize) -> ParkingLot<T> {
         ParkingLot {
-            capacity,
             lot: Mutex::new(Lot {
+                capacity,
                 items: BTreeMap::new(),
                 deadlines: BTreeSet::new(),
                 next_ticket: 0,
@@ -69,7 +70,7 @@ impl<T> ParkingLot<T> {
     /// [`Full`] when `capacity` items are parked.
     pub fn park(&self, item: T, deadline: Instant) -> Result<ParkTicket, Full<T>> {
         let mut lot = self.lock();
-        if lot.items.len() >= self.capacity {
+        if lot.items.len() >= lot.capacity {
             return Err(Full(item));
         }
         let id = lot.next_ticket;
@@ -165,7 +166,7 @@ impl<T> ParkingLot<T> {
         self.lock().deadlines.first().map(|(d, _)| *d)
     }
 
-    /// Items parked now (never more than `capacity`).
+    /// Items parked now (more than `capacity` only after the bound was lowered).
     pub fn len(&self) -> usize {
         self.lock().items.len()
     }
@@ -178,7 +179,14 @@ impl<T> ParkingLot<T> {
     /// The most items parked at once.
     #[cfg(test)]
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.lock().capacity
+    }
+
+    /// Changes the bound. Lowered below what is parked, nothing is handed back: the items
+    /// parked stay until they leave as usual, and [`park`](Self::park) refuses until fewer
+    /// than `capacity` remain.
+    pub fn set_capacity(&self, capacity: usize) {
+        self.lock().capacity = capacity;
     }
 
     fn lock(&self) -> crate::loom::sync::MutexGuard<'_, Lot<T>> {
@@ -293,6 +301,32 @@ mod tests {
         assert_eq!(lot.drain(), vec![1, 2]);
         assert_eq!((lot.len(), lot.next_deadline()), (0, None));
         assert_eq!(lot.capacity(), 4);
+    }
+
+    #[test]
+    fn a_lowered_capacity_keeps_what_is_parked_and_refuses_until_below_it() {
+        let t0 = Instant::now();
+        let lot = ParkingLot::new(3);
+        for i in 0..3 {
+            lot.park(i, t0 + MS).unwrap();
+        }
+        lot.set_capacity(1);
+        assert_eq!(lot.len(), 3, "nothing parked is handed back");
+        assert_eq!(lot.park(9, t0 + MS), Err(Full(9)));
+        assert_eq!(lot.unpark_next(), Some(0));
+        assert_eq!(lot.unpark_next(), Some(1));
+        assert_eq!(
+            lot.park(9, t0 + MS),
+            Err(Full(9)),
+            "still one parked: at the bound"
+        );
+        assert_eq!(lot.unpark_next(), Some(2));
+        assert!(lot.park(9, t0 + MS).is_ok());
+        lot.set_capacity(2);
+        assert!(
+            lot.park(10, t0 + MS).is_ok(),
+            "a raised bound takes more at once"
+        );
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! [`Broker`]: the cloneable handle to everything a connection needs — the topic registry,
-//! the state store, the counters. Opening it, and the tasks it starts, are in `open.rs`.
+//! the state store, the counters. Opening it, and the tasks it starts, are in `open.rs`;
+//! changing a live topic's settings in `update.rs`.
 //!
 //! Bounds: at most `max_topics` topics (creating one more is refused). Topic creation is
 //! serialised (it touches disk); lookups are a read lock.
 
 mod open;
+mod update;
+
+pub use update::UpdateError;
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -283,11 +287,11 @@ impl Broker {
         }
         let _creating = self.shared.creating.lock().await;
         if let Some(existing) = self.topic(&config.name) {
-            if *existing.config() == config {
+            if existing.config() == config {
                 return Ok((existing, false));
             }
             return Err(CreateError::Exists(Box::new(ConfigMismatch {
-                existing: existing.config().clone(),
+                existing: existing.config(),
                 asked: config,
             })));
         }
@@ -315,9 +319,9 @@ impl Broker {
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.clone(), topic.clone());
         if restored {
-            if *topic.config() != requested {
+            if topic.config() != requested {
                 return Err(CreateError::Exists(Box::new(ConfigMismatch {
-                    existing: topic.config().clone(),
+                    existing: topic.config(),
                     asked: requested,
                 })));
             }

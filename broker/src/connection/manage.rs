@@ -1,16 +1,18 @@
-//! Managing topics and groups: `CreateTopic`, `ListTopics`, `DescribeTopic`, `DeleteTopic`,
-//! `RepairTopic` and `DeleteGroup`. The expensive ones are admitted under the key's `ops_per_s`.
+//! Managing topics and groups: `CreateTopic`, `ListTopics`, `DescribeTopic`, `UpdateTopic`,
+//! `DeleteTopic`, `RepairTopic` and `DeleteGroup`. The expensive ones are admitted under the
+//! key's `ops_per_s`.
 
 use tracing::warn;
 use weir_protocol::{
     CreateTopic, DeleteGroup, DeleteTopic, DescribeTopic, ErrorCode, Frame, GroupDeleted,
-    ListTopics, RepairTopic, TopicCreated, TopicDeleted, TopicRepaired, Unsubscribed,
+    ListTopics, RepairTopic, TopicCreated, TopicDeleted, TopicRepaired, TopicUpdated, Unsubscribed,
+    UpdateTopic,
 };
 
 use super::answers::{error, rejected};
 use super::{Connection, End};
 use crate::admission::Work;
-use crate::broker::{CreateError, DeleteTopicError};
+use crate::broker::{CreateError, DeleteTopicError, UpdateError};
 use crate::topic::{DeleteGroupError, Detached};
 
 impl Connection {
@@ -52,7 +54,7 @@ impl Connection {
             Ok((topic, created)) => Frame::TopicCreated(TopicCreated {
                 req: c.req,
                 created,
-                config: topic.config().clone(),
+                config: topic.config(),
             }),
             Err(CreateError::Invalid(msg)) => error(c.req, ErrorCode::InvalidArgument, msg),
             Err(e @ CreateError::Exists(_)) => error(c.req, ErrorCode::TopicExists, e.to_string()),
@@ -60,6 +62,30 @@ impl Connection {
                 error(c.req, ErrorCode::LimitExceeded, e.to_string())
             }
             Err(e) => error(c.req, ErrorCode::Internal, e.to_string()),
+        };
+        self.send(answer).await
+    }
+
+    /// Changes a topic's settings live, admitted like a create (it writes to disk too).
+    pub(super) async fn update_topic(&mut self, u: UpdateTopic) -> Result<(), End> {
+        if let Err(r) = self.admit_op(Work::CreateTopic, &u.name) {
+            return self.send(rejected(u.req, r)).await;
+        }
+        let answer = match self.broker.update_topic(&u.name, &u.update).await {
+            Ok(config) => Frame::TopicUpdated(TopicUpdated { req: u.req, config }),
+            Err(e @ UpdateError::Unknown(_)) => {
+                error(u.req, ErrorCode::UnknownTopic, e.to_string())
+            }
+            Err(e @ UpdateError::Invalid(_)) => {
+                error(u.req, ErrorCode::InvalidArgument, e.to_string())
+            }
+            Err(e @ UpdateError::OverCeiling(_)) => {
+                error(u.req, ErrorCode::LimitExceeded, e.to_string())
+            }
+            Err(e @ UpdateError::Failed { .. }) => {
+                warn!(conn = self.id, error = %e, "topic update failed");
+                error(u.req, ErrorCode::Internal, e.to_string())
+            }
         };
         self.send(answer).await
     }

@@ -422,6 +422,7 @@ impl Connection {
             Frame::Progress(p) => self.progress(p).await,
             Frame::DeleteTopic(d) => self.delete_topic(d).await,
             Frame::RepairTopic(r) => self.repair_topic(r).await,
+            Frame::UpdateTopic(u) => self.update_topic(u).await,
             Frame::DeleteGroup(d) => self.delete_group(d).await,
             Frame::Ping(nonce) => self.send(Frame::Pong(nonce)).await,
             Frame::Pong(_) => Ok(()),

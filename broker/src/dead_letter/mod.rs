@@ -78,10 +78,10 @@ async fn reconcile(broker: &Broker, topic: &Arc<Topic>, batch: usize) {
             }
         }
     }
-    let source = &topic.config().name;
+    let source = topic.name();
     let mut moved = 0;
     for job in &jobs {
-        let origin = (source.clone(), job.group.clone(), job.letter.seq);
+        let origin = (source.to_string(), job.group.clone(), job.letter.seq);
         if found.contains(&origin) {
             topic.dead_lettered(&job.group, job.letter.seq);
             moved += 1;
@@ -137,7 +137,7 @@ async fn move_batch(broker: &Broker, topic: &Arc<Topic>, batch: usize) -> bool {
 fn refused(broker: &Broker, topic: &Topic, job: &DeadLetterJob, why: &str) {
     broker.metrics().dead_letter_refused.add(1);
     tracing::warn!(
-        topic = %topic.config().name, group = %job.group, seq = job.letter.seq,
+        topic = %topic.name(), group = %job.group, seq = job.letter.seq,
         dead_letter_topic = %job.dead_letter_topic, why = %why,
         "message kept in flight: its dead-letter topic refused it (retrying)"
     );
@@ -157,10 +157,11 @@ async fn start_move(
     else {
         return Ok(None);
     };
-    let dlq = dead_letter_topic(broker, topic.config(), &job.dead_letter_topic)
+    let source = topic.config();
+    let dlq = dead_letter_topic(broker, &source, &job.dead_letter_topic)
         .await
         .map_err(|e| e.to_string())?;
-    let (headers, slack) = origin_headers(record.headers, topic.config(), job);
+    let (headers, slack) = origin_headers(record.headers, &source, job);
     let message = crate::storage::log::Message {
         headers,
         payload: record.payload,

@@ -64,12 +64,15 @@ impl Topic {
         slack: u64,
         now: Instant,
     ) -> Result<Decision, AppendError> {
-        let c = &self.config;
-        if len.saturating_sub(slack) > u64::from(c.max_message_bytes) {
-            let limit = Limit::new("max_message_bytes", u64::from(c.max_message_bytes));
+        let (max_message_bytes, overflow) = {
+            let c = self.settings();
+            (c.max_message_bytes, c.overflow)
+        };
+        if len.saturating_sub(slack) > u64::from(max_message_bytes) {
+            let limit = Limit::new("max_message_bytes", u64::from(max_message_bytes));
             return Err(self.refusal(RejectReason::MessageTooLarge, limit, None));
         }
-        match c.overflow {
+        match overflow {
             OverflowPolicy::DropOldest => {}
             OverflowPolicy::Block if !st.parked.is_empty() => return Ok(Decision::Park),
             policy => {
@@ -90,7 +93,7 @@ impl Topic {
 
     /// The bound one more message of `len` bytes would pass, if any.
     pub(super) fn limit_exceeded(&self, st: &TopicState, len: u64) -> Option<Limit> {
-        let c = &self.config;
+        let c = self.settings();
         if st.count() + 1 > c.max_messages {
             Some(Limit::new("max_messages", c.max_messages))
         } else if st.bytes() + len > c.max_bytes {
@@ -102,7 +105,7 @@ impl Topic {
 
     /// How many messages must drain before one more of `len` bytes fits.
     fn over_by(&self, st: &TopicState, len: u64) -> u64 {
-        let c = &self.config;
+        let c = self.settings();
         let over_count = (st.count() + 1).saturating_sub(c.max_messages);
         let over_bytes = (st.bytes() + len).saturating_sub(c.max_bytes);
         let average = st
@@ -124,9 +127,12 @@ impl Topic {
     /// `drop_oldest`, after a commit: evicts the oldest stored messages until the stored ones
     /// are within `max_messages` and `max_bytes` again. Returns how many were evicted.
     pub(super) fn evict_to_bound(&self, st: &mut TopicState, now: Instant) -> u64 {
-        let c = &self.config;
+        let (max_messages, max_bytes) = {
+            let c = self.settings();
+            (c.max_messages, c.max_bytes)
+        };
         let (mut count, mut bytes, mut k) = (st.stored(), st.stored_bytes, 0usize);
-        while count > c.max_messages || bytes > c.max_bytes {
+        while count > max_messages || bytes > max_bytes {
             let Some(&size) = st.sizes.get(k) else { break };
             if size != HOLE {
                 count -= 1;
@@ -185,12 +191,13 @@ impl Topic {
         }
         let per_second = w.count as f64 / elapsed.as_secs_f64();
         if per_second > self.drop_warn_per_s as f64 {
+            let c = self.settings();
             tracing::warn!(
-                topic = %self.config.name,
+                topic = %self.name,
                 dropped_per_s = per_second.round() as u64,
                 drop_warn_per_s = self.drop_warn_per_s,
-                max_messages = self.config.max_messages,
-                max_bytes = self.config.max_bytes,
+                max_messages = c.max_messages,
+                max_bytes = c.max_bytes,
                 "drop_oldest is evicting messages: consumers are not keeping up"
             );
         }

@@ -130,7 +130,7 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> (bool, bool) {
                         topic.mark_damaged(at, format!("cannot read the log: {e}"));
                     }
                     _ => {
-                        tracing::error!(topic = %topic.config.name, group, error = %e, "cannot read messages for delivery")
+                        tracing::error!(topic = %topic.name, group, error = %e, "cannot read messages for delivery")
                     }
                 }
                 let mut st = lock(&topic.state);

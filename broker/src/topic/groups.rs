@@ -156,10 +156,10 @@ impl Topic {
         st.groups.remove(name);
         let trimmed = self.release_floor(&mut st);
         drop(st);
-        if let Err(e) = self.store.delete_group(&self.config.name, name) {
-            tracing::error!(topic = %self.config.name, group = name, error = %e, "cannot delete group state");
+        if let Err(e) = self.store.delete_group(&self.name, name) {
+            tracing::error!(topic = %self.name, group = name, error = %e, "cannot delete group state");
         }
-        tracing::info!(topic = %self.config.name, group = name, detached = detached.len(), "group deleted");
+        tracing::info!(topic = %self.name, group = name, detached = detached.len(), "group deleted");
         if trimmed {
             self.wake_writer.notify_one();
         }

@@ -21,7 +21,7 @@ impl Topic {
         if *current == health || matches!(*current, TopicHealth::Damaged { .. }) {
             return false;
         }
-        let name = &self.config.name;
+        let name = &self.name;
         match &health {
             TopicHealth::Healthy => {
                 tracing::info!(topic = %name, was = current.state(), "topic storage is healthy again")
@@ -43,7 +43,7 @@ impl Topic {
     /// Moves the topic back to healthy after a repair (a damaged topic too), with an INFO line.
     pub(super) fn restore_health(&self) {
         let mut current = lock(&self.health);
-        tracing::info!(topic = %self.config.name, was = current.state(), "storage repaired: the topic is healthy again");
+        tracing::info!(topic = %self.name, was = current.state(), "storage repaired: the topic is healthy again");
         *current = TopicHealth::Healthy;
     }
 
@@ -84,7 +84,7 @@ impl Topic {
             .try_send(self.damaged_error(member.sub, at_seq).into())
             .is_err()
         {
-            tracing::debug!(topic = %self.config.name, sub = member.sub, "damage notice not queued: the subscriber's queue is full");
+            tracing::debug!(topic = %self.name, sub = member.sub, "damage notice not queued: the subscriber's queue is full");
         }
     }
 
@@ -102,7 +102,7 @@ impl Topic {
             message: format!(
                 "topic {}: its log is damaged at sequence {at_seq}; nothing from there on is \
                  delivered until an operator runs `weir topic repair`",
-                self.config.name
+                self.name
             ),
         })
     }

@@ -24,7 +24,7 @@ impl Topic {
     fn info_of(&self, st: &TopicState) -> TopicInfo {
         let now = Instant::now();
         TopicInfo {
-            config: self.config.clone(),
+            config: self.config(),
             depth: st.stored(),
             bytes: st.stored_bytes,
             next_seq: st.committed_next,
@@ -87,7 +87,7 @@ impl Topic {
                 Stall::AtMaxInFlight { for_ } => {
                     self.metrics.stalls_max_in_flight.add(1);
                     tracing::warn!(
-                        topic = %self.config.name, group, max_in_flight = self.limits.max_in_flight,
+                        topic = %self.name, group, max_in_flight = self.limits.max_in_flight,
                         stalled_s = for_.as_secs(),
                         "group stalled at max_in_flight: its consumers are not acking"
                     );
@@ -95,7 +95,7 @@ impl Topic {
                 Stall::NoCredit { member, for_ } => {
                     self.metrics.stalls_no_credit.add(1);
                     tracing::warn!(
-                        topic = %self.config.name, group, conn = member.conn, sub = member.sub,
+                        topic = %self.name, group, conn = member.conn, sub = member.sub,
                         stalled_s = for_.as_secs(),
                         "subscriber has granted no credit while messages wait"
                     );

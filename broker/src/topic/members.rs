@@ -73,7 +73,7 @@ impl Topic {
             .map_or_else(Default::default, |g| g.leave(id, departure));
         if left.requeued > 0 || left.dead > 0 {
             tracing::debug!(
-                topic = %self.config.name,
+                topic = %self.name,
                 group,
                 requeued = left.requeued,
                 dead = left.dead,

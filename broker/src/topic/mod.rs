@@ -290,7 +290,11 @@ impl TopicState {
 
 /// One topic. Shared by connections, its writer and its dispatcher through an `Arc`.
 pub struct Topic {
-    config: TopicConfig,
+    /// The topic's name (never changes).
+    name: String,
+    /// Its bounds and policies: changed live by [`Topic::update`]. Read through
+    /// [`Topic::settings`] and never held across another read of it or a lock.
+    config: RwLock<TopicConfig>,
     limits: GroupLimits,
     state: Mutex<TopicState>,
     log: Arc<RwLock<SegmentLog>>,
@@ -443,7 +447,8 @@ impl Topic {
         }
         let (appends, queue) = mpsc::channel(broker.storage.append_queue as usize);
         let topic = Arc::new(Topic {
-            config,
+            name: config.name.clone(),
+            config: RwLock::new(config),
             limits,
             state: Mutex::new(state),
             log: Arc::new(RwLock::new(log)),
@@ -483,9 +488,45 @@ impl Topic {
         Ok(topic)
     }
 
-    /// The topic's configuration.
-    pub fn config(&self) -> &TopicConfig {
-        &self.config
+    /// The topic's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The topic's configuration now (a copy: [`Topic::update`] may change it).
+    pub fn config(&self) -> TopicConfig {
+        self.settings().clone()
+    }
+
+    /// The live configuration, read-locked: hold it only to copy fields out.
+    fn settings(&self) -> std::sync::RwLockReadGuard<'_, TopicConfig> {
+        self.config.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `config` (the same name; checked by the broker against its limits) live:
+    /// - raised `max_messages` / `max_bytes` take effect at once: parked publishes that now
+    ///   fit go to the writer;
+    /// - lowered below what the topic holds, nothing stored is removed by the update: under
+    ///   `reject` and `block` new publishes are refused (or parked) until acks drain the topic
+    ///   below the new bound, under `drop_oldest` the next commit evicts down to it (counted
+    ///   and announced as any eviction);
+    /// - `max_message_bytes` applies to publishes from now on (stored ones stay deliverable);
+    /// - `overflow` applies to publishes from now on; publishes parked under `block` keep
+    ///   waiting for room until their `max_block_ms` as they were promised;
+    /// - `max_blocked_publishes` lowered below what is parked refuses new parks until fewer
+    ///   remain; `max_block_ms` applies to publishes parked from now on;
+    /// - `fsync` applies from the next commit; switched to `batch`, whatever was written
+    ///   unsynced is synced at once.
+    pub fn update(&self, config: TopicConfig) {
+        debug_assert_eq!(config.name, self.name);
+        let parking = config.max_blocked_publishes as usize;
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+        let mut st = lock(&self.state);
+        st.parked.set_capacity(parking);
+        self.unpark(&mut st, &self.appends);
+        drop(st);
+        // The writer re-reads the fsync policy and its parking deadlines when woken.
+        self.wake_writer.notify_one();
     }
 
     /// Writes the state of every group that changed since the last call to the state store
@@ -501,7 +542,7 @@ impl Topic {
                 .collect()
         };
         for (name, record) in &records {
-            self.store.save_group(&self.config.name, name, record)?;
+            self.store.save_group(&self.name, name, record)?;
         }
         Ok(records.len())
     }

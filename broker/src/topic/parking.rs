@@ -54,7 +54,7 @@ impl Topic {
     pub(super) fn parking_full(&self, st: &TopicState, len: u64, now: Instant) -> AppendError {
         let limit = Limit::new(
             "max_blocked_publishes",
-            u64::from(self.config.max_blocked_publishes),
+            u64::from(self.settings().max_blocked_publishes),
         );
         self.refusal(
             RejectReason::TopicFull,
@@ -106,7 +106,7 @@ impl Topic {
     pub(super) fn expire_parked(&self, now: Instant) {
         let st = lock(&self.state);
         for p in st.parked.expire(now) {
-            let limit = Limit::new("max_block_ms", self.config.max_block_ms);
+            let limit = Limit::new("max_block_ms", self.settings().max_block_ms);
             let retry = self.retry_after(&st, p.message.size(), now);
             let _ = p.reply.send(Err(self.refusal(
                 RejectReason::TopicFull,
@@ -123,7 +123,7 @@ impl Topic {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let parked: Vec<Parked> = lock(&self.state).parked.drain();
         for p in parked {
-            let limit = Limit::new("max_block_ms", self.config.max_block_ms);
+            let limit = Limit::new("max_block_ms", self.settings().max_block_ms);
             let _ = p.reply.send(Err(self.refusal(reason, limit, Some(1_000))));
         }
     }
@@ -135,7 +135,7 @@ impl Topic {
 
     /// How long a publish may stay parked.
     pub(super) fn max_block(&self) -> Duration {
-        Duration::from_millis(self.config.max_block_ms)
+        Duration::from_millis(self.settings().max_block_ms)
     }
 
     /// A refusal, counted for the topic and the broker.
@@ -152,7 +152,7 @@ impl Topic {
             limit,
             retry_after_ms,
         };
-        self.admission.log_refusal(&self.config.name, &refusal);
+        self.admission.log_refusal(&self.name, &refusal);
         self.note_recent(&refusal);
         AppendError::Refused(refusal)
     }

@@ -132,12 +132,12 @@ impl Topic {
     fn skip_lost(&self, st: &mut TopicState, from: u64, to: u64, dropped: u64) {
         for (name, g) in st.groups.iter_mut() {
             if let Some((gap_from, gap_to)) = g.skip(from, to, true) {
-                tracing::warn!(topic = %self.config.name, group = %name, from = gap_from, to = gap_to, "repair skipped messages the group had not acked");
+                tracing::warn!(topic = %self.name, group = %name, from = gap_from, to = gap_to, "repair skipped messages the group had not acked");
             }
         }
         self.counters.dropped.add(dropped);
         self.counters.dropped_damaged.add(dropped);
         self.metrics.dropped.add(dropped);
-        tracing::warn!(topic = %self.config.name, from, to = to - 1, dropped, "repair skipped the damaged range");
+        tracing::warn!(topic = %self.name, from, to = to - 1, dropped, "repair skipped the damaged range");
     }
 }

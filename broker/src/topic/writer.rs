@@ -84,13 +84,23 @@ pub(super) async fn run(
 ) {
     let mut batch: Vec<Append> = Vec::with_capacity(max_batch);
     let mut clock = SyncClock {
-        policy: topic.config.fsync,
+        policy: topic.settings().fsync,
         last_sync: Instant::now(),
         unsynced: false,
         last_high_water: Instant::now(),
     };
     let mut work = topic.metrics.workers.writer.clock();
     loop {
+        // `weir topic update` may have changed the policy (it wakes the writer).
+        let policy = topic.settings().fsync;
+        if policy != clock.policy {
+            clock.policy = policy;
+            // Data written under a laxer policy is synced at once when the new one syncs
+            // every commit.
+            if policy == FsyncPolicy::Batch && clock.unsynced {
+                sync_owed(&topic, &mut clock).await;
+            }
+        }
         let interval_sync = clock.deadline();
         let park_deadline = topic.next_park_deadline().map(tokio::time::Instant::from);
         work.waiting();
@@ -109,12 +119,7 @@ pub(super) async fn run(
             Wake::Reclaim => {
                 reclaim(&topic, false).await;
             }
-            Wake::SyncDue => {
-                if reclaim(&topic, true).await {
-                    clock.last_sync = Instant::now();
-                    clock.unsynced = false;
-                }
-            }
+            Wake::SyncDue => sync_owed(&topic, &mut clock).await,
             Wake::ParkDeadline => topic.expire_parked(Instant::now()),
             Wake::Stop if queue.is_empty() => break,
             Wake::Stop => {}
@@ -126,6 +131,14 @@ pub(super) async fn run(
         release_reservation(&topic).await;
     }
     topic.refuse_parked(RejectReason::ShuttingDown);
+}
+
+/// Syncs what the log holds unsynced (reclaiming acked segments too).
+async fn sync_owed(topic: &Arc<Topic>, clock: &mut SyncClock) {
+    if reclaim(topic, true).await {
+        clock.last_sync = Instant::now();
+        clock.unsynced = false;
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -185,14 +198,14 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
         // No seq is confirmed before the durable reservation covers it (never reused).
         log.ensure_reserved()?;
         if high_water {
-            record_high_water(&mut log, &this.config.name);
+            record_high_water(&mut log, &this.name);
         }
         let before = log.disk_bytes();
         let deleted = log.delete_before(first_seq);
         disk.stored_changed(log.disk_bytes() as i64 - before as i64);
         if let Err(e) = deleted {
             // The batch is durable all the same: confirm it; reclaiming is tried again later.
-            tracing::warn!(topic = %this.config.name, error = %e, "cannot reclaim acked segments");
+            tracing::warn!(topic = %this.name, error = %e, "cannot reclaim acked segments");
         }
         Ok(Committed {
             first,
@@ -235,8 +248,8 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
                     st.tail.push(first + i as u64, message, started);
                 }
                 st.committed_next = first + count;
-                evicted = topic.config.overflow == OverflowPolicy::DropOldest
-                    && topic.evict_to_bound(&mut st, Instant::now()) > 0;
+                let drop_oldest = topic.settings().overflow == OverflowPolicy::DropOldest;
+                evicted = drop_oldest && topic.evict_to_bound(&mut st, Instant::now()) > 0;
                 // Room in the writer's queue: parked publishes that fit may follow.
                 topic.unpark(&mut st, &topic.appends);
             }
@@ -324,7 +337,7 @@ async fn reclaim(topic: &Arc<Topic>, sync: bool) -> bool {
         let mut log = log.write().unwrap_or_else(|p| p.into_inner());
         if sync {
             log.sync()?;
-            record_high_water(&mut log, &this.config.name);
+            record_high_water(&mut log, &this.name);
         }
         let before = log.disk_bytes();
         let deleted = log.delete_before(first_seq);
@@ -335,7 +348,7 @@ async fn reclaim(topic: &Arc<Topic>, sync: bool) -> bool {
     match result {
         Ok(Ok(deleted)) => {
             if deleted > 0 {
-                tracing::debug!(topic = %topic.config.name, deleted, "reclaimed fully acked segments");
+                tracing::debug!(topic = %topic.name, deleted, "reclaimed fully acked segments");
             }
             true
         }
@@ -348,12 +361,12 @@ async fn reclaim(topic: &Arc<Topic>, sync: bool) -> bool {
                     reason: e.to_string(),
                 });
             } else {
-                tracing::error!(topic = %topic.config.name, error = %e, "segment reclaim failed");
+                tracing::error!(topic = %topic.name, error = %e, "segment reclaim failed");
             }
             false
         }
         Err(e) => {
-            tracing::error!(topic = %topic.config.name, error = %e, "segment reclaim task failed");
+            tracing::error!(topic = %topic.name, error = %e, "segment reclaim task failed");
             false
         }
     }
@@ -370,7 +383,7 @@ async fn release_reservation(topic: &Arc<Topic>) {
     })
     .await;
     if let Ok(Err(e)) = released {
-        tracing::warn!(topic = %topic.config.name, error = %e, "cannot release the log's seq reservation");
+        tracing::warn!(topic = %topic.name, error = %e, "cannot release the log's seq reservation");
     }
 }
 

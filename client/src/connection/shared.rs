@@ -166,6 +166,11 @@ pub(crate) enum AdminRequest {
     DescribeTopic(String),
     /// `RepairTopic`.
     RepairTopic(String),
+    /// `UpdateTopic`.
+    UpdateTopic {
+        name: String,
+        update: weir_protocol::TopicUpdate,
+    },
     DeleteTopic {
         name: String,
         force: bool,
@@ -193,6 +198,9 @@ impl AdminRequest {
             }
             AdminRequest::RepairTopic(name) => {
                 Frame::RepairTopic(weir_protocol::RepairTopic { req, name })
+            }
+            AdminRequest::UpdateTopic { name, update } => {
+                Frame::UpdateTopic(weir_protocol::UpdateTopic { req, name, update })
             }
             AdminRequest::DeleteGroup {
                 topic,
