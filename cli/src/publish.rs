@@ -409,30 +409,37 @@ async fn collect(
     out
 }
 
-/// A publish still unanswered after `waited`, for stderr: with retries, how many the publisher
-/// has sent so far and its breaker's state (the refusal itself shows once the retries are
-/// spent).
+/// A publish still unanswered after `waited`, for stderr: with retries, the latest refusal
+/// being retried (reason, limit, hint, which retry and its delay), how many retries the
+/// publisher has sent so far and its breaker's state.
 fn waiting(n: u64, payload: &[u8], waited: Duration, publisher: &Publisher) -> String {
     let what = format!(
         "message {n} ({}) not confirmed after {:.0} s",
         preview(payload),
         waited.as_secs_f64()
     );
-    match publisher.retry_policy() {
-        Some(policy) => format!(
-            "{what}; {} retries sent so far by this publisher (a refused publish is retried up \
-             to {} times, each after the broker's retry-after plus backoff; the refusal shows \
-             once they are spent); circuit breaker {}",
-            publisher.retries(),
+    let Some(policy) = publisher.retry_policy() else {
+        return format!("{what}; still waiting for the broker's answer");
+    };
+    let latest = match publisher.last_retry() {
+        Some(r) => format!(
+            "latest {}; retry {} of {} waits {} ms",
+            not_confirmed(&r.refusal),
+            r.retry,
             policy.max_retries,
-            match publisher.breaker_state() {
-                Some(BreakerState::Open { .. }) => "open",
-                Some(BreakerState::HalfOpen) => "half-open",
-                Some(BreakerState::Closed) | None => "closed",
-            }
+            r.delay.as_millis()
         ),
-        None => format!("{what}; still waiting for the broker's answer"),
-    }
+        None => "no refusal retried yet".to_owned(),
+    };
+    format!(
+        "{what}; {latest}; {} retries sent so far by this publisher; circuit breaker {}",
+        publisher.retries(),
+        match publisher.breaker_state() {
+            Some(BreakerState::Open { .. }) => "open",
+            Some(BreakerState::HalfOpen) => "half-open",
+            Some(BreakerState::Closed) | None => "closed",
+        }
+    )
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ pub use error::{ClientError, PublishError};
 pub use options::ClientOptions;
 pub use publisher::Publisher;
 pub use reconnect::{ConnectionState, ReconnectPolicy};
-pub use retry::{BreakerPolicy, BreakerState, RetryPolicy};
+pub use retry::{BreakerPolicy, BreakerState, RetryNotice, RetryPolicy};
 pub use subscription::{Delivery, Subscription};
 pub use weir_protocol::{
     DroppedMessage, ErrorCode, FsyncPolicy, GoingAwayReason, GroupConfig, GroupInfo, GroupSpec,

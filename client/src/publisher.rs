@@ -11,7 +11,7 @@ use crate::connection::ConnHandle;
 use crate::error::ClientError;
 use crate::message::Message;
 use crate::retry::driver::Retrier;
-use crate::retry::{BreakerState, RetryPolicy};
+use crate::retry::{BreakerState, RetryNotice, RetryPolicy};
 use crate::window::Window;
 
 /// Collects `(name, value)` pairs into [`Headers`], in order.
@@ -112,6 +112,13 @@ impl Publisher {
     /// How many retries this publisher and its clones have sent (0 without retry).
     pub fn retries(&self) -> u64 {
         self.retry.as_ref().map_or(0, |r| r.retries())
+    }
+
+    /// The latest retry this publisher (or a clone) scheduled: the refusal it answers, its
+    /// delay and its number — for saying what an unconfirmed publish waits for. `None` without
+    /// retry, or before the first retry.
+    pub fn last_retry(&self) -> Option<RetryNotice> {
+        self.retry.as_ref().and_then(|r| r.last_retry())
     }
 
     /// The circuit breaker's state now, when retrying is on (`None` otherwise).

@@ -505,3 +505,56 @@ async fn create_and_publish(addr: std::net::SocketAddr, create: &[&str], message
     let published = weir(addr, &["pub", create[0], message], "").await;
     assert!(published.status.success(), "{published:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pub_retry_says_which_refusal_it_retries_and_finishes_once_room_frees() {
+    use std::io::{BufRead, BufReader};
+
+    let broker = TestBroker::start().await;
+    let addr = broker.addr;
+    let created = weir(
+        addr,
+        &["topic", "create", "tight", "--max-messages", "1"],
+        "",
+    )
+    .await;
+    assert!(created.status.success(), "{created:?}");
+    assert!(weir(addr, &["pub", "tight", "first"], "")
+        .await
+        .status
+        .success());
+
+    let mut publisher = spawn_weir(addr, &["pub", "--retry", "tight", "second"]);
+    let err = publisher.stderr.take().expect("piped stderr");
+    let (lines, mut said) = tokio::sync::mpsc::channel(64);
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if lines.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let notice = tokio::time::timeout(CHILD_LIMIT, async {
+        while let Some(line) = said.recv().await {
+            if line.contains("not confirmed after") {
+                return line;
+            }
+        }
+        panic!("weir pub ended without saying what it waits for");
+    })
+    .await
+    .expect("a waiting notice within the limit");
+    assert!(
+        notice.contains("message 1 (\"second\") not confirmed after")
+            && notice.contains("latest refused: TopicFull (max_messages=1), retry after")
+            && notice.contains("waits")
+            && notice.contains("circuit breaker"),
+        "{notice}"
+    );
+
+    // Room frees (the one stored message is consumed and acked): the retry is confirmed.
+    let drained = weir(addr, &["sub", "tight", "--group", "g", "--count", "1"], "").await;
+    assert_eq!(stdout(&drained), "first\n", "{drained:?}");
+    let out = finish(publisher).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::{
-    retryable, Backoff, BreakerState, CircuitBreaker, Pass, RetryBudget, RetryPolicy, Verdict,
+    retryable, Backoff, BreakerState, CircuitBreaker, Pass, RetryBudget, RetryNotice, RetryPolicy,
+    Verdict,
 };
 use crate::confirm::PublishConfirm;
 use crate::error::{ClientError, PublishError};
@@ -37,6 +38,8 @@ pub(crate) struct Retrier {
 struct Guarded {
     budget: RetryBudget,
     breaker: CircuitBreaker,
+    /// The latest retry scheduled (one, whatever the number of publishes retrying).
+    last_retry: Option<RetryNotice>,
 }
 
 impl Retrier {
@@ -44,6 +47,7 @@ impl Retrier {
         let state = Guarded {
             budget: RetryBudget::new(&policy, now()),
             breaker: CircuitBreaker::new(policy.breaker.clone()),
+            last_retry: None,
         };
         Arc::new(Retrier {
             backoff: policy.backoff(),
@@ -66,6 +70,11 @@ impl Retrier {
     /// Retries sent so far.
     pub fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
+    }
+
+    /// The latest retry scheduled, if any.
+    pub fn last_retry(&self) -> Option<RetryNotice> {
+        self.lock().last_retry.clone()
     }
 
     /// The breaker's state now.
@@ -205,6 +214,11 @@ pub(crate) async fn drive(
         };
         let hint = error.retry_after().unwrap_or_default();
         let delay = retrier.backoff.delay(attempt, hint, &mut rand::rng());
+        retrier.lock().last_retry = Some(RetryNotice {
+            refusal: error.clone(),
+            delay,
+            retry: attempt + 1,
+        });
         tokio::time::sleep(delay).await;
         if !next.take_pass() {
             return Err(error);
@@ -323,6 +337,29 @@ mod tests {
         assert_eq!(publisher.retries(), 1);
         assert_eq!(publisher.in_flight(), 0);
         assert_eq!(publisher.breaker_state(), Some(BreakerState::Closed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_latest_retry_names_its_refusal_delay_and_number() {
+        let (publisher, mut rx) = publisher(4, policy());
+        assert!(publisher.last_retry().is_none());
+        let confirm = publisher.publish("t", "m").await.unwrap();
+        answer(&mut rx, Err(full(200))).await;
+        answer(&mut rx, Err(full(300))).await;
+        // The second retry is sent once its delay is over: the notice was set before it.
+        let Command::Publish { reply, .. } = rx.recv().await.unwrap() else {
+            panic!("expected the second retry");
+        };
+        let notice = publisher.last_retry().expect("a retry was scheduled");
+        assert_eq!(notice.retry, 2);
+        assert_eq!(notice.refusal, full(300));
+        assert!(
+            notice.delay >= Duration::from_millis(300)
+                && notice.delay <= Duration::from_millis(300) + policy().cap,
+            "{notice:?}"
+        );
+        reply.send(Ok(3)).unwrap();
+        assert_eq!(confirm.await, Ok(3));
     }
 
     #[tokio::test(start_paused = true)]

@@ -46,6 +46,19 @@ pub use backoff::Backoff;
 pub use breaker::{BreakerState, CircuitBreaker, Pass};
 pub use budget::{RetryBudget, BUDGET_BUCKETS};
 
+/// The latest retry a publisher scheduled ([`crate::Publisher::last_retry`]): which refusal it
+/// answers, how long it waits before resending, and which retry of its publish it is — what a
+/// caller shows while a publish is still unconfirmed.
+#[derive(Debug, Clone)]
+pub struct RetryNotice {
+    /// The refusal being retried (its reason, the limit that fired, the broker's hint).
+    pub refusal: PublishError,
+    /// How long the retry waits before it is sent (the hint plus jitter).
+    pub delay: Duration,
+    /// Which retry of its publish this is, from 1, at most [`RetryPolicy::max_retries`].
+    pub retry: u32,
+}
+
 /// How a publisher retries refused publishes. Every field has a default
 /// ([`RetryPolicy::default`]); override with struct-update syntax.
 #[derive(Debug, Clone, PartialEq)]
