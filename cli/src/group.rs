@@ -1,10 +1,10 @@
-//! `weir group list|info|delete`: a topic's groups — their settings, delivery state, ack
+//! `weir group list|info|update|delete`: a topic's groups — their settings, delivery state, ack
 //! timeouts and dead letters.
 
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use weir_client::{Client, GroupConfig, GroupInfo};
+use weir_client::{Client, GroupConfig, GroupInfo, GroupUpdate};
 use weir_protocol::json::GroupView;
 
 use super::layout::{aligned, kv};
@@ -32,6 +32,25 @@ pub enum GroupCommand {
         /// Print the broker's answer as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Change a group's settings live; settings not given keep their value. A new ack timeout
+    /// applies to deliveries from now on (those in flight keep their deadline); a new max
+    /// attempts decides at each message's next failure; a new dead-letter topic takes what is
+    /// dead-lettered from now on. Prints the settings now.
+    Update {
+        /// The topic.
+        topic: String,
+        /// The group.
+        group: String,
+        /// How long a delivery may stay unacked before it is redelivered.
+        #[arg(long, value_name = "MS")]
+        ack_timeout_ms: Option<u64>,
+        /// Deliveries of one message before it is dead-lettered.
+        #[arg(long, value_name = "N")]
+        max_attempts: Option<u32>,
+        /// The dead-letter topic.
+        #[arg(long, value_name = "TOPIC")]
+        dead_letter: Option<String>,
     },
     /// Delete a group: its cursor and unacked messages (messages only it still needed leave the
     /// topic). Refused while members are attached, unless --force.
@@ -71,6 +90,26 @@ pub async fn run(client: Client, command: GroupCommand) -> anyhow::Result<ExitCo
             } else {
                 print!("{}", info(&topic, g));
             }
+        }
+        GroupCommand::Update {
+            topic,
+            group,
+            ack_timeout_ms,
+            max_attempts,
+            dead_letter,
+        } => {
+            let update = GroupUpdate {
+                ack_timeout_ms,
+                max_attempts,
+                dead_letter_topic: dead_letter,
+            };
+            if update.is_empty() {
+                return Err(super::exit::usage(
+                    "weir group update: name at least one setting to change (see --help)",
+                ));
+            }
+            let config = client.update_group(&topic, &group, update).await?;
+            println!("group {group} of topic {topic}: {}", settings(&config));
         }
         GroupCommand::Delete {
             topic,

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use weir_protocol::{
-    Frame, GroupSpec, ServerLimits, TopicConfig, TopicDescription, TopicInfo, TopicRepaired,
-    TopicSpec, TopicUpdate,
+    Frame, GroupConfig, GroupSpec, GroupUpdate, ServerLimits, TopicConfig, TopicDescription,
+    TopicInfo, TopicRepaired, TopicSpec, TopicUpdate,
 };
 
 use crate::addr::ToBrokerAddr;
@@ -259,6 +259,35 @@ impl Client {
         match self.request(request).await? {
             Frame::TopicUpdated(updated) => Ok(updated.config),
             other => Err(unexpected("UpdateTopic", &other)),
+        }
+    }
+
+    /// Changes a live group's settings (unset fields of `update` keep their value) and returns
+    /// them, after the broker stored them. A new `ack_timeout_ms` applies to deliveries from now
+    /// on (those in flight keep their deadline); a new `max_attempts` decides at each message's
+    /// next failure; a new dead-letter topic takes what is dead-lettered from now on.
+    ///
+    /// Fails with [`ClientError::Broker`] carrying [`ErrorCode::UnknownTopic`],
+    /// [`ErrorCode::UnknownGroup`] or [`ErrorCode::InvalidArgument`] (an empty update, a zero
+    /// timeout or attempts, an invalid dead-letter topic); nothing changes then.
+    ///
+    /// [`ErrorCode::UnknownTopic`]: crate::ErrorCode::UnknownTopic
+    /// [`ErrorCode::UnknownGroup`]: crate::ErrorCode::UnknownGroup
+    /// [`ErrorCode::InvalidArgument`]: crate::ErrorCode::InvalidArgument
+    pub async fn update_group(
+        &self,
+        topic: &str,
+        group: &str,
+        update: GroupUpdate,
+    ) -> Result<GroupConfig, ClientError> {
+        let request = AdminRequest::UpdateGroup {
+            topic: topic.to_owned(),
+            group: group.to_owned(),
+            update,
+        };
+        match self.request(request).await? {
+            Frame::GroupUpdated(updated) => Ok(updated.config),
+            other => Err(unexpected("UpdateGroup", &other)),
         }
     }
 

@@ -90,6 +90,6 @@ pub use retry::{BreakerPolicy, BreakerState, RetryNotice, RetryPolicy};
 pub use subscription::{Delivery, Subscription};
 pub use weir_protocol::{
     DroppedMessage, ErrorCode, FsyncPolicy, GoingAwayReason, GroupConfig, GroupInfo, GroupSpec,
-    Headers, Limit, OverflowPolicy, RejectReason, ServerLimits, StartPosition, TopicConfig,
-    TopicDescription, TopicHealth, TopicInfo, TopicRepaired, TopicSpec, TopicUpdate,
+    GroupUpdate, Headers, Limit, OverflowPolicy, RejectReason, ServerLimits, StartPosition,
+    TopicConfig, TopicDescription, TopicHealth, TopicInfo, TopicRepaired, TopicSpec, TopicUpdate,
 };

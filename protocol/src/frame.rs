@@ -84,6 +84,10 @@ pub enum Frame {
     UpdateTopic(UpdateTopic),
     /// Broker → client: the answer to [`UpdateTopic`].
     TopicUpdated(TopicUpdated),
+    /// Client → broker: change a live group's settings.
+    UpdateGroup(UpdateGroup),
+    /// Broker → client: the answer to [`UpdateGroup`].
+    GroupUpdated(GroupUpdated),
 }
 
 /// Opens a connection. Answered by [`HelloOk`], or by [`Error`] (version, token) and a close.
@@ -463,6 +467,30 @@ pub struct TopicUpdated {
     pub config: TopicConfig,
 }
 
+/// Changes a group's settings live (`weir group update`); see [`crate::GroupUpdate`] for what
+/// each change does to deliveries in flight. Answered by [`GroupUpdated`], or `Error`
+/// (`UnknownTopic`, `UnknownGroup`, `InvalidArgument`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateGroup {
+    /// Request id echoed by the answer.
+    pub req: u64,
+    /// The topic.
+    pub topic: String,
+    /// The group.
+    pub group: String,
+    /// What to change.
+    pub update: crate::GroupUpdate,
+}
+
+/// The answer to [`UpdateGroup`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupUpdated {
+    /// The request id of the [`UpdateGroup`].
+    pub req: u64,
+    /// The group's settings now.
+    pub config: crate::GroupConfig,
+}
+
 impl Frame {
     /// A short name of the frame kind, for logs and errors.
     pub fn name(&self) -> &'static str {
@@ -501,6 +529,8 @@ impl Frame {
             Frame::TopicRepaired(_) => "TopicRepaired",
             Frame::UpdateTopic(_) => "UpdateTopic",
             Frame::TopicUpdated(_) => "TopicUpdated",
+            Frame::UpdateGroup(_) => "UpdateGroup",
+            Frame::GroupUpdated(_) => "GroupUpdated",
         }
     }
 
@@ -563,6 +593,8 @@ impl Frame {
             Frame::TopicRepaired(f) => f.req,
             Frame::UpdateTopic(f) => f.req,
             Frame::TopicUpdated(f) => f.req,
+            Frame::UpdateGroup(f) => f.req,
+            Frame::GroupUpdated(f) => f.req,
             Frame::Hello(_)
             | Frame::HelloOk(_)
             | Frame::Ping(_)

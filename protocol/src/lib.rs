@@ -31,7 +31,8 @@
 //! version it does not speak with [`ErrorCode::UnsupportedVersion`] and closes the connection.
 //! Frame variants and fields are only ever appended, and a change of layout bumps the version.
 //!
-//! - v4: [`UpdateTopic`] / [`TopicUpdated`] ([`TopicUpdate`]); `GroupSpec::ephemeral`.
+//! - v4: [`UpdateTopic`] / [`TopicUpdated`] ([`TopicUpdate`]); [`UpdateGroup`] /
+//!   [`GroupUpdated`] ([`GroupUpdate`]); `GroupSpec::ephemeral`.
 //! - v3: `GoingAway` carries a typed [`GoingAwayReason`]; `ListTopics` pages (`after`, `limit`,
 //!   answered with `next`); `TopicInfo.groups_omitted`; `RejectReason::StorageFull`;
 //!   `ServerLimits` announces the header bounds and the idle timeout; header and sequence

@@ -393,6 +393,39 @@ pub struct GroupConfig {
     pub dead_letter_topic: String,
 }
 
+/// Changes to a live group's settings ([`crate::Frame::UpdateGroup`]); unset fields keep their
+/// value. A new `ack_timeout_ms` applies to deliveries from now on (those in flight keep their
+/// deadline); a new `max_attempts` decides at each message's next failure (one already past it
+/// is dead-lettered then); a new dead-letter topic receives what is dead-lettered from now on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct GroupUpdate {
+    /// New ack timeout.
+    pub ack_timeout_ms: Option<u64>,
+    /// New deliveries of one message before it is dead-lettered.
+    pub max_attempts: Option<u32>,
+    /// New dead-letter topic.
+    pub dead_letter_topic: Option<String>,
+}
+
+impl GroupUpdate {
+    /// Whether the update changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == GroupUpdate::default()
+    }
+
+    /// `config` with this update applied (not yet checked).
+    pub fn apply_to(&self, config: &GroupConfig) -> GroupConfig {
+        GroupConfig {
+            ack_timeout_ms: self.ack_timeout_ms.unwrap_or(config.ack_timeout_ms),
+            max_attempts: self.max_attempts.unwrap_or(config.max_attempts),
+            dead_letter_topic: self
+                .dead_letter_topic
+                .clone()
+                .unwrap_or_else(|| config.dead_letter_topic.clone()),
+        }
+    }
+}
+
 impl TopicHealth {
     /// The state's name: `healthy`, `full`, `failed` or `damaged`.
     pub fn state(&self) -> &'static str {

@@ -418,6 +418,38 @@ fn frame() -> impl Strategy<Value = Frame> {
             })),
         (any::<u64>(), config())
             .prop_map(|(req, config)| Frame::TopicUpdated(TopicUpdated { req, config })),
+        (
+            any::<u64>(),
+            name(),
+            name(),
+            any::<Option<u64>>(),
+            any::<Option<u32>>(),
+            proptest::option::of(name())
+        )
+            .prop_map(|(req, topic, group, ack_timeout_ms, max_attempts, dlq)| {
+                Frame::UpdateGroup(UpdateGroup {
+                    req,
+                    topic,
+                    group,
+                    update: GroupUpdate {
+                        ack_timeout_ms,
+                        max_attempts,
+                        dead_letter_topic: dlq,
+                    },
+                })
+            }),
+        (any::<u64>(), any::<u64>(), any::<u32>(), name()).prop_map(
+            |(req, ack_timeout_ms, max_attempts, dead_letter_topic)| {
+                Frame::GroupUpdated(GroupUpdated {
+                    req,
+                    config: GroupConfig {
+                        ack_timeout_ms,
+                        max_attempts,
+                        dead_letter_topic,
+                    },
+                })
+            }
+        ),
     ]
 }
 

@@ -1,13 +1,15 @@
-//! `weir topic update`: a live topic's bounds and policies change without a restart, durably;
-//! a lowered bound refuses new publishes until acks drain the topic below it, a raised one
-//! takes parked publishes at once; a bad update, or a disk failing under it, changes nothing.
+//! `weir topic update` and `weir group update`: a live topic's bounds and policies, and a
+//! group's settings, change without a restart, durably; a lowered bound refuses new publishes
+//! until acks drain the topic below it, a raised one takes parked publishes at once; a lowered
+//! `max_attempts` dead-letters at the next failure; a bad update, or a disk failing under it,
+//! changes nothing.
 
 use std::time::Duration;
 
 use weir_broker::storage::fault::{Fault, FaultyFs};
 use weir_protocol::{
-    ErrorCode, Frame, FsyncPolicy, OverflowPolicy, RejectReason, TopicConfig, TopicSpec,
-    TopicUpdate, UpdateTopic,
+    ErrorCode, Frame, FsyncPolicy, GroupConfig, GroupSpec, GroupUpdate, Nack, OverflowPolicy,
+    RejectReason, TopicConfig, TopicSpec, TopicUpdate, UpdateGroup, UpdateTopic,
 };
 use weir_tests::wire::RawClient;
 use weir_tests::TestBroker;
@@ -329,4 +331,171 @@ async fn weir_topic_update_prints_the_new_settings_and_says_when_the_topic_is_ov
     .await;
     assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
     assert_eq!(config_of(&broker, "t").max_messages, 2);
+}
+
+/// Sends `UpdateGroup` and returns the answer (`GroupUpdated` or `Error`).
+async fn update_group(c: &mut RawClient, topic: &str, group: &str, update: GroupUpdate) -> Frame {
+    c.send(Frame::UpdateGroup(UpdateGroup {
+        req: 78,
+        topic: topic.into(),
+        group: group.into(),
+        update,
+    }))
+    .await;
+    c.recv().await
+}
+
+fn group_config(broker: &TestBroker, topic: &str, group: &str) -> GroupConfig {
+    let info = broker.broker.topic(topic).expect("topic").info();
+    let g = info.groups.into_iter().find(|g| g.name == group);
+    g.expect("group").config
+}
+
+#[tokio::test]
+async fn a_groups_lowered_max_attempts_dead_letters_at_the_next_failure_and_survives_a_restart() {
+    let broker = TestBroker::start().await;
+    let mut c = RawClient::connect(broker.addr).await;
+    create(&mut c, "orders", 100, OverflowPolicy::Reject).await;
+    let mut consumer = RawClient::connect(broker.addr).await;
+    let spec = GroupSpec {
+        ack_timeout_ms: Some(60_000),
+        max_attempts: Some(5),
+        ..GroupSpec::default()
+    };
+    consumer
+        .subscribe_with(1, "orders", "billing", 10, spec)
+        .await;
+    publish_ok(&mut c, "orders", b"poison").await;
+    let first = consumer.next_delivery().await;
+
+    let lowered = GroupUpdate {
+        max_attempts: Some(1),
+        ..GroupUpdate::default()
+    };
+    match update_group(&mut c, "orders", "billing", lowered).await {
+        Frame::GroupUpdated(g) => {
+            assert_eq!((g.req, g.config.max_attempts), (78, 1));
+            assert_eq!(g.config.ack_timeout_ms, 60_000, "the rest is kept");
+        }
+        other => panic!("expected GroupUpdated, got {other:?}"),
+    }
+    consumer
+        .send(Frame::Nack(Nack {
+            sub: 1,
+            seqs: vec![first.seq],
+            delay_ms: 0,
+        }))
+        .await;
+    // Attempt 1 of (now) 1: dead-lettered, where 5 would have redelivered it.
+    let dlq = weir_tests::wire::wait_for_topic(&mut c, "orders.dlq", |t| t.depth == 1).await;
+    assert_eq!(dlq.depth, 1);
+    let billing = group_config(&broker, "orders", "billing");
+    assert_eq!(billing.max_attempts, 1);
+    drop((c, consumer));
+
+    let broker = broker.restart().await;
+    assert_eq!(group_config(&broker, "orders", "billing"), billing);
+}
+
+#[tokio::test]
+async fn a_bad_group_update_is_refused_with_its_reason_and_changes_nothing() {
+    let broker = TestBroker::start().await;
+    let mut c = RawClient::connect(broker.addr).await;
+    create(&mut c, "t", 10, OverflowPolicy::Reject).await;
+    let mut consumer = RawClient::connect(broker.addr).await;
+    consumer.subscribe(1, "t", "g", 1).await;
+    let before = group_config(&broker, "t", "g");
+    let attempts = |n| GroupUpdate {
+        max_attempts: Some(n),
+        ..GroupUpdate::default()
+    };
+    let own_dlq = GroupUpdate {
+        dead_letter_topic: Some("t".into()),
+        ..GroupUpdate::default()
+    };
+    let cases = [
+        (
+            "nosuch",
+            "g",
+            attempts(2),
+            ErrorCode::UnknownTopic,
+            "unknown topic",
+        ),
+        (
+            "t",
+            "nosuch",
+            attempts(2),
+            ErrorCode::UnknownGroup,
+            "no group nosuch",
+        ),
+        (
+            "t",
+            "g",
+            GroupUpdate::default(),
+            ErrorCode::InvalidArgument,
+            "changes nothing",
+        ),
+        (
+            "t",
+            "g",
+            attempts(0),
+            ErrorCode::InvalidArgument,
+            "at least 1",
+        ),
+        (
+            "t",
+            "g",
+            own_dlq,
+            ErrorCode::InvalidArgument,
+            "its own dead-letter topic",
+        ),
+    ];
+    for (topic, group, u, code, says) in cases {
+        match update_group(&mut c, topic, group, u.clone()).await {
+            Frame::Error(e) => {
+                assert_eq!(e.code, code, "{u:?}: {e:?}");
+                assert!(e.message.contains(says), "{u:?}: {e:?}");
+            }
+            other => panic!("{u:?}: expected Error, got {other:?}"),
+        }
+    }
+    assert_eq!(group_config(&broker, "t", "g"), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weir_group_update_prints_the_groups_settings_now() {
+    let broker = TestBroker::start().await;
+    let addr = broker.addr;
+    let mut consumer = RawClient::connect(addr).await;
+    consumer.subscribe(1, "t", "g", 1).await;
+    let out = weir(
+        addr,
+        &[
+            "group",
+            "update",
+            "t",
+            "g",
+            "--max-attempts",
+            "3",
+            "--ack-timeout-ms",
+            "2500",
+        ],
+        "",
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        stdout(&out),
+        "group g of topic t: ack_timeout_ms=2500 max_attempts=3 dead_letter=t.dlq\n"
+    );
+    let usage = weir(addr, &["group", "update", "t", "g"], "").await;
+    assert_eq!(usage.status.code(), Some(64), "{usage:?}");
+    let unknown = weir(
+        addr,
+        &["group", "update", "t", "nosuch", "--max-attempts", "3"],
+        "",
+    )
+    .await;
+    assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
+    assert_eq!(group_config(&broker, "t", "g").max_attempts, 3);
 }

@@ -1,12 +1,12 @@
 //! Managing topics and groups: `CreateTopic`, `ListTopics`, `DescribeTopic`, `UpdateTopic`,
-//! `DeleteTopic`, `RepairTopic` and `DeleteGroup`. The expensive ones are admitted under the
-//! key's `ops_per_s`.
+//! `DeleteTopic`, `RepairTopic`, `UpdateGroup` and `DeleteGroup`. The expensive ones are
+//! admitted under the key's `ops_per_s`.
 
 use tracing::warn;
 use weir_protocol::{
     CreateTopic, DeleteGroup, DeleteTopic, DescribeTopic, ErrorCode, Frame, GroupDeleted,
-    ListTopics, RepairTopic, TopicCreated, TopicDeleted, TopicRepaired, TopicUpdated, Unsubscribed,
-    UpdateTopic,
+    GroupUpdated, ListTopics, RepairTopic, TopicCreated, TopicDeleted, TopicRepaired, TopicUpdated,
+    Unsubscribed, UpdateGroup, UpdateTopic,
 };
 
 use super::answers::{error, rejected};
@@ -73,21 +73,40 @@ impl Connection {
         }
         let answer = match self.broker.update_topic(&u.name, &u.update).await {
             Ok(config) => Frame::TopicUpdated(TopicUpdated { req: u.req, config }),
-            Err(e @ UpdateError::Unknown(_)) => {
-                error(u.req, ErrorCode::UnknownTopic, e.to_string())
-            }
-            Err(e @ UpdateError::Invalid(_)) => {
-                error(u.req, ErrorCode::InvalidArgument, e.to_string())
-            }
-            Err(e @ UpdateError::OverCeiling(_)) => {
-                error(u.req, ErrorCode::LimitExceeded, e.to_string())
-            }
-            Err(e @ UpdateError::Failed { .. }) => {
-                warn!(conn = self.id, error = %e, "topic update failed");
-                error(u.req, ErrorCode::Internal, e.to_string())
-            }
+            Err(e) => self.update_error(u.req, e),
         };
         self.send(answer).await
+    }
+
+    /// Changes a group's settings live, admitted like a group delete.
+    pub(super) async fn update_group(&mut self, u: UpdateGroup) -> Result<(), End> {
+        if let Err(r) = self.admit_op(Work::DeleteGroup, &u.topic) {
+            return self.send(rejected(u.req, r)).await;
+        }
+        let answer = match self
+            .broker
+            .update_group(&u.topic, &u.group, &u.update)
+            .await
+        {
+            Ok(config) => Frame::GroupUpdated(GroupUpdated { req: u.req, config }),
+            Err(e) => self.update_error(u.req, e),
+        };
+        self.send(answer).await
+    }
+
+    /// The `Error` answering request `req` with a failed update.
+    fn update_error(&self, req: u64, e: UpdateError) -> Frame {
+        let code = match e {
+            UpdateError::Unknown(_) => ErrorCode::UnknownTopic,
+            UpdateError::UnknownGroup { .. } => ErrorCode::UnknownGroup,
+            UpdateError::Invalid(_) => ErrorCode::InvalidArgument,
+            UpdateError::OverCeiling(_) => ErrorCode::LimitExceeded,
+            UpdateError::Failed { .. } | UpdateError::NotStored { .. } => {
+                warn!(conn = self.id, error = %e, "update failed");
+                ErrorCode::Internal
+            }
+        };
+        error(req, code, e.to_string())
     }
 
     /// Deletes a group (with `force`, detaching its subscribers), admitted like a create.

@@ -423,6 +423,7 @@ impl Connection {
             Frame::DeleteTopic(d) => self.delete_topic(d).await,
             Frame::RepairTopic(r) => self.repair_topic(r).await,
             Frame::UpdateTopic(u) => self.update_topic(u).await,
+            Frame::UpdateGroup(u) => self.update_group(u).await,
             Frame::DeleteGroup(d) => self.delete_group(d).await,
             Frame::Ping(nonce) => self.send(Frame::Pong(nonce)).await,
             Frame::Pong(_) => Ok(()),

@@ -300,6 +300,14 @@ impl Group {
         &self.config
     }
 
+    /// Changes the group's settings (`weir group update`), to be saved with its state. Deadlines
+    /// already set stand; attempts are compared with the new `max_attempts` at each failure
+    /// from now on.
+    pub fn set_config(&mut self, config: GroupConfig) {
+        self.config = config;
+        self.dirty = true;
+    }
+
     /// Returns whether the group changed since the last call, and clears the flag.
     pub fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)

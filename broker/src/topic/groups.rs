@@ -1,5 +1,5 @@
 //! A topic's group operations beyond delivery: ack, nack, term, progress, ack deadlines,
-//! moving messages to dead-letter topics, and deleting groups.
+//! moving messages to dead-letter topics, changing a group's settings, and deleting groups.
 //!
 //! Every operation takes the topic lock for a short, non-blocking section, then wakes whoever
 //! has new work: the dispatcher (redeliveries), the broker's dead-letter mover (messages due
@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use weir_protocol::RejectReason;
+use weir_protocol::{GroupConfig, GroupUpdate, RejectReason};
 
 use super::{advance_first, lock, Topic, TopicState};
 use crate::group::{DeadLetter, Group, MemberId, Outbox};
@@ -20,6 +20,15 @@ pub enum DeleteGroupError {
     Unknown,
     /// Members are attached and `force` was not given.
     InUse,
+}
+
+/// Why a group's settings could not be changed (nothing changed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateGroupError {
+    /// No such group.
+    Unknown,
+    /// The new settings are invalid: why.
+    Invalid(String),
 }
 
 /// Members detached by a delete, each with the queue its notices go to.
@@ -230,6 +239,22 @@ impl Topic {
         })
         .await
         .map_err(|e| LogError::Io(std::io::Error::other(e.to_string())))?
+    }
+
+    /// Changes `group`'s settings to `update` applied to its current ones, once `check` (the
+    /// broker's rules for a group of this topic) accepts them; returns them. Saved with the
+    /// group's state at the next flush (the caller flushes to make it durable at once).
+    pub fn update_group(
+        &self,
+        group: &str,
+        update: &GroupUpdate,
+        check: impl FnOnce(&GroupConfig) -> Result<GroupConfig, String>,
+    ) -> Result<GroupConfig, UpdateGroupError> {
+        let mut st = lock(&self.state);
+        let g = st.groups.get_mut(group).ok_or(UpdateGroupError::Unknown)?;
+        let config = check(&update.apply_to(g.config())).map_err(UpdateGroupError::Invalid)?;
+        g.set_config(config.clone());
+        Ok(config)
     }
 
     /// Runs `f` on `group` under the lock (a default result if it does not exist).

@@ -64,7 +64,7 @@ use refusing::RecentRefusals;
 use tail::TailCache;
 use writer::Append;
 
-pub use groups::{DeadLetterJob, DeleteGroupError, Detached};
+pub use groups::{DeadLetterJob, DeleteGroupError, Detached, UpdateGroupError};
 pub use repair::RepairOutcome;
 
 /// Why a publish could not be stored after it was accepted.

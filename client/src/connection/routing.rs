@@ -318,6 +318,7 @@ impl Router {
             Frame::TopicDeleted(ref t) => self.answer(t.req, frame)?,
             Frame::TopicRepaired(ref t) => self.answer(t.req, frame)?,
             Frame::TopicUpdated(ref t) => self.answer(t.req, frame)?,
+            Frame::GroupUpdated(ref g) => self.answer(g.req, frame)?,
             Frame::GroupDeleted(ref g) => self.answer(g.req, frame)?,
             Frame::Subscribed(s) => {
                 let entry = self.subs.get_mut(&s.sub).ok_or_else(|| {

@@ -166,6 +166,12 @@ pub(crate) enum AdminRequest {
     DescribeTopic(String),
     /// `RepairTopic`.
     RepairTopic(String),
+    /// `UpdateGroup`.
+    UpdateGroup {
+        topic: String,
+        group: String,
+        update: weir_protocol::GroupUpdate,
+    },
     /// `UpdateTopic`.
     UpdateTopic {
         name: String,
@@ -199,6 +205,16 @@ impl AdminRequest {
             AdminRequest::RepairTopic(name) => {
                 Frame::RepairTopic(weir_protocol::RepairTopic { req, name })
             }
+            AdminRequest::UpdateGroup {
+                topic,
+                group,
+                update,
+            } => Frame::UpdateGroup(weir_protocol::UpdateGroup {
+                req,
+                topic,
+                group,
+                update,
+            }),
             AdminRequest::UpdateTopic { name, update } => {
                 Frame::UpdateTopic(weir_protocol::UpdateTopic { req, name, update })
             }
