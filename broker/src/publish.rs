@@ -49,11 +49,11 @@ pub(crate) async fn publish(
     };
     if broker.is_shutting_down() {
         let grace = broker.config().limits.shutdown_grace_ms;
-        return Err(refuse(Refusal {
-            reason: RejectReason::ShuttingDown,
-            limit: Limit::new("shutdown_grace_ms", grace),
-            retry_after_ms: None,
-        }));
+        return Err(refuse(Refusal::new(
+            RejectReason::ShuttingDown,
+            Limit::new("shutdown_grace_ms", grace),
+            None,
+        )));
     }
     if let Some(limit) = header_bound_exceeded(broker, &headers) {
         return Err(refuse(too_large(limit)));
@@ -118,20 +118,16 @@ pub(crate) fn header_too_large(broker: &Broker) -> Refusal {
 /// The refusal of a publish the disk budget has no room for (`StorageFull` naming the bound;
 /// come back after `max_retry_after_ms`: room returns as consumers ack and segments go).
 fn storage_full(broker: &Broker, limit: Limit) -> Refusal {
-    Refusal {
-        reason: RejectReason::StorageFull,
+    Refusal::new(
+        RejectReason::StorageFull,
         limit,
-        retry_after_ms: Some(broker.config().limits.max_retry_after_ms),
-    }
+        Some(broker.config().limits.max_retry_after_ms),
+    )
 }
 
 /// A `MessageTooLarge` refusal naming `limit` (no retry hint: retrying cannot help).
 fn too_large(limit: Limit) -> Refusal {
-    Refusal {
-        reason: RejectReason::MessageTooLarge,
-        limit,
-        retry_after_ms: None,
-    }
+    Refusal::new(RejectReason::MessageTooLarge, limit, None)
 }
 
 /// Accounts for a publish to `topic_name` refused before the topic saw it: counted by reason
@@ -156,9 +152,9 @@ pub(crate) fn too_large_for_a_frame(broker: &Broker) -> Refusal {
 /// only deleting a topic helps), counted in the broker's metrics.
 pub(crate) fn too_many_topics(broker: &Broker, max: u32) -> Refusal {
     broker.metrics().refused(RejectReason::TooManyTopics);
-    Refusal {
-        reason: RejectReason::TooManyTopics,
-        limit: Limit::new("max_topics", u64::from(max)),
-        retry_after_ms: None,
-    }
+    Refusal::new(
+        RejectReason::TooManyTopics,
+        Limit::new("max_topics", u64::from(max)),
+        None,
+    )
 }

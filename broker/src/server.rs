@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use tokio_util::codec::Encoder;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
-use weir_protocol::{Frame, Limit, RejectReason, Rejected, WeirCodec};
+use weir_protocol::{Limit, RejectReason, WeirCodec};
 
 use crate::admission::Work;
 use crate::broker::{Broker, OpenError};
@@ -105,11 +105,11 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
         {
             broker.metrics().auth_throttled.add(1);
             let per_s = broker.auth_failures().per_second();
-            let refusal = Refusal {
-                reason: RejectReason::RateLimited,
-                limit: Limit::new("max_auth_failures_per_s", u64::from(per_s)),
-                retry_after_ms: Some(wait.as_millis().max(1) as u64),
-            };
+            let refusal = Refusal::new(
+                RejectReason::RateLimited,
+                Limit::new("max_auth_failures_per_s", u64::from(per_s)),
+                Some(wait.as_millis().max(1) as u64),
+            );
             debug!(%peer, "connection refused: too many failed authentications");
             if let Ok(permit) = refusals.clone().try_acquire_owned() {
                 connections.spawn(async move {
@@ -131,11 +131,7 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
                 broker.metrics().connections_refused.add(1);
                 broker.metrics().refused(RejectReason::TooManyConnections);
                 debug!(%peer, limit = %limit.name, value = limit.value, "connection refused");
-                let refusal = Refusal {
-                    reason: RejectReason::TooManyConnections,
-                    limit,
-                    retry_after_ms: Some(1000),
-                };
+                let refusal = Refusal::new(RejectReason::TooManyConnections, limit, Some(1000));
                 // At most one line per second, however many connections are refused.
                 let now = std::time::Instant::now();
                 broker
@@ -179,12 +175,7 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
 /// `max_connections_per_ip`), or from an address over `max_auth_failures_per_s` — with its
 /// `Rejected` frame naming the limit, and closes it.
 async fn refuse(mut socket: TcpStream, refusal: Refusal) {
-    let frame = Frame::Rejected(Rejected {
-        id: 0,
-        reason: refusal.reason,
-        limit: refusal.limit,
-        retry_after_ms: refusal.retry_after_ms,
-    });
+    let frame = refusal.into_frame(0);
     let mut buf = BytesMut::new();
     if WeirCodec::default().encode(frame, &mut buf).is_err() {
         return;

@@ -60,6 +60,8 @@ struct Outcome {
     refused: u64,
     failed: u64,
     by_reason: BTreeMap<String, u64>,
+    /// The group the latest `TopicFull` named as holding the topic, if any did.
+    held_by: Option<String>,
     /// The first message not confirmed (refused, failed, or still unanswered when the
     /// collector was stopped): its number and payload.
     first_unconfirmed: Option<(u64, Bytes)>,
@@ -125,10 +127,11 @@ pub async fn run(client: Client, args: PubArgs) -> anyhow::Result<ExitCode> {
             outcome.refused + outcome.failed,
             reasons.join(", ")
         );
-        if outcome.by_reason.contains_key("TopicFull") {
-            if let Some(line) = full_topic_holder(&client, &args.topic).await {
-                eprintln!("weir: {line}");
-            }
+        if let Some(group) = &outcome.held_by {
+            eprintln!(
+                "weir: {}",
+                full_topic_holder(&client, &args.topic, group).await
+            );
         }
         let code = if outcome.failed > 0 {
             exit::ERROR
@@ -290,31 +293,30 @@ fn meaning(reason: RejectReason) -> &'static str {
     }
 }
 
-/// Which group holds a full topic: the one furthest behind (most messages in flight or not yet
-/// delivered), since the oldest stored message is kept until it has acked it. `None` when the
-/// topic cannot be described within 5 s or has no group behind (then its consumers are not
-/// the cause: its bounds are simply small for the load).
-async fn full_topic_holder(client: &Client, topic: &str) -> Option<String> {
+/// The group a `TopicFull` named as holding `topic` (its oldest unacked message is kept until
+/// that group acks it), with what it holds when the topic can be described within 5 s.
+async fn full_topic_holder(client: &Client, topic: &str, group: &str) -> String {
     let ask = tokio::time::timeout(Duration::from_secs(5), client.describe_topic(topic));
-    let groups = ask.await.ok()?.ok()?.info.groups;
-    holder_of(&groups).map(|g| {
-        let oldest = g
-            .oldest_unacked_ms
-            .map(|ms| format!(", oldest unacked {:.1} s", ms as f64 / 1000.0))
-            .unwrap_or_default();
-        format!(
-            "topic {topic} is held by group {}: {} in flight and {} not yet delivered{oldest}, {} member(s)",
-            g.name, g.in_flight, g.pending, g.members
-        )
-    })
+    let groups = match ask.await {
+        Ok(Ok(d)) => d.info.groups,
+        _ => Vec::new(),
+    };
+    match groups.iter().find(|g| g.name == group) {
+        Some(g) => holding(topic, g),
+        None => format!("topic {topic} is held by group {group}"),
+    }
 }
 
-/// The group furthest behind, if any group holds messages.
-fn holder_of(groups: &[GroupInfo]) -> Option<&GroupInfo> {
-    groups
-        .iter()
-        .filter(|g| g.in_flight + g.pending > 0)
-        .max_by_key(|g| (g.in_flight + g.pending, g.oldest_unacked_ms))
+/// `topic is held by group G: ...` — what group `g` holds.
+fn holding(topic: &str, g: &GroupInfo) -> String {
+    let oldest = g
+        .oldest_unacked_ms
+        .map(|ms| format!(", oldest unacked {:.1} s", ms as f64 / 1000.0))
+        .unwrap_or_default();
+    format!(
+        "topic {topic} is held by group {}: {} in flight and {} not yet delivered{oldest}, {} member(s)",
+        g.name, g.in_flight, g.pending, g.members
+    )
 }
 
 /// One line about a publish that was not confirmed, e.g. `refused: RateLimited
@@ -325,10 +327,14 @@ fn not_confirmed(e: &PublishError) -> String {
             reason,
             limit,
             retry_after_ms,
+            held_by,
         } => {
             let retry = retry_after_ms.map_or(String::new(), |ms| format!(", retry after {ms} ms"));
+            let held = held_by
+                .as_ref()
+                .map_or(String::new(), |g| format!(", held by group {g}"));
             format!(
-                "refused: {reason:?} ({}={}){retry} — {}",
+                "refused: {reason:?} ({}={}){retry}{held} — {}",
                 limit.name,
                 limit.value,
                 meaning(*reason)
@@ -374,8 +380,13 @@ async fn collect(
             }
             Err(e) => {
                 let key = match &e {
-                    PublishError::Rejected { reason, .. } => {
+                    PublishError::Rejected {
+                        reason, held_by, ..
+                    } => {
                         out.refused += 1;
+                        if held_by.is_some() {
+                            out.held_by.clone_from(held_by);
+                        }
                         format!("{reason:?}")
                     }
                     PublishError::Broker { code, .. } => {
@@ -449,20 +460,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_group_furthest_behind_holds_a_full_topic() {
-        let group = |name: &str, in_flight, pending| GroupInfo {
-            name: name.into(),
-            in_flight,
-            pending,
+    fn the_holding_group_is_described_with_what_it_holds() {
+        let g = GroupInfo {
+            name: "slow".into(),
+            in_flight: 2,
+            pending: 5,
+            members: 1,
+            oldest_unacked_ms: Some(42_000),
             ..GroupInfo::default()
         };
-        let groups = [
-            group("fast", 0, 1),
-            group("slow", 2, 5),
-            group("idle", 0, 0),
-        ];
-        assert_eq!(holder_of(&groups).map(|g| g.name.as_str()), Some("slow"));
-        assert!(holder_of(&[group("done", 0, 0)]).is_none());
+        assert_eq!(
+            holding("orders", &g),
+            "topic orders is held by group slow: 2 in flight and 5 not yet delivered, oldest \
+             unacked 42.0 s, 1 member(s)"
+        );
     }
 
     #[test]
@@ -481,6 +492,7 @@ mod tests {
             reason,
             limit: Limit::new(name, value),
             retry_after_ms,
+            held_by: None,
         };
         assert_eq!(
             not_confirmed(&refused(
@@ -504,6 +516,15 @@ mod tests {
             Some(100)
         ))
         .starts_with("refused: TopicFull (max_messages=1000), retry after 100 ms — "));
+        let held = PublishError::Rejected {
+            reason: RejectReason::TopicFull,
+            limit: Limit::new("max_messages", 1000),
+            retry_after_ms: Some(100),
+            held_by: Some("billing".into()),
+        };
+        assert!(not_confirmed(&held).starts_with(
+            "refused: TopicFull (max_messages=1000), retry after 100 ms, held by group billing — "
+        ));
         assert_eq!(
             not_confirmed(&refused(RejectReason::MessageTooLarge, "max_message_bytes", 5, None)),
             "refused: MessageTooLarge (max_message_bytes=5) — the message is larger than the topic \

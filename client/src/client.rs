@@ -819,6 +819,7 @@ mod tests {
             reason: RejectReason::TooManyConnections,
             limit: Limit::new("max_connections", 1),
             retry_after_ms: None,
+            held_by: None,
         };
         refusing.send(Frame::Rejected(refusal)).await.unwrap();
         assert!(matches!(

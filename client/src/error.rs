@@ -177,7 +177,7 @@ impl From<CodecError> for ClientError {
 pub enum PublishError {
     /// The broker refused the publish at one of its bounds (`Rejected`): a full topic, an
     /// oversized message, a broker shutting down, ... The message was not stored.
-    #[error("publish rejected: {reason:?} ({}={}){}", limit.name, limit.value, fmt_retry(*retry_after_ms))]
+    #[error("publish rejected: {reason:?} ({}={}){}{}", limit.name, limit.value, fmt_retry(*retry_after_ms), fmt_held_by(held_by.as_deref()))]
     Rejected {
         /// Why.
         reason: RejectReason,
@@ -185,6 +185,9 @@ pub enum PublishError {
         limit: Limit,
         /// When retrying may succeed; `None` when retrying the same publish cannot help.
         retry_after_ms: Option<u64>,
+        /// For `TopicFull`: the group holding the topic's oldest unacked message (its acks
+        /// free room first); `None` when no group holds any, or for other reasons.
+        held_by: Option<String>,
     },
     /// The broker answered with a typed error (e.g. [`ErrorCode::UnknownTopic`]). The message was
     /// not stored.
@@ -230,13 +233,15 @@ impl PartialEq for PublishError {
                     reason,
                     limit,
                     retry_after_ms,
+                    held_by,
                 },
                 Rejected {
                     reason: r,
                     limit: l,
                     retry_after_ms: a,
+                    held_by: h,
                 },
-            ) => (reason, limit, retry_after_ms) == (r, l, a),
+            ) => (reason, limit, retry_after_ms, held_by) == (r, l, a, h),
             (
                 Broker { code, message },
                 Broker {
@@ -267,6 +272,10 @@ impl PublishError {
     }
 }
 
+fn fmt_held_by(group: Option<&str>) -> String {
+    group.map_or_else(String::new, |g| format!(", held by group {g}"))
+}
+
 fn fmt_retry(ms: Option<u64>) -> String {
     match ms {
         Some(ms) => format!(", retry after {ms} ms"),
@@ -284,16 +293,18 @@ mod tests {
             reason: RejectReason::TopicFull,
             limit: Limit::new("max_messages", 10),
             retry_after_ms: Some(250),
+            held_by: Some("billing".into()),
         };
         assert_eq!(
             e.to_string(),
-            "publish rejected: TopicFull (max_messages=10), retry after 250 ms"
+            "publish rejected: TopicFull (max_messages=10), retry after 250 ms, held by group billing"
         );
         assert_eq!(e.retry_after(), Some(Duration::from_millis(250)));
         let e = PublishError::Rejected {
             reason: RejectReason::MessageTooLarge,
             limit: Limit::new("max_message_bytes", 5),
             retry_after_ms: None,
+            held_by: None,
         };
         assert_eq!(
             e.to_string(),

@@ -295,6 +295,7 @@ mod tests {
             reason: weir_protocol::RejectReason::TopicFull,
             limit: weir_protocol::Limit::new("max_messages", 1),
             retry_after_ms: Some(10),
+            held_by: None,
         };
         reply_to(rx.recv().await.unwrap(), Err(refusal));
         let second = tokio::time::timeout(Duration::from_secs(5), waiting)

@@ -189,6 +189,10 @@ pub struct Rejected {
     pub limit: Limit,
     /// When retrying may succeed; `None` when retrying the same request cannot help.
     pub retry_after_ms: Option<u64>,
+    /// For `TopicFull`: the group holding the topic's oldest unacked message (the one furthest
+    /// behind, whose acks would free room first); `None` when no group holds any (a topic with
+    /// no groups keeps messages until its bound) or for other reasons.
+    pub held_by: Option<String>,
 }
 
 /// Joins `group` of `topic` as subscription `sub` with `credit` messages of initial demand.

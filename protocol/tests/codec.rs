@@ -282,14 +282,16 @@ fn frame() -> impl Strategy<Value = Frame> {
             reason(),
             name(),
             any::<u64>(),
-            any::<Option<u64>>()
+            any::<Option<u64>>(),
+            proptest::option::of(name())
         )
             .prop_map(
-                |(id, reason, n, v, retry_after_ms)| Frame::Rejected(Rejected {
+                |(id, reason, n, v, retry_after_ms, held_by)| Frame::Rejected(Rejected {
                     id,
                     reason,
                     limit: Limit::new(n, v),
-                    retry_after_ms
+                    retry_after_ms,
+                    held_by
                 })
             ),
         (any::<u64>(), name(), name(), any::<u32>(), group_spec()).prop_map(

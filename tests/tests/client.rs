@@ -136,14 +136,49 @@ async fn a_full_topic_is_a_typed_refusal_with_a_retry_hint() {
             reason,
             limit,
             retry_after_ms,
+            held_by,
         } => {
             assert_eq!(*reason, RejectReason::TopicFull);
             assert_eq!((limit.name.as_str(), limit.value), ("max_messages", 3));
             assert!(retry_after_ms.is_some());
+            assert_eq!(*held_by, None, "no group: the bound alone holds the topic");
         }
         other => panic!("expected Rejected, got {other:?}"),
     }
     assert!(refused.retry_after().is_some());
+
+    // Two groups: "fast" acks the first message, "slow" acks nothing. The refusal names the
+    // group holding the oldest unacked message.
+    let mut fast = client.subscribe("tiny", "fast", 1).await.unwrap();
+    let mut slow = client.subscribe("tiny", "slow", 1).await.unwrap();
+    fast.next().await.unwrap().unwrap().ack();
+    let _held = slow.next().await.unwrap().unwrap();
+    let fast_acked = || async {
+        let d = client.describe_topic("tiny").await.unwrap();
+        // 3 stored: acked, fast holds the other two (in flight or not yet delivered).
+        d.info
+            .groups
+            .iter()
+            .any(|g| g.name == "fast" && g.in_flight + g.pending == 2)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !fast_acked().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fast's ack never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let refused = publisher
+        .publish("tiny", "no room")
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    match refused {
+        PublishError::Rejected { held_by, .. } => assert_eq!(held_by.as_deref(), Some("slow")),
+        other => panic!("expected Rejected, got {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -169,6 +169,7 @@ async fn a_full_topic_answers_429_with_retry_after_and_shows_what_refuses() {
     let body = refused.json();
     assert_eq!(body["reason"], "topic_full");
     assert_eq!(body["limit"], json!({"name": "max_messages", "value": 1}));
+    assert!(body.get("held_by").is_none(), "no group holds it: {body}");
     let retry_ms = body["retry_after_ms"].as_u64().expect("a retry hint");
     let retry_s: u64 = refused
         .retry_after
@@ -206,6 +207,12 @@ async fn a_full_topic_answers_429_with_retry_after_and_shows_what_refuses() {
         .filter_map(|t| t["name"].as_str())
         .collect();
     assert_eq!(names, ["http-full"]);
+
+    // A group that has not acked the stored message holds the topic: the refusal names it.
+    let _billing = client.subscribe("http-full", "billing", 1).await.unwrap();
+    let refused = post(&broker, "http-full", &[], b"three").await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.json()["held_by"], "billing");
 }
 
 #[tokio::test]

@@ -45,11 +45,11 @@ pub(super) async fn require_key(
     let failures = broker.auth_failures();
     if let Err(wait) = failures.check_at(peer, Instant::now()) {
         broker.metrics().auth_throttled.add(1);
-        return refusal_response(Refusal {
-            reason: RejectReason::RateLimited,
-            limit: Limit::new("max_auth_failures_per_s", u64::from(failures.per_second())),
-            retry_after_ms: Some(wait.as_millis().max(1) as u64),
-        });
+        return refusal_response(Refusal::new(
+            RejectReason::RateLimited,
+            Limit::new("max_auth_failures_per_s", u64::from(failures.per_second())),
+            Some(wait.as_millis().max(1) as u64),
+        ));
     }
     let token = bearer_token(request.headers());
     match broker.keys().authenticate(token, peer) {

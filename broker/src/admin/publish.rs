@@ -74,6 +74,10 @@ pub struct Refused {
     pub limit: Limit,
     /// When to come back, if waiting can help.
     pub retry_after_ms: Option<u64>,
+    /// For `topic_full`: the group holding the topic's oldest unacked message (absent when
+    /// none does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<String>,
 }
 
 /// Why an HTTP publish was not stored; each becomes one status (see the module table).
@@ -237,6 +241,7 @@ pub(super) fn refusal_response(r: Refusal) -> Response {
         reason: r.reason,
         limit: r.limit,
         retry_after_ms: r.retry_after_ms,
+        held_by: r.held_by,
     };
     let mut response = (status, Json(body)).into_response();
     if let Some(seconds) = retry_after_s {

@@ -380,11 +380,7 @@ fn refusal(reason: RejectReason, limit: Limit, retry_after: Option<Duration>) ->
             .unwrap_or(u64::MAX)
             .max(1)
     });
-    Refusal {
-        reason,
-        limit,
-        retry_after_ms,
-    }
+    Refusal::new(reason, limit, retry_after_ms)
 }
 
 #[cfg(all(test, not(weir_loom)))]
@@ -573,11 +569,11 @@ mod tests {
     fn refusal_lines_are_rate_limited_per_topic_and_reason() {
         let t0 = Instant::now();
         let admission = Admission::new(&config(RateConfig::default(), 1), t0);
-        let full = Refusal {
-            reason: RejectReason::TopicFull,
-            limit: Limit::new("max_messages", 10),
-            retry_after_ms: Some(5),
-        };
+        let full = Refusal::new(
+            RejectReason::TopicFull,
+            Limit::new("max_messages", 10),
+            Some(5),
+        );
         let publish = Work::Publish;
         assert!(admission.log_refusal_at(publish, "a", &full, t0));
         assert!(!admission.log_refusal_at(publish, "a", &full, t0 + 999 * MS));

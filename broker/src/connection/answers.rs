@@ -1,17 +1,12 @@
 //! The answer frames a connection's commands share: a refusal, an error, an unknown subscription.
 
-use weir_protocol::{Error, ErrorCode, Frame, Rejected};
+use weir_protocol::{Error, ErrorCode, Frame};
 
 use crate::refusal::Refusal;
 
 /// `Rejected` for request `id`, carrying the refusal.
 pub(super) fn rejected(id: u64, r: Refusal) -> Frame {
-    Frame::Rejected(Rejected {
-        id,
-        reason: r.reason,
-        limit: r.limit,
-        retry_after_ms: r.retry_after_ms,
-    })
+    r.into_frame(id)
 }
 
 /// `Error` for request `req`.

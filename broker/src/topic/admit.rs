@@ -81,7 +81,7 @@ impl Topic {
                         return Ok(Decision::Park);
                     }
                     let retry = self.retry_after(st, len, now);
-                    return Err(self.refusal(RejectReason::TopicFull, limit, Some(retry)));
+                    return Err(self.full(st, limit, retry));
                 }
             }
         }

@@ -282,6 +282,19 @@ impl TopicState {
         }
     }
 
+    /// The group holding the oldest message (stored, or accepted and being stored) not every
+    /// group has acked — the lowest floor, the first by name on a tie — if any group holds
+    /// one: what `TopicFull` names.
+    fn holder(&self) -> Option<String> {
+        let end = self.committed_next + self.pending_count;
+        self.groups
+            .iter()
+            .map(|(name, g)| (g.floor(), name))
+            .filter(|&(floor, _)| floor < end)
+            .min_by_key(|&(floor, _)| floor)
+            .map(|(_, name)| name.clone())
+    }
+
     /// Bytes counted against `max_bytes`: stored plus accepted-not-committed.
     fn bytes(&self) -> u64 {
         self.stored_bytes + self.pending_bytes

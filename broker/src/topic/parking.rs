@@ -56,11 +56,7 @@ impl Topic {
             "max_blocked_publishes",
             u64::from(self.settings().max_blocked_publishes),
         );
-        self.refusal(
-            RejectReason::TopicFull,
-            limit,
-            Some(self.retry_after(st, len, now)),
-        )
+        self.full(st, limit, self.retry_after(st, len, now))
     }
 
     /// Moves parked publishes that now fit into the writer's queue, oldest first, stopping at
@@ -108,11 +104,7 @@ impl Topic {
         for p in st.parked.expire(now) {
             let limit = Limit::new("max_block_ms", self.settings().max_block_ms);
             let retry = self.retry_after(&st, p.message.size(), now);
-            let _ = p.reply.send(Err(self.refusal(
-                RejectReason::TopicFull,
-                limit,
-                Some(retry),
-            )));
+            let _ = p.reply.send(Err(self.full(&st, limit, retry)));
         }
     }
 
@@ -138,6 +130,14 @@ impl Topic {
         Duration::from_millis(self.settings().max_block_ms)
     }
 
+    /// A `TopicFull` refusal at `limit`, worth retrying after `retry_after_ms`, naming the
+    /// group that holds the topic's oldest unacked message (if one does); counted.
+    pub(super) fn full(&self, st: &TopicState, limit: Limit, retry_after_ms: u64) -> AppendError {
+        let mut refusal = Refusal::new(RejectReason::TopicFull, limit, Some(retry_after_ms));
+        refusal.held_by = st.holder();
+        self.refused(refusal)
+    }
+
     /// A refusal, counted for the topic and the broker.
     pub(super) fn refusal(
         &self,
@@ -145,13 +145,12 @@ impl Topic {
         limit: Limit,
         retry_after_ms: Option<u64>,
     ) -> AppendError {
+        self.refused(Refusal::new(reason, limit, retry_after_ms))
+    }
+
+    fn refused(&self, refusal: Refusal) -> AppendError {
         self.counters.rejected.add(1);
-        self.metrics.refused(reason);
-        let refusal = Refusal {
-            reason,
-            limit,
-            retry_after_ms,
-        };
+        self.metrics.refused(refusal.reason);
         self.admission.log_refusal(&self.name, &refusal);
         self.note_recent(&refusal);
         AppendError::Refused(refusal)

@@ -65,11 +65,11 @@ mod tests {
     use weir_protocol::{Limit, RejectReason};
 
     fn full() -> Refusal {
-        Refusal {
-            reason: RejectReason::TopicFull,
-            limit: Limit::new("max_messages", 10),
-            retry_after_ms: Some(5),
-        }
+        Refusal::new(
+            RejectReason::TopicFull,
+            Limit::new("max_messages", 10),
+            Some(5),
+        )
     }
 
     #[test]

@@ -291,6 +291,7 @@ impl Router {
                         reason: r.reason,
                         limit: r.limit,
                         retry_after_ms: r.retry_after_ms,
+                        held_by: r.held_by,
                     }));
                 } else if let Some(pending) = self.requests.remove(&r.id) {
                     let _ = pending.reply.send(Err(refusal()));

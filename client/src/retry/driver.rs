@@ -255,6 +255,7 @@ mod tests {
             reason,
             limit: Limit::new("max_messages", 5),
             retry_after_ms,
+            held_by: None,
         }
     }
 

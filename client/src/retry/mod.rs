@@ -190,6 +190,7 @@ mod tests {
             reason,
             limit: Limit::new("x", 1),
             retry_after_ms,
+            held_by: None,
         }
     }
 
