@@ -111,6 +111,12 @@ async fn try_publish_fails_fast_with_window_full_and_publish_waits_for_a_slot() 
     );
 }
 
+/// Publishes to `topic`, which must refuse; returns the refusal.
+async fn refused_publish(publisher: &weir_client::Publisher, topic: &str) -> PublishError {
+    let confirm = publisher.publish(topic, "no room").await.unwrap();
+    confirm.await.unwrap_err()
+}
+
 #[tokio::test]
 async fn a_full_topic_is_a_typed_refusal_with_a_retry_hint() {
     let broker = TestBroker::start().await;
@@ -125,12 +131,7 @@ async fn a_full_topic_is_a_typed_refusal_with_a_retry_hint() {
     for i in 0..3 {
         publisher.publish_and_wait("tiny", vec![i]).await.unwrap();
     }
-    let refused = publisher
-        .publish("tiny", "no room")
-        .await
-        .unwrap()
-        .await
-        .unwrap_err();
+    let refused = refused_publish(&publisher, "tiny").await;
     match &refused {
         PublishError::Rejected {
             reason,
@@ -169,12 +170,7 @@ async fn a_full_topic_is_a_typed_refusal_with_a_retry_hint() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let refused = publisher
-        .publish("tiny", "no room")
-        .await
-        .unwrap()
-        .await
-        .unwrap_err();
+    let refused = refused_publish(&publisher, "tiny").await;
     match refused {
         PublishError::Rejected { held_by, .. } => assert_eq!(held_by.as_deref(), Some("slow")),
         other => panic!("expected Rejected, got {other:?}"),
