@@ -16,6 +16,7 @@ use weir_protocol::{ListTopics, TopicConfig, TopicInfo, TopicList, TopicSpec};
 
 use crate::admission::{Admission, KeyLimits, Work};
 use crate::auth_limit::AuthFailures;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
@@ -182,11 +183,16 @@ impl Broker {
     /// counted and logged under that operation, and the caller answers it.
     pub(crate) fn admit_op(&self, key: &KeyLimits, op: Work, target: &str) -> Result<(), Refusal> {
         let admission = self.admission();
-        let now = std::time::Instant::now();
-        admission.admit_op(key, now).inspect_err(|r| {
+        admission.admit_op(key).inspect_err(|r| {
             self.metrics().op_refused(op);
-            admission.log_refusal_at(op, target, r, now);
+            admission.log_refusal_at(op, target, r, std::time::Instant::now());
         })
+    }
+
+    /// The broker's clock: ack deadlines, nack delays and the keys' rate windows run on it
+    /// (see [`crate::clock`]). Real time unless the broker was opened with a paused clock.
+    pub fn clock(&self) -> &Clock {
+        &self.shared.env.clock
     }
 
     /// Admission control: overload, memory budget, per-key rate limits.

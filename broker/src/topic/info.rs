@@ -31,7 +31,7 @@ impl Topic {
             groups: st
                 .groups
                 .iter()
-                .map(|(name, g)| g.info(name, st.committed_next, now))
+                .map(|(name, g)| g.info(name, st.committed_next, self.clock.now()))
                 .collect(),
             groups_omitted: 0,
             dropped: self.counters.dropped.get(),
