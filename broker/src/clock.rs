@@ -15,7 +15,8 @@
 //! - the age of the oldest unacked delivery a group reports (`oldest_unacked_ms`), measured
 //!   against its delivery times;
 //! - **rate windows**: the per-key token buckets (`messages_per_s`, `bytes_per_s`,
-//!   `ops_per_s`) in `admission/`.
+//!   `ops_per_s`) in `admission/`, and the per-address window of failed authentications
+//!   (`max_auth_failures_per_s`, `auth_limit.rs`) with its retry hint.
 //!
 //! # What stays on real time, and why
 //!
@@ -30,8 +31,8 @@
 //!   producer, and the writer that expires them bounds that hold in real time;
 //! - the group-commit delay, fsync intervals, high-water records and the state flush period
 //!   (storage cadence);
-//! - stall warnings, rate-limited log lines, failed-authentication windows per address and
-//!   the dead-letter mover's retry pause (operator-facing or protective).
+//! - stall warnings, rate-limited log lines (other than the one failed authentications share
+//!   with their window) and the dead-letter mover's retry pause (operator-facing).
 //!
 //! # Bounds
 //!

@@ -171,7 +171,8 @@ impl Broker {
     /// logged at most once a second.
     pub(crate) fn auth_failed(&self, ip: std::net::IpAddr, why: &crate::keys::AuthError) {
         self.metrics().auth_failures.add(1);
-        self.shared.auth_failures.failed(ip, why);
+        let now = self.clock().now();
+        self.shared.auth_failures.failed_at(ip, why, now);
     }
 
     /// The disk budget (`storage.max_bytes`, `storage.min_free_bytes`).
@@ -189,8 +190,9 @@ impl Broker {
         })
     }
 
-    /// The broker's clock: ack deadlines, nack delays and the keys' rate windows run on it
-    /// (see [`crate::clock`]). Real time unless the broker was opened with a paused clock.
+    /// The broker's clock: ack deadlines, nack delays and rate windows (keys' buckets, failed
+    /// authentications per address) run on it (see [`crate::clock`]). Real time unless the
+    /// broker was opened with a paused clock.
     pub fn clock(&self) -> &Clock {
         &self.shared.env.clock
     }
