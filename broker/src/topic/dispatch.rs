@@ -47,7 +47,8 @@ type Resolved = (Message, Instant);
 
 /// Runs the dispatcher until `stop` is cancelled. Between rounds it sleeps until woken or until
 /// the next ack deadline or nack delay of any group comes due on the broker's clock (one sleep
-/// per topic, never a timer per message; a paused clock wakes it when advanced past one). Its time asleep counts as idle, the rounds as busy
+/// per topic, never a timer per message; a paused clock wakes it when advanced past one). Its
+/// time asleep counts as idle, the rounds as busy
 /// (`weir_worker_*_seconds_total{worker="dispatcher"}`).
 pub(super) async fn run(topic: Arc<Topic>, stop: CancellationToken) {
     let mut plan = Plan::with_capacity(ROUND);

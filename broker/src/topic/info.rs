@@ -22,7 +22,7 @@ impl Topic {
     }
 
     fn info_of(&self, st: &TopicState) -> TopicInfo {
-        let now = Instant::now();
+        let (now, clock_now) = (Instant::now(), self.clock.now());
         TopicInfo {
             config: self.config.clone(),
             depth: st.stored(),
@@ -31,7 +31,7 @@ impl Topic {
             groups: st
                 .groups
                 .iter()
-                .map(|(name, g)| g.info(name, st.committed_next, self.clock.now()))
+                .map(|(name, g)| g.info(name, st.committed_next, clock_now))
                 .collect(),
             groups_omitted: 0,
             dropped: self.counters.dropped.get(),
