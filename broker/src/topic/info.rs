@@ -22,6 +22,7 @@ impl Topic {
     }
 
     fn info_of(&self, st: &TopicState) -> TopicInfo {
+        // Groups' ages are on the broker's clock; the drain rate and refusals on real time.
         let (now, clock_now) = (Instant::now(), self.clock.now());
         TopicInfo {
             config: self.config.clone(),
