@@ -4,6 +4,9 @@
 //! over) — guessing tokens costs a second per handful of guesses. Failures are logged at most
 //! once a second, with the count of those the line stands for.
 //!
+//! Time is passed in: the broker passes its clock's ([`crate::clock`]), so tests pause the
+//! window and advance past it.
+//!
 //! Bounded: at most [`TRACKED`] addresses are remembered; past it, addresses whose second is
 //! over are forgotten first, then the oldest.
 
@@ -72,11 +75,6 @@ impl AuthFailures {
         if let Some(suppressed) = self.log.note((), now) {
             tracing::warn!(peer = %ip, error = %why, suppressed, "authentication failed");
         }
-    }
-
-    /// [`AuthFailures::failed_at`] now.
-    pub fn failed(&self, ip: IpAddr, why: &AuthError) {
-        self.failed_at(ip, why, Instant::now());
     }
 
     /// `Err(wait)` when `ip` has used up its failures for the current second: refuse its

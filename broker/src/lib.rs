@@ -11,7 +11,10 @@
 //! - [`admin`] — the HTTP admin endpoint: health, readiness, metrics, topics, HTTP publish.
 //! - [`storage`] — the segmented message log, the sled state store, the file layer (and its
 //!   fault-injecting twin for tests) — all disk access.
-//! - [`Broker`], [`OpenError`], [`Config`], [`ApiKey`], [`RateConfig`] at the crate root.
+//! - [`clock`] — [`Clock`]: the one time the broker's deadlines, delays and rate windows
+//!   read; real time in the daemon, paused and advanced by tests.
+//! - [`Broker`], [`OpenError`], [`Config`], [`ApiKey`], [`RateConfig`], [`Clock`] at the
+//!   crate root.
 //!
 //! The crate's own, in the order one message meets them (publish → store → deliver → ack):
 //! - `slots` — connection slots: `max_connections` and `max_connections_per_ip`.
@@ -42,11 +45,13 @@
 // The public surface: what the `weir-broker` daemon, the end-to-end tests and the benches use.
 // Everything else is the crate's own.
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod server;
 pub mod storage;
 
 pub use broker::{Broker, OpenError};
+pub use clock::Clock;
 pub use config::Config;
 pub use keys::{ApiKey, RateConfig};
 

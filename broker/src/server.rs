@@ -101,7 +101,7 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
         backoff = Duration::from_millis(10);
         if let Err(wait) = broker
             .auth_failures()
-            .check_at(peer.ip(), std::time::Instant::now())
+            .check_at(peer.ip(), broker.clock().now())
         {
             broker.metrics().auth_throttled.add(1);
             let per_s = broker.auth_failures().per_second();

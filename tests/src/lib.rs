@@ -15,7 +15,7 @@ use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use weir_broker::{Broker, Config};
+use weir_broker::{Broker, Clock, Config};
 
 pub use process::BrokerProcess;
 pub use wire::RawClient;
@@ -57,6 +57,10 @@ pub struct TestBroker {
     pub dir: Arc<TempDir>,
     /// The broker itself, for its counters and topic state.
     pub broker: Broker,
+    /// The broker's clock (kept across restarts): real time, or paused
+    /// ([`TestBroker::start_paused_with`]) — then ack deadlines, nack delays and rate windows
+    /// pass only when the test calls `clock.advance(..)`.
+    pub clock: Clock,
     config: Config,
     /// The file layer its topics write through (kept across restarts).
     fs: weir_broker::storage::fs::Fs,
@@ -75,22 +79,39 @@ impl TestBroker {
         Self::start_on(weir_broker::storage::fs::os(), tweak).await
     }
 
+    /// Starts a broker on a paused clock ([`Clock::paused`]), after `tweak` adjusts the test
+    /// defaults: its ack deadlines, nack delays and rate windows stand still until the test
+    /// advances [`TestBroker::clock`], so a test waits for an event, never for time to pass.
+    pub async fn start_paused_with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
+        Self::start_timed(weir_broker::storage::fs::os(), Clock::paused(), tweak).await
+    }
+
     /// Starts a broker whose topic files go through `fs` (a fault-injecting layer), after
     /// `tweak` adjusts the test defaults.
     pub async fn start_on(
         fs: weir_broker::storage::fs::Fs,
         tweak: impl FnOnce(&mut Config),
     ) -> TestBroker {
+        Self::start_timed(fs, Clock::system(), tweak).await
+    }
+
+    /// Starts a broker with files through `fs` and time from `clock`, after `tweak`.
+    async fn start_timed(
+        fs: weir_broker::storage::fs::Fs,
+        clock: Clock,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestBroker {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let mut config = test_config(dir.path());
         tweak(&mut config);
-        Self::launch(dir, config, fs).await
+        Self::launch(dir, config, fs, clock).await
     }
 
     async fn launch(
         dir: Arc<TempDir>,
         config: Config,
         fs: weir_broker::storage::fs::Fs,
+        clock: Clock,
     ) -> TestBroker {
         let listener = TcpListener::bind(config.listen).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
@@ -99,7 +120,7 @@ impl TestBroker {
             .await
             .expect("bind admin");
         let admin_addr = admin_listener.local_addr().expect("admin address");
-        let broker = Broker::open_on(config.clone(), fs.clone())
+        let broker = Broker::open_on(config.clone(), fs.clone(), clock.clone())
             .await
             .expect("broker opens");
         let handle = broker.clone();
@@ -123,6 +144,7 @@ impl TestBroker {
             admin_addr,
             dir,
             broker: handle,
+            clock,
             config,
             fs,
             shutdown: Some(shutdown),
@@ -145,15 +167,16 @@ impl TestBroker {
         self.restart_with(|_| {}).await
     }
 
-    /// Stops the broker and starts a new one on the same data directory after `tweak` adjusts
-    /// its configuration.
+    /// Stops the broker and starts a new one on the same data directory (and the same clock)
+    /// after `tweak` adjusts its configuration.
     pub async fn restart_with(mut self, tweak: impl FnOnce(&mut Config)) -> TestBroker {
         self.stop().await;
         let (dir, mut config, fs) = (self.dir.clone(), self.config.clone(), self.fs.clone());
+        let clock = self.clock.clone();
         tweak(&mut config);
         // Our handle keeps the state store (and its file lock) open: let go of it first.
         drop(self);
-        Self::launch(dir, config, fs).await
+        Self::launch(dir, config, fs, clock).await
     }
 }
 

@@ -109,6 +109,23 @@ impl RawClient {
         }
     }
 
+    /// Sends a `Ping` and waits for its `Pong`, returning the frames that came first. The
+    /// broker applies one connection's frames in order, so once this returns every frame sent
+    /// before it (an ack, a nack, a progress) has been applied — what a test needs before it
+    /// advances a paused clock past a deadline those frames move.
+    pub async fn ping(&mut self) -> Vec<Frame> {
+        let nonce = self.req();
+        self.send(Frame::Ping(nonce)).await;
+        let mut before = Vec::new();
+        loop {
+            match self.recv().await {
+                Frame::Pong(n) if n == nonce => return before,
+                other => before.push(other),
+            }
+            assert!(before.len() < 4096, "no Pong after {} frames", before.len());
+        }
+    }
+
     fn req(&mut self) -> u64 {
         self.next_req += 1;
         self.next_req

@@ -2,7 +2,7 @@
 //! dead-letter topics (origin headers, a full dead-letter topic holds, never drops), start
 //! positions, group and topic deletion.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use weir_protocol::*;
 use weir_tests::wire::{header, wait_for_topic};
@@ -59,9 +59,22 @@ async fn deliver(client: &mut RawClient) -> Deliver {
     client.next_delivery().await
 }
 
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Asserts that `client` receives nothing for a while after the test advanced a paused broker
+/// clock: a broker that expired a deadline or delay too early would send at once, one that is
+/// right can send nothing until the next advance.
+async fn assert_nothing_comes(client: &mut RawClient, what: &str) {
+    if let Some(frame) = client.recv_within(ms(150)).await {
+        panic!("{what}: {frame:?}");
+    }
+}
+
 #[tokio::test]
 async fn an_unacked_message_is_redelivered_once_per_timeout_then_dead_lettered_with_its_origin() {
-    let broker = TestBroker::start().await;
+    let broker = TestBroker::start_paused_with(|_| {}).await;
     let mut publisher = RawClient::connect(broker.addr).await;
     let headers = vec![("trace".to_string(), "abc".to_string())];
     let seq = publish_with_headers(&mut publisher, "jobs", headers, b"poison").await;
@@ -69,25 +82,15 @@ async fn an_unacked_message_is_redelivered_once_per_timeout_then_dead_lettered_w
     consumer
         .subscribe_with(1, "jobs", "workers", 10, spec(200, 3))
         .await;
-    let mut last = Instant::now();
     for attempt in 1..=3 {
         let d = deliver(&mut consumer).await;
         assert_eq!((d.seq, d.attempt), (seq, attempt));
-        if attempt > 1 {
-            assert!(
-                last.elapsed() >= Duration::from_millis(200),
-                "attempt {attempt} came before the ack timeout"
-            );
-        }
-        last = Instant::now();
+        // Its deadline is 200 ms of broker time after this delivery.
+        broker.clock.advance(ms(199));
+        assert_nothing_comes(&mut consumer, "a delivery before its ack timeout").await;
+        broker.clock.advance(ms(1));
     }
-    assert!(
-        consumer
-            .recv_within(Duration::from_millis(600))
-            .await
-            .is_none(),
-        "no fourth delivery after max_attempts"
-    );
+    assert_nothing_comes(&mut consumer, "a fourth delivery after max_attempts").await;
     let mut reader = RawClient::connect(broker.addr).await;
     reader.subscribe(1, "jobs.dlq", "audit", 10).await;
     let dead = deliver(&mut reader).await;
@@ -123,17 +126,15 @@ async fn an_unacked_message_is_redelivered_once_per_timeout_then_dead_lettered_w
 }
 
 #[tokio::test]
-async fn a_nacked_message_comes_back_no_sooner_than_its_delay_and_progress_keeps_one() {
-    let broker = TestBroker::start().await;
+async fn a_nacked_message_comes_back_no_sooner_than_its_delay() {
+    let broker = TestBroker::start_paused_with(|_| {}).await;
     let mut publisher = RawClient::connect(broker.addr).await;
     publisher.publish("retry", &b"a"[..]).await;
-    publisher.publish("retry", &b"b"[..]).await;
     let mut consumer = RawClient::connect(broker.addr).await;
     consumer
-        .subscribe_with(1, "retry", "g", 10, spec(400, 5))
+        .subscribe_with(1, "retry", "g", 10, spec(10_000, 5))
         .await;
-    let (a, b) = (deliver(&mut consumer).await, deliver(&mut consumer).await);
-    let nacked_at = Instant::now();
+    let a = deliver(&mut consumer).await;
     consumer
         .send(Frame::Nack(Nack {
             sub: 1,
@@ -141,51 +142,59 @@ async fn a_nacked_message_comes_back_no_sooner_than_its_delay_and_progress_keeps
             delay_ms: 300,
         }))
         .await;
-    // Keep b alive past its 400 ms deadline with progress every 150 ms.
-    let mut again = None;
-    while again.is_none() {
-        consumer
-            .send(Frame::Progress(Progress {
-                sub: 1,
-                seqs: vec![b.seq],
-            }))
-            .await;
-        if let Some(Frame::Deliver(d)) = consumer.recv_within(Duration::from_millis(150)).await {
-            again = Some(d);
-        }
-        assert!(
-            nacked_at.elapsed() < Duration::from_secs(10),
-            "the nacked message never came back"
-        );
-    }
-    let again = again.unwrap();
-    assert_eq!((again.seq, again.attempt), (a.seq, 2));
     assert!(
-        nacked_at.elapsed() >= Duration::from_millis(300),
-        "redelivered before the nack delay"
+        consumer.ping().await.is_empty(),
+        "nothing before the nack is applied"
     );
-    // b was never redelivered: progress kept its deadline moving for ~300+ ms past 400.
-    // (a is in flight again too, with a fresh deadline: keep both.)
-    for _ in 0..3 {
-        consumer
-            .send(Frame::Progress(Progress {
-                sub: 1,
-                seqs: vec![a.seq, b.seq],
-            }))
-            .await;
-        assert!(consumer
-            .recv_within(Duration::from_millis(150))
-            .await
-            .is_none());
-    }
+    broker.clock.advance(ms(299));
+    assert_nothing_comes(&mut consumer, "a redelivery before the nack delay").await;
+    broker.clock.advance(ms(1));
+    let again = deliver(&mut consumer).await;
+    assert_eq!((again.seq, again.attempt), (a.seq, 2));
     consumer
         .send(Frame::Ack(Ack {
             sub: 1,
-            seqs: vec![a.seq, b.seq],
+            seqs: vec![a.seq],
         }))
         .await;
     let info = wait_for_topic(&mut publisher, "retry", |t| t.depth == 0).await;
     assert_eq!(info.groups[0].timed_out, 0);
+}
+
+#[tokio::test]
+async fn progress_restarts_the_ack_deadline() {
+    let broker = TestBroker::start_paused_with(|_| {}).await;
+    let mut publisher = RawClient::connect(broker.addr).await;
+    publisher.publish("slow", &b"b"[..]).await;
+    let mut consumer = RawClient::connect(broker.addr).await;
+    consumer
+        .subscribe_with(1, "slow", "g", 10, spec(400, 5))
+        .await;
+    let b = deliver(&mut consumer).await;
+    // Just before its deadline the consumer says it is still working on it.
+    broker.clock.advance(ms(399));
+    consumer
+        .send(Frame::Progress(Progress {
+            sub: 1,
+            seqs: vec![b.seq],
+        }))
+        .await;
+    assert!(
+        consumer.ping().await.is_empty(),
+        "no redelivery before the deadline"
+    );
+    // Past the original deadline (400 ms): the restarted one (399 + 400 ms) holds it.
+    broker.clock.advance(ms(2));
+    assert_nothing_comes(&mut consumer, "a redelivery past a restarted deadline").await;
+    // Past the restarted deadline: redelivered, with the next attempt.
+    broker.clock.advance(ms(398));
+    let again = deliver(&mut consumer).await;
+    assert_eq!((again.seq, again.attempt), (b.seq, 2));
+    let info = wait_for_topic(&mut publisher, "slow", |t| t.groups[0].timed_out == 1).await;
+    assert_eq!(
+        info.groups[0].in_flight, 1,
+        "in flight again, to the same consumer"
+    );
 }
 
 #[tokio::test]
@@ -354,8 +363,8 @@ async fn deleting_a_topic_removes_its_messages_groups_and_files() {
 }
 
 #[tokio::test]
-async fn group_settings_and_pending_dead_letters_survive_a_restart() {
-    let broker = TestBroker::start_with(|c| c.groups.max_nack_delay_ms = 60_000).await;
+async fn group_settings_nack_delays_and_pending_dead_letters_survive_a_restart() {
+    let broker = TestBroker::start_paused_with(|c| c.groups.max_nack_delay_ms = 60_000).await;
     let mut admin = RawClient::connect(broker.addr).await;
     admin.publish("keep", &b"x"[..]).await;
     let mut consumer = RawClient::connect(broker.addr).await;
@@ -383,13 +392,13 @@ async fn group_settings_and_pending_dead_letters_survive_a_restart() {
     assert_eq!(config.dead_letter_topic, "keep.dlq");
     let mut consumer = RawClient::connect(broker.addr).await;
     consumer.subscribe(1, "keep", "g", 10).await;
-    assert!(
-        consumer
-            .recv_within(Duration::from_millis(500))
-            .await
-            .is_none(),
-        "the nack delay survived the restart"
-    );
+    // The delay is kept as a wall-clock time: the real time the restart took counts against
+    // it, so the first advance leaves a wide margin.
+    broker.clock.advance(Duration::from_secs(50));
+    assert_nothing_comes(&mut consumer, "the nack delay did not survive the restart").await;
+    broker.clock.advance(Duration::from_secs(10));
+    let again = deliver(&mut consumer).await;
+    assert_eq!((again.seq, again.attempt), (d.seq, 2));
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! Unacked messages of a subscriber that leaves go back to its group, with attempt + 1.
+//! Unacked messages of a subscriber that leaves go back to its group, with attempt + 1 (on a
+//! paused broker clock where timing matters: only the departure can return them).
 
 use std::time::Duration;
 
@@ -37,7 +38,8 @@ async fn a_disconnected_member_s_unacked_messages_go_to_another_member_with_atte
 
 #[tokio::test]
 async fn unsubscribe_returns_unacked_messages_and_acked_ones_stay_acked() {
-    let broker = TestBroker::start().await;
+    // A paused clock: no ack deadline can pass, so every redelivery here is the unsubscribe's.
+    let broker = TestBroker::start_paused_with(|_| {}).await;
     let mut publisher = RawClient::connect(broker.addr).await;
     publisher
         .publish_all("unsub", (0..4).map(|i| Bytes::from(vec![i])))
@@ -74,7 +76,8 @@ async fn unsubscribe_returns_unacked_messages_and_acked_ones_stay_acked() {
 
 #[tokio::test]
 async fn groups_fan_out_and_members_of_one_group_split_the_messages() {
-    let broker = TestBroker::start().await;
+    // A paused clock: no ack deadline can pass, so no message is delivered twice.
+    let broker = TestBroker::start_paused_with(|_| {}).await;
     let mut publisher = RawClient::connect(broker.addr).await;
     let mut audit = RawClient::connect(broker.addr).await;
     let mut w1 = RawClient::connect(broker.addr).await;

@@ -16,7 +16,6 @@
 //! needs one).
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -43,7 +42,7 @@ pub(super) async fn require_key(
 ) -> Response {
     let peer = peer_ip(peer);
     let failures = broker.auth_failures();
-    if let Err(wait) = failures.check_at(peer, Instant::now()) {
+    if let Err(wait) = failures.check_at(peer, broker.clock().now()) {
         broker.metrics().auth_throttled.add(1);
         return refusal_response(Refusal::new(
             RejectReason::RateLimited,

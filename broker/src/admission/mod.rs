@@ -13,6 +13,9 @@
 //!    for expensive operations): `Rejected{RateLimited}` with the bucket's refill time. Only
 //!    that key's publishes are refused.
 //!
+//! Time: the key's buckets refill on the broker's [`Clock`] (tests pause and advance it);
+//! overload and the memory budget's retry hint watch storage, so they take real time.
+//!
 //! # Layout
 //! - [`bucket`] — [`TokenBucket`] and the messages + bytes pair [`RateLimit`].
 //! - [`budget`] — [`MemoryBudget`] and its [`MemoryPermit`]s.
@@ -45,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use weir_protocol::{Limit, RejectReason};
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::keys::{Identity, RateConfig};
 use crate::refusal::Refusal;
@@ -174,11 +178,15 @@ pub struct Admission {
     delivery_room: RoomSignal,
     overload: OverloadDetector,
     log: RefusalLog<(String, RejectReason)>,
+    /// The broker's clock: the keys' buckets refill on it.
+    clock: Clock,
 }
 
 impl Admission {
-    /// Admission for `config`: one set of buckets per configured key, plus `anonymous`.
-    pub fn new(config: &Config, now: Instant) -> Admission {
+    /// Admission for `config`: one set of buckets per configured key, plus `anonymous`, all
+    /// refilling on `clock`.
+    pub fn new(config: &Config, clock: Clock) -> Admission {
+        let now = clock.now();
         let mut keys: HashMap<String, Arc<KeyLimits>> = config
             .keys
             .iter()
@@ -214,6 +222,7 @@ impl Admission {
                 now,
             ),
             log: RefusalLog::new(LOG_PERIOD, LOG_KEYS),
+            clock,
         }
     }
 
@@ -223,7 +232,7 @@ impl Admission {
         self.keys
             .get(&identity.name)
             .cloned()
-            .unwrap_or_else(|| Arc::new(KeyLimits::new(identity.rate, Instant::now())))
+            .unwrap_or_else(|| Arc::new(KeyLimits::new(identity.rate, self.clock.now())))
     }
 
     /// Admits a publish that will hold `len` bytes of memory, by `key`, drawing the memory from
@@ -232,6 +241,9 @@ impl Admission {
     /// then the memory (naming the level that has no room: the connection's share, or the
     /// broker's budget), then the key's rates; a refusal takes nothing (no memory, no tokens).
     /// A caller whose later check refuses gives the tokens back ([`KeyLimits::give_back`]).
+    ///
+    /// `now` is real time, for the overload and memory checks (they watch storage); the key's
+    /// buckets read the broker's clock.
     pub fn admit_publish(
         &self,
         key: &KeyLimits,
@@ -254,13 +266,15 @@ impl Admission {
         let permit = memory
             .try_acquire(len)
             .map_err(|full| self.memory_refusal(full, now))?;
-        key.publish.try_take(len, now).map_err(|limited| {
-            let limit = match limited.kind {
-                RateKind::Messages => Limit::new("messages_per_s", key.rate.messages_per_s),
-                RateKind::Bytes => Limit::new("bytes_per_s", key.rate.bytes_per_s),
-            };
-            rate_refusal(limit, limited.refill)
-        })?;
+        key.publish
+            .try_take(len, self.clock.now())
+            .map_err(|limited| {
+                let limit = match limited.kind {
+                    RateKind::Messages => Limit::new("messages_per_s", key.rate.messages_per_s),
+                    RateKind::Bytes => Limit::new("bytes_per_s", key.rate.bytes_per_s),
+                };
+                rate_refusal(limit, limited.refill)
+            })?;
         Ok(permit)
     }
 
@@ -279,10 +293,10 @@ impl Admission {
         ConnectionMemory::new(&self.inbound, &self.outbound, self.connection_share)
     }
 
-    /// Admits one expensive operation (topic create, subscribe) by `key`.
-    pub fn admit_op(&self, key: &KeyLimits, now: Instant) -> Result<(), Refusal> {
+    /// Admits one expensive operation (topic create, subscribe) by `key`, on the broker's clock.
+    pub fn admit_op(&self, key: &KeyLimits) -> Result<(), Refusal> {
         key.ops
-            .try_take(1, now)
+            .try_take(1, self.clock.now())
             .map_err(|refill| rate_refusal(Limit::new("ops_per_s", key.rate.ops_per_s), refill))
     }
 
@@ -412,8 +426,9 @@ mod tests {
             messages_burst: 2,
             ..RateConfig::default()
         };
-        let t0 = Instant::now();
-        let admission = Admission::new(&config(rate, 1 << 20), t0);
+        let clock = Clock::paused();
+        let t0 = clock.now();
+        let admission = Admission::new(&config(rate, 1 << 20), clock.clone());
         let key = admission.limits_for(&anonymous(rate));
         admission
             .admit_publish(&key, admission.inbound(), 10, t0)
@@ -431,8 +446,13 @@ mod tests {
         );
         assert_eq!(refused.retry_after_ms, Some(100));
         assert_eq!(admission.budget().used(), 0, "a refusal holds no memory");
+        // The buckets refill on the broker's clock, not on the real time passed in.
+        clock.advance(99 * MS);
+        let early = admission.admit_publish(&key, admission.inbound(), 10, t0 + 100 * MS);
+        assert_eq!(early.unwrap_err().retry_after_ms, Some(1));
+        clock.advance(MS);
         admission
-            .admit_publish(&key, admission.inbound(), 10, t0 + 100 * MS)
+            .admit_publish(&key, admission.inbound(), 10, t0)
             .unwrap();
     }
 
@@ -445,8 +465,9 @@ mod tests {
             bytes_burst: 1_000,
             ..RateConfig::default()
         };
-        let t0 = Instant::now();
-        let admission = Admission::new(&config(rate, 1 << 20), t0);
+        let clock = Clock::paused();
+        let t0 = clock.now();
+        let admission = Admission::new(&config(rate, 1 << 20), clock.clone());
         let key = admission.limits_for(&anonymous(rate));
         admission
             .admit_publish(&key, admission.inbound(), 900, t0)
@@ -466,8 +487,9 @@ mod tests {
             .admit_publish(&key, admission.inbound(), 100, t0)
             .unwrap();
         // Larger than the byte burst: no retry can help, so no hint.
+        clock.advance(1_000 * MS);
         let never = admission
-            .admit_publish(&key, admission.inbound(), 1_001, t0 + 1_000 * MS)
+            .admit_publish(&key, admission.inbound(), 1_001, t0)
             .unwrap_err();
         assert_eq!(never.retry_after_ms, None);
     }
@@ -479,11 +501,12 @@ mod tests {
             ops_burst: 1,
             ..RateConfig::default()
         };
-        let t0 = Instant::now();
-        let admission = Admission::new(&config(rate, 1 << 20), t0);
+        let clock = Clock::paused();
+        let t0 = clock.now();
+        let admission = Admission::new(&config(rate, 1 << 20), clock);
         let key = admission.limits_for(&anonymous(rate));
-        admission.admit_op(&key, t0).unwrap();
-        let refused = admission.admit_op(&key, t0).unwrap_err();
+        admission.admit_op(&key).unwrap();
+        let refused = admission.admit_op(&key).unwrap_err();
         assert_eq!(
             (refused.limit.name.as_str(), refused.retry_after_ms),
             ("ops_per_s", Some(1_000))
@@ -495,8 +518,9 @@ mod tests {
 
     #[test]
     fn the_memory_budget_refuses_with_overloaded_and_frees_on_drop() {
-        let t0 = Instant::now();
-        let admission = Admission::new(&config(RateConfig::default(), 100), t0);
+        let clock = Clock::paused();
+        let t0 = clock.now();
+        let admission = Admission::new(&config(RateConfig::default(), 100), clock);
         let key = admission.limits_for(&anonymous(RateConfig::default()));
         // Publishes have the inbound half: 50 of 100.
         let held = admission
@@ -519,10 +543,11 @@ mod tests {
 
     #[test]
     fn too_much_queued_work_makes_publishes_overloaded() {
-        let t0 = Instant::now();
+        let clock = Clock::paused();
+        let t0 = clock.now();
         let mut c = config(RateConfig::default(), 1 << 20);
         c.limits.overload_queued_appends = 2;
-        let admission = Admission::new(&c, t0);
+        let admission = Admission::new(&c, clock);
         let key = admission.limits_for(&anonymous(RateConfig::default()));
         admission.queued(2);
         let refused = admission
@@ -542,10 +567,11 @@ mod tests {
 
     #[test]
     fn slow_commits_make_publishes_overloaded_until_they_leave_the_window() {
-        let t0 = Instant::now();
+        let clock = Clock::paused();
+        let t0 = clock.now();
         let mut c = config(RateConfig::default(), 1 << 20);
         c.limits.overload_commit_p99_ms = 50;
-        let admission = Admission::new(&c, t0);
+        let admission = Admission::new(&c, clock);
         let key = admission.limits_for(&anonymous(RateConfig::default()));
         admission.record_commit_at(200 * MS, t0);
         let refused = admission
@@ -567,8 +593,9 @@ mod tests {
 
     #[test]
     fn refusal_lines_are_rate_limited_per_topic_and_reason() {
-        let t0 = Instant::now();
-        let admission = Admission::new(&config(RateConfig::default(), 1), t0);
+        let clock = Clock::paused();
+        let t0 = clock.now();
+        let admission = Admission::new(&config(RateConfig::default(), 1), clock);
         let full = Refusal::new(
             RejectReason::TopicFull,
             Limit::new("max_messages", 10),

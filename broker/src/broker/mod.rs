@@ -20,6 +20,7 @@ use weir_protocol::{ListTopics, TopicConfig, TopicInfo, TopicList, TopicSpec};
 
 use crate::admission::{Admission, KeyLimits, Work};
 use crate::auth_limit::AuthFailures;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
@@ -174,7 +175,8 @@ impl Broker {
     /// logged at most once a second.
     pub(crate) fn auth_failed(&self, ip: std::net::IpAddr, why: &crate::keys::AuthError) {
         self.metrics().auth_failures.add(1);
-        self.shared.auth_failures.failed(ip, why);
+        let now = self.clock().now();
+        self.shared.auth_failures.failed_at(ip, why, now);
     }
 
     /// The disk budget (`storage.max_bytes`, `storage.min_free_bytes`).
@@ -186,11 +188,17 @@ impl Broker {
     /// counted and logged under that operation, and the caller answers it.
     pub(crate) fn admit_op(&self, key: &KeyLimits, op: Work, target: &str) -> Result<(), Refusal> {
         let admission = self.admission();
-        let now = std::time::Instant::now();
-        admission.admit_op(key, now).inspect_err(|r| {
+        admission.admit_op(key).inspect_err(|r| {
             self.metrics().op_refused(op);
-            admission.log_refusal_at(op, target, r, now);
+            admission.log_refusal_at(op, target, r, std::time::Instant::now());
         })
+    }
+
+    /// The broker's clock: ack deadlines, nack delays and rate windows (keys' buckets, failed
+    /// authentications per address) run on it (see [`crate::clock`]). Real time unless the
+    /// broker was opened with a paused clock.
+    pub fn clock(&self) -> &Clock {
+        &self.shared.env.clock
     }
 
     /// Admission control: overload, memory budget, per-key rate limits.

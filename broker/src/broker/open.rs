@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use super::{topic_dir, Broker, OpenError, Shared};
 use crate::admission::Admission;
 use crate::auth_limit::AuthFailures;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
@@ -22,16 +23,23 @@ use crate::topic::{Topic, TopicEnv};
 impl Broker {
     /// Opens the data directory, recovers every topic (its log, its groups, their cursors and
     /// unacked messages) and starts the topics' writers and dispatchers and the state flusher.
+    /// Broker time is real time ([`Clock::system`]).
     pub async fn open(config: Config) -> Result<Broker, OpenError> {
-        Self::open_on(config, crate::storage::fs::os()).await
+        Self::open_on(config, crate::storage::fs::os(), Clock::system()).await
     }
 
-    /// [`Broker::open`] with topic files written through `fs` (tests inject faults there).
-    pub async fn open_on(config: Config, fs: crate::storage::fs::Fs) -> Result<Broker, OpenError> {
+    /// [`Broker::open`] with topic files written through `fs` (tests inject faults there) and
+    /// ack deadlines, nack delays and rate windows on `clock` (tests pass [`Clock::paused`]
+    /// and advance it; see [`crate::clock`] for what stays on real time).
+    pub async fn open_on(
+        config: Config,
+        fs: crate::storage::fs::Fs,
+        clock: Clock,
+    ) -> Result<Broker, OpenError> {
         config.validate()?;
         let (config, env, topics, done) = tokio::task::spawn_blocking({
             let runtime = tokio::runtime::Handle::current();
-            move || recover(config, runtime, fs)
+            move || recover(config, runtime, fs, clock)
         })
         .await
         .map_err(|e| OpenError::Join(e.to_string()))??;
@@ -128,13 +136,15 @@ async fn watch_stalls(broker: Broker) {
 type Recovered = (Config, TopicEnv, BTreeMap<String, Arc<Topic>>, Reconciled);
 
 /// Opens the store, reconciles it with the topic directories (see
-/// [`crate::storage::reconcile`]) and opens every topic, every file through `fs`. Blocking.
+/// [`crate::storage::reconcile`]) and opens every topic, every file through `fs`, its groups'
+/// time on `clock`. Blocking.
 /// The configuration comes back with `storage.max_bytes` resolved (its default taken now, see
 /// [`crate::storage::disk`]).
 fn recover(
     mut config: Config,
     runtime: tokio::runtime::Handle,
     fs: crate::storage::fs::Fs,
+    clock: Clock,
 ) -> Result<Recovered, OpenError> {
     let topics_dir = config.data_dir.join("topics");
     fs.create_dir_all(&topics_dir)
@@ -157,7 +167,7 @@ fn recover(
     )?;
     let store = store.checked_by(fs.clone(), state_dir);
     let env = TopicEnv {
-        admission: Arc::new(Admission::new(&config, std::time::Instant::now())),
+        admission: Arc::new(Admission::new(&config, clock.clone())),
         store,
         metrics: Arc::new(Metrics::default()),
         tasks: TaskTracker::new(),
@@ -167,6 +177,7 @@ fn recover(
         dead_letters: Arc::new(tokio::sync::Notify::new()),
         disk,
         fs,
+        clock,
     };
     let mut topics = BTreeMap::new();
     for topic_config in std::mem::take(&mut done.topics) {

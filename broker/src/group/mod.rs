@@ -7,6 +7,10 @@
 //! under the topic lock, then sends the frames outside it; it also calls [`Group::expire`] when
 //! [`Group::next_expiry`] comes (deadlines are an ordered schedule, not a timer per message).
 //!
+//! Time is passed in. Deliveries, deadlines, nack delays and records take the broker clock's
+//! time ([`crate::clock`]: tests pause and advance it); [`Group::stalls`] takes real time (stall
+//! warnings are for operators), and only it reads the stall fields.
+//!
 //! Bounds: delivered, nacked-and-waiting and due-for-dead-letter messages together never exceed
 //! `max_in_flight` (delivery pauses at it until acks arrive), a member never gets more
 //! deliveries than its outstanding credit, and credit outstanding never exceeds `max_credit`
@@ -225,13 +229,15 @@ impl Group {
     /// are gone from the topic (acked by everyone), so they are dropped from the record; every
     /// delivered-but-unacked message becomes due for redelivery, keeping its delivery count
     /// (its subscriber's connection is gone, so its ack deadline is moot); nacked messages keep
-    /// the rest of their delay; messages due for the dead-letter topic stay due. A record
-    /// written before groups had settings gets `defaults`.
+    /// the rest of their delay (due that long after `now`, the broker clock's time); messages
+    /// due for the dead-letter topic stay due. A record written before groups had settings
+    /// gets `defaults`.
     pub fn recover(
         record: &GroupRecord,
         first_seq: u64,
         max_in_flight: u32,
         defaults: &GroupConfig,
+        now: Instant,
     ) -> Group {
         let config = record.config.clone().unwrap_or_else(|| defaults.clone());
         let mut group = Group::with_config(record.cursor.max(first_seq), max_in_flight, config);
@@ -242,7 +248,7 @@ impl Group {
             .filter(|(seq, _)| kept(*seq))
             .copied()
             .collect();
-        let (now, wall) = (Instant::now(), unix_ms());
+        let wall = unix_ms();
         for &(seq, attempt, ready_ms) in record.delayed.iter().filter(|d| kept(d.0)) {
             let wait = Duration::from_millis(ready_ms.saturating_sub(wall));
             group.delayed.insert(seq, now + wait, attempt);
@@ -263,8 +269,9 @@ impl Group {
         group
     }
 
-    /// The record to persist. Bounded by `max_in_flight` entries.
-    pub fn record(&self) -> GroupRecord {
+    /// The record to persist as of `now` (the broker clock's time: a nack delay is stored as
+    /// the wall-clock time it ends, that long after now). Bounded by `max_in_flight` entries.
+    pub fn record(&self, now: Instant) -> GroupRecord {
         let mut unacked: Vec<(u64, u32)> = self
             .in_flight
             .iter()
@@ -272,7 +279,7 @@ impl Group {
             .chain(self.redeliver.iter().map(|(s, a)| (*s, *a)))
             .collect();
         unacked.sort_unstable();
-        let (now, wall) = (Instant::now(), unix_ms());
+        let wall = unix_ms();
         let delayed = self
             .delayed
             .iter()
@@ -1074,7 +1081,7 @@ mod tests {
         let mut plan = Plan::new();
         g.plan(20, 100, Instant::now(), &|_| Some(1), &mut plan);
         g.ack(a, &[6]);
-        let record = g.record();
+        let record = g.record(Instant::now());
         assert_eq!(
             record,
             GroupRecord {
@@ -1084,7 +1091,7 @@ mod tests {
                 ..GroupRecord::default()
             }
         );
-        let mut back = Group::recover(&record, 6, 100, &config(9));
+        let mut back = Group::recover(&record, 6, 100, &config(9), Instant::now());
         assert_eq!(
             back.floor(),
             7,
@@ -1259,7 +1266,10 @@ mod tests {
             "max_in_flight 2: one slot left"
         );
         assert_eq!(g.floor(), 1);
-        assert_eq!(g.record().dead, vec![(1, 3, "consumer-lost".to_string())]);
+        assert_eq!(
+            g.record(Instant::now()).dead,
+            vec![(1, 3, "consumer-lost".to_string())]
+        );
         assert!(g.dead_lettered(1));
         assert_eq!(g.floor(), 2);
     }
@@ -1308,7 +1318,7 @@ mod tests {
             }
         );
         assert!(g.dead_letters(10).is_empty());
-        assert_eq!(g.record().unacked, vec![(1, 1), (2, 1)]);
+        assert_eq!(g.record(Instant::now()).unacked, vec![(1, 1), (2, 1)]);
     }
 
     #[test]
@@ -1333,11 +1343,11 @@ mod tests {
         g.nack(a, &[1], Duration::ZERO, t0); // attempt 1 of 1: dead
         g.config.max_attempts = 5;
         g.nack(a, &[2], Duration::from_secs(60), t0);
-        let rec = g.record();
+        let rec = g.record(Instant::now());
         assert_eq!(rec.unacked, vec![(3, 1)]);
         assert_eq!(rec.dead, vec![(1, 1, "nacked on attempt 1".to_string())]);
         assert_eq!(rec.delayed.len(), 1);
-        let back = Group::recover(&rec, 1, 100, &config(9));
+        let back = Group::recover(&rec, 1, 100, &config(9), Instant::now());
         assert_eq!(
             back.config().max_attempts,
             5,

@@ -22,7 +22,7 @@ const MESSAGES: u64 = 200;
 
 /// What the group must deliver again after recovering from `record`.
 fn owed(group: &Group, committed: u64) -> BTreeSet<u64> {
-    let record = group.record();
+    let record = group.record(Instant::now());
     let mut out: BTreeSet<u64> = (record.cursor..committed).collect();
     out.extend(record.unacked.iter().map(|(s, _)| *s));
     out.extend(record.delayed.iter().map(|(s, _, _)| *s));
@@ -100,14 +100,14 @@ fn run(seed: u64) -> Result<(u64, u64), String> {
                     }
                 }
             }
-            87..=94 => snapshot = Some((group.record(), settled.clone())),
+            87..=94 => snapshot = Some((group.record(now), settled.clone())),
             95..=99 => {
                 // A crash: recover from the last record flushed, and check it.
                 let Some((record, settled_then)) = snapshot.clone() else {
                     continue;
                 };
                 crashes += 1;
-                let recovered = Group::recover(&record, 1, max_in_flight, &config);
+                let recovered = Group::recover(&record, 1, max_in_flight, &config, now);
                 let must = owed(&recovered, committed);
                 for seq in 1..committed {
                     let was_settled = settled_then.contains(&seq);

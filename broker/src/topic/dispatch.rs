@@ -46,8 +46,9 @@ const ROUND: usize = 256;
 type Resolved = (Message, Instant);
 
 /// Runs the dispatcher until `stop` is cancelled. Between rounds it sleeps until woken or until
-/// the next ack deadline or nack delay of any group comes due (one sleep per topic, never a
-/// timer per message). Its time asleep counts as idle, the rounds as busy
+/// the next ack deadline or nack delay of any group comes due on the broker's clock (one sleep
+/// per topic, never a timer per message; a paused clock wakes it when advanced past one). Its
+/// time asleep counts as idle, the rounds as busy
 /// (`weir_worker_*_seconds_total{worker="dispatcher"}`).
 pub(super) async fn run(topic: Arc<Topic>, stop: CancellationToken) {
     let mut plan = Plan::with_capacity(ROUND);
@@ -68,10 +69,10 @@ pub(super) async fn run(topic: Arc<Topic>, stop: CancellationToken) {
                 std::future::pending().await
             }
         };
-        let next_expiry = topic.expire(Instant::now());
+        let next_expiry = topic.expire(topic.clock.now());
         let expiry = async {
             match next_expiry {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
+                Some(at) => topic.clock.sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
@@ -109,7 +110,7 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> (bool, bool) {
             g.take_gaps(&mut gaps);
             let (sizes, first_seq) = (&st.sizes, st.first_seq);
             let size_of = |seq: u64| stored_size(sizes, first_seq, seq);
-            no_room |= g.plan(committed, ROUND, Instant::now(), &size_of, plan);
+            no_room |= g.plan(committed, ROUND, topic.clock.now(), &size_of, plan);
             plan.iter()
                 .map(|p| st.tail.entry(p.seq).map(|(m, at)| (m.clone(), at)))
                 .collect()

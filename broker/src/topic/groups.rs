@@ -68,7 +68,8 @@ impl Topic {
     /// Returns how many were nacked.
     pub fn nack(&self, group: &str, id: MemberId, seqs: &[u64], delay_ms: u64) -> usize {
         let delay = Duration::from_millis(delay_ms).min(self.max_nack_delay);
-        let (nacked, dead) = self.with_group(group, |g| g.nack(id, seqs, delay, Instant::now()));
+        let now = self.clock.now();
+        let (nacked, dead) = self.with_group(group, |g| g.nack(id, seqs, delay, now));
         self.metrics.nacked.add(nacked as u64);
         self.wake_for(nacked > dead, dead > 0);
         nacked
@@ -84,11 +85,12 @@ impl Topic {
 
     /// Restarts the ack deadline of messages delivered to a member. Returns how many.
     pub fn progress(&self, group: &str, id: MemberId, seqs: &[u64]) -> usize {
-        self.with_group(group, |g| g.progress(id, seqs, Instant::now()))
+        let now = self.clock.now();
+        self.with_group(group, |g| g.progress(id, seqs, now))
     }
 
-    /// Expires ack deadlines and nack delays of every group as of `now` (see
-    /// [`Group::expire`]). Returns when anything is next due.
+    /// Expires ack deadlines and nack delays of every group as of `now`, the broker clock's
+    /// time (see [`Group::expire`]). Returns when anything is next due, on that clock.
     pub(super) fn expire(&self, now: Instant) -> Option<Instant> {
         let (mut redeliver, mut dead) = (false, false);
         let next = {

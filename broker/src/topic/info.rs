@@ -22,7 +22,8 @@ impl Topic {
     }
 
     fn info_of(&self, st: &TopicState) -> TopicInfo {
-        let now = Instant::now();
+        // Groups' ages are on the broker's clock; the drain rate and refusals on real time.
+        let (now, clock_now) = (Instant::now(), self.clock.now());
         TopicInfo {
             config: self.config(),
             depth: st.stored(),
@@ -31,7 +32,7 @@ impl Topic {
             groups: st
                 .groups
                 .iter()
-                .map(|(name, g)| g.info(name, st.committed_next, now))
+                .map(|(name, g)| g.info(name, st.committed_next, clock_now))
                 .collect(),
             groups_omitted: 0,
             dropped: self.counters.dropped.get(),

@@ -49,6 +49,7 @@ use tokio_util::task::TaskTracker;
 use weir_protocol::{DroppedMessage, GroupSpec, TopicConfig, TopicHealth};
 
 use crate::admission::Admission;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::group::Group;
 use crate::metrics::{Counter, Metrics};
@@ -128,6 +129,8 @@ pub struct TopicEnv {
     pub disk: Arc<DiskBudget>,
     /// The file layer topics' files are written through (the OS; tests inject faults there).
     pub fs: crate::storage::fs::Fs,
+    /// The broker's clock: groups' ack deadlines and nack delays run on it.
+    pub clock: Clock,
 }
 
 /// Counters of one topic, since the broker started (the broker-wide ones are in [`Metrics`]).
@@ -337,6 +340,8 @@ pub struct Topic {
     max_nack_delay: Duration,
     /// Wakes the broker's dead-letter mover when a message becomes due for a dead-letter topic.
     dead_letters: Arc<Notify>,
+    /// The broker's clock: its groups' ack deadlines and nack delays run on it.
+    clock: Clock,
     /// Stops this topic's writer and dispatcher (a child of the broker's stop token, cancelled
     /// alone when the topic is deleted).
     stop: CancellationToken,
@@ -409,7 +414,8 @@ impl Topic {
         let groups: BTreeMap<String, Group> = records
             .iter()
             .map(|(name, rec)| {
-                let group = Group::recover(rec, log_first, limits.max_in_flight, &defaults);
+                let now = env.clock.now();
+                let group = Group::recover(rec, log_first, limits.max_in_flight, &defaults, now);
                 (name.clone(), group)
             })
             .collect();
@@ -481,6 +487,7 @@ impl Topic {
             disk: env.disk.clone(),
             max_nack_delay: Duration::from_millis(broker.groups.max_nack_delay_ms),
             dead_letters: env.dead_letters.clone(),
+            clock: env.clock.clone(),
             stop: env.stop.child_token(),
             stopping: env.stopping.clone(),
             tasks: Mutex::new(Vec::new()),
@@ -549,9 +556,10 @@ impl Topic {
         let _saving = lock(&self.saving);
         let records: Vec<(String, GroupRecord)> = {
             let mut st = lock(&self.state);
+            let now = self.clock.now();
             st.groups
                 .iter_mut()
-                .filter_map(|(name, g)| g.take_dirty().then(|| (name.clone(), g.record())))
+                .filter_map(|(name, g)| g.take_dirty().then(|| (name.clone(), g.record(now))))
                 .collect()
         };
         for (name, record) in &records {
