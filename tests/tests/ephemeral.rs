@@ -105,6 +105,19 @@ async fn unsubscribing_deletes_an_ephemeral_group_and_frees_the_topic_it_held_fu
 async fn closing_the_connection_deletes_an_ephemeral_group_and_frees_the_topic() {
     let broker = TestBroker::start().await;
     let (tail, mut admin) = full_because_of_a_tail(&broker, "dropped").await;
+    let view = crate::http::get(&broker, "/topics/dropped").await.json();
+    let kinds: Vec<(&str, bool)> = view["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| {
+            (
+                g["name"].as_str().unwrap(),
+                g["ephemeral"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(kinds, [("durable", false), ("tail", true)], "{view}");
     assert_eq!(
         scrape(broker.admin_addr, "weir_group_ephemeral").await,
         Some(1.0)
