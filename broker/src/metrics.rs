@@ -246,6 +246,9 @@ pub struct Metrics {
     /// Attempts to move a message to a dead-letter topic that it refused (full): the message
     /// stays in flight on its source and is retried.
     pub dead_letter_refused: Counter,
+    /// Ephemeral groups deleted because their last subscription left (unsubscribed, or its
+    /// connection closed).
+    pub ephemeral_groups_deleted: Counter,
     /// Connections open now.
     pub connections: Gauge,
     /// Connections refused at `max_connections`.
@@ -396,6 +399,7 @@ impl Metrics {
             ack_timeouts = self.ack_timeouts.get(),
             dead_lettered = self.dead_lettered.get(),
             dead_letter_refused = self.dead_letter_refused.get(),
+            ephemeral_groups_deleted = self.ephemeral_groups_deleted.get(),
             connections_refused = self.connections_refused.get(),
             read_pauses = self.read_pauses.get(),
             frames_shed = self.frames_shed.get(),

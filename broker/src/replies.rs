@@ -121,6 +121,7 @@ mod tests {
             dead_lettered: 0,
             dead_letter_held: 0,
             oldest_unacked_ms: None,
+            ephemeral: false,
         };
         TopicInfo {
             config,

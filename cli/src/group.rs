@@ -12,8 +12,9 @@ use super::layout::{aligned, kv};
 /// `weir group` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
-    /// List a topic's groups: members, credit, in flight, pending, age of the oldest unacked
-    /// message, ack timeouts and dead letters so far, and settings.
+    /// List a topic's groups: kind (durable, or ephemeral: deleted when its last subscription
+    /// leaves), members, credit, in flight, pending, age of the oldest unacked message, ack
+    /// timeouts and dead letters so far, and settings.
     List {
         /// The topic.
         topic: String,
@@ -134,6 +135,15 @@ fn settings(c: &GroupConfig) -> String {
     )
 }
 
+/// `durable`, or `ephemeral` for a group deleted when its last subscription leaves.
+fn kind(g: &GroupInfo) -> &'static str {
+    if g.ephemeral {
+        "ephemeral"
+    } else {
+        "durable"
+    }
+}
+
 /// The age of the oldest unacked message, in seconds, or `-` when nothing is unacked.
 fn oldest_unacked(ms: Option<u64>) -> String {
     ms.map_or_else(
@@ -143,15 +153,16 @@ fn oldest_unacked(ms: Option<u64>) -> String {
 }
 
 /// One line about a group, as `weir topic info` prints each: state, then counters, then
-/// settings, all `key=value`.
+/// settings, all `key=value`; an ephemeral group is marked after its name.
 pub fn summary(g: &GroupInfo) -> String {
     let oldest = g
         .oldest_unacked_ms
         .map_or_else(|| "-".to_owned(), |ms| ms.to_string());
     format!(
-        "group {}: members={} in_flight={} pending={} credit={} oldest_unacked_ms={oldest} \
+        "group {}{}: members={} in_flight={} pending={} credit={} oldest_unacked_ms={oldest} \
          timed_out={} dead_lettered={} dead_letter_held={} {}",
         g.name,
+        if g.ephemeral { " (ephemeral)" } else { "" },
         g.members,
         g.in_flight,
         g.pending,
@@ -176,6 +187,7 @@ fn info(topic: &str, g: &GroupInfo) -> String {
     [
         kv("topic", topic),
         kv("group", &g.name),
+        kv("kind", kind(g)),
         kv("ack_timeout_ms", g.config.ack_timeout_ms),
         kv("max_attempts", g.config.max_attempts),
         kv("dead_letter_topic", &g.config.dead_letter_topic),
@@ -195,6 +207,7 @@ fn info(topic: &str, g: &GroupInfo) -> String {
 fn table(groups: &[GroupInfo]) -> String {
     let header = [
         "NAME",
+        "KIND",
         "MEMBERS",
         "CREDIT",
         "IN_FLIGHT",
@@ -210,6 +223,7 @@ fn table(groups: &[GroupInfo]) -> String {
     for g in groups {
         rows.push([
             g.name.clone(),
+            kind(g).to_owned(),
             g.members.to_string(),
             g.credit.to_string(),
             g.in_flight.to_string(),
@@ -244,6 +258,7 @@ mod tests {
             dead_lettered: 1,
             dead_letter_held: 2,
             oldest_unacked_ms: Some(1250),
+            ephemeral: false,
         }
     }
 
@@ -253,6 +268,7 @@ mod tests {
         for expected in [
             "topic              orders\n",
             "group              billing\n",
+            "kind               durable\n",
             "ack_timeout_ms     30000\n",
             "max_attempts       5\n",
             "dead_letter_topic  orders.dlq\n",
@@ -275,6 +291,11 @@ mod tests {
         let text = info("orders", &idle);
         assert!(text.contains("oldest_unacked     -\n"), "{text}");
         assert!(text.contains("dead_letter_held   0\n"), "{text}");
+        let tail = GroupInfo {
+            ephemeral: true,
+            ..billing()
+        };
+        assert!(info("orders", &tail).contains("kind               ephemeral\n"));
     }
 
     #[test]
@@ -290,6 +311,11 @@ mod tests {
             ..billing()
         };
         assert!(summary(&idle).contains(" oldest_unacked_ms=- "));
+        let tail = GroupInfo {
+            ephemeral: true,
+            ..billing()
+        };
+        assert!(summary(&tail).starts_with("group billing (ephemeral): members=2 "));
     }
 
     #[test]
@@ -297,17 +323,20 @@ mod tests {
         let other = GroupInfo {
             name: "audit".into(),
             oldest_unacked_ms: None,
+            ephemeral: true,
             ..GroupInfo::default()
         };
         let text = table(&[billing(), other]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with(
+            "NAME     KIND       MEMBERS  CREDIT  IN_FLIGHT  PENDING  OLDEST_UNACKED"
+        ));
         assert!(
-            lines[0].starts_with("NAME     MEMBERS  CREDIT  IN_FLIGHT  PENDING  OLDEST_UNACKED")
+            lines[1].starts_with("billing  durable    2        97      3          10       1.2 s")
         );
-        assert!(lines[1].starts_with("billing  2        97      3          10       1.2 s"));
         assert!(lines[1].ends_with("ack_timeout_ms=30000 max_attempts=5 dead_letter=orders.dlq"));
-        assert!(lines[2].starts_with("audit    0        0       0          0        -"));
+        assert!(lines[2].starts_with("audit    ephemeral  0        0       0          0        -"));
         assert_eq!(table(&[]).lines().count(), 1, "the header alone");
     }
 }

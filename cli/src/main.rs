@@ -49,9 +49,11 @@ enum Command {
     /// waits up to 10 s for the confirms of what was sent, prints `N of M confirmed` and the
     /// first unconfirmed line on stderr, and exits 1.
     Pub(publish::PubArgs),
-    /// Subscribe and print one payload per line (lossy UTF-8), acking each. Messages a
-    /// drop_oldest topic dropped are reported on stderr (`--exit-on-gap` to stop, exit 1); a
-    /// subscription the broker ends (its group or topic deleted) exits 1 saying why.
+    /// Subscribe and print one payload per line (lossy UTF-8), acking each. With `--group`
+    /// it joins (or creates) that durable group; without, its group is ephemeral: deleted when
+    /// the command ends, holding nothing afterwards. Messages a drop_oldest topic dropped are
+    /// reported on stderr (`--exit-on-gap` to stop, exit 1); a subscription the broker ends (its
+    /// group or topic deleted) exits 1 saying why.
     Sub(subscribe::SubArgs),
     /// Create, list, describe or delete topics.
     Topic {

@@ -1,4 +1,5 @@
-//! `weir sub`: print one payload per line and ack it.
+//! `weir sub`: print one payload per line and ack it — in a durable group (`--group`) or, by
+//! default, in an ephemeral one the broker deletes when the subscription ends.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -15,9 +16,12 @@ use super::exit;
 pub struct SubArgs {
     /// The topic to subscribe to.
     pub topic: String,
-    /// The group (durable subscription) to join.
+    /// The group (durable subscription) to join, created if it does not exist; it stays after
+    /// this command ends, holding the messages it has not acked. Without --group the
+    /// subscription is ephemeral: a group of its own (`ephemeral-<hex>`, named on stderr) that
+    /// the broker deletes when this command ends, so it holds nothing afterwards.
     #[arg(long)]
-    pub group: String,
+    pub group: Option<String>,
     /// The subscription window: most messages outstanding at once (1 to the broker's
     /// max_credit; more is refused, exit 64).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
@@ -38,8 +42,9 @@ pub struct SubArgs {
     /// (`\r`) and LF (`\n`), and `=` in names.
     #[arg(long)]
     pub headers: bool,
-    /// Where the group starts if this subscription creates it: earliest (the oldest message
-    /// stored), latest (only messages published from now on) or a sequence number.
+    /// Where the group starts if this subscription creates it (an ephemeral one always does):
+    /// earliest (the oldest message stored), latest (only messages published from now on: a
+    /// tail) or a sequence number.
     #[arg(long, value_name = "earliest|latest|SEQ", default_value = "earliest", value_parser = parse_start)]
     pub start: StartPosition,
     /// The group's ack timeout, if this subscription creates it: an unacked delivery is
@@ -63,7 +68,7 @@ impl SubArgs {
             ack_timeout_ms: self.ack_timeout_ms,
             max_attempts: self.max_attempts,
             dead_letter_topic: self.dead_letter.clone(),
-            ephemeral: false,
+            ephemeral: self.group.is_none(),
         }
     }
 
@@ -152,9 +157,24 @@ pub async fn run(client: Client, args: SubArgs) -> anyhow::Result<ExitCode> {
         return Ok(exit::exit(exit::DONE));
     }
     let window = window(args.credit, args.count);
-    let mut sub = client
-        .subscribe_with(&args.topic, &args.group, window, args.group_spec())
-        .await?;
+    let mut sub = match &args.group {
+        Some(group) => {
+            client
+                .subscribe_with(&args.topic, group, window, args.group_spec())
+                .await?
+        }
+        None => {
+            let sub = client
+                .subscribe_ephemeral(&args.topic, window, args.group_spec())
+                .await?;
+            eprintln!(
+                "weir: ephemeral group {} (deleted when this subscription ends; use --group for a durable one)",
+                sub.group()
+            );
+            sub
+        }
+    };
+    let group = sub.group().to_owned();
     // Printed and not acked yet: at most `window` deliveries (see `run`).
     let mut held: Vec<Delivery> = Vec::with_capacity(window as usize);
     let mut printed = 0u64;
@@ -173,7 +193,7 @@ pub async fn run(client: Client, args: SubArgs) -> anyhow::Result<ExitCode> {
         let delivery = match item {
             Some(Ok(d)) => d,
             Some(Err(ClientError::MessagesDropped { from, to })) => {
-                eprintln!("weir: gap: messages {from}..={to} were dropped (drop_oldest) before group {} received them", args.group);
+                eprintln!("weir: gap: messages {from}..={to} were dropped (drop_oldest) before group {group} received them");
                 if args.exit_on_gap {
                     break exit::ERROR;
                 }
@@ -194,7 +214,7 @@ pub async fn run(client: Client, args: SubArgs) -> anyhow::Result<ExitCode> {
                 finish(held);
                 eprintln!(
                     "weir: {}",
-                    ended_by_broker(&client, &args.topic, &args.group).await
+                    ended_by_broker(&client, &args.topic, &group).await
                 );
                 return Ok(exit::exit(exit::ERROR));
             }
@@ -277,6 +297,27 @@ mod tests {
     fn parse(args: &[&str]) -> Result<SubArgs, clap::Error> {
         let argv = ["sub", "orders", "--group", "g"].iter().chain(args);
         Cli::try_parse_from(argv).map(|cli| cli.args)
+    }
+
+    #[test]
+    fn without_a_group_the_subscription_is_ephemeral_and_starts_at_the_earliest() {
+        let args = Cli::try_parse_from(["sub", "orders"]).unwrap().args;
+        assert_eq!(args.group, None);
+        assert_eq!(
+            args.group_spec(),
+            GroupSpec {
+                ephemeral: true,
+                ..GroupSpec::default()
+            }
+        );
+        assert_eq!(args.group_spec().start, StartPosition::Earliest);
+        let tail = Cli::try_parse_from(["sub", "orders", "--start", "latest"])
+            .unwrap()
+            .args;
+        assert_eq!(tail.group_spec().start, StartPosition::Latest);
+        assert!(tail.group_spec().ephemeral);
+        assert_eq!(parse(&[]).unwrap().group.as_deref(), Some("g"));
+        assert!(!parse(&[]).unwrap().group_spec().ephemeral, "durable");
     }
 
     #[test]

@@ -367,9 +367,12 @@ impl Client {
 
     /// [`Client::subscribe`], with the settings `group` gets if this subscription creates it:
     /// where it starts reading ([`crate::StartPosition`]: earliest stored, latest, or a sequence),
-    /// its ack timeout, its `max_attempts` and its dead-letter topic; unset fields take the
-    /// broker's defaults. When the group exists already, `spec` is ignored and the group keeps
-    /// its settings (see them in [`crate::GroupInfo::config`]).
+    /// its ack timeout, its `max_attempts`, its dead-letter topic, and whether it is ephemeral
+    /// (deleted when its last subscription leaves, never persisted; see
+    /// [`Client::subscribe_ephemeral`], which also names it); unset fields take the broker's
+    /// defaults. When the group exists already, `spec` is ignored and the group keeps its
+    /// settings and kind (see them in [`crate::GroupInfo::config`] and
+    /// [`crate::GroupInfo::ephemeral`]).
     ///
     /// Fails as [`Client::subscribe`] does, and with [`ClientError::Broker`]
     /// (`InvalidArgument`) when the broker refuses a setting.
@@ -383,11 +386,45 @@ impl Client {
         Subscription::open(self.conn.clone(), topic, group, window, spec).await
     }
 
+    /// A one-off subscription to `topic` in a group of its own, deleted by the broker when the
+    /// subscription ends (closed, dropped, or its connection lost): it leaves no durable group
+    /// behind holding messages, the way a NATS ephemeral consumer or a RabbitMQ exclusive
+    /// auto-delete queue does not. The group is named `ephemeral-<16 hex digits>` (random; see
+    /// [`Subscription::group`]) and created from `spec` with `ephemeral` set: it starts at
+    /// `spec.start` (the earliest stored message by default, [`crate::StartPosition::Latest`]
+    /// to tail) and is never written to the broker's state store (a broker restart forgets it).
+    ///
+    /// After a reconnect it is created again on the new connection, starting after the last
+    /// message the subscription received (from `spec.start` if it received none); deliveries
+    /// received and not acked before the loss are not redelivered. Fails as
+    /// [`Client::subscribe_with`] does (`window` 0 or above `max_credit`, a refused subscribe,
+    /// `LimitExceeded` at the topic's `max_groups_per_topic`, which counts ephemeral groups
+    /// too).
+    pub async fn subscribe_ephemeral(
+        &self,
+        topic: &str,
+        window: u32,
+        spec: GroupSpec,
+    ) -> Result<Subscription, ClientError> {
+        let group = ephemeral_group_name();
+        let spec = GroupSpec {
+            ephemeral: true,
+            ..spec
+        };
+        Subscription::open(self.conn.clone(), topic, &group, window, spec).await
+    }
+
     async fn request(&self, request: AdminRequest) -> Result<Frame, ClientError> {
         let (reply, rx) = oneshot::channel();
         self.conn.send(Command::Request { request, reply }).await?;
         rx.await.map_err(|_| self.conn.shared.error())?
     }
+}
+
+/// A new ephemeral group's name: `ephemeral-` and 64 random bits in hex (a collision between
+/// two live subscriptions of a topic is as likely as guessing a 64-bit key).
+fn ephemeral_group_name() -> String {
+    format!("ephemeral-{:016x}", rand::random::<u64>())
 }
 
 /// The error for an admin answer of the wrong kind.
@@ -974,6 +1011,65 @@ mod tests {
                 sub: sub_id,
                 seqs: vec![2]
             })
+        );
+    }
+
+    /// `subscribe_ephemeral` names the group `ephemeral-<16 hex>` and asks for an ephemeral
+    /// group; after a reconnect it subscribes again (same group) starting after the last
+    /// sequence it received, not at its original start.
+    #[tokio::test]
+    async fn an_ephemeral_subscription_resumes_after_its_last_delivery_on_reconnect() {
+        let (client, mut first, listener) = connect_scripted_listening().await;
+        let subscribing = tokio::spawn({
+            let client = client.clone();
+            async move {
+                client
+                    .subscribe_ephemeral("orders", 4, GroupSpec::default())
+                    .await
+            }
+        });
+        let (sub_id, group) = match next(&mut first).await {
+            Frame::Subscribe(s) => {
+                assert!(s.group_spec.ephemeral);
+                assert_eq!(s.group_spec.start, StartPosition::Earliest);
+                (s.sub, s.group)
+            }
+            other => panic!("expected Subscribe, got {other:?}"),
+        };
+        let hex = group.strip_prefix("ephemeral-").expect("named ephemeral-…");
+        assert_eq!(hex.len(), 16, "{group}");
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()), "{group}");
+        first
+            .send(Frame::Subscribed(Subscribed { sub: sub_id }))
+            .await
+            .unwrap();
+        let mut sub = subscribing.await.unwrap().unwrap();
+        assert_eq!(sub.group(), group);
+        for seq in [7, 9] {
+            let d = Deliver {
+                sub: sub_id,
+                seq,
+                attempt: 1,
+                headers: vec![],
+                payload: "m".into(),
+            };
+            first.send(Frame::Deliver(d)).await.unwrap();
+            sub.next().await.unwrap().unwrap().ack();
+        }
+        drop(first);
+        let mut second = accept_hello(&listener, test_limits()).await;
+        match next(&mut second).await {
+            Frame::Subscribe(s) => {
+                assert_eq!((s.sub, s.group.as_str()), (sub_id, group.as_str()));
+                assert!(s.group_spec.ephemeral);
+                assert_eq!(s.group_spec.start, StartPosition::Seq(10));
+            }
+            other => panic!("expected Subscribe, got {other:?}"),
+        }
+        assert_ne!(
+            ephemeral_group_name(),
+            ephemeral_group_name(),
+            "random names"
         );
     }
 

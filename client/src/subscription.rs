@@ -47,7 +47,10 @@ use crate::pacing::{AckPacer, Wake};
 /// longer be acked (see [`Delivery`]) and the broker redelivers them, so a message may arrive
 /// twice. The stream ends with an error only when reconnecting gives up
 /// ([`ClientError::ReconnectFailed`]), when reconnecting is off, or when the broker refuses the
-/// subscription on the new connection (e.g. its topic is gone).
+/// subscription on the new connection (e.g. its topic is gone). An ephemeral subscription
+/// ([`crate::Client::subscribe_ephemeral`]) lost its group with the connection: it creates it
+/// again after the last message it received, so nothing is replayed and its unfinished
+/// deliveries from the lost connection are not redelivered.
 ///
 /// **Dropped messages.** When a `drop_oldest` topic evicts messages before this subscription's
 /// group received them, the broker says so (a `Gap` notice, which takes no credit) and the stream
@@ -507,7 +510,7 @@ mod tests {
             ack_timeout_ms: Some(1500),
             max_attempts: Some(3),
             dead_letter_topic: Some("orders.poison".into()),
-            ephemeral: false,
+            ephemeral: true,
         };
         let _opening = tokio::spawn(Subscription::open(conn, "t", "g", 8, spec.clone()));
         match rx.recv().await.unwrap() {

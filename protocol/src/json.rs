@@ -21,7 +21,8 @@
 //!                 "oldest_unacked_ms": 12, "timed_out": 0, "dead_lettered": 0,
 //!                 "dead_letter_held": 0,
 //!                 "settings": { "ack_timeout_ms": 30000, "max_attempts": 5,
-//!                               "dead_letter_topic": "orders.dlq" } } ],
+//!                               "dead_letter_topic": "orders.dlq" },
+//!                 "ephemeral": false } ],
 //!   "groups_omitted": 0,
 //!   "recent_drops": [ { "seq": 1, "bytes": 5, "head": "hello", "head_hex": "68656c6c6f",
 //!                       "reason": "overflow", "dropped_at_ms": 1764000000000 } ]
@@ -132,6 +133,10 @@ pub struct GroupView {
     pub dead_letter_held: u64,
     /// The group's settings: `ack_timeout_ms`, `max_attempts`, `dead_letter_topic`.
     pub settings: GroupConfig,
+    /// Whether the group is ephemeral: deleted when its last subscription leaves, never
+    /// persisted (`weir sub` without `--group`). Read as `false` when absent (older brokers).
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 /// One message `drop_oldest` evicted, its head as text and as exact hex.
@@ -213,6 +218,7 @@ impl From<GroupInfo> for GroupView {
             dead_lettered: g.dead_lettered,
             dead_letter_held: g.dead_letter_held,
             settings: g.config,
+            ephemeral: g.ephemeral,
         }
     }
 }

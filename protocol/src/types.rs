@@ -344,6 +344,9 @@ pub struct GroupInfo {
     pub dead_letter_held: u64,
     /// Age of the oldest delivered-but-unacked message, in milliseconds.
     pub oldest_unacked_ms: Option<u64>,
+    /// Whether the group is ephemeral (see [`GroupSpec::ephemeral`]): deleted when its last
+    /// subscription leaves, never persisted.
+    pub ephemeral: bool,
 }
 
 /// Message headers: `(name, value)` pairs, in order, names may repeat. Stored with the
@@ -378,7 +381,10 @@ pub struct GroupSpec {
     /// An ephemeral group (`weir sub` without `--group`): it is deleted, with its cursor and
     /// unacked messages, when its last subscription leaves (unsubscribe, or the connection
     /// closes), so it holds nothing afterwards, and it is never written to the state store (a
-    /// restart forgets it). Ignored when the group exists already.
+    /// restart forgets it). Ignored when the group exists already: a subscription to an
+    /// existing durable group joins it durable, and a durable (`ephemeral: false`)
+    /// subscription to an existing ephemeral group joins it ephemeral. Ephemeral groups count
+    /// toward `max_groups_per_topic` like durable ones.
     pub ephemeral: bool,
 }
 

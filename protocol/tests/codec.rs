@@ -118,6 +118,7 @@ fn topic_info() -> impl Strategy<Value = TopicInfo> {
             dead_lettered: in_flight / 3,
             dead_letter_held: pending % 5,
             oldest_unacked_ms: (in_flight % 2 == 0).then_some(credit),
+            ephemeral: members % 2 == 0,
         });
     (
         config(),

@@ -74,6 +74,7 @@ fn a_topic_view_has_the_documented_shape_with_snake_case_enums() {
         "orders.dlq"
     );
     assert_eq!(view["groups"][0]["oldest_unacked_ms"], Value::Null);
+    assert_eq!(view["groups"][0]["ephemeral"], false);
     assert!(view.get("recent_drops").is_none(), "only in a description");
     // It reads back: a script (or the CLI) can parse what the admin endpoint serves.
     let back: TopicView = serde_json::from_value(view).unwrap();

@@ -12,6 +12,7 @@ mod crash;
 mod credit;
 mod delivery;
 mod durability;
+mod ephemeral;
 mod headers;
 mod http;
 mod isolation;

@@ -19,6 +19,7 @@
 //! - `weir_publishes_rejected_total{reason}` — every refusal, broker-wide;
 //! - `weir_messages_nacked_total`, `weir_ack_timeouts_total`,
 //!   `weir_messages_dead_lettered_total`, `weir_dead_letter_refused_total`,
+//!   `weir_ephemeral_groups_deleted_total`,
 //!   `weir_connections_refused_total`, `weir_protocol_errors_total`, `weir_read_pauses_total`,
 //!   `weir_frames_shed_total`, `weir_frame_read_timeouts_total`, `weir_storage_failures_total`,
 //!   `weir_storage_damage_found_total`, `weir_state_flush_failures_total`,
@@ -45,7 +46,8 @@
 //! - `weir_topic_refusing{topic,reason}` — 1 while that bound refuses the topic's publishes (a
 //!   refusal in the last two seconds), absent otherwise;
 //! - `weir_group_in_flight_messages`, `weir_group_pending_messages`, `weir_group_credit`,
-//!   `weir_group_members`, `weir_group_dead_letter_held` — `{topic,group}`;
+//!   `weir_group_members`, `weir_group_dead_letter_held`, `weir_group_ephemeral` (1 for an
+//!   ephemeral group, 0 for a durable one) — `{topic,group}`;
 //! - `weir_group_oldest_unacked_seconds{topic,group}` — 0 with nothing in flight;
 //! - `weir_connections_open`, `weir_memory_budget_used_bytes`,
 //!   `weir_memory_budget_high_water_bytes`, `weir_memory_budget_capacity_bytes`,
@@ -174,6 +176,11 @@ fn broker_counters(out: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
             "weir_dead_letter_refused",
             "Moves a full dead-letter topic refused (the message stays in flight, retried).",
             m.dead_letter_refused.get(),
+        ),
+        (
+            "weir_ephemeral_groups_deleted",
+            "Ephemeral groups deleted because their last subscription left.",
+            m.ephemeral_groups_deleted.get(),
         ),
         (
             "weir_connections_refused",
@@ -432,7 +439,7 @@ fn topic_name(s: &Snapshot) -> &str {
 type GroupSeries = (&'static str, &'static str, fn(&GroupInfo) -> u64);
 
 /// Every per-group gauge with an integer value.
-const GROUP_SERIES: [GroupSeries; 5] = [
+const GROUP_SERIES: [GroupSeries; 6] = [
     (
         "weir_group_in_flight_messages",
         "Messages delivered to the group and not yet acked.",
@@ -457,6 +464,11 @@ const GROUP_SERIES: [GroupSeries; 5] = [
         "weir_group_dead_letter_held",
         "Messages held in flight because their dead-letter topic is full.",
         |g| g.dead_letter_held,
+    ),
+    (
+        "weir_group_ephemeral",
+        "1 for an ephemeral group (deleted when its last subscription leaves), 0 for a durable one.",
+        |g| u64::from(g.ephemeral),
     ),
 ];
 

@@ -64,7 +64,7 @@ impl Connection {
         let member = self.member(s.sub);
         if let Err(JoinError::TooManyGroups(max)) = topic.join(
             &s.group,
-            (s.group_spec.start, group_config),
+            (&s.group_spec, group_config),
             member,
             (self.deliveries.clone(), self.control.clone()),
             self.memory.outbound().clone(),
@@ -94,7 +94,8 @@ impl Connection {
         Ok(())
     }
 
-    /// Closes subscription `sub`; its unacked messages return to its group.
+    /// Closes subscription `sub`; its unacked messages return to its group (or, if it was the
+    /// last member of an ephemeral group, the group is deleted: see [`crate::topic::Topic::leave`]).
     pub(super) async fn unsubscribe(&mut self, sub: u64) -> Result<(), End> {
         match self.subs.remove(&sub) {
             Some(s) => {
@@ -139,7 +140,8 @@ impl Connection {
         })
     }
 
-    /// Detaches every subscription; their unacked messages return to their groups.
+    /// Detaches every subscription; their unacked messages return to their groups (ephemeral
+    /// groups left without members are deleted).
     pub(super) fn leave_all(&mut self) {
         for (sub, s) in self.subs.drain() {
             s.topic.leave(&s.group, MemberId { conn: self.id, sub });

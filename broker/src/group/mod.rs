@@ -173,6 +173,8 @@ pub struct Group {
     timed_out: u64,
     /// Messages moved to the dead-letter topic.
     dead_lettered: u64,
+    /// Deleted when its last member leaves, never persisted (see [`Group::make_ephemeral`]).
+    ephemeral: bool,
 }
 
 /// What [`Group::expire`] did.
@@ -222,7 +224,20 @@ impl Group {
             full_since: None,
             timed_out: 0,
             dead_lettered: 0,
+            ephemeral: false,
         }
+    }
+
+    /// Makes the group ephemeral (`GroupSpec::ephemeral`): its topic deletes it when its last
+    /// member leaves and never writes it to the state store. A group recovered from the state
+    /// store is durable, so only a group created by a subscription can be ephemeral.
+    pub fn make_ephemeral(&mut self) {
+        self.ephemeral = true;
+    }
+
+    /// Whether the group is ephemeral (see [`Group::make_ephemeral`]).
+    pub fn is_ephemeral(&self) -> bool {
+        self.ephemeral
     }
 
     /// A group recovered from its stored record after a restart. Messages below `first_seq`
@@ -785,6 +800,7 @@ impl Group {
             dead_lettered: self.dead_lettered,
             dead_letter_held: self.dead.len() as u64,
             oldest_unacked_ms: oldest.map(|t| now.saturating_duration_since(t).as_millis() as u64),
+            ephemeral: self.ephemeral,
         }
     }
 

@@ -159,22 +159,37 @@ impl Topic {
     /// still needed leave the topic.
     pub fn delete_group(&self, name: &str, force: bool) -> Result<Detached, DeleteGroupError> {
         let mut st = lock(&self.state);
-        let g = st.groups.get_mut(name).ok_or(DeleteGroupError::Unknown)?;
+        let g = st.groups.get(name).ok_or(DeleteGroupError::Unknown)?;
         if g.has_members() && !force {
             return Err(DeleteGroupError::InUse);
         }
-        let detached = g.detach_all();
-        st.groups.remove(name);
-        let trimmed = self.release_floor(&mut st);
+        // An ephemeral group was never written to the state store.
+        let stored = !g.is_ephemeral();
+        let (detached, trimmed) = self.forget_group(&mut st, name);
         drop(st);
-        if let Err(e) = self.store.delete_group(&self.name, name) {
-            tracing::error!(topic = %self.name, group = name, error = %e, "cannot delete group state");
+        if stored {
+            if let Err(e) = self.store.delete_group(&self.name, name) {
+                tracing::error!(topic = %self.name, group = name, error = %e, "cannot delete group state");
+            }
         }
         tracing::info!(topic = %self.name, group = name, detached = detached.len(), "group deleted");
         if trimmed {
             self.wake_writer.notify_one();
         }
         Ok(detached)
+    }
+
+    /// Takes group `name` out of the topic (the lock held): detaches its members, forgets its
+    /// cursor and everything it held unacked, and lets messages only it still needed leave.
+    /// Returns the detached members and whether the topic's first sequence moved (wake the
+    /// writer after releasing the lock: segments may be deletable). Nothing if there is no such
+    /// group.
+    pub(super) fn forget_group(&self, st: &mut TopicState, name: &str) -> (Detached, bool) {
+        let Some(mut g) = st.groups.remove(name) else {
+            return (Detached::new(), false);
+        };
+        let detached = g.detach_all();
+        (detached, self.release_floor(st))
     }
 
     /// Whether `id` is still a member of `group` (a forced delete may have detached it).

@@ -1,6 +1,7 @@
-//! A topic's group members: joining a group (creating it), granting credit, leaving.
+//! A topic's group members: joining a group (creating it), granting credit, leaving — and
+//! deleting an ephemeral group when its last member leaves.
 
-use weir_protocol::{GroupConfig, StartPosition};
+use weir_protocol::{GroupConfig, GroupSpec, StartPosition};
 
 use super::{lock, JoinError, Topic};
 use crate::admission::budget::MemoryBudget;
@@ -9,13 +10,15 @@ use crate::group::{Departure, GrantError, Group, MemberId, Outbox};
 impl Topic {
     /// Attaches a subscription to `group` with no credit yet: deliveries go to `outbox`, each
     /// holding its bytes from `memory` (its connection's outbound memory) until written, `Gap`
-    /// notices to `notices`. A group that does not exist yet is created at `start` (the oldest
-    /// stored message, the next one published, or a sequence — never below the oldest stored)
-    /// with `config`; an existing group keeps its own settings.
+    /// notices to `notices`. A group that does not exist yet is created at `spec.start` (the
+    /// oldest stored message, the next one published, or a sequence — never below the oldest
+    /// stored) with `config` (`spec` resolved against the broker's defaults), ephemeral if
+    /// `spec.ephemeral` (see [`Topic::leave`]); an existing group keeps its own settings and
+    /// kind, whatever `spec` says. Ephemeral groups count toward `max_groups_per_topic` too.
     pub fn join(
         &self,
         group: &str,
-        (start, config): (StartPosition, GroupConfig),
+        (spec, config): (&GroupSpec, GroupConfig),
         id: MemberId,
         (outbox, notices): (Outbox, Outbox),
         memory: MemoryBudget,
@@ -25,12 +28,15 @@ impl Topic {
             if st.groups.len() >= self.limits.max_groups as usize {
                 return Err(JoinError::TooManyGroups(self.limits.max_groups));
             }
-            let cursor = match start {
+            let cursor = match spec.start {
                 StartPosition::Earliest => st.first_seq,
                 StartPosition::Latest => st.committed_next + st.pending_count,
                 StartPosition::Seq(seq) => seq.max(st.first_seq),
             };
-            let g = Group::with_config(cursor, self.limits.max_in_flight, config);
+            let mut g = Group::with_config(cursor, self.limits.max_in_flight, config);
+            if spec.ephemeral {
+                g.make_ephemeral();
+            }
             st.groups.insert(group.to_string(), g);
         }
         if let Some(g) = st.groups.get_mut(group) {
@@ -61,16 +67,34 @@ impl Topic {
     /// Detaches a member. Its unacked messages return to the group for redelivery, except
     /// those on their last attempt, which are dead-lettered (`consumer-lost`) — unless the
     /// broker is stopping and closed the member itself (see [`Group::leave`]).
+    ///
+    /// When the last member of an ephemeral group leaves, the group is deleted as
+    /// [`Topic::delete_group`] would: its cursor and everything it held unacked (returned or
+    /// due for dead-lettering) are forgotten, and messages only it still needed leave the
+    /// topic, so it holds nothing afterwards (counted in
+    /// [`Metrics::ephemeral_groups_deleted`](crate::metrics::Metrics::ephemeral_groups_deleted)).
     pub fn leave(&self, group: &str, id: MemberId) {
         let departure = if self.stopping.is_cancelled() {
             Departure::BrokerStopping
         } else {
             Departure::Lost
         };
-        let left = lock(&self.state)
-            .groups
-            .get_mut(group)
-            .map_or_else(Default::default, |g| g.leave(id, departure));
+        let mut st = lock(&self.state);
+        let Some(g) = st.groups.get_mut(group) else {
+            return;
+        };
+        let left = g.leave(id, departure);
+        if g.is_ephemeral() && !g.has_members() {
+            let (_, trimmed) = self.forget_group(&mut st, group);
+            drop(st);
+            self.metrics.ephemeral_groups_deleted.add(1);
+            tracing::debug!(topic = %self.name, group, "ephemeral group deleted: its last subscription left");
+            if trimmed {
+                self.wake_writer.notify_one();
+            }
+            return;
+        }
+        drop(st);
         if left.requeued > 0 || left.dead > 0 {
             tracing::debug!(
                 topic = %self.name,

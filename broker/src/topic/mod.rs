@@ -27,6 +27,8 @@
 mod admit;
 mod dispatch;
 mod drain;
+#[cfg(test)]
+mod ephemeral_tests;
 mod groups;
 mod health;
 mod info;
@@ -549,9 +551,9 @@ impl Topic {
         self.wake_writer.notify_one();
     }
 
-    /// Writes the state of every group that changed since the last call to the state store
-    /// (without flushing it). Blocking. Callers are served one at a time, so records reach the
-    /// store in the order they were taken.
+    /// Writes the state of every durable group that changed since the last call to the state
+    /// store (without flushing it); ephemeral groups are never written. Blocking. Callers are
+    /// served one at a time, so records reach the store in the order they were taken.
     pub fn save_dirty_groups(&self) -> Result<usize, TopicError> {
         let _saving = lock(&self.saving);
         let records: Vec<(String, GroupRecord)> = {
@@ -559,6 +561,7 @@ impl Topic {
             let now = self.clock.now();
             st.groups
                 .iter_mut()
+                .filter(|(_, g)| !g.is_ephemeral())
                 .filter_map(|(name, g)| g.take_dirty().then(|| (name.clone(), g.record(now))))
                 .collect()
         };

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
-use weir_protocol::{Deliver, Frame, Gap, GroupSpec, Subscribe};
+use weir_protocol::{Deliver, Frame, Gap, GroupSpec, StartPosition, Subscribe};
 
 use super::shared::{RawDelivery, SubItem, SubShared, GAP_SLOTS};
 use crate::error::ClientError;
@@ -44,6 +44,9 @@ pub(crate) struct SubEntry {
     pub broker_credit: u32,
     /// The pacer's epoch: deliveries are tagged with it.
     pub epoch: u64,
+    /// The highest sequence delivered to it so far (an ephemeral subscription resumes after it
+    /// on a new connection, see [`SubEntry::renew`]).
+    pub last_seq: Option<u64>,
     pub open_reply: Option<oneshot::Sender<Result<(), ClientError>>>,
     pub close_reply: Option<oneshot::Sender<Result<(), ClientError>>>,
 }
@@ -76,6 +79,7 @@ impl SubEntry {
             state: SubState::Opening,
             broker_credit: credit,
             epoch: 0,
+            last_seq: None,
             open_reply: Some(reply),
             close_reply: None,
         }
@@ -103,7 +107,16 @@ impl SubEntry {
     /// finished, and finishing them sends nothing (a new pacer epoch). So the broker gets as
     /// credit what it held unused plus what the app finished and was not yet sent — the window
     /// minus what the app still holds.
+    ///
+    /// An ephemeral group was deleted when the old connection closed, so the subscription
+    /// creates it again: after the last sequence it received (`StartPosition::Seq(last + 1)`),
+    /// not from its original start, which would replay what it already had (or skip what was
+    /// published meanwhile, for `Latest`). Deliveries received and not acked are not
+    /// redelivered then. Having received nothing, it keeps its original start.
     pub fn renew(&mut self) {
+        if let (true, Some(last)) = (self.args.group_spec.ephemeral, self.last_seq) {
+            self.args.group_spec.start = StartPosition::Seq(last.saturating_add(1));
+        }
         let (epoch, credit) = match self.shared.pacer.lock() {
             Ok(mut pacer) => pacer.renew(),
             Err(_) => (self.epoch + 1, 0),
@@ -154,6 +167,7 @@ impl SubEntry {
             return Delivered::Unsubscribe;
         }
         self.broker_credit -= 1;
+        self.last_seq = Some(self.last_seq.map_or(d.seq, |last| last.max(d.seq)));
         let item = RawDelivery {
             seq: d.seq,
             attempt: d.attempt,
