@@ -153,3 +153,72 @@ async fn a_broker_started_from_printed_config_accepts_the_original_token() {
     let wrong = weir_client::Client::connect_with(broker.addr, options("s3cret-other")).await;
     assert!(wrong.is_err());
 }
+
+/// Runs `weir-broker hash-token` with `stdin` and returns what it printed.
+fn hash_token(stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(workspace_bin("weir-broker"))
+        .arg("hash-token")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn weir-broker hash-token");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write the token");
+    child.wait_with_output().expect("output")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hashed_token_authenticates_and_no_token_reaches_the_logs() {
+    let out = hash_token("s3cret-billing\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        line.starts_with("token_sha256 = \"") && !line.contains("s3cret"),
+        "{line}"
+    );
+    let empty = hash_token("\n");
+    assert_eq!(empty.status.code(), Some(2), "{}", stderr(&empty));
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("weir.toml");
+    let keys = format!(
+        "[[keys]]\nname = \"billing\"\n{line}\n[[keys]]\nname = \"audit\"\ntoken = \"s3cret-audit\"\n"
+    );
+    std::fs::write(&config, keys).unwrap();
+    let broker = BrokerProcess::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let options = |token: &str| weir_client::ClientOptions {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    for token in ["s3cret-billing", "s3cret-audit"] {
+        let client = weir_client::Client::connect_with(broker.addr, options(token))
+            .await
+            .expect("the key's token authenticates");
+        client.ping().await.unwrap();
+    }
+    let wrong = weir_client::Client::connect_with(broker.addr, options("s3cret-guess")).await;
+    assert!(wrong.is_err());
+
+    broker.signal(libc::SIGTERM);
+    let (status, logs) = broker.wait(Duration::from_secs(30));
+    assert!(status.success(), "{logs:#?}");
+    assert!(
+        logs.iter().all(|l| !l.contains("s3cret")),
+        "a token in the logs: {logs:#?}"
+    );
+    let warned: Vec<&String> = logs.iter().filter(|l| l.contains("in clear")).collect();
+    assert_eq!(warned.len(), 1, "{logs:#?}");
+    assert!(
+        warned[0].contains("audit") && warned[0].contains("token_sha256"),
+        "{warned:?}"
+    );
+}

@@ -5,6 +5,9 @@
 //! effective configuration with every bound. SIGTERM or SIGINT shut it down gracefully: the
 //! commit in progress finishes, clients get `GoingAway`, and the process exits 0.
 //!
+//! `weir-broker hash-token` reads a token on stdin and prints the `token_sha256 = "..."` line
+//! of a `[[keys]]` entry, so a config file need not hold the secret.
+//!
 //! It locks its data directory first: a second broker on the same directory fails at once,
 //! naming the directory. A state store that cannot be read stops it with an error naming the store's path;
 //! `--rebuild-state` then moves the store aside and rebuilds it from the topic manifests.
@@ -67,6 +70,18 @@ struct Args {
     /// again starts where it asks). For a state store that is lost or unreadable.
     #[arg(long)]
     rebuild_state: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Tools beside running the broker.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Read a token on stdin (one line; the newline is not part of it) and print the
+    /// `token_sha256 = "..."` line of a `[[keys]]` entry for it: the broker compares digests,
+    /// so the config need not hold the token itself. Prints nothing else and never echoes the
+    /// token; an empty token is refused (exit 2).
+    HashToken,
 }
 
 /// How log lines are written.
@@ -111,7 +126,10 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Command::HashToken) = args.command.take() {
+        return hash_token(std::io::stdin().lock());
+    }
     let log_format = args.log_format;
     let (config, print, rebuild) = match args.into_config() {
         Ok(c) => c,
@@ -175,6 +193,30 @@ fn main() -> ExitCode {
             eprintln!("weir-broker: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `weir-broker hash-token`: the config line holding the SHA-256 of the token read from
+/// `input` (its first line, without the line ending).
+fn hash_token(mut input: impl std::io::BufRead) -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = input.read_line(&mut line) {
+        eprintln!("weir-broker hash-token: cannot read the token from stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let token = line.strip_suffix('\n').unwrap_or(&line);
+    let token = token.strip_suffix('\r').unwrap_or(token);
+    if token.is_empty() {
+        eprintln!("weir-broker hash-token: the token is empty (give it on stdin, one line)");
+        return ExitCode::from(2);
+    }
+    let masked = weir_broker::ApiKey::with_token("-", token, None).masked();
+    match masked.token_sha256 {
+        Some(hex) => {
+            println!("token_sha256 = \"{hex}\"");
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::FAILURE,
     }
 }
 
@@ -244,6 +286,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             keys = config.keys.len(),
             "API keys configured: clients must present one"
         );
+    }
+    for key in config.keys.iter().filter(|k| k.token.is_some()) {
+        tracing::warn!(key = %key.name, "this key's token is in the config in clear: replace `token` with `token_sha256` (the output of `weir-broker hash-token`)");
     }
     weir_broker::server::run(listener, config, shutdown_signal()).await?;
     Ok(())
