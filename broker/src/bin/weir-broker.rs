@@ -3,7 +3,8 @@
 //! With no arguments it listens on 127.0.0.1:7070 with its data in `./weir-data`. Flags and
 //! `--config weir.toml` override the embedded defaults (flags win); `--print-config` shows the
 //! effective configuration with every bound. SIGTERM or SIGINT shut it down gracefully: the
-//! commit in progress finishes, clients get `GoingAway`, and the process exits 0.
+//! commit in progress finishes, clients get `GoingAway`, and the process exits 0. SIGHUP
+//! re-reads the `[tls]` files (a bad one keeps the files in use and is logged).
 //!
 //! It locks its data directory first: a second broker on the same directory fails at once,
 //! naming the directory. A state store that cannot be read stops it with an error naming the store's path;
@@ -12,6 +13,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -58,6 +60,16 @@ struct Args {
     /// filter is `RUST_LOG` (default `info`).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// PEM certificate (chain) both ports serve over TLS; plaintext is then refused. Overrides
+    /// `[tls] cert_file`; needs `--tls-key`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates client certificates must chain to (mutual TLS); needs `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -104,6 +116,13 @@ impl Args {
         }
         if self.no_admin {
             config.admin.enabled = false;
+        }
+        if let (Some(cert_file), Some(key_file)) = (self.tls_cert, self.tls_key) {
+            config.tls = Some(weir_broker::tls::TlsConfig {
+                cert_file,
+                key_file,
+                client_ca_file: self.tls_client_ca,
+            });
         }
         config.validate()?;
         Ok((config, self.print_config, self.rebuild_state))
@@ -245,8 +264,45 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "API keys configured: clients must present one"
         );
     }
-    weir_broker::server::run(listener, config, shutdown_signal()).await?;
+    let tls = match &config.tls {
+        Some(files) => {
+            let tls = Arc::new(weir_broker::tls::TlsServer::load(files)?);
+            tracing::info!(
+                cert_file = %files.cert_file.display(),
+                mutual = files.client_ca_file.is_some(),
+                "TLS on both ports: plaintext is refused"
+            );
+            tokio::spawn(reload_on_sighup(tls.clone()));
+            Some(tls)
+        }
+        None => None,
+    };
+    weir_broker::server::run_with_tls(listener, config, tls, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Re-reads the TLS files on each SIGHUP; a bad file keeps the ones in use, and says why.
+async fn reload_on_sighup(tls: Arc<weir_broker::tls::TlsServer>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; TLS files will not be reloaded");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!(
+                cert_file = %tls.files().cert_file.display(),
+                "SIGHUP: TLS certificate and key reloaded; new connections use them"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "SIGHUP: TLS reload failed; keeping the certificate and key in use"
+            ),
+        }
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.
