@@ -226,10 +226,7 @@ fn build(files: &TlsConfig) -> Result<ServerConfig, TlsError> {
 }
 
 /// Every certificate in the PEM file at `path`; none is an error.
-fn read_certs(
-    field: &'static str,
-    path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| TlsError::new(field, path, e))?
         .collect::<Result<Vec<_>, _>>()
