@@ -76,9 +76,8 @@ impl TlsError {
 pub struct TlsServer {
     files: TlsConfig,
     current: RwLock<Arc<ServerConfig>>,
-    /// Milliseconds since `epoch` of the last plaintext-refused log line (0: never).
-    plaintext_logged_ms: AtomicU64,
-    epoch: Instant,
+    /// The plaintext-refused log line, at most once a second.
+    plaintext_log: OncePerSecond,
 }
 
 impl TlsServer {
@@ -88,8 +87,7 @@ impl TlsServer {
         Ok(TlsServer {
             files: files.clone(),
             current: RwLock::new(Arc::new(config)),
-            plaintext_logged_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
+            plaintext_log: OncePerSecond::new(),
         })
     }
 
@@ -149,7 +147,7 @@ impl TlsServer {
         match refused {
             Refused::Plaintext => {
                 metrics.tls_plaintext_refused.add(1);
-                if self.log_plaintext_now() {
+                if self.plaintext_log.allow() {
                     tracing::warn!(%peer, port, "plaintext connection refused: this port requires TLS (the client must connect with TLS, e.g. `weir --tls`)");
                 }
             }
@@ -161,15 +159,37 @@ impl TlsServer {
         }
         None
     }
+}
 
-    /// Whether a plaintext refusal may be logged now (at most once a second).
-    fn log_plaintext_now(&self) -> bool {
-        let now = self.epoch.elapsed().as_millis() as u64 + 1;
-        let last = self.plaintext_logged_ms.load(Ordering::Relaxed);
-        (last == 0 || now.saturating_sub(last) >= 1000)
+/// Lets one event through per second (for a log line), however many threads ask.
+#[derive(Debug)]
+struct OncePerSecond {
+    /// Milliseconds since `epoch` (plus one) of the last event let through; 0: none yet.
+    last_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl OncePerSecond {
+    fn new() -> Self {
+        OncePerSecond {
+            last_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Whether an event may pass now.
+    fn allow(&self) -> bool {
+        self.allow_at(self.epoch.elapsed().as_millis() as u64 + 1)
+    }
+
+    /// Whether an event may pass at `now_ms` (milliseconds since `epoch`, plus one): the first
+    /// does, then one whose predecessor passed at least 1 000 ms earlier.
+    fn allow_at(&self, now_ms: u64) -> bool {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        (last == 0 || now_ms.saturating_sub(last) >= 1000)
             && self
-                .plaintext_logged_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .last_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
     }
 }
@@ -235,4 +255,60 @@ fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'st
         return Err(TlsError::new(field, path, "holds no PEM certificate"));
     }
     Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_empty_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = TlsConfig {
+            cert_file: dir.path().join("missing.pem"),
+            key_file: dir.path().join("broker.key"),
+            client_ca_file: None,
+        };
+        let e = TlsServer::load(&missing).unwrap_err();
+        assert_eq!(e.field, "cert_file");
+        assert!(e.to_string().starts_with("tls.cert_file "), "{e}");
+        assert!(e.to_string().contains("missing.pem"), "{e}");
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let e = TlsServer::load(&TlsConfig {
+            cert_file: empty,
+            ..missing
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("holds no PEM certificate"), "{e}");
+    }
+
+    #[test]
+    fn plaintext_refusals_are_logged_at_most_once_a_second() {
+        let limit = OncePerSecond::new();
+        assert!(limit.allow_at(1));
+        assert!(!limit.allow_at(2));
+        assert!(!limit.allow_at(1000));
+        assert!(limit.allow_at(1001));
+        assert!(!limit.allow_at(1500));
+        assert!(limit.allow_at(5000));
+    }
+
+    #[test]
+    fn the_tls_section_reads_from_and_prints_to_the_config_file() {
+        let config: crate::config::Config = toml::from_str(
+            "[tls]\ncert_file = \"/etc/weir/b.pem\"\nkey_file = \"/etc/weir/b.key\"\n",
+        )
+        .unwrap();
+        let tls = config.tls.clone().expect("[tls] read");
+        assert_eq!(tls.cert_file, PathBuf::from("/etc/weir/b.pem"));
+        assert_eq!(tls.client_ca_file, None);
+        let printed = config.to_toml();
+        assert!(printed.contains("[tls]"), "{printed}");
+        let back: crate::config::Config = toml::from_str(&printed).unwrap();
+        assert_eq!(back.tls, config.tls);
+        assert!(toml::from_str::<crate::config::Config>("[tls]\ncert = \"x\"\n").is_err());
+        assert_eq!(crate::config::Config::default().tls, None);
+    }
 }

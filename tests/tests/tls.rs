@@ -524,3 +524,27 @@ async fn the_admin_port_serves_tls_with_a_bearer_token_and_refuses_plain_http() 
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn sighup_without_tls_does_not_stop_the_broker() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = start(&data, &[]);
+    broker.signal(libc::SIGHUP);
+    let client = weir_client::Client::connect_with(
+        broker.addr,
+        ClientOptions {
+            reconnect: ReconnectPolicy::disabled(),
+            ..ClientOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    client.ping().await.unwrap();
+    broker.signal(libc::SIGTERM);
+    let (status, log) = broker.wait(STEP);
+    assert!(status.success(), "{status}");
+    assert!(
+        log.iter().any(|l| l.contains("nothing to reload")),
+        "{log:#?}"
+    );
+}

@@ -4,7 +4,8 @@
 //! `--config weir.toml` override the embedded defaults (flags win); `--print-config` shows the
 //! effective configuration with every bound. SIGTERM or SIGINT shut it down gracefully: the
 //! commit in progress finishes, clients get `GoingAway`, and the process exits 0. SIGHUP
-//! re-reads the `[tls]` files (a bad one keeps the files in use and is logged).
+//! re-reads the `[tls]` files (a bad one keeps the files in use and is logged); without
+//! `[tls]` it is logged and ignored.
 //!
 //! It locks its data directory first: a second broker on the same directory fails at once,
 //! naming the directory. A state store that cannot be read stops it with an error naming the store's path;
@@ -272,26 +273,36 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 mutual = files.client_ca_file.is_some(),
                 "TLS on both ports: plaintext is refused"
             );
-            tokio::spawn(reload_on_sighup(tls.clone()));
             Some(tls)
         }
         None => None,
     };
+    // Registered before the listener announces itself: a SIGHUP from then on is handled.
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(hup) => {
+            tokio::spawn(reload_on_sighup(tls.clone(), hup));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; TLS files will not be reloaded")
+        }
+    }
     weir_broker::server::run_with_tls(listener, config, tls, shutdown_signal()).await?;
     Ok(())
 }
 
 /// Re-reads the TLS files on each SIGHUP; a bad file keeps the ones in use, and says why.
-async fn reload_on_sighup(tls: Arc<weir_broker::tls::TlsServer>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGHUP; TLS files will not be reloaded");
-            return;
-        }
-    };
+/// Without `[tls]` a SIGHUP only logs that there is nothing to reload (it never stops the
+/// broker).
+async fn reload_on_sighup(
+    tls: Option<Arc<weir_broker::tls::TlsServer>>,
+    mut hup: tokio::signal::unix::Signal,
+) {
     while hup.recv().await.is_some() {
+        let Some(tls) = &tls else {
+            tracing::info!("SIGHUP: no [tls] configured, nothing to reload");
+            continue;
+        };
         match tls.reload() {
             Ok(()) => tracing::info!(
                 cert_file = %tls.files().cert_file.display(),
