@@ -7,8 +7,9 @@
 //!   the wire port and by `admin.header_read_timeout_ms` on the admin port; a connection that
 //!   has not finished it by then is closed and counted in `weir_tls_handshake_failures_total`.
 //! - a client whose first byte is not a TLS handshake record (plain Weir frames, plain HTTP)
-//!   is closed at once, counted in `weir_tls_plaintext_refused_total`, and logged at most once
-//!   a second.
+//!   gets no answer: the connection is half-closed at once and its input discarded until the
+//!   client closes (at most 500 ms, so it reads a clean close rather than a reset), counted in
+//!   `weir_tls_plaintext_refused_total`, and logged at most once a second.
 //! - a reload ([`TlsServer::reload`]) re-reads every file; if any is missing or invalid the
 //!   configuration in use is kept and the error says which file and why. Open connections
 //!   are never touched: only handshakes after the reload see the new certificate.
@@ -24,6 +25,7 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -32,6 +34,10 @@ use crate::metrics::Metrics;
 
 /// The first byte of a TLS handshake record (a ClientHello starts with it).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// How long a refused plaintext connection is drained before it is closed (within the
+/// handshake timeout), so the client reads a clean close instead of a reset.
+const PLAINTEXT_LINGER: Duration = Duration::from_millis(500);
 
 /// `[tls]`: the certificate the broker presents on both ports, and optionally the CA that
 /// client certificates must chain to (mutual TLS). When set, both ports refuse plaintext.
@@ -127,7 +133,12 @@ impl TlsServer {
             let mut first = [0u8; 1];
             match socket.peek(&mut first).await {
                 Ok(1) if first[0] == TLS_HANDSHAKE_RECORD => {}
-                Ok(1) => return Err(Refused::Plaintext),
+                Ok(1) => {
+                    // Counted before the close, which the client may see at once.
+                    self.refuse_plaintext(peer, port, metrics);
+                    close_gently(socket).await;
+                    return Err(Refused::Closed);
+                }
                 Ok(_) => return Err(Refused::Closed),
                 Err(e) => return Err(Refused::Failed(e.to_string())),
             }
@@ -145,12 +156,6 @@ impl TlsServer {
             )),
         };
         match refused {
-            Refused::Plaintext => {
-                metrics.tls_plaintext_refused.add(1);
-                if self.plaintext_log.allow() {
-                    tracing::warn!(%peer, port, "plaintext connection refused: this port requires TLS (the client must connect with TLS, e.g. `weir --tls`)");
-                }
-            }
             Refused::Failed(reason) => {
                 metrics.tls_handshake_failures.add(1);
                 tracing::debug!(%peer, port, %reason, "TLS handshake failed");
@@ -158,6 +163,14 @@ impl TlsServer {
             Refused::Closed => {}
         }
         None
+    }
+
+    /// Counts a plaintext client, and logs it (at most once a second).
+    fn refuse_plaintext(&self, peer: SocketAddr, port: &'static str, metrics: &Metrics) {
+        metrics.tls_plaintext_refused.add(1);
+        if self.plaintext_log.allow() {
+            tracing::warn!(%peer, port, "plaintext connection refused: this port requires TLS (the client must connect with TLS, e.g. `weir --tls`)");
+        }
     }
 }
 
@@ -194,11 +207,22 @@ impl OncePerSecond {
     }
 }
 
+/// Closes a plaintext connection with a FIN rather than a reset (which would race the client's
+/// read): half-closes it, then discards what the client sent until it closes too, for at most
+/// [`PLAINTEXT_LINGER`].
+async fn close_gently(mut socket: TcpStream) {
+    let _ = tokio::time::timeout(PLAINTEXT_LINGER, async {
+        socket.shutdown().await?;
+        let mut scratch = [0u8; 1024];
+        while socket.read(&mut scratch).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
+}
+
 /// Why a TLS accept did not produce a stream.
 enum Refused {
-    /// The client spoke plaintext.
-    Plaintext,
-    /// The client closed before sending anything.
+    /// The client closed before sending anything, or spoke plaintext (counted already).
     Closed,
     /// The handshake failed or timed out.
     Failed(String),

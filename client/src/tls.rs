@@ -144,6 +144,9 @@ pub(crate) fn describe(opts: &TlsOptions, name: &str, e: std::io::Error) -> Clie
             }
             other => format!("the broker's certificate is invalid: {other:?}"),
         },
+        rustls::Error::InvalidMessage(_) => {
+            "the broker did not answer with TLS: is `[tls]` configured on it? (connect without TLS if not)".to_owned()
+        }
         rustls::Error::AlertReceived(alert) => format!(
             "the broker refused the TLS session ({alert:?}): does it require a client certificate, or not trust this one?"
         ),
@@ -209,6 +212,17 @@ mod tests {
             io(rustls::Error::InvalidCertificate(CertificateError::Expired)),
         );
         assert!(expired.to_string().contains("expired"), "{expired}");
+        let plaintext = describe(
+            &opts,
+            "b",
+            io(rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType,
+            )),
+        );
+        assert!(
+            plaintext.to_string().contains("did not answer with TLS"),
+            "{plaintext}"
+        );
         let plain = describe(&opts, "b", std::io::ErrorKind::ConnectionReset.into());
         assert!(matches!(plain, ClientError::Io(_)), "{plain}");
     }

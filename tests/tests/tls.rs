@@ -548,3 +548,27 @@ async fn sighup_without_tls_does_not_stop_the_broker() {
         "{log:#?}"
     );
 }
+
+#[tokio::test]
+async fn tls_and_plaintext_mixed_up_say_so() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let plain = start(&data, &[]);
+    let err = connect(plain.addr, tls_options(&pki.ca.file))
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(err, ClientError::Tls(_)) && message.contains("not answer with TLS"),
+        "{message}"
+    );
+
+    let data = tempfile::tempdir().unwrap();
+    let secure = start(&data, &pki.broker_args());
+    let options = ClientOptions {
+        reconnect: ReconnectPolicy::disabled(),
+        ..ClientOptions::default()
+    };
+    let err = connect(secure.addr, options).await.unwrap_err();
+    assert!(err.to_string().contains("connect with TLS"), "{err}");
+}

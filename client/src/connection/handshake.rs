@@ -120,6 +120,11 @@ pub(crate) async fn connect(addr: &str, opts: &ClientOptions) -> Result<Session,
         (Some(tls), Some(Err(CodecError::Io(e)))) => {
             return Err(crate::tls::describe(tls, addr, e));
         }
+        (None, None) => {
+            return Err(ClientError::Handshake(
+                "broker closed the connection during the handshake (a broker with [tls] closes plaintext connections: connect with TLS, e.g. `weir --tls-ca FILE`, ClientOptions::tls)".into(),
+            ))
+        }
         (_, answer) => hello_answer(addr, answer)?,
     };
     let read_max = opts.max_frame_bytes.max(limits.max_frame_bytes as usize);
