@@ -46,10 +46,23 @@ impl Ca {
     /// A certificate for `names` (DNS names or IP addresses) signed by this CA, for a server
     /// or a client; written to `<dir>/<file>.pem` and `<dir>/<file>.key`.
     fn issue(&self, dir: &Path, file: &str, names: &[&str], client: bool) -> (PathBuf, PathBuf) {
+        self.issue_with(dir, file, names, client, |_| {})
+    }
+
+    /// [`Ca::issue`], with `tweak` adjusting the certificate (its validity, say) first.
+    fn issue_with(
+        &self,
+        dir: &Path,
+        file: &str,
+        names: &[&str],
+        client: bool,
+        tweak: impl FnOnce(&mut CertificateParams),
+    ) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
+        tweak(&mut params);
         params
             .distinguished_name
             .push(DnType::CommonName, names.first().copied().unwrap_or(file));
@@ -239,6 +252,34 @@ async fn a_name_mismatch_is_named() {
     // The name the certificate does hold works.
     options.tls.as_mut().unwrap().server_name = Some("localhost".into());
     connect(addr, options).await.unwrap().ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_named() {
+    let pki = Pki::new();
+    let (cert_file, key_file) = pki.ca.issue_with(
+        pki.dir.path(),
+        "expired",
+        &["localhost", "127.0.0.1"],
+        false,
+        |params| {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        },
+    );
+    let data = tempfile::tempdir().unwrap();
+    let tls = TlsServer::load(&TlsConfig {
+        cert_file,
+        key_file,
+        client_ca_file: None,
+    })
+    .unwrap();
+    let (_broker, addr, _stop) = in_process(&data, Arc::new(tls)).await;
+    let err = connect(addr, tls_options(&pki.ca.file)).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Tls(ref m) if m.starts_with("expired")),
+        "{err}"
+    );
 }
 
 #[tokio::test]
