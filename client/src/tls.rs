@@ -142,6 +142,14 @@ pub(crate) fn describe(opts: &TlsOptions, name: &str, e: std::io::Error) -> Clie
                 "not yet valid: the broker's certificate is not valid yet (check the clocks)"
                     .to_owned()
             }
+            CertificateError::Other(other)
+                if matches!(
+                    other.0.downcast_ref::<webpki::Error>(),
+                    Some(webpki::Error::CaUsedAsEndEntity)
+                ) =>
+            {
+                "the broker's certificate is a CA certificate (CA:TRUE, as `openssl req -x509` makes by default); it needs a certificate with basicConstraints CA:FALSE, self-signed or signed by a CA".to_owned()
+            }
             other => format!("the broker's certificate is invalid: {other:?}"),
         },
         rustls::Error::InvalidMessage(_) => {
@@ -223,6 +231,14 @@ mod tests {
             plaintext.to_string().contains("did not answer with TLS"),
             "{plaintext}"
         );
+        let ca_as_leaf = describe(
+            &opts,
+            "b",
+            io(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(webpki::Error::CaUsedAsEndEntity)),
+            ))),
+        );
+        assert!(ca_as_leaf.to_string().contains("CA:FALSE"), "{ca_as_leaf}");
         let plain = describe(&opts, "b", std::io::ErrorKind::ConnectionReset.into());
         assert!(matches!(plain, ClientError::Io(_)), "{plain}");
     }
