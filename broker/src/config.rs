@@ -43,6 +43,10 @@ pub struct Config {
     /// API keys (`[[keys]]`). None configured: anonymous clients, loopback only.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<ApiKey>,
+    /// `[tls]`: the certificate of both ports (and the client CA for mutual TLS). Unset (the
+    /// default): plaintext on both ports. Set: both ports refuse plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// Connection- and broker-wide bounds, each with its behaviour at the bound.
@@ -305,6 +309,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             default_rate: RateConfig::default(),
             keys: Vec::new(),
+            tls: None,
         }
     }
 }

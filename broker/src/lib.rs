@@ -11,6 +11,8 @@
 //! - [`admin`] — the HTTP admin endpoint: health, readiness, metrics, topics, HTTP publish.
 //! - [`storage`] — the segmented message log, the sled state store, the file layer (and its
 //!   fault-injecting twin for tests) — all disk access.
+//! - [`tls`] — `[tls]`: the rustls configuration of both ports, its reload on SIGHUP, and
+//!   the accept step that refuses plaintext.
 //! - [`clock`] — [`Clock`]: the one time the broker's deadlines, delays and rate windows
 //!   read; real time in the daemon, paused and advanced by tests.
 //! - [`Broker`], [`OpenError`], [`Config`], [`ApiKey`], [`RateConfig`], [`Clock`] at the
@@ -49,6 +51,7 @@ pub mod clock;
 pub mod config;
 pub mod server;
 pub mod storage;
+pub mod tls;
 
 pub use broker::{Broker, OpenError};
 pub use clock::Clock;

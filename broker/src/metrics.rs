@@ -290,6 +290,11 @@ pub struct Metrics {
     /// address failed authentication more than `max_auth_failures_per_s` times in the current
     /// second.
     pub auth_throttled: Counter,
+    /// Connections refused on a TLS port (wire or admin) because the client spoke plaintext.
+    pub tls_plaintext_refused: Counter,
+    /// TLS handshakes that failed or did not finish in time (wire or admin port): unknown
+    /// CA, a missing or bad client certificate, a protocol error.
+    pub tls_handshake_failures: Counter,
     /// Admin connections closed because a request's headers had not all arrived
     /// `admin.header_read_timeout_ms` after the connection opened (first request) or after the
     /// request's first byte (later requests).

@@ -22,12 +22,14 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use weir_protocol::{CodecError, Frame, Publish, WeirCodec};
 
 use crate::admission::{MemoryBudget, MemoryFull, MemoryPermit};
+
+/// The read half of a connection: a TCP socket's, or a TLS stream's.
+pub(crate) type ReadHalf = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 
 /// Buffer every connection may allocate whatever its memory holds (charged all the same); a
 /// frame that does not fit in it is assembled in a buffer of its own.
@@ -90,7 +92,7 @@ struct Large {
 
 /// Reads frames from one socket into buffers charged to the connection's memory.
 pub(crate) struct FrameReader {
-    read: OwnedReadHalf,
+    read: ReadHalf,
     codec: WeirCodec,
     limits: ReadLimits,
     /// Small frames, and the first bytes of every frame.
@@ -112,7 +114,7 @@ impl FrameReader {
     /// A reader of `read` under `limits`, charging its buffers to `memory` (the connection's
     /// inbound memory). Until [`FrameReader::authenticated`], frames are limited to
     /// `max_unauthenticated_frame_bytes`.
-    pub(crate) fn new(read: OwnedReadHalf, limits: ReadLimits, memory: &MemoryBudget) -> Self {
+    pub(crate) fn new(read: ReadHalf, limits: ReadLimits, memory: &MemoryBudget) -> Self {
         FrameReader {
             read,
             codec: WeirCodec::new(limits.max_unauthenticated_frame_bytes),
@@ -193,7 +195,7 @@ impl FrameReader {
     }
 
     /// The socket, for lingering after the connection is done.
-    pub(crate) fn into_inner(self) -> OwnedReadHalf {
+    pub(crate) fn into_inner(self) -> ReadHalf {
         self.read
     }
 

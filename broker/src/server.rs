@@ -1,12 +1,13 @@
 //! The accept loop: admits connections up to `max_connections`, refuses the rest with a typed
-//! frame, and runs the graceful shutdown.
+//! frame, and runs the graceful shutdown. With `[tls]`, each admitted connection first passes
+//! the TLS handshake (see [`crate::tls`]); it holds its connection slot while it does.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::codec::Encoder;
@@ -18,8 +19,11 @@ use crate::admission::Work;
 use crate::broker::{Broker, OpenError};
 use crate::config::Config;
 use crate::connection::{self, Stop};
+use crate::reader::ReadHalf;
 use crate::refusal::Refusal;
 use crate::slots::ConnectionSlots;
+use crate::tls::TlsServer;
+use crate::writer::WriteHalf;
 
 /// Refused connections being answered at once; past it, further ones are closed unanswered.
 const MAX_REFUSALS_IN_PROGRESS: usize = 64;
@@ -34,9 +38,27 @@ const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 /// (their unacked messages return to their groups), then stop the topic writers
 /// (each after committing what is queued) and persist group state. Returns once everything is
 /// on disk.
+///
+/// With `config.tls` set, its files are read first (an unusable one fails here, naming it) and
+/// both ports serve TLS only; use [`run_with_tls`] to keep a handle for reloading them.
 pub async fn run(
     listener: TcpListener,
     config: Config,
+    shutdown: impl Future,
+) -> Result<(), OpenError> {
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(TlsServer::load(files)?)),
+        None => None,
+    };
+    run_with_tls(listener, config, tls, shutdown).await
+}
+
+/// [`run`] with the TLS configuration of both ports given (`None`: plaintext), so that the
+/// caller can [`TlsServer::reload`] it while the broker runs (the daemon does on SIGHUP).
+pub async fn run_with_tls(
+    listener: TcpListener,
+    config: Config,
+    tls: Option<Arc<TlsServer>>,
     shutdown: impl Future,
 ) -> Result<(), OpenError> {
     let admin_listener = match config.admin.enabled.then_some(config.admin.listen) {
@@ -52,15 +74,16 @@ pub async fn run(
     let admin = match admin_listener {
         Some(listener) => {
             let stop = admin_stop.clone();
-            Some(tokio::spawn(crate::admin::serve(
+            Some(tokio::spawn(crate::admin::serve_with_tls(
                 listener,
                 broker.clone(),
+                tls.clone(),
                 async move { stop.cancelled().await },
             )))
         }
         None => None,
     };
-    serve(listener, broker.clone(), shutdown).await;
+    serve_with_tls(listener, broker.clone(), tls, shutdown).await;
     broker.close().await;
     admin_stop.cancel();
     if let Some(admin) = admin {
@@ -70,8 +93,20 @@ pub async fn run(
     Ok(())
 }
 
-/// The accept loop for an already opened broker; returns after every connection has closed.
+/// The accept loop for an already opened broker, in plaintext; returns after every connection
+/// has closed.
 pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future) {
+    serve_with_tls(listener, broker, None, shutdown).await;
+}
+
+/// [`serve`], over TLS when `tls` is given: a connection that does not complete the TLS
+/// handshake within `hello_timeout_ms` (or speaks plaintext) is closed without a frame.
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    broker: Broker,
+    tls: Option<Arc<TlsServer>>,
+    shutdown: impl Future,
+) {
     let limits = &broker.config().limits;
     let max = limits.max_connections as usize;
     let slots = ConnectionSlots::new(limits.max_connections, limits.max_connections_per_ip);
@@ -112,8 +147,9 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
             );
             debug!(%peer, "connection refused: too many failed authentications");
             if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                let (broker, tls) = (broker.clone(), tls.clone());
                 connections.spawn(async move {
-                    refuse(socket, refusal).await;
+                    refuse(socket, peer, tls.as_deref(), &broker, refusal).await;
                     drop(permit);
                 });
             }
@@ -121,9 +157,15 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
         }
         match slots.try_acquire(peer.ip()) {
             Ok(slot) => {
-                let (broker, stop) = (broker.clone(), stop.clone());
+                let (broker, stop, tls) = (broker.clone(), stop.clone(), tls.clone());
                 connections.spawn(async move {
-                    connection::serve(broker, socket, peer, stop).await;
+                    let opened = tokio::select! {
+                        opened = open(socket, peer, tls.as_deref(), &broker) => opened,
+                        () = stop.graceful.cancelled() => None,
+                    };
+                    if let Some(socket) = opened {
+                        connection::serve(broker, socket, peer, stop).await;
+                    }
                     drop(slot);
                 });
             }
@@ -138,8 +180,9 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
                     .admission()
                     .log_refusal_at(Work::Connect, "-", &refusal, now);
                 if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                    let (broker, tls) = (broker.clone(), tls.clone());
                     connections.spawn(async move {
-                        refuse(socket, refusal).await;
+                        refuse(socket, peer, tls.as_deref(), &broker, refusal).await;
                         drop(permit);
                     });
                 }
@@ -171,10 +214,55 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: impl Future)
     }
 }
 
+/// The read and write halves of an admitted connection: the TCP socket's or, with `tls`, the
+/// TLS stream's once the handshake is done within `hello_timeout_ms`. `None`: the handshake
+/// failed (counted and logged by [`TlsServer::accept`]).
+async fn open(
+    socket: TcpStream,
+    peer: std::net::SocketAddr,
+    tls: Option<&TlsServer>,
+    broker: &Broker,
+) -> Option<(ReadHalf, WriteHalf)> {
+    let _ = socket.set_nodelay(true);
+    let Some(tls) = tls else {
+        let (read, write) = socket.into_split();
+        return Some((Box::new(read), Box::new(write)));
+    };
+    let timeout = Duration::from_millis(broker.config().limits.hello_timeout_ms);
+    let stream = tls
+        .accept(socket, peer, "wire", timeout, broker.metrics())
+        .await?;
+    let (read, write) = tokio::io::split(stream);
+    Some((Box::new(read), Box::new(write)))
+}
+
 /// Answers a connection refused before its `Hello` — over `max_connections` (or
 /// `max_connections_per_ip`), or from an address over `max_auth_failures_per_s` — with its
-/// `Rejected` frame naming the limit, and closes it.
-async fn refuse(mut socket: TcpStream, refusal: Refusal) {
+/// `Rejected` frame naming the limit, and closes it. On a TLS port the frame goes over TLS,
+/// the handshake included in [`REFUSAL_LINGER`].
+async fn refuse(
+    socket: TcpStream,
+    peer: std::net::SocketAddr,
+    tls: Option<&TlsServer>,
+    broker: &Broker,
+    refusal: Refusal,
+) {
+    match tls {
+        None => answer_refusal(socket, refusal).await,
+        Some(tls) => {
+            let metrics = broker.metrics();
+            if let Some(stream) = tls
+                .accept(socket, peer, "wire", REFUSAL_LINGER, metrics)
+                .await
+            {
+                answer_refusal(stream, refusal).await;
+            }
+        }
+    }
+}
+
+/// Writes `refusal`'s frame to `socket` and closes it, within [`REFUSAL_LINGER`].
+async fn answer_refusal(mut socket: impl AsyncRead + AsyncWrite + Unpin, refusal: Refusal) {
     let frame = refusal.into_frame(0);
     let mut buf = BytesMut::new();
     if WeirCodec::default().encode(frame, &mut buf).is_err() {

@@ -16,13 +16,15 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use weir_protocol::{Error, ErrorCode, Frame, GoingAway, GoingAwayReason, WeirCodec};
 
 use crate::admission::{ConnectionMemory, MemoryPermit};
 use crate::broker::Broker;
 use crate::outbox::Outbound;
+
+/// The write half of a connection: a TCP socket's, or a TLS stream's.
+pub(crate) type WriteHalf = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
 
 /// Most frames encoded per socket write.
 const FRAMES_PER_WRITE: usize = 512;
@@ -46,7 +48,7 @@ pub(crate) enum WriterEnd {
 
 /// The writer of one connection.
 pub(crate) struct Writer {
-    socket: OwnedWriteHalf,
+    socket: WriteHalf,
     codec: WeirCodec,
     buf: BytesMut,
     /// The memory of the frames encoded into `buf`, given back once it is written.
@@ -62,7 +64,7 @@ impl Writer {
     /// A writer of connection `conn` (whose memory is `memory`) to `socket`, encoding with
     /// `codec`.
     pub(crate) fn new(
-        socket: OwnedWriteHalf,
+        socket: WriteHalf,
         codec: WeirCodec,
         broker: Broker,
         (conn, memory): (u64, ConnectionMemory),
@@ -153,6 +155,12 @@ impl Writer {
                 Err(_) => return Err(WriterEnd::SlowConsumer),
             }
         }
+        // A TLS stream may keep records it could not write yet (a TCP socket keeps nothing).
+        match tokio::time::timeout(self.slow_consumer_timeout, self.socket.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(WriterEnd::Closed),
+            Err(_) => return Err(WriterEnd::SlowConsumer),
+        }
         if !self.held.is_empty() {
             // Dispatchers wait for room only when this connection's share or the outbound half
             // could not take a frame: wake them only then.
@@ -189,9 +197,11 @@ impl Writer {
             ),
         });
         if self.codec.encode_frame(&going_away, &mut self.buf).is_ok() {
-            let _ =
-                tokio::time::timeout(GOING_AWAY_GRACE, self.socket.write_all_buf(&mut self.buf))
-                    .await;
+            let _ = tokio::time::timeout(GOING_AWAY_GRACE, async {
+                self.socket.write_all_buf(&mut self.buf).await?;
+                self.socket.flush().await
+            })
+            .await;
         }
         self.held.clear();
     }

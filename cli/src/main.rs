@@ -37,6 +37,23 @@ struct Cli {
     /// unconfirmed publishes and resubscribes, so `pub` and `sub` ride through a restart.
     #[arg(long, global = true)]
     no_reconnect: bool,
+    /// Speak TLS to the broker (its `[tls]` is set), trusting the bundled Mozilla roots unless
+    /// `--tls-ca` names a CA file. Implied by every other `--tls-*` flag and by `WEIR_TLS_CA`.
+    #[arg(long, global = true)]
+    tls: bool,
+    /// PEM file of the CA certificates the broker's certificate must chain to (implies `--tls`).
+    #[arg(long, global = true, env = "WEIR_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for a broker that requires one (mutual TLS); needs `--tls-key`.
+    #[arg(long, global = true, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, global = true, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The name the broker's certificate must be valid for, when it is not the host of
+    /// `--server` (implies `--tls`).
+    #[arg(long, global = true, value_name = "NAME")]
+    tls_server_name: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -124,6 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } else {
             weir_client::ReconnectPolicy::default()
         },
+        tls: cli.tls_options(),
         ..Default::default()
     };
     let server = address::normalise(&cli.server);
@@ -140,6 +158,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("pong from {server} in {:.3} ms", rtt.as_secs_f64() * 1e3);
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+impl Cli {
+    /// The client's TLS settings from the `--tls*` flags; `None` (plaintext) when none is given.
+    fn tls_options(&self) -> Option<weir_client::TlsOptions> {
+        let wanted = self.tls
+            || self.tls_ca.is_some()
+            || self.tls_cert.is_some()
+            || self.tls_server_name.is_some();
+        wanted.then(|| weir_client::TlsOptions {
+            ca_file: self.tls_ca.clone(),
+            server_name: self.tls_server_name.clone(),
+            client_cert: self.tls_cert.clone().zip(self.tls_key.clone()).map(
+                |(cert_file, key_file)| weir_client::ClientCert {
+                    cert_file,
+                    key_file,
+                },
+            ),
+        })
     }
 }
 
@@ -174,6 +212,35 @@ mod tests {
     #[test]
     fn cli_definition_is_valid() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tls_flags_make_the_client_tls_options() {
+        let plain = Cli::parse_from(["weir", "ping"]);
+        assert_eq!(plain.tls_options(), None);
+        let system = Cli::parse_from(["weir", "--tls", "ping"]);
+        assert_eq!(
+            system.tls_options(),
+            Some(weir_client::TlsOptions::default())
+        );
+        let mutual = Cli::parse_from([
+            "weir",
+            "ping",
+            "--tls-ca",
+            "ca.pem",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-server-name",
+            "broker.internal",
+        ]);
+        let tls = mutual.tls_options().expect("--tls-ca implies --tls");
+        assert_eq!(tls.ca_file.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(tls.server_name.as_deref(), Some("broker.internal"));
+        let cert = tls.client_cert.expect("client certificate");
+        assert_eq!(cert.key_file, std::path::Path::new("k.pem"));
+        assert!(Cli::try_parse_from(["weir", "ping", "--tls-cert", "c.pem"]).is_err());
     }
 
     #[test]

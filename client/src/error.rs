@@ -124,6 +124,11 @@ pub enum ClientError {
         /// The address connected to, as given.
         addr: String,
     },
+    /// The TLS session with the broker could not be set up ([`crate::ClientOptions::tls`]):
+    /// the message says what failed — an unknown CA, a name mismatch, an expired certificate,
+    /// a refused client certificate, an unreadable file (named). Not retried on reconnect.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The connection was lost and reconnecting gave up: every attempt failed for as long as
     /// [`crate::ReconnectPolicy`] allows. The client is closed with this error; `last` is the
     /// error of the last attempt (or the one that made retrying pointless, such as

@@ -77,6 +77,7 @@ pub mod publisher;
 pub mod reconnect;
 pub mod retry;
 pub mod subscription;
+pub mod tls;
 mod window;
 
 pub use addr::{ToBrokerAddr, DEFAULT_PORT};
@@ -88,6 +89,7 @@ pub use publisher::Publisher;
 pub use reconnect::{ConnectionState, ReconnectPolicy};
 pub use retry::{BreakerPolicy, BreakerState, RetryNotice, RetryPolicy};
 pub use subscription::{Delivery, Subscription};
+pub use tls::{ClientCert, TlsOptions};
 pub use weir_protocol::{
     DroppedMessage, ErrorCode, FsyncPolicy, GoingAwayReason, GroupConfig, GroupInfo, GroupSpec,
     GroupUpdate, Headers, Limit, OverflowPolicy, RejectReason, ServerLimits, StartPosition,

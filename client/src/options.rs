@@ -5,6 +5,7 @@ use std::time::Duration;
 use weir_protocol::DEFAULT_MAX_FRAME_BYTES;
 
 use crate::reconnect::ReconnectPolicy;
+use crate::tls::TlsOptions;
 
 /// How to connect. Every field has a default ([`ClientOptions::default`]); override with
 /// struct-update syntax: `ClientOptions { token: Some(key), ..Default::default() }`. They apply
@@ -34,6 +35,9 @@ pub struct ClientOptions {
     /// [`ReconnectPolicy`]). Default [`ReconnectPolicy::default`]: on, 100 ms to 5 s of
     /// full-jitter backoff, giving up after 60 s.
     pub reconnect: ReconnectPolicy,
+    /// Speak TLS to the broker (its wire port has `[tls]`), with these settings; `None`:
+    /// plaintext. A TLS failure is [`crate::ClientError::Tls`]. Default `None`.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for ClientOptions {
@@ -45,6 +49,7 @@ impl Default for ClientOptions {
             command_queue: 1024,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             reconnect: ReconnectPolicy::default(),
+            tls: None,
         }
     }
 }

@@ -29,5 +29,6 @@ mod shutdown;
 mod startup;
 mod state_recovery;
 mod storage_faults;
+mod tls;
 mod topic_full;
 mod topic_update;

@@ -62,6 +62,7 @@ use tokio_util::sync::CancellationToken;
 use super::topics::error_response;
 use super::PeerAddr;
 use crate::broker::Broker;
+use crate::tls::TlsServer;
 
 /// The timeouts of one admin connection, from `admin.*_timeout_ms`.
 #[derive(Debug, Clone, Copy)]
@@ -73,11 +74,13 @@ struct Timeouts {
 
 /// Serves admin connections from `listener` with `app` until `shutdown` completes, then lets
 /// each connection finish its request in progress (each phase stays bounded) and returns once
-/// all are closed.
+/// all are closed. With `tls`, each connection first passes the TLS handshake, within the
+/// header timeout and holding its slot.
 pub(super) async fn serve(
     listener: TcpListener,
     app: Router,
     broker: Broker,
+    tls: Option<Arc<TlsServer>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let admin = &broker.config().admin;
@@ -129,6 +132,7 @@ pub(super) async fn serve(
             app: app.clone(),
             broker: broker.clone(),
             peer,
+            tls: tls.clone(),
             timeouts,
             waiting: waiting.subscribe(),
             stop: stop.clone(),
@@ -163,6 +167,8 @@ struct Connection {
     app: Router,
     broker: Broker,
     peer: SocketAddr,
+    /// The TLS configuration of the admin port, when it serves TLS.
+    tls: Option<Arc<TlsServer>>,
     timeouts: Timeouts,
     waiting: watch::Receiver<bool>,
     stop: CancellationToken,
@@ -172,6 +178,26 @@ impl Connection {
     /// Serves the connection until it closes, its watchdog closes it, or the server stops
     /// (then the request in progress is finished first); `slot` is given back at the end.
     async fn serve(mut self, socket: TcpStream, slot: OwnedSemaphorePermit) {
+        let socket: Box<dyn Io> = match &self.tls {
+            None => Box::new(socket),
+            Some(tls) => {
+                let accept = tls.accept(
+                    socket,
+                    self.peer,
+                    "admin",
+                    self.timeouts.header,
+                    self.broker.metrics(),
+                );
+                let stream = tokio::select! {
+                    stream = accept => stream,
+                    _ = self.stop.cancelled() => None,
+                };
+                match stream {
+                    Some(stream) => Box::new(stream),
+                    None => return drop(slot),
+                }
+            }
+        };
         let (phase, mut phases) = watch::channel(Phase::Head(Instant::now()));
         let phase = Arc::new(phase);
         let io = TokioIo::new(Tracked {
@@ -252,10 +278,15 @@ async fn watchdog(
     }
 }
 
+/// A connection's byte stream: the TCP socket, or the TLS stream over it.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
 /// The socket, noting the first byte of a request that arrives on an idle connection (its
 /// header phase starts then).
 struct Tracked {
-    io: TcpStream,
+    io: Box<dyn Io>,
     phase: Arc<watch::Sender<Phase>>,
 }
 

@@ -25,7 +25,8 @@
 //!   `weir_storage_damage_found_total`, `weir_state_flush_failures_total`,
 //!   `weir_slow_consumers_closed_total`, `weir_idle_connections_closed_total`,
 //!   `weir_replies_too_large_total`, `weir_reasons_truncated_total`,
-//!   `weir_auth_failures_total`, `weir_auth_throttled_total` — broker-wide, as [`Metrics`]
+//!   `weir_auth_failures_total`, `weir_auth_throttled_total`,
+//!   `weir_tls_plaintext_refused_total`, `weir_tls_handshake_failures_total` — broker-wide, as [`Metrics`]
 //!   documents them;
 //! - `weir_operations_rejected_total{op}` — expensive operations refused at `ops_per_s`;
 //! - `weir_admin_header_timeouts_total`, `weir_admin_body_timeouts_total` (408s),
@@ -251,6 +252,16 @@ fn broker_counters(out: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
             "weir_auth_throttled",
             "Connections and admin requests refused at max_auth_failures_per_s.",
             m.auth_throttled.get(),
+        ),
+        (
+            "weir_tls_plaintext_refused",
+            "Connections refused on a TLS port because the client spoke plaintext.",
+            m.tls_plaintext_refused.get(),
+        ),
+        (
+            "weir_tls_handshake_failures",
+            "TLS handshakes that failed or did not finish in time.",
+            m.tls_handshake_failures.get(),
         ),
         (
             "weir_admin_header_timeouts",

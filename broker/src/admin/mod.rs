@@ -76,17 +76,28 @@ pub(crate) fn router(broker: Broker) -> Router {
 /// Serves the admin endpoint on `listener` until `shutdown` completes, then stops accepting,
 /// lets each connection finish the request in progress, and returns once all are closed. Its
 /// connections are bounded as the `connections` module describes (count, header, body and idle
-/// timeouts).
+/// timeouts). Plaintext; see [`serve_with_tls`].
 pub async fn serve(
     listener: TcpListener,
     broker: Broker,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    serve_with_tls(listener, broker, None, shutdown).await;
+}
+
+/// [`serve`], over TLS when `tls` is given: a connection must complete the TLS handshake
+/// within `admin.header_read_timeout_ms`; one that speaks plain HTTP is closed (and counted).
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    broker: Broker,
+    tls: Option<std::sync::Arc<crate::tls::TlsServer>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "admin endpoint serving");
+        tracing::info!(%addr, tls = tls.is_some(), "admin endpoint serving");
     }
     let app = router(broker.clone());
-    connections::serve(listener, app, broker, shutdown).await;
+    connections::serve(listener, app, broker, tls, shutdown).await;
 }
 
 async fn readyz(

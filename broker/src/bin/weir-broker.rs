@@ -3,7 +3,9 @@
 //! With no arguments it listens on 127.0.0.1:7070 with its data in `./weir-data`. Flags and
 //! `--config weir.toml` override the embedded defaults (flags win); `--print-config` shows the
 //! effective configuration with every bound. SIGTERM or SIGINT shut it down gracefully: the
-//! commit in progress finishes, clients get `GoingAway`, and the process exits 0.
+//! commit in progress finishes, clients get `GoingAway`, and the process exits 0. SIGHUP
+//! re-reads the `[tls]` files (a bad one keeps the files in use and is logged); without
+//! `[tls]` it is logged and ignored.
 //!
 //! `weir-broker hash-token` reads a token on stdin and prints the `token_sha256 = "..."` line
 //! of a `[[keys]]` entry, so a config file need not hold the secret.
@@ -15,6 +17,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -61,6 +64,16 @@ struct Args {
     /// filter is `RUST_LOG` (default `info`).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// PEM certificate (chain) both ports serve over TLS; plaintext is then refused. Overrides
+    /// `[tls] cert_file`; needs `--tls-key`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates client certificates must chain to (mutual TLS); needs `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -119,6 +132,13 @@ impl Args {
         }
         if self.no_admin {
             config.admin.enabled = false;
+        }
+        if let (Some(cert_file), Some(key_file)) = (self.tls_cert, self.tls_key) {
+            config.tls = Some(weir_broker::tls::TlsConfig {
+                cert_file,
+                key_file,
+                client_ca_file: self.tls_client_ca,
+            });
         }
         config.validate()?;
         Ok((config, self.print_config, self.rebuild_state))
@@ -290,8 +310,55 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     for key in config.keys.iter().filter(|k| k.token.is_some()) {
         tracing::warn!(key = %key.name, "this key's token is in the config in clear: replace `token` with `token_sha256` (the output of `weir-broker hash-token`)");
     }
-    weir_broker::server::run(listener, config, shutdown_signal()).await?;
+    let tls = match &config.tls {
+        Some(files) => {
+            let tls = Arc::new(weir_broker::tls::TlsServer::load(files)?);
+            tracing::info!(
+                cert_file = %files.cert_file.display(),
+                mutual = files.client_ca_file.is_some(),
+                "TLS on both ports: plaintext is refused"
+            );
+            Some(tls)
+        }
+        None => None,
+    };
+    // Registered before the listener announces itself: a SIGHUP from then on is handled.
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(hup) => {
+            tokio::spawn(reload_on_sighup(tls.clone(), hup));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; TLS files will not be reloaded")
+        }
+    }
+    weir_broker::server::run_with_tls(listener, config, tls, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Re-reads the TLS files on each SIGHUP; a bad file keeps the ones in use, and says why.
+/// Without `[tls]` a SIGHUP only logs that there is nothing to reload (it never stops the
+/// broker).
+async fn reload_on_sighup(
+    tls: Option<Arc<weir_broker::tls::TlsServer>>,
+    mut hup: tokio::signal::unix::Signal,
+) {
+    while hup.recv().await.is_some() {
+        let Some(tls) = &tls else {
+            tracing::info!("SIGHUP: no [tls] configured, nothing to reload");
+            continue;
+        };
+        match tls.reload() {
+            Ok(()) => tracing::info!(
+                cert_file = %tls.files().cert_file.display(),
+                "SIGHUP: TLS certificate and key reloaded; new connections use them"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "SIGHUP: TLS reload failed; keeping the certificate and key in use"
+            ),
+        }
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

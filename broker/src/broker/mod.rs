@@ -64,6 +64,9 @@ pub enum OpenError {
     /// A blocking task panicked.
     #[error("startup task failed: {0}")]
     Join(String),
+    /// A `[tls]` file is missing or unusable (the error names it).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The admin endpoint's address could not be bound.
     #[error("cannot listen on admin address {addr}: {source}")]
     Admin {

@@ -47,8 +47,6 @@ use std::time::{Duration, Instant};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -60,10 +58,10 @@ use crate::config::Limits;
 use crate::group::MemberId;
 use crate::keys::Identity;
 use crate::outbox::{Outbound, Outbox};
-use crate::reader::{FrameReader, Read, ReadError, ReadLimits};
+use crate::reader::{FrameReader, Read, ReadError, ReadHalf, ReadLimits};
 use crate::refusal::Refusal;
 use crate::topic::Topic;
-use crate::writer::{Writer, WriterEnd};
+use crate::writer::{WriteHalf, Writer, WriterEnd};
 use answers::{error, rejected};
 use confirm::PendingConfirm;
 
@@ -140,13 +138,18 @@ pub(crate) struct Stop {
 }
 
 /// Serves one accepted connection until the client leaves, breaks the protocol, idles, stops
-/// reading, or the server stops it (see [`Stop`]).
-pub(crate) async fn serve(broker: Broker, socket: TcpStream, peer: SocketAddr, stop: Stop) {
-    let _ = socket.set_nodelay(true);
+/// reading, or the server stops it (see [`Stop`]). `socket` is a plain TCP socket's halves or,
+/// on a TLS port, a TLS stream's.
+pub(crate) async fn serve(
+    broker: Broker,
+    socket: (ReadHalf, WriteHalf),
+    peer: SocketAddr,
+    stop: Stop,
+) {
     let id = broker.next_connection_id();
     let limits = broker.config().limits.clone();
     let codec = WeirCodec::new(limits.max_frame_bytes as usize);
-    let (read, write) = socket.into_split();
+    let (read, write) = socket;
     let memory = broker.admission().connection_memory();
     let mut frames = FrameReader::new(read, read_limits(&limits), memory.inbound());
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
@@ -230,7 +233,7 @@ fn read_limits(limits: &Limits) -> ReadLimits {
 
 /// Reads and discards what the peer still sends, until it closes or [`LINGER`] passes, so
 /// closing with unread input does not reset the connection before our last frames arrive.
-async fn linger(mut read: OwnedReadHalf) {
+async fn linger(mut read: ReadHalf) {
     let mut scratch = [0u8; 8192];
     let _ = tokio::time::timeout(LINGER, async {
         while let Ok(n) = read.read(&mut scratch).await {

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{lookup_host, TcpStream};
 use tokio_util::codec::FramedRead;
 use weir_protocol::{
@@ -16,10 +15,31 @@ use weir_protocol::{
 use crate::error::ClientError;
 use crate::options::ClientOptions;
 
+/// The read half of a connection: a TCP socket's, or a TLS stream's.
+pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Sync + Unpin>;
+/// The write half of a connection: a TCP socket's, or a TLS stream's (which may keep bytes
+/// until flushed).
+pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Sync + Unpin>;
+
 /// A socket's two halves.
 pub(crate) struct Io {
-    pub reader: FramedRead<OwnedReadHalf, WeirCodec>,
-    pub writer: OwnedWriteHalf,
+    pub reader: FramedRead<ReadHalf, WeirCodec>,
+    pub writer: WriteHalf,
+    /// Bytes were written since the last flush: a TLS stream may still hold some of them.
+    pub unflushed: bool,
+}
+
+/// Writes what `buf` holds to `writer` (`Some(bytes written)`) or, when it is empty, flushes
+/// what the stream may have kept (`None`).
+pub(crate) async fn write_or_flush(
+    writer: &mut WriteHalf,
+    buf: &mut BytesMut,
+) -> std::io::Result<Option<usize>> {
+    if buf.is_empty() {
+        writer.flush().await.map(|()| None)
+    } else {
+        writer.write_buf(buf).await.map(Some)
+    }
 }
 
 /// One socket past its handshake.
@@ -60,7 +80,20 @@ pub(crate) async fn connect(addr: &str, opts: &ClientOptions) -> Result<Session,
         .await
         .map_err(|_| timed_out("connect", opts.connect_timeout))??;
     stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
+    let (read, mut write): (ReadHalf, WriteHalf) = match &opts.tls {
+        None => {
+            let (read, write) = stream.into_split();
+            (Box::new(read), Box::new(write))
+        }
+        Some(tls) => {
+            let handshake = crate::tls::connect(tls, addr, stream);
+            let stream = tokio::time::timeout(opts.handshake_timeout, handshake)
+                .await
+                .map_err(|_| timed_out("TLS handshake", opts.handshake_timeout))??;
+            let (read, write) = tokio::io::split(stream);
+            (Box::new(read), Box::new(write))
+        }
+    };
     let mut reader = FramedRead::new(read, WeirCodec::new(opts.max_frame_bytes));
     let mut wbuf = BytesMut::new();
     WeirCodec::default().encode_frame(
@@ -71,6 +104,7 @@ pub(crate) async fn connect(addr: &str, opts: &ClientOptions) -> Result<Session,
         &mut wbuf,
     )?;
     write.write_all(&wbuf).await?;
+    write.flush().await?;
 
     let answer = tokio::time::timeout(opts.handshake_timeout, reader.next())
         .await
@@ -80,13 +114,26 @@ pub(crate) async fn connect(addr: &str, opts: &ClientOptions) -> Result<Session,
                 opts.handshake_timeout
             ))
         })?;
-    let limits = hello_answer(addr, answer)?;
+    let limits = match (&opts.tls, answer) {
+        // With TLS 1.3 the broker checks a client certificate after the client's side of the
+        // handshake is done: its refusal arrives as an alert instead of the answer.
+        (Some(tls), Some(Err(CodecError::Io(e)))) => {
+            return Err(crate::tls::describe(tls, addr, e));
+        }
+        (None, None) => {
+            return Err(ClientError::Handshake(
+                "broker closed the connection during the handshake (a broker with [tls] closes plaintext connections: connect with TLS, e.g. `weir --tls-ca FILE`, ClientOptions::tls)".into(),
+            ))
+        }
+        (_, answer) => hello_answer(addr, answer)?,
+    };
     let read_max = opts.max_frame_bytes.max(limits.max_frame_bytes as usize);
     *reader.decoder_mut() = WeirCodec::new(read_max);
     Ok(Session {
         io: Io {
             reader,
             writer: write,
+            unflushed: false,
         },
         codec: WeirCodec::new(limits.max_frame_bytes as usize),
         limits,

@@ -303,18 +303,21 @@ impl ConnTask {
                 // does not read.
                 let goodbye = async {
                     io.writer.write_all(&self.out.buf).await?;
+                    io.writer.flush().await?;
                     io.writer.shutdown().await
                 };
                 let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
                 return Ok(());
             }
             let deadline = self.flush_deadline;
+            let write = !self.out.buf.is_empty() || io.unflushed;
             tokio::select! {
                 biased;
-                written = io.writer.write_buf(&mut self.out.buf), if !self.out.buf.is_empty() => {
+                written = handshake::write_or_flush(&mut io.writer, &mut self.out.buf), if write => {
                     match written {
-                        Ok(0) => return Err(self.explain(std::io::ErrorKind::WriteZero.into())),
-                        Ok(_) => {}
+                        Ok(Some(0)) => return Err(self.explain(std::io::ErrorKind::WriteZero.into())),
+                        Ok(Some(_)) => io.unflushed = true,
+                        Ok(None) => io.unflushed = false,
                         Err(e) => return Err(self.explain(e)),
                     }
                 }
