@@ -575,6 +575,10 @@ pub enum ErrorCode {
     /// nothing past the damaged record until `weir topic repair` (see [`TopicHealth::Damaged`]).
     /// The subscription stays open.
     StorageDamaged,
+    /// The key (or anonymous) may not take this action on this topic; the message names the
+    /// key, the action and the topic (`forbidden: key billing may not publish to orders`).
+    /// Nothing was done; the connection stays open.
+    Forbidden,
 }
 
 /// The bounds a broker announces in [`crate::Frame::HelloOk`], so clients can size their

@@ -207,6 +207,10 @@ fn code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::Internal),
         Just(ErrorCode::InUse),
         Just(ErrorCode::UnknownGroup),
+        Just(ErrorCode::FrameTimeout),
+        Just(ErrorCode::StorageFailed),
+        Just(ErrorCode::StorageDamaged),
+        Just(ErrorCode::Forbidden),
     ]
 }
 

@@ -28,6 +28,8 @@
 //!   `weir_auth_failures_total`, `weir_auth_throttled_total` — broker-wide, as [`Metrics`]
 //!   documents them;
 //! - `weir_operations_rejected_total{op}` — expensive operations refused at `ops_per_s`;
+//! - `weir_forbidden_total{key,action}` — requests refused because the key (`anonymous`
+//!   without one) may not take that action on that topic (see `crate::permissions`);
 //! - `weir_admin_header_timeouts_total`, `weir_admin_body_timeouts_total` (408s),
 //!   `weir_admin_idle_closed_total`, `weir_admin_idle_reclaimed_total`,
 //!   `weir_admin_payloads_too_large_total` (413s) — the admin endpoint's own bounds (see
@@ -117,6 +119,7 @@ impl Collector for Exposition {
             .collect();
         let metrics = broker.metrics();
         broker_counters(&mut out, metrics)?;
+        forbidden(&mut out, broker)?;
         topic_series(&mut out, &topics)?;
         group_series(&mut out, &topics)?;
         broker_gauges(&mut out, broker)?;
@@ -303,6 +306,26 @@ fn broker_counters(out: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
     let idle = workers.map(|(kind, t)| ([("worker", kind)], t.idle().as_secs_f64()));
     let help = "Seconds the workers of a kind spent waiting for work.";
     family(out, ("weir_worker_idle_seconds", help, Counter), idle)
+}
+
+/// `weir_forbidden_total{key,action}`: every configured key's (and anonymous's) refused
+/// actions, one series per key and action (bounded by the config).
+fn forbidden(out: &mut DescriptorEncoder, broker: &Broker) -> fmt::Result {
+    let samples: Vec<_> = broker
+        .keys()
+        .accesses()
+        .flat_map(|access| {
+            crate::permissions::Action::ALL.map(|action| {
+                let labels = [
+                    ("key", access.name().to_owned()),
+                    ("action", action.name().to_owned()),
+                ];
+                (labels, access.denied(action))
+            })
+        })
+        .collect();
+    let help = "Requests refused because the key may not take that action on that topic.";
+    family(out, ("weir_forbidden", help, MetricType::Counter), samples)
 }
 
 /// A per-topic series read from the topic's snapshot: name, help, type, value.

@@ -55,6 +55,10 @@ pub(crate) fn router(broker: Broker) -> Router {
     let (open, keyed) = if admin.public_metrics {
         (metrics, keyed)
     } else {
+        let metrics = metrics.route_layer(axum::middleware::from_fn_with_state(
+            broker.clone(),
+            auth::require_monitor_all,
+        ));
         (Router::new(), keyed.merge(metrics))
     };
     let keyed = keyed.route_layer(axum::middleware::from_fn_with_state(

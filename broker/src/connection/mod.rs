@@ -60,6 +60,7 @@ use crate::config::Limits;
 use crate::group::MemberId;
 use crate::keys::Identity;
 use crate::outbox::{Outbound, Outbox};
+use crate::permissions::Action;
 use crate::reader::{FrameReader, Read, ReadError, ReadLimits};
 use crate::refusal::Refusal;
 use crate::topic::Topic;
@@ -179,6 +180,7 @@ pub(crate) async fn serve(broker: Broker, socket: TcpStream, peer: SocketAddr, s
         pending: FuturesUnordered::new(),
         parked: FuturesUnordered::new(),
         read_at: Instant::now(),
+        publish_decision: None,
     };
     let session = async {
         let end = match conn.handshake(&mut frames, &stop.graceful).await {
@@ -263,6 +265,9 @@ struct Connection {
     parked: FuturesUnordered<PendingConfirm>,
     /// When the frame being applied was read.
     read_at: Instant,
+    /// The last publish permission decided on this connection (topic, allowed): a connection
+    /// publishing to one topic checks its key's rules once (its permissions cannot change).
+    publish_decision: Option<(String, bool)>,
 }
 
 impl Connection {
@@ -432,6 +437,39 @@ impl Connection {
                 self.send(error(0, ErrorCode::InvalidArgument, msg)).await
             }
         }
+    }
+
+    /// Whether this connection's key may take `action` on `topic` (see [`crate::permissions`]).
+    /// When not, the refusal is counted and logged (at most once a second per key) and request
+    /// `req` is answered `Error{Forbidden}` naming the key, action and topic; `Ok(false)`.
+    /// A key's permissions are fixed for the broker's life, so what a subscription was allowed
+    /// at `Subscribe` covers its credit, acks, nacks, terms, progress and unsubscribe.
+    async fn permit(&mut self, req: u64, action: Action, topic: &str) -> Result<bool, End> {
+        let access = self
+            .identity
+            .as_ref()
+            .map(|id| id.access.clone())
+            .ok_or(End::ProtocolError)?;
+        let now = self.broker.clock().now();
+        let decided = if action == Action::Publish {
+            match &self.publish_decision {
+                Some((last, allowed)) if last == topic => *allowed,
+                _ => {
+                    let allowed = access.grants().allows(action, topic);
+                    self.publish_decision = Some((topic.to_owned(), allowed));
+                    allowed
+                }
+            }
+        } else {
+            access.grants().allows(action, topic)
+        };
+        if decided {
+            return Ok(true);
+        }
+        let refused = access.refuse(action, topic, now);
+        self.send(error(req, ErrorCode::Forbidden, refused.to_string()))
+            .await?;
+        Ok(false)
     }
 
     /// Looks up (or auto-creates) a topic, answering request `req` with the failure. Creating
