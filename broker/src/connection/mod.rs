@@ -445,28 +445,25 @@ impl Connection {
     /// A key's permissions are fixed for the broker's life, so what a subscription was allowed
     /// at `Subscribe` covers its credit, acks, nacks, terms, progress and unsubscribe.
     async fn permit(&mut self, req: u64, action: Action, topic: &str) -> Result<bool, End> {
-        let access = self
-            .identity
-            .as_ref()
-            .map(|id| id.access.clone())
-            .ok_or(End::ProtocolError)?;
-        let now = self.broker.clock().now();
-        let decided = if action == Action::Publish {
-            match &self.publish_decision {
-                Some((last, allowed)) if last == topic => *allowed,
-                _ => {
-                    let allowed = access.grants().allows(action, topic);
-                    self.publish_decision = Some((topic.to_owned(), allowed));
-                    allowed
-                }
-            }
-        } else {
-            access.grants().allows(action, topic)
+        let Some(identity) = &self.identity else {
+            return Err(End::ProtocolError);
         };
-        if decided {
+        let grants = identity.access.grants();
+        let allowed = match &mut self.publish_decision {
+            _ if action != Action::Publish => grants.allows(action, topic),
+            Some((last, allowed)) if last == topic => *allowed,
+            decision => {
+                let allowed = grants.allows(action, topic);
+                *decision = Some((topic.to_owned(), allowed));
+                allowed
+            }
+        };
+        if allowed {
             return Ok(true);
         }
-        let refused = access.refuse(action, topic, now);
+        let refused = identity
+            .access
+            .refuse(action, topic, self.broker.clock().now());
         self.send(error(req, ErrorCode::Forbidden, refused.to_string()))
             .await?;
         Ok(false)
