@@ -30,51 +30,11 @@ use crate::metrics::Counter;
 /// long to take it gets a hashed dead-letter name, which needs its own rule.
 const DEAD_LETTER_SUFFIX: &str = ".dlq";
 
-/// What a client may do to a topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// Publish to the topic (over the wire or `POST /topics/{name}/messages`); a publish that
-    /// auto-creates the topic needs only this.
-    Publish,
-    /// Subscribe to the topic, and grant credit, ack, nack, term, progress and unsubscribe on
-    /// that subscription.
-    Subscribe,
-    /// Create, update, delete and repair the topic; update and delete its groups.
-    Manage,
-    /// See the topic: list, describe, stats, the admin GET routes and `/metrics`.
-    Monitor,
-}
+pub use weir_protocol::Action;
 
-impl Action {
-    /// Every action, in the order they are documented.
-    pub const ALL: [Action; 4] = [
-        Action::Publish,
-        Action::Subscribe,
-        Action::Manage,
-        Action::Monitor,
-    ];
-
-    /// The action's name as the config spells it (and as metrics and refusals show it).
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::Publish => "publish",
-            Action::Subscribe => "subscribe",
-            Action::Manage => "manage",
-            Action::Monitor => "monitor",
-        }
-    }
-
-    /// This action's bit in an [`ActionSet`].
-    fn bit(self) -> u8 {
-        1 << (self as u8)
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
+/// This action's bit in an [`ActionSet`].
+fn bit(action: Action) -> u8 {
+    1 << (action as u8)
 }
 
 /// One rule of a key's `permissions`: the actions `allow`ed on the topics `topics` matches.
@@ -94,11 +54,11 @@ struct ActionSet(u8);
 
 impl ActionSet {
     fn of(actions: &[Action]) -> ActionSet {
-        ActionSet(actions.iter().fold(0, |bits, a| bits | a.bit()))
+        ActionSet(actions.iter().fold(0, |bits, a| bits | bit(*a)))
     }
 
     fn contains(self, action: Action) -> bool {
-        self.0 & action.bit() != 0
+        self.0 & bit(action) != 0
     }
 }
 

@@ -60,6 +60,11 @@ fn assert_forbidden(frame: &Frame, req: u64, key: &str, action: &str, topic: &st
     match frame {
         Frame::Error(e) => {
             assert_eq!((e.req, e.code), (req, ErrorCode::Forbidden), "{e:?}");
+            let denied = e.denied.as_ref().expect("the action and topic, typed");
+            assert_eq!(
+                (denied.action.name(), denied.topic.as_str()),
+                (action, topic)
+            );
             assert!(
                 e.message.starts_with("forbidden: ")
                     && e.message.contains(&format!("key {key} "))

@@ -441,7 +441,8 @@ impl Connection {
 
     /// Whether this connection's key may take `action` on `topic` (see [`crate::permissions`]).
     /// When not, the refusal is counted and logged (at most once a second per key) and request
-    /// `req` is answered `Error{Forbidden}` naming the key, action and topic; `Ok(false)`.
+    /// `req` is answered `Error{Forbidden}` naming the key, action and topic (in its message,
+    /// and the action and topic as its `denied`); `Ok(false)`.
     /// A key's permissions are fixed for the broker's life, so what a subscription was allowed
     /// at `Subscribe` covers its credit, acks, nacks, terms, progress and unsubscribe.
     async fn permit(&mut self, req: u64, action: Action, topic: &str) -> Result<bool, End> {
@@ -464,8 +465,7 @@ impl Connection {
         let refused = identity
             .access
             .refuse(action, topic, self.broker.clock().now());
-        self.send(error(req, ErrorCode::Forbidden, refused.to_string()))
-            .await?;
+        self.send(answers::forbidden(req, &refused)).await?;
         Ok(false)
     }
 
