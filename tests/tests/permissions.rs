@@ -623,7 +623,7 @@ fn bad_permissions_fail_the_start_naming_the_key_or_entry_and_good_ones_print_ba
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_exits_2_when_the_key_may_not_publish() {
+async fn the_cli_exits_2_when_the_key_may_not_publish_create_or_describe() {
     let broker = TestBroker::start_with(services).await;
     let out = super::cli::weir(
         broker.addr,
@@ -637,6 +637,16 @@ async fn the_cli_exits_2_when_the_key_may_not_publish() {
         err.contains("forbidden: key audit may not publish to orders.eu"),
         "{err}"
     );
+    assert!(broker.broker.topic("orders.eu").is_none());
+    for args in [
+        &["--token", "token-audit", "topic", "create", "orders.eu"][..],
+        &["--token", "token-audit", "topic", "info", "orders.eu"][..],
+    ] {
+        let out = super::cli::weir(broker.addr, args, "").await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("forbidden: key audit may not"), "{err}");
+    }
     assert!(broker.broker.topic("orders.eu").is_none());
     let out = super::cli::weir(
         broker.addr,
