@@ -84,6 +84,7 @@ use weir_protocol::{GroupInfo, TopicHealth, TopicInfo};
 use crate::admission::Work;
 use crate::broker::Broker;
 use crate::metrics::{reason_label, Metrics, REASONS};
+use crate::permissions::Action;
 use crate::topic::TopicCounterSnapshot;
 
 /// The content type of the exposition (OpenMetrics text, what prometheus-client encodes).
@@ -309,21 +310,22 @@ fn broker_counters(out: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
 }
 
 /// `weir_forbidden_total{key,action}`: every configured key's (and anonymous's) refused
-/// actions, one series per key and action (bounded by the config).
+/// actions, one series per key name and action (bounded by the config; keys sharing a name
+/// are summed, so no series repeats).
 fn forbidden(out: &mut DescriptorEncoder, broker: &Broker) -> fmt::Result {
-    let samples: Vec<_> = broker
-        .keys()
-        .accesses()
-        .flat_map(|access| {
-            crate::permissions::Action::ALL.map(|action| {
-                let labels = [
-                    ("key", access.name().to_owned()),
-                    ("action", action.name().to_owned()),
-                ];
-                (labels, access.denied(action))
-            })
-        })
-        .collect();
+    let mut by_key: std::collections::BTreeMap<&str, [u64; 4]> = Default::default();
+    for access in broker.keys().accesses() {
+        let counts = by_key.entry(access.name()).or_default();
+        for (count, action) in counts.iter_mut().zip(Action::ALL) {
+            *count += access.denied(action);
+        }
+    }
+    let samples = by_key.iter().flat_map(|(key, counts)| {
+        Action::ALL
+            .iter()
+            .zip(counts)
+            .map(move |(action, count)| ([("key", *key), ("action", action.name())], *count))
+    });
     let help = "Requests refused because the key may not take that action on that topic.";
     family(out, ("weir_forbidden", help, MetricType::Counter), samples)
 }
