@@ -13,6 +13,7 @@ use weir_protocol::{
 };
 
 use crate::keys::{ApiKey, RateConfig};
+use crate::permissions::{Anonymous, AnonymousConfig};
 
 /// The largest `storage.seq_reservation` accepted (1 Mi seqs: a crash then costs a topic at
 /// most 4 MiB of memory for the seqs it skips, until they are consumed past).
@@ -47,6 +48,10 @@ pub struct Config {
     /// default): plaintext on both ports. Set: both ports refuse plaintext.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Who may connect without a token and what they may do (`[anonymous]`). Left out: with no
+    /// keys, loopback clients may do everything; with keys, a token is required.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anonymous: Option<AnonymousConfig>,
 }
 
 /// Connection- and broker-wide bounds, each with its behaviour at the bound.
@@ -310,6 +315,7 @@ impl Default for Config {
             default_rate: RateConfig::default(),
             keys: Vec::new(),
             tls: None,
+            anonymous: None,
         }
     }
 }
@@ -579,6 +585,10 @@ impl Config {
                 rate.validate(&format!("key {:?}", key.name))
                     .map_err(ConfigError::Invalid)?;
             }
+            key.grants().map_err(ConfigError::Invalid)?;
+        }
+        if let Some(anonymous) = &self.anonymous {
+            Anonymous::compile(anonymous).map_err(ConfigError::Invalid)?;
         }
         let defaults = self
             .resolve_topic(TopicSpec {
@@ -833,6 +843,7 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::permissions::Action;
 
     #[test]
     fn defaults_are_valid_and_round_trip_through_toml() {
@@ -897,6 +908,58 @@ mod tests {
         let config: Config = toml::from_str("[limits]\nmax_connections = 3\n").unwrap();
         assert_eq!(config.limits.max_connections, 3);
         assert_eq!(config.limits.max_credit, Limits::default().max_credit);
+    }
+
+    #[test]
+    fn permissions_and_anonymous_parse_round_trip_and_bad_entries_are_named() {
+        let text = r#"
+[[keys]]
+name = "billing"
+token = "t1"
+permissions = [{ topics = "orders.*", allow = ["publish", "subscribe"] }, { topics = "*", allow = ["monitor"] }]
+
+[[keys]]
+name = "ops"
+token = "t2"
+
+[anonymous]
+allow_from = ["127.0.0.0/8", "10.1.0.0/16"]
+permissions = [{ topics = "public", allow = ["subscribe"] }]
+"#;
+        let config: Config = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        let perms = config.keys[0].permissions.as_ref().unwrap();
+        assert_eq!(perms[0].allow, vec![Action::Publish, Action::Subscribe]);
+        assert_eq!(config.keys[1].permissions, None, "no field: every action");
+        let back: Config = toml::from_str(&config.to_toml()).unwrap();
+        assert_eq!(back.keys[0].permissions, config.keys[0].permissions);
+        assert_eq!(back.anonymous, config.anonymous);
+        assert_eq!(back.keys[1].permissions, None);
+        // Without the section: none printed, none read back.
+        assert!(!Config::default().to_toml().contains("anonymous"));
+
+        let invalid = |text: &str| match toml::from_str::<Config>(text) {
+            Ok(config) => config.validate().unwrap_err().to_string(),
+            Err(e) => e.to_string(),
+        };
+        let bad_pattern = invalid(
+            "[[keys]]\nname = \"billing\"\ntoken = \"t\"\npermissions = [{ topics = \"or*ders\", allow = [\"publish\"] }]\n",
+        );
+        assert!(
+            bad_pattern.contains("billing") && bad_pattern.contains("permissions[0]"),
+            "{bad_pattern}"
+        );
+        let bad_action = invalid(
+            "[[keys]]\nname = \"billing\"\ntoken = \"t\"\npermissions = [{ topics = \"a\", allow = [\"delete\"] }]\n",
+        );
+        assert!(bad_action.contains("delete"), "{bad_action}");
+        let bad_cidr = invalid("[anonymous]\nallow_from = [\"127.0.0.1/8\", \"10.0.0.0/40\"]\n");
+        assert!(
+            bad_cidr.contains("anonymous.allow_from[1]") && bad_cidr.contains("10.0.0.0/40"),
+            "{bad_cidr}"
+        );
+        let bad_anon = invalid("[anonymous]\npermissions = [{ topics = \"\", allow = [] }]\n");
+        assert!(bad_anon.contains("anonymous.permissions[0]"), "{bad_anon}");
     }
 
     #[test]

@@ -2,15 +2,21 @@
 //!
 //! Keys are listed in the config (`[[keys]]` with `name`, the secret as `token` or as its
 //! SHA-256 `token_sha256` (hex), and an optional `rate`). A client presents its token in
-//! `Hello`; the broker compares digests, so it needs only the hash. With keys configured, a missing or unknown token gets
+//! `Hello`; the broker compares digests (each in constant time), so it needs only the hash. With
+//! keys configured, a missing or unknown token gets
 //! `Error{Unauthorized}` and the connection is closed. With none configured the broker accepts
-//! anonymous clients — from loopback addresses only (DESIGN.md §6), and says so at start.
+//! anonymous clients — from loopback addresses only (DESIGN.md §6), and says so at start;
+//! an `[anonymous]` section says where anonymous clients may come from instead, keys or not.
+//! Each key (and anonymous) carries its compiled [`permissions`](crate::permissions).
 //! The number of keys is bounded by the config itself.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::permissions::{Access, Anonymous, AnonymousConfig, Grants, Permission, ANONYMOUS};
 
 /// One configured API key: exactly one of `token` and `token_sha256` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +33,10 @@ pub struct ApiKey {
     /// This key's rate limits; unset fields take `[default_rate]`.
     #[serde(default)]
     pub rate: Option<RateConfig>,
+    /// What this key may do on which topics; left out: every action on every topic (what a
+    /// key could do before permissions existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Vec<Permission>>,
 }
 
 impl ApiKey {
@@ -37,7 +47,14 @@ impl ApiKey {
             token: Some(token.into()),
             token_sha256: None,
             rate,
+            permissions: None,
         }
+    }
+
+    /// This key's permissions compiled; an error names the key and the rule.
+    pub fn grants(&self) -> Result<Grants, String> {
+        Grants::compile(self.permissions.as_deref())
+            .map_err(|e| format!("key {:?}: {e}", self.name))
     }
 
     /// The SHA-256 of this key's token, from whichever form the config holds; an error names
@@ -146,6 +163,8 @@ pub struct Identity {
     pub name: String,
     /// The key's rate limits.
     pub rate: RateConfig,
+    /// What the key may do, and its refusals.
+    pub access: Arc<Access>,
 }
 
 /// Why `Hello` was refused.
@@ -154,9 +173,10 @@ pub enum AuthError {
     /// Keys are configured and the token is missing or unknown.
     #[error("a valid API key is required")]
     BadToken,
-    /// No keys are configured and the client is not on a loopback address.
-    #[error("anonymous clients are accepted from loopback addresses only; configure API keys")]
-    AnonymousNotLoopback,
+    /// No token, and the client's address is not one anonymous clients may come from
+    /// (loopback, unless `[anonymous] allow_from` says otherwise).
+    #[error("anonymous clients are not accepted from this address (loopback only, or [anonymous] allow_from); configure API keys")]
+    AnonymousNotAllowed,
 }
 
 /// The configured keys, by the SHA-256 of their token.
@@ -164,47 +184,87 @@ pub enum AuthError {
 pub struct KeyRing {
     by_token: HashMap<[u8; 32], Identity>,
     default_rate: RateConfig,
+    /// Who may come without a token; `None`: nobody.
+    anonymous: Option<Anonymous>,
 }
 
 impl KeyRing {
-    /// The key ring for `keys`, whose unset rates take `default_rate`. A key without a
-    /// usable secret (refused by `Config::validate`) matches no token.
-    pub fn new(keys: &[ApiKey], default_rate: RateConfig) -> KeyRing {
-        let by_token = keys
+    /// The key ring for `keys`, whose unset rates take `default_rate`, with anonymous access
+    /// as `anonymous` says (`None`: loopback only, and only while no key is configured). A key
+    /// without a usable secret or with bad permissions (both refused by `Config::validate`)
+    /// matches no token; a bad `anonymous` admits nobody.
+    pub fn new(
+        keys: &[ApiKey],
+        default_rate: RateConfig,
+        anonymous: Option<&AnonymousConfig>,
+    ) -> KeyRing {
+        let by_token: HashMap<_, _> = keys
             .iter()
-            .filter_map(|k| Some((k, k.digest().ok()?)))
-            .map(|(k, digest)| {
+            .filter_map(|k| Some((k, k.digest().ok()?, k.grants().ok()?)))
+            .map(|(k, digest, grants)| {
                 let rate = k.rate.unwrap_or(default_rate);
                 (
                     digest,
                     Identity {
                         name: k.name.clone(),
                         rate,
+                        access: Arc::new(Access::new(&k.name, grants)),
                     },
                 )
             })
             .collect();
+        let anonymous = match anonymous {
+            Some(config) => Anonymous::compile(config).ok(),
+            None if by_token.is_empty() => Some(Anonymous::loopback()),
+            None => None,
+        };
         KeyRing {
             by_token,
             default_rate,
+            anonymous,
         }
+    }
+
+    /// Every key's access, and anonymous's if anonymous clients are admitted: what
+    /// `weir_forbidden_total` reads. Bounded by the config.
+    pub fn accesses(&self) -> impl Iterator<Item = &Access> {
+        self.by_token
+            .values()
+            .map(|id| &*id.access)
+            .chain(self.anonymous.iter().map(|a| &*a.access))
     }
 
     /// Authenticates a `Hello` from `peer` presenting `token`.
     pub fn authenticate(&self, token: Option<&str>, peer: IpAddr) -> Result<Identity, AuthError> {
-        if self.by_token.is_empty() {
-            if !peer.is_loopback() {
-                return Err(AuthError::AnonymousNotLoopback);
+        let anonymous_call = token.is_none() || self.by_token.is_empty();
+        if let Some(anonymous) = self.anonymous.as_ref().filter(|_| anonymous_call) {
+            if !anonymous.admits(peer) {
+                return Err(AuthError::AnonymousNotAllowed);
             }
             return Ok(Identity {
-                name: "anonymous".into(),
+                name: ANONYMOUS.into(),
                 rate: self.default_rate,
+                access: anonymous.access.clone(),
             });
         }
         token
-            .and_then(|t| self.by_token.get(&token_digest(t)))
+            .and_then(|t| self.find(&token_digest(t)))
             .cloned()
             .ok_or(AuthError::BadToken)
+    }
+
+    /// The identity whose token digest is `digest`. Every configured digest is compared, each
+    /// in constant time, with no early exit: how long authentication takes says nothing about
+    /// how close a guess came (keys are few: bounded by the config).
+    fn find(&self, digest: &[u8; 32]) -> Option<&Identity> {
+        use subtle::ConstantTimeEq;
+        let mut found = None;
+        for (known, identity) in &self.by_token {
+            if bool::from(known.ct_eq(digest)) {
+                found = Some(identity);
+            }
+        }
+        found
     }
 }
 
@@ -217,6 +277,25 @@ mod tests {
     }
 
     #[test]
+    fn each_token_finds_its_own_key_among_many_and_a_near_miss_none() {
+        let keys: Vec<ApiKey> = (0..5)
+            .map(|i| key(&format!("k{i}"), &format!("token-{i}"), None))
+            .collect();
+        let ring = KeyRing::new(&keys, RateConfig::default(), None);
+        let peer = [10, 0, 0, 1].into();
+        for i in 0..5 {
+            let who = ring
+                .authenticate(Some(&format!("token-{i}")), peer)
+                .unwrap();
+            assert_eq!(who.name, format!("k{i}"));
+        }
+        assert_eq!(
+            ring.authenticate(Some("token-5"), peer),
+            Err(AuthError::BadToken)
+        );
+    }
+
+    #[test]
     fn a_masked_key_authenticates_the_same_token_and_holds_no_secret() {
         let clear = key("billing", "s3cret-token", None);
         let masked = clear.masked();
@@ -225,7 +304,7 @@ mod tests {
         assert_eq!(hex.len(), 64);
         assert!(!hex.contains("s3cret"));
         assert_eq!(masked.digest(), clear.digest());
-        let ring = KeyRing::new(&[masked], RateConfig::default());
+        let ring = KeyRing::new(&[masked], RateConfig::default(), None);
         let peer = [10, 0, 0, 1].into();
         assert_eq!(
             ring.authenticate(Some("s3cret-token"), peer).unwrap().name,
@@ -266,13 +345,47 @@ mod tests {
 
     #[test]
     fn without_keys_only_loopback_is_anonymous() {
-        let ring = KeyRing::new(&[], RateConfig::default());
+        let ring = KeyRing::new(&[], RateConfig::default(), None);
         let id = ring.authenticate(None, [127, 0, 0, 1].into()).unwrap();
         assert_eq!(id.name, "anonymous");
         assert_eq!(
             ring.authenticate(Some("x"), [10, 1, 2, 3].into()),
-            Err(AuthError::AnonymousNotLoopback)
+            Err(AuthError::AnonymousNotAllowed)
         );
+    }
+
+    #[test]
+    fn an_anonymous_section_admits_its_ranges_with_its_permissions_beside_keys() {
+        use crate::permissions::{Action, Permission};
+        let anonymous = AnonymousConfig {
+            allow_from: vec!["10.0.0.0/8".into()],
+            permissions: Some(vec![Permission {
+                topics: "public".into(),
+                allow: vec![Action::Subscribe],
+            }]),
+        };
+        let ring = KeyRing::new(
+            &[key("a", "ta", None)],
+            RateConfig::default(),
+            Some(&anonymous),
+        );
+        let anon = ring.authenticate(None, [10, 2, 3, 4].into()).unwrap();
+        assert_eq!(anon.name, "anonymous");
+        assert!(anon.access.grants().allows(Action::Subscribe, "public"));
+        assert!(!anon.access.grants().allows(Action::Publish, "public"));
+        assert_eq!(
+            ring.authenticate(None, [127, 0, 0, 1].into()),
+            Err(AuthError::AnonymousNotAllowed),
+            "loopback is not in this allow_from"
+        );
+        assert_eq!(
+            ring.authenticate(Some("wrong"), [10, 2, 3, 4].into()),
+            Err(AuthError::BadToken),
+            "a wrong token is never anonymous"
+        );
+        let a = ring.authenticate(Some("ta"), [10, 2, 3, 4].into()).unwrap();
+        assert!(a.access.grants().allows(Action::Manage, "anything"));
+        assert_eq!(ring.accesses().count(), 2);
     }
 
     #[test]
@@ -284,6 +397,7 @@ mod tests {
         let ring = KeyRing::new(
             &[key("a", "ta", Some(slow)), key("b", "tb", None)],
             RateConfig::default(),
+            None,
         );
         assert_eq!(
             ring.authenticate(Some("ta"), [10, 0, 0, 1].into())

@@ -15,8 +15,8 @@
 //!   the accept step that refuses plaintext.
 //! - [`clock`] — [`Clock`]: the one time the broker's deadlines, delays and rate windows
 //!   read; real time in the daemon, paused and advanced by tests.
-//! - [`Broker`], [`OpenError`], [`Config`], [`ApiKey`], [`RateConfig`], [`Clock`] at the
-//!   crate root.
+//! - [`Broker`], [`OpenError`], [`Config`], [`ApiKey`], [`RateConfig`], [`Clock`],
+//!   [`Permission`], [`Action`], [`AnonymousConfig`] at the crate root.
 //!
 //! The crate's own, in the order one message meets them (publish → store → deliver → ack):
 //! - `slots` — connection slots: `max_connections` and `max_connections_per_ip`.
@@ -27,6 +27,8 @@
 //!   as bytes arrive.
 //! - `auth_limit` — failed authentications limited per client address.
 //! - `keys` — API keys, `Hello` authentication, per-key rate settings.
+//! - `permissions` — which actions a key (or anonymous) may take on which topics; where
+//!   anonymous clients may come from.
 //! - `publish` — the checks one publish passes, shared by the wire and HTTP publish paths.
 //! - `admission/` — overload, memory budget and per-key rate limits, before any topic.
 //! - `refusal` — the refusal every refused request carries back (reason, bound, retry).
@@ -57,6 +59,7 @@ pub use broker::{Broker, OpenError};
 pub use clock::Clock;
 pub use config::Config;
 pub use keys::{ApiKey, RateConfig};
+pub use permissions::{Action, AnonymousConfig, Permission};
 
 pub(crate) mod admission;
 pub(crate) mod auth_limit;
@@ -68,6 +71,7 @@ pub(crate) mod group;
 pub(crate) mod keys;
 pub(crate) mod metrics;
 pub(crate) mod outbox;
+pub(crate) mod permissions;
 pub(crate) mod publish;
 pub(crate) mod reader;
 pub(crate) mod refusal;

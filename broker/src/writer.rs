@@ -136,6 +136,7 @@ impl Writer {
                 req,
                 code: ErrorCode::FrameTooLarge,
                 message: format!("the {name} answer cannot be sent: {e}"),
+                denied: None,
             });
             // An error frame of a short message always fits.
             let _ = self.codec.encode_frame(&error, &mut self.buf);

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | 0 | done |
 //! | 1 | error: connection, broker error, unknown topic, subscription ended by the broker, bench target missed, interrupted publish |
-//! | 2 | refused: the broker refused a publish or request at one of its bounds |
+//! | 2 | refused: the broker refused a publish or request at one of its bounds, or because the key may not do that to that topic (`Forbidden`) |
 //! | 64 | usage: a flag or argument is invalid (also one the broker finds invalid, `InvalidArgument`, and a value past a broker limit, such as `--credit` above `max_credit`) |
 
 use std::process::ExitCode;
@@ -21,7 +21,8 @@ pub const REFUSED: u8 = 2;
 pub const USAGE: u8 = 64;
 
 /// The exit codes as `weir --help` prints them after the commands.
-pub const HELP: &str = "Exit codes: 0 done, 1 error, 2 refused by the broker (a bound fired), \
+pub const HELP: &str = "Exit codes: 0 done, 1 error, 2 refused by the broker (a bound fired, or \
+                        the key lacks the permission), \
                         64 usage error (invalid flag or argument, or a value past a broker limit).";
 
 /// An error that ends the command with a chosen exit code instead of [`ERROR`].
@@ -51,7 +52,8 @@ pub fn usage(message: impl Into<String>) -> anyhow::Error {
 }
 
 /// The exit code of a command that failed with `error`: the code of a [`Coded`] error,
-/// [`REFUSED`] when the broker refused at a bound (or because the target is in use), else
+/// [`REFUSED`] when the broker refused at a bound (or because the target is in use, or the key
+/// lacks the permission), else
 /// [`ERROR`].
 pub fn code_of(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
@@ -62,7 +64,7 @@ pub fn code_of(error: &anyhow::Error) -> u8 {
             return match e {
                 ClientError::Rejected { .. } | ClientError::ConnectionRejected { .. } => REFUSED,
                 ClientError::Broker {
-                    code: ErrorCode::InUse,
+                    code: ErrorCode::InUse | ErrorCode::Forbidden,
                     ..
                 } => REFUSED,
                 ClientError::Broker {
@@ -104,6 +106,12 @@ mod tests {
         }
         .into();
         assert_eq!(code_of(&invalid), USAGE);
+        let forbidden: anyhow::Error = ClientError::Broker {
+            code: ErrorCode::Forbidden,
+            message: "forbidden: key audit may not publish to orders".into(),
+        }
+        .into();
+        assert_eq!(code_of(&forbidden.context("publishing")), REFUSED);
         assert_eq!(code_of(&ClientError::ConnectionLost.into()), ERROR);
         assert_eq!(code_of(&anyhow::anyhow!("anything else")), ERROR);
     }

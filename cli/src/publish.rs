@@ -10,8 +10,8 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use weir_client::{
-    BreakerState, Client, ClientError, GroupInfo, Headers, PublishConfirm, PublishError, Publisher,
-    RejectReason, RetryPolicy,
+    BreakerState, Client, ClientError, ErrorCode, GroupInfo, Headers, PublishConfirm, PublishError,
+    Publisher, RejectReason, RetryPolicy,
 };
 
 use super::{exit, signal};
@@ -340,6 +340,10 @@ fn not_confirmed(e: &PublishError) -> String {
                 meaning(*reason)
             )
         }
+        PublishError::Broker {
+            code: ErrorCode::Forbidden,
+            message,
+        } => format!("refused: {message}"),
         other => format!("failed: {other}"),
     }
 }
@@ -388,6 +392,14 @@ async fn collect(
                             out.held_by.clone_from(held_by);
                         }
                         format!("{reason:?}")
+                    }
+                    // The key may not publish to the topic: a refusal (exit 2), not a failure.
+                    PublishError::Broker {
+                        code: ErrorCode::Forbidden,
+                        ..
+                    } => {
+                        out.refused += 1;
+                        "Forbidden".to_owned()
                     }
                     PublishError::Broker { code, .. } => {
                         out.failed += 1;

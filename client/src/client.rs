@@ -613,6 +613,7 @@ mod tests {
                         req: d.req,
                         code,
                         message: "no".into(),
+                        denied: None,
                     });
                     peer.send(refusal).await.unwrap();
                 }

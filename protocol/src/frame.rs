@@ -381,6 +381,9 @@ pub struct Error {
     pub code: ErrorCode,
     /// A human-readable explanation.
     pub message: String,
+    /// For [`ErrorCode::Forbidden`]: the action and topic refused; `None` for every other
+    /// code. (Appended in protocol v4.)
+    pub denied: Option<crate::Denied>,
 }
 
 /// The broker is closing this connection; the connection closes after this frame.
@@ -613,6 +616,7 @@ impl Frame {
             req: 0,
             code,
             message: message.into(),
+            denied: None,
         })
     }
 }

@@ -32,7 +32,8 @@
 //! Frame variants and fields are only ever appended, and a change of layout bumps the version.
 //!
 //! - v4: [`UpdateTopic`] / [`TopicUpdated`] ([`TopicUpdate`]); [`UpdateGroup`] /
-//!   [`GroupUpdated`] ([`GroupUpdate`]); `GroupSpec::ephemeral`.
+//!   [`GroupUpdated`] ([`GroupUpdate`]); `GroupSpec::ephemeral`; `ErrorCode::Forbidden` and
+//!   `Error::denied` ([`Denied`]: the [`Action`] and topic a key may not use).
 //! - v3: `GoingAway` carries a typed [`GoingAwayReason`]; `ListTopics` pages (`after`, `limit`,
 //!   answered with `next`); `TopicInfo.groups_omitted`; `RejectReason::StorageFull`;
 //!   `ServerLimits` announces the header bounds and the idle timeout; header and sequence

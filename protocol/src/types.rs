@@ -531,6 +531,58 @@ impl Limit {
     }
 }
 
+/// What a key may be allowed to do to a topic; an [`ErrorCode::Forbidden`] error names the
+/// one refused (in [`Denied`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Publish to the topic; a publish that auto-creates the topic needs only this.
+    Publish,
+    /// Subscribe to the topic, and grant credit, ack, nack, term, progress and unsubscribe on
+    /// that subscription.
+    Subscribe,
+    /// Create, update, delete and repair the topic; update and delete its groups.
+    Manage,
+    /// See the topic: list, describe, stats, the admin GET routes and `/metrics`.
+    Monitor,
+}
+
+impl Action {
+    /// Every action, in the order they are documented.
+    pub const ALL: [Action; 4] = [
+        Action::Publish,
+        Action::Subscribe,
+        Action::Manage,
+        Action::Monitor,
+    ];
+
+    /// The action's name as configs, metrics and refusals spell it (`publish`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Publish => "publish",
+            Action::Subscribe => "subscribe",
+            Action::Manage => "manage",
+            Action::Monitor => "monitor",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What an [`ErrorCode::Forbidden`] error refused: the action and the topic (the error's
+/// message names the key too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denied {
+    /// The action the key may not take.
+    pub action: Action,
+    /// The topic it may not take it on (`*` for a request about every topic).
+    pub topic: String,
+}
+
 /// The kind of a protocol-level error, carried by [`crate::Frame::Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -575,6 +627,10 @@ pub enum ErrorCode {
     /// nothing past the damaged record until `weir topic repair` (see [`TopicHealth::Damaged`]).
     /// The subscription stays open.
     StorageDamaged,
+    /// The key (or anonymous) may not take this action on this topic; the message names the
+    /// key, the action and the topic (`forbidden: key billing may not publish to orders`).
+    /// Nothing was done; the connection stays open.
+    Forbidden,
 }
 
 /// The bounds a broker announces in [`crate::Frame::HelloOk`], so clients can size their

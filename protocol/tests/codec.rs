@@ -207,6 +207,19 @@ fn code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::Internal),
         Just(ErrorCode::InUse),
         Just(ErrorCode::UnknownGroup),
+        Just(ErrorCode::FrameTimeout),
+        Just(ErrorCode::StorageFailed),
+        Just(ErrorCode::StorageDamaged),
+        Just(ErrorCode::Forbidden),
+    ]
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        Just(Action::Publish),
+        Just(Action::Subscribe),
+        Just(Action::Manage),
+        Just(Action::Monitor),
     ]
 }
 
@@ -358,11 +371,18 @@ fn frame() -> impl Strategy<Value = Frame> {
         any::<u64>().prop_map(|req| Frame::GroupDeleted(GroupDeleted { req })),
         (any::<u64>(), proptest::collection::vec(any::<u64>(), 0..50))
             .prop_map(|(sub, seqs)| Frame::Ack(Ack { sub, seqs })),
-        (any::<u64>(), code(), name()).prop_map(|(req, code, message)| Frame::Error(Error {
-            req,
-            code,
-            message
-        })),
+        (
+            any::<u64>(),
+            code(),
+            name(),
+            proptest::option::of((action(), name()))
+        )
+            .prop_map(|(req, code, message, denied)| Frame::Error(Error {
+                req,
+                code,
+                message,
+                denied: denied.map(|(action, topic)| Denied { action, topic }),
+            })),
         any::<u64>().prop_map(Frame::Ping),
         any::<u64>().prop_map(Frame::Pong),
         (

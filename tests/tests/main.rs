@@ -21,6 +21,7 @@ mod kill_loop;
 mod limits;
 mod memory;
 mod metrics;
+mod permissions;
 mod policies;
 mod reconnect;
 mod recovery;

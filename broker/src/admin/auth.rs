@@ -10,6 +10,11 @@
 //! | no bearer token while keys are configured | 401, `WWW-Authenticate: Bearer` | `{"error"}` |
 //! | a wrong token, or anonymous from a non-loopback address (a failed authentication) | 403 | `{"error"}` |
 //! | a valid key (or anonymous on loopback) | the route's answer; the handler finds the [`Identity`](crate::keys::Identity) in the request's extensions | |
+//! | a valid key without the permission the route needs (`monitor` on the topic for `GET /topics/{name}`, on every topic for `/metrics`; `publish` for `POST /topics/{name}/messages`) | 403 | `{"error", "action", "topic"}` |
+//!
+//! `GET /topics` lists only the topics the key may `monitor`. Refusals count in
+//! `weir_forbidden_total{key,action}` and are logged at most once a second per key, as on the
+//! wire.
 //!
 //! Failed authentications count in `broker.auth_failures()` like failed `Hello`s, and are
 //! logged at most once a second; a missing token does not count (it is how a client learns it
@@ -20,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use weir_protocol::{Limit, RejectReason};
 
@@ -28,7 +33,8 @@ use super::publish::refusal_response;
 use super::topics::error_response;
 use super::PeerAddr;
 use crate::broker::Broker;
-use crate::keys::AuthError;
+use crate::keys::{AuthError, Identity};
+use crate::permissions::{Action, Forbidden};
 use crate::refusal::Refusal;
 
 /// Middleware: passes the request on with its [`Identity`](crate::keys::Identity) in its extensions if its address
@@ -71,6 +77,45 @@ pub(super) async fn require_key(
             error_response(StatusCode::FORBIDDEN, e.to_string())
         }
     }
+}
+
+/// Middleware for routes about the whole broker (`/metrics`, keyed): the request's key needs
+/// `monitor` on every topic (a `topics = "*"` rule), since the answer shows every topic; else
+/// `403 {"error", "action": "monitor", "topic": "*"}`.
+pub(super) async fn require_monitor_all(
+    State(broker): State<Broker>,
+    Extension(identity): Extension<Identity>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if identity.access.grants().allows_everywhere(Action::Monitor) {
+        return next.run(request).await;
+    }
+    let now = broker.clock().now();
+    forbidden_response(&identity.access.refuse(Action::Monitor, "*", now))
+}
+
+/// `None` when the request's key may take `action` on `topic`; else the `403` to answer, the
+/// refusal counted and logged as on the wire.
+pub(super) fn forbidden(
+    broker: &Broker,
+    identity: &Identity,
+    action: Action,
+    topic: &str,
+) -> Option<Response> {
+    let now = broker.clock().now();
+    let refused = identity.access.check(action, topic, now).err()?;
+    Some(forbidden_response(&refused))
+}
+
+/// `403 {"error", "action", "topic"}` for a refused action.
+pub(super) fn forbidden_response(refused: &Forbidden) -> Response {
+    let body = serde_json::json!({
+        "error": refused.to_string(),
+        "action": refused.action.name(),
+        "topic": refused.topic,
+    });
+    (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
 }
 
 /// The client's address. A request whose peer is unknown (the router served without connect

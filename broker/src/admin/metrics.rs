@@ -29,6 +29,8 @@
 //!   `weir_tls_plaintext_refused_total`, `weir_tls_handshake_failures_total` — broker-wide, as [`Metrics`]
 //!   documents them;
 //! - `weir_operations_rejected_total{op}` — expensive operations refused at `ops_per_s`;
+//! - `weir_forbidden_total{key,action}` — requests refused because the key (`anonymous`
+//!   without one) may not take that action on that topic (see `crate::permissions`);
 //! - `weir_admin_header_timeouts_total`, `weir_admin_body_timeouts_total` (408s),
 //!   `weir_admin_idle_closed_total`, `weir_admin_idle_reclaimed_total`,
 //!   `weir_admin_payloads_too_large_total` (413s) — the admin endpoint's own bounds (see
@@ -83,6 +85,7 @@ use weir_protocol::{GroupInfo, TopicHealth, TopicInfo};
 use crate::admission::Work;
 use crate::broker::Broker;
 use crate::metrics::{reason_label, Metrics, REASONS};
+use crate::permissions::Action;
 use crate::topic::TopicCounterSnapshot;
 
 /// The content type of the exposition (OpenMetrics text, what prometheus-client encodes).
@@ -118,6 +121,7 @@ impl Collector for Exposition {
             .collect();
         let metrics = broker.metrics();
         broker_counters(&mut out, metrics)?;
+        forbidden(&mut out, broker)?;
         topic_series(&mut out, &topics)?;
         group_series(&mut out, &topics)?;
         broker_gauges(&mut out, broker)?;
@@ -314,6 +318,27 @@ fn broker_counters(out: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
     let idle = workers.map(|(kind, t)| ([("worker", kind)], t.idle().as_secs_f64()));
     let help = "Seconds the workers of a kind spent waiting for work.";
     family(out, ("weir_worker_idle_seconds", help, Counter), idle)
+}
+
+/// `weir_forbidden_total{key,action}`: every configured key's (and anonymous's) refused
+/// actions, one series per key name and action (bounded by the config; keys sharing a name
+/// are summed, so no series repeats).
+fn forbidden(out: &mut DescriptorEncoder, broker: &Broker) -> fmt::Result {
+    let mut by_key: std::collections::BTreeMap<&str, [u64; 4]> = Default::default();
+    for access in broker.keys().accesses() {
+        let counts = by_key.entry(access.name()).or_default();
+        for (count, action) in counts.iter_mut().zip(Action::ALL) {
+            *count += access.denied(action);
+        }
+    }
+    let samples = by_key.iter().flat_map(|(key, counts)| {
+        Action::ALL
+            .iter()
+            .zip(counts)
+            .map(move |(action, count)| ([("key", *key), ("action", action.name())], *count))
+    });
+    let help = "Requests refused because the key may not take that action on that topic.";
+    family(out, ("weir_forbidden", help, MetricType::Counter), samples)
 }
 
 /// A per-topic series read from the topic's snapshot: name, help, type, value.

@@ -9,7 +9,9 @@
 //!
 //! Authentication: with `[[keys]]` configured, every route but `/healthz` and `/readyz` needs
 //! `Authorization: Bearer TOKEN` (`admin.public_metrics = true` opens `/metrics` to anyone);
-//! without keys, those routes answer anonymous clients on loopback only (see `auth`).
+//! without keys, those routes answer anonymous clients on loopback only (see `auth`). Each
+//! route then applies the key's permissions: `monitor` for the GET routes (on every topic for
+//! `/metrics`), `publish` for `POST /topics/{name}/messages`.
 //!
 //! Bounds: at most `admin.max_connections` connections (the next waits, and idle kept-alive
 //! ones give up their slot for it); request headers within `admin.header_read_timeout_ms`
@@ -55,6 +57,10 @@ pub(crate) fn router(broker: Broker) -> Router {
     let (open, keyed) = if admin.public_metrics {
         (metrics, keyed)
     } else {
+        let metrics = metrics.route_layer(axum::middleware::from_fn_with_state(
+            broker.clone(),
+            auth::require_monitor_all,
+        ));
         (Router::new(), keyed.merge(metrics))
     };
     let keyed = keyed.route_layer(axum::middleware::from_fn_with_state(

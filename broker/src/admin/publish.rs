@@ -13,6 +13,7 @@
 //! | outcome | status | body |
 //! |---|---|---|
 //! | stored durably (the confirm resolved) | 201 | `{"topic", "seq"}` |
+//! | the key may not `publish` to the topic (checked first: nothing is created or stored) | 403 | `{"error", "action", "topic"}` |
 //! | `TopicFull`, `RateLimited`, `Overloaded` | 429, `Retry-After` in whole seconds (rounded up, at least 1) when there is a hint | `{"reason", "limit": {"name", "value"}, "retry_after_ms"}` |
 //! | `MessageTooLarge` (`max_message_bytes`, or a body over `max_frame_bytes` — announced by `Content-Length`, answered before the body is read, or sent) | 413 | the same |
 //! | `ShuttingDown` | 503 | the same |
@@ -44,6 +45,7 @@ use super::topics::{error_response, unknown_topic};
 use crate::admission::KeyLimits;
 use crate::broker::{Broker, CreateError};
 use crate::keys::Identity;
+use crate::permissions::Action;
 use crate::refusal::Refusal;
 use crate::topic::{Admitted, AppendError, Topic};
 
@@ -113,6 +115,10 @@ async fn publish(
     request: Request,
 ) -> Response {
     let received = Instant::now();
+    if let Some(forbidden) = super::auth::forbidden(&broker, &identity, Action::Publish, &name) {
+        broker.metrics().observe_publish_confirm(received.elapsed());
+        return forbidden;
+    }
     let answer = match store(&broker, &name, &identity, request).await {
         Ok(seq) => (StatusCode::CREATED, Json(Published { topic: name, seq })).into_response(),
         Err(failure) => failure.into_response(),

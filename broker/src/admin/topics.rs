@@ -11,29 +11,47 @@
 //! a restart) or `damaged` (a confirmed record is unreadable; `damaged_at` is its sequence:
 //! groups stop there and publishes are refused until `weir topic repair`).
 //!
+//! Both need the key's `monitor` permission: the list shows only the topics the key may
+//! monitor; a topic it may not is `403 {"error", "action", "topic"}`.
+//!
 //! Bounds: the list holds at most `max_topics` topics of at most `max_groups_per_topic` groups.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use weir_protocol::json::{TopicListView, TopicView};
 use weir_protocol::TopicDescription;
 
 use crate::broker::Broker;
+use crate::keys::Identity;
+use crate::permissions::Action;
 
-/// `GET /topics`: every topic, sorted by name.
-pub(super) async fn list(State(broker): State<Broker>) -> Json<TopicListView> {
+/// `GET /topics`: every topic the key may `monitor`, sorted by name.
+pub(super) async fn list(
+    State(broker): State<Broker>,
+    Extension(identity): Extension<Identity>,
+) -> Json<TopicListView> {
+    let grants = identity.access.grants();
     let topics = broker
         .list_topics()
         .into_iter()
+        .filter(|info| grants.allows(Action::Monitor, &info.config.name))
         .map(TopicView::from)
         .collect();
     Json(TopicListView { topics })
 }
 
-/// `GET /topics/{name}`: one topic, or 404.
-pub(super) async fn show(State(broker): State<Broker>, Path(name): Path<String>) -> Response {
+/// `GET /topics/{name}`: one topic; 403 when the key may not `monitor` it (whether or not it
+/// exists), else 404 when there is no such topic.
+pub(super) async fn show(
+    State(broker): State<Broker>,
+    Extension(identity): Extension<Identity>,
+    Path(name): Path<String>,
+) -> Response {
+    if let Some(forbidden) = super::auth::forbidden(&broker, &identity, Action::Monitor, &name) {
+        return forbidden;
+    }
     match broker.topic(&name) {
         Some(topic) => {
             let (info, recent_drops) = topic.describe();

@@ -416,6 +416,10 @@ mod tests {
         Identity {
             name: "anonymous".into(),
             rate,
+            access: std::sync::Arc::new(crate::permissions::Access::new(
+                "anonymous",
+                crate::permissions::Grants::all(),
+            )),
         }
     }
 

@@ -299,7 +299,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )
     })?;
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "weir-broker starting");
-    if config.keys.is_empty() {
+    if let Some(anonymous) = &config.anonymous {
+        tracing::info!(
+            keys = config.keys.len(),
+            allow_from = ?anonymous.allow_from,
+            "anonymous clients (no token) accepted from [anonymous] allow_from"
+        );
+    } else if config.keys.is_empty() {
         tracing::warn!("no API keys are configured: anonymous clients are accepted from loopback addresses only");
     } else {
         tracing::info!(

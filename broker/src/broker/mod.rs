@@ -411,17 +411,20 @@ impl Broker {
     }
 
     /// One page of topic snapshots answering `request` (see [`crate::replies`]): in name order
-    /// after `request.after`, as many as fit in a frame of `max_frame_bytes`.
+    /// after `request.after`, those whose name is `visible` (the asker may monitor them), as
+    /// many as fit in a frame of `max_frame_bytes`.
     pub(crate) fn list_topics_page(
         &self,
         request: ListTopics,
         max_frame_bytes: usize,
+        visible: impl Fn(&str) -> bool,
     ) -> TopicList {
         let after = request.after.unwrap_or_default();
         let topics: Vec<Arc<Topic>> = {
             let registry = self.shared.topics.read().unwrap_or_else(|p| p.into_inner());
             registry
                 .range::<str, _>((Bound::Excluded(after.as_str()), Bound::Unbounded))
+                .filter(|(name, _)| visible(name))
                 .map(|(_, t)| t.clone())
                 .collect()
         };

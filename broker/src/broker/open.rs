@@ -54,7 +54,7 @@ impl Broker {
         );
         let broker = Broker {
             shared: Arc::new(Shared {
-                keys: KeyRing::new(&config.keys, config.default_rate),
+                keys: KeyRing::new(&config.keys, config.default_rate, config.anonymous.as_ref()),
                 auth_failures: AuthFailures::new(config.limits.max_auth_failures_per_s),
                 config,
                 env,

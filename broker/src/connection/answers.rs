@@ -1,6 +1,7 @@
-//! The answer frames a connection's commands share: a refusal, an error, an unknown subscription.
+//! The answer frames a connection's commands share: a refusal, an error, a forbidden action, an
+//! unknown subscription.
 
-use weir_protocol::{Error, ErrorCode, Frame};
+use weir_protocol::{Denied, Error, ErrorCode, Frame};
 
 use crate::refusal::Refusal;
 
@@ -15,6 +16,21 @@ pub(super) fn error(req: u64, code: ErrorCode, message: impl Into<String>) -> Fr
         req,
         code,
         message: message.into(),
+        denied: None,
+    })
+}
+
+/// `Error{Forbidden}` for request `req`, naming the key, action and topic refused (in the
+/// message, and the action and topic as [`Denied`]).
+pub(super) fn forbidden(req: u64, refused: &crate::permissions::Forbidden) -> Frame {
+    Frame::Error(Error {
+        req,
+        code: ErrorCode::Forbidden,
+        message: refused.to_string(),
+        denied: Some(Denied {
+            action: refused.action,
+            topic: refused.topic.clone(),
+        }),
     })
 }
 

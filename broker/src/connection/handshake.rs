@@ -1,5 +1,6 @@
 //! The handshake: the first frame must be a `Hello` of this protocol version with a valid key
-//! (or none, on loopback, where anonymous is allowed); the answer is `HelloOk` with the limits
+//! (or none, from where anonymous is allowed: loopback, or `[anonymous] allow_from`); the
+//! identity it gives carries the key's permissions; the answer is `HelloOk` with the limits
 //! the broker enforces, or an error, and the connection closes.
 
 use std::time::Duration;

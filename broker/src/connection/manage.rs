@@ -1,6 +1,7 @@
 //! Managing topics and groups: `CreateTopic`, `ListTopics`, `DescribeTopic`, `UpdateTopic`,
 //! `DeleteTopic`, `RepairTopic`, `UpdateGroup` and `DeleteGroup`. The expensive ones are
-//! admitted under the key's `ops_per_s`.
+//! admitted under the key's `ops_per_s`. Each needs the key's `manage` permission on the topic
+//! (listing and describing: `monitor`); see [`crate::permissions`].
 
 use tracing::warn;
 use weir_protocol::{
@@ -13,18 +14,29 @@ use super::answers::{error, rejected};
 use super::{Connection, End};
 use crate::admission::Work;
 use crate::broker::{CreateError, DeleteTopicError, UpdateError};
+use crate::permissions::Action;
 use crate::topic::{DeleteGroupError, Detached};
 
 impl Connection {
-    /// Lists topics, one page that fits in a frame; charged to this connection's memory.
+    /// Lists the topics the key may `monitor`, one page that fits in a frame; charged to this
+    /// connection's memory.
     pub(super) async fn list_topics(&mut self, l: ListTopics) -> Result<(), End> {
         let max = self.broker.config().limits.max_frame_bytes as usize;
-        let page = self.broker.list_topics_page(l, max);
+        let access = self
+            .identity
+            .as_ref()
+            .map(|id| id.access.clone())
+            .ok_or(End::ProtocolError)?;
+        let visible = |name: &str| access.grants().allows(Action::Monitor, name);
+        let page = self.broker.list_topics_page(l, max, visible);
         self.send_charged(Frame::TopicList(page)).await
     }
 
     /// Describes a topic, cut to fit in a frame; charged to this connection's memory.
     pub(super) async fn describe_topic(&mut self, d: DescribeTopic) -> Result<(), End> {
+        if !self.permit(d.req, Action::Monitor, &d.name).await? {
+            return Ok(());
+        }
         let answer = match self.broker.topic(&d.name) {
             Some(topic) => {
                 let (info, recent_drops) = topic.describe();
@@ -43,6 +55,9 @@ impl Connection {
 
     /// Creates a topic, admitted under the key's `ops_per_s` (given back when nothing was made).
     pub(super) async fn create_topic(&mut self, c: CreateTopic) -> Result<(), End> {
+        if !self.permit(c.req, Action::Manage, &c.spec.name).await? {
+            return Ok(());
+        }
         if let Err(r) = self.admit_op(Work::CreateTopic, &c.spec.name) {
             return self.send(rejected(c.req, r)).await;
         }
@@ -68,6 +83,9 @@ impl Connection {
 
     /// Changes a topic's settings live, admitted like a create (it writes to disk too).
     pub(super) async fn update_topic(&mut self, u: UpdateTopic) -> Result<(), End> {
+        if !self.permit(u.req, Action::Manage, &u.name).await? {
+            return Ok(());
+        }
         if let Err(r) = self.admit_op(Work::CreateTopic, &u.name) {
             return self.send(rejected(u.req, r)).await;
         }
@@ -80,6 +98,15 @@ impl Connection {
 
     /// Changes a group's settings live, admitted like a group delete.
     pub(super) async fn update_group(&mut self, u: UpdateGroup) -> Result<(), End> {
+        if !self.permit(u.req, Action::Manage, &u.topic).await? {
+            return Ok(());
+        }
+        let dlq = u.update.dead_letter_topic.as_deref();
+        if let Some(dlq) = super::subscribe::custom_dead_letter(&u.topic, dlq) {
+            if !self.permit(u.req, Action::Publish, dlq).await? {
+                return Ok(());
+            }
+        }
         if let Err(r) = self.admit_op(Work::DeleteGroup, &u.topic) {
             return self.send(rejected(u.req, r)).await;
         }
@@ -111,6 +138,9 @@ impl Connection {
 
     /// Deletes a group (with `force`, detaching its subscribers), admitted like a create.
     pub(super) async fn delete_group(&mut self, d: DeleteGroup) -> Result<(), End> {
+        if !self.permit(d.req, Action::Manage, &d.topic).await? {
+            return Ok(());
+        }
         if let Err(r) = self.admit_op(Work::DeleteGroup, &d.topic) {
             return self.send(rejected(d.req, r)).await;
         }
@@ -142,6 +172,9 @@ impl Connection {
 
     /// Deletes a topic (with `force`, detaching its subscribers), admitted like a create.
     pub(super) async fn delete_topic(&mut self, d: DeleteTopic) -> Result<(), End> {
+        if !self.permit(d.req, Action::Manage, &d.name).await? {
+            return Ok(());
+        }
         if let Err(r) = self.admit_op(Work::DeleteTopic, &d.name) {
             return self.send(rejected(d.req, r)).await;
         }
@@ -171,6 +204,9 @@ impl Connection {
     /// Repairs a topic's storage (`weir topic repair`): an expensive operation, admitted like a
     /// delete.
     pub(super) async fn repair_topic(&mut self, r: RepairTopic) -> Result<(), End> {
+        if !self.permit(r.req, Action::Manage, &r.name).await? {
+            return Ok(());
+        }
         if let Err(refusal) = self.admit_op(Work::DeleteTopic, &r.name) {
             return self.send(rejected(r.req, refusal)).await;
         }

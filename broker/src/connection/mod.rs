@@ -58,6 +58,7 @@ use crate::config::Limits;
 use crate::group::MemberId;
 use crate::keys::Identity;
 use crate::outbox::{Outbound, Outbox};
+use crate::permissions::Action;
 use crate::reader::{FrameReader, Read, ReadError, ReadHalf, ReadLimits};
 use crate::refusal::Refusal;
 use crate::topic::Topic;
@@ -182,6 +183,7 @@ pub(crate) async fn serve(
         pending: FuturesUnordered::new(),
         parked: FuturesUnordered::new(),
         read_at: Instant::now(),
+        publish_decision: None,
     };
     let session = async {
         let end = match conn.handshake(&mut frames, &stop.graceful).await {
@@ -266,6 +268,9 @@ struct Connection {
     parked: FuturesUnordered<PendingConfirm>,
     /// When the frame being applied was read.
     read_at: Instant,
+    /// The last publish permission decided on this connection (topic, allowed): a connection
+    /// publishing to one topic checks its key's rules once (its permissions cannot change).
+    publish_decision: Option<(String, bool)>,
 }
 
 impl Connection {
@@ -435,6 +440,36 @@ impl Connection {
                 self.send(error(0, ErrorCode::InvalidArgument, msg)).await
             }
         }
+    }
+
+    /// Whether this connection's key may take `action` on `topic` (see [`crate::permissions`]).
+    /// When not, the refusal is counted and logged (at most once a second per key) and request
+    /// `req` is answered `Error{Forbidden}` naming the key, action and topic (in its message,
+    /// and the action and topic as its `denied`); `Ok(false)`.
+    /// A key's permissions are fixed for the broker's life, so what a subscription was allowed
+    /// at `Subscribe` covers its credit, acks, nacks, terms, progress and unsubscribe.
+    async fn permit(&mut self, req: u64, action: Action, topic: &str) -> Result<bool, End> {
+        let Some(identity) = &self.identity else {
+            return Err(End::ProtocolError);
+        };
+        let grants = identity.access.grants();
+        let allowed = match &mut self.publish_decision {
+            _ if action != Action::Publish => grants.allows(action, topic),
+            Some((last, allowed)) if last == topic => *allowed,
+            decision => {
+                let allowed = grants.allows(action, topic);
+                *decision = Some((topic.to_owned(), allowed));
+                allowed
+            }
+        };
+        if allowed {
+            return Ok(true);
+        }
+        let refused = identity
+            .access
+            .refuse(action, topic, self.broker.clock().now());
+        self.send(answers::forbidden(req, &refused)).await?;
+        Ok(false)
     }
 
     /// Looks up (or auto-creates) a topic, answering request `req` with the failure. Creating

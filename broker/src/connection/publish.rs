@@ -9,14 +9,20 @@ use weir_protocol::{ErrorCode, Publish};
 use super::answers::{error, rejected};
 use super::confirm::PendingConfirm;
 use super::{Connection, End};
+use crate::permissions::Action;
 use crate::reader::Shed;
 use crate::topic::{Admitted, AppendError};
 
 impl Connection {
-    /// Publishes `p` through the checks every publish passes ([`crate::publish::publish`]): a
+    /// Publishes `p`, if the key may publish to its topic (an auto-create by a publish needs
+    /// only that), through the checks every publish passes ([`crate::publish::publish`]): a
     /// refusal is answered at once, an accepted publish waits for its commit in `pending`
     /// (counted against `max_unconfirmed`) or, parked by a `block` topic, in `parked`.
     pub(super) async fn publish(&mut self, p: Publish) -> Result<(), End> {
+        // Before the lookup: a forbidden publish creates no topic and stores nothing.
+        if !self.permit(p.id, Action::Publish, &p.topic).await? {
+            return Ok(());
+        }
         let Some(topic) = self.topic(p.id, &p.topic, true).await? else {
             return Ok(());
         };

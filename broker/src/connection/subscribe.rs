@@ -8,10 +8,13 @@ use super::answers::{error, rejected, unknown_sub};
 use super::{Connection, End, Subscription};
 use crate::admission::Work;
 use crate::group::{GrantError, MemberId};
+use crate::permissions::Action;
 use crate::topic::JoinError;
 
 impl Connection {
     /// Subscribes: the request's own checks first (they cost no token), then the key's
+    /// permissions (`subscribe` on the topic; `publish` on a dead-letter topic the group names
+    /// other than `<topic>.dlq`), then the key's
     /// `ops_per_s` (which also pays for creating the topic), then the topic's group bound (a
     /// refusal there gives the token back).
     pub(super) async fn subscribe(&mut self, s: Subscribe) -> Result<(), End> {
@@ -45,6 +48,15 @@ impl Connection {
         };
         if let Some((code, msg)) = refusal {
             return self.send(error(s.sub, code, msg)).await;
+        }
+        if !self.permit(s.sub, Action::Subscribe, &s.topic).await? {
+            return Ok(());
+        }
+        // A group naming its own dead-letter topic has the broker write there for it.
+        if let Some(dlq) = custom_dead_letter(&s.topic, s.group_spec.dead_letter_topic.as_deref()) {
+            if !self.permit(s.sub, Action::Publish, dlq).await? {
+                return Ok(());
+            }
         }
         let group_config = match self.broker.config().resolve_group(&s.topic, &s.group_spec) {
             Ok(config) => config,
@@ -147,4 +159,10 @@ impl Connection {
             s.topic.leave(&s.group, MemberId { conn: self.id, sub });
         }
     }
+}
+
+/// The dead-letter topic a group of `topic` names, when it is not the default one (which
+/// follows `topic`'s permissions): the key needs `publish` on it.
+pub(super) fn custom_dead_letter<'a>(topic: &str, named: Option<&'a str>) -> Option<&'a str> {
+    named.filter(|dlq| *dlq != crate::config::default_dead_letter_topic(topic))
 }

@@ -99,6 +99,7 @@ impl Topic {
         weir_protocol::Frame::Error(weir_protocol::Error {
             req: sub,
             code: weir_protocol::ErrorCode::StorageDamaged,
+            denied: None,
             message: format!(
                 "topic {}: its log is damaged at sequence {at_seq}; nothing from there on is \
                  delivered until an operator runs `weir topic repair`",
