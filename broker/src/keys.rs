@@ -179,10 +179,13 @@ pub enum AuthError {
     AnonymousNotAllowed,
 }
 
-/// The configured keys, by the SHA-256 of their token.
+/// The configured keys, by the SHA-256 of their token (and by name, for client certificates).
 #[derive(Debug, Clone)]
 pub struct KeyRing {
     by_token: HashMap<[u8; 32], Identity>,
+    /// Keys by name, for a verified client certificate naming one (mutual TLS); `None` for a
+    /// name two keys share (a certificate naming it names no key).
+    by_name: HashMap<String, Option<Identity>>,
     default_rate: RateConfig,
     /// Who may come without a token; `None`: nobody.
     anonymous: Option<Anonymous>,
@@ -213,6 +216,13 @@ impl KeyRing {
                 )
             })
             .collect();
+        let mut by_name: HashMap<String, Option<Identity>> = HashMap::new();
+        for identity in by_token.values() {
+            by_name
+                .entry(identity.name.clone())
+                .and_modify(|shared| *shared = None)
+                .or_insert_with(|| Some(identity.clone()));
+        }
         let anonymous = match anonymous {
             Some(config) => Anonymous::compile(config).ok(),
             None if by_token.is_empty() => Some(Anonymous::loopback()),
@@ -220,6 +230,7 @@ impl KeyRing {
         };
         KeyRing {
             by_token,
+            by_name,
             default_rate,
             anonymous,
         }
@@ -235,7 +246,25 @@ impl KeyRing {
     }
 
     /// Authenticates a `Hello` from `peer` presenting `token`.
-    pub fn authenticate(&self, token: Option<&str>, peer: IpAddr) -> Result<Identity, AuthError> {
+    /// Authenticates a `Hello` (or an admin request) from `peer` presenting `token`, over a
+    /// connection whose verified client certificate (mutual TLS) has DNS names `cert_names`
+    /// (empty without one): a token, when given, decides; without one, the key named by one of
+    /// the names (the first naming exactly one key) is the client's identity, else anonymous
+    /// access applies. A certificate naming no key changes nothing.
+    pub fn authenticate(
+        &self,
+        token: Option<&str>,
+        cert_names: &[String],
+        peer: IpAddr,
+    ) -> Result<Identity, AuthError> {
+        if token.is_none() {
+            let named = cert_names
+                .iter()
+                .find_map(|n| self.by_name.get(n).and_then(Option::as_ref));
+            if let Some(identity) = named {
+                return Ok(identity.clone());
+            }
+        }
         let anonymous_call = token.is_none() || self.by_token.is_empty();
         if let Some(anonymous) = self.anonymous.as_ref().filter(|_| anonymous_call) {
             if !anonymous.admits(peer) {
@@ -277,6 +306,36 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_names_a_key_without_a_token_unless_two_keys_share_the_name() {
+        let keys = [
+            key("billing", "t-billing", None),
+            key("audit", "t-audit-1", None),
+            key("audit", "t-audit-2", None),
+        ];
+        let ring = KeyRing::new(&keys, RateConfig::default(), None);
+        let peer = [10, 0, 0, 1].into();
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let who = ring.authenticate(None, &names(&["x.internal", "billing"]), peer);
+        assert_eq!(who.unwrap().name, "billing");
+        assert_eq!(
+            ring.authenticate(None, &names(&["audit"]), peer),
+            Err(AuthError::BadToken),
+            "a name two keys share names neither"
+        );
+        assert_eq!(
+            ring.authenticate(None, &names(&["nobody"]), peer),
+            Err(AuthError::BadToken)
+        );
+        let token_wins = ring.authenticate(Some("t-audit-1"), &names(&["billing"]), peer);
+        assert_eq!(token_wins.unwrap().name, "audit");
+        assert_eq!(
+            ring.authenticate(Some("wrong"), &names(&["billing"]), peer),
+            Err(AuthError::BadToken),
+            "a wrong token is refused whatever the certificate"
+        );
+    }
+
+    #[test]
     fn each_token_finds_its_own_key_among_many_and_a_near_miss_none() {
         let keys: Vec<ApiKey> = (0..5)
             .map(|i| key(&format!("k{i}"), &format!("token-{i}"), None))
@@ -285,12 +344,12 @@ mod tests {
         let peer = [10, 0, 0, 1].into();
         for i in 0..5 {
             let who = ring
-                .authenticate(Some(&format!("token-{i}")), peer)
+                .authenticate(Some(&format!("token-{i}")), &[], peer)
                 .unwrap();
             assert_eq!(who.name, format!("k{i}"));
         }
         assert_eq!(
-            ring.authenticate(Some("token-5"), peer),
+            ring.authenticate(Some("token-5"), &[], peer),
             Err(AuthError::BadToken)
         );
     }
@@ -307,11 +366,13 @@ mod tests {
         let ring = KeyRing::new(&[masked], RateConfig::default(), None);
         let peer = [10, 0, 0, 1].into();
         assert_eq!(
-            ring.authenticate(Some("s3cret-token"), peer).unwrap().name,
+            ring.authenticate(Some("s3cret-token"), &[], peer)
+                .unwrap()
+                .name,
             "billing"
         );
         assert_eq!(
-            ring.authenticate(Some("s3cret-tokeN"), peer),
+            ring.authenticate(Some("s3cret-tokeN"), &[], peer),
             Err(AuthError::BadToken)
         );
         // The digest of "abc" (FIPS 180-2), in upper case: hex is read in either case.
@@ -346,10 +407,10 @@ mod tests {
     #[test]
     fn without_keys_only_loopback_is_anonymous() {
         let ring = KeyRing::new(&[], RateConfig::default(), None);
-        let id = ring.authenticate(None, [127, 0, 0, 1].into()).unwrap();
+        let id = ring.authenticate(None, &[], [127, 0, 0, 1].into()).unwrap();
         assert_eq!(id.name, "anonymous");
         assert_eq!(
-            ring.authenticate(Some("x"), [10, 1, 2, 3].into()),
+            ring.authenticate(Some("x"), &[], [10, 1, 2, 3].into()),
             Err(AuthError::AnonymousNotAllowed)
         );
     }
@@ -369,21 +430,23 @@ mod tests {
             RateConfig::default(),
             Some(&anonymous),
         );
-        let anon = ring.authenticate(None, [10, 2, 3, 4].into()).unwrap();
+        let anon = ring.authenticate(None, &[], [10, 2, 3, 4].into()).unwrap();
         assert_eq!(anon.name, "anonymous");
         assert!(anon.access.grants().allows(Action::Subscribe, "public"));
         assert!(!anon.access.grants().allows(Action::Publish, "public"));
         assert_eq!(
-            ring.authenticate(None, [127, 0, 0, 1].into()),
+            ring.authenticate(None, &[], [127, 0, 0, 1].into()),
             Err(AuthError::AnonymousNotAllowed),
             "loopback is not in this allow_from"
         );
         assert_eq!(
-            ring.authenticate(Some("wrong"), [10, 2, 3, 4].into()),
+            ring.authenticate(Some("wrong"), &[], [10, 2, 3, 4].into()),
             Err(AuthError::BadToken),
             "a wrong token is never anonymous"
         );
-        let a = ring.authenticate(Some("ta"), [10, 2, 3, 4].into()).unwrap();
+        let a = ring
+            .authenticate(Some("ta"), &[], [10, 2, 3, 4].into())
+            .unwrap();
         assert!(a.access.grants().allows(Action::Manage, "anything"));
         assert_eq!(ring.accesses().count(), 2);
     }
@@ -400,23 +463,23 @@ mod tests {
             None,
         );
         assert_eq!(
-            ring.authenticate(Some("ta"), [10, 0, 0, 1].into())
+            ring.authenticate(Some("ta"), &[], [10, 0, 0, 1].into())
                 .unwrap()
                 .rate,
             slow
         );
         assert_eq!(
-            ring.authenticate(Some("tb"), [127, 0, 0, 1].into())
+            ring.authenticate(Some("tb"), &[], [127, 0, 0, 1].into())
                 .unwrap()
                 .rate,
             RateConfig::default()
         );
         assert_eq!(
-            ring.authenticate(None, [127, 0, 0, 1].into()),
+            ring.authenticate(None, &[], [127, 0, 0, 1].into()),
             Err(AuthError::BadToken)
         );
         assert_eq!(
-            ring.authenticate(Some("nope"), [127, 0, 0, 1].into()),
+            ring.authenticate(Some("nope"), &[], [127, 0, 0, 1].into()),
             Err(AuthError::BadToken)
         );
     }

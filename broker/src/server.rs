@@ -163,8 +163,8 @@ pub async fn serve_with_tls(
                         opened = open(socket, peer, tls.as_deref(), &broker) => opened,
                         () = stop.graceful.cancelled() => None,
                     };
-                    if let Some(socket) = opened {
-                        connection::serve(broker, socket, peer, stop).await;
+                    if let Some((socket, cert_names)) = opened {
+                        connection::serve(broker, socket, peer, cert_names, stop).await;
                     }
                     drop(slot);
                 });
@@ -215,25 +215,27 @@ pub async fn serve_with_tls(
 }
 
 /// The read and write halves of an admitted connection: the TCP socket's or, with `tls`, the
-/// TLS stream's once the handshake is done within `hello_timeout_ms`. `None`: the handshake
-/// failed (counted and logged by [`TlsServer::accept`]).
+/// TLS stream's once the handshake is done within `hello_timeout_ms`, with the DNS names of
+/// the client certificate it verified (mutual TLS; see [`crate::tls::peer_names`]). `None`:
+/// the handshake failed (counted and logged by [`TlsServer::accept`]).
 async fn open(
     socket: TcpStream,
     peer: std::net::SocketAddr,
     tls: Option<&TlsServer>,
     broker: &Broker,
-) -> Option<(ReadHalf, WriteHalf)> {
+) -> Option<((ReadHalf, WriteHalf), Vec<String>)> {
     let _ = socket.set_nodelay(true);
     let Some(tls) = tls else {
         let (read, write) = socket.into_split();
-        return Some((Box::new(read), Box::new(write)));
+        return Some(((Box::new(read), Box::new(write)), Vec::new()));
     };
     let timeout = Duration::from_millis(broker.config().limits.hello_timeout_ms);
     let stream = tls
         .accept(socket, peer, "wire", timeout, broker.metrics())
         .await?;
+    let names = crate::tls::peer_names(&stream);
     let (read, write) = tokio::io::split(stream);
-    Some((Box::new(read), Box::new(write)))
+    Some(((Box::new(read), Box::new(write)), names))
 }
 
 /// Answers a connection refused before its `Hello` — over `max_connections` (or

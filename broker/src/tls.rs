@@ -174,6 +174,35 @@ impl TlsServer {
     }
 }
 
+/// Most DNS names read from one client certificate (a certificate listing more is read up to
+/// here), and the longest kept (a DNS name is at most 253 bytes).
+const MAX_PEER_NAMES: usize = 16;
+const MAX_PEER_NAME_BYTES: usize = 253;
+
+/// The DNS names (subject alternative names) of the client certificate `stream`'s handshake
+/// verified against `client_ca_file` — empty without mutual TLS, or when the certificate
+/// names none. At most [`MAX_PEER_NAMES`]. A key whose `name` is one of them is the client's
+/// identity when its `Hello` carries no token ([`crate::keys::KeyRing::authenticate_with`]).
+pub(crate) fn peer_names<S>(stream: &TlsStream<S>) -> Vec<String> {
+    let Some(cert) = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+    else {
+        return Vec::new();
+    };
+    match webpki::EndEntityCert::try_from(cert) {
+        Ok(cert) => cert
+            .valid_dns_names()
+            .filter(|n| n.len() <= MAX_PEER_NAME_BYTES)
+            .take(MAX_PEER_NAMES)
+            .map(str::to_owned)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// Lets one event through per second (for a log line), however many threads ask.
 #[derive(Debug)]
 struct OncePerSecond {

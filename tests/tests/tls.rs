@@ -477,6 +477,18 @@ fn a_bad_tls_file_fails_start_naming_it() {
 
 /// One HTTP/1.1 request over TLS (trusting `ca`) to the admin port; the status and body.
 async fn https(admin: SocketAddr, ca: &Path, path: &str, token: &str) -> (u16, String) {
+    https_as(admin, ca, path, Some(token), None).await
+}
+
+/// `GET path` over HTTPS trusting `ca`, with a bearer `token` and/or a client certificate
+/// `(cert_file, key_file)`; the status and body.
+async fn https_as(
+    admin: SocketAddr,
+    ca: &Path,
+    path: &str,
+    token: Option<&str>,
+    client: Option<(&Path, &Path)>,
+) -> (u16, String) {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(ca).unwrap();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
@@ -487,16 +499,26 @@ async fn https(admin: SocketAddr, ca: &Path, path: &str, token: &str) -> (u16, S
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let config = match client {
+        None => config.with_no_client_auth(),
+        Some((cert, key)) => {
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+            config.with_client_auth_cert(certs, key).unwrap()
+        }
+    };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let exchange = async {
         let socket = TcpStream::connect(admin).await.unwrap();
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
         let mut tls = connector.connect(name, socket).await.unwrap();
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-        );
+        let bearer = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{bearer}Connection: close\r\n\r\n");
         tls.write_all(request.as_bytes()).await.unwrap();
         let mut answer = Vec::new();
         // The broker may close without close_notify after `Connection: close`.
@@ -612,4 +634,69 @@ async fn tls_and_plaintext_mixed_up_say_so() {
     };
     let err = connect(secure.addr, options).await.unwrap_err();
     assert!(err.to_string().contains("connect with TLS"), "{err}");
+}
+
+#[tokio::test]
+async fn a_client_certificate_names_its_key_on_the_wire_and_over_https() {
+    let pki = Pki::new();
+    let clients = Ca::new(pki.dir.path(), "clients");
+    let (billing_cert, billing_key) = clients.issue(pki.dir.path(), "billing", &["billing"], true);
+    let (nobody_cert, nobody_key) = clients.issue(pki.dir.path(), "nobody", &["nobody"], true);
+    let config = pki.dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        "[[keys]]\nname = \"billing\"\ntoken = \"t-billing\"\npermissions = [{ topics = \"orders.*\", allow = [\"publish\", \"monitor\"] }]\n\n[[keys]]\nname = \"ops\"\ntoken = \"t-ops\"\n",
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut args = pki.broker_args();
+    args.extend([
+        "--tls-client-ca".into(),
+        clients.file.display().to_string(),
+        "--config".into(),
+        config.display().to_string(),
+    ]);
+    let broker = start(&data, &args);
+    let with_cert = |cert: &Path, key: &Path| {
+        let mut options = tls_options(&pki.ca.file);
+        options.tls.as_mut().unwrap().client_cert = Some(ClientCert {
+            cert_file: cert.to_path_buf(),
+            key_file: key.to_path_buf(),
+        });
+        options
+    };
+
+    // No token: the certificate's name is the key, with that key's permissions.
+    let billing = connect(broker.addr, with_cert(&billing_cert, &billing_key))
+        .await
+        .expect("the certificate names key billing");
+    let publisher = billing.publisher();
+    let stored = publisher.publish("orders.eu", "1").await.unwrap().await;
+    assert_eq!(stored, Ok(1));
+    let refused = publisher.publish("payroll", "1").await.unwrap().await;
+    match refused {
+        Err(weir_client::PublishError::Broker { code, message }) => {
+            assert_eq!(code, weir_client::ErrorCode::Forbidden);
+            assert!(message.contains("billing"), "{message}");
+        }
+        other => panic!("expected Forbidden, got {other:?}"),
+    }
+    // A certificate naming no key, and no token: refused as a missing token is.
+    let err = connect(broker.addr, with_cert(&nobody_cert, &nobody_key))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Unauthorized(_)), "{err:?}");
+
+    // Over HTTPS, the same certificate stands for the bearer token.
+    let admin = broker.admin_addr();
+    let ca = &pki.ca.file;
+    let as_billing = Some((billing_cert.as_path(), billing_key.as_path()));
+    let (status, body) = https_as(admin, ca, "/topics", None, as_billing).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("orders.eu"), "{body}");
+    let (status, _) = https_as(admin, ca, "/topics/payroll", None, as_billing).await;
+    assert_eq!(status, 403, "billing may not monitor payroll");
+    let as_nobody = Some((nobody_cert.as_path(), nobody_key.as_path()));
+    let (status, _) = https_as(admin, ca, "/topics", None, as_nobody).await;
+    assert_eq!(status, 401);
 }

@@ -29,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use weir_protocol::{Limit, RejectReason};
 
+use super::connections::CertNames;
 use super::publish::refusal_response;
 use super::topics::error_response;
 use super::PeerAddr;
@@ -43,10 +44,12 @@ use crate::refusal::Refusal;
 pub(super) async fn require_key(
     State(broker): State<Broker>,
     peer: Option<Extension<ConnectInfo<PeerAddr>>>,
+    cert_names: Option<Extension<CertNames>>,
     mut request: Request,
     next: Next,
 ) -> Response {
     let peer = peer_ip(peer);
+    let cert_names = cert_names.map(|Extension(names)| names).unwrap_or_default();
     let failures = broker.auth_failures();
     if let Err(wait) = failures.check_at(peer, broker.clock().now()) {
         broker.metrics().auth_throttled.add(1);
@@ -57,7 +60,7 @@ pub(super) async fn require_key(
         ));
     }
     let token = bearer_token(request.headers());
-    match broker.keys().authenticate(token, peer) {
+    match broker.keys().authenticate(token, &cert_names.0, peer) {
         Ok(identity) => {
             request.extensions_mut().insert(identity);
             next.run(request).await

@@ -178,6 +178,7 @@ impl Connection {
     /// Serves the connection until it closes, its watchdog closes it, or the server stops
     /// (then the request in progress is finished first); `slot` is given back at the end.
     async fn serve(mut self, socket: TcpStream, slot: OwnedSemaphorePermit) {
+        let mut cert_names = Vec::new();
         let socket: Box<dyn Io> = match &self.tls {
             None => Box::new(socket),
             Some(tls) => {
@@ -193,7 +194,10 @@ impl Connection {
                     _ = self.stop.cancelled() => None,
                 };
                 match stream {
-                    Some(stream) => Box::new(stream),
+                    Some(stream) => {
+                        cert_names = crate::tls::peer_names(&stream);
+                        Box::new(stream)
+                    }
                     None => return drop(slot),
                 }
             }
@@ -208,6 +212,7 @@ impl Connection {
             app: self.app.clone(),
             broker: self.broker.clone(),
             peer: self.peer,
+            cert_names: CertNames(cert_names.into()),
             body_timeout: self.timeouts.body,
             phase,
         };
@@ -342,6 +347,12 @@ impl AsyncWrite for Tracked {
     }
 }
 
+/// The DNS names of the client certificate the admin port's TLS handshake verified (mutual
+/// TLS; empty otherwise), in each request's extensions: they may name the request's key
+/// ([`super::auth::require_key`]).
+#[derive(Debug, Clone, Default)]
+pub(super) struct CertNames(pub(super) Arc<[String]>);
+
 /// One request of a connection, through the router: busy from its headers until its answer
 /// has been handed to hyper.
 #[derive(Clone)]
@@ -349,6 +360,7 @@ struct Exchange {
     app: Router,
     broker: Broker,
     peer: SocketAddr,
+    cert_names: CertNames,
     body_timeout: Duration,
     phase: Arc<watch::Sender<Phase>>,
 }
@@ -369,6 +381,7 @@ impl Exchange {
         request
             .extensions_mut()
             .insert(ConnectInfo(PeerAddr(self.peer)));
+        request.extensions_mut().insert(self.cert_names.clone());
         let mut app = self.app;
         let response = match tower::Service::call(&mut app, request).await {
             Ok(response) => response,

@@ -56,11 +56,11 @@ impl Connection {
         });
         match first {
             Some(Ok(Frame::Hello(hello))) if hello.version == PROTOCOL_VERSION => {
-                match self
-                    .broker
-                    .keys()
-                    .authenticate(hello.token.as_deref(), self.peer.ip())
-                {
+                match self.broker.keys().authenticate(
+                    hello.token.as_deref(),
+                    &self.cert_names,
+                    self.peer.ip(),
+                ) {
                     Ok(identity) => {
                         debug!(conn = self.id, key = %identity.name, "authenticated");
                         frames.authenticated();

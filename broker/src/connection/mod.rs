@@ -140,11 +140,13 @@ pub(crate) struct Stop {
 
 /// Serves one accepted connection until the client leaves, breaks the protocol, idles, stops
 /// reading, or the server stops it (see [`Stop`]). `socket` is a plain TCP socket's halves or,
-/// on a TLS port, a TLS stream's.
+/// on a TLS port, a TLS stream's; `cert_names` are the DNS names of the client certificate the
+/// TLS handshake verified (mutual TLS; empty otherwise), which may name the client's key.
 pub(crate) async fn serve(
     broker: Broker,
     socket: (ReadHalf, WriteHalf),
     peer: SocketAddr,
+    cert_names: Vec<String>,
     stop: Stop,
 ) {
     let id = broker.next_connection_id();
@@ -174,6 +176,7 @@ pub(crate) async fn serve(
         broker: broker.clone(),
         id,
         peer,
+        cert_names,
         identity: None,
         key: None,
         memory,
@@ -251,6 +254,9 @@ struct Connection {
     broker: Broker,
     id: u64,
     peer: SocketAddr,
+    /// The DNS names of the client certificate TLS verified (mutual TLS), capped; may name
+    /// the key when `Hello` has no token.
+    cert_names: Vec<String>,
     /// What this connection holds: its share of the memory budget.
     memory: ConnectionMemory,
     /// Who the client authenticated as (set by the handshake).
