@@ -38,6 +38,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
+use tokio::sync::watch;
 use weir_client::{ClientOptions, FsyncPolicy};
 
 /// How subscribers share the topic.
@@ -136,18 +137,31 @@ pub async fn run(
     args: BenchArgs,
 ) -> anyhow::Result<ExitCode> {
     let created = cleanup::Created::new(args.keep);
-    let bench = async {
-        match args.scenario {
-            None => run::run(server, options, args, &created).await,
-            Some(Scenario::Overload(a)) => overload::run(server, options, *a, &created).await,
-            Some(Scenario::Burst(a)) => burst::run(server, options, *a, &created).await,
-            Some(Scenario::NoisyNeighbour(a)) => noisy::run(server, options, *a, &created).await,
+    // Listening from the start, so a signal during set-up is caught too (not the default
+    // action, which would leave the topics behind).
+    let (interrupt_tx, mut interrupt) = watch::channel(false);
+    let listener = tokio::spawn(async move {
+        crate::signal::interrupted().await;
+        let _ = interrupt_tx.send(true);
+    });
+    let outcome = match args.scenario {
+        // The throughput run stops by itself on the signal, settling what it sent first.
+        None => run::run(server, options, args, &created, interrupt).await,
+        Some(scenario) => {
+            let bench = async {
+                match scenario {
+                    Scenario::Overload(a) => overload::run(server, options, *a, &created).await,
+                    Scenario::Burst(a) => burst::run(server, options, *a, &created).await,
+                    Scenario::NoisyNeighbour(a) => noisy::run(server, options, *a, &created).await,
+                }
+            };
+            tokio::select! {
+                outcome = bench => outcome,
+                _ = interrupt.wait_for(|stop| *stop) => Err(anyhow::anyhow!("interrupted")),
+            }
         }
     };
-    let outcome = tokio::select! {
-        outcome = bench => outcome,
-        () = crate::signal::interrupted() => Err(anyhow::anyhow!("interrupted")),
-    };
+    listener.abort();
     match created.remove_all(server, options).await {
         Ok(kept) if !kept.is_empty() => {
             eprintln!("weir: kept topics (--keep): {}", kept.join(", "))

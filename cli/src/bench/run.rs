@@ -42,6 +42,11 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How much longer than `--duration` a run may take before it counts as timed out.
 const DURATION_MARGIN: Duration = Duration::from_secs(10);
 
+/// How long a stopped publisher waits for the answers to what it already sent (so every
+/// publish of the run is settled at the broker before its topic is deleted: a publish still on
+/// its way after the delete would create the topic again).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What one publisher measured.
 struct PubResult {
     sent: u64,
@@ -121,12 +126,16 @@ struct Report {
     deliver: Option<DeliverReport>,
 }
 
-/// Runs the throughput benchmark; the topics it creates are recorded in `created`.
+/// Runs the throughput benchmark; the topics it creates are recorded in `created`. When
+/// `interrupt` turns true (Ctrl-C, SIGTERM) the run stops as at its deadline — publishers
+/// stop sending and wait for the answers to what they sent, subscribers stop — and fails with
+/// `interrupted`, so nothing of it is still on its way when its topic is deleted.
 pub async fn run(
     server: &str,
     options: &ClientOptions,
     args: BenchArgs,
     created: &Created,
+    mut interrupt: watch::Receiver<bool>,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.size >= STAMP_BYTES,
@@ -240,15 +249,29 @@ pub async fn run(
     let mut pub_results = Vec::new();
     for task in pub_tasks {
         let mut task = task;
-        let result = match tokio::time::timeout_at(deadline, &mut task).await {
-            Ok(r) => r?,
-            Err(_) => {
+        let result = tokio::select! {
+            result = &mut task => result?,
+            () = tokio::time::sleep_until(deadline) => {
                 timed_out = true;
+                let _ = stop_tx.send(true);
+                task.await?
+            }
+            _ = interrupt.wait_for(|stop| *stop) => {
                 let _ = stop_tx.send(true);
                 task.await?
             }
         };
         pub_results.push(result);
+    }
+    if *interrupt.borrow() {
+        let _ = stop_tx.send(true);
+        let _ = ticker.await;
+        bar.finish_and_clear();
+        target_tx.send_replace(Target::Stop);
+        for task in sub_tasks {
+            let _ = task.await;
+        }
+        anyhow::bail!("interrupted");
     }
     let confirmed: u64 = pub_results.iter().map(|r| r.confirmed).sum();
     let _ = stop_tx.send(true);
@@ -439,6 +462,13 @@ async fn publisher(
         r.sent += 1;
         inflight.push(confirm.map(move |outcome| (sent_ns, outcome)));
     }
+    // Stopped (or done): settle what was sent, within SETTLE_TIMEOUT.
+    let settle = async {
+        while let Some(outcome) = inflight.next().await {
+            record(&mut r, outcome);
+        }
+    };
+    let _ = tokio::time::timeout(SETTLE_TIMEOUT, settle).await;
     r
 }
 
