@@ -15,8 +15,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::admission::RefusalLog;
 use crate::keys::AuthError;
+use crate::refusal_log::RefusalLog;
 
 /// Most addresses tracked at once.
 const TRACKED: usize = 4096;

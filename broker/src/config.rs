@@ -810,8 +810,7 @@ mod listen_addr {
     }
 }
 
-/// Longest topic or group name, in bytes.
-pub const MAX_NAME_BYTES: usize = 200;
+pub use crate::names::MAX_NAME_BYTES;
 
 /// The dead-letter topic a group of `topic` gets when its settings name none: `<topic>.dlq`, or
 /// for a name too long to take the suffix, the name cut short plus `-` and 8 hex digits of its

@@ -70,14 +70,17 @@ pub(crate) mod dead_letter;
 pub(crate) mod group;
 pub(crate) mod keys;
 pub(crate) mod metrics;
+pub(crate) mod names;
 pub(crate) mod outbox;
 pub(crate) mod permissions;
 pub(crate) mod publish;
 pub(crate) mod reader;
 pub(crate) mod refusal;
+pub(crate) mod refusal_log;
 pub(crate) mod replies;
 pub(crate) mod slots;
 pub(crate) mod topic;
+pub(crate) mod work;
 pub(crate) mod writer;
 
 mod loom;

@@ -282,7 +282,7 @@ pub struct Metrics {
     /// `Term` reasons cut to `max_reason_bytes`.
     pub reasons_truncated: Counter,
     /// Expensive operations refused at their key's `ops_per_s`, by operation (indexed like
-    /// [`crate::admission::Work::OPS`]).
+    /// [`crate::work::Work::OPS`]).
     pub ops_rejected: [Counter; 4],
     /// Authentications refused (a missing or wrong token, an anonymous client off loopback).
     pub auth_failures: Counter,
@@ -332,8 +332,8 @@ pub struct Metrics {
 
 impl Metrics {
     /// Counts an expensive operation refused at its key's `ops_per_s`.
-    pub fn op_refused(&self, op: crate::admission::Work) {
-        if let Some(i) = crate::admission::Work::OPS.iter().position(|o| *o == op) {
+    pub fn op_refused(&self, op: crate::work::Work) {
+        if let Some(i) = crate::work::Work::OPS.iter().position(|o| *o == op) {
             self.ops_rejected[i].add(1);
         }
     }

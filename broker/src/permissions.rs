@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::admission::RefusalLog;
 use crate::metrics::Counter;
+use crate::refusal_log::RefusalLog;
 
 /// The suffix of a default dead-letter topic name (`<topic>.dlq`; see
 /// [`default_dead_letter_topic`](crate::config::default_dead_letter_topic)). A topic name too
@@ -81,7 +81,7 @@ impl Pattern {
         let chars_ok = body
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        if !chars_ok || (!prefix && body.is_empty()) || body.len() > crate::config::MAX_NAME_BYTES {
+        if !chars_ok || (!prefix && body.is_empty()) || body.len() > crate::names::MAX_NAME_BYTES {
             return Err(format!(
                 "topics {text:?} must be a topic name ([A-Za-z0-9._-]) or a prefix ending in `*`"
             ));

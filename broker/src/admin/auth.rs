@@ -25,17 +25,16 @@ use std::net::{IpAddr, Ipv4Addr};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Extension;
 use weir_protocol::{Limit, RejectReason};
 
 use super::connections::CertNames;
-use super::publish::refusal_response;
-use super::topics::error_response;
+use super::responses::{error_response, forbidden_response, refusal_response};
 use super::PeerAddr;
 use crate::broker::Broker;
 use crate::keys::{AuthError, Identity};
-use crate::permissions::{Action, Forbidden};
+use crate::permissions::Action;
 use crate::refusal::Refusal;
 
 /// Middleware: passes the request on with its [`Identity`](crate::keys::Identity) in its extensions if its address
@@ -96,29 +95,6 @@ pub(super) async fn require_monitor_all(
     }
     let now = broker.clock().now();
     forbidden_response(&identity.access.refuse(Action::Monitor, "*", now))
-}
-
-/// `None` when the request's key may take `action` on `topic`; else the `403` to answer, the
-/// refusal counted and logged as on the wire.
-pub(super) fn forbidden(
-    broker: &Broker,
-    identity: &Identity,
-    action: Action,
-    topic: &str,
-) -> Option<Response> {
-    let now = broker.clock().now();
-    let refused = identity.access.check(action, topic, now).err()?;
-    Some(forbidden_response(&refused))
-}
-
-/// `403 {"error", "action", "topic"}` for a refused action.
-pub(super) fn forbidden_response(refused: &Forbidden) -> Response {
-    let body = serde_json::json!({
-        "error": refused.to_string(),
-        "action": refused.action.name(),
-        "topic": refused.topic,
-    });
-    (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
 }
 
 /// The client's address. A request whose peer is unknown (the router served without connect

@@ -59,7 +59,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::topics::error_response;
+use super::responses::error_response;
 use super::PeerAddr;
 use crate::broker::Broker;
 use crate::tls::TlsServer;

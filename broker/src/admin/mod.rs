@@ -27,6 +27,7 @@ mod connections;
 mod limits;
 mod metrics;
 mod publish;
+mod responses;
 mod topics;
 
 use std::future::Future;

@@ -34,14 +34,14 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, MethodRouter};
 use axum::{Extension, Json};
 use serde::Serialize;
-use weir_protocol::{Headers, Limit, RejectReason};
+use weir_protocol::Headers;
 
-use super::topics::{error_response, unknown_topic};
+use super::responses::{error_response, forbidden, refusal_response, unknown_topic};
 use crate::admission::KeyLimits;
 use crate::broker::{Broker, CreateError};
 use crate::keys::Identity;
@@ -65,21 +65,6 @@ pub struct Published {
     pub topic: String,
     /// Its sequence number in that topic.
     pub seq: u64,
-}
-
-/// The answer to a publish a bound refused: the same fields as the wire's `Rejected`.
-#[derive(Debug, Serialize)]
-pub struct Refused {
-    /// Why, e.g. `TopicFull`.
-    pub reason: RejectReason,
-    /// The bound that fired: `{"name", "value"}`.
-    pub limit: Limit,
-    /// When to come back, if waiting can help.
-    pub retry_after_ms: Option<u64>,
-    /// For `topic_full`: the group holding the topic's oldest unacked message (absent when
-    /// none does).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub held_by: Option<String>,
 }
 
 /// Why an HTTP publish was not stored; each becomes one status (see the module table).
@@ -115,7 +100,7 @@ async fn publish(
     request: Request,
 ) -> Response {
     let received = Instant::now();
-    if let Some(forbidden) = super::auth::forbidden(&broker, &identity, Action::Publish, &name) {
+    if let Some(forbidden) = forbidden(&broker, &identity, Action::Publish, &name) {
         broker.metrics().observe_publish_confirm(received.elapsed());
         return forbidden;
     }
@@ -222,39 +207,6 @@ fn unreadable_body(broker: &Broker, topic: &Topic, e: BytesRejection) -> Failure
     } else {
         Failure::BadRequest(e.body_text())
     }
-}
-
-/// The status a refusal is answered with.
-fn refusal_status(reason: RejectReason) -> StatusCode {
-    match reason {
-        RejectReason::TopicFull | RejectReason::RateLimited | RejectReason::Overloaded => {
-            StatusCode::TOO_MANY_REQUESTS
-        }
-        RejectReason::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        RejectReason::TooManyTopics | RejectReason::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
-        RejectReason::ShuttingDown
-        | RejectReason::TooManyConnections
-        | RejectReason::StorageDamaged => StatusCode::SERVICE_UNAVAILABLE,
-    }
-}
-
-/// The answer to a refusal: its status ([`refusal_status`]), `Retry-After` in whole seconds
-/// (rounded up, at least 1) when it has a retry hint, and the [`Refused`] body.
-pub(super) fn refusal_response(r: Refusal) -> Response {
-    let status = refusal_status(r.reason);
-    let retry_after_s = r.retry_after_ms.map(|ms| ms.div_ceil(1000).max(1));
-    let body = Refused {
-        reason: r.reason,
-        limit: r.limit,
-        retry_after_ms: r.retry_after_ms,
-        held_by: r.held_by,
-    };
-    let mut response = (status, Json(body)).into_response();
-    if let Some(seconds) = retry_after_s {
-        let value = HeaderValue::from(seconds);
-        response.headers_mut().insert(header::RETRY_AFTER, value);
-    }
-    response
 }
 
 impl IntoResponse for Failure {

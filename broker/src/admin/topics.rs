@@ -17,12 +17,12 @@
 //! Bounds: the list holds at most `max_topics` topics of at most `max_groups_per_topic` groups.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use weir_protocol::json::{TopicListView, TopicView};
 use weir_protocol::TopicDescription;
 
+use super::responses::{forbidden, unknown_topic};
 use crate::broker::Broker;
 use crate::keys::Identity;
 use crate::permissions::Action;
@@ -49,7 +49,7 @@ pub(super) async fn show(
     Extension(identity): Extension<Identity>,
     Path(name): Path<String>,
 ) -> Response {
-    if let Some(forbidden) = super::auth::forbidden(&broker, &identity, Action::Monitor, &name) {
+    if let Some(forbidden) = forbidden(&broker, &identity, Action::Monitor, &name) {
         return forbidden;
     }
     match broker.topic(&name) {
@@ -64,14 +64,4 @@ pub(super) async fn show(
         }
         None => unknown_topic(&name),
     }
-}
-
-/// `404 {"error": "unknown topic NAME"}`.
-pub(super) fn unknown_topic(name: &str) -> Response {
-    error_response(StatusCode::NOT_FOUND, format!("unknown topic {name}"))
-}
-
-/// An error the admin endpoint answers with: `status` and `{"error": message}`.
-pub(super) fn error_response(status: StatusCode, message: String) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
 }

@@ -24,7 +24,6 @@
 //! - [`latency`] — [`LatencyWindow`]: a sliding-window p99 in bounded memory.
 //! - [`overload`] — [`OverloadDetector`]: commit p99 and queued work against thresholds.
 //! - [`parking`] — [`ParkingLot`]: the bounded FIFO behind the `block` policy.
-//! - [`log`] — [`RefusalLog`]: one log line per key per second, "(+N suppressed)".
 //!
 //! The primitives take their sync types from `crate::loom`, so the loom model tests
 //! (`loom_tests.rs`) check them under every interleaving:
@@ -33,7 +32,6 @@
 pub mod bucket;
 pub mod budget;
 pub mod latency;
-pub mod log;
 pub mod overload;
 pub mod parking;
 pub mod room;
@@ -53,63 +51,14 @@ use crate::config::Config;
 use crate::keys::{Identity, RateConfig};
 use crate::refusal::Refusal;
 
+pub use crate::refusal_log::RefusalLog;
 pub use bucket::{RateKind, RateLimit, Refill, TokenBucket};
 pub use budget::{MemoryBudget, MemoryFull, MemoryPermit};
-pub use log::RefusalLog;
 pub use overload::{Overload, OverloadDetector};
 pub use room::RoomSignal;
 pub use share::ConnectionMemory;
 
-/// Work a client asks for that admission may refuse, for counting and logging refusals under
-/// the work refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Work {
-    /// A publish.
-    Publish,
-    /// A subscribe (an expensive operation: `ops_per_s`).
-    Subscribe,
-    /// A topic create, explicit or by a publish or subscribe to a new topic (`ops_per_s`).
-    CreateTopic,
-    /// A topic delete (`ops_per_s`).
-    DeleteTopic,
-    /// A group delete (`ops_per_s`).
-    DeleteGroup,
-    /// A new connection (`max_connections`, `max_auth_failures_per_s`).
-    Connect,
-}
-
-impl Work {
-    /// Every expensive operation, in the order of the metrics' `op` label.
-    pub const OPS: [Work; 4] = [
-        Work::Subscribe,
-        Work::CreateTopic,
-        Work::DeleteTopic,
-        Work::DeleteGroup,
-    ];
-
-    /// The snake_case label (the `op` label of `weir_operations_rejected_total`).
-    pub fn label(self) -> &'static str {
-        match self {
-            Work::Publish => "publish",
-            Work::Subscribe => "subscribe",
-            Work::CreateTopic => "create_topic",
-            Work::DeleteTopic => "delete_topic",
-            Work::DeleteGroup => "delete_group",
-            Work::Connect => "connect",
-        }
-    }
-
-    fn plural(self) -> &'static str {
-        match self {
-            Work::Publish => "publishes",
-            Work::Subscribe => "subscribes",
-            Work::CreateTopic => "topic creates",
-            Work::DeleteTopic => "topic deletes",
-            Work::DeleteGroup => "group deletes",
-            Work::Connect => "connections",
-        }
-    }
-}
+pub use crate::work::Work;
 
 /// How often one (topic, reason) may log a refusal line.
 const LOG_PERIOD: Duration = Duration::from_secs(1);
