@@ -81,9 +81,9 @@ pub async fn run(client: Client, args: PubArgs) -> anyhow::Result<ExitCode> {
     }
     let interrupted = CancellationToken::new();
     let signals = tokio::spawn({
-        let interrupted = interrupted.clone();
+        let (interrupted, signalled) = (interrupted.clone(), signal::interrupted());
         async move {
-            signal::interrupted().await;
+            signalled.await;
             interrupted.cancel();
         }
     });

@@ -558,3 +558,48 @@ async fn pub_retry_says_which_refusal_it_retries_and_finishes_once_room_frees() 
     let out = finish(publisher).await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_disk_reports_synced_writes_and_leaves_no_file_even_when_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    // No broker is involved: the address is never used.
+    let unused: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let out = weir(
+        unused,
+        &[
+            "bench", "disk", "--dir", path, "--batch", "64KiB", "--total", "2MiB", "--json",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["total_bytes"], 2 * 1024 * 1024);
+    assert!(report["syncs_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    let bench = spawn_weir(
+        unused,
+        &[
+            "bench", "disk", "--dir", path, "--batch", "4KiB", "--total", "1GiB",
+        ],
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(dir.path()).unwrap().count() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the scratch file never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(bench.id(), libc::SIGTERM);
+    let out = finish(bench).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr(&out).contains("interrupted"), "{out:?}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "the scratch file is deleted"
+    );
+}

@@ -26,6 +26,7 @@ mod accounting;
 mod burst;
 mod cleanup;
 mod common;
+mod disk;
 mod load;
 mod noisy;
 mod offenders;
@@ -127,6 +128,10 @@ pub enum Scenario {
     /// header-bomb, flood, idle-swarm; or none, or all in turn): its latency, refusals and
     /// published == consumed, what the offender was answered, broker peak RSS.
     NoisyNeighbour(Box<noisy::NoisyArgs>),
+    /// The disk under a directory, no broker involved: synced writes of one batch size (a
+    /// write and an fdatasync, as a commit under `fsync = "batch"`) per second and in MB/s,
+    /// their latency, and the sequential read rate — the ceiling for a data directory there.
+    Disk(Box<disk::DiskArgs>),
 }
 
 /// Runs `weir bench`: the throughput run or a scenario, stopped early by Ctrl-C or SIGTERM
@@ -139,26 +144,24 @@ pub async fn run(
     let created = cleanup::Created::new(args.keep);
     // Listening from the start, so a signal during set-up is caught too (not the default
     // action, which would leave the topics behind).
-    let (interrupt_tx, mut interrupt) = watch::channel(false);
+    let (interrupt_tx, interrupt) = watch::channel(false);
+    let signalled = crate::signal::interrupted();
     let listener = tokio::spawn(async move {
-        crate::signal::interrupted().await;
+        signalled.await;
         let _ = interrupt_tx.send(true);
     });
     let outcome = match args.scenario {
-        // The throughput run stops by itself on the signal, settling what it sent first.
+        // These stop by themselves on the signal, settling what they started first.
         None => run::run(server, options, args, &created, interrupt).await,
-        Some(scenario) => {
-            let bench = async {
-                match scenario {
-                    Scenario::Overload(a) => overload::run(server, options, *a, &created).await,
-                    Scenario::Burst(a) => burst::run(server, options, *a, &created).await,
-                    Scenario::NoisyNeighbour(a) => noisy::run(server, options, *a, &created).await,
-                }
-            };
-            tokio::select! {
-                outcome = bench => outcome,
-                _ = interrupt.wait_for(|stop| *stop) => Err(anyhow::anyhow!("interrupted")),
-            }
+        Some(Scenario::Disk(a)) => disk::run(*a, interrupt).await,
+        Some(Scenario::Overload(a)) => {
+            until_interrupted(overload::run(server, options, *a, &created), interrupt).await
+        }
+        Some(Scenario::Burst(a)) => {
+            until_interrupted(burst::run(server, options, *a, &created), interrupt).await
+        }
+        Some(Scenario::NoisyNeighbour(a)) => {
+            until_interrupted(noisy::run(server, options, *a, &created), interrupt).await
         }
     };
     listener.abort();
@@ -170,6 +173,17 @@ pub async fn run(
         Err(e) => eprintln!("weir: cleanup: {e:#}"),
     }
     outcome
+}
+
+/// Runs `bench` until it ends or `interrupt` turns true (then it is dropped: `interrupted`).
+async fn until_interrupted(
+    bench: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+    mut interrupt: watch::Receiver<bool>,
+) -> anyhow::Result<ExitCode> {
+    tokio::select! {
+        outcome = bench => outcome,
+        _ = interrupt.wait_for(|stop| *stop) => Err(anyhow::anyhow!("interrupted")),
+    }
 }
 
 /// The exit code of a run whose checks are `checks` (and that was `complete`): 0 when it was
