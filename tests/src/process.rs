@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a broker process may take to start listening.
@@ -57,6 +57,28 @@ pub struct BrokerProcess {
 enum AdminAddr {
     Pending(std::sync::mpsc::Receiver<Option<SocketAddr>>),
     Known(SocketAddr),
+}
+
+/// Runs `weir-broker` with `args` (no listening flags added) and waits, at most 30 s, for it to
+/// exit on its own — for starts that must fail, `--print-config` and `hash-token`-like runs;
+/// returns what it printed. Kills it and panics past 30 s.
+pub fn broker_exits(args: &[&str]) -> Output {
+    let mut child = Command::new(workspace_bin("weir-broker"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn weir-broker");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Polling a child process's exit: there is no event to await for it in std.
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("weir-broker {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
 }
 
 impl BrokerProcess {

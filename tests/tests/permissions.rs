@@ -3,13 +3,10 @@
 //! restricted permissions, refusals that store nothing and leave the neighbour working, and
 //! the config checked at start.
 
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
 use serde_json::{json, Value};
 use weir_broker::{Action, AnonymousConfig, ApiKey, Config, Permission};
 use weir_protocol::*;
-use weir_tests::process::workspace_bin;
+use weir_tests::process::broker_exits;
 use weir_tests::wire::RawClient;
 use weir_tests::TestBroker;
 
@@ -543,26 +540,6 @@ async fn over_http_each_route_applies_the_bearer_key_s_permissions() {
     assert_eq!(count("audit", "monitor").as_deref(), Some("1"));
     assert_eq!(count("shop", "monitor").as_deref(), Some("2"));
     assert_eq!(count("billing", "publish").as_deref(), Some("0"));
-}
-
-/// Runs `weir-broker` with `args` and waits (at most 30 s) for it to exit on its own.
-fn broker_exits(args: &[&str]) -> Output {
-    let mut child = Command::new(workspace_bin("weir-broker"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn weir-broker");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // Polling a child process's exit: there is no event to await for it in std.
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("weir-broker {args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
 }
 
 #[test]

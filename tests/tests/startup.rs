@@ -1,29 +1,10 @@
 //! Starting the daemon as a new user would: errors that name what is wrong, at once.
 
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use weir_tests::process::workspace_bin;
+use weir_tests::process::{broker_exits, workspace_bin};
 use weir_tests::BrokerProcess;
-
-/// Runs `weir-broker` with `args` and waits (at most 30 s) for it to exit on its own.
-fn broker_exits(args: &[&str]) -> Output {
-    let mut child = Command::new(workspace_bin("weir-broker"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn weir-broker");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("weir-broker {args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
-}
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
