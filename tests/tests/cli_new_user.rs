@@ -403,9 +403,24 @@ async fn bench_uses_a_fresh_topic_and_removes_it_unless_keep() {
             .filter(|n| n.starts_with("bench-"))
             .collect::<Vec<_>>()
     };
-    let out = weir(addr, &["bench", "--msgs", "200", "--json"], "").await;
+    // The broker runs in this test's process: its pid is ours.
+    let pid = std::process::id().to_string();
+    let out = weir(
+        addr,
+        &["bench", "--msgs", "200", "--json", "--broker-pid", &pid],
+        "",
+    )
+    .await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    for field in [
+        "client_us_per_msg",
+        "client_cores",
+        "broker_us_per_msg",
+        "broker_cores",
+    ] {
+        assert!(json["cpu"][field].as_f64().is_some(), "cpu.{field}: {json}");
+    }
     let first = json["topic"].as_str().unwrap().to_owned();
     assert!(first.starts_with("bench-"), "{json}");
     assert_eq!(

@@ -112,6 +112,10 @@ pub struct BenchArgs {
     /// fsync policy of the topic when the bench creates it (batch, interval:MS, never).
     #[arg(long)]
     pub fsync: Option<FsyncPolicy>,
+    /// The broker's process id, to report its CPU per message and cores used (read from
+    /// /proc, so the broker must run on this machine). The CLI's own CPU is always reported.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
 }
 
 /// The scenarios.

@@ -30,8 +30,8 @@ use weir_client::{Client, ClientError, ClientOptions, PublishError, Subscription
 
 use super::cleanup::Created;
 use super::common::{
-    connect, histogram, human_us, now_ns, payload, progress_bar, progress_enabled, run_id, stamp,
-    Latency, STAMP_BYTES,
+    connect, histogram, human_us, now_ns, payload, progress_bar, progress_enabled, read_proc,
+    run_id, stamp, BrokerUsage, Latency, ProcReading, STAMP_BYTES,
 };
 use super::{BenchArgs, GroupMode};
 use crate::size::format_size;
@@ -124,6 +124,65 @@ struct Report {
     timed_out: bool,
     publish: PublishReport,
     deliver: Option<DeliverReport>,
+    cpu: CpuReport,
+}
+
+/// CPU spent from the first publish to the last delivery, per confirmed message and in cores
+/// (CPU seconds per wall second): this CLI's (publishers and subscribers alike) and, with
+/// `--broker-pid`, the broker's.
+#[derive(Debug, Serialize)]
+struct CpuReport {
+    wall_s: f64,
+    client_cpu_s: Option<f64>,
+    client_us_per_msg: Option<f64>,
+    client_cores: Option<f64>,
+    broker_us_per_msg: Option<f64>,
+    broker_cores: Option<f64>,
+    broker: Option<BrokerUsage>,
+}
+
+impl CpuReport {
+    /// From the CLI's readings `client` (before, after), the broker's `broker`, over `wall_s`
+    /// seconds and `msgs` confirmed messages.
+    fn new(
+        client: (Option<ProcReading>, Option<ProcReading>),
+        broker: Option<BrokerUsage>,
+        wall_s: f64,
+        msgs: u64,
+    ) -> CpuReport {
+        let per_msg = |cpu: f64| (msgs > 0).then(|| cpu * 1e6 / msgs as f64);
+        let cores = |cpu: f64| (wall_s > 0.0).then(|| cpu / wall_s);
+        let client_cpu_s = match client {
+            (Some(b), Some(a)) => Some((a.cpu_s - b.cpu_s).max(0.0)),
+            _ => None,
+        };
+        let broker_cpu_s = broker.as_ref().and_then(|b| b.cpu_s);
+        CpuReport {
+            wall_s,
+            client_cpu_s,
+            client_us_per_msg: client_cpu_s.and_then(per_msg),
+            client_cores: client_cpu_s.and_then(cores),
+            broker_us_per_msg: broker_cpu_s.and_then(per_msg),
+            broker_cores: broker_cpu_s.and_then(cores),
+            broker,
+        }
+    }
+
+    /// `cpu  client 3.1 µs/msg (0.62 cores)  broker ...`, or `None` without any reading.
+    fn line(&self) -> Option<String> {
+        let part = |who: &str, us: Option<f64>, cores: Option<f64>| {
+            us.zip(cores)
+                .map(|(us, cores)| format!("{who} {us:.1} µs/msg ({cores:.2} cores)"))
+        };
+        let parts: Vec<String> = [
+            part("client", self.client_us_per_msg, self.client_cores),
+            part("broker", self.broker_us_per_msg, self.broker_cores),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!parts.is_empty()).then(|| format!("cpu       {}\n", parts.join("  ")))
+    }
 }
 
 /// Runs the throughput benchmark; the topics it creates are recorded in `created`. When
@@ -202,6 +261,9 @@ pub async fn run(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let client_before = read_proc(std::process::id()).ok();
+    let mut broker = args.broker_pid.map(BrokerUsage::start);
+    let started = std::time::Instant::now();
     let start_ns = now_ns();
     let until = args
         .duration
@@ -297,11 +359,17 @@ pub async fn run(
         sub_results.push(result);
     }
 
+    let wall_s = started.elapsed().as_secs_f64();
+    let client_after = read_proc(std::process::id()).ok();
+    if let Some(b) = broker.as_mut() {
+        b.finish(confirmed);
+    }
+    let cpu = CpuReport::new((client_before, client_after), broker, wall_s, confirmed);
     let report = report(
         &args,
         server,
         timed_out,
-        start_ns,
+        (start_ns, cpu),
         &pub_results,
         &sub_results,
         confirmed,
@@ -555,7 +623,7 @@ fn report(
     args: &BenchArgs,
     server: &str,
     timed_out: bool,
-    start_ns: u64,
+    (start_ns, cpu): (u64, CpuReport),
     pubs: &[PubResult],
     subs: &[SubResult],
     confirmed: u64,
@@ -642,6 +710,7 @@ fn report(
         timed_out,
         publish,
         deliver,
+        cpu,
     }
 }
 
@@ -701,8 +770,37 @@ fn summary(r: &Report) -> String {
         }
         s.push_str(&latency_line("publish→deliver", &d.deliver_latency));
     }
+    if let Some(line) = r.cpu.line() {
+        s.push_str(&line);
+    }
     if r.timed_out {
         s.push_str("TIMED OUT: results are partial\n");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_is_reported_per_message_and_in_cores() {
+        let reading = |cpu_s| ProcReading {
+            rss_kib: 0,
+            hwm_kib: 0,
+            cpu_s,
+            cpu_sys_s: 0.0,
+        };
+        let cpu = CpuReport::new((Some(reading(1.0)), Some(reading(1.5))), None, 2.0, 100_000);
+        assert_eq!(cpu.client_cpu_s, Some(0.5));
+        assert_eq!(cpu.client_us_per_msg, Some(5.0));
+        assert_eq!(cpu.client_cores, Some(0.25));
+        assert_eq!(cpu.broker_us_per_msg, None);
+        assert_eq!(
+            cpu.line().unwrap(),
+            "cpu       client 5.0 µs/msg (0.25 cores)\n"
+        );
+        let none = CpuReport::new((None, None), None, 2.0, 0);
+        assert!(none.line().is_none());
+    }
 }
