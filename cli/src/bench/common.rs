@@ -437,6 +437,69 @@ impl BrokerUsage {
     }
 }
 
+/// Samples `pid`'s VmRSS every `every` until `stop` turns true (or its sender goes); the
+/// highest reading, or `None` when none could be taken. Holds one number: bounded however long
+/// it runs.
+pub async fn peak_rss(
+    pid: u32,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Option<u64> {
+    let mut peak: Option<u64> = None;
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        if let Ok(r) = read_proc(pid) {
+            peak = Some(peak.map_or(r.rss_kib, |p| p.max(r.rss_kib)));
+        }
+        tokio::select! {
+            _ = ticker.tick() => {}
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return peak;
+                }
+            }
+        }
+    }
+}
+
+/// Raises the soft limit of open files towards `want`, at most to the hard limit (best
+/// effort): one socket per connection. `None` when the soft limit now covers `want`, else what
+/// falls short (the limits, for the caller to report or fail on).
+pub fn raise_nofile(want: libc::rlim_t) -> Option<String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Some("cannot read the open-file limit".into());
+        }
+        if lim.rlim_cur >= want {
+            return None;
+        }
+        let target = want.min(lim.rlim_max);
+        lim.rlim_cur = target;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 || target < want {
+            return Some(format!(
+                "open-file limit {target} (hard limit {}) is below the {want} needed",
+                lim.rlim_max
+            ));
+        }
+    }
+    None
+}
+
+/// Asks the kernel to drop the page cache (`sync`, then `3` into
+/// `/proc/sys/vm/drop_caches`): works only as root. `Ok(())` when it did, else why not; never
+/// more than a note for the caller's report.
+pub fn drop_caches() -> Result<(), String> {
+    // SAFETY: sync(2) takes no arguments and only flushes dirty pages.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3")
+        .map_err(|e| format!("cannot write /proc/sys/vm/drop_caches: {e} (needs root)"))
+}
+
 /// Counters shared between a scenario's tasks, read by the sampler and the progress bar.
 #[derive(Debug, Default)]
 pub struct Counters {

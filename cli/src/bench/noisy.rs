@@ -32,7 +32,7 @@ use weir_client::{ClientOptions, OverflowPolicy, TopicSpec};
 
 use super::cleanup::Created;
 use super::common::{
-    histogram, human_us, per_s, progress_bar, progress_enabled, read_proc, run_id, BrokerUsage,
+    histogram, human_us, peak_rss, per_s, progress_bar, progress_enabled, run_id, BrokerUsage,
     Latency, STAMP_BYTES,
 };
 use super::load::Phase;
@@ -315,25 +315,6 @@ fn vs_alone(base: &Healthy, h: &Healthy) -> Option<VsAlone> {
     })
 }
 
-/// Samples the broker's VmRSS every [`RSS_EVERY`] until `stop`; the highest reading.
-async fn peak_rss(pid: u32, mut stop: watch::Receiver<bool>) -> Option<u64> {
-    let mut peak: Option<u64> = None;
-    let mut ticker = tokio::time::interval(RSS_EVERY);
-    loop {
-        if let Ok(r) = read_proc(pid) {
-            peak = Some(peak.map_or(r.rss_kib, |p| p.max(r.rss_kib)));
-        }
-        tokio::select! {
-            _ = ticker.tick() => {}
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    return peak;
-                }
-            }
-        }
-    }
-}
-
 async fn run_one(
     (server, addr): (&str, SocketAddr),
     options: &ClientOptions,
@@ -348,7 +329,7 @@ async fn run_one(
     let (stop_rss, rss_rx) = watch::channel(false);
     let rss = args
         .broker_pid
-        .map(|pid| tokio::spawn(peak_rss(pid, rss_rx)));
+        .map(|pid| tokio::spawn(peak_rss(pid, RSS_EVERY, rss_rx)));
 
     // 1. The offender, in place.
     let (ready_tx, ready_rx) = oneshot::channel();

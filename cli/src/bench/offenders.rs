@@ -47,7 +47,7 @@ use weir_protocol::{
 };
 
 use super::cleanup::Created;
-use super::common::{connect, now_ns};
+use super::common::{connect, now_ns, raise_nofile};
 
 /// Which offender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -955,32 +955,6 @@ fn swarm_sources(addr: SocketAddr, sources: &[IpAddr]) -> Vec<Option<IpAddr>> {
     } else {
         usable
     }
-}
-
-/// Raises the soft limit of open files towards `want` (best effort): the swarm holds a socket
-/// per connection.
-fn raise_nofile(want: libc::rlim_t) -> Option<String> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Some("cannot read the open-file limit".into());
-        }
-        if lim.rlim_cur >= want {
-            return None;
-        }
-        let target = want.min(lim.rlim_max);
-        lim.rlim_cur = target;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 || target < want {
-            return Some(format!(
-                "open-file limit {target} is below the {want} the swarm wants"
-            ));
-        }
-    }
-    None
 }
 
 async fn idle_swarm(
