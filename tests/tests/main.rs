@@ -2,6 +2,7 @@
 
 mod admission;
 mod bad_input;
+mod bench_scenarios;
 mod budget;
 mod cli;
 mod cli_new_user;

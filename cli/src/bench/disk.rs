@@ -103,17 +103,7 @@ pub async fn run(args: DiskArgs, mut interrupt: watch::Receiver<bool>) -> anyhow
 /// Writes, syncs, reads back and deletes the scratch file; stops early (an error) once `stop`
 /// is set.
 fn measure(args: &DiskArgs, stop: &AtomicBool) -> anyhow::Result<DiskReport> {
-    let path = args.dir.join(format!(
-        ".weir-bench-disk-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let scratch = Scratch(path);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&scratch.0)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", scratch.0.display()))?;
+    let (scratch, mut file) = scratch(&args.dir)?;
     let batch = vec![0x5a_u8; args.batch as usize];
     let mut syncs = histogram();
     let mut written = 0;
@@ -129,7 +119,7 @@ fn measure(args: &DiskArgs, stop: &AtomicBool) -> anyhow::Result<DiskReport> {
     }
     let write_s = started.elapsed().as_secs_f64();
     drop(file);
-    let read_mb_per_s = read_back(&scratch.0, args.batch as usize, written)?;
+    let read_mb_per_s = read_back(&scratch.0, args.batch as usize, written, stop)?;
     let us = |q: f64| syncs.value_at_quantile(q) as f64 / 1000.0;
     Ok(DiskReport {
         dir: args.dir.clone(),
@@ -144,13 +134,76 @@ fn measure(args: &DiskArgs, stop: &AtomicBool) -> anyhow::Result<DiskReport> {
     })
 }
 
+/// A new scratch file in `dir`, deleted when the [`Scratch`] is dropped.
+fn scratch(dir: &Path) -> anyhow::Result<(Scratch, File)> {
+    let scratch = Scratch(dir.join(format!(
+        ".weir-bench-disk-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )));
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&scratch.0)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", scratch.0.display()))?;
+    Ok((scratch, file))
+}
+
+/// The sequential read rate of the disk under a directory ([`sequential_read`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct SequentialRead {
+    pub dir: PathBuf,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Bytes read in order per second, MB/s (10^6).
+    pub read_mb_per_s: f64,
+    /// Whether the page cache was dropped before reading (then the figure is the disk's; else
+    /// mostly the page cache's).
+    pub cache_dropped: bool,
+}
+
+/// Chunk of [`sequential_read`]'s writes and reads.
+const SEQUENTIAL_CHUNK: usize = 1024 * 1024;
+
+/// Writes `total` bytes to a scratch file in `dir` (synced once at the end), drops the page
+/// cache when `cold` (root only: [`super::common::drop_caches`]; the answer says whether it
+/// did), reads the file back in order and deletes it: the disk's sequential read rate there.
+/// Holds one 1 MiB chunk in memory; stops (an error) once `stop` is set.
+pub fn sequential_read(
+    dir: &Path,
+    total: u64,
+    cold: bool,
+    stop: &AtomicBool,
+) -> anyhow::Result<SequentialRead> {
+    let (scratch, mut file) = scratch(dir)?;
+    let chunk = vec![0x5a_u8; SEQUENTIAL_CHUNK];
+    let mut written = 0;
+    while written < total {
+        anyhow::ensure!(!stop.load(Ordering::Relaxed), "interrupted");
+        let n = (total - written).min(SEQUENTIAL_CHUNK as u64) as usize;
+        file.write_all(&chunk[..n])?;
+        written += n as u64;
+    }
+    file.sync_data()?;
+    drop(file);
+    let cache_dropped = cold && super::common::drop_caches().is_ok();
+    let read_mb_per_s = read_back(&scratch.0, SEQUENTIAL_CHUNK, written, stop)?;
+    Ok(SequentialRead {
+        dir: dir.to_path_buf(),
+        bytes: written,
+        read_mb_per_s,
+        cache_dropped,
+    })
+}
+
 /// Reads `path` in order, `chunk` bytes at a time; MB/s. Fails if fewer than `expected` bytes
-/// come back.
-fn read_back(path: &Path, chunk: usize, expected: u64) -> anyhow::Result<f64> {
+/// come back, or (`interrupted`) once `stop` is set.
+fn read_back(path: &Path, chunk: usize, expected: u64, stop: &AtomicBool) -> anyhow::Result<f64> {
     let mut file = File::open(path)?;
     let mut buf = vec![0u8; chunk];
     let (mut read, started) = (0u64, Instant::now());
     loop {
+        anyhow::ensure!(!stop.load(Ordering::Relaxed), "interrupted");
         let n = file.read(&mut buf)?;
         if n == 0 {
             break;
@@ -198,6 +251,24 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert!(left.is_empty(), "the scratch file is deleted: {left:?}");
         assert!(summary(&report).contains("synced writes of 64.0 KiB"));
+    }
+
+    #[test]
+    fn sequential_read_reads_what_it_wrote_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = sequential_read(
+            dir.path(),
+            3 * 1024 * 1024 + 7,
+            false,
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        assert_eq!(r.bytes, 3 * 1024 * 1024 + 7);
+        assert!(r.read_mb_per_s > 0.0 && !r.cache_dropped);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let stopped = sequential_read(dir.path(), 1024, false, &AtomicBool::new(true));
+        assert!(stopped.is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

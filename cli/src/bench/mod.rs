@@ -11,6 +11,13 @@
 //! - `weir bench noisy-neighbour`: a healthy tenant at a steady rate beside one offender (or
 //!   each in turn): its latency, refusals and published == consumed beside the offender's own
 //!   outcome and the broker's peak RSS ([`noisy`], [`offenders`]).
+//! - `weir bench catch-up`: one subscriber starting a large backlog behind (optionally with a
+//!   cold page cache): its read rate, the broker's RSS during it, and the disk's sequential read
+//!   rate ([`catchup`]).
+//! - `weir bench disk`: synced writes and the sequential read rate of a directory's disk
+//!   ([`disk`]).
+//! - The throughput run's `--topics N` spreads it over topics; `--idle-connections N` holds
+//!   idle connections beside it ([`idle`]).
 //!
 //! Every scenario is bounded in time and memory: see [`load`] and [`scenario`]. Results print
 //! as a human summary or, with `--json`, as one JSON document on stdout; a progress bar goes to
@@ -24,9 +31,11 @@
 
 mod accounting;
 mod burst;
+mod catchup;
 mod cleanup;
 mod common;
 mod disk;
+mod idle;
 mod load;
 mod noisy;
 mod offenders;
@@ -63,12 +72,22 @@ pub struct BenchArgs {
     /// per run, `bench-<pid>-<random>`.
     #[arg(long)]
     pub topic: Option<String>,
-    /// Publishers, each on its own connection.
+    /// Spread the run over this many fresh topics (at most 32), each with --pubs publishers
+    /// and --subs subscribers of its own; not with --topic.
+    #[arg(long, default_value_t = 1, conflicts_with = "topic")]
+    pub topics: usize,
+    /// Publishers per topic, each on its own connection.
     #[arg(long, default_value_t = 1)]
     pub pubs: usize,
-    /// Subscribers, each on its own connection.
+    /// Subscribers per topic, each on its own connection (with --group-mode fanout, each in a
+    /// group of its own: fan-out to this many groups).
     #[arg(long, default_value_t = 1)]
     pub subs: usize,
+    /// Open this many more connections before the run and hold them idle through it (a ping
+    /// each every third of the broker's idle_timeout); the run fails at once if the broker or
+    /// the OS refuses one.
+    #[arg(long, default_value_t = 0)]
+    pub idle_connections: usize,
     /// Messages to publish in total (split between publishers).
     #[arg(long, default_value_t = 100_000)]
     pub msgs: u64,
@@ -136,6 +155,10 @@ pub enum Scenario {
     /// write and an fdatasync, as a commit under `fsync = "batch"`) per second and in MB/s,
     /// their latency, and the sequential read rate — the ceiling for a data directory there.
     Disk(Box<disk::DiskArgs>),
+    /// One subscriber starting --backlog messages (2 000 000) behind, optionally with a cold
+    /// page cache: its read rate until it has them all, the broker's RSS at its start, peak and
+    /// end (--broker-pid), and the disk's sequential read rate to compare with (--disk-dir).
+    CatchUp(Box<catchup::CatchUpArgs>),
 }
 
 /// Runs `weir bench`: the throughput run or a scenario, stopped early by Ctrl-C or SIGTERM
@@ -158,6 +181,7 @@ pub async fn run(
         // These stop by themselves on the signal, settling what they started first.
         None => run::run(server, options, args, &created, interrupt).await,
         Some(Scenario::Disk(a)) => disk::run(*a, interrupt).await,
+        Some(Scenario::CatchUp(a)) => catchup::run(server, options, *a, &created, interrupt).await,
         Some(Scenario::Overload(a)) => {
             until_interrupted(overload::run(server, options, *a, &created), interrupt).await
         }

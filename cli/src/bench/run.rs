@@ -10,6 +10,14 @@
 //! (`<group>` in shared mode, `<group>-<i>` in fan-out mode) so leftovers in a `--topic` drain
 //! instead of piling up in abandoned groups.
 //!
+//! With `--topics N` the run is spread over N fresh topics (`bench-<pid>-<random>-<i>`), each
+//! with `--pubs` publishers and `--subs` subscribers of its own; the report adds each topic's
+//! confirmed and delivered rates and the lowest and highest of them. In fan-out mode every
+//! subscriber is a group of its own: `--subs N --group-mode fanout` is fan-out to N groups per
+//! topic, and the report names the number of groups and the lowest and highest rate one group
+//! was delivered at. With `--idle-connections N`, N more connections are opened before the run
+//! and held idle through it ([`super::idle`]).
+//!
 //! The run is bounded: by `--msgs` or `--duration`, and by `--timeout` (at least 10 s more than
 //! `--duration`), after which everything stops and the partial results are reported with
 //! `timed_out: true`. A progress bar (on stderr) follows the confirms when stdout is a terminal
@@ -33,6 +41,7 @@ use super::common::{
     connect, histogram, human_us, now_ns, payload, progress_bar, progress_enabled, read_proc,
     run_id, stamp, BrokerUsage, Latency, ProcReading, STAMP_BYTES,
 };
+use super::idle::{Idle, IdleReport};
 use super::{BenchArgs, GroupMode};
 use crate::size::format_size;
 
@@ -47,15 +56,18 @@ const DURATION_MARGIN: Duration = Duration::from_secs(10);
 /// its way after the delete would create the topic again).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most topics one run spreads over (`--topics`; each is created, and removed at the end).
+pub const MAX_TOPICS: usize = 32;
+
 /// What one publisher measured.
-struct PubResult {
-    sent: u64,
-    confirmed: u64,
-    refusals: BTreeMap<String, u64>,
-    errors: u64,
-    first_error: Option<String>,
-    last_confirm_ns: u64,
-    latency: Histogram<u64>,
+pub(super) struct PubResult {
+    pub(super) sent: u64,
+    pub(super) confirmed: u64,
+    pub(super) refusals: BTreeMap<String, u64>,
+    pub(super) errors: u64,
+    pub(super) first_error: Option<String>,
+    pub(super) last_confirm_ns: u64,
+    pub(super) latency: Histogram<u64>,
 }
 
 /// What one subscriber measured.
@@ -91,6 +103,9 @@ struct PublishReport {
     elapsed_s: f64,
     msgs_per_s: f64,
     mb_per_s: f64,
+    /// The lowest and highest confirmed rate of one topic (msg/s).
+    per_topic_min_msgs_per_s: f64,
+    per_topic_max_msgs_per_s: f64,
     confirm_latency: Latency,
 }
 
@@ -104,15 +119,39 @@ struct DeliverReport {
     elapsed_s: f64,
     msgs_per_s: f64,
     mb_per_s: f64,
+    /// Groups delivered to, over all topics: `--subs` per topic in fan-out mode (each sees
+    /// every message of its topic), one per topic in shared mode.
+    groups: usize,
+    /// The lowest and highest rate one group was delivered at (msg/s).
+    per_group_min_msgs_per_s: f64,
+    per_group_max_msgs_per_s: f64,
     deliver_latency: Latency,
+}
+
+/// One topic's share of the run.
+#[derive(Debug, Serialize)]
+struct TopicReport {
+    name: String,
+    confirmed: u64,
+    publish_msgs_per_s: f64,
+    /// Deliveries of this run's messages to all the topic's groups (none without subscribers).
+    delivered: Option<u64>,
+    deliver_msgs_per_s: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
 struct Report {
     server: String,
+    /// The topic (the first one with `--topics`).
     topic: String,
+    /// Topics the run was spread over (`--topics`).
+    topics: usize,
+    /// Publishers and subscribers per topic.
     pubs: usize,
     subs: usize,
+    /// Publishers and subscribers in all, each on its own connection.
+    publishers: usize,
+    subscribers: usize,
     group_mode: GroupMode,
     msgs: u64,
     size: usize,
@@ -124,6 +163,9 @@ struct Report {
     timed_out: bool,
     publish: PublishReport,
     deliver: Option<DeliverReport>,
+    per_topic: Vec<TopicReport>,
+    /// The connections held idle beside the run (`--idle-connections`).
+    idle: Option<IdleReport>,
     cpu: CpuReport,
 }
 
@@ -202,6 +244,10 @@ pub async fn run(
     );
     anyhow::ensure!(args.pubs >= 1, "--pubs must be at least 1");
     anyhow::ensure!(
+        (1..=MAX_TOPICS).contains(&args.topics),
+        "--topics must be 1 to {MAX_TOPICS}"
+    );
+    anyhow::ensure!(
         args.window >= 1 && args.credit >= 1,
         "--window and --credit must be at least 1"
     );
@@ -210,21 +256,26 @@ pub async fn run(
     if let Some(d) = args.duration {
         limit = limit.max(Duration::from_secs(d) + DURATION_MARGIN);
     }
-    let deadline = tokio::time::Instant::now() + limit;
 
     let mut args = args;
-    let topic = args
-        .topic
-        .get_or_insert_with(|| Created::fresh_name("bench"))
-        .clone();
+    let names: Vec<String> = match (&args.topic, args.topics) {
+        (Some(topic), _) => vec![topic.clone()],
+        (None, 1) => vec![Created::fresh_name("bench")],
+        (None, n) => {
+            let base = Created::fresh_name("bench");
+            (0..n).map(|i| format!("{base}-{i}")).collect()
+        }
+    };
+    args.topic = Some(names[0].clone());
     let admin = connect().await?;
-    let exists = admin
+    let existing: Vec<String> = admin
         .list_topics()
         .await?
-        .iter()
-        .any(|t| t.config.name == topic);
-    if !exists {
-        created.add(&topic)?;
+        .into_iter()
+        .map(|t| t.config.name)
+        .collect();
+    for topic in names.iter().filter(|n| !existing.contains(n)) {
+        created.add(topic)?;
         admin
             .create_topic(TopicSpec {
                 name: topic.clone(),
@@ -235,30 +286,50 @@ pub async fn run(
             })
             .await?;
     }
+    let idle = match args.idle_connections {
+        0 => None,
+        n => {
+            let own = names.len() * (args.pubs + args.subs) + 1;
+            Some(Idle::open(server, options, n, own, interrupt.clone()).await?)
+        }
+    };
+    // The deadline counts from here: opening thousands of idle connections is set-up.
+    let deadline = tokio::time::Instant::now() + limit;
     let run_id = run_id();
     now_ns();
 
-    // Subscribers first, so they are in place when the first message is published.
-    let (target_tx, target_rx) = watch::channel(Target::Unknown);
-    let target_tx = Arc::new(target_tx);
-    let delivered_total = Arc::new(AtomicU64::new(0));
+    // Subscribers first, so they are in place when the first message is published. Each topic
+    // has its own target (its confirmed count) and delivered total.
+    let mut targets = Vec::with_capacity(names.len());
     let mut sub_tasks = Vec::new();
-    for i in 0..args.subs {
-        let group = match args.group_mode {
-            GroupMode::Shared => args.group.clone(),
-            GroupMode::Fanout => format!("{}-{i}", args.group),
-        };
-        let client = connect().await?;
-        let sub = client.subscribe(&topic, &group, args.credit).await?;
-        sub_tasks.push(tokio::spawn(subscriber(
-            sub,
-            run_id,
-            target_rx.clone(),
-            target_tx.clone(),
-            args.group_mode,
-            delivered_total.clone(),
-        )));
+    for (t, topic) in names.iter().enumerate() {
+        let (target_tx, target_rx) = watch::channel(Target::Unknown);
+        let target_tx = Arc::new(target_tx);
+        let delivered_total = Arc::new(AtomicU64::new(0));
+        for i in 0..args.subs {
+            let group = match args.group_mode {
+                GroupMode::Shared => args.group.clone(),
+                GroupMode::Fanout => format!("{}-{i}", args.group),
+            };
+            let client = connect().await?;
+            let sub = client.subscribe(topic, &group, args.credit).await?;
+            let task = tokio::spawn(subscriber(
+                sub,
+                run_id,
+                target_rx.clone(),
+                target_tx.clone(),
+                args.group_mode,
+                delivered_total.clone(),
+            ));
+            sub_tasks.push((t, group, task));
+        }
+        targets.push(target_tx);
     }
+    let stop_subscribers = |target: Target| {
+        for tx in &targets {
+            tx.send_replace(target);
+        }
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let client_before = read_proc(std::process::id()).ok();
@@ -282,34 +353,39 @@ pub async fn run(
     ));
     let mut pub_tasks = Vec::new();
     let template = vec![0x5a; args.size - STAMP_BYTES];
-    for i in 0..args.pubs {
-        let n = match args.duration {
-            Some(_) => u64::MAX,
-            None => {
-                args.msgs / args.pubs as u64 + u64::from((i as u64) < args.msgs % args.pubs as u64)
-            }
-        };
-        let client = connect().await?;
-        let rate = args.rate.map(|r| r as f64 / args.pubs as f64);
-        pub_tasks.push(tokio::spawn(publisher(
-            client,
-            PubSpec {
-                topic: topic.clone(),
-                n,
-                until,
-                template: template.clone(),
-                window: args.window,
-                run_id,
-                rate,
-            },
-            answered.clone(),
-            stop_rx.clone(),
-        )));
+    let publishers = names.len() * args.pubs;
+    for (t, topic) in names.iter().enumerate() {
+        for i in 0..args.pubs {
+            let g = (t * args.pubs + i) as u64;
+            let n = match args.duration {
+                Some(_) => u64::MAX,
+                None => {
+                    args.msgs / publishers as u64 + u64::from(g < args.msgs % publishers as u64)
+                }
+            };
+            let client = connect().await?;
+            let rate = args.rate.map(|r| r as f64 / publishers as f64);
+            let task = tokio::spawn(publisher(
+                client,
+                PubSpec {
+                    topic: topic.clone(),
+                    n,
+                    until,
+                    template: template.clone(),
+                    window: args.window,
+                    run_id,
+                    rate,
+                },
+                answered.clone(),
+                stop_rx.clone(),
+            ));
+            pub_tasks.push((t, task));
+        }
     }
 
     let mut timed_out = false;
     let mut pub_results = Vec::new();
-    for task in pub_tasks {
+    for (t, task) in pub_tasks {
         let mut task = task;
         let result = tokio::select! {
             result = &mut task => result?,
@@ -323,40 +399,52 @@ pub async fn run(
                 task.await?
             }
         };
-        pub_results.push(result);
+        pub_results.push((t, result));
     }
     if *interrupt.borrow() {
         let _ = stop_tx.send(true);
         let _ = ticker.await;
         bar.finish_and_clear();
-        target_tx.send_replace(Target::Stop);
-        for task in sub_tasks {
+        stop_subscribers(Target::Stop);
+        for (_, _, task) in sub_tasks {
             let _ = task.await;
+        }
+        if let Some(idle) = idle {
+            idle.finish().await;
         }
         anyhow::bail!("interrupted");
     }
-    let confirmed: u64 = pub_results.iter().map(|r| r.confirmed).sum();
+    let confirmed_on = |t: usize| -> u64 {
+        pub_results
+            .iter()
+            .filter(|(pt, _)| *pt == t)
+            .map(|(_, r)| r.confirmed)
+            .sum()
+    };
+    let confirmed: u64 = pub_results.iter().map(|(_, r)| r.confirmed).sum();
     let _ = stop_tx.send(true);
     let _ = ticker.await;
     bar.finish_and_clear();
-    target_tx.send_replace(if timed_out {
-        Target::Stop
-    } else {
-        Target::Count(confirmed)
-    });
+    for (t, tx) in targets.iter().enumerate() {
+        tx.send_replace(if timed_out {
+            Target::Stop
+        } else {
+            Target::Count(confirmed_on(t))
+        });
+    }
 
     let mut sub_results = Vec::new();
-    for task in sub_tasks {
+    for (t, group, task) in sub_tasks {
         let mut task = task;
         let result = match tokio::time::timeout_at(deadline, &mut task).await {
             Ok(r) => r?,
             Err(_) => {
                 timed_out = true;
-                target_tx.send_replace(Target::Stop);
+                stop_subscribers(Target::Stop);
                 task.await?
             }
         };
-        sub_results.push(result);
+        sub_results.push((t, group, result));
     }
 
     let wall_s = started.elapsed().as_secs_f64();
@@ -364,15 +452,18 @@ pub async fn run(
     if let Some(b) = broker.as_mut() {
         b.finish(confirmed);
     }
+    let idle = match idle {
+        Some(idle) => Some(idle.finish().await),
+        None => None,
+    };
     let cpu = CpuReport::new((client_before, client_after), broker, wall_s, confirmed);
     let report = report(
         &args,
         server,
         timed_out,
         (start_ns, cpu),
-        &pub_results,
-        &sub_results,
-        confirmed,
+        (&names, &pub_results, &sub_results),
+        idle,
     );
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -384,7 +475,8 @@ pub async fn run(
         || report
             .deliver
             .as_ref()
-            .is_some_and(|d| d.delivered < d.expected || !d.errors.is_empty());
+            .is_some_and(|d| d.delivered < d.expected || !d.errors.is_empty())
+        || report.idle.as_ref().is_some_and(|i| i.held < i.requested);
     Ok(super::exit_code(!incomplete, []))
 }
 
@@ -414,21 +506,21 @@ async fn tick_progress(
 }
 
 /// What one publisher does.
-struct PubSpec {
-    topic: String,
+pub(super) struct PubSpec {
+    pub(super) topic: String,
     /// Messages to publish (`u64::MAX` with a duration).
-    n: u64,
+    pub(super) n: u64,
     /// Stop publishing at this instant (`--duration`).
-    until: Option<tokio::time::Instant>,
-    template: Vec<u8>,
-    window: usize,
-    run_id: u64,
-    rate: Option<f64>,
+    pub(super) until: Option<tokio::time::Instant>,
+    pub(super) template: Vec<u8>,
+    pub(super) window: usize,
+    pub(super) run_id: u64,
+    pub(super) rate: Option<f64>,
 }
 
 /// Publishes `spec.n` messages (or until `spec.until`) through a window, recording
 /// publish→confirm latency; counts every answered publish in `answered`.
-async fn publisher(
+pub(super) async fn publisher(
     client: Client,
     spec: PubSpec,
     answered: Arc<AtomicU64>,
@@ -619,14 +711,27 @@ async fn subscriber(
     r
 }
 
+/// The lowest and highest of `rates` (0, 0 when empty).
+fn spread(rates: impl IntoIterator<Item = f64>) -> (f64, f64) {
+    rates
+        .into_iter()
+        .fold(None, |acc: Option<(f64, f64)>, r| {
+            Some(acc.map_or((r, r), |(lo, hi)| (lo.min(r), hi.max(r))))
+        })
+        .unwrap_or((0.0, 0.0))
+}
+
 fn report(
     args: &BenchArgs,
     server: &str,
     timed_out: bool,
     (start_ns, cpu): (u64, CpuReport),
-    pubs: &[PubResult],
-    subs: &[SubResult],
-    confirmed: u64,
+    (names, pubs, subs): (
+        &[String],
+        &[(usize, PubResult)],
+        &[(usize, String, SubResult)],
+    ),
+    idle: Option<IdleReport>,
 ) -> Report {
     let mb = |msgs: u64, secs: f64| {
         if secs > 0.0 {
@@ -636,58 +741,106 @@ fn report(
         }
     };
     let rate = |msgs: u64, secs: f64| if secs > 0.0 { msgs as f64 / secs } else { 0.0 };
+    let secs_to = |last_ns: u64| last_ns.saturating_sub(start_ns) as f64 / 1e9;
 
     let mut confirm_latency = histogram();
     let mut refusals = BTreeMap::new();
-    for p in pubs {
+    for (_, p) in pubs {
         let _ = confirm_latency.add(&p.latency);
         for (reason, n) in &p.refusals {
             *refusals.entry(reason.clone()).or_default() += n;
         }
     }
+    let confirmed: u64 = pubs.iter().map(|(_, p)| p.confirmed).sum();
     let last_confirm = pubs
         .iter()
-        .map(|p| p.last_confirm_ns)
+        .map(|(_, p)| p.last_confirm_ns)
         .max()
         .unwrap_or(start_ns);
-    let pub_secs = last_confirm.saturating_sub(start_ns) as f64 / 1e9;
+    let pub_secs = secs_to(last_confirm);
+
+    // Each topic: what its publishers confirmed and its subscribers were delivered.
+    let per_topic: Vec<TopicReport> = names
+        .iter()
+        .enumerate()
+        .map(|(t, name)| {
+            let mine = pubs.iter().filter(|(pt, _)| *pt == t).map(|(_, p)| p);
+            let confirmed: u64 = mine.clone().map(|p| p.confirmed).sum();
+            let last = mine.map(|p| p.last_confirm_ns).max().unwrap_or(start_ns);
+            let subs: Vec<&SubResult> = subs
+                .iter()
+                .filter(|(st, _, _)| *st == t)
+                .map(|(_, _, s)| s)
+                .collect();
+            let delivered: u64 = subs.iter().map(|s| s.delivered).sum();
+            let last_delivery = subs
+                .iter()
+                .map(|s| s.last_delivery_ns)
+                .max()
+                .unwrap_or(start_ns);
+            TopicReport {
+                name: name.clone(),
+                confirmed,
+                publish_msgs_per_s: rate(confirmed, secs_to(last)),
+                delivered: (!subs.is_empty()).then_some(delivered),
+                deliver_msgs_per_s: (!subs.is_empty())
+                    .then(|| rate(delivered, secs_to(last_delivery))),
+            }
+        })
+        .collect();
+    let (topic_min, topic_max) = spread(per_topic.iter().map(|t| t.publish_msgs_per_s));
     let publish = PublishReport {
-        sent: pubs.iter().map(|p| p.sent).sum(),
+        sent: pubs.iter().map(|(_, p)| p.sent).sum(),
         confirmed,
         refused: refusals.values().sum(),
         refusals,
-        errors: pubs.iter().map(|p| p.errors).sum(),
-        first_error: pubs.iter().find_map(|p| p.first_error.clone()),
+        errors: pubs.iter().map(|(_, p)| p.errors).sum(),
+        first_error: pubs.iter().find_map(|(_, p)| p.first_error.clone()),
         elapsed_s: pub_secs,
         msgs_per_s: rate(confirmed, pub_secs),
         mb_per_s: mb(confirmed, pub_secs),
+        per_topic_min_msgs_per_s: topic_min,
+        per_topic_max_msgs_per_s: topic_max,
         confirm_latency: Latency::of(&confirm_latency),
     };
 
     let deliver = (!subs.is_empty()).then(|| {
         let mut latency = histogram();
-        for s in subs {
+        // Per group (topic, name): delivered, last delivery.
+        let mut groups: BTreeMap<(usize, &str), (u64, u64)> = BTreeMap::new();
+        for (t, group, s) in subs {
             let _ = latency.add(&s.latency);
+            let g = groups.entry((*t, group.as_str())).or_default();
+            g.0 += s.delivered;
+            g.1 = g.1.max(s.last_delivery_ns);
         }
-        let delivered: u64 = subs.iter().map(|s| s.delivered).sum();
+        let (group_min, group_max) =
+            spread(groups.values().map(|&(n, last)| rate(n, secs_to(last))));
+        let delivered: u64 = subs.iter().map(|(_, _, s)| s.delivered).sum();
         let last = subs
             .iter()
-            .map(|s| s.last_delivery_ns)
+            .map(|(_, _, s)| s.last_delivery_ns)
             .max()
             .unwrap_or(start_ns);
-        let secs = last.saturating_sub(start_ns) as f64 / 1e9;
+        let secs = secs_to(last);
         DeliverReport {
             expected: match args.group_mode {
-                GroupMode::Fanout => confirmed * subs.len() as u64,
+                GroupMode::Fanout => confirmed * args.subs as u64,
                 GroupMode::Shared => confirmed,
             },
             delivered,
-            redelivered: subs.iter().map(|s| s.redelivered).sum(),
-            skipped_from_earlier_runs: subs.iter().map(|s| s.foreign).sum(),
-            errors: subs.iter().filter_map(|s| s.error.clone()).collect(),
+            redelivered: subs.iter().map(|(_, _, s)| s.redelivered).sum(),
+            skipped_from_earlier_runs: subs.iter().map(|(_, _, s)| s.foreign).sum(),
+            errors: subs
+                .iter()
+                .filter_map(|(_, _, s)| s.error.clone())
+                .collect(),
             elapsed_s: secs,
             msgs_per_s: rate(delivered, secs),
             mb_per_s: mb(delivered, secs),
+            groups: groups.len(),
+            per_group_min_msgs_per_s: group_min,
+            per_group_max_msgs_per_s: group_max,
             deliver_latency: Latency::of(&latency),
         }
     });
@@ -695,11 +848,14 @@ fn report(
     Report {
         server: server.to_owned(),
         topic: args.topic.clone().unwrap_or_default(),
+        topics: names.len(),
         pubs: args.pubs,
         subs: args.subs,
+        publishers: names.len() * args.pubs,
+        subscribers: names.len() * args.subs,
         group_mode: args.group_mode,
         msgs: match args.duration {
-            Some(_) => pubs.iter().map(|p| p.sent).sum(),
+            Some(_) => pubs.iter().map(|(_, p)| p.sent).sum(),
             None => args.msgs,
         },
         size: args.size,
@@ -710,6 +866,8 @@ fn report(
         timed_out,
         publish,
         deliver,
+        per_topic,
+        idle,
         cpu,
     }
 }
@@ -730,9 +888,13 @@ fn latency_line(name: &str, l: &Latency) -> String {
 /// The human-readable form of a report.
 fn summary(r: &Report) -> String {
     let mut s = format!(
-        "weir bench {} topic={}: {} pub(s) × window {}, {} sub(s) ({}) × credit {}, {} msgs × {}{}{}\n",
+        "weir bench {} {}: {} pub(s) × window {}, {} sub(s) ({}) × credit {}{}, {} msgs × {}{}{}\n",
         r.server,
-        r.topic,
+        if r.topics == 1 {
+            format!("topic={}", r.topic)
+        } else {
+            format!("{} topics ({}, ...)", r.topics, r.topic)
+        },
         r.pubs,
         r.window,
         r.subs,
@@ -741,6 +903,7 @@ fn summary(r: &Report) -> String {
             GroupMode::Shared => "shared",
         },
         r.credit,
+        if r.topics == 1 { "" } else { " per topic" },
         r.msgs,
         format_size(r.size as u64),
         r.rate.map(|x| format!(" at {x} msg/s")).unwrap_or_default(),
@@ -759,16 +922,42 @@ fn summary(r: &Report) -> String {
     if let Some(e) = &p.first_error {
         s.push_str(&format!("          first error: {e}\n"));
     }
+    if r.topics > 1 {
+        s.push_str(&format!(
+            "          per topic {:.0} to {:.0} msg/s\n",
+            p.per_topic_min_msgs_per_s, p.per_topic_max_msgs_per_s
+        ));
+    }
     s.push_str(&latency_line("publish→confirm", &p.confirm_latency));
     if let Some(d) = &r.deliver {
         s.push_str(&format!(
             "deliver   {} of {} delivered ({} redelivered, {} from earlier runs skipped) in {:.3} s  →  {:.0} msg/s  {:.1} MB/s\n",
             d.delivered, d.expected, d.redelivered, d.skipped_from_earlier_runs, d.elapsed_s, d.msgs_per_s, d.mb_per_s
         ));
+        if d.groups > 1 {
+            s.push_str(&format!(
+                "          {} groups, each delivered {:.0} to {:.0} msg/s\n",
+                d.groups, d.per_group_min_msgs_per_s, d.per_group_max_msgs_per_s
+            ));
+        }
         for e in &d.errors {
             s.push_str(&format!("          error: {e}\n"));
         }
         s.push_str(&latency_line("publish→deliver", &d.deliver_latency));
+    }
+    if let Some(i) = &r.idle {
+        s.push_str(&format!(
+            "idle      {} of {} connections opened in {:.1} s, {} held to the end; {} pings ({} failed){}\n",
+            i.opened,
+            i.requested,
+            i.open_s,
+            i.held,
+            i.pings,
+            i.ping_errors,
+            i.ping_every_ms
+                .map(|ms| format!(", each connection every {:.1} s", ms as f64 / 1e3))
+                .unwrap_or_default()
+        ));
     }
     if let Some(line) = r.cpu.line() {
         s.push_str(&line);

@@ -1,0 +1,185 @@
+//! The scaling scenarios of `weir bench` at tiny sizes, against a real broker: a run spread over
+//! several topics with fan-out groups, idle connections held beside a run (and refused at the
+//! broker's bound), and catch-up from a backlog. Each asserts the JSON report's counts and that
+//! the topics the bench created are gone; none asserts on speed.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use weir_client::Client;
+use weir_tests::process::workspace_bin;
+use weir_tests::TestBroker;
+
+/// Longest a `weir bench` child may run here before it is killed and the test fails.
+const CHILD_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `weir --server <addr> args...` to its end (killed, and the test failed, past
+/// [`CHILD_LIMIT`]).
+async fn weir(addr: std::net::SocketAddr, args: &[&str]) -> Output {
+    let child = Command::new(workspace_bin("weir"))
+        .arg("--server")
+        .arg(addr.to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn weir");
+    let pid = child.id();
+    let waited = tokio::time::timeout(
+        CHILD_LIMIT,
+        tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait for weir")),
+    )
+    .await;
+    match waited {
+        Ok(out) => out.expect("wait task"),
+        Err(_) => {
+            // SAFETY: kill(2) has no memory effects; the pid is our own child's.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("weir did not exit within {CHILD_LIMIT:?}");
+        }
+    }
+}
+
+/// The JSON report `out` printed on stdout.
+fn report(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&String::from_utf8_lossy(&out.stdout))
+        .unwrap_or_else(|e| panic!("no JSON report ({e}): {out:?}"))
+}
+
+/// The names of the topics the broker has.
+async fn topics(client: &Client) -> Vec<String> {
+    let mut names: Vec<String> = client
+        .list_topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.config.name)
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_spreads_over_topics_and_fans_out_to_groups() {
+    let broker = TestBroker::start().await;
+    let client = Client::connect(broker.addr).await.unwrap();
+    let out = weir(
+        broker.addr,
+        &[
+            "bench",
+            "--topics",
+            "2",
+            "--pubs",
+            "2",
+            "--subs",
+            "3",
+            "--group-mode",
+            "fanout",
+            "--msgs",
+            "400",
+            "--size",
+            "64",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let json = report(&out);
+    assert_eq!(json["topics"], 2, "{json}");
+    assert_eq!(
+        (json["publishers"].as_u64(), json["subscribers"].as_u64()),
+        (Some(4), Some(6)),
+        "--pubs and --subs are per topic: {json}"
+    );
+    assert_eq!(json["publish"]["confirmed"], 400, "{json}");
+    let deliver = &json["deliver"];
+    assert_eq!(deliver["groups"], 6, "3 groups on each of 2 topics: {json}");
+    assert_eq!(deliver["expected"], 400 * 3, "{json}");
+    assert_eq!(deliver["delivered"], 400 * 3, "{json}");
+    let per_topic = json["per_topic"].as_array().expect("per_topic");
+    assert_eq!(per_topic.len(), 2, "{json}");
+    for t in per_topic {
+        assert_eq!(t["confirmed"], 200, "split evenly: {json}");
+        assert_eq!(
+            t["delivered"],
+            200 * 3,
+            "every group sees its topic's: {json}"
+        );
+    }
+    assert_ne!(per_topic[0]["name"], per_topic[1]["name"]);
+    let p = &json["publish"];
+    assert!(
+        p["per_topic_min_msgs_per_s"].as_f64().unwrap()
+            <= p["per_topic_max_msgs_per_s"].as_f64().unwrap(),
+        "{json}"
+    );
+    assert!(
+        deliver["per_group_min_msgs_per_s"].as_f64().unwrap() > 0.0,
+        "every group was delivered to: {json}"
+    );
+    assert_eq!(
+        topics(&client).await,
+        Vec::<String>::new(),
+        "both topics removed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_holds_idle_connections_through_the_run() {
+    let broker = TestBroker::start().await;
+    let client = Client::connect(broker.addr).await.unwrap();
+    let out = weir(
+        broker.addr,
+        &[
+            "bench",
+            "--idle-connections",
+            "20",
+            "--msgs",
+            "200",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let json = report(&out);
+    let idle = &json["idle"];
+    assert_eq!(idle["requested"], 20, "{json}");
+    assert_eq!(idle["opened"], 20, "{json}");
+    assert_eq!(idle["held"], 20, "{json}");
+    assert_eq!(idle["ping_errors"], 0, "{json}");
+    assert_eq!(json["publish"]["confirmed"], 200, "{json}");
+    assert_eq!(json["deliver"]["delivered"], 200, "{json}");
+    assert!(
+        json["deliver"]["deliver_latency"]["p99_us"].is_number(),
+        "{json}"
+    );
+    assert_eq!(topics(&client).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_fails_clearly_when_the_broker_refuses_idle_connections() {
+    let broker = TestBroker::start_with(|c| c.limits.max_connections = 10).await;
+    let out = weir(
+        broker.addr,
+        &[
+            "bench",
+            "--idle-connections",
+            "20",
+            "--msgs",
+            "10",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("idle connections") && stderr.contains("max_connections"),
+        "names the bound: {stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no report: {out:?}");
+    // Every connection of the bench is closed: the broker takes new ones, and the topic is gone.
+    let client = Client::connect(broker.addr).await.unwrap();
+    assert_eq!(topics(&client).await, Vec::<String>::new());
+}
