@@ -41,6 +41,27 @@ async fn weir(addr: std::net::SocketAddr, args: &[&str]) -> Output {
     }
 }
 
+/// Sends `sig` to `child`, then waits for it to exit (killed, and the test failed, past
+/// [`CHILD_LIMIT`]).
+async fn finish_after(child: std::process::Child, sig: libc::c_int) -> Output {
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: kill(2) has no memory effects; the pid is our own child's.
+    unsafe { libc::kill(pid, sig) };
+    let waited = tokio::time::timeout(
+        CHILD_LIMIT,
+        tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait for weir")),
+    )
+    .await;
+    match waited {
+        Ok(out) => out.expect("wait task"),
+        Err(_) => {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("weir did not exit within {CHILD_LIMIT:?} of signal {sig}");
+        }
+    }
+}
+
 /// The JSON report `out` printed on stdout.
 fn report(out: &Output) -> serde_json::Value {
     serde_json::from_str(&String::from_utf8_lossy(&out.stdout))
@@ -127,7 +148,8 @@ async fn bench_spreads_over_topics_and_fans_out_to_groups() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_holds_idle_connections_through_the_run() {
-    let broker = TestBroker::start().await;
+    // An idle_timeout much shorter than the run: only the keep-alive pings hold them.
+    let broker = TestBroker::start_with(|c| c.limits.idle_timeout_ms = 600).await;
     let client = Client::connect(broker.addr).await.unwrap();
     let out = weir(
         broker.addr,
@@ -135,8 +157,10 @@ async fn bench_holds_idle_connections_through_the_run() {
             "bench",
             "--idle-connections",
             "20",
-            "--msgs",
-            "200",
+            "--duration",
+            "2",
+            "--rate",
+            "100",
             "--json",
         ],
     )
@@ -148,8 +172,20 @@ async fn bench_holds_idle_connections_through_the_run() {
     assert_eq!(idle["opened"], 20, "{json}");
     assert_eq!(idle["held"], 20, "{json}");
     assert_eq!(idle["ping_errors"], 0, "{json}");
-    assert_eq!(json["publish"]["confirmed"], 200, "{json}");
-    assert_eq!(json["deliver"]["delivered"], 200, "{json}");
+    assert_eq!(idle["idle_timeout_ms"], 600, "{json}");
+    assert_eq!(
+        idle["ping_every_ms"], 200,
+        "a third of the idle timeout: {json}"
+    );
+    assert!(idle["pings"].as_u64().unwrap() >= 20, "{json}");
+    let confirmed = json["publish"]["confirmed"].as_u64().unwrap();
+    assert!(confirmed > 0, "{json}");
+    assert_eq!(json["publish"]["sent"].as_u64(), Some(confirmed), "{json}");
+    assert_eq!(
+        json["deliver"]["delivered"].as_u64(),
+        Some(confirmed),
+        "{json}"
+    );
     assert!(
         json["deliver"]["deliver_latency"]["p99_us"].is_number(),
         "{json}"
@@ -182,4 +218,114 @@ async fn bench_fails_clearly_when_the_broker_refuses_idle_connections() {
     // Every connection of the bench is closed: the broker takes new ones, and the topic is gone.
     let client = Client::connect(broker.addr).await.unwrap();
     assert_eq!(topics(&client).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_catch_up_reads_the_whole_backlog_and_reports_rss() {
+    let broker = TestBroker::start().await;
+    let client = Client::connect(broker.addr).await.unwrap();
+    let disk = tempfile::tempdir().unwrap();
+    // The broker runs in this test's process: its pid is ours.
+    let pid = std::process::id().to_string();
+    let out = weir(
+        broker.addr,
+        &[
+            "bench",
+            "catch-up",
+            "--backlog",
+            "2000",
+            "--size",
+            "512",
+            "--broker-pid",
+            &pid,
+            "--disk-dir",
+            disk.path().to_str().unwrap(),
+            "--disk-bytes",
+            "1MiB",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let json = report(&out);
+    assert_eq!(json["scenario"], "catch-up");
+    assert_eq!(json["backlog"], 2000);
+    assert_eq!(json["fill"]["confirmed"], 2000, "{json}");
+    assert_eq!(json["fill"]["refused"], 0, "{json}");
+    assert_eq!(json["catch_up"]["delivered"], 2000, "{json}");
+    assert_eq!(json["catch_up"]["redelivered"], 0, "{json}");
+    assert!(json["catch_up"]["msgs_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["drop_caches"]["requested"], false);
+    for field in ["before_fill_kib", "start_kib", "peak_kib", "end_kib"] {
+        assert!(
+            json["rss"][field].as_u64().is_some_and(|k| k > 0),
+            "rss.{field}: {json}"
+        );
+    }
+    assert!(
+        json["rss"]["peak_kib"].as_u64() >= json["rss"]["start_kib"].as_u64(),
+        "{json}"
+    );
+    assert_eq!(json["disk"]["bytes"], 1024 * 1024, "{json}");
+    assert!(json["disk"]["read_mb_per_s"].as_f64().unwrap() > 0.0);
+    assert!(json["read_vs_disk"].is_number(), "{json}");
+    assert_eq!(
+        std::fs::read_dir(disk.path()).unwrap().count(),
+        0,
+        "the disk's scratch file is gone"
+    );
+    assert!(json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["ok"] == true));
+    assert_eq!(topics(&client).await, Vec::<String>::new(), "topic removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_catch_up_removes_its_topic_when_interrupted() {
+    let broker = TestBroker::start().await;
+    let client = Client::connect(broker.addr).await.unwrap();
+    let child = Command::new(workspace_bin("weir"))
+        .arg("--server")
+        .arg(broker.addr.to_string())
+        .args([
+            "bench",
+            "catch-up",
+            "--backlog",
+            "5000000",
+            "--size",
+            "64",
+            "--json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn weir");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let depth = client
+            .list_topics()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|t| t.config.name.starts_with("bench-catchup-"))
+            .map_or(0, |t| t.depth);
+        if depth > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bench never filled its topic"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = finish_after(child, libc::SIGTERM).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("interrupted"),
+        "{out:?}"
+    );
+    assert_eq!(topics(&client).await, Vec::<String>::new(), "topic removed");
 }

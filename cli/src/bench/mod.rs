@@ -402,6 +402,45 @@ mod tests {
     }
 
     #[test]
+    fn scaling_flags_and_catch_up_parse_with_their_defaults() {
+        let b = bench(&["--topics", "8", "--pubs", "8", "--idle-connections", "5000"]).unwrap();
+        assert_eq!((b.topics, b.pubs, b.idle_connections), (8, 8, 5000));
+        let b = bench(&[]).unwrap();
+        assert_eq!((b.topics, b.idle_connections), (1, 0));
+        assert!(
+            bench(&["--topics", "2", "--topic", "mine"]).is_err(),
+            "--topics makes fresh topics: not with --topic"
+        );
+        match bench(&["catch-up"]).unwrap().scenario {
+            Some(Scenario::CatchUp(a)) => {
+                assert_eq!((a.backlog, a.size, a.window), (2_000_000, 1024, 256));
+                assert!(!a.drop_caches && a.disk_dir.is_none() && a.broker_pid.is_none());
+                assert_eq!(a.disk_bytes, 1 << 30);
+            }
+            other => panic!("{other:?}"),
+        }
+        let b = bench(&[
+            "catch-up",
+            "--backlog",
+            "2000",
+            "--size",
+            "4KiB",
+            "--drop-caches",
+            "--disk-dir",
+            "/data",
+            "--broker-pid",
+            "9",
+            "--keep",
+        ])
+        .unwrap();
+        assert!(b.keep);
+        assert!(matches!(b.scenario, Some(Scenario::CatchUp(ref a))
+            if a.backlog == 2000 && a.size == 4096 && a.drop_caches
+                && a.disk_dir.as_deref() == Some(std::path::Path::new("/data"))
+                && a.broker_pid == Some(9)));
+    }
+
+    #[test]
     fn a_missed_target_or_an_incomplete_run_exits_1() {
         let check = |kind, ok| Check {
             name: "x".into(),

@@ -70,6 +70,12 @@ pub(super) struct PubResult {
     pub(super) latency: Histogram<u64>,
 }
 
+/// A publisher's results with the index of its topic.
+type TopicPub = (usize, PubResult);
+
+/// A subscriber's results with the index of its topic and its group.
+type TopicSub = (usize, String, SubResult);
+
 /// What one subscriber measured.
 struct SubResult {
     delivered: u64,
@@ -726,11 +732,7 @@ fn report(
     server: &str,
     timed_out: bool,
     (start_ns, cpu): (u64, CpuReport),
-    (names, pubs, subs): (
-        &[String],
-        &[(usize, PubResult)],
-        &[(usize, String, SubResult)],
-    ),
+    (names, pubs, subs): (&[String], &[TopicPub], &[TopicSub]),
     idle: Option<IdleReport>,
 ) -> Report {
     let mb = |msgs: u64, secs: f64| {
