@@ -215,7 +215,39 @@ async fn bench_fails_clearly_when_the_broker_refuses_idle_connections() {
         "names the bound: {stderr}"
     );
     assert!(out.stdout.is_empty(), "no report: {out:?}");
-    // Every connection of the bench is closed: the broker takes new ones, and the topic is gone.
+    // The idle connections are opened before any topic is created, and all closed on the
+    // failure: the broker takes new connections, and no topic is left.
+    let client = Client::connect(broker.addr).await.unwrap();
+    assert_eq!(topics(&client).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_fails_clearly_when_idle_connections_exceed_the_open_file_limit() {
+    let broker = TestBroker::start().await;
+    // A shell lowers the open-file limit (soft and hard) to 64, then becomes `weir`.
+    let weir_bin = workspace_bin("weir");
+    let addr = broker.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -n 64 && exec \"$0\" \"$@\"")
+            .arg(weir_bin)
+            .args(["--server", &addr, "bench", "--idle-connections", "100"])
+            .args(["--msgs", "10", "--json"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run weir under sh")
+    });
+    let out = tokio::time::timeout(CHILD_LIMIT, out)
+        .await
+        .expect("weir gives up at once")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("open-file limit 64") && stderr.contains("ulimit -n"),
+        "names the limit and the fix: {stderr}"
+    );
     let client = Client::connect(broker.addr).await.unwrap();
     assert_eq!(topics(&client).await, Vec::<String>::new());
 }

@@ -121,6 +121,8 @@ struct CatchUpReport {
     elapsed_s: f64,
     msgs_per_s: f64,
     mb_per_s: f64,
+    /// The broker's CPU per message read, microseconds (`--broker-pid`).
+    broker_us_per_msg: Option<f64>,
     error: Option<String>,
 }
 
@@ -314,6 +316,8 @@ pub async fn run(
     if let Some(b) = broker.as_mut() {
         b.finish(delivered);
     }
+    // Per message read, not offered: reported as such below.
+    let broker_us_per_msg = broker.as_mut().and_then(|b| b.cpu_us_per_offered.take());
     let read_s = reading.last.map_or(0.0, |d| d.as_secs_f64());
     let catch_up = CatchUpReport {
         credit,
@@ -323,6 +327,7 @@ pub async fn run(
         elapsed_s: read_s,
         msgs_per_s: per_s(delivered, read_s),
         mb_per_s: per_s(delivered, read_s) * args.size as f64 / 1e6,
+        broker_us_per_msg,
         error: reading.error,
     };
     let rss = broker.as_ref().map(|b| {
@@ -521,7 +526,11 @@ fn summary(r: &Report) -> String {
         ));
     }
     if let Some(b) = &r.broker {
-        s.push_str(&format!("          {}\n", b.brief()));
+        s.push_str(&format!("          {}", b.brief()));
+        if let Some(us) = c.broker_us_per_msg {
+            s.push_str(&format!(", {us:.1} µs per message read"));
+        }
+        s.push('\n');
     }
     if let Some(d) = &r.disk {
         s.push_str(&format!(
@@ -575,6 +584,7 @@ mod tests {
             elapsed_s: 1.0,
             msgs_per_s: 0.0,
             mb_per_s: 0.0,
+            broker_us_per_msg: None,
             error: None,
         };
         assert!(checks(10, &fill(10, 0), &read(10)).iter().all(|c| c.ok));

@@ -4,13 +4,18 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use weir_client::{ClientError, ClientOptions, ErrorCode};
+use weir_client::{Client, ClientError, ClientOptions, ErrorCode};
 
 use super::common::connect;
 
 /// Most topics one bench run may create (every scenario creates a handful: one per policy,
 /// probe or offender).
 const MAX_CREATED: usize = 64;
+
+/// Connection attempts of the cleanup while the broker is at its connection bound.
+const CONNECT_ATTEMPTS: u32 = 5;
+/// Longest wait between two of them.
+const CONNECT_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// How long deleting one topic may take.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,7 +68,7 @@ impl Created {
         if self.keep || names.is_empty() {
             return Ok(names);
         }
-        let admin = connect(server, options).await?;
+        let admin = connect_for_cleanup(server, options).await?;
         for (i, name) in names.iter().enumerate() {
             let deleted = tokio::time::timeout(DELETE_TIMEOUT, admin.delete_topic(name, true))
                 .await
@@ -89,6 +94,23 @@ impl Created {
         }
         Ok(Vec::new())
     }
+}
+
+/// Connects for the deletes, trying again (up to [`CONNECT_ATTEMPTS`] times) while the broker
+/// refuses at its connection bound: a run that failed there, or that held many connections,
+/// may still be closing them.
+async fn connect_for_cleanup(server: &str, options: &ClientOptions) -> anyhow::Result<Client> {
+    for _ in 1..CONNECT_ATTEMPTS {
+        match Client::connect_with(server, options.clone()).await {
+            Ok(client) => return Ok(client),
+            Err(ClientError::ConnectionRejected { retry_after_ms, .. }) => {
+                let wait = retry_after_ms.map_or(CONNECT_RETRY_MAX, Duration::from_millis);
+                tokio::time::sleep(wait.min(CONNECT_RETRY_MAX)).await;
+            }
+            Err(e) => anyhow::bail!("cannot connect to {server}: {e}"),
+        }
+    }
+    connect(server, options).await
 }
 
 #[cfg(test)]

@@ -274,6 +274,14 @@ pub async fn run(
     };
     args.topic = Some(names[0].clone());
     let admin = connect().await?;
+    // Before any topic is created: a broker or OS refusing them leaves nothing behind.
+    let idle = match args.idle_connections {
+        0 => None,
+        n => {
+            let own = names.len() * (args.pubs + args.subs) + 1;
+            Some(Idle::open(server, options, n, own, interrupt.clone()).await?)
+        }
+    };
     let existing: Vec<String> = admin
         .list_topics()
         .await?
@@ -292,13 +300,6 @@ pub async fn run(
             })
             .await?;
     }
-    let idle = match args.idle_connections {
-        0 => None,
-        n => {
-            let own = names.len() * (args.pubs + args.subs) + 1;
-            Some(Idle::open(server, options, n, own, interrupt.clone()).await?)
-        }
-    };
     // The deadline counts from here: opening thousands of idle connections is set-up.
     let deadline = tokio::time::Instant::now() + limit;
     let run_id = run_id();
