@@ -152,6 +152,7 @@ fn scratch(dir: &Path) -> anyhow::Result<(Scratch, File)> {
 /// The sequential read rate of the disk under a directory ([`sequential_read`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct SequentialRead {
+    /// The directory measured.
     pub dir: PathBuf,
     /// Bytes read.
     pub bytes: u64,

@@ -58,8 +58,9 @@ pub struct IdleReport {
     pub idle_timeout_ms: u64,
     /// The gap between two pings of one connection, ms (`None`: no pings needed).
     pub ping_every_ms: Option<u64>,
-    /// Keep-alive pings answered, and those that failed or took longer than 10 s.
+    /// Keep-alive pings answered.
     pub pings: u64,
+    /// Keep-alive pings that failed or took longer than 10 s.
     pub ping_errors: u64,
 }
 

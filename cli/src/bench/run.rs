@@ -57,7 +57,7 @@ const DURATION_MARGIN: Duration = Duration::from_secs(10);
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most topics one run spreads over (`--topics`; each is created, and removed at the end).
-pub const MAX_TOPICS: usize = 32;
+const MAX_TOPICS: usize = 32;
 
 /// What one publisher measured.
 pub(super) struct PubResult {
