@@ -262,6 +262,10 @@ pub struct Metrics {
     /// because their connection's share or the budget had no room to buffer them, or because
     /// their header was larger than `max_header_bytes` allows.
     pub frames_shed: Counter,
+    /// `PublishBatch` frames read (protocol v5); their messages count as publishes one by one.
+    pub publish_batches: Counter,
+    /// `DeliverBatch` frames written (protocol v5); their deliveries count one by one.
+    pub deliver_batches: Counter,
     /// Connections closed because a frame stopped arriving part-way (`frame_read_timeout`).
     pub frame_read_timeouts: Counter,
     /// Commits that failed with an I/O error other than a full disk (the topic is fenced).
@@ -408,6 +412,8 @@ impl Metrics {
             connections_refused = self.connections_refused.get(),
             read_pauses = self.read_pauses.get(),
             frames_shed = self.frames_shed.get(),
+            publish_batches = self.publish_batches.get(),
+            deliver_batches = self.deliver_batches.get(),
             protocol_errors = self.protocol_errors.get(),
             writer_busy_s = w.writer.busy().as_secs_f64(),
             writer_idle_s = w.writer.idle().as_secs_f64(),

@@ -23,11 +23,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use weir_protocol::{Deliver, Headers, Limit, RejectReason};
 
-use crate::admission::{KeyLimits, MemoryBudget};
+use crate::admission::{KeyLimits, MemoryBudget, MemoryPermit};
 use crate::broker::Broker;
 use crate::refusal::Refusal;
 use crate::storage::log::{self, Message};
-use crate::topic::{Admitted, AppendError, Topic};
+use crate::topic::{Admitted, AppendError, BatchPart, Topic};
 
 /// Runs one publish of `payload` with `headers` to `topic` on behalf of `key` through every
 /// check above, holding its memory from `memory` (the connection's inbound budget, or the
@@ -43,6 +43,61 @@ pub(crate) async fn publish(
     headers: Headers,
     payload: Bytes,
 ) -> Result<Admitted, AppendError> {
+    let (message, permit) = admit(broker, key, memory, topic, headers, payload)?;
+    let size = message.size();
+    let admitted = topic.publish(message, permit, 0).await;
+    if let Err(AppendError::Refused(_)) = admitted {
+        key.give_back(size);
+    }
+    admitted
+}
+
+/// Runs a batch of messages to `topic` through the same checks, each on its own, in order:
+/// what the topic did with each ([`Topic::publish_batch`]), consecutive queued messages as one
+/// run. A message the topic refuses gives its key's rate tokens back, as a single one does.
+pub(crate) async fn publish_batch(
+    broker: &Broker,
+    key: &KeyLimits,
+    memory: &MemoryBudget,
+    topic: &Topic,
+    messages: Vec<weir_protocol::BatchMessage>,
+) -> Vec<BatchPart> {
+    let mut sizes = Vec::with_capacity(messages.len());
+    let items: Vec<_> = messages
+        .into_iter()
+        .map(|m| {
+            let item = admit(broker, key, memory, topic, m.headers, m.payload);
+            sizes.push(item.as_ref().ok().map(|(message, _)| message.size()));
+            item
+        })
+        .collect();
+    let parts = topic.publish_batch(items).await;
+    let mut at = 0;
+    for part in &parts {
+        match part {
+            BatchPart::Run { count, .. } => at += count,
+            BatchPart::Refused(AppendError::Refused(_)) => {
+                if let Some(Some(size)) = sizes.get(at) {
+                    key.give_back(*size);
+                }
+                at += 1;
+            }
+            BatchPart::Refused(_) | BatchPart::Parked(_) => at += 1,
+        }
+    }
+    parts
+}
+
+/// The checks before the topic (steps 1–5 above) for one message: the message and its
+/// memory, or its refusal (counted and logged).
+fn admit(
+    broker: &Broker,
+    key: &KeyLimits,
+    memory: &MemoryBudget,
+    topic: &Topic,
+    headers: Headers,
+    payload: Bytes,
+) -> Result<(Message, MemoryPermit), AppendError> {
     let refuse = |r: Refusal| {
         count_refusal(broker, topic.name(), Some(topic), &r);
         AppendError::Refused(r)
@@ -62,7 +117,6 @@ pub(crate) async fn publish(
         return Err(refuse(too_large_for_a_frame(broker)));
     }
     let message = Message { headers, payload };
-    let size = message.size();
     if let Err(limit) = broker.disk().check(log::record_len(&message)) {
         return Err(refuse(storage_full(broker, limit)));
     }
@@ -70,11 +124,7 @@ pub(crate) async fn publish(
         .admission()
         .admit_publish(key, memory, message.memory_bytes(), Instant::now())
         .map_err(refuse)?;
-    let admitted = topic.publish(message, permit, 0).await;
-    if let Err(AppendError::Refused(_)) = admitted {
-        key.give_back(size);
-    }
-    admitted
+    Ok((message, permit))
 }
 
 /// The header bound `headers` break (`limits.max_headers`, then `limits.max_header_bytes`), if

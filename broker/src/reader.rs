@@ -24,7 +24,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
-use weir_protocol::{CodecError, Frame, Publish, WeirCodec};
+use weir_protocol::{CodecError, Frame, WeirCodec};
 
 use crate::admission::{MemoryBudget, MemoryFull, MemoryPermit};
 
@@ -43,11 +43,26 @@ const PAUSE_POLL: Duration = Duration::from_millis(5);
 
 /// What the reader read.
 #[derive(Debug)]
+// `Frame` is the large variant and the one read all the time: boxing it would allocate per
+// frame to save a few bytes on the rare shed publish.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Read {
     /// A whole frame.
     Frame(Frame),
-    /// A publish answered from its header alone, its payload discarded unread: `why`.
-    Shed(Publish, Shed),
+    /// A publish (or a batch of them) answered from its header alone, its payload discarded
+    /// unread: `why`.
+    Shed(Unread, Shed),
+}
+
+/// Publishes shed unread: what their frame's header said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unread {
+    /// The (first) publish id.
+    pub(crate) first_id: u64,
+    /// How many publishes (1, or a batch's messages).
+    pub(crate) count: u64,
+    /// The topic (empty when only the id was read).
+    pub(crate) topic: String,
 }
 
 /// Why a publish was shed.
@@ -104,7 +119,7 @@ pub(crate) struct FrameReader {
     /// Bytes of the stream still to discard (a shed or skipped frame).
     skip: usize,
     /// A publish whose payload is being discarded, still to be answered.
-    shedding: Option<(Publish, Shed)>,
+    shedding: Option<(Unread, Shed)>,
     /// When the last byte of an incomplete frame arrived; `None` with no frame in progress.
     progress: Option<Instant>,
     eof: bool,
@@ -336,8 +351,18 @@ impl FrameReader {
             Some(head) => head?,
             None => return Ok(false),
         };
-        let Frame::Publish(publish) = head.frame else {
-            return Ok(false);
+        let publish = match head.frame {
+            Frame::Publish(p) => Unread {
+                first_id: p.id,
+                count: 1,
+                topic: p.topic,
+            },
+            Frame::PublishBatch(b) => Unread {
+                first_id: b.first_id,
+                count: b.messages.len() as u64,
+                topic: b.topic,
+            },
+            _ => return Ok(false),
         };
         self.skip = large.total - large.data.len();
         self.large = None;
@@ -359,11 +384,10 @@ impl FrameReader {
 }
 
 /// A publish known only by its id (its header was never buffered).
-fn bare_publish(id: u64) -> Publish {
-    Publish {
-        id,
+fn bare_publish(id: u64) -> Unread {
+    Unread {
+        first_id: id,
+        count: 1,
         topic: String::new(),
-        headers: Vec::new(),
-        payload: bytes::Bytes::new(),
     }
 }

@@ -11,13 +11,22 @@
 //! - a frame that cannot be encoded (it would not fit in `max_frame_bytes`) is never dropped
 //!   silently: it is logged, counted (`weir_replies_too_large_total`) and replaced by an
 //!   `Error{FrameTooLarge}` answering the same request.
+//! - on a v5 connection, consecutive deliveries to one subscription within one socket write
+//!   are coalesced into one `DeliverBatch` of at most [`MAX_BATCH_MESSAGES`] deliveries,
+//!   [`MAX_BATCH_HEADERS`] headers and `max_frame_bytes` (a lone delivery stays a `Deliver`).
 
 use std::time::Duration;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-use weir_protocol::{Error, ErrorCode, Frame, GoingAway, GoingAwayReason, WeirCodec};
+use weir_protocol::{
+    BatchDelivery, Deliver, DeliverBatch, Error, ErrorCode, Frame, GoingAway, GoingAwayReason,
+    WeirCodec, MAX_BATCH_HEADERS, MAX_BATCH_MESSAGES,
+};
 
 use crate::admission::{ConnectionMemory, MemoryPermit};
 use crate::broker::Broker;
@@ -58,7 +67,25 @@ pub(crate) struct Writer {
     /// The connection's memory, to tell whether freeing some may unblock a dispatcher.
     memory: ConnectionMemory,
     slow_consumer_timeout: Duration,
+    /// Whether the client takes `DeliverBatch` (protocol v5), set by the handshake.
+    batching: Arc<AtomicBool>,
+    /// Deliveries being coalesced into one `DeliverBatch`.
+    coalescing: Coalescing,
 }
+
+/// Deliveries to one subscription waiting to be encoded as one `DeliverBatch`.
+#[derive(Default)]
+struct Coalescing {
+    sub: u64,
+    deliveries: Vec<BatchDelivery>,
+    /// An upper bound of their encoded size (see [`Deliver::max_body_bytes`]).
+    bytes: usize,
+    headers: usize,
+}
+
+/// Bytes a `DeliverBatch` header takes beyond its entries: the header length, the variant,
+/// the subscription id and the entry count, each at its largest.
+const BATCH_OVERHEAD: usize = 4 + 1 + 9 + 5;
 
 impl Writer {
     /// A writer of connection `conn` (whose memory is `memory`) to `socket`, encoding with
@@ -79,7 +106,16 @@ impl Writer {
             conn,
             memory,
             slow_consumer_timeout: timeout,
+            batching: Arc::new(AtomicBool::new(false)),
+            coalescing: Coalescing::default(),
         }
+    }
+
+    /// Coalesces deliveries into `DeliverBatch` frames once `batching` is set (by the
+    /// handshake of a v5 client).
+    pub(crate) fn batching(mut self, batching: Arc<AtomicBool>) -> Writer {
+        self.batching = batching;
+        self
     }
 
     /// Writes queued frames until both queues are closed and drained, the socket fails, or the
@@ -106,6 +142,7 @@ impl Writer {
                 };
                 self.encode(next);
             }
+            self.encode_coalesced();
             if let Err(end) = self.flush().await {
                 break end;
             }
@@ -125,11 +162,81 @@ impl Writer {
         end
     }
 
-    /// Encodes `out` into the batch, keeping its memory until written. A frame too large to
-    /// encode is answered with an error frame instead (see the module docs).
+    /// Encodes `out` into the batch, keeping its memory until written (a delivery to a v5
+    /// client joins the deliveries being coalesced instead). A frame too large to encode is
+    /// answered with an error frame instead (see the module docs).
     fn encode(&mut self, out: Outbound) {
-        if let Err(e) = self.codec.encode_frame(&out.frame, &mut self.buf) {
-            let (name, req) = (out.frame.name(), out.frame.request_id());
+        if let Some(memory) = out.memory {
+            self.held.push(memory);
+        }
+        let frame = match out.frame {
+            Frame::Deliver(d) if self.batching.load(Ordering::Relaxed) => {
+                return self.coalesce(d);
+            }
+            frame => frame,
+        };
+        self.encode_coalesced();
+        self.encode_frame(frame);
+    }
+
+    /// Adds a delivery to those being coalesced, encoding them first when it is to another
+    /// subscription or would take them past a bound.
+    fn coalesce(&mut self, d: Deliver) {
+        let size = Deliver::max_body_bytes(&d.headers, d.payload.len());
+        let c = &self.coalescing;
+        let fits = c.deliveries.len() < MAX_BATCH_MESSAGES
+            && c.headers + d.headers.len() <= MAX_BATCH_HEADERS
+            && BATCH_OVERHEAD + c.bytes + size <= self.codec.max_frame_bytes();
+        if !c.deliveries.is_empty() && (c.sub != d.sub || !fits) {
+            self.encode_coalesced();
+        }
+        let c = &mut self.coalescing;
+        c.sub = d.sub;
+        c.bytes += size;
+        c.headers += d.headers.len();
+        c.deliveries
+            .push(BatchDelivery::new(d.seq, d.attempt, d.headers, d.payload));
+    }
+
+    /// Encodes the deliveries being coalesced: one `DeliverBatch`, or a `Deliver` when there
+    /// is one.
+    fn encode_coalesced(&mut self) {
+        let c = &mut self.coalescing;
+        let sub = c.sub;
+        let frame = match c.deliveries.len() {
+            0 => return,
+            1 => {
+                let d = c.deliveries.pop().expect("one delivery");
+                Frame::Deliver(Deliver {
+                    sub,
+                    seq: d.seq,
+                    attempt: d.attempt,
+                    headers: d.headers,
+                    payload: d.payload,
+                })
+            }
+            _ => {
+                self.broker.metrics().deliver_batches.add(1);
+                Frame::DeliverBatch(DeliverBatch {
+                    sub,
+                    messages: std::mem::take(&mut c.deliveries),
+                })
+            }
+        };
+        c.bytes = 0;
+        c.headers = 0;
+        let frame = self.encode_frame(frame);
+        // Keep the entries' allocation for the next batch.
+        if let Frame::DeliverBatch(mut batch) = frame {
+            batch.messages.clear();
+            self.coalescing.deliveries = batch.messages;
+        }
+    }
+
+    /// Encodes one frame, or the error frame that replaces one too large; returns the frame.
+    fn encode_frame(&mut self, frame: Frame) -> Frame {
+        if let Err(e) = self.codec.encode_frame(&frame, &mut self.buf) {
+            let (name, req) = (frame.name(), frame.request_id());
             self.broker.metrics().replies_too_large.add(1);
             tracing::warn!(conn = self.conn, frame = name, req, error = %e, "a frame does not fit the frame limit; answering with an error instead");
             let error = Frame::Error(Error {
@@ -141,9 +248,7 @@ impl Writer {
             // An error frame of a short message always fits.
             let _ = self.codec.encode_frame(&error, &mut self.buf);
         }
-        if let Some(memory) = out.memory {
-            self.held.push(memory);
-        }
+        frame
     }
 
     /// Writes the batch; a write that makes no progress for `slow_consumer_timeout` fails it.

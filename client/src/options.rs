@@ -38,6 +38,23 @@ pub struct ClientOptions {
     /// Speak TLS to the broker (its wire port has `[tls]`), with these settings; `None`:
     /// plaintext. A TLS failure is [`crate::ClientError::Tls`]. Default `None`.
     pub tls: Option<TlsOptions>,
+    /// Most publishes coalesced into one `PublishBatch` frame (protocol v5): publishes waiting
+    /// to be sent together, to one topic, go as one frame, each still answered on its own.
+    /// Default 256; 1 sends every publish in its own frame. At most
+    /// [`weir_protocol::MAX_BATCH_MESSAGES`].
+    pub batch_max_messages: usize,
+    /// Most payload and header bytes coalesced into one `PublishBatch` (and never past the
+    /// broker's `max_frame_bytes`). Default 1 MiB.
+    pub batch_max_bytes: usize,
+    /// How long a batch that is not full may wait for more publishes before it is sent.
+    /// Default zero: never wait; batch only what is already queued when the connection task
+    /// writes.
+    pub linger: Duration,
+    /// The highest protocol version to speak: [`weir_protocol::PROTOCOL_VERSION`] (5, with
+    /// batches) by default; 4 speaks the protocol without batch frames (a benchmark's A/B).
+    /// A broker that speaks only an older version (at least
+    /// [`weir_protocol::MIN_PROTOCOL_VERSION`]) is spoken to in it.
+    pub protocol_version: u16,
 }
 
 impl Default for ClientOptions {
@@ -50,6 +67,10 @@ impl Default for ClientOptions {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             reconnect: ReconnectPolicy::default(),
             tls: None,
+            batch_max_messages: 256,
+            batch_max_bytes: 1024 * 1024,
+            linger: Duration::ZERO,
+            protocol_version: weir_protocol::PROTOCOL_VERSION,
         }
     }
 }

@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use weir_protocol::{Ack, Credit, Frame, Nack, Progress, Term};
+use weir_protocol::{seq_ranges, Ack, Credit, Frame, Nack, Progress, Settle, Settlement, Term};
 
 /// Most sequence numbers sent in one `Ack`, `Nack`, `Term` or `Progress` frame (a larger batch
 /// is split), keeping the frame far below any frame-size limit.
@@ -68,8 +68,12 @@ impl Batch {
 
     /// The frames of this batch for subscription `sub`, in sending order: `Progress`, `Ack`,
     /// `Nack` (one per delay), `Term` (one per reason), each split at [`MAX_SEQS_PER_FRAME`]
-    /// sequence numbers, then one `Credit` if any credit is returned.
-    pub fn into_frames(self, sub: u64) -> Vec<Frame> {
+    /// sequence numbers — or, with `ranges` (protocol v5), one `Settle` of ranges of
+    /// consecutive sequences each — then one `Credit` if any credit is returned.
+    pub fn into_frames(self, sub: u64, ranges: bool) -> Vec<Frame> {
+        if ranges {
+            return self.into_settles(sub);
+        }
         let mut frames = Vec::new();
         let progress = self.progress.into_iter().collect();
         for seqs in split(progress) {
@@ -95,6 +99,38 @@ impl Batch {
                     reason: reason.clone(),
                 }));
             }
+        }
+        if self.credit > 0 {
+            frames.push(Frame::Credit(Credit {
+                sub,
+                n: self.credit,
+            }));
+        }
+        frames
+    }
+}
+
+impl Batch {
+    /// [`Batch::into_frames`] with ranges: `Settle` frames in the same order.
+    fn into_settles(self, sub: u64) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        let mut settle = |mut seqs: Vec<u64>, how: Settlement| {
+            let ranges = seq_ranges(&mut seqs);
+            for ranges in ranges.chunks(MAX_SEQS_PER_FRAME) {
+                frames.push(Frame::Settle(Settle {
+                    sub,
+                    ranges: ranges.to_vec(),
+                    how: how.clone(),
+                }));
+            }
+        };
+        settle(self.progress.into_iter().collect(), Settlement::Progress);
+        settle(self.acks, Settlement::Ack);
+        for (delay_ms, seqs) in self.nacks {
+            settle(seqs, Settlement::Nack { delay_ms });
+        }
+        for (reason, seqs) in self.terms {
+            settle(seqs, Settlement::Term { reason });
         }
         if self.credit > 0 {
             frames.push(Frame::Credit(Credit {
@@ -345,6 +381,40 @@ mod tests {
     }
 
     #[test]
+    fn with_ranges_a_batch_settles_runs_of_consecutive_seqs_in_the_same_order() {
+        let mut p = AckPacer::new(100);
+        for seq in [3, 1, 2, 7] {
+            p.ack(seq);
+        }
+        p.nack(9, 50);
+        p.term(11, "bad".into());
+        p.progress(20);
+        let frames = p.take().unwrap().into_frames(4, true);
+        let settle = |ranges: Vec<(u64, u64)>, how| {
+            Frame::Settle(Settle {
+                sub: 4,
+                ranges,
+                how,
+            })
+        };
+        assert_eq!(
+            frames,
+            vec![
+                settle(vec![(20, 20)], Settlement::Progress),
+                settle(vec![(1, 3), (7, 7)], Settlement::Ack),
+                settle(vec![(9, 9)], Settlement::Nack { delay_ms: 50 }),
+                settle(
+                    vec![(11, 11)],
+                    Settlement::Term {
+                        reason: "bad".into()
+                    }
+                ),
+                Frame::Credit(Credit { sub: 4, n: 6 }),
+            ]
+        );
+    }
+
+    #[test]
     fn progress_takes_no_credit_is_sent_once_and_never_forces_a_flush() {
         let mut p = AckPacer::new(1);
         assert_eq!(p.progress(5), Wake::Soon);
@@ -355,7 +425,7 @@ mod tests {
         assert_eq!(batch.credit, 0);
         assert_eq!(batch.progress, BTreeSet::from([4, 5]));
         assert_eq!(
-            batch.into_frames(9),
+            batch.into_frames(9, false),
             vec![Frame::Progress(Progress {
                 sub: 9,
                 seqs: vec![4, 5]
@@ -383,7 +453,7 @@ mod tests {
                 _ => p.progress(seq),
             };
         }
-        let frames = p.take().unwrap().into_frames(3);
+        let frames = p.take().unwrap().into_frames(3, false);
         let names: Vec<&str> = frames.iter().map(Frame::name).collect();
         assert_eq!(
             names,
@@ -410,7 +480,7 @@ mod tests {
             ..Batch::default()
         };
         let sizes: Vec<(&str, usize)> = batch
-            .into_frames(1)
+            .into_frames(1, false)
             .iter()
             .map(|f| match f {
                 Frame::Ack(a) => ("Ack", a.seqs.len()),

@@ -36,14 +36,14 @@ pub(crate) fn seqs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error
 
 /// A `Vec` visitor that refuses more than `max` elements, before allocating when the format
 /// announces the length (bincode does), and while reading otherwise.
-struct BoundedVec<T> {
+pub(crate) struct BoundedVec<T> {
     max: usize,
     what: &'static str,
     element: PhantomData<T>,
 }
 
 impl<T> BoundedVec<T> {
-    fn new(max: usize, what: &'static str) -> Self {
+    pub(crate) fn new(max: usize, what: &'static str) -> Self {
         BoundedVec {
             max,
             what,

@@ -125,7 +125,7 @@ impl WeirCodec {
         let name = frame.name();
         if !frame.attach_payload(body.freeze()) {
             return Err(CodecError::Malformed(format!(
-                "{name} frame carries unexpected payload bytes"
+                "{name} frame's payload bytes do not match what its header announces"
             )));
         }
         Ok(frame)
@@ -278,7 +278,14 @@ impl WeirCodec {
             )));
         }
         let hdr_len = dst.len() - header_start;
-        if let Some(payload) = frame.payload() {
+        if !frame.lengths_match() {
+            dst.truncate(start);
+            return Err(CodecError::Malformed(format!(
+                "cannot encode {}: a payload differs from its announced length",
+                frame.name()
+            )));
+        }
+        for payload in frame.payloads() {
             dst.extend_from_slice(payload);
         }
         let len = dst.len() - start - LEN_BYTES;

@@ -88,6 +88,14 @@ pub enum Frame {
     UpdateGroup(UpdateGroup),
     /// Broker → client: the answer to [`UpdateGroup`].
     GroupUpdated(GroupUpdated),
+    /// Client → broker (v5): publish many messages to one topic in one frame.
+    PublishBatch(crate::PublishBatch),
+    /// Broker → client (v5): a run of consecutive publishes is stored.
+    Confirmed(crate::Confirmed),
+    /// Broker → client (v5): deliveries to one subscription in one frame.
+    DeliverBatch(crate::DeliverBatch),
+    /// Client → broker (v5): ack, nack, term or progress ranges of sequences.
+    Settle(crate::Settle),
 }
 
 /// Opens a connection. Answered by [`HelloOk`], or by [`Error`] (version, token) and a close.
@@ -538,29 +546,74 @@ impl Frame {
             Frame::TopicUpdated(_) => "TopicUpdated",
             Frame::UpdateGroup(_) => "UpdateGroup",
             Frame::GroupUpdated(_) => "GroupUpdated",
+            Frame::PublishBatch(_) => "PublishBatch",
+            Frame::Confirmed(_) => "Confirmed",
+            Frame::DeliverBatch(_) => "DeliverBatch",
+            Frame::Settle(_) => "Settle",
         }
     }
 
-    /// The payload this frame carries after its header, if its kind carries one.
-    pub fn payload(&self) -> Option<&Bytes> {
+    /// The payloads this frame carries after its header, in order: one for `Publish` and
+    /// `Deliver`, one per message for the batches, none for the other kinds.
+    pub fn payloads(&self) -> Payloads<'_> {
         match self {
-            Frame::Publish(p) => Some(&p.payload),
-            Frame::Deliver(d) => Some(&d.payload),
-            _ => None,
+            Frame::Publish(p) => Payloads::One(Some(&p.payload)),
+            Frame::Deliver(d) => Payloads::One(Some(&d.payload)),
+            Frame::PublishBatch(b) => Payloads::Publish(b.messages.iter()),
+            Frame::DeliverBatch(b) => Payloads::Deliver(b.messages.iter()),
+            _ => Payloads::One(None),
         }
     }
 
-    /// Whether this kind of frame carries a payload after its header (`Publish`, `Deliver`).
+    /// Whether this kind of frame carries payload after its header (`Publish`, `Deliver`
+    /// and the batches).
     pub fn carries_payload(&self) -> bool {
-        matches!(self, Frame::Publish(_) | Frame::Deliver(_))
+        matches!(
+            self,
+            Frame::Publish(_) | Frame::Deliver(_) | Frame::PublishBatch(_) | Frame::DeliverBatch(_)
+        )
     }
 
-    /// Attaches the payload read after the header. Returns `false` (and drops nothing the frame
-    /// owns) when this kind carries no payload and `payload` is not empty.
-    pub(crate) fn attach_payload(&mut self, payload: Bytes) -> bool {
+    /// Whether each payload of a batch frame is as long as its entry announces (true for every
+    /// other frame): the encoder refuses a batch that would decode differently.
+    pub(crate) fn lengths_match(&self) -> bool {
+        match self {
+            Frame::PublishBatch(b) => b.messages.iter().all(|m| m.payload.len() == m.len as usize),
+            Frame::DeliverBatch(b) => b.messages.iter().all(|m| m.payload.len() == m.len as usize),
+            _ => true,
+        }
+    }
+
+    /// Attaches the payload bytes read after the header, slicing a batch's among its entries
+    /// by their lengths (no copy). Returns `false` (and drops nothing the frame owns) when this
+    /// kind carries no payload and `payload` is not empty, or a batch's lengths do not add up
+    /// to it.
+    pub(crate) fn attach_payload(&mut self, mut payload: Bytes) -> bool {
+        fn split(payload: &mut Bytes, len: u32) -> Option<Bytes> {
+            let len = len as usize;
+            (len <= payload.len()).then(|| payload.split_to(len))
+        }
         match self {
             Frame::Publish(p) => p.payload = payload,
             Frame::Deliver(d) => d.payload = payload,
+            Frame::PublishBatch(b) => {
+                for m in &mut b.messages {
+                    let Some(body) = split(&mut payload, m.len) else {
+                        return false;
+                    };
+                    m.payload = body;
+                }
+                return payload.is_empty();
+            }
+            Frame::DeliverBatch(b) => {
+                for m in &mut b.messages {
+                    let Some(body) = split(&mut payload, m.len) else {
+                        return false;
+                    };
+                    m.payload = body;
+                }
+                return payload.is_empty();
+            }
             _ => return payload.is_empty(),
         }
         true
@@ -602,6 +655,10 @@ impl Frame {
             Frame::TopicUpdated(f) => f.req,
             Frame::UpdateGroup(f) => f.req,
             Frame::GroupUpdated(f) => f.req,
+            Frame::PublishBatch(f) => f.first_id,
+            Frame::Confirmed(f) => f.first_id,
+            Frame::DeliverBatch(f) => f.sub,
+            Frame::Settle(f) => f.sub,
             Frame::Hello(_)
             | Frame::HelloOk(_)
             | Frame::Ping(_)
@@ -618,5 +675,28 @@ impl Frame {
             message: message.into(),
             denied: None,
         })
+    }
+}
+
+/// The payloads of one frame, in wire order (see [`Frame::payloads`]).
+#[derive(Debug, Clone)]
+pub enum Payloads<'a> {
+    /// A single publish or delivery's payload, or nothing.
+    One(Option<&'a Bytes>),
+    /// A publish batch's, one per message.
+    Publish(std::slice::Iter<'a, crate::BatchMessage>),
+    /// A delivery batch's, one per delivery.
+    Deliver(std::slice::Iter<'a, crate::BatchDelivery>),
+}
+
+impl<'a> Iterator for Payloads<'a> {
+    type Item = &'a Bytes;
+
+    fn next(&mut self) -> Option<&'a Bytes> {
+        match self {
+            Payloads::One(one) => one.take(),
+            Payloads::Publish(messages) => messages.next().map(|m| &m.payload),
+            Payloads::Deliver(messages) => messages.next().map(|m| &m.payload),
+        }
     }
 }

@@ -31,6 +31,10 @@
 //! version it does not speak with [`ErrorCode::UnsupportedVersion`] and closes the connection.
 //! Frame variants and fields are only ever appended, and a change of layout bumps the version.
 //!
+//! - v5: batches ([`PublishBatch`] answered by [`Confirmed`] runs and per-message `Rejected`,
+//!   [`DeliverBatch`], [`Settle`] ranges). Negotiated: a client sends the highest version it
+//!   speaks, the broker answers the highest both speak (at least [`MIN_PROTOCOL_VERSION`]); a
+//!   v4 client keeps working and is never sent a v5 frame.
 //! - v4: [`UpdateTopic`] / [`TopicUpdated`] ([`TopicUpdate`]); [`UpdateGroup`] /
 //!   [`GroupUpdated`] ([`GroupUpdate`]); `GroupSpec::ephemeral`; `ErrorCode::Forbidden` and
 //!   `Error::denied` ([`Denied`]: the [`Action`] and topic a key may not use).
@@ -42,6 +46,7 @@
 //!   `ErrorCode::StorageFailed` / `StorageDamaged`, [`RepairTopic`] / [`TopicRepaired`].
 //! - v2: message headers, group settings, `Nack`/`Term`/`Progress`, deletes.
 
+mod batch;
 mod bounded;
 pub mod codec;
 pub mod error;
@@ -49,6 +54,10 @@ pub mod frame;
 pub mod json;
 pub mod types;
 
+pub use batch::{
+    seq_ranges, BatchDelivery, BatchMessage, Confirmed, DeliverBatch, PublishBatch, Settle,
+    Settlement, MAX_BATCH_HEADERS, MAX_BATCH_MESSAGES,
+};
 pub use bounded::{MAX_HEADERS_CEILING, MAX_SEQS_PER_FRAME};
 pub use codec::{
     encoded_len, wire_options, FramePrefix, HeaderOnly, WeirCodec, DEFAULT_MAX_FRAME_BYTES,
@@ -59,4 +68,8 @@ pub use frame::*;
 pub use types::*;
 
 /// The protocol version this crate speaks, sent in [`Hello`] and echoed in [`HelloOk`].
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
+
+/// The oldest protocol version a broker still speaks: a v4 client is answered in v4 and never
+/// sent a v5 frame.
+pub const MIN_PROTOCOL_VERSION: u16 = 4;

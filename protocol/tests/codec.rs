@@ -473,6 +473,53 @@ fn frame() -> impl Strategy<Value = Frame> {
                 })
             }
         ),
+        (
+            any::<u64>(),
+            name(),
+            proptest::collection::vec((headers(), bytes_strategy()), 0..5)
+        )
+            .prop_map(
+                |(first_id, topic, messages)| Frame::PublishBatch(PublishBatch {
+                    first_id,
+                    topic,
+                    messages: messages
+                        .into_iter()
+                        .map(|(h, p)| BatchMessage::new(h, p))
+                        .collect(),
+                })
+            ),
+        (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(first_id, count, first_seq)| {
+            Frame::Confirmed(Confirmed {
+                first_id,
+                count,
+                first_seq,
+            })
+        }),
+        (
+            any::<u64>(),
+            proptest::collection::vec(
+                (any::<u64>(), any::<u32>(), headers(), bytes_strategy()),
+                0..5
+            )
+        )
+            .prop_map(|(sub, messages)| Frame::DeliverBatch(DeliverBatch {
+                sub,
+                messages: messages
+                    .into_iter()
+                    .map(|(seq, attempt, h, p)| BatchDelivery::new(seq, attempt, h, p))
+                    .collect(),
+            })),
+        (
+            any::<u64>(),
+            proptest::collection::vec((any::<u64>(), any::<u64>()), 0..5),
+            prop_oneof![
+                Just(Settlement::Ack),
+                any::<u64>().prop_map(|delay_ms| Settlement::Nack { delay_ms }),
+                name().prop_map(|reason| Settlement::Term { reason }),
+                Just(Settlement::Progress),
+            ]
+        )
+            .prop_map(|(sub, ranges, how)| Frame::Settle(Settle { sub, ranges, how })),
     ]
 }
 
@@ -704,4 +751,66 @@ proptest! {
         let frame = Frame::Deliver(Deliver { sub, seq, attempt, headers, payload });
         prop_assert!(encode(&frame).len() - 4 <= bound);
     }
+}
+
+#[test]
+fn a_batch_whose_payload_lengths_do_not_add_up_is_malformed() {
+    let batch = Frame::PublishBatch(PublishBatch {
+        first_id: 1,
+        topic: "t".into(),
+        messages: vec![
+            BatchMessage::new(vec![], Bytes::from_static(b"abc")),
+            BatchMessage::new(vec![], Bytes::from_static(b"de")),
+        ],
+    });
+    let mut buf = encode(&batch);
+    assert_eq!(
+        WeirCodec::default().decode(&mut buf.clone()).unwrap(),
+        Some(batch.clone())
+    );
+    // One payload byte short of what the entries announce: malformed, not misread.
+    let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) - 1;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    buf.truncate(buf.len() - 1);
+    assert!(matches!(
+        WeirCodec::default().decode(&mut buf),
+        Err(CodecError::Malformed(_))
+    ));
+    // An entry whose length differs from its payload is refused by the encoder.
+    let mut lying = BatchMessage::new(vec![], Bytes::from_static(b"abc"));
+    lying.len = 2;
+    let frame = Frame::PublishBatch(PublishBatch {
+        first_id: 1,
+        topic: "t".into(),
+        messages: vec![lying],
+    });
+    let mut out = BytesMut::new();
+    assert!(WeirCodec::default().encode_frame(&frame, &mut out).is_err());
+    assert!(out.is_empty());
+}
+
+#[test]
+fn a_batch_past_its_message_or_header_bounds_is_malformed() {
+    let many = Frame::PublishBatch(PublishBatch {
+        first_id: 1,
+        topic: "t".into(),
+        messages: vec![BatchMessage::new(vec![], Bytes::new()); MAX_BATCH_MESSAGES + 1],
+    });
+    let mut buf = encode(&many);
+    assert!(matches!(
+        WeirCodec::default().decode(&mut buf),
+        Err(CodecError::Malformed(m)) if m.contains("messages")
+    ));
+    // Each message within the per-message ceiling, all of them past the batch's header budget.
+    let headers: Headers = vec![(String::new(), String::new()); MAX_HEADERS_CEILING];
+    let per = MAX_BATCH_HEADERS / MAX_HEADERS_CEILING + 1;
+    let heavy = Frame::DeliverBatch(DeliverBatch {
+        sub: 1,
+        messages: vec![BatchDelivery::new(1, 1, headers, Bytes::new()); per],
+    });
+    let mut buf = encode(&heavy);
+    assert!(matches!(
+        WeirCodec::default().decode(&mut buf),
+        Err(CodecError::Malformed(m)) if m.contains("headers")
+    ));
 }

@@ -14,9 +14,13 @@ use weir_protocol::*;
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A framed connection to a broker.
+///
+/// It speaks protocol v4 unless [`RawClient::connect_v5`] (so the raw tests are also the proof
+/// that a v4 client keeps working: it is never sent a batch frame).
 pub struct RawClient {
     framed: Framed<TcpStream, WeirCodec>,
     next_req: u64,
+    version: u16,
 }
 
 impl RawClient {
@@ -26,12 +30,24 @@ impl RawClient {
         RawClient {
             framed: Framed::new(stream, WeirCodec::new(MAX_FRAME_BYTES_CEILING)),
             next_req: 1,
+            version: MIN_PROTOCOL_VERSION,
         }
     }
 
     /// Connects and completes the handshake; returns the client and the broker's limits.
     pub async fn connect(addr: SocketAddr) -> RawClient {
         Self::connect_as(addr, None).await
+    }
+
+    /// Connects speaking protocol v5 (batch frames) and completes the handshake.
+    pub async fn connect_v5(addr: SocketAddr) -> RawClient {
+        let mut client = Self::connect_raw(addr).await;
+        client.version = PROTOCOL_VERSION;
+        client.hello(None).await;
+        match client.recv().await {
+            Frame::HelloOk(ok) if ok.version == PROTOCOL_VERSION => client,
+            other => panic!("expected HelloOk of v{PROTOCOL_VERSION}, got {other:?}"),
+        }
     }
 
     /// Connects, presenting `token` in `Hello`, and completes the handshake.
@@ -55,13 +71,14 @@ impl RawClient {
         RawClient {
             framed: Framed::new(stream, WeirCodec::new(MAX_FRAME_BYTES_CEILING)),
             next_req: 1,
+            version: MIN_PROTOCOL_VERSION,
         }
     }
 
-    /// Sends `Hello` with `token`.
+    /// Sends `Hello` with `token`, of this client's protocol version.
     pub async fn hello(&mut self, token: Option<&str>) {
         self.send(Frame::Hello(Hello {
-            version: PROTOCOL_VERSION,
+            version: self.version,
             token: token.map(str::to_owned),
         }))
         .await;

@@ -100,6 +100,17 @@ async fn a_frame_before_hello_or_a_wrong_version_is_refused() {
         }))
         .await;
     expect_error_then_close(&mut client, ErrorCode::HelloRequired).await;
+    // Older than any the broker speaks: refused.
+    let mut client = RawClient::connect_raw(broker.addr).await;
+    client
+        .send(Frame::Hello(Hello {
+            version: weir_protocol::MIN_PROTOCOL_VERSION - 1,
+            token: None,
+        }))
+        .await;
+    expect_error_then_close(&mut client, ErrorCode::UnsupportedVersion).await;
+    // Newer: answered with the highest version the broker speaks, for the client to accept
+    // or refuse.
     let mut client = RawClient::connect_raw(broker.addr).await;
     client
         .send(Frame::Hello(Hello {
@@ -107,7 +118,10 @@ async fn a_frame_before_hello_or_a_wrong_version_is_refused() {
             token: None,
         }))
         .await;
-    expect_error_then_close(&mut client, ErrorCode::UnsupportedVersion).await;
+    match client.recv().await {
+        Frame::HelloOk(ok) => assert_eq!(ok.version, weir_protocol::PROTOCOL_VERSION),
+        other => panic!("expected HelloOk, got {other:?}"),
+    }
 }
 
 #[tokio::test]

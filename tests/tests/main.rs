@@ -2,6 +2,7 @@
 
 mod admission;
 mod bad_input;
+mod batch;
 mod bench_scenarios;
 mod budget;
 mod cli;

@@ -21,7 +21,8 @@
 //!   `weir_messages_dead_lettered_total`, `weir_dead_letter_refused_total`,
 //!   `weir_ephemeral_groups_deleted_total`,
 //!   `weir_connections_refused_total`, `weir_protocol_errors_total`, `weir_read_pauses_total`,
-//!   `weir_frames_shed_total`, `weir_frame_read_timeouts_total`, `weir_storage_failures_total`,
+//!   `weir_frames_shed_total`, `weir_publish_batch_frames_total`,
+//!   `weir_deliver_batch_frames_total`, `weir_frame_read_timeouts_total`, `weir_storage_failures_total`,
 //!   `weir_storage_damage_found_total`, `weir_state_flush_failures_total`,
 //!   `weir_slow_consumers_closed_total`, `weir_idle_connections_closed_total`,
 //!   `weir_replies_too_large_total`, `weir_reasons_truncated_total`,
@@ -206,6 +207,16 @@ fn broker_counters(out: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
             "weir_frames_shed",
             "Publishes shed unread: no memory to buffer them, or a header over max_header_bytes.",
             m.frames_shed.get(),
+        ),
+        (
+            "weir_publish_batch_frames",
+            "PublishBatch frames read (each message counts as a publish).",
+            m.publish_batches.get(),
+        ),
+        (
+            "weir_deliver_batch_frames",
+            "DeliverBatch frames written (each delivery counts as a delivery).",
+            m.deliver_batches.get(),
         ),
         (
             "weir_frame_read_timeouts",

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
-use weir_protocol::{ErrorCode, Frame, HelloOk, ServerLimits, PROTOCOL_VERSION};
+use weir_protocol::{
+    ErrorCode, Frame, HelloOk, ServerLimits, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
 
 use super::answers::error;
 use super::{Connection, End};
@@ -51,11 +53,18 @@ impl Connection {
         let first = first.map(|read| {
             read.map(|r| match r {
                 Read::Frame(frame) => frame,
-                Read::Shed(publish, _) => Frame::Publish(publish),
+                Read::Shed(unread, _) => Frame::Publish(weir_protocol::Publish {
+                    id: unread.first_id,
+                    topic: unread.topic,
+                    headers: Vec::new(),
+                    payload: bytes::Bytes::new(),
+                }),
             })
         });
         match first {
-            Some(Ok(Frame::Hello(hello))) if hello.version == PROTOCOL_VERSION => {
+            Some(Ok(Frame::Hello(hello))) if hello.version >= MIN_PROTOCOL_VERSION => {
+                // The highest version both speak: a v4 client is never sent a v5 frame.
+                self.version = hello.version.min(PROTOCOL_VERSION);
                 match self.broker.keys().authenticate(
                     hello.token.as_deref(),
                     &self.cert_names,
@@ -67,8 +76,10 @@ impl Connection {
                         self.key = Some(self.broker.admission().limits_for(&identity));
                         self.identity = Some(identity);
                         let limits = server_limits(&self.broker);
+                        self.batching
+                            .store(self.batches(), std::sync::atomic::Ordering::Relaxed);
                         self.send(Frame::HelloOk(HelloOk {
-                            version: PROTOCOL_VERSION,
+                            version: self.version,
                             limits,
                         }))
                         .await
@@ -88,7 +99,7 @@ impl Connection {
                     "unsupported protocol version"
                 );
                 let msg = format!(
-                    "protocol version {} is not supported (this broker speaks {PROTOCOL_VERSION})",
+                    "protocol version {} is not supported (this broker speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})",
                     hello.version
                 );
                 self.send(error(0, ErrorCode::UnsupportedVersion, msg))

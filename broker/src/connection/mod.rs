@@ -64,7 +64,7 @@ use crate::refusal::Refusal;
 use crate::topic::Topic;
 use crate::writer::{WriteHalf, Writer, WriterEnd};
 use answers::{error, rejected};
-use confirm::PendingConfirm;
+use confirm::{failure, Answer, PendingConfirm};
 
 /// Control frames queued for the writer beyond which the reader waits.
 const CONTROL_QUEUE: usize = 256;
@@ -118,8 +118,9 @@ struct Subscription {
 
 /// What woke a connection's loop.
 enum Wake {
-    /// A pending publish's answer, and when the publish was read.
-    Answer((Frame, Instant)),
+    /// A pending publish's answer, and when the publish was read; `true` when it counted
+    /// against `max_unconfirmed` (not parked).
+    Answer((Answer, Instant), bool),
     /// What the reader produced: a frame, a failure, or the end of input.
     Read(Option<Result<Read, ReadError>>),
     /// Outbound memory was freed (the connection may be back under its share).
@@ -160,8 +161,10 @@ pub(crate) async fn serve(
     let delivery_capacity = (limits.max_subscriptions as usize) * (limits.max_credit as usize);
     let (deliveries, deliveries_rx) = mpsc::channel(delivery_capacity.max(1));
     let writer_done = CancellationToken::new();
+    let batching = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writer = tokio::spawn({
-        let writer = Writer::new(write, codec, broker.clone(), (id, memory.clone()));
+        let writer = Writer::new(write, codec, broker.clone(), (id, memory.clone()))
+            .batching(batching.clone());
         let done = writer_done.clone();
         async move {
             let end = writer.run(control_rx, deliveries_rx).await;
@@ -184,6 +187,9 @@ pub(crate) async fn serve(
         deliveries,
         subs: HashMap::new(),
         pending: FuturesUnordered::new(),
+        unconfirmed: 0,
+        version: MIN_PROTOCOL_VERSION,
+        batching: batching.clone(),
         parked: FuturesUnordered::new(),
         read_at: Instant::now(),
         publish_decision: None,
@@ -266,8 +272,15 @@ struct Connection {
     control: Outbox,
     deliveries: Outbox,
     subs: HashMap<u64, Subscription>,
-    /// Publishes awaiting their commit; at most `max_unconfirmed` (then reading pauses).
+    /// Publishes awaiting their commit (one, or a run of a batch); reading pauses while they
+    /// hold `max_unconfirmed` publishes.
     pending: FuturesUnordered<PendingConfirm>,
+    /// Publishes `pending` holds.
+    unconfirmed: usize,
+    /// The protocol version agreed in `Hello` (v5 speaks batches).
+    version: u16,
+    /// Tells the writer the client takes `DeliverBatch` (v5), set by the handshake.
+    batching: Arc<std::sync::atomic::AtomicBool>,
     /// Publishes parked by `block` topics; bounded by each topic's `max_blocked_publishes`,
     /// and not counted against `max_unconfirmed`, so a blocked topic never stops this
     /// connection's other topics.
@@ -327,7 +340,7 @@ impl Connection {
             let epoch = room.delivery_room().epoch();
             let over_share = self.memory.share().is_over()
                 || (!self.pending.is_empty() && self.memory.room() < max_frame);
-            let can_read = self.pending.len() < max_unconfirmed && !over_share;
+            let can_read = self.unconfirmed < max_unconfirmed && !over_share;
             if was_reading && !can_read {
                 metrics.read_pauses.add(1);
             }
@@ -337,15 +350,15 @@ impl Connection {
             let wake = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return End::Shutdown,
-                Some(answer) = self.pending.next(), if !self.pending.is_empty() => Wake::Answer(answer),
-                Some(answer) = self.parked.next(), if !self.parked.is_empty() => Wake::Answer(answer),
+                Some(answer) = self.pending.next(), if !self.pending.is_empty() => Wake::Answer(answer, true),
+                Some(answer) = self.parked.next(), if !self.parked.is_empty() => Wake::Answer(answer, false),
                 read = frames.next(), if can_read => Wake::Read(read),
                 () = room.delivery_room().freed_since(epoch), if over_share => Wake::Room,
                 () = tokio::time::sleep_until(last_frame + idle_timeout), if idle => Wake::Idle,
             };
             let woke = work.working();
             let step = match wake {
-                Wake::Answer(answer) => self.answer(answer).await,
+                Wake::Answer(answer, counted) => self.answer(answer, counted).await,
                 Wake::Read(read) => {
                     self.read_at = woke;
                     last_frame = woke.into();
@@ -368,13 +381,54 @@ impl Connection {
         }
     }
 
-    /// Queues a pending publish's answer and records its publish→confirm time.
-    async fn answer(&self, (frame, received): (Frame, Instant)) -> Result<(), End> {
-        self.send(frame).await?;
-        self.broker
-            .metrics()
-            .observe_publish_confirm(received.elapsed());
+    /// Queues a pending publish's answer (a run's: one `Confirmed` for what is stored, one
+    /// answer per publish that is not) and records each publish's publish→confirm time.
+    /// `counted`: the publishes counted against `max_unconfirmed`, which they leave now.
+    async fn answer(
+        &mut self,
+        (answer, received): (Answer, Instant),
+        counted: bool,
+    ) -> Result<(), End> {
+        let elapsed = received.elapsed();
+        let metrics = self.broker.metrics().clone();
+        let count = match answer {
+            Answer::One(frame) => {
+                self.send(frame).await?;
+                1
+            }
+            Answer::Run {
+                first_id,
+                count,
+                outcome,
+            } => {
+                if outcome.stored > 0 {
+                    let confirmed = Frame::Confirmed(Confirmed {
+                        first_id,
+                        count: outcome.stored as u32,
+                        first_seq: outcome.first_seq,
+                    });
+                    self.send(confirmed).await?;
+                }
+                if let Some(e) = outcome.refused {
+                    for id in first_id + outcome.stored as u64..first_id + count as u64 {
+                        self.send(failure(id, e.clone())).await?;
+                    }
+                }
+                count
+            }
+        };
+        if counted {
+            self.unconfirmed = self.unconfirmed.saturating_sub(count);
+        }
+        for _ in 0..count {
+            metrics.observe_publish_confirm(elapsed);
+        }
         Ok(())
+    }
+
+    /// Whether this connection speaks protocol v5 (batches).
+    fn batches(&self) -> bool {
+        self.version >= 5
     }
 
     /// Applies what the reader produced. A publish answered at once — refused, or failed, so
@@ -424,6 +478,8 @@ impl Connection {
     async fn apply(&mut self, frame: Frame) -> Result<(), End> {
         match frame {
             Frame::Publish(p) => self.publish(p).await,
+            Frame::PublishBatch(b) if self.batches() => self.publish_batch(b).await,
+            Frame::Settle(s) if self.batches() => self.settle(s).await,
             Frame::CreateTopic(c) => self.create_topic(c).await,
             Frame::ListTopics(l) => self.list_topics(l).await,
             Frame::DescribeTopic(d) => self.describe_topic(d).await,
@@ -441,6 +497,14 @@ impl Connection {
             Frame::DeleteGroup(d) => self.delete_group(d).await,
             Frame::Ping(nonce) => self.send(Frame::Pong(nonce)).await,
             Frame::Pong(_) => Ok(()),
+            other @ (Frame::PublishBatch(_) | Frame::Settle(_)) => {
+                let msg = format!(
+                    "{} needs protocol v5; this connection speaks v{}",
+                    other.name(),
+                    self.version
+                );
+                self.send(error(0, ErrorCode::InvalidArgument, msg)).await
+            }
             other => {
                 let msg = format!("{} is not a frame a client sends", other.name());
                 self.send(error(0, ErrorCode::InvalidArgument, msg)).await
@@ -455,6 +519,22 @@ impl Connection {
     /// A key's permissions are fixed for the broker's life, so what a subscription was allowed
     /// at `Subscribe` covers its credit, acks, nacks, terms, progress and unsubscribe.
     async fn permit(&mut self, req: u64, action: Action, topic: &str) -> Result<bool, End> {
+        match self.permission(action, topic)? {
+            None => Ok(true),
+            Some(refused) => {
+                self.send(answers::forbidden(req, &refused)).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Whether this connection's key may take `action` on `topic`: `None` when it may, else
+    /// the refusal (counted and logged), for the caller to answer (see [`Connection::permit`]).
+    fn permission(
+        &mut self,
+        action: Action,
+        topic: &str,
+    ) -> Result<Option<crate::permissions::Forbidden>, End> {
         let Some(identity) = &self.identity else {
             return Err(End::ProtocolError);
         };
@@ -469,34 +549,58 @@ impl Connection {
             }
         };
         if allowed {
-            return Ok(true);
+            return Ok(None);
         }
-        let refused = identity
-            .access
-            .refuse(action, topic, self.broker.clock().now());
-        self.send(answers::forbidden(req, &refused)).await?;
-        Ok(false)
+        Ok(Some(identity.access.refuse(
+            action,
+            topic,
+            self.broker.clock().now(),
+        )))
     }
 
     /// Looks up (or auto-creates) a topic, answering request `req` with the failure. Creating
     /// it pays an `ops_per_s` token when `pay` (a publish; a subscribe has paid its own).
     async fn topic(&self, req: u64, name: &str, pay: bool) -> Result<Option<Arc<Topic>>, End> {
+        match self.lookup(name, pay).await {
+            Ok(topic) => Ok(Some(topic)),
+            Err(failure) => self.send(failure(req)).await.map(|()| None),
+        }
+    }
+
+    /// Looks up (or auto-creates, paying when `pay`) a topic; on failure, the answer to give
+    /// each request it fails.
+    async fn lookup(
+        &self,
+        name: &str,
+        pay: bool,
+    ) -> Result<Arc<Topic>, Box<dyn Fn(u64) -> Frame + Send>> {
         let key = self.key.as_deref().filter(|_| pay);
-        let failure = match self.broker.topic_or_create(name, key).await {
-            Ok(topic) => return Ok(Some(topic)),
-            Err(CreateError::Refused(r)) => rejected(req, r),
-            Err(CreateError::Unknown(_)) => error(
-                req,
-                ErrorCode::UnknownTopic,
-                format!("unknown topic {name}"),
-            ),
-            Err(CreateError::TooMany(max)) => {
-                rejected(req, crate::publish::too_many_topics(&self.broker, max))
-            }
-            Err(CreateError::Invalid(msg)) => error(req, ErrorCode::InvalidArgument, msg),
-            Err(e) => error(req, ErrorCode::Internal, e.to_string()),
+        let e = match self.broker.topic_or_create(name, key).await {
+            Ok(topic) => return Ok(topic),
+            Err(e) => e,
         };
-        self.send(failure).await.map(|()| None)
+        let name = name.to_owned();
+        Err(match e {
+            CreateError::Refused(r) => Box::new(move |req| rejected(req, r.clone())),
+            CreateError::Unknown(_) => Box::new(move |req| {
+                error(
+                    req,
+                    ErrorCode::UnknownTopic,
+                    format!("unknown topic {name}"),
+                )
+            }),
+            CreateError::TooMany(max) => {
+                let r = crate::publish::too_many_topics(&self.broker, max);
+                Box::new(move |req| rejected(req, r.clone()))
+            }
+            CreateError::Invalid(msg) => {
+                Box::new(move |req| error(req, ErrorCode::InvalidArgument, msg.clone()))
+            }
+            e => {
+                let msg = e.to_string();
+                Box::new(move |req| error(req, ErrorCode::Internal, msg.clone()))
+            }
+        })
     }
 
     /// Admits one expensive operation under the key's `ops_per_s`; a refusal is counted and
@@ -538,7 +642,7 @@ impl Connection {
             tokio::select! {
                 answer = self.pending.next(), if !self.pending.is_empty() => {
                     if let Some(answer) = answer {
-                        if self.answer(answer).await.is_err() {
+                        if self.answer(answer, true).await.is_err() {
                             return;
                         }
                     }

@@ -1,6 +1,6 @@
 //! `Ack`, `Nack`, `Term` and `Progress`: settling deliveries a subscription holds.
 
-use weir_protocol::{Ack, Nack, Progress, Term};
+use weir_protocol::{Ack, Nack, Progress, Settle, Settlement, Term};
 
 use super::answers::unknown_sub;
 use super::{Connection, End};
@@ -31,6 +31,26 @@ impl Connection {
     pub(super) async fn progress(&mut self, p: Progress) -> Result<(), End> {
         self.on_sub(p.sub, |t, g, m| t.progress(g, m, &p.seqs))
             .await
+    }
+
+    /// Settles ranges (protocol v5): the deliveries this subscription holds in them are acked,
+    /// nacked, termed or extended as by the single frames.
+    pub(super) async fn settle(&mut self, s: Settle) -> Result<(), End> {
+        let reason = match &s.how {
+            Settlement::Term { reason } => self.capped_reason(reason.clone()),
+            _ => String::new(),
+        };
+        let ranges = s.ranges;
+        self.on_sub(s.sub, |t, g, m| {
+            let seqs = t.held_in(g, m, ranges);
+            match s.how {
+                Settlement::Ack => t.ack(g, m, &seqs),
+                Settlement::Nack { delay_ms } => t.nack(g, m, &seqs, delay_ms),
+                Settlement::Term { .. } => t.term(g, m, &seqs, &reason),
+                Settlement::Progress => t.progress(g, m, &seqs),
+            }
+        })
+        .await
     }
 
     /// Applies `op` to subscription `sub`'s topic, group and member id, or answers

@@ -564,6 +564,27 @@ impl Group {
         }
     }
 
+    /// The sequences in flight to `id` within inclusive `ranges`, ascending. The ranges are
+    /// merged first, so each in-flight message is visited once however they overlap: the
+    /// cost is the ranges' sorting plus at most `max_in_flight` entries.
+    pub fn held_in(&self, id: MemberId, mut ranges: Vec<(u64, u64)>) -> Vec<u64> {
+        ranges.retain(|(from, to)| from <= to);
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (from, to) in ranges {
+            match merged.last_mut() {
+                Some((_, end)) if from <= end.saturating_add(1) => *end = (*end).max(to),
+                _ => merged.push((from, to)),
+            }
+        }
+        merged
+            .into_iter()
+            .flat_map(|(from, to)| self.in_flight.range(from..=to))
+            .filter(|(_, f)| f.member == id)
+            .map(|(seq, _)| *seq)
+            .collect()
+    }
+
     /// Acks messages delivered to `id`. Sequences not in flight to `id` (duplicates, or
     /// messages already requeued) are ignored. Returns how many were acked.
     pub fn ack(&mut self, id: MemberId, seqs: &[u64]) -> usize {

@@ -251,7 +251,7 @@ impl Topic {
         }
         if self
             .appends
-            .send(Append {
+            .send(Append::One {
                 message,
                 reply,
                 permit,

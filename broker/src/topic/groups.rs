@@ -63,6 +63,16 @@ impl Topic {
         acked
     }
 
+    /// The sequences delivered to member `id` and not yet settled within inclusive `ranges`
+    /// (any number, overlapping or not), ascending: at most the group's `max_in_flight`,
+    /// each visited once.
+    pub fn held_in(&self, group: &str, id: MemberId, ranges: Vec<(u64, u64)>) -> Vec<u64> {
+        let st = lock(&self.state);
+        st.groups
+            .get(group)
+            .map_or_else(Vec::new, |g| g.held_in(id, ranges))
+    }
+
     /// Nacks messages delivered to a member: they are redelivered after `delay_ms` (capped
     /// by `groups.max_nack_delay_ms`), or dead-lettered if this was their last attempt.
     /// Returns how many were nacked.

@@ -25,6 +25,7 @@
 //! - `drain.rs`, `refusing.rs` — the measured drain rate; recent refusals.
 
 mod admit;
+mod batch;
 mod dispatch;
 mod drain;
 #[cfg(test)]
@@ -66,7 +67,9 @@ use parking::ParkingQueue;
 use refusing::RecentRefusals;
 use tail::TailCache;
 use writer::Append;
+pub use writer::RunOutcome;
 
+pub use batch::{BatchPart, RunConfirm};
 pub use groups::{DeadLetterJob, DeleteGroupError, Detached, UpdateGroupError};
 pub use repair::RepairOutcome;
 

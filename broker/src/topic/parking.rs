@@ -72,17 +72,20 @@ impl Topic {
                     return Err(p);
                 }
                 let deadline = p.deadline;
-                let append = Append {
+                let append = Append::One {
                     message: p.message,
                     reply: p.reply,
                     permit: p.permit,
                 };
                 appends.try_send(append).map(|()| len).map_err(|e| {
-                    let Append {
+                    let Append::One {
                         message,
                         reply,
                         permit,
-                    } = e.into_inner();
+                    } = e.into_inner()
+                    else {
+                        unreachable!("an unparked publish is handed over alone")
+                    };
                     Parked {
                         message,
                         reply,
@@ -146,6 +149,30 @@ impl Topic {
         retry_after_ms: Option<u64>,
     ) -> AppendError {
         self.refused(Refusal::new(reason, limit, retry_after_ms))
+    }
+
+    /// The same refusal of `n` messages (the rest of a batch), counted once per message.
+    pub(super) fn refusal_of(
+        &self,
+        n: u64,
+        reason: RejectReason,
+        limit: Limit,
+        retry_after_ms: Option<u64>,
+    ) -> AppendError {
+        let refused = self.refusal(reason, limit, retry_after_ms);
+        for _ in 1..n {
+            self.counted_again(&refused);
+        }
+        refused
+    }
+
+    /// `e` once more, counted again when it is a refusal (the same refusal of another message).
+    pub(super) fn counted_again(&self, e: &AppendError) -> AppendError {
+        if let AppendError::Refused(r) = e {
+            self.counters.rejected.add(1);
+            self.metrics.refused(r.reason);
+        }
+        e.clone()
     }
 
     fn refused(&self, refusal: Refusal) -> AppendError {

@@ -18,15 +18,102 @@ use super::{lock, AppendError, Topic};
 use crate::admission::budget::MemoryPermit;
 use crate::storage::log::{self, LogError, Message};
 
-/// One accepted publish waiting for its commit.
-pub(super) struct Append {
-    /// Its headers and payload, handed to the log as they are (headers are bounded by
-    /// `limits.max_headers`, `limits.max_header_bytes` and the record format, checked before
-    /// the topic takes the publish).
-    pub(super) message: Message,
-    pub(super) reply: oneshot::Sender<Result<u64, AppendError>>,
-    /// The message's share of the memory budget, given back once it is committed.
-    pub(super) permit: MemoryPermit,
+/// Accepted publishes waiting for their commit: one publish, or a run of consecutive
+/// messages of one `PublishBatch`, which one commit stores and one answer confirms.
+pub(super) enum Append {
+    /// One publish (a `Publish` frame, HTTP, a dead letter, an unparked publish).
+    One {
+        /// Its headers and payload, handed to the log as they are (headers are bounded by
+        /// `limits.max_headers`, `limits.max_header_bytes` and the record format, checked
+        /// before the topic takes the publish).
+        message: Message,
+        reply: oneshot::Sender<Result<u64, AppendError>>,
+        /// The message's share of the memory budget, given back once it is committed.
+        permit: MemoryPermit,
+    },
+    /// Consecutive messages of one batch, stored in order by one commit.
+    Run {
+        messages: Vec<Message>,
+        reply: oneshot::Sender<RunOutcome>,
+        /// The messages' share of the memory budget, given back once they are committed.
+        permit: MemoryPermit,
+    },
+}
+
+impl Append {
+    /// How many messages it holds.
+    fn len(&self) -> usize {
+        match self {
+            Append::One { .. } => 1,
+            Append::Run { messages, .. } => messages.len(),
+        }
+    }
+
+    /// Answers it: `stored` of its messages (a prefix) are stored from `first`; the rest, if
+    /// any, get `refused(how many)`.
+    fn answer(self, first: u64, stored: usize, refused: impl FnOnce(u64) -> AppendError) {
+        // The publisher may have gone; what is stored stays stored all the same.
+        match self {
+            Append::One { reply, .. } => {
+                let _ = reply.send(if stored > 0 {
+                    Ok(first)
+                } else {
+                    Err(refused(1))
+                });
+            }
+            Append::Run {
+                messages,
+                reply,
+                permit,
+            } => {
+                let left = messages.len() - stored;
+                let refused = (left > 0).then(|| refused(left as u64));
+                let _ = reply.send(RunOutcome {
+                    first_seq: first,
+                    stored,
+                    refused,
+                });
+                drop(permit);
+            }
+        }
+    }
+}
+
+/// The answer to a run of a batch: its first `stored` messages are durable as `first_seq..`;
+/// the others (a commit that ran out of disk or failed) were refused with `refused`.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The sequence of the run's first message (meaningless when `stored` is 0).
+    pub first_seq: u64,
+    /// How many of the run's messages, from its start, are stored.
+    pub stored: usize,
+    /// Why the rest are not; `None` when all are stored.
+    pub refused: Option<AppendError>,
+}
+
+/// Receives the next appends: waits for one, then takes what is already queued while the
+/// batch holds fewer than `max_batch` messages (one run may take it past). Returns how many
+/// appends it took: 0 once the queue is closed. Cancel-safe: it awaits only before the first.
+async fn recv_batch(
+    queue: &mut mpsc::Receiver<Append>,
+    batch: &mut Vec<Append>,
+    max_batch: usize,
+) -> usize {
+    let Some(first) = queue.recv().await else {
+        return 0;
+    };
+    let mut messages = first.len();
+    batch.push(first);
+    while messages < max_batch {
+        match queue.try_recv() {
+            Ok(next) => {
+                messages += next.len();
+                batch.push(next);
+            }
+            Err(_) => break,
+        }
+    }
+    batch.len()
 }
 
 /// When the log was last synced, for `fsync = "interval:<ms>"`.
@@ -106,7 +193,7 @@ pub(super) async fn run(
         work.waiting();
         let wake = tokio::select! {
             biased;
-            received = queue.recv_many(&mut batch, max_batch) => Wake::Appends(received),
+            received = recv_batch(&mut queue, &mut batch, max_batch) => Wake::Appends(received),
             () = topic.wake_writer.notified() => Wake::Reclaim,
             () = sleep_until(interval_sync), if interval_sync.is_some() => Wake::SyncDue,
             () = sleep_until(park_deadline), if park_deadline.is_some() => Wake::ParkDeadline,
@@ -153,10 +240,15 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// commit's duration (the blocking part: write, sync, segment deletion) and size are recorded
 /// in `commit_duration` and `commit_batch`, failed commits included.
 async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClock) {
-    let mut messages: Vec<Message> = batch
-        .iter_mut()
-        .map(|a| std::mem::take(&mut a.message))
-        .collect();
+    let mut messages: Vec<Message> = Vec::with_capacity(batch.iter().map(Append::len).sum());
+    for append in batch.iter_mut() {
+        match append {
+            Append::One { message, .. } => messages.push(std::mem::take(message)),
+            Append::Run { messages: run, .. } => {
+                messages.extend(run.iter_mut().map(std::mem::take))
+            }
+        }
+    }
     let taken = (
         messages.len() as u64,
         messages.iter().map(Message::size).sum(),
@@ -224,9 +316,10 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
             messages,
             refused: (refused, limit),
         }) => {
+            let retry = Some(topic.max_retry_after.as_millis() as u64);
             if !refused.is_empty() {
-                let kept = messages.len();
-                refuse_storage_full(topic, batch.drain(kept..), &refused, limit);
+                let bytes = refused.iter().map(Message::size).sum();
+                topic.release(refused.len() as u64, bytes);
             }
             let count = messages.len() as u64;
             let bytes: u64 = messages.iter().map(Message::size).sum();
@@ -258,9 +351,15 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
             if topic.is_full() {
                 topic.set_health(TopicHealth::Healthy);
             }
-            for (i, append) in batch.drain(..).enumerate() {
-                // The publisher may have gone; its message is stored all the same.
-                let _ = append.reply.send(Ok(first + i as u64));
+            let mut offset = 0;
+            for append in batch.drain(..) {
+                let n = append.len();
+                let stored = (count as usize).saturating_sub(offset).min(n);
+                // Only the disk budget stores less than the whole batch.
+                let refused =
+                    |n| topic.refusal_of(n, RejectReason::StorageFull, limit.clone(), retry);
+                append.answer(first + offset as u64, stored, refused);
+                offset += n;
             }
             topic.wake_dispatcher.notify_one();
             if evicted {
@@ -280,19 +379,18 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
                 let retry = topic.max_retry_after.as_millis() as u64;
                 let limit = Limit::new("filesystem_free_bytes", 0);
                 for append in batch.drain(..) {
-                    let refusal =
-                        topic.refusal(RejectReason::StorageFull, limit.clone(), Some(retry));
-                    let _ = append.reply.send(Err(refusal));
+                    append.answer(0, 0, |n| {
+                        topic.refusal_of(n, RejectReason::StorageFull, limit.clone(), Some(retry))
+                    });
                 }
             } else {
                 topic.metrics.storage_failures.add(1);
                 topic.set_health(TopicHealth::Failed {
                     reason: e.to_string(),
                 });
+                let failed = AppendError::StorageFailed(e.to_string());
                 for append in batch.drain(..) {
-                    let _ = append
-                        .reply
-                        .send(Err(AppendError::StorageFailed(e.to_string())));
+                    append.answer(0, 0, |_| failed.clone());
                 }
             }
         }
@@ -307,23 +405,6 @@ struct Committed {
     messages: Vec<Message>,
     /// The messages past the disk budget (the end of the batch), and the bound that refused them.
     refused: (Vec<Message>, Limit),
-}
-
-/// Refuses the appends whose messages did not fit the disk budget (`StorageFull`, nothing
-/// stored): they leave the topic's pending counts and their publishers are told.
-fn refuse_storage_full(
-    topic: &Topic,
-    appends: impl Iterator<Item = Append>,
-    messages: &[Message],
-    limit: Limit,
-) {
-    let bytes = messages.iter().map(Message::size).sum();
-    topic.release(messages.len() as u64, bytes);
-    let retry = topic.max_retry_after.as_millis() as u64;
-    for append in appends {
-        let refusal = topic.refusal(RejectReason::StorageFull, limit.clone(), Some(retry));
-        let _ = append.reply.send(Err(refusal));
-    }
 }
 
 /// Deletes whole segments below the topic's first stored message and, when `sync`, forces

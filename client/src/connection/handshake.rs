@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{lookup_host, TcpStream};
 use tokio_util::codec::FramedRead;
 use weir_protocol::{
-    CodecError, ErrorCode, Frame, GoingAway, Hello, ServerLimits, WeirCodec, PROTOCOL_VERSION,
+    CodecError, ErrorCode, Frame, GoingAway, Hello, ServerLimits, WeirCodec, MIN_PROTOCOL_VERSION,
 };
 
 use crate::error::ClientError;
@@ -48,6 +48,8 @@ pub(crate) struct Session {
     /// Encodes with the broker's `max_frame_bytes`.
     pub codec: WeirCodec,
     pub limits: ServerLimits,
+    /// The protocol version agreed (v5 speaks batches).
+    pub version: u16,
 }
 
 /// The first four bytes of an HTTP answer (`HTTP/1.1 ...`), read as a frame length.
@@ -98,7 +100,7 @@ pub(crate) async fn connect(addr: &str, opts: &ClientOptions) -> Result<Session,
     let mut wbuf = BytesMut::new();
     WeirCodec::default().encode_frame(
         &Frame::Hello(Hello {
-            version: PROTOCOL_VERSION,
+            version: opts.protocol_version,
             token: opts.token.clone(),
         }),
         &mut wbuf,
@@ -114,7 +116,7 @@ pub(crate) async fn connect(addr: &str, opts: &ClientOptions) -> Result<Session,
                 opts.handshake_timeout
             ))
         })?;
-    let limits = match (&opts.tls, answer) {
+    let (limits, version) = match (&opts.tls, answer) {
         // With TLS 1.3 the broker checks a client certificate after the client's side of the
         // handshake is done: its refusal arrives as an alert instead of the answer.
         (Some(tls), Some(Err(CodecError::Io(e)))) => {
@@ -125,7 +127,7 @@ pub(crate) async fn connect(addr: &str, opts: &ClientOptions) -> Result<Session,
                 "broker closed the connection during the handshake (a broker with [tls] closes plaintext connections: connect with TLS, e.g. `weir --tls-ca FILE`, ClientOptions::tls)".into(),
             ))
         }
-        (_, answer) => hello_answer(addr, answer)?,
+        (_, answer) => hello_answer(addr, opts.protocol_version, answer)?,
     };
     let read_max = opts.max_frame_bytes.max(limits.max_frame_bytes as usize);
     *reader.decoder_mut() = WeirCodec::new(read_max);
@@ -137,14 +139,17 @@ pub(crate) async fn connect(addr: &str, opts: &ClientOptions) -> Result<Session,
         },
         codec: WeirCodec::new(limits.max_frame_bytes as usize),
         limits,
+        version,
     })
 }
 
-/// The broker's limits from its answer to `Hello`, or the typed refusal.
+/// The broker's limits and the version it speaks from its answer to a `Hello` of `asked`, or
+/// the typed refusal.
 fn hello_answer(
     addr: &str,
+    asked: u16,
     answer: Option<Result<Frame, CodecError>>,
-) -> Result<ServerLimits, ClientError> {
+) -> Result<(ServerLimits, u16), ClientError> {
     match answer {
         None => Err(ClientError::Handshake(
             "broker closed the connection during the handshake".into(),
@@ -156,13 +161,13 @@ fn hello_answer(
         }
         Some(Err(e)) => Err(e.into()),
         Some(Ok(Frame::HelloOk(ok))) => {
-            if ok.version != PROTOCOL_VERSION {
+            if !(MIN_PROTOCOL_VERSION..=asked).contains(&ok.version) {
                 return Err(ClientError::UnsupportedVersion(format!(
-                    "broker answered with protocol version {}, this client speaks {PROTOCOL_VERSION}",
+                    "broker answered with protocol version {}, this client speaks {MIN_PROTOCOL_VERSION} to {asked}",
                     ok.version
                 )));
             }
-            Ok(ok.limits)
+            Ok((ok.limits, ok.version))
         }
         Some(Ok(Frame::Error(e))) => Err(match e.code {
             ErrorCode::Unauthorized => ClientError::Unauthorized(e.message),
@@ -209,7 +214,7 @@ mod tests {
             len: HTTP_AS_LENGTH,
             max: 4 << 20,
         };
-        let e = hello_answer("127.0.0.1:7071", Some(Err(too_large))).unwrap_err();
+        let e = hello_answer("127.0.0.1:7071", 5, Some(Err(too_large))).unwrap_err();
         assert_eq!(
             e.to_string(),
             "127.0.0.1:7071 answered with HTTP — is that the admin port? The wire port is 7070 by default"
@@ -220,7 +225,7 @@ mod tests {
             max: 4 << 20,
         };
         assert!(matches!(
-            hello_answer("x:1", Some(Err(other))),
+            hello_answer("x:1", 5, Some(Err(other))),
             Err(ClientError::Codec(_))
         ));
         assert!(!worth_retrying(&e));

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
-use weir_protocol::{CodecError, ErrorCode, Frame, GoingAway, Publish, RejectReason, Unsubscribe};
+use weir_protocol::{
+    BatchMessage, CodecError, Deliver, ErrorCode, Frame, GoingAway, Publish, PublishBatch,
+    RejectReason, Unsubscribe, MAX_BATCH_HEADERS, MAX_BATCH_MESSAGES,
+};
 
 use super::outbox::{Outbox, TraceFrame};
 use super::shared::{AdminRequest, Command, FIRST_SUB_ID};
@@ -57,6 +60,69 @@ pub(crate) struct Router {
     hold_shutting_down: bool,
     /// The broker said it closes the connection, and why.
     pub going_away: Option<GoingAway>,
+    /// How publishes are coalesced on this connection.
+    batching: Batching,
+    /// Publishes being coalesced into one `PublishBatch` (already in `publishes`).
+    open: Option<OpenBatch>,
+}
+
+/// How publishes are coalesced into `PublishBatch` frames (protocol v5).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Batching {
+    /// The connection speaks v5 and batches are wanted (`batch_max_messages` > 1).
+    pub enabled: bool,
+    /// Most messages per batch.
+    pub max_messages: usize,
+    /// Most bytes per batch (payloads and headers, within the frame limit).
+    pub max_bytes: usize,
+}
+
+impl Batching {
+    /// No batches: every publish in its own frame.
+    pub fn off() -> Batching {
+        Batching {
+            enabled: false,
+            max_messages: 1,
+            max_bytes: 0,
+        }
+    }
+
+    /// Batches per `opts` on a connection of protocol `version` whose broker takes frames of
+    /// `max_frame_bytes`.
+    pub fn new(opts: &crate::ClientOptions, version: u16, max_frame_bytes: usize) -> Batching {
+        let max_messages = opts.batch_max_messages.clamp(1, MAX_BATCH_MESSAGES);
+        Batching {
+            enabled: version >= 5 && max_messages > 1,
+            max_messages,
+            max_bytes: opts
+                .batch_max_bytes
+                .min(max_frame_bytes.saturating_sub(BATCH_OVERHEAD)),
+        }
+    }
+}
+
+/// Bytes of a `PublishBatch` beyond its topic and entries: prefixes, variant, id and counts,
+/// at their largest.
+const BATCH_OVERHEAD: usize = 4 + 4 + 1 + 9 + 5 + 5;
+
+/// Publishes being coalesced: ids `first_id..` to one topic.
+struct OpenBatch {
+    first_id: u64,
+    topic: String,
+    messages: Vec<BatchMessage>,
+    /// An upper bound of the entries' encoded size.
+    bytes: usize,
+    headers: usize,
+}
+
+/// An upper bound of the bytes a message takes as an entry of a batch.
+fn entry_bytes(message: &Message) -> usize {
+    let headers: usize = message
+        .headers
+        .iter()
+        .map(|(k, v)| 10 + k.len() + v.len())
+        .sum();
+    10 + headers + message.payload.len()
 }
 
 fn protocol(msg: impl Into<String>) -> ClientError {
@@ -100,7 +166,112 @@ impl Router {
             held: Vec::new(),
             hold_shutting_down,
             going_away: None,
+            batching: Batching::off(),
+            open: None,
         }
+    }
+
+    /// Whether publishes wait to be coalesced.
+    pub fn has_open_batch(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// How publishes are coalesced from now on (set for each new connection).
+    pub fn set_batching(&mut self, batching: Batching) {
+        self.batching = batching;
+    }
+
+    /// Sends the publishes being coalesced, if any: one `PublishBatch`, or a `Publish` when
+    /// there is one. Called before any other command's frame (ids stay consecutive) and when
+    /// the connection task is about to write.
+    pub fn flush_batch(&mut self, out: &mut Outbox) -> Result<(), ClientError> {
+        let Some(open) = self.open.take() else {
+            return Ok(());
+        };
+        if open.messages.len() > 1 {
+            let frame = Frame::PublishBatch(PublishBatch {
+                first_id: open.first_id,
+                topic: open.topic,
+                messages: open.messages,
+            });
+            match out.encode(&frame) {
+                Ok(()) => return Ok(()),
+                // The estimate was wrong: each goes alone, and a too-large one is refused.
+                Err(CodecError::FrameTooLarge { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let Frame::PublishBatch(batch) = frame else {
+                unreachable!("built above")
+            };
+            for i in 0..batch.messages.len() as u64 {
+                self.send_alone(batch.first_id + i, out)?;
+            }
+            return Ok(());
+        }
+        self.send_alone(open.first_id, out)
+    }
+
+    /// Encodes pending publish `id` in its own `Publish` frame; one too large for the frame
+    /// limit is answered [`PublishError::TooLarge`] and forgotten.
+    fn send_alone(&mut self, id: u64, out: &mut Outbox) -> Result<(), ClientError> {
+        let Some(p) = self.publishes.get(&id) else {
+            return Ok(());
+        };
+        let frame = Frame::Publish(Publish {
+            id,
+            topic: p.message.topic.clone(),
+            headers: p.message.headers.clone(),
+            payload: p.message.payload.clone(),
+        });
+        match out.encode(&frame) {
+            Ok(()) => Ok(()),
+            Err(CodecError::FrameTooLarge { len, max }) => {
+                if let Some(p) = self.publishes.remove(&id) {
+                    let _ = p.reply.send(Err(PublishError::TooLarge { len, max }));
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Adds a publish to the batch being coalesced, sending that batch first when the publish
+    /// is to another topic or would take it past a bound, and sending it once full.
+    fn coalesce(&mut self, pending: PendingPublish, out: &mut Outbox) -> Result<(), ClientError> {
+        let size = entry_bytes(&pending.message);
+        let headers = pending.message.headers.len();
+        let b = self.batching;
+        let room = b.max_bytes.saturating_sub(pending.message.topic.len());
+        let fits = |open: &OpenBatch| {
+            open.topic == pending.message.topic
+                && open.messages.len() < b.max_messages
+                && open.bytes + size <= room
+                && open.headers + headers <= MAX_BATCH_HEADERS
+        };
+        if self.open.as_ref().is_some_and(|open| !fits(open)) {
+            self.flush_batch(out)?;
+        }
+        let id = self.next_id();
+        let message = BatchMessage::new(
+            pending.message.headers.clone(),
+            pending.message.payload.clone(),
+        );
+        let open = self.open.get_or_insert_with(|| OpenBatch {
+            first_id: id,
+            topic: pending.message.topic.clone(),
+            messages: Vec::with_capacity(b.max_messages.min(64)),
+            bytes: 0,
+            headers: 0,
+        });
+        open.messages.push(message);
+        open.bytes += size;
+        open.headers += headers;
+        let full = open.messages.len() >= b.max_messages;
+        self.publishes.insert(id, pending);
+        if full || size > room {
+            self.flush_batch(out)?;
+        }
+        Ok(())
     }
 
     /// Nothing is waiting on the broker (or for the next connection).
@@ -117,8 +288,31 @@ impl Router {
         id
     }
 
-    /// Sends a command's frame and remembers what waits for its answer.
+    /// Sends a command's frame and remembers what waits for its answer. A publish on a v5
+    /// connection may wait to be coalesced with the next ones (see [`Router::flush_batch`]).
     pub fn on_command(&mut self, cmd: Command, out: &mut Outbox) -> Result<(), ClientError> {
+        match cmd {
+            Command::Publish {
+                message,
+                reply,
+                permit,
+            } if self.batching.enabled => {
+                let pending = PendingPublish {
+                    message,
+                    reply,
+                    permit,
+                };
+                self.coalesce(pending, out)
+            }
+            cmd => {
+                self.flush_batch(out)?;
+                self.send_command(cmd, out)
+            }
+        }
+    }
+
+    /// Sends a command's frame, each in its own, and remembers what waits for its answer.
+    fn send_command(&mut self, cmd: Command, out: &mut Outbox) -> Result<(), ClientError> {
         match cmd {
             Command::Publish {
                 message,
@@ -214,6 +408,7 @@ impl Router {
         mut entry: SubEntry,
         out: &mut Outbox,
     ) -> Result<(), ClientError> {
+        self.flush_batch(out)?;
         entry.order = self.next_id();
         out.send(&entry.subscribe_frame())?;
         self.subs.insert(entry.shared.id, entry);
@@ -257,7 +452,7 @@ impl Router {
             batch.credit = 0;
         }
         entry.broker_credit += batch.credit;
-        for frame in batch.into_frames(sub) {
+        for frame in batch.into_frames(sub, self.batching.enabled) {
             out.send(&frame)?;
         }
         Ok(())
@@ -274,6 +469,15 @@ impl Router {
                     protocol(format!("PublishOk for unknown publish id {}", ok.id))
                 })?;
                 let _ = p.reply.send(Ok(ok.seq));
+            }
+            Frame::Confirmed(c) => {
+                for i in 0..u64::from(c.count) {
+                    let id = c.first_id + i;
+                    let p = self.publishes.remove(&id).ok_or_else(|| {
+                        protocol(format!("Confirmed for unknown publish id {id}"))
+                    })?;
+                    let _ = p.reply.send(Ok(c.first_seq + i));
+                }
             }
             Frame::Rejected(r) => {
                 let refusal = || ClientError::Rejected {
@@ -359,6 +563,26 @@ impl Router {
                     .get_mut(&sub)
                     .ok_or_else(|| protocol(format!("Deliver for unknown subscription {sub}")))?;
                 if entry.on_deliver(d) == Delivered::Unsubscribe {
+                    out.send(&Frame::Unsubscribe(Unsubscribe { sub }))?;
+                }
+            }
+            Frame::DeliverBatch(b) => {
+                let sub = b.sub;
+                let entry = self.subs.get_mut(&sub).ok_or_else(|| {
+                    protocol(format!("DeliverBatch for unknown subscription {sub}"))
+                })?;
+                let mut unsubscribe = false;
+                for d in b.messages {
+                    let d = Deliver {
+                        sub,
+                        seq: d.seq,
+                        attempt: d.attempt,
+                        headers: d.headers,
+                        payload: d.payload,
+                    };
+                    unsubscribe |= entry.on_deliver(d) == Delivered::Unsubscribe;
+                }
+                if unsubscribe {
                     out.send(&Frame::Unsubscribe(Unsubscribe { sub }))?;
                 }
             }
@@ -460,6 +684,8 @@ impl Router {
     /// - Admin requests and pings go again after an idle close (never read); after another loss
     ///   they fail with `end` (the broker may have acted on a request; its caller decides).
     pub fn take_unanswered(&mut self, end: &ClientError, idle_close: bool) -> Vec<Replay> {
+        // Publishes being coalesced were never written: they go again with the others.
+        self.open = None;
         let mut unanswered: Vec<(u64, Replay)> = Vec::new();
         for (id, p) in self.publishes.drain() {
             let cmd = Command::Publish {
@@ -527,6 +753,7 @@ impl Router {
     /// sent and unanswered may have been stored: [`PublishError::ConnectionLost`]; one held
     /// after a `ShuttingDown` refusal was not: [`PublishError::NotSent`].
     pub fn fail_all(&mut self, err: &ClientError) {
+        self.open = None;
         for (_, p) in self.publishes.drain() {
             let _ = p.reply.send(Err(PublishError::ConnectionLost));
         }

@@ -20,7 +20,7 @@ use weir_protocol::{CodecError, Frame, GoingAwayReason};
 
 use super::handshake::{self, going_away, worth_retrying, Io, Session};
 use super::outbox::Outbox;
-use super::routing::{refuse_replay, Replay, Router};
+use super::routing::{refuse_replay, Batching, Replay, Router};
 use super::shared::{Command, ConnShared};
 use crate::error::ClientError;
 use crate::options::ClientOptions;
@@ -42,6 +42,11 @@ const FRAMES_PER_WAKE: usize = 256;
 /// How long an ack (or nack, term, progress) may wait to be batched with others before the
 /// task sends it anyway.
 pub(crate) const ACK_DELAY: Duration = Duration::from_millis(5);
+
+/// How publishes are coalesced on the connection of `session`.
+fn batching(opts: &ClientOptions, session: &Session) -> Batching {
+    Batching::new(opts, session.version, session.codec.max_frame_bytes())
+}
 
 /// Whether `e` is the end of a connection the broker closed as idle, which the task heals when
 /// the next command needs the broker.
@@ -83,6 +88,8 @@ pub(crate) struct ConnTask {
     opts: ClientOptions,
     shared: Arc<ConnShared>,
     flush_deadline: Option<Instant>,
+    /// When the publishes being coalesced go even if their batch is not full (`linger`).
+    batch_deadline: Option<Instant>,
 }
 
 impl ConnTask {
@@ -94,10 +101,12 @@ impl ConnTask {
         shared: Arc<ConnShared>,
         cmd_rx: mpsc::Receiver<Command>,
     ) -> ConnTask {
+        let mut router = Router::new(opts.reconnect.is_enabled());
+        router.set_batching(batching(&opts, &session));
         ConnTask {
             io: Some(session.io),
             out: Outbox::new(session.codec),
-            router: Router::new(opts.reconnect.is_enabled()),
+            router,
             cmd_rx,
             commands_open: true,
             replay: VecDeque::new(),
@@ -105,7 +114,24 @@ impl ConnTask {
             opts,
             shared,
             flush_deadline: None,
+            batch_deadline: None,
         }
+    }
+
+    /// Ends a round of commands: with `linger` zero, the publishes being coalesced go now;
+    /// otherwise they go when `linger` has passed since the first of them waited (or their
+    /// batch fills).
+    fn end_of_commands(&mut self) -> Result<(), ClientError> {
+        if self.opts.linger.is_zero() {
+            return self.router.flush_batch(&mut self.out);
+        }
+        if self.router.has_open_batch() {
+            self.batch_deadline
+                .get_or_insert_with(|| Instant::now() + self.opts.linger);
+        } else {
+            self.batch_deadline = None;
+        }
+        Ok(())
     }
 
     /// Runs the connection, across its reconnects, until it ends for good.
@@ -145,6 +171,7 @@ impl ConnTask {
     fn disconnect(&mut self, end: &ClientError, idle_close: bool) {
         self.io = None;
         self.flush_deadline = None;
+        self.batch_deadline = None;
         let taken = self.router.take_unanswered(end, idle_close);
         for replay in taken.into_iter().rev() {
             self.replay.push_front(replay);
@@ -187,6 +214,7 @@ impl ConnTask {
             }
             match self.reconnect(end, idle_close).await {
                 Ok(session) => {
+                    self.router.set_batching(batching(&self.opts, &session));
                     self.io = Some(session.io);
                     self.out.reset(session.codec);
                     self.shared.set_limits(session.limits);
@@ -288,6 +316,7 @@ impl ConnTask {
                     None => break,
                 }
             }
+            self.end_of_commands()?;
             let finished = !self.commands_open && self.router.idle() && self.replay.is_empty();
             // After a GoingAway, new commands wait in the queue for the next connection.
             let accept = self.commands_open
@@ -298,6 +327,7 @@ impl ConnTask {
                 return Err(ClientError::ConnectionLost);
             };
             if finished {
+                self.router.flush_batch(&mut self.out)?;
                 // Every handle is gone and nothing waits for an answer: send what is left
                 // (unsubscribes, final acks) and close, without waiting forever on a broker that
                 // does not read.
@@ -342,9 +372,17 @@ impl ConnTask {
                                 Err(_) => break,
                             }
                         }
+                        self.end_of_commands()?;
                     }
-                    None => self.commands_open = false,
+                    None => {
+                        self.commands_open = false;
+                        self.router.flush_batch(&mut self.out)?;
+                    }
                 },
+                _ = tokio::time::sleep_until(self.batch_deadline.unwrap_or_else(Instant::now)), if self.batch_deadline.is_some() => {
+                    self.batch_deadline = None;
+                    self.router.flush_batch(&mut self.out)?;
+                }
                 _ = self.shared.flush_now.notified() => self.flush_acks()?,
                 _ = self.shared.flush_soon.notified(), if deadline.is_none() => {
                     self.flush_deadline = Some(Instant::now() + ACK_DELAY);
