@@ -184,6 +184,30 @@ impl Publisher {
         Ok(retrier.retrying(&self.window, message, confirm, ticket))
     }
 
+    /// Publishes every payload of `payloads` to `topic`, in order, and returns their confirms
+    /// in that order: for a caller with a batch in hand. They are handed to the connection back
+    /// to back, so it sends them in `PublishBatch` frames (up to
+    /// [`crate::ClientOptions::batch_max_messages`] each; protocol v5). Each message keeps its
+    /// own answer: its confirm resolves to its sequence or to its own refusal (a batch that
+    /// meets a topic's bound is confirmed up to it and refused past it).
+    ///
+    /// Waits for window slots as [`Publisher::publish`] does, one per message: a batch larger
+    /// than the window is sent as confirms free slots. On an error (the connection ended, the
+    /// breaker is open) the messages before it are sent and their confirms are dropped; their
+    /// outcome is theirs.
+    pub async fn publish_batch<P: Into<Bytes>>(
+        &self,
+        topic: &str,
+        payloads: impl IntoIterator<Item = P>,
+    ) -> Result<Vec<PublishConfirm>, ClientError> {
+        let payloads = payloads.into_iter();
+        let mut confirms = Vec::with_capacity(payloads.size_hint().0);
+        for payload in payloads {
+            confirms.push(self.publish(topic, payload).await?);
+        }
+        Ok(confirms)
+    }
+
     /// Like [`Publisher::publish`], but never waits: fails with [`ClientError::WindowFull`] when
     /// the window has no free slot or the connection's command queue is full (nothing is sent
     /// then), with [`ClientError::CircuitOpen`] while the retry breaker is open, and with the

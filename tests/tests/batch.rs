@@ -375,3 +375,84 @@ async fn the_client_coalesces_pipelined_publishes_and_resolves_every_confirm() {
     let after = scrape(broker.admin_addr, "weir_publish_batch_frames_total").await;
     assert_eq!(before, after, "a v4 client sends no batch");
 }
+
+#[tokio::test]
+async fn publish_batch_answers_each_message_on_its_own() {
+    let broker = TestBroker::start().await;
+    let client = Client::connect(broker.addr).await.unwrap();
+    let spec = TopicSpec {
+        name: "six".into(),
+        max_messages: Some(6),
+        ..Default::default()
+    };
+    client.create_topic(spec).await.unwrap();
+    let publisher = client.publisher();
+    let confirms = publisher
+        .publish_batch("six", (0..10).map(|i| format!("m{i}")))
+        .await
+        .unwrap();
+    let mut outcomes = Vec::new();
+    for confirm in confirms {
+        outcomes.push(match confirm.await {
+            Ok(seq) => format!("seq {seq}"),
+            Err(weir_client::PublishError::Rejected { reason, limit, .. }) => {
+                format!("{reason:?} {}", limit.name)
+            }
+            Err(e) => panic!("unexpected {e}"),
+        });
+    }
+    let mut expected: Vec<String> = (1..=6).map(|s| format!("seq {s}")).collect();
+    expected.extend(std::iter::repeat_n("TopicFull max_messages".to_string(), 4));
+    assert_eq!(outcomes, expected);
+}
+
+#[tokio::test]
+async fn under_block_the_rest_of_a_batch_parks_in_order_and_is_confirmed_as_room_frees() {
+    let broker = TestBroker::start().await;
+    let mut client = RawClient::connect_v5(broker.addr).await;
+    let spec = TopicSpec {
+        name: "blocking".into(),
+        max_messages: Some(2),
+        overflow: Some(OverflowPolicy::Block),
+        max_block_ms: Some(60_000),
+        ..Default::default()
+    };
+    assert!(matches!(
+        client.create_topic(spec).await,
+        Frame::TopicCreated(_)
+    ));
+    client.send(batch(1, "blocking", &payloads(4, 8))).await;
+    assert_eq!(
+        client.recv().await,
+        Frame::Confirmed(Confirmed {
+            first_id: 1,
+            count: 2,
+            first_seq: 1
+        })
+    );
+    assert_eq!(
+        client.recv_within(Duration::from_millis(200)).await,
+        None,
+        "3 and 4 park"
+    );
+    assert_eq!(client.list().await[0].parked, 2);
+    // Each ack frees one place: the parked publishes follow in their order.
+    let mut consumer = RawClient::connect_v5(broker.addr).await;
+    consumer.subscribe(1, "blocking", "g", 4).await;
+    let (got, _) = receive(&mut consumer, 1, 2).await;
+    consumer
+        .send(Frame::Settle(Settle {
+            sub: 1,
+            ranges: vec![(got[0].seq, got[1].seq)],
+            how: Settlement::Ack,
+        }))
+        .await;
+    let mut confirmed = Vec::new();
+    while confirmed.len() < 2 {
+        match client.recv().await {
+            Frame::PublishOk(ok) => confirmed.push((ok.id, ok.seq)),
+            other => panic!("expected PublishOk, got {other:?}"),
+        }
+    }
+    assert_eq!(confirmed, vec![(3, 3), (4, 4)]);
+}

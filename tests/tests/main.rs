@@ -3,6 +3,7 @@
 mod admission;
 mod bad_input;
 mod batch;
+mod batch_model;
 mod bench_scenarios;
 mod budget;
 mod cli;
