@@ -54,6 +54,15 @@ struct Cli {
     /// `--server` (implies `--tls`).
     #[arg(long, global = true, value_name = "NAME")]
     tls_server_name: Option<String>,
+    /// The highest protocol version to speak: 5 (default) coalesces publishes, deliveries and
+    /// acks into batch frames; 4 sends one frame per message (for an A/B with `weir bench`).
+    #[arg(long, global = true, value_name = "VERSION", default_value_t = weir_client::PROTOCOL_VERSION,
+          value_parser = clap::value_parser!(u16).range(i64::from(weir_client::MIN_PROTOCOL_VERSION)..=i64::from(weir_client::PROTOCOL_VERSION)))]
+    protocol: u16,
+    /// Most publishes coalesced into one batch frame (1: none). Default 256.
+    #[arg(long, global = true, value_name = "N", default_value_t = 256,
+          value_parser = clap::value_parser!(u16).range(1..=4096))]
+    batch_max_messages: u16,
     #[command(subcommand)]
     command: Command,
 }
@@ -142,6 +151,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             weir_client::ReconnectPolicy::default()
         },
         tls: cli.tls_options(),
+        protocol_version: cli.protocol,
+        batch_max_messages: usize::from(cli.batch_max_messages),
         ..Default::default()
     };
     let server = address::normalise(&cli.server);

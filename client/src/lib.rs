@@ -94,4 +94,5 @@ pub use weir_protocol::{
     DroppedMessage, ErrorCode, FsyncPolicy, GoingAwayReason, GroupConfig, GroupInfo, GroupSpec,
     GroupUpdate, Headers, Limit, OverflowPolicy, RejectReason, ServerLimits, StartPosition,
     TopicConfig, TopicDescription, TopicHealth, TopicInfo, TopicRepaired, TopicSpec, TopicUpdate,
+    MAX_BATCH_MESSAGES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };

@@ -750,40 +750,47 @@ impl SegmentLog {
 
     fn append_with(
         &mut self,
-        buf: &mut Vec<u8>,
+        heads: &mut Vec<u8>,
         messages: &[Message],
         ts: u64,
     ) -> Result<(), LogError> {
         let limit = self.config.segment_bytes;
         let mut start = 0;
+        // Bytes of the records since `start`: their heads in `heads`, their payloads in place.
+        let mut chunk = 0u64;
         for (seq, (i, m)) in (self.next_seq()..).zip(messages.iter().enumerate()) {
             let rec_len = record::encoded_len(m);
-            let filled = self.active().size + buf.len() as u64;
+            let filled = self.active().size + chunk;
             if filled > 0 && filled.saturating_add(rec_len) > limit {
                 if i > start {
-                    self.write_active(buf, &messages[start..i])?;
-                    buf.clear();
-                    start = i;
+                    self.write_active(heads, &messages[start..i])?;
+                    heads.clear();
+                    (start, chunk) = (i, 0);
                 }
                 self.roll()?;
             }
-            record::encode(buf, seq, ts, m);
-            // Write in chunks: the encoded copy of a batch never holds more than about
-            // MAX_KEPT_WRITE_BUF (plus one record) beside the messages themselves.
-            if buf.len() >= MAX_KEPT_WRITE_BUF {
-                self.write_active(buf, &messages[start..=i])?;
-                buf.clear();
-                start = i + 1;
+            record::encode_head(heads, seq, ts, m);
+            chunk += rec_len;
+            // Write in chunks: one vectored write never covers more than about
+            // MAX_KEPT_WRITE_BUF of records (plus one).
+            if chunk >= MAX_KEPT_WRITE_BUF as u64 {
+                self.write_active(heads, &messages[start..=i])?;
+                heads.clear();
+                (start, chunk) = (i + 1, 0);
             }
         }
-        self.write_active(buf, &messages[start..])
+        self.write_active(heads, &messages[start..])
     }
 
-    fn write_active(&mut self, buf: &[u8], messages: &[Message]) -> Result<(), LogError> {
+    /// Appends the records of `messages` (their heads in `heads`) to the active segment.
+    fn write_active(&mut self, heads: &[u8], messages: &[Message]) -> Result<(), LogError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
         let interval = self.config.index_interval_bytes;
         let last = self.segments.len() - 1;
-        self.segments[last].append(buf, messages, interval)?;
-        self.disk_bytes += buf.len() as u64;
+        let written = self.segments[last].append(heads, messages, interval)?;
+        self.disk_bytes += written;
         self.pending_from = self.pending_from.min(last);
         Ok(())
     }

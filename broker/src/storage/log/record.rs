@@ -80,13 +80,23 @@ pub(crate) fn fits(message: &Message) -> bool {
 ///
 /// The caller must have checked [`fits`]; a message that does not would have length fields
 /// truncated, so this is guarded by a debug assertion only.
+#[cfg(test)]
 pub(crate) fn encode(buf: &mut Vec<u8>, seq: u64, timestamp_ms: u64, message: &Message) {
+    encode_head(buf, seq, timestamp_ms, message);
+    buf.extend_from_slice(&message.payload);
+}
+
+/// Appends one record to `buf` without its payload, which follows it on disk: the record's
+/// fields, headers and crc (computed over the payload too). Written with the payload as two
+/// buffers of one vectored write, the payload is never copied. The caller must have checked
+/// [`fits`], as for [`encode`].
+pub(crate) fn encode_head(buf: &mut Vec<u8>, seq: u64, timestamp_ms: u64, message: &Message) {
     debug_assert!(fits(message));
     let start = buf.len();
     let total = encoded_len(message);
     let len = u32::try_from(total - PREFIX_LEN as u64).unwrap_or(u32::MAX);
     let count = u16::try_from(message.headers.len()).unwrap_or(u16::MAX);
-    buf.reserve(usize::try_from(total).unwrap_or(0));
+    buf.reserve(usize::try_from(total).unwrap_or(0) - message.payload.len());
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(&[0u8; 4]); // crc placeholder
     buf.extend_from_slice(&seq.to_be_bytes());
@@ -100,8 +110,8 @@ pub(crate) fn encode(buf: &mut Vec<u8>, seq: u64, timestamp_ms: u64, message: &M
         buf.extend_from_slice(&value_len.to_be_bytes());
         buf.extend_from_slice(value.as_bytes());
     }
-    buf.extend_from_slice(&message.payload);
     let crc = crc32c::crc32c(&buf[start + PREFIX_LEN..]);
+    let crc = crc32c::crc32c_append(crc, &message.payload);
     buf[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
 }
 

@@ -246,17 +246,28 @@ impl Segment {
         }
     }
 
-    /// Writes `buf` (the encoded records for `messages`, in order, starting at sequence
-    /// `next_seq`) at the end of the valid data with one positional write, then updates size,
-    /// next sequence and index. On failure the file is cut back to its previous size (best effort)
+    /// Writes the records of `messages` (in order, starting at sequence `next_seq`) at the end
+    /// of the valid data with one positional vectored write of each record's head (from
+    /// `heads`, see [`record::encode_head`]) and its payload, then updates size, next sequence
+    /// and index; returns the bytes written. On failure the file is cut back to its previous size (best effort)
     /// and the in-memory state is unchanged. Does not fsync.
     pub(crate) fn append(
         &mut self,
-        buf: &[u8],
+        heads: &[u8],
         messages: &[Message],
         interval: u32,
-    ) -> io::Result<()> {
-        if let Err(e) = self.file.write_all_at(buf, self.size) {
+    ) -> io::Result<u64> {
+        // Each record's head (from `heads`, in order) then its payload: one vectored write.
+        let mut parts = Vec::with_capacity(messages.len() * 2);
+        let mut at = 0usize;
+        for m in messages {
+            let head = record::encoded_len(m) as usize - m.payload.len();
+            parts.push(io::IoSlice::new(&heads[at..at + head]));
+            parts.push(io::IoSlice::new(&m.payload));
+            at += head;
+        }
+        debug_assert_eq!(at, heads.len());
+        if let Err(e) = self.file.write_vectored_all_at(&parts, self.size) {
             let _ = self.file.set_len(self.size);
             return Err(e);
         }
@@ -266,10 +277,10 @@ impl Segment {
             self.index.observe(rel, offset, interval);
             offset += record::encoded_len(m);
         }
-        debug_assert_eq!(offset, self.size + buf.len() as u64);
-        self.size += buf.len() as u64;
+        let written = offset - self.size;
+        self.size = offset;
         self.next_seq += messages.len() as u64;
-        Ok(())
+        Ok(written)
     }
 
     /// Cuts the file and the in-memory state back to `size` bytes holding records up to (not
