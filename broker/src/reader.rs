@@ -6,7 +6,8 @@
 //!   connection is granted whatever its memory holds (charged all the same): acks, credit,
 //!   pings and small publishes are always read, and they are what frees memory.
 //! - A frame larger than that is assembled in a buffer of its own that grows, as its bytes
-//!   arrive, by at most a quarter of what has arrived — and only if the connection's share
+//!   arrive, by at most what has arrived (doubling, so each byte is copied about once as it
+//!   grows, never past the frame's announced end) — and only if the connection's share
 //!   (`max_connection_memory_bytes`) and the broker's inbound half of `memory_budget_bytes` have
 //!   room. When they do not, a publish is **shed**: answered from its header
 //!   (`Rejected{Overloaded}` naming the bound that had no room), its payload discarded as it
@@ -280,8 +281,8 @@ impl FrameReader {
     }
 
     /// Makes sure the buffer the next socket read goes into has spare room: the small-frame
-    /// buffer, up to [`READ_BASE`]; else a large frame's own buffer, growing by a quarter of what
-    /// has arrived if the memory allows.
+    /// buffer, up to [`READ_BASE`]; else a large frame's own buffer, growing by what has
+    /// arrived (at most to the frame's end) if the memory allows.
     fn make_room(&mut self) -> Result<(), MemoryFull> {
         if self.large.is_none() {
             if self.buf.capacity() - self.buf.len() >= READ_SPARE {
@@ -311,7 +312,7 @@ impl FrameReader {
             return Ok(());
         }
         let (arrived, left) = (large.data.len(), large.total - large.data.len());
-        let grow = READ_CHUNK.max(arrived / 4).min(left);
+        let grow = READ_CHUNK.max(arrived).min(left);
         self.take(grow)?;
         if let Some(large) = &mut self.large {
             large.data.reserve_exact(grow);
