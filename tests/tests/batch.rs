@@ -456,3 +456,56 @@ async fn under_block_the_rest_of_a_batch_parks_in_order_and_is_confirmed_as_room
     }
     assert_eq!(confirmed, vec![(3, 3), (4, 4)]);
 }
+
+#[tokio::test]
+async fn during_the_shutdown_grace_batches_are_refused_per_message_and_settle_ranges_apply() {
+    let broker = TestBroker::start().await;
+    let mut client = RawClient::connect_v5(broker.addr).await;
+    client.send(batch(1, "graceful", &payloads(2, 4))).await;
+    assert!(matches!(client.recv().await, Frame::Confirmed(c) if c.count == 2));
+    client.subscribe(1, "graceful", "g", 2).await;
+    let (held, _) = receive(&mut client, 1, 2).await;
+    let stopping = tokio::spawn(async move {
+        let mut broker = broker;
+        broker.stop().await;
+        broker
+    });
+    // Probe until the stop has begun: then each message of a batch is refused `ShuttingDown`
+    // (the connection is still read: it holds deliveries).
+    let mut id = 100;
+    'probe: loop {
+        client.send(batch(id, "probe", &payloads(2, 4))).await;
+        let mut answered = 0;
+        while answered < 2 {
+            match client.recv().await {
+                Frame::Confirmed(c) => answered += c.count,
+                Frame::Rejected(r) if r.reason == RejectReason::ShuttingDown => {
+                    assert!((id..id + 2).contains(&r.id));
+                    answered += 1;
+                    if answered == 2 {
+                        break 'probe;
+                    }
+                }
+                other => panic!("expected answers to the probe, got {other:?}"),
+            }
+        }
+        id += 2;
+    }
+    client
+        .send(Frame::Settle(Settle {
+            sub: 1,
+            ranges: vec![(held[0].seq, held[1].seq)],
+            how: Settlement::Ack,
+        }))
+        .await;
+    while let Some(frame) = client.recv_or_closed().await {
+        assert!(matches!(frame, Frame::GoingAway(_)), "{frame:?}");
+    }
+    let broker = stopping.await.expect("the broker stops").restart().await;
+    let mut admin = RawClient::connect(broker.addr).await;
+    let info = weir_tests::wire::wait_for_topic(&mut admin, "graceful", |_| true).await;
+    assert_eq!(
+        info.depth, 0,
+        "the range ack made during the grace was kept"
+    );
+}

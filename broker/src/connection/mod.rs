@@ -626,8 +626,8 @@ impl Connection {
     /// broker refuses with `ShuttingDown` as it stops) and sends their answers, and for the
     /// client to settle the deliveries it holds. Meanwhile it still reads the client's frames
     /// and applies its acks, nacks, terms and progress (the broker dispatches nothing more by
-    /// now, so they only settle what the client holds) and answers its publishes (refused
-    /// `ShuttingDown`); any other frame is ignored. It ends as soon as nothing is pending and
+    /// now, so they only settle what the client holds) and answers its publishes and batches
+    /// (each message refused `ShuttingDown`); any other frame is ignored. It ends as soon as nothing is pending and
     /// nothing is held, or the client closes: an unacked delivery is redelivered after the
     /// restart.
     async fn finish_confirms(&mut self, frames: &mut FrameReader, grace: Duration) {
@@ -656,7 +656,9 @@ impl Connection {
                             | Frame::Nack(_)
                             | Frame::Term(_)
                             | Frame::Progress(_)
-                            | Frame::Publish(_)),
+                            | Frame::Settle(_)
+                            | Frame::Publish(_)
+                            | Frame::PublishBatch(_)),
                         ))) => {
                             if self.apply(frame).await.is_err() {
                                 return;
