@@ -230,3 +230,22 @@ impl Drop for BrokerProcess {
         }
     }
 }
+
+/// Waits for `child` to exit and returns what it printed; past `limit` it is killed
+/// (`SIGKILL`) and the test fails naming `what` — a test never waits on a child unbounded.
+pub async fn output_within(child: Child, limit: Duration, what: &str) -> Output {
+    let pid = child.id();
+    let waited = tokio::time::timeout(
+        limit,
+        tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait for the child")),
+    )
+    .await;
+    match waited {
+        Ok(out) => out.expect("wait task"),
+        Err(_) => {
+            // SAFETY: kill(2) has no memory effects; the pid is our own child's.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("{what} did not exit within {limit:?}");
+        }
+    }
+}

@@ -509,3 +509,28 @@ async fn during_the_shutdown_grace_batches_are_refused_per_message_and_settle_ra
         "the range ack made during the grace was kept"
     );
 }
+
+#[tokio::test]
+async fn with_linger_a_publish_waits_for_company_and_a_lone_one_still_goes() {
+    let broker = TestBroker::start().await;
+    let opts = ClientOptions {
+        linger: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let client = Client::connect_with(broker.addr, opts).await.unwrap();
+    let publisher = client.publisher();
+    // Two publishes 20 ms apart: without a linger each would leave in its own frame as soon
+    // as it was queued; with one they share a batch.
+    let first = publisher.try_publish("lingering", "one").unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = publisher.try_publish("lingering", "two").unwrap();
+    assert_eq!((first.await.unwrap(), second.await.unwrap()), (1, 2));
+    let batches = scrape(broker.admin_addr, "weir_publish_batch_frames_total").await;
+    assert_eq!(batches, Some(1.0), "two publishes, one frame");
+    // A lone publish still goes, once the linger has passed.
+    let seq = publisher
+        .publish_and_wait("lingering", "alone")
+        .await
+        .unwrap();
+    assert_eq!(seq, 3);
+}

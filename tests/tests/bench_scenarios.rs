@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use weir_client::Client;
-use weir_tests::process::workspace_bin;
+use weir_tests::process::{output_within, workspace_bin};
 use weir_tests::TestBroker;
 
 /// Longest a `weir bench` child may run here before it is killed and the test fails.
@@ -25,20 +25,7 @@ async fn weir(addr: std::net::SocketAddr, args: &[&str]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn weir");
-    let pid = child.id();
-    let waited = tokio::time::timeout(
-        CHILD_LIMIT,
-        tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait for weir")),
-    )
-    .await;
-    match waited {
-        Ok(out) => out.expect("wait task"),
-        Err(_) => {
-            // SAFETY: kill(2) has no memory effects; the pid is our own child's.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            panic!("weir did not exit within {CHILD_LIMIT:?}");
-        }
-    }
+    output_within(child, CHILD_LIMIT, "weir").await
 }
 
 /// Sends `sig` to `child`, then waits for it to exit (killed, and the test failed, past
@@ -47,19 +34,7 @@ async fn finish_after(child: std::process::Child, sig: libc::c_int) -> Output {
     let pid = child.id() as libc::pid_t;
     // SAFETY: kill(2) has no memory effects; the pid is our own child's.
     unsafe { libc::kill(pid, sig) };
-    let waited = tokio::time::timeout(
-        CHILD_LIMIT,
-        tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait for weir")),
-    )
-    .await;
-    match waited {
-        Ok(out) => out.expect("wait task"),
-        Err(_) => {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("weir did not exit within {CHILD_LIMIT:?} of signal {sig}");
-        }
-    }
+    output_within(child, CHILD_LIMIT, &format!("weir (signalled {sig})")).await
 }
 
 /// The JSON report `out` printed on stdout.

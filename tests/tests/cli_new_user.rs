@@ -31,19 +31,7 @@ fn spawn_weir(addr: std::net::SocketAddr, args: &[&str]) -> Child {
 /// Waits for `child` to exit (killing it and failing after [`CHILD_LIMIT`]) and returns what
 /// it printed.
 async fn finish(child: Child) -> Output {
-    let pid = child.id();
-    let waited = tokio::time::timeout(
-        CHILD_LIMIT,
-        tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait for weir")),
-    )
-    .await;
-    match waited {
-        Ok(out) => out.expect("wait task"),
-        Err(_) => {
-            signal(pid, libc::SIGKILL);
-            panic!("weir did not exit within {CHILD_LIMIT:?}");
-        }
-    }
+    weir_tests::process::output_within(child, CHILD_LIMIT, "weir").await
 }
 
 /// Sends `sig` to process `pid`.
