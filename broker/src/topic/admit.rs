@@ -116,11 +116,12 @@ impl Topic {
         over_count.max(over_bytes.div_ceil(average)).max(1)
     }
 
-    /// The retry hint for a refusal at the topic's bound, in milliseconds (rounded up).
-    pub(super) fn retry_after(&self, st: &TopicState, len: u64, now: Instant) -> u64 {
-        let wait = st
-            .drain
-            .retry_after(self.over_by(st, len), self.max_retry_after, now);
+    /// The retry hint for a refusal at the topic's bound, in milliseconds (rounded up): when
+    /// enough will have drained for it, spread after the hints of the refusals before it (see
+    /// [`super::drain::DrainRate::spread_retry_after`]).
+    pub(super) fn retry_after(&self, st: &mut TopicState, len: u64, now: Instant) -> u64 {
+        let over = self.over_by(st, len);
+        let wait = st.drain.spread_retry_after(over, self.max_retry_after, now);
         wait.as_micros().div_ceil(1000) as u64
     }
 
@@ -245,7 +246,7 @@ impl Topic {
                 };
                 return match self.park(&mut st, parked) {
                     Ok(()) => Ok(Admitted::Parked(confirm)),
-                    Err(_) => Err(self.parking_full(&st, len, now)),
+                    Err(_) => Err(self.parking_full(&mut st, len, now)),
                 };
             }
         }

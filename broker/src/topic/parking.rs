@@ -51,12 +51,13 @@ impl Topic {
     }
 
     /// The refusal for a publish the parking queue cannot take.
-    pub(super) fn parking_full(&self, st: &TopicState, len: u64, now: Instant) -> AppendError {
+    pub(super) fn parking_full(&self, st: &mut TopicState, len: u64, now: Instant) -> AppendError {
         let limit = Limit::new(
             "max_blocked_publishes",
             u64::from(self.settings().max_blocked_publishes),
         );
-        self.full(st, limit, self.retry_after(st, len, now))
+        let retry = self.retry_after(st, len, now);
+        self.full(st, limit, retry)
     }
 
     /// Moves parked publishes that now fit into the writer's queue, oldest first, stopping at
@@ -103,10 +104,11 @@ impl Topic {
 
     /// Refuses every parked publish whose `max_block_ms` has passed.
     pub(super) fn expire_parked(&self, now: Instant) {
-        let st = lock(&self.state);
-        for p in st.parked.expire(now) {
+        let mut st = lock(&self.state);
+        let expired = st.parked.expire(now);
+        for p in expired {
             let limit = Limit::new("max_block_ms", self.settings().max_block_ms);
-            let retry = self.retry_after(&st, p.message.size(), now);
+            let retry = self.retry_after(&mut st, p.message.size(), now);
             let _ = p.reply.send(Err(self.full(&st, limit, retry)));
         }
     }
