@@ -205,6 +205,9 @@ mod tests {
             Some(99),
             "newest kept"
         );
-        assert!(encodes_within(Frame::TopicDescription(d), 4 * 1024));
+        assert!(encodes_within(
+            Frame::TopicDescription(Box::new(d)),
+            4 * 1024
+        ));
     }
 }

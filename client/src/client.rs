@@ -190,7 +190,7 @@ impl Client {
             .request(AdminRequest::DescribeTopic(name.to_owned()))
             .await?
         {
-            Frame::TopicDescription(d) => Ok(d),
+            Frame::TopicDescription(d) => Ok(*d),
             other => Err(unexpected("DescribeTopic", &other)),
         }
     }

@@ -61,7 +61,7 @@ pub enum Frame {
     /// Client → broker: describe one topic, with its sample of recent drops.
     DescribeTopic(DescribeTopic),
     /// Broker → client: the answer to [`DescribeTopic`].
-    TopicDescription(TopicDescription),
+    TopicDescription(Box<TopicDescription>),
     /// Client → broker: these delivered messages failed; redeliver them after a delay.
     Nack(Nack),
     /// Client → broker: these delivered messages can never be processed; dead-letter them now.

@@ -406,13 +406,13 @@ fn frame() -> impl Strategy<Value = Frame> {
             topic_info(),
             proptest::collection::vec(dropped(), 0..3)
         )
-            .prop_map(|(req, info, recent_drops)| Frame::TopicDescription(
-                TopicDescription {
+            .prop_map(
+                |(req, info, recent_drops)| Frame::TopicDescription(Box::new(TopicDescription {
                     req,
                     info,
                     recent_drops
-                }
-            )),
+                }))
+            ),
         (
             any::<u64>(),
             name(),

@@ -42,7 +42,7 @@ impl Connection {
                 let (info, recent_drops) = topic.describe();
                 let max = self.broker.config().limits.max_frame_bytes as usize;
                 let answer = crate::replies::description(d.req, info, recent_drops, max);
-                Frame::TopicDescription(answer)
+                Frame::TopicDescription(Box::new(answer))
             }
             None => error(
                 d.req,
