@@ -283,25 +283,31 @@ pub struct PolicyReport {
 /// What producers honouring the retry-after hints did, against the topic's drain rate.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HonourReport {
+    /// Producers that ran, each on its own connection.
     pub producers: usize,
     /// The topic's drain rate: the consumer's deliveries per second while the producers ran.
     pub drain_per_s: f64,
     /// Publishes sent (first tries and retries), and per second.
     pub offered: u64,
+    /// `offered` per second of the run.
     pub offered_per_s: f64,
     /// Messages sent for the first time.
     pub first_tries: u64,
     /// Messages sent again after sleeping their hint, and per second.
     pub retries: u64,
+    /// `retries` per second of the run.
     pub retries_per_s: f64,
     /// `retries_per_s / drain_per_s`: how many retries the producers bring for each message
     /// the topic drains (`None` when nothing drained). A small multiple of 1 when the hints
     /// spread the producers; far above it, a retry storm.
     pub retries_per_drain: Option<f64>,
+    /// Publishes confirmed per second of the run.
     pub confirmed_per_s: f64,
-    /// Retry-after hints received, ms.
+    /// Retry-after hints received, ms: the median (`None` without any hint).
     pub hint_p50_ms: Option<u64>,
+    /// The 99th percentile of the hints, ms.
     pub hint_p99_ms: Option<u64>,
+    /// The longest hint, ms.
     pub hint_max_ms: Option<u64>,
     /// Refusals without a hint (each producer moved on to its next message after 100 ms).
     pub refused_without_hint: u64,
