@@ -336,3 +336,145 @@ async fn bench_catch_up_removes_its_topic_when_interrupted() {
     );
     assert_eq!(topics(&client).await, Vec::<String>::new(), "topic removed");
 }
+
+/// The field `key` of `v` as a number (the test fails naming it when it is not one).
+fn num(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not a count: {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_overload_with_producers_honouring_the_hint_counts_their_retries() {
+    let broker = TestBroker::start().await;
+    let client = Client::connect(broker.addr).await.unwrap();
+    let out = weir(
+        broker.addr,
+        &[
+            "bench",
+            "overload",
+            "--producers",
+            "8",
+            "--honour-hint",
+            "--duration",
+            "2",
+            "--bound",
+            "50",
+            "--consumer-rate",
+            "200",
+            "--size",
+            "64",
+            "--drain",
+            "5",
+            "--json",
+        ],
+    )
+    .await;
+    // Targets (refusal latency, retries against the drain) may be missed: exit 1 with a report.
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
+    let json = report(&out);
+    assert_eq!(
+        (json["producers"].as_u64(), json["honour_hint"].as_bool()),
+        (Some(8), Some(true)),
+        "{json}"
+    );
+    assert_eq!(json["window"], 1, "one publish at a time: {json}");
+    let results = json["results"].as_array().expect("results");
+    let policies: Vec<_> = results.iter().map(|r| r["policy"].clone()).collect();
+    assert_eq!(policies, ["reject", "block", "drop_oldest"], "{json}");
+    for r in results {
+        let policy = r["policy"].as_str().unwrap();
+        assert!(r["error"].is_null(), "{policy}: {r}");
+        let h = &r["honour"];
+        assert_eq!(h["producers"], 8, "{policy}: {h}");
+        // Every publish sent is a first try or a retry; every hinted refusal was retried or
+        // abandoned at the end (nothing was left unresolved).
+        assert_eq!(num(r, "unresolved"), 0, "{policy}: {r}");
+        assert_eq!(num(h, "offered"), num(r, "offered"), "{policy}: {r}");
+        assert_eq!(
+            num(h, "offered"),
+            num(h, "first_tries") + num(h, "retries"),
+            "{policy}: {h}"
+        );
+        let hints = &r["retry_after"];
+        assert_eq!(
+            num(r, "refused"),
+            num(hints, "with_hint") + num(hints, "without_hint"),
+            "{policy}: {r}"
+        );
+        assert_eq!(
+            num(hints, "with_hint"),
+            num(h, "retries") + num(h, "abandoned"),
+            "{policy}: {r}"
+        );
+        assert_eq!(num(h, "refused_without_hint"), num(hints, "without_hint"));
+        if num(hints, "with_hint") > 0 {
+            for q in ["hint_p50_ms", "hint_p99_ms", "hint_max_ms"] {
+                assert!(h[q].as_u64().is_some(), "{policy}: {q} reported: {h}");
+            }
+        }
+        let ratio = h["retries_per_drain"].as_f64().expect("a drain rate");
+        assert!(ratio.is_finite() && ratio >= 0.0, "{policy}: {h}");
+        assert!(h["drain_per_s"].as_f64().unwrap() > 0.0, "{policy}: {h}");
+        assert!(h["confirmed_per_s"].is_number(), "{policy}: {h}");
+        assert!(
+            r["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"].as_str().unwrap().starts_with("retries/s")),
+            "{policy}: the retry target is checked: {r}"
+        );
+        // The scenario's accounting still holds.
+        let acc = &r["accounting"];
+        assert_eq!(num(r, "lost"), 0, "{policy}: {r}");
+        assert_eq!(num(acc, "confirmed"), num(r, "confirmed"), "{policy}: {r}");
+        if policy != "drop_oldest" {
+            assert_eq!(
+                num(acc, "confirmed"),
+                num(acc, "delivered") + num(acc, "stored"),
+                "{policy}: confirmed == delivered + stored: {acc}"
+            );
+        }
+    }
+    // A topic bounded at 50 draining 200/s cannot take what 8 producers offer: reject refuses
+    // them, each refusal with a hint.
+    let reject = &results[0];
+    assert!(num(&reject["retry_after"], "with_hint") > 0, "{reject}");
+    assert_eq!(num(&reject["retry_after"], "without_hint"), 0, "{reject}");
+    assert_eq!(
+        topics(&client).await,
+        Vec::<String>::new(),
+        "topics removed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_overload_fails_clearly_when_the_broker_refuses_producer_connections() {
+    let broker = TestBroker::start_with(|c| c.limits.max_connections_per_ip = 5).await;
+    let out = weir(
+        broker.addr,
+        &[
+            "bench",
+            "overload",
+            "--producers",
+            "8",
+            "--honour-hint",
+            "--duration",
+            "1",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("producer connections") && stderr.contains("max_connections_per_ip"),
+        "names the bound: {stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no report: {out:?}");
+    // The producers' connections are opened before the topic is created and closed on the
+    // failure: the broker takes new connections, and no topic is left.
+    let client = Client::connect(broker.addr).await.unwrap();
+    assert_eq!(topics(&client).await, Vec::<String>::new());
+}

@@ -206,6 +206,15 @@ impl SeqSet {
         self.untracked += (to - from + 1) - tracked;
     }
 
+    /// Adds every sequence number of `other`; those `other` could not track stay untracked
+    /// here (as do those past this set's own bound).
+    pub fn union(&mut self, other: &SeqSet) {
+        for seq in other.iter() {
+            self.insert(seq);
+        }
+        self.untracked += other.untracked;
+    }
+
     pub fn contains(&self, seq: u64) -> bool {
         let Some(idx) = seq.checked_sub(self.base) else {
             return false;

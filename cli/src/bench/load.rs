@@ -100,7 +100,8 @@ pub struct PhaseOutcome {
 }
 
 impl PhaseOutcome {
-    fn new() -> PhaseOutcome {
+    /// Nothing seen yet.
+    pub fn new() -> PhaseOutcome {
         PhaseOutcome {
             offered: 0,
             confirmed: 0,
@@ -135,7 +136,8 @@ pub struct RetryAfterReport {
 }
 
 impl RetryAfter {
-    fn new() -> RetryAfter {
+    /// No refusal seen yet.
+    pub fn new() -> RetryAfter {
         RetryAfter {
             with_hint: 0,
             without_hint: 0,

@@ -35,6 +35,7 @@ mod catchup;
 mod cleanup;
 mod common;
 mod disk;
+mod honour;
 mod idle;
 mod load;
 mod noisy;

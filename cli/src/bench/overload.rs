@@ -7,9 +7,15 @@
 //! see [`super::accounting`]), the broker's RSS and CPU before and after (`--broker-pid`), and a
 //! verdict on the producer's experience: *paced* (`block`: confirms at the consumer's rate),
 //! *refused* (`reject`: fast refusals with retry-after) or *dropped visibly* (`drop_oldest`).
+//!
+//! `--producers N` runs N producers, each on its own connection ([`super::honour`]); with
+//! `--honour-hint` each publishes one message at a time and honours every retry-after hint
+//! exactly, and the report says how many retries a second that brings against the topic's
+//! drain rate (the consumer's measured ack rate): the retry herd the hints should spread.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -21,8 +27,9 @@ use super::cleanup::Created;
 use super::common::{
     histogram, human_us, per_s, progress_bar, progress_enabled, run_id, BrokerUsage, Latency,
 };
+use super::honour::{self, HonourTally};
 use super::load::{rate_between, Phase, RetryAfterReport, SeriesPoint};
-use super::scenario::{run_scenario, ScenarioFlags, ScenarioOutcome, ScenarioSpec};
+use super::scenario::{run_scenario_with, ScenarioFlags, ScenarioOutcome, ScenarioSpec};
 use super::{Check, CheckKind};
 use crate::size::{format_signed_size, format_size};
 
@@ -69,12 +76,22 @@ pub struct OverloadArgs {
     /// Payload size in bytes or with a unit (4KiB, 1MB) (at least 16: the stamp).
     #[arg(long, value_name = "SIZE", default_value = "1024", value_parser = crate::size::parse_size_usize)]
     pub size: usize,
-    /// The producer's window of unconfirmed publishes.
+    /// The producer's window of unconfirmed publishes (each producer's).
     #[arg(long, default_value_t = 256)]
     pub window: usize,
-    /// Pace the producer at this many msg/s (default: as fast as the window allows).
+    /// Pace the producer at this many msg/s (each producer; default: as fast as the window
+    /// allows).
     #[arg(long)]
     pub rate: Option<u64>,
+    /// Producers, each on its own connection (the broker's limits.max_connections_per_ip and
+    /// limits.max_connections must hold them plus 2). At most 64 without --honour-hint.
+    #[arg(long, default_value_t = 1)]
+    pub producers: usize,
+    /// Each producer publishes one message at a time; refused with a retry-after hint, it
+    /// sleeps exactly that long and sends the same message again (without a hint: the next
+    /// one after 100 ms). Reports retries per second against the drain rate.
+    #[arg(long, conflicts_with_all = ["window", "rate"])]
+    pub honour_hint: bool,
     /// The consumer's window (credit).
     #[arg(long, default_value_t = 32)]
     pub credit: u32,
@@ -252,12 +269,113 @@ pub struct PolicyReport {
     pub retry_after: RetryAfterReport,
     pub max_depth: u64,
     pub max_parked: u64,
+    /// With `--honour-hint`: the retries against the drain rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub honour: Option<HonourReport>,
     pub broker: Option<BrokerUsage>,
     pub consumer_errors: Vec<String>,
     pub warnings: Vec<String>,
     pub verdict: Option<Verdict>,
     pub checks: Vec<Check>,
     pub series: Vec<SeriesPoint>,
+}
+
+/// What producers honouring the retry-after hints did, against the topic's drain rate.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HonourReport {
+    /// Producers that ran, each on its own connection.
+    pub producers: usize,
+    /// The topic's drain rate: the consumer's deliveries per second while the producers ran.
+    pub drain_per_s: f64,
+    /// Publishes sent (first tries and retries), and per second.
+    pub offered: u64,
+    /// `offered` per second of the run.
+    pub offered_per_s: f64,
+    /// Messages sent for the first time.
+    pub first_tries: u64,
+    /// Messages sent again after sleeping their hint, and per second.
+    pub retries: u64,
+    /// `retries` per second of the run.
+    pub retries_per_s: f64,
+    /// `retries_per_s / drain_per_s`: how many retries the producers bring for each message
+    /// the topic drains (`None` when nothing drained). A small multiple of 1 when the hints
+    /// spread the producers; far above it, a retry storm.
+    pub retries_per_drain: Option<f64>,
+    /// Publishes confirmed per second of the run.
+    pub confirmed_per_s: f64,
+    /// Retry-after hints received, ms: the median (`None` without any hint).
+    pub hint_p50_ms: Option<u64>,
+    /// The 99th percentile of the hints, ms.
+    pub hint_p99_ms: Option<u64>,
+    /// The longest hint, ms.
+    pub hint_max_ms: Option<u64>,
+    /// Refusals without a hint (each producer moved on to its next message after 100 ms).
+    pub refused_without_hint: u64,
+    /// Messages given up at the end because their retry would have come after it.
+    pub abandoned: u64,
+}
+
+/// Retries per second within this multiple of the drain rate meet the target of the retry-hint
+/// issue ("a small multiple").
+const RETRY_TARGET_MULTIPLE: f64 = 2.0;
+
+impl HonourReport {
+    /// The report of `tally`, with the producer's `retry_after` hints, over `producing_s`
+    /// seconds in which the consumer drained `delivered` messages.
+    pub fn new(
+        tally: &HonourTally,
+        result: &super::load::ProducerResult,
+        producing_s: f64,
+        delivered: u64,
+    ) -> HonourReport {
+        let drain_per_s = per_s(delivered, producing_s);
+        let retries_per_s = per_s(tally.retries, producing_s);
+        let hints = result.retry_after.report();
+        HonourReport {
+            producers: tally.producers,
+            drain_per_s,
+            offered: tally.first_tries + tally.retries,
+            offered_per_s: per_s(tally.first_tries + tally.retries, producing_s),
+            first_tries: tally.first_tries,
+            retries: tally.retries,
+            retries_per_s,
+            retries_per_drain: (drain_per_s > 0.0).then(|| retries_per_s / drain_per_s),
+            confirmed_per_s: per_s(result.total(|x| x.confirmed), producing_s),
+            hint_p50_ms: hints.p50_ms,
+            hint_p99_ms: hints.p99_ms,
+            hint_max_ms: hints.max_ms,
+            refused_without_hint: hints.without_hint,
+            abandoned: tally.abandoned,
+        }
+    }
+
+    /// The target check: retries per second within [`RETRY_TARGET_MULTIPLE`] of the drain rate.
+    fn check(&self) -> Check {
+        Check {
+            name: format!("retries/s ≤ {RETRY_TARGET_MULTIPLE}× drain/s"),
+            kind: CheckKind::Target,
+            ok: self
+                .retries_per_drain
+                .is_some_and(|r| r <= RETRY_TARGET_MULTIPLE),
+            detail: format!(
+                "{} producers: {:.0} retries/s against {:.0} drained/s ({}); hints p50/p99/max {}",
+                self.producers,
+                self.retries_per_s,
+                self.drain_per_s,
+                self.retries_per_drain
+                    .map_or("nothing drained".into(), |r| format!("{r:.2}×")),
+                hint_ms(self)
+            ),
+        }
+    }
+}
+
+/// The hints' p50/p99/max, or `-` without any.
+fn hint_ms(h: &HonourReport) -> String {
+    match (h.hint_p50_ms, h.hint_p99_ms, h.hint_max_ms) {
+        (Some(a), Some(b), Some(c)) => format!("{a}/{b}/{c} ms"),
+        _ => "-".into(),
+    }
 }
 
 /// The whole report.
@@ -273,6 +391,10 @@ pub struct OverloadReport {
     pub window: usize,
     /// The producer's pace; `None`: as fast as the window allows.
     pub rate: Option<u64>,
+    /// Producers, each on its own connection.
+    pub producers: usize,
+    /// Whether they published one at a time, honouring every retry-after hint.
+    pub honour_hint: bool,
     pub credit: u32,
     pub drain_s: u64,
     /// True when every correctness and behaviour check passed.
@@ -302,6 +424,18 @@ pub async fn run(
         "--window and --credit must be at least 1"
     );
     anyhow::ensure!(args.sample_ms >= 10, "--sample-ms must be at least 10");
+    anyhow::ensure!(
+        (1..=honour::MAX_PRODUCERS).contains(&args.producers),
+        "--producers must be between 1 and {}",
+        honour::MAX_PRODUCERS
+    );
+    anyhow::ensure!(
+        args.honour_hint || args.producers <= honour::MAX_WINDOWED_PRODUCERS,
+        "--producers is at most {} without --honour-hint (each windowed producer keeps its own histograms)",
+        honour::MAX_WINDOWED_PRODUCERS
+    );
+    // Honouring producers publish one message at a time.
+    let window = if args.honour_hint { 1 } else { args.window };
     let id = run_id();
     let show = progress_enabled(args.json);
     let mut results = Vec::new();
@@ -328,15 +462,32 @@ pub async fn run(
             consumer_rate: Some(args.consumer_rate as f64),
             credit: args.credit,
             size: args.size,
-            window: args.window,
+            window,
             sample_every: Duration::from_millis(args.sample_ms),
             drain: Duration::from_secs(args.drain),
             broker_pid: args.flags.broker_pid,
             run_id: id,
         };
         let topic = spec.topic.name.clone();
-        let report = match run_scenario(server, options, (spec, created), bar.clone()).await {
-            Ok(outcome) => policy_report(&args, policy, outcome),
+        let tally = Arc::new(Mutex::new(HonourTally::default()));
+        let producing = if args.honour_hint || args.producers > 1 {
+            let clients = honour::open(server, options, args.producers).await?;
+            Some(if args.honour_hint {
+                honour::honouring(clients, tally.clone())
+            } else {
+                honour::windowed(clients)
+            })
+        } else {
+            None
+        };
+        let outcome = run_scenario_with(server, options, (spec, created), producing, bar.clone());
+        let report = match outcome.await {
+            Ok(outcome) => {
+                let tally = args
+                    .honour_hint
+                    .then(|| tally.lock().unwrap_or_else(|p| p.into_inner()).clone());
+                policy_report(&args, policy, outcome, tally.as_ref())
+            }
             Err(e) => failed_report(policy, topic, format!("{e:#}")),
         };
         bar.finish_and_clear();
@@ -353,8 +504,10 @@ pub async fn run(
         bound: args.bound,
         consumer_rate: args.consumer_rate,
         size: args.size,
-        window: args.window,
+        window,
         rate: args.rate,
+        producers: args.producers,
+        honour_hint: args.honour_hint,
         credit: args.credit,
         drain_s: args.drain,
         ok,
@@ -421,6 +574,7 @@ fn failed_report(policy: OverflowPolicy, topic: String, error: String) -> Policy
         },
         max_depth: 0,
         max_parked: 0,
+        honour: None,
         broker: None,
         consumer_errors: Vec::new(),
         warnings: Vec::new(),
@@ -435,8 +589,15 @@ const REFUSAL_P99_TARGET_US: f64 = 1000.0;
 /// Broker RSS growth under this meets the target of the overload issue.
 const RSS_GROWTH_TARGET_KIB: i64 = 64 * 1024;
 
-fn policy_report(args: &OverloadArgs, policy: OverflowPolicy, o: ScenarioOutcome) -> PolicyReport {
+fn policy_report(
+    args: &OverloadArgs,
+    policy: OverflowPolicy,
+    o: ScenarioOutcome,
+    tally: Option<&HonourTally>,
+) -> PolicyReport {
     let p = &o.producer;
+    // Every producer's window together: what can be in flight at once.
+    let window = if args.honour_hint { 1 } else { args.window } * args.producers;
     let offered = p.total(|x| x.offered);
     let confirmed = p.total(|x| x.confirmed);
     let refused = p.total(|x| x.refused);
@@ -530,7 +691,7 @@ fn policy_report(args: &OverloadArgs, policy: OverflowPolicy, o: ScenarioOutcome
                 human_us(refusal_latency.p50_us),
                 human_us(refusal_latency.p99_us),
                 if offered > 0 {
-                    args.window as f64 * 1e3 / per_s(offered, producing_s)
+                    window as f64 * 1e3 / per_s(offered, producing_s)
                 } else {
                     0.0
                 }
@@ -544,6 +705,10 @@ fn policy_report(args: &OverloadArgs, policy: OverflowPolicy, o: ScenarioOutcome
             ok: g < RSS_GROWTH_TARGET_KIB,
             detail: format_signed_size(g * 1024),
         });
+    }
+    let honour = tally.map(|t| HonourReport::new(t, p, producing_s, o.delivered_during_run));
+    if let Some(h) = &honour {
+        checks.push(h.check());
     }
     let c = &o.config;
     PolicyReport {
@@ -561,7 +726,7 @@ fn policy_report(args: &OverloadArgs, policy: OverflowPolicy, o: ScenarioOutcome
         producing_s,
         offered_per_s: per_s(offered, producing_s),
         window_wait_ms: if offered > 0 {
-            args.window as f64 * 1e3 / per_s(offered, producing_s)
+            window as f64 * 1e3 / per_s(offered, producing_s)
         } else {
             0.0
         },
@@ -585,6 +750,7 @@ fn policy_report(args: &OverloadArgs, policy: OverflowPolicy, o: ScenarioOutcome
         retry_after: p.retry_after.report(),
         max_depth: o.series.iter().map(|s| s.depth).max().unwrap_or(0),
         max_parked: o.series.iter().map(|s| s.parked).max().unwrap_or(0),
+        honour,
         broker: o.broker.clone(),
         consumer_errors,
         warnings: o
@@ -602,13 +768,59 @@ fn policy_report(args: &OverloadArgs, policy: OverflowPolicy, o: ScenarioOutcome
 /// How a row of the summary renders one policy's value.
 type Cell = Box<dyn Fn(&PolicyReport) -> String>;
 
+/// The rows of `--honour-hint`: retries against the drain rate.
+fn honour_rows() -> Vec<(&'static str, Cell)> {
+    let cell = |f: fn(&HonourReport) -> String| -> Cell {
+        Box::new(move |c: &PolicyReport| c.honour.as_ref().map_or("-".into(), f))
+    };
+    vec![
+        (
+            "drain (delivered/s)",
+            cell(|h| format!("{:.0}", h.drain_per_s)),
+        ),
+        (
+            "offered (1st + retries)/s",
+            cell(|h| format!("{:.0}", h.offered_per_s)),
+        ),
+        (
+            "retries / per second",
+            cell(|h| format!("{} / {:.0}", h.retries, h.retries_per_s)),
+        ),
+        (
+            "  retries/s ÷ drain/s",
+            cell(|h| {
+                h.retries_per_drain
+                    .map_or("n/a".into(), |r| format!("{r:.2}"))
+            }),
+        ),
+        ("  hints p50/p99/max", cell(hint_ms)),
+        ("confirmed/s", cell(|h| format!("{:.0}", h.confirmed_per_s))),
+        (
+            "no hint / abandoned",
+            cell(|h| format!("{} / {}", h.refused_without_hint, h.abandoned)),
+        ),
+    ]
+}
+
 /// The human-readable form: one column per policy.
 fn summary(r: &OverloadReport) -> String {
+    let producers = match (r.producers, r.honour_hint) {
+        (n, true) => format!("{n} producer(s) honouring retry-after hints (one publish at a time)"),
+        (1, false) => format!(
+            "producer {} (window {})",
+            r.rate.map_or("unpaced".into(), |x| format!("at {x} msg/s")),
+            r.window
+        ),
+        (n, false) => format!(
+            "{n} producers {} (window {} each)",
+            r.rate
+                .map_or("unpaced".into(), |x| format!("at {x} msg/s each")),
+            r.window
+        ),
+    };
     let mut s = format!(
-        "weir bench overload {}: producer {} (window {}) for {} s into a topic bounded at {} messages; one consumer acking {} msg/s (credit {}); {} payloads\n\n",
+        "weir bench overload {}: {producers} for {} s into a topic bounded at {} messages; one consumer acking {} msg/s (credit {}); {} payloads\n\n",
         r.server,
-        r.rate.map_or("unpaced".into(), |x| format!("at {x} msg/s")),
-        r.window,
         r.duration_s,
         r.bound,
         r.consumer_rate,
@@ -631,7 +843,7 @@ fn summary(r: &OverloadReport) -> String {
     };
     s.push_str(&row("", &|c| c.policy.to_string()));
     let ms = |us: f64| human_us(us);
-    let rows: Vec<(&str, Cell)> = vec![
+    let mut rows: Vec<(&str, Cell)> = vec![
         ("offered", Box::new(|c| c.offered.to_string())),
         (
             "  per second",
@@ -752,6 +964,9 @@ fn summary(r: &OverloadReport) -> String {
             }),
         ),
     ];
+    if r.honour_hint {
+        rows.extend(honour_rows());
+    }
     for (name, f) in &rows {
         s.push_str(&row(name, f.as_ref()));
     }

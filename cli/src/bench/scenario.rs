@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::future::BoxFuture;
 use indicatif::ProgressBar;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -108,6 +109,20 @@ pub struct ScenarioOutcome {
     pub warnings: Vec<String>,
 }
 
+/// The producing side of a scenario in place of the one windowed [`produce`] on its own
+/// connection: called once the topic exists and the consumer runs, with the producer's spec,
+/// the shared counters and the stop signal. Its future must end within the phases plus
+/// `spec.grace`, and stop when the signal turns true (the scenario sends it past those bounds,
+/// as it does to the default producer).
+pub type Producing = Box<
+    dyn FnOnce(
+            ProducerSpec,
+            Arc<Counters>,
+            watch::Receiver<bool>,
+        ) -> BoxFuture<'static, ProducerResult>
+        + Send,
+>;
+
 /// Runs `spec` against the broker at `server`, recording its topic in `created`. Fails only
 /// when the scenario cannot start (connection, topic creation, subscribe); later problems are
 /// reported in the outcome.
@@ -115,6 +130,17 @@ pub async fn run_scenario(
     server: &str,
     options: &ClientOptions,
     (spec, created): (ScenarioSpec, &Created),
+    bar: ProgressBar,
+) -> anyhow::Result<ScenarioOutcome> {
+    run_scenario_with(server, options, (spec, created), None, bar).await
+}
+
+/// [`run_scenario`] with `producing` (when given) in place of the one windowed producer.
+pub async fn run_scenario_with(
+    server: &str,
+    options: &ClientOptions,
+    (spec, created): (ScenarioSpec, &Created),
+    producing: Option<Producing>,
     bar: ProgressBar,
 ) -> anyhow::Result<ScenarioOutcome> {
     let name = spec.topic.name.clone();
@@ -146,7 +172,13 @@ pub async fn run_scenario(
     .await
     .map_err(|_| anyhow::anyhow!("Subscribe took more than {REQUEST_TIMEOUT:?}"))?
     .with_context(|| format!("subscribing to {name}"))?;
-    let pub_client = connect(server, options).await?;
+    let producing: Producing = match producing {
+        Some(producing) => producing,
+        None => {
+            let client = connect(server, options).await?;
+            Box::new(move |spec, counters, stop| Box::pin(produce(client, spec, counters, stop)))
+        }
+    };
 
     let counters = Arc::new(Counters::default());
     let start_ns = now_ns();
@@ -184,21 +216,17 @@ pub async fn run_scenario(
         mode_rx,
     ));
     let (stop_producer, producer_rx) = watch::channel(false);
-    let mut producer = tokio::spawn(produce(
-        pub_client,
-        ProducerSpec {
-            topic: name.clone(),
-            size: spec.size,
-            window: spec.window,
-            run_id: spec.run_id,
-            start_ns,
-            phases: spec.phases.clone(),
-            grace,
-            seq_base,
-        },
-        counters.clone(),
-        producer_rx,
-    ));
+    let producer_spec = ProducerSpec {
+        topic: name.clone(),
+        size: spec.size,
+        window: spec.window,
+        run_id: spec.run_id,
+        start_ns,
+        phases: spec.phases.clone(),
+        grace,
+        seq_base,
+    };
+    let mut producer = tokio::spawn(producing(producer_spec, counters.clone(), producer_rx));
 
     let producer = match tokio::time::timeout(run_len + grace + TASK_MARGIN, &mut producer).await {
         Ok(r) => r?,
