@@ -44,9 +44,6 @@ const PAUSE_POLL: Duration = Duration::from_millis(5);
 
 /// What the reader read.
 #[derive(Debug)]
-// `Frame` is the large variant and the one read all the time: boxing it would allocate per
-// frame to save a few bytes on the rare shed publish.
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum Read {
     /// A whole frame.
     Frame(Frame),
