@@ -534,3 +534,86 @@ async fn with_linger_a_publish_waits_for_company_and_a_lone_one_still_goes() {
         .unwrap();
     assert_eq!(seq, 3);
 }
+
+#[tokio::test]
+async fn a_batch_meeting_its_connections_memory_share_is_refused_per_message_and_the_neighbour_goes_on(
+) {
+    const KIB: u64 = 1024;
+    let broker = TestBroker::start_with(|c| {
+        c.limits.max_frame_bytes = (128 * KIB) as u32;
+        c.limits.max_connection_memory_bytes = 256 * KIB;
+        c.topic_defaults.max_message_bytes = (64 * KIB) as u32;
+    })
+    .await;
+    let mut client = RawClient::connect_v5(broker.addr).await;
+    let spec = TopicSpec {
+        name: "held".into(),
+        max_messages: Some(1),
+        overflow: Some(OverflowPolicy::Block),
+        max_block_ms: Some(60_000),
+        ..Default::default()
+    };
+    assert!(matches!(
+        client.create_topic(spec).await,
+        Frame::TopicCreated(_)
+    ));
+    // Parked publishes keep their memory: batches of 6 × 16 KiB fill the 256 KiB share.
+    let (mut confirmed, mut overloaded, mut sent) = (Vec::new(), 0, 0u64);
+    for round in 0..4u64 {
+        let first = 1 + round * 6;
+        client
+            .send(batch(first, "held", &payloads(6, 16 * 1024)))
+            .await;
+        sent += 6;
+    }
+    // What is answered now: the one that fit, and the refusals; the rest stay parked.
+    while let Some(frame) = client.recv_within(Duration::from_millis(500)).await {
+        match frame {
+            Frame::Confirmed(c) => confirmed.extend(c.first_id..c.first_id + u64::from(c.count)),
+            Frame::PublishOk(ok) => confirmed.push(ok.id),
+            Frame::Rejected(r) => {
+                assert_eq!(r.reason, RejectReason::Overloaded, "{r:?}");
+                assert_eq!(r.limit.name, "max_connection_memory_bytes", "{r:?}");
+                assert!(r.retry_after_ms.is_some());
+                overloaded += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(overloaded > 0, "the share refused some messages");
+    let parked = client.list().await[0].parked;
+    assert_eq!(
+        confirmed.len() as u64 + overloaded + parked,
+        sent,
+        "every message confirmed, refused or parked: {confirmed:?}, {overloaded}, {parked}"
+    );
+    // A neighbour on its own connection publishes and consumes as if nothing happened.
+    let healthy = weir_tests::healthy_neighbour(broker.addr, "neighbour", 50, (None, None)).await;
+    assert_eq!(
+        (healthy.confirmed, healthy.refused, healthy.consumed),
+        (50, 0, 50)
+    );
+    // Consuming the held topic unparks the rest in order; each is confirmed.
+    let mut consumer = RawClient::connect_v5(broker.addr).await;
+    consumer.subscribe(1, "held", "g", 1).await;
+    let mut stored = 0;
+    while stored < confirmed.len() as u64 + parked {
+        let (got, _) = receive(&mut consumer, 1, 1).await;
+        consumer
+            .send(Frame::Settle(Settle {
+                sub: 1,
+                ranges: vec![(got[0].seq, got[0].seq)],
+                how: Settlement::Ack,
+            }))
+            .await;
+        consumer.send(Frame::Credit(Credit { sub: 1, n: 1 })).await;
+        stored += 1;
+    }
+    let mut later = 0;
+    while (later as u64) < parked {
+        match client.recv().await {
+            Frame::PublishOk(_) => later += 1,
+            other => panic!("expected the parked ones confirmed, got {other:?}"),
+        }
+    }
+}
