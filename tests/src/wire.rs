@@ -41,9 +41,14 @@ impl RawClient {
 
     /// Connects speaking protocol v5 (batch frames) and completes the handshake.
     pub async fn connect_v5(addr: SocketAddr) -> RawClient {
+        Self::connect_v5_as(addr, None).await
+    }
+
+    /// Connects speaking protocol v5, presenting `token`, and completes the handshake.
+    pub async fn connect_v5_as(addr: SocketAddr, token: Option<&str>) -> RawClient {
         let mut client = Self::connect_raw(addr).await;
         client.version = PROTOCOL_VERSION;
-        client.hello(None).await;
+        client.hello(token).await;
         match client.recv().await {
             Frame::HelloOk(ok) if ok.version == PROTOCOL_VERSION => client,
             other => panic!("expected HelloOk of v{PROTOCOL_VERSION}, got {other:?}"),

@@ -663,3 +663,31 @@ async fn a_key_that_may_manage_but_not_monitor_updates_a_topic_from_the_cli() {
     assert_eq!(updated.status.code(), Some(0), "{updated:?}");
     assert_eq!(broker.broker.topic("t").unwrap().config().max_messages, 5);
 }
+
+#[tokio::test]
+async fn a_batch_its_key_may_not_publish_is_refused_and_counted_message_by_message() {
+    let broker = TestBroker::start_with(services).await;
+    let mut audit = RawClient::connect_v5_as(broker.addr, Some("token-audit")).await;
+    let messages = (0..3)
+        .map(|i| BatchMessage::new(Vec::new(), bytes::Bytes::from(format!("m{i}"))))
+        .collect();
+    audit
+        .send(Frame::PublishBatch(PublishBatch {
+            first_id: 10,
+            topic: "orders.eu".into(),
+            messages,
+        }))
+        .await;
+    for id in 10..13 {
+        assert_forbidden(&audit.recv().await, id, "audit", "publish", "orders.eu");
+    }
+    let metrics = http_as(&broker, "GET", "/metrics", Some("ops")).await;
+    let series = "weir_forbidden_total{key=\"audit\",action=\"publish\"} ";
+    let denied = metrics.body.lines().find_map(|l| l.strip_prefix(series));
+    assert_eq!(denied.map(str::trim), Some("3"), "one refusal per message");
+    let mut ops = connect(&broker, "ops").await;
+    assert!(
+        ops.list().await.is_empty(),
+        "nothing created, nothing stored"
+    );
+}

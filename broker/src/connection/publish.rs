@@ -66,6 +66,10 @@ impl Connection {
         let ids = b.first_id..b.first_id + count;
         if let Some(refused) = self.permission(Action::Publish, &b.topic)? {
             for id in ids {
+                if id != b.first_id {
+                    // Each message of the batch is a refused publish, counted as one.
+                    self.permission(Action::Publish, &b.topic)?;
+                }
                 self.send(answers::forbidden(id, &refused)).await?;
                 self.answered_now();
             }

@@ -55,7 +55,9 @@ impl Topic {
     ) -> Vec<BatchPart> {
         let mut parts = Vec::with_capacity(1);
         let mut runs = Vec::new();
+        // Counted once here: each further message it refuses is counted again.
         let damaged = self.storage_refusal();
+        let mut damaged_first = damaged.clone();
         let now = Instant::now();
         {
             let mut st = lock(&self.state);
@@ -63,7 +65,11 @@ impl Topic {
             for item in items {
                 let item = match (&damaged, item) {
                     (_, Err(e)) => Err(BatchPart::Refused(e)),
-                    (Some(e), Ok(_)) => Err(BatchPart::Refused(self.counted_again(e))),
+                    (Some(e), Ok(_)) => Err(BatchPart::Refused(
+                        damaged_first
+                            .take()
+                            .unwrap_or_else(|| self.counted_again(e)),
+                    )),
                     (None, Ok(item)) => self.place(&mut st, item, now),
                 };
                 match item {
