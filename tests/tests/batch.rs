@@ -56,6 +56,21 @@ async fn receive(client: &mut RawClient, sub: u64, n: usize) -> (Vec<BatchDelive
     (got, batches)
 }
 
+/// Creates `name` bounded at `max_messages` under `block`, parking for up to a minute.
+async fn create_blocking(client: &mut RawClient, name: &str, max_messages: u64) {
+    let spec = TopicSpec {
+        name: name.into(),
+        max_messages: Some(max_messages),
+        overflow: Some(OverflowPolicy::Block),
+        max_block_ms: Some(60_000),
+        ..Default::default()
+    };
+    assert!(matches!(
+        client.create_topic(spec).await,
+        Frame::TopicCreated(_)
+    ));
+}
+
 #[tokio::test]
 async fn a_batch_is_stored_as_one_run_and_delivered_in_batches_one_credit_each() {
     let broker = TestBroker::start().await;
@@ -410,17 +425,7 @@ async fn publish_batch_answers_each_message_on_its_own() {
 async fn under_block_the_rest_of_a_batch_parks_in_order_and_is_confirmed_as_room_frees() {
     let broker = TestBroker::start().await;
     let mut client = RawClient::connect_v5(broker.addr).await;
-    let spec = TopicSpec {
-        name: "blocking".into(),
-        max_messages: Some(2),
-        overflow: Some(OverflowPolicy::Block),
-        max_block_ms: Some(60_000),
-        ..Default::default()
-    };
-    assert!(matches!(
-        client.create_topic(spec).await,
-        Frame::TopicCreated(_)
-    ));
+    create_blocking(&mut client, "blocking", 2).await;
     client.send(batch(1, "blocking", &payloads(4, 8))).await;
     assert_eq!(
         client.recv().await,
@@ -546,17 +551,7 @@ async fn a_batch_meeting_its_connections_memory_share_is_refused_per_message_and
     })
     .await;
     let mut client = RawClient::connect_v5(broker.addr).await;
-    let spec = TopicSpec {
-        name: "held".into(),
-        max_messages: Some(1),
-        overflow: Some(OverflowPolicy::Block),
-        max_block_ms: Some(60_000),
-        ..Default::default()
-    };
-    assert!(matches!(
-        client.create_topic(spec).await,
-        Frame::TopicCreated(_)
-    ));
+    create_blocking(&mut client, "held", 1).await;
     // Parked publishes keep their memory: batches of 6 × 16 KiB fill the 256 KiB share.
     let (mut confirmed, mut overloaded, mut sent) = (Vec::new(), 0, 0u64);
     for round in 0..4u64 {

@@ -37,6 +37,21 @@ async fn finish_after(child: std::process::Child, sig: libc::c_int) -> Output {
     output_within(child, CHILD_LIMIT, &format!("weir (signalled {sig})")).await
 }
 
+/// Asserts a bench run failed (exit 1, no report) naming `what` it was opening and the broker
+/// `bound` that refused it; its connections are opened before any topic is created and closed
+/// on the failure, so the broker takes new ones and no topic is left.
+async fn refused_at_a_bound(out: &Output, addr: std::net::SocketAddr, what: &str, bound: &str) {
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(what) && stderr.contains(bound),
+        "names the bound: {stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no report: {out:?}");
+    let client = Client::connect(addr).await.unwrap();
+    assert_eq!(topics(&client).await, Vec::<String>::new());
+}
+
 /// The JSON report `out` printed on stdout.
 fn report(out: &Output) -> serde_json::Value {
     serde_json::from_str(&String::from_utf8_lossy(&out.stdout))
@@ -183,17 +198,7 @@ async fn bench_fails_clearly_when_the_broker_refuses_idle_connections() {
         ],
     )
     .await;
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("idle connections") && stderr.contains("max_connections"),
-        "names the bound: {stderr}"
-    );
-    assert!(out.stdout.is_empty(), "no report: {out:?}");
-    // The idle connections are opened before any topic is created, and all closed on the
-    // failure: the broker takes new connections, and no topic is left.
-    let client = Client::connect(broker.addr).await.unwrap();
-    assert_eq!(topics(&client).await, Vec::<String>::new());
+    refused_at_a_bound(&out, broker.addr, "idle connections", "max_connections").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,15 +471,11 @@ async fn bench_overload_fails_clearly_when_the_broker_refuses_producer_connectio
         ],
     )
     .await;
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("producer connections") && stderr.contains("max_connections_per_ip"),
-        "names the bound: {stderr}"
-    );
-    assert!(out.stdout.is_empty(), "no report: {out:?}");
-    // The producers' connections are opened before the topic is created and closed on the
-    // failure: the broker takes new connections, and no topic is left.
-    let client = Client::connect(broker.addr).await.unwrap();
-    assert_eq!(topics(&client).await, Vec::<String>::new());
+    refused_at_a_bound(
+        &out,
+        broker.addr,
+        "producer connections",
+        "max_connections_per_ip",
+    )
+    .await;
 }
