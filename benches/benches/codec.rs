@@ -1,10 +1,11 @@
-//! Criterion benchmarks of the wire codec: encoding and decoding 1 KiB `Publish` frames, one at a
-//! time and 256 to a buffer (as the broker and client batch them).
+//! Criterion benchmarks of the wire codec: encoding and decoding 256 × 1 KiB messages as 256
+//! `Publish` frames in one buffer (protocol v4, one frame per message) and as one `PublishBatch`
+//! (protocol v5).
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_main, BatchSize, Criterion, Throughput};
 use tokio_util::codec::{Decoder, Encoder};
-use weir_protocol::{Frame, Publish, WeirCodec};
+use weir_protocol::{BatchMessage, Frame, Publish, PublishBatch, WeirCodec};
 
 const BATCH: usize = 256;
 
@@ -14,6 +15,17 @@ fn publish(id: u64) -> Frame {
         topic: "bench".into(),
         payload: Bytes::from(vec![0xAB; 1024]),
         headers: Vec::new(),
+    })
+}
+
+/// The same 256 messages as one `PublishBatch`.
+fn publish_batch() -> Frame {
+    Frame::PublishBatch(PublishBatch {
+        first_id: 0,
+        topic: "bench".into(),
+        messages: (0..BATCH)
+            .map(|_| BatchMessage::new(Vec::new(), Bytes::from(vec![0xAB; 1024])))
+            .collect(),
     })
 }
 
@@ -49,6 +61,29 @@ fn codec(c: &mut Criterion) {
                     std::hint::black_box(frame);
                 }
             },
+            BatchSize::SmallInput,
+        );
+    });
+    let batch = publish_batch();
+    group.bench_function("encode 256 x 1KiB as one PublishBatch", |b| {
+        let mut codec = WeirCodec::default();
+        let mut buf = BytesMut::with_capacity(BATCH * 1100);
+        b.iter(|| {
+            buf.clear();
+            codec.encode_frame(&batch, &mut buf).expect("encodes");
+        });
+    });
+    group.bench_function("decode 256 x 1KiB as one PublishBatch", |b| {
+        let mut codec = WeirCodec::default();
+        b.iter_batched(
+            || {
+                let mut buf = BytesMut::new();
+                WeirCodec::default()
+                    .encode_frame(&batch, &mut buf)
+                    .expect("encodes");
+                buf
+            },
+            |mut buf| std::hint::black_box(codec.decode(&mut buf).expect("decodes")),
             BatchSize::SmallInput,
         );
     });
