@@ -36,7 +36,8 @@ pub const MAX_BATCH_MESSAGES: usize = 4096;
 pub const MAX_BATCH_HEADERS: usize = 16_384;
 
 /// Publishes messages to one topic; message `i` has publish id `first_id + i`. Answered per
-/// message: [`Confirmed`] runs for the stored ones, `Rejected` or `Error` for each other.
+/// message: [`Confirmed`] runs for the stored ones, `Rejected` or `Error` for each other. An
+/// empty batch is answered by nothing and changes nothing (it does not auto-create its topic).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishBatch {
     /// The publish id of the first message; the others follow consecutively.

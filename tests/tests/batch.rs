@@ -227,6 +227,14 @@ async fn a_v4_client_speaks_v4_and_is_never_sent_a_batch() {
     let mut v5 = RawClient::connect_v5(broker.addr).await;
     v5.send(batch(1, "t", &payloads(30, 10))).await;
     assert!(matches!(v5.recv().await, Frame::Confirmed(c) if c.count == 30));
+    // An empty batch is answered by nothing and auto-creates no topic.
+    v5.send(batch(31, "ghost", &[])).await;
+    assert_eq!(
+        v5.ping().await,
+        Vec::<Frame>::new(),
+        "no answer to an empty batch"
+    );
+    assert_eq!(v5.list().await.len(), 1, "no topic ghost");
 
     let mut v4 = RawClient::connect_raw(broker.addr).await;
     v4.send(Frame::Hello(Hello {

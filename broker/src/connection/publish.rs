@@ -57,6 +57,10 @@ impl Connection {
     pub(super) async fn publish_batch(&mut self, b: PublishBatch) -> Result<(), End> {
         self.broker.metrics().publish_batches.add(1);
         let count = b.messages.len() as u64;
+        if count == 0 {
+            // No publish to answer, and nothing to auto-create a topic for.
+            return Ok(());
+        }
         if b.first_id.checked_add(count).is_none() {
             let msg = "publish ids of a batch would pass u64::MAX";
             return self
