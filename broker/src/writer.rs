@@ -41,6 +41,9 @@ const FRAMES_PER_WRITE: usize = 512;
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// A write buffer larger than this after a batch is given back to the allocator.
 const KEEP_BUFFER_BYTES: usize = 1024 * 1024;
+/// A coalescing buffer with room for more deliveries than this is given back after its batch
+/// (it holds at most [`FRAMES_PER_WRITE`] in one write).
+const KEEP_COALESCING_ENTRIES: usize = 64;
 /// How long a writer that gave up on a slow consumer tries to tell it why.
 const GOING_AWAY_GRACE: Duration = Duration::from_millis(200);
 
@@ -226,10 +229,13 @@ impl Writer {
         c.bytes = 0;
         c.headers = 0;
         let frame = self.encode_frame(frame);
-        // Keep the entries' allocation for the next batch.
+        // Keep the entries' allocation for the next batch, unless a burst made it large
+        // (an idle connection should not hold one).
         if let Frame::DeliverBatch(mut batch) = frame {
-            batch.messages.clear();
-            self.coalescing.deliveries = batch.messages;
+            if batch.messages.capacity() <= KEEP_COALESCING_ENTRIES {
+                batch.messages.clear();
+                self.coalescing.deliveries = batch.messages;
+            }
         }
     }
 
