@@ -11,6 +11,7 @@ const BATCH: usize = 256;
 
 fn publish(id: u64) -> Frame {
     Frame::Publish(Publish {
+        producer: None,
         id,
         topic: "bench".into(),
         payload: Bytes::from(vec![0xAB; 1024]),
@@ -21,6 +22,7 @@ fn publish(id: u64) -> Frame {
 /// The same 256 messages as one `PublishBatch`.
 fn publish_batch() -> Frame {
     Frame::PublishBatch(PublishBatch {
+        producer: None,
         first_id: 0,
         topic: "bench".into(),
         messages: (0..BATCH)

@@ -611,6 +611,7 @@ impl Config {
     pub fn resolve_group(&self, topic: &str, spec: &GroupSpec) -> Result<GroupConfig, String> {
         let d = &self.groups;
         let config = GroupConfig {
+            ordering: spec.ordering.unwrap_or_default(),
             ack_timeout_ms: spec.ack_timeout_ms.unwrap_or(d.ack_timeout_ms),
             max_attempts: spec.max_attempts.unwrap_or(d.max_attempts),
             dead_letter_topic: spec
@@ -643,6 +644,7 @@ impl Config {
             None => d.fsync.parse::<FsyncPolicy>()?,
         };
         let config = TopicConfig {
+            max_age_ms: spec.max_age_ms.filter(|&ms| ms > 0),
             name: spec.name,
             max_messages: spec.max_messages.unwrap_or(d.max_messages),
             max_bytes: spec.max_bytes.unwrap_or(d.max_bytes),

@@ -344,7 +344,7 @@ impl Metrics {
 }
 
 /// Every refusal reason, in the order of [`Metrics::rejected_by_reason`].
-pub const REASONS: [RejectReason; 9] = [
+pub const REASONS: [RejectReason; 11] = [
     RejectReason::TopicFull,
     RejectReason::MessageTooLarge,
     RejectReason::TooManyConnections,
@@ -354,6 +354,8 @@ pub const REASONS: [RejectReason; 9] = [
     RejectReason::Overloaded,
     RejectReason::StorageFull,
     RejectReason::StorageDamaged,
+    RejectReason::SequenceTooOld,
+    RejectReason::DuplicatePending,
 ];
 
 /// The `reason` label value of a refusal in the exposition (snake_case).
@@ -368,6 +370,8 @@ pub fn reason_label(reason: RejectReason) -> &'static str {
         RejectReason::Overloaded => "overloaded",
         RejectReason::StorageFull => "storage_full",
         RejectReason::StorageDamaged => "storage_damaged",
+        RejectReason::SequenceTooOld => "sequence_too_old",
+        RejectReason::DuplicatePending => "duplicate_pending",
     }
 }
 

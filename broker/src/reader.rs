@@ -142,9 +142,11 @@ impl FrameReader {
         }
     }
 
-    /// The connection has authenticated: frames up to `max_frame_bytes` are read from now on.
-    pub(crate) fn authenticated(&mut self) {
+    /// The connection has authenticated in protocol `version`: frames up to `max_frame_bytes`,
+    /// laid out as that version, are read from now on.
+    pub(crate) fn authenticated(&mut self, version: u16) {
         self.codec.set_max_frame_bytes(self.limits.max_frame_bytes);
+        self.codec.set_version(version);
     }
 
     /// The next frame, or a shed publish (see the module docs); `None` once the peer has closed

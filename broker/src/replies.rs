@@ -97,6 +97,7 @@ mod tests {
 
     fn info(name: &str, groups: usize) -> TopicInfo {
         let config = TopicConfig {
+            max_age_ms: None,
             name: name.into(),
             max_messages: 10,
             max_bytes: 10,
@@ -113,6 +114,7 @@ mod tests {
             members: 0,
             credit: 0,
             config: GroupConfig {
+                ordering: weir_protocol::GroupOrdering::Shared,
                 ack_timeout_ms: 1,
                 max_attempts: 1,
                 dead_letter_topic: "d".repeat(200),

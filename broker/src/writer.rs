@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -70,8 +70,9 @@ pub(crate) struct Writer {
     /// The connection's memory, to tell whether freeing some may unblock a dispatcher.
     memory: ConnectionMemory,
     slow_consumer_timeout: Duration,
-    /// Whether the client takes `DeliverBatch` (protocol v5), set by the handshake.
-    batching: Arc<AtomicBool>,
+    /// The protocol version agreed in `Hello`, set by the handshake: the layout frames are
+    /// encoded in, and from v5 deliveries are coalesced into `DeliverBatch` frames.
+    version: Arc<AtomicU16>,
     /// Deliveries being coalesced into one `DeliverBatch`.
     coalescing: Coalescing,
 }
@@ -109,15 +110,15 @@ impl Writer {
             conn,
             memory,
             slow_consumer_timeout: timeout,
-            batching: Arc::new(AtomicBool::new(false)),
+            version: Arc::new(AtomicU16::new(weir_protocol::MIN_PROTOCOL_VERSION)),
             coalescing: Coalescing::default(),
         }
     }
 
-    /// Coalesces deliveries into `DeliverBatch` frames once `batching` is set (by the
-    /// handshake of a v5 client).
-    pub(crate) fn batching(mut self, batching: Arc<AtomicBool>) -> Writer {
-        self.batching = batching;
+    /// Encodes frames in the protocol version `version` holds (set by the handshake), and
+    /// coalesces deliveries into `DeliverBatch` frames from v5.
+    pub(crate) fn speaking(mut self, version: Arc<AtomicU16>) -> Writer {
+        self.version = version;
         self
     }
 
@@ -172,8 +173,13 @@ impl Writer {
         if let Some(memory) = out.memory {
             self.held.push(memory);
         }
+        let version = self.version.load(Ordering::Relaxed);
+        if version != self.codec.version() {
+            self.encode_coalesced();
+            self.codec.set_version(version);
+        }
         let frame = match out.frame {
-            Frame::Deliver(d) if self.batching.load(Ordering::Relaxed) => {
+            Frame::Deliver(d) if version >= 5 => {
                 return self.coalesce(d);
             }
             frame => frame,

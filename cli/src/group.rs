@@ -250,6 +250,7 @@ mod tests {
             members: 2,
             credit: 97,
             config: GroupConfig {
+                ordering: weir_protocol::GroupOrdering::Shared,
                 ack_timeout_ms: 30_000,
                 max_attempts: 5,
                 dead_letter_topic: "orders.dlq".into(),

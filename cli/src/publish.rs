@@ -290,6 +290,12 @@ fn meaning(reason: RejectReason) -> &'static str {
         RejectReason::StorageDamaged => {
             "the topic's storage is damaged or failed a write; an operator must run `weir topic repair`"
         }
+        RejectReason::SequenceTooOld => {
+            "the producer sequence is older than the topic's dedup window remembers; not stored"
+        }
+        RejectReason::DuplicatePending => {
+            "a publish with the same id is still being stored; retry to learn its sequence"
+        }
     }
 }
 

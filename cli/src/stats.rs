@@ -305,6 +305,7 @@ mod tests {
         TopicInfo {
             groups_omitted: 0,
             config: TopicConfig {
+                max_age_ms: None,
                 name: name.into(),
                 max_messages: 3,
                 max_bytes: 1024 * 1024,

@@ -64,6 +64,7 @@ impl SubArgs {
     /// The settings the group gets if this subscription creates it.
     fn group_spec(&self) -> GroupSpec {
         GroupSpec {
+            ordering: None,
             start: self.start,
             ack_timeout_ms: self.ack_timeout_ms,
             max_attempts: self.max_attempts,
@@ -337,6 +338,7 @@ mod tests {
         assert_eq!(
             args.group_spec(),
             GroupSpec {
+                ordering: None,
                 start: StartPosition::Latest,
                 ack_timeout_ms: Some(1500),
                 max_attempts: Some(3),

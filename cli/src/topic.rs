@@ -109,6 +109,7 @@ pub struct SettingsArgs {
 impl From<SettingsArgs> for TopicUpdate {
     fn from(a: SettingsArgs) -> TopicUpdate {
         TopicUpdate {
+            max_age_ms: None,
             max_messages: a.max_messages,
             max_bytes: a.max_bytes,
             max_message_bytes: a.max_message_bytes,
@@ -124,6 +125,7 @@ impl From<CreateArgs> for TopicSpec {
     fn from(a: CreateArgs) -> TopicSpec {
         let s = TopicUpdate::from(a.settings);
         TopicSpec {
+            max_age_ms: None,
             name: a.name,
             max_messages: s.max_messages,
             max_bytes: s.max_bytes,
@@ -377,6 +379,7 @@ mod tests {
 
     fn config(overflow: OverflowPolicy) -> TopicConfig {
         TopicConfig {
+            max_age_ms: None,
             name: "lossy".into(),
             max_messages: 2,
             max_bytes: 1024,
@@ -457,6 +460,7 @@ mod tests {
             in_flight: 1,
             members: 1,
             config: weir_client::GroupConfig {
+                ordering: weir_protocol::GroupOrdering::Shared,
                 ack_timeout_ms: 30_000,
                 max_attempts: 5,
                 dead_letter_topic: "lossy.dlq".into(),
@@ -501,6 +505,7 @@ mod tests {
         let topics = vec![TopicInfo {
             groups_omitted: 0,
             config: TopicConfig {
+                max_age_ms: None,
                 name: "orders".into(),
                 max_messages: 100_000,
                 max_bytes: 256 * 1024 * 1024,

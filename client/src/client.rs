@@ -657,7 +657,11 @@ mod tests {
             Frame::Publish(p) => {
                 assert_eq!(p.headers, [("trace-id".to_owned(), "abc".to_owned())]);
                 assert_eq!(p.payload.as_ref(), b"body");
-                let ok = Frame::PublishOk(PublishOk { id: p.id, seq: 7 });
+                let ok = Frame::PublishOk(PublishOk {
+                    duplicate: false,
+                    id: p.id,
+                    seq: 7,
+                });
                 peer.send(ok).await.unwrap();
             }
             other => panic!("expected Publish, got {other:?}"),
@@ -672,6 +676,7 @@ mod tests {
     async fn finished_deliveries_leave_in_one_batch_with_their_credit() {
         let (client, mut peer) = connect_scripted().await;
         let spec = GroupSpec {
+            ordering: None,
             start: StartPosition::Latest,
             ack_timeout_ms: Some(2000),
             max_attempts: Some(3),
@@ -804,7 +809,11 @@ mod tests {
         match next(&mut second).await {
             Frame::Publish(p) => {
                 assert_eq!(p.payload.as_ref(), b"a");
-                let ok = Frame::PublishOk(PublishOk { id: p.id, seq: 1 });
+                let ok = Frame::PublishOk(PublishOk {
+                    duplicate: false,
+                    id: p.id,
+                    seq: 1,
+                });
                 second.send(ok).await.unwrap();
             }
             other => panic!("expected Publish a, got {other:?}"),
@@ -826,7 +835,11 @@ mod tests {
         match next(&mut second).await {
             Frame::Publish(p) => {
                 assert_eq!(p.payload.as_ref(), b"b");
-                let ok = Frame::PublishOk(PublishOk { id: p.id, seq: 2 });
+                let ok = Frame::PublishOk(PublishOk {
+                    duplicate: false,
+                    id: p.id,
+                    seq: 2,
+                });
                 second.send(ok).await.unwrap();
             }
             other => panic!("expected Publish b, got {other:?}"),
@@ -983,7 +996,11 @@ mod tests {
             match next(&mut second).await {
                 Frame::Publish(p) => {
                     assert_eq!(p.payload.as_ref(), payload);
-                    let ok = Frame::PublishOk(PublishOk { id: p.id, seq });
+                    let ok = Frame::PublishOk(PublishOk {
+                        duplicate: false,
+                        id: p.id,
+                        seq,
+                    });
                     second.send(ok).await.unwrap();
                 }
                 other => panic!("expected Publish, got {other:?}"),

@@ -506,6 +506,7 @@ mod tests {
     async fn the_group_spec_goes_with_the_subscribe() {
         let (conn, mut rx) = test_handle(test_limits(), 8);
         let spec = GroupSpec {
+            ordering: None,
             start: weir_protocol::StartPosition::Seq(42),
             ack_timeout_ms: Some(1500),
             max_attempts: Some(3),

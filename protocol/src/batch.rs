@@ -47,6 +47,10 @@ pub struct PublishBatch {
     /// The messages, in order; at most [`MAX_BATCH_MESSAGES`].
     #[serde(deserialize_with = "publish_entries")]
     pub messages: Vec<BatchMessage>,
+    /// The producer stamp of the first message; message `i` is the producer's `seq + i`.
+    /// Since protocol v6.
+    #[serde(default, with = "crate::since::v6")]
+    pub producer: Option<crate::ProducerStamp>,
 }
 
 /// One message of a [`PublishBatch`].

@@ -53,6 +53,8 @@ pub fn encoded_len<T: serde::Serialize>(value: &T) -> usize {
 #[derive(Debug, Clone, Copy)]
 pub struct WeirCodec {
     max_frame_bytes: usize,
+    /// The protocol version frames are laid out in (see [`crate::since`]).
+    version: u16,
 }
 
 impl Default for WeirCodec {
@@ -67,7 +69,21 @@ impl WeirCodec {
     pub fn new(max_frame_bytes: usize) -> Self {
         WeirCodec {
             max_frame_bytes: max_frame_bytes.clamp(64, MAX_FRAME_BYTES_CEILING),
+            version: crate::PROTOCOL_VERSION,
         }
+    }
+
+    /// Lays frames out as protocol `version` from now on, both ways: the version a connection
+    /// negotiated in `Hello`. Fields a later version appended are neither sent nor read (they
+    /// decode as their defaults). A new codec speaks [`crate::PROTOCOL_VERSION`]; `Hello` and
+    /// `HelloOk` read the same in every version.
+    pub fn set_version(&mut self, version: u16) {
+        self.version = version;
+    }
+
+    /// The protocol version frames are laid out in.
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     /// The largest frame this codec accepts or produces, in bytes (body, without the prefix).
@@ -114,13 +130,13 @@ impl WeirCodec {
 
     /// Sets the largest frame this codec accepts or produces (clamped like [`WeirCodec::new`]).
     pub fn set_max_frame_bytes(&mut self, max_frame_bytes: usize) {
-        *self = WeirCodec::new(max_frame_bytes);
+        self.max_frame_bytes = WeirCodec::new(max_frame_bytes).max_frame_bytes;
     }
 
     /// Decodes one frame body (everything after the length prefix).
-    fn decode_body(mut body: BytesMut) -> Result<Frame, CodecError> {
+    fn decode_body(&self, mut body: BytesMut) -> Result<Frame, CodecError> {
         let (mut frame, hdr_len) =
-            parse_header(&body, body.len())?.expect("a whole body holds its header");
+            parse_header(&body, body.len(), self.version)?.expect("a whole body holds its header");
         body.advance(HDR_LEN_BYTES + hdr_len);
         let name = frame.name();
         if !frame.attach_payload(body.freeze()) {
@@ -143,7 +159,7 @@ impl WeirCodec {
                 max: self.max_frame_bytes,
             }));
         }
-        let (frame, hdr_len) = match parse_header(&src[LEN_BYTES..], len) {
+        let (frame, hdr_len) = match parse_header(&src[LEN_BYTES..], len, self.version) {
             Ok(parsed) => parsed?,
             Err(e) => return Some(Err(e)),
         };
@@ -191,8 +207,13 @@ pub struct HeaderOnly {
 
 /// Parses the header-length field and the header at the front of a frame body of `body_len`
 /// bytes, of which `body` holds the first ones: the frame without payload and its header's
-/// length, `None` if the header is not all in `body` yet, or why the body is malformed.
-fn parse_header(body: &[u8], body_len: usize) -> Result<Option<(Frame, usize)>, CodecError> {
+/// length, `None` if the header is not all in `body` yet, or why the body is malformed. The
+/// header is laid out as protocol `version`.
+fn parse_header(
+    body: &[u8],
+    body_len: usize,
+    version: u16,
+) -> Result<Option<(Frame, usize)>, CodecError> {
     if body_len < HDR_LEN_BYTES {
         return Err(CodecError::Malformed(format!(
             "body of {body_len} bytes has no header length"
@@ -211,9 +232,10 @@ fn parse_header(body: &[u8], body_len: usize) -> Result<Option<(Frame, usize)>, 
     let Some(header) = body.get(HDR_LEN_BYTES..HDR_LEN_BYTES + hdr_len) else {
         return Ok(None);
     };
-    let (frame, used): (Frame, usize) =
+    let (frame, used): (Frame, usize) = crate::since::with_version(version, || {
         bincode::serde::decode_from_slice(header, wire_options())
-            .map_err(|e| CodecError::Malformed(format!("bad header: {e}")))?;
+    })
+    .map_err(|e| CodecError::Malformed(format!("bad header: {e}")))?;
     if used != hdr_len {
         return Err(CodecError::Malformed(format!(
             "header decoded from {used} of its {hdr_len} bytes"
@@ -246,7 +268,7 @@ impl Decoder for WeirCodec {
         }
         src.advance(LEN_BYTES);
         let body = src.split_to(len);
-        Self::decode_body(body).map(Some)
+        self.decode_body(body).map(Some)
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
@@ -268,8 +290,9 @@ impl WeirCodec {
         dst.put_u32(0);
         dst.put_u32(0);
         let header_start = dst.len();
-        let encoded =
-            bincode::serde::encode_into_std_write(frame, &mut dst.writer(), wire_options());
+        let encoded = crate::since::with_version(self.version, || {
+            bincode::serde::encode_into_std_write(frame, &mut dst.writer(), wire_options())
+        });
         if let Err(e) = encoded {
             dst.truncate(start);
             return Err(CodecError::Malformed(format!(

@@ -175,6 +175,23 @@ pub struct Publish {
     /// The message body; carried after the header, not inside it.
     #[serde(skip)]
     pub payload: Bytes,
+    /// The producer and its number for this message, so a retried publish is stored once
+    /// (see [`ProducerStamp`]). Since protocol v6.
+    #[serde(default, with = "crate::since::v6")]
+    pub producer: Option<ProducerStamp>,
+}
+
+/// Who published a message and its number in that producer's sequence: a publish with a stamp
+/// the topic's dedup window already holds is answered with the stored message's sequence
+/// (`PublishOk::duplicate`) and stores nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProducerStamp {
+    /// The producer's id: random per `Publisher`, or set by the user for a producer that
+    /// restarts.
+    pub id: u128,
+    /// The message's number in the producer's sequence; increasing, not necessarily without
+    /// holes (a refused message leaves one that its retry fills).
+    pub seq: u64,
 }
 
 /// Confirms a publish: the message is stored as `seq` and durable under the topic's policy.
@@ -184,6 +201,11 @@ pub struct PublishOk {
     pub id: u64,
     /// The message's sequence number in its topic.
     pub seq: u64,
+    /// Whether this publish was a duplicate (same producer stamp or `weir-msg-id` as a message
+    /// the dedup window holds): nothing was stored, and `seq` is the original's. Since protocol
+    /// v6; a v4 or v5 client sees only the original's `seq`.
+    #[serde(default, with = "crate::since::v6")]
+    pub duplicate: bool,
 }
 
 /// Refuses a publish (or, with id 0 and [`RejectReason::TooManyConnections`], a connection).

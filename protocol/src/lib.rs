@@ -31,6 +31,13 @@
 //! version it does not speak with [`ErrorCode::UnsupportedVersion`] and closes the connection.
 //! Frame variants and fields are only ever appended, and a change of layout bumps the version.
 //!
+//! - v6: fields appended to structs older versions send, marked `since::v6` and laid out only
+//!   on v6 connections ([`WeirCodec::set_version`]): idempotent publish
+//!   ([`Publish::producer`], [`PublishBatch::producer`], [`PublishOk::duplicate`],
+//!   `RejectReason::SequenceTooOld` / `DuplicatePending`), message age
+//!   ([`TopicConfig::max_age_ms`] and in [`TopicSpec`], [`TopicUpdate`]) and key-ordered
+//!   groups ([`GroupConfig::ordering`], [`GroupSpec::ordering`]). A v4 or v5 connection reads
+//!   and writes exactly the layouts it always did.
 //! - v5: batches ([`PublishBatch`] answered by [`Confirmed`] runs and per-message `Rejected`,
 //!   [`DeliverBatch`], [`Settle`] ranges). Negotiated: a client sends the highest version it
 //!   speaks, the broker answers the highest both speak (at least [`MIN_PROTOCOL_VERSION`]); a
@@ -52,6 +59,7 @@ pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod json;
+mod since;
 pub mod types;
 
 pub use batch::{
@@ -68,8 +76,8 @@ pub use frame::*;
 pub use types::*;
 
 /// The protocol version this crate speaks, sent in [`Hello`] and echoed in [`HelloOk`].
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The oldest protocol version a broker still speaks: a v4 client is answered in v4 and never
-/// sent a v5 frame.
+/// sent a v5 frame or a v6 field.
 pub const MIN_PROTOCOL_VERSION: u16 = 4;

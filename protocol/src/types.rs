@@ -106,6 +106,11 @@ pub struct TopicSpec {
     pub max_blocked_publishes: Option<u32>,
     /// `block` policy: longest a publish stays parked, in milliseconds.
     pub max_block_ms: Option<u64>,
+    /// Oldest a stored message may be, in milliseconds since its commit: older ones are
+    /// removed as `drop_oldest` evictions are (counted, `Gap` to groups that had not acked
+    /// them). `None` or 0: no age bound. Since protocol v6.
+    #[serde(default, with = "crate::since::v6")]
+    pub max_age_ms: Option<u64>,
 }
 
 /// A topic's effective configuration: every bound resolved.
@@ -127,6 +132,11 @@ pub struct TopicConfig {
     pub max_blocked_publishes: u32,
     /// `block` policy: longest a publish stays parked before it is refused, in milliseconds.
     pub max_block_ms: u64,
+    /// Oldest a stored message may be, in milliseconds since the broker committed it; older
+    /// ones are removed, counted as dropped, and groups that had not acked them get a `Gap`.
+    /// `None`: no age bound. Since protocol v6.
+    #[serde(default, with = "crate::since::v6")]
+    pub max_age_ms: Option<u64>,
 }
 
 impl TopicConfig {
@@ -176,7 +186,26 @@ impl TopicConfig {
             self.max_block_ms,
             asked.max_block_ms,
         );
+        field(
+            &mut out,
+            "max_age",
+            Age(self.max_age_ms),
+            Age(asked.max_age_ms),
+        );
         out
+    }
+}
+
+/// A topic's age bound as [`TopicConfig::differences`] prints it: `none` or milliseconds.
+#[derive(PartialEq)]
+struct Age(Option<u64>);
+
+impl std::fmt::Display for Age {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("none"),
+            Some(ms) => write!(f, "{ms}ms"),
+        }
     }
 }
 
@@ -200,6 +229,9 @@ pub struct TopicUpdate {
     pub max_blocked_publishes: Option<u32>,
     /// New longest park, in milliseconds (`block`).
     pub max_block_ms: Option<u64>,
+    /// New age bound in milliseconds; `Some(0)` removes the bound. Since protocol v6.
+    #[serde(default, with = "crate::since::v6")]
+    pub max_age_ms: Option<u64>,
 }
 
 impl TopicUpdate {
@@ -221,6 +253,11 @@ impl TopicUpdate {
                 .max_blocked_publishes
                 .unwrap_or(config.max_blocked_publishes),
             max_block_ms: self.max_block_ms.unwrap_or(config.max_block_ms),
+            max_age_ms: match self.max_age_ms {
+                None => config.max_age_ms,
+                Some(0) => None,
+                Some(ms) => Some(ms),
+            },
         }
     }
 }
@@ -386,7 +423,58 @@ pub struct GroupSpec {
     /// subscription to an existing ephemeral group joins it ephemeral. Ephemeral groups count
     /// toward `max_groups_per_topic` like durable ones.
     pub ephemeral: bool,
+    /// How a new group hands messages to its members (default [`GroupOrdering::Shared`]).
+    /// Since protocol v6.
+    #[serde(default, with = "crate::since::v6")]
+    pub ordering: Option<GroupOrdering>,
 }
+
+/// How a group hands its messages to its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupOrdering {
+    /// Any member with credit takes the next message: members process in parallel, so the
+    /// order in which messages finish is not kept. The default.
+    #[default]
+    Shared,
+    /// Messages with the same `weir-key` header go to one member at a time, in order: the
+    /// next message of a key is delivered only after the previous one is acked or
+    /// dead-lettered. Keys are spread over the members. Messages without the header are
+    /// delivered as under `shared`.
+    Key,
+}
+
+impl GroupOrdering {
+    /// The ordering's name as configs and the command line spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupOrdering::Shared => "shared",
+            GroupOrdering::Key => "key",
+        }
+    }
+}
+
+impl std::str::FromStr for GroupOrdering {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "shared" => Ok(GroupOrdering::Shared),
+            "key" => Ok(GroupOrdering::Key),
+            other => Err(format!(
+                "unknown group ordering {other:?} (supported: shared, key)"
+            )),
+        }
+    }
+}
+
+/// The header whose value orders a [`GroupOrdering::Key`] group's deliveries.
+pub const KEY_HEADER: &str = "weir-key";
+
+/// The header carrying a message's own idempotency id: a second publish to the same topic
+/// with the same id, within the topic's dedup window, is answered with the first one's
+/// sequence and stores nothing.
+pub const MSG_ID_HEADER: &str = "weir-msg-id";
 
 /// A group's effective settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -397,6 +485,9 @@ pub struct GroupConfig {
     pub max_attempts: u32,
     /// Where dead-lettered messages go.
     pub dead_letter_topic: String,
+    /// How the group hands messages to its members. Since protocol v6.
+    #[serde(default, with = "crate::since::v6")]
+    pub ordering: GroupOrdering,
 }
 
 /// Changes to a live group's settings ([`crate::Frame::UpdateGroup`]); unset fields keep their
@@ -428,6 +519,7 @@ impl GroupUpdate {
                 .dead_letter_topic
                 .clone()
                 .unwrap_or_else(|| config.dead_letter_topic.clone()),
+            ordering: config.ordering,
         }
     }
 }
@@ -492,6 +584,15 @@ pub enum RejectReason {
     /// publishes until `weir topic repair` (or a restart, after a failed write). Nothing was
     /// stored. Other topics are unaffected.
     StorageDamaged,
+    /// The producer sequence is older than anything the topic's dedup window remembers of that
+    /// producer, so the broker cannot tell a duplicate from a late retry; nothing was stored.
+    /// Retrying the same message cannot help. Only sent on v6 connections (only they send
+    /// producer sequences).
+    SequenceTooOld,
+    /// A publish with the same producer sequence or `weir-msg-id` is being stored right now
+    /// and not yet confirmed; retry after the hint to be answered with its sequence. Nothing
+    /// was stored. Only sent on v6 connections.
+    DuplicatePending,
 }
 
 /// Why the broker closes a connection with [`crate::Frame::GoingAway`].

@@ -29,16 +29,30 @@ fn group_spec() -> impl Strategy<Value = GroupSpec> {
         any::<Option<u32>>(),
         proptest::option::of(name()),
         any::<bool>(),
+        proptest::option::of(ordering()),
     )
         .prop_map(
-            |(start, ack_timeout_ms, max_attempts, dead_letter_topic, ephemeral)| GroupSpec {
-                start,
-                ack_timeout_ms,
-                max_attempts,
-                dead_letter_topic,
-                ephemeral,
+            |(start, ack_timeout_ms, max_attempts, dead_letter_topic, ephemeral, ordering)| {
+                GroupSpec {
+                    start,
+                    ack_timeout_ms,
+                    max_attempts,
+                    dead_letter_topic,
+                    ephemeral,
+                    ordering,
+                }
             },
         )
+}
+
+fn ordering() -> impl Strategy<Value = GroupOrdering> {
+    prop_oneof![Just(GroupOrdering::Shared), Just(GroupOrdering::Key)]
+}
+
+fn stamp() -> impl Strategy<Value = Option<ProducerStamp>> {
+    proptest::option::of(
+        (any::<u128>(), any::<u64>()).prop_map(|(id, seq)| ProducerStamp { id, seq }),
+    )
 }
 
 fn limits() -> impl Strategy<Value = ServerLimits> {
@@ -79,10 +93,10 @@ fn config() -> impl Strategy<Value = TopicConfig> {
         (any::<u64>(), any::<u64>(), any::<u32>()),
         policy(),
         fsync(),
-        (any::<u32>(), any::<u64>()),
+        (any::<u32>(), any::<u64>(), any::<Option<u64>>()),
     )
         .prop_map(
-            |(name, (m, b, mb), overflow, fsync, (parked, block_ms))| TopicConfig {
+            |(name, (m, b, mb), overflow, fsync, (parked, block_ms, max_age_ms))| TopicConfig {
                 name,
                 max_messages: m,
                 max_bytes: b,
@@ -91,6 +105,7 @@ fn config() -> impl Strategy<Value = TopicConfig> {
                 fsync,
                 max_blocked_publishes: parked,
                 max_block_ms: block_ms,
+                max_age_ms,
             },
         )
 }
@@ -108,6 +123,11 @@ fn topic_info() -> impl Strategy<Value = TopicInfo> {
                 ack_timeout_ms: pending,
                 max_attempts: members,
                 dead_letter_topic: format!("{name}.dlq"),
+                ordering: if credit % 2 == 0 {
+                    GroupOrdering::Key
+                } else {
+                    GroupOrdering::Shared
+                },
             },
             name,
             in_flight,
@@ -254,6 +274,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                     fsync,
                     max_blocked_publishes: parked,
                     max_block_ms: block,
+                    max_age_ms: max_bytes,
                 }
             },
         );
@@ -282,15 +303,18 @@ fn frame() -> impl Strategy<Value = Frame> {
                 topics,
                 next
             })),
-        (any::<u64>(), name(), headers(), bytes_strategy()).prop_map(
-            |(id, topic, headers, payload)| Frame::Publish(Publish {
+        (any::<u64>(), name(), headers(), bytes_strategy(), stamp()).prop_map(
+            |(id, topic, headers, payload, producer)| Frame::Publish(Publish {
                 id,
                 topic,
                 headers,
                 payload,
+                producer,
             })
         ),
-        (any::<u64>(), any::<u64>()).prop_map(|(id, seq)| Frame::PublishOk(PublishOk { id, seq })),
+        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(id, seq, duplicate)| {
+            Frame::PublishOk(PublishOk { id, seq, duplicate })
+        }),
         (
             any::<u64>(),
             reason(),
@@ -437,6 +461,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                     fsync: u.4,
                     max_blocked_publishes: u.5,
                     max_block_ms: u.6,
+                    max_age_ms: u.0.map(|m| m / 2),
                 },
             })),
         (any::<u64>(), config())
@@ -466,6 +491,11 @@ fn frame() -> impl Strategy<Value = Frame> {
                 Frame::GroupUpdated(GroupUpdated {
                     req,
                     config: GroupConfig {
+                        ordering: if max_attempts % 2 == 0 {
+                            GroupOrdering::Key
+                        } else {
+                            GroupOrdering::Shared
+                        },
                         ack_timeout_ms,
                         max_attempts,
                         dead_letter_topic,
@@ -476,18 +506,20 @@ fn frame() -> impl Strategy<Value = Frame> {
         (
             any::<u64>(),
             name(),
-            proptest::collection::vec((headers(), bytes_strategy()), 0..5)
+            proptest::collection::vec((headers(), bytes_strategy()), 0..5),
+            stamp()
         )
-            .prop_map(
-                |(first_id, topic, messages)| Frame::PublishBatch(PublishBatch {
+            .prop_map(|(first_id, topic, messages, producer)| Frame::PublishBatch(
+                PublishBatch {
                     first_id,
                     topic,
                     messages: messages
                         .into_iter()
                         .map(|(h, p)| BatchMessage::new(h, p))
                         .collect(),
-                })
-            ),
+                    producer,
+                }
+            )),
         (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(first_id, count, first_seq)| {
             Frame::Confirmed(Confirmed {
                 first_id,
@@ -545,6 +577,17 @@ proptest! {
         }
         prop_assert!(buf.is_empty());
         prop_assert!(codec.decode_eof(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_v4_or_v5_peer_reads_every_frame_without_the_v6_fields(frame in frame(), v5 in any::<bool>()) {
+        let mut codec = WeirCodec::default();
+        codec.set_version(if v5 { 5 } else { 4 });
+        let mut buf = BytesMut::new();
+        codec.encode_frame(&frame, &mut buf).unwrap();
+        let old = codec.decode(&mut buf).unwrap();
+        prop_assert_eq!(old, Some(without_v6_fields(&frame)));
+        prop_assert!(buf.is_empty());
     }
 
     #[test]
@@ -613,6 +656,7 @@ fn encoding_an_oversized_frame_fails_and_leaves_the_buffer_untouched() {
     let mut codec = WeirCodec::new(1024);
     let mut buf = BytesMut::from(&b"keep"[..]);
     let frame = Frame::Publish(Publish {
+        producer: None,
         id: 1,
         topic: "t".into(),
         payload: Bytes::from(vec![0u8; 2000]),
@@ -638,16 +682,17 @@ fn payload_on_a_frame_kind_without_one_is_malformed() {
 }
 
 /// Pins the wire layout: a change here breaks every deployed client (protocol version 2 added
-/// the headers list).
+/// the headers list; version 6 the producer stamp, absent on v4 and v5 connections).
 #[test]
 fn wire_compat_byte_layout_of_publish() {
     let frame = Frame::Publish(Publish {
+        producer: None,
         id: 1,
         topic: "orders".into(),
         payload: Bytes::from_static(b"abc"),
         headers: Vec::new(),
     });
-    let expected: &[u8] = &[
+    let v5: &[u8] = &[
         0, 0, 0, 17, // len: everything after this field
         0, 0, 0, 10, // hdr_len
         6,  // Frame::Publish variant index (varint)
@@ -656,7 +701,50 @@ fn wire_compat_byte_layout_of_publish() {
         0,    // headers: none (varint length)
         b'a', b'b', b'c', // payload, raw
     ];
-    assert_eq!(&encode(&frame)[..], expected);
+    for version in [4, 5] {
+        let mut codec = WeirCodec::default();
+        codec.set_version(version);
+        let mut buf = BytesMut::new();
+        codec.encode_frame(&frame, &mut buf).unwrap();
+        assert_eq!(&buf[..], v5, "v{version}");
+    }
+    let v6: &[u8] = &[
+        0, 0, 0, 18, // len
+        0, 0, 0, 11, // hdr_len
+        6, 1, 6, b'o', b'r', b'd', b'e', b'r', b's', 0, // as v5
+        0, // producer: None
+        b'a', b'b', b'c',
+    ];
+    assert_eq!(&encode(&frame)[..], v6);
+}
+
+/// `frame` as a v4 or v5 peer sees it: every field protocol v6 appended at its default.
+fn without_v6_fields(frame: &Frame) -> Frame {
+    fn config(c: &mut TopicConfig) {
+        c.max_age_ms = None;
+    }
+    fn info(i: &mut TopicInfo) {
+        config(&mut i.config);
+        for g in &mut i.groups {
+            g.config.ordering = GroupOrdering::Shared;
+        }
+    }
+    let mut f = frame.clone();
+    match &mut f {
+        Frame::CreateTopic(c) => c.spec.max_age_ms = None,
+        Frame::TopicCreated(c) => config(&mut c.config),
+        Frame::TopicUpdated(c) => config(&mut c.config),
+        Frame::UpdateTopic(u) => u.update.max_age_ms = None,
+        Frame::TopicList(l) => l.topics.iter_mut().for_each(info),
+        Frame::TopicDescription(d) => info(&mut d.info),
+        Frame::Subscribe(s) => s.group_spec.ordering = None,
+        Frame::GroupUpdated(g) => g.config.ordering = GroupOrdering::Shared,
+        Frame::Publish(p) => p.producer = None,
+        Frame::PublishBatch(b) => b.producer = None,
+        Frame::PublishOk(ok) => ok.duplicate = false,
+        _ => {}
+    }
+    f
 }
 
 #[test]
@@ -675,6 +763,7 @@ fn frame_ready_says_when_a_whole_frame_is_buffered() {
 #[test]
 fn peek_prefix_reads_a_publish_id_before_its_header_is_buffered() {
     let frame = Frame::Publish(Publish {
+        producer: None,
         id: 300_000,
         topic: "t".repeat(1000),
         headers: Vec::new(),
@@ -697,6 +786,7 @@ fn peek_prefix_reads_a_publish_id_before_its_header_is_buffered() {
 fn decode_header_reads_a_publish_without_its_payload() {
     let mut codec = WeirCodec::new(1 << 20);
     let frame = Frame::Publish(Publish {
+        producer: None,
         id: 7,
         topic: "orders".into(),
         payload: Bytes::from(vec![0xAB; 1000]),
@@ -756,6 +846,7 @@ proptest! {
 #[test]
 fn a_batch_whose_payload_lengths_do_not_add_up_is_malformed() {
     let batch = Frame::PublishBatch(PublishBatch {
+        producer: None,
         first_id: 1,
         topic: "t".into(),
         messages: vec![
@@ -780,6 +871,7 @@ fn a_batch_whose_payload_lengths_do_not_add_up_is_malformed() {
     let mut lying = BatchMessage::new(vec![], Bytes::from_static(b"abc"));
     lying.len = 2;
     let frame = Frame::PublishBatch(PublishBatch {
+        producer: None,
         first_id: 1,
         topic: "t".into(),
         messages: vec![lying],
@@ -792,6 +884,7 @@ fn a_batch_whose_payload_lengths_do_not_add_up_is_malformed() {
 #[test]
 fn a_batch_past_its_message_or_header_bounds_is_malformed() {
     let many = Frame::PublishBatch(PublishBatch {
+        producer: None,
         first_id: 1,
         topic: "t".into(),
         messages: vec![BatchMessage::new(vec![], Bytes::new()); MAX_BATCH_MESSAGES + 1],

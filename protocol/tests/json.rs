@@ -8,6 +8,7 @@ use weir_protocol::*;
 fn info() -> TopicInfo {
     TopicInfo {
         config: TopicConfig {
+            max_age_ms: None,
             name: "orders".into(),
             max_messages: 2,
             max_bytes: 1024,
@@ -24,6 +25,7 @@ fn info() -> TopicInfo {
             name: "billing".into(),
             in_flight: 1,
             config: GroupConfig {
+                ordering: weir_protocol::GroupOrdering::Shared,
                 ack_timeout_ms: 30_000,
                 max_attempts: 5,
                 dead_letter_topic: "orders.dlq".into(),

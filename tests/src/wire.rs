@@ -13,10 +13,19 @@ use weir_protocol::*;
 /// How long any single expected frame may take to arrive before the test fails.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The codec of a client that has not said `Hello` yet: it lays frames out as the oldest
+/// version, as a raw client speaks by default.
+fn v4_codec() -> WeirCodec {
+    let mut codec = WeirCodec::new(MAX_FRAME_BYTES_CEILING);
+    codec.set_version(MIN_PROTOCOL_VERSION);
+    codec
+}
+
 /// A framed connection to a broker.
 ///
-/// It speaks protocol v4 unless [`RawClient::connect_v5`] (so the raw tests are also the proof
-/// that a v4 client keeps working: it is never sent a batch frame).
+/// It speaks protocol v4 unless [`RawClient::connect_v5`] or [`RawClient::connect_v6`] (so
+/// the raw tests are also the proof that a v4 client keeps working: it is never sent a batch
+/// frame or a v6 field).
 pub struct RawClient {
     framed: Framed<TcpStream, WeirCodec>,
     next_req: u64,
@@ -28,7 +37,7 @@ impl RawClient {
     pub async fn connect_raw(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).await.expect("connect");
         RawClient {
-            framed: Framed::new(stream, WeirCodec::new(MAX_FRAME_BYTES_CEILING)),
+            framed: Framed::new(stream, v4_codec()),
             next_req: 1,
             version: MIN_PROTOCOL_VERSION,
         }
@@ -41,17 +50,29 @@ impl RawClient {
 
     /// Connects speaking protocol v5 (batch frames) and completes the handshake.
     pub async fn connect_v5(addr: SocketAddr) -> RawClient {
-        Self::connect_v5_as(addr, None).await
+        Self::connect_version(addr, 5, None).await
     }
 
     /// Connects speaking protocol v5, presenting `token`, and completes the handshake.
     pub async fn connect_v5_as(addr: SocketAddr, token: Option<&str>) -> RawClient {
+        Self::connect_version(addr, 5, token).await
+    }
+
+    /// Connects speaking the newest protocol ([`PROTOCOL_VERSION`]: producer stamps, message
+    /// age, key-ordered groups) and completes the handshake.
+    pub async fn connect_v6(addr: SocketAddr) -> RawClient {
+        Self::connect_version(addr, PROTOCOL_VERSION, None).await
+    }
+
+    /// Connects speaking protocol `version`, presenting `token`, and completes the handshake;
+    /// the frames' layout follows `version` both ways.
+    pub async fn connect_version(addr: SocketAddr, version: u16, token: Option<&str>) -> RawClient {
         let mut client = Self::connect_raw(addr).await;
-        client.version = PROTOCOL_VERSION;
+        client.version = version;
         client.hello(token).await;
         match client.recv().await {
-            Frame::HelloOk(ok) if ok.version == PROTOCOL_VERSION => client,
-            other => panic!("expected HelloOk of v{PROTOCOL_VERSION}, got {other:?}"),
+            Frame::HelloOk(ok) if ok.version == version => client,
+            other => panic!("expected HelloOk of v{version}, got {other:?}"),
         }
     }
 
@@ -74,14 +95,16 @@ impl RawClient {
             .expect("bind the source address");
         let stream = socket.connect(addr).await.expect("connect");
         RawClient {
-            framed: Framed::new(stream, WeirCodec::new(MAX_FRAME_BYTES_CEILING)),
+            framed: Framed::new(stream, v4_codec()),
             next_req: 1,
             version: MIN_PROTOCOL_VERSION,
         }
     }
 
-    /// Sends `Hello` with `token`, of this client's protocol version.
+    /// Sends `Hello` with `token`, of this client's protocol version, and lays frames out in
+    /// that version from now on.
     pub async fn hello(&mut self, token: Option<&str>) {
+        self.framed.codec_mut().set_version(self.version);
         self.send(Frame::Hello(Hello {
             version: self.version,
             token: token.map(str::to_owned),
@@ -177,6 +200,7 @@ impl RawClient {
     ) -> Frame {
         let id = self.req();
         self.send(Frame::Publish(Publish {
+            producer: None,
             id,
             topic: topic.into(),
             headers,
@@ -195,6 +219,7 @@ impl RawClient {
     ) {
         for (id, payload) in publishes {
             let publish = Publish {
+                producer: None,
                 id,
                 topic: topic.into(),
                 headers: Vec::new(),

@@ -17,6 +17,7 @@ use weir_tests::{scrape, TestBroker};
 /// `first_id`.
 fn batch(first_id: u64, topic: &str, payloads: &[Bytes]) -> Frame {
     Frame::PublishBatch(PublishBatch {
+        producer: None,
         first_id,
         topic: topic.into(),
         messages: payloads

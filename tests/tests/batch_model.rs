@@ -232,12 +232,14 @@ async fn run(max_messages: u64, drop_oldest: bool, ops: Vec<Op>) {
         let headers = |id: u64| vec![("id".to_string(), id.to_string())];
         let frame = match op {
             Op::Single(_) => Frame::Publish(Publish {
+                producer: None,
                 id: next_id,
                 topic: "model".into(),
                 headers: headers(next_id),
                 payload: publishes[0].1.clone(),
             }),
             _ => Frame::PublishBatch(PublishBatch {
+                producer: None,
                 first_id: next_id,
                 topic: "model".into(),
                 messages: publishes

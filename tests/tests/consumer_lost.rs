@@ -216,6 +216,7 @@ async fn acks_sent_during_the_shutdown_grace_are_applied_and_survive_the_restart
         probe += 1;
         consumer
             .send(Frame::Publish(Publish {
+                producer: None,
                 id: probe,
                 topic: "probe".into(),
                 headers: Headers::new(),

@@ -179,6 +179,7 @@ async fn produce(
         let framed = client.framed_mut();
         for id in ids {
             let publish = Publish {
+                producer: None,
                 id,
                 topic: TOPIC.into(),
                 headers: Vec::new(),

@@ -448,6 +448,7 @@ async fn a_message_at_the_largest_size_a_topic_takes_is_delivered_and_dead_lette
     let mut client = RawClient::connect(broker.addr).await;
     // The size counts the payload and the header names and values.
     let message = |size: u32| Publish {
+        producer: None,
         id: 1,
         topic: "t".into(),
         headers: vec![("h".to_string(), "v".repeat(10_000))],

@@ -63,6 +63,7 @@ async fn sigterm_while_publishing_keeps_every_confirmed_publish_and_exits_0() {
                 let payload = Bytes::from(format!("p-{id}"));
                 sent.insert(id, payload.clone());
                 let frame = Frame::Publish(Publish {
+                    producer: None,
                     id,
                     topic: "graceful".into(),
                     payload,

@@ -299,6 +299,7 @@ async fn header_bombs_are_refused_and_headers_count_against_every_bound() {
         let bomb = vec![(String::new(), String::new()); 2_000];
         client
             .send(Frame::Publish(Publish {
+                producer: None,
                 id: 99,
                 topic: "tiny".into(),
                 headers: bomb,

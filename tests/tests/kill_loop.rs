@@ -90,6 +90,7 @@ async fn produce(addr: SocketAddr, seen: Arc<Mutex<Seen>>, next: Arc<AtomicUsize
             lock(&seen).published.insert(payload.clone());
             sent.insert(id, payload.clone());
             let publish = Publish {
+                producer: None,
                 id,
                 topic: TOPIC.into(),
                 headers: Vec::new(),

@@ -136,6 +136,7 @@ async fn on_the_wire_each_action_is_allowed_or_forbidden_by_the_key_s_rules() {
     let refused = ask(
         &mut audit,
         Frame::Publish(Publish {
+            producer: None,
             id,
             topic: "orders.eu".into(),
             headers: Vec::new(),
@@ -673,6 +674,7 @@ async fn a_batch_its_key_may_not_publish_is_refused_and_counted_message_by_messa
         .collect();
     audit
         .send(Frame::PublishBatch(PublishBatch {
+            producer: None,
             first_id: 10,
             topic: "orders.eu".into(),
             messages,

@@ -184,6 +184,7 @@ async fn send_publishes(client: &mut RawClient, topic: &str, first_id: u64, n: u
     for &id in &ids {
         client
             .send(Frame::Publish(Publish {
+                producer: None,
                 id,
                 topic: topic.into(),
                 payload: Bytes::from(format!("p{id}")),

@@ -62,6 +62,7 @@ async fn parked_publishes_are_refused_with_shutting_down_when_the_broker_stops()
         .await;
     for id in 100..103 {
         let publish = weir_protocol::Publish {
+            producer: None,
             id,
             topic: "parked".into(),
             payload: Bytes::from_static(b"waits"),

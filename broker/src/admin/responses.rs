@@ -39,6 +39,8 @@ fn refusal_status(reason: RejectReason) -> StatusCode {
         RejectReason::ShuttingDown
         | RejectReason::TooManyConnections
         | RejectReason::StorageDamaged => StatusCode::SERVICE_UNAVAILABLE,
+        RejectReason::SequenceTooOld => StatusCode::UNPROCESSABLE_ENTITY,
+        RejectReason::DuplicatePending => StatusCode::CONFLICT,
     }
 }
 

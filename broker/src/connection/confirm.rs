@@ -59,7 +59,11 @@ impl Future for PendingConfirm {
         let answer = match &mut self.waiting {
             Waiting::One(confirm) => Pin::new(confirm).poll(cx).map(|result| {
                 Answer::One(match result {
-                    Ok(Ok(seq)) => Frame::PublishOk(PublishOk { id, seq }),
+                    Ok(Ok(seq)) => Frame::PublishOk(PublishOk {
+                        duplicate: false,
+                        id,
+                        seq,
+                    }),
                     Ok(Err(e)) => failure(id, e),
                     Err(_) => writer_stopped(id),
                 })

@@ -54,6 +54,7 @@ impl Connection {
             read.map(|r| match r {
                 Read::Frame(frame) => frame,
                 Read::Shed(unread, _) => Frame::Publish(weir_protocol::Publish {
+                    producer: None,
                     id: unread.first_id,
                     topic: unread.topic,
                     headers: Vec::new(),
@@ -72,12 +73,12 @@ impl Connection {
                 ) {
                     Ok(identity) => {
                         debug!(conn = self.id, key = %identity.name, "authenticated");
-                        frames.authenticated();
+                        frames.authenticated(self.version);
                         self.key = Some(self.broker.admission().limits_for(&identity));
                         self.identity = Some(identity);
                         let limits = server_limits(&self.broker);
-                        self.batching
-                            .store(self.batches(), std::sync::atomic::Ordering::Relaxed);
+                        self.spoken
+                            .store(self.version, std::sync::atomic::Ordering::Relaxed);
                         self.send(Frame::HelloOk(HelloOk {
                             version: self.version,
                             limits,

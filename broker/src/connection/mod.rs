@@ -161,10 +161,10 @@ pub(crate) async fn serve(
     let delivery_capacity = (limits.max_subscriptions as usize) * (limits.max_credit as usize);
     let (deliveries, deliveries_rx) = mpsc::channel(delivery_capacity.max(1));
     let writer_done = CancellationToken::new();
-    let batching = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let version = Arc::new(std::sync::atomic::AtomicU16::new(MIN_PROTOCOL_VERSION));
     let mut writer = tokio::spawn({
         let writer = Writer::new(write, codec, broker.clone(), (id, memory.clone()))
-            .batching(batching.clone());
+            .speaking(version.clone());
         let done = writer_done.clone();
         async move {
             let end = writer.run(control_rx, deliveries_rx).await;
@@ -189,7 +189,7 @@ pub(crate) async fn serve(
         pending: FuturesUnordered::new(),
         unconfirmed: 0,
         version: MIN_PROTOCOL_VERSION,
-        batching: batching.clone(),
+        spoken: version,
         parked: FuturesUnordered::new(),
         read_at: Instant::now(),
         publish_decision: None,
@@ -279,8 +279,9 @@ struct Connection {
     unconfirmed: usize,
     /// The protocol version agreed in `Hello` (v5 speaks batches).
     version: u16,
-    /// Tells the writer the client takes `DeliverBatch` (v5), set by the handshake.
-    batching: Arc<std::sync::atomic::AtomicBool>,
+    /// Tells the writer the version agreed (its frames' layout, and `DeliverBatch` from v5),
+    /// set by the handshake.
+    spoken: Arc<std::sync::atomic::AtomicU16>,
     /// Publishes parked by `block` topics; bounded by each topic's `max_blocked_publishes`,
     /// and not counted against `max_unconfirmed`, so a blocked topic never stops this
     /// connection's other topics.

@@ -889,6 +889,7 @@ mod tests {
 
     fn config(max_attempts: u32) -> GroupConfig {
         GroupConfig {
+            ordering: weir_protocol::GroupOrdering::Shared,
             ack_timeout_ms: 1_000,
             max_attempts,
             dead_letter_topic: "t.dlq".into(),

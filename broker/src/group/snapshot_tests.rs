@@ -34,6 +34,7 @@ fn owed(group: &Group, committed: u64) -> BTreeSet<u64> {
 fn run(seed: u64) -> Result<(u64, u64), String> {
     let mut rng = SimRng::new(seed);
     let config = GroupConfig {
+        ordering: weir_protocol::GroupOrdering::Shared,
         ack_timeout_ms: 1_000,
         max_attempts: rng.range(1, 4) as u32,
         dead_letter_topic: "t.dlq".into(),

@@ -47,6 +47,7 @@ pub mod state;
 #[cfg(test)]
 pub(crate) fn test_topic_config(name: &str) -> weir_protocol::TopicConfig {
     weir_protocol::TopicConfig {
+        max_age_ms: None,
         name: name.into(),
         max_messages: 10,
         max_bytes: 100,

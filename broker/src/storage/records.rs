@@ -13,26 +13,31 @@
 //! ```text
 //! topic record   v1: [1][StoredTopicConfig]                       (written before manifests)
 //!                v2: [2][StoredTopicConfig][incarnation][created_ms]
+//!                v3: [3][StoredTopicConfig][incarnation][created_ms][Option<max_age_ms>]
 //! group record   v1: [1][cursor][unacked]
 //!                v2: [2][cursor][unacked][Option<StoredGroupConfig>][delayed][dead]
+//!                v3: [3][cursor][unacked][Option<StoredGroupConfig>][delayed][dead]
+//!                    [StoredOrdering]
 //! manifest       v1: "WEIRTMAN" [version u16 LE = 1][body_len u32 LE]
 //!                    [body: StoredTopicConfig incarnation created_ms][crc32c u32 LE]
+//!                v2: as v1, version 2, body: StoredTopicConfig incarnation created_ms
+//!                    Option<max_age_ms>
 //! ```
 //!
 //! The manifest's CRC covers everything before it (magic, version, length, body), so a torn
 //! or overwritten manifest is reported as [`FormatError`], never misread.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use weir_protocol::{FsyncPolicy, GroupConfig, OverflowPolicy, TopicConfig};
+use weir_protocol::{FsyncPolicy, GroupConfig, GroupOrdering, OverflowPolicy, TopicConfig};
 
 /// Format version of topic records written now.
-const TOPIC_RECORD_VERSION: u8 = 2;
+const TOPIC_RECORD_VERSION: u8 = 3;
 /// Format version of group records written now.
-const GROUP_RECORD_VERSION: u8 = 2;
+const GROUP_RECORD_VERSION: u8 = 3;
 /// The first bytes of every manifest.
 pub const MANIFEST_MAGIC: &[u8; 8] = b"WEIRTMAN";
 /// Format version of manifests written now.
-const MANIFEST_VERSION: u16 = 1;
+const MANIFEST_VERSION: u16 = 2;
 /// Magic, version and body length.
 const MANIFEST_HEADER: usize = 8 + 2 + 4;
 /// Largest manifest body accepted (a topic config is a few hundred bytes at most); a length
@@ -186,6 +191,19 @@ struct StoredTopicV2 {
     created_ms: u64,
 }
 
+/// Version 3 of a topic record (version 2 of a manifest's body): version 2 and the age bound.
+#[derive(Serialize, Deserialize)]
+struct StoredTopicV3 {
+    v2: StoredTopicV2,
+    max_age_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum StoredOrdering {
+    Shared,
+    Key,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct StoredGroupConfig {
     ack_timeout_ms: u64,
@@ -206,6 +224,13 @@ struct StoredGroupV2 {
     config: Option<StoredGroupConfig>,
     delayed: Vec<(u64, u32, u64)>,
     dead: Vec<(u64, u32, String)>,
+}
+
+/// Version 3 of a group record: version 2 and the group's ordering.
+#[derive(Serialize, Deserialize)]
+struct StoredGroupV3 {
+    v2: StoredGroupV2,
+    ordering: StoredOrdering,
 }
 
 impl From<&TopicConfig> for StoredTopicConfig {
@@ -234,6 +259,7 @@ impl From<&TopicConfig> for StoredTopicConfig {
 impl From<StoredTopicConfig> for TopicConfig {
     fn from(c: StoredTopicConfig) -> Self {
         TopicConfig {
+            max_age_ms: None,
             name: c.name,
             max_messages: c.max_messages,
             max_bytes: c.max_bytes,
@@ -267,6 +293,7 @@ impl From<&GroupConfig> for StoredGroupConfig {
 impl From<StoredGroupConfig> for GroupConfig {
     fn from(c: StoredGroupConfig) -> Self {
         GroupConfig {
+            ordering: GroupOrdering::Shared,
             ack_timeout_ms: c.ack_timeout_ms,
             max_attempts: c.max_attempts,
             dead_letter_topic: c.dead_letter_topic,
@@ -291,6 +318,16 @@ pub fn decode_topic_record(bytes: &[u8]) -> Result<TopicRecord, FormatError> {
             identity: None,
         }),
         Some((2, body)) => {
+            let (config, identity) = from_stored_topic(StoredTopicV3 {
+                v2: decode_body(body)?,
+                max_age_ms: None,
+            });
+            Ok(TopicRecord {
+                config,
+                identity: Some(identity),
+            })
+        }
+        Some((3, body)) => {
             let (config, identity) = from_stored_topic(decode_body(body)?);
             Ok(TopicRecord {
                 config,
@@ -304,12 +341,19 @@ pub fn decode_topic_record(bytes: &[u8]) -> Result<TopicRecord, FormatError> {
 
 /// Encodes a group record (current version) for the state store.
 pub fn encode_group_record(record: &GroupRecord) -> Result<Vec<u8>, FormatError> {
-    let stored = StoredGroupV2 {
-        cursor: record.cursor,
-        unacked: record.unacked.clone(),
-        config: record.config.as_ref().map(StoredGroupConfig::from),
-        delayed: record.delayed.clone(),
-        dead: record.dead.clone(),
+    let ordering = match record.config.as_ref().map(|c| c.ordering) {
+        Some(GroupOrdering::Key) => StoredOrdering::Key,
+        None | Some(GroupOrdering::Shared) => StoredOrdering::Shared,
+    };
+    let stored = StoredGroupV3 {
+        v2: StoredGroupV2 {
+            cursor: record.cursor,
+            unacked: record.unacked.clone(),
+            config: record.config.as_ref().map(StoredGroupConfig::from),
+            delayed: record.delayed.clone(),
+            dead: record.dead.clone(),
+        },
+        ordering,
     };
     Ok(with_version(GROUP_RECORD_VERSION, encode_body(&stored)?))
 }
@@ -326,16 +370,11 @@ pub fn decode_group_record(bytes: &[u8]) -> Result<GroupRecord, FormatError> {
                 ..GroupRecord::default()
             })
         }
-        Some((2, body)) => {
-            let s: StoredGroupV2 = decode_body(body)?;
-            Ok(GroupRecord {
-                cursor: s.cursor,
-                unacked: s.unacked,
-                config: s.config.map(GroupConfig::from),
-                delayed: s.delayed,
-                dead: s.dead,
-            })
-        }
+        Some((2, body)) => Ok(from_stored_group(StoredGroupV3 {
+            v2: decode_body(body)?,
+            ordering: StoredOrdering::Shared,
+        })),
+        Some((3, body)) => Ok(from_stored_group(decode_body(body)?)),
         Some((v, _)) => Err(FormatError::UnknownVersion(u16::from(*v))),
         None => Err(FormatError::Empty),
     }
@@ -387,31 +426,61 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, FormatError> {
             bytes.len() - end - 4
         )));
     }
+    let body = &bytes[MANIFEST_HEADER..end];
     match version {
         1 => {
-            let (config, identity) = from_stored_topic(decode_body(&bytes[MANIFEST_HEADER..end])?);
+            let (config, identity) = from_stored_topic(StoredTopicV3 {
+                v2: decode_body(body)?,
+                max_age_ms: None,
+            });
+            Ok(Manifest { config, identity })
+        }
+        2 => {
+            let (config, identity) = from_stored_topic(decode_body(body)?);
             Ok(Manifest { config, identity })
         }
         v => Err(FormatError::UnknownVersion(v)),
     }
 }
 
-fn stored_topic(config: &TopicConfig, identity: &TopicIdentity) -> StoredTopicV2 {
-    StoredTopicV2 {
-        config: config.into(),
-        incarnation: identity.incarnation,
-        created_ms: identity.created_ms,
+fn stored_topic(config: &TopicConfig, identity: &TopicIdentity) -> StoredTopicV3 {
+    StoredTopicV3 {
+        v2: StoredTopicV2 {
+            config: config.into(),
+            incarnation: identity.incarnation,
+            created_ms: identity.created_ms,
+        },
+        max_age_ms: config.max_age_ms,
     }
 }
 
-fn from_stored_topic(s: StoredTopicV2) -> (TopicConfig, TopicIdentity) {
-    (
-        s.config.into(),
-        TopicIdentity {
-            incarnation: s.incarnation,
-            created_ms: s.created_ms,
-        },
-    )
+fn from_stored_topic(s: StoredTopicV3) -> (TopicConfig, TopicIdentity) {
+    let config = TopicConfig {
+        max_age_ms: s.max_age_ms,
+        ..s.v2.config.into()
+    };
+    let identity = TopicIdentity {
+        incarnation: s.v2.incarnation,
+        created_ms: s.v2.created_ms,
+    };
+    (config, identity)
+}
+
+fn from_stored_group(s: StoredGroupV3) -> GroupRecord {
+    let ordering = match s.ordering {
+        StoredOrdering::Shared => GroupOrdering::Shared,
+        StoredOrdering::Key => GroupOrdering::Key,
+    };
+    GroupRecord {
+        cursor: s.v2.cursor,
+        unacked: s.v2.unacked,
+        config: s.v2.config.map(|c| GroupConfig {
+            ordering,
+            ..GroupConfig::from(c)
+        }),
+        delayed: s.v2.delayed,
+        dead: s.v2.dead,
+    }
 }
 
 fn with_version(version: u8, body: Vec<u8>) -> Vec<u8> {
@@ -445,6 +514,7 @@ mod tests {
 
     fn config() -> TopicConfig {
         TopicConfig {
+            max_age_ms: None,
             name: "t".into(),
             max_messages: 300,
             max_bytes: 5,
@@ -478,15 +548,34 @@ mod tests {
     }
 
     #[test]
-    fn topic_record_v2_golden_bytes() {
-        let mut expected = vec![2];
+    fn topic_record_v2_is_still_read() {
+        let mut v2 = vec![2];
+        v2.extend_from_slice(config_bytes());
+        v2.extend_from_slice(&[251, 2, 1, 9]); // incarnation 0x0102, created_ms 9
+        assert_eq!(
+            decode_topic_record(&v2).unwrap(),
+            TopicRecord {
+                config: config(),
+                identity: Some(IDENTITY)
+            }
+        );
+    }
+
+    #[test]
+    fn topic_record_v3_golden_bytes() {
+        let mut expected = vec![3];
         expected.extend_from_slice(config_bytes());
         expected.extend_from_slice(&[251, 2, 1, 9]); // incarnation 0x0102, created_ms 9
-        assert_eq!(encode_topic_record(&config(), &IDENTITY).unwrap(), expected);
+        expected.extend_from_slice(&[1, 251, 96, 234]); // max_age_ms Some(60_000)
+        let aged = TopicConfig {
+            max_age_ms: Some(60_000),
+            ..config()
+        };
+        assert_eq!(encode_topic_record(&aged, &IDENTITY).unwrap(), expected);
         assert_eq!(
             decode_topic_record(&expected).unwrap(),
             TopicRecord {
-                config: config(),
+                config: aged,
                 identity: Some(IDENTITY)
             }
         );
@@ -503,10 +592,6 @@ mod tests {
                 identity: None
             }
         );
-        // Version 1 was written as bincode of the wire type; today's wire type still matches.
-        let mut wire = vec![1];
-        wire.extend(bincode::serde::encode_to_vec(config(), bincode::config::standard()).unwrap());
-        assert_eq!(wire, v1);
     }
 
     fn group() -> GroupRecord {
@@ -514,6 +599,7 @@ mod tests {
             cursor: 7,
             unacked: vec![(3, 1)],
             config: Some(GroupConfig {
+                ordering: GroupOrdering::Shared,
                 ack_timeout_ms: 100,
                 max_attempts: 3,
                 dead_letter_topic: "d".into(),
@@ -524,8 +610,27 @@ mod tests {
     }
 
     #[test]
-    fn group_record_v2_golden_bytes() {
+    fn group_record_v3_golden_bytes() {
         let expected: &[u8] = &[
+            3, // version
+            7, // cursor
+            1, 3, 1, // unacked [(3, 1)]
+            1, 100, 3, 1, b'd', // Some(config)
+            1, 4, 1, 99, // delayed [(4, 1, 99)]
+            1, 6, 3, 1, b'x', // dead [(6, 3, "x")]
+            1,    // ordering Key
+        ];
+        let mut keyed = group();
+        if let Some(c) = keyed.config.as_mut() {
+            c.ordering = GroupOrdering::Key;
+        }
+        assert_eq!(encode_group_record(&keyed).unwrap(), expected);
+        assert_eq!(decode_group_record(expected).unwrap(), keyed);
+    }
+
+    #[test]
+    fn group_record_v2_is_still_read() {
+        let v2: &[u8] = &[
             2, // version
             7, // cursor
             1, 3, 1, // unacked [(3, 1)]
@@ -533,8 +638,7 @@ mod tests {
             1, 4, 1, 99, // delayed [(4, 1, 99)]
             1, 6, 3, 1, b'x', // dead [(6, 3, "x")]
         ];
-        assert_eq!(encode_group_record(&group()).unwrap(), expected);
-        assert_eq!(decode_group_record(expected).unwrap(), group());
+        assert_eq!(decode_group_record(v2).unwrap(), group());
         let bare: &[u8] = &[2, 0, 0, 0, 0, 0];
         assert_eq!(
             decode_group_record(bare).unwrap(),
@@ -554,13 +658,30 @@ mod tests {
     }
 
     #[test]
-    fn manifest_v1_golden_bytes() {
+    fn manifest_v1_is_still_read() {
+        let mut v1 = b"WEIRTMAN".to_vec();
+        v1.extend_from_slice(&[1, 0]); // version 1
+        v1.extend_from_slice(&[18, 0, 0, 0]); // body length
+        v1.extend_from_slice(config_bytes());
+        v1.extend_from_slice(&[251, 2, 1, 9]);
+        v1.extend_from_slice(&[0x17, 0xf9, 0x4a, 0x90]); // crc32c 0x904af917, LE
+        let manifest = Manifest {
+            config: config(),
+            identity: IDENTITY,
+        };
+        assert_eq!(decode_manifest(&v1).unwrap(), manifest);
+    }
+
+    #[test]
+    fn manifest_v2_golden_bytes() {
         let mut expected = b"WEIRTMAN".to_vec();
-        expected.extend_from_slice(&[1, 0]); // version 1
-        expected.extend_from_slice(&[18, 0, 0, 0]); // body length
+        expected.extend_from_slice(&[2, 0]); // version 2
+        expected.extend_from_slice(&[19, 0, 0, 0]); // body length
         expected.extend_from_slice(config_bytes());
         expected.extend_from_slice(&[251, 2, 1, 9]);
-        expected.extend_from_slice(&[0x17, 0xf9, 0x4a, 0x90]); // crc32c 0x904af917, LE
+        expected.push(0); // max_age_ms None
+        let crc = crc32c::crc32c(&expected);
+        expected.extend_from_slice(&crc.to_le_bytes());
         let manifest = Manifest {
             config: config(),
             identity: IDENTITY,
@@ -614,8 +735,8 @@ mod tests {
         ));
         assert_eq!(decode_group_record(&[]), Err(FormatError::Empty));
         assert_eq!(
-            decode_group_record(&[3]),
-            Err(FormatError::UnknownVersion(3))
+            decode_group_record(&[4]),
+            Err(FormatError::UnknownVersion(4))
         );
         assert!(matches!(
             decode_group_record(&[2, 7, 1, 3, 1, 0, 0, 0, 99]),

@@ -296,6 +296,7 @@ mod tests {
                 cursor: 7,
                 unacked: vec![(3, 1), (5, 2)],
                 config: Some(GroupConfig {
+                    ordering: weir_protocol::GroupOrdering::Shared,
                     ack_timeout_ms: 100,
                     max_attempts: 3,
                     dead_letter_topic: "a.dlq".into(),

@@ -41,6 +41,7 @@ fn join(topic: &Topic, group: &str, ephemeral: bool, sub: u64) -> mpsc::Receiver
         ..GroupSpec::default()
     };
     let config = GroupConfig {
+        ordering: weir_protocol::GroupOrdering::Shared,
         ack_timeout_ms: 30_000,
         max_attempts: 5,
         dead_letter_topic: "t.dlq".into(),

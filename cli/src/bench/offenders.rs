@@ -477,6 +477,7 @@ async fn create_topic(ctx: &Ctx, t: &Tally, spec: TopicSpec) -> anyhow::Result<(
 /// never reached at one byte per second).
 pub fn slowloris_bytes(topic: &str, frame_bytes: u32) -> Vec<u8> {
     let frame = encode(Frame::Publish(Publish {
+        producer: None,
         id: 1,
         topic: topic.into(),
         headers: Vec::new(),
@@ -726,6 +727,7 @@ const BOMB_ID_AT: usize = 10;
 pub fn bomb_templates(topic: &str) -> Vec<(&'static str, Bytes)> {
     let publish = |headers: Vec<(String, String)>| {
         encode(Frame::Publish(Publish {
+            producer: None,
             id: BOMB_ID_BASE,
             topic: topic.into(),
             headers,

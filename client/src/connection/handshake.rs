@@ -130,14 +130,18 @@ pub(crate) async fn connect(addr: &str, opts: &ClientOptions) -> Result<Session,
         (_, answer) => hello_answer(addr, opts.protocol_version, answer)?,
     };
     let read_max = opts.max_frame_bytes.max(limits.max_frame_bytes as usize);
-    *reader.decoder_mut() = WeirCodec::new(read_max);
+    let mut read_codec = WeirCodec::new(read_max);
+    read_codec.set_version(version);
+    *reader.decoder_mut() = read_codec;
+    let mut codec = WeirCodec::new(limits.max_frame_bytes as usize);
+    codec.set_version(version);
     Ok(Session {
         io: Io {
             reader,
             writer: write,
             unflushed: false,
         },
-        codec: WeirCodec::new(limits.max_frame_bytes as usize),
+        codec,
         limits,
         version,
     })

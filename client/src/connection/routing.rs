@@ -190,6 +190,7 @@ impl Router {
         };
         if open.messages.len() > 1 {
             let frame = Frame::PublishBatch(PublishBatch {
+                producer: None,
                 first_id: open.first_id,
                 topic: open.topic,
                 messages: open.messages,
@@ -218,6 +219,7 @@ impl Router {
             return Ok(());
         };
         let frame = Frame::Publish(Publish {
+            producer: None,
             id,
             topic: p.message.topic.clone(),
             headers: p.message.headers.clone(),
@@ -321,6 +323,7 @@ impl Router {
             } => {
                 let id = self.next_id();
                 let frame = Frame::Publish(Publish {
+                    producer: None,
                     id,
                     topic: message.topic.clone(),
                     headers: message.headers.clone(),
