@@ -31,6 +31,7 @@ fn bench_dir() -> tempfile::TempDir {
 fn messages() -> Vec<Message> {
     (0..BATCH)
         .map(|i| Message {
+            producer: None,
             headers: Vec::new(),
             payload: Bytes::from(vec![(i % 251) as u8; PAYLOAD]),
         })

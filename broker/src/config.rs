@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use weir_protocol::{
@@ -39,6 +40,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Storage tuning.
     pub storage: StorageConfig,
+    /// Each topic's dedup window (idempotent publish).
+    pub dedup: DedupConfig,
     /// Rate limits of keys that do not set their own, and of anonymous clients.
     pub default_rate: RateConfig,
     /// API keys (`[[keys]]`). None configured: anonymous clients, loopback only.
@@ -256,6 +259,44 @@ impl Default for GroupDefaults {
     }
 }
 
+/// The bounds of each topic's dedup window: what a topic remembers of the producer
+/// sequences and `weir-msg-id`s it stored, so a publish sent again is stored once (see
+/// `topic/dedup.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupConfig {
+    /// How long a stored message (and a producer not heard from) is remembered; a duplicate
+    /// sent after it is stored again. Default 120 000 (2 min).
+    pub window_ms: u64,
+    /// Most producers remembered per topic; past it the one heard from least recently is
+    /// forgotten (counted in `weir_dedup_producers_evicted_total`). Default 10 000.
+    pub max_producers: u32,
+    /// Most explicit ids (`weir-msg-id`, HTTP `Idempotency-Key`) remembered per topic; past it
+    /// the oldest is forgotten (counted in `weir_dedup_ids_evicted_total`). Default 100 000.
+    pub max_ids: u32,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            window_ms: 120_000,
+            max_producers: 10_000,
+            max_ids: 100_000,
+        }
+    }
+}
+
+impl DedupConfig {
+    /// The window's bounds as a topic applies them.
+    pub fn limits(&self) -> crate::topic::DedupLimits {
+        crate::topic::DedupLimits {
+            window: Duration::from_millis(self.window_ms),
+            max_producers: self.max_producers as usize,
+            max_ids: self.max_ids as usize,
+        }
+    }
+}
+
 /// Storage tuning.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -312,6 +353,7 @@ impl Default for Config {
             groups: GroupDefaults::default(),
             admin: AdminConfig::default(),
             storage: StorageConfig::default(),
+            dedup: DedupConfig::default(),
             default_rate: RateConfig::default(),
             keys: Vec::new(),
             tls: None,
@@ -487,6 +529,9 @@ impl Config {
             ("storage.seq_reservation", self.storage.seq_reservation),
             ("limits.max_retry_after_ms", l.max_retry_after_ms),
             ("limits.stall_warn_ms", l.stall_warn_ms),
+            ("dedup.window_ms", self.dedup.window_ms),
+            ("dedup.max_producers", u64::from(self.dedup.max_producers)),
+            ("dedup.max_ids", u64::from(self.dedup.max_ids)),
             ("limits.memory_budget_bytes", l.memory_budget_bytes),
             ("limits.overload_commit_p99_ms", l.overload_commit_p99_ms),
             ("limits.overload_window_ms", l.overload_window_ms),

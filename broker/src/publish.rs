@@ -20,8 +20,7 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
-use weir_protocol::{Deliver, Headers, Limit, RejectReason};
+use weir_protocol::{Deliver, Limit, ProducerStamp, RejectReason};
 
 use crate::admission::{KeyLimits, MemoryBudget, MemoryPermit};
 use crate::broker::Broker;
@@ -29,8 +28,7 @@ use crate::refusal::Refusal;
 use crate::storage::log::{self, Message};
 use crate::topic::{Admitted, AppendError, BatchPart, Topic};
 
-/// Runs one publish of `payload` with `headers` to `topic` on behalf of `key` through every
-/// check above, holding its memory from `memory` (the connection's inbound budget, or the
+/// Runs one publish of `message` to `topic` on behalf of `key` through every check above, holding its memory from `memory` (the connection's inbound budget, or the
 /// broker's inbound half for HTTP). `Ok` means the topic took it: its [`crate::topic::Confirm`]
 /// resolves to the sequence once it is durable (or to a later refusal: a parked publish that
 /// timed out, or the broker stopping). Waits only while the topic writer's `append_queue` is
@@ -40,10 +38,9 @@ pub(crate) async fn publish(
     key: &KeyLimits,
     memory: &MemoryBudget,
     topic: &Topic,
-    headers: Headers,
-    payload: Bytes,
+    message: Message,
 ) -> Result<Admitted, AppendError> {
-    let (message, permit) = admit(broker, key, memory, topic, headers, payload)?;
+    let (message, permit) = admit(broker, key, memory, topic, message)?;
     let size = message.size();
     let admitted = topic.publish(message, permit, 0).await;
     if let Err(AppendError::Refused(_)) = admitted {
@@ -55,18 +52,29 @@ pub(crate) async fn publish(
 /// Runs a batch of messages to `topic` through the same checks, each on its own, in order:
 /// what the topic did with each ([`Topic::publish_batch`]), consecutive queued messages as one
 /// run. A message the topic refuses gives its key's rate tokens back, as a single one does.
+/// With a `producer` stamp, message `i` is the producer's `seq + i` (the caller checked that
+/// no sequence passes `u64::MAX`).
 pub(crate) async fn publish_batch(
     broker: &Broker,
     key: &KeyLimits,
     memory: &MemoryBudget,
     topic: &Topic,
-    messages: Vec<weir_protocol::BatchMessage>,
+    (messages, producer): (Vec<weir_protocol::BatchMessage>, Option<ProducerStamp>),
 ) -> Vec<BatchPart> {
     let mut sizes = Vec::with_capacity(messages.len());
     let items: Vec<_> = messages
         .into_iter()
-        .map(|m| {
-            let item = admit(broker, key, memory, topic, m.headers, m.payload);
+        .zip(0u64..)
+        .map(|(m, i)| {
+            let message = Message {
+                producer: producer.map(|p| ProducerStamp {
+                    id: p.id,
+                    seq: p.seq.saturating_add(i),
+                }),
+                headers: m.headers,
+                payload: m.payload,
+            };
+            let item = admit(broker, key, memory, topic, message);
             sizes.push(item.as_ref().ok().map(|(message, _)| message.size()));
             item
         })
@@ -82,7 +90,7 @@ pub(crate) async fn publish_batch(
                 }
                 at += 1;
             }
-            BatchPart::Refused(_) | BatchPart::Parked(_) => at += 1,
+            BatchPart::Refused(_) | BatchPart::Parked(_) | BatchPart::Duplicate(_) => at += 1,
         }
     }
     parts
@@ -95,8 +103,7 @@ fn admit(
     key: &KeyLimits,
     memory: &MemoryBudget,
     topic: &Topic,
-    headers: Headers,
-    payload: Bytes,
+    message: Message,
 ) -> Result<(Message, MemoryPermit), AppendError> {
     let refuse = |r: Refusal| {
         count_refusal(broker, topic.name(), Some(topic), &r);
@@ -110,13 +117,12 @@ fn admit(
             None,
         )));
     }
-    if let Some(limit) = header_bound_exceeded(broker, &headers) {
+    if let Some(limit) = header_bound_exceeded(broker, &message.headers) {
         return Err(refuse(too_large(limit)));
     }
-    if !fits_a_frame(broker, &headers, payload.len()) {
+    if !fits_a_frame(broker, &message.headers, message.payload.len()) {
         return Err(refuse(too_large_for_a_frame(broker)));
     }
-    let message = Message { headers, payload };
     if let Err(limit) = broker.disk().check(log::record_len(&message)) {
         return Err(refuse(storage_full(broker, limit)));
     }

@@ -14,6 +14,9 @@
 //! - `weir_messages_redelivered_total{topic}` — deliveries with attempt > 1;
 //! - `weir_messages_acked_total{topic}` — acks, summed over the topic's groups;
 //! - `weir_topic_publishes_rejected_total{topic}` — refusals of the topic's publishes;
+//! - `weir_topic_dedup_duplicates_total`, `weir_topic_dedup_producers_evicted_total`,
+//!   `weir_topic_dedup_ids_evicted_total`, `weir_topic_dedup_expired_total` — `{topic}`, what
+//!   the topic's dedup window answered and forgot;
 //! - `weir_messages_dropped_total{topic,reason="overflow"|"damaged"}` — `drop_oldest`
 //!   evictions; messages `weir topic repair` skipped with a damaged range;
 //! - `weir_publishes_rejected_total{reason}` — every refusal, broker-wide;
@@ -45,6 +48,8 @@
 //! - `weir_topic_depth_messages`, `weir_topic_bytes`, `weir_topic_max_messages`,
 //!   `weir_topic_max_bytes`, `weir_topic_parked_publishes`,
 //!   `weir_topic_drain_messages_per_second` — `{topic}`, from the topic's snapshot;
+//! - `weir_topic_dedup_producers`, `weir_topic_dedup_ids` — `{topic}`, what the topic's dedup
+//!   window remembers (bounded by `dedup.max_producers`, `dedup.max_ids`);
 //! - `weir_topic_damaged`, `weir_topic_storage_full` — `{topic}`, 1 while the topic's storage is
 //!   damaged or failed, or full (see `TopicHealth`);
 //! - `weir_topic_refusing{topic,reason}` — 1 while that bound refuses the topic's publishes (a
@@ -356,7 +361,7 @@ fn forbidden(out: &mut DescriptorEncoder, broker: &Broker) -> fmt::Result {
 type TopicSeries = (&'static str, &'static str, MetricType, fn(&Snapshot) -> u64);
 
 /// Every per-topic series labelled by `topic` alone.
-const TOPIC_SERIES: [TopicSeries; 13] = [
+const TOPIC_SERIES: [TopicSeries; 19] = [
     (
         "weir_messages_published",
         "Messages committed (durable) to the topic.",
@@ -434,6 +439,42 @@ const TOPIC_SERIES: [TopicSeries; 13] = [
         "1 while the topic's last commit found the disk full (publishes refused StorageFull).",
         MetricType::Gauge,
         |(t, _)| u64::from(matches!(t.health, TopicHealth::Full { .. })),
+    ),
+    (
+        "weir_topic_dedup_duplicates",
+        "Publishes answered as duplicates by the topic's dedup window (nothing stored).",
+        MetricType::Counter,
+        |(_, c)| c.dedup.duplicates,
+    ),
+    (
+        "weir_topic_dedup_producers",
+        "Producers the topic's dedup window remembers (at most dedup.max_producers).",
+        MetricType::Gauge,
+        |(_, c)| c.dedup_producers,
+    ),
+    (
+        "weir_topic_dedup_ids",
+        "Explicit message ids the topic's dedup window remembers (at most dedup.max_ids).",
+        MetricType::Gauge,
+        |(_, c)| c.dedup_ids,
+    ),
+    (
+        "weir_topic_dedup_producers_evicted",
+        "Producers the dedup window forgot at dedup.max_producers (least recently heard first).",
+        MetricType::Counter,
+        |(_, c)| c.dedup.producers_evicted,
+    ),
+    (
+        "weir_topic_dedup_ids_evicted",
+        "Message ids the dedup window forgot at dedup.max_ids (oldest first).",
+        MetricType::Counter,
+        |(_, c)| c.dedup.ids_evicted,
+    ),
+    (
+        "weir_topic_dedup_expired",
+        "Message ids and quiet producers the dedup window forgot at the end of dedup.window_ms.",
+        MetricType::Counter,
+        |(_, c)| c.dedup.expired,
     ),
 ];
 

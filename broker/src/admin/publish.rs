@@ -2,7 +2,10 @@
 //!
 //! The body is the payload (any content type). Request headers named `weir-header-NAME` become
 //! message headers `NAME` (lowercase, as HTTP header names are case-insensitive; values must be
-//! UTF-8; the values of a repeated name keep their order). The client authenticates as on every
+//! UTF-8; the values of a repeated name keep their order). An `Idempotency-Key` header becomes
+//! the message's `weir-msg-id` (ahead of any other): a second publish with the same key
+//! within the topic's dedup window stores nothing and is answered `200` with the first one's
+//! sequence and `"duplicate": true`. The client authenticates as on every
 //! keyed admin route ([`super::auth`]): `Authorization: Bearer TOKEN` when `[[keys]]` are
 //! configured (401 without, 403 with a wrong one, 429 past `max_auth_failures_per_s`); without
 //! keys, anonymously from loopback only.
@@ -12,7 +15,9 @@
 //!
 //! | outcome | status | body |
 //! |---|---|---|
-//! | stored durably (the confirm resolved) | 201 | `{"topic", "seq"}` |
+//! | stored durably (the confirm resolved) | 201 | `{"topic", "seq", "duplicate": false}` |
+//! | a duplicate (same `Idempotency-Key` / `weir-msg-id` in the dedup window): nothing stored | 200 | `{"topic", "seq": the first one's, "duplicate": true}` |
+//! | the first publish with that key is still being stored | 409, `Retry-After: 1` | `{"reason": "duplicate_pending", ...}` |
 //! | the key may not `publish` to the topic (checked first: nothing is created or stored) | 403 | `{"error", "action", "topic"}` |
 //! | `TopicFull`, `RateLimited`, `Overloaded` | 429, `Retry-After` in whole seconds (rounded up, at least 1) when there is a hint | `{"reason", "limit": {"name", "value"}, "retry_after_ms"}` |
 //! | `MessageTooLarge` (`max_message_bytes`, or a body over `max_frame_bytes` — announced by `Content-Length`, answered before the body is read, or sent) | 413 | the same |
@@ -39,7 +44,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{post, MethodRouter};
 use axum::{Extension, Json};
 use serde::Serialize;
-use weir_protocol::Headers;
+use weir_protocol::{Headers, MSG_ID_HEADER};
 
 use super::responses::{error_response, forbidden, refusal_response, unknown_topic};
 use crate::admission::KeyLimits;
@@ -63,8 +68,10 @@ pub(super) fn route(broker: &Broker) -> MethodRouter<Broker> {
 pub struct Published {
     /// The topic it was stored in.
     pub topic: String,
-    /// Its sequence number in that topic.
+    /// Its sequence number in that topic (a duplicate's: the first one's).
     pub seq: u64,
+    /// Whether it duplicated a message the topic's dedup window holds (nothing was stored).
+    pub duplicate: bool,
 }
 
 /// Why an HTTP publish was not stored; each becomes one status (see the module table).
@@ -105,7 +112,22 @@ async fn publish(
         return forbidden;
     }
     let answer = match store(&broker, &name, &identity, request).await {
-        Ok(seq) => (StatusCode::CREATED, Json(Published { topic: name, seq })).into_response(),
+        Ok(Stored::New(seq)) => {
+            let body = Published {
+                topic: name,
+                seq,
+                duplicate: false,
+            };
+            (StatusCode::CREATED, Json(body)).into_response()
+        }
+        Ok(Stored::Duplicate(seq)) => {
+            let body = Published {
+                topic: name,
+                seq,
+                duplicate: true,
+            };
+            (StatusCode::OK, Json(body)).into_response()
+        }
         Err(failure) => failure.into_response(),
     };
     broker.metrics().observe_publish_confirm(received.elapsed());
@@ -119,7 +141,7 @@ async fn store(
     name: &str,
     identity: &Identity,
     request: Request,
-) -> Result<u64, Failure> {
+) -> Result<Stored, Failure> {
     refuse_announced_too_large(broker, name, request.headers())?;
     let headers = message_headers(request.headers())?;
     let key = broker.admission().limits_for(identity);
@@ -127,19 +149,34 @@ async fn store(
     let payload = Bytes::from_request(request, &())
         .await
         .map_err(|e| unreadable_body(broker, &topic, e))?;
-    let (Admitted::Queued(confirm) | Admitted::Parked(confirm)) = crate::publish::publish(
+    let admitted = crate::publish::publish(
         broker,
         &key,
         broker.admission().inbound(),
         &topic,
-        headers,
-        payload,
+        crate::storage::log::Message {
+            producer: None,
+            headers,
+            payload,
+        },
     )
     .await?;
+    let confirm = match admitted {
+        Admitted::Queued(confirm) | Admitted::Parked(confirm) => confirm,
+        Admitted::Duplicate(seq) => return Ok(Stored::Duplicate(seq)),
+    };
     match confirm.await {
-        Ok(outcome) => Ok(outcome?),
+        Ok(outcome) => Ok(Stored::New(outcome?)),
         Err(_) => Err(Failure::Internal("topic writer stopped".into())),
     }
+}
+
+/// What a publish over HTTP stored.
+enum Stored {
+    /// The message, as this sequence.
+    New(u64),
+    /// Nothing: it duplicates (by its `Idempotency-Key`) the message stored as this sequence.
+    Duplicate(u64),
 }
 
 /// A body whose `Content-Length` is over `max_frame_bytes` is refused as too large for a frame
@@ -165,17 +202,23 @@ fn refuse_announced_too_large(
     }
 }
 
-/// The message headers carried as `weir-header-NAME` request headers.
+/// The message headers carried as `weir-header-NAME` request headers, after the
+/// `Idempotency-Key` as `weir-msg-id` when there is one.
 fn message_headers(headers: &HeaderMap) -> Result<Headers, Failure> {
-    headers
-        .iter()
-        .filter_map(|(name, value)| {
+    let idempotency_key = headers.get("idempotency-key").map(|key| {
+        std::str::from_utf8(key.as_bytes())
+            .map(|key| (MSG_ID_HEADER.to_owned(), key.to_owned()))
+            .map_err(|_| Failure::BadRequest("Idempotency-Key is not UTF-8".into()))
+    });
+    idempotency_key
+        .into_iter()
+        .chain(headers.iter().filter_map(|(name, value)| {
             let name = name.as_str().strip_prefix(HEADER_PREFIX)?;
             let value = std::str::from_utf8(value.as_bytes()).map_err(|_| {
                 Failure::BadRequest(format!("header {HEADER_PREFIX}{name} is not UTF-8"))
             });
             Some(value.map(|value| (name.to_owned(), value.to_owned())))
-        })
+        }))
         .collect()
 }
 

@@ -11,6 +11,7 @@ use super::confirm::{failure, PendingConfirm, Waiting};
 use super::{Connection, End};
 use crate::permissions::Action;
 use crate::reader::{Shed, Unread};
+use crate::storage::log::Message;
 use crate::topic::{Admitted, AppendError, BatchPart};
 
 impl Connection {
@@ -28,9 +29,17 @@ impl Connection {
         };
         let key = self.key.clone().ok_or(End::ProtocolError)?;
         let memory = self.memory.inbound();
-        let published =
-            crate::publish::publish(&self.broker, &key, memory, &topic, p.headers, p.payload).await;
+        let message = Message {
+            producer: p.producer,
+            headers: p.headers,
+            payload: p.payload,
+        };
+        let published = crate::publish::publish(&self.broker, &key, memory, &topic, message).await;
         match published {
+            Ok(Admitted::Duplicate(seq)) => {
+                self.answered_now();
+                self.send(answers::duplicate(p.id, seq)).await
+            }
             Ok(Admitted::Queued(confirm)) => {
                 self.wait_for(p.id, Waiting::One(confirm));
                 Ok(())
@@ -61,8 +70,9 @@ impl Connection {
             // No publish to answer, and nothing to auto-create a topic for.
             return Ok(());
         }
-        if b.first_id.checked_add(count).is_none() {
-            let msg = "publish ids of a batch would pass u64::MAX";
+        let past_max = |first: u64| first.checked_add(count).is_none();
+        if past_max(b.first_id) || b.producer.is_some_and(|p| past_max(p.seq)) {
+            let msg = "publish ids or producer sequences of a batch would pass u64::MAX";
             return self
                 .send(error(b.first_id, ErrorCode::InvalidArgument, msg))
                 .await;
@@ -91,8 +101,8 @@ impl Connection {
         };
         let key = self.key.clone().ok_or(End::ProtocolError)?;
         let memory = self.memory.inbound();
-        let parts =
-            crate::publish::publish_batch(&self.broker, &key, memory, &topic, b.messages).await;
+        let batch = (b.messages, b.producer);
+        let parts = crate::publish::publish_batch(&self.broker, &key, memory, &topic, batch).await;
         let mut id = b.first_id;
         for part in parts {
             match part {
@@ -106,6 +116,11 @@ impl Connection {
                 }
                 BatchPart::Refused(e) => {
                     self.send(failure(id, e)).await?;
+                    self.answered_now();
+                    id += 1;
+                }
+                BatchPart::Duplicate(seq) => {
+                    self.send(answers::duplicate(id, seq)).await?;
                     self.answered_now();
                     id += 1;
                 }

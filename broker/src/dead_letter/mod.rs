@@ -21,11 +21,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use weir_protocol::{Headers, OverflowPolicy, TopicConfig, TopicSpec};
+use weir_protocol::{Headers, OverflowPolicy, TopicConfig, TopicSpec, MSG_ID_HEADER};
 
 use crate::broker::{Broker, CreateError};
 use crate::topic::{Admitted, AppendError, Confirm, DeadLetterJob, Topic};
-use origin::{origin_of, ORIGIN_HEADERS};
+use origin::{origin_of, ORIGIN_HEADERS, ORIGIN_MSG_ID_HEADER};
 
 /// How long the mover waits before retrying a dead-letter topic that refused.
 const RETRY: Duration = Duration::from_secs(1);
@@ -163,6 +163,7 @@ async fn start_move(
         .map_err(|e| e.to_string())?;
     let (headers, slack) = origin_headers(record.headers, &source, job);
     let message = crate::storage::log::Message {
+        producer: None,
         headers,
         payload: record.payload,
     };
@@ -170,6 +171,9 @@ async fn start_move(
     let permit = broker.admission().inbound().charge(message.memory_bytes());
     match dlq.publish(message, permit, slack).await {
         Ok(Admitted::Queued(confirm) | Admitted::Parked(confirm)) => Ok(Some(confirm)),
+        // Copies carry no id the window knows (see `origin_headers`); were one to match, the
+        // message it names is in the dead-letter topic already.
+        Ok(Admitted::Duplicate(_)) => Ok(None),
         Err(e) => Err(why(e)),
     }
 }
@@ -204,6 +208,21 @@ fn origin_headers(
     job: &DeadLetterJob,
 ) -> (Headers, u64) {
     headers.retain(|(name, _)| !ORIGIN_HEADERS.contains(&name.as_str()));
+    // The message's id belongs to its own topic's dedup window: the first (the one that
+    // counts) is renamed and any later ones dropped, so the dead-letter topic's window never
+    // takes two topics' messages for one.
+    let mut renamed = 0;
+    headers.retain_mut(|(name, _)| {
+        if name != MSG_ID_HEADER {
+            return true;
+        }
+        let first = renamed == 0;
+        if first {
+            *name = ORIGIN_MSG_ID_HEADER.to_owned();
+            renamed = ORIGIN_MSG_ID_HEADER.len() - MSG_ID_HEADER.len();
+        }
+        first
+    });
     let origin = [
         source.name.clone(),
         job.letter.seq.to_string(),
@@ -215,7 +234,8 @@ fn origin_headers(
         .iter()
         .zip(&origin)
         .map(|(n, v)| n.len() + v.len())
-        .sum();
+        .sum::<usize>()
+        + renamed;
     headers.extend(
         ORIGIN_HEADERS
             .iter()

@@ -60,6 +60,7 @@ fn run(seed: u64) -> Result<&'static str, String> {
         let mut log = open_log(&sim, config);
         for i in 0..confirmed {
             let m = Message {
+                producer: None,
                 headers: Vec::new(),
                 payload: Bytes::from(format!("old-{i}")),
             };
@@ -130,6 +131,7 @@ fn run(seed: u64) -> Result<&'static str, String> {
         manifest::create_dir(fs.as_ref(), topics, &new).map_err(|e| e.to_string())?;
         let mut log = open_log(&sim, config);
         let m = Message {
+            producer: None,
             headers: Vec::new(),
             payload: Bytes::from_static(b"new"),
         };

@@ -340,10 +340,7 @@ mod tests {
         let data = Data::new();
         {
             let store = data.store();
-            let mut v1 = vec![1];
-            v1.extend(
-                bincode::serde::encode_to_vec(config("old"), bincode::config::standard()).unwrap(),
-            );
+            let v1 = crate::storage::records::encode_topic_record_v1(&config("old"));
             store.insert_raw_topic("old", &v1);
             store
                 .save_group("old", "g", &GroupRecord::default())

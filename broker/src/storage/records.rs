@@ -310,6 +310,14 @@ pub fn encode_topic_record(
     Ok(with_version(TOPIC_RECORD_VERSION, body))
 }
 
+/// Encodes a version 1 topic record, as brokers before manifests wrote them (for tests of
+/// what they left behind).
+#[cfg(test)]
+pub(crate) fn encode_topic_record_v1(config: &TopicConfig) -> Vec<u8> {
+    let body = encode_body(&StoredTopicConfig::from(config)).expect("a config encodes");
+    with_version(1, body)
+}
+
 /// Decodes a topic record of any version this broker has written.
 pub fn decode_topic_record(bytes: &[u8]) -> Result<TopicRecord, FormatError> {
     match bytes.split_first() {

@@ -18,11 +18,15 @@ use weir_protocol::{DroppedMessage, Limit, OverflowPolicy, RejectReason};
 
 use tokio::sync::oneshot;
 
+use super::dedup::{DedupKey, Seen};
 use super::parking::Parked;
 use super::writer::Append;
 use super::{lock, Admitted, AppendError, Topic, TopicState, HOLE};
 use crate::admission::budget::MemoryPermit;
 use crate::storage::log::Message;
+
+/// The retry hint of a publish whose original is still being stored (about one commit).
+const DUPLICATE_PENDING_RETRY_MS: u64 = 10;
 
 /// How many evicted messages a topic remembers for operators (`weir topic info`).
 pub(super) const DROP_SAMPLE: usize = 100;
@@ -234,10 +238,18 @@ impl Topic {
         }
         let len = message.size();
         let now = Instant::now();
+        let key = DedupKey::of(&message);
         let (reply, confirm) = oneshot::channel();
         {
             let mut st = lock(&self.state);
-            if let Decision::Park = self.admit(&mut st, len, slack, now)? {
+            if let Some(seq) = self.deduplicate(&mut st, key.as_ref())? {
+                return Ok(Admitted::Duplicate(seq));
+            }
+            let decision = self.admit(&mut st, len, slack, now)?;
+            if let Some(key) = &key {
+                st.dedup.pending(key, self.clock.now());
+            }
+            if let Decision::Park = decision {
                 let parked = Parked {
                     message,
                     reply,
@@ -246,7 +258,10 @@ impl Topic {
                 };
                 return match self.park(&mut st, parked) {
                     Ok(()) => Ok(Admitted::Parked(confirm)),
-                    Err(_) => Err(self.parking_full(&mut st, len, now)),
+                    Err(parked) => {
+                        st.forget_pending(&parked.message);
+                        Err(self.parking_full(&mut st, len, now))
+                    }
                 };
             }
         }
@@ -261,9 +276,38 @@ impl Topic {
             .is_err()
         {
             self.release(1, len);
+            if let Some(key) = &key {
+                lock(&self.state).dedup.forget(key);
+            }
             return Err(AppendError::Storage("topic is closed".into()));
         }
         Ok(Admitted::Queued(confirm))
+    }
+
+    /// What the dedup window says of a message with `key` (none: not deduplicated): `Ok(None)`
+    /// to admit it, `Ok(Some(seq))` for a duplicate of the message stored as `seq` (counted),
+    /// or the refusal of one the window cannot tell or whose original is still pending.
+    pub(super) fn deduplicate(
+        &self,
+        st: &mut TopicState,
+        key: Option<&DedupKey>,
+    ) -> Result<Option<u64>, AppendError> {
+        let Some(key) = key else { return Ok(None) };
+        let window_ms = self.dedup_window.as_millis() as u64;
+        let limit = || Limit::new("dedup_window_ms", window_ms);
+        match st.dedup.check(key, self.clock.now()) {
+            Seen::New => Ok(None),
+            Seen::Duplicate(seq) => {
+                st.dedup.answered_duplicate();
+                Ok(Some(seq))
+            }
+            Seen::Pending => Err(self.refusal(
+                RejectReason::DuplicatePending,
+                limit(),
+                Some(DUPLICATE_PENDING_RETRY_MS),
+            )),
+            Seen::TooOld => Err(self.refusal(RejectReason::SequenceTooOld, limit(), None)),
+        }
     }
 
     pub(super) fn release(&self, count: u64, bytes: u64) {

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use weir_protocol::{Limit, RejectReason};
 
 use super::admit::Decision;
+use super::dedup::DedupKey;
 use super::parking::Parked;
 use super::writer::{Append, RunOutcome};
 use super::{lock, AppendError, Confirm, Topic, TopicState};
@@ -35,6 +36,8 @@ pub enum BatchPart {
     Parked(Confirm),
     /// One message refused (counted), or failed.
     Refused(AppendError),
+    /// One message duplicating the one stored as this sequence (nothing stored).
+    Duplicate(u64),
 }
 
 /// A run being gathered: its messages, their memory, their bytes.
@@ -106,7 +109,13 @@ impl Topic {
             if let Err(e) = self.appends.send(append).await {
                 self.release(count, bytes);
                 let closed = AppendError::Storage("topic is closed".into());
-                if let Append::Run { reply, .. } = e.0 {
+                if let Append::Run {
+                    reply, messages, ..
+                } = e.0
+                {
+                    let mut st = lock(&self.state);
+                    messages.iter().for_each(|m| st.forget_pending(m));
+                    drop(st);
                     let _ = reply.send(RunOutcome {
                         first_seq: 0,
                         stored: 0,
@@ -131,8 +140,18 @@ impl Topic {
             let refused = self.refusal(RejectReason::MessageTooLarge, limit, None);
             return Err(BatchPart::Refused(refused));
         }
+        let key = DedupKey::of(&message);
+        match self.deduplicate(st, key.as_ref()) {
+            Ok(None) => {}
+            Ok(Some(seq)) => return Err(BatchPart::Duplicate(seq)),
+            Err(e) => return Err(BatchPart::Refused(e)),
+        }
         let len = message.size();
-        match self.admit(st, len, 0, now) {
+        let decision = self.admit(st, len, 0, now);
+        if let (Some(key), Ok(_)) = (&key, &decision) {
+            st.dedup.pending(key, self.clock.now());
+        }
+        match decision {
             Ok(Decision::Queue) => Ok((message, permit)),
             Ok(Decision::Park) => {
                 let (reply, confirm) = oneshot::channel();
@@ -144,7 +163,10 @@ impl Topic {
                 };
                 Err(match self.park(st, parked) {
                     Ok(()) => BatchPart::Parked(confirm),
-                    Err(_) => BatchPart::Refused(self.parking_full(st, len, now)),
+                    Err(parked) => {
+                        st.forget_pending(&parked.message);
+                        BatchPart::Refused(self.parking_full(st, len, now))
+                    }
                 })
             }
             Err(e) => Err(BatchPart::Refused(e)),

@@ -47,12 +47,19 @@ impl Topic {
     /// The topic's publish, delivery and ack counters (read without the topic's lock).
     pub fn counters(&self) -> TopicCounterSnapshot {
         let c = &self.counters;
+        let (dedup, (producers, ids)) = {
+            let st = lock(&self.state);
+            (st.dedup.counts, st.dedup.len())
+        };
         TopicCounterSnapshot {
             published: c.published.get(),
             delivered: c.delivered.get(),
             redelivered: c.redelivered.get(),
             acked: c.acked.get(),
             dropped_damaged: c.dropped_damaged.get(),
+            dedup,
+            dedup_producers: producers as u64,
+            dedup_ids: ids as u64,
         }
     }
 

@@ -13,6 +13,7 @@
 //!
 //! - `admit.rs` — the publish path: storage health, bounds, the overflow policy, then the
 //!   writer's queue or the parking queue.
+//! - `dedup.rs` — the dedup window: a publish sent again is answered with its first seq.
 //! - `parking.rs` — the `block` policy's parked publishes.
 //! - `writer.rs` — the group-commit writer: appends become durable and confirmed.
 //! - `dispatch.rs` — the dispatcher: credit-paced delivery to group members.
@@ -26,6 +27,7 @@
 
 mod admit;
 mod batch;
+mod dedup;
 mod dispatch;
 mod drain;
 #[cfg(test)]
@@ -70,6 +72,7 @@ use writer::Append;
 pub use writer::RunOutcome;
 
 pub use batch::{BatchPart, RunConfirm};
+pub use dedup::{DedupCounts, DedupLimits};
 pub use groups::{DeadLetterJob, DeleteGroupError, Detached, UpdateGroupError};
 pub use repair::RepairOutcome;
 
@@ -98,6 +101,9 @@ pub enum Admitted {
     Queued(Confirm),
     /// Parked until room frees up; counts against the topic's `max_blocked_publishes` only.
     Parked(Confirm),
+    /// A duplicate of the message stored as this sequence (same producer stamp or
+    /// `weir-msg-id`, within the dedup window): nothing was stored.
+    Duplicate(u64),
 }
 
 /// Why joining a group failed.
@@ -171,6 +177,12 @@ pub struct TopicCounterSnapshot {
     /// Messages `weir topic repair` skipped with a damaged range (counted in
     /// [`TopicInfo::dropped`] too).
     pub dropped_damaged: u64,
+    /// What the dedup window did.
+    pub dedup: DedupCounts,
+    /// Producers the dedup window remembers now (at most `dedup.max_producers`).
+    pub dedup_producers: u64,
+    /// Explicit ids the dedup window remembers now (at most `dedup.max_ids`).
+    pub dedup_ids: u64,
 }
 
 /// Limits the topic applies to its groups.
@@ -207,6 +219,8 @@ struct TopicState {
     drop_warning: DropWarning,
     /// `block` policy: publishes waiting for room.
     parked: ParkingQueue,
+    /// Producer sequences and message ids stored lately (bounded by `[dedup]`).
+    dedup: dedup::Dedup,
 }
 
 impl TopicState {
@@ -227,16 +241,33 @@ impl TopicState {
         self.stored_bytes += size;
     }
 
+    /// A message admitted (and so pending in the dedup window) ended without being stored.
+    fn forget_pending(&mut self, message: &crate::storage::log::Message) {
+        if let Some(key) = dedup::DedupKey::of(message) {
+            self.dedup.forget(&key);
+        }
+    }
+
     /// Extends `sizes` to the end of `log`: the size of each record from `committed_next` on,
-    /// a [`HOLE`] for each seq of a hole; `committed_next` becomes the log's `next_seq`.
+    /// a [`HOLE`] for each seq of a hole; `committed_next` becomes the log's `next_seq`. The
+    /// records' producer stamps and ids join the dedup window (as of `now`).
     /// On an error (a damaged record) `sizes` ends, and `committed_next` is, where the scan
     /// stopped.
-    fn extend_to(&mut self, log: &SegmentLog) -> Result<(), LogError> {
+    fn extend_to(&mut self, log: &SegmentLog, now: Instant) -> Result<(), LogError> {
         let mut expected = self.committed_next;
-        let scanned = log.scan_sizes(expected, |seq, len| {
-            self.push_holes(seq.saturating_sub(expected));
-            self.push_size(u64::from(len));
-            expected = seq + 1;
+        let wall_ms = crate::storage::records::now_ms();
+        let scanned = log.scan(expected, |r| {
+            self.push_holes(r.seq.saturating_sub(expected));
+            self.push_size(u64::from(r.size));
+            expected = r.seq + 1;
+            // The dedup window, as of each record's commit time.
+            let age = Duration::from_millis(wall_ms.saturating_sub(r.timestamp_ms));
+            if let (Some(key), Some(at)) = (
+                dedup::DedupKey::new(r.producer, r.msg_id),
+                now.checked_sub(age),
+            ) {
+                self.dedup.stored(&key, r.seq, at, now);
+            }
         });
         if let Err(e) = scanned {
             self.committed_next = expected;
@@ -343,6 +374,8 @@ pub struct Topic {
     disk: Arc<DiskBudget>,
     /// The longest nack delay honoured (`groups.max_nack_delay_ms`).
     max_nack_delay: Duration,
+    /// How long the dedup window remembers (`dedup.window_ms`), named in its refusals.
+    dedup_window: Duration,
     /// Wakes the broker's dead-letter mover when a message becomes due for a dead-letter topic.
     dead_letters: Arc<Notify>,
     /// The broker's clock: its groups' ack deadlines and nack delays run on it.
@@ -444,11 +477,12 @@ impl Topic {
             recent_drops: VecDeque::with_capacity(admit::DROP_SAMPLE),
             drop_warning: DropWarning::new(Instant::now()),
             parked: ParkingQueue::new(config.max_blocked_publishes as usize),
+            dedup: dedup::Dedup::new(broker.dedup.limits()),
         };
         let mut state = state;
         // Reading the sizes verifies every stored record, checkpointed segments too: a bad one
         // is damage found at start, contained to this topic.
-        if let Err(e) = state.extend_to(&log) {
+        if let Err(e) = state.extend_to(&log, env.clock.now()) {
             let LogError::Corrupt { seq, .. } = e else {
                 return Err(e.into());
             };
@@ -491,6 +525,7 @@ impl Topic {
             admission: env.admission.clone(),
             disk: env.disk.clone(),
             max_nack_delay: Duration::from_millis(broker.groups.max_nack_delay_ms),
+            dedup_window: Duration::from_millis(broker.dedup.window_ms),
             dead_letters: env.dead_letters.clone(),
             clock: env.clock.clone(),
             stop: env.stop.child_token(),

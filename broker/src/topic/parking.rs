@@ -107,6 +107,7 @@ impl Topic {
         let mut st = lock(&self.state);
         let expired = st.parked.expire(now);
         for p in expired {
+            st.forget_pending(&p.message);
             let limit = Limit::new("max_block_ms", self.settings().max_block_ms);
             let retry = self.retry_after(&mut st, p.message.size(), now);
             let _ = p.reply.send(Err(self.full(&st, limit, retry)));
@@ -118,7 +119,12 @@ impl Topic {
     pub fn refuse_parked(&self, reason: RejectReason) {
         self.closing
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let parked: Vec<Parked> = lock(&self.state).parked.drain();
+        let parked: Vec<Parked> = {
+            let mut st = lock(&self.state);
+            let parked = st.parked.drain();
+            parked.iter().for_each(|p| st.forget_pending(&p.message));
+            parked
+        };
         for p in parked {
             let limit = Limit::new("max_block_ms", self.settings().max_block_ms);
             let _ = p.reply.send(Err(self.refusal(reason, limit, Some(1_000))));

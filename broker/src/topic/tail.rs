@@ -117,6 +117,7 @@ mod tests {
     /// A message of `len` payload bytes and no headers.
     fn plain(len: usize) -> Message {
         Message {
+            producer: None,
             headers: Vec::new(),
             payload: Bytes::from(vec![0u8; len]),
         }
@@ -202,6 +203,7 @@ mod tests {
     fn keeps_headers_with_the_payload_and_counts_their_bytes() {
         let budget = budget();
         let message = Message {
+            producer: None,
             headers: vec![("key".into(), "value".into()), ("key".into(), "ü".into())],
             payload: Bytes::from_static(b"body"),
         };

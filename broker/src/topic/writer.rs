@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use weir_protocol::{FsyncPolicy, Limit, OverflowPolicy, RejectReason, TopicHealth};
 
+use super::dedup::DedupKey;
 use super::{lock, AppendError, Topic};
 use crate::admission::budget::MemoryPermit;
 use crate::storage::log::{self, LogError, Message};
@@ -253,6 +254,8 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
         messages.len() as u64,
         messages.iter().map(Message::size).sum(),
     );
+    // Forgotten by the dedup window if the commit fails (nothing allocated without any).
+    let keys: Vec<DedupKey> = messages.iter().filter_map(DedupKey::of).collect();
     let sync = clock.sync_now();
     let high_water = sync && clock.last_high_water.elapsed() >= topic.high_water_interval;
     if high_water {
@@ -320,6 +323,8 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
             if !refused.is_empty() {
                 let bytes = refused.iter().map(Message::size).sum();
                 topic.release(refused.len() as u64, bytes);
+                let mut st = lock(&topic.state);
+                refused.iter().for_each(|m| st.forget_pending(m));
             }
             let count = messages.len() as u64;
             let bytes: u64 = messages.iter().map(Message::size).sum();
@@ -336,7 +341,11 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
                 st.pending_count -= count;
                 st.pending_bytes -= bytes;
                 topic.admission.queued(-(count as i64));
+                let now = topic.clock.now();
                 for (i, message) in messages.into_iter().enumerate() {
+                    if let Some(key) = DedupKey::of(&message) {
+                        st.dedup.stored(&key, first + i as u64, now, now);
+                    }
                     st.push_size(message.size());
                     st.tail.push(first + i as u64, message, started);
                 }
@@ -369,6 +378,12 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
         }
         Err(e) => {
             topic.release(taken.0, taken.1);
+            {
+                // Not stored (or, on a failed write, not known to be: the topic then takes no
+                // publish until a repair or restart rebuilds the window from the log).
+                let mut st = lock(&topic.state);
+                keys.iter().for_each(|key| st.dedup.forget(key));
+            }
             let undone = topic.log.read().is_ok_and(|log| log.fenced().is_none());
             if e.is_no_space() && undone {
                 // Nothing of the batch is stored: refuse it, and take the next one as space

@@ -123,6 +123,7 @@ impl Model {
                     Vec::new()
                 };
                 Message {
+                    producer: None,
                     headers,
                     payload: Bytes::from(payload),
                 }
@@ -208,6 +209,7 @@ fn verify_reopened(
         (
             r.seq,
             Message {
+                producer: None,
                 headers: r.headers,
                 payload: r.payload,
             },
@@ -637,6 +639,7 @@ fn reopen_trusts_files_whose_directory_entries_are_not_durable() {
         .into_iter()
         .enumerate()
         .map(|(i, len)| Message {
+            producer: None,
             headers: Vec::new(),
             payload: Bytes::from(vec![i as u8; len]),
         })
@@ -658,6 +661,7 @@ fn reopen_trusts_files_whose_directory_entries_are_not_durable() {
         let mut log = open(&sim, config).unwrap();
         let resume = log.next_seq();
         let more = [Message {
+            producer: None,
             headers: Vec::new(),
             payload: Bytes::from_static(b"confirmed"),
         }];
@@ -837,6 +841,7 @@ fn records(lens: &[usize]) -> Vec<Message> {
     lens.iter()
         .enumerate()
         .map(|(i, &len)| Message {
+            producer: None,
             headers: Vec::new(),
             payload: Bytes::from(vec![i as u8; len]),
         })

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use crate::storage::fs::{self, Fs};
 
 use bytes::Bytes;
-use weir_protocol::Headers;
+use weir_protocol::{Headers, ProducerStamp};
 
 pub use record::exceeded_header_bound;
 pub use repair::{Repaired, QUARANTINE_DIR};
@@ -92,6 +92,24 @@ pub struct Message {
     pub headers: Headers,
     /// Its body.
     pub payload: Bytes,
+    /// Who published it and its number in that producer's sequence, stored with it so a
+    /// topic's dedup window can be rebuilt at start (see [`record`] for the layout).
+    pub producer: Option<ProducerStamp>,
+}
+
+/// One record as [`SegmentLog::scan`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Scanned<'a> {
+    /// Its sequence.
+    pub seq: u64,
+    /// Its [`Message::size`] (payload plus header names and values).
+    pub size: u32,
+    /// When it was committed, in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Its producer stamp, if it was published with one.
+    pub producer: Option<ProducerStamp>,
+    /// Its first `weir-msg-id` header's value, if any.
+    pub msg_id: Option<&'a str>,
 }
 
 /// Memory one decoded header takes besides its name and value bytes (two `String`s).
@@ -158,6 +176,7 @@ impl From<Record> for Message {
     /// The stored message: the record's headers and payload.
     fn from(record: Record) -> Message {
         Message {
+            producer: None,
             headers: record.headers,
             payload: record.payload,
         }
@@ -1045,24 +1064,35 @@ impl SegmentLog {
             .saturating_sub(1)
     }
 
-    /// Calls `f(seq, size)` for every record with seq >= from_seq, in order, where `size` is
-    /// the message's [`Message::size`] (payload plus header names and values), without
-    /// allocating per record beyond a reused buffer (used at broker start to rebuild byte
-    /// accounting; headers are measured, not decoded).
+    /// Calls `f` with what a topic rebuilds at start ([`Scanned`]) for every record with
+    /// seq >= from_seq, in order, without allocating per record beyond a reused buffer
+    /// (headers are measured and searched, not decoded).
     ///
     /// `from_seq` below `first_seq()` starts at `first_seq()`; at or beyond `next_seq()` calls `f`
     /// never. Verifies every record's CRC and header lengths like `read` (mismatch -> Corrupt,
     /// after `f` saw the records before it).
-    pub fn scan_sizes(&self, from_seq: u64, mut f: impl FnMut(u64, u32)) -> Result<(), LogError> {
+    pub fn scan(&self, from_seq: u64, mut f: impl FnMut(Scanned<'_>)) -> Result<(), LogError> {
         let mut buf = Vec::new();
         for seg in &self.segments[self.segment_index(from_seq)..] {
-            seg.for_each_from(from_seq, &mut buf, |seq, _, body| {
+            seg.for_each_from(from_seq, &mut buf, |seq, timestamp_ms, body| {
                 let size = body.payload.len() as u64 + body.headers.content_bytes();
-                f(seq, u32::try_from(size).unwrap_or(u32::MAX));
+                f(Scanned {
+                    seq,
+                    size: u32::try_from(size).unwrap_or(u32::MAX),
+                    timestamp_ms,
+                    producer: body.producer,
+                    msg_id: body.headers.find(weir_protocol::MSG_ID_HEADER),
+                });
                 true
             })?;
         }
         Ok(())
+    }
+
+    /// Calls `f(seq, size)` for every record with seq >= from_seq (see [`SegmentLog::scan`]).
+    #[cfg(test)]
+    pub fn scan_sizes(&self, from_seq: u64, mut f: impl FnMut(u64, u32)) -> Result<(), LogError> {
+        self.scan(from_seq, |r| f(r.seq, r.size))
     }
 
     /// Deletes every whole segment all of whose records have seq < `seq` (they are fully acked or

@@ -27,9 +27,11 @@ pub(crate) enum HeaderStep {
     Record(RecordHeader),
 }
 
-/// The checked contents of one record: its message headers and its payload.
+/// The checked contents of one record: its producer stamp, message headers and payload.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Body<'a> {
+    /// Who published it, when it was published with a producer stamp.
+    pub producer: Option<weir_protocol::ProducerStamp>,
     /// The message headers, validated (decoding them cannot fail).
     pub headers: RawHeaders<'a>,
     /// The payload.
@@ -159,12 +161,16 @@ impl<'a> RecordReader<'a> {
         if !record::crc_matches(h.crc, rec) {
             return Ok(Err(format!("crc mismatch in record {}", h.seq)));
         }
-        let (headers, payload) = match record::split_body(h.header_count, &rec[HEADER_LEN..]) {
+        let (producer, headers, payload) = match record::split_body(&h, &rec[HEADER_LEN..]) {
             Ok(split) => split,
             Err(e) => return Ok(Err(format!("record {}: {e}", h.seq))),
         };
         self.current = None;
         self.pos += total;
-        Ok(Ok(Body { headers, payload }))
+        Ok(Ok(Body {
+            producer,
+            headers,
+            payload,
+        }))
     }
 }

@@ -3,15 +3,20 @@
 //! On-disk layout of one record (all integers big-endian):
 //!
 //! ```text
-//! [len u32][crc32c u32][seq u64][timestamp_ms u64][count u16][headers][payload]
+//! [len u32][crc32c u32][seq u64][timestamp_ms u64][count u16][stamp?][headers][payload]
+//! count:   bit 15 set when a producer stamp follows; bits 0-14 the number of headers
+//! stamp:   [producer id u128][producer seq u64]   (24 bytes, only when bit 15 is set)
 //! headers: count × [name_len u16][name: UTF-8][value_len u32][value: UTF-8]
 //! ```
 //!
 //! `len` counts every byte after the crc field, and the crc covers exactly those bytes (message
-//! headers included). Records written before headers were stored have `count` 0 and read the
-//! same way.
+//! headers and stamp included). Records written before headers were stored have `count` 0 and
+//! read the same way; records written before producer stamps never have bit 15 set (no
+//! message ever had 32 768 headers: the wire allows at most 1 024), so they read the same way
+//! too. A broker older than the stamp would refuse a stamped record as malformed: downgrading
+//! past this format is not supported.
 
-use weir_protocol::Headers;
+use weir_protocol::{Headers, ProducerStamp};
 
 use super::Message;
 
@@ -27,8 +32,14 @@ const MIN_LEN: u32 = (HEADER_LEN - PREFIX_LEN) as u32;
 /// Bytes of the length fields of one message header: `name_len` (u16) and `value_len` (u32).
 const FIELD_LENS: usize = 6;
 
-/// Most message headers one record holds (`count` is a `u16`).
-const MAX_HEADERS: usize = u16::MAX as usize;
+/// Most message headers one record holds (`count`'s low 15 bits).
+const MAX_HEADERS: usize = 0x7fff;
+
+/// The bit of `count` that says a producer stamp follows it.
+const STAMPED: u16 = 0x8000;
+
+/// Bytes of a producer stamp: the producer's id (u128) and its sequence (u64).
+const STAMP_LEN: usize = 24;
 
 /// Longest header name a record holds, in bytes (`name_len` is a `u16`).
 const MAX_HEADER_NAME_BYTES: usize = u16::MAX as usize;
@@ -37,7 +48,7 @@ const MAX_HEADER_NAME_BYTES: usize = u16::MAX as usize;
 const MAX_HEADER_VALUE_BYTES: usize = u32::MAX as usize;
 
 /// The record-format bound `headers` break, as `(name, value)` of the bound —
-/// `("max_headers", 65535)`, `("max_header_name_bytes", 65535)` or
+/// `("max_headers", 32767)`, `("max_header_name_bytes", 65535)` or
 /// `("max_header_value_bytes", 4294967295)` — or `None` when they fit. A message that breaks
 /// one is refused by [`super::SegmentLog::append_batch`], so callers that must not fail a whole
 /// batch check each message first.
@@ -66,7 +77,12 @@ pub(crate) fn encoded_len(message: &Message) -> u64 {
         .iter()
         .map(|(n, v)| (FIELD_LENS + n.len() + v.len()) as u64)
         .sum();
-    HEADER_LEN as u64 + headers + message.payload.len() as u64
+    let stamp = if message.producer.is_some() {
+        STAMP_LEN as u64
+    } else {
+        0
+    };
+    HEADER_LEN as u64 + stamp + headers + message.payload.len() as u64
 }
 
 /// Whether `message` can be encoded as one record: its headers within the bounds of
@@ -95,13 +111,20 @@ pub(crate) fn encode_head(buf: &mut Vec<u8>, seq: u64, timestamp_ms: u64, messag
     let start = buf.len();
     let total = encoded_len(message);
     let len = u32::try_from(total - PREFIX_LEN as u64).unwrap_or(u32::MAX);
-    let count = u16::try_from(message.headers.len()).unwrap_or(u16::MAX);
+    let mut count = u16::try_from(message.headers.len()).unwrap_or(u16::MAX) & !STAMPED;
+    if message.producer.is_some() {
+        count |= STAMPED;
+    }
     buf.reserve(usize::try_from(total).unwrap_or(0) - message.payload.len());
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(&[0u8; 4]); // crc placeholder
     buf.extend_from_slice(&seq.to_be_bytes());
     buf.extend_from_slice(&timestamp_ms.to_be_bytes());
     buf.extend_from_slice(&count.to_be_bytes());
+    if let Some(stamp) = message.producer {
+        buf.extend_from_slice(&stamp.id.to_be_bytes());
+        buf.extend_from_slice(&stamp.seq.to_be_bytes());
+    }
     for (name, value) in &message.headers {
         let name_len = u16::try_from(name.len()).unwrap_or(u16::MAX);
         let value_len = u32::try_from(value.len()).unwrap_or(u32::MAX);
@@ -126,8 +149,10 @@ pub(crate) struct RecordHeader {
     pub seq: u64,
     /// Append timestamp in milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
-    /// Number of message headers after the fixed header.
+    /// Number of message headers after the fixed header (and the stamp).
     pub header_count: u16,
+    /// Whether a producer stamp follows the fixed header.
+    pub stamped: bool,
 }
 
 impl RecordHeader {
@@ -146,12 +171,14 @@ impl RecordHeader {
                 bytes[16], bytes[17], bytes[18], bytes[19], bytes[20], bytes[21], bytes[22],
                 bytes[23],
             ]),
-            header_count: u16::from_be_bytes([bytes[24], bytes[25]]),
+            header_count: u16::from_be_bytes([bytes[24], bytes[25]]) & !STAMPED,
+            stamped: bytes[24] & 0x80 != 0,
         };
         if h.len < MIN_LEN {
             return Err(format!("record length {} below minimum {MIN_LEN}", h.len));
         }
-        let least = u64::from(h.header_count) * FIELD_LENS as u64;
+        let stamp = if h.stamped { STAMP_LEN as u64 } else { 0 };
+        let least = stamp + u64::from(h.header_count) * FIELD_LENS as u64;
         if least > u64::from(h.len - MIN_LEN) {
             return Err(format!(
                 "{} headers do not fit record length {}",
@@ -175,10 +202,20 @@ pub(crate) struct RawHeaders<'a> {
     bytes: &'a [u8],
 }
 
-impl RawHeaders<'_> {
+impl<'a> RawHeaders<'a> {
     /// Bytes of the header names and values (their framing not counted).
     pub(crate) fn content_bytes(&self) -> u64 {
         (self.bytes.len() - FIELD_LENS * usize::from(self.count)) as u64
+    }
+
+    /// The value of the first header named `name`, if any (allocates nothing).
+    pub(crate) fn find(&self, name: &str) -> Option<&'a str> {
+        let mut rest = self.bytes;
+        (0..self.count).find_map(|_| {
+            let (n, value, after) = next_header(rest).ok()?;
+            rest = after;
+            (n == name).then_some(value)
+        })
     }
 
     /// Owned copies of the headers, in stored order (allocates only when there are some).
@@ -194,10 +231,34 @@ impl RawHeaders<'_> {
     }
 }
 
-/// Splits the bytes of a record after its fixed header into its `count` message headers and its
-/// payload. `Err` names the first header whose name or value length runs past the end of the
-/// record, or whose name or value is not UTF-8. Never panics on any input.
-pub(crate) fn split_body(count: u16, body: &[u8]) -> Result<(RawHeaders<'_>, &[u8]), String> {
+/// The parts of a record after its fixed header: its producer stamp, its message headers and
+/// its payload.
+pub(crate) type Split<'a> = (Option<ProducerStamp>, RawHeaders<'a>, &'a [u8]);
+
+/// Splits the bytes of a record after its fixed header `h` into its producer stamp (when `h`
+/// says it has one), its message headers and its payload. `Err` names the first header whose
+/// name or value length runs past the end of the record, or whose name or value is not UTF-8,
+/// or a stamp cut short. Never panics on any input.
+pub(crate) fn split_body<'a>(h: &RecordHeader, body: &'a [u8]) -> Result<Split<'a>, String> {
+    let (producer, body) = if h.stamped {
+        let (stamp, rest) = body
+            .split_first_chunk::<STAMP_LEN>()
+            .ok_or("producer stamp runs past the record")?;
+        let (id, seq) = stamp.split_at(16);
+        let stamp = ProducerStamp {
+            id: u128::from_be_bytes(id.try_into().expect("16 bytes")),
+            seq: u64::from_be_bytes(seq.try_into().expect("8 bytes")),
+        };
+        (Some(stamp), rest)
+    } else {
+        (None, body)
+    };
+    let (headers, payload) = split_headers(h.header_count, body)?;
+    Ok((producer, headers, payload))
+}
+
+/// Splits `body` into its `count` message headers and its payload (see [`split_body`]).
+fn split_headers(count: u16, body: &[u8]) -> Result<(RawHeaders<'_>, &[u8]), String> {
     let mut rest = body;
     for i in 0..count {
         rest = next_header(rest)
@@ -243,6 +304,7 @@ mod tests {
 
     fn message(headers: &[(&str, &str)], payload: &'static [u8]) -> Message {
         Message {
+            producer: None,
             headers: headers
                 .iter()
                 .map(|&(n, v)| (n.to_owned(), v.to_owned()))
@@ -261,8 +323,9 @@ mod tests {
         let h = RecordHeader::parse(&hdr).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(h.total_len(), buf.len() as u64);
         assert!(crc_matches(h.crc, &buf));
-        let (headers, payload) =
-            split_body(h.header_count, &buf[HEADER_LEN..]).unwrap_or_else(|e| panic!("{e}"));
+        let (producer, headers, payload) =
+            split_body(&h, &buf[HEADER_LEN..]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(producer, m.producer);
         (h, headers.to_headers(), payload.to_vec(), buf)
     }
 
@@ -310,6 +373,29 @@ mod tests {
     }
 
     #[test]
+    fn a_stamp_round_trips_and_an_unstamped_record_keeps_its_old_layout() {
+        let mut m = message(&[("k", "v")], b"body");
+        m.producer = Some(ProducerStamp {
+            id: u128::MAX - 7,
+            seq: 42,
+        });
+        let (h, headers, payload, buf) = round_trip(&m);
+        assert!(h.stamped);
+        assert_eq!(h.header_count, 1);
+        assert_eq!((headers, payload), (m.headers.clone(), b"body".to_vec()));
+        assert_eq!(buf[24], 0x80, "bit 15 of count marks the stamp");
+        m.producer = None;
+        let (h, _, _, plain) = round_trip(&m);
+        assert!(!h.stamped);
+        assert_eq!(plain.len() + STAMP_LEN, buf.len());
+        // A stamped record cut inside its stamp is refused, not misread.
+        let mut hdr = [0u8; HEADER_LEN];
+        hdr.copy_from_slice(&buf[..HEADER_LEN]);
+        let h = RecordHeader::parse(&hdr).unwrap();
+        assert!(split_body(&h, &buf[HEADER_LEN..HEADER_LEN + 10]).is_err());
+    }
+
+    #[test]
     fn parse_rejects_bad_lengths() {
         let mut hdr = [0u8; HEADER_LEN];
         assert!(RecordHeader::parse(&hdr).is_err());
@@ -330,18 +416,18 @@ mod tests {
         for (at, byte) in [(0, 0xff), (1, 0xff), (6, 0x01), (9, 0xff)] {
             let mut bad = body.to_vec();
             bad[at] = byte;
-            let e = split_body(1, &bad).map(|_| ()).unwrap_err();
+            let e = split_headers(1, &bad).map(|_| ()).unwrap_err();
             assert!(e.contains("runs past the record"), "{e}");
         }
         let mut bad = body.to_vec();
         bad[2] = 0xff; // first byte of the name
-        assert!(split_body(1, &bad).unwrap_err().contains("not UTF-8"));
+        assert!(split_headers(1, &bad).unwrap_err().contains("not UTF-8"));
         assert!(
-            split_body(2, body).is_err(),
+            split_headers(2, body).is_err(),
             "a second header that is not there"
         );
         for cut in 0..11 {
-            assert!(split_body(1, &body[..cut]).is_err(), "cut at {cut}");
+            assert!(split_headers(1, &body[..cut]).is_err(), "cut at {cut}");
         }
     }
 
@@ -352,6 +438,7 @@ mod tests {
         let at_bound = vec![(long(MAX_HEADER_NAME_BYTES), long(70_000))];
         assert_eq!(exceeded_header_bound(&at_bound), None);
         assert!(fits(&Message {
+            producer: None,
             headers: at_bound,
             payload: Bytes::new()
         }));
@@ -361,8 +448,9 @@ mod tests {
             Some(("max_header_name_bytes", 65_535))
         );
         let many = vec![(String::new(), String::new()); MAX_HEADERS + 1];
-        assert_eq!(exceeded_header_bound(&many), Some(("max_headers", 65_535)));
+        assert_eq!(exceeded_header_bound(&many), Some(("max_headers", 32_767)));
         assert!(!fits(&Message {
+            producer: None,
             headers: many,
             payload: Bytes::new()
         }));

@@ -47,6 +47,7 @@ pub(super) fn headers(seq: u64) -> Headers {
 /// The message appended as `seq`: [`headers`] and [`payload`] of it.
 fn message(seq: u64) -> Message {
     Message {
+        producer: None,
         headers: headers(seq),
         payload: payload(seq),
     }
@@ -55,6 +56,7 @@ fn message(seq: u64) -> Message {
 /// A message with no headers.
 fn plain(payload: impl Into<Bytes>) -> Message {
     Message {
+        producer: None,
         headers: Headers::new(),
         payload: payload.into(),
     }
@@ -681,6 +683,7 @@ fn reseal_crc(file: &Path, at: u64, len: u64) {
 
 fn with_headers(pairs: &[(&str, &str)], payload: &'static str) -> Message {
     Message {
+        producer: None,
         headers: pairs
             .iter()
             .map(|&(n, v)| (n.to_owned(), v.to_owned()))
@@ -877,10 +880,12 @@ fn headers_past_the_record_bounds_are_refused_before_anything_is_written() {
     append_n(&mut log, 5, 5);
     let before = (log.next_seq(), log.disk_bytes());
     let too_many = Message {
+        producer: None,
         headers: vec![(String::new(), String::new()); 65_536],
         payload: Bytes::new(),
     };
     let long_name = Message {
+        producer: None,
         headers: vec![("n".repeat(65_536), String::new())],
         payload: Bytes::new(),
     };
@@ -902,6 +907,7 @@ fn a_batch_larger_than_the_write_buffer_is_written_in_chunks() {
     let value = "v".repeat(MAX_KEPT_WRITE_BUF / 3);
     let batch: Vec<Message> = (0..7)
         .map(|i| Message {
+            producer: None,
             headers: vec![("big".into(), value.clone()), ("i".into(), i.to_string())],
             payload: Bytes::from(vec![i as u8; 10]),
         })
@@ -944,7 +950,7 @@ proptest! {
             let messages: Vec<Message> = sizes
                 .iter()
                 .enumerate()
-                .map(|(i, &n)| Message {
+                .map(|(i, &n)| Message { producer: None,
                     headers: headers(n as u64),
                     payload: Bytes::from(vec![(model.len() + i) as u8; n]),
                 })

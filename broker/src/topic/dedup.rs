@@ -1,0 +1,500 @@
+//! A topic's dedup window: which producer sequences and `weir-msg-id`s it has stored (and as
+//! which sequence), so a publish sent again — a retry after a lost confirm, a reconnect, a
+//! producer restarted with its id — is answered with the original's sequence and stores
+//! nothing.
+//!
+//! Bounds, each a `[dedup]` setting:
+//! - `window_ms` (2 min): a stored message is remembered this long after its commit; a
+//!   producer not heard from for this long is forgotten whole. A publish sent again after
+//!   that is stored again (as NATS's duplicate window does).
+//! - `max_producers` (10 000): past it the producer heard from least recently is forgotten,
+//!   counted in `weir_dedup_producers_evicted_total`.
+//! - `max_ids` (100 000): explicit ids remembered; past it the oldest is forgotten, counted in
+//!   `weir_dedup_ids_evicted_total`. Ids are kept as 128-bit hashes, so a long id costs no
+//!   more memory than a short one.
+//! - per producer at most [`MAX_RUNS`] runs of consecutive sequences: a producer's
+//!   sequences stored consecutively (a batch, or one message after another) are one run. A
+//!   sequence older than the runs kept (pruned by the cap or the window) while the producer is
+//!   remembered is refused `SequenceTooOld`: the broker cannot tell a duplicate from a late
+//!   retry.
+//!
+//! Memory: about 100 bytes per producer plus 40 per run kept, and about 64 per id, so at the
+//! defaults at most ~7 MiB per topic when every bound is reached at once.
+//!
+//! A publish admitted and not yet committed is *pending*: the same stamp or id again is
+//! refused `DuplicatePending` (retry shortly and learn the sequence) rather than stored a
+//! second time. A pending publish that ends refused or failed is forgotten again.
+
+use std::collections::hash_map::{DefaultHasher, Entry};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::Hasher;
+use std::time::{Duration, Instant};
+
+use weir_protocol::{ProducerStamp, MSG_ID_HEADER};
+
+use crate::storage::log::Message;
+
+/// Most runs of consecutive sequences kept per producer (see the module docs).
+pub(crate) const MAX_RUNS: usize = 16;
+
+/// The bounds of one topic's window (the `[dedup]` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupLimits {
+    /// How long a stored message, or a quiet producer, is remembered.
+    pub window: Duration,
+    /// Most producers remembered.
+    pub max_producers: usize,
+    /// Most explicit ids remembered.
+    pub max_ids: usize,
+}
+
+/// What identifies a message to the window: its producer stamp, the hash of its
+/// `weir-msg-id`, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DedupKey {
+    producer: Option<ProducerStamp>,
+    msg_id: Option<u128>,
+}
+
+impl DedupKey {
+    /// The key of `message`, `None` when it has neither a stamp nor an id (the window does not
+    /// see it).
+    pub(crate) fn of(message: &Message) -> Option<DedupKey> {
+        let msg_id = message
+            .headers
+            .iter()
+            .find(|(name, _)| name == MSG_ID_HEADER)
+            .map(|(_, id)| id.as_str());
+        Self::new(message.producer, msg_id)
+    }
+
+    /// The key of a message with `producer` and explicit id `msg_id` (its first
+    /// `weir-msg-id` header), `None` when it has neither.
+    pub(crate) fn new(producer: Option<ProducerStamp>, msg_id: Option<&str>) -> Option<DedupKey> {
+        let msg_id = msg_id.map(id_hash);
+        (producer.is_some() || msg_id.is_some()).then_some(DedupKey { producer, msg_id })
+    }
+}
+
+/// A 128-bit hash of an explicit id: two SipHash passes with different prefixes. Computed
+/// again from the stored header at start, so it need not be stable across builds.
+fn id_hash(id: &str) -> u128 {
+    let half = |salt: u8| {
+        let mut h = DefaultHasher::new();
+        h.write_u8(salt);
+        h.write(id.as_bytes());
+        h.finish()
+    };
+    u128::from(half(0)) << 64 | u128::from(half(1))
+}
+
+/// What the window knows of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// Nothing: store it.
+    New,
+    /// Stored already, as this sequence.
+    Duplicate(u64),
+    /// Admitted already and not yet committed.
+    Pending,
+    /// Its producer sequence is older than what the window keeps of that producer.
+    TooOld,
+}
+
+/// Consecutive producer sequences stored as consecutive topic sequences.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    producer_seq: u64,
+    seq: u64,
+    count: u64,
+    at: Instant,
+}
+
+impl Run {
+    fn seq_of(&self, producer_seq: u64) -> Option<u64> {
+        let offset = producer_seq.checked_sub(self.producer_seq)?;
+        (offset < self.count).then(|| self.seq + offset)
+    }
+}
+
+/// What the window keeps of one producer.
+#[derive(Debug)]
+struct Producer {
+    runs: VecDeque<Run>,
+    pending: BTreeSet<u64>,
+    /// The highest sequence forgotten while the producer is remembered (pruned runs).
+    forgotten_to: Option<u64>,
+    /// Its place in the least-recently-heard order.
+    tick: u64,
+    heard: Instant,
+}
+
+/// An explicit id: the sequence it is stored as, `None` while pending.
+#[derive(Debug, Clone, Copy)]
+struct IdEntry {
+    seq: Option<u64>,
+    at: Instant,
+}
+
+/// Counts of what the window did, since the topic opened.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DedupCounts {
+    /// Publishes answered as duplicates.
+    pub duplicates: u64,
+    /// Producers forgotten at `max_producers`.
+    pub producers_evicted: u64,
+    /// Ids forgotten at `max_ids`.
+    pub ids_evicted: u64,
+    /// Ids and quiet producers forgotten at the end of the window.
+    pub expired: u64,
+}
+
+/// One topic's dedup window (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Dedup {
+    limits: DedupLimits,
+    producers: HashMap<u128, Producer>,
+    /// Producers by the tick they were last heard at, least recent first.
+    heard: BTreeMap<u64, u128>,
+    next_tick: u64,
+    ids: HashMap<u128, IdEntry>,
+    /// Ids in the order they were first seen, with that time (an entry whose id was forgotten
+    /// or seen again is stale and skipped; compacted past twice `max_ids`).
+    id_order: VecDeque<(u128, Instant)>,
+    pub(crate) counts: DedupCounts,
+}
+
+impl Dedup {
+    /// An empty window with `limits`.
+    pub(crate) fn new(limits: DedupLimits) -> Dedup {
+        Dedup {
+            limits,
+            producers: HashMap::new(),
+            heard: BTreeMap::new(),
+            next_tick: 0,
+            ids: HashMap::new(),
+            id_order: VecDeque::new(),
+            counts: DedupCounts::default(),
+        }
+    }
+
+    /// Producers and ids remembered now.
+    pub(crate) fn len(&self) -> (usize, usize) {
+        (self.producers.len(), self.ids.len())
+    }
+
+    /// What the window knows of a message with `key`, at `now` (forgetting what expired).
+    pub(crate) fn check(&mut self, key: &DedupKey, now: Instant) -> Seen {
+        self.expire(now);
+        if let Some(stamp) = key.producer {
+            if let Some(p) = self.producers.get(&stamp.id) {
+                if p.pending.contains(&stamp.seq) {
+                    return Seen::Pending;
+                }
+                if let Some(seq) = p.runs.iter().find_map(|r| r.seq_of(stamp.seq)) {
+                    return Seen::Duplicate(seq);
+                }
+                if p.forgotten_to.is_some_and(|f| stamp.seq <= f) {
+                    return Seen::TooOld;
+                }
+            }
+        }
+        match key.msg_id.and_then(|id| self.ids.get(&id)) {
+            Some(IdEntry { seq: Some(seq), .. }) => Seen::Duplicate(*seq),
+            Some(IdEntry { seq: None, .. }) => Seen::Pending,
+            None => Seen::New,
+        }
+    }
+
+    /// Counts a publish answered as a duplicate.
+    pub(crate) fn answered_duplicate(&mut self) {
+        self.counts.duplicates += 1;
+    }
+
+    /// A message with `key` was admitted (queued or parked) at `now`.
+    pub(crate) fn pending(&mut self, key: &DedupKey, now: Instant) {
+        if let Some(stamp) = key.producer {
+            self.producer(stamp.id, now).pending.insert(stamp.seq);
+        }
+        if let Some(id) = key.msg_id {
+            self.remember_id(id, None, now);
+        }
+    }
+
+    /// A pending message with `key` ended without being stored (refused, failed).
+    pub(crate) fn forget(&mut self, key: &DedupKey) {
+        if let Some(stamp) = key.producer {
+            if let Some(p) = self.producers.get_mut(&stamp.id) {
+                p.pending.remove(&stamp.seq);
+            }
+        }
+        if let Some(id) = key.msg_id {
+            if let Entry::Occupied(e) = self.ids.entry(id) {
+                if e.get().seq.is_none() {
+                    e.remove();
+                }
+            }
+        }
+    }
+
+    /// The message with `key` is stored as `seq`, committed at `at` (at start, from its
+    /// record's timestamp; nothing is remembered of a message older than the window).
+    pub(crate) fn stored(&mut self, key: &DedupKey, seq: u64, at: Instant, now: Instant) {
+        if at + self.limits.window <= now {
+            return;
+        }
+        if let Some(stamp) = key.producer {
+            let window = self.limits.window;
+            let p = self.producer(stamp.id, now);
+            p.pending.remove(&stamp.seq);
+            match p.runs.back_mut() {
+                Some(last)
+                    if last.producer_seq.checked_add(last.count) == Some(stamp.seq)
+                        && last.seq + last.count == seq =>
+                {
+                    last.count += 1;
+                    last.at = at;
+                }
+                _ => p.runs.push_back(Run {
+                    producer_seq: stamp.seq,
+                    seq,
+                    count: 1,
+                    at,
+                }),
+            }
+            prune_runs(p, now, window);
+        }
+        if let Some(id) = key.msg_id {
+            self.remember_id(id, Some(seq), at);
+        }
+    }
+
+    /// The producer `id`, heard from at `now`: remembered (forgetting the least recently
+    /// heard one at `max_producers`) and moved to the most recent place.
+    fn producer(&mut self, id: u128, now: Instant) -> &mut Producer {
+        let tick = self.next_tick;
+        self.next_tick += 1;
+        if let Some(p) = self.producers.get(&id) {
+            self.heard.remove(&p.tick);
+        } else if self.producers.len() >= self.limits.max_producers.max(1) {
+            if let Some((_, oldest)) = self.heard.pop_first() {
+                self.producers.remove(&oldest);
+                self.counts.producers_evicted += 1;
+            }
+        }
+        self.heard.insert(tick, id);
+        let p = self.producers.entry(id).or_insert_with(|| Producer {
+            runs: VecDeque::new(),
+            pending: BTreeSet::new(),
+            forgotten_to: None,
+            tick,
+            heard: now,
+        });
+        p.tick = tick;
+        p.heard = now;
+        p
+    }
+
+    /// Remembers id `id` as `seq` (or pending), forgetting the oldest id at `max_ids`.
+    fn remember_id(&mut self, id: u128, seq: Option<u64>, at: Instant) {
+        if let Some(entry) = self.ids.get_mut(&id) {
+            entry.seq = seq.or(entry.seq);
+            return;
+        }
+        while self.ids.len() >= self.limits.max_ids.max(1) {
+            let Some((oldest, first_seen)) = self.id_order.pop_front() else {
+                break;
+            };
+            if self.ids.get(&oldest).is_some_and(|e| e.at == first_seen) {
+                self.ids.remove(&oldest);
+                self.counts.ids_evicted += 1;
+            }
+        }
+        self.ids.insert(id, IdEntry { seq, at });
+        self.id_order.push_back((id, at));
+        if self.id_order.len() > 2 * self.limits.max_ids.max(1) {
+            let ids = &self.ids;
+            self.id_order
+                .retain(|(id, at)| ids.get(id).is_some_and(|e| e.at == *at));
+        }
+    }
+
+    /// Forgets stored ids and quiet producers older than the window (pending ones stay until
+    /// their commit or failure).
+    fn expire(&mut self, now: Instant) {
+        let window = self.limits.window;
+        while let Some(&(id, at)) = self.id_order.front() {
+            if at + window > now {
+                break;
+            }
+            self.id_order.pop_front();
+            if let Entry::Occupied(e) = self.ids.entry(id) {
+                if e.get().at == at && e.get().seq.is_some() {
+                    e.remove();
+                    self.counts.expired += 1;
+                }
+            }
+        }
+        while let Some((&tick, &id)) = self.heard.first_key_value() {
+            let quiet = self
+                .producers
+                .get(&id)
+                .is_some_and(|p| p.heard + window <= now && p.pending.is_empty());
+            if !quiet {
+                break;
+            }
+            self.heard.remove(&tick);
+            self.producers.remove(&id);
+            self.counts.expired += 1;
+        }
+    }
+}
+
+/// Drops a producer's runs past [`MAX_RUNS`] or older than `window`, oldest first,
+/// remembering the highest sequence forgotten.
+fn prune_runs(p: &mut Producer, now: Instant, window: Duration) {
+    while let Some(first) = p.runs.front() {
+        let expired = first.at + window <= now;
+        if p.runs.len() <= MAX_RUNS && !expired {
+            break;
+        }
+        let last = first.producer_seq + (first.count - 1);
+        p.forgotten_to = Some(p.forgotten_to.map_or(last, |f| f.max(last)));
+        p.runs.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> DedupLimits {
+        DedupLimits {
+            window: Duration::from_secs(120),
+            max_producers: 3,
+            max_ids: 3,
+        }
+    }
+
+    fn stamp(id: u128, seq: u64) -> DedupKey {
+        DedupKey {
+            producer: Some(ProducerStamp { id, seq }),
+            msg_id: None,
+        }
+    }
+
+    fn msg_id(id: &str) -> DedupKey {
+        DedupKey::new(None, Some(id)).unwrap()
+    }
+
+    #[test]
+    fn a_stored_stamp_is_a_duplicate_with_its_seq_and_a_pending_one_is_pending() {
+        let now = Instant::now();
+        let mut d = Dedup::new(limits());
+        for i in 0..5 {
+            assert_eq!(d.check(&stamp(1, i), now), Seen::New);
+            d.pending(&stamp(1, i), now);
+            assert_eq!(d.check(&stamp(1, i), now), Seen::Pending);
+        }
+        for i in 0..4 {
+            d.stored(&stamp(1, i), 100 + i, now, now);
+        }
+        assert_eq!(d.check(&stamp(1, 2), now), Seen::Duplicate(102));
+        assert_eq!(d.check(&stamp(1, 4), now), Seen::Pending);
+        d.forget(&stamp(1, 4));
+        assert_eq!(
+            d.check(&stamp(1, 4), now),
+            Seen::New,
+            "a refused one may come again"
+        );
+        assert_eq!(
+            d.producers[&1].runs.len(),
+            1,
+            "consecutive ones are one run"
+        );
+        assert_eq!(d.check(&stamp(2, 0), now), Seen::New, "another producer");
+    }
+
+    #[test]
+    fn a_hole_left_by_a_refusal_is_filled_by_its_retry_and_old_sequences_are_too_old() {
+        let now = Instant::now();
+        let mut d = Dedup::new(limits());
+        d.stored(&stamp(1, 0), 10, now, now);
+        d.stored(&stamp(1, 2), 11, now, now);
+        assert_eq!(
+            d.check(&stamp(1, 1), now),
+            Seen::New,
+            "1 was refused: its retry stores"
+        );
+        d.stored(&stamp(1, 1), 12, now, now);
+        assert_eq!(d.check(&stamp(1, 1), now), Seen::Duplicate(12));
+        // Past MAX_RUNS runs (every other sequence), the oldest are forgotten.
+        for i in 0..(MAX_RUNS as u64 + 4) {
+            d.stored(&stamp(1, 100 + 2 * i), 20 + i, now, now);
+        }
+        assert_eq!(d.producers[&1].runs.len(), MAX_RUNS);
+        assert_eq!(d.check(&stamp(1, 0), now), Seen::TooOld);
+        assert_eq!(d.check(&stamp(1, 100), now), Seen::TooOld);
+        assert_eq!(d.check(&stamp(1, 138), now), Seen::Duplicate(39));
+        assert_eq!(d.check(&stamp(1, 139), now), Seen::New, "a hole between runs");
+    }
+
+    #[test]
+    fn explicit_ids_are_bounded_oldest_first_and_counted() {
+        let now = Instant::now();
+        let mut d = Dedup::new(limits());
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            assert_eq!(d.check(&msg_id(id), now), Seen::New);
+            d.pending(&msg_id(id), now);
+            d.stored(&msg_id(id), i as u64, now, now);
+        }
+        assert_eq!(d.len().1, 3);
+        assert_eq!(d.counts.ids_evicted, 1);
+        assert_eq!(d.check(&msg_id("a"), now), Seen::New, "the oldest went");
+        assert_eq!(d.check(&msg_id("d"), now), Seen::Duplicate(3));
+        // A forgotten pending id leaves a stale order entry; the order stays bounded.
+        for i in 0..50 {
+            let key = msg_id(&format!("x{i}"));
+            d.pending(&key, now);
+            d.forget(&key);
+        }
+        assert!(d.id_order.len() <= 2 * 3 + 1, "{}", d.id_order.len());
+        assert_eq!(d.check(&msg_id("d"), now), Seen::Duplicate(3));
+    }
+
+    #[test]
+    fn producers_past_the_bound_evict_the_least_recently_heard_and_count_it() {
+        let now = Instant::now();
+        let mut d = Dedup::new(limits());
+        for p in 1..=3 {
+            d.stored(&stamp(p, 0), p as u64, now, now);
+        }
+        d.stored(&stamp(1, 1), 10, now, now); // 1 heard again: 2 is now the least recent
+        d.stored(&stamp(4, 0), 11, now, now);
+        assert_eq!(d.counts.producers_evicted, 1);
+        assert_eq!(d.check(&stamp(2, 0), now), Seen::New, "2 was forgotten");
+        assert_eq!(d.check(&stamp(1, 0), now), Seen::Duplicate(1));
+        assert_eq!(d.len().0, 3);
+    }
+
+    #[test]
+    fn the_window_forgets_stored_messages_and_quiet_producers_but_not_pending_ones() {
+        let t0 = Instant::now();
+        let mut d = Dedup::new(limits());
+        d.stored(&stamp(1, 0), 1, t0, t0);
+        d.stored(&msg_id("a"), 2, t0, t0);
+        d.pending(&stamp(2, 0), t0);
+        let later = t0 + Duration::from_secs(121);
+        assert_eq!(d.check(&stamp(1, 0), later), Seen::New);
+        assert_eq!(d.check(&msg_id("a"), later), Seen::New);
+        assert_eq!(d.counts.expired, 2, "producer 1 and id a");
+        assert_eq!(d.check(&stamp(2, 0), later), Seen::Pending);
+        // A record older than the window, read at start, is not remembered.
+        d.stored(&stamp(3, 0), 3, t0, later);
+        assert_eq!(d.check(&stamp(3, 0), later), Seen::New);
+        // An active producer's runs older than the window make older sequences too old.
+        d.stored(&stamp(4, 0), 4, t0, t0);
+        d.stored(&stamp(4, 5), 5, later, later);
+        assert_eq!(d.check(&stamp(4, 0), later), Seen::TooOld);
+    }
+}
