@@ -36,6 +36,7 @@ pub(super) type ParkingQueue = ParkingLot<Parked>;
 impl Topic {
     /// Parks a publish that does not fit now. Returns it back when the parking queue is full
     /// (or the broker is shutting down).
+    #[allow(clippy::result_large_err)] // `Err` hands the publish back to its caller, unmoved.
     pub(super) fn park(&self, st: &mut TopicState, parked: Parked) -> Result<(), Parked> {
         if self.closing.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(parked);
@@ -63,6 +64,7 @@ impl Topic {
     /// Moves parked publishes that now fit into the writer's queue, oldest first, stopping at
     /// the first that does not fit (FIFO) or when the writer's queue is full (the next commit
     /// calls this again).
+    #[allow(clippy::result_large_err)] // the closure's `Err` hands the publish back, unmoved.
     pub(super) fn unpark(&self, st: &mut TopicState, appends: &mpsc::Sender<Append>) {
         loop {
             let view: &TopicState = st;
