@@ -507,6 +507,8 @@ mod tests {
             limits,
         };
         peer.send(Frame::HelloOk(hello_ok)).await.unwrap();
+        peer.codec_mut()
+            .set_version(weir_protocol::MIN_PROTOCOL_VERSION);
         peer
     }
 

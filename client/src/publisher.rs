@@ -1,10 +1,11 @@
 //! [`Publisher`]: a bounded window of unconfirmed publishes, and [`PublishConfirm`], the future
 //! of one publish's outcome.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use weir_protocol::Headers;
+use weir_protocol::{Headers, ProducerStamp};
 
 pub use crate::confirm::PublishConfirm;
 use crate::connection::ConnHandle;
@@ -47,11 +48,14 @@ fn collect_headers<K: Into<String>, V: Into<String>>(
 /// connection's losses (see [`crate::Client`]): while the client reconnects, publishes wait for
 /// a slot and in the command queue as usual. Publishes sent and not yet answered when the
 /// connection was lost keep their window slots and are resent on the new connection first, in
-/// their order — never more than the window. Their confirms resolve there. **At-least-once:**
-/// a publish whose confirm was lost with the connection may have been stored already, so its
-/// resend may store it a second time (at most the window's worth of duplicates per loss).
-/// Publishes sent just before an idle close are resent too, without that risk (the broker
-/// closes as idle only after answering everything it read). If reconnecting gives up, the
+/// their order — never more than the window. Their confirms resolve there. **Exactly once into
+/// the topic** (protocol v6): each publish carries this publisher's producer id and its
+/// number (see [`Publisher::with_producer`]), and its resend carries the same ones, so a
+/// publish whose confirm was lost with the connection — stored already, or still being
+/// stored — is answered with its first sequence instead of being stored again, within the
+/// topic's dedup window (2 minutes by default), across broker restarts too. Against a v4 or
+/// v5 broker the stamp is not sent and such a resend may store the message a second time (at
+/// most the window's worth of duplicates per loss). If reconnecting gives up, the
 /// confirms of publishes that had been sent resolve to [`crate::PublishError::ConnectionLost`]
 /// (maybe stored), those never sent to [`crate::PublishError::NotSent`] with the reason.
 #[derive(Debug, Clone)]
@@ -59,6 +63,16 @@ pub struct Publisher {
     window: Window,
     /// Set by [`Publisher::with_retry`].
     retry: Option<Arc<Retrier>>,
+    /// The producer id and the next number, shared by clones.
+    producer: Arc<Producer>,
+}
+
+/// A publisher's identity to the broker's dedup window: its id and the number its next
+/// message gets.
+#[derive(Debug)]
+struct Producer {
+    id: u128,
+    next_seq: AtomicU64,
 }
 
 impl Publisher {
@@ -66,7 +80,50 @@ impl Publisher {
         Publisher {
             window: Window::new(conn, size),
             retry: None,
+            producer: Arc::new(Producer {
+                id: rand::random(),
+                next_seq: AtomicU64::new(0),
+            }),
         }
+    }
+
+    /// This publisher, sharing its window, as producer `id` whose next message is number
+    /// `next_seq`: for a producer that restarts and must be recognised as the same one.
+    ///
+    /// **Exactly once into a topic.** Every message a publisher sends carries its producer id
+    /// and its number, and a retry or a resend after a reconnect carries the same ones, so the
+    /// broker stores it once within the topic's dedup window (2 minutes by default) and
+    /// answers the copy with the first one's sequence. A publisher gets a random id; a
+    /// producer that restarts and resends what it had not seen confirmed sets its id again
+    /// here, with `next_seq` the number of the first message it resends (the numbers it used
+    /// are in [`Publisher::producer`]; keeping them is the producer's job). Numbers must not
+    /// be reused for different messages while the window remembers them: such a message is
+    /// answered as a duplicate and not stored.
+    pub fn with_producer(mut self, id: u128, next_seq: u64) -> Publisher {
+        self.producer = Arc::new(Producer {
+            id,
+            next_seq: AtomicU64::new(next_seq),
+        });
+        self
+    }
+
+    /// This publisher's producer id and the number its next message gets (see
+    /// [`Publisher::with_producer`]).
+    pub fn producer(&self) -> (u128, u64) {
+        (
+            self.producer.id,
+            self.producer.next_seq.load(Ordering::Relaxed),
+        )
+    }
+
+    /// `message` numbered as this producer's next.
+    fn stamped(&self, mut message: Message) -> Message {
+        let seq = self.producer.next_seq.fetch_add(1, Ordering::Relaxed);
+        message.producer = Some(ProducerStamp {
+            id: self.producer.id,
+            seq,
+        });
+        message
     }
 
     /// This publisher, sharing its window, with refused publishes retried per `policy` (see
@@ -174,6 +231,7 @@ impl Publisher {
     }
 
     async fn publish_message(&self, message: Message) -> Result<PublishConfirm, ClientError> {
+        let message = self.stamped(message);
         let Some(retrier) = &self.retry else {
             return self.window.send(message).await;
         };
@@ -236,6 +294,7 @@ impl Publisher {
     }
 
     fn try_publish_message(&self, message: Message) -> Result<PublishConfirm, ClientError> {
+        let message = self.stamped(message);
         let ticket = self.retry.as_ref().map(|r| r.admit()).transpose()?;
         // With retry on, the message is kept for the retries.
         let retained = ticket.as_ref().map(|_| message.clone());
@@ -300,6 +359,54 @@ mod tests {
             publisher.try_publish("t", "d"),
             Err(ClientError::WindowFull)
         ));
+    }
+
+    #[tokio::test]
+    async fn each_publish_is_numbered_by_its_producer_and_a_retry_keeps_its_number() {
+        let (conn, mut rx) = test_handle(test_limits(), 16);
+        let publisher = Publisher::new(conn.clone(), 8);
+        let other = Publisher::new(conn, 8);
+        let stamp_of = |cmd: Command| match cmd {
+            Command::Publish { message, .. } => message.producer.expect("stamped"),
+            other => panic!("expected a publish, got {other:?}"),
+        };
+        let _a = publisher.publish("t", "a").await.unwrap();
+        let _b = publisher.clone().publish("t", "b").await.unwrap();
+        let (a, b) = (
+            stamp_of(rx.recv().await.unwrap()),
+            stamp_of(rx.recv().await.unwrap()),
+        );
+        assert_eq!(
+            (a.id, a.seq, b.id, b.seq),
+            (a.id, 0, a.id, 1),
+            "clones share the numbering"
+        );
+        let _c = other.publish("t", "c").await.unwrap();
+        assert_ne!(
+            stamp_of(rx.recv().await.unwrap()).id,
+            a.id,
+            "another producer"
+        );
+        let restarted = Publisher::new(test_handle(test_limits(), 16).0, 8).with_producer(a.id, 2);
+        assert_eq!(restarted.producer(), (a.id, 2));
+
+        // A retried publish goes again with the number it had.
+        let retrying = publisher.clone().with_retry(crate::RetryPolicy::default());
+        let confirm = retrying.publish("t", "d").await.unwrap();
+        let Command::Publish { message, reply, .. } = rx.recv().await.unwrap() else {
+            panic!("expected a publish")
+        };
+        let first = message.producer;
+        let refusal = PublishError::Rejected {
+            reason: weir_protocol::RejectReason::TopicFull,
+            limit: weir_protocol::Limit::new("max_messages", 1),
+            retry_after_ms: Some(1),
+            held_by: None,
+        };
+        let _ = reply.send(Err(refusal));
+        let retried = stamp_of(rx.recv().await.unwrap());
+        assert_eq!((Some(retried), retried.seq), (first, 2));
+        drop(confirm);
     }
 
     #[tokio::test]

@@ -589,9 +589,10 @@ pub enum RejectReason {
     /// Retrying the same message cannot help. Only sent on v6 connections (only they send
     /// producer sequences).
     SequenceTooOld,
-    /// A publish with the same producer sequence or `weir-msg-id` is being stored right now
-    /// and not yet confirmed; retry after the hint to be answered with its sequence. Nothing
-    /// was stored. Only sent on v6 connections.
+    /// A publish with the same producer sequence or `weir-msg-id` was being stored when this
+    /// one arrived (this one waited for it), and then was not stored after all (refused, or
+    /// its commit failed): send this one again after the hint and it is stored. Nothing was
+    /// stored.
     DuplicatePending,
 }
 

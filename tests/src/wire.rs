@@ -210,6 +210,27 @@ impl RawClient {
         self.recv().await
     }
 
+    /// Publishes one message with `headers`, stamped by `producer` (carried on v6 connections
+    /// only), and waits for its answer.
+    pub async fn publish_stamped(
+        &mut self,
+        topic: &str,
+        producer: Option<ProducerStamp>,
+        headers: Headers,
+        payload: impl Into<Bytes>,
+    ) -> Frame {
+        let id = self.req();
+        self.send(Frame::Publish(Publish {
+            producer,
+            id,
+            topic: topic.into(),
+            headers,
+            payload: payload.into(),
+        }))
+        .await;
+        self.recv().await
+    }
+
     /// Sends publishes `(id, payload)` pipelined — one flush for all — without waiting for
     /// their answers.
     pub async fn feed_publishes(

@@ -13,6 +13,7 @@ mod client_retry;
 mod consumer_lost;
 mod crash;
 mod credit;
+mod dedup;
 mod delivery;
 mod durability;
 mod ephemeral;

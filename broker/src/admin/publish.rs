@@ -161,12 +161,12 @@ async fn store(
         },
     )
     .await?;
-    let confirm = match admitted {
-        Admitted::Queued(confirm) | Admitted::Parked(confirm) => confirm,
-        Admitted::Duplicate(seq) => return Ok(Stored::Duplicate(seq)),
+    let (confirm, stored): (_, fn(u64) -> Stored) = match admitted {
+        Admitted::Queued(confirm) | Admitted::Parked(confirm) => (confirm, Stored::New),
+        Admitted::Duplicate(original) => (original, Stored::Duplicate),
     };
     match confirm.await {
-        Ok(outcome) => Ok(Stored::New(outcome?)),
+        Ok(outcome) => Ok(stored(outcome?)),
         Err(_) => Err(Failure::Internal("topic writer stopped".into())),
     }
 }

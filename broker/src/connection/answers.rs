@@ -1,23 +1,13 @@
 //! The answer frames a connection's commands share: a refusal, an error, a forbidden action, an
 //! unknown subscription.
 
-use weir_protocol::{Denied, Error, ErrorCode, Frame, PublishOk};
+use weir_protocol::{Denied, Error, ErrorCode, Frame};
 
 use crate::refusal::Refusal;
 
 /// `Rejected` for request `id`, carrying the refusal.
 pub(super) fn rejected(id: u64, r: Refusal) -> Frame {
     r.into_frame(id)
-}
-
-/// `PublishOk` for publish `id`, a duplicate of the message stored as `seq` (nothing was
-/// stored; a v4 or v5 client sees only `seq`).
-pub(super) fn duplicate(id: u64, seq: u64) -> Frame {
-    Frame::PublishOk(PublishOk {
-        id,
-        seq,
-        duplicate: true,
-    })
 }
 
 /// `Error` for request `req`.

@@ -24,6 +24,8 @@ pub(super) struct PendingConfirm {
 pub(super) enum Waiting {
     /// One publish's sequence.
     One(Confirm),
+    /// One duplicate publish's original's sequence (answered with `duplicate: true`).
+    Duplicate(Confirm),
     /// A run of `count` consecutive publishes of a batch.
     Run { count: usize, confirm: RunConfirm },
 }
@@ -32,7 +34,7 @@ impl PendingConfirm {
     /// How many publishes it answers.
     pub(super) fn count(&self) -> usize {
         match &self.waiting {
-            Waiting::One(_) => 1,
+            Waiting::One(_) | Waiting::Duplicate(_) => 1,
             Waiting::Run { count, .. } => *count,
         }
     }
@@ -56,18 +58,17 @@ impl Future for PendingConfirm {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(Answer, Instant)> {
         let (id, received) = (self.id, self.received);
+        let duplicate = matches!(self.waiting, Waiting::Duplicate(_));
         let answer = match &mut self.waiting {
-            Waiting::One(confirm) => Pin::new(confirm).poll(cx).map(|result| {
-                Answer::One(match result {
-                    Ok(Ok(seq)) => Frame::PublishOk(PublishOk {
-                        duplicate: false,
-                        id,
-                        seq,
-                    }),
-                    Ok(Err(e)) => failure(id, e),
-                    Err(_) => writer_stopped(id),
+            Waiting::One(confirm) | Waiting::Duplicate(confirm) => {
+                Pin::new(confirm).poll(cx).map(|result| {
+                    Answer::One(match result {
+                        Ok(Ok(seq)) => Frame::PublishOk(PublishOk { duplicate, id, seq }),
+                        Ok(Err(e)) => failure(id, e),
+                        Err(_) => writer_stopped(id),
+                    })
                 })
-            }),
+            }
             Waiting::Run { count, confirm } => {
                 let count = *count;
                 Pin::new(confirm).poll(cx).map(|result| Answer::Run {

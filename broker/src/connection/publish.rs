@@ -36,9 +36,9 @@ impl Connection {
         };
         let published = crate::publish::publish(&self.broker, &key, memory, &topic, message).await;
         match published {
-            Ok(Admitted::Duplicate(seq)) => {
-                self.answered_now();
-                self.send(answers::duplicate(p.id, seq)).await
+            Ok(Admitted::Duplicate(original)) => {
+                self.wait_for(p.id, Waiting::Duplicate(original));
+                Ok(())
             }
             Ok(Admitted::Queued(confirm)) => {
                 self.wait_for(p.id, Waiting::One(confirm));
@@ -119,9 +119,8 @@ impl Connection {
                     self.answered_now();
                     id += 1;
                 }
-                BatchPart::Duplicate(seq) => {
-                    self.send(answers::duplicate(id, seq)).await?;
-                    self.answered_now();
+                BatchPart::Duplicate(original) => {
+                    self.wait_for(id, Waiting::Duplicate(original));
                     id += 1;
                 }
             }

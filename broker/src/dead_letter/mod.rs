@@ -170,10 +170,11 @@ async fn start_move(
     // Draining work: counted in the memory budget, never refused by it.
     let permit = broker.admission().inbound().charge(message.memory_bytes());
     match dlq.publish(message, permit, slack).await {
-        Ok(Admitted::Queued(confirm) | Admitted::Parked(confirm)) => Ok(Some(confirm)),
-        // Copies carry no id the window knows (see `origin_headers`); were one to match, the
-        // message it names is in the dead-letter topic already.
-        Ok(Admitted::Duplicate(_)) => Ok(None),
+        // A duplicate cannot happen: copies carry no id the window knows (see
+        // `origin_headers`); were one to match, its original is in the dead-letter topic.
+        Ok(
+            Admitted::Queued(confirm) | Admitted::Parked(confirm) | Admitted::Duplicate(confirm),
+        ) => Ok(Some(confirm)),
         Err(e) => Err(why(e)),
     }
 }

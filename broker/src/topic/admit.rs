@@ -21,12 +21,9 @@ use tokio::sync::oneshot;
 use super::dedup::{DedupKey, Seen};
 use super::parking::Parked;
 use super::writer::Append;
-use super::{lock, Admitted, AppendError, Topic, TopicState, HOLE};
+use super::{lock, Admitted, AppendError, Confirm, Topic, TopicState, HOLE};
 use crate::admission::budget::MemoryPermit;
 use crate::storage::log::Message;
-
-/// The retry hint of a publish whose original is still being stored (about one commit).
-const DUPLICATE_PENDING_RETRY_MS: u64 = 10;
 
 /// How many evicted messages a topic remembers for operators (`weir topic info`).
 pub(super) const DROP_SAMPLE: usize = 100;
@@ -242,8 +239,8 @@ impl Topic {
         let (reply, confirm) = oneshot::channel();
         {
             let mut st = lock(&self.state);
-            if let Some(seq) = self.deduplicate(&mut st, key.as_ref())? {
-                return Ok(Admitted::Duplicate(seq));
+            if let Some(original) = self.deduplicate(&mut st, key.as_ref())? {
+                return Ok(Admitted::Duplicate(original));
             }
             let decision = self.admit(&mut st, len, slack, now)?;
             if let Some(key) = &key {
@@ -285,29 +282,30 @@ impl Topic {
     }
 
     /// What the dedup window says of a message with `key` (none: not deduplicated): `Ok(None)`
-    /// to admit it, `Ok(Some(seq))` for a duplicate of the message stored as `seq` (counted),
-    /// or the refusal of one the window cannot tell or whose original is still pending.
+    /// to admit it; for a duplicate (counted), the confirm of its original's sequence —
+    /// resolved already, or once the pending original is committed; or the refusal of a
+    /// producer sequence older than the window keeps.
     pub(super) fn deduplicate(
         &self,
         st: &mut TopicState,
         key: Option<&DedupKey>,
-    ) -> Result<Option<u64>, AppendError> {
+    ) -> Result<Option<Confirm>, AppendError> {
         let Some(key) = key else { return Ok(None) };
-        let window_ms = self.dedup_window.as_millis() as u64;
-        let limit = || Limit::new("dedup_window_ms", window_ms);
+        let (original, confirm) = oneshot::channel();
         match st.dedup.check(key, self.clock.now()) {
-            Seen::New => Ok(None),
+            Seen::New => return Ok(None),
             Seen::Duplicate(seq) => {
-                st.dedup.answered_duplicate();
-                Ok(Some(seq))
+                let _ = original.send(Ok(seq));
             }
-            Seen::Pending => Err(self.refusal(
-                RejectReason::DuplicatePending,
-                limit(),
-                Some(DUPLICATE_PENDING_RETRY_MS),
-            )),
-            Seen::TooOld => Err(self.refusal(RejectReason::SequenceTooOld, limit(), None)),
+            Seen::Pending => st.dedup.wait_for_original(key, original),
+            Seen::TooOld => {
+                let window_ms = self.dedup_window.as_millis() as u64;
+                let limit = Limit::new("dedup_window_ms", window_ms);
+                return Err(self.refusal(RejectReason::SequenceTooOld, limit, None));
+            }
         }
+        st.dedup.answered_duplicate();
+        Ok(Some(confirm))
     }
 
     pub(super) fn release(&self, count: u64, bytes: u64) {

@@ -36,8 +36,9 @@ pub enum BatchPart {
     Parked(Confirm),
     /// One message refused (counted), or failed.
     Refused(AppendError),
-    /// One message duplicating the one stored as this sequence (nothing stored).
-    Duplicate(u64),
+    /// One message duplicating another (nothing stored): the original's sequence, as
+    /// [`super::Admitted::Duplicate`] answers it.
+    Duplicate(Confirm),
 }
 
 /// A run being gathered: its messages, their memory, their bytes.
@@ -143,7 +144,7 @@ impl Topic {
         let key = DedupKey::of(&message);
         match self.deduplicate(st, key.as_ref()) {
             Ok(None) => {}
-            Ok(Some(seq)) => return Err(BatchPart::Duplicate(seq)),
+            Ok(Some(original)) => return Err(BatchPart::Duplicate(original)),
             Err(e) => return Err(BatchPart::Refused(e)),
         }
         let len = message.size();

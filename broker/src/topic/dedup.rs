@@ -21,18 +21,29 @@
 //! Memory: about 100 bytes per producer plus 40 per run kept, and about 64 per id, so at the
 //! defaults at most ~7 MiB per topic when every bound is reached at once.
 //!
-//! A publish admitted and not yet committed is *pending*: the same stamp or id again is
-//! refused `DuplicatePending` (retry shortly and learn the sequence) rather than stored a
-//! second time. A pending publish that ends refused or failed is forgotten again.
+//! A publish admitted and not yet committed is *pending*: the same stamp or id again waits for
+//! it and is answered with its sequence once it is committed (never stored a second time). A
+//! pending publish that ends refused or failed is forgotten again, and what waited on it is
+//! refused `DuplicatePending` with a short retry hint: sent again, it is stored then. At most
+//! one waiter per publish a connection has unconfirmed (`max_unconfirmed`) waits.
 
 use std::collections::hash_map::{DefaultHasher, Entry};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hasher;
 use std::time::{Duration, Instant};
 
-use weir_protocol::{ProducerStamp, MSG_ID_HEADER};
+use tokio::sync::oneshot;
+use weir_protocol::{Limit, ProducerStamp, RejectReason, MSG_ID_HEADER};
 
+use super::AppendError;
+use crate::refusal::Refusal;
 use crate::storage::log::Message;
+
+/// A duplicate waiting for its pending original's sequence.
+pub(crate) type Waiter = oneshot::Sender<Result<u64, AppendError>>;
+
+/// The retry hint of a duplicate whose original was not stored after all (about one commit).
+pub(crate) const DUPLICATE_PENDING_RETRY_MS: u64 = 10;
 
 /// Most runs of consecutive sequences kept per producer (see the module docs).
 pub(crate) const MAX_RUNS: usize = 16;
@@ -121,7 +132,8 @@ impl Run {
 #[derive(Debug)]
 struct Producer {
     runs: VecDeque<Run>,
-    pending: BTreeSet<u64>,
+    /// Sequences admitted and not yet committed, with the duplicates waiting for them.
+    pending: BTreeMap<u64, Vec<Waiter>>,
     /// The highest sequence forgotten while the producer is remembered (pruned runs).
     forgotten_to: Option<u64>,
     /// Its place in the least-recently-heard order.
@@ -129,11 +141,13 @@ struct Producer {
     heard: Instant,
 }
 
-/// An explicit id: the sequence it is stored as, `None` while pending.
-#[derive(Debug, Clone, Copy)]
+/// An explicit id: the sequence it is stored as, `None` while pending (with the duplicates
+/// waiting for it).
+#[derive(Debug)]
 struct IdEntry {
     seq: Option<u64>,
     at: Instant,
+    waiters: Vec<Waiter>,
 }
 
 /// Counts of what the window did, since the topic opened.
@@ -188,7 +202,7 @@ impl Dedup {
         self.expire(now);
         if let Some(stamp) = key.producer {
             if let Some(p) = self.producers.get(&stamp.id) {
-                if p.pending.contains(&stamp.seq) {
+                if p.pending.contains_key(&stamp.seq) {
                     return Seen::Pending;
                 }
                 if let Some(seq) = p.runs.iter().find_map(|r| r.seq_of(stamp.seq)) {
@@ -211,10 +225,46 @@ impl Dedup {
         self.counts.duplicates += 1;
     }
 
+    /// `waiter` waits for the pending original of `key` ([`Seen::Pending`]): it gets the
+    /// original's sequence once committed, or a `DuplicatePending` refusal if it is not.
+    pub(crate) fn wait_for_original(&mut self, key: &DedupKey, waiter: Waiter) {
+        let waiters = match (key.producer, key.msg_id) {
+            (Some(stamp), _)
+                if self
+                    .producers
+                    .get(&stamp.id)
+                    .is_some_and(|p| p.pending.contains_key(&stamp.seq)) =>
+            {
+                self.producers
+                    .get_mut(&stamp.id)
+                    .and_then(|p| p.pending.get_mut(&stamp.seq))
+            }
+            (_, Some(id)) => self.ids.get_mut(&id).map(|e| &mut e.waiters),
+            _ => None,
+        };
+        match waiters {
+            Some(waiters) => waiters.push(waiter),
+            None => answer(vec![waiter], Err(self.not_stored())),
+        }
+    }
+
+    /// The refusal of a duplicate whose original was not stored: sent again, it is.
+    fn not_stored(&self) -> AppendError {
+        let window_ms = self.limits.window.as_millis() as u64;
+        AppendError::Refused(Refusal::new(
+            RejectReason::DuplicatePending,
+            Limit::new("dedup_window_ms", window_ms),
+            Some(DUPLICATE_PENDING_RETRY_MS),
+        ))
+    }
+
     /// A message with `key` was admitted (queued or parked) at `now`.
     pub(crate) fn pending(&mut self, key: &DedupKey, now: Instant) {
         if let Some(stamp) = key.producer {
-            self.producer(stamp.id, now).pending.insert(stamp.seq);
+            self.producer(stamp.id, now)
+                .pending
+                .entry(stamp.seq)
+                .or_default();
         }
         if let Some(id) = key.msg_id {
             self.remember_id(id, None, now);
@@ -223,17 +273,21 @@ impl Dedup {
 
     /// A pending message with `key` ended without being stored (refused, failed).
     pub(crate) fn forget(&mut self, key: &DedupKey) {
+        let mut waiters = Vec::new();
         if let Some(stamp) = key.producer {
             if let Some(p) = self.producers.get_mut(&stamp.id) {
-                p.pending.remove(&stamp.seq);
+                waiters.extend(p.pending.remove(&stamp.seq).into_iter().flatten());
             }
         }
         if let Some(id) = key.msg_id {
             if let Entry::Occupied(e) = self.ids.entry(id) {
                 if e.get().seq.is_none() {
-                    e.remove();
+                    waiters.extend(e.remove().waiters);
                 }
             }
+        }
+        if !waiters.is_empty() {
+            answer(waiters, Err(self.not_stored()));
         }
     }
 
@@ -246,7 +300,9 @@ impl Dedup {
         if let Some(stamp) = key.producer {
             let window = self.limits.window;
             let p = self.producer(stamp.id, now);
-            p.pending.remove(&stamp.seq);
+            if let Some(waiters) = p.pending.remove(&stamp.seq) {
+                answer(waiters, Ok(seq));
+            }
             match p.runs.back_mut() {
                 Some(last)
                     if last.producer_seq.checked_add(last.count) == Some(stamp.seq)
@@ -285,7 +341,7 @@ impl Dedup {
         self.heard.insert(tick, id);
         let p = self.producers.entry(id).or_insert_with(|| Producer {
             runs: VecDeque::new(),
-            pending: BTreeSet::new(),
+            pending: BTreeMap::new(),
             forgotten_to: None,
             tick,
             heard: now,
@@ -298,7 +354,10 @@ impl Dedup {
     /// Remembers id `id` as `seq` (or pending), forgetting the oldest id at `max_ids`.
     fn remember_id(&mut self, id: u128, seq: Option<u64>, at: Instant) {
         if let Some(entry) = self.ids.get_mut(&id) {
-            entry.seq = seq.or(entry.seq);
+            if let Some(seq) = seq.filter(|_| entry.seq.is_none()) {
+                entry.seq = Some(seq);
+                answer(std::mem::take(&mut entry.waiters), Ok(seq));
+            }
             return;
         }
         while self.ids.len() >= self.limits.max_ids.max(1) {
@@ -306,11 +365,19 @@ impl Dedup {
                 break;
             };
             if self.ids.get(&oldest).is_some_and(|e| e.at == first_seen) {
-                self.ids.remove(&oldest);
+                let evicted = self.ids.remove(&oldest).map(|e| e.waiters);
+                answer(evicted.unwrap_or_default(), Err(self.not_stored()));
                 self.counts.ids_evicted += 1;
             }
         }
-        self.ids.insert(id, IdEntry { seq, at });
+        self.ids.insert(
+            id,
+            IdEntry {
+                seq,
+                at,
+                waiters: Vec::new(),
+            },
+        );
         self.id_order.push_back((id, at));
         if self.id_order.len() > 2 * self.limits.max_ids.max(1) {
             let ids = &self.ids;
@@ -347,6 +414,13 @@ impl Dedup {
             self.producers.remove(&id);
             self.counts.expired += 1;
         }
+    }
+}
+
+/// Answers every waiter with `outcome`.
+fn answer(waiters: Vec<Waiter>, outcome: Result<u64, AppendError>) {
+    for waiter in waiters {
+        let _ = waiter.send(outcome.clone());
     }
 }
 
@@ -416,6 +490,34 @@ mod tests {
     }
 
     #[test]
+    fn a_duplicate_of_a_pending_original_gets_its_seq_or_a_refusal_if_it_is_not_stored() {
+        let now = Instant::now();
+        let mut d = Dedup::new(limits());
+        let (a, b) = (stamp(1, 0), msg_id("b"));
+        d.pending(&a, now);
+        d.pending(&b, now);
+        let (waiter_a, mut got_a) = oneshot::channel();
+        let (waiter_b, mut got_b) = oneshot::channel();
+        d.wait_for_original(&a, waiter_a);
+        d.wait_for_original(&b, waiter_b);
+        assert!(
+            got_a.try_recv().is_err() && got_b.try_recv().is_err(),
+            "still waiting"
+        );
+        d.stored(&a, 7, now, now);
+        assert_eq!(got_a.try_recv().unwrap().unwrap(), 7);
+        d.forget(&b);
+        match got_b.try_recv().unwrap() {
+            Err(AppendError::Refused(r)) => {
+                assert_eq!(r.reason, RejectReason::DuplicatePending);
+                assert_eq!(r.retry_after_ms, Some(DUPLICATE_PENDING_RETRY_MS));
+            }
+            other => panic!("expected a DuplicatePending refusal, got {other:?}"),
+        }
+        assert_eq!(d.check(&b, now), Seen::New, "sent again, it is stored");
+    }
+
+    #[test]
     fn a_hole_left_by_a_refusal_is_filled_by_its_retry_and_old_sequences_are_too_old() {
         let now = Instant::now();
         let mut d = Dedup::new(limits());
@@ -436,7 +538,11 @@ mod tests {
         assert_eq!(d.check(&stamp(1, 0), now), Seen::TooOld);
         assert_eq!(d.check(&stamp(1, 100), now), Seen::TooOld);
         assert_eq!(d.check(&stamp(1, 138), now), Seen::Duplicate(39));
-        assert_eq!(d.check(&stamp(1, 139), now), Seen::New, "a hole between runs");
+        assert_eq!(
+            d.check(&stamp(1, 139), now),
+            Seen::New,
+            "a hole between runs"
+        );
     }
 
     #[test]

@@ -101,9 +101,10 @@ pub enum Admitted {
     Queued(Confirm),
     /// Parked until room frees up; counts against the topic's `max_blocked_publishes` only.
     Parked(Confirm),
-    /// A duplicate of the message stored as this sequence (same producer stamp or
-    /// `weir-msg-id`, within the dedup window): nothing was stored.
-    Duplicate(u64),
+    /// A duplicate (same producer stamp or `weir-msg-id`, within the dedup window): nothing is
+    /// stored, and the confirm resolves to the original's sequence — at once, or once the
+    /// original (still pending) is committed.
+    Duplicate(Confirm),
 }
 
 /// Why joining a group failed.

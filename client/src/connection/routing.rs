@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use weir_protocol::{
-    BatchMessage, CodecError, Deliver, ErrorCode, Frame, GoingAway, Publish, PublishBatch,
-    RejectReason, Unsubscribe, MAX_BATCH_HEADERS, MAX_BATCH_MESSAGES,
+    BatchMessage, CodecError, Deliver, ErrorCode, Frame, GoingAway, ProducerStamp, Publish,
+    PublishBatch, RejectReason, Unsubscribe, MAX_BATCH_HEADERS, MAX_BATCH_MESSAGES,
 };
 
 use super::outbox::{Outbox, TraceFrame};
@@ -105,10 +105,13 @@ impl Batching {
 /// at their largest.
 const BATCH_OVERHEAD: usize = 4 + 4 + 1 + 9 + 5 + 5;
 
-/// Publishes being coalesced: ids `first_id..` to one topic.
+/// Publishes being coalesced: ids `first_id..` to one topic, from one producer whose sequence
+/// they continue (or all without a stamp).
 struct OpenBatch {
     first_id: u64,
     topic: String,
+    /// The first message's stamp: message `i` is the producer's `seq + i`.
+    producer: Option<ProducerStamp>,
     messages: Vec<BatchMessage>,
     /// An upper bound of the entries' encoded size.
     bytes: usize,
@@ -190,7 +193,7 @@ impl Router {
         };
         if open.messages.len() > 1 {
             let frame = Frame::PublishBatch(PublishBatch {
-                producer: None,
+                producer: open.producer,
                 first_id: open.first_id,
                 topic: open.topic,
                 messages: open.messages,
@@ -219,7 +222,7 @@ impl Router {
             return Ok(());
         };
         let frame = Frame::Publish(Publish {
-            producer: None,
+            producer: p.message.producer,
             id,
             topic: p.message.topic.clone(),
             headers: p.message.headers.clone(),
@@ -244,8 +247,18 @@ impl Router {
         let headers = pending.message.headers.len();
         let b = self.batching;
         let room = b.max_bytes.saturating_sub(pending.message.topic.len());
+        let stamp = pending.message.producer;
+        let continues = |open: &OpenBatch| match (open.producer, stamp) {
+            (None, None) => true,
+            (Some(first), Some(next)) => {
+                first.id == next.id
+                    && first.seq.checked_add(open.messages.len() as u64) == Some(next.seq)
+            }
+            _ => false,
+        };
         let fits = |open: &OpenBatch| {
-            open.topic == pending.message.topic
+            continues(open)
+                && open.topic == pending.message.topic
                 && open.messages.len() < b.max_messages
                 && open.bytes + size <= room
                 && open.headers + headers <= MAX_BATCH_HEADERS
@@ -260,6 +273,7 @@ impl Router {
         );
         let open = self.open.get_or_insert_with(|| OpenBatch {
             first_id: id,
+            producer: stamp,
             topic: pending.message.topic.clone(),
             messages: Vec::with_capacity(b.max_messages.min(64)),
             bytes: 0,
@@ -323,7 +337,7 @@ impl Router {
             } => {
                 let id = self.next_id();
                 let frame = Frame::Publish(Publish {
-                    producer: None,
+                    producer: message.producer,
                     id,
                     topic: message.topic.clone(),
                     headers: message.headers.clone(),

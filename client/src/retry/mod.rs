@@ -11,7 +11,8 @@
 //! | outcome of a publish | retried? | for the breaker |
 //! |---|---|---|
 //! | confirmed | — | success |
-//! | `Rejected{TopicFull \| RateLimited \| Overloaded}` **with** `retry_after_ms` | yes | failure |
+//! | `Rejected{TopicFull \| RateLimited \| Overloaded \| StorageFull}` **with** `retry_after_ms` | yes | failure |
+//! | `Rejected{DuplicatePending}` (its pending original was not stored after all) | yes | failure |
 //! | `ConnectionLost` (the connection ended before an answer) | no (it may have been stored) | failure |
 //! | `NotSent` (no connection could be opened for it: reconnecting gave up, or failed after an idle close) | no | failure |
 //! | `Rejected{ShuttingDown \| MessageTooLarge \| TooManyTopics \| ...}`, a refusal without a hint, a broker `Error` | no | success (the broker answered) |
@@ -137,7 +138,9 @@ impl Default for BreakerPolicy {
 }
 
 /// Whether a publish outcome may be retried: a refusal that says waiting helps (a full topic, a
-/// rate limit, an overloaded broker, a full disk budget) and carries a retry-after hint. Everything else — including
+/// rate limit, an overloaded broker, a full disk budget, a duplicate whose original was not
+/// stored after all) and carries a retry-after hint. A retry carries the publish's producer
+/// stamp again, so it is never stored twice. Everything else — including
 /// [`RejectReason::ShuttingDown`] — surfaces at once.
 pub fn retryable(error: &PublishError) -> bool {
     matches!(
@@ -146,7 +149,8 @@ pub fn retryable(error: &PublishError) -> bool {
             reason: RejectReason::TopicFull
                 | RejectReason::RateLimited
                 | RejectReason::Overloaded
-                | RejectReason::StorageFull,
+                | RejectReason::StorageFull
+                | RejectReason::DuplicatePending,
             retry_after_ms: Some(_),
             ..
         }
@@ -199,6 +203,11 @@ mod tests {
         assert!(retryable(&refused(RejectReason::TopicFull, Some(5))));
         assert!(retryable(&refused(RejectReason::RateLimited, Some(5))));
         assert!(retryable(&refused(RejectReason::Overloaded, Some(5))));
+        assert!(retryable(&refused(
+            RejectReason::DuplicatePending,
+            Some(10)
+        )));
+        assert!(!retryable(&refused(RejectReason::SequenceTooOld, None)));
         assert!(!retryable(&refused(RejectReason::TopicFull, None)));
         assert!(!retryable(&refused(RejectReason::MessageTooLarge, None)));
         assert!(!retryable(&refused(RejectReason::TooManyTopics, Some(5))));
