@@ -104,7 +104,6 @@ impl RawClient {
     /// Sends `Hello` with `token`, of this client's protocol version, and lays frames out in
     /// that version from now on.
     pub async fn hello(&mut self, token: Option<&str>) {
-        self.framed.codec_mut().set_version(self.version);
         self.send(Frame::Hello(Hello {
             version: self.version,
             token: token.map(str::to_owned),
@@ -122,8 +121,14 @@ impl RawClient {
         &mut self.framed
     }
 
-    /// Sends one frame.
+    /// Sends one frame. A `Hello` also sets the layout of the frames after it to its version
+    /// (the version a broker speaking it answers in).
     pub async fn send(&mut self, frame: Frame) {
+        if let Frame::Hello(hello) = &frame {
+            self.version = hello.version;
+            let version = hello.version.clamp(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION);
+            self.framed.codec_mut().set_version(version);
+        }
         self.framed.send(frame).await.expect("send frame");
     }
 
