@@ -48,8 +48,9 @@
 //! - `weir_topic_depth_messages`, `weir_topic_bytes`, `weir_topic_max_messages`,
 //!   `weir_topic_max_bytes`, `weir_topic_parked_publishes`,
 //!   `weir_topic_drain_messages_per_second` — `{topic}`, from the topic's snapshot;
-//! - `weir_topic_dedup_producers`, `weir_topic_dedup_ids` — `{topic}`, what the topic's dedup
-//!   window remembers (bounded by `dedup.max_producers`, `dedup.max_ids`);
+//! - `weir_topic_dedup_producers`, `weir_topic_dedup_ids`, `weir_topic_dedup_memory_bytes` —
+//!   `{topic}`, what the topic's dedup window remembers (bounded by `dedup.max_producers`,
+//!   `dedup.max_ids`) and the memory it is charged for;
 //! - `weir_topic_damaged`, `weir_topic_storage_full` — `{topic}`, 1 while the topic's storage is
 //!   damaged or failed, or full (see `TopicHealth`);
 //! - `weir_topic_refusing{topic,reason}` — 1 while that bound refuses the topic's publishes (a
@@ -361,7 +362,7 @@ fn forbidden(out: &mut DescriptorEncoder, broker: &Broker) -> fmt::Result {
 type TopicSeries = (&'static str, &'static str, MetricType, fn(&Snapshot) -> u64);
 
 /// Every per-topic series labelled by `topic` alone.
-const TOPIC_SERIES: [TopicSeries; 19] = [
+const TOPIC_SERIES: [TopicSeries; 20] = [
     (
         "weir_messages_published",
         "Messages committed (durable) to the topic.",
@@ -457,6 +458,12 @@ const TOPIC_SERIES: [TopicSeries; 19] = [
         "Explicit message ids the topic's dedup window remembers (at most dedup.max_ids).",
         MetricType::Gauge,
         |(_, c)| c.dedup_ids,
+    ),
+    (
+        "weir_topic_dedup_memory_bytes",
+        "Bytes of the memory budget the topic's dedup window is charged for.",
+        MetricType::Gauge,
+        |(_, c)| c.dedup_memory_bytes,
     ),
     (
         "weir_topic_dedup_producers_evicted",

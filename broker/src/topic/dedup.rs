@@ -19,7 +19,10 @@
 //!   retry.
 //!
 //! Memory: about 100 bytes per producer plus 40 per run kept, and about 64 per id, so at the
-//! defaults at most ~7 MiB per topic when every bound is reached at once.
+//! defaults at most ~7 MiB per topic when every bound is reached at once. What a window holds
+//! is charged to the broker's memory budget (its inbound half) as it grows and given back as
+//! it shrinks — never refused by it, as the bounds above cap it; a budget it fills refuses
+//! publishes (`Overloaded`), which stops it growing.
 //!
 //! A publish admitted and not yet committed is *pending*: the same stamp or id again waits for
 //! it and is answered with its sequence once it is committed (never stored a second time). A
@@ -36,6 +39,7 @@ use tokio::sync::oneshot;
 use weir_protocol::{Limit, ProducerStamp, RejectReason, MSG_ID_HEADER};
 
 use super::AppendError;
+use crate::admission::budget::MemoryPermit;
 use crate::refusal::Refusal;
 use crate::storage::log::Message;
 
@@ -47,6 +51,13 @@ pub(crate) const DUPLICATE_PENDING_RETRY_MS: u64 = 10;
 
 /// Most runs of consecutive sequences kept per producer (see the module docs).
 pub(crate) const MAX_RUNS: usize = 16;
+
+/// Memory charged per producer remembered (its map entries and order slot).
+const PRODUCER_BYTES: u64 = 104;
+/// Memory charged per run kept.
+const RUN_BYTES: u64 = 40;
+/// Memory charged per id remembered (map entry and order slot).
+const ID_BYTES: u64 = 64;
 
 /// The bounds of one topic's window (the `[dedup]` settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,12 +186,17 @@ pub(crate) struct Dedup {
     /// Ids in the order they were first seen, with that time (an entry whose id was forgotten
     /// or seen again is stale and skipped; compacted past twice `max_ids`).
     id_order: VecDeque<(u128, Instant)>,
+    /// Runs kept over all producers.
+    runs: usize,
+    /// What the window holds, charged to the broker's memory budget.
+    memory: MemoryPermit,
     pub(crate) counts: DedupCounts,
 }
 
 impl Dedup {
-    /// An empty window with `limits`.
-    pub(crate) fn new(limits: DedupLimits) -> Dedup {
+    /// An empty window with `limits`, charging what it holds to `memory` (an empty permit of
+    /// the broker's budget).
+    pub(crate) fn new(limits: DedupLimits, memory: MemoryPermit) -> Dedup {
         Dedup {
             limits,
             producers: HashMap::new(),
@@ -188,6 +204,8 @@ impl Dedup {
             next_tick: 0,
             ids: HashMap::new(),
             id_order: VecDeque::new(),
+            runs: 0,
+            memory,
             counts: DedupCounts::default(),
         }
     }
@@ -197,9 +215,28 @@ impl Dedup {
         (self.producers.len(), self.ids.len())
     }
 
+    /// Bytes of memory the window is charged for now.
+    pub(crate) fn memory_bytes(&self) -> u64 {
+        self.memory.bytes()
+    }
+
+    /// Brings the memory charged in line with what the window holds.
+    fn recharge(&mut self) {
+        let held = self.producers.len() as u64 * PRODUCER_BYTES
+            + self.runs as u64 * RUN_BYTES
+            + self.id_order.len().max(self.ids.len()) as u64 * ID_BYTES;
+        let charged = self.memory.bytes();
+        if held > charged {
+            self.memory.charge(held - charged);
+        } else {
+            self.memory.shrink(charged - held);
+        }
+    }
+
     /// What the window knows of a message with `key`, at `now` (forgetting what expired).
     pub(crate) fn check(&mut self, key: &DedupKey, now: Instant) -> Seen {
         self.expire(now);
+        self.recharge();
         if let Some(stamp) = key.producer {
             if let Some(p) = self.producers.get(&stamp.id) {
                 if p.pending.contains_key(&stamp.seq) {
@@ -269,6 +306,7 @@ impl Dedup {
         if let Some(id) = key.msg_id {
             self.remember_id(id, None, now);
         }
+        self.recharge();
     }
 
     /// A pending message with `key` ended without being stored (refused, failed).
@@ -303,26 +341,32 @@ impl Dedup {
             if let Some(waiters) = p.pending.remove(&stamp.seq) {
                 answer(waiters, Ok(seq));
             }
-            match p.runs.back_mut() {
+            let added = match p.runs.back_mut() {
                 Some(last)
                     if last.producer_seq.checked_add(last.count) == Some(stamp.seq)
                         && last.seq + last.count == seq =>
                 {
                     last.count += 1;
                     last.at = at;
+                    0
                 }
-                _ => p.runs.push_back(Run {
-                    producer_seq: stamp.seq,
-                    seq,
-                    count: 1,
-                    at,
-                }),
-            }
-            prune_runs(p, now, window);
+                _ => {
+                    p.runs.push_back(Run {
+                        producer_seq: stamp.seq,
+                        seq,
+                        count: 1,
+                        at,
+                    });
+                    1
+                }
+            };
+            let pruned = prune_runs(p, now, window);
+            self.runs = self.runs + added - pruned;
         }
         if let Some(id) = key.msg_id {
             self.remember_id(id, Some(seq), at);
         }
+        self.recharge();
     }
 
     /// The producer `id`, heard from at `now`: remembered (forgetting the least recently
@@ -334,7 +378,9 @@ impl Dedup {
             self.heard.remove(&p.tick);
         } else if self.producers.len() >= self.limits.max_producers.max(1) {
             if let Some((_, oldest)) = self.heard.pop_first() {
-                self.producers.remove(&oldest);
+                if let Some(evicted) = self.producers.remove(&oldest) {
+                    self.runs -= evicted.runs.len();
+                }
                 self.counts.producers_evicted += 1;
             }
         }
@@ -411,7 +457,9 @@ impl Dedup {
                 break;
             }
             self.heard.remove(&tick);
-            self.producers.remove(&id);
+            if let Some(quiet) = self.producers.remove(&id) {
+                self.runs -= quiet.runs.len();
+            }
             self.counts.expired += 1;
         }
     }
@@ -425,8 +473,9 @@ fn answer(waiters: Vec<Waiter>, outcome: Result<u64, AppendError>) {
 }
 
 /// Drops a producer's runs past [`MAX_RUNS`] or older than `window`, oldest first,
-/// remembering the highest sequence forgotten.
-fn prune_runs(p: &mut Producer, now: Instant, window: Duration) {
+/// remembering the highest sequence forgotten. Returns how many it dropped.
+fn prune_runs(p: &mut Producer, now: Instant, window: Duration) -> usize {
+    let mut pruned = 0;
     while let Some(first) = p.runs.front() {
         let expired = first.at + window <= now;
         if p.runs.len() <= MAX_RUNS && !expired {
@@ -435,12 +484,18 @@ fn prune_runs(p: &mut Producer, now: Instant, window: Duration) {
         let last = first.producer_seq + (first.count - 1);
         p.forgotten_to = Some(p.forgotten_to.map_or(last, |f| f.max(last)));
         p.runs.pop_front();
+        pruned += 1;
     }
+    pruned
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn memory() -> MemoryPermit {
+        crate::admission::MemoryBudget::new(u64::MAX).empty_permit()
+    }
 
     fn limits() -> DedupLimits {
         DedupLimits {
@@ -464,7 +519,7 @@ mod tests {
     #[test]
     fn a_stored_stamp_is_a_duplicate_with_its_seq_and_a_pending_one_is_pending() {
         let now = Instant::now();
-        let mut d = Dedup::new(limits());
+        let mut d = Dedup::new(limits(), memory());
         for i in 0..5 {
             assert_eq!(d.check(&stamp(1, i), now), Seen::New);
             d.pending(&stamp(1, i), now);
@@ -492,7 +547,7 @@ mod tests {
     #[test]
     fn a_duplicate_of_a_pending_original_gets_its_seq_or_a_refusal_if_it_is_not_stored() {
         let now = Instant::now();
-        let mut d = Dedup::new(limits());
+        let mut d = Dedup::new(limits(), memory());
         let (a, b) = (stamp(1, 0), msg_id("b"));
         d.pending(&a, now);
         d.pending(&b, now);
@@ -520,7 +575,7 @@ mod tests {
     #[test]
     fn a_hole_left_by_a_refusal_is_filled_by_its_retry_and_old_sequences_are_too_old() {
         let now = Instant::now();
-        let mut d = Dedup::new(limits());
+        let mut d = Dedup::new(limits(), memory());
         d.stored(&stamp(1, 0), 10, now, now);
         d.stored(&stamp(1, 2), 11, now, now);
         assert_eq!(
@@ -548,7 +603,7 @@ mod tests {
     #[test]
     fn explicit_ids_are_bounded_oldest_first_and_counted() {
         let now = Instant::now();
-        let mut d = Dedup::new(limits());
+        let mut d = Dedup::new(limits(), memory());
         for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
             assert_eq!(d.check(&msg_id(id), now), Seen::New);
             d.pending(&msg_id(id), now);
@@ -569,9 +624,24 @@ mod tests {
     }
 
     #[test]
+    fn what_the_window_holds_is_charged_to_the_budget_and_given_back() {
+        let budget = crate::admission::MemoryBudget::new(1 << 20);
+        let t0 = Instant::now();
+        let mut d = Dedup::new(limits(), budget.empty_permit());
+        d.stored(&stamp(1, 0), 1, t0, t0);
+        d.stored(&stamp(1, 5), 2, t0, t0);
+        d.stored(&msg_id("a"), 3, t0, t0);
+        let held = PRODUCER_BYTES + 2 * RUN_BYTES + ID_BYTES;
+        assert_eq!((d.memory_bytes(), budget.used()), (held, held));
+        // Past the window everything is forgotten and the memory given back.
+        d.check(&stamp(9, 0), t0 + Duration::from_secs(121));
+        assert_eq!((d.len(), budget.used()), ((0, 0), 0));
+    }
+
+    #[test]
     fn producers_past_the_bound_evict_the_least_recently_heard_and_count_it() {
         let now = Instant::now();
-        let mut d = Dedup::new(limits());
+        let mut d = Dedup::new(limits(), memory());
         for p in 1..=3 {
             d.stored(&stamp(p, 0), p as u64, now, now);
         }
@@ -586,7 +656,7 @@ mod tests {
     #[test]
     fn the_window_forgets_stored_messages_and_quiet_producers_but_not_pending_ones() {
         let t0 = Instant::now();
-        let mut d = Dedup::new(limits());
+        let mut d = Dedup::new(limits(), memory());
         d.stored(&stamp(1, 0), 1, t0, t0);
         d.stored(&msg_id("a"), 2, t0, t0);
         d.pending(&stamp(2, 0), t0);

@@ -47,9 +47,9 @@ impl Topic {
     /// The topic's publish, delivery and ack counters (read without the topic's lock).
     pub fn counters(&self) -> TopicCounterSnapshot {
         let c = &self.counters;
-        let (dedup, (producers, ids)) = {
+        let (dedup, (producers, ids), memory) = {
             let st = lock(&self.state);
-            (st.dedup.counts, st.dedup.len())
+            (st.dedup.counts, st.dedup.len(), st.dedup.memory_bytes())
         };
         TopicCounterSnapshot {
             published: c.published.get(),
@@ -60,6 +60,7 @@ impl Topic {
             dedup,
             dedup_producers: producers as u64,
             dedup_ids: ids as u64,
+            dedup_memory_bytes: memory,
         }
     }
 

@@ -184,6 +184,8 @@ pub struct TopicCounterSnapshot {
     pub dedup_producers: u64,
     /// Explicit ids the dedup window remembers now (at most `dedup.max_ids`).
     pub dedup_ids: u64,
+    /// Bytes of the broker's memory budget the dedup window is charged for now.
+    pub dedup_memory_bytes: u64,
 }
 
 /// Limits the topic applies to its groups.
@@ -478,7 +480,10 @@ impl Topic {
             recent_drops: VecDeque::with_capacity(admit::DROP_SAMPLE),
             drop_warning: DropWarning::new(Instant::now()),
             parked: ParkingQueue::new(config.max_blocked_publishes as usize),
-            dedup: dedup::Dedup::new(broker.dedup.limits()),
+            dedup: dedup::Dedup::new(
+                broker.dedup.limits(),
+                env.admission.inbound().empty_permit(),
+            ),
         };
         let mut state = state;
         // Reading the sizes verifies every stored record, checkpointed segments too: a bad one
