@@ -203,16 +203,7 @@ impl RawClient {
         headers: Headers,
         payload: impl Into<Bytes>,
     ) -> Frame {
-        let id = self.req();
-        self.send(Frame::Publish(Publish {
-            producer: None,
-            id,
-            topic: topic.into(),
-            headers,
-            payload: payload.into(),
-        }))
-        .await;
-        self.recv().await
+        self.publish_stamped(topic, None, headers, payload).await
     }
 
     /// Publishes one message with `headers`, stamped by `producer` (carried on v6 connections

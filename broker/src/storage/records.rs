@@ -617,36 +617,33 @@ mod tests {
         }
     }
 
+    /// The body version 2 and 3 group records share: [`group`]'s.
+    const GROUP_V2_BODY: [u8; 18] = [
+        7, // cursor
+        1, 3, 1, // unacked [(3, 1)]
+        1, 100, 3, 1, b'd', // Some(config)
+        1, 4, 1, 99, // delayed [(4, 1, 99)]
+        1, 6, 3, 1, b'x', // dead [(6, 3, "x")]
+    ];
+
     #[test]
     fn group_record_v3_golden_bytes() {
-        let expected: &[u8] = &[
-            3, // version
-            7, // cursor
-            1, 3, 1, // unacked [(3, 1)]
-            1, 100, 3, 1, b'd', // Some(config)
-            1, 4, 1, 99, // delayed [(4, 1, 99)]
-            1, 6, 3, 1, b'x', // dead [(6, 3, "x")]
-            1,    // ordering Key
-        ];
+        let mut expected = vec![3];
+        expected.extend_from_slice(&GROUP_V2_BODY);
+        expected.push(1); // ordering Key
         let mut keyed = group();
         if let Some(c) = keyed.config.as_mut() {
             c.ordering = GroupOrdering::Key;
         }
         assert_eq!(encode_group_record(&keyed).unwrap(), expected);
-        assert_eq!(decode_group_record(expected).unwrap(), keyed);
+        assert_eq!(decode_group_record(&expected).unwrap(), keyed);
     }
 
     #[test]
     fn group_record_v2_is_still_read() {
-        let v2: &[u8] = &[
-            2, // version
-            7, // cursor
-            1, 3, 1, // unacked [(3, 1)]
-            1, 100, 3, 1, b'd', // Some(config)
-            1, 4, 1, 99, // delayed [(4, 1, 99)]
-            1, 6, 3, 1, b'x', // dead [(6, 3, "x")]
-        ];
-        assert_eq!(decode_group_record(v2).unwrap(), group());
+        let mut v2 = vec![2];
+        v2.extend_from_slice(&GROUP_V2_BODY);
+        assert_eq!(decode_group_record(&v2).unwrap(), group());
         let bare: &[u8] = &[2, 0, 0, 0, 0, 0];
         assert_eq!(
             decode_group_record(bare).unwrap(),
