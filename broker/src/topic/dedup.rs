@@ -372,6 +372,13 @@ impl Dedup {
     /// The producer `id`, heard from at `now`: remembered (forgetting the least recently
     /// heard one at `max_producers`) and moved to the most recent place.
     fn producer(&mut self, id: u128, now: Instant) -> &mut Producer {
+        // The one heard from last (a producer streaming alone) keeps its place: no reordering.
+        let latest = self.next_tick.checked_sub(1);
+        if self.producers.get(&id).is_some_and(|p| Some(p.tick) == latest) {
+            let p = self.producers.get_mut(&id).expect("checked above");
+            p.heard = now;
+            return p;
+        }
         let tick = self.next_tick;
         self.next_tick += 1;
         if let Some(p) = self.producers.get(&id) {
