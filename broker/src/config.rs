@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use weir_protocol::{
@@ -282,17 +281,6 @@ impl Default for DedupConfig {
             window_ms: 120_000,
             max_producers: 10_000,
             max_ids: 100_000,
-        }
-    }
-}
-
-impl DedupConfig {
-    /// The window's bounds as a topic applies them.
-    pub fn limits(&self) -> crate::topic::DedupLimits {
-        crate::topic::DedupLimits {
-            window: Duration::from_millis(self.window_ms),
-            max_producers: self.max_producers as usize,
-            max_ids: self.max_ids as usize,
         }
     }
 }

@@ -70,6 +70,16 @@ pub struct DedupLimits {
     pub max_ids: usize,
 }
 
+impl From<&crate::config::DedupConfig> for DedupLimits {
+    fn from(c: &crate::config::DedupConfig) -> Self {
+        DedupLimits {
+            window: Duration::from_millis(c.window_ms),
+            max_producers: c.max_producers as usize,
+            max_ids: c.max_ids as usize,
+        }
+    }
+}
+
 /// What identifies a message to the window: its producer stamp, the hash of its
 /// `weir-msg-id`, or both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -481,7 +481,7 @@ impl Topic {
             drop_warning: DropWarning::new(Instant::now()),
             parked: ParkingQueue::new(config.max_blocked_publishes as usize),
             dedup: dedup::Dedup::new(
-                broker.dedup.limits(),
+                DedupLimits::from(&broker.dedup),
                 env.admission.inbound().empty_permit(),
             ),
         };
