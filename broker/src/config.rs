@@ -888,6 +888,16 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_config_in_deploy_is_valid_and_says_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/weir.toml");
+        let sample = Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        let defaults = Config::default();
+        assert_eq!(sample.dedup, defaults.dedup);
+        assert_eq!(sample.groups, defaults.groups);
+        assert_eq!(sample.storage.segment_bytes, defaults.storage.segment_bytes);
+    }
+
+    #[test]
     fn printed_config_with_keys_reads_back_unchanged_and_shows_no_token() {
         let config = Config {
             keys: vec![
