@@ -53,6 +53,7 @@ impl Topic {
             redelivered: c.redelivered.get(),
             acked: c.acked.get(),
             dropped_damaged: c.dropped_damaged.get(),
+            dropped_max_age: c.dropped_max_age.get(),
         }
     }
 

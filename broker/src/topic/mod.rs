@@ -21,10 +21,12 @@
 //! - `groups.rs` — ack, nack, term, progress, ack deadlines, dead letters, deleting groups.
 //! - `health.rs` — storage health (full, failed, damaged) and what it refuses or tells.
 //! - `repair.rs` — `weir topic repair`.
+//! - `age.rs` — `max_age`: commit times of the oldest messages, and their expiry.
 //! - `info.rs` — info, counters, the bound refusing now, stalls.
 //! - `drain.rs`, `refusing.rs` — the measured drain rate; recent refusals.
 
 mod admit;
+mod age;
 mod batch;
 mod dispatch;
 mod drain;
@@ -143,10 +145,12 @@ pub struct TopicEnv {
 struct TopicCounters {
     /// Publishes refused, any reason.
     rejected: Counter,
-    /// Messages evicted by `drop_oldest`, plus those skipped by a repair.
+    /// Messages evicted by `drop_oldest` or `max_age`, plus those skipped by a repair.
     dropped: Counter,
     /// Messages a repair skipped with a damaged range (also in `dropped`).
     dropped_damaged: Counter,
+    /// Messages older than the topic's `max_age`, removed (also in `dropped`).
+    dropped_max_age: Counter,
     /// Messages committed to the topic's log.
     published: Counter,
     /// Deliveries sent to subscribers (including redeliveries).
@@ -171,6 +175,9 @@ pub struct TopicCounterSnapshot {
     /// Messages `weir topic repair` skipped with a damaged range (counted in
     /// [`TopicInfo::dropped`] too).
     pub dropped_damaged: u64,
+    /// Messages removed for being older than the topic's `max_age` (counted in
+    /// [`TopicInfo::dropped`] too).
+    pub dropped_max_age: u64,
 }
 
 /// Limits the topic applies to its groups.
@@ -202,8 +209,10 @@ struct TopicState {
     tail: TailCache,
     /// Messages leaving the topic per second (acked by every group), for retry hints.
     drain: DrainRate,
-    /// The last [`admit::DROP_SAMPLE`] messages `drop_oldest` evicted.
+    /// The last [`admit::DROP_SAMPLE`] messages `drop_oldest` or `max_age` evicted.
     recent_drops: VecDeque<DroppedMessage>,
+    /// Commit times of the oldest stored messages, for `max_age` (bounded: see `age.rs`).
+    ages: age::CommitTimes,
     drop_warning: DropWarning,
     /// `block` policy: publishes waiting for room.
     parked: ParkingQueue,
@@ -442,6 +451,7 @@ impl Topic {
             tail: TailCache::new(broker.storage.tail_cache_bytes, env.admission.inbound()),
             drain: DrainRate::new(Instant::now()),
             recent_drops: VecDeque::with_capacity(admit::DROP_SAMPLE),
+            ages: age::CommitTimes::new(first_seq),
             drop_warning: DropWarning::new(Instant::now()),
             parked: ParkingQueue::new(config.max_blocked_publishes as usize),
         };
