@@ -348,3 +348,30 @@ async fn a_v5_client_sees_the_v5_layout_and_a_v6_client_sees_max_age() {
         .collect();
     assert_eq!(ages, [("aged", Some(90_000)), ("plain", None)]);
 }
+
+#[tokio::test]
+async fn commit_times_past_what_the_topic_remembers_are_read_back_and_expire_exactly() {
+    // More commits, each in its own millisecond, than the topic remembers times of (256):
+    // the rest are read back from the records once the first ones have expired.
+    const N: u64 = 300;
+    let broker = TestBroker::start_paused_with(|_| {}).await;
+    let mut c = RawClient::connect_v6(broker.addr).await;
+    create(&mut c, "many", Some(10_000)).await;
+    for i in 1..=N {
+        assert_eq!(publish(&mut c, "many", &["m"]).await, [i]);
+        broker.clock.advance(Duration::from_millis(1));
+    }
+    // Message i was committed (i - 1) ms after the first; now is N ms after it. Move to where
+    // messages 1..=280 are 10 s old or more, and 281..=300 are not.
+    broker
+        .clock
+        .advance(Duration::from_millis(10_000 + 279 - N));
+    let topic = broker.broker.topic("many").unwrap();
+    eventually("messages 1..=280 expire", || topic.info().dropped >= 280).await;
+    let (info, drops) = topic.describe();
+    assert_eq!((info.dropped, info.depth), (280, 20), "not one too many");
+    assert_eq!(drops.last().map(|d| d.seq), Some(280));
+    broker.clock.advance(Duration::from_millis(20));
+    eventually("the rest expire", || topic.info().dropped == N).await;
+    assert_eq!(topic.info().depth, 0);
+}
