@@ -551,7 +551,10 @@ impl Topic {
     /// - `max_blocked_publishes` lowered below what is parked refuses new parks until fewer
     ///   remain; `max_block_ms` applies to publishes parked from now on;
     /// - `fsync` applies from the next commit; switched to `batch`, whatever was written
-    ///   unsynced is synced at once.
+    ///   unsynced is synced at once;
+    /// - `max_age` set or lowered: the writer (woken here) removes the messages already older
+    ///   at once, as at the bound (see `age.rs`); raised or removed, nothing more leaves until
+    ///   the new bound.
     pub fn update(&self, config: TopicConfig) {
         debug_assert_eq!(config.name, self.name);
         let parking = config.max_blocked_publishes as usize;
