@@ -126,12 +126,18 @@ impl CommitTimes {
         end
     }
 
-    /// Whether the commit times past `known_to` (up to `committed_next`) should be read back
-    /// now: fewer than a quarter of the runs are remembered and no failed read waits.
+    /// When the commit times past `known_to` (up to `committed_next`) are to be read back:
+    /// once fewer than a quarter of the runs are remembered, at once or, after a failed read,
+    /// at its retry time. `None` while nothing needs reading.
+    fn refill_at(&self, committed_next: u64, now: Instant) -> Option<Instant> {
+        (self.known_to < committed_next && self.runs.len() <= AGE_RUNS / 4)
+            .then(|| self.retry_at.map_or(now, |at| at.max(now)))
+    }
+
+    /// Whether the commit times past `known_to` are to be read back now.
     fn wants_refill(&self, committed_next: u64, now: Instant) -> bool {
-        self.known_to < committed_next
-            && self.runs.len() <= AGE_RUNS / 4
-            && self.retry_at.is_none_or(|at| at <= now)
+        self.refill_at(committed_next, now)
+            .is_some_and(|at| at <= now)
     }
 
     /// Adds runs read back from the log for `from..to` (`found`: `(seq, ms)` of the records
@@ -196,19 +202,11 @@ impl Topic {
         let st = &mut *guard;
         st.ages.fit(st.first_seq, st.committed_next);
         let now = self.clock.now();
-        if st.ages.wants_refill(st.committed_next, now) {
-            return Some(now);
-        }
         let due = st
             .ages
             .oldest_ms()
             .and_then(|ms| instant_of(&self.clock, ms.saturating_add(max_age)));
-        // After a failed read, the messages past what is remembered are read again then.
-        let retry = st
-            .ages
-            .retry_at
-            .filter(|_| st.ages.known_to < st.committed_next);
-        match (due, retry) {
+        match (due, st.ages.refill_at(st.committed_next, now)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -232,9 +230,17 @@ pub(super) async fn sweep(topic: &Arc<Topic>) -> u64 {
         let mut st = lock(&topic.state);
         let dropped = topic.expire_aged(&mut st);
         let now = topic.clock.now();
-        let refill = (topic.settings().max_age_ms.is_some()
-            && st.ages.wants_refill(st.committed_next, now))
-        .then_some((st.ages.known_to, st.committed_next));
+        let wanted =
+            topic.settings().max_age_ms.is_some() && st.ages.wants_refill(st.committed_next, now);
+        // Nothing past a damaged record can be read: what lies there waits for a repair.
+        let end = topic
+            .damaged_at()
+            .map_or(st.committed_next, |at| at.min(st.committed_next));
+        let refill = wanted.then_some((st.ages.known_to, end));
+        if refill.is_some_and(|(from, to)| from >= to) {
+            st.ages.retry_at = Some(now + REFILL_RETRY);
+            return dropped;
+        }
         (dropped, refill)
     };
     let Some((from, to)) = refill else {
@@ -378,9 +384,16 @@ mod tests {
     fn a_failed_read_waits_before_the_next() {
         let mut t = CommitTimes::new(0);
         let now = Instant::now();
-        t.retry_at = Some(now + Duration::from_secs(1));
+        let later = now + Duration::from_secs(1);
+        t.retry_at = Some(later);
         assert!(!t.wants_refill(5, now));
-        assert!(t.wants_refill(5, now + Duration::from_secs(1)));
+        assert_eq!(t.refill_at(5, now), Some(later));
+        assert!(t.wants_refill(5, later));
+        // With plenty remembered, a past retry time asks for no read (the writer does not spin).
+        for i in 0..AGE_RUNS as u64 / 2 {
+            t.committed(i, i + 1, i);
+        }
+        assert_eq!(t.refill_at(200, later), None);
     }
 
     #[test]

@@ -53,7 +53,7 @@ impl Topic {
     }
 
     /// The first unreadable sequence, while the log is damaged (cheap: no copy of the reason).
-    fn damaged_at(&self) -> Option<u64> {
+    pub(super) fn damaged_at(&self) -> Option<u64> {
         lock(&self.health).damaged_at()
     }
 
