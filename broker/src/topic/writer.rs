@@ -6,6 +6,10 @@
 //! Disk work runs on tokio's blocking pool, never on a reactor worker. Natural batching: while
 //! one commit is on disk, further appends queue up and form the next batch; an idle writer
 //! commits a lone append at once.
+//!
+//! Between commits it also deletes whole segments no message needs any more, expires parked
+//! publishes at `max_block_ms`, and removes messages past the topic's `max_age`, sleeping on
+//! the broker's clock until the oldest one is due (see `age.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
