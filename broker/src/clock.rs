@@ -14,6 +14,8 @@
 //!   against this clock both ways);
 //! - the age of the oldest unacked delivery a group reports (`oldest_unacked_ms`), measured
 //!   against its delivery times;
+//! - the **commit time** stamped on every stored record (`timestamp_ms`, as
+//!   [`Clock::unix_ms`]) and the topics' **`max_age`** measured against it (`topic/age.rs`);
 //! - **rate windows**: the per-key token buckets (`messages_per_s`, `bytes_per_s`,
 //!   `ops_per_s`) in `admission/`, and the per-address window of failed authentications
 //!   (`max_auth_failures_per_s`, `auth_limit.rs`) with its retry hint.
@@ -41,7 +43,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
@@ -51,20 +53,27 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, Default)]
 pub struct Clock {
     paused: Option<Arc<watch::Sender<Instant>>>,
+    /// A paused clock's start: its `Instant` and the wall-clock milliseconds it stands for.
+    epoch: Option<(Instant, u64)>,
 }
 
 impl Clock {
     /// Real time: [`Clock::now`] is [`Instant::now`], [`Clock::sleep_until`] is a tokio timer.
     pub fn system() -> Clock {
-        Clock { paused: None }
+        Clock {
+            paused: None,
+            epoch: None,
+        }
     }
 
     /// A paused clock, starting at the real time of the call and moving only by
     /// [`Clock::advance`]. Sleepers wake only when an advance reaches their instant.
     pub fn paused() -> Clock {
-        let (now, _) = watch::channel(Instant::now());
+        let start = Instant::now();
+        let (now, _) = watch::channel(start);
         Clock {
             paused: Some(Arc::new(now)),
+            epoch: Some((start, system_ms())),
         }
     }
 
@@ -78,6 +87,16 @@ impl Clock {
         match &self.paused {
             None => Instant::now(),
             Some(now) => *now.borrow(),
+        }
+    }
+
+    /// The current time on this clock as milliseconds since the Unix epoch: the wall clock on
+    /// the system clock; on a paused clock, the wall-clock time it was made at plus every
+    /// advance since (it stands still with the rest of it).
+    pub fn unix_ms(&self) -> u64 {
+        match self.epoch {
+            None => system_ms(),
+            Some((start, ms)) => ms + self.now().duration_since(start).as_millis() as u64,
         }
     }
 
@@ -115,6 +134,13 @@ impl Clock {
     }
 }
 
+/// The wall clock in milliseconds since the Unix epoch (0 before it).
+fn system_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +174,11 @@ mod tests {
         other.advance(Duration::from_secs(5));
         assert_eq!(clock.now(), t0 + Duration::from_secs(5));
         assert!(clock.is_paused());
+        assert_eq!(
+            clock.unix_ms(),
+            other.unix_ms(),
+            "clones share one wall time too"
+        );
         tokio::time::timeout(Duration::from_secs(10), clock.sleep_until(t0))
             .await
             .expect("an instant already passed resolves at once");
@@ -169,6 +200,18 @@ mod tests {
         clock.sleep_until(t0 + 5 * MS).await;
         assert!(clock.now() >= t0 + 5 * MS, "slept until its instant");
         assert!(Clock::default().now() >= t0, "the default is real time");
+    }
+
+    #[test]
+    fn unix_ms_stands_still_on_a_paused_clock_and_moves_by_its_advances() {
+        let clock = Clock::paused();
+        let start = clock.unix_ms();
+        std::thread::sleep(2 * MS);
+        assert_eq!(clock.unix_ms(), start, "real time passing moves nothing");
+        clock.advance(Duration::from_secs(600));
+        assert_eq!(clock.unix_ms(), start + 600_000);
+        let wall = Clock::system().unix_ms();
+        assert!(wall >= start, "the system clock is wall time");
     }
 
     #[test]

@@ -184,7 +184,15 @@ pub struct TopicDefaults {
     /// `block` policy: longest a publish stays parked before it is refused, in milliseconds.
     /// Default 5 000.
     pub max_block_ms: u64,
+    /// Oldest a stored message may be, in milliseconds since its commit, for topics created
+    /// without one: older messages are removed (counted as dropped, `Gap` to groups that had
+    /// not acked them). 0 (the default): no age bound. At most [`MAX_AGE_MS_CEILING`].
+    pub max_age_ms: u64,
 }
+
+/// The largest `max_age` a topic may have, in milliseconds: ten (365-day) years. Larger
+/// values are refused rather than silently meaning "forever".
+pub const MAX_AGE_MS_CEILING: u64 = 10 * 365 * 24 * 60 * 60 * 1000;
 
 /// The HTTP admin endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -397,6 +405,7 @@ impl Default for TopicDefaults {
             fsync: "batch".into(),
             max_blocked_publishes: 1024,
             max_block_ms: 5_000,
+            max_age_ms: 0,
         }
     }
 }
@@ -677,7 +686,8 @@ impl Config {
             None => d.fsync.parse::<FsyncPolicy>()?,
         };
         let config = TopicConfig {
-            max_age_ms: spec.max_age_ms.filter(|&ms| ms > 0),
+            // Not given: the default; 0 (given or default): no age bound.
+            max_age_ms: Some(spec.max_age_ms.unwrap_or(d.max_age_ms)).filter(|&ms| ms > 0),
             name: spec.name,
             max_messages: spec.max_messages.unwrap_or(d.max_messages),
             max_bytes: spec.max_bytes.unwrap_or(d.max_bytes),
@@ -693,8 +703,8 @@ impl Config {
     }
 
     /// Checks a topic's effective settings (as made by [`Config::resolve_topic`], or changed by
-    /// `weir topic update`): every bound at least 1, a message that fits `max_bytes` and a
-    /// frame. The broker-wide ceilings are [`Config::topic_ceiling_exceeded`].
+    /// `weir topic update`): every bound at least 1, a `max_age` of at most
+    /// [`MAX_AGE_MS_CEILING`], a message that fits `max_bytes` and a frame. The broker-wide ceilings are [`Config::topic_ceiling_exceeded`].
     pub fn check_topic(&self, config: TopicConfig) -> Result<TopicConfig, String> {
         let bounds = [
             config.max_messages,
@@ -707,6 +717,12 @@ impl Config {
             return Err("topic bounds max_messages, max_bytes, max_message_bytes, \
                  max_blocked_publishes and max_block_ms must be at least 1"
                 .into());
+        }
+        if config.max_age_ms.is_some_and(|ms| ms > MAX_AGE_MS_CEILING) {
+            return Err(format!(
+                "max_age_ms {} exceeds {MAX_AGE_MS_CEILING} (ten years); 0 means no age bound",
+                config.max_age_ms.unwrap_or_default()
+            ));
         }
         if u64::from(config.max_message_bytes) > config.max_bytes {
             return Err(format!(
@@ -1051,6 +1067,40 @@ permissions = [{ topics = "public", allow = ["subscribe"] }]
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains("seq_reservation"), "{err}");
         }
+    }
+
+    #[test]
+    fn max_age_takes_the_default_zero_means_none_and_the_ceiling_holds() {
+        let spec = |max_age_ms| TopicSpec {
+            name: "aged".into(),
+            max_age_ms,
+            ..TopicSpec::default()
+        };
+        let plain = Config::default();
+        assert_eq!(plain.resolve_topic(spec(None)).unwrap().max_age_ms, None);
+        assert_eq!(
+            plain.resolve_topic(spec(Some(600_000))).unwrap().max_age_ms,
+            Some(600_000)
+        );
+        let mut aged = Config::default();
+        aged.topic_defaults.max_age_ms = 60_000;
+        aged.validate().unwrap();
+        assert_eq!(
+            aged.resolve_topic(spec(None)).unwrap().max_age_ms,
+            Some(60_000)
+        );
+        assert_eq!(
+            aged.resolve_topic(spec(Some(0))).unwrap().max_age_ms,
+            None,
+            "0 asks for no age bound over the default"
+        );
+        let too_old = plain.resolve_topic(spec(Some(MAX_AGE_MS_CEILING + 1)));
+        assert!(too_old.unwrap_err().contains("max_age_ms"));
+        aged.topic_defaults.max_age_ms = MAX_AGE_MS_CEILING + 1;
+        assert!(
+            aged.validate().is_err(),
+            "a default past the ceiling is refused"
+        );
     }
 
     #[test]

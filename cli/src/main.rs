@@ -2,6 +2,7 @@
 
 mod address;
 mod bench;
+mod duration;
 mod exit;
 mod group;
 mod layout;

@@ -9,6 +9,7 @@ use weir_client::{
     TopicUpdate,
 };
 
+use super::duration::{format_max_age, parse_max_age};
 use super::group;
 use super::layout::{aligned, kv};
 use super::size::{format_size, parse_size, parse_size_u32};
@@ -20,10 +21,11 @@ pub enum TopicCommand {
     /// Create a topic (idempotent for an identical configuration) and print its effective
     /// configuration. Bounds not given take the broker's defaults.
     Create(CreateArgs),
-    /// Change a live topic's bounds and policies; settings not given keep their value. Nothing
-    /// stored is removed: a bound lowered below what the topic holds refuses (reject) or parks
+    /// Change a live topic's bounds and policies; settings not given keep their value. A bound
+    /// lowered below what the topic holds removes nothing: it refuses (reject) or parks
     /// (block) publishes until acks drain it below the new bound; under drop_oldest the next
-    /// publish evicts down to it. Prints the configuration now.
+    /// publish evicts down to it. A new or lower --max-age removes the messages older than it
+    /// at once (counted as dropped). Prints the configuration now.
     Update(UpdateArgs),
     /// List every topic: depth, bytes, what its bounds refused or dropped, bounds, policy and
     /// groups.
@@ -104,12 +106,17 @@ pub struct SettingsArgs {
     /// When appends reach the disk: batch, interval:MS or never.
     #[arg(long)]
     fsync: Option<FsyncPolicy>,
+    /// Oldest a stored message may be, from its commit: a whole number with a unit (500ms,
+    /// 30s, 10m, 12h, 7d). Older messages are removed, counted as dropped (reason max_age),
+    /// and groups that had not acked them get a Gap. none (or 0): no age bound.
+    #[arg(long, value_name = "DURATION", value_parser = parse_max_age)]
+    max_age: Option<u64>,
 }
 
 impl From<SettingsArgs> for TopicUpdate {
     fn from(a: SettingsArgs) -> TopicUpdate {
         TopicUpdate {
-            max_age_ms: None,
+            max_age_ms: a.max_age,
             max_messages: a.max_messages,
             max_bytes: a.max_bytes,
             max_message_bytes: a.max_message_bytes,
@@ -125,7 +132,7 @@ impl From<CreateArgs> for TopicSpec {
     fn from(a: CreateArgs) -> TopicSpec {
         let s = TopicUpdate::from(a.settings);
         TopicSpec {
-            max_age_ms: None,
+            max_age_ms: s.max_age_ms,
             name: a.name,
             max_messages: s.max_messages,
             max_bytes: s.max_bytes,
@@ -244,6 +251,7 @@ fn describe(c: &TopicConfig) -> String {
             format!("{}{unused}", c.max_blocked_publishes),
         ),
         kv("max_block_ms", format!("{}{unused}", c.max_block_ms)),
+        kv("max_age", format_max_age(c.max_age_ms)),
     ]
     .concat()
 }
@@ -358,10 +366,14 @@ fn table(topics: &[TopicInfo]) -> String {
             t.parked.to_string(),
             t.rejected.to_string(),
             format!(
-                "{} msgs / {} / {} each",
+                "{} msgs / {} / {} each{}",
                 c.max_messages,
                 format_size(c.max_bytes),
-                format_size(c.max_message_bytes.into())
+                format_size(c.max_message_bytes.into()),
+                c.max_age_ms.map_or_else(String::new, |ms| format!(
+                    " / max age {}",
+                    format_max_age(Some(ms))
+                ))
             ),
             format!("{} fsync={}", c.overflow.as_str(), c.fsync),
             groups,
@@ -435,6 +447,7 @@ mod tests {
             "overflow           drop_oldest\n",
             "max_blocked        8 (block policy only)\n",
             "max_block_ms       5000 (block policy only)\n",
+            "max_age            none\n",
             "depth              2 (6 B)\n",
             "dropped            3\n",
             "parked             1\n",
@@ -450,6 +463,35 @@ mod tests {
         }
         let block = info(&description(OverflowPolicy::Block), now);
         assert!(block.contains("max_blocked        8\nmax_block_ms       5000\n"));
+        let mut aged = description(OverflowPolicy::Reject);
+        aged.info.config.max_age_ms = Some(600_000);
+        assert!(info(&aged, now).contains("max_age            10m\n"));
+    }
+
+    #[test]
+    fn max_age_flags_reach_the_spec_and_the_update() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            topic: TopicCommand,
+        }
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.topic);
+        let Ok(TopicCommand::Create(create)) = parse(&["weir", "create", "t", "--max-age", "10m"])
+        else {
+            panic!("create parses");
+        };
+        assert_eq!(TopicSpec::from(create).max_age_ms, Some(600_000));
+        let Ok(TopicCommand::Update(update)) = parse(&["weir", "update", "t", "--max-age", "none"])
+        else {
+            panic!("update parses");
+        };
+        let update = TopicUpdate::from(update.settings);
+        assert_eq!(update.max_age_ms, Some(0), "none removes the bound");
+        assert!(!update.is_empty());
+        let err = parse(&["weir", "update", "t", "--max-age", "10"])
+            .expect_err("a number without a unit is refused");
+        assert!(err.to_string().contains("ms, s, m, h, d"), "{err}");
     }
 
     #[test]
@@ -541,6 +583,10 @@ mod tests {
         assert!(lines[1].starts_with("orders  3      30 B   12       0       345       100000"));
         assert!(lines[1].contains("100000 msgs / 256.0 MiB / 1.0 MiB each"));
         assert!(lines[1].contains("reject fsync=batch"));
+        assert!(!lines[1].contains("max age"), "no age bound, nothing shown");
+        let mut aged = topics.clone();
+        aged[0].config.max_age_ms = Some(90_000);
+        assert!(table(&aged).contains("1.0 MiB each / max age 90s"));
         assert!(lines[1].ends_with("billing(members=1 in_flight=1 pending=2 credit=99)"));
     }
 }

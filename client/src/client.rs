@@ -183,8 +183,8 @@ impl Client {
         }
     }
 
-    /// Describes one topic: its snapshot and the sample of messages `drop_oldest` evicted most
-    /// recently (at most 100). Fails with [`ClientError::Broker`] (`UnknownTopic`).
+    /// Describes one topic: its snapshot and the sample of messages dropped most recently (at
+    /// most 100; evicted by `drop_oldest`, past `max_age`, or skipped by a repair). Fails with [`ClientError::Broker`] (`UnknownTopic`).
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, ClientError> {
         match self
             .request(AdminRequest::DescribeTopic(name.to_owned()))
@@ -237,7 +237,8 @@ impl Client {
     ///
     /// Lowering `max_messages` or `max_bytes` below what the topic holds removes nothing: a
     /// `reject` or `block` topic refuses (or parks) publishes until acks drain it below the new
-    /// bound; a `drop_oldest` topic evicts down to it at its next commit.
+    /// bound; a `drop_oldest` topic evicts down to it at its next commit. A new or lower
+    /// `max_age_ms` removes the messages already older at once (`Some(0)` removes the bound).
     ///
     /// Fails with [`ClientError::Broker`] carrying [`ErrorCode::UnknownTopic`],
     /// [`ErrorCode::InvalidArgument`] (an empty update, a zero bound, a message bound larger

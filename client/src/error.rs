@@ -59,9 +59,10 @@ pub enum ClientError {
     /// [`crate::Publisher::publish`], which waits for a slot instead.
     #[error("publish window full")]
     WindowFull,
-    /// The broker evicted messages `from..=to` (a `drop_oldest` topic at its bound) before this
-    /// subscription's group received them. Yielded by the subscription stream, which goes on.
-    #[error("the broker dropped messages {from}..={to} before delivery (drop_oldest)")]
+    /// The broker dropped messages `from..=to` (a `drop_oldest` topic at its bound, or messages
+    /// past the topic's `max_age`) before this subscription's group received (or acked) them.
+    /// Yielded by the subscription stream, which goes on.
+    #[error("the broker dropped messages {from}..={to} before delivery (drop_oldest or max_age)")]
     MessagesDropped {
         /// First evicted sequence.
         from: u64,

@@ -52,8 +52,8 @@ use crate::pacing::{AckPacer, Wake};
 /// again after the last message it received, so nothing is replayed and its unfinished
 /// deliveries from the lost connection are not redelivered.
 ///
-/// **Dropped messages.** When a `drop_oldest` topic evicts messages before this subscription's
-/// group received them, the broker says so (a `Gap` notice, which takes no credit) and the stream
+/// **Dropped messages.** When a `drop_oldest` topic evicts messages, or messages pass their
+/// topic's `max_age`, before this subscription's group received (or acked) them, the broker says so (a `Gap` notice, which takes no credit) and the stream
 /// yields `Err(`[`ClientError::MessagesDropped`]`{from, to})`, then goes on; the running count is
 /// [`Subscription::dropped`]. Notices are never lost: at most 2 wait in the buffer, and further
 /// ones are merged into one range (`min(from)..=max(to)`) that is yielded first on the next poll,
@@ -157,7 +157,7 @@ impl Subscription {
         self.window
     }
 
-    /// How many messages the broker evicted (`drop_oldest` topics) before this subscription's
+    /// How many messages the broker dropped (`drop_oldest`, `max_age`) before this subscription's
     /// group received them. Each eviction also comes through the stream as
     /// [`ClientError::MessagesDropped`], after which the stream goes on.
     pub fn dropped(&self) -> u64 {

@@ -11,7 +11,7 @@
 //! {
 //!   "name": "orders", "depth": 2, "bytes": 24, "next_seq": 2,
 //!   "bounds": { "max_messages": 100000, "max_bytes": 268435456, "max_message_bytes": 1048576,
-//!               "max_blocked_publishes": 1024, "max_block_ms": 5000 },
+//!               "max_blocked_publishes": 1024, "max_block_ms": 5000, "max_age_ms": null },
 //!   "overflow": "reject", "fsync": "batch",
 //!   "drain_per_s": 0, "dropped": 0, "parked": 0, "rejected": 1,
 //!   "refusing": { "reason": "topic_full", "limit": { "name": "max_messages", "value": 2 },
@@ -30,7 +30,9 @@
 //! ```
 //!
 //! `recent_drops` is present only where a topic is described one at a time (`topic info`,
-//! `GET /topics/{name}`): the bounded sample of messages `drop_oldest` evicted last.
+//! `GET /topics/{name}`): the bounded sample of messages dropped last — evicted by
+//! `drop_oldest` (`overflow`), past the topic's `max_age` (`max_age`), or skipped by a repair
+//! (`damaged`).
 
 use serde::{Deserialize, Serialize};
 
@@ -64,7 +66,8 @@ pub struct TopicView {
     pub fsync: String,
     /// Messages leaving the topic per second, over the last few seconds.
     pub drain_per_s: u64,
-    /// Messages evicted (by `drop_oldest`, or skipped as damaged by a repair) since start.
+    /// Messages dropped (evicted by `drop_oldest`, past `max_age`, or skipped as damaged by a
+    /// repair) since start.
     pub dropped: u64,
     /// Publishes parked by `block` right now.
     pub parked: u64,
@@ -79,7 +82,8 @@ pub struct TopicView {
     pub groups: Vec<GroupView>,
     /// Groups left out of `groups` to fit the broker's answer in one frame (0 normally).
     pub groups_omitted: u32,
-    /// The recent `drop_oldest` evictions; only in a description of one topic.
+    /// The recent drops (`drop_oldest`, `max_age`, repairs); only in a description of one
+    /// topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recent_drops: Option<Vec<DroppedView>>,
 }
@@ -97,6 +101,10 @@ pub struct BoundsView {
     pub max_blocked_publishes: u32,
     /// `block` only: longest a publish stays parked, in milliseconds.
     pub max_block_ms: u64,
+    /// Oldest a stored message may be, in milliseconds since its commit; `null`: no age
+    /// bound. Read as `null` when absent (older brokers).
+    #[serde(default)]
+    pub max_age_ms: Option<u64>,
 }
 
 /// The state of a topic's storage (see [`TopicHealth`]).
@@ -150,7 +158,7 @@ pub struct DroppedView {
     pub head: Option<String>,
     /// The same bytes in hex, or `null`.
     pub head_hex: Option<String>,
-    /// Why it was dropped (`overflow`, `damaged`).
+    /// Why it was dropped (`overflow`, `max_age`, `damaged`).
     pub reason: String,
     /// When, in milliseconds since the Unix epoch.
     pub dropped_at_ms: u64,
@@ -170,6 +178,7 @@ impl From<TopicInfo> for TopicView {
                 max_message_bytes: c.max_message_bytes,
                 max_blocked_publishes: c.max_blocked_publishes,
                 max_block_ms: c.max_block_ms,
+                max_age_ms: c.max_age_ms,
             },
             overflow: c.overflow.as_str().into(),
             fsync: c.fsync.to_string(),

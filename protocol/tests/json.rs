@@ -58,7 +58,7 @@ fn a_topic_view_has_the_documented_shape_with_snake_case_enums() {
     assert_eq!(
         view["bounds"],
         json!({"max_messages": 2, "max_bytes": 1024, "max_message_bytes": 512,
-               "max_blocked_publishes": 8, "max_block_ms": 100})
+               "max_blocked_publishes": 8, "max_block_ms": 100, "max_age_ms": null})
     );
     assert_eq!(view["overflow"], "drop_oldest");
     assert_eq!(view["fsync"], "interval:5");
@@ -81,6 +81,24 @@ fn a_topic_view_has_the_documented_shape_with_snake_case_enums() {
     // It reads back: a script (or the CLI) can parse what the admin endpoint serves.
     let back: TopicView = serde_json::from_value(view).unwrap();
     assert_eq!(back, TopicView::from(info()));
+}
+
+#[test]
+fn a_max_age_is_shown_in_milliseconds_and_read_back() {
+    let mut aged = info();
+    aged.config.max_age_ms = Some(600_000);
+    let view: Value = serde_json::to_value(TopicView::from(aged.clone())).unwrap();
+    assert_eq!(view["bounds"]["max_age_ms"], 600_000);
+    let back: TopicView = serde_json::from_value(view).unwrap();
+    assert_eq!(back, TopicView::from(aged));
+    // A view from a broker that did not know max_age reads as no age bound.
+    let mut older: Value = serde_json::to_value(TopicView::from(info())).unwrap();
+    older["bounds"]
+        .as_object_mut()
+        .unwrap()
+        .remove("max_age_ms");
+    let back: TopicView = serde_json::from_value(older).unwrap();
+    assert_eq!(back.bounds.max_age_ms, None);
 }
 
 #[test]

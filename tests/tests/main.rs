@@ -23,6 +23,7 @@ mod isolation;
 mod isolation_admin;
 mod kill_loop;
 mod limits;
+mod max_age;
 mod memory;
 mod metrics;
 mod permissions;

@@ -17,8 +17,9 @@
 //! - `weir_topic_dedup_duplicates_total`, `weir_topic_dedup_producers_evicted_total`,
 //!   `weir_topic_dedup_ids_evicted_total`, `weir_topic_dedup_expired_total` — `{topic}`, what
 //!   the topic's dedup window answered and forgot;
-//! - `weir_messages_dropped_total{topic,reason="overflow"|"damaged"}` — `drop_oldest`
-//!   evictions; messages `weir topic repair` skipped with a damaged range;
+//! - `weir_messages_dropped_total{topic,reason="overflow"|"max_age"|"damaged"}` — `drop_oldest`
+//!   evictions; messages older than the topic's `max_age`, removed; messages
+//!   `weir topic repair` skipped with a damaged range;
 //! - `weir_publishes_rejected_total{reason}` — every refusal, broker-wide;
 //! - `weir_messages_nacked_total`, `weir_ack_timeouts_total`,
 //!   `weir_messages_dead_lettered_total`, `weir_dead_letter_refused_total`,
@@ -494,17 +495,19 @@ fn topic_series(out: &mut DescriptorEncoder, topics: &[Snapshot]) -> fmt::Result
         family(out, (name, help, kind), samples)?;
     }
     let dropped = topics.iter().flat_map(|s| {
-        let damaged = s.1.dropped_damaged;
+        let (damaged, aged) = (s.1.dropped_damaged, s.1.dropped_max_age);
         [
             (
                 [("topic", topic_name(s)), ("reason", "overflow")],
-                s.0.dropped.saturating_sub(damaged),
+                s.0.dropped.saturating_sub(damaged).saturating_sub(aged),
             ),
+            ([("topic", topic_name(s)), ("reason", "max_age")], aged),
             ([("topic", topic_name(s)), ("reason", "damaged")], damaged),
         ]
     });
-    let help = "Messages dropped: evicted by the drop_oldest policy (overflow), or skipped with \
-                a damaged range by `weir topic repair` (damaged).";
+    let help = "Messages dropped: evicted by the drop_oldest policy (overflow), removed for \
+                being older than the topic's max_age (max_age), or skipped with a damaged \
+                range by `weir topic repair` (damaged).";
     family(
         out,
         ("weir_messages_dropped", help, MetricType::Counter),

@@ -61,7 +61,15 @@ impl Connection {
         if let Err(r) = self.admit_op(Work::CreateTopic, &c.spec.name) {
             return self.send(rejected(c.req, r)).await;
         }
-        let created = self.broker.create_topic(c.spec).await;
+        let mut spec = c.spec;
+        if self.version < 6 {
+            // A v4 or v5 client cannot say `max_age`: re-creating a topic that has one is not a
+            // different configuration (it gets the topic as it is).
+            if let Some(existing) = self.broker.topic(&spec.name) {
+                spec.max_age_ms = Some(existing.config().max_age_ms.unwrap_or(0));
+            }
+        }
+        let created = self.broker.create_topic(spec).await;
         if matches!(created, Err(_) | Ok((_, false))) {
             self.give_back_op();
         }

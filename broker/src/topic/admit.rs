@@ -27,6 +27,10 @@ use crate::storage::log::Message;
 
 /// How many evicted messages a topic remembers for operators (`weir topic info`).
 pub(super) const DROP_SAMPLE: usize = 100;
+/// The sample's reason for a `drop_oldest` eviction.
+const OVERFLOW: &str = "overflow";
+/// The sample's reason for a message older than the topic's `max_age`.
+pub(super) const MAX_AGE: &str = "max_age";
 /// Bytes of an evicted payload kept in the sample.
 const DROP_SAMPLE_HEAD: usize = 64;
 
@@ -142,12 +146,31 @@ impl Topic {
             }
             k += 1;
         }
+        let dropped = self.evict_front(st, k, OVERFLOW);
+        if dropped > 0 {
+            self.warn_on_drop_rate(st, dropped, now);
+        }
+        dropped
+    }
+
+    /// Evicts the `k` oldest entries of the topic's `sizes` (messages and holes): the topic's
+    /// first sequence moves past them, the newest [`DROP_SAMPLE`] evicted messages are sampled
+    /// with `reason` (`overflow` or `max_age`), every group forgets them (in flight or not)
+    /// and is owed a `Gap` for the part it still needed, and they count as dropped. Returns how
+    /// many messages (not holes) were evicted.
+    pub(super) fn evict_front(&self, st: &mut TopicState, k: usize, reason: &'static str) -> u64 {
+        let k = k.min(st.sizes.len());
         if k == 0 {
             return 0;
         }
-        let dropped_at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let dropped_at_ms = if reason == OVERFLOW {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        } else {
+            // An age is on the broker's clock, and so is when it ran out.
+            self.clock.unix_ms()
+        };
         let sample_from = k.saturating_sub(DROP_SAMPLE);
         let mut dropped = 0u64;
         for i in 0..k {
@@ -166,7 +189,7 @@ impl Topic {
                     seq,
                     bytes: size,
                     head,
-                    reason: "overflow".into(),
+                    reason: reason.into(),
                     dropped_at_ms,
                 });
             }
@@ -178,8 +201,10 @@ impl Topic {
             g.evict_below(first_seq);
         }
         self.counters.dropped.add(dropped);
+        if reason == MAX_AGE {
+            self.counters.dropped_max_age.add(dropped);
+        }
         self.metrics.dropped.add(dropped);
-        self.warn_on_drop_rate(st, dropped, now);
         dropped
     }
 

@@ -384,7 +384,11 @@ impl Dedup {
     fn producer(&mut self, id: u128, now: Instant) -> &mut Producer {
         // The one heard from last (a producer streaming alone) keeps its place: no reordering.
         let latest = self.next_tick.checked_sub(1);
-        if self.producers.get(&id).is_some_and(|p| Some(p.tick) == latest) {
+        if self
+            .producers
+            .get(&id)
+            .is_some_and(|p| Some(p.tick) == latest)
+        {
             let p = self.producers.get_mut(&id).expect("checked above");
             p.heard = now;
             return p;

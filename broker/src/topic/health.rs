@@ -53,7 +53,7 @@ impl Topic {
     }
 
     /// The first unreadable sequence, while the log is damaged (cheap: no copy of the reason).
-    fn damaged_at(&self) -> Option<u64> {
+    pub(super) fn damaged_at(&self) -> Option<u64> {
         lock(&self.health).damaged_at()
     }
 
@@ -109,8 +109,13 @@ impl Topic {
     }
 
     /// The first sequence groups may not be given: the committed end of the log, or where it is
-    /// damaged, whichever is lower.
-    pub(super) fn deliverable_end(&self, st: &TopicState) -> u64 {
+    /// damaged, whichever is lower. Messages past the topic's `max_age` are expired first (see
+    /// `age.rs`), so no group is handed one.
+    pub(super) fn deliverable_end(&self, st: &mut TopicState) -> u64 {
+        if self.expire_aged(st) > 0 {
+            // Whole expired segments can go.
+            self.wake_writer.notify_one();
+        }
         self.damaged_at()
             .map_or(st.committed_next, |at| at.min(st.committed_next))
     }

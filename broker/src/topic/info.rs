@@ -61,6 +61,7 @@ impl Topic {
             dedup_producers: producers as u64,
             dedup_ids: ids as u64,
             dedup_memory_bytes: memory,
+            dropped_max_age: c.dropped_max_age.get(),
         }
     }
 

@@ -22,10 +22,12 @@
 //! - `groups.rs` — ack, nack, term, progress, ack deadlines, dead letters, deleting groups.
 //! - `health.rs` — storage health (full, failed, damaged) and what it refuses or tells.
 //! - `repair.rs` — `weir topic repair`.
+//! - `age.rs` — `max_age`: commit times of the oldest messages, and their expiry.
 //! - `info.rs` — info, counters, the bound refusing now, stalls.
 //! - `drain.rs`, `refusing.rs` — the measured drain rate; recent refusals.
 
 mod admit;
+mod age;
 mod batch;
 mod dedup;
 mod dispatch;
@@ -150,10 +152,12 @@ pub struct TopicEnv {
 struct TopicCounters {
     /// Publishes refused, any reason.
     rejected: Counter,
-    /// Messages evicted by `drop_oldest`, plus those skipped by a repair.
+    /// Messages evicted by `drop_oldest` or `max_age`, plus those skipped by a repair.
     dropped: Counter,
     /// Messages a repair skipped with a damaged range (also in `dropped`).
     dropped_damaged: Counter,
+    /// Messages older than the topic's `max_age`, removed (also in `dropped`).
+    dropped_max_age: Counter,
     /// Messages committed to the topic's log.
     published: Counter,
     /// Deliveries sent to subscribers (including redeliveries).
@@ -186,6 +190,9 @@ pub struct TopicCounterSnapshot {
     pub dedup_ids: u64,
     /// Bytes of the broker's memory budget the dedup window is charged for now.
     pub dedup_memory_bytes: u64,
+    /// Messages removed for being older than the topic's `max_age` (counted in
+    /// [`TopicInfo::dropped`] too).
+    pub dropped_max_age: u64,
 }
 
 /// Limits the topic applies to its groups.
@@ -217,8 +224,10 @@ struct TopicState {
     tail: TailCache,
     /// Messages leaving the topic per second (acked by every group), for retry hints.
     drain: DrainRate,
-    /// The last [`admit::DROP_SAMPLE`] messages `drop_oldest` evicted.
+    /// The last [`admit::DROP_SAMPLE`] messages `drop_oldest` or `max_age` evicted.
     recent_drops: VecDeque<DroppedMessage>,
+    /// Commit times of the oldest stored messages, for `max_age` (bounded: see `age.rs`).
+    ages: age::CommitTimes,
     drop_warning: DropWarning,
     /// `block` policy: publishes waiting for room.
     parked: ParkingQueue,
@@ -253,12 +262,13 @@ impl TopicState {
 
     /// Extends `sizes` to the end of `log`: the size of each record from `committed_next` on,
     /// a [`HOLE`] for each seq of a hole; `committed_next` becomes the log's `next_seq`. The
-    /// records' producer stamps and ids join the dedup window (as of `now`).
+    /// records' producer stamps and ids join the dedup window (as of `clock`'s now, the age of
+    /// each from its commit time).
     /// On an error (a damaged record) `sizes` ends, and `committed_next` is, where the scan
     /// stopped.
-    fn extend_to(&mut self, log: &SegmentLog, now: Instant) -> Result<(), LogError> {
+    fn extend_to(&mut self, log: &SegmentLog, clock: &Clock) -> Result<(), LogError> {
         let mut expected = self.committed_next;
-        let wall_ms = crate::storage::records::now_ms();
+        let (now, wall_ms) = (clock.now(), clock.unix_ms());
         let scanned = log.scan(expected, |r| {
             self.push_holes(r.seq.saturating_sub(expected));
             self.push_size(u64::from(r.size));
@@ -478,6 +488,7 @@ impl Topic {
             tail: TailCache::new(broker.storage.tail_cache_bytes, env.admission.inbound()),
             drain: DrainRate::new(Instant::now()),
             recent_drops: VecDeque::with_capacity(admit::DROP_SAMPLE),
+            ages: age::CommitTimes::new(first_seq),
             drop_warning: DropWarning::new(Instant::now()),
             parked: ParkingQueue::new(config.max_blocked_publishes as usize),
             dedup: dedup::Dedup::new(
@@ -488,7 +499,7 @@ impl Topic {
         let mut state = state;
         // Reading the sizes verifies every stored record, checkpointed segments too: a bad one
         // is damage found at start, contained to this topic.
-        if let Err(e) = state.extend_to(&log, env.clock.now()) {
+        if let Err(e) = state.extend_to(&log, &env.clock) {
             let LogError::Corrupt { seq, .. } = e else {
                 return Err(e.into());
             };
@@ -582,7 +593,10 @@ impl Topic {
     /// - `max_blocked_publishes` lowered below what is parked refuses new parks until fewer
     ///   remain; `max_block_ms` applies to publishes parked from now on;
     /// - `fsync` applies from the next commit; switched to `batch`, whatever was written
-    ///   unsynced is synced at once.
+    ///   unsynced is synced at once;
+    /// - `max_age` set or lowered: the writer (woken here) removes the messages already older
+    ///   at once, as at the bound (see `age.rs`); raised or removed, nothing more leaves until
+    ///   the new bound.
     pub fn update(&self, config: TopicConfig) {
         debug_assert_eq!(config.name, self.name);
         let parking = config.max_blocked_publishes as usize;

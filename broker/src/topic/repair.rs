@@ -83,7 +83,7 @@ impl Topic {
                     + (unread_from..to).filter(|&s| !in_old_hole(s)).count() as u64
             });
             st.truncate_sizes(from);
-            let extended = st.extend_to(&fresh, self.clock.now());
+            let extended = st.extend_to(&fresh, &self.clock);
             if let Some((from, to)) = repaired.skipped {
                 self.skip_lost(&mut st, from, to, lost);
             }

@@ -6,16 +6,20 @@
 //! Disk work runs on tokio's blocking pool, never on a reactor worker. Natural batching: while
 //! one commit is on disk, further appends queue up and form the next batch; an idle writer
 //! commits a lone append at once.
+//!
+//! Between commits it also deletes whole segments no message needs any more, expires parked
+//! publishes at `max_block_ms`, and removes messages past the topic's `max_age`, sleeping on
+//! the broker's clock until the oldest one is due (see `age.rs`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use weir_protocol::{FsyncPolicy, Limit, OverflowPolicy, RejectReason, TopicHealth};
 
 use super::dedup::DedupKey;
-use super::{lock, AppendError, Topic};
+use super::{age, lock, AppendError, Topic};
 use crate::admission::budget::MemoryPermit;
 use crate::storage::log::{self, LogError, Message};
 
@@ -158,6 +162,9 @@ enum Wake {
     SyncDue,
     /// A parked publish's `max_block_ms` may have passed.
     ParkDeadline,
+    /// The oldest stored message may be past the topic's `max_age`, or commit times are to be
+    /// read back (see `age.rs`).
+    Age,
     /// The topic is stopping.
     Stop,
 }
@@ -191,6 +198,14 @@ pub(super) async fn run(
         }
         let interval_sync = clock.deadline();
         let park_deadline = topic.next_park_deadline().map(tokio::time::Instant::from);
+        // On the broker's clock: a paused one wakes it when advanced past the deadline.
+        let age_due = topic.age_due();
+        let aged = async {
+            match age_due {
+                Some(at) => topic.clock.sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         work.waiting();
         let wake = tokio::select! {
             biased;
@@ -198,6 +213,7 @@ pub(super) async fn run(
             () = topic.wake_writer.notified() => Wake::Reclaim,
             () = sleep_until(interval_sync), if interval_sync.is_some() => Wake::SyncDue,
             () = sleep_until(park_deadline), if park_deadline.is_some() => Wake::ParkDeadline,
+            () = aged => Wake::Age,
             () = stop.cancelled() => Wake::Stop,
         };
         work.working();
@@ -209,6 +225,13 @@ pub(super) async fn run(
             }
             Wake::SyncDue => sync_owed(&topic, &mut clock).await,
             Wake::ParkDeadline => topic.expire_parked(Instant::now()),
+            Wake::Age => {
+                if age::sweep(&topic).await > 0 {
+                    // Groups that had not acked them are owed a `Gap`; whole segments can go.
+                    topic.wake_dispatcher.notify_one();
+                    reclaim(&topic, false).await;
+                }
+            }
             Wake::Stop if queue.is_empty() => break,
             Wake::Stop => {}
         }
@@ -265,8 +288,9 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
     let this = topic.clone();
     let disk = topic.disk.clone();
     let first_seq = lock(&topic.state).first_seq;
-    // The append time: the records' `timestamp_ms` and the tail cache's `Instant`.
-    let (started, timestamp_ms) = (Instant::now(), now_ms());
+    // The append time: the records' `timestamp_ms` (on the broker's clock: the commit time
+    // `max_age` is measured from) and the tail cache's `Instant`.
+    let (started, timestamp_ms) = (Instant::now(), topic.clock.unix_ms());
     let result = tokio::task::spawn_blocking(move || -> Result<Committed, LogError> {
         // The disk budget, measured now: the messages that fit are stored, the rest refused.
         let (room, limit) = disk.room();
@@ -350,6 +374,7 @@ async fn commit(topic: &Arc<Topic>, batch: &mut Vec<Append>, clock: &mut SyncClo
                     st.tail.push(first + i as u64, message, started);
                 }
                 st.committed_next = first + count;
+                topic.note_commit_time(&mut st, first, first + count, timestamp_ms);
                 let drop_oldest = topic.settings().overflow == OverflowPolicy::DropOldest;
                 evicted = drop_oldest && topic.evict_to_bound(&mut st, Instant::now()) > 0;
                 // Room in the writer's queue: parked publishes that fit may follow.
@@ -489,10 +514,4 @@ fn record_high_water(log: &mut log::SegmentLog, topic: &str) {
     if let Err(e) = log.record_high_water() {
         tracing::warn!(topic, error = %e, "cannot record the log's high-water mark");
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -1095,6 +1095,25 @@ impl SegmentLog {
         self.scan(from_seq, |r| f(r.seq, r.size))
     }
 
+    /// Calls `f(seq, timestamp_ms)` for every record with seq >= `from_seq`, in order, until
+    /// `f` returns `false` (used to learn the commit times of stored messages for `max_age`);
+    /// verifies records as [`SegmentLog::scan`] does. Allocates nothing per record.
+    pub fn scan_times(
+        &self,
+        from_seq: u64,
+        mut f: impl FnMut(u64, u64) -> bool,
+    ) -> Result<(), LogError> {
+        let mut buf = Vec::new();
+        for seg in &self.segments[self.segment_index(from_seq)..] {
+            if !seg.for_each_from(from_seq, &mut buf, |seq, timestamp_ms, _| {
+                f(seq, timestamp_ms)
+            })? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes every whole segment all of whose records have seq < `seq` (they are fully acked or
     /// evicted). Never deletes the active (last) segment, so next_seq survives restarts even when
     /// everything was consumed. Returns how many segments were deleted; first_seq() moves forward.
