@@ -243,6 +243,11 @@ pub struct GroupDefaults {
     /// Most messages moved to dead-letter topics per round of the mover; the rest wait for the
     /// next round (they keep their group slots meanwhile). Default 256.
     pub dead_letter_batch: u32,
+    /// Most messages one key-ordered group (`ordering = "key"`) lets wait because a message
+    /// with the same `weir-key` is in flight, so messages of other keys can pass them. At the
+    /// bound the group reads no further until a blocked key frees (counted in
+    /// `weir_key_lookahead_full_total`). Default 4 096.
+    pub key_lookahead: u32,
 }
 
 impl Default for GroupDefaults {
@@ -252,6 +257,7 @@ impl Default for GroupDefaults {
             max_attempts: 5,
             max_nack_delay_ms: 900_000,
             dead_letter_batch: 256,
+            key_lookahead: 4_096,
         }
     }
 }
@@ -520,6 +526,7 @@ impl Config {
                 "groups.dead_letter_batch",
                 u64::from(self.groups.dead_letter_batch),
             ),
+            ("groups.key_lookahead", u64::from(self.groups.key_lookahead)),
         ];
         if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
