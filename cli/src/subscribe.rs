@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 use futures::StreamExt;
-use weir_client::{Client, ClientError, Delivery, ErrorCode, GroupSpec, StartPosition};
+use weir_client::{
+    Client, ClientError, Delivery, ErrorCode, GroupOrdering, GroupSpec, StartPosition,
+};
 
 use super::exit;
 
@@ -58,13 +60,18 @@ pub struct SubArgs {
     /// The group's dead-letter topic, if this subscription creates it (default: TOPIC.dlq).
     #[arg(long, value_name = "TOPIC")]
     pub dead_letter: Option<String>,
+    /// The group's ordering, if this subscription creates it: shared (any member takes the
+    /// next message) or key (messages with the same weir-key header go to one member at a
+    /// time, in order; see the README's "Ordering by key"). Default: shared.
+    #[arg(long, value_name = "shared|key")]
+    pub ordering: Option<GroupOrdering>,
 }
 
 impl SubArgs {
     /// The settings the group gets if this subscription creates it.
     fn group_spec(&self) -> GroupSpec {
         GroupSpec {
-            ordering: None,
+            ordering: self.ordering,
             start: self.start,
             ack_timeout_ms: self.ack_timeout_ms,
             max_attempts: self.max_attempts,

@@ -145,7 +145,7 @@ impl Group {
             .redeliver
             .range(..committed_next)
             .map(|(s, _)| *s)
-            .chain(self.keys.waiting.iter().copied())
+            .chain(self.keys.waiting.range(..committed_next).copied())
             .collect();
         old.sort_unstable();
         let mut next_old = 0;
