@@ -42,21 +42,30 @@ fn text(d: &Deliver) -> String {
     String::from_utf8_lossy(&d.payload).into_owned()
 }
 
-/// The next `n` deliveries, whether they come one per frame or batched (v6), as `Deliver`s.
-async fn receive(client: &mut RawClient, n: usize) -> Vec<Deliver> {
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        match client.recv().await {
-            Frame::Deliver(d) => out.push(d),
-            Frame::DeliverBatch(b) => out.extend(b.messages.into_iter().map(|m| Deliver {
+/// The deliveries of the next frame, one or a batch (v6), as `Deliver`s.
+async fn next_frame(client: &mut RawClient) -> Vec<Deliver> {
+    match client.recv().await {
+        Frame::Deliver(d) => vec![d],
+        Frame::DeliverBatch(b) => b
+            .messages
+            .into_iter()
+            .map(|m| Deliver {
                 sub: b.sub,
                 seq: m.seq,
                 attempt: m.attempt,
                 headers: m.headers,
                 payload: m.payload,
-            })),
-            other => panic!("expected a delivery, got {other:?}"),
-        }
+            })
+            .collect(),
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+}
+
+/// The next `n` deliveries, whether they come one per frame or batched (v6), as `Deliver`s.
+async fn receive(client: &mut RawClient, n: usize) -> Vec<Deliver> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.extend(next_frame(client).await);
     }
     assert_eq!(out.len(), n, "no more than expected: {out:?}");
     out
@@ -383,4 +392,91 @@ async fn bench_compares_a_key_ordered_group() {
     let topics = admin.list().await;
     let group = topics[0].groups.iter().find(|g| g.name == "bench").unwrap();
     assert_eq!(group.config.ordering, GroupOrdering::Key);
+}
+
+/// Consumes `n` messages on `client` (subscription 1), acking each as it comes, and returns
+/// each key's payloads in the order received, with their attempts.
+async fn consume_by_key(client: &mut RawClient, n: usize) -> HashMap<String, Vec<(String, u32)>> {
+    let mut seen: HashMap<String, Vec<(String, u32)>> = HashMap::new();
+    let mut got = 0;
+    while got < n {
+        let frame = next_frame(client).await;
+        got += frame.len();
+        for d in &frame {
+            let key = header(d, KEY_HEADER).unwrap().to_string();
+            seen.entry(key).or_default().push((text(d), d.attempt));
+        }
+        let seqs = frame.iter().map(|d| d.seq).collect();
+        client.ack_and_credit(seqs).await.unwrap();
+    }
+    seen
+}
+
+#[tokio::test]
+async fn keys_not_in_the_tail_cache_are_read_from_the_log() {
+    let broker = TestBroker::start_with(|c| c.storage.tail_cache_bytes = 0).await;
+    let mut publisher = RawClient::connect(broker.addr).await;
+    let payloads: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("k{}", i % 3), format!("{}-{}", i % 3, i / 3)))
+        .collect();
+    let messages: Vec<(&str, &str)> = payloads
+        .iter()
+        .map(|(k, p)| (k.as_str(), p.as_str()))
+        .collect();
+    publish_keyed(&mut publisher, "t", &messages).await;
+    let mut client = RawClient::connect_v6(broker.addr).await;
+    client.subscribe_with(1, "t", "g", 20, keyed()).await;
+    let seen = consume_by_key(&mut client, 300).await;
+    for k in 0..3 {
+        let expected: Vec<(String, u32)> = (0..100).map(|i| (format!("{k}-{i}"), 1)).collect();
+        assert_eq!(seen[&format!("k{k}")], expected, "key k{k} in order");
+    }
+}
+
+#[tokio::test]
+async fn waiting_messages_and_a_nacked_key_keep_their_order_across_a_restart() {
+    let broker = TestBroker::start().await;
+    let mut client = RawClient::connect_v6(broker.addr).await;
+    client.subscribe_with(1, "t", "g", 10, keyed()).await;
+    let mut publisher = RawClient::connect(broker.addr).await;
+    let messages = [
+        ("a", "a0"),
+        ("a", "a1"),
+        ("b", "b0"),
+        ("a", "a2"),
+        ("b", "b1"),
+    ];
+    publish_keyed(&mut publisher, "t", &messages).await;
+    let first = receive(&mut client, 2).await;
+    assert_eq!(first.iter().map(text).collect::<Vec<_>>(), ["a0", "b0"]);
+    client
+        .send(Frame::Nack(Nack {
+            sub: 1,
+            seqs: vec![first[0].seq],
+            delay_ms: 60_000,
+        }))
+        .await;
+    let mut admin = RawClient::connect(broker.addr).await;
+    weir_tests::wire::wait_for_topic(&mut admin, "t", |t| t.groups[0].in_flight == 1).await;
+    drop((client, publisher, admin));
+    let broker = broker.restart().await;
+    let mut client = RawClient::connect_v6(broker.addr).await;
+    client.subscribe(1, "t", "g", 10).await;
+    // b0 (in flight at the stop) comes back; a0 is nacked for a minute, so a1 and a2 wait.
+    let back = receive(&mut client, 1).await.remove(0);
+    assert_eq!((text(&back), back.attempt), ("b0".into(), 2));
+    client.ack_and_credit(vec![back.seq]).await.unwrap();
+    let next = receive(&mut client, 1).await.remove(0);
+    assert_eq!(
+        text(&next),
+        "b1",
+        "b's next; a's still wait for the nacked a0"
+    );
+    assert!(
+        client
+            .recv_within(Duration::from_millis(200))
+            .await
+            .is_none(),
+        "nothing of key a passes its nacked message"
+    );
 }
