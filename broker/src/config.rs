@@ -1006,6 +1006,12 @@ permissions = [{ topics = "public", allow = ["subscribe"] }]
         config.limits.max_in_flight = 0;
         assert!(config.validate().is_err());
         let mut config = Config::default();
+        config.groups.key_lookahead = 0;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("groups.key_lookahead"), "{err}");
+        let config: Config = toml::from_str("[groups]\nkey_lookahead = 16\n").unwrap();
+        assert_eq!(config.groups.key_lookahead, 16);
+        let mut config = Config::default();
         config.limits.memory_budget_bytes = 2 * u64::from(config.limits.max_frame_bytes) - 1;
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("memory_budget_bytes"), "{err}");

@@ -363,6 +363,10 @@ mod tests {
         );
         assert!(parse(&["--start", "newest"]).is_err());
         assert!(parse(&["--max-attempts", "-1"]).is_err());
+        let ordering = |arg: &str| parse(&["--ordering", arg]).map(|a| a.group_spec().ordering);
+        assert_eq!(ordering("key").unwrap(), Some(GroupOrdering::Key));
+        assert_eq!(ordering("shared").unwrap(), Some(GroupOrdering::Shared));
+        assert!(ordering("fifo").is_err());
     }
 
     #[test]
