@@ -299,6 +299,7 @@ impl Group {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
     use std::time::Duration;
 
     use tokio::sync::mpsc;
@@ -502,5 +503,172 @@ mod tests {
             vec![(2, 6, 1)],
             "2 and 5 wait for 1 (nacked); 6 goes"
         );
+    }
+
+    /// A seeded random run of plans, acks, nacks, terms, timeouts, restarts and members leaving
+    /// and joining: every delivery of a key is the oldest message of it not yet finished (acked or
+    /// dead), or that message again, and a key never has two messages in flight.
+    #[test]
+    fn a_random_run_never_reorders_a_key_nor_holds_two_of_it_in_flight() {
+        for seed in 1..=32 {
+            random_run(seed);
+        }
+    }
+
+    /// One run of [`a_random_run_never_reorders_a_key_nor_holds_two_of_it_in_flight`].
+    fn random_run(seed: u64) {
+        const N: u64 = 300;
+        let key_name = |seq: u64| (seq % 13 != 0).then(|| format!("k{}", seq * 7 % 5));
+        let key_of = |seq: u64| {
+            let headers: Vec<(String, String)> = key_name(seq)
+                .map(|k| vec![(KEY_HEADER.to_string(), k)])
+                .unwrap_or_default();
+            Some(key_of_headers(&headers))
+        };
+        let mut g = Group::with_config(
+            1,
+            20,
+            GroupConfig {
+                ordering: GroupOrdering::Key,
+                ack_timeout_ms: 1_000,
+                max_attempts: 3,
+                dead_letter_topic: "t.dlq".into(),
+            },
+        );
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut roll = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut members: Vec<(MemberId, mpsc::Receiver<Outbound>)> = Vec::new();
+        let mut next_sub = 0;
+        // In flight: seq → (member, attempt). Finished: acked or dead.
+        let mut in_flight: BTreeMap<u64, (MemberId, u32)> = BTreeMap::new();
+        let mut finished = BTreeSet::new();
+        let mut now = Instant::now();
+        let mut step = 0u64;
+        while finished.len() < N as usize {
+            step += 1;
+            assert!(step < 100_000, "seed {seed}: the run finishes");
+            let committed = (step / 3 + 1).min(N + 1);
+            // The dead-letter mover: dead letters leave the group (freeing their slots).
+            for dead in g.dead_letters(100) {
+                assert!(g.dead_lettered(dead.seq));
+            }
+            match roll(10) {
+                0 if members.len() < 3 => {
+                    next_sub += 1;
+                    members.push(join(&mut g, next_sub, 1 + roll(6) as u32));
+                }
+                1 if !members.is_empty() && roll(4) == 0 => {
+                    let (id, _) = members.swap_remove(roll(members.len() as u64) as usize);
+                    g.leave(id, Departure::Lost);
+                    let theirs: Vec<(u64, u32)> = in_flight
+                        .iter()
+                        .filter(|(_, (m, _))| *m == id)
+                        .map(|(s, (_, a))| (*s, *a))
+                        .collect();
+                    for (seq, attempt) in theirs {
+                        in_flight.remove(&seq);
+                        if attempt >= 3 {
+                            finished.insert(seq);
+                        }
+                    }
+                }
+                2 | 3 | 4 if !in_flight.is_empty() => {
+                    let pick = roll(in_flight.len() as u64) as usize;
+                    let (&seq, &(member, attempt)) = in_flight.iter().nth(pick).unwrap();
+                    in_flight.remove(&seq);
+                    match roll(6) {
+                        0 => {
+                            let delay = Duration::from_secs(roll(2));
+                            let (_, dead) = g.nack(member, &[seq], delay, now);
+                            assert_eq!(dead == 1, attempt >= 3);
+                            if dead == 1 {
+                                finished.insert(seq);
+                            }
+                        }
+                        1 => {
+                            assert_eq!(g.term(member, &[seq], "bad"), 1);
+                            finished.insert(seq);
+                        }
+                        _ => {
+                            assert_eq!(g.ack(member, &[seq]), 1);
+                            finished.insert(seq);
+                        }
+                    }
+                }
+                6 if roll(20) == 0 => {
+                    // A restart: members gone, unacked messages back in the group.
+                    let config = g.config().clone();
+                    g = Group::recover(&g.record(now), 1, 20, &config, now);
+                    members.clear();
+                    in_flight.clear();
+                }
+                5 if roll(8) == 0 => {
+                    now += Duration::from_secs(2);
+                    g.expire(now);
+                    for (seq, (_, attempt)) in std::mem::take(&mut in_flight) {
+                        if attempt >= 3 {
+                            finished.insert(seq);
+                        }
+                    }
+                }
+                _ => {
+                    for (id, _) in &members {
+                        let _ = g.grant(*id, roll(3) as u32, 8);
+                    }
+                    // Sometimes the tail cache has lost a key: the group asks for it, and the
+                    // dispatcher reads it (or not yet).
+                    let cached = roll(3);
+                    let cache = |seq: u64| if seq % 3 == cached { None } else { key_of(seq) };
+                    let messages = Messages {
+                        size_of: &|_| Some(1),
+                        key_of: &cache,
+                        key_lookahead: 6,
+                    };
+                    let mut plan = Plan::new();
+                    g.plan_from(committed, 5, now, &messages, &mut plan);
+                    if roll(2) == 0 {
+                        let read: Vec<(u64, Option<KeyHash>)> = g
+                            .wanted_keys()
+                            .iter()
+                            .map(|&seq| (seq, key_of(seq).unwrap()))
+                            .collect();
+                        g.learn_keys(read);
+                    }
+                    for p in &plan {
+                        if let Some(key) = key_name(p.seq) {
+                            let oldest = (1..committed).find(|&s| {
+                                key_name(s).as_ref() == Some(&key) && !finished.contains(&s)
+                            });
+                            assert_eq!(Some(p.seq), oldest, "seed {seed}: key {key} out of order");
+                            assert!(
+                                !in_flight
+                                    .keys()
+                                    .any(|&s| key_name(s).as_ref() == Some(&key)),
+                                "seed {seed}: two of key {key} in flight"
+                            );
+                        }
+                        assert!(
+                            !finished.contains(&p.seq),
+                            "{} delivered after it finished",
+                            p.seq
+                        );
+                        in_flight.insert(p.seq, (p.member, p.attempt));
+                    }
+                    // The ack deadlines would return these; drop the frames the plan queued.
+                    for (_, rx) in &mut members {
+                        while rx.try_recv().is_ok() {}
+                    }
+                }
+            }
+        }
+        for dead in g.dead_letters(100) {
+            g.dead_lettered(dead.seq);
+        }
+        assert_eq!(g.floor(), N + 1, "everything finished: {:?}", g.record(now));
     }
 }
