@@ -518,7 +518,7 @@ mod tests {
     /// One run of [`a_random_run_never_reorders_a_key_nor_holds_two_of_it_in_flight`].
     fn random_run(seed: u64) {
         const N: u64 = 300;
-        let key_name = |seq: u64| (seq % 13 != 0).then(|| format!("k{}", seq * 7 % 5));
+        let key_name = |seq: u64| (!seq.is_multiple_of(13)).then(|| format!("k{}", seq * 7 % 5));
         let key_of = |seq: u64| {
             let headers: Vec<(String, String)> = key_name(seq)
                 .map(|k| vec![(KEY_HEADER.to_string(), k)])
@@ -577,7 +577,7 @@ mod tests {
                         }
                     }
                 }
-                2 | 3 | 4 if !in_flight.is_empty() => {
+                2..=4 if !in_flight.is_empty() => {
                     let pick = roll(in_flight.len() as u64) as usize;
                     let (&seq, &(member, attempt)) = in_flight.iter().nth(pick).unwrap();
                     in_flight.remove(&seq);
