@@ -21,6 +21,10 @@
 //! - the known keys: one per message in flight, waiting for (re)delivery, nacked or waiting
 //!   for a key, plus at most one read-ahead batch ([`KEY_READ_BATCH`]) past the cursor.
 //!
+//! A plan visits the messages waiting for redelivery and, of those waiting for their key, only
+//! each free key's oldest (a key that frees hands its place to its next message), never the
+//! blocked ones: its cost follows what it delivers, not how many messages wait.
+//!
 //! A key the group does not know (the message is not in the topic's tail cache) stops the
 //! plan at that message: the dispatcher reads the keys of the messages the group asks for
 //! ([`Group::wanted_keys`]) from the log and hands them over with [`Group::learn_keys`].
@@ -59,6 +63,11 @@ pub(super) struct Keys {
     /// Messages passed over (the cursor moved past them) because their key was owned; at most
     /// `groups.key_lookahead`.
     pub(super) waiting: BTreeSet<u64>,
+    /// The waiting messages of each key, so a key that frees finds its next one without a scan.
+    by_key: HashMap<KeyHash, BTreeSet<u64>>,
+    /// Waiting messages whose key was free when last looked at: each free key's oldest waiting
+    /// message is here, so a plan visits these and never the blocked ones.
+    unblocked: BTreeSet<u64>,
     /// Messages whose keys the last plan needed and did not know.
     wanted: Vec<u64>,
     /// Set on recovery: the owners of nacked messages must be found before anything is planned.
@@ -70,21 +79,63 @@ pub(super) struct Keys {
 }
 
 impl Keys {
-    /// Forgets `seq` (acked, dead-lettered, evicted): the key it owned is free.
+    /// Forgets `seq` (acked, dead-lettered, evicted): the key it owned is free, and that key's
+    /// oldest waiting message is next.
     pub(super) fn done(&mut self, seq: u64) {
-        self.waiting.remove(&seq);
-        if let Some(Some(key)) = self.of.remove(&seq) {
+        let key = self.of.remove(&seq).flatten();
+        if let Some(key) = key {
+            self.unwait(seq, key, true);
             if self.owner.get(&key) == Some(&seq) {
                 self.owner.remove(&key);
+                if let Some(next) = self.by_key.get(&key).and_then(|w| w.first()) {
+                    self.unblocked.insert(*next);
+                }
             }
         }
     }
 
-    /// Forgets everything below `seq` (evicted).
+    /// `seq` (of `key`, which is owned) waits for its key.
+    fn wait(&mut self, seq: u64, key: KeyHash) {
+        self.waiting.insert(seq);
+        self.by_key.entry(key).or_default().insert(seq);
+    }
+
+    /// `seq` (of `key`) waits no more. If it was its free key's next and the key stays free
+    /// (`stays_free`: it is not being delivered), the key's next waiting message takes its place.
+    fn unwait(&mut self, seq: u64, key: KeyHash, stays_free: bool) {
+        if !self.waiting.remove(&seq) {
+            return;
+        }
+        let was_next = self.unblocked.remove(&seq);
+        if let Some(w) = self.by_key.get_mut(&key) {
+            w.remove(&seq);
+            match w.first() {
+                None => {
+                    self.by_key.remove(&key);
+                }
+                Some(&next) if was_next && stays_free && !self.owner.contains_key(&key) => {
+                    self.unblocked.insert(next);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Forgets everything below `seq` (evicted): the keys it owned are free.
     pub(super) fn forget_below(&mut self, seq: u64) {
         self.of = self.of.split_off(&seq);
         self.waiting = self.waiting.split_off(&seq);
         self.owner.retain(|_, owner| *owner >= seq);
+        self.by_key.retain(|_, w| {
+            *w = w.split_off(&seq);
+            !w.is_empty()
+        });
+        self.unblocked = self
+            .by_key
+            .iter()
+            .filter(|(key, _)| !self.owner.contains_key(key))
+            .filter_map(|(_, w)| w.first().copied())
+            .collect();
     }
 
     /// Forgets the seqs `from..to` that `in_flight` does not hold (a hole of the log skipped).
@@ -123,8 +174,8 @@ impl Keys {
 }
 
 impl Group {
-    /// The key-order plan (see [`Group::plan_from`]): messages waiting for redelivery or for
-    /// their key first, lowest sequence first, then new ones; a message whose key is owned by
+    /// The key-order plan (see [`Group::plan_from`]): messages waiting for redelivery, and
+    /// each free key's oldest waiting message, first, lowest sequence first, then new ones; a message whose key is owned by
     /// another is passed over (a new one then waits, up to `key_lookahead` of them). Stops at
     /// a message whose key is unknown (see [`Group::wanted_keys`]).
     pub(super) fn plan_keyed(
@@ -145,7 +196,7 @@ impl Group {
             .redeliver
             .range(..committed_next)
             .map(|(s, _)| *s)
-            .chain(self.keys.waiting.range(..committed_next).copied())
+            .chain(self.keys.unblocked.range(..committed_next).copied())
             .collect();
         old.sort_unstable();
         let mut next_old = 0;
@@ -183,7 +234,8 @@ impl Group {
                     self.keys.full += 1;
                     break;
                 }
-                self.keys.waiting.insert(seq);
+                // Blocked, so it has a key.
+                self.keys.wait(seq, key.unwrap_or_default());
                 self.keys.waits += 1;
                 self.cursor += 1;
                 self.dirty = true;
@@ -213,7 +265,9 @@ impl Group {
             self.cursor += 1;
             return 0;
         }
-        self.keys.waiting.remove(&seq);
+        if let Some(Some(key)) = self.keys.of.get(&seq).copied() {
+            self.keys.unwait(seq, key, false);
+        }
         self.redeliver.remove(&seq).unwrap_or(0)
     }
 
