@@ -253,6 +253,11 @@ pub struct GroupDefaults {
     /// Most messages moved to dead-letter topics per round of the mover; the rest wait for the
     /// next round (they keep their group slots meanwhile). Default 256.
     pub dead_letter_batch: u32,
+    /// Most messages one key-ordered group (`ordering = "key"`) lets wait because a message
+    /// with the same `weir-key` is in flight, so messages of other keys can pass them. At the
+    /// bound the group reads no further until a blocked key frees (counted in
+    /// `weir_key_lookahead_full_total`). Default 4 096.
+    pub key_lookahead: u32,
 }
 
 impl Default for GroupDefaults {
@@ -262,6 +267,7 @@ impl Default for GroupDefaults {
             max_attempts: 5,
             max_nack_delay_ms: 900_000,
             dead_letter_batch: 256,
+            key_lookahead: 4_096,
         }
     }
 }
@@ -562,6 +568,7 @@ impl Config {
                 "groups.dead_letter_batch",
                 u64::from(self.groups.dead_letter_batch),
             ),
+            ("groups.key_lookahead", u64::from(self.groups.key_lookahead)),
         ];
         if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
@@ -1057,6 +1064,12 @@ permissions = [{ topics = "public", allow = ["subscribe"] }]
         let mut config = Config::default();
         config.limits.max_in_flight = 0;
         assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.groups.key_lookahead = 0;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("groups.key_lookahead"), "{err}");
+        let config: Config = toml::from_str("[groups]\nkey_lookahead = 16\n").unwrap();
+        assert_eq!(config.groups.key_lookahead, 16);
         let mut config = Config::default();
         config.limits.memory_budget_bytes = 2 * u64::from(config.limits.max_frame_bytes) - 1;
         let err = config.validate().unwrap_err().to_string();

@@ -241,6 +241,12 @@ pub struct Metrics {
     pub nacked: Counter,
     /// Deliveries that passed their ack deadline.
     pub ack_timeouts: Counter,
+    /// Messages of key-ordered groups that waited because a message with their `weir-key` was
+    /// in flight (each counted once).
+    pub key_waits: Counter,
+    /// Times a key-ordered group stopped reading new messages at `groups.key_lookahead`
+    /// messages waiting for their keys.
+    pub key_lookahead_full: Counter,
     /// Messages moved to a dead-letter topic.
     pub dead_lettered: Counter,
     /// Attempts to move a message to a dead-letter topic that it refused (full): the message
@@ -410,6 +416,8 @@ impl Metrics {
             acked = self.acked.get(),
             nacked = self.nacked.get(),
             ack_timeouts = self.ack_timeouts.get(),
+            key_waits = self.key_waits.get(),
+            key_lookahead_full = self.key_lookahead_full.get(),
             dead_lettered = self.dead_lettered.get(),
             dead_letter_refused = self.dead_letter_refused.get(),
             ephemeral_groups_deleted = self.ephemeral_groups_deleted.get(),

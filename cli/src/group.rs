@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use weir_client::{Client, GroupConfig, GroupInfo, GroupUpdate};
+use weir_client::{Client, GroupConfig, GroupInfo, GroupOrdering, GroupUpdate};
 use weir_protocol::json::GroupView;
 
 use super::layout::{aligned, kv};
@@ -127,10 +127,15 @@ pub async fn run(client: Client, command: GroupCommand) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// A group's settings as `key=value` pairs.
+/// A group's settings as `key=value` pairs; `ordering=key` last for a key-ordered group (a
+/// shared one, the default, does not say).
 fn settings(c: &GroupConfig) -> String {
+    let ordering = match c.ordering {
+        GroupOrdering::Shared => String::new(),
+        other => format!(" ordering={}", other.as_str()),
+    };
     format!(
-        "ack_timeout_ms={} max_attempts={} dead_letter={}",
+        "ack_timeout_ms={} max_attempts={} dead_letter={}{ordering}",
         c.ack_timeout_ms, c.max_attempts, c.dead_letter_topic
     )
 }
@@ -188,6 +193,7 @@ fn info(topic: &str, g: &GroupInfo) -> String {
         kv("topic", topic),
         kv("group", &g.name),
         kv("kind", kind(g)),
+        kv("ordering", g.config.ordering.as_str()),
         kv("ack_timeout_ms", g.config.ack_timeout_ms),
         kv("max_attempts", g.config.max_attempts),
         kv("dead_letter_topic", &g.config.dead_letter_topic),
@@ -297,6 +303,16 @@ mod tests {
             ..billing()
         };
         assert!(info("orders", &tail).contains("kind               ephemeral\n"));
+    }
+
+    #[test]
+    fn a_key_ordered_group_says_so() {
+        let mut keyed = billing();
+        keyed.config.ordering = GroupOrdering::Key;
+        assert!(info("orders", &keyed).contains("ordering           key\n"));
+        assert!(info("orders", &billing()).contains("ordering           shared\n"));
+        assert!(summary(&keyed).ends_with("dead_letter=orders.dlq ordering=key"));
+        assert!(summary(&billing()).ends_with("dead_letter=orders.dlq"));
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 use futures::StreamExt;
-use weir_client::{Client, ClientError, Delivery, ErrorCode, GroupSpec, StartPosition};
+use weir_client::{
+    Client, ClientError, Delivery, ErrorCode, GroupOrdering, GroupSpec, StartPosition,
+};
 
 use super::exit;
 
@@ -30,8 +32,9 @@ pub struct SubArgs {
     /// broker for more than it will still print; 0 exits at once without subscribing.
     #[arg(long)]
     pub count: Option<u64>,
-    /// Stop at the first gap (messages a drop_oldest topic dropped before this group received
-    /// them) and exit 1; by default gaps are reported on stderr and the subscription goes on.
+    /// Stop at the first gap (messages the topic dropped — `drop_oldest` or `max_age` — before
+    /// this group received them) and exit 1; by default gaps are reported on stderr and the
+    /// subscription goes on.
     #[arg(long)]
     pub exit_on_gap: bool,
     /// Prefix each line with the sequence number and delivery attempt, tab-separated.
@@ -58,13 +61,18 @@ pub struct SubArgs {
     /// The group's dead-letter topic, if this subscription creates it (default: TOPIC.dlq).
     #[arg(long, value_name = "TOPIC")]
     pub dead_letter: Option<String>,
+    /// The group's ordering, if this subscription creates it: shared (any member takes the
+    /// next message) or key (messages with the same weir-key header go to one member at a
+    /// time, in order; see the README's "Ordering by key"). Default: shared.
+    #[arg(long, value_name = "shared|key")]
+    pub ordering: Option<GroupOrdering>,
 }
 
 impl SubArgs {
     /// The settings the group gets if this subscription creates it.
     fn group_spec(&self) -> GroupSpec {
         GroupSpec {
-            ordering: None,
+            ordering: self.ordering,
             start: self.start,
             ack_timeout_ms: self.ack_timeout_ms,
             max_attempts: self.max_attempts,
@@ -194,7 +202,7 @@ pub async fn run(client: Client, args: SubArgs) -> anyhow::Result<ExitCode> {
         let delivery = match item {
             Some(Ok(d)) => d,
             Some(Err(ClientError::MessagesDropped { from, to })) => {
-                eprintln!("weir: gap: messages {from}..={to} were dropped (drop_oldest) before group {group} received them");
+                eprintln!("weir: gap: messages {from}..={to} were dropped (drop_oldest or max_age) before group {group} received them");
                 if args.exit_on_gap {
                     break exit::ERROR;
                 }
@@ -356,6 +364,10 @@ mod tests {
         );
         assert!(parse(&["--start", "newest"]).is_err());
         assert!(parse(&["--max-attempts", "-1"]).is_err());
+        let ordering = |arg: &str| parse(&["--ordering", arg]).map(|a| a.group_spec().ordering);
+        assert_eq!(ordering("key").unwrap(), Some(GroupOrdering::Key));
+        assert_eq!(ordering("shared").unwrap(), Some(GroupOrdering::Shared));
+        assert!(ordering("fifo").is_err());
     }
 
     #[test]

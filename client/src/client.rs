@@ -368,10 +368,11 @@ impl Client {
 
     /// [`Client::subscribe`], with the settings `group` gets if this subscription creates it:
     /// where it starts reading ([`crate::StartPosition`]: earliest stored, latest, or a sequence),
-    /// its ack timeout, its `max_attempts`, its dead-letter topic, and whether it is ephemeral
+    /// its ack timeout, its `max_attempts`, its dead-letter topic, whether it is ephemeral
     /// (deleted when its last subscription leaves, never persisted; see
-    /// [`Client::subscribe_ephemeral`], which also names it); unset fields take the broker's
-    /// defaults. When the group exists already, `spec` is ignored and the group keeps its
+    /// [`Client::subscribe_ephemeral`], which also names it), and its ordering
+    /// ([`crate::GroupOrdering::Key`]: messages with the same [`crate::KEY_HEADER`] header go to
+    /// one member at a time, in order); unset fields take the broker's defaults. When the group exists already, `spec` is ignored and the group keeps its
     /// settings and kind (see them in [`crate::GroupInfo::config`] and
     /// [`crate::GroupInfo::ephemeral`]).
     ///

@@ -91,8 +91,8 @@ pub use retry::{BreakerPolicy, BreakerState, RetryNotice, RetryPolicy};
 pub use subscription::{Delivery, Subscription};
 pub use tls::{ClientCert, TlsOptions};
 pub use weir_protocol::{
-    DroppedMessage, ErrorCode, FsyncPolicy, GoingAwayReason, GroupConfig, GroupInfo, GroupSpec,
-    GroupUpdate, Headers, Limit, OverflowPolicy, RejectReason, ServerLimits, StartPosition,
-    TopicConfig, TopicDescription, TopicHealth, TopicInfo, TopicRepaired, TopicSpec, TopicUpdate,
-    MAX_BATCH_MESSAGES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    DroppedMessage, ErrorCode, FsyncPolicy, GoingAwayReason, GroupConfig, GroupInfo, GroupOrdering,
+    GroupSpec, GroupUpdate, Headers, Limit, OverflowPolicy, RejectReason, ServerLimits,
+    StartPosition, TopicConfig, TopicDescription, TopicHealth, TopicInfo, TopicRepaired, TopicSpec,
+    TopicUpdate, KEY_HEADER, MAX_BATCH_MESSAGES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };

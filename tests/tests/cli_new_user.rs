@@ -241,7 +241,7 @@ async fn sub_reports_a_gap_on_stderr_and_goes_on_or_stops_with_exit_on_gap() {
         let out = finish(sub).await;
         let err = stderr(&out);
         assert!(
-            err.contains("gap: messages ") && err.contains("were dropped (drop_oldest)"),
+            err.contains("gap: messages ") && err.contains("were dropped (drop_oldest or max_age)"),
             "{out:?}"
         );
         if exit_on_gap {

@@ -21,6 +21,7 @@ mod headers;
 mod http;
 mod isolation;
 mod isolation_admin;
+mod key_order;
 mod kill_loop;
 mod limits;
 mod max_age;

@@ -21,7 +21,8 @@
 //!   evictions; messages older than the topic's `max_age`, removed; messages
 //!   `weir topic repair` skipped with a damaged range;
 //! - `weir_publishes_rejected_total{reason}` — every refusal, broker-wide;
-//! - `weir_messages_nacked_total`, `weir_ack_timeouts_total`,
+//! - `weir_messages_nacked_total`, `weir_ack_timeouts_total`, `weir_key_waits_total`,
+//!   `weir_key_lookahead_full_total`,
 //!   `weir_messages_dead_lettered_total`, `weir_dead_letter_refused_total`,
 //!   `weir_ephemeral_groups_deleted_total`,
 //!   `weir_connections_refused_total`, `weir_protocol_errors_total`, `weir_read_pauses_total`,
@@ -179,6 +180,16 @@ fn broker_counters(out: &mut DescriptorEncoder, m: &Metrics) -> fmt::Result {
             "weir_ack_timeouts",
             "Deliveries that passed their ack deadline.",
             m.ack_timeouts.get(),
+        ),
+        (
+            "weir_key_waits",
+            "Messages of key-ordered groups that waited for a message with their weir-key.",
+            m.key_waits.get(),
+        ),
+        (
+            "weir_key_lookahead_full",
+            "Times a key-ordered group stopped reading at groups.key_lookahead waiting messages.",
+            m.key_lookahead_full.get(),
         ),
         (
             "weir_messages_dead_lettered",

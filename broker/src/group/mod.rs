@@ -17,7 +17,11 @@
 //! (a larger grant is refused). Messages waiting for redelivery came out of those, so they are
 //! bounded by `max_in_flight` too. A message delivered `max_attempts` times that times out, is
 //! nacked again, or whose member leaves without acking it is due for the dead-letter topic.
+//!
+//! A key-ordered group (`ordering = "key"`) keeps each `weir-key`'s messages in order on top
+//! of this: see [`keys`].
 
+pub mod keys;
 mod schedule;
 #[cfg(test)]
 mod snapshot_tests;
@@ -25,8 +29,9 @@ mod snapshot_tests;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use weir_protocol::{GroupConfig, GroupInfo};
+use weir_protocol::{GroupConfig, GroupInfo, GroupOrdering};
 
+use keys::{KeyHash, Keys};
 use schedule::Schedule;
 
 use crate::admission::{MemoryBudget, MemoryPermit};
@@ -133,6 +138,19 @@ pub struct Planned {
 /// A list of deliveries to send.
 pub type Plan = Vec<Planned>;
 
+/// What [`Group::plan_from`] may learn of the topic's stored messages.
+pub struct Messages<'a> {
+    /// The stored size of a seq (payload plus header names and values); `None` for a seq that
+    /// holds no message (a hole in the log): it is passed over, never delivered.
+    pub size_of: &'a dyn Fn(u64) -> Option<u64>,
+    /// The key of a seq when known without reading the log (the tail cache has it):
+    /// `Some(None)` for a message without a `weir-key` header, `None` when not known.
+    /// Only a key-ordered group asks.
+    pub key_of: &'a dyn Fn(u64) -> Option<Option<KeyHash>>,
+    /// Most messages a key-ordered group lets wait for their key (`groups.key_lookahead`).
+    pub key_lookahead: usize,
+}
+
 /// A grant of credit that cannot be honoured.
 #[derive(Debug, PartialEq, Eq)]
 pub enum GrantError {
@@ -175,6 +193,8 @@ pub struct Group {
     dead_lettered: u64,
     /// Deleted when its last member leaves, never persisted (see [`Group::make_ephemeral`]).
     ephemeral: bool,
+    /// Key order's bookkeeping (empty unless the group's ordering is `key`).
+    keys: Keys,
 }
 
 /// What [`Group::expire`] did.
@@ -225,6 +245,7 @@ impl Group {
             timed_out: 0,
             dead_lettered: 0,
             ephemeral: false,
+            keys: Keys::default(),
         }
     }
 
@@ -256,6 +277,7 @@ impl Group {
     ) -> Group {
         let config = record.config.clone().unwrap_or_else(|| defaults.clone());
         let mut group = Group::with_config(record.cursor.max(first_seq), max_in_flight, config);
+        group.keys.rebuild = group.config.ordering == GroupOrdering::Key;
         let kept = |seq: u64| seq >= first_seq && seq < group.cursor;
         group.redeliver = record
             .unacked
@@ -292,6 +314,7 @@ impl Group {
             .iter()
             .map(|(seq, f)| (*seq, f.attempt))
             .chain(self.redeliver.iter().map(|(s, a)| (*s, *a)))
+            .chain(self.keys.waiting.iter().map(|s| (*s, 0)))
             .collect();
         unacked.sort_unstable();
         let wall = unix_ms();
@@ -342,6 +365,7 @@ impl Group {
             self.redeliver.keys().next().copied(),
             self.delayed.lowest(),
             self.dead.keys().next().copied(),
+            self.keys.waiting.first().copied(),
         ]
         .into_iter()
         .flatten()
@@ -433,6 +457,7 @@ impl Group {
         self.redeliver = self.redeliver.split_off(&first_seq);
         self.delayed.remove_below(first_seq);
         self.dead = self.dead.split_off(&first_seq);
+        self.keys.forget_below(first_seq);
         self.cursor = self.cursor.max(first_seq);
         self.dirty = true;
         let range = (needed_from, first_seq - 1);
@@ -451,6 +476,7 @@ impl Group {
             self.in_flight.range(from..to).next().map(|(s, _)| *s),
             self.redeliver.range(from..to).next().map(|(s, _)| *s),
             self.dead.range(from..to).next().map(|(s, _)| *s),
+            self.keys.waiting.range(from..to).next().copied(),
             self.delayed.iter().map(|(s, _, _)| s).filter(inside).min(),
             (self.cursor < to).then(|| self.cursor.max(from)),
         ]
@@ -471,6 +497,8 @@ impl Group {
         for seq in delayed {
             self.delayed.remove(seq);
         }
+        self.keys
+            .forget_range(from, to, |seq| self.in_flight.contains_key(&seq));
         self.dirty = true;
         let needed_from = needed_from.filter(|_| lost)?;
         let range = (needed_from, to - 1);
@@ -532,7 +560,9 @@ impl Group {
         after: Duration,
         out: &mut Vec<Stall>,
     ) {
-        let waiting = !self.redeliver.is_empty() || self.cursor < committed_next;
+        let waiting = !self.redeliver.is_empty()
+            || !self.keys.waiting.is_empty()
+            || self.cursor < committed_next;
         let full = self.held() >= self.max_in_flight;
         if let Some(for_) = overdue(&mut self.full_since, full, now, after) {
             out.push(Stall::AtMaxInFlight { for_ });
@@ -588,9 +618,14 @@ impl Group {
     /// Acks messages delivered to `id`. Sequences not in flight to `id` (duplicates, or
     /// messages already requeued) are ignored. Returns how many were acked.
     pub fn ack(&mut self, id: MemberId, seqs: &[u64]) -> usize {
-        seqs.iter()
-            .filter(|seq| self.take_in_flight(id, **seq).is_some())
-            .count()
+        let mut acked = 0;
+        for &seq in seqs {
+            if self.take_in_flight(id, seq).is_some() {
+                self.keys.done(seq);
+                acked += 1;
+            }
+        }
+        acked
     }
 
     /// Returns messages delivered to `id` for redelivery no sooner than `delay` after `now`
@@ -702,7 +737,9 @@ impl Group {
         moved
     }
 
+    /// Makes `seq` due for the dead-letter topic; the key it owned is free from now on.
     fn kill(&mut self, seq: u64, attempt: u32, reason: String) {
+        self.keys.done(seq);
         self.dead.insert(
             seq,
             DeadLetter {
@@ -724,18 +761,23 @@ impl Group {
     /// connection's outbound memory), while the group is under `max_in_flight`. Each planned
     /// message is in flight from here on, with an ack deadline of `ack_timeout` from `now`.
     /// A seq `size_of` answers `None` for holds no message (a hole in the log): it is passed
-    /// over, never delivered.
+    /// over, never delivered. A key-ordered group also keeps each key's messages in order
+    /// (see [`keys`]); it stops at a message whose key it does not know
+    /// ([`Group::wanted_keys`]).
     ///
     /// Returns `true` when a member with credit was passed over for lack of memory while
     /// messages waited: the caller should plan again once deliveries have been written.
-    pub fn plan(
+    pub fn plan_from(
         &mut self,
         committed_next: u64,
         budget: usize,
         now: Instant,
-        size_of: &dyn Fn(u64) -> Option<u64>,
+        messages: &Messages<'_>,
         out: &mut Plan,
     ) -> bool {
+        if self.config.ordering == GroupOrdering::Key {
+            return self.plan_keyed(committed_next, budget, now, messages, out);
+        }
         let n = self.members.len();
         let deadline = now + self.ack_timeout();
         let mut planned = 0;
@@ -755,49 +797,24 @@ impl Group {
                 _ => break,
             };
             let (seq, previous_attempts, redelivery) = next;
-            let Some(size) = size_of(seq) else {
-                if redelivery {
-                    self.redeliver.pop_first();
-                } else {
-                    self.cursor += 1;
-                }
-                self.dirty = true;
-                continue;
-            };
-            let bytes = size + MESSAGE_OVERHEAD;
-            let memory = match self.members[i].memory.try_acquire(bytes) {
-                Ok(memory) => memory,
-                Err(_) => {
-                    no_room.resize(n, false);
-                    no_room[i] = true;
-                    continue;
-                }
+            let size = (messages.size_of)(seq);
+            let memory = match size {
+                Some(size) => match self.reserve(i, size, &mut no_room) {
+                    Some(memory) => Some(memory),
+                    None => continue,
+                },
+                None => None,
             };
             if redelivery {
                 self.redeliver.pop_first();
             } else {
                 self.cursor += 1;
             }
-            let member = &mut self.members[i];
-            member.credit -= 1;
-            let attempt = previous_attempts + 1;
-            self.in_flight.insert(
-                seq,
-                InFlight {
-                    member: member.id,
-                    attempt,
-                    since: now,
-                },
-            );
-            self.deadlines.insert(seq, deadline, ());
-            out.push(Planned {
-                outbox: member.outbox.clone(),
-                memory,
-                member: member.id,
-                seq,
-                attempt,
-            });
-            self.next_member = (i + 1) % n;
+            let Some(memory) = memory else {
+                self.dirty = true;
+                continue;
+            };
+            self.hand_out(i, seq, previous_attempts, memory, now, deadline, out);
             planned += 1;
         }
         if planned > 0 {
@@ -806,9 +823,75 @@ impl Group {
         no_room.contains(&true)
     }
 
+    /// [`Group::plan_from`] for messages of `size_of` bytes that carry no key.
+    #[cfg(test)]
+    pub fn plan(
+        &mut self,
+        committed_next: u64,
+        budget: usize,
+        now: Instant,
+        size_of: &dyn Fn(u64) -> Option<u64>,
+        out: &mut Plan,
+    ) -> bool {
+        let messages = Messages {
+            size_of,
+            key_of: &|_| Some(None),
+            key_lookahead: usize::MAX,
+        };
+        self.plan_from(committed_next, budget, now, &messages, out)
+    }
+
+    /// Takes `size` bytes (plus a message's overhead) from member `i`'s connection's outbound
+    /// memory; when they do not fit, marks the member in `no_room` (passed over this round).
+    fn reserve(&mut self, i: usize, size: u64, no_room: &mut Vec<bool>) -> Option<MemoryPermit> {
+        match self.members[i].memory.try_acquire(size + MESSAGE_OVERHEAD) {
+            Ok(memory) => Some(memory),
+            Err(_) => {
+                no_room.resize(self.members.len(), false);
+                no_room[i] = true;
+                None
+            }
+        }
+    }
+
+    /// Puts `seq` in flight to member `i` (its next attempt, due back at `deadline`) and plans
+    /// its delivery.
+    #[allow(clippy::too_many_arguments)]
+    fn hand_out(
+        &mut self,
+        i: usize,
+        seq: u64,
+        previous_attempts: u32,
+        memory: MemoryPermit,
+        now: Instant,
+        deadline: Instant,
+        out: &mut Plan,
+    ) {
+        let member = &mut self.members[i];
+        member.credit -= 1;
+        let attempt = previous_attempts + 1;
+        self.in_flight.insert(
+            seq,
+            InFlight {
+                member: member.id,
+                attempt,
+                since: now,
+            },
+        );
+        self.deadlines.insert(seq, deadline, ());
+        out.push(Planned {
+            outbox: member.outbox.clone(),
+            memory,
+            member: member.id,
+            seq,
+            attempt,
+        });
+        self.next_member = (i + 1) % self.members.len();
+    }
+
     /// A snapshot for `ListTopics` and `DescribeTopic`, as of `now`.
     pub fn info(&self, name: &str, committed_next: u64, now: Instant) -> GroupInfo {
-        let waiting = self.redeliver.len() + self.delayed.len();
+        let waiting = self.redeliver.len() + self.delayed.len() + self.keys.waiting.len();
         let oldest = self.in_flight.values().map(|f| f.since).min();
         GroupInfo {
             name: name.to_string(),

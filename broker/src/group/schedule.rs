@@ -59,6 +59,11 @@ impl<T> Schedule<T> {
         self.due_at.keys().next().copied()
     }
 
+    /// Whether `seq` is scheduled.
+    pub(crate) fn contains(&self, seq: u64) -> bool {
+        self.due_at.contains_key(&seq)
+    }
+
     /// How many sequences are scheduled.
     pub(crate) fn len(&self) -> usize {
         self.due_at.len()

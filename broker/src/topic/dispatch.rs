@@ -17,6 +17,12 @@
 //! messages wait in the log, not in memory. A message served from the tail cache is counted
 //! twice while both hold it — the budget errs on the side of refusing early.
 //!
+//! A key-ordered group learns the `weir-key` of the messages it considers from the tail cache;
+//! for those the cache no longer holds, the dispatcher reads the keys the group asks for
+//! ([`Group::wanted_keys`](crate::group::Group::wanted_keys), at most
+//! [`KEY_READ_BATCH`] messages and [`KEY_READ_BYTES`] of payload at a time, dropped once their
+//! keys are taken) from the log on the blocking pool, and plans again.
+//!
 //! Once the broker begins a graceful stop ([`super::TopicEnv::stopping`]) no more deliveries
 //! are planned, while acks, nacks and deadlines are still handled: the connections closing
 //! next return their unacked messages to their groups, to be redelivered after the restart,
@@ -35,12 +41,17 @@ use tokio_util::sync::CancellationToken;
 use weir_protocol::{Deliver, Frame, Gap};
 
 use super::{lock, stored_size, Topic};
-use crate::group::{GapNotice, Plan};
+use crate::group::keys::{key_of_headers, KeyHash, KEY_READ_BATCH};
+use crate::group::{GapNotice, Messages, Plan};
 use crate::outbox::Outbound;
 use crate::storage::log::{LogError, Message, HEADER_OVERHEAD};
 
 /// Most deliveries planned per group per round, so one busy group cannot starve the others.
 const ROUND: usize = 256;
+
+/// Most payload bytes read from the log at once to learn messages' keys (at least one
+/// message is read, whatever its size).
+const KEY_READ_BYTES: usize = 1 << 20;
 
 /// A message resolved for delivery, with when it was appended.
 type Resolved = (Message, Instant);
@@ -95,7 +106,7 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> (bool, bool) {
     let mut gaps = Vec::new();
     for group in groups {
         plan.clear();
-        let cached: Vec<Option<Resolved>> = {
+        let (cached, wanted): (Vec<Option<Resolved>>, Vec<u64>) = {
             let mut st = lock(&topic.state);
             let st = &mut *st;
             let committed = topic.deliverable_end(st);
@@ -108,14 +119,27 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> (bool, bool) {
                 continue;
             };
             g.take_gaps(&mut gaps);
-            let (sizes, first_seq) = (&st.sizes, st.first_seq);
-            let size_of = |seq: u64| stored_size(sizes, first_seq, seq);
-            no_room |= g.plan(committed, ROUND, topic.clock.now(), &size_of, plan);
-            plan.iter()
+            let (sizes, first_seq, tail) = (&st.sizes, st.first_seq, &st.tail);
+            let messages = Messages {
+                size_of: &|seq| stored_size(sizes, first_seq, seq),
+                key_of: &|seq| tail.get(seq).map(|m| key_of_headers(&m.headers)),
+                key_lookahead: topic.limits.key_lookahead as usize,
+            };
+            no_room |= g.plan_from(committed, ROUND, topic.clock.now(), &messages, plan);
+            let (waits, full) = g.take_key_counts();
+            topic.metrics.key_waits.add(waits);
+            topic.metrics.key_lookahead_full.add(full);
+            let wanted = g.wanted_keys().to_vec();
+            let cached = plan
+                .iter()
                 .map(|p| st.tail.entry(p.seq).map(|(m, at)| (m.clone(), at)))
-                .collect()
+                .collect();
+            (cached, wanted)
         };
         send_gaps(topic, &group, &mut gaps);
+        if !wanted.is_empty() && learn_keys(topic, &group, wanted).await {
+            sent_any = true;
+        }
         if plan.is_empty() {
             continue;
         }
@@ -184,6 +208,55 @@ async fn dispatch_round(topic: &Arc<Topic>, plan: &mut Plan) -> (bool, bool) {
         }
     }
     (sent_any, no_room)
+}
+
+/// Reads the keys of the `wanted` messages (ascending) of `group` from the log, off the
+/// reactor, and gives them to the group. Returns whether it learned any (plan again then).
+async fn learn_keys(topic: &Arc<Topic>, group: &str, wanted: Vec<u64>) -> bool {
+    let log = topic.log.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let log = log.read().unwrap_or_else(|p| p.into_inner());
+        let mut keys: Vec<(u64, Option<KeyHash>)> = Vec::with_capacity(KEY_READ_BATCH);
+        let mut i = 0;
+        while i < wanted.len() {
+            // One read per run of consecutive sequences.
+            let start = wanted[i];
+            let mut run = 1;
+            while i + run < wanted.len() && wanted[i + run] == start + run as u64 {
+                run += 1;
+            }
+            i += run;
+            if start < log.first_seq() || start >= log.next_seq() {
+                continue;
+            }
+            let records = log.read(start, run, KEY_READ_BYTES)?;
+            let whole = records.len() == run;
+            keys.extend(records.iter().map(|r| (r.seq, key_of_headers(&r.headers))));
+            if !whole {
+                // The byte bound (or a hole) cut the run short: the rest are asked again.
+                break;
+            }
+        }
+        Ok::<_, LogError>(keys)
+    })
+    .await
+    .unwrap_or_else(|e| Err(LogError::Io(std::io::Error::other(e.to_string()))));
+    match read {
+        Ok(keys) => {
+            let mut st = lock(&topic.state);
+            st.groups
+                .get_mut(group)
+                .is_some_and(|g| g.learn_keys(keys) > 0)
+        }
+        Err(e) => {
+            if let LogError::Corrupt { seq, .. } = &e {
+                topic.mark_damaged(*seq, e.to_string());
+            } else {
+                tracing::error!(topic = %topic.name, group, error = %e, "cannot read message keys");
+            }
+            false
+        }
+    }
 }
 
 /// Sends `Gap` notices ahead of the group's next deliveries; one that does not fit the member's

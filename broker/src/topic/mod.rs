@@ -201,6 +201,8 @@ struct GroupLimits {
     max_in_flight: u32,
     max_credit: u32,
     max_groups: u32,
+    /// `groups.key_lookahead`.
+    key_lookahead: u32,
 }
 
 /// Mutable state of a topic, behind one mutex held only for short, non-blocking sections.
@@ -455,6 +457,7 @@ impl Topic {
             max_in_flight: broker.limits.max_in_flight,
             max_credit: broker.limits.max_credit,
             max_groups: broker.limits.max_groups_per_topic,
+            key_lookahead: broker.groups.key_lookahead,
         };
         let records = store.load_groups(&config.name)?;
         let log_first = log.first_seq();

@@ -216,6 +216,7 @@ pub async fn run(
             window: args.window,
             run_id,
             rate: None,
+            keys: Default::default(),
         },
         answered.clone(),
         stop_rx,

@@ -50,7 +50,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use tokio::sync::watch;
-use weir_client::{ClientOptions, FsyncPolicy};
+use weir_client::{ClientOptions, FsyncPolicy, GroupOrdering};
 
 /// How subscribers share the topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -110,6 +110,15 @@ pub struct BenchArgs {
     /// Group name (prefix, in fan-out mode).
     #[arg(long, default_value = "bench")]
     pub group: String,
+    /// The ordering of the groups the run creates: shared, or key (each weir-key's messages
+    /// to one member at a time, in order), to compare key-ordered throughput with a plain
+    /// group's. A group that exists already keeps its own.
+    #[arg(long, value_name = "shared|key", default_value = "shared")]
+    pub ordering: GroupOrdering,
+    /// Publish each message with a weir-key header, cycling over this many distinct keys
+    /// (1 to 65 536). Default: 64 with --ordering key, no header otherwise.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub keys: Option<u32>,
     /// Total publish rate in msg/s (default: as fast as the windows allow).
     #[arg(long)]
     pub rate: Option<u64>,

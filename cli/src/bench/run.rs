@@ -34,7 +34,10 @@ use futures::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::watch;
-use weir_client::{Client, ClientError, ClientOptions, PublishError, Subscription, TopicSpec};
+use weir_client::{
+    Client, ClientError, ClientOptions, GroupOrdering, GroupSpec, PublishError, Subscription,
+    TopicSpec, KEY_HEADER,
+};
 
 use super::cleanup::Created;
 use super::common::{
@@ -58,6 +61,9 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most topics one run spreads over (`--topics`; each is created, and removed at the end).
 const MAX_TOPICS: usize = 32;
+
+/// Distinct `weir-key` values published with `--ordering key` when `--keys` is not given.
+const DEFAULT_KEYS: u32 = 64;
 
 /// What one publisher measured.
 pub(super) struct PubResult {
@@ -159,6 +165,10 @@ struct Report {
     publishers: usize,
     subscribers: usize,
     group_mode: GroupMode,
+    /// The ordering of the groups the run created (`--ordering`).
+    ordering: &'static str,
+    /// Distinct `weir-key` values the messages carry (0: no header).
+    keys: u32,
     msgs: u64,
     size: usize,
     window: usize,
@@ -319,7 +329,13 @@ pub async fn run(
                 GroupMode::Fanout => format!("{}-{i}", args.group),
             };
             let client = connect().await?;
-            let sub = client.subscribe(topic, &group, args.credit).await?;
+            let spec = GroupSpec {
+                ordering: Some(args.ordering),
+                ..GroupSpec::default()
+            };
+            let sub = client
+                .subscribe_with(topic, &group, args.credit, spec)
+                .await?;
             let task = tokio::spawn(subscriber(
                 sub,
                 run_id,
@@ -360,6 +376,7 @@ pub async fn run(
     ));
     let mut pub_tasks = Vec::new();
     let template = vec![0x5a; args.size - STAMP_BYTES];
+    let keys = Arc::new(key_values(&args));
     let publishers = names.len() * args.pubs;
     for (t, topic) in names.iter().enumerate() {
         for i in 0..args.pubs {
@@ -382,6 +399,7 @@ pub async fn run(
                     window: args.window,
                     run_id,
                     rate,
+                    keys: keys.clone(),
                 },
                 answered.clone(),
                 stop_rx.clone(),
@@ -523,6 +541,23 @@ pub(super) struct PubSpec {
     pub(super) window: usize,
     pub(super) run_id: u64,
     pub(super) rate: Option<f64>,
+    /// The `weir-key` values to cycle over, one per message (none: no header).
+    pub(super) keys: Arc<Vec<String>>,
+}
+
+/// How many distinct `weir-key` values the run publishes: `--keys`, by default
+/// [`DEFAULT_KEYS`] with `--ordering key` and none (no header) otherwise.
+fn key_count(args: &BenchArgs) -> u32 {
+    match (args.keys, args.ordering) {
+        (Some(n), _) => n,
+        (None, GroupOrdering::Key) => DEFAULT_KEYS,
+        (None, GroupOrdering::Shared) => 0,
+    }
+}
+
+/// The run's `weir-key` values (see [`key_count`]).
+fn key_values(args: &BenchArgs) -> Vec<String> {
+    (0..key_count(args)).map(|k| format!("k{k}")).collect()
 }
 
 /// Publishes `spec.n` messages (or until `spec.until`) through a window, recording
@@ -541,6 +576,7 @@ pub(super) async fn publisher(
         window,
         run_id,
         rate,
+        keys,
     } = spec;
     let publisher = client.publisher_with_window(window);
     let mut r = PubResult {
@@ -602,7 +638,14 @@ pub(super) async fn publisher(
         }
         let body = payload(&template, run_id);
         let sent_ns = now_ns();
-        let confirm = match publisher.try_publish(&topic, body.clone()) {
+        let key = (!keys.is_empty()).then(|| keys[(r.sent % keys.len() as u64) as usize].as_str());
+        let sent = match key {
+            Some(key) => {
+                publisher.try_publish_with_headers(&topic, [(KEY_HEADER, key)], body.clone())
+            }
+            None => publisher.try_publish(&topic, body.clone()),
+        };
+        let confirm = match sent {
             Ok(confirm) => confirm,
             Err(ClientError::WindowFull) if !inflight.is_empty() => {
                 // Wait for a slot by waiting for a confirm; the stamp is taken again after.
@@ -612,7 +655,14 @@ pub(super) async fn publisher(
                 }
                 continue;
             }
-            Err(ClientError::WindowFull) => match publisher.publish(&topic, body).await {
+            Err(ClientError::WindowFull) => match match key {
+                Some(key) => {
+                    publisher
+                        .publish_with_headers(&topic, [(KEY_HEADER, key)], body)
+                        .await
+                }
+                None => publisher.publish(&topic, body).await,
+            } {
                 Ok(confirm) => confirm,
                 Err(e) => {
                     r.first_error.get_or_insert_with(|| e.to_string());
@@ -857,6 +907,8 @@ fn report(
         publishers: names.len() * args.pubs,
         subscribers: names.len() * args.subs,
         group_mode: args.group_mode,
+        ordering: args.ordering.as_str(),
+        keys: key_count(args),
         msgs: match args.duration {
             Some(_) => pubs.iter().map(|(_, p)| p.sent).sum(),
             None => args.msgs,
@@ -891,7 +943,7 @@ fn latency_line(name: &str, l: &Latency) -> String {
 /// The human-readable form of a report.
 fn summary(r: &Report) -> String {
     let mut s = format!(
-        "weir bench {} {}: {} pub(s) × window {}, {} sub(s) ({}) × credit {}{}, {} msgs × {}{}{}\n",
+        "weir bench {} {}: {} pub(s) × window {}, {} sub(s) ({}{}) × credit {}{}, {} msgs × {}{}{}\n",
         r.server,
         if r.topics == 1 {
             format!("topic={}", r.topic)
@@ -904,6 +956,11 @@ fn summary(r: &Report) -> String {
         match r.group_mode {
             GroupMode::Fanout => "fanout",
             GroupMode::Shared => "shared",
+        },
+        match (r.ordering, r.keys) {
+            ("key", n) => format!(", ordering key over {n} keys"),
+            (_, 0) => String::new(),
+            (_, n) => format!(", {n} keys"),
         },
         r.credit,
         if r.topics == 1 { "" } else { " per topic" },
