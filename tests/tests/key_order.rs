@@ -102,6 +102,9 @@ async fn three_members_process_each_of_50_keys_in_order_one_at_a_time() {
     let log: Arc<Mutex<HashMap<u32, KeyLog>>> = Arc::default();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Members ack nothing until every message is published: keys whose message is held then
+    // have successors waiting for them, whatever the speed of the box.
+    let (published_tx, published_rx) = tokio::sync::watch::channel(false);
     let mut members = Vec::new();
     for m in 0..3u64 {
         let client = Client::connect(broker.addr).await.unwrap();
@@ -111,6 +114,7 @@ async fn three_members_process_each_of_50_keys_in_order_one_at_a_time() {
             .unwrap();
         let (log, done, stop_tx, mut stop_rx) =
             (log.clone(), done.clone(), stop_tx.clone(), stop_rx.clone());
+        let mut published_rx = published_rx.clone();
         members.push(tokio::spawn(async move {
             let _client = client;
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (m + 1));
@@ -119,14 +123,15 @@ async fn three_members_process_each_of_50_keys_in_order_one_at_a_time() {
             loop {
                 // Take what has arrived; when nothing is ready (or at random) finish one held
                 // message — a consumer working at its own uneven pace.
-                let ready = if held.is_empty() || rng.below(3) > 0 {
+                let acking = *published_rx.borrow();
+                let ready = if held.is_empty() || !acking || rng.below(3) > 0 {
                     sub.next().now_or_never()
                 } else {
                     None
                 };
                 let next = match ready {
                     Some(next) => next,
-                    None if !held.is_empty() => {
+                    None if !held.is_empty() && acking => {
                         let d: weir_client::Delivery = held.swap_remove(rng.below(held.len()));
                         let (key, index) = parse(d.payload());
                         {
@@ -144,6 +149,7 @@ async fn three_members_process_each_of_50_keys_in_order_one_at_a_time() {
                     }
                     None => tokio::select! {
                         next = sub.next() => next,
+                        _ = published_rx.wait_for(|published| *published), if !acking => continue,
                         _ = stop_rx.wait_for(|stop| *stop) => break,
                     },
                 };
@@ -177,6 +183,7 @@ async fn three_members_process_each_of_50_keys_in_order_one_at_a_time() {
     for c in confirms {
         c.await.unwrap();
     }
+    published_tx.send_replace(true);
     let mut per_member = Vec::new();
     for m in members {
         per_member.push(m.await.expect("member saw every key in order"));
