@@ -102,14 +102,15 @@ async fn three_members_process_each_of_50_keys_in_order_one_at_a_time() {
     let log: Arc<Mutex<HashMap<u32, KeyLog>>> = Arc::default();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // Members ack nothing until every message is published: keys whose message is held then
-    // have successors waiting for them, whatever the speed of the box.
+    // Members ack nothing until every message is published, and their windows (3 × 64) hold
+    // more than one message of each of the 50 keys: every key's second message must wait for
+    // its first, whatever the speed of the box.
     let (published_tx, published_rx) = tokio::sync::watch::channel(false);
     let mut members = Vec::new();
     for m in 0..3u64 {
         let client = Client::connect(broker.addr).await.unwrap();
         let mut sub = client
-            .subscribe_with("orders", "billing", 8, keyed())
+            .subscribe_with("orders", "billing", 64, keyed())
             .await
             .unwrap();
         let (log, done, stop_tx, mut stop_rx) =
