@@ -190,7 +190,6 @@ impl Group {
         if self.keys.rebuild && !self.rebuild_owners(messages) {
             return false;
         }
-        let n = self.members.len();
         let deadline = now + self.ack_timeout();
         let mut old: Vec<u64> = self
             .redeliver
@@ -203,10 +202,7 @@ impl Group {
         let mut planned = 0;
         let mut no_room: Vec<bool> = Vec::new();
         while planned < budget && self.held() < self.max_in_flight {
-            let Some(i) = (0..n)
-                .map(|k| (self.next_member + k) % n)
-                .find(|&i| self.members[i].credit > 0 && !no_room.get(i).copied().unwrap_or(false))
-            else {
+            let Some(i) = self.next_member_with_credit(&no_room) else {
                 break;
             };
             let (seq, is_old) = match old.get(next_old) {

@@ -755,6 +755,15 @@ impl Group {
         Duration::from_millis(self.config.ack_timeout_ms)
     }
 
+    /// The next member, round-robin from `next_member`, with credit and not passed over this
+    /// round for want of memory (`no_room`), if any.
+    fn next_member_with_credit(&self, no_room: &[bool]) -> Option<usize> {
+        let n = self.members.len();
+        (0..n)
+            .map(|k| (self.next_member + k) % n)
+            .find(|&i| self.members[i].credit > 0 && !no_room.get(i).copied().unwrap_or(false))
+    }
+
     /// Decides up to `budget` deliveries at `now`: redeliveries first (lowest sequence first),
     /// then new messages below `committed_next`, round-robin across members with credit *and*
     /// memory for the message (`size_of(seq)` bytes plus its overhead, taken from the member's
@@ -778,16 +787,12 @@ impl Group {
         if self.config.ordering == GroupOrdering::Key {
             return self.plan_keyed(committed_next, budget, now, messages, out);
         }
-        let n = self.members.len();
         let deadline = now + self.ack_timeout();
         let mut planned = 0;
         // Members passed over this round because their memory had no room.
         let mut no_room: Vec<bool> = Vec::new();
         while planned < budget && self.held() < self.max_in_flight {
-            let Some(i) = (0..n)
-                .map(|k| (self.next_member + k) % n)
-                .find(|&i| self.members[i].credit > 0 && !no_room.get(i).copied().unwrap_or(false))
-            else {
+            let Some(i) = self.next_member_with_credit(&no_room) else {
                 break;
             };
             // Redeliveries at or past `committed_next` wait too (a damaged log lowers it).
