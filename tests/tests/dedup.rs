@@ -114,8 +114,11 @@ async fn a_batch_sent_again_is_answered_message_by_message_and_only_the_new_part
         Frame::PublishBatch(PublishBatch {
             first_id,
             topic: "b".into(),
-            messages: (first_seq..first_seq + n)
-                .map(|i| BatchMessage::new(Vec::new(), Bytes::from(format!("m{i}"))))
+            messages: (0..n)
+                .map(|i| {
+                    let number = first_seq.wrapping_add(i);
+                    BatchMessage::new(Vec::new(), Bytes::from(format!("m{number}")))
+                })
                 .collect(),
             producer: stamp(42, first_seq),
         })
@@ -147,6 +150,18 @@ async fn a_batch_sent_again_is_answered_message_by_message_and_only_the_new_part
     assert_eq!(answers[&200], (first_seq + 3, true));
     assert_eq!(answers[&201], (first_seq + 4, true));
     assert!(!answers[&202].1 && answers[&202].0 == first_seq + 5);
+    assert_eq!(depth(&mut client, "b").await, 8);
+    // Producer numbers that would pass u64::MAX: the batch is refused whole, nothing stored.
+    client.send(batch(300, u64::MAX - 1, 3)).await;
+    match client.recv().await {
+        Frame::Error(e) => {
+            assert_eq!(
+                (e.req, e.code),
+                (300, weir_protocol::ErrorCode::InvalidArgument)
+            );
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
     assert_eq!(depth(&mut client, "b").await, 8);
 }
 
