@@ -37,9 +37,11 @@ async fn depth(client: &mut RawClient, topic: &str) -> u64 {
     info.map_or(0, |t| t.depth)
 }
 
-/// The payloads stored in `topic`, read from the start by a fresh group.
-async fn stored(client: &mut RawClient, topic: &str, n: usize) -> Vec<(u64, Bytes)> {
-    let got = client.consume(90, topic, "check", n).await;
+/// The first `n` messages stored in `topic`, read from the start by a fresh group on a v4
+/// connection (one `Deliver` each).
+async fn stored(addr: std::net::SocketAddr, topic: &str, n: usize) -> Vec<(u64, Bytes)> {
+    let mut reader = RawClient::connect(addr).await;
+    let got = reader.consume(90, topic, "check", n).await;
     got.into_iter().map(|d| (d.seq, d.payload)).collect()
 }
 
@@ -71,7 +73,7 @@ async fn a_publish_sent_again_after_its_connection_was_cut_is_stored_once() {
     })
     .await;
     assert_eq!(depth(&mut again, "orders").await, 1);
-    let copies = stored(&mut again, "orders", 1).await;
+    let copies = stored(broker.addr, "orders", 1).await;
     assert_eq!(copies, vec![(answer.seq, Bytes::from_static(b"once"))]);
     // A new number from the same producer is a new message.
     let next = ok(again
@@ -395,4 +397,72 @@ proptest! {
             assert_eq!(depth(&mut client, "m").await, distinct as u64);
         });
     }
+}
+
+#[tokio::test]
+async fn a_publish_the_disk_refused_or_failed_is_stored_once_when_sent_again() {
+    use weir_broker::storage::fault::{Fault, FaultyFs};
+    let fs = FaultyFs::new();
+    let broker = TestBroker::start_on(std::sync::Arc::new(fs.clone()), |_| {}).await;
+    let dir = broker.dir.path().join("topics").join("d");
+    let mut client = RawClient::connect_v6(broker.addr).await;
+    let first = ok(client
+        .publish_stamped("d", stamp(4, 0), Vec::new(), "m0")
+        .await);
+
+    // A full disk: refused, nothing stored, the window forgets it — its resend is stored.
+    fs.fail_writes(&dir, Some(Fault::NoSpace));
+    match client
+        .publish_stamped("d", stamp(4, 1), Vec::new(), "m1")
+        .await
+    {
+        Frame::Rejected(r) => assert_eq!(r.reason, RejectReason::StorageFull),
+        other => panic!("expected StorageFull, got {other:?}"),
+    }
+    fs.fail_writes(&dir, None);
+    let m1 = ok(client
+        .publish_stamped("d", stamp(4, 1), Vec::new(), "m1")
+        .await);
+    assert!(!m1.duplicate, "the refused one was not stored: {m1:?}");
+
+    // A failed fdatasync: the outcome is unknown and the topic is fenced until repair, which
+    // cuts the unsynced record; sent again, it is stored (once), and the earlier ones are
+    // still answered as duplicates.
+    fs.fail_syncs(&dir, Some(Fault::Io));
+    match client
+        .publish_stamped("d", stamp(4, 2), Vec::new(), "m2")
+        .await
+    {
+        Frame::Error(e) => assert_eq!(e.code, weir_protocol::ErrorCode::StorageFailed),
+        other => panic!("expected StorageFailed, got {other:?}"),
+    }
+    fs.fail_syncs(&dir, None);
+    client
+        .send(Frame::RepairTopic(weir_protocol::RepairTopic {
+            req: 77,
+            name: "d".into(),
+        }))
+        .await;
+    assert!(matches!(client.recv().await, Frame::TopicRepaired(_)));
+    let m2 = ok(client
+        .publish_stamped("d", stamp(4, 2), Vec::new(), "m2")
+        .await);
+    let again = ok(client
+        .publish_stamped("d", stamp(4, 0), Vec::new(), "m0")
+        .await);
+    assert_eq!((again.seq, again.duplicate), (first.seq, true));
+    let again = ok(client
+        .publish_stamped("d", stamp(4, 2), Vec::new(), "m2")
+        .await);
+    assert_eq!((again.seq, again.duplicate), (m2.seq, true));
+    assert_eq!(depth(&mut client, "d").await, 3);
+    let stored: Vec<Bytes> = stored(broker.addr, "d", 3)
+        .await
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(
+        stored,
+        ["m0", "m1", "m2"].map(|p| Bytes::from_static(p.as_bytes()))
+    );
 }
