@@ -113,6 +113,13 @@ pub async fn run(client: Client, args: PubArgs) -> anyhow::Result<ExitCode> {
     };
     signals.abort();
     println!("{} confirmed", outcome.confirmed);
+    let duplicates = client.duplicates();
+    if duplicates > 0 {
+        eprintln!(
+            "weir: {duplicates} of them were duplicates (their weir-msg-id or producer stamp was \
+             stored already): each confirmed with the first one's seq, nothing stored again"
+        );
+    }
     if publisher.retries() > 0 {
         eprintln!("weir: {} retries sent", publisher.retries());
     }

@@ -148,6 +148,14 @@ impl Client {
         self.conn.shared.reconnects()
     }
 
+    /// How many publishes the broker answered as duplicates since [`Client::connect`] (their
+    /// producer stamp or `weir-msg-id` was in the topic's dedup window: nothing was stored, and
+    /// their confirm resolved to the first one's sequence). A resend after a lost connection
+    /// whose original was stored counts here. Shared by every clone.
+    pub fn duplicates(&self) -> u64 {
+        self.conn.shared.duplicates()
+    }
+
     /// Creates a topic (idempotent for an identical specification) and returns its effective
     /// configuration; bounds left `None` take the broker's defaults.
     ///

@@ -466,3 +466,19 @@ async fn a_publish_the_disk_refused_or_failed_is_stored_once_when_sent_again() {
         ["m0", "m1", "m2"].map(|p| Bytes::from_static(p.as_bytes()))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weir_pub_sent_twice_with_one_msg_id_stores_once_and_says_so() {
+    let broker = TestBroker::start().await;
+    let args = ["pub", "ids", "--header", "weir-msg-id=order-1", "order 1"];
+    let first = crate::cli::weir(broker.addr, &args, "").await;
+    assert!(first.status.success(), "{first:?}");
+    assert!(first.stderr.is_empty(), "{first:?}");
+    let again = crate::cli::weir(broker.addr, &args, "").await;
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(crate::cli::stdout(&again).trim(), "1 confirmed");
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("1 of them were duplicates"), "{said}");
+    let mut client = RawClient::connect(broker.addr).await;
+    assert_eq!(depth(&mut client, "ids").await, 1);
+}

@@ -37,6 +37,8 @@ pub(crate) struct ConnShared {
     state: watch::Sender<ConnectionState>,
     /// Successful reconnects so far.
     reconnects: AtomicU64,
+    /// Publishes the broker answered as duplicates so far.
+    duplicates: AtomicU64,
     /// Why the connection ended for good; set once, by the task, before it stops taking
     /// commands. Never set by a loss the client reconnects after.
     terminal: OnceLock<ClientError>,
@@ -55,6 +57,7 @@ impl ConnShared {
             limits: Mutex::new(limits),
             state: watch::Sender::new(ConnectionState::Connected),
             reconnects: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
             terminal: OnceLock::new(),
             flush_now: Notify::new(),
             flush_soon: Notify::new(),
@@ -103,6 +106,16 @@ impl ConnShared {
     /// Counts a successful reconnect.
     pub fn count_reconnect(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Publishes the broker answered as duplicates so far.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Counts a publish the broker answered as a duplicate.
+    pub fn count_duplicate(&self) {
+        self.duplicates.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The error that ended the connection, or [`ClientError::ConnectionLost`] while unknown.

@@ -406,7 +406,7 @@ impl ConnTask {
         for _ in 0..FRAMES_PER_WAKE {
             match self.next_buffered() {
                 Some(Some(Ok(frame))) => {
-                    if let Err(why) = self.router.on_frame(frame, &mut self.out) {
+                    if let Err(why) = self.route(frame) {
                         return why;
                     }
                 }
@@ -424,9 +424,19 @@ impl ConnTask {
         self.io.as_mut()?.reader.next().now_or_never()
     }
 
+    /// Routes one frame from the broker, counting the publishes it answers as duplicates.
+    fn route(&mut self, frame: Frame) -> Result<(), ClientError> {
+        if let Frame::PublishOk(ok) = &frame {
+            if ok.duplicate {
+                self.shared.count_duplicate();
+            }
+        }
+        self.router.on_frame(frame, &mut self.out)
+    }
+
     fn on_read(&mut self, frame: Option<Result<Frame, CodecError>>) -> Result<(), ClientError> {
         match frame {
-            Some(Ok(frame)) => self.router.on_frame(frame, &mut self.out),
+            Some(Ok(frame)) => self.route(frame),
             // The broker said why it closes; a reset after that is the same end.
             Some(Err(CodecError::Io(e))) => Err(match self.router.going_away.take() {
                 Some(g) => going_away(g),
