@@ -175,9 +175,10 @@ impl Keys {
 
 impl Group {
     /// The key-order plan (see [`Group::plan_from`]): messages waiting for redelivery, and
-    /// each free key's oldest waiting message, first, lowest sequence first, then new ones; a message whose key is owned by
-    /// another is passed over (a new one then waits, up to `key_lookahead` of them). Stops at
-    /// a message whose key is unknown (see [`Group::wanted_keys`]).
+    /// each free key's oldest waiting message, first, lowest sequence first, then new ones; a
+    /// message whose key is owned by another is passed over (a new one then waits, up to
+    /// `key_lookahead` of them). Stops at a message whose key is unknown (see
+    /// [`Group::wanted_keys`]).
     pub(super) fn plan_keyed(
         &mut self,
         committed_next: u64,
