@@ -15,7 +15,7 @@ const CHILD_LIMIT: Duration = Duration::from_secs(120);
 
 /// Runs `weir --server <addr> args...` to its end (killed, and the test failed, past
 /// [`CHILD_LIMIT`]).
-async fn weir(addr: std::net::SocketAddr, args: &[&str]) -> Output {
+pub(crate) async fn weir(addr: std::net::SocketAddr, args: &[&str]) -> Output {
     let child = Command::new(workspace_bin("weir"))
         .arg("--server")
         .arg(addr.to_string())
@@ -53,7 +53,7 @@ async fn refused_at_a_bound(out: &Output, addr: std::net::SocketAddr, what: &str
 }
 
 /// The JSON report `out` printed on stdout.
-fn report(out: &Output) -> serde_json::Value {
+pub(crate) fn report(out: &Output) -> serde_json::Value {
     serde_json::from_str(&String::from_utf8_lossy(&out.stdout))
         .unwrap_or_else(|e| panic!("no JSON report ({e}): {out:?}"))
 }

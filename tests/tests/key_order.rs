@@ -4,14 +4,12 @@
 //! joins a key-ordered group; `weir bench --ordering key` runs.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use weir_client::{Client, GroupOrdering, GroupSpec, KEY_HEADER};
 use weir_protocol::{Ack, Credit, Deliver, Frame, Nack, TopicSpec};
-use weir_tests::process::{output_within, workspace_bin};
 use weir_tests::wire::header;
 use weir_tests::{RawClient, TestBroker};
 
@@ -35,6 +33,20 @@ async fn publish_keyed(client: &mut RawClient, topic: &str, messages: &[(&str, &
             other => panic!("expected PublishOk, got {other:?}"),
         }
     }
+}
+
+/// A v6 subscriber (subscription 1, credit 10) of group `g` of topic `t` created with
+/// `spec`, after which `messages` are published in order by another connection.
+async fn subscribed_then_published(
+    broker: &TestBroker,
+    spec: GroupSpec,
+    messages: &[(&str, &str)],
+) -> RawClient {
+    let mut client = RawClient::connect_v6(broker.addr).await;
+    client.subscribe_with(1, "t", "g", 10, spec).await;
+    let mut publisher = RawClient::connect(broker.addr).await;
+    publish_keyed(&mut publisher, "t", messages).await;
+    client
 }
 
 /// The payload of a raw delivery as text.
@@ -241,19 +253,12 @@ async fn a_member_lost_mid_key_hands_its_messages_over_before_their_successors()
 #[tokio::test]
 async fn a_nack_keeps_the_key_and_dead_lettering_frees_it() {
     let broker = TestBroker::start().await;
-    let mut client = RawClient::connect_v6(broker.addr).await;
     let spec = GroupSpec {
         max_attempts: Some(2),
         ..keyed()
     };
-    client.subscribe_with(1, "t", "g", 10, spec).await;
-    let mut publisher = RawClient::connect(broker.addr).await;
-    publish_keyed(
-        &mut publisher,
-        "t",
-        &[("a", "a0"), ("a", "a1"), ("b", "b0")],
-    )
-    .await;
+    let messages = [("a", "a0"), ("a", "a1"), ("b", "b0")];
+    let mut client = subscribed_then_published(&broker, spec, &messages).await;
     let first = receive(&mut client, 2).await;
     assert_eq!(first.iter().map(text).collect::<Vec<_>>(), ["a0", "b0"]);
     let nack = |seq| {
@@ -285,9 +290,6 @@ async fn a_nack_keeps_the_key_and_dead_lettering_frees_it() {
 #[tokio::test]
 async fn at_the_lookahead_bound_a_key_group_waits_for_the_blocked_key() {
     let broker = TestBroker::start_with(|c| c.groups.key_lookahead = 2).await;
-    let mut client = RawClient::connect_v6(broker.addr).await;
-    client.subscribe_with(1, "t", "g", 10, keyed()).await;
-    let mut publisher = RawClient::connect(broker.addr).await;
     let messages = [
         ("h", "h0"),
         ("h", "h1"),
@@ -296,7 +298,7 @@ async fn at_the_lookahead_bound_a_key_group_waits_for_the_blocked_key() {
         ("h", "h3"),
         ("d", "d0"),
     ];
-    publish_keyed(&mut publisher, "t", &messages).await;
+    let mut client = subscribed_then_published(&broker, keyed(), &messages).await;
     // h0 goes, h1 waits, c0 passes it, h2 waits: two waiting is the bound, so h3 stops the
     // group and d0 (a free key) is not reached.
     let first = receive(&mut client, 2).await;
@@ -364,34 +366,26 @@ async fn bench_compares_a_key_ordered_group() {
         admin.create_topic(spec).await,
         Frame::TopicCreated(_)
     ));
-    let child = std::process::Command::new(workspace_bin("weir"))
-        .arg("--server")
-        .arg(broker.addr.to_string())
-        .args([
-            "bench",
-            "--topic",
-            "keyed",
-            "--keep",
-            "--ordering",
-            "key",
-            "--keys",
-            "8",
-            "--subs",
-            "2",
-            "--msgs",
-            "400",
-            "--size",
-            "64",
-            "--json",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn weir");
-    let out = output_within(child, Duration::from_secs(120), "weir bench").await;
+    let args = [
+        "bench",
+        "--topic",
+        "keyed",
+        "--keep",
+        "--ordering",
+        "key",
+        "--keys",
+        "8",
+        "--subs",
+        "2",
+        "--msgs",
+        "400",
+        "--size",
+        "64",
+        "--json",
+    ];
+    let out = crate::bench_scenarios::weir(broker.addr, &args).await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json = crate::bench_scenarios::report(&out);
     assert_eq!(
         (json["ordering"].as_str(), json["keys"].as_u64()),
         (Some("key"), Some(8))
@@ -444,9 +438,6 @@ async fn keys_not_in_the_tail_cache_are_read_from_the_log() {
 #[tokio::test]
 async fn waiting_messages_and_a_nacked_key_keep_their_order_across_a_restart() {
     let broker = TestBroker::start().await;
-    let mut client = RawClient::connect_v6(broker.addr).await;
-    client.subscribe_with(1, "t", "g", 10, keyed()).await;
-    let mut publisher = RawClient::connect(broker.addr).await;
     let messages = [
         ("a", "a0"),
         ("a", "a1"),
@@ -454,7 +445,7 @@ async fn waiting_messages_and_a_nacked_key_keep_their_order_across_a_restart() {
         ("a", "a2"),
         ("b", "b1"),
     ];
-    publish_keyed(&mut publisher, "t", &messages).await;
+    let mut client = subscribed_then_published(&broker, keyed(), &messages).await;
     let first = receive(&mut client, 2).await;
     assert_eq!(first.iter().map(text).collect::<Vec<_>>(), ["a0", "b0"]);
     client
@@ -466,7 +457,7 @@ async fn waiting_messages_and_a_nacked_key_keep_their_order_across_a_restart() {
         .await;
     let mut admin = RawClient::connect(broker.addr).await;
     weir_tests::wire::wait_for_topic(&mut admin, "t", |t| t.groups[0].in_flight == 1).await;
-    drop((client, publisher, admin));
+    drop((client, admin));
     let broker = broker.restart().await;
     let mut client = RawClient::connect_v6(broker.addr).await;
     client.subscribe(1, "t", "g", 10).await;
